@@ -1,0 +1,189 @@
+//! The client: connects once, hands out [`Queue`] handles that submit, wait,
+//! stream, fetch and cancel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Endpoint;
+use crate::error::Error;
+use crate::keys::{QueueKeys, QUEUES};
+use crate::queue::Queue;
+use crate::request::DEFAULT_MAX_INLINE_BYTES;
+use crate::router::{ReaderSettings, ReplyRouter};
+
+/// Client settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Largest accepted inline input spec, in bytes (default 1 MiB); larger
+    /// data goes by reference.
+    pub max_inline_bytes: usize,
+    /// How often a client with open waits runs the queue's housekeeping
+    /// (reaping dead workers, ending overdue tasks). Default 1 s.
+    pub housekeeping_every: Duration,
+    /// How long the reply reader may fail to reach Redis before open waits
+    /// end with [`Error::Connection`]. Default 30 s.
+    pub give_up_after: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
+            housekeeping_every: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Sets [`ClientConfig::max_inline_bytes`].
+    pub fn max_inline_bytes(mut self, bytes: usize) -> Self {
+        self.max_inline_bytes = bytes;
+        self
+    }
+    /// Sets [`ClientConfig::housekeeping_every`].
+    pub fn housekeeping_every(mut self, every: Duration) -> Self {
+        self.housekeeping_every = every;
+        self
+    }
+    /// Sets [`ClientConfig::give_up_after`].
+    pub fn give_up_after(mut self, after: Duration) -> Self {
+        self.give_up_after = after;
+        self
+    }
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) client_id: String,
+    pub(crate) config: ClientConfig,
+    routers: Mutex<HashMap<String, Arc<ReplyRouter>>>,
+    registered: Mutex<std::collections::HashSet<String>>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A connection to Redis for submitting and following tasks. Cheap to clone;
+/// all clones share one multiplexed connection and, per queue, one blocking
+/// reader for results and chunks.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> Result<(), rtq_core::Error> {
+/// use rtq_core::{Client, TaskRequest};
+/// let client = Client::connect("redis://127.0.0.1:6379").await?;
+/// let llm = client.queue("llm")?;
+/// let out = llm.run(TaskRequest::json(serde_json::json!({"prompt": "Hi"}))).await?;
+/// println!("{}", out.result);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+impl Client {
+    /// Connects with default settings.
+    ///
+    /// # Errors
+    /// [`Error::Connection`] (password redacted) if Redis is unreachable or
+    /// refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, ClientConfig::default()).await
+    }
+
+    /// Connects with explicit settings.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Self, Error> {
+        let endpoint = Endpoint::parse(url)?;
+        let conn = endpoint.shared().await?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                endpoint,
+                conn,
+                client_id: uuid::Uuid::now_v7().simple().to_string(),
+                config,
+                routers: Mutex::new(HashMap::new()),
+                registered: Mutex::new(Default::default()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// A handle on queue `name` (registered in the queue list on first use).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for names that would break the key layout.
+    pub fn queue(&self, name: &str) -> Result<Queue, Error> {
+        let keys = QueueKeys::new(name)?;
+        let first_use = self
+            .inner
+            .registered
+            .lock()
+            .expect("registry poisoned")
+            .insert(name.to_string());
+        if first_use {
+            // List the queue for the console, once per process and queue.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut conn = self.conn();
+                let name = name.to_string();
+                rt.spawn(async move {
+                    let _: redis::RedisResult<i64> = redis::cmd("SADD")
+                        .arg(QUEUES)
+                        .arg(name)
+                        .query_async(&mut conn)
+                        .await;
+                });
+            }
+        }
+        Ok(Queue::new(self.clone(), keys))
+    }
+
+    /// The Redis URL this client uses, password redacted.
+    pub fn redacted_url(&self) -> &str {
+        self.inner.endpoint.redacted()
+    }
+
+    /// This client process's id (part of its reply stream keys).
+    pub fn id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// A clone of the shared connection, for admin reads.
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The reply router for a queue, started on first use.
+    pub(crate) fn router(&self, keys: &QueueKeys) -> Arc<ReplyRouter> {
+        let mut routers = self.inner.routers.lock().expect("router map poisoned");
+        if let Some(r) = routers.get(keys.name()) {
+            return Arc::clone(r);
+        }
+        let router = ReplyRouter::start(
+            keys.reply(&self.inner.client_id),
+            ReaderSettings {
+                endpoint: self.inner.endpoint.clone(),
+                shared: self.inner.conn.clone(),
+                keys: keys.clone(),
+                housekeeping_every: self.inner.config.housekeeping_every,
+                give_up_after: self.inner.config.give_up_after,
+                shutdown: self.inner.shutdown.child_token(),
+            },
+        );
+        routers.insert(keys.name().to_string(), Arc::clone(&router));
+        router
+    }
+}

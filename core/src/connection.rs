@@ -1,0 +1,96 @@
+//! Opening connections: a shared auto-reconnecting multiplexed connection for
+//! ordinary commands and scripts, and dedicated connections for blocking
+//! reads (BLPOP, XREAD BLOCK), which must never share a connection with
+//! other callers.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+
+use crate::error::{redact_url, Error};
+
+/// How long to wait for a TCP/TLS connection to Redis.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a non-blocking command may take before it fails.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Redis endpoint: the parsed client plus a printable (redacted) URL.
+#[derive(Clone)]
+pub struct Endpoint {
+    client: redis::Client,
+    redacted: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.redacted)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Parses a `redis://` / `rediss://` / `unix://` URL.
+    ///
+    /// # Errors
+    /// [`Error::Connection`] with the redacted URL if it cannot be parsed.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let redacted = redact_url(url);
+        let client = redis::Client::open(url).map_err(|source| Error::Connection {
+            url: redacted.clone(),
+            source,
+        })?;
+        Ok(Self { client, redacted })
+    }
+
+    /// The URL with its password masked.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    fn wrap(&self, source: redis::RedisError) -> Error {
+        Error::Connection {
+            url: self.redacted.clone(),
+            source,
+        }
+    }
+
+    /// Opens the shared connection (reconnects by itself after failures).
+    ///
+    /// # Errors
+    /// [`Error::Connection`] if Redis is unreachable or refuses the
+    /// credentials.
+    pub async fn shared(&self) -> Result<ConnectionManager, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| self.wrap(e))?;
+        crate::scripts::preload(&mut conn)
+            .await
+            .map_err(|e| self.wrap(e))?;
+        Ok(conn)
+    }
+
+    /// Opens a connection of its own for blocking commands. Blocking calls
+    /// must pass a server-side timeout shorter than `response_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Connection`] if Redis is unreachable.
+    pub async fn dedicated(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(response_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.wrap(e))
+    }
+}

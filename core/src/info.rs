@@ -1,0 +1,100 @@
+//! Reading a task's stored state: [`TaskInfo`], as returned by
+//! `Queue::status` and used by the console's detail view.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::Error;
+use crate::protocol::{Outcome, TaskSpec, TaskState};
+
+/// Everything stored about a task, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskInfo {
+    /// Task id.
+    pub id: String,
+    /// Current state.
+    pub state: TaskState,
+    /// Priority.
+    pub priority: i16,
+    /// Hand-outs so far (the current attempt's fencing number).
+    pub attempt: u64,
+    /// Attempts used up by failures and worker losses.
+    pub failures: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Current or last worker ("" if never started).
+    pub worker: String,
+    /// Submit time (ms, Redis clock).
+    pub submitted_ms: i64,
+    /// Deadline (ms, Redis clock), 0 = none.
+    pub deadline_ms: i64,
+    /// Start of the current/last attempt (ms), 0 = never started.
+    pub started_ms: i64,
+    /// First chunk of the current/last attempt (ms), 0 = none.
+    pub first_chunk_ms: i64,
+    /// End time (ms), 0 = not ended.
+    pub finished_ms: i64,
+    /// Chunks written by the current/last attempt.
+    pub chunks: u64,
+    /// Bytes written by the current/last attempt.
+    pub bytes: u64,
+    /// How it ended, if it did.
+    pub outcome: Option<Outcome>,
+    /// Errors of earlier attempts, by attempt number.
+    pub attempt_errors: BTreeMap<u64, String>,
+    /// The submitted spec (input, labels, options).
+    pub spec: Option<TaskSpec>,
+}
+
+impl TaskInfo {
+    /// Decodes a task hash (HGETALL).
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] if the hash is not a task of a known version.
+    pub fn from_hash(id: &str, h: &HashMap<String, String>) -> Result<Self, Error> {
+        let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
+        let int = |k: &str| get(k).parse::<i64>().unwrap_or(0);
+        let version = get("v");
+        if version != "1" {
+            return Err(Error::Protocol(format!(
+                "task {id} has protocol version {version:?}; this build reads 1"
+            )));
+        }
+        let state = TaskState::parse(get("st")).ok_or_else(|| {
+            Error::Protocol(format!("task {id} has unknown state {:?}", get("st")))
+        })?;
+        let outcome = if state.is_terminal() {
+            Some(Outcome::from_fields(
+                state,
+                get("res"),
+                get("ek"),
+                get("err"),
+                get("w"),
+            )?)
+        } else {
+            None
+        };
+        let attempt_errors = h
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("e:")?.parse().ok()?, v.clone())))
+            .collect();
+        Ok(Self {
+            id: id.to_string(),
+            state,
+            priority: int("pri") as i16,
+            attempt: int("att") as u64,
+            failures: int("fails") as u32,
+            max_attempts: int("max") as u32,
+            worker: get("w").to_string(),
+            submitted_ms: int("sub"),
+            deadline_ms: int("dl"),
+            started_ms: int("start"),
+            first_chunk_ms: int("fc"),
+            finished_ms: int("fin"),
+            chunks: int("nc") as u64,
+            bytes: int("nb") as u64,
+            outcome,
+            attempt_errors,
+            spec: TaskSpec::decode(get("spec")).ok(),
+        })
+    }
+}

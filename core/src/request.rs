@@ -1,0 +1,190 @@
+//! What a client submits: input (inline JSON or a reference) and options.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::protocol::{TaskSpec, PRIORITY_MAX, PRIORITY_MIN, PROTOCOL_VERSION};
+
+/// Default retention of a finished task's result and output.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Default cap on inline input, result and chunk size: 1 MiB.
+pub const DEFAULT_MAX_INLINE_BYTES: usize = 1 << 20;
+
+/// A task to submit. Build with [`TaskRequest::json`], [`TaskRequest::parse`]
+/// or [`TaskRequest::reference`], then chain options.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use rtq_core::TaskRequest;
+/// let task = TaskRequest::json(serde_json::json!({"prompt": "Hello"}))
+///     .priority(5)
+///     .timeout(Duration::from_secs(30))
+///     .max_attempts(3)
+///     .label("model", "llama-3-8b");
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskRequest {
+    pub(crate) id: Option<String>,
+    pub(crate) input: Option<Value>,
+    pub(crate) input_ref: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) priority: i16,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) retention: Duration,
+}
+
+impl TaskRequest {
+    fn empty() -> Self {
+        Self {
+            id: None,
+            input: None,
+            input_ref: None,
+            labels: BTreeMap::new(),
+            priority: 0,
+            timeout: None,
+            max_attempts: 3,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+
+    /// A task with inline JSON input.
+    pub fn json(input: Value) -> Self {
+        Self {
+            input: Some(input),
+            ..Self::empty()
+        }
+    }
+
+    /// A task whose input is JSON text; the text is checked here.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the text is not JSON.
+    pub fn parse(json_text: &str) -> Result<Self, Error> {
+        let value = serde_json::from_str(json_text)
+            .map_err(|e| Error::InvalidInput(format!("input is not valid JSON: {e}")))?;
+        Ok(Self::json(value))
+    }
+
+    /// A task whose (large) input lives elsewhere: a URL, an object key, ...
+    pub fn reference(reference: impl Into<String>) -> Self {
+        Self {
+            input_ref: Some(reference.into()),
+            ..Self::empty()
+        }
+    }
+
+    /// Uses this id instead of a generated one (idempotent submits: a second
+    /// submit with the same id fails with [`Error::Duplicate`]).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Priority in [-1000, 1000], default 0; higher runs first, FIFO within
+    /// one priority. Strict: lower priorities wait while higher ones queue.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Deadline relative to the submit, measured on the Redis clock. A task
+    /// still queued at its deadline never runs; a running one is cancelled.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Attempts allowed (default 3): a lost worker or a retryable failure
+    /// uses one; the last one ends the task as failed.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Adds a label (visible to workers and in the console).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// How long the result and output stay readable after the task ends
+    /// (default 1 hour).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Validates the request and encodes its spec.
+    pub(crate) fn encode(&self, id: &str, max_inline: usize) -> Result<String, Error> {
+        if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&self.priority) {
+            return Err(Error::InvalidInput(format!(
+                "priority {} is outside [{PRIORITY_MIN}, {PRIORITY_MAX}]",
+                self.priority
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::InvalidInput(
+                "max_attempts must be at least 1".into(),
+            ));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidInput(
+                "timeout must be positive (leave it unset for no deadline)".into(),
+            ));
+        }
+        if self.retention < Duration::from_millis(1) {
+            return Err(Error::InvalidInput(
+                "retention must be at least 1 ms".into(),
+            ));
+        }
+        let spec = TaskSpec {
+            v: PROTOCOL_VERSION,
+            id: id.to_string(),
+            input: self.input.clone(),
+            input_ref: self.input_ref.clone(),
+            labels: self.labels.clone(),
+            priority: self.priority,
+            timeout_ms: self.timeout.map_or(0, |t| t.as_millis() as u64),
+            max_attempts: self.max_attempts,
+        };
+        let encoded = serde_json::to_string(&spec)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode task: {e}")))?;
+        if encoded.len() > max_inline {
+            return Err(Error::PayloadTooLarge {
+                what: "input",
+                size: encoded.len(),
+                limit: max_inline,
+            });
+        }
+        Ok(encoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bad_options_are_refused_before_redis() {
+        let enc = |r: TaskRequest| r.encode("id1", DEFAULT_MAX_INLINE_BYTES);
+        assert!(enc(TaskRequest::json(json!(1)).priority(1001)).is_err());
+        assert!(enc(TaskRequest::json(json!(1)).max_attempts(0)).is_err());
+        assert!(enc(TaskRequest::json(json!(1)).timeout(Duration::ZERO)).is_err());
+        let big = TaskRequest::json(json!("x".repeat(2 << 20)));
+        assert!(matches!(
+            enc(big),
+            Err(Error::PayloadTooLarge { what: "input", .. })
+        ));
+        assert!(TaskRequest::parse("{not json").is_err());
+        let spec = enc(TaskRequest::reference("s3://bucket/big.wav").label("k", "v")).unwrap();
+        let decoded = TaskSpec::decode(&spec).unwrap();
+        assert_eq!(decoded.input_ref.as_deref(), Some("s3://bucket/big.wav"));
+        assert_eq!(decoded.labels["k"], "v");
+    }
+}

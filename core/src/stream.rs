@@ -1,0 +1,217 @@
+//! [`TaskStream`]: a task's chunks as a `futures::Stream`, ending with the
+//! final result or the reason there is none. Chunks are deduplicated by
+//! index, gaps are filled from the task's stored output, and chunks of an
+//! abandoned attempt are announced with [`StreamEvent::Restarted`].
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+
+use crate::error::Error;
+use crate::protocol::ReplyEvent;
+use crate::queue::TaskOutput;
+use crate::tracker::Tracker;
+
+/// One piece of a task's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Index of the chunk within its attempt (0-based).
+    pub index: u64,
+    /// The attempt that produced it.
+    pub attempt: u64,
+    /// The payload (text tokens are UTF-8; frames may be binary).
+    pub data: Vec<u8>,
+}
+
+impl Chunk {
+    /// The payload as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.data)
+    }
+}
+
+/// An item of a [`TaskStream`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// A chunk of output.
+    Chunk(Chunk),
+    /// The attempt whose chunks were streamed so far was abandoned (its
+    /// worker was lost or it was requeued); chunks start again from 0.
+    Restarted {
+        /// The abandoned attempt.
+        attempt: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The task finished; this is the last item.
+    Done(TaskOutput),
+}
+
+/// A task's output as a stream. Ends after [`StreamEvent::Done`] or after
+/// the error that explains why there is no result.
+pub struct TaskStream {
+    id: String,
+    inner: BoxStream<'static, Result<StreamEvent, Error>>,
+}
+
+struct State {
+    tracker: Tracker,
+    attempt: u64,
+    next_index: u64,
+    ready: VecDeque<StreamEvent>,
+    ended: bool,
+}
+
+impl TaskStream {
+    /// A stream over `tracker`'s task, starting with `chunks` (already read,
+    /// of attempt `attempt`, the first at index `first`).
+    pub(crate) fn new(tracker: Tracker, attempt: u64, first: u64, chunks: Vec<Vec<u8>>) -> Self {
+        let id = tracker.id.clone();
+        let mut state = State {
+            tracker,
+            attempt,
+            next_index: first,
+            ready: VecDeque::new(),
+            ended: false,
+        };
+        for data in chunks {
+            state.ready.push_back(StreamEvent::Chunk(Chunk {
+                index: state.next_index,
+                attempt,
+                data,
+            }));
+            state.next_index += 1;
+        }
+        let inner = futures::stream::unfold(state, |mut st| async move {
+            let item = st.next_item().await?;
+            Some((item, st))
+        })
+        .boxed();
+        Self { id, inner }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Reads the stream to its end and returns the final output and the
+    /// text of the last attempt's chunks.
+    ///
+    /// # Errors
+    /// The error that ended the stream.
+    pub async fn collect_text(mut self) -> Result<(TaskOutput, String), Error> {
+        let mut text = String::new();
+        while let Some(item) = self.next().await {
+            match item? {
+                StreamEvent::Chunk(c) => text.push_str(&c.text()),
+                StreamEvent::Restarted { .. } => text.clear(),
+                StreamEvent::Done(out) => return Ok((out, text)),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "stream of task {} ended without a result",
+            self.id
+        )))
+    }
+}
+
+impl Stream for TaskStream {
+    type Item = Result<StreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl State {
+    async fn next_item(&mut self) -> Option<Result<StreamEvent, Error>> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.ended {
+                return None;
+            }
+            let event = match self.tracker.next_event().await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+            };
+            match event {
+                ReplyEvent::Chunks {
+                    attempt,
+                    seq0,
+                    chunks,
+                    ..
+                } => self.accept_chunks(attempt, seq0, chunks).await,
+                ReplyEvent::Requeued {
+                    attempt, reason, ..
+                } => {
+                    if attempt >= self.attempt {
+                        self.attempt = attempt + 1;
+                        self.next_index = 0;
+                        return Some(Ok(StreamEvent::Restarted { attempt, reason }));
+                    }
+                }
+                ReplyEvent::Final {
+                    attempt, outcome, ..
+                } => {
+                    self.ended = true;
+                    let id = self.tracker.id.clone();
+                    return Some(outcome.into_result(&id).map(|result| {
+                        StreamEvent::Done(TaskOutput {
+                            id,
+                            result,
+                            attempt,
+                        })
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn accept_chunks(&mut self, attempt: u64, seq0: u64, chunks: Vec<Vec<u8>>) {
+        if attempt < self.attempt {
+            return; // from an abandoned attempt
+        }
+        if attempt > self.attempt {
+            if self.attempt != 0 {
+                self.next_index = 0;
+            }
+            self.attempt = attempt;
+        }
+        let mut chunks = chunks;
+        let mut seq0 = seq0;
+        if seq0 > self.next_index {
+            // A gap (the reply stream was trimmed while we were away):
+            // fill it from the task's stored output.
+            if let Ok(snap) = self
+                .tracker
+                .queue
+                .snapshot(&self.tracker.id, "", self.next_index)
+                .await
+            {
+                if snap.attempt == attempt {
+                    chunks = snap.chunks;
+                    seq0 = self.next_index;
+                }
+            }
+        }
+        let skip = self.next_index.saturating_sub(seq0) as usize;
+        for data in chunks.into_iter().skip(skip) {
+            self.ready.push_back(StreamEvent::Chunk(Chunk {
+                index: self.next_index,
+                attempt,
+                data,
+            }));
+            self.next_index += 1;
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Worker settings and the live status a worker publishes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::writer::Granularity;
+
+/// Worker settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Queue to serve.
+    pub queue: String,
+    /// Tasks run at once (default 1).
+    pub slots: usize,
+    /// A worker whose heartbeat is older than this is dead and its tasks
+    /// are requeued (default 5 s).
+    pub lease: Duration,
+    /// Heartbeat period (default lease / 5).
+    pub heartbeat_every: Option<Duration>,
+    /// On shutdown, how long running tasks may take before they are handed
+    /// back to the queue (default 30 s).
+    pub grace: Duration,
+    /// Worker id (default `<host>-<pid>-<random>`).
+    pub worker_id: Option<String>,
+    /// Host name shown in the console (default: $HOSTNAME or "unknown").
+    pub host: String,
+    /// Free-form labels, e.g. `gpu=A100`.
+    pub labels: BTreeMap<String, String>,
+    /// Handler name shown in the console.
+    pub handler_name: String,
+    /// Software version shown in the console.
+    pub version: String,
+    /// How chunks are grouped into writes.
+    pub granularity: Granularity,
+    /// Largest accepted result JSON in bytes (default 1 MiB).
+    pub max_result_bytes: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            queue: "default".into(),
+            slots: 1,
+            lease: Duration::from_secs(5),
+            heartbeat_every: None,
+            grace: Duration::from_secs(30),
+            worker_id: None,
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
+            labels: BTreeMap::new(),
+            handler_name: "rust".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            granularity: Granularity::default(),
+            max_result_bytes: crate::request::DEFAULT_MAX_INLINE_BYTES,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Settings for `queue` with defaults otherwise.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            ..Self::default()
+        }
+    }
+    /// Sets [`WorkerConfig::slots`].
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.slots = slots.max(1);
+        self
+    }
+    /// Sets [`WorkerConfig::lease`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// Sets [`WorkerConfig::grace`].
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+    /// Sets [`WorkerConfig::worker_id`].
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+    /// Sets [`WorkerConfig::granularity`].
+    pub fn granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+    /// Sets [`WorkerConfig::handler_name`].
+    pub fn handler_name(mut self, name: impl Into<String>) -> Self {
+        self.handler_name = name.into();
+        self
+    }
+
+    pub(crate) fn heartbeat_period(&self) -> Duration {
+        self.heartbeat_every
+            .unwrap_or(self.lease / 5)
+            .max(Duration::from_millis(50))
+    }
+}
+
+/// Live counters of a worker, shared with whoever embeds it (the worker
+/// binary serves them as metrics and health).
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// Slots running a task now.
+    pub busy: AtomicUsize,
+    /// Tasks finished with a result.
+    pub done: AtomicU64,
+    /// Tasks failed by the handler.
+    pub failed: AtomicU64,
+    /// Tasks stopped by cancel, deadline or reassignment.
+    pub stopped: AtomicU64,
+    /// True while the last heartbeat reached Redis.
+    pub redis_ok: AtomicBool,
+    /// True while the worker takes new tasks (false while its upstream is
+    /// down or it drains).
+    pub accepting: AtomicBool,
+    /// True once shutdown began.
+    pub draining: AtomicBool,
+    /// Last error seen (handler or Redis), for the heartbeat and logs.
+    pub last_error: Mutex<String>,
+}
+
+impl WorkerStatus {
+    /// Records an error message for operators.
+    pub fn set_last_error(&self, message: impl Into<String>) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = message.into();
+        }
+    }
+    /// The last error message.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+    pub(crate) fn get(&self, counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

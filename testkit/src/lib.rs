@@ -1,0 +1,220 @@
+//! Test support for rtq: a private `redis-server` per test.
+//!
+//! Each [`RedisServer`] runs on a free port with no persistence (unless
+//! asked), in a temporary directory, and is killed on drop, so tests run in
+//! parallel on any machine. It can be killed and restarted on the same port
+//! for fault-injection tests. When a test fails while a server is alive,
+//! the server's log is printed.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options for a test server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Require this password (`requirepass`).
+    pub password: Option<String>,
+    /// Keep an append-only file (fsync always) so data survives a restart.
+    pub appendonly: bool,
+}
+
+/// A private redis-server process.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    options: Options,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    ///
+    /// # Panics
+    /// If redis-server cannot be started (it must be on PATH).
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    /// Starts a server with options.
+    ///
+    /// # Panics
+    /// If redis-server cannot be started (it must be on PATH).
+    pub fn start_with(options: Options) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rtq-redis-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                dir: tempfile::Builder::new()
+                    .prefix("rtq-redis-")
+                    .tempdir_in(dir.path())
+                    .expect("temp dir"),
+                options: options.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--logfile")
+            .arg(self.log_path())
+            .arg("--daemonize")
+            .arg("no");
+        if self.options.appendonly {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(pw) = &self.options.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "redis-server not runnable ({e}); install it (apt-get install redis-server)"
+                )
+            })?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("redis-server exited with {status}: {}", self.log()));
+            }
+            if self.ping() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!(
+            "redis-server did not answer within 10 s: {}",
+            self.log()
+        ))
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// A synchronous connection, for test setup and assertions.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("cannot connect to the test redis-server")
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill`]).
+    ///
+    /// # Panics
+    /// If it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        let started = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                    panic!("redis-server did not restart: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- redis-server log (port {}) ---\n{}",
+                self.port,
+                self.log()
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Path of a binary built by this workspace (tests of `worker`/`console`
+/// use `env!("CARGO_BIN_EXE_...")` instead where available).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("target dir")
+}
