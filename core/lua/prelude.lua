@@ -121,6 +121,7 @@ local function finish(id, h, state, kind, payload, now)
   if tonumber(h[7]) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
   redis.call('ZADD', P .. 'recent', now, id)
   redis.call('ZREMRANGEBYRANK', P .. 'recent', 0, -(RECENT_CAP + 1))
+  redis.call('PEXPIRE', P .. 'recent', ret)
   local b = stat_count(now, state)
   stat_hist(b, 't:', now - tonumber(h[8]))
   if state == 'done' then

@@ -49,10 +49,6 @@ impl RedisServer {
     /// # Panics
     /// If redis-server cannot be started (it must be on PATH).
     pub fn start_with(options: Options) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("rtq-redis-")
-            .tempdir()
-            .expect("cannot create a temp dir");
         let mut last_err = String::new();
         for _ in 0..5 {
             let mut server = Self {
@@ -60,8 +56,8 @@ impl RedisServer {
                 port: free_port(),
                 dir: tempfile::Builder::new()
                     .prefix("rtq-redis-")
-                    .tempdir_in(dir.path())
-                    .expect("temp dir"),
+                    .tempdir()
+                    .expect("cannot create a temp dir"),
                 options: options.clone(),
             };
             match server.spawn() {
@@ -101,7 +97,11 @@ impl RedisServer {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("stderr.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .map_err(|e| {
                 format!(
@@ -142,7 +142,9 @@ impl RedisServer {
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let err = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        format!("{log}{err}")
     }
 
     /// The port it listens on.

@@ -22,6 +22,10 @@ pub struct WorkerConfig {
     /// On shutdown, how long running tasks may take before they are handed
     /// back to the queue (default 30 s).
     pub grace: Duration,
+    /// When a task is stopped (cancel, deadline, reassignment), how long its
+    /// handler may take to return on its own before its future is dropped
+    /// (default 1 s).
+    pub cancel_grace: Duration,
     /// Worker id (default `<host>-<pid>-<random>`).
     pub worker_id: Option<String>,
     /// Host name shown in the console (default: $HOSTNAME or "unknown").
@@ -46,6 +50,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(5),
             heartbeat_every: None,
             grace: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(1),
             worker_id: None,
             host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
             labels: BTreeMap::new(),

@@ -95,7 +95,12 @@ async fn run_one(shared: &Arc<Shared>, delivery: TaskDelivery) -> Option<TaskDel
                     _ = writer.pump(&mut rx), if pump_open => pump_open = false,
                 }
             };
-            // Dropping the handler future here stops its upstream work.
+            if matches!(ending, Ending::Stopped(_)) {
+                // Let the handler see the stop and clean up (tell its model
+                // server to abort) for a moment; then its future is dropped,
+                // which closes whatever upstream request it still holds.
+                let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
+            }
             drop(work);
             writer.drain(&mut rx);
             ending

@@ -51,11 +51,12 @@ impl Handler for Scripted {
             tokio::select! {
                 _ = self.release.notified() => {}
                 _ = task.cancelled() => {
+                    let reason = task.stop_reason().unwrap_or_default();
                     let _ = self.seen.send(Seen::Cancelled {
                         id: task.id().to_string(),
-                        reason: task.stop_reason().unwrap_or_default(),
+                        reason: reason.clone(),
                     });
-                    std::future::pending::<()>().await;
+                    return Err(HandlerError::fatal(reason));
                 }
             }
         }
