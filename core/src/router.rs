@@ -255,7 +255,10 @@ fn next_stream_id(id: &str) -> Option<String> {
 
 /// Flattens an XREAD reply for one stream into (entry id, field pairs),
 /// keeping repeated field names (chunk events repeat `c`).
-pub(crate) fn stream_entries(value: Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// A stream entry: its id and its field/value pairs in order.
+pub(crate) type StreamEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+pub(crate) fn stream_entries(value: Value) -> Vec<StreamEntry> {
     let streams = match value {
         Value::Array(streams) => streams,
         Value::Map(pairs) => pairs

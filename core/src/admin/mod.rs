@@ -20,6 +20,16 @@ use crate::protocol::{
 use crate::scripts::scripts;
 pub use stats::{Percentiles, QueueStats};
 
+/// TIME, meta, pending count, idle count, workers with scores, head id.
+type OverviewReply = (
+    Vec<i64>,
+    HashMap<String, String>,
+    u64,
+    u64,
+    Vec<(String, f64)>,
+    Vec<String>,
+);
+
 /// Batch size of one purge step.
 const PURGE_BATCH: usize = 500;
 
@@ -109,14 +119,7 @@ impl Admin {
     /// Redis errors, invalid names.
     pub async fn overview(&self, queue: &str) -> Result<QueueOverview, Error> {
         let k = Self::keys(queue)?;
-        let (time, meta, pending, idle, workers, head): (
-            Vec<i64>,
-            HashMap<String, String>,
-            u64,
-            u64,
-            Vec<(String, f64)>,
-            Vec<String>,
-        ) = redis::pipe()
+        let (time, meta, pending, idle, workers, head): OverviewReply = redis::pipe()
             .cmd("TIME")
             .hgetall(k.meta())
             .zcard(k.pending())

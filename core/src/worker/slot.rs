@@ -71,8 +71,8 @@ async fn run_one(shared: &Arc<Shared>, delivery: TaskDelivery) -> Option<TaskDel
             };
             tracing::debug!("task started");
             let handler = Arc::clone(&shared.handler);
-            let work = AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind();
-            tokio::pin!(work);
+            let mut work =
+                Box::pin(AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind());
             let mut pump_open = true;
             let ending = loop {
                 tokio::select! {
