@@ -1,0 +1,117 @@
+//! The real rtq-worker binary as operators run it: kill -9 mid-task (the
+//! task finishes on another worker process) and SIGTERM hand-back.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rtq_core::{Client, TaskRequest, TaskState};
+use rtq_testkit::RedisServer;
+use serde_json::json;
+
+fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
+        .args([
+            "--queue",
+            queue,
+            "--worker-id",
+            id,
+            "--lease-ms",
+            "1000",
+            "--grace-secs",
+            "0",
+        ])
+        .args(extra)
+        .env("RTQ_REDIS_URL", redis.url())
+        .env("RTQ_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rtq-worker starts")
+}
+
+async fn wait_state(q: &rtq_core::Queue, id: &str, want: TaskState, worker: Option<&str>) {
+    for _ in 0..400 {
+        let info = q.status(id).await.unwrap();
+        if info.state == want && worker.is_none_or(|w| info.worker == w) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {id} never reached {want} on {worker:?}");
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_the_task_finishes_on_another_worker() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("gpu").unwrap();
+    // 40 tokens at 20/s: about two seconds of streaming.
+    let slow = ["--mock-tokens-per-sec", "20", "--mock-tokens", "40"];
+    let mut a = spawn_worker(&redis, "gpu", "node-a", &slow);
+    let stream = q
+        .stream(TaskRequest::json(json!({})).max_attempts(2))
+        .await
+        .unwrap();
+    let id = stream.id().to_string();
+    wait_state(&q, &id, TaskState::Running, Some("node-a")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+    let mut b = spawn_worker(&redis, "gpu", "node-b", &slow);
+    let (out, text) = tokio::time::timeout(Duration::from_secs(30), stream.collect_text())
+        .await
+        .expect("finished in time")
+        .expect("one final result");
+    assert_eq!(out.attempt, 2);
+    assert_eq!(q.status(&id).await.unwrap().worker, "node-b");
+    let expected: String = (0..40).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(
+        text, expected,
+        "only the second attempt's tokens, each once"
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_hands_unfinished_tasks_back_at_once() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("drain").unwrap();
+    let mut a = spawn_worker(&redis, "drain", "node-a", &["--mock-latency-ms", "60000"]);
+    let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
+    wait_state(&q, &sub.id, TaskState::Running, Some("node-a")).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(a.id().to_string())
+        .status();
+    let status = a.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    // Grace 0: handed back, queued again, attempt not counted as a failure.
+    let info = q.status(&sub.id).await.unwrap();
+    assert_eq!(info.state, TaskState::Queued);
+    assert_eq!(info.failures, 0);
+}
+
+#[test]
+fn help_and_bad_redis_are_clear() {
+    let help = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("RTQ_REDIS_URL") && text.contains("--concurrency"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
+        .args(["--redis", "redis://:topsecret@127.0.0.1:1/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach Redis") && !err.contains("topsecret"),
+        "{err}"
+    );
+}
