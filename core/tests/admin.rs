@@ -1,0 +1,121 @@
+//! Admin operations against a real redis-server: counts, workers, pages,
+//! requeue, priority changes, purge and statistics.
+
+mod support;
+
+use std::time::Duration;
+
+use rtq_core::admin::Admin;
+use rtq_core::{Client, Error, TaskRequest, TaskState, WorkerConfig};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn overview_pages_priority_and_purge() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q = client.queue("ops").unwrap();
+    admin.pause("ops", true).await.unwrap();
+    for i in 0..30 {
+        q.submit(TaskRequest::json(json!({"i": i})).id(format!("t{i:02}")))
+            .await
+            .unwrap();
+    }
+    let o = admin.overview("ops").await.unwrap();
+    assert!(o.paused);
+    assert_eq!((o.pending, o.running, o.workers_alive), (30, 0, 0));
+    assert!(o.head_wait_ms.unwrap() >= 0);
+    assert!(admin.queues().await.unwrap().contains(&"ops".to_string()));
+
+    let page: Vec<String> = admin
+        .pending("ops", 10, 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(page, ["t10", "t11", "t12", "t13", "t14"]);
+    assert_eq!(
+        admin.set_priority("ops", "t29", 7).await.unwrap(),
+        TaskState::Queued
+    );
+    assert_eq!(admin.pending("ops", 0, 1).await.unwrap()[0].id, "t29");
+    assert!(matches!(
+        admin.set_priority("ops", "t29", 5000).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        admin.requeue("ops", "missing").await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // A follower of a purged task is told why it ends.
+    let follower = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait("t05", None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(admin.purge("ops").await.unwrap(), 30);
+    assert_eq!(admin.overview("ops").await.unwrap().pending, 0);
+    let err = within(follower).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Cancelled { ref reason, .. } if reason == "queue purged"),
+        "{err}"
+    );
+    assert_eq!(admin.recent("ops", 0, 100).await.unwrap().len(), 30);
+}
+
+#[tokio::test]
+async fn workers_requeue_and_stats() {
+    let redis = RedisServer::start();
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(
+        &redis.url(),
+        WorkerConfig::new("st").slots(2).label("gpu", "A100"),
+        seen,
+    )
+    .await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q = client.queue("st").unwrap();
+    for i in 0..20 {
+        within(q.run(TaskRequest::json(json!({"i": i, "chunks": 2}))))
+            .await
+            .unwrap();
+    }
+    let failed = within(q.run(TaskRequest::json(json!({"fail": "boom"})).id("will-fail")))
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, Error::Failed { .. }));
+
+    let workers = admin.workers("st").await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].id, w.id);
+    assert_eq!(workers[0].field("slots"), "2");
+    assert_eq!(rtq_core::admin::worker_labels(&workers[0])["gpu"], "A100");
+
+    let stats = admin.stats("st", 30).await.unwrap();
+    assert_eq!(stats.sum("done"), 20);
+    assert_eq!(stats.sum("failed"), 1);
+    assert_eq!(stats.sum("sub"), 21);
+    assert_eq!(stats.total.count, 21);
+    assert_eq!(stats.first_chunk.count, 20);
+    assert!(stats.wait.p99.is_some());
+
+    // Requeue the failed task: it runs again (attempt 2) and now fails again
+    // the same way, recorded on the same task.
+    while rx.try_recv().is_ok() {}
+    assert_eq!(
+        admin.requeue("st", "will-fail").await.unwrap(),
+        TaskState::Failed
+    );
+    let Seen::Started { id, attempt, .. } = next_seen(&mut rx, 20).await else {
+        panic!()
+    };
+    assert_eq!((id.as_str(), attempt), ("will-fail", 2));
+    let running_or_done = admin.task("st", "will-fail").await.unwrap();
+    assert!(running_or_done.attempt == 2);
+    w.stop().await;
+    assert_eq!(admin.overview("st").await.unwrap().workers_alive, 0);
+}
