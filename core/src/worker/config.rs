@@ -52,7 +52,7 @@ impl Default for WorkerConfig {
             grace: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(1),
             worker_id: None,
-            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
+            host: host_name(),
             labels: BTreeMap::new(),
             handler_name: "rust".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -60,6 +60,16 @@ impl Default for WorkerConfig {
             max_result_bytes: crate::request::DEFAULT_MAX_INLINE_BYTES,
         }
     }
+}
+
+/// The machine's name: `$HOSTNAME`, else `/etc/hostname`, else "unknown".
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl WorkerConfig {
