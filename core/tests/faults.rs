@@ -393,3 +393,51 @@ async fn nothing_is_left_behind_after_retention() {
         }
     }
 }
+
+#[tokio::test]
+async fn cutting_every_connection_mid_stream_loses_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("cutall"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("cutall").unwrap();
+    let mut stream = q
+        .stream(TaskRequest::json(
+            json!({"chunks": 120, "delay_ms": 5, "chunk": "c"}),
+        ))
+        .await
+        .unwrap();
+    let mut conn = redis.conn();
+    let mut indexes = Vec::new();
+    within(async {
+        while let Some(item) = stream.next().await {
+            match item.unwrap() {
+                StreamEvent::Chunk(c) => {
+                    indexes.push(c.index);
+                    if indexes.len() % 30 == 0 {
+                        // Worker writes, worker inbox, client reader: all cut.
+                        let _: redis::Value = redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("TYPE")
+                            .arg("normal")
+                            .arg("SKIPME")
+                            .arg("yes")
+                            .query(&mut conn)
+                            .unwrap();
+                    }
+                }
+                StreamEvent::Done(_) => break,
+                StreamEvent::Restarted { .. } => panic!("no restart expected"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(indexes, (0..120).collect::<Vec<_>>());
+    let stored: i64 = redis::cmd("HGET")
+        .arg(q.keys().task(stream.id()))
+        .arg("nc")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(stored, 120, "no chunk stored twice");
+    w.stop().await;
+}
