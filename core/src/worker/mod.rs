@@ -413,6 +413,15 @@ async fn blpop(
     Ok(reply.map(|(_, v)| v))
 }
 
+/// Sleeps until `at`, or forever without one (for optional timers in
+/// `select!`).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn log_join(joined: Result<(), tokio::task::JoinError>) {
     if let Err(e) = joined {
         if !e.is_cancelled() {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::handler::{StopSignal, TaskContext};
+use super::sleep_until;
 use super::writer::ChunkWriter;
 use super::{Running, Shared};
 use crate::protocol::{split_status, value_to_i64, TaskDelivery, TaskSpec};
@@ -187,13 +188,6 @@ async fn expire_in_redis(shared: &Shared, id: &str) {
             }
             _ => return,
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

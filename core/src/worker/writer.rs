@@ -18,6 +18,7 @@ use redis::Value;
 use tokio::sync::mpsc;
 
 use super::handler::StopSignal;
+use super::sleep_until;
 use crate::error::Error;
 use crate::protocol::{split_status, value_to_i64, value_to_string, InboxMessage, TaskDelivery};
 use crate::scripts::scripts;
@@ -331,12 +332,5 @@ impl ChunkWriter {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
