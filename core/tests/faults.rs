@@ -145,9 +145,20 @@ async fn a_stale_worker_s_late_writes_are_fenced() {
     };
     assert_eq!((attempt, worker.as_str()), (2, b.id.as_str()));
 
-    // A wakes up and writes: rejected. Then B finishes.
+    // A wakes up and writes: rejected. Wait until A's attempt has really
+    // ended (its complete was answered FENCED) before looking.
     a.release.notify_one();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    within(async {
+        while a.status.stopped.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        a.status.done.load(std::sync::atomic::Ordering::Acquire),
+        0,
+        "A's result was refused"
+    );
     let stored: Vec<String> = redis::cmd("LRANGE")
         .arg(q.keys().output(&id))
         .arg(0)
@@ -276,33 +287,20 @@ async fn a_stream_resumes_after_its_connection_is_cut_without_loss_or_duplicates
         ))
         .await
         .unwrap();
-    let mut indexes = Vec::new();
-    let mut cuts = 0;
     let mut conn = redis.conn();
-    within(async {
-        while let Some(item) = stream.next().await {
-            match item.unwrap() {
-                StreamEvent::Chunk(c) => {
-                    indexes.push(c.index);
-                    if indexes.len() % 40 == 0 {
-                        // Cut the reader's blocking connection.
-                        let list: String =
-                            redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
-                        for line in list.lines().filter(|l| l.contains("cmd=xread")) {
-                            let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
-                            let _: redis::Value = redis::cmd("CLIENT")
-                                .arg("KILL")
-                                .arg("ID")
-                                .arg(id)
-                                .query(&mut conn)
-                                .unwrap();
-                            cuts += 1;
-                        }
-                    }
-                }
-                StreamEvent::Done(_) => break,
-                StreamEvent::Restarted { .. } => panic!("no restart expected"),
-            }
+    let mut cuts = 0;
+    let indexes = chunk_indexes_cutting_every(&mut stream, 40, || {
+        // Cut the reader's blocking connection.
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+        for line in list.lines().filter(|l| l.contains("cmd=xread")) {
+            let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query(&mut conn)
+                .unwrap();
+            cuts += 1;
         }
     })
     .await;
@@ -408,28 +406,16 @@ async fn cutting_every_connection_mid_stream_loses_and_repeats_nothing() {
         .await
         .unwrap();
     let mut conn = redis.conn();
-    let mut indexes = Vec::new();
-    within(async {
-        while let Some(item) = stream.next().await {
-            match item.unwrap() {
-                StreamEvent::Chunk(c) => {
-                    indexes.push(c.index);
-                    if indexes.len() % 30 == 0 {
-                        // Worker writes, worker inbox, client reader: all cut.
-                        let _: redis::Value = redis::cmd("CLIENT")
-                            .arg("KILL")
-                            .arg("TYPE")
-                            .arg("normal")
-                            .arg("SKIPME")
-                            .arg("yes")
-                            .query(&mut conn)
-                            .unwrap();
-                    }
-                }
-                StreamEvent::Done(_) => break,
-                StreamEvent::Restarted { .. } => panic!("no restart expected"),
-            }
-        }
+    let indexes = chunk_indexes_cutting_every(&mut stream, 30, || {
+        // Worker writes, worker inbox, client reader: all cut.
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut conn)
+            .unwrap();
     })
     .await;
     assert_eq!(indexes, (0..120).collect::<Vec<_>>());
@@ -440,4 +426,30 @@ async fn cutting_every_connection_mid_stream_loses_and_repeats_nothing() {
         .unwrap();
     assert_eq!(stored, 120, "no chunk stored twice");
     w.stop().await;
+}
+
+/// Reads a stream to its end, calling `cut` after every `every` chunks, and
+/// returns the chunk indexes seen (a restart would fail the test).
+async fn chunk_indexes_cutting_every(
+    stream: &mut rtq_core::TaskStream,
+    every: usize,
+    mut cut: impl FnMut(),
+) -> Vec<u64> {
+    let mut indexes = Vec::new();
+    within(async {
+        while let Some(item) = stream.next().await {
+            match item.unwrap() {
+                StreamEvent::Chunk(c) => {
+                    indexes.push(c.index);
+                    if indexes.len() % every == 0 {
+                        cut();
+                    }
+                }
+                StreamEvent::Done(_) => break,
+                StreamEvent::Restarted { .. } => panic!("no restart expected"),
+            }
+        }
+    })
+    .await;
+    indexes
 }

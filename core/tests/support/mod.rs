@@ -83,6 +83,7 @@ impl Handler for Scripted {
 /// A worker running in the test's runtime; stops gracefully.
 pub struct TestWorker {
     pub id: String,
+    pub status: Arc<rtq_core::WorkerStatus>,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<()>,
     pub release: Arc<tokio::sync::Notify>,
@@ -96,6 +97,7 @@ impl TestWorker {
     ) -> TestWorker {
         let worker = Worker::connect(url, config).await.expect("worker connects");
         let id = worker.id().to_string();
+        let status = worker.status();
         let release = Arc::new(tokio::sync::Notify::new());
         let handler = Arc::new(Scripted {
             worker: id.clone(),
@@ -114,6 +116,7 @@ impl TestWorker {
         wait_registered(url, &id).await;
         TestWorker {
             id,
+            status,
             stop: Some(tx),
             handle,
             release,
