@@ -4,7 +4,7 @@
 # starts is stopped when it ends (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh
 cargo build --quiet --release -p rtq-examples --examples
 
 dir=$(mktemp -d)

@@ -4,7 +4,7 @@
 # total line: "rtq: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

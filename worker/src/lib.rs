@@ -1,7 +1,16 @@
 //! The rtq worker binary's library: configuration ([`Config`]), logging,
-//! the built-in handlers (`mock` for now) and [`run`].
+//! the built-in handlers and [`run`].
+//!
+//! Layout: `handlers` (http, openai, exec), `mock` (simulated model),
+//! `upstream` (health probe and intake switching), `metrics` (Prometheus
+//! registry and the timing handler wrapper), `probes` (/healthz, /readyz,
+//! /metrics), this file (configuration and wiring).
 
+pub mod handlers;
+mod metrics;
 mod mock;
+mod probes;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +18,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, Worker, WorkerConfig};
+use rtq_core::{redact_url, Handler, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use handlers::exec::ExecHandler;
+use handlers::http::HttpHandler;
+use handlers::openai::OpenAiHandler;
+use metrics::{Instrumented, Metrics};
+use upstream::UpstreamState;
 
 pub use mock::{MockHandler, MockSettings};
 
@@ -18,6 +34,12 @@ pub use mock::{MockHandler, MockSettings};
 pub enum HandlerKind {
     /// A simulated model: latency, tokens per second, output size, errors.
     Mock,
+    /// POST the input to --upstream-url; JSON, SSE or NDJSON replies.
+    Http,
+    /// An OpenAI-compatible server at --upstream-url (vLLM, TGI, Ollama, llama.cpp).
+    Openai,
+    /// A long-lived child process (--exec-command) speaking JSON lines.
+    Exec,
 }
 
 /// Log output format.
@@ -52,6 +74,29 @@ pub struct Config {
     /// Handler that runs the tasks.
     #[arg(long, env = "RTQ_HANDLER", value_enum, default_value = "mock")]
     pub handler: HandlerKind,
+    /// Upstream URL: the endpoint for --handler http, the server base URL
+    /// (e.g. http://127.0.0.1:8000) for --handler openai.
+    #[arg(long, env = "RTQ_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+    /// Health probe URL (GET, 2xx = up). While it fails the worker takes no
+    /// new tasks. Default for openai: <upstream>/v1/models; none for http.
+    #[arg(long, env = "RTQ_HEALTH_URL")]
+    pub health_url: Option<String>,
+    /// Health probe period in ms.
+    #[arg(long, env = "RTQ_HEALTH_INTERVAL_MS", default_value_t = 2000)]
+    pub health_interval_ms: u64,
+    /// Upstream request timeout in seconds (0 = none; task deadlines still apply).
+    #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
+    pub upstream_timeout_secs: u64,
+    /// Model name for --handler openai when the task input names none.
+    #[arg(long, env = "RTQ_OPENAI_MODEL")]
+    pub openai_model: Option<String>,
+    /// Command for --handler exec, run with `sh -c` (e.g. "python3 infer.py").
+    #[arg(long, env = "RTQ_EXEC_COMMAND")]
+    pub exec_command: Option<String>,
+    /// Address of /healthz, /readyz and /metrics, or "off".
+    #[arg(long, env = "RTQ_PROBE_ADDR", default_value = "0.0.0.0:9090")]
+    pub probe_addr: String,
     /// Lease in ms: if no heartbeat renews it, the worker counts as dead
     /// and its tasks are requeued.
     #[arg(long, env = "RTQ_LEASE_MS", default_value_t = 5000)]
@@ -86,6 +131,37 @@ pub struct Config {
     pub mock_error_rate: f64,
 }
 
+impl Config {
+    /// Cross-field checks clap cannot express; the message says what to set.
+    ///
+    /// # Errors
+    /// A message for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.handler {
+            HandlerKind::Http | HandlerKind::Openai if self.upstream_url.is_none() => Err(format!(
+                "--handler {} needs --upstream-url (or RTQ_UPSTREAM_URL)",
+                self.handler_name()
+            )),
+            HandlerKind::Exec if self.exec_command.is_none() => {
+                Err("--handler exec needs --exec-command (or RTQ_EXEC_COMMAND)".into())
+            }
+            _ if self.probe_addr != "off"
+                && self.probe_addr.parse::<std::net::SocketAddr>().is_err() =>
+            {
+                Err(format!(
+                    "--probe-addr {:?} is not host:port or \"off\"",
+                    self.probe_addr
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn handler_name(&self) -> String {
+        format!("{:?}", self.handler).to_lowercase()
+    }
+}
+
 /// Sets up the tracing subscriber (binaries only).
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
@@ -113,29 +189,101 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 /// # Errors
 /// Bad configuration, or Redis unreachable at start (password redacted).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let mut wc = WorkerConfig::new(&config.queue)
         .slots(config.concurrency)
         .lease(Duration::from_millis(config.lease_ms.max(100)))
         .grace(Duration::from_secs(config.grace_secs))
-        .handler_name(format!("{:?}", config.handler).to_lowercase());
+        .handler_name(config.handler_name());
     wc.labels = parse_labels(&config.labels)?;
     if let Some(id) = &config.worker_id {
         wc = wc.worker_id(id);
     }
     let redacted = redact_url(&config.redis);
+    let probe_listener = match config.probe_addr.as_str() {
+        "off" => None,
+        addr => Some(
+            probes::bind(addr.parse()?)
+                .await
+                .with_context(|| format!("cannot listen on --probe-addr {addr}"))?,
+        ),
+    };
     let worker = Worker::connect(&config.redis, wc)
         .await
         .with_context(|| format!("starting the worker against {redacted}"))?;
-    tracing::info!(worker_id = worker.id(), redis = %redacted, queue = %config.queue, "connected");
-    let handler = match config.handler {
-        HandlerKind::Mock => Arc::new(MockHandler::new(MockSettings {
-            latency: Duration::from_millis(config.mock_latency_ms),
-            tokens_per_sec: config.mock_tokens_per_sec,
-            tokens: config.mock_tokens,
-            error_rate: config.mock_error_rate.clamp(0.0, 1.0),
-        })),
+    tracing::info!(worker_id = worker.id(), redis = %redacted, queue = %config.queue, handler = %config.handler_name(), "connected");
+
+    let stop = CancellationToken::new();
+    let upstream = UpstreamState::new(worker.intake());
+    let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if config.upstream_timeout_secs > 0 {
+        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
+    }
+    let http = http.build().context("building the HTTP client")?;
+    let url = config.upstream_url.clone().unwrap_or_default();
+    let (handler, health_url): (Arc<dyn Handler>, Option<String>) = match config.handler {
+        HandlerKind::Mock => (
+            Arc::new(MockHandler::new(MockSettings {
+                latency: Duration::from_millis(config.mock_latency_ms),
+                tokens_per_sec: config.mock_tokens_per_sec,
+                tokens: config.mock_tokens,
+                error_rate: config.mock_error_rate.clamp(0.0, 1.0),
+            })),
+            config.health_url.clone(),
+        ),
+        HandlerKind::Http => (
+            Arc::new(HttpHandler::new(http.clone(), url, Arc::clone(&upstream))),
+            config.health_url.clone(),
+        ),
+        HandlerKind::Openai => (
+            Arc::new(OpenAiHandler::new(
+                http.clone(),
+                url.clone(),
+                config.openai_model.clone(),
+                Arc::clone(&upstream),
+            )),
+            Some(config.health_url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/v1/models",
+                    url.trim_end_matches('/').trim_end_matches("/v1")
+                )
+            })),
+        ),
+        HandlerKind::Exec => (
+            Arc::new(ExecHandler::start(
+                config.exec_command.clone().unwrap_or_default(),
+                Arc::clone(&upstream),
+                stop.clone(),
+            )),
+            config.health_url.clone(),
+        ),
     };
-    worker.run(handler, shutdown_signal()).await?;
+    if let Some(health_url) = health_url {
+        tokio::spawn(upstream::probe_loop(
+            http.clone(),
+            health_url,
+            Duration::from_millis(config.health_interval_ms.max(50)),
+            Arc::clone(&upstream),
+            stop.clone(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::new(config.concurrency));
+    if let Some(listener) = probe_listener {
+        tracing::info!(addr = %listener.local_addr()?, "probe endpoint: /healthz /readyz /metrics");
+        tokio::spawn(probes::serve(
+            listener,
+            probes::ProbeState {
+                status: worker.status(),
+                upstream: Arc::clone(&upstream),
+                metrics: Arc::clone(&metrics),
+            },
+            stop.clone(),
+        ));
+    }
+    let handler = Arc::new(Instrumented::new(handler, metrics));
+    let result = worker.run(handler, shutdown_signal()).await;
+    stop.cancel();
+    result?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Worker settings and the live status a worker publishes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -142,6 +142,8 @@ pub struct WorkerStatus {
     pub accepting: AtomicBool,
     /// True once shutdown began.
     pub draining: AtomicBool,
+    /// Redis time (ms) of the worker's first heartbeat: its start time.
+    pub started_ms: AtomicI64,
     /// Last error seen (handler or Redis), for the heartbeat and logs.
     pub last_error: Mutex<String>,
 }

@@ -61,9 +61,16 @@ pub(crate) async fn beat(shared: &Arc<Shared>) -> Result<bool, Error> {
             "down"
         })
         .arg("last_error")
-        .arg(status.last_error());
+        .arg(status.last_error())
+        .arg("started")
+        .arg(status.started_ms.load(Ordering::Acquire));
     let reply: Value = inv.invoke_async(&mut shared.conn.clone()).await?;
     let (word, items) = split_status(reply)?;
+    status.redis_ok.store(true, Ordering::Release);
+    let now = items.get(2).map(value_to_i64).unwrap_or(0);
+    let _ = status
+        .started_ms
+        .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
     let swept = items.get(3).map(value_to_i64).unwrap_or(0);
     if swept > 0 {
         tracing::warn!(

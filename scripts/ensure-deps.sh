@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what rtq's demo and tests need beyond Rust, from the distribution's
+# packages, if missing: redis-server, and python3 (the exec-handler example
+# child and its test).
+set -euo pipefail
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing ${missing[*]} (Debian/Ubuntu packages)..." >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+# A package may start a system service; rtq's scripts and tests start private
+# servers of their own and never depend on it.
+command -v redis-server >/dev/null && command -v python3 >/dev/null

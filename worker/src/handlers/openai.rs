@@ -1,0 +1,194 @@
+//! The `openai` handler: forwards tasks to an OpenAI-compatible server
+//! (vLLM, TGI, Ollama, llama.cpp). Input with `messages` goes to
+//! `/v1/chat/completions`, input with `prompt` to `/v1/completions`; the
+//! request always streams, token deltas become chunks, and the result is
+//! `{"text", "finish_reason", "usage", "model"}`. The server's error
+//! message becomes the task's failure reason.
+
+use std::sync::Arc;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
+use serde_json::{json, Value};
+
+use super::{media_type, request_failed, status_failed};
+use crate::upstream::UpstreamState;
+
+/// Talks to one OpenAI-compatible server.
+pub struct OpenAiHandler {
+    client: reqwest::Client,
+    base: String,
+    model: Option<String>,
+    upstream: Arc<UpstreamState>,
+}
+
+impl OpenAiHandler {
+    /// A handler for the server at `base` (e.g. `http://127.0.0.1:8000`);
+    /// `model` fills in requests that name none.
+    pub fn new(
+        client: reqwest::Client,
+        base: String,
+        model: Option<String>,
+        upstream: Arc<UpstreamState>,
+    ) -> Self {
+        Self {
+            client,
+            base: base
+                .trim_end_matches('/')
+                .trim_end_matches("/v1")
+                .to_string(),
+            model,
+            upstream,
+        }
+    }
+}
+
+/// The server's own message from an error body, or the body itself.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or_else(|| v["error"].as_str())
+                .or_else(|| v["message"].as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// The text of one choice: a chat delta, a chat message, or a completion.
+fn choice_text(choice: &Value) -> Option<&str> {
+    choice["delta"]["content"]
+        .as_str()
+        .or_else(|| choice["message"]["content"].as_str())
+        .or_else(|| choice["text"].as_str())
+}
+
+#[async_trait]
+impl Handler for OpenAiHandler {
+    async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        let mut body = match task.input() {
+            Some(Value::Object(map)) => map.clone(),
+            _ => {
+                return Err(HandlerError::fatal(
+                    "openai input must be a JSON object with \"messages\" or \"prompt\"",
+                ))
+            }
+        };
+        let path = if body.contains_key("messages") {
+            "/v1/chat/completions"
+        } else if body.contains_key("prompt") {
+            "/v1/completions"
+        } else {
+            return Err(HandlerError::fatal(
+                "openai input needs \"messages\" (chat) or \"prompt\" (completion)",
+            ));
+        };
+        if let (false, Some(model)) = (body.contains_key("model"), &self.model) {
+            body.insert("model".into(), json!(model));
+        }
+        body.insert("stream".into(), json!(true));
+        body.insert("stream_options".into(), json!({ "include_usage": true }));
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .client
+            .post(&url)
+            .header("x-rtq-task-id", task.id())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| request_failed(e, &url, &self.upstream))?;
+        self.upstream.mark_up();
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(status_failed(status, &error_message(&text)));
+        }
+        if media_type(&resp) != "text/event-stream" {
+            // The server ignored `stream`: one JSON answer.
+            let v: Value = resp
+                .json()
+                .await
+                .map_err(|e| HandlerError::fatal(format!("upstream answer is not JSON: {e}")))?;
+            let text = choice_text(&v["choices"][0]).unwrap_or("").to_string();
+            if !text.is_empty() {
+                task.send(text.clone()).await?;
+            }
+            return Ok(json!({
+                "text": text,
+                "finish_reason": v["choices"][0]["finish_reason"],
+                "usage": v["usage"],
+                "model": v["model"],
+            }));
+        }
+        let mut events = resp.bytes_stream().eventsource();
+        let mut text = String::new();
+        let (mut finish, mut usage, mut model) = (Value::Null, Value::Null, Value::Null);
+        while let Some(event) = events.next().await {
+            let event = event
+                .map_err(|e| HandlerError::retryable(format!("upstream stream broke: {e}")))?;
+            if event.data.trim() == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(&event.data).map_err(|e| {
+                HandlerError::fatal(format!(
+                    "upstream sent an event that is not JSON ({e}): {:.200}",
+                    event.data
+                ))
+            })?;
+            if v.get("error").is_some() {
+                return Err(HandlerError::fatal(format!(
+                    "upstream error: {}",
+                    error_message(&event.data)
+                )));
+            }
+            if let Some(choice) = v["choices"].get(0) {
+                if let Some(delta) = choice_text(choice).filter(|d| !d.is_empty()) {
+                    task.send(delta.to_string()).await?;
+                    text.push_str(delta);
+                }
+                if !choice["finish_reason"].is_null() {
+                    finish = choice["finish_reason"].clone();
+                }
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+            }
+            if model.is_null() && !v["model"].is_null() {
+                model = v["model"].clone();
+            }
+        }
+        Ok(json!({ "text": text, "finish_reason": finish, "usage": usage, "model": model }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_error_messages_are_extracted() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"model not found","type":"x"}}"#),
+            "model not found"
+        );
+        assert_eq!(error_message(r#"{"error":"overloaded"}"#), "overloaded");
+        assert_eq!(error_message("plain text"), "plain text");
+    }
+
+    #[test]
+    fn choice_text_reads_chat_deltas_messages_and_completions() {
+        assert_eq!(
+            choice_text(&json!({"delta": {"content": "hi"}})),
+            Some("hi")
+        );
+        assert_eq!(
+            choice_text(&json!({"message": {"content": "all"}})),
+            Some("all")
+        );
+        assert_eq!(choice_text(&json!({"text": "t"})), Some("t"));
+        assert_eq!(choice_text(&json!({"delta": {"role": "assistant"}})), None);
+    }
+}

@@ -1,0 +1,378 @@
+//! The built-in handlers against real upstream servers started by the
+//! tests, through the real rtq-worker binary.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use rtq_core::admin::Admin;
+use rtq_core::{Client, Error, StreamEvent, TaskRequest, TaskState};
+use rtq_testkit::RedisServer;
+use serde_json::json;
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f).await.expect("hung")
+}
+
+#[tokio::test]
+async fn http_json_sse_ndjson_and_garbage() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    let base = start_upstream(Arc::clone(&up)).await;
+    let url = format!("{base}/generate");
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "h",
+            "--handler",
+            "http",
+            "--upstream-url",
+            &url,
+            "--concurrency",
+            "2",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("h").unwrap();
+
+    let out = within(q.run(TaskRequest::json(json!({"mode": "json", "x": 1}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["x"], 1);
+
+    let (out, text) = within(
+        q.stream(TaskRequest::json(json!({"mode": "sse", "n": 4})))
+            .await
+            .unwrap()
+            .collect_text(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (text.as_str(), out.result["n"].as_u64()),
+        ("s0s1s2s3", Some(4))
+    );
+
+    let (out, text) = within(
+        q.stream(TaskRequest::json(json!({"mode": "ndjson", "n": 3})))
+            .await
+            .unwrap()
+            .collect_text(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (text.as_str(), out.result["lines"].as_u64()),
+        ("n0n1n2", Some(3))
+    );
+
+    let err = within(q.run(TaskRequest::json(json!({"mode": "garbage"}))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not JSON"), "{err}");
+    let err = within(q.run(TaskRequest::json(json!({"mode": "error"}))))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("400 Bad Request: bad prompt: too long"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn openai_streams_tokens_reports_usage_and_server_errors() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    up.healthy.store(true, Ordering::SeqCst);
+    let base = start_upstream(Arc::clone(&up)).await;
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "oa",
+            "--handler",
+            "openai",
+            "--upstream-url",
+            &base,
+            "--openai-model",
+            "tiny",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("oa").unwrap();
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let mut stream = q.stream(TaskRequest::json(chat)).await.unwrap();
+    let mut tokens = Vec::new();
+    let result = within(async {
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap() {
+                StreamEvent::Chunk(c) => tokens.push(c.text().to_string()),
+                StreamEvent::Done(out) => return out.result,
+                StreamEvent::Restarted { .. } => panic!("restart"),
+            }
+        }
+        panic!("no result")
+    })
+    .await;
+    assert_eq!(tokens.concat(), "Hello there");
+    assert_eq!(result["text"], "Hello there");
+    assert_eq!(result["finish_reason"], "stop");
+    assert_eq!(result["usage"]["total_tokens"], 7);
+    assert_eq!(result["model"], "tiny");
+
+    let out = within(q.run(TaskRequest::json(json!({"prompt": "x"}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["text"], "Hello there");
+
+    let err = within(q.run(TaskRequest::json(
+        json!({"prompt": "x", "model": "missing"}),
+    )))
+    .await
+    .unwrap_err();
+    match err {
+        Error::Failed { reason, .. } => assert!(
+            reason.contains("The model `missing` does not exist."),
+            "{reason}"
+        ),
+        other => panic!("{other}"),
+    }
+    let err = within(q.run(TaskRequest::json(json!({"nothing": 1}))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("\"messages\""), "{err}");
+}
+
+#[tokio::test]
+async fn cancelling_a_task_closes_the_upstream_request() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    let base = start_upstream(Arc::clone(&up)).await;
+    let url = format!("{base}/generate");
+    let _w = start_worker(
+        &redis,
+        &["--queue", "cx", "--handler", "http", "--upstream-url", &url],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("cx").unwrap();
+    let mut stream = q
+        .stream(TaskRequest::json(json!({"mode": "slow"})))
+        .await
+        .unwrap();
+    let first = within(stream.next()).await.unwrap().unwrap();
+    assert!(matches!(first, StreamEvent::Chunk(_)));
+    q.cancel(stream.id(), "user closed the tab").await.unwrap();
+    let up2 = Arc::clone(&up);
+    eventually("the upstream saw its connection closed", move || {
+        let up = Arc::clone(&up2);
+        async move { up.closed_early.load(Ordering::SeqCst) == 1 }.boxed()
+    })
+    .await;
+    assert!(matches!(
+        within(stream.next()).await,
+        Some(Err(Error::Cancelled { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn a_dead_upstream_stops_intake_until_it_is_back() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    let base = start_upstream(Arc::clone(&up)).await;
+    let (url, health) = (format!("{base}/generate"), format!("{base}/health"));
+    // Unhealthy from the start.
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "ud",
+            "--handler",
+            "http",
+            "--upstream-url",
+            &url,
+            "--health-url",
+            &health,
+            "--health-interval-ms",
+            "100",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q = client.queue("ud").unwrap();
+    let a = admin.clone();
+    eventually("the heartbeat reports the upstream down", move || {
+        let a = a.clone();
+        async move {
+            a.workers("ud")
+                .await
+                .unwrap()
+                .first()
+                .map(|w| w.field("upstream") == "down")
+                .unwrap_or(false)
+                && a.overview("ud").await.unwrap().idle_slots == 0
+        }
+        .boxed()
+    })
+    .await;
+    // No idle slot is offered, so the task stays queued rather than failing.
+    let sub = q
+        .submit(TaskRequest::json(json!({"mode": "json"})))
+        .await
+        .unwrap();
+    assert_eq!(sub.state, TaskState::Queued);
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+    up.healthy.store(true, Ordering::SeqCst);
+    let out = within(q.wait(&sub.id, None)).await.unwrap();
+    assert_eq!(out.result["echo"]["mode"], "json");
+}
+
+#[tokio::test]
+async fn exec_child_serves_concurrent_tasks_and_is_restarted_after_a_crash() {
+    let redis = RedisServer::start();
+    let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
+    let cmd = format!("python3 {child}");
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "ex",
+            "--handler",
+            "exec",
+            "--exec-command",
+            &cmd,
+            "--concurrency",
+            "4",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("ex").unwrap();
+    let runs = (0..4).map(|i| {
+        let q = q.clone();
+        async move {
+            q.stream(TaskRequest::json(
+                json!({"prompt": format!("abc def {i}"), "delay_ms": 50}),
+            ))
+            .await
+            .unwrap()
+            .collect_text()
+            .await
+        }
+    });
+    for (i, r) in within(futures::future::join_all(runs))
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (out, text) = r.unwrap();
+        assert_eq!(text, format!("cba fed {i} "));
+        assert_eq!(out.result["words"], 3);
+    }
+    let err = within(q.run(TaskRequest::json(json!({"fail": "no GPU memory"}))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no GPU memory"), "{err}");
+    // The child crashes: the task fails with the reason (no attempts left),
+    // the child is restarted and serves the next task.
+    let err = within(q.run(TaskRequest::json(json!({"crash": true})).max_attempts(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exec child") && err.to_string().contains("exited"),
+        "{err}"
+    );
+    let out = within(q.run(TaskRequest::json(json!({"prompt": "again"}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["words"], 1);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_endpoints() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    up.healthy.store(true, Ordering::SeqCst);
+    let base = start_upstream(Arc::clone(&up)).await;
+    let (url, health) = (format!("{base}/generate"), format!("{base}/health"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "m",
+            "--handler",
+            "http",
+            "--upstream-url",
+            &url,
+            "--health-url",
+            &health,
+            "--health-interval-ms",
+            "100",
+            "--probe-addr",
+            &addr,
+        ],
+    );
+    let http = reqwest::Client::new();
+    let probe = format!("http://{addr}");
+    let (h, p) = (http.clone(), probe.clone());
+    eventually("/readyz answers 200", move || {
+        let (h, p) = (h.clone(), p.clone());
+        async move { matches!(h.get(format!("{p}/readyz")).send().await, Ok(r) if r.status() == 200) }.boxed()
+    })
+    .await;
+    assert_eq!(
+        http.get(format!("{probe}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("m").unwrap();
+    within(q.run(TaskRequest::json(json!({"mode": "json"}))))
+        .await
+        .unwrap();
+    let _ = within(q.run(TaskRequest::json(json!({"mode": "garbage"})))).await;
+    let text = http
+        .get(format!("{probe}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "rtq_worker_tasks_total{outcome=\"done\"} 1",
+        "rtq_worker_tasks_total{outcome=\"failed\"} 1",
+        "rtq_worker_upstream_up 1",
+        "rtq_worker_redis_up 1",
+        "rtq_worker_slots 1",
+        "rtq_worker_task_duration_seconds_count 2",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    up.healthy.store(false, Ordering::SeqCst);
+    let (h, p) = (http.clone(), probe.clone());
+    eventually("/readyz answers 503 naming the upstream", move || {
+        let (h, p) = (h.clone(), p.clone());
+        async move {
+            match h.get(format!("{p}/readyz")).send().await {
+                Ok(r) if r.status() == 503 => {
+                    r.text().await.unwrap_or_default().contains("upstream down")
+                }
+                _ => false,
+            }
+        }
+        .boxed()
+    })
+    .await;
+}

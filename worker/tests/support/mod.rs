@@ -1,0 +1,243 @@
+//! Shared support for worker tests: a real upstream HTTP server (plain
+//! endpoint and OpenAI-compatible), and spawning the real rtq-worker binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rtq_testkit::RedisServer;
+use serde_json::{json, Value};
+
+/// What the upstream observed, and its health switch.
+#[derive(Default)]
+pub struct Upstream {
+    /// Health endpoint answers 200 while true, 503 otherwise.
+    pub healthy: AtomicBool,
+    /// Streams whose client went away before the end.
+    pub closed_early: AtomicUsize,
+    /// Requests received.
+    pub requests: AtomicUsize,
+}
+
+/// Sets `closed_early` when dropped before `finished`.
+struct CloseWatch {
+    upstream: Arc<Upstream>,
+    finished: bool,
+}
+
+impl CloseWatch {
+    /// The stream reached its end: not an early close.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.upstream.closed_early.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn streamed(
+    content_type: &'static str,
+    parts: Vec<String>,
+    delay_ms: u64,
+    up: Arc<Upstream>,
+) -> Response {
+    let watch = CloseWatch {
+        upstream: up,
+        finished: false,
+    };
+    let stream = futures::stream::unfold(
+        (parts.into_iter(), watch),
+        move |(mut it, watch)| async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            match it.next() {
+                Some(p) => Some((Ok::<_, std::io::Error>(p), (it, watch))),
+                None => {
+                    watch.finish();
+                    None
+                }
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// POST /generate: answers according to input["mode"].
+async fn generate(State(up): State<Arc<Upstream>>, Json(input): Json<Value>) -> Response {
+    up.requests.fetch_add(1, Ordering::SeqCst);
+    let n = input["n"].as_u64().unwrap_or(3);
+    match input["mode"].as_str().unwrap_or("json") {
+        "json" => Json(json!({ "echo": input })).into_response(),
+        "sse" => {
+            let mut parts: Vec<String> = (0..n).map(|i| format!("data: s{i}\n\n")).collect();
+            parts.push(format!("event: result\ndata: {}\n\n", json!({"n": n})));
+            streamed("text/event-stream", parts, 0, up)
+        }
+        "ndjson" => {
+            let mut parts: Vec<String> = (0..n)
+                .map(|i| format!("{}\n", json!({"chunk": format!("n{i}")})))
+                .collect();
+            parts.push(format!("{}\n", json!({"result": {"lines": n}})));
+            streamed("application/x-ndjson", parts, 0, up)
+        }
+        "slow" => {
+            let parts: Vec<String> = (0..10_000).map(|i| format!("data: slow{i}\n\n")).collect();
+            streamed("text/event-stream", parts, 20, up)
+        }
+        "garbage" => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "<html>oops</html>",
+        )
+            .into_response(),
+        "error" => (StatusCode::BAD_REQUEST, "bad prompt: too long").into_response(),
+        _ => (StatusCode::NOT_FOUND, "unknown mode").into_response(),
+    }
+}
+
+async fn health(State(up): State<Arc<Upstream>>) -> StatusCode {
+    if up.healthy.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn openai_event(v: Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// POST /v1/chat/completions and /v1/completions, streaming like vLLM.
+async fn openai(State(up): State<Arc<Upstream>>, Json(body): Json<Value>, chat: bool) -> Response {
+    up.requests.fetch_add(1, Ordering::SeqCst);
+    if body["model"] == "missing" {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": "The model `missing` does not exist.", "type": "NotFoundError"}})),
+        )
+            .into_response();
+    }
+    assert_eq!(body["stream"], true, "the worker always streams");
+    let words = ["Hel", "lo", " there"];
+    let mut parts = Vec::new();
+    if chat {
+        parts.push(openai_event(json!({"model": body["model"], "choices": [{"index": 0, "delta": {"role": "assistant"}}]})));
+    }
+    for w in words {
+        let choice = if chat {
+            json!({"index": 0, "delta": {"content": w}, "finish_reason": null})
+        } else {
+            json!({"index": 0, "text": w, "finish_reason": null})
+        };
+        parts.push(openai_event(
+            json!({"model": body["model"], "choices": [choice]}),
+        ));
+    }
+    let last = if chat {
+        json!({"index": 0, "delta": {}, "finish_reason": "stop"})
+    } else {
+        json!({"index": 0, "text": "", "finish_reason": "stop"})
+    };
+    parts.push(openai_event(
+        json!({"model": body["model"], "choices": [last]}),
+    ));
+    parts.push(openai_event(json!({"model": body["model"], "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}})));
+    parts.push("data: [DONE]\n\n".to_string());
+    streamed("text/event-stream", parts, 0, up)
+}
+
+/// Starts the upstream on a listener bound by the caller's port 0; returns
+/// its base URL.
+pub async fn start_upstream(up: Arc<Upstream>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/generate", post(generate))
+        .route("/health", get(health))
+        .route("/v1/models", get(health))
+        .route(
+            "/v1/chat/completions",
+            post(|s: State<Arc<Upstream>>, b: Json<Value>| openai(s, b, true)),
+        )
+        .route(
+            "/v1/completions",
+            post(|s: State<Arc<Upstream>>, b: Json<Value>| openai(s, b, false)),
+        )
+        .with_state(up);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// A free local port (for the worker's probe endpoint).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real rtq-worker binary, killed on drop.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts rtq-worker against `redis` with `args` (probe endpoint off
+/// unless the args set one).
+pub fn start_worker(redis: &RedisServer, args: &[&str]) -> WorkerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
+    cmd.args(["--lease-ms", "1000", "--grace-secs", "0"]);
+    if !args.contains(&"--probe-addr") {
+        cmd.args(["--probe-addr", "off"]);
+    }
+    let child = cmd
+        .args(args)
+        .env("RTQ_REDIS_URL", redis.url())
+        .env("RTQ_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rtq-worker starts");
+    WorkerProcess { child }
+}
+
+/// Polls `check` every 20 ms until it holds, or panics after 20 s.
+pub async fn eventually(
+    what: &str,
+    mut check: impl FnMut() -> futures::future::BoxFuture<'static, bool>,
+) {
+    for _ in 0..1000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
