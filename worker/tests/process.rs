@@ -19,6 +19,8 @@ fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> C
             "1000",
             "--grace-secs",
             "0",
+            "--probe-addr",
+            "off",
         ])
         .args(extra)
         .env("RTQ_REDIS_URL", redis.url())
