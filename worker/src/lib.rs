@@ -214,7 +214,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(worker_id = worker.id(), redis = %redacted, queue = %config.queue, handler = %config.handler_name(), "connected");
 
     let stop = CancellationToken::new();
-    let upstream = UpstreamState::new(worker.intake());
+    let probe_configured = config.health_url.is_some() || config.handler == HandlerKind::Openai;
+    let upstream = UpstreamState::new(
+        worker.intake(),
+        (!probe_configured).then(|| Duration::from_millis(config.health_interval_ms.max(50))),
+    );
     let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
     if config.upstream_timeout_secs > 0 {
         http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));

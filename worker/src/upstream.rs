@@ -15,15 +15,21 @@ pub struct UpstreamState {
     up: AtomicBool,
     last_error: Mutex<String>,
     intake: IntakeSwitch,
+    /// Without a health probe nothing would ever mark the upstream up
+    /// again: after this long, intake resumes on trial (the next request
+    /// tells).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl UpstreamState {
-    /// Starts as up; the first probe corrects it.
-    pub fn new(intake: IntakeSwitch) -> Arc<Self> {
+    /// Starts as up; the first probe (or request) corrects it.
+    /// `retry_after` is for workers without a probe (see the field).
+    pub fn new(intake: IntakeSwitch, retry_after: Option<Duration>) -> Arc<Self> {
         Arc::new(Self {
             up: AtomicBool::new(true),
             last_error: Mutex::new(String::new()),
             intake,
+            retry_after,
         })
     }
 
@@ -49,14 +55,25 @@ impl UpstreamState {
     }
 
     /// Marks the upstream down and stops intake.
-    pub fn mark_down(&self, why: &str) {
+    pub fn mark_down(self: &Arc<Self>, why: &str) {
         if let Ok(mut e) = self.last_error.lock() {
             *e = why.to_string();
         }
-        if self.up.swap(false, Ordering::AcqRel) {
+        let was_up = self.up.swap(false, Ordering::AcqRel);
+        if was_up {
             tracing::warn!(reason = why, "upstream is down; taking no new tasks");
         }
         self.intake.set(false);
+        if let (true, Some(after)) = (was_up, self.retry_after) {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if !me.is_up() {
+                    tracing::info!("retrying the upstream with the next task");
+                    me.mark_up();
+                }
+            });
+        }
     }
 }
 

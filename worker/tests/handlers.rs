@@ -376,3 +376,41 @@ async fn health_readiness_and_metrics_endpoints() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_unreachable_upstream_fails_clearly_and_is_tried_again_later() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/generate");
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "un",
+            "--handler",
+            "http",
+            "--upstream-url",
+            &url,
+            "--health-interval-ms",
+            "200",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("un").unwrap();
+    let err = within(q.run(TaskRequest::json(json!({"mode": "json"})).max_attempts(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("connection refused or unreachable"),
+        "{err}"
+    );
+    // The model server comes up on that port: without a health probe the
+    // worker tries again by itself and the next task succeeds.
+    let up = Arc::new(Upstream::default());
+    start_upstream_at(Arc::clone(&up), port).await;
+    let out = within(q.run(TaskRequest::json(json!({"mode": "json", "after": true}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["after"], true);
+}

@@ -6,6 +6,8 @@ pub mod exec;
 pub mod http;
 pub mod openai;
 
+use std::sync::Arc;
+
 use reqwest::StatusCode;
 use rtq_core::HandlerError;
 
@@ -20,7 +22,7 @@ const QUOTE_LIMIT: usize = 500;
 pub(crate) fn request_failed(
     e: reqwest::Error,
     url: &str,
-    upstream: &UpstreamState,
+    upstream: &Arc<UpstreamState>,
 ) -> HandlerError {
     let why = format!("upstream {url}: {}", describe(&e));
     if e.is_connect() {

@@ -167,7 +167,14 @@ async fn openai(State(up): State<Arc<Upstream>>, Json(body): Json<Value>, chat: 
 /// Starts the upstream on a listener bound by the caller's port 0; returns
 /// its base URL.
 pub async fn start_upstream(up: Arc<Upstream>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_upstream_at(up, 0).await
+}
+
+/// Starts the upstream on a given port (0 = any).
+pub async fn start_upstream_at(up: Arc<Upstream>, port: u16) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/generate", post(generate))
