@@ -9,7 +9,8 @@ stdout (to rtq-worker):   {"id":..,"chunk":"text"} ... then {"id":..,"result":{.
 
 This toy model streams the words of input["prompt"] reversed, one per
 input["delay_ms"] milliseconds. input["crash"] makes the process exit (to
-show that rtq-worker restarts it), input["fail"] fails the task.
+show that rtq-worker restarts it), input["fail"] fails the task, and
+input["report_cancel_to"] names a file that records cancels (for tests).
 
 Run it under a worker:
   rtq-worker --handler exec --exec-command "python3 examples/exec_child.py" --queue llm
@@ -21,6 +22,7 @@ import time
 
 out_lock = threading.Lock()
 cancelled = set()
+report_cancel_to = {}  # task id -> file to append "cancelled <id>" to (tests)
 
 
 def emit(obj):
@@ -56,8 +58,15 @@ def main():
         if msg.get("type") == "cancel":
             cancelled.add(msg["id"])
             print(f"cancelled {msg['id']}", file=sys.stderr, flush=True)
+            path = report_cancel_to.pop(msg["id"], None)
+            if path:
+                with open(path, "a") as f:
+                    f.write(f"cancelled {msg['id']}\n")
         elif msg.get("type") == "task":
-            if (msg.get("input") or {}).get("crash"):
+            inp = msg.get("input") or {}
+            if inp.get("report_cancel_to"):
+                report_cancel_to[msg["id"]] = inp["report_cancel_to"]
+            if inp.get("crash"):
                 print("crashing on purpose", file=sys.stderr, flush=True)
                 sys.exit(3)
             threading.Thread(target=run, args=(msg,), daemon=True).start()

@@ -414,3 +414,50 @@ async fn an_unreachable_upstream_fails_clearly_and_is_tried_again_later() {
         .unwrap();
     assert_eq!(out.result["echo"]["after"], true);
 }
+
+#[tokio::test]
+async fn cancelling_an_exec_task_tells_the_child() {
+    let redis = RedisServer::start();
+    let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
+    let cmd = format!("python3 {child}");
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "exc",
+            "--handler",
+            "exec",
+            "--exec-command",
+            &cmd,
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("exc").unwrap();
+    let dir = std::env::temp_dir().join(format!("rtq-exec-cancel-{}", std::process::id()));
+    let report = dir.to_string_lossy().to_string();
+    let _ = std::fs::remove_file(&dir);
+    let words = vec!["w"; 500].join(" ");
+    let mut stream = q
+        .stream(TaskRequest::json(
+            json!({"prompt": words, "delay_ms": 20, "report_cancel_to": report}),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(stream.next()).await,
+        Some(Ok(StreamEvent::Chunk(_)))
+    ));
+    q.cancel(stream.id(), "stop").await.unwrap();
+    let (path, id) = (dir.clone(), stream.id().to_string());
+    eventually("the child received the cancel line", move || {
+        let (path, id) = (path.clone(), id.clone());
+        async move {
+            std::fs::read_to_string(&path)
+                .map(|s| s.contains(&id))
+                .unwrap_or(false)
+        }
+        .boxed()
+    })
+    .await;
+    let _ = std::fs::remove_file(&dir);
+}
