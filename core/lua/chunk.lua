@@ -35,12 +35,12 @@ end
 if #chunks == 0 then return {'OK', nc} end
 redis.call('RPUSH', okey(id), unpack(chunks))
 redis.call('HINCRBY', t, 'nb', bytes)
+local now = now_ms()
 if nc == 0 then
-  local now = now_ms()
   redis.call('HSET', t, 'fc', now)
   stat_hist(stats_key(now), 'f:', now - tonumber(h[8]))
 end
-redis.call('HSET', t, 'nc', nc + #chunks)
+redis.call('HSET', t, 'nc', nc + #chunks, 'lc', now)
 if h[5] == '1' or h[6] == '1' then
   local ev = {'e', 'c', 'a', att, 's', nc}
   for _, c in ipairs(chunks) do ev[#ev + 1] = 'c'; ev[#ev + 1] = c end

@@ -55,7 +55,7 @@ if id ~= '' then
         redis.call('HSET', t, 'fc', now)
         stat_hist(stats_key(now), 'f:', now - tonumber(h[8]))
       end
-      redis.call('HSET', t, 'nc', nc + #chunks)
+      redis.call('HSET', t, 'nc', nc + #chunks, 'lc', now)
       if h[5] == '1' or h[6] == '1' then
         local ev = {'e', 'c', 'a', att, 's', nc}
         for _, c in ipairs(chunks) do ev[#ev + 1] = 'c'; ev[#ev + 1] = c end

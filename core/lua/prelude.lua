@@ -97,7 +97,7 @@ end
 local function assign(id, wid, now, dl, spec, sub)
   local t = tkey(id)
   local att = redis.call('HINCRBY', t, 'att', 1)
-  redis.call('HSET', t, 'st', 'running', 'w', wid, 'start', now, 'fc', 0, 'nc', 0, 'nb', 0)
+  redis.call('HSET', t, 'st', 'running', 'w', wid, 'start', now, 'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0)
   redis.call('SADD', P .. 'wq:' .. wid, id)
   local b = stat_count(now, 'started')
   stat_hist(b, 'w:', now - tonumber(sub))
@@ -144,7 +144,7 @@ end
 -- tells followers that the attempt they were reading is void.
 local function requeue(id, h, reason, now)
   local t = tkey(id)
-  redis.call('HSET', t, 'st', 'queued', 'w', '', 'nc', 0, 'nb', 0, 'fc', 0)
+  redis.call('HSET', t, 'st', 'queued', 'w', '', 'nc', 0, 'nb', 0, 'fc', 0, 'lc', 0)
   redis.call('DEL', okey(id))
   redis.call('ZADD', P .. 'pending', h[12], id)
   notify(id, h[4], h[6], tonumber(h[11]), {'e', 'q', 'a', h[2], 'm', reason})

@@ -31,6 +31,8 @@ pub struct TaskInfo {
     pub started_ms: i64,
     /// First chunk of the current/last attempt (ms), 0 = none.
     pub first_chunk_ms: i64,
+    /// Last chunk of the current/last attempt (ms), 0 = none.
+    pub last_chunk_ms: i64,
     /// End time (ms), 0 = not ended.
     pub finished_ms: i64,
     /// Chunks written by the current/last attempt.
@@ -89,6 +91,7 @@ impl TaskInfo {
             deadline_ms: int("dl"),
             started_ms: int("start"),
             first_chunk_ms: int("fc"),
+            last_chunk_ms: int("lc"),
             finished_ms: int("fin"),
             chunks: int("nc") as u64,
             bytes: int("nb") as u64,

@@ -1,0 +1,154 @@
+//! `rtq`: the operations console for rtq queues, and the scriptable admin
+//! CLI in the same binary.
+//!
+//! Layout: `cli` (scriptable commands), `model` (what a view shows),
+//! `fetch` (background reads: the only code that touches the network),
+//! `state` (app state and its update from keys and data; no I/O),
+//! `keymap` (bindings, also the source of the help screen), `render`
+//! (state -> frame, one module per view), `ui` (terminal setup and the
+//! event loop).
+
+pub mod cli;
+pub mod fetch;
+pub mod keymap;
+pub mod model;
+pub mod render;
+pub mod state;
+pub mod ui;
+
+use clap::{Parser, Subcommand};
+
+/// rtq: watch and steer rtq queues. Without a command, opens the console.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Redis URL (the password is never shown).
+    #[arg(
+        long,
+        global = true,
+        env = "RTQ_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true
+    )]
+    pub redis: String,
+    /// Console refresh period in ms.
+    #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
+    pub refresh_ms: u64,
+    /// Disable every action (requeue, cancel, pause, purge, ...).
+    #[arg(long, global = true, env = "RTQ_READ_ONLY")]
+    pub read_only: bool,
+    /// What to do; the console if absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Scriptable commands. Exit codes: 0 success, 1 the operation failed
+/// (unknown task, full queue, task failed), 2 usage error, 3 Redis
+/// unreachable.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Open the console (the default).
+    Ui,
+    /// Queue statistics for monitors and autoscalers.
+    Stats {
+        /// Only this queue (default: all).
+        queue: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Window in seconds for rates and latency percentiles.
+        #[arg(long, default_value_t = 60)]
+        window_secs: u64,
+    },
+    /// Workers of a queue with their heartbeat.
+    Workers {
+        /// Queue.
+        queue: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks of a queue: pending, running or recent.
+    Tasks {
+        /// Queue.
+        queue: String,
+        /// Which tasks.
+        #[arg(long, value_enum, default_value = "pending")]
+        state: TaskList,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a task; print its result (or its chunks as they arrive).
+    Submit {
+        /// Queue.
+        queue: String,
+        /// Input JSON.
+        input: String,
+        /// Print chunks as they arrive.
+        #[arg(long)]
+        stream: bool,
+        /// Priority [-1000, 1000].
+        #[arg(long, default_value_t = 0)]
+        priority: i16,
+        /// Deadline in seconds (0 = none).
+        #[arg(long, default_value_t = 0)]
+        timeout_secs: u64,
+        /// Return the id at once instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Put a task back in its queue.
+    Requeue {
+        /// Queue.
+        queue: String,
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Queue.
+        queue: String,
+        /// Task id.
+        id: String,
+    },
+    /// Stop handing out tasks of a queue.
+    Pause {
+        /// Queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// Queue.
+        queue: String,
+    },
+    /// Set a queue's maximum depth (0 = unlimited).
+    MaxDepth {
+        /// Queue.
+        queue: String,
+        /// Maximum pending tasks.
+        depth: u64,
+    },
+    /// Cancel every pending task of a queue.
+    Purge {
+        /// Queue.
+        queue: String,
+        /// Required: the queue name again, to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+/// Which task list `rtq tasks` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskList {
+    /// Waiting, in hand-out order.
+    Pending,
+    /// Owned by workers.
+    Running,
+    /// Recently ended, newest first.
+    Recent,
+}

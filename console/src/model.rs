@@ -1,0 +1,113 @@
+//! What the console shows: snapshots produced by `fetch`, consumed by
+//! `state` and `render`. Times are Redis times (ms) so ages are computed on
+//! one clock, and tests can render with a fixed `now_ms`.
+
+use std::collections::HashSet;
+
+use rtq_core::admin::{QueueOverview, QueueStats, WorkerInfo};
+use rtq_core::TaskInfo;
+
+/// One queue's row in the queues view.
+#[derive(Clone, Debug, Default)]
+pub struct QueueRow {
+    /// Counts at a glance.
+    pub overview: QueueOverview,
+    /// Rates and latencies over the last 5 minutes.
+    pub stats: QueueStats,
+}
+
+/// Workers of the selected queue.
+#[derive(Clone, Debug, Default)]
+pub struct NodesData {
+    /// Queue name.
+    pub queue: String,
+    /// Redis time of the read.
+    pub now_ms: i64,
+    /// Registered workers.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// Which list the tasks view shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskTab {
+    /// Waiting tasks, in hand-out order.
+    #[default]
+    Pending,
+    /// Tasks owned by workers.
+    Running,
+    /// Recently ended tasks.
+    Recent,
+}
+
+impl TaskTab {
+    /// The next tab (cycles).
+    pub fn next(self) -> Self {
+        match self {
+            TaskTab::Pending => TaskTab::Running,
+            TaskTab::Running => TaskTab::Recent,
+            TaskTab::Recent => TaskTab::Pending,
+        }
+    }
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskTab::Pending => "pending",
+            TaskTab::Running => "in flight",
+            TaskTab::Recent => "finished",
+        }
+    }
+}
+
+/// One page of tasks of the selected queue.
+#[derive(Clone, Debug, Default)]
+pub struct TasksData {
+    /// Queue name.
+    pub queue: String,
+    /// Which list.
+    pub tab: TaskTab,
+    /// Index of the first task of the page within the list.
+    pub offset: usize,
+    /// Length of the whole list (as far as known).
+    pub total: usize,
+    /// Redis time of the read.
+    pub now_ms: i64,
+    /// The page.
+    pub tasks: Vec<TaskInfo>,
+    /// Workers whose lease has expired (their tasks are orphaned).
+    pub dead_workers: HashSet<String>,
+}
+
+/// One task in detail.
+#[derive(Clone, Debug)]
+pub struct DetailData {
+    /// Queue name.
+    pub queue: String,
+    /// Redis time of the read.
+    pub now_ms: i64,
+    /// Everything stored about it.
+    pub info: TaskInfo,
+    /// The last chunks of its output (live tail while it runs).
+    pub tail: Vec<String>,
+}
+
+/// A result from the background fetcher.
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    /// All queues.
+    Queues {
+        /// One row per queue.
+        rows: Vec<QueueRow>,
+        /// Redis time of the read.
+        now_ms: i64,
+    },
+    /// Workers of a queue.
+    Nodes(NodesData),
+    /// A page of tasks.
+    Tasks(TasksData),
+    /// One task.
+    Detail(Box<DetailData>),
+    /// An action finished: message, and whether it failed.
+    ActionDone(String, bool),
+    /// Reading failed (Redis unreachable, ...).
+    Failed(String),
+}

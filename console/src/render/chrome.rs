@@ -1,0 +1,142 @@
+//! Header, footer, help overlay and dialogs.
+
+use ratatui::layout::{Constraint, Flex, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Row, Table};
+use ratatui::Frame;
+
+use crate::keymap::KEYMAP;
+use crate::state::{App, Connection, Prompt, View};
+
+pub fn header(frame: &mut Frame, area: Rect, app: &App) {
+    let conn = match &app.connection {
+        Connection::Connecting => Span::styled("connecting", Style::new().fg(Color::Yellow)),
+        Connection::Connected => Span::styled("connected", Style::new().fg(Color::Green)),
+        Connection::Disconnected { since, .. } => Span::styled(
+            format!("disconnected since {since}"),
+            Style::new().fg(Color::Red).bold(),
+        ),
+    };
+    let age = match app.last_data {
+        Some(t) => {
+            let stale = app.connection != Connection::Connected;
+            let text = format!(
+                " data {:.1}s old{}",
+                t.elapsed().as_secs_f64(),
+                if stale { " (stale)" } else { "" }
+            );
+            Span::styled(
+                text,
+                if stale {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new().dim()
+                },
+            )
+        }
+        None => Span::raw(" no data yet"),
+    };
+    let tab = |n: &str, name: &str, v: View| {
+        let active = app.view == v || (v == View::Tasks && app.view == View::Detail);
+        let style = if active {
+            Style::new().reversed()
+        } else {
+            Style::new()
+        };
+        Span::styled(format!(" {n}:{name}"), style)
+    };
+    // The URL comes last so a narrow terminal truncates it, not the state.
+    let mut spans = vec![
+        Span::styled("rtq", Style::new().bold()),
+        tab("1", "Queues", View::Queues),
+        tab("2", "Nodes", View::Nodes),
+        tab("3", "Tasks", View::Tasks),
+        Span::raw(" "),
+        conn,
+        age,
+    ];
+    if app.read_only {
+        spans.push(Span::styled(" READ-ONLY", Style::new().fg(Color::Magenta)));
+    }
+    spans.push(Span::raw(format!("  {}", app.redis)));
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+pub fn footer(frame: &mut Frame, area: Rect, app: &App) {
+    let line = if let Some(input) = &app.input {
+        let label = match input.prompt {
+            Prompt::Filter => "filter: ",
+            Prompt::MaxDepth => "max depth (0 = unlimited): ",
+            Prompt::Purge => "type the queue name to purge it: ",
+        };
+        Line::from(vec![
+            Span::styled(label, Style::new().bold()),
+            Span::raw(format!("{}_", input.text)),
+        ])
+    } else if let Some((msg, failed)) = &app.status {
+        let style = if *failed {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new().fg(Color::Green)
+        };
+        Line::from(Span::styled(msg.clone(), style))
+    } else if let Connection::Disconnected { error, .. } = &app.connection {
+        Line::from(Span::styled(error.clone(), Style::new().fg(Color::Red)))
+    } else {
+        let queue = app.queue.as_deref().unwrap_or("-");
+        let filter = if app.filter.is_empty() {
+            String::new()
+        } else {
+            format!("  filter: {}", app.filter)
+        };
+        Line::from(format!(
+            "queue: {queue}{filter}   ? help  / filter  Enter open  Esc back  q quit"
+        ))
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let [v] = Layout::vertical([Constraint::Length(height.min(area.height))])
+        .flex(Flex::Center)
+        .areas(area);
+    let [h] = Layout::horizontal([Constraint::Length(width.min(area.width))])
+        .flex(Flex::Center)
+        .areas(v);
+    h
+}
+
+pub fn help(frame: &mut Frame, app: &App) {
+    let rows: Vec<Row> = KEYMAP
+        .iter()
+        .map(|b| {
+            let style = if b.mutates && app.read_only {
+                Style::new().dim()
+            } else {
+                Style::new()
+            };
+            Row::new(vec![b.label.to_string(), b.help.to_string()]).style(style)
+        })
+        .collect();
+    let area = centered(frame.area(), 60, KEYMAP.len() as u16 + 2);
+    let table = Table::new(rows, [Constraint::Length(8), Constraint::Min(20)])
+        .block(Block::bordered().title(" keys (any key closes) "));
+    frame.render_widget(Clear, area);
+    frame.render_widget(table, area);
+}
+
+pub fn confirm(frame: &mut Frame, message: &str) {
+    let area = centered(frame.area(), (message.len() as u16 + 4).max(30), 3);
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(message.to_string())
+            .style(Style::new().add_modifier(Modifier::BOLD))
+            .block(
+                Block::bordered()
+                    .title(" confirm ")
+                    .border_style(Style::new().fg(Color::Yellow)),
+            ),
+        area,
+    );
+}

@@ -1,0 +1,165 @@
+//! The queues view: one row per queue, sparklines for the selected one.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::widgets::{Block, Row, Sparkline, Table, TableState};
+use ratatui::Frame;
+
+use super::{fmt_lat, fmt_ms};
+use crate::state::App;
+
+/// Rate per second over the last six 10-second buckets (the live view
+/// wants "now", not the 5-minute average).
+pub fn last_minute_rate(stats: &rtq_core::admin::QueueStats, name: &str) -> f64 {
+    stats.series(name).iter().rev().take(6).sum::<u64>() as f64 / 60.0
+}
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let [table_area, sparks] =
+        Layout::vertical([Constraint::Min(4), Constraint::Length(9)]).areas(area);
+    let wide = area.width >= 120;
+    let mut header = vec![
+        "QUEUE",
+        "STATE",
+        "PEND",
+        "RUN",
+        "DONE/s",
+        "FAIL/s",
+        "WAIT p50/99",
+        "TOTAL p50/95/99",
+        "WRK",
+    ];
+    if wide {
+        header.extend(["TTFC p50", "HEAD AGE", "MAX"]);
+    }
+    let rows: Vec<Row> = app
+        .visible_queues()
+        .iter()
+        .map(|q| {
+            let (o, s) = (&q.overview, &q.stats);
+            let state = if o.paused {
+                "paused".fg(Color::Yellow)
+            } else {
+                "running".fg(Color::Green)
+            };
+            let mut cells = vec![
+                o.name.clone().into(),
+                state,
+                o.pending.to_string().into(),
+                o.running.to_string().into(),
+                format!("{:.1}", last_minute_rate(s, "done")).into(),
+                format!("{:.1}", last_minute_rate(s, "failed")).into(),
+                format!("{}/{}", fmt_lat(s.wait.p50), fmt_lat(s.wait.p99)).into(),
+                format!(
+                    "{}/{}/{}",
+                    fmt_lat(s.total.p50),
+                    fmt_lat(s.total.p95),
+                    fmt_lat(s.total.p99)
+                )
+                .into(),
+                o.workers_alive.to_string().into(),
+            ];
+            if wide {
+                cells.extend([
+                    fmt_lat(s.first_chunk.p50).into(),
+                    o.head_wait_ms
+                        .map(fmt_ms)
+                        .unwrap_or_else(|| "-".into())
+                        .into(),
+                    if o.max_depth == 0 {
+                        "-".to_string()
+                    } else {
+                        o.max_depth.to_string()
+                    }
+                    .into(),
+                ]);
+            }
+            Row::new(cells)
+        })
+        .collect();
+    let mut widths = vec![
+        Constraint::Min(10),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(11),
+        Constraint::Length(15),
+        Constraint::Length(3),
+    ];
+    if wide {
+        widths.extend([
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(6),
+        ]);
+    }
+    let empty = app.queues.is_empty();
+    let title = if empty {
+        " queues (none yet: submit a task or start a worker) "
+    } else {
+        " queues "
+    };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().bold()))
+        .block(Block::bordered().title(title))
+        .row_highlight_style(Style::new().reversed());
+    let mut state = TableState::default().with_selected((!empty).then_some(app.cursor()));
+    frame.render_stateful_widget(table, table_area, &mut state);
+
+    let Some(row) = app
+        .queues
+        .iter()
+        .find(|q| Some(&q.overview.name) == app.queue.as_ref())
+    else {
+        return;
+    };
+    let [a, b, c] = Layout::vertical([Constraint::Length(3); 3]).areas(sparks);
+    let done = row.stats.series("done");
+    let failed = row.stats.series("failed");
+    let depth: Vec<u64> = app
+        .depth_history
+        .get(&row.overview.name)
+        .map(|h| h.iter().copied().collect())
+        .unwrap_or_default();
+    let window = fmt_ms((row.stats.window_secs * 1000.0) as i64);
+    let spark = |title: String, data: &[u64], color: Color| {
+        Sparkline::default()
+            .block(Block::bordered().title(title))
+            .data(data.to_vec())
+            .style(Style::new().fg(color))
+    };
+    let last = |d: &[u64]| d.last().copied().unwrap_or(0);
+    frame.render_widget(
+        spark(
+            format!(
+                " {} done per 10s, last {window} (now {}) ",
+                row.overview.name,
+                last(&done)
+            ),
+            &done,
+            Color::Green,
+        ),
+        a,
+    );
+    frame.render_widget(
+        spark(
+            format!(" failed per 10s (now {}) ", last(&failed)),
+            &failed,
+            Color::Red,
+        ),
+        b,
+    );
+    frame.render_widget(
+        spark(
+            format!(
+                " queue depth, since the console started (now {}) ",
+                last(&depth)
+            ),
+            &depth,
+            Color::Cyan,
+        ),
+        c,
+    );
+}
