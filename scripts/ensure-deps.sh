@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what rtq's demo and tests need beyond Rust, from the distribution's
-# packages, if missing: redis-server, and python3 (the exec-handler example
-# child and its test).
+# packages, if missing: redis-server, python3 (the exec-handler example child
+# and its test) and tmux (the console's end-to-end test).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -16,4 +17,4 @@ $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 # A package may start a system service; rtq's scripts and tests start private
 # servers of their own and never depend on it.
-command -v redis-server >/dev/null && command -v python3 >/dev/null
+command -v redis-server >/dev/null && command -v python3 >/dev/null && command -v tmux >/dev/null
