@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The rtq demo: a private Redis (installed if missing), two workers, and a
-# few clients: request/response, streaming, submit-then-fetch. Everything it
-# starts is stopped when it ends (or on Ctrl-C).
+# The rtq demo: a private Redis (installed if missing), four rtq-worker
+# processes with the mock model (different speeds, one that fails sometimes,
+# one with a slow first token), a load generator with streaming and
+# non-streaming traffic, and the console on top. Quitting the console (q)
+# stops everything it started.
+#
+# Without a terminal (CI, pipes) it runs the load for a few seconds and
+# prints `rtq stats` instead of opening the console.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
-cargo build --quiet --release -p rtq-examples --examples
+echo "building (release) ..." >&2
+cargo build --quiet --release -p rtq-worker -p rtq-console -p rtq-examples --examples --bins
 
 dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 6399)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$dir"
@@ -20,14 +26,19 @@ trap cleanup EXIT INT TERM
 
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --logfile "$dir/redis.log"
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-export RTQ_REDIS_URL="redis://127.0.0.1:$port/" RTQ_QUEUE=demo RUST_LOG=warn
-bin=target/release/examples
-echo "== private Redis on port $port; starting two workers"
-"$bin/worker" >"$dir/worker1.log" 2>&1 & pids+=($!)
-"$bin/worker" >"$dir/worker2.log" 2>&1 & pids+=($!)
-sleep 0.5
-echo "== request/response";  "$bin/request_response"
-echo "== streaming";         "$bin/streaming"
-echo "== submit, then fetch"; "$bin/submit_then_fetch"
-echo "== queue keys in Redis now:"
-redis-cli -p "$port" --scan --pattern 'rtq:*' | sort | head -20
+export RTQ_REDIS_URL="redis://127.0.0.1:$port/" RTQ_QUEUE=llm RTQ_LOG=warn RTQ_PROBE_ADDR=off RTQ_GRACE_SECS=2
+bin=target/release
+worker() { "$bin/rtq-worker" "$@" >>"$dir/workers.log" 2>&1 & pids+=($!); }
+worker --worker-id a100-1 --label gpu=A100 --concurrency 8 --mock-tokens-per-sec 80
+worker --worker-id a100-2 --label gpu=A100 --concurrency 8 --mock-tokens-per-sec 80
+worker --worker-id l4-1 --label gpu=L4 --concurrency 4 --mock-tokens-per-sec 25 --mock-error-rate 0.15
+worker --worker-id t4-1 --label gpu=T4 --concurrency 2 --mock-tokens-per-sec 15 --mock-latency-ms 400
+"$bin/examples/loadgen" 6 12 >>"$dir/loadgen.log" 2>&1 & pids+=($!)
+
+if [ -t 0 ] && [ -t 1 ]; then
+  "$bin/rtq"
+else
+  sleep 6
+  "$bin/rtq" stats
+  "$bin/rtq" workers llm
+fi
