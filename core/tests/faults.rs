@@ -453,3 +453,38 @@ async fn chunk_indexes_cutting_every(
     .await;
     indexes
 }
+
+#[tokio::test]
+async fn intake_switched_off_before_run_offers_no_slot_until_switched_on() {
+    let redis = RedisServer::start();
+    let worker = rtq_core::Worker::connect(&redis.url(), fast("intake"))
+        .await
+        .unwrap();
+    let intake = worker.intake();
+    intake.set(false); // before run(): must not be lost
+    let (seen, mut rx) = seen_channel();
+    let id = worker.id().to_string();
+    let handler = std::sync::Arc::new(Scripted {
+        worker: id.clone(),
+        seen,
+        release: std::sync::Arc::new(tokio::sync::Notify::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(handler, async {
+        let _ = stop_rx.await;
+    }));
+    wait_registered(&redis.url(), &id).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("intake").unwrap();
+    let admin = Admin::new(&client);
+    assert_eq!(admin.overview("intake").await.unwrap().idle_slots, 0);
+    let sub = q.submit(TaskRequest::json(json!(1))).await.unwrap();
+    assert_eq!(sub.state, TaskState::Queued, "no slot was offered");
+    intake.set(true);
+    let Seen::Started { id: started, .. } = next_seen(&mut rx, 20).await else {
+        panic!()
+    };
+    assert_eq!(started, sub.id);
+    let _ = stop_tx.send(());
+    run.await.unwrap().unwrap();
+}

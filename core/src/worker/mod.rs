@@ -213,6 +213,10 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
         let mut intake_rx = self.intake.subscribe();
+        // The switch may have been flipped before run() (say, a health probe
+        // that found the upstream down): start from its current value.
+        let accepting = *intake_rx.borrow_and_update();
+        self.status.accepting.store(accepting, Ordering::Release);
         let shared = Arc::new(Shared {
             conn: self.conn.clone(),
             keys: self.keys.clone(),
@@ -230,7 +234,8 @@ impl Worker {
         let inbox = self.endpoint.dedicated(Duration::from_secs(10)).await?;
         heartbeat::beat(&shared).await?;
         let mut slots = JoinSet::new();
-        for delivery in shared.claim(self.config.slots).await? {
+        let offered = if accepting { self.config.slots } else { 0 };
+        for delivery in shared.claim(offered).await? {
             slots.spawn(slot::run(Arc::clone(&shared), delivery));
         }
         let hb_stop = CancellationToken::new();
