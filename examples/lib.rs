@@ -1,4 +1,8 @@
-//! Shared bits of the rtq examples: where Redis is and which queue to use.
+//! Shared bits of the rtq examples: where Redis is, which queue to use, and
+//! the delay proxy used by the benchmarks.
+
+#[path = "delay_proxy.rs"]
+pub mod delay_proxy;
 
 /// The Redis URL: `$RTQ_REDIS_URL` or the local default.
 pub fn redis_url() -> String {

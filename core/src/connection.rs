@@ -37,10 +37,17 @@ impl Endpoint {
     /// [`Error::Connection`] with the redacted URL if it cannot be parsed.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let redacted = redact_url(url);
-        let client = redis::Client::open(url).map_err(|source| Error::Connection {
+        let wrap = |source| Error::Connection {
             url: redacted.clone(),
             source,
-        })?;
+        };
+        // TCP_NODELAY: rtq pipelines small writes (a heartbeat, then a
+        // complete); with Nagle's algorithm the second would wait for the
+        // first's ACK, which delayed ACK holds back for a whole round trip.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(wrap)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(wrap)?;
         Ok(Self { client, redacted })
     }
 

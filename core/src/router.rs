@@ -26,8 +26,9 @@ use crate::connection::Endpoint;
 use crate::keys::QueueKeys;
 use crate::protocol::{value_to_bytes, value_to_string, ReplyEvent};
 
-/// How long one XREAD blocks on the server before it is re-issued.
-const BLOCK: Duration = Duration::from_secs(5);
+/// How long one XREAD blocks on the server before it is re-issued. Long:
+/// every re-issue opens a one-round-trip window in which new events wait.
+const BLOCK: Duration = Duration::from_secs(10);
 /// Entries read per XREAD at most.
 const READ_COUNT: usize = 1000;
 
@@ -83,6 +84,16 @@ impl ReplyRouter {
         });
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
+        tokio::spawn(
+            Arc::clone(&router)
+                .housekeeping_loop(
+                    settings.shared.clone(),
+                    settings.keys.prefix().to_string(),
+                    settings.housekeeping_every,
+                    settings.shutdown.clone(),
+                )
+                .instrument(span.clone()),
+        );
         tokio::spawn(Arc::clone(&router).read_loop(settings).instrument(span));
         router
     }
@@ -124,33 +135,45 @@ impl ReplyRouter {
         }
     }
 
+    /// While waits are open, runs the queue's housekeeping every `every`,
+    /// on the shared connection (never delaying the blocking reader).
+    async fn housekeeping_loop(
+        self: Arc<Self>,
+        mut shared: ConnectionManager,
+        prefix: String,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if self.waiting() == 0 {
+                continue;
+            }
+            let r: redis::RedisResult<Value> = crate::scripts::scripts()
+                .heartbeat
+                .key(&prefix)
+                .arg("")
+                .arg(0)
+                .invoke_async(&mut shared)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "housekeeping failed");
+            }
+        }
+    }
+
     async fn read_loop(self: Arc<Self>, s: ReaderSettings) {
         let mut last_id = "0-0".to_string();
         let mut conn = None;
         let mut down_since: Option<Instant> = None;
         let mut told_down = false;
         let mut backoff = Duration::from_millis(50);
-        let mut last_housekeeping = Instant::now();
         loop {
             if s.shutdown.is_cancelled() {
                 break;
-            }
-            if self.waiting() > 0 && last_housekeeping.elapsed() >= s.housekeeping_every {
-                last_housekeeping = Instant::now();
-                let mut shared = s.shared.clone();
-                let prefix = s.keys.prefix().to_string();
-                tokio::spawn(async move {
-                    let r: redis::RedisResult<Value> = crate::scripts::scripts()
-                        .heartbeat
-                        .key(prefix)
-                        .arg("")
-                        .arg(0)
-                        .invoke_async(&mut shared)
-                        .await;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "housekeeping failed");
-                    }
-                });
             }
             if conn.is_none() {
                 match s.endpoint.dedicated(BLOCK + Duration::from_secs(5)).await {
@@ -172,11 +195,7 @@ impl ReplyRouter {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let block_ms = if self.waiting() > 0 {
-                s.housekeeping_every.min(BLOCK)
-            } else {
-                BLOCK
-            };
+            let block_ms = BLOCK;
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(READ_COUNT)

@@ -36,8 +36,11 @@ use crate::protocol::{value_to_string, InboxMessage, TaskDelivery};
 use crate::scripts::scripts;
 use handler::StopSignal;
 
-/// How long one BLPOP on the inbox blocks on the server.
-const INBOX_BLOCK_SECS: f64 = 2.0;
+/// How long one BLPOP on the inbox blocks on the server. Long: every
+/// re-issue opens a one-round-trip window in which a pushed task waits.
+const INBOX_BLOCK_SECS: f64 = 10.0;
+/// Response timeout of the inbox connection (above the BLPOP timeout).
+const INBOX_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One attempt running in this process.
 struct Running {
@@ -231,7 +234,7 @@ impl Worker {
             .arg(self.keys.name())
             .query_async(&mut self.conn.clone())
             .await;
-        let inbox = self.endpoint.dedicated(Duration::from_secs(10)).await?;
+        let inbox = self.endpoint.dedicated(INBOX_RESPONSE_TIMEOUT).await?;
         heartbeat::beat(&shared).await?;
         let mut slots = JoinSet::new();
         let offered = if accepting { self.config.slots } else { 0 };
@@ -398,7 +401,7 @@ async fn read_inbox(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                if let Ok(c) = endpoint.dedicated(Duration::from_secs(10)).await {
+                if let Ok(c) = endpoint.dedicated(INBOX_RESPONSE_TIMEOUT).await {
                     conn = c;
                 }
             }
