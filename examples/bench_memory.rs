@@ -16,13 +16,19 @@ use serde_json::json;
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg(section).query(conn).unwrap();
-    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))?.trim().parse().ok()).unwrap_or(0)
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:"))?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -40,13 +46,17 @@ async fn main() -> anyhow::Result<()> {
     let before = info_field(&mut conn, "memory", "used_memory");
     let n = 10_000;
     for chunk in 0..(n / 500) {
-        let subs = (0..500).map(|i| q.submit(TaskRequest::json(input.clone()).id(format!("m{chunk}-{i}"))));
+        let subs = (0..500)
+            .map(|i| q.submit(TaskRequest::json(input.clone()).id(format!("m{chunk}-{i}"))));
         for r in futures::future::join_all(subs).await {
             r?;
         }
     }
     let after = info_field(&mut conn, "memory", "used_memory");
-    println!("Redis memory per queued task (1000-char input): {} bytes", (after - before) / n as u64);
+    println!(
+        "Redis memory per queued task (1000-char input): {} bytes",
+        (after - before) / n as u64
+    );
     admin.purge("mem-queued").await?;
 
     // Client memory for 10,000 concurrent waits.
@@ -57,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
     let mut waits = Vec::new();
     for _ in 0..10_000 {
         let q = q.clone();
-        waits.push(tokio::spawn(async move { q.run(TaskRequest::json(json!({"x": 1}))).await }));
+        waits.push(tokio::spawn(async move {
+            q.run(TaskRequest::json(json!({"x": 1}))).await
+        }));
     }
     while admin.overview("mem-waits").await?.pending < 10_000 {
         tokio::time::sleep(Duration::from_millis(50)).await;
