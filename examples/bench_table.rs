@@ -6,8 +6,8 @@
 //! time. Real Client and Worker code (a zero-work Rust handler), nothing
 //! special-cased. Several runs; medians, with min/max of the per-run means.
 //!
-//! Run: `cargo run --release -p rtq-examples --example bench_table -- [rtt_ms] [runs] [requests]`
-//! against `$RTQ_REDIS_URL` (host and port are used; the proxy goes in front).
+//! Run: `cargo run --release -p rtq-examples --example bench_table -- --redis URL --rtt-ms 18 --runs 3 --requests 100`
+//! (host and port of the URL are used; the proxy goes in front).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -123,9 +123,10 @@ async fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let rtt_ms = *args.first().unwrap_or(&18);
-    let runs = *args.get(1).unwrap_or(&3) as usize;
-    let requests = *args.get(2).unwrap_or(&100) as usize;
+    let flag_num = |name: &str| rtq_examples::flag(name).and_then(|v| v.parse::<u64>().ok());
+    let rtt_ms = flag_num("rtt-ms").or(args.first().copied()).unwrap_or(18);
+    let runs = flag_num("runs").or(args.get(1).copied()).unwrap_or(3) as usize;
+    let requests = flag_num("requests").or(args.get(2).copied()).unwrap_or(100) as usize;
     let url = rtq_examples::redis_url();
     let parsed = url::Url::parse(&url)?;
     let target: SocketAddr = (
