@@ -62,6 +62,7 @@ if id ~= '' then
         notify(id, h[5] == '1' and h[4] or '', h[6], tonumber(h[11]), ev)
       end
       nc = nc + #chunks
+      h[16] = tostring(nc) -- finish() arms the output list's TTL when nc > 0
     end
     if outcome == 'done' then
       finish(id, h, 'done', '', payload, now)

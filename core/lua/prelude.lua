@@ -93,14 +93,14 @@ local function notify(id, reply, watch, ret, fields)
 end
 
 -- Records the hand-out of task `id` to worker `wid` and returns its inbox
--- message. The caller either pushes it to the worker's inbox or returns it.
-local function assign(id, wid, now, dl, spec, sub)
+-- message. `att` is the task's hand-out count so far. The caller either
+-- pushes the message to the worker's inbox or returns it.
+local function assign(id, wid, now, dl, spec, sub, att)
   local t = tkey(id)
-  local att = redis.call('HINCRBY', t, 'att', 1)
-  redis.call('HSET', t, 'st', 'running', 'w', wid, 'start', now, 'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0)
+  att = tonumber(att) + 1
+  redis.call('HSET', t, 'st', 'running', 'w', wid, 'att', att, 'start', now, 'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0)
   redis.call('SADD', P .. 'wq:' .. wid, id)
-  local b = stat_count(now, 'started')
-  stat_hist(b, 'w:', now - tonumber(sub))
+  stat_hist(stats_key(now), 'w:', now - tonumber(sub))
   return task_msg(id, att, now, dl, spec)
 end
 
@@ -116,7 +116,7 @@ local function finish(id, h, state, kind, payload, now)
     redis.call('HSET', t, 'st', state, 'err', payload, 'ek', kind, 'fin', now)
   end
   redis.call('PEXPIRE', t, ret)
-  redis.call('PEXPIRE', okey(id), ret)
+  if h[16] ~= '0' then redis.call('PEXPIRE', okey(id), ret) end
   if h[6] == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
   if tonumber(h[7]) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
   redis.call('ZADD', P .. 'recent', now, id)
@@ -173,18 +173,19 @@ end
 -- Pops pending tasks for worker `wid` until one can run; expired ones are
 -- ended on the way (a task past its deadline is never handed out).
 -- Returns the inbox message or nil.
+local HANDOUT_FIELDS = {'st', 'dl', 'spec', 'sub', 'att'}
 local function take_next(wid, now)
   for _ = 1, 100 do
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then return nil end
     local id = popped[1]
-    local h = load_task(id)
+    local h = redis.call('HMGET', tkey(id), unpack(HANDOUT_FIELDS))
     if h[1] == 'queued' then
-      local dl = tonumber(h[7])
+      local dl = tonumber(h[2])
       if dl > 0 and dl <= now then
-        expire(id, h, now)
+        expire(id, load_task(id), now)
       else
-        return assign(id, wid, now, h[7], h[15], h[8])
+        return assign(id, wid, now, h[2], h[3], h[4], h[5])
       end
     end
   end

@@ -59,7 +59,7 @@ if dl > 0 then
 end
 
 if wid then
-  redis.call('RPUSH', P .. 'in:' .. wid, assign(id, wid, now, dl, spec, now))
+  redis.call('RPUSH', P .. 'in:' .. wid, assign(id, wid, now, dl, spec, now, 0))
   return {'OK', 'running', wid, dl, now}
 end
 redis.call('ZADD', P .. 'pending', sc, id)

@@ -1,6 +1,6 @@
 //! Queue statistics from the time-bucketed counters scripts maintain.
 //!
-//! Each 10-second bucket hash `s:<n>` holds counters (`sub`, `started`,
+//! Each 10-second bucket hash `s:<n>` holds counters (`sub`,
 //! `done`, `failed`, `cancelled`, `expired`, `lost`, `full`) and latency
 //! histograms: `w:<i>` (queue wait), `f:<i>` (submit to first chunk),
 //! `t:<i>` (submit to end). Bucket `i` counts latencies `ms` with
