@@ -100,16 +100,15 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
             json,
             window_secs,
         } => {
-            let queues = match queue {
-                Some(q) => vec![q],
-                None => admin.queues().await?,
-            };
             let buckets = (window_secs.max(10) / 10) as usize;
-            let mut rows = Vec::new();
-            for q in &queues {
-                let o = admin.overview(q).await?;
-                let s = admin.stats(q, buckets).await?;
-                rows.push((o, s));
+            let rows: Vec<_> = admin
+                .dashboard(buckets)
+                .await?
+                .into_iter()
+                .filter(|(o, _)| queue.as_ref().is_none_or(|q| &o.name == q))
+                .collect();
+            if let (Some(q), true) = (&queue, rows.is_empty()) {
+                return Err(Error::InvalidInput(format!("no queue named {q:?}")));
             }
             if json {
                 let v: Vec<Value> = rows.iter().map(|(o, s)| stats_json(o, s)).collect();

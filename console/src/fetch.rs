@@ -48,19 +48,19 @@ const STATS_BUCKETS: usize = 30;
 /// Chunks shown in the detail view's live tail.
 const TAIL_CHUNKS: usize = 40;
 
-/// Reads the queues view data.
+/// Reads the queues view data: two pipelined round trips after the queue
+/// list, whatever the number of queues.
 ///
 /// # Errors
 /// Redis errors.
 pub async fn queues(admin: &Admin) -> Result<Fetched, Error> {
-    let mut rows = Vec::new();
-    let mut now_ms = 0;
-    for name in admin.queues().await? {
-        let overview = admin.overview(&name).await?;
-        now_ms = overview.now_ms;
-        let stats = admin.stats(&name, STATS_BUCKETS).await?;
-        rows.push(QueueRow { overview, stats });
-    }
+    let rows: Vec<QueueRow> = admin
+        .dashboard(STATS_BUCKETS)
+        .await?
+        .into_iter()
+        .map(|(overview, stats)| QueueRow { overview, stats })
+        .collect();
+    let now_ms = rows.first().map_or(0, |r| r.overview.now_ms);
     Ok(Fetched::Queues { rows, now_ms })
 }
 

@@ -119,3 +119,69 @@ async fn workers_requeue_and_stats() {
     w.stop().await;
     assert_eq!(admin.overview("st").await.unwrap().workers_alive, 0);
 }
+
+#[tokio::test]
+async fn the_dashboard_agrees_with_per_queue_reads() {
+    let redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), WorkerConfig::new("d1").slots(1), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q1 = client.queue("d1").unwrap();
+    for i in 0..5 {
+        within(q1.run(TaskRequest::json(json!({"i": i}))))
+            .await
+            .unwrap();
+    }
+    // A held task keeps the worker busy; a paused second queue holds a backlog.
+    let held = q1
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap();
+    admin.pause("d2", true).await.unwrap();
+    let q2 = client.queue("d2").unwrap();
+    for _ in 0..3 {
+        q2.submit(TaskRequest::json(json!(1))).await.unwrap();
+    }
+    for _ in 0..200 {
+        if admin.overview("d1").await.unwrap().running == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let board = admin.dashboard(30).await.unwrap();
+    assert_eq!(board.len(), 2);
+    for (o, s) in &board {
+        let single = admin.overview(&o.name).await.unwrap();
+        let stats = admin.stats(&o.name, 30).await.unwrap();
+        assert_eq!(
+            (
+                o.pending,
+                o.running,
+                o.workers_alive,
+                o.paused,
+                o.idle_slots
+            ),
+            (
+                single.pending,
+                single.running,
+                single.workers_alive,
+                single.paused,
+                single.idle_slots
+            ),
+            "{}",
+            o.name
+        );
+        assert_eq!(o.head_wait_ms.is_some(), single.head_wait_ms.is_some());
+        assert_eq!(
+            (s.sum("done"), s.sum("sub")),
+            (stats.sum("done"), stats.sum("sub"))
+        );
+    }
+    let d1 = &board.iter().find(|(o, _)| o.name == "d1").unwrap();
+    assert_eq!((d1.0.running, d1.1.sum("done")), (1, 5));
+    let d2 = &board.iter().find(|(o, _)| o.name == "d2").unwrap();
+    assert_eq!((d2.0.pending, d2.0.paused), (3, true));
+    q1.cancel(&held.id, "done").await.unwrap();
+    w.stop().await;
+}

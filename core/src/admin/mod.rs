@@ -174,6 +174,117 @@ impl Admin {
         })
     }
 
+    /// Overviews and statistics of every queue in two pipelined round
+    /// trips, whatever the number of queues (what a dashboard polls).
+    /// `buckets` is the stats window in 10-second buckets (at most 360).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dashboard(
+        &self,
+        buckets: usize,
+    ) -> Result<Vec<(QueueOverview, QueueStats)>, Error> {
+        let buckets = buckets.clamp(1, 360) as i64;
+        let names = self.queues().await?;
+        let keys: Vec<QueueKeys> = names
+            .iter()
+            .filter_map(|n| QueueKeys::new(n).ok())
+            .collect();
+        // Round trip 1: time, and per queue its counts, workers and head.
+        let mut first = redis::pipe();
+        first.cmd("TIME");
+        for k in &keys {
+            first
+                .hgetall(k.meta())
+                .zcard(k.pending())
+                .llen(k.idle())
+                .cmd("ZRANGE")
+                .arg(k.workers())
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .zrange(k.pending(), 0, 0);
+        }
+        let replies: Vec<Value> = first.query_async(&mut self.conn.clone()).await?;
+        let mut it = replies.into_iter();
+        let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
+        let now_ms =
+            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let newest = now_ms.div_euclid(stats::BUCKET_MS);
+        let oldest = newest - buckets + 1;
+        struct Partial {
+            overview: QueueOverview,
+            alive: Vec<String>,
+            head: Option<String>,
+        }
+        let mut partials = Vec::new();
+        for k in &keys {
+            let mut next = || it.next().unwrap_or(Value::Nil);
+            let meta: HashMap<String, String> = decode(next())?;
+            let pending: u64 = decode(next())?;
+            let idle: u64 = decode(next())?;
+            let workers: Vec<(String, f64)> = decode(next())?;
+            let head: Vec<String> = decode(next())?;
+            let alive: Vec<String> = workers
+                .iter()
+                .filter(|(_, exp)| *exp as i64 > now_ms)
+                .map(|(w, _)| w.clone())
+                .collect();
+            partials.push(Partial {
+                overview: QueueOverview {
+                    name: k.name().to_string(),
+                    paused: meta.get("paused").map(String::as_str) == Some("1"),
+                    max_depth: meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0),
+                    pending,
+                    running: 0,
+                    workers_alive: alive.len() as u64,
+                    workers_stale: (workers.len() - alive.len()) as u64,
+                    idle_slots: idle,
+                    head_wait_ms: None,
+                    now_ms,
+                },
+                alive,
+                head: head.into_iter().next(),
+            });
+        }
+        // Round trip 2: running counts, head age, and every stats bucket.
+        let mut second = redis::pipe();
+        for (k, p) in keys.iter().zip(&partials) {
+            for w in &p.alive {
+                second.scard(k.worker_tasks(w));
+            }
+            if let Some(h) = &p.head {
+                second.hget(k.task(h), "sub");
+            }
+            for b in oldest..=newest {
+                second.hgetall(k.stats(b));
+            }
+        }
+        let replies: Vec<Value> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            second.query_async(&mut self.conn.clone()).await?
+        };
+        let mut it = replies.into_iter();
+        let mut out = Vec::new();
+        for mut p in partials {
+            let mut next = || it.next().unwrap_or(Value::Nil);
+            p.overview.running = (0..p.alive.len())
+                .map(|_| value_to_i64(&next()).max(0) as u64)
+                .sum();
+            if p.head.is_some() {
+                p.overview.head_wait_ms = Some(now_ms - value_to_i64(&next()));
+            }
+            let mut raw = Vec::new();
+            for b in oldest..=newest {
+                let hash: HashMap<String, String> = decode(next()).unwrap_or_default();
+                raw.push((b * stats::BUCKET_MS, hash));
+            }
+            out.push((p.overview, QueueStats::from_buckets(raw)));
+        }
+        Ok(out)
+    }
+
     /// Registered workers with their heartbeat fields and owned tasks,
     /// plus recently stopped/dead ones still within their info TTL.
     ///
@@ -499,6 +610,11 @@ impl Admin {
                 .collect(),
         ))
     }
+}
+
+/// Decodes a pipelined reply item, naming the mismatch.
+fn decode<T: redis::FromRedisValue>(value: Value) -> Result<T, Error> {
+    redis::from_redis_value(value).map_err(|e| Error::Protocol(format!("unexpected reply: {e}")))
 }
 
 /// Labels of a worker's heartbeat, decoded.
