@@ -1,36 +1,51 @@
--- cancel.lua: end a task early, either on request ('cancel') or because its
--- deadline passed ('deadline', called by a waiting client when its timer
--- fires; Redis time decides whether the deadline really passed).
---
--- A queued task is removed from the pending zset; a running task is ended at
--- once for its followers and its worker gets a cancel message in its inbox
--- (it stops the handler and releases the slot with complete.lua).
---
--- KEYS[1]  queue prefix "rtq:{<queue>}:"
--- ARGV[1]  task id
--- ARGV[2]  mode: 'cancel' | 'deadline'
--- ARGV[3]  reason (free text, stored as the task's error message)
---
--- Reply:
---   {'OK', previous_state, worker}
---   {'NOT_FOUND'}
---   {'FINISHED', state}         already ended; nothing changed
---   {'NOT_DUE', remaining_ms}   mode 'deadline' and Redis time is earlier
-local id, mode, reason = ARGV[1], ARGV[2], ARGV[3]
-local h = load_task(id)
-if not h[1] then return {'NOT_FOUND'} end
-if is_terminal(h[1]) then return {'FINISHED', h[1]} end
-local now = now_ms()
-if mode == 'deadline' then
-  local dl = tonumber(h[7])
-  if dl == 0 or dl > now then return {'NOT_DUE', dl == 0 and -1 or dl - now} end
-  expire(id, h, now)
-  return {'OK', h[1], h[3] or ''}
+--[[
+rtq2_cancel: end a task early, on request ('cancel') or because its deadline
+passed ('deadline': called by a waiting client or a worker when its timer
+fires; Redis time decides whether the deadline really passed).
+
+A queued task leaves pending (or delayed); a running task ends at once for
+its followers and its worker gets a cancel message naming the attempt (it
+stops the handler and releases the slot with rtq2_complete). An ended task
+is never changed.
+
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  task id
+ARGV[2]  mode          'cancel' | 'deadline'
+ARGV[3]  reason        at most 4 KiB, stored as the task's error message
+
+Reply:
+  {'OK', previous_state, worker}
+  {'NOT_FOUND'}
+  {'FINISHED', state}         already ended; nothing changed
+  {'NOT_DUE', remaining_ms}   mode 'deadline' and the deadline is later
+                              (-1: the task has no deadline)
+]]
+local function cancel(keys, args)
+  bind(keys)
+  if #args ~= 3 then invalid('cancel takes 3 arguments') end
+  local id = arg_id(args[1], 'task id')
+  local mode = arg_enum(args[2], 'mode', {'cancel', 'deadline'})
+  local reason = arg_text(args[3], 'reason', MAX_TEXT_BYTES)
+
+  local h = load_task(id)
+  if not h then return {'NOT_FOUND'} end
+  if is_terminal(h.st) then return {'FINISHED', h.st} end
+  local now = now_ms()
+  if mode == 'deadline' then
+    local dl = num(h.dl)
+    if dl == 0 then return {'NOT_DUE', -1} end
+    if dl > now then return {'NOT_DUE', dl - now} end
+    expire(id, h, now)
+    return {'OK', h.st, h.w}
+  end
+  if h.st == 'queued' then
+    redis.call('ZREM', P .. 'pending', id)
+    redis.call('ZREM', P .. 'delayed', id)
+  else
+    send_cancel(h.w, id, h.att, 'cancelled', reason)
+  end
+  finish(id, h, 'cancelled', 'cancelled', reason, now)
+  return {'OK', h.st, h.w}
 end
-if h[1] == 'queued' then
-  redis.call('ZREM', P .. 'pending', id)
-else
-  send_cancel(h[3], id, h[2], reason)
-end
-finish(id, h, 'cancelled', 'cancelled', reason, now)
-return {'OK', h[1], h[3] or ''}
+
+redis.register_function{function_name = 'rtq2_cancel', callback = cancel, flags = {'allow-oom'}}

@@ -1,49 +1,41 @@
--- chunk.lua: a worker appends one or more output chunks of a running task
--- and pushes them to every reply stream that follows the task.
---
--- Guarantees: fencing by attempt (a stale worker's chunks are rejected, never
--- mixed into a newer attempt's output); ordering by seq0 (pipelined writes
--- that arrive out of order are rejected, not misplaced); the reply tells a
--- running handler that its task was cancelled or expired, so it can stop.
---
--- KEYS[1]  queue prefix "rtq:{<queue>}:"
--- ARGV[1]  worker id
--- ARGV[2]  task id
--- ARGV[3]  attempt number the worker received
--- ARGV[4]  seq0: chunks the worker has written before this call
--- ARGV[5..] chunks (binary-safe strings), in order
---
--- Reply: {status, chunk_count}
---   'OK' (chunks appended), 'CANCELLED' (task cancelled/expired/ended),
---   'FENCED' (attempt superseded), 'NOT_FOUND', 'ORDER' (count != seq0)
-local wid, id, att, seq0 = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+--[[
+rtq2_chunk: a worker appends output chunks of a running attempt and pushes
+them to every reply stream that follows the task.
 
-local h = load_task(id)
-if not h[1] then return {'NOT_FOUND', 0} end
-if h[2] ~= att or h[3] ~= wid then return {'FENCED', 0} end
-if h[1] ~= 'running' then return {'CANCELLED', 0} end
-local nc = tonumber(h[16])
-if nc ~= seq0 then return {'ORDER', nc} end
+Guarantees: fencing by (worker, attempt): a stale attempt's chunks are
+refused, never mixed into a newer attempt's output; ordering by seq0:
+pipelined writes that arrive out of order are refused (ORDER), not
+misplaced, so a retried write never duplicates or skips a chunk; the reply
+tells a running handler that its task ended, so it can stop.
 
-local t = tkey(id)
-local chunks = {}
-local bytes = 0
-for i = 5, #ARGV do
-  chunks[#chunks + 1] = ARGV[i]
-  bytes = bytes + #ARGV[i]
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  worker id
+ARGV[2]  task id
+ARGV[3]  attempt the worker received           integer >= 1
+ARGV[4]  seq0: chunks the worker wrote before   integer >= 0
+ARGV[5..] chunks (binary-safe), in order: at most 512, each at most 1 MiB
+
+Reply: {status, chunk_count, state}
+  'OK' (appended), 'ENDED' (cancelled or expired: stop), 'FENCED' (attempt
+  superseded: stop), 'NOT_FOUND' (stop), 'ORDER' (count != seq0: resend from
+  chunk_count), 'TOO_LARGE' (past the output caps: end the task as failed)
+]]
+local function chunk(keys, args)
+  bind(keys)
+  if #args < 4 then invalid('chunk takes at least 4 arguments') end
+  local wid = arg_id(args[1], 'worker id')
+  local id = arg_id(args[2], 'task id')
+  local att = istr(arg_int(args[3], 'attempt', 1, 1e15))
+  local seq0 = arg_int(args[4], 'seq0', 0, MAX_OUTPUT_CHUNKS)
+  local chunks, bytes = arg_chunks(args, 5)
+
+  local h = load_task(id)
+  local status = check_write(h, wid, att, seq0, #chunks, bytes)
+  if status then
+    return {status, h and num(h.nc) or 0, h and h.st or ''}
+  end
+  if #chunks > 0 then append_chunks(id, h, chunks, bytes, now_ms()) end
+  return {'OK', num(h.nc), 'running'}
 end
-if #chunks == 0 then return {'OK', nc} end
-redis.call('RPUSH', okey(id), unpack(chunks))
-redis.call('HINCRBY', t, 'nb', bytes)
-local now = now_ms()
-if nc == 0 then
-  redis.call('HSET', t, 'fc', now)
-  stat_hist(stats_key(now), 'f:', now - tonumber(h[8]))
-end
-redis.call('HSET', t, 'nc', nc + #chunks, 'lc', now)
-if h[5] == '1' or h[6] == '1' then
-  local ev = {'e', 'c', 'a', att, 's', nc}
-  for _, c in ipairs(chunks) do ev[#ev + 1] = 'c'; ev[#ev + 1] = c end
-  notify(id, h[5] == '1' and h[4] or '', h[6], tonumber(h[11]), ev)
-end
-return {'OK', nc + #chunks}
+
+redis.register_function{function_name = 'rtq2_chunk', callback = chunk, flags = {'allow-oom'}}

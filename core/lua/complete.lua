@@ -1,88 +1,120 @@
--- complete.lua: a worker ends its attempt of a task (success, failure, or a
--- retryable failure), optionally appending the last chunks in the same step,
--- then takes the next pending task for the freed slot or parks an idle token.
---
--- Guarantees: fencing - only the worker holding the current attempt can end
--- it (a late write from an earlier attempt gets FENCED); ordering - the
--- write applies only if the task holds exactly ARGV[4] chunks, so a complete
--- pipelined behind chunk writes can never overtake them (ORDER instead).
---
--- KEYS[1]  queue prefix "rtq:{<queue>}:"
--- ARGV[1]  worker id
--- ARGV[2]  task id ('' = only take the next task, nothing to end)
--- ARGV[3]  attempt number the worker received
--- ARGV[4]  seq0: chunks the worker has written before this call
--- ARGV[5]  outcome: 'done' | 'failed' | 'retry'
--- ARGV[6]  result JSON (done) or failure reason (failed, retry)
--- ARGV[7]  '1' to take the next task for this slot, '0' to release the slot
--- ARGV[8..] trailing chunks to append before ending
---
--- Reply: {status, next_task_message_or_'', chunk_count}
---   status 'OK'        the outcome was recorded
---          'CANCELLED' the task had been cancelled or expired; slot released
---          'FENCED'    the attempt is no longer this worker's; nothing written
---          'NOT_FOUND' the task no longer exists; slot released
---          'ORDER'     chunk count != seq0; nothing written, retry after the
---                      earlier writes land (the slot is not released)
-local wid, id, att, seq0 = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local outcome, payload, want_next = ARGV[5], ARGV[6], ARGV[7]
+--[[
+rtq2_complete: a worker ends its attempt of a task (success, failure, or a
+retryable failure), optionally appending the last chunks in the same step,
+then, if it asks, takes the next task for the freed slot (returned in the
+reply: one round trip per task while work is queued).
 
-local now = now_ms()
-local status = 'OK'
-local nc = 0
-if id ~= '' then
-  local h = load_task(id)
-  if not h[1] then
-    status = 'NOT_FOUND'
-  elseif h[2] ~= att or h[3] ~= wid then
-    status = 'FENCED'
-  elseif h[1] ~= 'running' then
-    status = 'CANCELLED'
+Guarantees:
+  - fencing: only the current attempt of the worker holding the task can
+    end it (a late write from an earlier attempt gets FENCED, and changes
+    nothing, not even the worker's slots);
+  - ordering: applies only if the task holds exactly seq0 chunks (ORDER);
+  - idempotency: retrying after a lost reply replays the first call's
+    answer (including the same next task) and writes nothing more;
+  - capacity: a slot is freed (next task taken, or one free slot added)
+    only when this call ends the worker's ownership of the task, once;
+  - a retryable failure goes to `delayed` for a backoff (250 ms doubling,
+    at most 30 s), then to the back of its priority, and avoids this worker
+    while another live worker exists (until 5 s after the backoff).
+
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  worker id
+ARGV[2]  task id
+ARGV[3]  attempt the worker received           integer >= 1
+ARGV[4]  seq0: chunks the worker wrote before   integer >= 0
+ARGV[5]  outcome                                'done' | 'failed' | 'retry'
+ARGV[6]  result JSON (done, <= 16 MiB) or reason (failed/retry, <= 64 KiB)
+ARGV[7]  want next                              '1' take the next task, '0' not
+ARGV[8..] trailing chunks (at most 512, each at most 1 MiB)
+
+Reply: {status, next_task_message_or_'', chunk_count, state}
+  'OK'         outcome recorded (or replayed)
+  'ENDED'      the task was cancelled or expired meanwhile; slot released;
+               state says which
+  'NOT_FOUND'  the task no longer exists; slot released
+  'FENCED'     this attempt is not current; nothing written
+  'ORDER'      chunk count != seq0; nothing written (retry after earlier writes)
+  'TOO_LARGE'  the chunks would pass the output caps (100,000 chunks,
+               64 MiB); nothing written: end the task as failed instead
+]]
+
+-- The inbox message of task `id` if worker `wid` still runs it (a replay).
+local function rebuild_message(id, wid)
+  local n = redis.call('HMGET', tkey(id), 'st', 'w', 'att', 'start', 'dl', 'spec')
+  if n[1] ~= 'running' or n[2] ~= wid then return '' end
+  return task_msg(id, num(n[3]), num(n[4]), n[5], n[6])
+end
+
+local function complete(keys, args)
+  bind(keys)
+  if #args < 7 then invalid('complete takes at least 7 arguments') end
+  local wid = arg_id(args[1], 'worker id')
+  local id = arg_id(args[2], 'task id')
+  local att = istr(arg_int(args[3], 'attempt', 1, 1e15))
+  local seq0 = arg_int(args[4], 'seq0', 0, MAX_OUTPUT_CHUNKS)
+  local outcome = arg_enum(args[5], 'outcome', {'done', 'failed', 'retry'})
+  local payload
+  if outcome == 'done' then
+    payload = arg_text(args[6], 'result', MAX_RESULT_BYTES)
   else
-    nc = tonumber(h[16])
-    if nc ~= seq0 then return {'ORDER', '', nc} end
-    if #ARGV > 7 then
-      local t = tkey(id)
-      local chunks = {}
-      local bytes = 0
-      for i = 8, #ARGV do
-        chunks[#chunks + 1] = ARGV[i]
-        bytes = bytes + #ARGV[i]
-      end
-      redis.call('RPUSH', okey(id), unpack(chunks))
-      redis.call('HINCRBY', t, 'nb', bytes)
-      if nc == 0 then
-        redis.call('HSET', t, 'fc', now)
-        stat_hist(stats_key(now), 'f:', now - tonumber(h[8]))
-      end
-      redis.call('HSET', t, 'nc', nc + #chunks, 'lc', now)
-      if h[5] == '1' or h[6] == '1' then
-        local ev = {'e', 'c', 'a', att, 's', nc}
-        for _, c in ipairs(chunks) do ev[#ev + 1] = 'c'; ev[#ev + 1] = c end
-        notify(id, h[5] == '1' and h[4] or '', h[6], tonumber(h[11]), ev)
-      end
-      nc = nc + #chunks
-      h[16] = tostring(nc) -- finish() arms the output list's TTL when nc > 0
-    end
-    if outcome == 'done' then
-      finish(id, h, 'done', '', payload, now)
-    elseif outcome == 'retry' and tonumber(h[13]) + 1 < tonumber(h[14]) then
-      redis.call('HSET', tkey(id), 'fails', tonumber(h[13]) + 1, 'e:' .. att, payload)
-      requeue(id, h, payload, now)
+    payload = arg_text(args[6], 'reason', 16 * MAX_TEXT_BYTES)
+  end
+  local want_next = arg_flag(args[7], 'want next')
+  local chunks, bytes = arg_chunks(args, 8)
+
+  local h = load_task(id)
+  local mark = att .. '@' .. wid
+  if h and h.ca == mark then
+    local state = h.st
+    local status = (state == 'cancelled' or state == 'expired') and 'ENDED' or 'OK'
+    local msg = ''
+    if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
+    return {status, msg, num(h.nc), state}
+  end
+  local status = check_write(h, wid, att, seq0, #chunks, bytes)
+  if status == 'FENCED' then return {'FENCED', '', 0, h.st} end
+  if status == 'ORDER' or status == 'TOO_LARGE' then return {status, '', num(h.nc), h.st} end
+
+  -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
+  local now = now_ms()
+  local freed = redis.call('SREM', wqkey(wid), id) == 1
+  local msg, next_id = '', ''
+  if freed and want_next then
+    -- Taken before the outcome is recorded, so a retried task never comes
+    -- straight back to this slot.
+    if not is_paused() then msg = take_next(wid, now) or '' end
+    if msg ~= '' then
+      next_id = string.match(msg, '^T\t([^\t]+)\t')
     else
-      redis.call('HSET', tkey(id), 'fails', tonumber(h[13]) + 1, 'e:' .. att, payload)
-      finish(id, h, 'failed', 'handler', payload, now)
+      redis.call('ZINCRBY', P .. 'free', 1, wid)
     end
   end
-  if status ~= 'FENCED' then redis.call('SREM', P .. 'wq:' .. wid, id) end
+  if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, ''} end
+  local extra = {'ca', mark, 'nx', next_id}
+  if status == 'ENDED' then
+    redis.call('HSET', tkey(id), unpack(extra))
+    return {'ENDED', msg, num(h.nc), h.st}
+  end
+
+  if #chunks > 0 then append_chunks(id, h, chunks, bytes, now) end
+  local state = 'done'
+  if outcome == 'done' then
+    finish(id, h, 'done', '', payload, now, extra)
+  else
+    local fails = num(h.fails) + 1
+    for _, v in ipairs({'fails', fails, 'e:' .. att, payload}) do extra[#extra + 1] = v end
+    if outcome == 'retry' and fails < num(h.max) then
+      local backoff = math.min(RETRY_BACKOFF_MS * 2 ^ (fails - 1), RETRY_BACKOFF_MAX_MS)
+      local due = now + backoff
+      for _, v in ipairs({'avoid', wid, 'avu', due + AVOID_AFTER_DUE_MS}) do extra[#extra + 1] = v end
+      to_queue(id, h, payload, score_of(num(h.pri), now), due, extra)
+      state = 'queued'
+    else
+      finish(id, h, 'failed', 'handler', payload, now, extra)
+      state = 'failed'
+    end
+  end
+  return {'OK', msg, num(h.nc), state}
 end
 
-local msg = ''
-if want_next == '1' then
-  local live = redis.call('ZSCORE', P .. 'workers', wid)
-  if live and tonumber(live) > now then
-    if not is_paused() then msg = take_next(wid, now) or '' end
-    if msg == '' then redis.call('RPUSH', P .. 'idle', wid) end
-  end
-end
-return {status, msg, nc}
+redis.register_function{function_name = 'rtq2_complete', callback = complete, flags = {'allow-oom'}}

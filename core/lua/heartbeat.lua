@@ -1,68 +1,168 @@
--- heartbeat.lua: a worker proves it is alive, publishes its status, and does
--- a bounded share of housekeeping: reaping dead workers and ending tasks
--- whose deadline passed. Clients and the console may call it with an empty
--- worker id to run only the housekeeping.
---
--- KEYS[1]  queue prefix "rtq:{<queue>}:"
--- ARGV[1]  worker id ('' = housekeeping only)
--- ARGV[2]  lease in ms: the worker counts as dead if no heartbeat renews it
--- ARGV[3]  K: number of task ids the worker is running right now
--- ARGV[4..3+K] those task ids
--- ARGV[4+K..] worker info as field/value pairs (host, slots, busy, ...)
---
--- Orphan sweep: a task the worker owns in Redis but does not run (its inbox
--- message or a complete reply was lost with a cut connection) is requeued
--- once it has been owned for longer than one lease.
---
--- Reply: {status, reaped_workers, expired_tasks, now_ms, swept_orphans}
---   status 'OK', or 'GONE' when this worker had been declared dead (its
---   tasks were requeued): it must stop its running tasks and register anew
---   with claim.lua. 'GONE' still renews the lease.
-local wid, lease = ARGV[1], tonumber(ARGV[2])
-local now = now_ms()
-local status = 'OK'
-local swept = 0
-if wid ~= '' then
-  local exp = redis.call('ZSCORE', P .. 'workers', wid)
-  if not exp then status = 'GONE' end
-  redis.call('ZADD', P .. 'workers', now + lease, wid)
-  local wk = P .. 'w:' .. wid
-  local k = tonumber(ARGV[3] or '0')
-  if #ARGV > 3 + k then
-    redis.call('HSET', wk, 'hb', now, 'lease', lease, unpack(ARGV, 4 + k))
-  else
-    redis.call('HSET', wk, 'hb', now, 'lease', lease)
+--[[
+rtq2_register / rtq2_heartbeat: a worker process (re)registers or proves it
+is alive, and Redis reconciles its capacity and ownership with what the
+worker reports it is running. Both are idempotent: retrying after a lost
+reply changes nothing further.
+
+The worker reports every attempt it runs locally as (task id, attempt).
+Redis then:
+  - names the reported attempts that are no longer current (cancelled,
+    expired, requeued, reassigned, gone): the worker stops them;
+  - sweeps orphans: a task this worker owns at its current attempt but does
+    not report, owned for longer than one lease (its inbox message or a
+    reply carrying it was lost), uses up an attempt and is requeued;
+  - sets the worker's free slots idempotently:
+        free = accepting ? max(0, slots - |owned| - stale running) : 0
+    where stale running = reported attempts it no longer owns (still
+    winding down, so still occupying a slot);
+  - dispatches pending work to free slots (pushed into inboxes).
+
+Identity: `instance` is random per worker process. rtq2_register with a new
+instance under a known worker id means the old process is gone (a restart
+under the same id): its tasks use up an attempt and are requeued first.
+rtq2_heartbeat answers GONE when the worker is not registered (its lease
+lapsed and it was reaped, or it left) and REPLACED when another instance
+holds the id; both write nothing, and the worker must re-register (GONE)
+or stop (REPLACED).
+
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  worker id            1-128 bytes of [A-Za-z0-9._:-]
+ARGV[2]  instance             1-128 bytes of [A-Za-z0-9._:-]
+ARGV[3]  lease ms             integer in [100, 600000]
+ARGV[4]  slots                integer in [1, 1024]
+ARGV[5]  accepting            '1' takes new tasks, '0' does not (free = 0)
+ARGV[6]  K                    number of running attempts reported, [0, 1024]
+ARGV[7 .. 6+2K]               K pairs: task id, attempt
+ARGV[7+2K ..]                 worker info as field/value pairs; fields from
+                              host pid version handler labels busy done
+                              failed stopped state upstream last_error started
+
+Reply: {status, now_ms, reaped, expired, swept, free, S, S triples of
+        (task id, attempt, why)}
+  status  'OK' | 'GONE' | 'REPLACED' (GONE/REPLACED: only status and now)
+  why     'cancelled' | 'expired' | 'requeued' | 'reassigned' | 'ended' | 'gone'
+]]
+
+local INFO_FIELDS = {host = true, pid = true, version = true, handler = true, labels = true,
+  busy = true, done = true, failed = true, stopped = true, state = true, upstream = true,
+  last_error = true, started = true}
+
+local function why_stop(h, wid, att)
+  if not h then return 'gone' end
+  if h.att ~= att or h.w ~= wid then
+    if h.st == 'queued' then return 'requeued' end
+    return 'reassigned'
   end
-  redis.call('PEXPIRE', wk, WORKER_INFO_TTL_MS)
-  if status == 'OK' then
-    local running = {}
-    for i = 4, 3 + k do running[ARGV[i]] = true end
-    for _, id in ipairs(redis.call('SMEMBERS', P .. 'wq:' .. wid)) do
-      if not running[id] then
-        local h = load_task(id)
-        if h[1] == 'running' and h[3] == wid then
-          if now - tonumber(h[9]) > lease then
-            requeue(id, h, 'worker ' .. wid .. ' lost the task message', now)
-            redis.call('SREM', P .. 'wq:' .. wid, id)
-            swept = swept + 1
-          end
-        elseif h[1] ~= 'running' or h[3] ~= wid then
-          redis.call('SREM', P .. 'wq:' .. wid, id)
-        end
+  if h.st == 'cancelled' then return 'cancelled' end
+  if h.st == 'expired' then return 'expired' end
+  if h.st == 'queued' then return 'requeued' end
+  if h.st ~= 'running' then return 'ended' end
+  return nil
+end
+
+local function beat(keys, args, register)
+  bind(keys)
+  local wid = arg_id(args[1], 'worker id')
+  local inst = arg_id(args[2], 'instance')
+  local lease = arg_int(args[3], 'lease', MIN_LEASE_MS, MAX_LEASE_MS)
+  local slots = arg_int(args[4], 'slots', 1, MAX_SLOTS)
+  local accepting = arg_flag(args[5], 'accepting')
+  local k = arg_int(args[6], 'running count', 0, MAX_SLOTS)
+  if #args < 6 + 2 * k then invalid('running count says ' .. k .. ' pairs') end
+  local running = {}
+  for i = 0, k - 1 do
+    local id = arg_id(args[7 + 2 * i], 'running task id')
+    local att = arg_int(args[8 + 2 * i], 'running attempt', 1, 1e15)
+    running[#running + 1] = {id, istr(att)}
+  end
+  local info = {}
+  if (#args - 6 - 2 * k) % 2 ~= 0 then invalid('worker info must be field/value pairs') end
+  for i = 7 + 2 * k, #args, 2 do
+    if not INFO_FIELDS[args[i]] then invalid('unknown worker info field ' .. string.sub(args[i], 1, 40)) end
+    info[#info + 1] = args[i]
+    info[#info + 1] = arg_text(args[i + 1], 'worker info ' .. args[i], MAX_TEXT_BYTES)
+  end
+
+  local now = now_ms()
+  local registered = redis.call('ZSCORE', P .. 'workers', wid)
+  local known_inst = redis.call('HGET', wkey(wid), 'inst')
+  if not register then
+    if not registered then return {'GONE', now} end
+    if known_inst ~= inst then return {'REPLACED', now} end
+  end
+
+  -- Writes.
+  ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
+  local swept = 0
+  if register and registered and known_inst ~= inst then
+    -- A new process under this id: the old one is gone with its tasks.
+    swept = swept + reap_worker(wid, now, 'was restarted')
+  end
+  redis.call('ZADD', P .. 'workers', now + lease, wid)
+  local wk = wkey(wid)
+  redis.call('HSET', wk, 'hb', now, 'lease', lease, 'inst', inst, 'slots', slots,
+    'acc', accepting and 1 or 0, 'state', accepting and 'idle' or 'paused', unpack(info))
+  redis.call('PERSIST', wk)
+
+  -- Reconcile what the worker runs with what it owns.
+  local wq = wqkey(wid)
+  local stops = {}
+  local stale = 0
+  local reported = {}
+  for _, pair in ipairs(running) do
+    local id, att = pair[1], pair[2]
+    reported[id .. '\t' .. att] = true
+    local h = load_task(id)
+    local why = why_stop(h, wid, att)
+    if why then
+      stops[#stops + 1] = id
+      stops[#stops + 1] = att
+      stops[#stops + 1] = why
+    end
+    if not (h and h.w == wid and h.att == att and redis.call('SISMEMBER', wq, id) == 1) then
+      stale = stale + 1
+    end
+  end
+  for _, id in ipairs(redis.call('SMEMBERS', wq)) do
+    local h = load_task(id)
+    if not h or h.w ~= wid then
+      redis.call('SREM', wq, id)
+    elseif not reported[id .. '\t' .. h.att] then
+      if h.st ~= 'running' then
+        -- Ended (cancelled, expired) and the worker runs nothing of it.
+        redis.call('SREM', wq, id)
+      elseif now - num(h.start) > lease then
+        redis.call('SREM', wq, id)
+        lose_attempt(id, h, 'worker ' .. wid .. ' never received the task (lost message)', now)
+        swept = swept + 1
       end
     end
   end
+  local free = 0
+  if accepting then
+    free = slots - redis.call('SCARD', wq) - stale
+    if free < 0 then free = 0 end
+  end
+  set_free(wid, free)
+
+  local reaped, expired = 0, 0
+  if register then
+    dispatch_if_needed(now, DISPATCH_PER_CALL)
+  else
+    reaped, expired = housekeeping(now)
+  end
+  local out = {'OK', now, reaped, expired, swept, free, #stops / 3}
+  for _, v in ipairs(stops) do out[#out + 1] = v end
+  return out
 end
 
-local reaped = 0
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now, 'LIMIT', 0, 8)) do
-  reap_worker(dead, now)
-  reaped = reaped + 1
-end
-local expired = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'LIMIT', 0, 100)) do
-  expire(id, load_task(id), now)
-  expired = expired + 1
-end
-if reaped > 0 or swept > 0 then dispatch_pending(now, 1000) end
-return {status, reaped, expired, now, swept}
+redis.register_function{
+  function_name = 'rtq2_register',
+  callback = function(keys, args) return beat(keys, args, true) end,
+  flags = {'allow-oom'},
+}
+redis.register_function{
+  function_name = 'rtq2_heartbeat',
+  callback = function(keys, args) return beat(keys, args, false) end,
+  flags = {'allow-oom'},
+}

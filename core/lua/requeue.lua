@@ -1,31 +1,42 @@
--- requeue.lua: an operator puts a task back in the queue. A running task's
--- worker is told to stop (its later writes are fenced: the next hand-out
--- gets a new attempt number); an ended task starts over with its failure
--- count reset and its retention TTL removed.
---
--- KEYS[1]  queue prefix "rtq:{<queue>}:"
--- ARGV[1]  task id
--- ARGV[2]  reason
---
--- Reply: {'OK', previous_state} | {'NOT_FOUND'} | {'QUEUED'} (already queued)
-local id, reason = ARGV[1], ARGV[2]
-local h = load_task(id)
-if not h[1] then return {'NOT_FOUND'} end
-if h[1] == 'queued' then return {'QUEUED'} end
-local now = now_ms()
-if h[1] == 'running' then
-  send_cancel(h[3], id, h[2], 'requeued')
-else
+--[[
+rtq2_requeue: an operator puts a task back in the queue, with a fresh
+budget of attempts. A running task's worker is told to stop that attempt
+and loses ownership at once (its later writes are fenced); an ended task
+starts over with its result, errors, output, expiry and deadline cleared
+(its original deadline has usually passed). The task goes to the front of
+its priority.
+
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  task id
+ARGV[2]  reason (at most 4 KiB)
+
+Reply: {'OK', previous_state} | {'NOT_FOUND'} | {'QUEUED'} (already queued)
+]]
+local function requeue_task(keys, args)
+  bind(keys)
+  if #args ~= 2 then invalid('requeue takes 2 arguments') end
+  local id = arg_id(args[1], 'task id')
+  local reason = arg_text(args[2], 'reason', MAX_TEXT_BYTES)
+  local h = load_task(id)
+  if not h then return {'NOT_FOUND'} end
+  if h.st == 'queued' then return {'QUEUED'} end
+
+  local now = now_ms()
   local t = tkey(id)
-  redis.call('PERSIST', t)
-  redis.call('HSET', t, 'fails', 0, 'res', '', 'err', '', 'ek', '', 'fin', 0)
-  redis.call('ZREM', P .. 'recent', id)
-  if tonumber(h[7]) > 0 then
-    -- A requeued task gets no deadline: its original one has usually passed.
-    redis.call('HSET', t, 'dl', 0)
-    h[7] = '0'
+  local extra = {'fails', 0}
+  if h.st == 'running' then
+    send_cancel(h.w, id, h.att, 'requeued', reason)
+    redis.call('SREM', wqkey(h.w), id)
+  else
+    redis.call('PERSIST', t)
+    redis.call('DEL', okey(id))
+    if h.watch == '1' then redis.call('PERSIST', wtkey(id)) end
+    for _, v in ipairs({'res', '', 'err', '', 'ek', '', 'fin', 0, 'dl', 0}) do extra[#extra + 1] = v end
+    if num(h.dl) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
   end
+  to_queue(id, h, reason, h.sc, 0, extra)
+  dispatch_if_needed(now, 1)
+  return {'OK', h.st}
 end
-requeue(id, h, reason, now)
-if not is_paused() then dispatch_pending(now, 1) end
-return {'OK', h[1]}
+
+redis.register_function{function_name = 'rtq2_requeue', callback = requeue_task, flags = {'allow-oom'}}

@@ -77,10 +77,20 @@ impl Endpoint {
         let mut conn = ConnectionManager::new_with_config(self.client.clone(), config)
             .await
             .map_err(|e| self.wrap(e))?;
-        crate::scripts::preload(&mut conn)
-            .await
-            .map_err(|e| self.wrap(e))?;
-        Ok(conn)
+        match crate::functions::ensure_loaded(&mut conn).await {
+            Ok(()) => Ok(conn),
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    && e.detail().is_some_and(|d| d.starts_with("unknown command")) =>
+            {
+                Err(Error::UnsuitableServer(format!(
+                    "{} does not know FCALL: rtq needs Redis 7.0 or newer",
+                    self.redacted
+                )))
+            }
+            Err(Error::Redis(e)) => Err(self.wrap(e)),
+            Err(other) => Err(other),
+        }
     }
 
     /// Opens a connection of its own for blocking commands. Blocking calls

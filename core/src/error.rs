@@ -129,13 +129,52 @@ pub enum Error {
         /// Details.
         reason: String,
     },
-    /// A worker-side write was rejected because a newer attempt owns the task.
-    #[error("task {id}: attempt {attempt} was superseded (the task was reassigned)")]
-    Fenced {
+    /// The task disappeared from Redis while it was being waited on, before
+    /// it ended: Redis lost its data (a restart without persistence, a
+    /// failover to a replica that had not received it) or evicted the key
+    /// (`maxmemory-policy` must be `noeviction`).
+    #[error("task {id} vanished from Redis while it was waited on: {reason}")]
+    TaskLost {
         /// Task id.
         id: String,
-        /// The stale attempt.
-        attempt: u64,
+        /// What was observed.
+        reason: String,
+    },
+    /// A submit whose outcome is unknown: the request may or may not have
+    /// reached Redis (a timeout or a cut connection, retried without an
+    /// answer). Submitting again with the same id (`TaskRequest::id`) is
+    /// safe: it creates the task at most once.
+    #[error("submit of task {id} may or may not have reached Redis ({reason}); submit again with the same id to be safe")]
+    Uncertain {
+        /// The task id to retry with.
+        id: String,
+        /// The last error.
+        reason: String,
+    },
+    /// Redis is over its `maxmemory` limit and refused to store more (the
+    /// call wrote nothing). Workers keep draining the queue; free memory or
+    /// raise the limit.
+    #[error("Redis is out of memory and refused the write (nothing was stored): {0}")]
+    OutOfMemory(String),
+    /// The Redis user lacks a permission the operation needs (ACL).
+    #[error("Redis refused the operation for this user (ACL): {0}")]
+    PermissionDenied(String),
+    /// Another worker process registered under this worker's id (two
+    /// processes with one `--worker-id`); this one stopped.
+    #[error("another process registered as worker {worker}; this one stopped (give every process its own worker id)")]
+    WorkerReplaced {
+        /// The contested worker id.
+        worker: String,
+    },
+    /// The Redis server is unfit for rtq as configured (too old, or an
+    /// eviction policy that would silently delete tasks).
+    #[error("unsuitable Redis server: {0}")]
+    UnsuitableServer(String),
+    /// The client was dropped while a wait was still open.
+    #[error("the client was shut down while waiting for task {id}")]
+    Closed {
+        /// Task id.
+        id: String,
     },
     /// Could not reach Redis, or the connection was lost and not regained.
     #[error("cannot reach Redis at {url}: {source}")]
@@ -158,7 +197,7 @@ pub enum Error {
     },
     /// Redis answered with an error.
     #[error("Redis error: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     /// Data in Redis that this version cannot read (unknown protocol
     /// version, malformed message).
     #[error("protocol error: {0}")]
@@ -171,7 +210,16 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::QueueFull { .. } | Error::Connection { .. } | Error::Disconnected { .. } => true,
-            Error::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || matches!(
+                        e.code(),
+                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+                    )
+            }
+            Error::Uncertain { .. } | Error::OutOfMemory(_) => true,
             _ => false,
         }
     }
@@ -184,6 +232,21 @@ impl Error {
                 e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
             }
             _ => false,
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    /// Sorts server errors rtq can name: refused arguments (`INVALID`, from
+    /// the functions' validation), `OOM`, `NOPERM`; the rest stay
+    /// [`Error::Redis`].
+    fn from(e: redis::RedisError) -> Self {
+        let detail = || e.detail().unwrap_or("").to_string();
+        match e.code() {
+            Some("INVALID") => Error::InvalidInput(format!("Redis refused the call: {}", detail())),
+            Some("OOM") => Error::OutOfMemory(detail()),
+            Some("NOPERM") => Error::PermissionDenied(detail()),
+            _ => Error::Redis(e),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! All keys of a queue start with `rtq:{<queue>}:`, whose `{<queue>}` hash tag
 //! puts them in one Redis Cluster slot, so every multi-key script is
 //! cluster-safe. The queue registry [`QUEUES`] is the only key outside a
-//! queue's slot, and no script touches it.
+//! queue's slot, and no function touches it.
 
 use crate::error::Error;
 
@@ -92,7 +92,7 @@ impl QueueKeys {
         &self.name
     }
 
-    /// `rtq:{q}:` - the single KEYS[1] argument of every script.
+    /// `rtq:{q}:` - the prefix of every key of the queue.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -101,17 +101,22 @@ impl QueueKeys {
         format!("{}{suffix}", self.prefix)
     }
 
-    /// Hash: `paused`, `maxd` (max depth, 0 = unlimited), `seq` (FIFO counter).
+    /// Hash: `v` (protocol), `paused`, `maxd` (max depth, 0 = unlimited).
+    /// KEYS[1] of every function: it exists while the queue exists.
     pub fn meta(&self) -> String {
         self.key("meta")
     }
-    /// Zset of queued task ids, scored by priority band then arrival.
+    /// Zset of queued task ids, scored by priority band then submit time.
     pub fn pending(&self) -> String {
         self.key("pending")
     }
-    /// List with one token (worker id) per free worker slot.
-    pub fn idle(&self) -> String {
-        self.key("idle")
+    /// Zset of retries waiting out their backoff, scored by due time.
+    pub fn delayed(&self) -> String {
+        self.key("delayed")
+    }
+    /// Zset worker id -> free slots (only workers with free slots).
+    pub fn free(&self) -> String {
+        self.key("free")
     }
     /// Zset worker id -> lease expiry (ms, Redis time).
     pub fn workers(&self) -> String {
@@ -121,9 +126,9 @@ impl QueueKeys {
     pub fn deadlines(&self) -> String {
         self.key("deadlines")
     }
-    /// Zset task id -> finish time of the most recently ended tasks (capped).
-    pub fn recent(&self) -> String {
-        self.key("recent")
+    /// Stream of ended tasks (`t` id, `st` state), capped near 1000 entries.
+    pub fn ended(&self) -> String {
+        self.key("ended")
     }
     /// Hash of one task.
     pub fn task(&self, id: &str) -> String {
@@ -207,10 +212,11 @@ mod tests {
         for key in [
             k.meta(),
             k.pending(),
-            k.idle(),
+            k.delayed(),
+            k.free(),
             k.workers(),
             k.deadlines(),
-            k.recent(),
+            k.ended(),
             k.task("a1"),
             k.output("a1"),
             k.watchers("a1"),

@@ -11,7 +11,32 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// The protocol version this library writes and understands.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Longest accepted timeout or retention (30 days), in the client and in
+/// the functions.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// Largest spec the functions accept (clients default to a lower cap).
+pub const MAX_SPEC_BYTES: usize = 16 << 20;
+/// Largest result JSON the functions accept.
+pub const MAX_RESULT_BYTES: usize = 16 << 20;
+/// Longest reason or error message the functions accept (failure reasons
+/// may be 16 times longer).
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Largest single output chunk.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Most chunks one chunk or complete call may carry (writers split).
+pub const MAX_CHUNKS_PER_CALL: usize = 512;
+/// Most chunks one attempt may write.
+pub const MAX_OUTPUT_CHUNKS: u64 = 100_000;
+/// Most output bytes one attempt may write.
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+/// Most attempts a task may be allowed.
+pub const MAX_ATTEMPTS: u32 = 1000;
+/// Most slots one worker may offer.
+pub const MAX_SLOTS: usize = 1024;
+/// Chunks returned by one watch/read call at most.
+pub const READ_PAGE: u64 = 1000;
 
 /// Lowest accepted priority.
 pub const PRIORITY_MIN: i16 = -1000;
@@ -110,9 +135,10 @@ impl TaskSpec {
     /// Decodes a spec and refuses versions this library does not know.
     ///
     /// # Errors
-    /// [`Error::Protocol`] for malformed JSON or an unknown version.
-    pub fn decode(json: &str) -> Result<Self, Error> {
-        let spec: TaskSpec = serde_json::from_str(json)
+    /// [`Error::Protocol`] for malformed JSON (or bytes that are not
+    /// UTF-8) or an unknown version.
+    pub fn decode(json: &[u8]) -> Result<Self, Error> {
+        let spec: TaskSpec = serde_json::from_slice(json)
             .map_err(|e| Error::Protocol(format!("malformed task spec: {e}")))?;
         if spec.v != PROTOCOL_VERSION {
             return Err(Error::Protocol(format!(
@@ -124,20 +150,59 @@ impl TaskSpec {
     }
 }
 
-/// A message in a worker's inbox (or returned by claim/complete).
+/// Why a worker is told to stop an attempt through its inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CancelKind {
+    /// A client or an operator cancelled the task.
+    Cancelled,
+    /// The task's deadline passed.
+    Deadline,
+    /// An operator requeued the task; another attempt will run.
+    Requeued,
+}
+
+impl CancelKind {
+    /// Parses the wire form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cancelled" => Self::Cancelled,
+            "deadline" => Self::Deadline,
+            "requeued" => Self::Requeued,
+            _ => return None,
+        })
+    }
+}
+
+/// A message in a worker's inbox (or the next task returned by complete).
 #[derive(Clone, Debug, PartialEq)]
 pub enum InboxMessage {
     /// Run this task.
     Task(TaskDelivery),
-    /// Stop this task's attempt.
+    /// Stop this attempt of a task.
     Cancel {
         /// Task id.
         id: String,
         /// The attempt to stop.
         attempt: u64,
-        /// Why ("cancel reason", "deadline", "requeued").
+        /// Why.
+        kind: CancelKind,
+        /// The reason given with the cancel.
         reason: String,
     },
+    /// A message that cannot be read. When its task and attempt can be
+    /// made out, the worker fails that attempt with `reason` (returning
+    /// the slot); otherwise it is logged and dropped (the heartbeat's
+    /// reconciliation restores the capacity it was counted against).
+    Unreadable {
+        /// Task id and attempt, if they could be read.
+        task: Option<(String, u64)>,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn utf8(part: Option<&[u8]>) -> Option<&str> {
+    part.and_then(|p| std::str::from_utf8(p).ok())
 }
 
 /// A task handed to a worker.
@@ -151,56 +216,77 @@ pub struct TaskDelivery {
     pub handed_out_ms: i64,
     /// Deadline in Redis time (ms), 0 = none.
     pub deadline_ms: i64,
-    /// The raw spec JSON.
-    pub spec_json: String,
+    /// The spec JSON as stored (bytes: a foreign client may have stored
+    /// anything; [`TaskSpec::decode`] says what is wrong).
+    pub spec: Vec<u8>,
 }
 
 impl TaskDelivery {
     /// Time left until the deadline at hand-out, if the task has one.
     pub fn time_left(&self) -> Option<std::time::Duration> {
         (self.deadline_ms > 0).then(|| {
-            std::time::Duration::from_millis((self.deadline_ms - self.handed_out_ms).max(0) as u64)
+            std::time::Duration::from_millis(
+                self.deadline_ms.saturating_sub(self.handed_out_ms).max(0) as u64,
+            )
         })
     }
 }
 
 impl InboxMessage {
-    /// Parses `T\t<id>\t<attempt>\t<now>\t<deadline>\t<spec>` or
-    /// `C\t<id>\t<attempt>\t<reason>`.
-    ///
-    /// # Errors
-    /// [`Error::Protocol`] for anything else.
-    pub fn parse(raw: &str) -> Result<Self, Error> {
-        let bad = || Error::Protocol(format!("malformed inbox message: {:.80}", raw));
-        let num = |s: Option<&str>| s.and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
-        match raw.split_once('\t') {
-            Some(("T", rest)) => {
-                let mut parts = rest.splitn(5, '\t');
-                let id = parts.next().ok_or_else(bad)?.to_string();
-                let attempt = num(parts.next())? as u64;
-                let handed_out_ms = num(parts.next())?;
-                let deadline_ms = num(parts.next())?;
-                let spec_json = parts.next().ok_or_else(bad)?.to_string();
-                Ok(Self::Task(TaskDelivery {
-                    id,
+    /// Parses `T\t<id>\t<attempt>\t<handed_out>\t<deadline>\t<spec>` or
+    /// `C\t<id>\t<attempt>\t<kind>\t<reason>`. Never fails: anything else
+    /// is [`InboxMessage::Unreadable`].
+    pub fn parse(raw: &[u8]) -> Self {
+        let unreadable = |task: Option<(String, u64)>, why: &str| InboxMessage::Unreadable {
+            task,
+            reason: format!(
+                "unreadable inbox message ({why}): {:.80}",
+                String::from_utf8_lossy(raw)
+            ),
+        };
+        let mut parts = raw.splitn(6, |b| *b == b'\t');
+        let tag = parts.next().unwrap_or_default();
+        let Some(id) = utf8(parts.next()).filter(|id| !id.is_empty()) else {
+            return unreadable(None, "no task id");
+        };
+        let Some(attempt) = utf8(parts.next()).and_then(|a| a.parse::<u64>().ok()) else {
+            return unreadable(None, "no attempt");
+        };
+        let task = Some((id.to_string(), attempt));
+        match tag {
+            b"T" => {
+                let handed_out = utf8(parts.next()).and_then(|n| n.parse::<i64>().ok());
+                let deadline = utf8(parts.next()).and_then(|n| n.parse::<i64>().ok());
+                let (Some(handed_out_ms), Some(deadline_ms)) = (handed_out, deadline) else {
+                    return unreadable(task, "bad hand-out or deadline time");
+                };
+                let Some(spec) = parts.next() else {
+                    return unreadable(task, "no spec");
+                };
+                InboxMessage::Task(TaskDelivery {
+                    id: id.to_string(),
                     attempt,
                     handed_out_ms,
                     deadline_ms,
-                    spec_json,
-                }))
-            }
-            Some(("C", rest)) => {
-                let mut parts = rest.splitn(3, '\t');
-                let id = parts.next().ok_or_else(bad)?.to_string();
-                let attempt = num(parts.next())? as u64;
-                let reason = parts.next().unwrap_or("").to_string();
-                Ok(Self::Cancel {
-                    id,
-                    attempt,
-                    reason,
+                    spec: spec.to_vec(),
                 })
             }
-            _ => Err(bad()),
+            b"C" => {
+                let Some(kind) = utf8(parts.next()).and_then(CancelKind::parse) else {
+                    return unreadable(None, "unknown cancel kind");
+                };
+                let reason = parts
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\t");
+                InboxMessage::Cancel {
+                    id: id.to_string(),
+                    attempt,
+                    kind,
+                    reason,
+                }
+            }
+            _ => unreadable(None, "unknown message kind"),
         }
     }
 }
@@ -319,6 +405,9 @@ pub enum ReplyEvent {
         id: String,
         /// Attempt that ended it.
         attempt: u64,
+        /// Chunks that attempt wrote in total: a reader that holds fewer
+        /// fills the tail from the stored output before it reports the end.
+        chunks: u64,
         /// How it ended.
         outcome: Outcome,
     },
@@ -339,28 +428,30 @@ impl ReplyEvent {
     /// # Errors
     /// [`Error::Protocol`] for unknown event kinds or missing fields.
     pub fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, Error> {
-        let get = |name: &str| {
+        let raw = |name: &str| {
             fields
                 .iter()
                 .find(|(k, _)| k == name.as_bytes())
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .map(|(_, v)| v)
         };
+        let get = |name: &str| raw(name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
         let bad = |what: &str| Error::Protocol(format!("reply event without {what}"));
         let id = get("t").ok_or_else(|| bad("task id"))?;
-        let attempt = get("a").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let attempt = number("a").unwrap_or(0);
         match get("e").as_deref() {
-            Some("c") => Ok(ReplyEvent::Chunks {
-                id,
-                attempt,
-                seq0: get("s")
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad("seq"))?,
-                chunks: fields
-                    .iter()
-                    .filter(|(k, _)| k == b"c")
-                    .map(|(_, v)| v.clone())
-                    .collect(),
-            }),
+            Some("c") => {
+                let count = number("n").ok_or_else(|| bad("chunk count"))?;
+                let chunks = (0..count)
+                    .map(|i| raw(&format!("c{i}")).cloned().ok_or_else(|| bad("a chunk")))
+                    .collect::<Result<_, _>>()?;
+                Ok(ReplyEvent::Chunks {
+                    id,
+                    attempt,
+                    seq0: number("s").ok_or_else(|| bad("seq"))?,
+                    chunks,
+                })
+            }
             Some("q") => Ok(ReplyEvent::Requeued {
                 id,
                 attempt,
@@ -381,6 +472,7 @@ impl ReplyEvent {
                 Ok(ReplyEvent::Final {
                     id,
                     attempt,
+                    chunks: number("n").unwrap_or(0),
                     outcome,
                 })
             }
@@ -388,22 +480,6 @@ impl ReplyEvent {
                 "unknown reply event kind {other:?}"
             ))),
         }
-    }
-}
-
-/// Reads a script reply's status word and the remaining items.
-///
-/// # Errors
-/// [`Error::Protocol`] if the reply is not an array starting with a string.
-pub fn split_status(value: Value) -> Result<(String, Vec<Value>), Error> {
-    match value {
-        Value::Array(mut items) if !items.is_empty() => {
-            let status = value_to_string(&items.remove(0));
-            Ok((status, items))
-        }
-        other => Err(Error::Protocol(format!(
-            "unexpected script reply {other:?}"
-        ))),
     }
 }
 
@@ -439,38 +515,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inbox_messages_round_trip_and_reject_garbage() {
-        let spec = r#"{"v":1,"id":"a","input":{"x":"tab\there"}}"#;
+    fn inbox_messages_round_trip_and_garbage_is_unreadable_not_an_error() {
+        let spec = r#"{"v":2,"id":"a","input":{"x":"tab\there"}}"#;
         let raw = format!("T\ta\t3\t1000\t5000\t{spec}");
-        match InboxMessage::parse(&raw).unwrap() {
+        match InboxMessage::parse(raw.as_bytes()) {
             InboxMessage::Task(d) => {
                 assert_eq!(d.id, "a");
                 assert_eq!(d.attempt, 3);
-                assert_eq!(d.spec_json, spec);
+                assert_eq!(d.spec, spec.as_bytes());
                 assert_eq!(d.time_left(), Some(std::time::Duration::from_millis(4000)));
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            InboxMessage::parse("C\tb\t2\tuser asked").unwrap(),
+            InboxMessage::parse(b"C\tb\t2\tcancelled\tuser asked"),
             InboxMessage::Cancel {
                 id: "b".into(),
                 attempt: 2,
+                kind: CancelKind::Cancelled,
                 reason: "user asked".into()
             }
         );
-        for bad in ["", "X\ta", "T\ta\tnotanumber\t1\t2\t{}", "T\ta\t1"] {
-            assert!(InboxMessage::parse(bad).is_err(), "{bad:?}");
+        for (bad, task) in [
+            (&b""[..], None),
+            (b"X\ta", None),
+            (b"T\ta\tnotanumber\t1\t2\t{}", None),
+            (b"T\ta\t1", Some(("a".to_string(), 1))),
+            (b"T\ta\t4\t1.8e+19\t0\t{}", Some(("a".to_string(), 4))),
+            (b"C\ta\t1\tweird\tx", None),
+        ] {
+            match InboxMessage::parse(bad) {
+                InboxMessage::Unreadable { task: t, .. } => assert_eq!(t, task, "{bad:?}"),
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
         }
+        // A spec that is not UTF-8 still arrives, so the worker can fail it.
+        let InboxMessage::Task(d) = InboxMessage::parse(b"T\ta\t1\t0\t0\t\xff\xfe") else {
+            panic!()
+        };
+        assert!(TaskSpec::decode(&d.spec).is_err());
     }
 
     #[test]
     fn unknown_protocol_versions_are_refused() {
-        let err = TaskSpec::decode(r#"{"v":2,"id":"a"}"#).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
-        assert!(TaskSpec::decode("not json").is_err());
+        let err = TaskSpec::decode(br#"{"v":1,"id":"a"}"#).unwrap_err();
+        assert!(err.to_string().contains("version 1"), "{err}");
+        assert!(TaskSpec::decode(b"not json").is_err());
         assert_eq!(
-            TaskSpec::decode(r#"{"v":1,"id":"a"}"#)
+            TaskSpec::decode(br#"{"v":2,"id":"a"}"#)
                 .unwrap()
                 .max_attempts,
             1
@@ -498,21 +590,23 @@ mod tests {
         assert_eq!(err.to_string(), "task t timed out while queued");
     }
 
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
     #[test]
-    fn reply_events_decode() {
-        let f = |pairs: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect()
-        };
-        let ev = ReplyEvent::decode(&f(&[
+    fn reply_events_decode_with_distinct_chunk_fields() {
+        let ev = ReplyEvent::decode(&fields(&[
             ("t", "x"),
             ("e", "c"),
             ("a", "1"),
             ("s", "4"),
-            ("c", "he"),
-            ("c", "llo"),
+            ("n", "2"),
+            ("c0", "he"),
+            ("c1", "llo"),
         ]))
         .unwrap();
         assert_eq!(
@@ -524,21 +618,33 @@ mod tests {
                 chunks: vec![b"he".to_vec(), b"llo".to_vec()]
             }
         );
-        let fin = ReplyEvent::decode(&f(&[
+        // A chunk missing from the event is an error, not a silent gap.
+        assert!(ReplyEvent::decode(&fields(&[
+            ("t", "x"),
+            ("e", "c"),
+            ("a", "1"),
+            ("s", "0"),
+            ("n", "2"),
+            ("c0", "he"),
+        ]))
+        .is_err());
+        let fin = ReplyEvent::decode(&fields(&[
             ("t", "x"),
             ("e", "f"),
             ("st", "done"),
             ("a", "1"),
+            ("n", "40"),
             ("r", "{\"ok\":true}"),
         ]))
         .unwrap();
         assert!(matches!(
             fin,
             ReplyEvent::Final {
+                chunks: 40,
                 outcome: Outcome::Done(_),
                 ..
             }
         ));
-        assert!(ReplyEvent::decode(&f(&[("t", "x"), ("e", "zz")])).is_err());
+        assert!(ReplyEvent::decode(&fields(&[("t", "x"), ("e", "zz")])).is_err());
     }
 }

@@ -89,10 +89,17 @@ async fn sigterm_hands_unfinished_tasks_back_at_once() {
         .status();
     let status = a.wait().unwrap();
     assert!(status.success(), "clean exit: {status}");
-    // Grace 0: handed back, queued again, attempt not counted as a failure.
+    // Grace 0: handed back at once and queued again. The interrupted
+    // attempt counts (a fleet that keeps scaling down must not restart a
+    // long task forever), with the shutdown named as the reason.
     let info = q.status(&sub.id).await.unwrap();
     assert_eq!(info.state, TaskState::Queued);
-    assert_eq!(info.failures, 0);
+    assert_eq!(info.failures, 1);
+    assert!(
+        info.attempt_errors[&1].contains("interrupted: worker node-a shut down"),
+        "{:?}",
+        info.attempt_errors
+    );
 }
 
 #[test]

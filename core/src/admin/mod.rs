@@ -10,28 +10,33 @@ use std::collections::{BTreeMap, HashMap};
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use crate::client::Client;
+use crate::client::{Client, TaskInfo};
 use crate::error::Error;
-use crate::info::TaskInfo;
-use crate::keys::{validate_id, QueueKeys, QUEUES};
-use crate::protocol::{
-    split_status, value_to_i64, value_to_string, TaskState, PRIORITY_MAX, PRIORITY_MIN,
+use crate::functions::queue_admin::{
+    Housekeep, HousekeepReport, Pause, Purge, SetMaxDepth, SetPriority,
 };
-use crate::scripts::scripts;
+use crate::functions::requeue::{Requeue, RequeueReply};
+use crate::functions::{self, Function};
+use crate::keys::{validate_id, QueueKeys, QUEUES};
+use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
 pub use stats::{Percentiles, QueueStats};
 
-/// TIME, meta, pending count, idle count, workers with scores, head id.
+/// TIME, meta, pending count, delayed count, free slots with scores,
+/// workers with scores, head id.
 type OverviewReply = (
     Vec<i64>,
     HashMap<String, String>,
     u64,
     u64,
     Vec<(String, f64)>,
+    Vec<(String, f64)>,
     Vec<String>,
 );
 
 /// Batch size of one purge step.
-const PURGE_BATCH: usize = 500;
+const PURGE_BATCH: u32 = 500;
+/// Housekeeping rounds one `housekeeping` call runs at most.
+const HOUSEKEEPING_ROUNDS: usize = 100;
 
 /// A queue at a glance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,15 +47,17 @@ pub struct QueueOverview {
     pub paused: bool,
     /// Maximum pending tasks (0 = unlimited).
     pub max_depth: u64,
-    /// Tasks waiting.
+    /// Tasks waiting (pending and retries waiting out their backoff).
     pub pending: u64,
+    /// Of those, retries waiting out their backoff.
+    pub delayed: u64,
     /// Tasks handed to live workers.
     pub running: u64,
     /// Workers whose lease is current.
     pub workers_alive: u64,
     /// Workers registered but past their lease (not reaped yet).
     pub workers_stale: u64,
-    /// Free slots parked in the idle list.
+    /// Free slots of live workers.
     pub idle_slots: u64,
     /// How long the task at the head of the queue has waited (ms).
     pub head_wait_ms: Option<i64>,
@@ -119,11 +126,16 @@ impl Admin {
     /// Redis errors, invalid names.
     pub async fn overview(&self, queue: &str) -> Result<QueueOverview, Error> {
         let k = Self::keys(queue)?;
-        let (time, meta, pending, idle, workers, head): OverviewReply = redis::pipe()
+        let (time, meta, pending, delayed, free, workers, head): OverviewReply = redis::pipe()
             .cmd("TIME")
             .hgetall(k.meta())
             .zcard(k.pending())
-            .llen(k.idle())
+            .zcard(k.delayed())
+            .cmd("ZRANGE")
+            .arg(k.free())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
             .cmd("ZRANGE")
             .arg(k.workers())
             .arg(0)
@@ -132,8 +144,7 @@ impl Admin {
             .zrange(k.pending(), 0, 0)
             .query_async(&mut self.conn.clone())
             .await?;
-        let now_ms =
-            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let now_ms = time_ms(&time);
         let alive: Vec<&String> = workers
             .iter()
             .filter(|(_, exp)| *exp as i64 > now_ms)
@@ -154,21 +165,19 @@ impl Admin {
         let head_wait_ms = if head.is_empty() {
             None
         } else {
-            extra
-                .pop()
-                .map(|v| now_ms - value_to_i64(&v))
-                .filter(|_| true)
+            extra.pop().map(|v| now_ms - value_to_i64(&v))
         };
         let running = extra.iter().map(|v| value_to_i64(v).max(0) as u64).sum();
         Ok(QueueOverview {
             name: queue.to_string(),
             paused: meta.get("paused").map(String::as_str) == Some("1"),
             max_depth: meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0),
-            pending,
+            pending: pending + delayed,
+            delayed,
             running,
             workers_alive: alive.len() as u64,
             workers_stale: (workers.len() - alive.len()) as u64,
-            idle_slots: idle,
+            idle_slots: free_of_live(&free, &workers, now_ms),
             head_wait_ms,
             now_ms,
         })
@@ -197,7 +206,12 @@ impl Admin {
             first
                 .hgetall(k.meta())
                 .zcard(k.pending())
-                .llen(k.idle())
+                .zcard(k.delayed())
+                .cmd("ZRANGE")
+                .arg(k.free())
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
                 .cmd("ZRANGE")
                 .arg(k.workers())
                 .arg(0)
@@ -208,8 +222,7 @@ impl Admin {
         let replies: Vec<Value> = first.query_async(&mut self.conn.clone()).await?;
         let mut it = replies.into_iter();
         let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
-        let now_ms =
-            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let now_ms = time_ms(&time);
         let newest = now_ms.div_euclid(stats::BUCKET_MS);
         let oldest = newest - buckets + 1;
         struct Partial {
@@ -222,7 +235,8 @@ impl Admin {
             let mut next = || it.next().unwrap_or(Value::Nil);
             let meta: HashMap<String, String> = decode(next())?;
             let pending: u64 = decode(next())?;
-            let idle: u64 = decode(next())?;
+            let delayed: u64 = decode(next())?;
+            let free: Vec<(String, f64)> = decode(next())?;
             let workers: Vec<(String, f64)> = decode(next())?;
             let head: Vec<String> = decode(next())?;
             let alive: Vec<String> = workers
@@ -235,11 +249,12 @@ impl Admin {
                     name: k.name().to_string(),
                     paused: meta.get("paused").map(String::as_str) == Some("1"),
                     max_depth: meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0),
-                    pending,
+                    pending: pending + delayed,
+                    delayed,
                     running: 0,
                     workers_alive: alive.len() as u64,
                     workers_stale: (workers.len() - alive.len()) as u64,
-                    idle_slots: idle,
+                    idle_slots: free_of_live(&free, &workers, now_ms),
                     head_wait_ms: None,
                     now_ms,
                 },
@@ -347,7 +362,9 @@ impl Admin {
         self.tasks(&k, &ids).await
     }
 
-    /// A page of recently ended tasks, newest first (the last 1000 are kept).
+    /// A page of recently ended tasks, newest first (about the last 1000
+    /// endings are kept; a task that ended twice, after an operator
+    /// requeue, is listed once).
     ///
     /// # Errors
     /// Redis errors.
@@ -358,12 +375,31 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(k.recent())
-            .arg(offset)
-            .arg((offset + limit).saturating_sub(1))
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(k.ended())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(offset + limit)
             .query_async(&mut self.conn.clone())
             .await?;
+        let Value::Array(entries) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<String> = entries
+            .into_iter()
+            .filter_map(crate::client::stream_entry)
+            .filter_map(|(_, fields)| {
+                fields
+                    .into_iter()
+                    .find(|(k, _)| k == b"t")
+                    .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            })
+            .filter(|id| seen.insert(id.clone()))
+            .skip(offset)
+            .take(limit)
+            .collect();
         self.tasks(&k, &ids).await
     }
 
@@ -430,40 +466,35 @@ impl Admin {
             .await?)
     }
 
-    async fn status_script(
-        &self,
-        inv: redis::ScriptInvocation<'_>,
-        queue: &str,
-        id: &str,
-    ) -> Result<TaskState, Error> {
-        let value: Value = inv.invoke_async(&mut self.conn.clone()).await?;
-        let (status, items) = split_status(value)?;
-        match status.as_str() {
-            "OK" | "FINISHED" => {
-                let s = items.first().map(value_to_string).unwrap_or_default();
-                TaskState::parse(&s)
-                    .ok_or_else(|| Error::Protocol(format!("unexpected state {s:?}")))
-            }
-            "QUEUED" => Ok(TaskState::Queued),
-            "NOT_FOUND" => Err(Error::NotFound {
-                queue: queue.into(),
-                id: id.into(),
-            }),
-            other => Err(Error::Protocol(format!("unexpected status {other}"))),
+    async fn call<F: Function>(&self, queue: &QueueKeys, f: &F) -> Result<F::Reply, Error> {
+        functions::call(&mut self.conn.clone(), queue, f).await
+    }
+
+    fn not_found(queue: &str, id: &str) -> Error {
+        Error::NotFound {
+            queue: queue.into(),
+            id: id.into(),
         }
     }
 
     /// Puts a task back in the queue (running, failed, cancelled, expired
-    /// or done). Returns the state it was in.
+    /// or done) with a fresh budget of attempts. Returns the state it was
+    /// in (`Queued` if it already was).
     ///
     /// # Errors
     /// [`Error::NotFound`], Redis errors.
     pub async fn requeue(&self, queue: &str, id: &str) -> Result<TaskState, Error> {
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
-        let mut inv = scripts().requeue.key(k.prefix());
-        inv.arg(id).arg("requeued by an operator");
-        self.status_script(inv, queue, id).await
+        let requeue = Requeue {
+            id,
+            reason: "requeued by an operator",
+        };
+        match self.call(&k, &requeue).await? {
+            RequeueReply::Requeued(state) => Ok(state),
+            RequeueReply::AlreadyQueued => Ok(TaskState::Queued),
+            RequeueReply::NotFound => Err(Self::not_found(queue, id)),
+        }
     }
 
     /// Cancels a task (as `Queue::cancel`). Returns the state it was in.
@@ -471,11 +502,20 @@ impl Admin {
     /// # Errors
     /// [`Error::NotFound`], Redis errors.
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<TaskState, Error> {
+        use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
-        let mut inv = scripts().cancel.key(k.prefix());
-        inv.arg(id).arg("cancel").arg("cancelled by an operator");
-        self.status_script(inv, queue, id).await
+        let cancel = Cancel {
+            id,
+            mode: CancelMode::Cancel,
+            reason: "cancelled by an operator",
+        };
+        match self.call(&k, &cancel).await? {
+            CancelReply::Ended { previous, .. } => Ok(previous),
+            CancelReply::Finished(state) => Ok(state),
+            CancelReply::NotFound => Err(Self::not_found(queue, id)),
+            CancelReply::NotDue(_) => Err(Error::Protocol("cancel answered NOT_DUE".into())),
+        }
     }
 
     /// Changes a task's priority. Returns its state.
@@ -495,9 +535,9 @@ impl Admin {
         }
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
-        let mut inv = scripts().set_priority.key(k.prefix());
-        inv.arg(id).arg(priority);
-        self.status_script(inv, queue, id).await
+        self.call(&k, &SetPriority { id, priority })
+            .await?
+            .ok_or_else(|| Self::not_found(queue, id))
     }
 
     /// Pauses (`true`) or resumes a queue; returns tasks dispatched on resume.
@@ -507,30 +547,17 @@ impl Admin {
     pub async fn pause(&self, queue: &str, paused: bool) -> Result<u64, Error> {
         let k = Self::keys(queue)?;
         self.register(queue).await?;
-        let value: Value = scripts()
-            .pause
-            .key(k.prefix())
-            .arg(if paused { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let (_, items) = split_status(value)?;
-        Ok(items.first().map(value_to_i64).unwrap_or(0) as u64)
+        self.call(&k, &Pause { paused }).await
     }
 
     /// Sets the maximum depth (0 = unlimited).
     ///
     /// # Errors
-    /// Redis errors.
+    /// [`Error::InvalidInput`] above 2^40, Redis errors.
     pub async fn set_max_depth(&self, queue: &str, max_depth: u64) -> Result<(), Error> {
         let k = Self::keys(queue)?;
         self.register(queue).await?;
-        let _: () = redis::cmd("HSET")
-            .arg(k.meta())
-            .arg("maxd")
-            .arg(max_depth)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        self.call(&k, &SetMaxDepth { max_depth }).await
     }
 
     async fn register(&self, queue: &str) -> Result<(), Error> {
@@ -542,7 +569,7 @@ impl Admin {
         Ok(())
     }
 
-    /// Cancels every pending task (in batches); returns how many.
+    /// Cancels every queued task (in batches); returns how many.
     ///
     /// # Errors
     /// Redis errors.
@@ -550,38 +577,33 @@ impl Admin {
         let k = Self::keys(queue)?;
         let mut removed = 0;
         loop {
-            let reply: Vec<i64> = scripts()
-                .purge
-                .key(k.prefix())
-                .arg(PURGE_BATCH)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
-            removed += reply.first().copied().unwrap_or(0) as u64;
-            if reply.get(1).copied().unwrap_or(0) == 0 || reply.first().copied().unwrap_or(0) == 0 {
+            let step = self.call(&k, &Purge { batch: PURGE_BATCH }).await?;
+            removed += step.removed;
+            if step.remaining == 0 || step.removed == 0 {
                 return Ok(removed);
             }
         }
     }
 
-    /// Runs one round of housekeeping: reaps dead workers and ends overdue
-    /// tasks. Returns (workers reaped, tasks expired).
+    /// Runs housekeeping until it has nothing left to do (at most 100
+    /// bounded rounds): reaps dead workers, ends overdue tasks, dispatches
+    /// queued work to free slots. Returns what it did in total.
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn housekeeping(&self, queue: &str) -> Result<(u64, u64), Error> {
+    pub async fn housekeeping(&self, queue: &str) -> Result<HousekeepReport, Error> {
         let k = Self::keys(queue)?;
-        let value: Value = scripts()
-            .heartbeat
-            .key(k.prefix())
-            .arg("")
-            .arg(0)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let (_, items) = split_status(value)?;
-        Ok((
-            items.first().map(value_to_i64).unwrap_or(0) as u64,
-            items.get(1).map(value_to_i64).unwrap_or(0) as u64,
-        ))
+        let mut total = HousekeepReport::default();
+        for _ in 0..HOUSEKEEPING_ROUNDS {
+            let r = self.call(&k, &Housekeep).await?;
+            total.reaped += r.reaped;
+            total.expired += r.expired;
+            total.dispatched += r.dispatched;
+            if r.reaped < 8 && r.expired < 100 && r.dispatched < 1000 {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// Statistics over the last `buckets` 10-second buckets (at most 360).
@@ -594,8 +616,7 @@ impl Admin {
         let time: Vec<i64> = redis::cmd("TIME")
             .query_async(&mut self.conn.clone())
             .await?;
-        let now_ms =
-            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let now_ms = time_ms(&time);
         let newest = now_ms.div_euclid(stats::BUCKET_MS);
         let first = newest - buckets + 1;
         let mut pipe = redis::pipe();
@@ -610,6 +631,23 @@ impl Admin {
                 .collect(),
         ))
     }
+}
+
+/// Redis TIME (seconds, microseconds) in ms.
+fn time_ms(time: &[i64]) -> i64 {
+    time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000
+}
+
+/// Free slots of the workers whose lease is current.
+fn free_of_live(free: &[(String, f64)], workers: &[(String, f64)], now_ms: i64) -> u64 {
+    free.iter()
+        .filter(|(w, _)| {
+            workers
+                .iter()
+                .any(|(id, exp)| id == w && *exp as i64 > now_ms)
+        })
+        .map(|(_, n)| n.max(0.0) as u64)
+        .sum()
 }
 
 /// Decodes a pipelined reply item, naming the mismatch.

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::writer::Granularity;
+use crate::error::Error;
+use crate::protocol::{MAX_RESULT_BYTES, MAX_SLOTS};
 
 /// Worker settings. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -20,7 +22,8 @@ pub struct WorkerConfig {
     /// Heartbeat period (default lease / 5).
     pub heartbeat_every: Option<Duration>,
     /// On shutdown, how long running tasks may take before they are handed
-    /// back to the queue (default 30 s).
+    /// back to the queue (default 25 s: inside Kubernetes' default 30 s
+    /// termination grace, so the hand-back happens before SIGKILL).
     pub grace: Duration,
     /// When a task is stopped (cancel, deadline, reassignment), how long its
     /// handler may take to return on its own before its future is dropped
@@ -49,7 +52,7 @@ impl Default for WorkerConfig {
             slots: 1,
             lease: Duration::from_secs(5),
             heartbeat_every: None,
-            grace: Duration::from_secs(30),
+            grace: Duration::from_secs(25),
             cancel_grace: Duration::from_secs(1),
             worker_id: None,
             host: host_name(),
@@ -57,7 +60,7 @@ impl Default for WorkerConfig {
             handler_name: "rust".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             granularity: Granularity::default(),
-            max_result_bytes: crate::request::DEFAULT_MAX_INLINE_BYTES,
+            max_result_bytes: crate::client::DEFAULT_MAX_INLINE_BYTES,
         }
     }
 }
@@ -80,9 +83,24 @@ impl WorkerConfig {
             ..Self::default()
         }
     }
-    /// Sets [`WorkerConfig::slots`].
+    /// Sets [`WorkerConfig::slots`] (1..=1024).
     pub fn slots(mut self, slots: usize) -> Self {
         self.slots = slots.max(1);
+        self
+    }
+    /// Sets [`WorkerConfig::heartbeat_every`].
+    pub fn heartbeat_every(mut self, every: Duration) -> Self {
+        self.heartbeat_every = Some(every);
+        self
+    }
+    /// Sets [`WorkerConfig::cancel_grace`].
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+    /// Sets [`WorkerConfig::max_result_bytes`].
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes;
         self
     }
     /// Sets [`WorkerConfig::lease`].
@@ -116,6 +134,40 @@ impl WorkerConfig {
         self
     }
 
+    /// Checks the settings against the protocol's limits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if !(1..=MAX_SLOTS).contains(&self.slots) {
+            return bad(format!(
+                "slots must be in [1, {MAX_SLOTS}], got {}",
+                self.slots
+            ));
+        }
+        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(600) {
+            return bad(format!(
+                "lease must be between 100 ms and 10 min, got {:?}",
+                self.lease
+            ));
+        }
+        if self.heartbeat_period() >= self.lease {
+            return bad(format!(
+                "the heartbeat period ({:?}) must be shorter than the lease ({:?})",
+                self.heartbeat_period(),
+                self.lease
+            ));
+        }
+        if self.max_result_bytes > MAX_RESULT_BYTES {
+            return bad(format!(
+                "max_result_bytes must be at most {MAX_RESULT_BYTES}, got {}",
+                self.max_result_bytes
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn heartbeat_period(&self) -> Duration {
         self.heartbeat_every
             .unwrap_or(self.lease / 5)
@@ -127,13 +179,13 @@ impl WorkerConfig {
 /// binary serves them as metrics and health).
 #[derive(Debug, Default)]
 pub struct WorkerStatus {
-    /// Slots running a task now.
+    /// Slots running an attempt now (kept by the slot pool).
     pub busy: AtomicUsize,
     /// Tasks finished with a result.
     pub done: AtomicU64,
     /// Tasks failed by the handler.
     pub failed: AtomicU64,
-    /// Tasks stopped by cancel, deadline or reassignment.
+    /// Attempts stopped by cancel, deadline, requeue or reassignment.
     pub stopped: AtomicU64,
     /// True while the last heartbeat reached Redis.
     pub redis_ok: AtomicBool,

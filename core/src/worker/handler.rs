@@ -13,10 +13,11 @@ use crate::protocol::TaskSpec;
 
 /// Runs tasks. One value serves every slot of a worker, concurrently.
 ///
-/// When a task is cancelled, expires, or is reassigned, the future returned
-/// by `handle` is dropped (which closes, for example, an in-flight HTTP
-/// request so the model stops working), after [`TaskContext::cancelled`]
-/// has fired for any work the handler spawned.
+/// When a task is cancelled, expires, or is reassigned,
+/// [`TaskContext::cancelled`] fires at once; a handler should return
+/// promptly (dropping an in-flight upstream request closes it, so the model
+/// stops). A handler that does not is dropped after the worker's
+/// `cancel_grace`.
 ///
 /// # Examples
 /// ```
@@ -76,29 +77,71 @@ impl From<Stopped> for HandlerError {
     }
 }
 
+/// Why a running attempt must stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// A client or an operator cancelled the task.
+    Cancelled {
+        /// The reason given with the cancel.
+        reason: String,
+    },
+    /// The task's deadline passed.
+    Deadline,
+    /// An operator requeued the task; another attempt will run.
+    Requeued,
+    /// This attempt is no longer the task's current one: the worker lost
+    /// its lease and the task was reassigned, or its delivery was swept.
+    /// Not a failure of the handler: the task was already requeued.
+    Reassigned,
+    /// The task no longer exists in Redis.
+    Gone,
+    /// The worker is shutting down and hands the task back.
+    Shutdown,
+    /// The output passed a size limit; the task fails with this reason.
+    OutputTooLarge {
+        /// Which limit.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cancelled { reason } => write!(f, "cancelled: {reason}"),
+            Self::Deadline => f.write_str("deadline passed"),
+            Self::Requeued => f.write_str("requeued by an operator"),
+            Self::Reassigned => f.write_str("reassigned: this attempt is no longer current"),
+            Self::Gone => f.write_str("the task no longer exists"),
+            Self::Shutdown => f.write_str("the worker is shutting down"),
+            Self::OutputTooLarge { reason } => write!(f, "output too large: {reason}"),
+        }
+    }
+}
+
 /// Returned by [`TaskContext::send`] once the task must stop.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("task stopped: {reason}")]
 pub struct Stopped {
-    /// Why: "cancelled: ...", "deadline", "fenced", "shutting down", ...
-    pub reason: String,
+    /// Why.
+    pub reason: StopReason,
 }
 
-/// Shared cancellation state of one running attempt.
+/// Shared cancellation state of one running attempt: the first reason wins.
 #[derive(Clone, Default)]
 pub(crate) struct StopSignal {
     token: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
+    reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 impl StopSignal {
-    pub(crate) fn stop(&self, reason: &str) {
+    pub(crate) fn stop(&self, reason: StopReason) {
         if let Ok(mut r) = self.reason.lock() {
-            r.get_or_insert_with(|| reason.to_string());
+            r.get_or_insert(reason);
         }
         self.token.cancel();
     }
-    pub(crate) fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<StopReason> {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
     pub(crate) fn token(&self) -> &CancellationToken {
@@ -156,7 +199,7 @@ impl TaskContext {
             return Err(Stopped { reason });
         }
         self.sink.send(chunk.into()).map_err(|_| Stopped {
-            reason: "the chunk writer has stopped".into(),
+            reason: self.stop.reason().unwrap_or(StopReason::Shutdown),
         })
     }
 
@@ -172,8 +215,11 @@ impl TaskContext {
     }
 
     /// Why the task must stop, once it must.
-    pub fn stop_reason(&self) -> Option<String> {
-        self.is_cancelled()
-            .then(|| self.stop.reason().unwrap_or_else(|| "cancelled".into()))
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        if self.is_cancelled() {
+            self.stop.reason()
+        } else {
+            None
+        }
     }
 }

@@ -1,117 +1,174 @@
 //! The heartbeat: renews the worker's lease from a task of its own (so a
-//! long handler never makes it look dead), publishes its status, and runs a
-//! bounded share of the queue's housekeeping.
+//! long handler never makes it look dead), reports every attempt it runs
+//! so Redis can reconcile ownership and free slots, stops the attempts
+//! Redis says are no longer current, and runs a share of the queue's
+//! housekeeping.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::handler::StopReason;
 use super::Shared;
 use crate::error::Error;
-use crate::protocol::{split_status, value_to_i64};
-use crate::scripts::scripts;
+use crate::functions::heartbeat::{Beat, BeatReply, BeatReport, Heartbeat, Register, StopWhy};
+use crate::functions::{self};
+use crate::protocol::MAX_TEXT_BYTES;
 
-/// One heartbeat. Returns true if the worker had been declared dead.
-pub(crate) async fn beat(shared: &Arc<Shared>) -> Result<bool, Error> {
+/// How a beat went.
+pub(crate) enum Beaten {
+    /// Renewed or registered.
+    Ok,
+    /// Another process holds this worker id: the worker must stop.
+    Replaced,
+}
+
+fn info(shared: &Shared) -> Vec<(&'static str, String)> {
     let status = &shared.status;
-    let running = shared.running_ids();
     let state = if status.draining.load(Ordering::Acquire) {
         "draining"
     } else if !status.accepting.load(Ordering::Acquire) {
         "paused"
-    } else if status.busy.load(Ordering::Acquire) > 0 {
+    } else if shared.pool.busy() > 0 {
         "busy"
     } else {
         "idle"
     };
-    let labels = serde_json::to_string(&shared.config.labels).unwrap_or_default();
-    let mut inv = scripts().heartbeat.key(shared.keys.prefix());
-    inv.arg(&shared.id)
-        .arg(shared.config.lease.as_millis() as u64)
-        .arg(running.len());
-    for id in &running {
-        inv.arg(id);
+    let mut last_error = status.last_error();
+    if last_error.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !last_error.is_char_boundary(end) {
+            end -= 1;
+        }
+        last_error.truncate(end);
     }
-    inv.arg("host")
-        .arg(&shared.config.host)
-        .arg("pid")
-        .arg(std::process::id())
-        .arg("version")
-        .arg(&shared.config.version)
-        .arg("handler")
-        .arg(&shared.config.handler_name)
-        .arg("labels")
-        .arg(labels)
-        .arg("slots")
-        .arg(shared.config.slots)
-        .arg("busy")
-        .arg(status.busy.load(Ordering::Acquire))
-        .arg("done")
-        .arg(status.get(&status.done))
-        .arg("failed")
-        .arg(status.get(&status.failed))
-        .arg("state")
-        .arg(state)
-        .arg("upstream")
-        .arg(if status.accepting.load(Ordering::Acquire) {
-            "up"
-        } else {
-            "down"
-        })
-        .arg("last_error")
-        .arg(status.last_error())
-        .arg("started")
-        .arg(status.started_ms.load(Ordering::Acquire));
-    let reply: Value = inv.invoke_async(&mut shared.conn.clone()).await?;
-    let (word, items) = split_status(reply)?;
-    status.redis_ok.store(true, Ordering::Release);
-    let now = items.get(2).map(value_to_i64).unwrap_or(0);
-    let _ = status
-        .started_ms
-        .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-    let swept = items.get(3).map(value_to_i64).unwrap_or(0);
-    if swept > 0 {
-        tracing::warn!(
-            swept,
-            "requeued tasks whose messages this worker never received"
-        );
+    let mut labels = serde_json::to_string(&shared.config.labels).unwrap_or_default();
+    if labels.len() > MAX_TEXT_BYTES {
+        labels = "{}".into();
     }
-    Ok(word == "GONE")
+    vec![
+        ("host", shared.config.host.chars().take(256).collect()),
+        ("pid", std::process::id().to_string()),
+        ("version", shared.config.version.chars().take(64).collect()),
+        (
+            "handler",
+            shared.config.handler_name.chars().take(64).collect(),
+        ),
+        ("labels", labels),
+        ("busy", shared.pool.busy().to_string()),
+        ("done", status.get(&status.done).to_string()),
+        ("failed", status.get(&status.failed).to_string()),
+        ("stopped", status.get(&status.stopped).to_string()),
+        ("state", state.into()),
+        (
+            "upstream",
+            if status.accepting.load(Ordering::Acquire) {
+                "up"
+            } else {
+                "down"
+            }
+            .into(),
+        ),
+        ("last_error", last_error),
+        (
+            "started",
+            status.started_ms.load(Ordering::Acquire).to_string(),
+        ),
+    ]
 }
 
-/// Beats every period until stopped. On GONE (the worker was declared dead,
-/// say after a long pause), stops its running attempts - they were
-/// reassigned - and offers its free slots again.
-pub(crate) async fn run_loop(shared: Arc<Shared>, stop: CancellationToken) {
+/// One heartbeat, or a registration with `register`. On GONE (the worker
+/// was reaped, say after a long pause or network cut) it registers again at
+/// once; the attempts Redis took away are stopped as reassigned.
+pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten, Error> {
+    let running: Vec<(String, u64)> = shared.pool.running();
+    let info = info(shared);
+    let accepting = shared.want_next();
+    let make = || Beat {
+        worker: &shared.id,
+        instance: &shared.instance,
+        lease_ms: shared.config.lease.as_millis() as u64,
+        slots: shared.config.slots,
+        accepting,
+        running: &running,
+        info: &info,
+    };
+    let mut conn = shared.conn.clone();
+    let mut reply = if register {
+        functions::call(&mut conn, &shared.keys, &Register(make())).await?
+    } else {
+        functions::call(&mut conn, &shared.keys, &Heartbeat(make())).await?
+    };
+    if reply == BeatReply::Gone {
+        tracing::warn!("this worker had been declared dead (its lease lapsed); registering again");
+        reply = functions::call(&mut conn, &shared.keys, &Register(make())).await?;
+    }
+    shared.status.redis_ok.store(true, Ordering::Release);
+    match reply {
+        BeatReply::Ok(report) => {
+            apply(shared, &report);
+            Ok(Beaten::Ok)
+        }
+        BeatReply::Replaced => Ok(Beaten::Replaced),
+        BeatReply::Gone => Err(Error::Protocol(
+            "rtq2_register answered GONE to a registration".into(),
+        )),
+    }
+}
+
+/// Applies a report: stop orders, start time, logs.
+fn apply(shared: &Shared, report: &BeatReport) {
+    let _ = shared.status.started_ms.compare_exchange(
+        0,
+        report.now_ms,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for order in &report.stop {
+        let reason = match order.why {
+            StopWhy::Cancelled => StopReason::Cancelled {
+                reason: "the task was cancelled".into(),
+            },
+            StopWhy::Expired => StopReason::Deadline,
+            StopWhy::Requeued => StopReason::Requeued,
+            StopWhy::Reassigned | StopWhy::Ended => StopReason::Reassigned,
+            StopWhy::Gone => StopReason::Gone,
+        };
+        let key = (order.id.clone(), order.attempt);
+        if shared.pool.stop(&key, reason.clone()) {
+            tracing::info!(task_id = %order.id, attempt = order.attempt, %reason, "stopping an attempt that is no longer current");
+        }
+    }
+    if report.swept > 0 {
+        tracing::warn!(
+            swept = report.swept,
+            "requeued tasks this worker owned but never ran (lost deliveries, or the tasks of the process it replaced)"
+        );
+    }
+}
+
+/// Beats every period (or at once when asked) until stopped. On REPLACED,
+/// stops every attempt and cancels `fatal`.
+pub(crate) async fn run_loop(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    fatal: CancellationToken,
+) {
     let period = shared.config.heartbeat_period();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+            _ = shared.beat_now.notified() => {}
         }
-        match beat(&shared).await {
-            Ok(gone) => {
-                shared.status.redis_ok.store(true, Ordering::Release);
-                if gone {
-                    tracing::warn!("this worker had been declared dead; its tasks were reassigned");
-                    shared.stop_all("fenced: the task was reassigned");
-                    if shared.want_next() {
-                        let free = shared
-                            .config
-                            .slots
-                            .saturating_sub(shared.status.busy.load(Ordering::Acquire));
-                        match shared.claim(free).await {
-                            Ok(deliveries) => {
-                                for d in deliveries {
-                                    tokio::spawn(super::slot::run(Arc::clone(&shared), d));
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "re-registering failed"),
-                        }
-                    }
-                }
+        match beat(&shared, false).await {
+            Ok(Beaten::Ok) => {}
+            Ok(Beaten::Replaced) => {
+                tracing::error!(worker_id = %shared.id, "another process registered under this worker id; stopping");
+                shared.pool.stop_all(StopReason::Reassigned);
+                fatal.cancel();
+                return;
             }
             Err(e) => {
                 shared.status.redis_ok.store(false, Ordering::Release);

@@ -2,113 +2,93 @@
 //! receives tasks pushed to its inbox, runs a [`Handler`] per slot, writes
 //! chunks and results, and shuts down cleanly.
 //!
-//! Layout: `config` (settings and live status), `handler` (the trait and
-//! the task context), `writer` (chunk writes and completion), `slot` (one
-//! task's life), `heartbeat` (liveness and housekeeping), this file (the
-//! inbox loop and shutdown).
+//! # Layout
+//! - `config`: settings and the live status;
+//! - `handler`: the [`Handler`] trait, [`TaskContext`], [`StopReason`];
+//! - `pool`: the slot pool, sole owner of the capacity invariant (never
+//!   more than `slots` attempts, keyed by task id *and* attempt);
+//! - `slot`: one slot's life (run, complete, take the next task);
+//! - `writer`: chunk writes and completion;
+//! - `heartbeat`: liveness, reconciliation with Redis, housekeeping;
+//! - `inbox`: the blocking inbox reader;
+//! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
 mod config;
 mod handler;
 mod heartbeat;
+mod inbox;
+mod pool;
 mod slot;
 mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use redis::aio::ConnectionManager;
-use redis::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{WorkerConfig, WorkerStatus};
-pub use handler::{Handler, HandlerError, Stopped, TaskContext};
+pub use handler::{Handler, HandlerError, StopReason, Stopped, TaskContext};
 pub use writer::Granularity;
 
 use crate::connection::Endpoint;
 use crate::error::Error;
+use crate::functions::release::{HandBack, Release, ReleaseMode, ReleaseReply};
+use crate::functions::{self};
 use crate::keys::{validate_id, QueueKeys, QUEUES};
-use crate::protocol::{value_to_string, InboxMessage, TaskDelivery};
-use crate::scripts::scripts;
-use handler::StopSignal;
-
-/// How long one BLPOP on the inbox blocks on the server. Long: every
-/// re-issue opens a one-round-trip window in which a pushed task waits.
-const INBOX_BLOCK_SECS: f64 = 10.0;
-/// Response timeout of the inbox connection (above the BLPOP timeout).
-const INBOX_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// One attempt running in this process.
-struct Running {
-    attempt: u64,
-    stop: StopSignal,
-}
+use crate::protocol::{CancelKind, InboxMessage};
+use crate::server::ServerReport;
+use heartbeat::Beaten;
+use pool::{Refusal, SlotPool};
+use slot::Job;
 
 /// State shared by the inbox loop, the slots and the heartbeat.
 pub(crate) struct Shared {
     conn: ConnectionManager,
     keys: QueueKeys,
     id: String,
+    /// Random per process: a restart under the same id is a new instance.
+    instance: String,
     config: WorkerConfig,
     status: Arc<WorkerStatus>,
     handler: Arc<dyn Handler>,
-    running: Mutex<HashMap<String, Running>>,
+    pool: SlotPool,
+    /// Wakes the heartbeat early (intake switched).
+    beat_now: Notify,
 }
 
 impl Shared {
+    /// True while the worker takes new tasks.
     fn want_next(&self) -> bool {
         self.status.accepting.load(Ordering::Acquire)
             && !self.status.draining.load(Ordering::Acquire)
     }
 
-    fn running_ids(&self) -> Vec<String> {
-        self.running
-            .lock()
-            .map(|r| r.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn stop_all(&self, reason: &str) {
-        if let Ok(r) = self.running.lock() {
-            for run in r.values() {
-                run.stop.stop(reason);
-            }
+    async fn release(&self, mode: ReleaseMode, items: &[HandBack]) -> Result<u64, Error> {
+        let release = Release {
+            worker: &self.id,
+            instance: &self.instance,
+            mode,
+            items,
+        };
+        match functions::call(&mut self.conn.clone(), &self.keys, &release).await? {
+            ReleaseReply::Ok { handed_back } => Ok(handed_back),
+            ReleaseReply::Gone | ReleaseReply::Replaced => Ok(0),
         }
     }
 
-    async fn claim(&self, slots: usize) -> Result<Vec<TaskDelivery>, Error> {
-        if slots == 0 {
-            return Ok(Vec::new());
+    /// Gives deliveries this process will not run back to the queue.
+    async fn hand_back(&self, items: Vec<HandBack>) {
+        for item in &items {
+            tracing::info!(task_id = %item.id, attempt = item.attempt, "handing a delivery back");
         }
-        let msgs: Vec<Value> = scripts()
-            .claim
-            .key(self.keys.prefix())
-            .arg(&self.id)
-            .arg(self.config.lease.as_millis() as u64)
-            .arg(slots)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if let InboxMessage::Task(d) = InboxMessage::parse(&value_to_string(&m))? {
-                out.push(d);
-            }
+        if let Err(e) = self.release(ReleaseMode::HandBack, &items).await {
+            tracing::warn!(error = %e, "hand-back failed; the heartbeat's orphan sweep will requeue");
         }
-        Ok(out)
-    }
-
-    async fn deregister(&self, mode: &str, ids: &[String]) -> Result<i64, Error> {
-        let mut inv = scripts().deregister.key(self.keys.prefix());
-        inv.arg(&self.id).arg(mode);
-        for id in ids {
-            inv.arg(id);
-        }
-        let reply: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(reply.first().copied().unwrap_or(0))
     }
 }
 
@@ -159,20 +139,58 @@ pub struct Worker {
     intake: watch::Sender<bool>,
 }
 
+/// Stops the background tasks and hands everything back if `run` is
+/// dropped before it finished (cancel safety).
+struct RunGuard {
+    shared: Arc<Shared>,
+    stops: Vec<CancellationToken>,
+    armed: bool,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        for stop in &self.stops {
+            stop.cancel();
+        }
+        if !self.armed {
+            return;
+        }
+        self.shared.pool.stop_all(StopReason::Shutdown);
+        let items = self.shared.pool.hand_backs();
+        let shared = Arc::clone(&self.shared);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = shared.release(ReleaseMode::Leave, &items).await {
+                    tracing::warn!(error = %e, "could not leave after Worker::run was dropped; the lease will lapse");
+                }
+            });
+        }
+    }
+}
+
 impl Worker {
-    /// Connects to Redis and prepares a worker (nothing is taken yet).
+    /// Connects to Redis, checks the server, and prepares a worker (nothing
+    /// is taken yet).
     ///
     /// # Errors
-    /// [`Error::Connection`] (password redacted), [`Error::InvalidName`].
+    /// [`Error::Connection`] (password redacted), [`Error::InvalidName`],
+    /// [`Error::InvalidInput`] for settings out of range,
+    /// [`Error::UnsuitableServer`] for a Redis that would lose tasks
+    /// silently (an evicting `maxmemory-policy`) or is older than 7.0.
     pub async fn connect(url: &str, config: WorkerConfig) -> Result<Self, Error> {
         let keys = QueueKeys::new(&config.queue)?;
+        config.validate()?;
         let id = match &config.worker_id {
             Some(id) => id.clone(),
             None => default_worker_id(&config.host),
         };
         validate_id(&id, "worker id")?;
         let endpoint = Endpoint::parse(url)?;
-        let conn = endpoint.shared().await?;
+        let mut conn = endpoint.shared().await?;
+        match ServerReport::read(&mut conn).await {
+            Ok(report) => report.enforce()?,
+            Err(e) => tracing::warn!(error = %e, "could not check the Redis server (INFO)"),
+        }
         let status = Arc::new(WorkerStatus::default());
         status.accepting.store(true, Ordering::Release);
         Ok(Self {
@@ -205,11 +223,13 @@ impl Worker {
 
     /// Runs until `shutdown` completes, then drains: takes no new tasks,
     /// lets running ones finish within the grace period, and hands the rest
-    /// back to the queue at once.
+    /// back to the queue. Dropping the returned future instead stops
+    /// everything and hands every attempt back (best effort).
     ///
     /// # Errors
-    /// [`Error::Connection`] if Redis cannot be reached at start; later
-    /// connection trouble is retried with backoff and logged.
+    /// [`Error::Connection`] if Redis cannot be reached at start;
+    /// [`Error::WorkerReplaced`] if another process registers under this
+    /// worker id. Later connection trouble is retried and logged.
     pub async fn run<H: Handler>(
         self,
         handler: Arc<H>,
@@ -224,67 +244,90 @@ impl Worker {
             conn: self.conn.clone(),
             keys: self.keys.clone(),
             id: self.id.clone(),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
             config: self.config.clone(),
             status: Arc::clone(&self.status),
             handler,
-            running: Mutex::new(HashMap::new()),
+            pool: SlotPool::new(self.config.slots, Arc::clone(&self.status)),
+            beat_now: Notify::new(),
         });
         let _: redis::RedisResult<i64> = redis::cmd("SADD")
             .arg(QUEUES)
             .arg(self.keys.name())
             .query_async(&mut self.conn.clone())
             .await;
-        let inbox = self.endpoint.dedicated(INBOX_RESPONSE_TIMEOUT).await?;
-        heartbeat::beat(&shared).await?;
-        let mut slots = JoinSet::new();
-        let offered = if accepting { self.config.slots } else { 0 };
-        for delivery in shared.claim(offered).await? {
-            slots.spawn(slot::run(Arc::clone(&shared), delivery));
-        }
-        let hb_stop = CancellationToken::new();
-        let hb = tokio::spawn(heartbeat::run_loop(Arc::clone(&shared), hb_stop.clone()));
-        tracing::info!(worker_id = %self.id, queue = self.keys.name(), slots = self.config.slots, "worker started");
 
-        tokio::pin!(shutdown);
+        // The inbox reader first: registration dispatches into the inbox.
+        let inbox_conn = self.endpoint.dedicated(inbox::RESPONSE_TIMEOUT).await?;
         let reader_stop = CancellationToken::new();
-        let (inbox_tx, mut inbox_rx) = tokio::sync::mpsc::channel(64);
-        let reader = tokio::spawn(read_inbox(
+        let hb_stop = CancellationToken::new();
+        let fatal = CancellationToken::new();
+        let mut guard = RunGuard {
+            shared: Arc::clone(&shared),
+            stops: vec![reader_stop.clone(), hb_stop.clone()],
+            armed: true,
+        };
+        let (inbox_tx, mut inbox_rx) = mpsc::channel(64);
+        let reader = tokio::spawn(inbox::read(
             self.endpoint.clone(),
-            inbox,
+            Some(inbox_conn),
             self.keys.inbox(&self.id),
             inbox_tx,
             reader_stop.clone(),
             Arc::clone(&self.status),
+            self.config.lease / 4,
         ));
+        if let Beaten::Replaced = heartbeat::beat(&shared, true).await? {
+            return Err(Error::WorkerReplaced {
+                worker: self.id.clone(),
+            });
+        }
+        let hb = tokio::spawn(heartbeat::run_loop(
+            Arc::clone(&shared),
+            hb_stop.clone(),
+            fatal.clone(),
+        ));
+        tracing::info!(worker_id = %self.id, queue = self.keys.name(), slots = self.config.slots, "worker started");
+
+        tokio::pin!(shutdown);
+        let mut slots = JoinSet::new();
+        let mut replaced = false;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = fatal.cancelled() => {
+                    replaced = true;
+                    break;
+                }
                 Ok(()) = intake_rx.changed() => {
                     let accepting = *intake_rx.borrow_and_update();
                     self.status.accepting.store(accepting, Ordering::Release);
-                    let result = if accepting {
+                    if accepting {
                         tracing::info!("intake resumed");
-                        let free = self.config.slots.saturating_sub(self.status.busy.load(Ordering::Acquire));
-                        match shared.deregister("tokens", &[]).await {
-                            Ok(_) => shared.claim(free).await.map(|ds| {
-                                for d in ds { slots.spawn(slot::run(Arc::clone(&shared), d)); }
-                            }),
-                            Err(e) => Err(e),
-                        }
                     } else {
                         tracing::warn!("intake paused: taking no new tasks");
-                        shared.deregister("tokens", &[]).await.map(|_| ())
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "could not switch intake");
+                        if let Err(e) = shared.release(ReleaseMode::Pause, &[]).await {
+                            tracing::warn!(error = %e, "could not withdraw free slots");
+                        }
                     }
+                    // The heartbeat reports the new capacity at once.
+                    shared.beat_now.notify_one();
                 }
                 Some(joined) = slots.join_next(), if !slots.is_empty() => log_join(joined),
-                Some(raw) = inbox_rx.recv() => self.on_message(&shared, &raw, &mut slots).await,
+                Some(raw) = inbox_rx.recv() => on_message(&shared, &raw, &mut slots).await,
             }
         }
 
+        if replaced {
+            slots.abort_all();
+            while slots.join_next().await.is_some() {}
+            guard.armed = false;
+            return Err(Error::WorkerReplaced {
+                worker: self.id.clone(),
+            });
+        }
         self.drain(&shared, &mut inbox_rx, &mut slots).await;
+        guard.armed = false;
         reader_stop.cancel();
         let _ = reader.await;
         hb_stop.cancel();
@@ -293,54 +336,28 @@ impl Worker {
         Ok(())
     }
 
-    async fn on_message(&self, shared: &Arc<Shared>, raw: &str, slots: &mut JoinSet<()>) {
-        match InboxMessage::parse(raw) {
-            Ok(InboxMessage::Task(d)) => {
-                if self.status.draining.load(Ordering::Acquire) {
-                    if let Err(e) = shared.deregister("ids", std::slice::from_ref(&d.id)).await {
-                        tracing::warn!(task_id = %d.id, error = %e, "hand-back failed");
-                    }
-                } else {
-                    slots.spawn(slot::run(Arc::clone(shared), d));
-                }
-            }
-            Ok(InboxMessage::Cancel {
-                id,
-                attempt,
-                reason,
-            }) => {
-                if let Ok(r) = shared.running.lock() {
-                    if let Some(run) = r.get(&id).filter(|run| run.attempt == attempt) {
-                        tracing::info!(task_id = %id, %reason, "stopping task");
-                        run.stop.stop(&format!("cancelled: {reason}"));
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "ignoring inbox message"),
-        }
-    }
-
     async fn drain(
         &self,
         shared: &Arc<Shared>,
-        inbox: &mut tokio::sync::mpsc::Receiver<String>,
+        inbox: &mut mpsc::Receiver<Vec<u8>>,
         slots: &mut JoinSet<()>,
     ) {
         self.status.draining.store(true, Ordering::Release);
+        shared.pool.set_closed(true);
         tracing::info!(
-            running = slots.len(),
+            running = shared.pool.busy(),
             grace_s = self.config.grace.as_secs_f64(),
             "draining"
         );
-        if let Err(e) = shared.deregister("tokens", &[]).await {
-            tracing::warn!(error = %e, "could not withdraw idle tokens");
+        if let Err(e) = shared.release(ReleaseMode::Pause, &[]).await {
+            tracing::warn!(error = %e, "could not withdraw free slots");
         }
         let grace_end = Instant::now() + self.config.grace;
         while !slots.is_empty() {
             tokio::select! {
                 Some(joined) = slots.join_next() => log_join(joined),
                 _ = tokio::time::sleep_until(grace_end.into()) => break,
-                Some(raw) = inbox.recv() => self.on_message(shared, &raw, slots).await,
+                Some(raw) = inbox.recv() => on_message(shared, &raw, slots).await,
             }
         }
         if !slots.is_empty() {
@@ -348,77 +365,91 @@ impl Worker {
                 running = slots.len(),
                 "grace period over; handing tasks back"
             );
-            shared.stop_all("shutting down");
-            slots.abort_all();
-            while let Some(joined) = slots.join_next().await {
-                if let Err(e) = joined {
-                    if !e.is_cancelled() {
-                        tracing::warn!(error = %e, "slot ended abnormally");
-                    }
-                }
+            shared.pool.stop_all(StopReason::Shutdown);
+            // Handlers get their cancel grace to return; then they are
+            // dropped (their attempts stay registered and are handed back).
+            let stopped = async { while slots.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.config.cancel_grace * 2, stopped)
+                .await
+                .is_err()
+            {
+                slots.abort_all();
+                while slots.join_next().await.is_some() {}
             }
         }
-        match shared.deregister("all", &[]).await {
+        // Deliveries still queued in the channel were never started.
+        let mut items = shared.pool.hand_backs();
+        while let Ok(raw) = inbox.try_recv() {
+            if let InboxMessage::Task(d) = InboxMessage::parse(&raw) {
+                items.push(HandBack {
+                    id: d.id,
+                    attempt: d.attempt,
+                    started: false,
+                });
+            }
+        }
+        match shared.release(ReleaseMode::Leave, &items).await {
             Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(error = %e, "could not deregister; the lease will expire and the reaper will requeue")
+                tracing::error!(error = %e, "could not deregister; the lease will lapse and housekeeping will requeue")
             }
         }
     }
 }
 
-/// Reads the worker's inbox on a connection of its own and forwards each
-/// message. A BLPOP is never abandoned mid-flight (that would lose the
-/// popped message), except after deregistration emptied the inbox.
-async fn read_inbox(
-    endpoint: Endpoint,
-    mut conn: redis::aio::MultiplexedConnection,
-    key: String,
-    tx: tokio::sync::mpsc::Sender<String>,
-    stop: CancellationToken,
-    status: Arc<WorkerStatus>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let popped = tokio::select! {
-            _ = stop.cancelled() => return,
-            popped = blpop(&mut conn, &key) => popped,
-        };
-        match popped {
-            Ok(Some(raw)) => {
-                backoff = Duration::from_millis(100);
-                if tx.send(raw).await.is_err() {
-                    return;
-                }
+/// Handles one inbox message: a delivery is admitted into a free slot or
+/// handed back at once; a cancel stops exactly the attempt it names.
+async fn on_message(shared: &Arc<Shared>, raw: &[u8], slots: &mut JoinSet<()>) {
+    match InboxMessage::parse(raw) {
+        InboxMessage::Cancel {
+            id,
+            attempt,
+            kind,
+            reason,
+        } => {
+            let why = match kind {
+                CancelKind::Cancelled => StopReason::Cancelled { reason },
+                CancelKind::Deadline => StopReason::Deadline,
+                CancelKind::Requeued => StopReason::Requeued,
+            };
+            if shared.pool.stop(&(id.clone(), attempt), why.clone()) {
+                tracing::info!(task_id = %id, attempt, reason = %why, "stopping task");
             }
-            Ok(None) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(error = %e, "inbox read failed; reconnecting");
-                status.set_last_error(format!("inbox read failed: {e}"));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+        }
+        message => {
+            let Some(job) = Job::from_message(message) else {
+                return;
+            };
+            let key = job.key();
+            let admitted = if shared.want_next() || matches!(job, Job::Reject { .. }) {
+                shared.pool.admit(key.clone())
+            } else {
+                Err(Refusal::Closed)
+            };
+            match admitted {
+                Ok(admitted) => {
+                    slots.spawn(slot::run(Arc::clone(shared), admitted, job));
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                if let Ok(c) = endpoint.dedicated(INBOX_RESPONSE_TIMEOUT).await {
-                    conn = c;
+                Err(Refusal::Duplicate) => {
+                    tracing::debug!(task_id = %key.0, attempt = key.1, "ignoring a repeated delivery");
+                }
+                Err(refusal) => {
+                    tracing::warn!(task_id = %key.0, attempt = key.1, ?refusal, "no free slot for a delivery; handing it back");
+                    let shared = Arc::clone(shared);
+                    slots.spawn(async move {
+                        shared
+                            .hand_back(vec![HandBack {
+                                id: key.0,
+                                attempt: key.1,
+                                started: false,
+                            }])
+                            .await;
+                    });
                 }
             }
         }
     }
-}
-
-async fn blpop(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> redis::RedisResult<Option<String>> {
-    let reply: Option<(String, String)> = redis::cmd("BLPOP")
-        .arg(key)
-        .arg(INBOX_BLOCK_SECS)
-        .query_async(conn)
-        .await?;
-    Ok(reply.map(|(_, v)| v))
 }
 
 /// Sleeps until `at`, or forever without one (for optional timers in

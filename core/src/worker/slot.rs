@@ -1,5 +1,7 @@
-//! One slot: runs a task's attempt through the handler, then completes it
-//! and, in the same round trip, takes the slot's next task.
+//! One slot: runs an attempt through the handler, completes it and, in the
+//! same round trip, takes the slot's next task. The slot's capacity stays
+//! admitted in the [`SlotPool`](super::pool::SlotPool) from the first
+//! attempt to the last.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -7,188 +9,299 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use redis::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::handler::{StopSignal, TaskContext};
+use super::handler::{StopReason, TaskContext};
+use super::pool::{Admitted, AttemptKey, Refusal};
 use super::sleep_until;
 use super::writer::ChunkWriter;
-use super::{Running, Shared};
-use crate::protocol::{split_status, value_to_i64, TaskDelivery, TaskSpec};
-use crate::scripts::scripts;
+use super::Shared;
+use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
+use crate::functions::chunk::WriteStatus;
+use crate::functions::complete::CompleteOutcome;
+use crate::functions::release::HandBack;
+use crate::functions::{self};
+use crate::protocol::{InboxMessage, TaskDelivery, TaskSpec, MAX_TEXT_BYTES};
 
-/// Runs tasks in one slot until no next task comes back.
-pub(crate) async fn run(shared: Arc<Shared>, first: TaskDelivery) {
-    shared.status.busy.fetch_add(1, Ordering::AcqRel);
-    let mut next = Some(first);
-    while let Some(delivery) = next {
-        let span = tracing::info_span!("task", task_id = %delivery.id, attempt = delivery.attempt);
-        next = run_one(&shared, delivery).instrument(span).await;
+/// Longest failure reason sent to Redis (the functions accept 64 KiB).
+const MAX_REASON_BYTES: usize = 16 * MAX_TEXT_BYTES;
+
+/// What a slot is asked to do with an attempt.
+pub(crate) enum Job {
+    /// Run the task.
+    Run(TaskDelivery),
+    /// A delivery that cannot be read: fail the attempt with the reason.
+    Reject {
+        /// Task id and attempt.
+        key: AttemptKey,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Job {
+    /// Turns an inbox message (or complete's next task) into a job.
+    pub(crate) fn from_message(message: InboxMessage) -> Option<Job> {
+        match message {
+            InboxMessage::Task(d) => Some(Job::Run(d)),
+            InboxMessage::Unreadable {
+                task: Some(key),
+                reason,
+            } => Some(Job::Reject { key, reason }),
+            InboxMessage::Unreadable { task: None, reason } => {
+                tracing::warn!(%reason, "dropping an inbox message without task id or attempt");
+                None
+            }
+            InboxMessage::Cancel { .. } => None,
+        }
     }
-    shared.status.busy.fetch_sub(1, Ordering::AcqRel);
+
+    pub(crate) fn key(&self) -> AttemptKey {
+        match self {
+            Job::Run(d) => (d.id.clone(), d.attempt),
+            Job::Reject { key, .. } => key.clone(),
+        }
+    }
 }
 
 /// What the handler's run came to.
 enum Ending {
     Result(serde_json::Value),
     Failed { message: String, retryable: bool },
-    Stopped(String),
+    Stopped(StopReason),
 }
 
-async fn run_one(shared: &Arc<Shared>, delivery: TaskDelivery) -> Option<TaskDelivery> {
-    let stop = StopSignal::default();
+/// What the slot does after an attempt.
+enum After {
+    /// Nothing: free the slot.
+    Free,
+    /// The attempt was stopped for shutdown: hand it back when leaving.
+    Interrupted,
+    /// Run the next task Redis handed this slot.
+    Next(Job),
+}
+
+/// Runs attempts in one admitted slot until no next task comes back.
+pub(crate) async fn run(shared: Arc<Shared>, first: Admitted, job: Job) {
+    let mut admitted = first;
+    let mut job = job;
+    loop {
+        let span = tracing::info_span!("task", task_id = %admitted.key.0, attempt = admitted.key.1);
+        match run_one(&shared, &admitted, job).instrument(span).await {
+            After::Free => {
+                shared.pool.release(&admitted.key);
+                return;
+            }
+            After::Interrupted => {
+                let started = admitted.started.load(Ordering::Acquire);
+                shared.pool.interrupted(&admitted.key, started);
+                return;
+            }
+            After::Next(next) => match shared.pool.chain(&admitted.key, next.key()) {
+                Ok(a) => {
+                    admitted = a;
+                    job = next;
+                }
+                Err(Refusal::Duplicate) => return,
+                Err(_) => {
+                    let (id, attempt) = next.key();
+                    shared
+                        .hand_back(vec![HandBack {
+                            id,
+                            attempt,
+                            started: false,
+                        }])
+                        .await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
+    let stop = admitted.stop.clone();
+    let (id, attempt) = admitted.key.clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let delivery = match &job {
+        Job::Run(d) => d.clone(),
+        Job::Reject { .. } => TaskDelivery {
+            id: id.clone(),
+            attempt,
+            handed_out_ms: 0,
+            deadline_ms: 0,
+            spec: Vec::new(),
+        },
+    };
     let mut writer = ChunkWriter::new(
         shared.conn.clone(),
-        shared.keys.prefix(),
+        &shared.keys,
         &shared.id,
         &delivery,
         shared.config.granularity.clone(),
         stop.clone(),
     );
-    let ending = match TaskSpec::decode(&delivery.spec_json) {
-        Err(e) => Ending::Failed {
-            message: e.to_string(),
+    let ending = match job {
+        Job::Reject { reason, .. } => Ending::Failed {
+            message: reason,
             retryable: false,
         },
-        Ok(spec) => {
-            if let Ok(mut r) = shared.running.lock() {
-                r.insert(
-                    delivery.id.clone(),
-                    Running {
-                        attempt: delivery.attempt,
-                        stop: stop.clone(),
-                    },
+        Job::Run(delivery) => match TaskSpec::decode(&delivery.spec) {
+            Err(e) => Ending::Failed {
+                message: e.to_string(),
+                retryable: false,
+            },
+            Ok(spec) => {
+                admitted.started.store(true, Ordering::Release);
+                let deadline = delivery.time_left().map(|left| Instant::now() + left);
+                let ctx = TaskContext {
+                    spec,
+                    attempt,
+                    deadline,
+                    stop: stop.clone(),
+                    sink: tx,
+                };
+                tracing::debug!("task started");
+                let handler = Arc::clone(&shared.handler);
+                let mut work = Box::pin(
+                    AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind(),
                 );
-            }
-            let deadline = delivery.time_left().map(|left| Instant::now() + left);
-            let ctx = TaskContext {
-                spec,
-                attempt: delivery.attempt,
-                deadline,
-                stop: stop.clone(),
-                sink: tx,
-            };
-            tracing::debug!("task started");
-            let handler = Arc::clone(&shared.handler);
-            let mut work =
-                Box::pin(AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind());
-            let mut pump_open = true;
-            let ending = loop {
-                tokio::select! {
-                    outcome = &mut work => break match outcome {
-                        Ok(Ok(value)) => Ending::Result(value),
-                        Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
-                        Err(panic) => Ending::Failed {
-                            message: format!("handler panicked: {}", panic_message(&panic)),
-                            retryable: false,
+                let mut pump_open = true;
+                let ending = loop {
+                    tokio::select! {
+                        biased;
+                        outcome = &mut work => break match outcome {
+                            Ok(Ok(value)) => Ending::Result(value),
+                            Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
+                            Err(panic) => Ending::Failed {
+                                message: format!("handler panicked: {}", panic_message(&panic)),
+                                retryable: false,
+                            },
                         },
-                    },
-                    _ = stop.token().cancelled() => {
-                        break Ending::Stopped(stop.reason().unwrap_or_else(|| "cancelled".into()));
+                        _ = stop.token().cancelled() => {
+                            break Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown));
+                        }
+                        _ = sleep_until(deadline), if deadline.is_some() => {
+                            stop.stop(StopReason::Deadline);
+                            break Ending::Stopped(StopReason::Deadline);
+                        }
+                        _ = writer.pump(&mut rx), if pump_open => pump_open = false,
                     }
-                    _ = sleep_until(deadline), if deadline.is_some() => {
-                        stop.stop("deadline");
-                        expire_in_redis(shared, &delivery.id).await;
-                        break Ending::Stopped("deadline".into());
-                    }
-                    _ = writer.pump(&mut rx), if pump_open => pump_open = false,
+                };
+                if let Ending::Stopped(reason) = &ending {
+                    tracing::info!(%reason, "stopping the handler");
+                    // The handler saw the stop; give it a moment to return
+                    // on its own, then drop it (closing what it holds).
+                    let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
                 }
-            };
-            if matches!(ending, Ending::Stopped(_)) {
-                // Let the handler see the stop and clean up (tell its model
-                // server to abort) for a moment; then its future is dropped,
-                // which closes whatever upstream request it still holds.
-                let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
+                drop(work);
+                writer.drain(&mut rx);
+                ending
             }
-            drop(work);
-            writer.drain(&mut rx);
-            ending
-        }
+        },
     };
 
-    let want_next = shared.want_next();
     let (outcome, payload) = match &ending {
         Ending::Result(value) => match serde_json::to_string(value) {
-            Ok(json) if json.len() <= shared.config.max_result_bytes => ("done", json),
+            Ok(json) if json.len() <= shared.config.max_result_bytes => (CompleteOutcome::Done, json),
             Ok(json) => (
-                "failed",
+                CompleteOutcome::Failed,
                 format!(
                     "result is {} bytes, over the {}-byte limit; store it elsewhere and return a reference",
                     json.len(),
                     shared.config.max_result_bytes
                 ),
             ),
-            Err(e) => ("failed", format!("result cannot be encoded: {e}")),
+            Err(e) => (CompleteOutcome::Failed, format!("result cannot be encoded: {e}")),
         },
-        Ending::Failed { message, retryable } => {
-            (if *retryable { "retry" } else { "failed" }, message.clone())
-        }
-        Ending::Stopped(reason) if reason == "shutting down" => {
-            // Handed back by deregistration; nothing to record.
-            forget(shared, &delivery.id);
-            return None;
-        }
-        Ending::Stopped(reason) => ("failed", format!("stopped: {reason}")),
+        Ending::Failed { message, retryable } => (
+            if *retryable {
+                CompleteOutcome::Retry
+            } else {
+                CompleteOutcome::Failed
+            },
+            truncate(message, MAX_REASON_BYTES),
+        ),
+        Ending::Stopped(reason) => match reason {
+            // Redis already took the task away from this attempt: nothing
+            // to record, and the slot is counted free again at the next
+            // heartbeat.
+            StopReason::Requeued | StopReason::Reassigned => {
+                shared.status.stopped.fetch_add(1, Ordering::Relaxed);
+                return After::Free;
+            }
+            StopReason::Shutdown => return After::Interrupted,
+            StopReason::Deadline => {
+                expire_in_redis(shared, &id).await;
+                (CompleteOutcome::Failed, format!("stopped: {reason}"))
+            }
+            StopReason::OutputTooLarge { reason } => (CompleteOutcome::Failed, reason.clone()),
+            // Ended in Redis: complete releases the slot (ENDED/NOT_FOUND).
+            _ => (CompleteOutcome::Failed, format!("stopped: {reason}")),
+        },
     };
-    let completed = writer.finish(outcome, &payload, want_next).await;
-    forget(shared, &delivery.id);
+    let completed = writer.finish(outcome, &payload, shared.want_next()).await;
     let status = &shared.status;
     match completed {
-        Ok(c) => {
-            match (c.status.as_str(), &ending) {
-                ("OK", Ending::Result(_)) => {
+        Ok(reply) => {
+            match (reply.status, &ending) {
+                (WriteStatus::Ok, Ending::Result(_)) if outcome == CompleteOutcome::Done => {
                     status.done.fetch_add(1, Ordering::Relaxed);
                 }
-                ("OK", Ending::Failed { message, .. }) => {
+                (WriteStatus::Ok, _) => {
                     status.failed.fetch_add(1, Ordering::Relaxed);
-                    status.set_last_error(message.clone());
-                    tracing::warn!(reason = %message, "task failed");
+                    status.set_last_error(payload.clone());
+                    tracing::warn!(reason = %payload, "task failed");
                 }
                 (other, _) => {
                     status.stopped.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
-                        status = other,
+                        status = ?other,
                         "task ended elsewhere (cancelled, expired or reassigned)"
                     );
                 }
             }
-            c.next
+            match reply.next.and_then(Job::from_message) {
+                Some(job) => After::Next(job),
+                None => After::Free,
+            }
         }
         Err(e) => {
-            tracing::error!(error = %e, "could not complete task; the orphan sweep will requeue it");
+            tracing::error!(error = %e, "could not complete the task; the heartbeat's orphan sweep will requeue it");
             status.set_last_error(e.to_string());
-            None
+            After::Free
         }
-    }
-}
-
-fn forget(shared: &Shared, id: &str) {
-    if let Ok(mut r) = shared.running.lock() {
-        r.remove(id);
     }
 }
 
 /// Records the expiry in Redis (whose clock decides; re-checks if early).
 async fn expire_in_redis(shared: &Shared, id: &str) {
+    let cancel = Cancel {
+        id,
+        mode: CancelMode::Deadline,
+        reason: "deadline passed",
+    };
     for _ in 0..20 {
-        let reply: redis::RedisResult<Value> = scripts()
-            .cancel
-            .key(shared.keys.prefix())
-            .arg(id)
-            .arg("deadline")
-            .arg("deadline passed")
-            .invoke_async(&mut shared.conn.clone())
-            .await;
-        match reply.map_err(crate::Error::from).and_then(split_status) {
-            Ok((status, items)) if status == "NOT_DUE" => {
-                let ms = items.first().map(value_to_i64).unwrap_or(0).clamp(1, 1000);
-                tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+        match functions::call(&mut shared.conn.clone(), &shared.keys, &cancel).await {
+            Ok(CancelReply::NotDue(Some(left))) => {
+                tokio::time::sleep(left.clamp(Duration::from_millis(1), Duration::from_secs(1)))
+                    .await;
             }
             _ => return,
         }
     }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -3,9 +3,12 @@
 //! flight, and ends the attempt with one `complete` call that carries the
 //! last chunks and is pipelined behind any write still in flight.
 //!
-//! Every write carries `seq0` (chunks written before it); the scripts apply
-//! it only if Redis holds exactly that many, so writes can be pipelined and
-//! retried after a cut connection without loss, reordering or duplication.
+//! Every write carries `seq0` (chunks written before it); the functions
+//! apply it only if Redis holds exactly that many, so writes can be
+//! pipelined, split and retried after a cut connection without loss,
+//! reordering or duplication. One write carries at most 512 chunks or
+//! 256 KiB (bigger bursts go out as several pipelined writes); a single
+//! chunk over 1 MiB stops the task as failed.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,14 +17,21 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use redis::aio::ConnectionManager;
-use redis::Value;
 use tokio::sync::mpsc;
 
-use super::handler::StopSignal;
+use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
 use crate::error::Error;
-use crate::protocol::{split_status, value_to_i64, value_to_string, InboxMessage, TaskDelivery};
-use crate::scripts::scripts;
+use crate::functions::chunk::{Chunk, ChunkReply, WriteStatus};
+use crate::functions::complete::{Complete, CompleteOutcome, CompleteReply};
+use crate::functions::{self, Function};
+use crate::keys::QueueKeys;
+use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
+
+/// Bytes one write carries at most (a single bigger chunk goes alone).
+const MAX_WRITE_BYTES: usize = 256 << 10;
+/// How long `complete` is retried while Redis does not answer.
+const COMPLETE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// How chunks are grouped into Redis writes.
 ///
@@ -49,26 +59,17 @@ impl Default for Granularity {
     }
 }
 
-/// The reply of `complete.lua`, decoded.
-#[derive(Debug)]
-pub(crate) struct Completed {
-    /// OK, CANCELLED, FENCED or NOT_FOUND.
-    pub status: String,
-    /// The next task for this slot, if one was taken.
-    pub next: Option<TaskDelivery>,
-}
-
 struct WriteReply {
     count: usize,
-    reply: redis::RedisResult<Value>,
+    reply: Result<ChunkReply, Error>,
 }
 
 pub(crate) struct ChunkWriter {
     conn: ConnectionManager,
-    prefix: String,
+    keys: QueueKeys,
     worker: String,
     id: String,
-    attempt: String,
+    attempt: u64,
     granularity: Granularity,
     stop: StopSignal,
     /// Chunks Redis is known to hold.
@@ -83,10 +84,32 @@ pub(crate) struct ChunkWriter {
     stopped: bool,
 }
 
+/// The stop reason a refused write means.
+fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReason> {
+    match status {
+        WriteStatus::Ok | WriteStatus::Order => None,
+        WriteStatus::Ended => Some(match state {
+            Some(TaskState::Expired) => StopReason::Deadline,
+            _ => StopReason::Cancelled {
+                reason: "the task was cancelled".into(),
+            },
+        }),
+        WriteStatus::Fenced => Some(StopReason::Reassigned),
+        WriteStatus::NotFound => Some(StopReason::Gone),
+        WriteStatus::TooLarge => Some(StopReason::OutputTooLarge {
+            reason: format!(
+                "an attempt may write at most {} chunks and {} MiB",
+                crate::protocol::MAX_OUTPUT_CHUNKS,
+                crate::protocol::MAX_OUTPUT_BYTES >> 20
+            ),
+        }),
+    }
+}
+
 impl ChunkWriter {
     pub(crate) fn new(
         conn: ConnectionManager,
-        prefix: &str,
+        keys: &QueueKeys,
         worker: &str,
         delivery: &TaskDelivery,
         granularity: Granularity,
@@ -94,10 +117,10 @@ impl ChunkWriter {
     ) -> Self {
         Self {
             conn,
-            prefix: prefix.to_string(),
+            keys: keys.clone(),
             worker: worker.to_string(),
             id: delivery.id.clone(),
-            attempt: delivery.attempt.to_string(),
+            attempt: delivery.attempt,
             granularity,
             stop,
             acked: 0,
@@ -117,6 +140,16 @@ impl ChunkWriter {
 
     fn push(&mut self, chunk: Vec<u8>) {
         if self.stopped {
+            return;
+        }
+        if chunk.len() > MAX_CHUNK_BYTES {
+            self.halt(StopReason::OutputTooLarge {
+                reason: format!(
+                    "a chunk of {} bytes is over the {}-byte limit",
+                    chunk.len(),
+                    MAX_CHUNK_BYTES
+                ),
+            });
             return;
         }
         if self.unsent() == 0 {
@@ -159,13 +192,14 @@ impl ChunkWriter {
         None
     }
 
-    fn maybe_send(&mut self, force: bool) {
+    /// True when the retry delay (if any) has passed and no resync waits.
+    fn ready_to_send(&mut self) -> bool {
         if self.stopped {
-            return;
+            return false;
         }
         if let Some(at) = self.retry_at {
             if Instant::now() < at {
-                return;
+                return false;
             }
             self.retry_at = None;
         }
@@ -174,6 +208,13 @@ impl ChunkWriter {
                 self.resync_to(nc);
             }
         } else if self.resync.is_some() {
+            return false;
+        }
+        true
+    }
+
+    fn maybe_send(&mut self, force: bool) {
+        if !self.ready_to_send() {
             return;
         }
         if self.unsent() == 0 || self.in_flight.len() >= self.granularity.max_in_flight.max(1) {
@@ -186,27 +227,57 @@ impl ChunkWriter {
                 return;
             }
         }
-        let seq0 = self.acked + self.sent as u64;
-        let chunks: Vec<Vec<u8>> = self.unacked.iter().skip(self.sent).cloned().collect();
-        let count = chunks.len();
-        self.sent += count;
-        self.buffered_since = None;
-        let mut invocation = scripts().chunk.key(&self.prefix);
-        invocation
-            .arg(&self.worker)
-            .arg(&self.id)
-            .arg(&self.attempt)
-            .arg(seq0);
-        for c in &chunks {
-            invocation.arg(c.as_slice());
+        self.send_batch();
+    }
+
+    /// How many unsent chunks the next write takes: at most 512 and 256 KiB
+    /// (always at least one).
+    fn batch_len(&self) -> usize {
+        let mut bytes = 0;
+        let mut n = 0;
+        for c in self.unacked.iter().skip(self.sent) {
+            if n == MAX_CHUNKS_PER_CALL || (n > 0 && bytes + c.len() > MAX_WRITE_BYTES) {
+                break;
+            }
+            bytes += c.len();
+            n += 1;
         }
+        n
+    }
+
+    /// Sends the next batch of unsent chunks as one pipelined write.
+    fn send_batch(&mut self) {
+        let count = self.batch_len();
+        if count == 0 {
+            return;
+        }
+        let seq0 = self.acked + self.sent as u64;
+        let chunks: Vec<Vec<u8>> = self
+            .unacked
+            .iter()
+            .skip(self.sent)
+            .take(count)
+            .cloned()
+            .collect();
+        self.sent += count;
+        self.buffered_since = (self.unsent() > 0).then(Instant::now);
+        let cmd = functions::command(
+            &self.keys,
+            &Chunk {
+                worker: &self.worker,
+                id: &self.id,
+                attempt: self.attempt,
+                seq0,
+                chunks: &chunks,
+            },
+        );
         let mut conn = self.conn.clone();
         self.in_flight.push_back(
             async move {
-                WriteReply {
-                    count,
-                    reply: invocation.invoke_async(&mut conn).await,
-                }
+                let reply = functions::send::<Chunk, _>(&mut conn, cmd)
+                    .await
+                    .and_then(Chunk::decode);
+                WriteReply { count, reply }
             }
             .boxed(),
         );
@@ -228,19 +299,22 @@ impl ChunkWriter {
         if self.stopped {
             return;
         }
-        match reply.reply.map_err(Error::from).and_then(split_status) {
-            Ok((status, items)) => match status.as_str() {
-                "OK" if self.resync.is_none() => {
+        match reply.reply {
+            Ok(r) => match r.status {
+                WriteStatus::Ok if self.resync.is_none() => {
                     self.unacked.drain(..reply.count);
                     self.acked += reply.count as u64;
                     self.sent -= reply.count;
                 }
-                "OK" => {}
-                "ORDER" => {
-                    let nc = items.first().map(value_to_i64).unwrap_or(0) as u64;
-                    self.resync = Some(self.resync.map_or(nc, |r| r.max(nc)));
+                WriteStatus::Ok => {}
+                WriteStatus::Order => {
+                    self.resync = Some(self.resync.map_or(r.chunks, |x| x.max(r.chunks)));
                 }
-                other => self.halt(other),
+                other => {
+                    if let Some(reason) = stop_reason(other, r.state) {
+                        self.halt(reason);
+                    }
+                }
             },
             Err(e) => {
                 tracing::warn!(task_id = %self.id, error = %e, "chunk write failed; retrying");
@@ -250,15 +324,10 @@ impl ChunkWriter {
         }
     }
 
-    fn halt(&mut self, status: &str) {
+    fn halt(&mut self, reason: StopReason) {
         self.stopped = true;
         self.unacked.clear();
         self.sent = 0;
-        let reason = match status {
-            "CANCELLED" => "cancelled",
-            "FENCED" => "fenced: the task was reassigned",
-            _ => "the task no longer exists",
-        };
         self.stop.stop(reason);
     }
 
@@ -268,69 +337,112 @@ impl ChunkWriter {
         }
     }
 
-    /// Ends the attempt: one `complete` call with the remaining chunks,
-    /// pipelined behind any write in flight; retried until Redis decides.
+    /// Ends the attempt: pipelined writes for chunks beyond one write's
+    /// worth, then one `complete` with the rest, retried until Redis
+    /// decides (the call is idempotent).
     ///
-    /// `outcome` is "done", "failed" or "retry"; `payload` the result JSON or
-    /// the failure reason. With `want_next` the slot takes the next task.
+    /// With `want_next` the slot takes the next task.
     pub(crate) async fn finish(
         mut self,
-        outcome: &str,
+        outcome: CompleteOutcome,
         payload: &str,
         want_next: bool,
-    ) -> Result<Completed, Error> {
+    ) -> Result<CompleteReply, Error> {
+        let give_up = Instant::now() + COMPLETE_PATIENCE;
         let mut failures = 0u32;
         loop {
-            let seq0 = self.acked + self.sent as u64;
-            let mut invocation = scripts().complete.key(&self.prefix);
-            invocation
-                .arg(&self.worker)
-                .arg(&self.id)
-                .arg(&self.attempt)
-                .arg(seq0)
-                .arg(outcome)
-                .arg(payload)
-                .arg(if want_next { "1" } else { "0" });
             if !self.stopped {
-                for c in self.unacked.iter().skip(self.sent) {
-                    invocation.arg(c.as_slice());
+                if !self.ready_to_send() {
+                    // A resync or a retry delay is pending: settle it first.
+                    self.drain_in_flight().await;
+                    if let Some(at) = self.retry_at {
+                        tokio::time::sleep_until(at.into()).await;
+                    }
+                    continue;
+                }
+                while self.unsent() > self.batch_len() {
+                    self.send_batch();
                 }
             }
+            let seq0 = self.acked + self.sent as u64;
+            let trailing: Vec<Vec<u8>> = if self.stopped {
+                Vec::new()
+            } else {
+                self.unacked.iter().skip(self.sent).cloned().collect()
+            };
+            let cmd = functions::command(
+                &self.keys,
+                &Complete {
+                    worker: &self.worker,
+                    id: &self.id,
+                    attempt: self.attempt,
+                    seq0,
+                    outcome,
+                    payload,
+                    want_next,
+                    chunks: &trailing,
+                },
+            );
             let mut conn = self.conn.clone();
             let (reply, ()) = tokio::join!(
-                invocation.invoke_async::<Value>(&mut conn),
+                async {
+                    functions::send::<Complete, _>(&mut conn, cmd)
+                        .await
+                        .and_then(Complete::decode)
+                },
                 self.drain_in_flight()
             );
-            match reply.map_err(Error::from).and_then(split_status) {
-                Ok((status, items)) if status == "ORDER" => {
-                    let nc = items.get(1).map(value_to_i64).unwrap_or(0) as u64;
+            match reply {
+                Ok(r) if r.status == WriteStatus::Order => {
                     self.resync = None;
-                    self.resync_to(nc);
+                    self.resync_to(r.chunks);
                 }
-                Ok((status, items)) => {
-                    let raw = items.first().map(value_to_string).unwrap_or_default();
-                    let next = if raw.is_empty() {
-                        None
-                    } else {
-                        match InboxMessage::parse(&raw)? {
-                            InboxMessage::Task(d) => Some(d),
-                            InboxMessage::Cancel { .. } => None,
-                        }
-                    };
-                    return Ok(Completed { status, next });
-                }
+                Ok(r) => return Ok(r),
                 Err(e) => {
                     failures += 1;
-                    if failures >= 50 {
+                    if Instant::now() >= give_up {
                         return Err(e);
                     }
                     tracing::warn!(task_id = %self.id, error = %e, "complete failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * failures.min(10) as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20))))
+                        .await;
                     // The fate of the failed call is unknown: resend from
-                    // what Redis is known to hold; the seq0 guard sorts it out.
+                    // what Redis is known to hold; seq0 and the replay rule
+                    // sort it out.
                     self.resync_to(self.acked);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_writes_map_to_typed_stop_reasons() {
+        assert_eq!(stop_reason(WriteStatus::Ok, None), None);
+        assert_eq!(stop_reason(WriteStatus::Order, None), None);
+        assert_eq!(
+            stop_reason(WriteStatus::Ended, Some(TaskState::Expired)),
+            Some(StopReason::Deadline)
+        );
+        assert!(matches!(
+            stop_reason(WriteStatus::Ended, Some(TaskState::Cancelled)),
+            Some(StopReason::Cancelled { .. })
+        ));
+        assert_eq!(
+            stop_reason(WriteStatus::Fenced, Some(TaskState::Running)),
+            Some(StopReason::Reassigned)
+        );
+        assert_eq!(
+            stop_reason(WriteStatus::NotFound, None),
+            Some(StopReason::Gone)
+        );
+        assert!(matches!(
+            stop_reason(WriteStatus::TooLarge, None),
+            Some(StopReason::OutputTooLarge { .. })
+        ));
     }
 }

@@ -51,7 +51,7 @@ impl Handler for Scripted {
             tokio::select! {
                 _ = self.release.notified() => {}
                 _ = task.cancelled() => {
-                    let reason = task.stop_reason().unwrap_or_default();
+                    let reason = task.stop_reason().map(|r| r.to_string()).unwrap_or_default();
                     let _ = self.seen.send(Seen::Cancelled {
                         id: task.id().to_string(),
                         reason: reason.clone(),

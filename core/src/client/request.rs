@@ -6,7 +6,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::protocol::{TaskSpec, PRIORITY_MAX, PRIORITY_MIN, PROTOCOL_VERSION};
+use crate::keys::validate_id;
+use crate::protocol::{
+    TaskSpec, MAX_ATTEMPTS, MAX_DURATION, MAX_SPEC_BYTES, PRIORITY_MAX, PRIORITY_MIN,
+    PROTOCOL_VERSION,
+};
 
 /// Default retention of a finished task's result and output.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
@@ -36,6 +40,7 @@ pub struct TaskRequest {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
     pub(crate) retention: Duration,
+    pub(crate) cancel_on_drop: bool,
 }
 
 impl TaskRequest {
@@ -49,6 +54,7 @@ impl TaskRequest {
             timeout: None,
             max_attempts: 3,
             retention: DEFAULT_RETENTION,
+            cancel_on_drop: false,
         }
     }
 
@@ -78,8 +84,9 @@ impl TaskRequest {
         }
     }
 
-    /// Uses this id instead of a generated one (idempotent submits: a second
-    /// submit with the same id fails with [`Error::Duplicate`]).
+    /// Uses this id instead of a generated one: an idempotency key. A second
+    /// `submit` with the same id fails with [`Error::Duplicate`]; a second
+    /// `run` or `stream` waits for (follows) the existing task.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -99,8 +106,10 @@ impl TaskRequest {
         self
     }
 
-    /// Attempts allowed (default 3): a lost worker or a retryable failure
-    /// uses one; the last one ends the task as failed.
+    /// Attempts allowed (default 3, at most 1000): a lost worker, a lost
+    /// delivery, an interrupted shutdown or a retryable failure uses one;
+    /// the last one ends the task as failed. An operator requeue grants a
+    /// fresh budget.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -113,10 +122,30 @@ impl TaskRequest {
     }
 
     /// How long the result and output stay readable after the task ends
-    /// (default 1 hour).
+    /// (default 1 hour, at most 30 days).
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
         self
+    }
+
+    /// Cancels the task when the `run` future or the
+    /// [`TaskStream`](crate::TaskStream) is dropped before the task ended
+    /// (default off):
+    /// a web handler whose caller went away stops the GPU work.
+    pub fn cancel_on_drop(mut self, cancel: bool) -> Self {
+        self.cancel_on_drop = cancel;
+        self
+    }
+
+    /// The request's id, validated, or a new one (UUIDv7: time-ordered).
+    pub(crate) fn id_or_new(&self) -> Result<String, Error> {
+        match &self.id {
+            Some(id) => {
+                validate_id(id, "task id")?;
+                Ok(id.clone())
+            }
+            None => Ok(uuid::Uuid::now_v7().simple().to_string()),
+        }
     }
 
     /// Validates the request and encodes its spec.
@@ -127,20 +156,28 @@ impl TaskRequest {
                 self.priority
             )));
         }
-        if self.max_attempts == 0 {
-            return Err(Error::InvalidInput(
-                "max_attempts must be at least 1".into(),
-            ));
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(Error::InvalidInput(format!(
+                "max_attempts must be in [1, {MAX_ATTEMPTS}], got {}",
+                self.max_attempts
+            )));
         }
-        if self.timeout == Some(Duration::ZERO) {
+        if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidInput(
                 "timeout must be positive (leave it unset for no deadline)".into(),
             ));
         }
-        if self.retention < Duration::from_millis(1) {
-            return Err(Error::InvalidInput(
-                "retention must be at least 1 ms".into(),
-            ));
+        if self.timeout.is_some_and(|t| t > MAX_DURATION) {
+            return Err(Error::InvalidInput(format!(
+                "timeout must be at most {} days",
+                MAX_DURATION.as_secs() / 86400
+            )));
+        }
+        if self.retention < Duration::from_millis(1) || self.retention > MAX_DURATION {
+            return Err(Error::InvalidInput(format!(
+                "retention must be between 1 ms and {} days",
+                MAX_DURATION.as_secs() / 86400
+            )));
         }
         let spec = TaskSpec {
             v: PROTOCOL_VERSION,
@@ -154,11 +191,12 @@ impl TaskRequest {
         };
         let encoded = serde_json::to_string(&spec)
             .map_err(|e| Error::InvalidInput(format!("cannot encode task: {e}")))?;
-        if encoded.len() > max_inline {
+        let limit = max_inline.min(MAX_SPEC_BYTES);
+        if encoded.len() > limit {
             return Err(Error::PayloadTooLarge {
                 what: "input",
                 size: encoded.len(),
-                limit: max_inline,
+                limit,
             });
         }
         Ok(encoded)
@@ -176,6 +214,11 @@ mod tests {
         assert!(enc(TaskRequest::json(json!(1)).priority(1001)).is_err());
         assert!(enc(TaskRequest::json(json!(1)).max_attempts(0)).is_err());
         assert!(enc(TaskRequest::json(json!(1)).timeout(Duration::ZERO)).is_err());
+        // Huge durations are refused here, never sent (or panicking).
+        assert!(enc(TaskRequest::json(json!(1)).timeout(Duration::MAX)).is_err());
+        assert!(enc(TaskRequest::json(json!(1)).timeout(MAX_DURATION)).is_ok());
+        assert!(enc(TaskRequest::json(json!(1)).retention(Duration::MAX)).is_err());
+        assert!(enc(TaskRequest::json(json!(1)).max_attempts(1001)).is_err());
         let big = TaskRequest::json(json!("x".repeat(2 << 20)));
         assert!(matches!(
             enc(big),
@@ -183,7 +226,7 @@ mod tests {
         ));
         assert!(TaskRequest::parse("{not json").is_err());
         let spec = enc(TaskRequest::reference("s3://bucket/big.wav").label("k", "v")).unwrap();
-        let decoded = TaskSpec::decode(&spec).unwrap();
+        let decoded = TaskSpec::decode(spec.as_bytes()).unwrap();
         assert_eq!(decoded.input_ref.as_deref(), Some("s3://bucket/big.wav"));
         assert_eq!(decoded.labels["k"], "v");
     }

@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
+use super::queue::TaskOutput;
+use super::tracker::Tracker;
 use crate::error::Error;
 use crate::protocol::ReplyEvent;
-use crate::queue::TaskOutput;
-use crate::tracker::Tracker;
 
 /// One piece of a task's output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,8 @@ struct State {
     next_index: u64,
     ready: VecDeque<StreamEvent>,
     ended: bool,
+    /// The error that ends the stream once the queued items are read.
+    failure: Option<Error>,
 }
 
 impl TaskStream {
@@ -77,6 +79,7 @@ impl TaskStream {
             next_index: first,
             ready: VecDeque::new(),
             ended: false,
+            failure: None,
         };
         for data in chunks {
             state.ready.push_back(StreamEvent::Chunk(Chunk {
@@ -134,6 +137,9 @@ impl State {
             if let Some(ev) = self.ready.pop_front() {
                 return Some(Ok(ev));
             }
+            if let Some(e) = self.failure.take() {
+                return Some(Err(e));
+            }
             if self.ended {
                 return None;
             }
@@ -150,7 +156,12 @@ impl State {
                     seq0,
                     chunks,
                     ..
-                } => self.accept_chunks(attempt, seq0, chunks).await,
+                } => {
+                    if let Err(e) = self.accept_chunks(attempt, seq0, chunks).await {
+                        self.ended = true;
+                        return Some(Err(e));
+                    }
+                }
                 ReplyEvent::Requeued {
                     attempt, reason, ..
                 } => {
@@ -161,57 +172,101 @@ impl State {
                     }
                 }
                 ReplyEvent::Final {
-                    attempt, outcome, ..
+                    attempt,
+                    chunks,
+                    outcome,
+                    ..
                 } => {
                     self.ended = true;
+                    // The tail may be missing (chunk events trimmed while we
+                    // were away, or never sent): fill it before the end.
+                    if attempt >= self.attempt && self.next_index < chunks {
+                        if attempt > self.attempt {
+                            self.switch_attempt(attempt);
+                        }
+                        if let Err(e) = self.fill(attempt, chunks).await {
+                            return Some(Err(e));
+                        }
+                    }
                     let id = self.tracker.id.clone();
-                    return Some(outcome.into_result(&id).map(|result| {
+                    let done = outcome.into_result(&id).map(|result| {
                         StreamEvent::Done(TaskOutput {
                             id,
                             result,
                             attempt,
                         })
-                    }));
+                    });
+                    match done {
+                        Ok(done) => self.ready.push_back(done),
+                        Err(e) => self.failure = Some(e),
+                    }
                 }
             }
         }
     }
 
-    async fn accept_chunks(&mut self, attempt: u64, seq0: u64, chunks: Vec<Vec<u8>>) {
+    fn switch_attempt(&mut self, attempt: u64) {
+        if self.attempt != 0 {
+            self.next_index = 0;
+        }
+        self.attempt = attempt;
+    }
+
+    async fn accept_chunks(
+        &mut self,
+        attempt: u64,
+        seq0: u64,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<(), Error> {
         if attempt < self.attempt {
-            return; // from an abandoned attempt
+            return Ok(()); // from an abandoned attempt
         }
         if attempt > self.attempt {
-            if self.attempt != 0 {
-                self.next_index = 0;
-            }
-            self.attempt = attempt;
+            self.switch_attempt(attempt);
         }
-        let mut chunks = chunks;
-        let mut seq0 = seq0;
         if seq0 > self.next_index {
             // A gap (the reply stream was trimmed while we were away):
-            // fill it from the task's stored output.
-            if let Ok(snap) = self
-                .tracker
-                .queue
-                .snapshot(&self.tracker.id, "", self.next_index)
-                .await
-            {
-                if snap.attempt == attempt {
-                    chunks = snap.chunks;
-                    seq0 = self.next_index;
-                }
-            }
+            // fill it from the task's stored output first.
+            self.fill(attempt, seq0).await?;
         }
         let skip = self.next_index.saturating_sub(seq0) as usize;
         for data in chunks.into_iter().skip(skip) {
-            self.ready.push_back(StreamEvent::Chunk(Chunk {
-                index: self.next_index,
-                attempt,
-                data,
-            }));
-            self.next_index += 1;
+            self.push_chunk(attempt, data);
         }
+        Ok(())
+    }
+
+    fn push_chunk(&mut self, attempt: u64, data: Vec<u8>) {
+        self.ready.push_back(StreamEvent::Chunk(Chunk {
+            index: self.next_index,
+            attempt,
+            data,
+        }));
+        self.next_index += 1;
+    }
+
+    /// Reads the stored chunks of `attempt` from `next_index` up to `until`,
+    /// page by page.
+    async fn fill(&mut self, attempt: u64, until: u64) -> Result<(), Error> {
+        while self.next_index < until {
+            let snap = self
+                .tracker
+                .queue
+                .read(&self.tracker.id, self.next_index)
+                .await?;
+            let Some(snap) = snap.filter(|s| s.attempt == attempt && !s.chunks.is_empty()) else {
+                return Err(Error::Protocol(format!(
+                    "task {}: chunks {}..{} of attempt {attempt} are no longer stored (the task was requeued or its retention passed)",
+                    self.tracker.id, self.next_index, until
+                )));
+            };
+            for data in snap.chunks {
+                if self.next_index >= until {
+                    break;
+                }
+                self.push_chunk(attempt, data);
+            }
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,31 @@
 //! The client: connects once, hands out [`Queue`] handles that submit, wait,
 //! stream, fetch and cancel.
+//!
+//! # Layout
+//! - this file: [`Client`] and [`ClientConfig`];
+//! - `queue`: [`Queue`], submit (with safe retries), run, stream, wait,
+//!   follow, status, cancel;
+//! - `request`: [`TaskRequest`], what a client submits, validated here;
+//! - `router`: one blocking reader per client and queue routes reply
+//!   events to every waiter, owns the reply stream, verifies open waits;
+//! - `tracker`: follows one task; turns every way a wait ends into an
+//!   answer read from Redis;
+//! - `stream`: [`TaskStream`], a task's chunks as a `futures::Stream`,
+//!   gaps and missing tails filled from the stored output;
+//! - `info`: [`TaskInfo`], a task's stored state.
+
+mod info;
+mod queue;
+mod request;
+mod router;
+mod stream;
+mod tracker;
+
+pub use info::TaskInfo;
+pub use queue::{Queue, Submitted, TaskOutput};
+pub use request::{TaskRequest, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION};
+pub(crate) use router::entry as stream_entry;
+pub use stream::{Chunk, StreamEvent, TaskStream};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,9 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::Endpoint;
 use crate::error::Error;
 use crate::keys::{QueueKeys, QUEUES};
-use crate::queue::Queue;
-use crate::request::DEFAULT_MAX_INLINE_BYTES;
-use crate::router::{ReaderSettings, ReplyRouter};
+use router::{ReaderSettings, ReplyRouter};
 
 /// Client settings. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -135,16 +159,23 @@ impl Client {
             .expect("registry poisoned")
             .insert(name.to_string());
         if first_use {
-            // List the queue for the console, once per process and queue.
+            // List the queue for the console, once per process and queue,
+            // retried while Redis does not answer.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let mut conn = self.conn();
                 let name = name.to_string();
                 rt.spawn(async move {
-                    let _: redis::RedisResult<i64> = redis::cmd("SADD")
-                        .arg(QUEUES)
-                        .arg(name)
-                        .query_async(&mut conn)
-                        .await;
+                    for delay_ms in [0, 200, 1000, 5000, 30000] {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        let added: redis::RedisResult<i64> = redis::cmd("SADD")
+                            .arg(QUEUES)
+                            .arg(&name)
+                            .query_async(&mut conn)
+                            .await;
+                        if added.is_ok() {
+                            return;
+                        }
+                    }
                 });
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::Error;
-use crate::protocol::{Outcome, TaskSpec, TaskState};
+use crate::protocol::{Outcome, TaskSpec, TaskState, PROTOCOL_VERSION};
 
 /// Everything stored about a task, decoded.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +43,9 @@ pub struct TaskInfo {
     pub outcome: Option<Outcome>,
     /// Errors of earlier attempts, by attempt number.
     pub attempt_errors: BTreeMap<u64, String>,
+    /// While a retry waits out its backoff: when it becomes runnable
+    /// again (ms, Redis clock).
+    pub retry_at_ms: Option<i64>,
     /// The submitted spec (input, labels, options).
     pub spec: Option<TaskSpec>,
 }
@@ -56,9 +59,9 @@ impl TaskInfo {
         let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
         let int = |k: &str| get(k).parse::<i64>().unwrap_or(0);
         let version = get("v");
-        if version != "1" {
+        if version != PROTOCOL_VERSION.to_string() {
             return Err(Error::Protocol(format!(
-                "task {id} has protocol version {version:?}; this build reads 1"
+                "task {id} has protocol version {version:?}; this build reads {PROTOCOL_VERSION}"
             )));
         }
         let state = TaskState::parse(get("st")).ok_or_else(|| {
@@ -97,7 +100,8 @@ impl TaskInfo {
             bytes: int("nb") as u64,
             outcome,
             attempt_errors,
-            spec: TaskSpec::decode(get("spec")).ok(),
+            retry_at_ms: Some(int("due")).filter(|d| *d > 0),
+            spec: TaskSpec::decode(get("spec").as_bytes()).ok(),
         })
     }
 }

@@ -1,0 +1,544 @@
+#!lua name=rtq2
+--[[
+lib.lua: the shared part of the rtq protocol v2 Functions library. The
+library is this file followed by one file per operation (see
+core/src/functions/mod.rs for the order); it is loaded with FUNCTION LOAD
+and every operation is an FCALL of a function named rtq2_<operation>.
+
+Rules every function follows (Redis does not roll back a function that
+fails halfway):
+  1. Validate every argument first (types, ranges, key names); an invalid
+     call raises an error starting with INVALID and writes nothing.
+  2. Compute, reading only.
+  3. Write. Writes that can fail for reasons outside rtq's control (an XADD
+     to a client's reply stream that an ACL refuses or that was replaced by
+     a foreign key) run last and through redis.pcall: the task hash is the
+     truth, reply events are notifications that readers verify.
+Numbers are written as integers (never in exponent form) with istr().
+
+KEYS[1] of every function is the queue's meta hash rtq:{<queue>}:meta,
+which exists while the queue exists; every other key is derived from its
+prefix rtq:{<queue>}: and shares the {<queue>} hash tag (one cluster slot).
+
+Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
+  v spec st pri sc att fails max w sub dl start fc lc fin ret reply strm
+  watch res ek err nc nb ca nx avoid avu due e:<attempt>
+]]
+
+local PROTOCOL = 2
+-- Bumped whenever this library changes; a client loads its copy when the
+-- server holds an older revision (or none).
+local REVISION = 1
+
+local REPLY_MAXLEN = 100000
+local ENDED_CAP = 1000
+local STATS_BUCKET_MS = 10000
+local STATS_TTL_MS = 3600000
+local WORKER_INFO_TTL_MS = 600000
+local BAND = 2199023255552 -- 2^41 ms (69 years) of submit times per priority band
+local PRIORITY_LIMIT = 1000
+local MAX_DURATION_MS = 2592000000 -- 30 days: timeouts and retentions
+local MAX_ATTEMPTS = 1000
+local MAX_ID_BYTES = 128
+local MAX_SPEC_BYTES = 16777216
+local MAX_RESULT_BYTES = 16777216
+local MAX_TEXT_BYTES = 4096 -- reasons, error messages, worker info values
+local MAX_CHUNK_BYTES = 1048576
+local MAX_CHUNKS_PER_CALL = 512
+local MAX_OUTPUT_CHUNKS = 100000
+local MAX_OUTPUT_BYTES = 67108864
+local MAX_SLOTS = 1024
+local MIN_LEASE_MS = 100
+local MAX_LEASE_MS = 600000
+local READ_PAGE = 1000 -- chunks returned per watch/read call
+local REAP_PER_CALL = 8
+local EXPIRE_PER_CALL = 100
+local PROMOTE_PER_CALL = 100
+local DISPATCH_PER_CALL = 1000
+local SCAN_PER_TAKE = 100
+local FREE_PEEK = 16
+local RETRY_BACKOFF_MS = 250 -- first retry delay; doubles per failure
+local RETRY_BACKOFF_MAX_MS = 30000
+local AVOID_AFTER_DUE_MS = 5000 -- how long a retry avoids the worker that failed it
+
+-- The queue prefix "rtq:{<queue>}:" of the current call (set by bind()).
+local P = ''
+
+local function invalid(msg)
+  error({err = 'INVALID ' .. msg})
+end
+
+local function istr(n)
+  return string.format('%.0f', n)
+end
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+-- Checks KEYS[1] and binds the queue prefix for the helpers below.
+local function bind(keys)
+  local meta = keys[1]
+  if #keys ~= 1 or type(meta) ~= 'string' or #meta > 80
+      or not string.match(meta, '^rtq:{[%w%._%-]+}:meta$') then
+    invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+  end
+  P = string.sub(meta, 1, -5)
+end
+
+local function arg_int(v, name, lo, hi)
+  if type(v) ~= 'string' or #v > 20 or not string.match(v, '^%-?%d+$') then
+    invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+  end
+  local n = tonumber(v)
+  if n < lo or n > hi then
+    invalid(name .. ' must be in [' .. istr(lo) .. ', ' .. istr(hi) .. '], got ' .. v)
+  end
+  return n
+end
+
+local function arg_id(v, name)
+  if type(v) ~= 'string' or #v == 0 or #v > MAX_ID_BYTES
+      or not string.match(v, '^[%w%._:%-]+$') then
+    invalid(name .. ' must be 1-128 bytes of [A-Za-z0-9._:-]')
+  end
+  return v
+end
+
+local function arg_text(v, name, max)
+  if type(v) ~= 'string' or #v > max then
+    invalid(name .. ' must be a string of at most ' .. istr(max) .. ' bytes')
+  end
+  return v
+end
+
+local function arg_flag(v, name)
+  if v ~= '0' and v ~= '1' then invalid(name .. " must be '0' or '1'") end
+  return v == '1'
+end
+
+local function arg_enum(v, name, allowed)
+  for _, a in ipairs(allowed) do
+    if v == a then return v end
+  end
+  invalid(name .. ' must be one of ' .. table.concat(allowed, ', '))
+end
+
+-- A client's reply stream key: this queue's r:<client id> namespace.
+local function arg_reply(v, name)
+  if v == '' then return v end
+  if type(v) ~= 'string' or string.sub(v, 1, #P + 2) ~= P .. 'r:' then
+    invalid(name .. " must be '' or this queue's reply stream " .. P .. 'r:<client id>')
+  end
+  arg_id(string.sub(v, #P + 3), name .. ' client id')
+  return v
+end
+
+-- Chunks ARGV[first..]: at most MAX_CHUNKS_PER_CALL, each at most
+-- MAX_CHUNK_BYTES. Returns the list and their total size.
+local function arg_chunks(args, first)
+  local n = #args - first + 1
+  if n > MAX_CHUNKS_PER_CALL then
+    invalid('at most ' .. MAX_CHUNKS_PER_CALL .. ' chunks per call, got ' .. n)
+  end
+  local chunks, bytes = {}, 0
+  for i = first, #args do
+    local c = args[i]
+    if #c > MAX_CHUNK_BYTES then
+      invalid('chunk ' .. (i - first) .. ' is ' .. #c .. ' bytes, over ' .. MAX_CHUNK_BYTES)
+    end
+    chunks[#chunks + 1] = c
+    bytes = bytes + #c
+  end
+  return chunks, bytes
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function tkey(id) return P .. 't:' .. id end
+local function okey(id) return P .. 'o:' .. id end
+local function wtkey(id) return P .. 'wt:' .. id end
+local function wqkey(wid) return P .. 'wq:' .. wid end
+local function inkey(wid) return P .. 'in:' .. wid end
+local function wkey(wid) return P .. 'w:' .. wid end
+
+-- Pending score: lower pops first. Higher priority -> lower band; within a
+-- band, earlier time first (ties by id).
+local function score_of(pri, ms)
+  return istr((PRIORITY_LIMIT - pri) * BAND + ms)
+end
+
+local function is_terminal(st)
+  return st == 'done' or st == 'failed' or st == 'cancelled' or st == 'expired'
+end
+
+-- Creates the meta hash if the queue is new (it is KEYS[1] from now on).
+local function ensure_meta(v)
+  if not v then redis.call('HSET', P .. 'meta', 'v', PROTOCOL) end
+end
+
+-- Statistics ---------------------------------------------------------------
+
+local function hist_index(ms)
+  if ms < 0 then ms = 0 end
+  return math.floor(math.log(1 + ms) / math.log(2) * 4)
+end
+
+local function stats_key(now)
+  return P .. 's:' .. istr(math.floor(now / STATS_BUCKET_MS))
+end
+
+local function stat_add(bucket, field, n)
+  if redis.call('HINCRBY', bucket, field, n) == n then
+    redis.call('PEXPIRE', bucket, STATS_TTL_MS)
+  end
+end
+
+local function stat_count(now, field)
+  local b = stats_key(now)
+  stat_add(b, field, 1)
+  return b
+end
+
+local function stat_hist(bucket, prefix, ms)
+  stat_add(bucket, prefix .. hist_index(ms), 1)
+end
+
+-- Tasks ----------------------------------------------------------------------
+
+local TASK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'sub', 'start',
+  'fc', 'ret', 'sc', 'fails', 'max', 'nc', 'nb', 'pri', 'ca', 'nx', 'due'}
+
+-- The task's fields by name (without spec, res, err), or nil if it does not exist.
+local function load_task(id)
+  local v = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
+  if not v[1] then return nil end
+  local h = {}
+  for i, f in ipairs(TASK_FIELDS) do h[f] = v[i] or '' end
+  return h
+end
+
+-- Inbox message for a hand-out (tab separated, spec last).
+local function task_msg(id, att, start, dl, spec)
+  return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. istr(start) .. '\t' .. istr(num(dl)) .. '\t' .. (spec or '')
+end
+
+-- Appends an event to every reply stream following the task: the
+-- submitter's (if it wants this kind of event) and any watchers'. Best
+-- effort (pcall): a refused or missing stream loses only the notification.
+local function notify(id, h, chunk_event, fields)
+  local targets = {}
+  if h.reply ~= '' and (not chunk_event or h.strm == '1') then targets[1] = h.reply end
+  if h.watch == '1' then
+    for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
+      if r ~= targets[1] then targets[#targets + 1] = r end
+    end
+  end
+  for _, r in ipairs(targets) do
+    redis.pcall('XADD', r, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', 't', id, unpack(fields))
+  end
+end
+
+-- Tells a live worker to stop attempt `att` of a task.
+-- kind: 'cancelled' | 'deadline' | 'requeued'.
+local function send_cancel(wid, id, att, kind, reason)
+  if wid ~= '' and redis.call('ZSCORE', P .. 'workers', wid) then
+    redis.call('RPUSH', inkey(wid), 'C\t' .. id .. '\t' .. att .. '\t' .. kind .. '\t' .. reason)
+  end
+end
+
+-- Moves a task to a terminal state, stores the outcome, arms the retention
+-- TTL of every key of the task and notifies followers (last, best effort).
+-- `extra` holds more field/value pairs for the same HSET.
+local function finish(id, h, state, kind, payload, now, extra)
+  local t = tkey(id)
+  local ret = num(h.ret)
+  if ret < 1 then ret = 1 end
+  local fields
+  if state == 'done' then
+    fields = {'st', state, 'res', payload, 'fin', now}
+  else
+    fields = {'st', state, 'err', payload, 'ek', kind, 'fin', now}
+  end
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  redis.call('HSET', t, unpack(fields))
+  redis.call('PEXPIRE', t, ret)
+  if num(h.nc) > 0 then redis.call('PEXPIRE', okey(id), ret) end
+  if h.watch == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
+  if num(h.dl) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
+  local b = stat_count(now, state)
+  stat_hist(b, 't:', now - num(h.sub))
+  redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP, '*', 't', id, 'st', state)
+  if state == 'done' then
+    notify(id, h, false, {'e', 'f', 'st', state, 'a', h.att, 'n', h.nc, 'r', payload})
+  else
+    notify(id, h, false, {'e', 'f', 'st', state, 'a', h.att, 'n', h.nc, 'k', kind, 'm', payload, 'w', h.w})
+  end
+end
+
+-- Puts a task back in the queue: into pending at `score`, or into delayed
+-- until `due` (a retry's backoff). Followers learn that the attempt they
+-- were reading is void. `extra`: more field/value pairs for the HSET.
+local function to_queue(id, h, reason, score, due, extra)
+  local fields = {'st', 'queued', 'w', '', 'nc', 0, 'nb', 0, 'fc', 0, 'lc', 0, 'sc', score, 'due', due}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  redis.call('HSET', tkey(id), unpack(fields))
+  if num(h.nc) > 0 then redis.call('DEL', okey(id)) end
+  if due > 0 then
+    redis.call('ZADD', P .. 'delayed', due, id)
+  else
+    redis.call('ZADD', P .. 'pending', score, id)
+  end
+  notify(id, h, false, {'e', 'q', 'a', h.att, 'm', reason})
+end
+
+-- Uses up one attempt of a running task that did not finish (its worker
+-- was lost, its message was lost, or it was interrupted): requeued at the
+-- front of its priority, or failed when no attempts are left.
+local function lose_attempt(id, h, reason, now)
+  local fails = num(h.fails) + 1
+  local e = {'fails', fails, 'e:' .. h.att, reason}
+  if fails >= num(h.max) then
+    finish(id, h, 'failed', 'worker_lost', reason .. '; attempts used up', now, e)
+    return false
+  end
+  to_queue(id, h, reason, h.sc, 0, e)
+  return true
+end
+
+-- Ends a task whose deadline passed, naming the state it was in.
+local function expire(id, h, now)
+  if not h then
+    redis.call('ZREM', P .. 'deadlines', id)
+  elseif h.st == 'queued' then
+    redis.call('ZREM', P .. 'pending', id)
+    redis.call('ZREM', P .. 'delayed', id)
+    finish(id, h, 'expired', 'timeout_queued', 'deadline passed while queued', now)
+  elseif h.st == 'running' then
+    finish(id, h, 'expired', 'timeout_running', 'deadline passed while running on ' .. h.w, now)
+    send_cancel(h.w, id, h.att, 'deadline', 'deadline passed')
+  else
+    redis.call('ZREM', P .. 'deadlines', id)
+  end
+end
+
+-- Worker writes ----------------------------------------------------------------
+
+-- Checks a worker's write against the task: fencing by (worker, attempt),
+-- state, ordering by seq0, output caps. Returns a status word, or nil when
+-- the write may apply.
+local function check_write(h, wid, att, seq0, nchunks, bytes)
+  if not h then return 'NOT_FOUND' end
+  if h.att ~= att or h.w ~= wid then return 'FENCED' end
+  if h.st ~= 'running' then return 'ENDED' end
+  if num(h.nc) ~= seq0 then return 'ORDER' end
+  if num(h.nc) + nchunks > MAX_OUTPUT_CHUNKS or num(h.nb) + bytes > MAX_OUTPUT_BYTES then
+    return 'TOO_LARGE'
+  end
+  return nil
+end
+
+-- Appends chunks to the current attempt's output and notifies followers.
+-- The output list takes the task's TTL with its first chunk.
+local function append_chunks(id, h, chunks, bytes, now)
+  local t = tkey(id)
+  local nc = num(h.nc)
+  local total = nc + #chunks
+  redis.call('RPUSH', okey(id), unpack(chunks))
+  if nc == 0 then
+    local ttl = redis.call('PTTL', t)
+    if ttl > 0 then redis.call('PEXPIRE', okey(id), ttl) end
+    stat_hist(stats_key(now), 'f:', now - num(h.sub))
+    redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now, 'fc', now)
+  else
+    redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now)
+  end
+  if h.strm == '1' or h.watch == '1' then
+    local ev = {'e', 'c', 'a', h.att, 's', nc, 'n', #chunks}
+    for i, c in ipairs(chunks) do
+      ev[#ev + 1] = 'c' .. (i - 1)
+      ev[#ev + 1] = c
+    end
+    notify(id, h, true, ev)
+  end
+  h.nc = istr(total)
+  h.nb = istr(num(h.nb) + bytes)
+end
+
+-- Free slots -----------------------------------------------------------------
+
+-- A live worker with free slots, most free first, not in `skip`. Dead
+-- entries met on the way are removed. Nil if none (among the first few).
+local function peek_free(now, skip)
+  local entries = redis.call('ZRANGE', P .. 'free', 0, FREE_PEEK - 1, 'REV')
+  for _, wid in ipairs(entries) do
+    if not (skip and skip[wid]) then
+      local exp = redis.call('ZSCORE', P .. 'workers', wid)
+      if exp and tonumber(exp) > now then return wid end
+      redis.call('ZREM', P .. 'free', wid)
+    end
+  end
+  return nil
+end
+
+local function use_free(wid)
+  if tonumber(redis.call('ZINCRBY', P .. 'free', -1, wid)) <= 0 then
+    redis.call('ZREM', P .. 'free', wid)
+  end
+end
+
+local function set_free(wid, n)
+  if n > 0 then
+    redis.call('ZADD', P .. 'free', n, wid)
+  else
+    redis.call('ZREM', P .. 'free', wid)
+  end
+end
+
+-- Hand-out ---------------------------------------------------------------------
+
+-- Records the hand-out of a queued task to worker `wid` (attempt att + 1)
+-- and returns its inbox message. The caller pushes or returns the message.
+local function assign(id, wid, now, dl, spec, sub, att)
+  att = num(att) + 1
+  redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', att, 'start', now,
+    'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0, 'due', 0)
+  redis.call('SADD', wqkey(wid), id)
+  stat_hist(stats_key(now), 'w:', now - num(sub))
+  return task_msg(id, att, now, dl, spec)
+end
+
+-- Moves retries whose backoff has passed from delayed to pending.
+local function promote_due(now)
+  local due = redis.call('ZRANGE', P .. 'delayed', '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', P .. 'delayed', id)
+    local h = redis.call('HMGET', tkey(id), 'st', 'sc')
+    if h[1] == 'queued' then
+      redis.call('ZADD', P .. 'pending', h[2], id)
+      redis.call('HSET', tkey(id), 'due', 0)
+    end
+  end
+end
+
+local function other_live_worker(now)
+  return redis.call('ZCOUNT', P .. 'workers', '(' .. istr(now), '+inf') > 1
+end
+
+-- Pops pending tasks for worker `wid` until one can run and hands it out.
+-- Tasks past their deadline are ended on the way (never handed out); a
+-- retry this worker failed is skipped while another live worker exists
+-- and its avoidance window lasts. The scan is capped (pacing: housekeeping
+-- continues where it stopped). Returns the inbox message or nil.
+local function take_next(wid, now)
+  promote_due(now)
+  local skipped = nil
+  local msg = nil
+  for _ = 1, SCAN_PER_TAKE do
+    local popped = redis.call('ZPOPMIN', P .. 'pending')
+    if #popped == 0 then break end
+    local id = popped[1]
+    local h = redis.call('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu')
+    if h[1] == 'queued' then
+      local dl = num(h[2])
+      if dl > 0 and dl <= now then
+        expire(id, load_task(id), now)
+      elseif h[6] == wid and num(h[7]) > now and other_live_worker(now) then
+        skipped = skipped or {}
+        skipped[#skipped + 1] = popped[2]
+        skipped[#skipped + 1] = id
+      else
+        msg = assign(id, wid, now, dl, h[3], h[4], h[5])
+        break
+      end
+    end
+    -- anything else is a stale entry (the task ended or vanished): dropped
+  end
+  if skipped then redis.call('ZADD', P .. 'pending', unpack(skipped)) end
+  return msg
+end
+
+local function is_paused()
+  return redis.call('HGET', P .. 'meta', 'paused') == '1'
+end
+
+-- Hands pending tasks to live workers with free slots, pushing each into
+-- the worker's inbox, at most `max`. Returns the number handed out.
+local function dispatch_pending(now, max)
+  if is_paused() then return 0 end
+  promote_due(now)
+  local n = 0
+  local tried = {}
+  while n < max do
+    if redis.call('ZCARD', P .. 'pending') == 0 then break end
+    local wid = peek_free(now, tried)
+    if not wid then break end
+    local msg = take_next(wid, now)
+    if msg then
+      use_free(wid)
+      redis.call('RPUSH', inkey(wid), msg)
+      n = n + 1
+    else
+      tried[wid] = true
+    end
+  end
+  return n
+end
+
+-- Dispatches only when pending work and free slots coexist.
+local function dispatch_if_needed(now, max)
+  if redis.call('ZCARD', P .. 'free') > 0
+      and (redis.call('ZCARD', P .. 'pending') > 0 or redis.call('ZCARD', P .. 'delayed') > 0) then
+    return dispatch_pending(now, max)
+  end
+  return 0
+end
+
+-- Workers ----------------------------------------------------------------------
+
+-- Declares worker `wid` dead: each task it owns uses up an attempt (requeued
+-- or failed as worker_lost), its inbox and free slots are dropped.
+local function reap_worker(wid, now, why)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', wqkey(wid))) do
+    local h = load_task(id)
+    if h and h.st == 'running' and h.w == wid then
+      lose_attempt(id, h, 'worker ' .. wid .. ' ' .. why, now)
+      n = n + 1
+    end
+  end
+  redis.call('DEL', wqkey(wid), inkey(wid))
+  redis.call('ZREM', P .. 'workers', wid)
+  redis.call('ZREM', P .. 'free', wid)
+  redis.call('HSET', wkey(wid), 'state', 'dead', 'dead_at', now)
+  redis.call('PEXPIRE', wkey(wid), WORKER_INFO_TTL_MS)
+  if n > 0 then stat_add(stats_key(now), 'lost', n) end
+  return n
+end
+
+-- A bounded share of the queue's upkeep: reap dead workers, end overdue
+-- tasks, promote due retries, dispatch when work and free slots coexist.
+-- Returns reaped, expired, dispatched.
+local function housekeeping(now)
+  local reaped = 0
+  for _, dead in ipairs(redis.call('ZRANGE', P .. 'workers', '-inf', now, 'BYSCORE', 'LIMIT', 0, REAP_PER_CALL)) do
+    reap_worker(dead, now, 'stopped heartbeating')
+    reaped = reaped + 1
+  end
+  local expired = 0
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'deadlines', '-inf', now, 'BYSCORE', 'LIMIT', 0, EXPIRE_PER_CALL)) do
+    expire(id, load_task(id), now)
+    expired = expired + 1
+  end
+  local dispatched = dispatch_if_needed(now, DISPATCH_PER_CALL)
+  return reaped, expired, dispatched
+end
+
+redis.register_function{
+  function_name = 'rtq2_version',
+  callback = function() return {PROTOCOL, REVISION} end,
+  flags = {'no-writes', 'allow-stale'},
+}

@@ -1,0 +1,373 @@
+//! [`Queue`]: the client's handle on one queue - submit, wait, stream,
+//! fetch later, cancel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
+use crate::functions::submit::{Submit, SubmitReply};
+use crate::functions::watch::{Read, TaskSnapshot, Watch};
+use crate::functions::{self};
+use crate::keys::{validate_id, QueueKeys};
+use crate::protocol::TaskState;
+
+use super::info::TaskInfo;
+use super::request::TaskRequest;
+use super::router::ReplyRouter;
+use super::stream::TaskStream;
+use super::tracker::Tracker;
+use super::Client;
+
+/// Tries of one submit (the first included) when Redis does not answer.
+const SUBMIT_TRIES: u32 = 3;
+
+/// A task accepted by Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// Task id (generated unless the request set one).
+    pub id: String,
+    /// `Running` if an idle worker took it in the same step, else `Queued`
+    /// (or, for a submit that attached to an existing task, its state).
+    pub state: TaskState,
+    /// The worker it was handed to, if any.
+    pub worker: Option<String>,
+    /// Deadline on the Redis clock (ms), 0 = none.
+    pub deadline_ms: i64,
+    /// Submit time on the Redis clock (ms).
+    pub submitted_ms: i64,
+}
+
+/// The final result of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOutput {
+    /// Task id.
+    pub id: String,
+    /// The handler's JSON result.
+    pub result: serde_json::Value,
+    /// The attempt that produced it.
+    pub attempt: u64,
+}
+
+/// How a submit ended: created, or found existing.
+enum Placed {
+    Created(Submitted),
+    Existing { submitted: Submitted, reply: String },
+}
+
+/// A handle on one queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    pub(crate) client: Client,
+    pub(crate) keys: QueueKeys,
+}
+
+impl Queue {
+    pub(crate) fn new(client: Client, keys: QueueKeys) -> Self {
+        Self { client, keys }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        self.keys.name()
+    }
+
+    /// The queue's key builder.
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    pub(crate) fn router(&self) -> Arc<ReplyRouter> {
+        self.client.router(&self.keys)
+    }
+
+    /// Submits a task and returns at once (asynchronous use: fetch the
+    /// result later with [`Queue::wait`] or [`Queue::follow`]). The id is
+    /// fixed before the first try, so a submit retried after a lost reply
+    /// never creates a second task.
+    ///
+    /// # Errors
+    /// [`Error::QueueFull`], [`Error::Duplicate`] (the id exists already),
+    /// [`Error::InvalidInput`], [`Error::PayloadTooLarge`],
+    /// [`Error::InvalidName`], [`Error::OutOfMemory`] (nothing stored),
+    /// [`Error::Uncertain`] (no answer: submit again with the same id), or a
+    /// Redis error.
+    pub async fn submit(&self, request: TaskRequest) -> Result<Submitted, Error> {
+        let id = request.id_or_new()?;
+        match self.place(&request, &id, "", false).await? {
+            Placed::Created(s) => Ok(s),
+            Placed::Existing { submitted, .. } => Err(Error::Duplicate {
+                id,
+                state: submitted.state.to_string(),
+            }),
+        }
+    }
+
+    /// Submits a task and waits for its whole result (synchronous use).
+    /// With an explicit id that exists already (a retried request with the
+    /// same idempotency key), it waits for that task instead.
+    ///
+    /// # Errors
+    /// Everything [`Queue::submit`] returns but `Duplicate`, and every
+    /// reason the task can end without a result: [`Error::TimedOut`]
+    /// (naming the phase), [`Error::Cancelled`], [`Error::Failed`],
+    /// [`Error::WorkerLost`], [`Error::TaskLost`], [`Error::Disconnected`].
+    pub async fn run(&self, request: TaskRequest) -> Result<TaskOutput, Error> {
+        let (mut tracker, _) = self.start(&request, false).await?;
+        tracker.final_output().await
+    }
+
+    /// Submits a task and returns a stream of its chunks, ending with the
+    /// final result or the reason there is none. With an explicit id that
+    /// exists already, it follows that task from its first chunk.
+    ///
+    /// # Errors
+    /// As [`Queue::submit`]; later failures arrive through the stream.
+    pub async fn stream(&self, request: TaskRequest) -> Result<TaskStream, Error> {
+        let (tracker, snap) = self.start(&request, true).await?;
+        Ok(match snap {
+            Some(snap) => TaskStream::new(tracker, snap.attempt, snap.first, snap.chunks),
+            None => TaskStream::new(tracker, 0, 0, Vec::new()),
+        })
+    }
+
+    /// Registers a waiter, submits, and returns the tracker of the task
+    /// (with a snapshot when it attached to another process's task).
+    async fn start(
+        &self,
+        request: &TaskRequest,
+        stream: bool,
+    ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
+        let id = request.id_or_new()?;
+        let deadline = request.timeout.map(|t| Instant::now() + t);
+        let router = self.router();
+        let waiter = router.register(&id);
+        let placed = self.place(request, &id, router.key(), stream).await?;
+        let mut tracker = Tracker::new(self.clone(), id.clone(), waiter, deadline, None);
+        tracker.cancel_on_drop(request.cancel_on_drop);
+        match placed {
+            Placed::Created(s) => {
+                if s.deadline_ms == 0 {
+                    tracker.without_deadline();
+                }
+            }
+            Placed::Existing { submitted, reply } => {
+                if submitted.deadline_ms == 0 {
+                    tracker.without_deadline();
+                }
+                if reply != router.key() || submitted.state.is_terminal() {
+                    // Another process's task, or one that already ended:
+                    // read it and subscribe to its events.
+                    let snap = self.watch(&id, router.key(), 0).await?;
+                    if !snap.state.is_terminal() {
+                        tracker.subscribed(router.key());
+                    }
+                    tracker.note_snapshot(&snap);
+                    return Ok((tracker, Some(snap)));
+                }
+            }
+        }
+        Ok((tracker, None))
+    }
+
+    /// Waits for the result of a task submitted earlier (by any process).
+    /// `max_wait` bounds the wait without affecting the task.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WaitTimedOut`] (naming the task's state
+    /// and worker), or any reason the task ended without a result.
+    pub async fn wait(&self, id: &str, max_wait: Option<Duration>) -> Result<TaskOutput, Error> {
+        let (mut tracker, _) = self
+            .follow_inner(id, crate::protocol::MAX_OUTPUT_CHUNKS, max_wait)
+            .await?;
+        tracker.final_output().await
+    }
+
+    /// Streams a task submitted earlier (by any process) from chunk `from`
+    /// (0 = the beginning) of its current attempt; chunks already written
+    /// come first, then live ones, with none missing or repeated.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or a Redis error; later failures arrive through
+    /// the stream.
+    pub async fn follow(&self, id: &str, from: u64) -> Result<TaskStream, Error> {
+        let (tracker, snap) = self.follow_inner(id, from, None).await?;
+        Ok(TaskStream::new(
+            tracker,
+            snap.attempt,
+            snap.first,
+            snap.chunks,
+        ))
+    }
+
+    async fn follow_inner(
+        &self,
+        id: &str,
+        from: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<(Tracker, TaskSnapshot), Error> {
+        validate_id(id, "task id")?;
+        let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
+        let router = self.router();
+        let waiter = router.register(id);
+        let snap = self.watch(id, router.key(), from).await?;
+        let mut tracker = Tracker::new(
+            self.clone(),
+            id.to_string(),
+            waiter,
+            None,
+            max_wait.map(|d| Instant::now() + d),
+        );
+        if !snap.state.is_terminal() {
+            tracker.subscribed(router.key());
+        }
+        tracker.note_snapshot(&snap);
+        Ok((tracker, snap))
+    }
+
+    /// Reads state and chunks from `from`, subscribing `reply` to later
+    /// events in the same atomic step.
+    async fn watch(&self, id: &str, reply: &str, from: u64) -> Result<TaskSnapshot, Error> {
+        let watch = Watch { id, reply, from };
+        functions::call(&mut self.client.conn(), &self.keys, &watch)
+            .await?
+            .ok_or_else(|| self.not_found(id))
+    }
+
+    /// Reads state and one page of chunks from `from` without subscribing.
+    pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
+        let read = Read { id, from };
+        functions::call(&mut self.client.conn(), &self.keys, &read).await
+    }
+
+    /// Everything stored about a task.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a Redis error.
+    pub async fn status(&self, id: &str) -> Result<TaskInfo, Error> {
+        validate_id(id, "task id")?;
+        let hash: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(&mut self.client.conn())
+            .await?;
+        if hash.is_empty() {
+            return Err(self.not_found(id));
+        }
+        TaskInfo::from_hash(id, &hash)
+    }
+
+    /// Cancels a task: a queued one is removed, a running one's handler is
+    /// told to stop; followers get [`Error::Cancelled`]. Returns the state
+    /// the task was in (a task that already ended is left as it is and its
+    /// final state returned).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::InvalidInput`] for a reason over 4 KiB.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<TaskState, Error> {
+        validate_id(id, "task id")?;
+        let cancel = Cancel {
+            id,
+            mode: CancelMode::Cancel,
+            reason,
+        };
+        match functions::call(&mut self.client.conn(), &self.keys, &cancel).await? {
+            CancelReply::Ended { previous, .. } => Ok(previous),
+            CancelReply::Finished(state) => Ok(state),
+            CancelReply::NotFound => Err(self.not_found(id)),
+            CancelReply::NotDue(_) => Err(Error::Protocol(
+                "rtq2_cancel answered NOT_DUE to a cancel".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn not_found(&self, id: &str) -> Error {
+        Error::NotFound {
+            queue: self.name().to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Creates the task (or finds it), retrying when Redis does not answer.
+    /// A DUPLICATE on a retry is the first try's own task.
+    async fn place(
+        &self,
+        request: &TaskRequest,
+        id: &str,
+        reply: &str,
+        stream: bool,
+    ) -> Result<Placed, Error> {
+        let spec = request.encode(id, self.client.inner.config.max_inline_bytes)?;
+        let submit = Submit {
+            id,
+            spec: &spec,
+            priority: request.priority,
+            timeout_ms: request.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+            max_attempts: request.max_attempts,
+            retention_ms: request.retention.as_millis() as u64,
+            reply,
+            stream,
+        };
+        let mut last_error = None;
+        for attempt in 0..SUBMIT_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
+            }
+            match functions::call(&mut self.client.conn(), &self.keys, &submit).await {
+                Ok(SubmitReply::Accepted {
+                    state,
+                    worker,
+                    deadline_ms,
+                    now_ms,
+                }) => {
+                    return Ok(Placed::Created(Submitted {
+                        id: id.to_string(),
+                        state,
+                        worker,
+                        deadline_ms,
+                        submitted_ms: now_ms,
+                    }))
+                }
+                Ok(SubmitReply::QueueFull { depth, max_depth }) => {
+                    return Err(Error::QueueFull {
+                        queue: self.name().to_string(),
+                        depth,
+                        max_depth,
+                    })
+                }
+                Ok(SubmitReply::Duplicate {
+                    state,
+                    worker,
+                    deadline_ms,
+                    submitted_ms,
+                    reply: existing_reply,
+                }) => {
+                    let submitted = Submitted {
+                        id: id.to_string(),
+                        state,
+                        worker,
+                        deadline_ms,
+                        submitted_ms,
+                    };
+                    if last_error.is_some() {
+                        // Our own first try went through; its reply was lost.
+                        return Ok(Placed::Created(submitted));
+                    }
+                    return Ok(Placed::Existing {
+                        submitted,
+                        reply: existing_reply,
+                    });
+                }
+                Err(e) if e.is_retryable() && !matches!(e, Error::OutOfMemory(_)) => {
+                    tracing::warn!(task_id = %id, error = %e, "submit got no answer; retrying with the same id");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Uncertain {
+            id: id.to_string(),
+            reason: last_error.map(|e| e.to_string()).unwrap_or_default(),
+        })
+    }
+}

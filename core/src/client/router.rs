@@ -1,0 +1,545 @@
+//! The reply router: one reader per (client process, queue) blocks on the
+//! client's reply stream with XREAD on a connection of its own, and routes
+//! each event to every wait or stream registered for its task. Any number
+//! of concurrent waits, several per task id included, costs one blocking
+//! connection.
+//!
+//! The router owns its stream: it creates it (workers write with
+//! NOMKSTREAM, so a dead client's stream is never re-created) and keeps its
+//! TTL, re-armed every housekeeping tick. Reply events are notifications;
+//! the task hash is the truth. So the router also verifies open waits: a
+//! task checked and found ended is read from Redis, a task found missing
+//! ends its waits with the cause. Checks run 5 s after a wait opens, then
+//! at doubling intervals up to 30 s, and at once for every wait when the
+//! stream itself vanished (Redis lost its data) or the reader was cut off.
+//!
+//! Waiters register *before* the submit is sent, so no event is missed.
+//! The reader remembers the last entry id it delivered and resumes from it;
+//! delivered entries are trimmed in the background. Every reader error
+//! backs off (50 ms doubling to 2 s); errors that persist past the
+//! client's `give_up_after`, and permission errors at once, end the open
+//! waits with the reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::connection::Endpoint;
+use crate::functions::queue_admin::Housekeep;
+use crate::keys::QueueKeys;
+use crate::protocol::{value_to_bytes, value_to_string, ReplyEvent, TaskState};
+
+/// How long one XREAD blocks on the server before it is re-issued. Long:
+/// every re-issue opens a one-round-trip window in which new events wait.
+const BLOCK: Duration = Duration::from_secs(10);
+/// Entries read per XREAD at most.
+const READ_COUNT: usize = 1000;
+/// TTL of the reply stream, re-armed every housekeeping tick: a stream
+/// whose client died goes away after this.
+const STREAM_TTL: Duration = Duration::from_secs(600);
+/// First verification of a wait after it opens.
+const FIRST_CHECK: Duration = Duration::from_secs(5);
+/// Longest interval between verifications of one wait.
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Waits verified per tick at most.
+const CHECKS_PER_TICK: usize = 1000;
+/// Reader backoff after an error: first and longest delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What a registered waiter receives.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// An event of its task.
+    Event(ReplyEvent),
+    /// Verification found the task ended: read the outcome from Redis (its
+    /// final event may have been lost).
+    Ended,
+    /// Verification found the task gone from Redis; the reason says what.
+    Vanished(String),
+    /// The reader cannot read the stream: it gave up after the client's
+    /// `give_up_after`, or Redis refused it (`refused`: an ACL).
+    ReaderFailed {
+        /// True for a permission error (waiting longer will not help).
+        refused: bool,
+        /// The last error.
+        reason: String,
+    },
+}
+
+struct Entry {
+    senders: Vec<(u64, mpsc::UnboundedSender<Routed>)>,
+    next_check: Instant,
+    interval: Duration,
+}
+
+/// Routes the events of one reply stream to registered waiters.
+pub(crate) struct ReplyRouter {
+    key: String,
+    waiters: Mutex<HashMap<String, Entry>>,
+    next_token: AtomicU64,
+    trimming: AtomicBool,
+    /// Set when every wait must be verified at the next tick.
+    verify_all: AtomicBool,
+    /// A refusal that new registrations learn at once.
+    refused: Mutex<Option<String>>,
+}
+
+/// A registration; unregisters itself (only itself) on drop.
+pub(crate) struct Waiter {
+    router: Arc<ReplyRouter>,
+    id: String,
+    token: u64,
+    pub(crate) rx: mpsc::UnboundedReceiver<Routed>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.router.waiters.lock() {
+            if let Some(entry) = w.get_mut(&self.id) {
+                entry.senders.retain(|(t, _)| *t != self.token);
+                if entry.senders.is_empty() {
+                    w.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+/// Settings the reader needs from the client.
+pub(crate) struct ReaderSettings {
+    pub endpoint: Endpoint,
+    pub shared: ConnectionManager,
+    pub keys: QueueKeys,
+    pub housekeeping_every: Duration,
+    pub give_up_after: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl ReplyRouter {
+    /// Creates the router and starts its reader and housekeeping tasks.
+    pub(crate) fn start(key: String, settings: ReaderSettings) -> Arc<Self> {
+        let router = Arc::new(Self {
+            key,
+            waiters: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            trimming: AtomicBool::new(false),
+            verify_all: AtomicBool::new(false),
+            refused: Mutex::new(None),
+        });
+        let span =
+            tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
+        tokio::spawn(
+            Arc::clone(&router)
+                .housekeeping_loop(
+                    settings.shared.clone(),
+                    settings.keys.clone(),
+                    settings.housekeeping_every,
+                    settings.shutdown.clone(),
+                )
+                .instrument(span.clone()),
+        );
+        tokio::spawn(Arc::clone(&router).read_loop(settings).instrument(span));
+        router
+    }
+
+    /// The reply stream key workers write to for this client.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Registers interest in a task's events. Call before submitting.
+    /// Several registrations per id each receive every event.
+    pub(crate) fn register(self: &Arc<Self>, id: &str) -> Waiter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(reason) = self.refused.lock().ok().and_then(|r| r.clone()) {
+            let _ = tx.send(Routed::ReaderFailed {
+                refused: true,
+                reason,
+            });
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut waiters = self.waiters.lock().expect("waiter map poisoned");
+        waiters
+            .entry(id.to_string())
+            .or_insert_with(|| Entry {
+                senders: Vec::new(),
+                next_check: Instant::now() + FIRST_CHECK,
+                interval: FIRST_CHECK,
+            })
+            .senders
+            .push((token, tx));
+        Waiter {
+            router: Arc::clone(self),
+            id: id.to_string(),
+            token,
+            rx,
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiters.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    fn send_to(&self, id: &str, make: impl Fn() -> Routed) {
+        let waiters = self.waiters.lock().expect("waiter map poisoned");
+        if let Some(entry) = waiters.get(id) {
+            for (_, tx) in &entry.senders {
+                let _ = tx.send(make());
+            }
+        }
+    }
+
+    fn route(&self, event: ReplyEvent) {
+        let id = event.task_id().to_string();
+        self.send_to(&id, || Routed::Event(event.clone()));
+    }
+
+    fn broadcast(&self, refused: bool, reason: &str) {
+        let waiters = self.waiters.lock().expect("waiter map poisoned");
+        for entry in waiters.values() {
+            for (_, tx) in &entry.senders {
+                let _ = tx.send(Routed::ReaderFailed {
+                    refused,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Ids whose verification is due, rescheduling them.
+    fn due_checks(&self, now: Instant) -> Vec<String> {
+        let all = self.verify_all.swap(false, Ordering::AcqRel);
+        let mut waiters = self.waiters.lock().expect("waiter map poisoned");
+        let mut due = Vec::new();
+        for (id, entry) in waiters.iter_mut() {
+            if due.len() >= CHECKS_PER_TICK {
+                break;
+            }
+            if all || entry.next_check <= now {
+                entry.interval = (entry.interval * 2).min(MAX_CHECK_INTERVAL);
+                entry.next_check = now + entry.interval;
+                due.push(id.clone());
+            }
+        }
+        due
+    }
+
+    /// Creates the stream if it is missing (an empty stream: one entry
+    /// added and trimmed away) and re-arms its TTL. Returns true if it had
+    /// to be created.
+    async fn keep_stream(&self, conn: &mut ConnectionManager) -> redis::RedisResult<bool> {
+        let armed: i64 = redis::cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(STREAM_TTL.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if armed == 1 {
+            return Ok(false);
+        }
+        let _: Value = redis::pipe()
+            .cmd("XADD")
+            .arg(&self.key)
+            .arg("MAXLEN")
+            .arg(0)
+            .arg("*")
+            .arg("created")
+            .arg("1")
+            .cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(STREAM_TTL.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Every tick: keeps the stream, runs the queue's housekeeping while
+    /// waits are open, and verifies the waits that are due.
+    async fn housekeeping_loop(
+        self: Arc<Self>,
+        mut shared: ConnectionManager,
+        keys: QueueKeys,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            match self.keep_stream(&mut shared).await {
+                Ok(true) if !first => {
+                    tracing::warn!(
+                        "the reply stream had vanished (Redis restarted empty, or evicted it); verifying every open wait"
+                    );
+                    self.verify_all.store(true, Ordering::Release);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not keep the reply stream"),
+            }
+            first = false;
+            if self.waiting() == 0 {
+                continue;
+            }
+            if let Err(e) = crate::functions::call(&mut shared, &keys, &Housekeep).await {
+                tracing::debug!(error = %e, "housekeeping failed");
+            }
+            let due = self.due_checks(Instant::now());
+            if !due.is_empty() {
+                if let Err(e) = self.verify(&mut shared, &keys, &due).await {
+                    tracing::debug!(error = %e, "could not verify open waits");
+                    self.verify_all.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Reads the state of `ids` in one round trip and tells the waiters of
+    /// ended or vanished tasks.
+    async fn verify(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &QueueKeys,
+        ids: &[String],
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(keys.task(id), "st");
+        }
+        let states: Vec<Option<String>> = pipe.query_async(conn).await?;
+        for (id, state) in ids.iter().zip(states) {
+            match state.as_deref().map(TaskState::parse) {
+                None => self.send_to(id, || {
+                    Routed::Vanished(
+                        "Redis no longer has it although it never ended: Redis lost its data (a restart without persistence, a failover) or evicted the key (maxmemory-policy must be noeviction)".into(),
+                    )
+                }),
+                Some(Some(state)) if state.is_terminal() => self.send_to(id, || Routed::Ended),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_loop(self: Arc<Self>, s: ReaderSettings) {
+        let mut last_id = "0-0".to_string();
+        let mut conn = None;
+        let mut failing_since: Option<Instant> = None;
+        let mut told = false;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if s.shutdown.is_cancelled() {
+                break;
+            }
+            let error = match conn.as_mut() {
+                None => match s.endpoint.dedicated(BLOCK + Duration::from_secs(5)).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        if failing_since.is_some() {
+                            // Events may have been lost with the stream
+                            // while we were away: check every wait.
+                            self.verify_all.store(true, Ordering::Release);
+                        }
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Some(c) => {
+                    let mut cmd = redis::cmd("XREAD");
+                    cmd.arg("COUNT")
+                        .arg(READ_COUNT)
+                        .arg("BLOCK")
+                        .arg(BLOCK.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&self.key)
+                        .arg(&last_id);
+                    let reply: redis::RedisResult<Value> = tokio::select! {
+                        r = cmd.query_async(c) => r,
+                        _ = s.shutdown.cancelled() => break,
+                    };
+                    match reply {
+                        Ok(value) => {
+                            failing_since = None;
+                            told = false;
+                            backoff = BACKOFF_MIN;
+                            if let Ok(mut r) = self.refused.lock() {
+                                *r = None;
+                            }
+                            let entries = stream_entries(value);
+                            if let Some((newest, _)) = entries.last() {
+                                let newest = newest.clone();
+                                for (_, fields) in entries {
+                                    if fields.iter().any(|(k, _)| k == b"created") {
+                                        continue;
+                                    }
+                                    match ReplyEvent::decode(&fields) {
+                                        Ok(event) => self.route(event),
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "skipping reply entry")
+                                        }
+                                    }
+                                }
+                                self.trim_through(&s.shared, &newest);
+                                last_id = newest;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            if e.code() == Some("NOPERM") {
+                                let reason = format!("reading the reply stream: {e}");
+                                if let Ok(mut r) = self.refused.lock() {
+                                    *r = Some(reason.clone());
+                                }
+                                if !told {
+                                    told = true;
+                                    self.broadcast(true, &reason);
+                                }
+                            }
+                            // Drop the connection: its state is unknown.
+                            conn = None;
+                            e.to_string()
+                        }
+                    }
+                }
+            };
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "reply reader failed");
+            if !told && since.elapsed() >= s.give_up_after {
+                told = true;
+                self.broadcast(false, &error);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = s.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        // Best effort: the stream has a TTL anyway.
+        let mut shared = s.shared.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&self.key)
+            .query_async(&mut shared)
+            .await;
+    }
+
+    /// Deletes delivered entries (everything up to and including `id`),
+    /// with at most one trim in flight.
+    fn trim_through(self: &Arc<Self>, shared: &ConnectionManager, id: &str) {
+        if self.trimming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(next) = next_stream_id(id) else {
+            self.trimming.store(false, Ordering::Release);
+            return;
+        };
+        let mut shared = shared.clone();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _: redis::RedisResult<Value> = redis::cmd("XTRIM")
+                .arg(&me.key)
+                .arg("MINID")
+                .arg(next)
+                .query_async(&mut shared)
+                .await;
+            me.trimming.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// The smallest stream id greater than `id` ("ms-seq").
+fn next_stream_id(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{ms}-{}", seq + 1))
+}
+
+/// A stream entry: its id and its field/value pairs in order.
+pub(crate) type StreamEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Flattens an XREAD/XRANGE reply into (entry id, field pairs).
+pub(crate) fn stream_entries(value: Value) -> Vec<StreamEntry> {
+    let streams = match value {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        if parts.len() != 2 {
+            continue;
+        }
+        let Value::Array(entries) = parts.remove(1) else {
+            continue;
+        };
+        out.extend(entries.into_iter().filter_map(entry));
+    }
+    out
+}
+
+/// One entry `[id, [field, value, ...]]`.
+pub(crate) fn entry(value: Value) -> Option<StreamEntry> {
+    let Value::Array(mut e) = value else {
+        return None;
+    };
+    if e.len() != 2 {
+        return None;
+    }
+    let fields = e.remove(1);
+    let id = value_to_string(&e[0]);
+    let Value::Array(flat) = fields else {
+        return None;
+    };
+    let pairs = flat
+        .chunks(2)
+        .filter(|p| p.len() == 2)
+        .map(|p| (value_to_bytes(&p[0]), value_to_bytes(&p[1])))
+        .collect();
+    Some((id, pairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_id_is_strictly_greater() {
+        assert_eq!(
+            next_stream_id("1700000000000-0").unwrap(),
+            "1700000000000-1"
+        );
+        assert_eq!(next_stream_id("5-41").unwrap(), "5-42");
+        assert!(next_stream_id("garbage").is_none());
+    }
+
+    #[test]
+    fn xread_reply_keeps_fields_in_order() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![Value::Array(vec![
+            b("k"),
+            Value::Array(vec![Value::Array(vec![
+                b("1-0"),
+                Value::Array(vec![b("t"), b("x"), b("c0"), b("a"), b("c1"), b("b")]),
+            ])]),
+        ])]);
+        let entries = stream_entries(reply);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, "1-0");
+        assert_eq!(entries[0].1[1], (b"c0".to_vec(), b"a".to_vec()));
+    }
+}

@@ -1,0 +1,293 @@
+//! [`Tracker`]: follows one task's events for a wait or a stream and turns
+//! every way a wait can end into a precise answer read from Redis: the
+//! task's outcome, or an error naming the real cause. At the local
+//! deadline it asks Redis (whose clock decides) to end the task and reports
+//! where it was; a task that ended meanwhile is read, never waited for.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, TimeoutPhase};
+use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
+use crate::functions::watch::{Read, TaskSnapshot, Unwatch};
+use crate::functions::{self};
+use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
+
+use super::queue::{Queue, TaskOutput};
+use super::router::{Routed, Waiter};
+
+/// How long to wait before asking again after a failed deadline call.
+const DEADLINE_RETRY: Duration = Duration::from_millis(500);
+
+/// Follows one task.
+pub(crate) struct Tracker {
+    pub(crate) queue: Queue,
+    pub(crate) id: String,
+    waiter: Waiter,
+    deadline: Option<Instant>,
+    max_wait_until: Option<Instant>,
+    started: Instant,
+    known_final: Option<ReplyEvent>,
+    /// The reply stream subscribed with rtq2_watch (removed on drop).
+    subscribed: Option<String>,
+    /// Cancel the task if this tracker is dropped before it ends.
+    cancel_on_drop: bool,
+    ended: bool,
+}
+
+impl Tracker {
+    pub(crate) fn new(
+        queue: Queue,
+        id: String,
+        waiter: Waiter,
+        deadline: Option<Instant>,
+        max_wait_until: Option<Instant>,
+    ) -> Self {
+        Self {
+            queue,
+            id,
+            waiter,
+            deadline,
+            max_wait_until,
+            started: Instant::now(),
+            known_final: None,
+            subscribed: None,
+            cancel_on_drop: false,
+            ended: false,
+        }
+    }
+
+    /// The submit found no deadline on the task: no local timer.
+    pub(crate) fn without_deadline(&mut self) {
+        self.deadline = None;
+    }
+
+    pub(crate) fn cancel_on_drop(&mut self, on: bool) {
+        self.cancel_on_drop = on;
+    }
+
+    pub(crate) fn subscribed(&mut self, reply: &str) {
+        self.subscribed = Some(reply.to_string());
+    }
+
+    /// Takes note of a snapshot read at subscription time.
+    pub(crate) fn note_snapshot(&mut self, snap: &TaskSnapshot) {
+        if let Some(outcome) = &snap.outcome {
+            self.known_final = Some(ReplyEvent::Final {
+                id: self.id.clone(),
+                attempt: snap.attempt,
+                chunks: snap.chunk_count,
+                outcome: outcome.clone(),
+            });
+        }
+    }
+
+    /// Reads the task now: its final event if it ended, `None` if not.
+    ///
+    /// # Errors
+    /// [`Error::TaskLost`] if it no longer exists; Redis errors.
+    async fn read_final(&mut self) -> Result<Option<ReplyEvent>, Error> {
+        // From past any output: the state only, no chunks.
+        let read = Read {
+            id: &self.id,
+            from: MAX_OUTPUT_CHUNKS,
+        };
+        let snap = functions::call(&mut self.queue.client.conn(), &self.queue.keys, &read).await?;
+        match snap {
+            None => Err(self.lost("Redis no longer has it although it never ended: Redis lost its data (a restart without persistence, a failover) or evicted the key")),
+            Some(snap) => Ok(snap.outcome.map(|outcome| ReplyEvent::Final {
+                id: self.id.clone(),
+                attempt: snap.attempt,
+                chunks: snap.chunk_count,
+                outcome,
+            })),
+        }
+    }
+
+    fn lost(&self, reason: &str) -> Error {
+        Error::TaskLost {
+            id: self.id.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The next event of the task, or the error that ends the wait.
+    pub(crate) async fn next_event(&mut self) -> Result<ReplyEvent, Error> {
+        let event = self.next_event_inner().await;
+        if matches!(event, Ok(ReplyEvent::Final { .. }) | Err(_)) {
+            self.ended = true;
+        }
+        event
+    }
+
+    async fn next_event_inner(&mut self) -> Result<ReplyEvent, Error> {
+        if let Some(event) = self.known_final.take() {
+            return Ok(event);
+        }
+        loop {
+            let timer = match (self.deadline, self.max_wait_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                routed = self.waiter.rx.recv() => match routed {
+                    Some(Routed::Event(event)) => return Ok(event),
+                    Some(Routed::Ended) => {
+                        if let Some(event) = self.read_final().await? {
+                            return Ok(event);
+                        }
+                    }
+                    Some(Routed::Vanished(reason)) => {
+                        // Re-read: a task requeued by an operator between
+                        // the check and now is alive.
+                        if let Some(event) = self.read_final().await.map_err(|_| self.lost(&reason))? {
+                            return Ok(event);
+                        }
+                    }
+                    Some(Routed::ReaderFailed { refused: true, reason }) => {
+                        return Err(Error::PermissionDenied(reason));
+                    }
+                    Some(Routed::ReaderFailed { refused: false, reason }) => {
+                        return Err(Error::Disconnected {
+                            url: self.queue.client.redacted_url().to_string(),
+                            id: self.id.clone(),
+                            reason,
+                        })
+                    }
+                    None => return Err(Error::Closed { id: self.id.clone() }),
+                },
+                _ = sleep => {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| d <= now) {
+                        if let Some(end) = self.end_at_deadline().await {
+                            return end;
+                        }
+                    } else if self.max_wait_until.is_some_and(|d| d <= now) {
+                        return self.wait_timed_out().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the final event and converts it.
+    pub(crate) async fn final_output(&mut self) -> Result<TaskOutput, Error> {
+        loop {
+            if let ReplyEvent::Final {
+                attempt, outcome, ..
+            } = self.next_event().await?
+            {
+                return outcome.into_result(&self.id).map(|result| TaskOutput {
+                    id: self.id.clone(),
+                    result,
+                    attempt,
+                });
+            }
+        }
+    }
+
+    /// Asks Redis to end the task at its deadline. Returns how the wait
+    /// ends, or `None` to keep waiting (the deadline is later by Redis
+    /// time, or Redis could not be asked: retried shortly).
+    async fn end_at_deadline(&mut self) -> Option<Result<ReplyEvent, Error>> {
+        let cancel = Cancel {
+            id: &self.id,
+            mode: CancelMode::Deadline,
+            reason: "deadline passed",
+        };
+        let reply = functions::call(&mut self.queue.client.conn(), &self.queue.keys, &cancel).await;
+        match reply {
+            Ok(CancelReply::Ended { previous, worker }) => {
+                let phase = if previous == TaskState::Queued {
+                    TimeoutPhase::Queued
+                } else {
+                    TimeoutPhase::Running {
+                        worker: worker.unwrap_or_default(),
+                    }
+                };
+                Some(Err(Error::TimedOut {
+                    id: self.id.clone(),
+                    phase,
+                }))
+            }
+            Ok(CancelReply::NotDue(remaining)) => {
+                self.deadline = remaining.map(|r| Instant::now() + r + Duration::from_millis(1));
+                None
+            }
+            Ok(CancelReply::Finished(_)) => {
+                // It ended just before: read how, instead of waiting for an
+                // event that may never come.
+                self.deadline = None;
+                match self.read_final().await {
+                    Ok(Some(event)) => Some(Ok(event)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Ok(CancelReply::NotFound) => Some(Err(self.lost(
+                "Redis no longer has it at its deadline: Redis lost its data or evicted the key",
+            ))),
+            Err(e) => {
+                tracing::warn!(task_id = %self.id, error = %e, "could not end the task at its deadline; retrying");
+                self.deadline = Some(Instant::now() + DEADLINE_RETRY);
+                None
+            }
+        }
+    }
+
+    /// The caller's own wait limit passed: the task's outcome if it ended
+    /// just now, else how it stands.
+    async fn wait_timed_out(&mut self) -> Result<ReplyEvent, Error> {
+        let waited_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(event) = self.read_final().await? {
+            return Ok(event);
+        }
+        let info = self.queue.status(&self.id).await?;
+        Err(Error::WaitTimedOut {
+            id: self.id.clone(),
+            waited_ms,
+            state: info.state.to_string(),
+            worker: Some(info.worker).filter(|w| !w.is_empty() && info.state == TaskState::Running),
+        })
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if self.ended || (self.subscribed.is_none() && !self.cancel_on_drop) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.queue.client.conn();
+        let keys = self.queue.keys.clone();
+        let id = self.id.clone();
+        let subscribed = self.subscribed.take();
+        let cancel = self.cancel_on_drop;
+        runtime.spawn(async move {
+            if cancel {
+                let c = Cancel {
+                    id: &id,
+                    mode: CancelMode::Cancel,
+                    reason: "the waiting caller went away",
+                };
+                if let Err(e) = functions::call(&mut conn, &keys, &c).await {
+                    tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
+                }
+            }
+            if let Some(reply) = subscribed {
+                let u = Unwatch {
+                    id: &id,
+                    reply: &reply,
+                };
+                let _ = functions::call(&mut conn, &keys, &u).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,95 @@
+//! `rtq2_complete`: end an attempt and take the slot's next task in the
+//! same round trip (`core/lua/complete.lua`).
+
+use redis::{Cmd, Value};
+
+use super::chunk::WriteStatus;
+use super::{Function, ReplyItems};
+use crate::error::Error;
+use crate::protocol::{InboxMessage, TaskState};
+
+/// How the attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// With a result.
+    Done,
+    /// Failed for good.
+    Failed,
+    /// Failed; retry after a backoff on another worker while attempts remain.
+    Retry,
+}
+
+impl CompleteOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Retry => "retry",
+        }
+    }
+}
+
+/// Arguments of `rtq2_complete`.
+#[derive(Clone, Debug)]
+pub struct Complete<'a> {
+    /// Worker id.
+    pub worker: &'a str,
+    /// Task id.
+    pub id: &'a str,
+    /// The attempt the worker received.
+    pub attempt: u64,
+    /// Chunks the worker wrote before the trailing ones.
+    pub seq0: u64,
+    /// How it ended.
+    pub outcome: CompleteOutcome,
+    /// Result JSON (done) or reason (failed, retry).
+    pub payload: &'a str,
+    /// True to take the next task for this slot.
+    pub want_next: bool,
+    /// Trailing chunks (at most 512).
+    pub chunks: &'a [Vec<u8>],
+}
+
+/// What `rtq2_complete` answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompleteReply {
+    /// `Ok`, `Ended`, `NotFound`, `Fenced`, `Order` or `TooLarge`.
+    pub status: WriteStatus,
+    /// The slot's next task, if one was taken.
+    pub next: Option<InboxMessage>,
+    /// Chunks Redis holds for the attempt.
+    pub chunks: u64,
+    /// The task's state after the call (none if it does not exist).
+    pub state: Option<TaskState>,
+}
+
+impl Function for Complete<'_> {
+    const NAME: &'static str = "rtq2_complete";
+    type Reply = CompleteReply;
+
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.worker)
+            .arg(self.id)
+            .arg(self.attempt)
+            .arg(self.seq0)
+            .arg(self.outcome.as_str())
+            .arg(self.payload)
+            .arg(if self.want_next { "1" } else { "0" });
+        for c in self.chunks {
+            cmd.arg(c.as_slice());
+        }
+    }
+
+    fn decode(reply: Value) -> Result<CompleteReply, Error> {
+        let mut items = ReplyItems::new(reply, Self::NAME)?;
+        let word = items.string()?;
+        let status = WriteStatus::parse(&items, &word)?;
+        let next = items.bytes()?;
+        Ok(CompleteReply {
+            status,
+            next: (!next.is_empty()).then(|| InboxMessage::parse(&next)),
+            chunks: items.uint()?,
+            state: TaskState::parse(&items.string()?),
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! `rtq2_submit`: create a task, handing it to a free worker at once or
+//! queueing it (`core/lua/submit.lua`).
+
+use redis::{Cmd, Value};
+
+use super::{Function, ReplyItems};
+use crate::error::Error;
+use crate::protocol::TaskState;
+
+/// Arguments of `rtq2_submit`.
+#[derive(Clone, Debug)]
+pub struct Submit<'a> {
+    /// Task id (the idempotency key).
+    pub id: &'a str,
+    /// The spec JSON.
+    pub spec: &'a str,
+    /// Priority in [-1000, 1000].
+    pub priority: i16,
+    /// Timeout in ms from now (0 = no deadline), at most 30 days.
+    pub timeout_ms: u64,
+    /// Attempts allowed, 1..=1000.
+    pub max_attempts: u32,
+    /// Retention in ms after the task ends, 1 ms to 30 days.
+    pub retention_ms: u64,
+    /// The submitter's reply stream key, or "" for none.
+    pub reply: &'a str,
+    /// True to receive chunk events on the reply stream.
+    pub stream: bool,
+}
+
+/// What `rtq2_submit` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitReply {
+    /// Created: running (handed to `worker` in the same step) or queued.
+    Accepted {
+        /// `Running` or `Queued`.
+        state: TaskState,
+        /// The worker it was handed to.
+        worker: Option<String>,
+        /// Deadline (ms, Redis clock), 0 = none.
+        deadline_ms: i64,
+        /// Submit time (ms, Redis clock).
+        now_ms: i64,
+    },
+    /// Refused: the queue is at its maximum depth.
+    QueueFull {
+        /// Queued tasks.
+        depth: u64,
+        /// The queue's maximum.
+        max_depth: u64,
+    },
+    /// A task with this id exists; it is described so that a retried
+    /// submit can recognise its own task.
+    Duplicate {
+        /// Its state.
+        state: TaskState,
+        /// Its current or last worker.
+        worker: Option<String>,
+        /// Its deadline (ms), 0 = none.
+        deadline_ms: i64,
+        /// Its submit time (ms).
+        submitted_ms: i64,
+        /// Its submitter's reply stream.
+        reply: String,
+    },
+}
+
+fn state(items: &mut ReplyItems) -> Result<TaskState, Error> {
+    let word = items.string()?;
+    TaskState::parse(&word)
+        .ok_or_else(|| Error::Protocol(format!("rtq2_submit replied unknown state {word:?}")))
+}
+
+fn worker(items: &mut ReplyItems) -> Result<Option<String>, Error> {
+    Ok(Some(items.string()?).filter(|w| !w.is_empty()))
+}
+
+impl Function for Submit<'_> {
+    const NAME: &'static str = "rtq2_submit";
+    type Reply = SubmitReply;
+
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.id)
+            .arg(self.spec)
+            .arg(self.priority)
+            .arg(self.timeout_ms)
+            .arg(self.max_attempts)
+            .arg(self.retention_ms)
+            .arg(self.reply)
+            .arg(if self.stream { "1" } else { "0" });
+    }
+
+    fn decode(reply: Value) -> Result<SubmitReply, Error> {
+        let mut items = ReplyItems::new(reply, Self::NAME)?;
+        let status = items.string()?;
+        match status.as_str() {
+            "OK" => Ok(SubmitReply::Accepted {
+                state: state(&mut items)?,
+                worker: worker(&mut items)?,
+                deadline_ms: items.int()?,
+                now_ms: items.int()?,
+            }),
+            "QUEUE_FULL" => Ok(SubmitReply::QueueFull {
+                depth: items.uint()?,
+                max_depth: items.uint()?,
+            }),
+            "DUPLICATE" => Ok(SubmitReply::Duplicate {
+                state: state(&mut items)?,
+                worker: worker(&mut items)?,
+                deadline_ms: items.int()?,
+                submitted_ms: items.int()?,
+                reply: items.string()?,
+            }),
+            other => Err(items.unexpected(other)),
+        }
+    }
+}
