@@ -90,6 +90,11 @@ if [ "$list_only" -eq 1 ]; then
   exit 0
 fi
 
+# Lines in a report file (0 when cargo-mutants did not write it).
+count_lines() {
+  if [ -f "$1" ]; then grep -c . "$1" || true; else echo 0; fi
+}
+
 scripts/ensure-deps.sh
 status=0
 cargo mutants "${args[@]}" --jobs "$jobs" --output "$out" "${extra[@]+"${extra[@]}"}" || status=$?
@@ -97,9 +102,9 @@ report="$out/mutants.out"
 echo
 echo "mutants: report in $report/:"
 echo "  outcomes.json  every mutant and its outcome"
-echo "  missed.txt     mutants no test caught ($(grep -c . "$report/missed.txt" 2>/dev/null || echo 0))"
-echo "  caught.txt     mutants the tests caught ($(grep -c . "$report/caught.txt" 2>/dev/null || echo 0))"
-echo "  timeout.txt    mutants whose tests hung ($(grep -c . "$report/timeout.txt" 2>/dev/null || echo 0))"
-echo "  unviable.txt   mutants that did not build ($(grep -c . "$report/unviable.txt" 2>/dev/null || echo 0))"
+echo "  missed.txt     mutants no test caught ($(count_lines "$report/missed.txt"))"
+echo "  caught.txt     mutants the tests caught ($(count_lines "$report/caught.txt"))"
+echo "  timeout.txt    mutants whose tests hung ($(count_lines "$report/timeout.txt"))"
+echo "  unviable.txt   mutants that did not build ($(count_lines "$report/unviable.txt"))"
 echo "  log/           cargo output of each mutant"
 exit "$status"
