@@ -65,7 +65,9 @@ impl std::error::Error for LexError {}
 const MULTI_CHAR_SYMBOLS: [&str; 10] =
     ["...", "==", "~=", "<=", ">=", "..", "::", "<<", ">>", "//"];
 
-/// Splits `src` into tokens; whitespace is dropped, comments are kept.
+/// Splits `src` into tokens; whitespace is dropped, comments are kept. A
+/// first line starting with `#!` (the `#!lua name=<library>` header of a
+/// Redis Functions library) counts as a comment.
 ///
 /// # Errors
 /// [`LexError`] for an unterminated string or long comment.
@@ -74,6 +76,15 @@ pub fn tokenize(src: &str) -> Result<Vec<Token<'_>>, LexError> {
     let mut tokens = Vec::new();
     let mut pos = 0;
     let mut line = 1;
+    if src.starts_with("#!") {
+        pos = src.find('\n').unwrap_or(src.len());
+        tokens.push(Token {
+            kind: TokenKind::Comment,
+            text: &src[..pos],
+            start: 0,
+            line,
+        });
+    }
     while pos < bytes.len() {
         let c = bytes[pos];
         if c == b'\n' {
@@ -267,6 +278,19 @@ mod tests {
                 (Number, ".5"),
                 (Symbol, "+"),
                 (Number, "10"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_functions_library_header_is_a_comment() {
+        assert_eq!(
+            kinds_and_texts("#!lua name=rtq_2\nx = 1"),
+            vec![
+                (TokenKind::Comment, "#!lua name=rtq_2"),
+                (TokenKind::Name, "x"),
+                (TokenKind::Symbol, "="),
+                (TokenKind::Number, "1"),
             ]
         );
     }

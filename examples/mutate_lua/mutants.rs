@@ -219,7 +219,10 @@ pub fn mutants_of(file: &str, src: &str, first_id: usize) -> Result<Vec<Mutant>,
 fn skipped_lines(tokens: &[Token<'_>]) -> HashSet<usize> {
     tokens
         .iter()
-        .filter(|t| t.kind == TokenKind::Comment && t.text[2..].trim() == SKIP_MARKER)
+        .filter(|t| {
+            t.kind == TokenKind::Comment
+                && t.text.strip_prefix("--").map(str::trim) == Some(SKIP_MARKER)
+        })
         .map(|t| t.line)
         .collect()
 }
