@@ -1,5 +1,7 @@
 //! The `mock` handler: a simulated model for demos, tests and benchmarks.
 //! Input fields override the defaults: `max_tokens`, `fail` (a reason).
+//! Like a real model it stops at once when the task is cancelled, even in
+//! the middle of its latency or between tokens.
 
 use std::time::Duration;
 
@@ -51,6 +53,13 @@ fn unit_from(id: &str) -> f64 {
 #[async_trait]
 impl Handler for MockHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        crate::handlers::until_stopped(&task, self.generate(&task)).await
+    }
+}
+
+impl MockHandler {
+    /// The simulated generation; dropped as a whole when the task stops.
+    async fn generate(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let input = task.input().cloned().unwrap_or(Value::Null);
         if let Some(reason) = input["fail"].as_str() {
             return Err(HandlerError::fatal(reason));
