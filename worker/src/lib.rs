@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, Handler, Worker, WorkerConfig};
+use rtq_core::{redact_url, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use handlers::exec::ExecHandler;
 use handlers::http::HttpHandler;
 use handlers::openai::OpenAiHandler;
+use handlers::Serve;
 use metrics::{Instrumented, Metrics};
 use upstream::UpstreamState;
 
@@ -251,7 +252,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let http = http.build().context("building the HTTP client")?;
     let url = config.upstream_url.clone().unwrap_or_default();
-    let (handler, health_url): (Arc<dyn Handler>, Option<String>) = match config.handler {
+    let (handler, health_url): (Arc<dyn Serve>, Option<String>) = match config.handler {
         HandlerKind::Mock => (
             Arc::new(MockHandler::new(MockSettings {
                 latency: Duration::from_millis(config.mock_latency_ms),

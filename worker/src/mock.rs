@@ -8,6 +8,8 @@ use std::time::Duration;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
+use crate::handlers::{run_until_stopped, Serve};
+
 /// How the simulated model behaves.
 #[derive(Clone, Debug, Default)]
 pub struct MockSettings {
@@ -53,13 +55,15 @@ fn unit_from(id: &str) -> f64 {
 #[async_trait]
 impl Handler for MockHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
-        crate::handlers::until_stopped(&task, self.generate(&task)).await
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
     }
 }
 
-impl MockHandler {
-    /// The simulated generation; dropped as a whole when the task stops.
-    async fn generate(&self, task: &TaskContext) -> Result<Value, HandlerError> {
+#[async_trait]
+impl Serve for MockHandler {
+    async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let input = task.input().cloned().unwrap_or(Value::Null);
         if let Some(reason) = input["fail"].as_str() {
             return Err(HandlerError::fatal(reason));

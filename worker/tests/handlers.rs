@@ -523,6 +523,7 @@ async fn cancelling_a_silent_http_request_closes_the_upstream_connection_at_once
     let up = Arc::new(Upstream::default());
     let base = start_upstream(Arc::clone(&up)).await;
     let url = format!("{base}/generate");
+    let addr = format!("127.0.0.1:{}", free_port());
     let _w = start_worker(
         &redis,
         &[
@@ -534,6 +535,8 @@ async fn cancelling_a_silent_http_request_closes_the_upstream_connection_at_once
             &url,
             "--cancel-grace-ms",
             TEN_MINUTES_MS,
+            "--probe-addr",
+            &addr,
         ],
     );
     let client = Client::connect(&redis.url()).await.unwrap();
@@ -543,6 +546,20 @@ async fn cancelling_a_silent_http_request_closes_the_upstream_connection_at_once
     // chunk and notice the cancel that way.
     cancel_when_requested(&q, &up, json!({"mode": "stall"})).await;
     cancel_when_requested(&q, &up, json!({"mode": "stall_json"})).await;
+    let metrics = format!("http://{addr}/metrics");
+    eventually("both are counted as stopped, not failed", move || {
+        let metrics = metrics.clone();
+        async move {
+            let Ok(resp) = reqwest::get(&metrics).await else {
+                return false;
+            };
+            let text = resp.text().await.unwrap_or_default();
+            text.contains("rtq_worker_tasks_total{outcome=\"stopped\"} 2")
+                && !text.contains("outcome=\"failed\"")
+        }
+        .boxed()
+    })
+    .await;
 }
 
 #[tokio::test]

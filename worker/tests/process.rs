@@ -110,7 +110,12 @@ fn help_and_bad_redis_are_clear() {
         "{text}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
-        .args(["--redis", "redis://:topsecret@127.0.0.1:1/"])
+        .args([
+            "--redis",
+            "redis://:topsecret@127.0.0.1:1/",
+            "--probe-addr",
+            "off",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

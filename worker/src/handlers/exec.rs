@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::until_stopped;
+use super::{run_until_stopped, Serve};
 use crate::upstream::UpstreamState;
 
 /// How long the child's process group has between SIGTERM and SIGKILL.
@@ -460,10 +460,10 @@ impl Drop for Registration<'_> {
     }
 }
 
-impl ExecHandler {
-    /// One attempt; dropped as a whole (sending the cancel line) when the
-    /// task stops.
-    async fn run_attempt(&self, task: &TaskContext) -> Result<Value, HandlerError> {
+/// One attempt; dropping it mid-way sends the child the cancel line.
+#[async_trait]
+impl Serve for ExecHandler {
+    async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut reg = Registration::new(&self.shared, (task.id().to_string(), task.attempt()), tx);
         let line = json!({
@@ -501,7 +501,9 @@ impl ExecHandler {
 #[async_trait]
 impl Handler for ExecHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
-        until_stopped(&task, self.run_attempt(&task)).await
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
     }
 }
 

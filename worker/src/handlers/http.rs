@@ -20,7 +20,7 @@ use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, status_failed, until_stopped};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
 use crate::upstream::UpstreamState;
 
 /// POSTs tasks to one URL.
@@ -53,12 +53,14 @@ pub(crate) fn body_of(task: &TaskContext) -> Value {
 #[async_trait]
 impl Handler for HttpHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
-        until_stopped(&task, self.serve(&task)).await
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
     }
 }
 
-impl HttpHandler {
-    /// One request; dropped as a whole when the task stops.
+#[async_trait]
+impl Serve for HttpHandler {
     async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let resp = self
             .client

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, status_failed, until_stopped};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
 use crate::upstream::UpstreamState;
 
 /// Talks to one OpenAI-compatible server.
@@ -71,12 +71,14 @@ fn choice_text(choice: &Value) -> Option<&str> {
 #[async_trait]
 impl Handler for OpenAiHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
-        until_stopped(&task, self.serve(&task)).await
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
     }
 }
 
-impl OpenAiHandler {
-    /// One streamed completion; dropped as a whole when the task stops.
+#[async_trait]
+impl Serve for OpenAiHandler {
     async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let mut body = match task.input() {
             Some(Value::Object(map)) => map.clone(),
