@@ -186,7 +186,7 @@ pub struct ExecHandler {
 impl ExecHandler {
     /// Starts the child (`sh -c command`, in a process group of its own)
     /// and its supervisor, which reports the child's state to `upstream`
-    /// (build it with [`UpstreamState::awaiting_child`] so no task is taken
+    /// (build it with `UpstreamState::awaiting_child` so no task is taken
     /// before the child runs) and restarts it until `stop` fires.
     ///
     /// The returned handle completes once, after `stop`, the child's whole
