@@ -2,18 +2,40 @@
 //! throughput, latency percentiles, and Redis commands and CPU per task from
 //! INFO deltas. Prints one line per run.
 //!
-//! Run: `cargo run --release -p rtq-examples --example bench -- <clients> <slots> <tasks> <chunks>`
-//! against `$RTQ_REDIS_URL` (use a private server: it reads INFO deltas).
+//! Run: `cargo run --release -p rtq-examples --example bench -- --redis URL <clients> <slots> <tasks> <chunks>`
+//! (or `$RTQ_REDIS_URL`; use a private server: it reads INFO deltas).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures::StreamExt;
 use rtq_core::{
     async_trait, Client, Handler, HandlerError, TaskContext, TaskRequest, Worker, WorkerConfig,
 };
+use rtq_examples::RedisArgs;
 use serde_json::{json, Value};
+
+/// Load benchmark over the real Client and Worker (zero-work handler):
+/// throughput, latency percentiles, Redis commands and CPU per task.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Concurrent clients.
+    #[arg(default_value_t = 50)]
+    clients: usize,
+    /// Worker slots.
+    #[arg(default_value_t = 50)]
+    slots: usize,
+    /// Tasks in total.
+    #[arg(default_value_t = 20_000)]
+    tasks: usize,
+    /// Chunks streamed per task (0 = request/response).
+    #[arg(default_value_t = 0)]
+    chunks: usize,
+}
 
 struct Zero;
 
@@ -50,15 +72,9 @@ fn info(conn: &mut redis::Connection) -> (u64, f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let clients = *args.first().unwrap_or(&50);
-    let slots = *args.get(1).unwrap_or(&50);
-    let tasks = *args.get(2).unwrap_or(&20_000);
-    let chunks = *args.get(3).unwrap_or(&0);
-    let url = rtq_examples::redis_url();
+    let args = Args::parse();
+    let url = args.redis.url::<Args>();
+    let (clients, slots, tasks, chunks) = (args.clients, args.slots, args.tasks, args.chunks);
     let queue = format!("bench{}", std::process::id());
 
     let worker = Worker::connect(&url, WorkerConfig::new(&queue).slots(slots)).await?;

@@ -13,13 +13,31 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures::StreamExt;
 use rtq_core::{
     async_trait, Client, Handler, HandlerError, StreamEvent, TaskContext, TaskRequest, Worker,
     WorkerConfig,
 };
-use rtq_examples::delay_proxy;
+use rtq_examples::{delay_proxy, RedisArgs};
 use serde_json::{json, Value};
+
+/// The reference design's published table, re-run with rtq behind a proxy
+/// that simulates the network round trip.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Simulated round trip in ms (half each way).
+    #[arg(long, env = "RTQ_BENCH_RTT_MS", default_value_t = 18)]
+    rtt_ms: u64,
+    /// Runs per row; the table shows medians.
+    #[arg(long, env = "RTQ_BENCH_RUNS", default_value_t = 3)]
+    runs: usize,
+    /// Requests per client, one after another.
+    #[arg(long, env = "RTQ_BENCH_REQUESTS", default_value_t = 100)]
+    requests: usize,
+}
 
 struct Zero;
 
@@ -119,15 +137,9 @@ async fn run_row(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let flag_num = |name: &str| rtq_examples::flag(name).and_then(|v| v.parse::<u64>().ok());
-    let rtt_ms = flag_num("rtt-ms").or(args.first().copied()).unwrap_or(18);
-    let runs = flag_num("runs").or(args.get(1).copied()).unwrap_or(3) as usize;
-    let requests = flag_num("requests").or(args.get(2).copied()).unwrap_or(100) as usize;
-    let url = rtq_examples::redis_url();
+    let args = Args::parse();
+    let url = args.redis.url::<Args>();
+    let (rtt_ms, runs, requests) = (args.rtt_ms, args.runs, args.requests);
     let parsed = url::Url::parse(&url)?;
     let target: SocketAddr = (
         parsed.host_str().unwrap_or("127.0.0.1"),

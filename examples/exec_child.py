@@ -3,50 +3,65 @@
 memory and serves several tasks at once over JSON lines.
 
 stdin  (from rtq-worker): {"type":"task","id":..,"attempt":..,"input":..,"input_ref":..,"labels":..}
-                          {"type":"cancel","id":..}
-stdout (to rtq-worker):   {"id":..,"chunk":"text"} ... then {"id":..,"result":{..}}
-                          or {"id":..,"error":"why","retryable":false}
+                          {"type":"cancel","id":..,"attempt":..}
+stdout (to rtq-worker):   {"id":..,"attempt":..,"chunk":"text"} ... then {"id":..,"attempt":..,"result":{..}}
+                          or {"id":..,"attempt":..,"error":"why","retryable":false}
+
+Every line names the task's id *and* attempt: two attempts of one task can
+be here at once (the old one winding down after a requeue, the new one
+starting), and the worker routes output and cancels by the pair. Output for
+an attempt the worker no longer runs is ignored, so a cancelled attempt may
+finish its current step before it stops.
 
 This toy model streams the words of input["prompt"] reversed, one per
-input["delay_ms"] milliseconds. input["crash"] makes the process exit (to
-show that rtq-worker restarts it), input["fail"] fails the task, and
-input["report_cancel_to"] names a file that records cancels (for tests).
+input["delay_ms"] milliseconds, after a "prefill" of input["hold_ms"]
+milliseconds in which it says nothing. A cancel stops an attempt at once,
+even in the middle of its prefill or a delay. input["crash"] makes the
+process exit (to show that rtq-worker restarts it), input["fail"] fails the
+task, input["ignore_cancel"] makes the attempt run to its end regardless,
+and input["report_cancel_to"] names a file that records cancels (for tests).
 
 Run it under a worker:
-  rtq-worker --handler exec --exec-command "python3 examples/exec_child.py" --queue llm
+  rtq-worker --redis redis://127.0.0.1:6379/ --handler exec \\
+    --exec-command "python3 examples/exec_child.py" --queue llm
 """
 import json
 import sys
 import threading
-import time
 
 out_lock = threading.Lock()
-cancelled = set()
-report_cancel_to = {}  # task id -> file to append "cancelled <id>" to (tests)
+state_lock = threading.Lock()
+cancel_events = {}  # (id, attempt) -> threading.Event, set by a cancel line
+report_cancel_to = {}  # (id, attempt) -> file to append "cancelled <id> <attempt>" to (tests)
 
 
-def emit(obj):
+def emit(key, **fields):
+    tid, attempt = key
     with out_lock:
-        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.write(json.dumps({"id": tid, "attempt": attempt, **fields}) + "\n")
         sys.stdout.flush()
 
 
-def run(task):
-    tid = task["id"]
-    inp = task.get("input") or {}
-    if inp.get("fail"):
-        emit({"id": tid, "error": str(inp["fail"]), "retryable": False})
-        return
-    words = str(inp.get("prompt", "")).split()
-    delay = inp.get("delay_ms", 0) / 1000.0
-    for word in words:
-        if tid in cancelled:
-            cancelled.discard(tid)
-            return  # the worker already ended the task; say nothing more
-        if delay:
-            time.sleep(delay)
-        emit({"id": tid, "chunk": word[::-1] + " "})
-    emit({"id": tid, "result": {"words": len(words), "attempt": task.get("attempt")}})
+def run(key, inp, cancelled):
+    if inp.get("ignore_cancel"):
+        cancelled = threading.Event()  # never set
+    try:
+        if inp.get("fail"):
+            emit(key, error=str(inp["fail"]), retryable=False)
+            return
+        words = str(inp.get("prompt", "")).split()
+        delay = inp.get("delay_ms", 0) / 1000.0
+        if cancelled.wait(inp.get("hold_ms", 0) / 1000.0):
+            return  # the worker already ended the attempt; say nothing more
+        for word in words:
+            if delay and cancelled.wait(delay) or cancelled.is_set():
+                return
+            emit(key, chunk=word[::-1] + " ")
+        emit(key, result={"words": len(words), "attempt": key[1]})
+    finally:
+        with state_lock:
+            cancel_events.pop(key, None)
+            report_cancel_to.pop(key, None)
 
 
 def main():
@@ -55,21 +70,28 @@ def main():
         if not line:
             continue
         msg = json.loads(line)
+        key = (msg.get("id"), msg.get("attempt"))
         if msg.get("type") == "cancel":
-            cancelled.add(msg["id"])
-            print(f"cancelled {msg['id']}", file=sys.stderr, flush=True)
-            path = report_cancel_to.pop(msg["id"], None)
+            with state_lock:
+                event = cancel_events.get(key)
+                path = report_cancel_to.pop(key, None)
+            if event:
+                event.set()
+            print(f"cancelled {key[0]} attempt {key[1]}", file=sys.stderr, flush=True)
             if path:
                 with open(path, "a") as f:
-                    f.write(f"cancelled {msg['id']}\n")
+                    f.write(f"cancelled {key[0]} {key[1]}\n")
         elif msg.get("type") == "task":
             inp = msg.get("input") or {}
-            if inp.get("report_cancel_to"):
-                report_cancel_to[msg["id"]] = inp["report_cancel_to"]
             if inp.get("crash"):
                 print("crashing on purpose", file=sys.stderr, flush=True)
                 sys.exit(3)
-            threading.Thread(target=run, args=(msg,), daemon=True).start()
+            cancelled = threading.Event()
+            with state_lock:
+                cancel_events[key] = cancelled
+                if inp.get("report_cancel_to"):
+                    report_cancel_to[key] = inp["report_cancel_to"]
+            threading.Thread(target=run, args=(key, inp, cancelled), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -1,42 +1,64 @@
-//! Shared bits of the rtq examples: where Redis is, which queue to use, and
-//! the delay proxy used by the benchmarks.
+//! Shared bits of the rtq examples: their command-line arguments for Redis
+//! and the queue, and the delay proxy used by the benchmarks.
+//!
+//! No example uses a Redis it was not given: the URL comes from `--redis`
+//! or `RTQ_REDIS_URL`, and without one the example stops with a usage
+//! error before it does anything. `--help` works without either.
 
 #[path = "delay_proxy.rs"]
 pub mod delay_proxy;
 
-/// The value after `--name` on the command line, if present.
-pub fn flag(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == &format!("--{name}"))
-        .and_then(|i| args.get(i + 1).cloned())
+use clap::error::ErrorKind;
+use clap::CommandFactory;
+
+/// Where Redis is. Flatten it into an example's arguments and call
+/// [`RedisArgs::url`] first thing.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL (required; no example guesses one), e.g.
+    /// redis://127.0.0.1:6379/ - use a private server for the benchmarks.
+    #[arg(
+        long,
+        env = "RTQ_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    redis: Option<String>,
 }
 
-/// Positional numeric arguments (flags and their values skipped).
-pub fn numbers() -> Vec<u64> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut out = Vec::new();
-    let mut skip = false;
-    for a in args {
-        if skip {
-            skip = false;
-        } else if a.starts_with("--") {
-            skip = true;
-        } else if let Ok(n) = a.parse() {
-            out.push(n);
+impl RedisArgs {
+    /// The Redis URL. Without one, prints a usage error for command `C`
+    /// naming `--redis` and `RTQ_REDIS_URL` and exits with status 2.
+    pub fn url<C: CommandFactory>(&self) -> String {
+        match self.redis.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => url.to_string(),
+            None => C::command()
+                .bin_name(program_name())
+                .error(
+                    ErrorKind::MissingRequiredArgument,
+                    "--redis <URL> (or RTQ_REDIS_URL) is required: the examples use no Redis \
+                     they were not given",
+                )
+                .exit(),
         }
     }
-    out
 }
 
-/// The Redis URL: `--redis URL`, else `$RTQ_REDIS_URL`, else the local default.
-pub fn redis_url() -> String {
-    flag("redis")
-        .or_else(|| std::env::var("RTQ_REDIS_URL").ok())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/".into())
+/// The name this program was started as, for usage messages.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "rtq-example".into())
 }
 
-/// The queue: `$RTQ_QUEUE` or "demo".
-pub fn queue() -> String {
-    std::env::var("RTQ_QUEUE").unwrap_or_else(|_| "demo".into())
+/// Which queue an example serves or submits to.
+#[derive(Clone, Debug, clap::Args)]
+pub struct QueueArgs {
+    /// Queue name.
+    #[arg(long, env = "RTQ_QUEUE", default_value = "demo")]
+    pub queue: String,
 }

@@ -2,13 +2,30 @@
 //! requests, some with deadlines and higher priorities, from several
 //! concurrent clients, until Ctrl-C.
 //!
-//! Run: `cargo run -p rtq-examples --example loadgen -- [clients] [tasks_per_sec]`
+//! Run: `cargo run -p rtq-examples --example loadgen -- --redis URL [clients] [tasks_per_sec]`
 
 use std::time::Duration;
 
+use clap::Parser;
 use futures::StreamExt;
 use rtq_core::{Client, TaskRequest};
+use rtq_examples::{QueueArgs, RedisArgs};
 use serde_json::json;
+
+/// A steady mix of streaming and non-streaming demo traffic until Ctrl-C.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    /// Concurrent clients.
+    #[arg(default_value_t = 4)]
+    clients: u64,
+    /// Tasks per second, all clients together.
+    #[arg(default_value_t = 10.0)]
+    tasks_per_sec: f64,
+}
 
 /// A small deterministic generator (no dependency needed for a demo).
 struct Lcg(u64);
@@ -28,14 +45,10 @@ impl Lcg {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let clients = *args.first().unwrap_or(&4);
-    let per_sec = *args.get(1).unwrap_or(&10) as f64;
-    let client = Client::connect(&rtq_examples::redis_url()).await?;
-    let queue = client.queue(&rtq_examples::queue())?;
+    let args = Args::parse();
+    let (clients, per_sec) = (args.clients, args.tasks_per_sec);
+    let client = Client::connect(&args.redis.url::<Args>()).await?;
+    let queue = client.queue(&args.queue.queue)?;
     let pause = Duration::from_secs_f64(clients as f64 / per_sec.max(0.1));
     for c in 0..clients {
         let q = queue.clone();

@@ -3,19 +3,30 @@
 //!
 //! `cargo run --release -p rtq-examples --example proxy -- --to 127.0.0.1:6379 --rtt-ms 18`
 //!
-//! then point the process at the printed `redis://` URL.
+//! then point the process at the printed `redis://` URL. `--to` is
+//! required: the proxy forwards to no Redis it was not given.
 
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Parser;
+
+/// A TCP proxy that delays every byte by half the round trip each way, in
+/// front of a Redis server.
+#[derive(Parser)]
+struct Args {
+    /// The Redis server to forward to, as host:port (required).
+    #[arg(long, env = "RTQ_PROXY_TO", value_name = "HOST:PORT")]
+    to: String,
+    /// Simulated round trip in ms (half each way).
+    #[arg(long, env = "RTQ_PROXY_RTT_MS", default_value_t = 18)]
+    rtt_ms: u64,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let to = rtq_examples::flag("to").unwrap_or_else(|| "127.0.0.1:6379".into());
-    let rtt: u64 = rtq_examples::flag("rtt-ms")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(18);
+    let Args { to, rtt_ms: rtt } = Args::parse();
     let target = to
         .to_socket_addrs()?
         .next()

@@ -2,14 +2,26 @@
 //! prompt, streaming them, and returns a summary. Stops on Ctrl-C, handing
 //! back unfinished tasks.
 //!
-//! Run: `cargo run -p rtq-examples --example worker`
+//! Run: `cargo run -p rtq-examples --example worker -- --redis redis://127.0.0.1:6379/`
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Parser;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext, Worker, WorkerConfig};
+use rtq_examples::{QueueArgs, RedisArgs};
 use serde_json::{json, Value};
+
+/// A worker with a Rust handler that streams the prompt's words in upper
+/// case; Ctrl-C stops it.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+}
 
 struct WordStreamer;
 
@@ -40,9 +52,10 @@ impl Handler for WordStreamer {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let url = args.redis.url::<Args>();
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let url = rtq_examples::redis_url();
-    let config = WorkerConfig::new(rtq_examples::queue())
+    let config = WorkerConfig::new(&args.queue.queue)
         .slots(4)
         .label("gpu", "none")
         .handler_name("example-words");
@@ -52,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "worker {} serving queue {}; Ctrl-C to stop",
         worker.id(),
-        rtq_examples::queue()
+        args.queue.queue
     );
     worker
         .run(Arc::new(WordStreamer), async {

@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, Handler, Worker, WorkerConfig};
+use rtq_core::{redact_url, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use handlers::exec::ExecHandler;
 use handlers::http::HttpHandler;
 use handlers::openai::OpenAiHandler;
+use handlers::Serve;
 use metrics::{Instrumented, Metrics};
 use upstream::UpstreamState;
 
@@ -57,14 +58,15 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 pub struct Config {
-    /// Redis URL, e.g. redis://:password@host:6379/0 (rediss:// for TLS).
+    /// Redis URL (required; there is no default Redis), e.g.
+    /// redis://:password@host:6379/0 (rediss:// for TLS).
     #[arg(
         long,
         env = "RTQ_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/",
+        value_name = "URL",
         hide_env_values = true
     )]
-    pub redis: String,
+    pub redis: Option<String>,
     /// Queue to serve.
     #[arg(long, env = "RTQ_QUEUE", default_value = "default")]
     pub queue: String,
@@ -105,6 +107,11 @@ pub struct Config {
     /// handed back to the queue.
     #[arg(long, env = "RTQ_GRACE_SECS", default_value_t = 30)]
     pub grace_secs: u64,
+    /// When a task is cancelled, expires or is reassigned, ms its handler
+    /// may take to stop on its own before it is dropped. The built-in
+    /// handlers stop at once; this bounds custom ones.
+    #[arg(long, env = "RTQ_CANCEL_GRACE_MS", default_value_t = 1000)]
+    pub cancel_grace_ms: u64,
     /// Labels shown in the console, as key=value (repeatable), e.g. gpu=A100.
     #[arg(long = "label", env = "RTQ_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -137,6 +144,18 @@ impl Config {
     /// # Errors
     /// A message for the operator.
     pub fn validate(&self) -> Result<(), String> {
+        if self
+            .redis
+            .as_deref()
+            .filter(|url| !url.is_empty())
+            .is_none()
+        {
+            return Err(
+                "--redis <URL> (or RTQ_REDIS_URL) is required: the Redis that holds \
+                 the queue, e.g. redis://:password@host:6379/0"
+                    .into(),
+            );
+        }
         match self.handler {
             HandlerKind::Http | HandlerKind::Openai if self.upstream_url.is_none() => Err(format!(
                 "--handler {} needs --upstream-url (or RTQ_UPSTREAM_URL)",
@@ -190,16 +209,18 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 /// Bad configuration, or Redis unreachable at start (password redacted).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let redis_url = config.redis.clone().unwrap_or_default();
     let mut wc = WorkerConfig::new(&config.queue)
         .slots(config.concurrency)
         .lease(Duration::from_millis(config.lease_ms.max(100)))
         .grace(Duration::from_secs(config.grace_secs))
         .handler_name(config.handler_name());
+    wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
     wc.labels = parse_labels(&config.labels)?;
     if let Some(id) = &config.worker_id {
         wc = wc.worker_id(id);
     }
-    let redacted = redact_url(&config.redis);
+    let redacted = redact_url(&redis_url);
     let probe_listener = match config.probe_addr.as_str() {
         "off" => None,
         addr => Some(
@@ -208,24 +229,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on --probe-addr {addr}"))?,
         ),
     };
-    let worker = Worker::connect(&config.redis, wc)
+    let worker = Worker::connect(&redis_url, wc)
         .await
         .with_context(|| format!("starting the worker against {redacted}"))?;
     tracing::info!(worker_id = worker.id(), redis = %redacted, queue = %config.queue, handler = %config.handler_name(), "connected");
 
     let stop = CancellationToken::new();
     let probe_configured = config.health_url.is_some() || config.handler == HandlerKind::Openai;
-    let upstream = UpstreamState::new(
-        worker.intake(),
-        (!probe_configured).then(|| Duration::from_millis(config.health_interval_ms.max(50))),
-    );
+    let retry_after =
+        (!probe_configured).then(|| Duration::from_millis(config.health_interval_ms.max(50)));
+    // The exec handler's tasks cannot run before its child does: intake
+    // stays off until the supervisor reports the child running.
+    let upstream = if config.handler == HandlerKind::Exec {
+        UpstreamState::awaiting_child(worker.intake(), retry_after)
+    } else {
+        UpstreamState::new(worker.intake(), retry_after)
+    };
+    let mut exec_supervisor = None;
     let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
     if config.upstream_timeout_secs > 0 {
         http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
     }
     let http = http.build().context("building the HTTP client")?;
     let url = config.upstream_url.clone().unwrap_or_default();
-    let (handler, health_url): (Arc<dyn Handler>, Option<String>) = match config.handler {
+    let (handler, health_url): (Arc<dyn Serve>, Option<String>) = match config.handler {
         HandlerKind::Mock => (
             Arc::new(MockHandler::new(MockSettings {
                 latency: Duration::from_millis(config.mock_latency_ms),
@@ -253,14 +280,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 )
             })),
         ),
-        HandlerKind::Exec => (
-            Arc::new(ExecHandler::start(
+        HandlerKind::Exec => {
+            let (handler, supervisor) = ExecHandler::start(
                 config.exec_command.clone().unwrap_or_default(),
                 Arc::clone(&upstream),
                 stop.clone(),
-            )),
-            config.health_url.clone(),
-        ),
+            );
+            exec_supervisor = Some(supervisor);
+            (Arc::new(handler), config.health_url.clone())
+        }
     };
     if let Some(health_url) = health_url {
         tokio::spawn(upstream::probe_loop(
@@ -287,6 +315,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handler = Arc::new(Instrumented::new(handler, metrics));
     let result = worker.run(handler, shutdown_signal()).await;
     stop.cancel();
+    if let Some(supervisor) = exec_supervisor {
+        // The child's process group must be gone before this process is.
+        let _ = supervisor.await;
+    }
     result?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext, WorkerStatus};
 use serde_json::Value;
 
+use crate::handlers::{run_until_stopped, Run, Serve};
 use crate::upstream::UpstreamState;
 
 /// Label set of the task counter.
@@ -100,16 +101,17 @@ impl Metrics {
     }
 }
 
-/// Wraps a handler: times it and counts `done`, `failed` or `stopped`
-/// (dropped because the task was cancelled, expired or reassigned).
+/// Wraps a built-in handler: runs it until the task ends or must stop
+/// ([`run_until_stopped`]), times it and counts `done`, `failed` or
+/// `stopped` (cancelled, expired or reassigned).
 pub struct Instrumented {
-    inner: Arc<dyn Handler>,
+    inner: Arc<dyn Serve>,
     metrics: Arc<Metrics>,
 }
 
 impl Instrumented {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Handler>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: Arc<dyn Serve>, metrics: Arc<Metrics>) -> Self {
         Self { inner, metrics }
     }
 }
@@ -137,12 +139,14 @@ impl Handler for Instrumented {
             started: Instant::now(),
             finished: false,
         };
-        let result = self.inner.handle(task).await;
+        let run = run_until_stopped(&task, self.inner.serve(&task)).await;
         guard.finished = true;
-        self.metrics.record(
-            if result.is_ok() { "done" } else { "failed" },
-            guard.started,
-        );
-        result
+        let outcome = match &run {
+            Run::Ended(Ok(_)) => "done",
+            Run::Ended(Err(_)) => "failed",
+            Run::Stopped(_) => "stopped",
+        };
+        self.metrics.record(outcome, guard.started);
+        run.into_result()
     }
 }

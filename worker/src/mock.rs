@@ -1,10 +1,14 @@
 //! The `mock` handler: a simulated model for demos, tests and benchmarks.
 //! Input fields override the defaults: `max_tokens`, `fail` (a reason).
+//! Like a real model it stops at once when the task is cancelled, even in
+//! the middle of its latency or between tokens.
 
 use std::time::Duration;
 
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
+
+use crate::handlers::{run_until_stopped, Serve};
 
 /// How the simulated model behaves.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +55,15 @@ fn unit_from(id: &str) -> f64 {
 #[async_trait]
 impl Handler for MockHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
+    }
+}
+
+#[async_trait]
+impl Serve for MockHandler {
+    async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let input = task.input().cloned().unwrap_or(Value::Null);
         if let Some(reason) = input["fail"].as_str() {
             return Err(HandlerError::fatal(reason));

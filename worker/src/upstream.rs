@@ -1,78 +1,156 @@
-//! Upstream health: a probe of the inference server that switches the
-//! worker's intake off while the server is down (so a node whose model
-//! crashed never drains the queue into failures) and back on when it
-//! answers again. Handlers report connection failures at once.
+//! Upstream health: whether the worker can serve tasks right now. Two
+//! things decide it: the inference server answers (health probe, or the
+//! last request), and, for the exec handler, its child process is running.
+//! While either is false the worker's intake is off, so a node whose model
+//! crashed or is restarting never drains the queue into failures; intake
+//! comes back on when both hold again. Handlers report connection failures
+//! at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtq_core::IntakeSwitch;
 use tokio_util::sync::CancellationToken;
 
-/// Whether the upstream is up, shared by the probe, handlers and endpoints.
+/// The two conditions and the last reason the upstream was down.
+struct Health {
+    /// The inference server answers (probe or request).
+    answering: bool,
+    /// The exec child is running; always true for other handlers.
+    child_running: bool,
+    /// Why it was last considered down.
+    last_error: String,
+}
+
+impl Health {
+    fn up(&self) -> bool {
+        self.answering && self.child_running
+    }
+}
+
+/// Whether the upstream is up, shared by the probe, handlers, the exec
+/// supervisor and endpoints.
 pub struct UpstreamState {
-    up: AtomicBool,
-    last_error: Mutex<String>,
+    health: Mutex<Health>,
     intake: IntakeSwitch,
     /// Without a health probe nothing would ever mark the upstream up
     /// again: after this long, intake resumes on trial (the next request
     /// tells).
-    retry_after: Option<std::time::Duration>,
+    retry_after: Option<Duration>,
 }
 
 impl UpstreamState {
     /// Starts as up; the first probe (or request) corrects it.
     /// `retry_after` is for workers without a probe (see the field).
     pub fn new(intake: IntakeSwitch, retry_after: Option<Duration>) -> Arc<Self> {
+        Self::build(intake, retry_after, true, String::new())
+    }
+
+    /// Starts down, intake off, until [`child_started`](Self::child_started):
+    /// for the exec handler, whose tasks cannot run before its child does.
+    pub fn awaiting_child(intake: IntakeSwitch, retry_after: Option<Duration>) -> Arc<Self> {
+        Self::build(
+            intake,
+            retry_after,
+            false,
+            "exec child is starting".to_string(),
+        )
+    }
+
+    fn build(
+        intake: IntakeSwitch,
+        retry_after: Option<Duration>,
+        child_running: bool,
+        last_error: String,
+    ) -> Arc<Self> {
+        intake.set(child_running);
         Arc::new(Self {
-            up: AtomicBool::new(true),
-            last_error: Mutex::new(String::new()),
+            health: Mutex::new(Health {
+                answering: true,
+                child_running,
+                last_error,
+            }),
             intake,
             retry_after,
         })
     }
 
-    /// True while the upstream answers.
+    /// Applies `change` and switches intake to match, under one lock so
+    /// concurrent reports cannot leave intake out of step. Returns whether
+    /// the upstream was up before and is up after.
+    fn update(&self, change: impl FnOnce(&mut Health)) -> (bool, bool) {
+        let Ok(mut h) = self.health.lock() else {
+            return (false, false);
+        };
+        let before = h.up();
+        change(&mut h);
+        let after = h.up();
+        self.intake.set(after);
+        (before, after)
+    }
+
+    /// True while the upstream answers and (exec) its child runs.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.health.lock().map(|h| h.up()).unwrap_or(false)
     }
 
     /// Why it was last considered down.
     pub fn last_error(&self) -> String {
-        self.last_error
+        self.health
             .lock()
-            .map(|e| e.clone())
+            .map(|h| h.last_error.clone())
             .unwrap_or_default()
     }
 
-    /// Marks the upstream up and resumes intake.
+    /// The inference server answered: resumes intake unless the exec child
+    /// is down.
     pub fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::AcqRel) {
+        if let (false, true) = self.update(|h| h.answering = true) {
             tracing::info!("upstream is back; taking tasks again");
         }
-        self.intake.set(true);
     }
 
-    /// Marks the upstream down and stops intake.
+    /// The inference server did not answer: stops intake.
     pub fn mark_down(self: &Arc<Self>, why: &str) {
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = why.to_string();
-        }
-        let was_up = self.up.swap(false, Ordering::AcqRel);
-        if was_up {
+        let mut was_answering = false;
+        let (before, _) = self.update(|h| {
+            was_answering = h.answering;
+            h.answering = false;
+            h.last_error = why.to_string();
+        });
+        if before {
             tracing::warn!(reason = why, "upstream is down; taking no new tasks");
         }
-        self.intake.set(false);
-        if let (true, Some(after)) = (was_up, self.retry_after) {
+        if let (true, Some(after)) = (was_answering, self.retry_after) {
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                if !me.is_up() {
+                let answering = me.health.lock().map(|h| h.answering).unwrap_or(true);
+                if !answering {
                     tracing::info!("retrying the upstream with the next task");
                     me.mark_up();
                 }
             });
+        }
+    }
+
+    /// The exec child runs and reads its stdin: resumes intake unless the
+    /// inference server's probe fails.
+    pub fn child_started(&self) {
+        if let (false, true) = self.update(|h| h.child_running = true) {
+            tracing::info!("exec child is running; taking tasks");
+        }
+    }
+
+    /// The exec child is gone (crashed, restarting, shutting down): stops
+    /// intake until [`child_started`](Self::child_started).
+    pub fn child_stopped(&self, why: &str) {
+        let (before, _) = self.update(|h| {
+            h.child_running = false;
+            h.last_error = why.to_string();
+        });
+        if before {
+            tracing::warn!(reason = why, "exec child is down; taking no new tasks");
         }
     }
 }

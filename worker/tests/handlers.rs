@@ -449,15 +449,323 @@ async fn cancelling_an_exec_task_tells_the_child() {
     ));
     q.cancel(stream.id(), "stop").await.unwrap();
     let (path, id) = (dir.clone(), stream.id().to_string());
+    eventually(
+        "the child received the cancel line naming the attempt",
+        move || {
+            let (path, id) = (path.clone(), id.clone());
+            async move {
+                std::fs::read_to_string(&path)
+                    .map(|s| s.contains(&format!("cancelled {id} 1")))
+                    .unwrap_or(false)
+            }
+            .boxed()
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&dir);
+}
+
+/// A cancel grace long enough that a handler which does not stop on its own
+/// keeps its upstream work going far beyond every patience bound here.
+const TEN_MINUTES_MS: &str = "600000";
+
+fn exec_child_command() -> String {
+    let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
+    format!("python3 {child}")
+}
+
+/// A fresh path in the temp dir for files a test's processes write.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("rtq-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+async fn wait_running(q: &rtq_core::Queue, id: &str) {
+    let (q, id) = (q.clone(), id.to_string());
+    eventually("the task is running", move || {
+        let (q, id) = (q.clone(), id.clone());
+        async move { q.status(&id).await.unwrap().state == TaskState::Running }.boxed()
+    })
+    .await;
+}
+
+/// Submits `input`, waits until the upstream has the request, cancels the
+/// task and waits until the upstream saw its connection closed.
+async fn cancel_when_requested(q: &rtq_core::Queue, up: &Arc<Upstream>, input: serde_json::Value) {
+    let (requests, closed) = (
+        up.requests.load(Ordering::SeqCst),
+        up.closed_early.load(Ordering::SeqCst),
+    );
+    let sub = q.submit(TaskRequest::json(input)).await.unwrap();
+    let u = Arc::clone(up);
+    eventually("the upstream has the request", move || {
+        let u = Arc::clone(&u);
+        async move { u.requests.load(Ordering::SeqCst) > requests }.boxed()
+    })
+    .await;
+    q.cancel(&sub.id, "user closed the tab").await.unwrap();
+    let u = Arc::clone(up);
+    eventually(
+        "the upstream saw its connection closed (long before the cancel grace)",
+        move || {
+            let u = Arc::clone(&u);
+            async move { u.closed_early.load(Ordering::SeqCst) > closed }.boxed()
+        },
+    )
+    .await;
+    assert_eq!(q.status(&sub.id).await.unwrap().state, TaskState::Cancelled);
+}
+
+#[tokio::test]
+async fn cancelling_a_silent_http_request_closes_the_upstream_connection_at_once() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    let base = start_upstream(Arc::clone(&up)).await;
+    let url = format!("{base}/generate");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "sh",
+            "--handler",
+            "http",
+            "--upstream-url",
+            &url,
+            "--cancel-grace-ms",
+            TEN_MINUTES_MS,
+            "--probe-addr",
+            &addr,
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("sh").unwrap();
+    // A stream that has begun but carries no token yet, then a JSON answer
+    // that never completes: in neither case does the handler get to send a
+    // chunk and notice the cancel that way.
+    cancel_when_requested(&q, &up, json!({"mode": "stall"})).await;
+    cancel_when_requested(&q, &up, json!({"mode": "stall_json"})).await;
+    let metrics = format!("http://{addr}/metrics");
+    eventually("both are counted as stopped, not failed", move || {
+        let metrics = metrics.clone();
+        async move {
+            let Ok(resp) = reqwest::get(&metrics).await else {
+                return false;
+            };
+            let text = resp.text().await.unwrap_or_default();
+            text.contains("rtq_worker_tasks_total{outcome=\"stopped\"} 2")
+                && !text.contains("outcome=\"failed\"")
+        }
+        .boxed()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_silent_openai_request_closes_the_upstream_connection_at_once() {
+    let redis = RedisServer::start();
+    let up = Arc::new(Upstream::default());
+    up.healthy.store(true, Ordering::SeqCst);
+    let base = start_upstream(Arc::clone(&up)).await;
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "so",
+            "--handler",
+            "openai",
+            "--upstream-url",
+            &base,
+            "--openai-model",
+            "tiny",
+            "--cancel-grace-ms",
+            TEN_MINUTES_MS,
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("so").unwrap();
+    cancel_when_requested(&q, &up, json!({"prompt": "x", "stall": true})).await;
+}
+
+#[tokio::test]
+async fn cancelling_a_mock_task_frees_its_slot_at_once() {
+    let redis = RedisServer::start();
+    // One slot; 1000 s per token.
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "sm",
+            "--mock-tokens-per-sec",
+            "0.001",
+            "--cancel-grace-ms",
+            TEN_MINUTES_MS,
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("sm").unwrap();
+    let slow = q
+        .submit(TaskRequest::json(json!({"max_tokens": 1})))
+        .await
+        .unwrap();
+    wait_running(&q, &slow.id).await;
+    q.cancel(&slow.id, "stop").await.unwrap();
+    // The only slot serves the next task only once the cancelled one let go.
+    let out = within(q.run(TaskRequest::json(json!({"max_tokens": 0}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["model"], "mock");
+}
+
+#[tokio::test]
+async fn cancelling_a_silent_exec_task_sends_the_child_its_cancel_line_at_once() {
+    let redis = RedisServer::start();
+    let cmd = exec_child_command();
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "se",
+            "--handler",
+            "exec",
+            "--exec-command",
+            &cmd,
+            "--cancel-grace-ms",
+            TEN_MINUTES_MS,
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("se").unwrap();
+    let report = scratch("exec-silent-cancel");
+    // Ten minutes of silent prefill before the first token.
+    let sub = q
+        .submit(TaskRequest::json(json!({
+            "prompt": "never said",
+            "hold_ms": 600_000,
+            "report_cancel_to": report.to_string_lossy(),
+        })))
+        .await
+        .unwrap();
+    wait_running(&q, &sub.id).await;
+    q.cancel(&sub.id, "stop").await.unwrap();
+    let (path, id) = (report.clone(), sub.id.clone());
     eventually("the child received the cancel line", move || {
         let (path, id) = (path.clone(), id.clone());
         async move {
             std::fs::read_to_string(&path)
-                .map(|s| s.contains(&id))
+                .map(|s| s.contains(&format!("cancelled {id} 1")))
                 .unwrap_or(false)
         }
         .boxed()
     })
     .await;
-    let _ = std::fs::remove_file(&dir);
+    let _ = std::fs::remove_file(&report);
+}
+
+#[tokio::test]
+async fn output_of_a_requeued_attempt_still_running_in_the_child_does_not_reach_the_next_attempt() {
+    let redis = RedisServer::start();
+    let cmd = exec_child_command();
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "ra",
+            "--handler",
+            "exec",
+            "--exec-command",
+            &cmd,
+            "--concurrency",
+            "2",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q = client.queue("ra").unwrap();
+    // The child cannot abort a step: attempt 1 keeps talking after its
+    // cancel, and ends before attempt 2 (which started later) does.
+    let words: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    let mut stream = q
+        .stream(TaskRequest::json(json!({
+            "prompt": words.join(" "),
+            "delay_ms": 50,
+            "ignore_cancel": true,
+        })))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(stream.next()).await,
+        Some(Ok(StreamEvent::Chunk(_)))
+    ));
+    admin.requeue("ra", stream.id()).await.unwrap();
+    let (out, text) = within(stream.collect_text()).await.unwrap();
+    // Usually attempt 2. rtq-core's slot bookkeeping keys running tasks by
+    // id alone, so attempt 1 ending after attempt 2 started can unlist
+    // attempt 2, which is then requeued as an orphan a lease later (a core
+    // bug, reported): a later attempt may finish the task. Whichever it is,
+    // the result must be its own.
+    assert!(out.attempt >= 2, "finished by attempt {}", out.attempt);
+    assert_eq!(
+        out.result["attempt"], out.attempt,
+        "the result is the finishing attempt's, not the old attempt's"
+    );
+    let expected: String = words
+        .iter()
+        .map(|w| format!("{} ", w.chars().rev().collect::<String>()))
+        .collect();
+    assert_eq!(text, expected, "attempt 2's tokens, each once");
+}
+
+#[tokio::test]
+async fn no_process_of_the_exec_child_survives_a_restart_or_the_worker_shutdown() {
+    let redis = RedisServer::start();
+    let sleepers = ListedProcesses {
+        path: scratch("exec-group-pids"),
+        comm: "sleep",
+    };
+    // `sh` runs a "model" in the background next to the child (and, being
+    // dash, may not exec the child either): killing only `sh` would leave
+    // them running.
+    let cmd = format!(
+        "sleep 1000 & echo $! >> {}; {}",
+        sleepers.path.display(),
+        exec_child_command()
+    );
+    let mut worker = start_worker(
+        &redis,
+        &["--queue", "pg", "--handler", "exec", "--exec-command", &cmd],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("pg").unwrap();
+    within(q.run(TaskRequest::json(json!({"prompt": "up"}))))
+        .await
+        .unwrap();
+    let first = sleepers.pids();
+    assert_eq!(first.len(), 1, "one child started: {first:?}");
+    assert!(process_runs(first[0], "sleep"));
+
+    // The child crashes: the rest of its group goes before the restart.
+    let err = within(q.run(TaskRequest::json(json!({"crash": true})).max_attempts(1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exited"), "{err}");
+    within(q.run(TaskRequest::json(json!({"prompt": "again"}))))
+        .await
+        .unwrap();
+    let both = sleepers.pids();
+    assert_eq!(both.len(), 2, "restarted once: {both:?}");
+    assert!(
+        !process_runs(first[0], "sleep"),
+        "the first child's group outlived the restart"
+    );
+    assert!(process_runs(both[1], "sleep"));
+
+    // SIGTERM: the worker exits only after the child's group is gone.
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(worker.wait_exit().success());
+    assert!(
+        !process_runs(both[1], "sleep"),
+        "the child's group outlived the worker"
+    );
 }

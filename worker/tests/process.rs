@@ -1,34 +1,38 @@
 //! The real rtq-worker binary as operators run it: kill -9 mid-task (the
-//! task finishes on another worker process) and SIGTERM hand-back.
+//! task finishes on another worker process), SIGTERM hand-back, and its
+//! command line. Every process is held by a [`ChildGuard`].
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use rtq_core::{Client, TaskRequest, TaskState};
 use rtq_testkit::RedisServer;
 use serde_json::json;
+use support::ChildGuard;
 
-fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
-        .args([
-            "--queue",
-            queue,
-            "--worker-id",
-            id,
-            "--lease-ms",
-            "1000",
-            "--grace-secs",
-            "0",
-            "--probe-addr",
-            "off",
-        ])
-        .args(extra)
-        .env("RTQ_REDIS_URL", redis.url())
-        .env("RTQ_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rtq-worker starts")
+fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
+    cmd.args([
+        "--queue",
+        queue,
+        "--worker-id",
+        id,
+        "--lease-ms",
+        "1000",
+        "--grace-secs",
+        "0",
+        "--probe-addr",
+        "off",
+    ])
+    .args(extra)
+    .env("RTQ_REDIS_URL", redis.url())
+    .env("RTQ_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    ChildGuard::spawn(&mut cmd)
 }
 
 async fn wait_state(q: &rtq_core::Queue, id: &str, want: TaskState, worker: Option<&str>) {
@@ -83,11 +87,8 @@ async fn sigterm_hands_unfinished_tasks_back_at_once() {
     let mut a = spawn_worker(&redis, "drain", "node-a", &["--mock-latency-ms", "60000"]);
     let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
     wait_state(&q, &sub.id, TaskState::Running, Some("node-a")).await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(a.id().to_string())
-        .status();
-    let status = a.wait().unwrap();
+    a.signal(Signal::SIGTERM);
+    let status = a.wait_exit();
     assert!(status.success(), "clean exit: {status}");
     // Grace 0: handed back at once and queued again. The interrupted
     // attempt counts (a fleet that keeps scaling down must not restart a
@@ -106,15 +107,22 @@ async fn sigterm_hands_unfinished_tasks_back_at_once() {
 fn help_and_bad_redis_are_clear() {
     let help = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
         .arg("--help")
+        .env_remove("RTQ_REDIS_URL")
         .output()
         .unwrap();
+    assert!(help.status.success(), "--help needs nothing: {help:?}");
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(
         text.contains("RTQ_REDIS_URL") && text.contains("--concurrency"),
         "{text}"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
-        .args(["--redis", "redis://:topsecret@127.0.0.1:1/"])
+        .args([
+            "--redis",
+            "redis://:topsecret@127.0.0.1:1/",
+            "--probe-addr",
+            "off",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -122,5 +130,24 @@ fn help_and_bad_redis_are_clear() {
     assert!(
         err.contains("cannot reach Redis") && !err.contains("topsecret"),
         "{err}"
+    );
+}
+
+#[test]
+fn without_a_redis_url_the_worker_refuses_to_start_and_says_how_to_give_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
+        .args(["--queue", "q", "--probe-addr", "off"])
+        .env_remove("RTQ_REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--redis") && err.contains("RTQ_REDIS_URL") && err.contains("required"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot reach Redis"),
+        "it must not try a Redis it was not given: {err}"
     );
 }

@@ -10,7 +10,8 @@
 //!
 //! Without an explicit result, a stream's result is `{"chunks": n}`. The
 //! task id is sent in the `X-Rtq-Task-Id` header. Cancelling the task drops
-//! the request, which closes the connection to the upstream.
+//! the request at once, even while the upstream is silent, which closes the
+//! connection to the upstream.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, status_failed};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
 use crate::upstream::UpstreamState;
 
 /// POSTs tasks to one URL.
@@ -52,6 +53,15 @@ pub(crate) fn body_of(task: &TaskContext) -> Value {
 #[async_trait]
 impl Handler for HttpHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
+    }
+}
+
+#[async_trait]
+impl Serve for HttpHandler {
+    async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let resp = self
             .client
             .post(&self.url)
@@ -60,7 +70,7 @@ impl Handler for HttpHandler {
                 reqwest::header::ACCEPT,
                 "application/json, text/event-stream, application/x-ndjson",
             )
-            .json(&body_of(&task))
+            .json(&body_of(task))
             .send()
             .await
             .map_err(|e| request_failed(e, &self.url, &self.upstream))?;
@@ -71,9 +81,9 @@ impl Handler for HttpHandler {
             return Err(status_failed(status, &text));
         }
         match media_type(&resp).as_str() {
-            "text/event-stream" => sse(resp, &task).await,
+            "text/event-stream" => sse(resp, task).await,
             "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
-                ndjson(resp, &task).await
+                ndjson(resp, task).await
             }
             _ => {
                 let bytes = resp

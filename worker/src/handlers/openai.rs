@@ -3,7 +3,9 @@
 //! `/v1/chat/completions`, input with `prompt` to `/v1/completions`; the
 //! request always streams, token deltas become chunks, and the result is
 //! `{"text", "finish_reason", "usage", "model"}`. The server's error
-//! message becomes the task's failure reason.
+//! message becomes the task's failure reason. Cancelling the task drops the
+//! request at once (even during a silent prefill), which closes the
+//! connection; OpenAI-compatible servers abort the generation on that.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, status_failed};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
 use crate::upstream::UpstreamState;
 
 /// Talks to one OpenAI-compatible server.
@@ -69,6 +71,15 @@ fn choice_text(choice: &Value) -> Option<&str> {
 #[async_trait]
 impl Handler for OpenAiHandler {
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        run_until_stopped(&task, self.serve(&task))
+            .await
+            .into_result()
+    }
+}
+
+#[async_trait]
+impl Serve for OpenAiHandler {
+    async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
         let mut body = match task.input() {
             Some(Value::Object(map)) => map.clone(),
             _ => {

@@ -1,12 +1,15 @@
 //! Shared support for worker tests: a real upstream HTTP server (plain
-//! endpoint and OpenAI-compatible), and spawning the real rtq-worker binary.
+//! endpoint and OpenAI-compatible), spawning the real rtq-worker binary
+//! under a [`ChildGuard`], and checks on processes.
 #![allow(dead_code)]
 
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,6 +17,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rtq_testkit::RedisServer;
 use serde_json::{json, Value};
 
@@ -81,6 +86,12 @@ fn streamed(
         .into_response()
 }
 
+/// A response that sends `filler` every 50 ms for ten minutes and never
+/// any data: only a client that goes away ends it early.
+fn stalled(content_type: &'static str, filler: &str, up: Arc<Upstream>) -> Response {
+    streamed(content_type, vec![filler.to_string(); 12_000], 50, up)
+}
+
 /// POST /generate: answers according to input["mode"].
 async fn generate(State(up): State<Arc<Upstream>>, Json(input): Json<Value>) -> Response {
     up.requests.fetch_add(1, Ordering::SeqCst);
@@ -103,6 +114,12 @@ async fn generate(State(up): State<Arc<Upstream>>, Json(input): Json<Value>) -> 
             let parts: Vec<String> = (0..10_000).map(|i| format!("data: slow{i}\n\n")).collect();
             streamed("text/event-stream", parts, 20, up)
         }
+        // A model in a long prefill: the response has begun but carries no
+        // data yet (SSE comments only, which is also how a vanished client
+        // is noticed: the next write fails).
+        "stall" => stalled("text/event-stream", ": still thinking\n\n", up),
+        // A non-streaming answer that never completes (JSON whitespace).
+        "stall_json" => stalled("application/json", " ", up),
         "garbage" => (
             [(header::CONTENT_TYPE, "application/json")],
             "<html>oops</html>",
@@ -136,6 +153,9 @@ async fn openai(State(up): State<Arc<Upstream>>, Json(body): Json<Value>, chat: 
             .into_response();
     }
     assert_eq!(body["stream"], true, "the worker always streams");
+    if body["stall"] == true {
+        return stalled("text/event-stream", ": prefill\n\n", up);
+    }
     let words = ["Hel", "lo", " there"];
     let mut parts = Vec::new();
     if chat {
@@ -204,35 +224,144 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The real rtq-worker binary, killed on drop.
-pub struct WorkerProcess {
-    pub child: Child,
+/// How long a test waits for a process to exit.
+pub const EXIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A child process of a test, stopped and reaped on drop, on every exit
+/// path of the test (a failed assertion included), so no rtq-worker (nor
+/// its exec child) outlives it: SIGTERM first, so that an rtq-worker stops
+/// its own children, then SIGKILL if it is still running after
+/// [`EXIT_PATIENCE`]. Derefs to the [`Child`].
+pub struct ChildGuard {
+    child: Child,
 }
 
-impl Drop for WorkerProcess {
+impl ChildGuard {
+    /// Spawns `cmd`.
+    ///
+    /// # Panics
+    /// If it cannot be started.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self { child }
+    }
+
+    /// Sends `signal` to the process (not to its children).
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Waits until the process has exited.
+    ///
+    /// # Panics
+    /// If it is still running after [`EXIT_PATIENCE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.exit_within(EXIT_PATIENCE)
+            .unwrap_or_else(|| panic!("process {} did not exit", self.child.id()))
+    }
+
+    fn exit_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        if self.exit_within(EXIT_PATIENCE).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
 /// Starts rtq-worker against `redis` with `args` (probe endpoint off
 /// unless the args set one).
-pub fn start_worker(redis: &RedisServer, args: &[&str]) -> WorkerProcess {
+pub fn start_worker(redis: &RedisServer, args: &[&str]) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
     cmd.args(["--lease-ms", "1000", "--grace-secs", "0"]);
     if !args.contains(&"--probe-addr") {
         cmd.args(["--probe-addr", "off"]);
     }
-    let child = cmd
-        .args(args)
+    cmd.args(args)
         .env("RTQ_REDIS_URL", redis.url())
         .env("RTQ_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rtq-worker starts");
-    WorkerProcess { child }
+        .stderr(Stdio::null());
+    ChildGuard::spawn(&mut cmd)
+}
+
+/// Processes whose pids a test's child processes list in a file, one per
+/// line: on drop, those still running `comm` are killed (a failing test
+/// must not leave them behind) and the file is removed.
+pub struct ListedProcesses {
+    /// The file of pids.
+    pub path: std::path::PathBuf,
+    /// The program they run.
+    pub comm: &'static str,
+}
+
+impl ListedProcesses {
+    /// The pids listed so far.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for ListedProcesses {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if process_runs(pid, self.comm) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// True while process `pid` runs `comm` (a zombie, or a pid now used by
+/// another program, does not count).
+pub fn process_runs(pid: u32, comm: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let open = stat.find('(')?;
+            let close = stat.rfind(')')?;
+            let state = stat[close + 1..].split_whitespace().next()?.to_string();
+            Some((stat[open + 1..close].to_string(), state))
+        })
+        .is_some_and(|(name, state)| name == comm && state != "Z" && state != "X")
 }
 
 /// Polls `check` every 20 ms until it holds, or panics after 20 s.
