@@ -700,12 +700,10 @@ async fn output_of_a_requeued_attempt_still_running_in_the_child_does_not_reach_
     ));
     admin.requeue("ra", stream.id()).await.unwrap();
     let (out, text) = within(stream.collect_text()).await.unwrap();
-    // Usually attempt 2. rtq-core's slot bookkeeping keys running tasks by
-    // id alone, so attempt 1 ending after attempt 2 started can unlist
-    // attempt 2, which is then requeued as an orphan a lease later (a core
-    // bug, reported): a later attempt may finish the task. Whichever it is,
-    // the result must be its own.
-    assert!(out.attempt >= 2, "finished by attempt {}", out.attempt);
+    // Attempt 2, on the same worker while attempt 1 winds down: the worker
+    // tracks attempts by (id, attempt), so attempt 1's end never unlists
+    // attempt 2 (which would get it swept as an orphan and restarted).
+    assert_eq!(out.attempt, 2, "finished by attempt {}", out.attempt);
     assert_eq!(
         out.result["attempt"], out.attempt,
         "the result is the finishing attempt's, not the old attempt's"

@@ -173,6 +173,11 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                         biased;
                         outcome = &mut work => break match outcome {
                             Ok(Ok(value)) => Ending::Result(value),
+                            // An error after a stop is the stop, never a
+                            // failure of the handler.
+                            Ok(Err(_)) if stop.reason().is_some() => {
+                                Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
+                            }
                             Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
                             Err(panic) => Ending::Failed {
                                 message: format!("handler panicked: {}", panic_message(&panic)),

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use rtq_core::{async_trait, HandlerError, Stopped, TaskContext};
+use rtq_core::{async_trait, HandlerError, StopReason, Stopped, TaskContext};
 use serde_json::Value;
 
 use crate::upstream::{describe, UpstreamState};
@@ -74,7 +74,9 @@ pub async fn run_until_stopped(
     let stopped = tokio::select! {
         biased;
         () = task.cancelled() => Stopped {
-            reason: task.stop_reason().unwrap_or_else(|| "cancelled".into()),
+            reason: task.stop_reason().unwrap_or(StopReason::Cancelled {
+                reason: "cancelled".into(),
+            }),
         },
         outcome = work => return Run::Ended(outcome),
     };
