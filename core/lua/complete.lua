@@ -64,12 +64,15 @@ local function complete(keys, args)
 
   local h = load_task(id)
   local mark = att .. '@' .. wid
-  if h and h.ca == mark then
-    local state = h.st
-    local status = (state == 'cancelled' or state == 'expired') and 'ENDED' or 'OK'
-    local msg = ''
-    if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
-    return {status, msg, num(h.nc), state}
+  if h then
+    -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
+    -- attempt: a retry replays that answer.
+    local done_status, done_mark = string.match(h.ca, '^(%u+) (.+)$')
+    if done_mark == mark then
+      local msg = ''
+      if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
+      return {done_status, msg, num(h.nc), h.st}
+    end
   end
   local status = check_write(h, wid, att, seq0, #chunks, bytes)
   if status == 'FENCED' then return {'FENCED', '', 0, h.st} end
@@ -90,7 +93,7 @@ local function complete(keys, args)
     end
   end
   if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, ''} end
-  local extra = {'ca', mark, 'nx', next_id}
+  local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_id}
   if status == 'ENDED' then
     redis.call('HSET', tkey(id), unpack(extra))
     return {'ENDED', msg, num(h.nc), h.st}

@@ -10,7 +10,10 @@ use rtq_core::{async_trait, Handler, HandlerError, TaskContext, Worker, WorkerCo
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+#[allow(unused_imports)]
 pub use rtq_testkit::RedisServer;
+
+pub mod proto;
 
 /// What the scripted handler saw, reported to the test.
 #[derive(Debug, Clone, PartialEq)]
