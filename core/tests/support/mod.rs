@@ -31,7 +31,8 @@ pub enum Seen {
 
 /// A handler driven by its input:
 /// `{"chunks": n, "chunk": "text", "delay_ms": d, "hold": true, "fail": "why",
-///   "retryable": bool, "panic": true}`.
+///   "retryable": bool, "panic": true, "fail_on": "<worker id>"}` (the last
+/// fails retryably on that worker only).
 pub struct Scripted {
     pub worker: String,
     pub seen: mpsc::UnboundedSender<Seen>,
@@ -71,6 +72,9 @@ impl Handler for Scripted {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             task.send(format!("{text}{i} ")).await?;
+        }
+        if input["fail_on"].as_str() == Some(self.worker.as_str()) {
+            return Err(HandlerError::retryable(format!("{} is broken", self.worker)));
         }
         if let Some(why) = input["fail"].as_str() {
             return Err(if input["retryable"].as_bool() == Some(true) {
