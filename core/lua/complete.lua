@@ -10,7 +10,9 @@ Guarantees:
     nothing, not even the worker's slots);
   - ordering: applies only if the task holds exactly seq0 chunks (ORDER);
   - idempotency: retrying after a lost reply replays the first call's
-    answer (including the same next task) and writes nothing more;
+    answer (including the same next task) and writes nothing more (the
+    mark is kept on the task hash as `ca`, the next task's id as `nx`; a
+    task whose hash vanished frees the slot and takes no next task);
   - capacity: a slot is freed (next task taken, or one free slot added)
     only when this call ends the worker's ownership of the task, once;
   - a retryable failure goes to `delayed` for a backoff (250 ms doubling,
@@ -82,7 +84,11 @@ local function complete(keys, args)
   local now = now_ms()
   local freed = redis.call('SREM', wqkey(wid), id) == 1
   local msg, next_id = '', ''
-  if freed and want_next then
+  if freed and want_next and status == 'NOT_FOUND' then
+    -- No hash to keep a replay mark on: free the slot instead of handing
+    -- out a task that a lost reply would strand.
+    redis.call('ZINCRBY', P .. 'free', 1, wid)
+  elseif freed and want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
     if not is_paused() then msg = take_next(wid, now) or '' end

@@ -28,14 +28,15 @@ Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
 local PROTOCOL = 2
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 1
+local REVISION = 2
 
 local REPLY_MAXLEN = 100000
 local ENDED_CAP = 1000
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local WORKER_INFO_TTL_MS = 600000
-local BAND = 2199023255552 -- 2^41 ms (69 years) of submit times per priority band
+local BAND = 4398046511104 -- 2^42 ms (139 years, to 2109) of submit times per priority band;
+-- 2001 bands x 2^42 < 2^53, so scores stay exact doubles
 local PRIORITY_LIMIT = 1000
 local MAX_DURATION_MS = 2592000000 -- 30 days: timeouts and retentions
 local MAX_ATTEMPTS = 1000
@@ -441,10 +442,14 @@ local function take_next(wid, now)
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then break end
     local id = popped[1]
-    local h = redis.call('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu')
+    local h = redis.call('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
     if h[1] == 'queued' then
       local dl = num(h[2])
-      if dl > 0 and dl <= now then
+      if h[8] ~= istr(PROTOCOL) then
+        finish(id, load_task(id), 'failed', 'protocol',
+          'task written by protocol version ' .. tostring(h[8]) .. '; this queue speaks ' .. PROTOCOL
+          .. ' (drain queues before upgrading)', now)
+      elseif dl > 0 and dl <= now then
         expire(id, load_task(id), now)
       elseif h[6] == wid and num(h[7]) > now and other_live_worker(now) then
         skipped = skipped or {}

@@ -246,6 +246,15 @@ impl From<redis::RedisError> for Error {
             Some("INVALID") => Error::InvalidInput(format!("Redis refused the call: {}", detail())),
             Some("OOM") => Error::OutOfMemory(detail()),
             Some("NOPERM") => Error::PermissionDenied(detail()),
+            // An ACL refusal of a command inside a function (Redis 7.0
+            // reports it as a plain ERR).
+            Some("ERR")
+                if e.detail().is_some_and(|d| {
+                    d.starts_with("The user executing the script can't run this command")
+                }) =>
+            {
+                Error::PermissionDenied(detail())
+            }
             _ => Error::Redis(e),
         }
     }

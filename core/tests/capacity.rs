@@ -19,10 +19,14 @@ fn fast(queue: &str) -> WorkerConfig {
     WorkerConfig::new(queue)
         .lease(Duration::from_millis(1000))
         .heartbeat_every(Duration::from_millis(200))
+        .grace(Duration::from_millis(200))
 }
 
 /// Collects the handler's observations until `n` starts were seen.
-async fn starts(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>, n: usize) -> Vec<(String, u64, String)> {
+async fn starts(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    n: usize,
+) -> Vec<(String, u64, String)> {
     let mut out = Vec::new();
     while out.len() < n {
         if let Seen::Started {
@@ -124,7 +128,12 @@ async fn a_worker_runs_no_more_than_its_slots_when_redis_offers_more() {
 async fn a_restart_under_the_same_worker_id_never_doubles_the_slots() {
     let redis = RedisServer::start();
     let (seen, mut rx) = seen_channel();
-    let a = KillableWorker::start(&redis.url(), fast("re").slots(2).worker_id("node-1"), seen.clone()).await;
+    let a = KillableWorker::start(
+        &redis.url(),
+        fast("re").slots(2).worker_id("node-1"),
+        seen.clone(),
+    )
+    .await;
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("re").unwrap();
     let mut ids = Vec::new();
@@ -215,7 +224,9 @@ async fn an_unreadable_delivery_fails_its_task_and_returns_the_slot() {
         );
     }
     // The single slot is free again: a normal task runs.
-    let out = within(q.run(TaskRequest::json(json!({"ok": 1})))).await.unwrap();
+    let out = within(q.run(TaskRequest::json(json!({"ok": 1}))))
+        .await
+        .unwrap();
     assert_eq!(out.result["echo"]["ok"], 1);
     assert_eq!(starts(&mut rx, 1).await.len(), 1);
     w.stop().await;
@@ -279,7 +290,12 @@ async fn losing_the_lease_stops_the_attempt_as_reassigned_not_as_a_failure() {
 async fn a_retryable_failure_moves_to_a_healthy_worker() {
     let redis = RedisServer::start();
     let (seen, mut rx) = seen_channel();
-    let a = TestWorker::start(&redis.url(), fast("retry").worker_id("broken"), seen.clone()).await;
+    let a = TestWorker::start(
+        &redis.url(),
+        fast("retry").worker_id("broken"),
+        seen.clone(),
+    )
+    .await;
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("retry").unwrap();
     let run = tokio::spawn({
@@ -293,7 +309,10 @@ async fn a_retryable_failure_moves_to_a_healthy_worker() {
     let b = TestWorker::start(&redis.url(), fast("retry").worker_id("healthy"), seen).await;
     let out = within(run).await.unwrap().unwrap();
     assert_eq!(out.result["worker"], "healthy");
-    assert_eq!(out.attempt, 2, "one failure on the broken node, then done elsewhere");
+    assert_eq!(
+        out.attempt, 2,
+        "one failure on the broken node, then done elsewhere"
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -100,6 +100,9 @@ struct Sim {
     last_event: String,
 }
 
+/// A task hash as read with HGETALL.
+type TaskHash = HashMap<String, String>;
+
 /// Tasks tracked at once; older ended tasks are retired beyond this (the
 /// checks read every tracked task after every step).
 const TRACKED: usize = 40;
@@ -567,7 +570,7 @@ impl Sim {
                 owners.entry(id).or_default().push(w.id.clone());
             }
         }
-        let mut tasks: Vec<(HashMap<String, String>, Vec<Vec<u8>>)> = Vec::new();
+        let mut tasks: Vec<(TaskHash, Vec<Vec<u8>>)> = Vec::new();
         for _ in &ids {
             let h: HashMap<String, String> = redis::from_redis_value(next()).unwrap();
             let o: Vec<Vec<u8>> = redis::from_redis_value(next()).unwrap();

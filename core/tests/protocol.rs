@@ -5,13 +5,13 @@
 
 mod support;
 
+use rtq_core::functions::cancel::CancelReply;
 use rtq_core::functions::chunk::WriteStatus;
 use rtq_core::functions::complete::CompleteOutcome;
 use rtq_core::functions::heartbeat::{BeatReply, StopWhy};
 use rtq_core::functions::release::{HandBack, ReleaseMode, ReleaseReply};
 use rtq_core::functions::requeue::RequeueReply;
 use rtq_core::functions::submit::{Submit, SubmitReply};
-use rtq_core::functions::cancel::CancelReply;
 use rtq_core::protocol::{InboxMessage, TaskState};
 use rtq_core::Error;
 use support::proto::{spec_of, task_of, Proto, RedisServer, Task};
@@ -86,9 +86,15 @@ async fn registering_again_sets_capacity_instead_of_adding_to_it() {
             .parse::<u32>()
             .unwrap();
     }
-    assert_eq!(fails, 4, "each task of the replaced process used an attempt");
+    assert_eq!(
+        fails, 4,
+        "each task of the replaced process used an attempt"
+    );
     // The old process's heartbeat is refused and writes nothing.
-    assert_eq!(p.heartbeat("w1", "i1", 4, true, &[]).await, BeatReply::Replaced);
+    assert_eq!(
+        p.heartbeat("w1", "i1", 4, true, &[]).await,
+        BeatReply::Replaced
+    );
     assert_eq!(p.free("w1").await, 0.0);
 }
 
@@ -101,7 +107,10 @@ async fn the_heartbeat_counts_attempts_still_winding_down_as_busy() {
     assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
     // An operator requeue while attempt 1 runs: it lands on the same worker
     // (the other slot) as attempt 2.
-    assert_eq!(p.requeue("t1").await, RequeueReply::Requeued(TaskState::Running));
+    assert_eq!(
+        p.requeue("t1").await,
+        RequeueReply::Requeued(TaskState::Running)
+    );
     let cancel = p.pop("w1").await;
     assert!(
         matches!(&cancel, Some(InboxMessage::Cancel { attempt: 1, .. })),
@@ -114,7 +123,10 @@ async fn the_heartbeat_counts_attempts_still_winding_down_as_busy() {
     assert_eq!(r.free, 0, "two local attempts fill two slots");
     assert_eq!(r.stop.len(), 1);
     assert_eq!((r.stop[0].attempt, r.stop[0].why), (1, StopWhy::Reassigned));
-    assert_eq!(r.swept, 0, "attempt 2 is reported: never swept as an orphan");
+    assert_eq!(
+        r.swept, 0,
+        "attempt 2 is reported: never swept as an orphan"
+    );
     // Attempt 1's late complete is fenced and changes nothing.
     let late = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
     assert_eq!(late.status, WriteStatus::Fenced);
@@ -135,7 +147,7 @@ async fn the_orphan_sweep_waits_a_lease_and_counts_the_lost_attempt() {
     report(p.register("w1", "i1", 1, &[]).await);
     p.submit(&Task::new("t1")).await;
     let _lost = p.pop("w1").await; // the delivery never reaches the worker
-    // Fresh: the message may still be in flight; nothing happens.
+                                   // Fresh: the message may still be in flight; nothing happens.
     let r = report(p.heartbeat("w1", "i1", 1, true, &[]).await);
     assert_eq!((r.swept, r.free), (0, 0));
     assert_eq!(p.owned("w1").await, vec!["t1".to_string()]);
@@ -181,7 +193,11 @@ async fn a_delivery_handed_back_unstarted_uses_no_attempt_and_withdraws_the_slot
     assert_eq!(r, ReleaseReply::Ok { handed_back: 1 });
     assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
     assert_eq!(p.field("t1", "fails").await.as_deref(), Some("0"));
-    assert_eq!(p.free("w1").await, 0.0, "not offered again until the next heartbeat");
+    assert_eq!(
+        p.free("w1").await,
+        0.0,
+        "not offered again until the next heartbeat"
+    );
     assert!(p.owned("w1").await.is_empty());
     // A started attempt handed back at shutdown uses one.
     report(p.register("w2", "i2", 1, &[]).await);
@@ -225,7 +241,11 @@ async fn a_retryable_failure_backs_off_and_goes_to_another_worker() {
     let delayed = p.keys.delayed();
     p.raw(&["ZADD", &delayed, "XX", "0", "t1"]).await;
     p.housekeep().await;
-    assert_eq!(p.pop("w1").await, None, "the failing worker does not get it back");
+    assert_eq!(
+        p.pop("w1").await,
+        None,
+        "the failing worker does not get it back"
+    );
     assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
     let r = p.complete("w2", "older", 1, 0, DONE, true, &[]).await;
     match r.next {
@@ -316,7 +336,9 @@ async fn chunk_writes_apply_only_at_the_stored_count() {
     for seq0 in [0, 1, 3] {
         let r = p.chunk("w1", "t1", 1, seq0, &[c("x")]).await;
         assert_eq!((r.status, r.chunks), (WriteStatus::Order, 2), "seq0 {seq0}");
-        let r = p.complete("w1", "t1", 1, seq0, DONE, false, &[c("x")]).await;
+        let r = p
+            .complete("w1", "t1", 1, seq0, DONE, false, &[c("x")])
+            .await;
         assert_eq!((r.status, r.chunks), (WriteStatus::Order, 2), "seq0 {seq0}");
     }
     let r = p.complete("w1", "t1", 1, 2, DONE, false, &[c("c")]).await;
@@ -351,7 +373,10 @@ async fn a_retried_task_keeps_nothing_of_the_failed_attempt() {
     p.complete("w1", "t1", 1, 1, CompleteOutcome::Retry, false, &[])
         .await;
     let h = p.hash("t1").await;
-    assert_eq!((h["st"].as_str(), h["nc"].as_str(), h["nb"].as_str()), ("queued", "0", "0"));
+    assert_eq!(
+        (h["st"].as_str(), h["nc"].as_str(), h["nb"].as_str()),
+        ("queued", "0", "0")
+    );
     assert!(p.list(&p.keys.output("t1")).await.is_empty());
 }
 
@@ -370,8 +395,15 @@ async fn an_operator_requeue_of_an_ended_task_clears_its_expiry_and_budget() {
     let ttl = |v: redis::Value| redis::from_redis_value::<i64>(v).unwrap();
     let key = p.keys.task("t1");
     assert!(ttl(p.raw(&["PTTL", &key]).await) > 0);
-    assert_eq!(p.requeue("t1").await, RequeueReply::Requeued(TaskState::Failed));
-    assert_eq!(ttl(p.raw(&["PTTL", &key]).await), -1, "no expiry while queued again");
+    assert_eq!(
+        p.requeue("t1").await,
+        RequeueReply::Requeued(TaskState::Failed)
+    );
+    assert_eq!(
+        ttl(p.raw(&["PTTL", &key]).await),
+        -1,
+        "no expiry while queued again"
+    );
     let h = p.hash("t1").await;
     assert_eq!((h["fails"].as_str(), h["dl"].as_str()), ("0", "0"));
     assert!(p.zset(&p.keys.deadlines()).await.is_empty());
@@ -414,7 +446,10 @@ async fn a_complete_after_the_lease_lapsed_loses_no_slot() {
     assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
     // The worker hears GONE, registers again with its stale attempt
     // winding down: told to stop it, and its slot is whole once it ends.
-    assert_eq!(p.heartbeat("w1", "i1", 1, true, &[("t1".into(), 1)]).await, BeatReply::Gone);
+    assert_eq!(
+        p.heartbeat("w1", "i1", 1, true, &[("t1".into(), 1)]).await,
+        BeatReply::Gone
+    );
     let r = report(p.register("w1", "i1", 1, &[("t1".into(), 1)]).await);
     assert_eq!((r.stop[0].why, r.free), (StopWhy::Requeued, 0));
     let r = report(p.heartbeat("w1", "i1", 1, true, &[]).await);
@@ -444,9 +479,19 @@ async fn every_argument_is_checked_before_anything_is_written() {
     };
     let deadlines = p.keys.deadlines();
     let cases: Vec<(&str, Result<SubmitReply, Error>)> = vec![
-        ("timeout 1e17", p.call(&submit("a", 100_000_000_000_000_000, "")).await),
-        ("reply key of another kind", p.call(&submit("b", 0, Box::leak(deadlines.into_boxed_str()))).await),
-        ("reply key of another queue", p.call(&submit("c", 0, "rtq:{other}:r:c1")).await),
+        (
+            "timeout 1e17",
+            p.call(&submit("a", 100_000_000_000_000_000, "")).await,
+        ),
+        (
+            "reply key of another kind",
+            p.call(&submit("b", 0, Box::leak(deadlines.into_boxed_str())))
+                .await,
+        ),
+        (
+            "reply key of another queue",
+            p.call(&submit("c", 0, "rtq:{other}:r:c1")).await,
+        ),
         ("bad id", p.call(&submit("a b", 0, "")).await),
     ];
     for (what, r) in cases {

@@ -300,8 +300,8 @@ impl Admin {
         Ok(out)
     }
 
-    /// Registered workers with their heartbeat fields and owned tasks,
-    /// plus recently stopped/dead ones still within their info TTL.
+    /// Registered workers (live, or past their lease and not reaped yet)
+    /// with their heartbeat fields and owned tasks.
     ///
     /// # Errors
     /// Redis errors.

@@ -142,6 +142,7 @@ impl Queue {
         let id = request.id_or_new()?;
         let deadline = request.timeout.map(|t| Instant::now() + t);
         let router = self.router();
+        router.ready().await?;
         let waiter = router.register(&id);
         let placed = self.place(request, &id, router.key(), stream).await?;
         let mut tracker = Tracker::new(self.clone(), id.clone(), waiter, deadline, None);
@@ -210,6 +211,7 @@ impl Queue {
         validate_id(id, "task id")?;
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
         let router = self.router();
+        router.ready().await?;
         let waiter = router.register(id);
         let snap = self.watch(id, router.key(), from).await?;
         let mut tracker = Tracker::new(

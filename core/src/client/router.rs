@@ -90,6 +90,11 @@ pub(crate) struct ReplyRouter {
     verify_all: AtomicBool,
     /// A refusal that new registrations learn at once.
     refused: Mutex<Option<String>>,
+    /// Set once the stream was created: workers write with NOMKSTREAM, so
+    /// the first submit must wait for it.
+    created: tokio::sync::OnceCell<()>,
+    /// For creating the stream before the first submit.
+    shared: ConnectionManager,
 }
 
 /// A registration; unregisters itself (only itself) on drop.
@@ -133,6 +138,8 @@ impl ReplyRouter {
             trimming: AtomicBool::new(false),
             verify_all: AtomicBool::new(false),
             refused: Mutex::new(None),
+            created: tokio::sync::OnceCell::new(),
+            shared: settings.shared.clone(),
         });
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
@@ -153,6 +160,21 @@ impl ReplyRouter {
     /// The reply stream key workers write to for this client.
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Makes sure the reply stream exists (one round trip, the first time
+    /// only): events written before it exists would be dropped.
+    ///
+    /// # Errors
+    /// Redis errors (the submit that follows would fail the same way).
+    pub(crate) async fn ready(&self) -> Result<(), crate::Error> {
+        self.created
+            .get_or_try_init(|| async {
+                self.keep_stream(&mut self.shared.clone()).await?;
+                Ok::<(), crate::Error>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Registers interest in a task's events. Call before submitting.

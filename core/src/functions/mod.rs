@@ -41,7 +41,7 @@ pub const LIBRARY_NAME: &str = "rtq2";
 
 /// Revision of the library source; a client loads its copy when the server
 /// holds an older revision or none. Must equal `REVISION` in `lib.lua`.
-pub const LIBRARY_REVISION: i64 = 1;
+pub const LIBRARY_REVISION: i64 = 2;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
@@ -199,7 +199,17 @@ pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(),
                     ours = LIBRARY_REVISION,
                     "upgrading the rtq functions library"
                 );
-                load(conn, true).await?;
+                match load(conn, true).await {
+                    // A role that may not load functions runs on the
+                    // server's older revision of the same protocol.
+                    Err(Error::PermissionDenied(why)) => tracing::warn!(
+                        server = revision,
+                        ours = LIBRARY_REVISION,
+                        %why,
+                        "the server runs an older revision of the rtq functions library and this user may not upgrade it; an admin should connect once to load it"
+                    ),
+                    other => other?,
+                }
             }
             Ok(())
         }

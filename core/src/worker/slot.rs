@@ -202,7 +202,15 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                 }
                 drop(work);
                 writer.drain(&mut rx);
-                ending
+                match (&ending, stop.reason()) {
+                    // Chunks were refused for size: whatever the handler
+                    // returned, the output is incomplete, so the attempt
+                    // fails.
+                    (_, Some(reason @ StopReason::OutputTooLarge { .. })) => {
+                        Ending::Stopped(reason)
+                    }
+                    _ => ending,
+                }
             }
         },
     };

@@ -348,6 +348,8 @@ impl ChunkWriter {
         payload: &str,
         want_next: bool,
     ) -> Result<CompleteReply, Error> {
+        let mut outcome = outcome;
+        let mut payload = payload.to_string();
         let give_up = Instant::now() + COMPLETE_PATIENCE;
         let mut failures = 0u32;
         loop {
@@ -378,7 +380,7 @@ impl ChunkWriter {
                     attempt: self.attempt,
                     seq0,
                     outcome,
-                    payload,
+                    payload: &payload,
                     want_next,
                     chunks: &trailing,
                 },
@@ -396,6 +398,15 @@ impl ChunkWriter {
                 Ok(r) if r.status == WriteStatus::Order => {
                     self.resync = None;
                     self.resync_to(r.chunks);
+                }
+                Ok(r) if r.status == WriteStatus::TooLarge => {
+                    // The trailing chunks would pass the output caps: the
+                    // attempt fails instead, without them.
+                    let reason =
+                        stop_reason(WriteStatus::TooLarge, None).unwrap_or(StopReason::Shutdown);
+                    payload = reason.to_string();
+                    outcome = CompleteOutcome::Failed;
+                    self.halt(reason);
                 }
                 Ok(r) => return Ok(r),
                 Err(e) => {

@@ -74,7 +74,10 @@ impl Handler for Scripted {
             task.send(format!("{text}{i} ")).await?;
         }
         if input["fail_on"].as_str() == Some(self.worker.as_str()) {
-            return Err(HandlerError::retryable(format!("{} is broken", self.worker)));
+            return Err(HandlerError::retryable(format!(
+                "{} is broken",
+                self.worker
+            )));
         }
         if let Some(why) = input["fail"].as_str() {
             return Err(if input["retryable"].as_bool() == Some(true) {

@@ -134,6 +134,7 @@ impl Proto {
         .unwrap()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn complete(
         &mut self,
         worker: &str,
