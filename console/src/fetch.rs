@@ -189,10 +189,21 @@ pub async fn perform(admin: &Admin, action: &Action) -> Result<String, Error> {
     })
 }
 
-/// Reads the plan's data, in order.
-async fn read_all(admin: &Admin, plan: &Plan, tx: &mpsc::Sender<Fetched>) -> Result<(), Error> {
-    let _ = tx.send(queues(admin).await?).await;
-    let Some(q) = &plan.queue else { return Ok(()) };
+/// Reads the plan's data, in order; returns the names of the queues seen.
+async fn read_all(
+    admin: &Admin,
+    plan: &Plan,
+    tx: &mpsc::Sender<Fetched>,
+) -> Result<Vec<String>, Error> {
+    let listed = queues(admin).await?;
+    let names = match &listed {
+        Fetched::Queues { rows, .. } => rows.iter().map(|r| r.overview.name.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let _ = tx.send(listed).await;
+    let Some(q) = &plan.queue else {
+        return Ok(names);
+    };
     if plan.nodes {
         let _ = tx.send(nodes(admin, q).await?).await;
     }
@@ -214,13 +225,39 @@ async fn read_all(admin: &Admin, plan: &Plan, tx: &mpsc::Sender<Fetched>) -> Res
             }
         }
     }
-    Ok(())
+    Ok(names)
+}
+
+/// One round of housekeeping on every listed queue, concurrently: a queue
+/// whose workers all died and whose clients only fire and forget still
+/// gets its dead workers reaped and its overdue tasks ended while someone
+/// watches it.
+async fn housekeep(admin: &Admin, queues: &[String]) {
+    let rounds = queues.iter().map(|q| admin.housekeeping(q));
+    for (q, r) in queues.iter().zip(futures::future::join_all(rounds).await) {
+        if let Err(e) = r {
+            tracing::debug!(queue = %q, error = %e, "housekeeping failed");
+        }
+    }
+}
+
+/// The server check's findings, as status-line messages.
+async fn check_server(client: &Client) -> Vec<String> {
+    match client.server_report().await {
+        Ok(report) => report
+            .concerns()
+            .into_iter()
+            .map(|c| format!("Redis server: {}", c.message))
+            .collect(),
+        Err(e) => vec![format!("could not check the Redis server: {e}")],
+    }
 }
 
 /// Runs until `tx` closes: reads every `refresh` (or on a plan change) and
 /// performs actions as they arrive.
 pub async fn run(
     url: String,
+    read_only: bool,
     refresh: Duration,
     mut plan: watch::Receiver<Plan>,
     mut actions: mpsc::Receiver<Action>,
@@ -231,7 +268,14 @@ pub async fn run(
         if admin.is_none() {
             let config = ClientConfig::default().give_up_after(Duration::from_secs(3));
             match Client::connect_with(&url, config).await {
-                Ok(c) => admin = Some(Admin::new(&c)),
+                Ok(c) => {
+                    for concern in check_server(&c).await {
+                        if tx.send(Fetched::ActionDone(concern, true)).await.is_err() {
+                            return;
+                        }
+                    }
+                    admin = Some(Admin::new(&c));
+                }
                 Err(e) => {
                     if tx.send(Fetched::Failed(e.to_string())).await.is_err() {
                         return;
@@ -241,9 +285,13 @@ pub async fn run(
         }
         if let Some(a) = &admin {
             let current = plan.borrow_and_update().clone();
-            if let Err(e) = read_all(a, &current, &tx).await {
-                if tx.send(Fetched::Failed(e.to_string())).await.is_err() {
-                    return;
+            match read_all(a, &current, &tx).await {
+                Ok(names) if !read_only => housekeep(a, &names).await,
+                Ok(_) => {}
+                Err(e) => {
+                    if tx.send(Fetched::Failed(e.to_string())).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

@@ -22,19 +22,16 @@ use clap::{Parser, Subcommand};
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Redis URL (the password is never shown).
-    #[arg(
-        long,
-        global = true,
-        env = "RTQ_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/",
-        hide_env_values = true
-    )]
-    pub redis: String,
+    /// Redis URL, e.g. redis://:password@host:6379/0 (required; the
+    /// password is never shown).
+    #[arg(long, global = true, env = "RTQ_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
-    /// Disable every action (requeue, cancel, pause, purge, ...).
+    /// Disable every action (requeue, cancel, pause, purge, ...) and the
+    /// console's own housekeeping: nothing is written (a Redis user with
+    /// the read-only console role is enough).
     #[arg(long, global = true, env = "RTQ_READ_ONLY")]
     pub read_only: bool,
     /// What to do; the console if absent.

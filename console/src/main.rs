@@ -1,13 +1,21 @@
 //! `rtq`: parse the command line, then the console or a scriptable command.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rtq_console::{cli, ui, Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
+    let Some(redis) = args.redis.clone() else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no Redis given: pass --redis <URL> or set RTQ_REDIS_URL (rtq never guesses a server)",
+            )
+            .exit()
+    };
     match args.command.clone() {
-        None | Some(Command::Ui) => ui::run(&args).await,
-        Some(command) => std::process::exit(cli::run(&args.redis, args.read_only, command).await),
+        None | Some(Command::Ui) => ui::run(&args, &redis).await,
+        Some(command) => std::process::exit(cli::run(&redis, args.read_only, command).await),
     }
 }

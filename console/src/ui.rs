@@ -16,20 +16,25 @@ use crate::Cli;
 ///
 /// # Errors
 /// Terminal I/O errors (the terminal is restored first).
-pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+pub async fn run(cli: &Cli, redis: &str) -> anyhow::Result<()> {
     let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, cli).await;
+    let result = event_loop(&mut terminal, cli, redis).await;
     ratatui::restore();
     result
 }
 
-async fn event_loop(terminal: &mut ratatui::DefaultTerminal, cli: &Cli) -> anyhow::Result<()> {
-    let mut app = App::new(redact_url(&cli.redis), cli.read_only);
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    cli: &Cli,
+    redis: &str,
+) -> anyhow::Result<()> {
+    let mut app = App::new(redact_url(redis), cli.read_only);
     let (plan_tx, plan_rx) = watch::channel(app.plan());
     let (action_tx, action_rx) = mpsc::channel::<Action>(16);
     let (data_tx, mut data_rx) = mpsc::channel(64);
     let fetcher = tokio::spawn(fetch::run(
-        cli.redis.clone(),
+        redis.to_string(),
+        cli.read_only,
         Duration::from_millis(cli.refresh_ms.max(100)),
         plan_rx,
         action_rx,

@@ -110,3 +110,24 @@ async fn actions_and_their_exit_codes() {
         "{err}"
     );
 }
+
+#[test]
+fn without_a_redis_url_rtq_refuses_to_guess() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rtq"))
+        .arg("stats")
+        .env_remove("RTQ_REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--redis") && err.contains("RTQ_REDIS_URL"),
+        "{err}"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_rtq"))
+        .arg("--help")
+        .env_remove("RTQ_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+}

@@ -164,3 +164,100 @@ async fn every_action_round_trips_against_redis() {
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }
+
+/// Runs the fetcher for a while against `url` and returns what it sent.
+async fn run_fetcher(url: String, read_only: bool) -> Vec<rtq_console::model::Fetched> {
+    let (_plan_tx, plan_rx) = tokio::sync::watch::channel(fetch::Plan::default());
+    let (_action_tx, action_rx) = tokio::sync::mpsc::channel(4);
+    let (data_tx, mut data_rx) = tokio::sync::mpsc::channel(256);
+    let fetcher = tokio::spawn(fetch::run(
+        url,
+        read_only,
+        std::time::Duration::from_millis(100),
+        plan_rx,
+        action_rx,
+        data_tx,
+    ));
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while let Ok(Some(item)) = tokio::time::timeout_at(until, data_rx.recv()).await {
+        seen.push(item);
+    }
+    fetcher.abort();
+    seen
+}
+
+#[tokio::test]
+async fn the_console_reaps_dead_workers_unless_it_is_read_only() {
+    use rtq_core::functions::heartbeat::{Beat, Register};
+    // No live worker (whose heartbeats would housekeep): a worker "ghost"
+    // registered, then froze; its lease lapsed and only the console can
+    // notice.
+    let seed = rtq_testkit::RedisServer::start();
+    let keys = rtq_core::keys::QueueKeys::new("llm").unwrap();
+    let mut conn = redis::Client::open(seed.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let beat = Beat {
+        worker: "ghost",
+        instance: "i1",
+        lease_ms: 600_000,
+        slots: 1,
+        accepting: true,
+        running: &[],
+        info: &[],
+    };
+    rtq_core::functions::call(&mut conn, &keys, &Register(beat))
+        .await
+        .unwrap();
+    let mut sync = seed.conn();
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.workers())
+        .arg("XX")
+        .arg(1)
+        .arg("ghost")
+        .query(&mut sync)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(rtq_core::keys::QUEUES)
+        .arg("llm")
+        .query(&mut sync)
+        .unwrap();
+    let registered = |conn: &mut redis::Connection| -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg(keys.workers())
+            .arg("ghost")
+            .query(conn)
+            .unwrap()
+    };
+    // Read-only: the console writes nothing, the dead worker stays listed.
+    run_fetcher(seed.url(), true).await;
+    assert_eq!(registered(&mut sync), Some(1.0));
+    // Otherwise the console's housekeeping reaps it.
+    run_fetcher(seed.url(), false).await;
+    assert_eq!(registered(&mut sync), None);
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(keys.worker("ghost"))
+        .arg("state")
+        .query(&mut sync)
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("dead"));
+}
+
+#[tokio::test]
+async fn the_console_reports_a_server_that_would_lose_tasks() {
+    let seed = Seeded::new().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut seed.redis.conn())
+        .unwrap();
+    let seen = run_fetcher(seed.redis.url(), true).await;
+    let warned = seen.iter().any(|f| {
+        matches!(f, rtq_console::model::Fetched::ActionDone(m, true) if m.contains("allkeys-lru"))
+    });
+    assert!(warned, "the eviction policy is named: {seen:?}");
+}

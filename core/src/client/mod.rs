@@ -182,6 +182,16 @@ impl Client {
         Ok(Queue::new(self.clone(), keys))
     }
 
+    /// What rtq needs to know about the server (version, eviction policy,
+    /// persistence); [`ServerReport::concerns`](crate::server::ServerReport::concerns)
+    /// says what is wrong with it.
+    ///
+    /// # Errors
+    /// Redis errors, [`Error::PermissionDenied`] if the user may not run INFO.
+    pub async fn server_report(&self) -> Result<crate::server::ServerReport, Error> {
+        crate::server::ServerReport::read(&mut self.conn()).await
+    }
+
     /// The Redis URL this client uses, password redacted.
     pub fn redacted_url(&self) -> &str {
         self.inner.endpoint.redacted()
