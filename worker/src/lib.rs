@@ -105,7 +105,7 @@ pub struct Config {
     pub lease_ms: u64,
     /// On SIGTERM/SIGINT, seconds running tasks may take before they are
     /// handed back to the queue.
-    #[arg(long, env = "RTQ_GRACE_SECS", default_value_t = 30)]
+    #[arg(long, env = "RTQ_GRACE_SECS", default_value_t = 25)]
     pub grace_secs: u64,
     /// When a task is cancelled, expires or is reassigned, ms its handler
     /// may take to stop on its own before it is dropped. The built-in
