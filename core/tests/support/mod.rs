@@ -130,6 +130,14 @@ impl TestWorker {
         }
         let _ = self.handle.await;
     }
+
+    /// Aborts the tokio task running `Worker::run`, dropping its future
+    /// (what a cancelled `select!` or an aborted task does to a worker
+    /// embedded in a larger program). Returns once the future is dropped.
+    pub async fn abort(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
 }
 
 /// A worker in a runtime of its own, to be torn down like a kill -9:
@@ -216,6 +224,50 @@ pub async fn wait_registered(url: &str, id: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("worker {id} never registered");
+}
+
+/// Creates the ACL user `name` (password `pw`) with every key, channel and
+/// command, then `rules` (e.g. `"-xadd"`), and returns its URL.
+pub fn acl_user(redis: &RedisServer, name: &str, rules: &[&str]) -> String {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(name)
+        .arg("reset")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all");
+    for rule in rules {
+        cmd.arg(*rule);
+    }
+    let _: () = cmd.query(&mut redis.conn()).expect("ACL SETUSER");
+    format!("redis://{name}:pw@127.0.0.1:{}/", redis.port())
+}
+
+/// An async connection to the test server as the default user, for
+/// assertions.
+pub async fn admin_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("cannot connect to the test redis-server")
+}
+
+/// Polls `check` until it holds; fails the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        if started.elapsed() > PATIENCE {
+            panic!("still not true after {PATIENCE:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub fn seen_channel() -> (mpsc::UnboundedSender<Seen>, mpsc::UnboundedReceiver<Seen>) {

@@ -1,0 +1,1026 @@
+//! Every wait ends with the truth (issue 9): a wait, stream or follow ends
+//! with the task's real outcome read from Redis, or with an error naming
+//! the real cause, whatever happens to the events on the way: short
+//! retentions, lost final events, trimmed chunk events, a Redis restart,
+//! refused reads, cut connections, memory limits, dropped futures.
+//!
+//! Many tests take a reply path away on purpose with real ACL users: a
+//! worker that may not XADD loses every reply event (the task hash stays
+//! the truth), and a client that may not HGET cannot run the router's
+//! wait verification, which isolates the other paths (timers, deadlines)
+//! that must find the outcome on their own.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use rtq_core::{
+    Client, Error, Granularity, Queue, StreamEvent, TaskRequest, TaskState, Worker, WorkerConfig,
+};
+use rtq_testkit::Proxy;
+use serde_json::json;
+use support::*;
+
+fn fast(queue: &str) -> WorkerConfig {
+    WorkerConfig::new(queue)
+        .lease(Duration::from_millis(1000))
+        .heartbeat_every(Duration::from_millis(200))
+}
+
+/// A worker user whose reply events are all refused (`-xadd`).
+fn no_xadd(redis: &RedisServer) -> String {
+    acl_user(redis, "w", &["-xadd"])
+}
+
+/// A client user that cannot run the router's wait verification (its
+/// HGET pipeline is refused), so only the path under test can end a wait.
+fn no_verification(redis: &RedisServer) -> String {
+    acl_user(redis, "c", &["-hget"])
+}
+
+async fn state_of(conn: &mut MultiplexedConnection, q: &Queue, id: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(q.keys().task(id))
+        .arg("st")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn wait_for_state(conn: &MultiplexedConnection, q: &Queue, id: &str, state: &str) {
+    eventually(&format!("task {id} is {state} in Redis"), || {
+        let mut conn = conn.clone();
+        async move { state_of(&mut conn, q, id).await.as_deref() == Some(state) }
+    })
+    .await;
+}
+
+async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
+async fn is_member(conn: &mut MultiplexedConnection, set: &str, member: &str) -> bool {
+    redis::cmd("SISMEMBER")
+        .arg(set)
+        .arg(member)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A numeric field of `INFO <section>`; for `cmdstat_*` lines, `field` is
+/// `cmdstat_xread.rejected_calls` style.
+async fn info_number(conn: &mut MultiplexedConnection, section: &str, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let (line, sub) = field.split_once('.').unwrap_or((field, ""));
+    for l in text.lines() {
+        let Some((name, value)) = l.trim_end().split_once(':') else {
+            continue;
+        };
+        if name != line {
+            continue;
+        }
+        if sub.is_empty() {
+            return value.parse().unwrap();
+        }
+        for part in value.split(',') {
+            if let Some((k, v)) = part.split_once('=') {
+                if k == sub {
+                    return v.parse().unwrap();
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Makes the server log every command (SLOWLOG), so a test can see which
+/// calls reached Redis.
+async fn log_every_command(conn: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .arg("slowlog-max-len")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// How many FCALLs of `function` with `id` among their arguments Redis
+/// executed (needs [`log_every_command`]).
+async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
+    let log: Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let Value::Array(entries) = log else {
+        return 0;
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    entries
+        .iter()
+        .filter(|e| {
+            let Value::Array(fields) = e else {
+                return false;
+            };
+            let Some(Value::Array(args)) = fields.get(3) else {
+                return false;
+            };
+            let args: Vec<String> = args.iter().map(text).collect();
+            args.len() > 2
+                && args[0].eq_ignore_ascii_case("fcall")
+                && args[1] == function
+                && args.iter().any(|a| a == id)
+        })
+        .count()
+}
+
+/// The entries of a stream: (entry id, fields).
+async fn xrange(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, HashMap<String, String>)> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(e) = e else { return None };
+            let Value::Array(flat) = &e[1] else {
+                return None;
+            };
+            let fields = flat.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect();
+            Some((text(&e[0]), fields))
+        })
+        .collect()
+}
+
+/// Reads a stream to its end: chunk indexes, text, and the final output.
+async fn drain_stream(
+    mut stream: rtq_core::TaskStream,
+) -> (Vec<u64>, String, Result<rtq_core::TaskOutput, Error>) {
+    let mut indexes = Vec::new();
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamEvent::Chunk(c)) => {
+                indexes.push(c.index);
+                text.push_str(&c.text());
+            }
+            Ok(StreamEvent::Done(out)) => {
+                assert!(stream.next().await.is_none(), "nothing after Done");
+                return (indexes, text, Ok(out));
+            }
+            Ok(StreamEvent::Restarted { attempt, reason }) => {
+                panic!("no restart expected (attempt {attempt}: {reason})")
+            }
+            Err(e) => return (indexes, text, Err(e)),
+        }
+    }
+    panic!("the stream ended without Done or an error")
+}
+
+fn expected_text(prefix: &str, n: u64) -> String {
+    (0..n).map(|i| format!("{prefix}{i} ")).collect()
+}
+
+// 1 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_task_with_a_1_ms_retention_never_expires_another_task_s_unread_events() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ret").slots(2), seen).await;
+    // Without verification, a lost final event would hang the long wait.
+    let client = Client::connect(&no_verification(&redis)).await.unwrap();
+    let q = client.queue("ret").unwrap();
+    let long = tokio::spawn({
+        let q = q.clone();
+        async move {
+            q.run(TaskRequest::json(json!({"hold": true, "tag": "long"})))
+                .await
+        }
+    });
+    let Seen::Started { id: long_id, .. } = next_seen(&mut rx, 20).await else {
+        panic!("expected a start")
+    };
+
+    let short = within(
+        q.run(TaskRequest::json(json!({"tag": "short"})).retention(Duration::from_millis(1))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(short.result["echo"]["tag"], "short");
+    let short_key = q.keys().task(&short.id);
+    eventually("the short task's hash expires", || {
+        let mut conn = conn.clone();
+        let key = short_key.clone();
+        async move { pttl(&mut conn, &key).await == -2 }
+    })
+    .await;
+
+    // The shared keys kept their own lifetimes.
+    let reply = q.keys().reply(client.id());
+    let ttl = pttl(&mut conn, &reply).await;
+    assert!(
+        (500_000..=600_000).contains(&ttl),
+        "the reply stream keeps its reader's TTL (~600 s), has {ttl} ms"
+    );
+    assert_eq!(
+        pttl(&mut conn, &q.keys().ended()).await,
+        -1,
+        "the ended index exists without a TTL"
+    );
+
+    w.release.notify_one();
+    let out = within(long).await.unwrap().unwrap();
+    assert_eq!(
+        (out.id.as_str(), &out.result["echo"]["tag"]),
+        (long_id.as_str(), &json!("long"))
+    );
+    assert_eq!(
+        state_of(&mut conn, &q, &long_id).await.as_deref(),
+        Some("done")
+    );
+    assert!(pttl(&mut conn, &reply).await > 500_000);
+    w.stop().await;
+}
+
+// 2 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_wait_whose_final_event_is_lost_still_ends_with_the_real_outcome() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&no_xadd(&redis), fast("lost"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("lost").unwrap();
+
+    // run() without a deadline: the router's verification reads the hash.
+    let out = within(q.run(TaskRequest::json(json!({"chunks": 3, "tag": "run"}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["tag"], "run");
+    assert_eq!(
+        state_of(&mut conn, &q, &out.id).await.as_deref(),
+        Some("done")
+    );
+
+    // stream(): no chunk event arrives either; every chunk is read from the
+    // stored output up to the final chunk count, then Done.
+    let stream = q
+        .stream(TaskRequest::json(json!({"chunks": 25, "chunk": "s"})))
+        .await
+        .unwrap();
+    let id = stream.id().to_string();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, (0..25).collect::<Vec<_>>());
+    assert_eq!(text, expected_text("s", 25));
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 25);
+    assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
+
+    // The events really were lost: Redis refused the worker's XADDs.
+    let log: Vec<Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        format!("{log:?}").contains("xadd"),
+        "the ACL log shows refused XADDs: {log:?}"
+    );
+    w.stop().await;
+}
+
+// 3 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn waits_end_with_task_lost_when_redis_restarts_empty() {
+    let mut redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    log_every_command(&mut conn).await;
+    let (seen, mut rx) = seen_channel();
+    let w = KillableWorker::start(&redis.url(), fast("rs"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("rs").unwrap();
+
+    let hold = || TaskRequest::json(json!({"hold": true}));
+    // Running on the worker, waited on without a deadline...
+    let running = tokio::spawn({
+        let q = q.clone();
+        async move { q.run(hold().id("running")).await }
+    });
+    next_seen(&mut rx, 20).await;
+    // ...and queued behind it: with a deadline, streamed, waited on.
+    let timed = tokio::spawn({
+        let q = q.clone();
+        async move {
+            q.run(hold().id("timed").timeout(Duration::from_secs(120)))
+                .await
+        }
+    });
+    let streamed = q.stream(hold().id("streamed")).await.unwrap();
+    let streamed = tokio::spawn(drain_stream(streamed));
+    q.submit(hold().id("waited")).await.unwrap();
+    let waited = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait("waited", None).await }
+    });
+    let waited_max = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait("waited", Some(Duration::from_secs(120))).await }
+    });
+    // Every wait is open once Redis has seen its submit or watch.
+    for (function, id, n) in [
+        ("rtq2_submit", "running", 1),
+        ("rtq2_submit", "timed", 1),
+        ("rtq2_submit", "streamed", 1),
+        ("rtq2_watch", "waited", 2),
+    ] {
+        eventually(&format!("{function} {id} reached Redis"), || {
+            let mut conn = conn.clone();
+            async move { calls(&mut conn, function, id).await >= n }
+        })
+        .await;
+    }
+
+    redis.restart();
+
+    let lost = |what: &str, r: Result<rtq_core::TaskOutput, Error>| match r {
+        Err(Error::TaskLost { reason, .. }) => {
+            assert!(reason.contains("lost its data"), "{what}: {reason}")
+        }
+        other => panic!("{what}: expected TaskLost, got {other:?}"),
+    };
+    lost("run without deadline", within(running).await.unwrap());
+    lost("run with deadline", within(timed).await.unwrap());
+    lost("wait without limit", within(waited).await.unwrap());
+    lost("wait with limit", within(waited_max).await.unwrap());
+    let (indexes, _, end) = within(streamed).await.unwrap();
+    assert!(indexes.is_empty());
+    lost("stream", end);
+    let mut conn = admin_conn(&redis).await;
+    assert_eq!(state_of(&mut conn, &q, "running").await, None);
+    w.kill();
+}
+
+// 4 ---------------------------------------------------------------------------
+
+/// The follower is a second client connected as ACL user `f`. Switching
+/// `f` off and killing its connections keeps its reader away while the
+/// task writes its chunk events into the follower's reply stream; the test
+/// then deletes a middle run of them and the tail (XDEL), as MAXLEN
+/// trimming of a reader that was away would, and lets `f` back in. The
+/// worker sends one write per chunk (pipelined writes, 1 ms between
+/// chunks), so each chunk has its own event.
+#[tokio::test]
+async fn a_stream_whose_chunk_events_were_trimmed_fills_the_gap_and_the_tail() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let mut config = fast("gap");
+    config.granularity = Granularity {
+        max_in_flight: 64,
+        ..Granularity::default()
+    };
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let submitter = Client::connect(&redis.url()).await.unwrap();
+    let id = submitter
+        .queue("gap")
+        .unwrap()
+        .submit(TaskRequest::json(
+            json!({"hold": true, "chunks": 12, "chunk": "g", "delay_ms": 1}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+
+    let follower = Client::connect(&acl_user(&redis, "f", &[])).await.unwrap();
+    let fq = follower.queue("gap").unwrap();
+    let stream = fq.follow(&id, 0).await.unwrap();
+    let reply = fq.keys().reply(follower.id());
+    assert!(is_member(&mut conn, &fq.keys().watchers(&id), &reply).await);
+    eventually("the follower's reply stream exists", || {
+        let mut conn = conn.clone();
+        let reply = reply.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(&reply)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+
+    // Keep the follower away.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("f")
+        .arg("off")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("f")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    w.release.notify_one();
+    wait_for_state(&conn, &fq, &id, "done").await;
+
+    // Delete the events of chunks 3..6 and 9..12.
+    let entries = xrange(&mut conn, &reply).await;
+    let mut kept_after_gap = false;
+    let mut tail_deleted = false;
+    let mut final_kept = false;
+    for (entry, fields) in &entries {
+        match fields.get("e").map(String::as_str) {
+            Some("c") => {
+                let s: u64 = fields["s"].parse().unwrap();
+                let n: u64 = fields["n"].parse().unwrap();
+                let hits = |a: u64, b: u64| s < b && s + n > a;
+                if hits(3, 6) || hits(9, 12) {
+                    tail_deleted |= s + n == 12;
+                    let _: i64 = redis::cmd("XDEL")
+                        .arg(&reply)
+                        .arg(entry)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                } else if s >= 6 {
+                    kept_after_gap = true;
+                }
+            }
+            Some("f") => final_kept = true,
+            _ => {}
+        }
+    }
+    assert!(
+        kept_after_gap && tail_deleted && final_kept,
+        "the scenario needs a live event after the gap, a missing tail and the final event: {entries:?}"
+    );
+
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("f")
+        .arg("on")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, (0..12).collect::<Vec<_>>());
+    assert_eq!(text, expected_text("g", 12));
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 12);
+    w.stop().await;
+}
+
+// 5 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn two_runs_with_one_id_in_one_process_share_one_task_and_both_get_the_result() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    log_every_command(&mut conn).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("dup"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("dup").unwrap();
+    let request = TaskRequest::json(json!({"hold": true})).id("same");
+    let first = tokio::spawn({
+        let (q, r) = (q.clone(), request.clone());
+        async move { q.run(r).await }
+    });
+    let second = tokio::spawn({
+        let (q, r) = (q.clone(), request.clone());
+        async move { q.run(r).await }
+    });
+    next_seen(&mut rx, 20).await;
+    // Both submits reached Redis: the second one attached to the task.
+    eventually("both submits reached Redis", || {
+        let mut conn = conn.clone();
+        async move { calls(&mut conn, "rtq2_submit", "same").await == 2 }
+    })
+    .await;
+    let err = q.submit(request.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Duplicate { id, state } if id == "same" && state == "running"),
+        "{err}"
+    );
+
+    w.release.notify_one();
+    let a = within(first).await.unwrap().unwrap();
+    let b = within(second).await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.attempt, 1);
+    assert!(rx.try_recv().is_err(), "the handler ran once");
+    assert_eq!(
+        state_of(&mut conn, &q, "same").await.as_deref(),
+        Some("done")
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn two_waits_on_one_id_both_get_the_result_and_dropping_one_leaves_the_other_subscribed() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    log_every_command(&mut conn).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ww"), seen).await;
+    let submitter = Client::connect(&redis.url()).await.unwrap();
+    let id = submitter
+        .queue("ww")
+        .unwrap()
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+
+    // Verification off: only the subscription can deliver the result.
+    let client = Client::connect(&no_verification(&redis)).await.unwrap();
+    let q = client.queue("ww").unwrap();
+    let spawn_wait = || {
+        let (q, id) = (q.clone(), id.clone());
+        tokio::spawn(async move { q.wait(&id, None).await })
+    };
+    let (a, b, dropped) = (spawn_wait(), spawn_wait(), spawn_wait());
+    eventually("three watches reached Redis", || {
+        let mut conn = conn.clone();
+        let id = id.clone();
+        async move { calls(&mut conn, "rtq2_watch", &id).await == 3 }
+    })
+    .await;
+    let watchers = q.keys().watchers(&id);
+    let reply = q.keys().reply(client.id());
+    assert!(is_member(&mut conn, &watchers, &reply).await);
+
+    // Drop one wait. Two round trips on the client's connection let any
+    // clean-up it started reach Redis first.
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    for _ in 0..2 {
+        q.status(&id).await.unwrap();
+    }
+    assert!(
+        is_member(&mut conn, &watchers, &reply).await,
+        "the other waits still need the subscription"
+    );
+
+    w.release.notify_one();
+    let a = within(a).await.unwrap().unwrap();
+    let b = within(b).await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.id, id);
+    w.stop().await;
+}
+
+// 6 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let url = acl_user(&redis, "r", &["-xread"]);
+    let before = info_number(&mut conn, "stats", "total_connections_received").await;
+    let client = Client::connect(&url).await.unwrap();
+    let q = client.queue("nr").unwrap();
+    let err = within(q.run(TaskRequest::json(json!(1))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+    // A wait opened later learns it at once.
+    let err = within(q.run(TaskRequest::json(json!(2))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+
+    // The reader keeps trying, with backoff: wait for several more refusals.
+    let refused_then = info_number(&mut conn, "commandstats", "cmdstat_xread.rejected_calls").await;
+    eventually("the reader tried five more times", || {
+        let mut conn = conn.clone();
+        async move {
+            info_number(&mut conn, "commandstats", "cmdstat_xread.rejected_calls").await
+                >= refused_then + 5
+        }
+    })
+    .await;
+    let opened = info_number(&mut conn, "stats", "total_connections_received").await - before;
+    assert!(
+        opened < 30,
+        "{opened} connections opened while XREAD was refused"
+    );
+}
+
+// 7 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_submit_whose_reply_is_lost_is_retried_and_creates_one_task() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    log_every_command(&mut conn).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let client = Client::connect(&proxy.url()).await.unwrap();
+    let q = client.queue("px").unwrap();
+
+    proxy.cut_reply_to(b"rtq2_submit");
+    let sub = within(q.submit(TaskRequest::json(json!({"n": 1}))))
+        .await
+        .unwrap();
+    assert_eq!(proxy.cuts(), 1, "the first try's reply was dropped");
+    assert_eq!(sub.state, TaskState::Queued);
+    assert_eq!(calls(&mut conn, "rtq2_submit", &sub.id).await, 2);
+    let tasks: Vec<String> = redis::cmd("KEYS")
+        .arg(q.keys().task("*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tasks, vec![q.keys().task(&sub.id)]);
+    let pending: Vec<String> = redis::cmd("ZRANGE")
+        .arg(q.keys().pending())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, vec![sub.id.clone()]);
+}
+
+#[tokio::test]
+async fn a_run_whose_submit_reply_is_lost_still_returns_the_result() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("pxr"), seen).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let client = Client::connect(&proxy.url()).await.unwrap();
+    let q = client.queue("pxr").unwrap();
+
+    proxy.cut_reply_to(b"rtq2_submit");
+    let out = within(q.run(TaskRequest::json(json!({"chunks": 2}))))
+        .await
+        .unwrap();
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(out.result["echo"]["chunks"], 2);
+    assert!(matches!(next_seen(&mut rx, 20).await, Seen::Started { id, .. } if id == out.id));
+    assert!(rx.try_recv().is_err(), "the task ran once");
+    let tasks: Vec<String> = redis::cmd("KEYS")
+        .arg(q.keys().task("*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1);
+    w.stop().await;
+}
+
+// 8 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dropped_run_with_cancel_on_drop_cancels_its_task_and_the_handler_sees_it() {
+    let redis = RedisServer::start();
+    let conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("cod"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("cod").unwrap();
+    let mut run = Box::pin(q.run(TaskRequest::json(json!({"hold": true})).cancel_on_drop(true)));
+    // Drive the run until the handler holds the task...
+    let id = tokio::select! {
+        r = &mut run => panic!("the run ended: {r:?}"),
+        s = next_seen(&mut rx, 20) => match s {
+            Seen::Started { id, .. } => id,
+            other => panic!("{other:?}"),
+        },
+    };
+    // ...then give up on it with a timeout that expires while it holds.
+    let timed_out = tokio::time::timeout(Duration::from_millis(50), &mut run).await;
+    assert!(timed_out.is_err(), "the handler still holds");
+    drop(run);
+
+    match next_seen(&mut rx, 20).await {
+        Seen::Cancelled {
+            id: cancelled,
+            reason,
+        } => {
+            assert_eq!(cancelled, id);
+            assert!(reason.contains("went away"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_for_state(&conn, &q, &id, "cancelled").await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_follow_removes_its_subscription() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("fd"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("fd").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    let stream = q.follow(&id, 0).await.unwrap();
+    let watchers = q.keys().watchers(&id);
+    let reply = q.keys().reply(client.id());
+    assert!(is_member(&mut conn, &watchers, &reply).await);
+    drop(stream);
+    eventually("the subscription is removed", || {
+        let mut conn = conn.clone();
+        let (watchers, reply) = (watchers.clone(), reply.clone());
+        async move { !is_member(&mut conn, &watchers, &reply).await }
+    })
+    .await;
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("running"),
+        "a dropped follow does not cancel"
+    );
+    w.release.notify_one();
+    wait_for_state(&conn, &q, &id, "done").await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn aborting_the_worker_s_task_hands_its_running_task_back_at_once() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    // A long lease: only the hand-back can requeue within the test.
+    let w = TestWorker::start(
+        &redis.url(),
+        WorkerConfig::new("wa").lease(Duration::from_secs(120)),
+        seen,
+    )
+    .await;
+    let worker_id = w.id.clone();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("wa").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    let aborted_at = Instant::now();
+    w.abort().await;
+    wait_for_state(&conn, &q, &id, "queued").await;
+    let registered: Option<f64> = redis::cmd("ZSCORE")
+        .arg(q.keys().workers())
+        .arg(&worker_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(registered, None, "the worker deregistered");
+    assert!(aborted_at.elapsed() < Duration::from_secs(120));
+    let info = q.status(&id).await.unwrap();
+    assert_eq!((info.state, info.worker.as_str()), (TaskState::Queued, ""));
+}
+
+// 9 ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_wait_limit_on_a_queued_task_ends_with_wait_timed_out_naming_queued() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("wq").unwrap();
+    let id = q.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    let err = within(q.wait(&id, Some(Duration::from_millis(300))))
+        .await
+        .unwrap_err();
+    match err {
+        Error::WaitTimedOut {
+            id: got,
+            state,
+            worker,
+            waited_ms,
+        } => {
+            assert_eq!(
+                (got.as_str(), state.as_str(), worker),
+                (id.as_str(), "queued", None)
+            );
+            assert!(waited_ms >= 300);
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("queued")
+    );
+}
+
+#[tokio::test]
+async fn a_wait_limit_reached_after_the_task_ended_reports_the_result() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&no_xadd(&redis), fast("wl"), seen).await;
+    let client = Client::connect(&no_verification(&redis)).await.unwrap();
+    let q = client.queue("wl").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true, "tag": "late"})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    let waiting = tokio::spawn({
+        let (q, id) = (q.clone(), id.clone());
+        async move { q.wait(&id, Some(Duration::from_secs(3))).await }
+    });
+    eventually("the wait subscribed", || {
+        let mut conn = conn.clone();
+        let (watchers, reply) = (q.keys().watchers(&id), q.keys().reply(client.id()));
+        async move { is_member(&mut conn, &watchers, &reply).await }
+    })
+    .await;
+    // The task ends; its final event is lost (the worker may not XADD).
+    w.release.notify_one();
+    wait_for_state(&conn, &q, &id, "done").await;
+    let out = within(waiting).await.unwrap().unwrap();
+    assert_eq!(out.result["echo"]["tag"], "late");
+    assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
+    w.stop().await;
+}
+
+// 10 --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_full_redis_refuses_submits_cleanly_and_still_lets_running_tasks_finish() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("oom"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("oom").unwrap();
+    let running = tokio::spawn({
+        let q = q.clone();
+        async move {
+            q.run(TaskRequest::json(json!({"hold": true, "tag": "running"})))
+                .await
+        }
+    });
+    let Seen::Started { id: running_id, .. } = next_seen(&mut rx, 20).await else {
+        panic!()
+    };
+
+    let used = info_number(&mut conn, "memory", "used_memory").await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .arg("maxmemory")
+        .arg(used + (2 << 20))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pad = "x".repeat(100_000);
+    let mut refused = None;
+    for i in 0..1000 {
+        let id = format!("fill-{i}");
+        match q
+            .submit(TaskRequest::json(json!({ "pad": pad })).id(&id))
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::OutOfMemory(_)) => {
+                refused = Some(id);
+                break;
+            }
+            Err(other) => panic!("submit {i}: {other}"),
+        }
+    }
+    let refused = refused.expect("a submit was refused with OutOfMemory");
+    assert_eq!(
+        state_of(&mut conn, &q, &refused).await,
+        None,
+        "the refused submit wrote nothing"
+    );
+
+    // The worker's functions run under OOM: the running task completes.
+    w.release.notify_one();
+    let out = within(running).await.unwrap().unwrap();
+    assert_eq!(
+        (out.id.as_str(), &out.result["echo"]["tag"]),
+        (running_id.as_str(), &json!("running"))
+    );
+    assert_eq!(
+        state_of(&mut conn, &q, &running_id).await.as_deref(),
+        Some("done")
+    );
+    w.stop().await;
+
+    // An evicting policy would delete tasks silently: workers refuse it.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match Worker::connect(&redis.url(), fast("oom")).await {
+        Err(Error::UnsuitableServer(why)) => assert!(why.contains("allkeys-lru"), "{why}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a worker accepted an evicting Redis"),
+    }
+}
+
+// 11 --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_burst_of_5000_chunks_streams_in_order_and_9000_chunks_complete() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("burst"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("burst").unwrap();
+
+    let stream = q
+        .stream(TaskRequest::json(json!({"chunks": 5000, "chunk": "b"})))
+        .await
+        .unwrap();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, (0..5000).collect::<Vec<_>>());
+    assert_eq!(text, expected_text("b", 5000));
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 5000);
+
+    let out = within(q.run(TaskRequest::json(json!({"chunks": 9000}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["chunks"], 9000);
+    let stored: i64 = redis::cmd("LLEN")
+        .arg(q.keys().output(&out.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 9000);
+    w.stop().await;
+}
+
+// 12 --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_deadline_reached_after_a_lost_final_event_reports_the_real_outcome() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&no_xadd(&redis), fast("dlf"), seen).await;
+    let client = Client::connect(&no_verification(&redis)).await.unwrap();
+    let q = client.queue("dlf").unwrap();
+    // Done in milliseconds, its final event lost; at the deadline the
+    // tracker's cancel answers FINISHED and it reads the hash.
+    let out =
+        within(q.run(TaskRequest::json(json!({"tag": "fast"})).timeout(Duration::from_secs(2))))
+            .await
+            .unwrap();
+    assert_eq!(out.result["echo"]["tag"], "fast");
+    assert_eq!(
+        state_of(&mut conn, &q, &out.id).await.as_deref(),
+        Some("done")
+    );
+    w.stop().await;
+}
