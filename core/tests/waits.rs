@@ -116,9 +116,9 @@ async fn log_every_command(conn: &mut MultiplexedConnection) {
         .unwrap();
 }
 
-/// How many FCALLs of `function` with `id` among their arguments Redis
-/// executed (needs [`log_every_command`]).
-async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
+/// The commands Redis executed, oldest first, as text arguments (needs
+/// [`log_every_command`]).
+async fn command_log(conn: &mut MultiplexedConnection) -> Vec<Vec<String>> {
     let log: Value = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(-1)
@@ -126,28 +126,43 @@ async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> us
         .await
         .unwrap();
     let Value::Array(entries) = log else {
-        return 0;
+        return Vec::new();
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
         _ => String::new(),
     };
-    entries
+    let mut commands: Vec<Vec<String>> = entries
         .iter()
-        .filter(|e| {
+        .filter_map(|e| {
             let Value::Array(fields) = e else {
-                return false;
+                return None;
             };
             let Some(Value::Array(args)) = fields.get(3) else {
-                return false;
+                return None;
             };
-            let args: Vec<String> = args.iter().map(text).collect();
-            args.len() > 2
-                && args[0].eq_ignore_ascii_case("fcall")
-                && args[1] == function
-                && args.iter().any(|a| a == id)
+            Some(args.iter().map(text).collect())
         })
+        .collect();
+    commands.reverse();
+    commands
+}
+
+fn is_fcall(args: &[String], function: &str, id: &str) -> bool {
+    args.len() > 2
+        && args[0].eq_ignore_ascii_case("fcall")
+        && args[1] == function
+        && args.iter().any(|a| a == id)
+}
+
+/// How many FCALLs of `function` with `id` among their arguments Redis
+/// executed (needs [`log_every_command`]).
+async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
+    command_log(conn)
+        .await
+        .iter()
+        .filter(|args| is_fcall(args, function, id))
         .count()
 }
 
@@ -211,6 +226,51 @@ async fn drain_stream(
 
 fn expected_text(prefix: &str, n: u64) -> String {
     (0..n).map(|i| format!("{prefix}{i} ")).collect()
+}
+
+// 0 ---------------------------------------------------------------------------
+
+/// Workers write reply events with NOMKSTREAM: an event sent before the
+/// client created its reply stream is lost, and the wait would end only at
+/// its first verification, seconds later.
+#[tokio::test]
+async fn a_new_client_creates_its_reply_stream_before_its_first_submit_or_watch() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    log_every_command(&mut conn).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("first").unwrap();
+    let _stream = q
+        .stream(TaskRequest::json(json!(1)).id("t1"))
+        .await
+        .unwrap();
+    let follower = Client::connect(&redis.url()).await.unwrap();
+    let fq = follower.queue("first").unwrap();
+    let _follow = fq.follow("t1", 0).await.unwrap();
+
+    let log = command_log(&mut conn).await;
+    let position = |what: &str, pred: &dyn Fn(&[String]) -> bool| {
+        log.iter()
+            .position(|args| pred(args))
+            .unwrap_or_else(|| panic!("{what} not in the command log: {log:?}"))
+    };
+    let created = |reply: String| {
+        move |args: &[String]| {
+            args.len() > 1 && args[0].eq_ignore_ascii_case("xadd") && args[1] == reply
+        }
+    };
+    let submitter_stream = position(
+        "the submitter's stream",
+        &created(q.keys().reply(client.id())),
+    );
+    let submit = position("the submit", &|args| is_fcall(args, "rtq2_submit", "t1"));
+    assert!(submitter_stream < submit, "{log:?}");
+    let follower_stream = position(
+        "the follower's stream",
+        &created(fq.keys().reply(follower.id())),
+    );
+    let watch = position("the watch", &|args| is_fcall(args, "rtq2_watch", "t1"));
+    assert!(follower_stream < watch, "{log:?}");
 }
 
 // 1 ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::submit::{Submit, SubmitReply};
-use crate::functions::watch::{Read, TaskSnapshot, Watch};
+use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
 use crate::keys::{validate_id, QueueKeys};
 use crate::protocol::TaskState;
@@ -143,6 +143,7 @@ impl Queue {
         let deadline = request.timeout.map(|t| Instant::now() + t);
         let router = self.router();
         let waiter = router.register(&id);
+        router.ready(&mut self.client.conn()).await;
         let placed = self.place(request, &id, router.key(), stream).await?;
         let mut tracker = Tracker::new(self.clone(), id.clone(), waiter, deadline, None);
         tracker.cancel_on_drop(request.cancel_on_drop);
@@ -159,9 +160,9 @@ impl Queue {
                 if reply != router.key() || submitted.state.is_terminal() {
                     // Another process's task, or one that already ended:
                     // read it and subscribe to its events.
-                    let snap = self.watch(&id, router.key(), 0).await?;
+                    let snap = self.watch(&router, &id, 0).await?;
                     if !snap.state.is_terminal() {
-                        tracker.subscribed(router.key());
+                        tracker.subscribed();
                     }
                     tracker.note_snapshot(&snap);
                     return Ok((tracker, Some(snap)));
@@ -211,7 +212,8 @@ impl Queue {
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
         let router = self.router();
         let waiter = router.register(id);
-        let snap = self.watch(id, router.key(), from).await?;
+        router.ready(&mut self.client.conn()).await;
+        let snap = self.watch(&router, id, from).await?;
         let mut tracker = Tracker::new(
             self.clone(),
             id.to_string(),
@@ -220,17 +222,22 @@ impl Queue {
             max_wait.map(|d| Instant::now() + d),
         );
         if !snap.state.is_terminal() {
-            tracker.subscribed(router.key());
+            tracker.subscribed();
         }
         tracker.note_snapshot(&snap);
         Ok((tracker, snap))
     }
 
-    /// Reads state and chunks from `from`, subscribing `reply` to later
-    /// events in the same atomic step.
-    async fn watch(&self, id: &str, reply: &str, from: u64) -> Result<TaskSnapshot, Error> {
-        let watch = Watch { id, reply, from };
-        functions::call(&mut self.client.conn(), &self.keys, &watch)
+    /// Reads state and chunks from `from`, subscribing the router's stream
+    /// to later events in the same atomic step (counted by the router).
+    async fn watch(
+        &self,
+        router: &ReplyRouter,
+        id: &str,
+        from: u64,
+    ) -> Result<TaskSnapshot, Error> {
+        router
+            .watch(&mut self.client.conn(), &self.keys, id, from)
             .await?
             .ok_or_else(|| self.not_found(id))
     }

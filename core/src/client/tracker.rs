@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
-use crate::functions::watch::{Read, TaskSnapshot, Unwatch};
+use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
 
@@ -27,11 +27,15 @@ pub(crate) struct Tracker {
     max_wait_until: Option<Instant>,
     started: Instant,
     known_final: Option<ReplyEvent>,
-    /// The reply stream subscribed with rtq2_watch (removed on drop).
-    subscribed: Option<String>,
+    /// This tracker holds one of the router's counted subscriptions
+    /// (`rtq2_watch`), released on drop.
+    subscribed: bool,
     /// Cancel the task if this tracker is dropped before it ends.
     cancel_on_drop: bool,
+    /// The wait ended (with the final event or an error).
     ended: bool,
+    /// The task ended: its final event was delivered.
+    finished: bool,
 }
 
 impl Tracker {
@@ -50,9 +54,10 @@ impl Tracker {
             max_wait_until,
             started: Instant::now(),
             known_final: None,
-            subscribed: None,
+            subscribed: false,
             cancel_on_drop: false,
             ended: false,
+            finished: false,
         }
     }
 
@@ -65,8 +70,10 @@ impl Tracker {
         self.cancel_on_drop = on;
     }
 
-    pub(crate) fn subscribed(&mut self, reply: &str) {
-        self.subscribed = Some(reply.to_string());
+    /// The snapshot this tracker starts from was read with the router's
+    /// `watch` and subscribed (the task had not ended).
+    pub(crate) fn subscribed(&mut self) {
+        self.subscribed = true;
     }
 
     /// Takes note of a snapshot read at subscription time.
@@ -113,6 +120,9 @@ impl Tracker {
     /// The next event of the task, or the error that ends the wait.
     pub(crate) async fn next_event(&mut self) -> Result<ReplyEvent, Error> {
         let event = self.next_event_inner().await;
+        if matches!(event, Ok(ReplyEvent::Final { .. })) {
+            self.finished = true;
+        }
         if matches!(event, Ok(ReplyEvent::Final { .. }) | Err(_)) {
             self.ended = true;
         }
@@ -259,7 +269,8 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        if self.ended || (self.subscribed.is_none() && !self.cancel_on_drop) {
+        let cancel = self.cancel_on_drop && !self.ended;
+        if !self.subscribed && !cancel {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -268,8 +279,9 @@ impl Drop for Tracker {
         let mut conn = self.queue.client.conn();
         let keys = self.queue.keys.clone();
         let id = self.id.clone();
-        let subscribed = self.subscribed.take();
-        let cancel = self.cancel_on_drop;
+        let router = self.waiter.router().clone();
+        let subscribed = self.subscribed;
+        let finished = self.finished;
         runtime.spawn(async move {
             if cancel {
                 let c = Cancel {
@@ -281,12 +293,10 @@ impl Drop for Tracker {
                     tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
                 }
             }
-            if let Some(reply) = subscribed {
-                let u = Unwatch {
-                    id: &id,
-                    reply: &reply,
-                };
-                let _ = functions::call(&mut conn, &keys, &u).await;
+            if subscribed {
+                // Other waits of this process may share the subscription:
+                // the router removes it when the last one leaves.
+                router.unwatch(&mut conn, &keys, &id, finished).await;
             }
         });
     }
