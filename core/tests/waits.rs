@@ -691,8 +691,13 @@ async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
         .unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
 
-    // The reader keeps trying, with backoff: wait for several more refusals.
+    // The reader keeps trying, backing off (50 ms doubling to 2 s): five
+    // more refusals take at least 50+100+200+400 ms after the first ones;
+    // a reader that spins gets there in a few milliseconds, opening a
+    // connection per refusal.
+    let since = Instant::now();
     let refused_then = info_number(&mut conn, "commandstats", "cmdstat_xread.rejected_calls").await;
+    assert!(refused_then >= 1);
     eventually("the reader tried five more times", || {
         let mut conn = conn.clone();
         async move {
@@ -701,6 +706,11 @@ async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
         }
     })
     .await;
+    let elapsed = since.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(700),
+        "five refusals in {elapsed:?}: the reader does not back off"
+    );
     let opened = info_number(&mut conn, "stats", "total_connections_received").await - before;
     assert!(
         opened < 30,
@@ -998,7 +1008,21 @@ async fn a_full_redis_refuses_submits_cleanly_and_still_lets_running_tasks_finis
         "the refused submit wrote nothing"
     );
 
-    // The worker's functions run under OOM: the running task completes.
+    // Keep Redis out of memory however its buffers shrink, then let the
+    // running task end: the worker's functions run under OOM.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = q
+        .submit(TaskRequest::json(json!(1)).id("late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+    assert_eq!(state_of(&mut conn, &q, "late").await, None);
     w.release.notify_one();
     let out = within(running).await.unwrap().unwrap();
     assert_eq!(
