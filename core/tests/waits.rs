@@ -817,6 +817,31 @@ async fn a_dropped_run_with_cancel_on_drop_cancels_its_task_and_the_handler_sees
     w.stop().await;
 }
 
+/// The future is dropped after the first submit went through but its
+/// reply was lost, while the client waits to retry: no tracker exists yet,
+/// and still the task must not run for nobody.
+#[tokio::test]
+async fn a_run_with_cancel_on_drop_dropped_while_its_submit_is_retried_cancels_the_task() {
+    let redis = RedisServer::start();
+    let conn = admin_conn(&redis).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let client = Client::connect(&proxy.url()).await.unwrap();
+    let q = client.queue("codr").unwrap();
+    proxy.cut_reply_to(b"rtq2_submit");
+    let run = q.run(
+        TaskRequest::json(json!({"hold": true}))
+            .id("dropped")
+            .cancel_on_drop(true),
+    );
+    tokio::select! {
+        r = run => panic!("the run ended: {r:?}"),
+        () = eventually("the first submit's reply was dropped", || async { proxy.cuts() == 1 }) => {}
+    }
+    // Dropped during the retry's 100 ms backoff (or, on a slow machine,
+    // after the retry: then the tracker cancels). Either way:
+    wait_for_state(&conn, &q, "dropped", "cancelled").await;
+}
+
 #[tokio::test]
 async fn a_dropped_follow_removes_its_subscription() {
     let redis = RedisServer::start();

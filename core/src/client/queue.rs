@@ -17,7 +17,7 @@ use super::info::TaskInfo;
 use super::request::TaskRequest;
 use super::router::ReplyRouter;
 use super::stream::TaskStream;
-use super::tracker::Tracker;
+use super::tracker::{cancel_for_departed_caller, Tracker};
 use super::Client;
 
 /// Tries of one submit (the first included) when Redis does not answer.
@@ -54,6 +54,29 @@ pub struct TaskOutput {
 enum Placed {
     Created(Submitted),
     Existing { submitted: Submitted, reply: String },
+}
+
+/// Cancels (in the background) the task of a `run`/`stream` with
+/// `cancel_on_drop` whose future is dropped before its tracker exists.
+struct CancelIfDropped<'a> {
+    queue: &'a Queue,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for CancelIfDropped<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.queue.client.conn();
+        let keys = self.queue.keys.clone();
+        let id = self.id.to_string();
+        runtime.spawn(async move { cancel_for_departed_caller(&mut conn, &keys, &id).await });
+    }
 }
 
 /// A handle on one queue. Cheap to clone.
@@ -140,13 +163,33 @@ impl Queue {
         stream: bool,
     ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
         let id = request.id_or_new()?;
+        // Until the tracker exists, a future dropped mid-submit (or
+        // between a lost reply and its retry) cancels the task it may have
+        // created; an error returned does not.
+        let mut guard = CancelIfDropped {
+            queue: self,
+            id: &id,
+            armed: request.cancel_on_drop,
+        };
+        let started = self.start_tracking(request, &id, stream).await;
+        guard.armed = false;
+        let (mut tracker, snap) = started?;
+        tracker.cancel_on_drop(request.cancel_on_drop);
+        Ok((tracker, snap))
+    }
+
+    async fn start_tracking(
+        &self,
+        request: &TaskRequest,
+        id: &str,
+        stream: bool,
+    ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
         let deadline = request.timeout.map(|t| Instant::now() + t);
         let router = self.router();
-        let waiter = router.register(&id);
+        let waiter = router.register(id);
         router.ready(&mut self.client.conn()).await;
-        let placed = self.place(request, &id, router.key(), stream).await?;
-        let mut tracker = Tracker::new(self.clone(), id.clone(), waiter, deadline, None);
-        tracker.cancel_on_drop(request.cancel_on_drop);
+        let placed = self.place(request, id, router.key(), stream).await?;
+        let mut tracker = Tracker::new(self.clone(), id.to_string(), waiter, deadline, None);
         match placed {
             Placed::Created(s) => {
                 if s.deadline_ms == 0 {
@@ -160,7 +203,7 @@ impl Queue {
                 if reply != router.key() || submitted.state.is_terminal() {
                     // Another process's task, or one that already ended:
                     // read it and subscribe to its events.
-                    let snap = self.watch(&router, &id, 0).await?;
+                    let snap = self.watch(&router, id, 0).await?;
                     if !snap.state.is_terminal() {
                         tracker.subscribed();
                     }

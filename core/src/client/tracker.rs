@@ -10,7 +10,9 @@ use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
+use crate::keys::QueueKeys;
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
+use redis::aio::ConnectionManager;
 
 use super::queue::{Queue, TaskOutput};
 use super::router::{Routed, Waiter};
@@ -267,6 +269,24 @@ impl Tracker {
     }
 }
 
+/// Cancels a task whose waiting caller went away (`cancel_on_drop`). A
+/// task that does not exist (its submit never reached Redis) or already
+/// ended is left alone by `rtq2_cancel`.
+pub(crate) async fn cancel_for_departed_caller(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+    id: &str,
+) {
+    let c = Cancel {
+        id,
+        mode: CancelMode::Cancel,
+        reason: "the waiting caller went away",
+    };
+    if let Err(e) = functions::call(conn, keys, &c).await {
+        tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
+    }
+}
+
 impl Drop for Tracker {
     fn drop(&mut self) {
         let cancel = self.cancel_on_drop && !self.ended;
@@ -284,14 +304,7 @@ impl Drop for Tracker {
         let finished = self.finished;
         runtime.spawn(async move {
             if cancel {
-                let c = Cancel {
-                    id: &id,
-                    mode: CancelMode::Cancel,
-                    reason: "the waiting caller went away",
-                };
-                if let Err(e) = functions::call(&mut conn, &keys, &c).await {
-                    tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
-                }
+                cancel_for_departed_caller(&mut conn, &keys, &id).await;
             }
             if subscribed {
                 // Other waits of this process may share the subscription:
