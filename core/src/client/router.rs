@@ -145,16 +145,7 @@ pub(crate) struct ReaderSettings {
 impl ReplyRouter {
     /// Creates the router and starts its reader and housekeeping tasks.
     pub(crate) fn start(key: String, settings: ReaderSettings) -> Arc<Self> {
-        let router = Arc::new(Self {
-            key,
-            waiters: Mutex::new(HashMap::new()),
-            next_token: AtomicU64::new(1),
-            trimming: AtomicBool::new(false),
-            verify_all: AtomicBool::new(false),
-            refused: Mutex::new(None),
-            stream_ready: AtomicBool::new(false),
-            subscriptions: Mutex::new(HashMap::new()),
-        });
+        let router = Self::idle(key);
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
         tokio::spawn(
@@ -169,6 +160,20 @@ impl ReplyRouter {
         );
         tokio::spawn(Arc::clone(&router).read_loop(settings).instrument(span));
         router
+    }
+
+    /// A router without its reader and housekeeping tasks.
+    fn idle(key: String) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            waiters: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            trimming: AtomicBool::new(false),
+            verify_all: AtomicBool::new(false),
+            refused: Mutex::new(None),
+            stream_ready: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The reply stream key workers write to for this client.
@@ -326,16 +331,23 @@ impl ReplyRouter {
         }
     }
 
-    /// Ids whose verification is due, rescheduling them.
+    /// Ids whose verification is due (at most [`CHECKS_PER_TICK`]),
+    /// rescheduling them. After `verify_all` every wait is due: those past
+    /// the cap stay due for the next ticks.
     fn due_checks(&self, now: Instant) -> Vec<String> {
         let all = self.verify_all.swap(false, Ordering::AcqRel);
         let mut waiters = self.waiters.lock().expect("waiter map poisoned");
+        if all {
+            for entry in waiters.values_mut() {
+                entry.next_check = entry.next_check.min(now);
+            }
+        }
         let mut due = Vec::new();
         for (id, entry) in waiters.iter_mut() {
             if due.len() >= CHECKS_PER_TICK {
                 break;
             }
-            if all || entry.next_check <= now {
+            if entry.next_check <= now {
                 entry.interval = (entry.interval * 2).min(MAX_CHECK_INTERVAL);
                 entry.next_check = now + entry.interval;
                 due.push(id.clone());
@@ -639,6 +651,26 @@ mod tests {
         );
         assert_eq!(next_stream_id("5-41").unwrap(), "5-42");
         assert!(next_stream_id("garbage").is_none());
+    }
+
+    #[test]
+    fn verifying_every_wait_reaches_them_all_in_capped_batches() {
+        let router = ReplyRouter::idle("rtq:{q}:r:c".into());
+        let waiters: Vec<Waiter> = (0..2500)
+            .map(|i| router.register(&format!("t{i}")))
+            .collect();
+        let now = Instant::now();
+        assert!(router.due_checks(now).is_empty(), "none due yet");
+        router.verify_all.store(true, Ordering::Release);
+        let mut seen = std::collections::HashSet::new();
+        for expected in [1000, 1000, 500, 0] {
+            let due = router.due_checks(now);
+            assert_eq!(due.len(), expected);
+            for id in due {
+                assert!(seen.insert(id), "verified twice in one round");
+            }
+        }
+        assert_eq!(seen.len(), waiters.len());
     }
 
     #[test]
