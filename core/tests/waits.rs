@@ -685,10 +685,25 @@ async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
-    // A wait opened later learns it at once.
+    // A wait opened later learns it at once, before submitting a task it
+    // could never hear of; a follow too.
     let err = within(q.run(TaskRequest::json(json!(2))))
         .await
         .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+    let pending: Vec<String> = redis::cmd("ZRANGE")
+        .arg(q.keys().pending())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the first run submitted: {pending:?}"
+    );
+    let err = within(q.wait(&pending[0], None)).await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
 
     // The reader keeps trying, backing off (50 ms doubling to 2 s): five

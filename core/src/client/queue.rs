@@ -135,7 +135,9 @@ impl Queue {
     /// Everything [`Queue::submit`] returns but `Duplicate`, and every
     /// reason the task can end without a result: [`Error::TimedOut`]
     /// (naming the phase), [`Error::Cancelled`], [`Error::Failed`],
-    /// [`Error::WorkerLost`], [`Error::TaskLost`], [`Error::Disconnected`].
+    /// [`Error::WorkerLost`], [`Error::TaskLost`], [`Error::Disconnected`],
+    /// [`Error::PermissionDenied`] (this user may not read its reply stream;
+    /// once that is known, nothing is submitted).
     pub async fn run(&self, request: TaskRequest) -> Result<TaskOutput, Error> {
         let (mut tracker, _) = self.start(&request, false).await?;
         tracker.final_output().await
@@ -146,7 +148,8 @@ impl Queue {
     /// exists already, it follows that task from its first chunk.
     ///
     /// # Errors
-    /// As [`Queue::submit`]; later failures arrive through the stream.
+    /// As [`Queue::submit`], and [`Error::PermissionDenied`] as for
+    /// [`Queue::run`]; later failures arrive through the stream.
     pub async fn stream(&self, request: TaskRequest) -> Result<TaskStream, Error> {
         let (tracker, snap) = self.start(&request, true).await?;
         Ok(match snap {
@@ -186,6 +189,9 @@ impl Queue {
     ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
         let deadline = request.timeout.map(|t| Instant::now() + t);
         let router = self.router();
+        if let Some(reason) = router.refusal() {
+            return Err(Error::PermissionDenied(reason));
+        }
         let waiter = router.register(id);
         router.ready(&mut self.client.conn()).await;
         let placed = self.place(request, id, router.key(), stream).await?;
@@ -220,7 +226,8 @@ impl Queue {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::WaitTimedOut`] (naming the task's state
-    /// and worker), or any reason the task ended without a result.
+    /// and worker), [`Error::PermissionDenied`] (this user may not read its
+    /// reply stream), or any reason the task ended without a result.
     pub async fn wait(&self, id: &str, max_wait: Option<Duration>) -> Result<TaskOutput, Error> {
         let (mut tracker, _) = self
             .follow_inner(id, crate::protocol::MAX_OUTPUT_CHUNKS, max_wait)
@@ -233,8 +240,9 @@ impl Queue {
     /// come first, then live ones, with none missing or repeated.
     ///
     /// # Errors
-    /// [`Error::NotFound`], or a Redis error; later failures arrive through
-    /// the stream.
+    /// [`Error::NotFound`], [`Error::PermissionDenied`] (this user may not
+    /// read its reply stream), or a Redis error; later failures arrive
+    /// through the stream.
     pub async fn follow(&self, id: &str, from: u64) -> Result<TaskStream, Error> {
         let (tracker, snap) = self.follow_inner(id, from, None).await?;
         Ok(TaskStream::new(
@@ -254,6 +262,9 @@ impl Queue {
         validate_id(id, "task id")?;
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
         let router = self.router();
+        if let Some(reason) = router.refusal() {
+            return Err(Error::PermissionDenied(reason));
+        }
         let waiter = router.register(id);
         router.ready(&mut self.client.conn()).await;
         let snap = self.watch(&router, id, from).await?;

@@ -227,6 +227,12 @@ impl ReplyRouter {
         }
     }
 
+    /// Why the reader is refused (an ACL), if it is: a new wait fails at
+    /// once instead of submitting a task it could never hear of.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+
     fn subscription(&self, id: &str) -> Arc<tokio::sync::Mutex<usize>> {
         let mut subs = self.subscriptions.lock().expect("subscriptions poisoned");
         Arc::clone(subs.entry(id.to_string()).or_default())
