@@ -616,6 +616,64 @@ async fn two_runs_with_one_id_in_one_process_share_one_task_and_both_get_the_res
     w.stop().await;
 }
 
+/// A stream() attaching to a task this process submitted with run() (no
+/// chunk events requested) subscribes to the chunks and starts from the
+/// ones already written, instead of learning of them at the end.
+#[tokio::test]
+async fn a_stream_attached_to_a_run_of_the_same_id_streams_chunks_before_the_end() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("rs2"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("rs2").unwrap();
+    let request =
+        TaskRequest::json(json!({"chunks": 3, "chunk": "r", "hold_after": true})).id("shared");
+    let run = tokio::spawn({
+        let (q, r) = (q.clone(), request.clone());
+        async move { q.run(r).await }
+    });
+    next_seen(&mut rx, 20).await;
+    eventually("three chunks are stored", || {
+        let mut conn = conn.clone();
+        let key = q.keys().task("shared");
+        async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg("nc")
+                .query_async::<Option<u64>>(&mut conn)
+                .await
+                .unwrap()
+                == Some(3)
+        }
+    })
+    .await;
+
+    let mut stream = q.stream(request).await.unwrap();
+    let mut text = String::new();
+    for i in 0..3 {
+        match within(stream.next()).await {
+            Some(Ok(StreamEvent::Chunk(c))) => {
+                assert_eq!(c.index, i);
+                text.push_str(&c.text());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(text, "r0 r1 r2 ");
+    assert_eq!(
+        state_of(&mut conn, &q, "shared").await.as_deref(),
+        Some("running")
+    );
+    w.release.notify_one();
+    match within(stream.next()).await {
+        Some(Ok(StreamEvent::Done(out))) => assert_eq!(out.id, "shared"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(within(run).await.unwrap().unwrap().id, "shared");
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn two_waits_on_one_id_both_get_the_result_and_dropping_one_leaves_the_other_subscribed() {
     let redis = RedisServer::start();

@@ -28,11 +28,30 @@ pub enum Seen {
 
 /// A handler driven by its input:
 /// `{"chunks": n, "chunk": "text", "delay_ms": d, "hold": true, "fail": "why",
-///   "retryable": bool, "panic": true}`.
+///   "retryable": bool, "panic": true, "hold_after": true}`: `hold` waits
+/// for `release` (or the cancel) before sending the chunks, `hold_after`
+/// after sending them.
 pub struct Scripted {
     pub worker: String,
     pub seen: mpsc::UnboundedSender<Seen>,
     pub release: Arc<tokio::sync::Notify>,
+}
+
+impl Scripted {
+    /// Waits for `release`, or reports the cancel and fails.
+    async fn hold(&self, task: &TaskContext) -> Result<(), HandlerError> {
+        tokio::select! {
+            _ = self.release.notified() => Ok(()),
+            _ = task.cancelled() => {
+                let reason = task.stop_reason().map(|r| r.to_string()).unwrap_or_default();
+                let _ = self.seen.send(Seen::Cancelled {
+                    id: task.id().to_string(),
+                    reason: reason.clone(),
+                });
+                Err(HandlerError::fatal(reason))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -48,17 +67,7 @@ impl Handler for Scripted {
             panic!("scripted panic");
         }
         if input["hold"].as_bool() == Some(true) {
-            tokio::select! {
-                _ = self.release.notified() => {}
-                _ = task.cancelled() => {
-                    let reason = task.stop_reason().map(|r| r.to_string()).unwrap_or_default();
-                    let _ = self.seen.send(Seen::Cancelled {
-                        id: task.id().to_string(),
-                        reason: reason.clone(),
-                    });
-                    return Err(HandlerError::fatal(reason));
-                }
-            }
+            self.hold(&task).await?;
         }
         let n = input["chunks"].as_u64().unwrap_or(0);
         let delay = input["delay_ms"].as_u64().unwrap_or(0);
@@ -68,6 +77,9 @@ impl Handler for Scripted {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             task.send(format!("{text}{i} ")).await?;
+        }
+        if input["hold_after"].as_bool() == Some(true) {
+            self.hold(&task).await?;
         }
         if let Some(why) = input["fail"].as_str() {
             return Err(if input["retryable"].as_bool() == Some(true) {
