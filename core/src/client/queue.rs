@@ -206,9 +206,11 @@ impl Queue {
                 if submitted.deadline_ms == 0 {
                     tracker.without_deadline();
                 }
-                if reply != router.key() || submitted.state.is_terminal() {
-                    // Another process's task, or one that already ended:
-                    // read it and subscribe to its events.
+                if reply != router.key() || submitted.state.is_terminal() || stream {
+                    // Another process's task, one that already ended, or
+                    // one whose submit may not have asked for chunk events
+                    // (a run): read it and subscribe to its events. (A
+                    // stream subscribed to twice gets each event once.)
                     let snap = self.watch(&router, id, 0).await?;
                     if !snap.state.is_terminal() {
                         tracker.subscribed();
