@@ -852,6 +852,42 @@ async fn a_run_whose_submit_reply_is_lost_still_returns_the_result() {
     w.stop().await;
 }
 
+/// The outcome of a task whose final event was lost is read from Redis;
+/// a connection cut during that read is retried, not reported as the
+/// wait's outcome. The proxy cuts the first read of the outcome (from
+/// chunk 100000: state only) and, for the stream, the first read of the
+/// stored chunks (from chunk 0).
+#[tokio::test]
+async fn a_read_of_the_outcome_cut_by_the_network_is_retried() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&no_xadd(&redis), fast("rr"), seen).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let client = Client::connect(&proxy.url()).await.unwrap();
+    let q = client.queue("rr").unwrap();
+
+    proxy.cut_reply_to(b"rtq2_read");
+    let out = within(q.run(TaskRequest::json(json!({"tag": "read"})).id("r1")))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["tag"], "read");
+    assert_eq!(proxy.cuts(), 1);
+
+    let stream = q
+        .stream(TaskRequest::json(json!({"chunks": 4, "chunk": "c"})).id("r2"))
+        .await
+        .unwrap();
+    proxy.cut_reply_to(b"r2\r\n$1\r\n0\r\n");
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, vec![0, 1, 2, 3]);
+    assert_eq!(text, "c0 c1 c2 c3 ");
+    assert_eq!(done.unwrap().id, "r2");
+    assert_eq!(proxy.cuts(), 2);
+    assert_eq!(state_of(&mut conn, &q, "r2").await.as_deref(), Some("done"));
+    w.stop().await;
+}
+
 // 8 ---------------------------------------------------------------------------
 
 #[tokio::test]

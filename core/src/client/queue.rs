@@ -22,6 +22,9 @@ use super::Client;
 
 /// Tries of one submit (the first included) when Redis does not answer.
 const SUBMIT_TRIES: u32 = 3;
+/// First and longest delay between retries of a task read.
+const READ_RETRY_MIN: Duration = Duration::from_millis(50);
+const READ_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A task accepted by Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,9 +302,24 @@ impl Queue {
     }
 
     /// Reads state and one page of chunks from `from` without subscribing.
+    /// Waits read the truth here (an outcome whose event was lost, chunks
+    /// whose events were trimmed), so errors that may pass (a cut
+    /// connection, `LOADING`) are retried, backing off, for up to the
+    /// client's `give_up_after`.
     pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
         let read = Read { id, from };
-        functions::call(&mut self.client.conn(), &self.keys, &read).await
+        let give_up = Instant::now() + self.client.inner.config.give_up_after;
+        let mut delay = READ_RETRY_MIN;
+        loop {
+            match functions::call(&mut self.client.conn(), &self.keys, &read).await {
+                Err(e) if e.is_retryable() && Instant::now() + delay < give_up => {
+                    tracing::debug!(task_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "reading the task failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(READ_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Everything stored about a task.

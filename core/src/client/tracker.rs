@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
-use crate::functions::watch::{Read, TaskSnapshot};
+use crate::functions::watch::TaskSnapshot;
 use crate::functions::{self};
 use crate::keys::QueueKeys;
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
@@ -96,11 +96,7 @@ impl Tracker {
     /// [`Error::TaskLost`] if it no longer exists; Redis errors.
     async fn read_final(&mut self) -> Result<Option<ReplyEvent>, Error> {
         // From past any output: the state only, no chunks.
-        let read = Read {
-            id: &self.id,
-            from: MAX_OUTPUT_CHUNKS,
-        };
-        let snap = functions::call(&mut self.queue.client.conn(), &self.queue.keys, &read).await?;
+        let snap = self.queue.read(&self.id, MAX_OUTPUT_CHUNKS).await?;
         match snap {
             None => Err(self.lost("Redis no longer has it although it never ended: Redis lost its data (a restart without persistence, a failover) or evicted the key")),
             Some(snap) => Ok(snap.outcome.map(|outcome| ReplyEvent::Final {
