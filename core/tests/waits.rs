@@ -19,7 +19,8 @@ use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use rtq_core::{
-    Client, Error, Granularity, Queue, StreamEvent, TaskRequest, TaskState, Worker, WorkerConfig,
+    Client, ClientConfig, Error, Granularity, Queue, StreamEvent, TaskRequest, TaskState, Worker,
+    WorkerConfig,
 };
 use rtq_testkit::Proxy;
 use serde_json::json;
@@ -823,6 +824,53 @@ async fn a_submit_whose_reply_is_lost_is_retried_and_creates_one_task() {
         .await
         .unwrap();
     assert_eq!(pending, vec![sub.id.clone()]);
+}
+
+/// A network black hole after the submit reached Redis: every try times
+/// out (a short response timeout keeps the test quick), the submit ends
+/// with `Uncertain` naming the id, and submitting that id again once the
+/// network is back creates nothing new.
+#[tokio::test]
+async fn a_submit_lost_in_a_black_hole_is_uncertain_and_its_id_creates_one_task() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let config = ClientConfig::default().response_timeout(Duration::from_millis(300));
+    let client = Client::connect_with(&proxy.url(), config).await.unwrap();
+    let q = client.queue("bh").unwrap();
+    let request = TaskRequest::json(json!({"n": 1})).id("bh1");
+
+    proxy.black_hole_after(b"rtq2_submit");
+    let err = within(q.submit(request.clone())).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Uncertain { id, .. } if id == "bh1"),
+        "{err}"
+    );
+    assert_eq!(proxy.black_holes(), 1);
+    assert_eq!(
+        state_of(&mut conn, &q, "bh1").await.as_deref(),
+        Some("queued")
+    );
+
+    // The network is back: the dark connection closes, the client connects
+    // again and the same id finds its task.
+    let accepted = proxy.accepted();
+    proxy.cut_all();
+    eventually("the client reconnected", || async {
+        proxy.accepted() > accepted
+    })
+    .await;
+    let err = within(q.submit(request)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Duplicate { id, state } if id == "bh1" && state == "queued"),
+        "{err}"
+    );
+    let tasks: Vec<String> = redis::cmd("KEYS")
+        .arg(q.keys().task("*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tasks, vec![q.keys().task("bh1")]);
 }
 
 #[tokio::test]

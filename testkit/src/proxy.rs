@@ -5,8 +5,11 @@
 //! connection, so faults can be aimed at one command:
 //! [`Proxy::cut_reply_to`] lets the next request containing a byte pattern
 //! through (Redis executes it), drops its reply and cuts that connection,
-//! which is exactly what an ambiguous timeout looks like to a client.
-//! [`Proxy::cut_all`] closes every open connection at once.
+//! which is what a lost reply looks like to a client.
+//! [`Proxy::black_hole_after`] lets the next matching request through and
+//! then silently drops everything on that connection, both ways, while
+//! keeping it open: the client only notices by timing out (a network black
+//! hole). [`Proxy::cut_all`] closes every open connection at once.
 //!
 //! # Examples
 //! ```no_run
@@ -35,13 +38,24 @@ pub struct Proxy {
     accept: AbortHandle,
 }
 
+/// What happens at the reply to a matching request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Drop the reply and close the connection.
+    Cut,
+    /// Drop the reply and everything after it, both ways; stay open.
+    BlackHole,
+}
+
 /// What the connections share with the test.
 #[derive(Default)]
 struct Control {
-    /// The armed cut: requests containing this pattern lose their reply.
-    cut_pattern: Mutex<Option<Vec<u8>>>,
+    /// The armed fault: the next request containing this pattern.
+    armed: Mutex<Option<(Vec<u8>, Fault)>>,
     /// Cuts performed so far.
     cuts: AtomicU64,
+    /// Connections gone dark so far.
+    black_holes: AtomicU64,
     /// Connections accepted so far.
     accepted: AtomicU64,
     /// The tasks serving open connections.
@@ -51,9 +65,11 @@ struct Control {
 /// Per-connection state shared by its two directions.
 #[derive(Default)]
 struct Conn {
-    /// Index (0-based, in request order) of the request whose reply is
-    /// dropped, with the connection cut there.
-    cut_at: Mutex<Option<u64>>,
+    /// Index (0-based, in request order) of the request at whose reply the
+    /// fault strikes, and the fault.
+    fault_at: Mutex<Option<(u64, Fault)>>,
+    /// Gone dark: nothing is forwarded any more, either way.
+    dark: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -92,12 +108,25 @@ impl Proxy {
     /// reply is dropped and that connection is closed. Replies to earlier
     /// requests on the connection still arrive.
     pub fn cut_reply_to(&self, pattern: &[u8]) {
-        *self.control.cut_pattern.lock().unwrap() = Some(pattern.to_vec());
+        *self.control.armed.lock().unwrap() = Some((pattern.to_vec(), Fault::Cut));
+    }
+
+    /// Arms a one-shot black hole: the next request (on any connection)
+    /// whose bytes contain `pattern` is forwarded and executed by Redis;
+    /// from its reply on, nothing more is forwarded on that connection in
+    /// either direction, and it stays open until [`Proxy::cut_all`].
+    pub fn black_hole_after(&self, pattern: &[u8]) {
+        *self.control.armed.lock().unwrap() = Some((pattern.to_vec(), Fault::BlackHole));
     }
 
     /// Cuts performed so far (armed cuts that hit a request).
     pub fn cuts(&self) -> u64 {
         self.control.cuts.load(Ordering::Acquire)
+    }
+
+    /// Connections gone dark so far (armed black holes that hit).
+    pub fn black_holes(&self) -> u64 {
+        self.control.black_holes.load(Ordering::Acquire)
     }
 
     /// Connections accepted so far.
@@ -151,8 +180,9 @@ async fn serve(client: TcpStream, server: TcpStream, control: Arc<Control>) {
     }
 }
 
-/// Client to server: forwards bytes as they come, counting complete
-/// requests and arming the connection's cut on a matching one.
+/// Client to server: forwards bytes as they come (none once the
+/// connection went dark), counting complete requests and arming the
+/// connection's fault on a matching one.
 async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: &Control, conn: &Conn) {
     let mut pending = Vec::new();
     let mut count = 0u64;
@@ -167,13 +197,17 @@ async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: &Con
         // not fully received.
         while let Some(len) = resp_len(&pending) {
             let request: Vec<u8> = pending.drain(..len).collect();
-            let mut armed = control.cut_pattern.lock().unwrap();
-            let hit = armed.as_deref().is_some_and(|p| contains(&request, p));
-            if hit {
-                *armed = None;
-                *conn.cut_at.lock().unwrap() = Some(count);
+            let mut armed = control.armed.lock().unwrap();
+            if let Some((pattern, fault)) = armed.as_ref() {
+                if contains(&request, pattern) {
+                    *conn.fault_at.lock().unwrap() = Some((count, *fault));
+                    *armed = None;
+                }
             }
             count += 1;
+        }
+        if conn.dark.load(Ordering::Acquire) {
+            continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
@@ -182,7 +216,8 @@ async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: &Con
 }
 
 /// Server to client: forwards complete replies; at the marked one, drops
-/// it and returns (cutting the connection).
+/// it and returns (cutting the connection) or goes dark (reading and
+/// dropping everything after).
 async fn replies(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: &Control, conn: &Conn) {
     let mut pending = Vec::new();
     let mut count = 0u64;
@@ -192,15 +227,33 @@ async fn replies(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: &Cont
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if conn.dark.load(Ordering::Acquire) {
+            continue;
+        }
         pending.extend_from_slice(&buf[..n]);
         let mut forward = 0;
         while let Some(len) = resp_len(&pending[forward..]) {
-            if *conn.cut_at.lock().unwrap() == Some(count) {
+            let fault = match *conn.fault_at.lock().unwrap() {
+                Some((at, fault)) if at == count => Some(fault),
+                _ => None,
+            };
+            if let Some(fault) = fault {
                 if forward > 0 && to.write_all(&pending[..forward]).await.is_err() {
                     return;
                 }
-                control.cuts.fetch_add(1, Ordering::AcqRel);
-                return;
+                match fault {
+                    Fault::Cut => {
+                        control.cuts.fetch_add(1, Ordering::AcqRel);
+                        return;
+                    }
+                    Fault::BlackHole => {
+                        conn.dark.store(true, Ordering::Release);
+                        control.black_holes.fetch_add(1, Ordering::AcqRel);
+                        pending.clear();
+                        forward = 0;
+                        break;
+                    }
+                }
             }
             forward += len;
             count += 1;
