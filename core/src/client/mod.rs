@@ -7,7 +7,9 @@
 //!   follow, status, cancel;
 //! - `request`: [`TaskRequest`], what a client submits, validated here;
 //! - `router`: one blocking reader per client and queue routes reply
-//!   events to every waiter, owns the reply stream, verifies open waits;
+//!   events to every waiter, owns the reply stream (created before the
+//!   first wait needs it) and its subscriptions (shared by the waits of
+//!   one task), verifies open waits;
 //! - `tracker`: follows one task; turns every way a wait ends into an
 //!   answer read from Redis;
 //! - `stream`: [`TaskStream`], a task's chunks as a `futures::Stream`,
