@@ -600,7 +600,7 @@ async fn two_runs_with_one_id_in_one_process_share_one_task_and_both_get_the_res
     .await;
     let err = q.submit(request.clone()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Duplicate { id, state } if id == "same" && state == "running"),
+        matches!(&err, Error::Duplicate { id, state } if id == "same" && *state == TaskState::Running),
         "{err}"
     );
 
@@ -862,7 +862,7 @@ async fn a_submit_lost_in_a_black_hole_is_uncertain_and_its_id_creates_one_task(
     .await;
     let err = within(q.submit(request)).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Duplicate { id, state } if id == "bh1" && state == "queued"),
+        matches!(&err, Error::Duplicate { id, state } if id == "bh1" && *state == TaskState::Queued),
         "{err}"
     );
     let tasks: Vec<String> = redis::cmd("KEYS")
@@ -1090,8 +1090,8 @@ async fn a_wait_limit_on_a_queued_task_ends_with_wait_timed_out_naming_queued() 
             waited_ms,
         } => {
             assert_eq!(
-                (got.as_str(), state.as_str(), worker),
-                (id.as_str(), "queued", None)
+                (got.as_str(), state, worker),
+                (id.as_str(), TaskState::Queued, None)
             );
             assert!(waited_ms >= 300);
         }

@@ -125,7 +125,7 @@ impl Queue {
             Placed::Created(s) => Ok(s),
             Placed::Existing { submitted, .. } => Err(Error::Duplicate {
                 id,
-                state: submitted.state.to_string(),
+                state: submitted.state,
             }),
         }
     }

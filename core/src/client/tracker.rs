@@ -259,7 +259,7 @@ impl Tracker {
         Err(Error::WaitTimedOut {
             id: self.id.clone(),
             waited_ms,
-            state: info.state.to_string(),
+            state: info.state,
             worker: Some(info.worker).filter(|w| !w.is_empty() && info.state == TaskState::Running),
         })
     }
