@@ -12,14 +12,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use rtq_core::{
-    Client, ClientConfig, Error, Granularity, Queue, StreamEvent, TaskRequest, TaskState, Worker,
+    Client, ClientConfig, Error, Granularity, StreamEvent, TaskRequest, TaskState, Worker,
     WorkerConfig,
 };
 use rtq_testkit::Proxy;
@@ -43,193 +41,7 @@ fn no_verification(redis: &RedisServer) -> String {
     acl_user(redis, "c", &["-hget"])
 }
 
-async fn state_of(conn: &mut MultiplexedConnection, q: &Queue, id: &str) -> Option<String> {
-    redis::cmd("HGET")
-        .arg(q.keys().task(id))
-        .arg("st")
-        .query_async(conn)
-        .await
-        .unwrap()
-}
-
-async fn wait_for_state(conn: &MultiplexedConnection, q: &Queue, id: &str, state: &str) {
-    eventually(&format!("task {id} is {state} in Redis"), || {
-        let mut conn = conn.clone();
-        async move { state_of(&mut conn, q, id).await.as_deref() == Some(state) }
-    })
-    .await;
-}
-
-async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
-}
-
-async fn is_member(conn: &mut MultiplexedConnection, set: &str, member: &str) -> bool {
-    redis::cmd("SISMEMBER")
-        .arg(set)
-        .arg(member)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
-
-/// A numeric field of `INFO <section>`; for `cmdstat_*` lines, `field` is
-/// `cmdstat_xread.rejected_calls` style.
-async fn info_number(conn: &mut MultiplexedConnection, section: &str, field: &str) -> u64 {
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(conn)
-        .await
-        .unwrap();
-    let (line, sub) = field.split_once('.').unwrap_or((field, ""));
-    for l in text.lines() {
-        let Some((name, value)) = l.trim_end().split_once(':') else {
-            continue;
-        };
-        if name != line {
-            continue;
-        }
-        if sub.is_empty() {
-            return value.parse().unwrap();
-        }
-        for part in value.split(',') {
-            if let Some((k, v)) = part.split_once('=') {
-                if k == sub {
-                    return v.parse().unwrap();
-                }
-            }
-        }
-    }
-    0
-}
-
-/// Makes the server log every command (SLOWLOG), so a test can see which
-/// calls reached Redis.
-async fn log_every_command(conn: &mut MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(0)
-        .arg("slowlog-max-len")
-        .arg(100_000)
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-/// The commands Redis executed, oldest first, as text arguments (needs
-/// [`log_every_command`]).
-async fn command_log(conn: &mut MultiplexedConnection) -> Vec<Vec<String>> {
-    let log: Value = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap();
-    let Value::Array(entries) = log else {
-        return Vec::new();
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        _ => String::new(),
-    };
-    let mut commands: Vec<Vec<String>> = entries
-        .iter()
-        .filter_map(|e| {
-            let Value::Array(fields) = e else {
-                return None;
-            };
-            let Some(Value::Array(args)) = fields.get(3) else {
-                return None;
-            };
-            Some(args.iter().map(text).collect())
-        })
-        .collect();
-    commands.reverse();
-    commands
-}
-
-fn is_fcall(args: &[String], function: &str, id: &str) -> bool {
-    args.len() > 2
-        && args[0].eq_ignore_ascii_case("fcall")
-        && args[1] == function
-        && args.iter().any(|a| a == id)
-}
-
-/// How many FCALLs of `function` with `id` among their arguments Redis
-/// executed (needs [`log_every_command`]).
-async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
-    command_log(conn)
-        .await
-        .iter()
-        .filter(|args| is_fcall(args, function, id))
-        .count()
-}
-
-/// The entries of a stream: (entry id, fields).
-async fn xrange(
-    conn: &mut MultiplexedConnection,
-    key: &str,
-) -> Vec<(String, HashMap<String, String>)> {
-    let reply: Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        _ => String::new(),
-    };
-    let Value::Array(entries) = reply else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let Value::Array(e) = e else { return None };
-            let Value::Array(flat) = &e[1] else {
-                return None;
-            };
-            let fields = flat.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect();
-            Some((text(&e[0]), fields))
-        })
-        .collect()
-}
-
-/// Reads a stream to its end: chunk indexes, text, and the final output.
-async fn drain_stream(
-    mut stream: rtq_core::TaskStream,
-) -> (Vec<u64>, String, Result<rtq_core::TaskOutput, Error>) {
-    let mut indexes = Vec::new();
-    let mut text = String::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(StreamEvent::Chunk(c)) => {
-                indexes.push(c.index);
-                text.push_str(&c.text());
-            }
-            Ok(StreamEvent::Done(out)) => {
-                assert!(stream.next().await.is_none(), "nothing after Done");
-                return (indexes, text, Ok(out));
-            }
-            Ok(StreamEvent::Restarted { attempt, reason }) => {
-                panic!("no restart expected (attempt {attempt}: {reason})")
-            }
-            Err(e) => return (indexes, text, Err(e)),
-        }
-    }
-    panic!("the stream ended without Done or an error")
-}
-
-fn expected_text(prefix: &str, n: u64) -> String {
-    (0..n).map(|i| format!("{prefix}{i} ")).collect()
-}
-
-// 0 ---------------------------------------------------------------------------
+// Reply streams and their keys ------------------------------------------------
 
 /// Workers write reply events with NOMKSTREAM: an event sent before the
 /// client created its reply stream is lost, and the wait would end only at
@@ -273,8 +85,6 @@ async fn a_new_client_creates_its_reply_stream_before_its_first_submit_or_watch(
     let watch = position("the watch", &|args| is_fcall(args, "rtq2_watch", "t1"));
     assert!(follower_stream < watch, "{log:?}");
 }
-
-// 1 ---------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_task_with_a_1_ms_retention_never_expires_another_task_s_unread_events() {
@@ -337,7 +147,7 @@ async fn a_task_with_a_1_ms_retention_never_expires_another_task_s_unread_events
     w.stop().await;
 }
 
-// 2 ---------------------------------------------------------------------------
+// Lost events ------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_wait_whose_final_event_is_lost_still_ends_with_the_real_outcome() {
@@ -383,8 +193,6 @@ async fn a_wait_whose_final_event_is_lost_still_ends_with_the_real_outcome() {
     );
     w.stop().await;
 }
-
-// 3 ---------------------------------------------------------------------------
 
 #[tokio::test]
 async fn waits_end_with_task_lost_when_redis_restarts_empty() {
@@ -455,8 +263,6 @@ async fn waits_end_with_task_lost_when_redis_restarts_empty() {
     assert_eq!(state_of(&mut conn, &q, "running").await, None);
     w.kill();
 }
-
-// 4 ---------------------------------------------------------------------------
 
 /// The follower is a second client connected as ACL user `f`. Switching
 /// `f` off and killing its connections keeps its reader away while the
@@ -571,7 +377,7 @@ async fn a_stream_whose_chunk_events_were_trimmed_fills_the_gap_and_the_tail() {
     w.stop().await;
 }
 
-// 5 ---------------------------------------------------------------------------
+// Several waits on one id --------------------------------------------------------
 
 #[tokio::test]
 async fn two_runs_with_one_id_in_one_process_share_one_task_and_both_get_the_result() {
@@ -730,7 +536,7 @@ async fn two_waits_on_one_id_both_get_the_result_and_dropping_one_leaves_the_oth
     w.stop().await;
 }
 
-// 6 ---------------------------------------------------------------------------
+// Refused reads, lost replies, cut connections --------------------------------
 
 #[tokio::test]
 async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
@@ -791,8 +597,6 @@ async fn a_refused_reply_reader_backs_off_and_tells_the_waits() {
         "{opened} connections opened while XREAD was refused"
     );
 }
-
-// 7 ---------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_submit_whose_reply_is_lost_is_retried_and_creates_one_task() {
@@ -936,7 +740,7 @@ async fn a_read_of_the_outcome_cut_by_the_network_is_retried() {
     w.stop().await;
 }
 
-// 8 ---------------------------------------------------------------------------
+// Dropped futures --------------------------------------------------------------
 
 #[tokio::test]
 async fn a_dropped_run_with_cancel_on_drop_cancels_its_task_and_the_handler_sees_it() {
@@ -1070,7 +874,7 @@ async fn aborting_the_worker_s_task_hands_its_running_task_back_at_once() {
     assert_eq!((info.state, info.worker.as_str()), (TaskState::Queued, ""));
 }
 
-// 9 ---------------------------------------------------------------------------
+// Timers -----------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_wait_limit_on_a_queued_task_ends_with_wait_timed_out_naming_queued() {
@@ -1136,7 +940,7 @@ async fn a_wait_limit_reached_after_the_task_ended_reports_the_result() {
     w.stop().await;
 }
 
-// 10 --------------------------------------------------------------------------
+// Memory limits and big outputs -------------------------------------------------
 
 #[tokio::test]
 async fn a_full_redis_refuses_submits_cleanly_and_still_lets_running_tasks_finish() {
@@ -1234,8 +1038,6 @@ async fn a_full_redis_refuses_submits_cleanly_and_still_lets_running_tasks_finis
     }
 }
 
-// 11 --------------------------------------------------------------------------
-
 #[tokio::test]
 async fn a_burst_of_5000_chunks_streams_in_order_and_9000_chunks_complete() {
     let redis = RedisServer::start();
@@ -1266,8 +1068,6 @@ async fn a_burst_of_5000_chunks_streams_in_order_and_9000_chunks_complete() {
     assert_eq!(stored, 9000);
     w.stop().await;
 }
-
-// 12 --------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_deadline_reached_after_a_lost_final_event_reports_the_real_outcome() {
