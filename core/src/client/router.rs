@@ -537,8 +537,12 @@ impl ReplyRouter {
                                     self.broadcast(true, &reason);
                                 }
                             }
-                            // Drop the connection: its state is unknown.
-                            conn = None;
+                            // A refusal (NOPERM, LOADING, BUSY, WRONGTYPE)
+                            // is an answer on a working connection: keep it.
+                            // Otherwise its state is unknown: drop it.
+                            if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                                conn = None;
+                            }
                             e.to_string()
                         }
                     }
