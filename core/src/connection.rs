@@ -69,9 +69,21 @@ impl Endpoint {
     /// [`Error::Connection`] if Redis is unreachable or refuses the
     /// credentials.
     pub async fn shared(&self) -> Result<ConnectionManager, Error> {
+        self.shared_with(RESPONSE_TIMEOUT).await
+    }
+
+    /// [`Endpoint::shared`] with a response timeout of its own: how long a
+    /// command may go unanswered before it fails.
+    ///
+    /// # Errors
+    /// As [`Endpoint::shared`].
+    pub async fn shared_with(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<ConnectionManager, Error> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let mut conn = ConnectionManager::new_with_config(self.client.clone(), config)

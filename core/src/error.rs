@@ -70,7 +70,7 @@ pub enum Error {
         /// Task id.
         id: String,
         /// Its current state.
-        state: String,
+        state: crate::protocol::TaskState,
     },
     /// No such task: never submitted to this queue, or ended longer ago than
     /// its retention.
@@ -97,7 +97,7 @@ pub enum Error {
         /// How long the caller waited.
         waited_ms: u64,
         /// The task's state when the wait ended.
-        state: String,
+        state: crate::protocol::TaskState,
         /// The worker running it, if any.
         worker: Option<String>,
     },

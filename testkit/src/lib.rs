@@ -5,6 +5,15 @@
 //! parallel on any machine. It can be killed and restarted on the same port
 //! for fault-injection tests. When a test fails while a server is alive,
 //! the server's log is printed.
+//!
+//! # Layout
+//! - this file: [`RedisServer`] and its [`Options`];
+//! - [`proxy`]: [`Proxy`], a TCP fault-injection proxy between a client and
+//!   a server (drop one command's reply and cut its connection, cut all).
+
+pub mod proxy;
+
+pub use proxy::Proxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

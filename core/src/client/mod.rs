@@ -7,7 +7,9 @@
 //!   follow, status, cancel;
 //! - `request`: [`TaskRequest`], what a client submits, validated here;
 //! - `router`: one blocking reader per client and queue routes reply
-//!   events to every waiter, owns the reply stream, verifies open waits;
+//!   events to every waiter, owns the reply stream (created before the
+//!   first wait needs it) and its subscriptions (shared by the waits of
+//!   one task), verifies open waits;
 //! - `tracker`: follows one task; turns every way a wait ends into an
 //!   answer read from Redis;
 //! - `stream`: [`TaskStream`], a task's chunks as a `futures::Stream`,
@@ -49,8 +51,15 @@ pub struct ClientConfig {
     /// (reaping dead workers, ending overdue tasks). Default 1 s.
     pub housekeeping_every: Duration,
     /// How long the reply reader may fail to reach Redis before open waits
-    /// end with [`Error::Connection`]. Default 30 s.
+    /// end with [`Error::Disconnected`]; also how long reads of a task's
+    /// outcome are retried. Default 30 s.
     pub give_up_after: Duration,
+    /// How long a command on the shared connection (submit, cancel, reads)
+    /// may go unanswered before it fails (default 10 s). A submit that
+    /// times out is retried with the same id and, when no try is answered,
+    /// fails with [`Error::Uncertain`]: a submit gives up after about three
+    /// times this. Lower it where a quick "uncertain" beats patience.
+    pub response_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +68,7 @@ impl Default for ClientConfig {
             max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
             housekeeping_every: Duration::from_secs(1),
             give_up_after: Duration::from_secs(30),
+            response_timeout: crate::connection::RESPONSE_TIMEOUT,
         }
     }
 }
@@ -77,6 +87,11 @@ impl ClientConfig {
     /// Sets [`ClientConfig::give_up_after`].
     pub fn give_up_after(mut self, after: Duration) -> Self {
         self.give_up_after = after;
+        self
+    }
+    /// Sets [`ClientConfig::response_timeout`].
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
         self
     }
 }
@@ -132,7 +147,7 @@ impl Client {
     /// As [`Client::connect`].
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Self, Error> {
         let endpoint = Endpoint::parse(url)?;
-        let conn = endpoint.shared().await?;
+        let conn = endpoint.shared_with(config.response_timeout).await?;
         Ok(Self {
             inner: Arc::new(ClientInner {
                 endpoint,

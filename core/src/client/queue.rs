@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::submit::{Submit, SubmitReply};
-use crate::functions::watch::{Read, TaskSnapshot, Watch};
+use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
 use crate::keys::{validate_id, QueueKeys};
 use crate::protocol::TaskState;
@@ -17,11 +17,14 @@ use super::info::TaskInfo;
 use super::request::TaskRequest;
 use super::router::ReplyRouter;
 use super::stream::TaskStream;
-use super::tracker::Tracker;
+use super::tracker::{cancel_for_departed_caller, Tracker};
 use super::Client;
 
 /// Tries of one submit (the first included) when Redis does not answer.
 const SUBMIT_TRIES: u32 = 3;
+/// First and longest delay between retries of a task read.
+const READ_RETRY_MIN: Duration = Duration::from_millis(50);
+const READ_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A task accepted by Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +57,29 @@ pub struct TaskOutput {
 enum Placed {
     Created(Submitted),
     Existing { submitted: Submitted, reply: String },
+}
+
+/// Cancels (in the background) the task of a `run`/`stream` with
+/// `cancel_on_drop` whose future is dropped before its tracker exists.
+struct CancelIfDropped<'a> {
+    queue: &'a Queue,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for CancelIfDropped<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.queue.client.conn();
+        let keys = self.queue.keys.clone();
+        let id = self.id.to_string();
+        runtime.spawn(async move { cancel_for_departed_caller(&mut conn, &keys, &id).await });
+    }
 }
 
 /// A handle on one queue. Cheap to clone.
@@ -99,7 +125,7 @@ impl Queue {
             Placed::Created(s) => Ok(s),
             Placed::Existing { submitted, .. } => Err(Error::Duplicate {
                 id,
-                state: submitted.state.to_string(),
+                state: submitted.state,
             }),
         }
     }
@@ -112,7 +138,9 @@ impl Queue {
     /// Everything [`Queue::submit`] returns but `Duplicate`, and every
     /// reason the task can end without a result: [`Error::TimedOut`]
     /// (naming the phase), [`Error::Cancelled`], [`Error::Failed`],
-    /// [`Error::WorkerLost`], [`Error::TaskLost`], [`Error::Disconnected`].
+    /// [`Error::WorkerLost`], [`Error::TaskLost`], [`Error::Disconnected`],
+    /// [`Error::PermissionDenied`] (this user may not read its reply stream;
+    /// once that is known, nothing is submitted).
     pub async fn run(&self, request: TaskRequest) -> Result<TaskOutput, Error> {
         let (mut tracker, _) = self.start(&request, false).await?;
         tracker.final_output().await
@@ -123,7 +151,8 @@ impl Queue {
     /// exists already, it follows that task from its first chunk.
     ///
     /// # Errors
-    /// As [`Queue::submit`]; later failures arrive through the stream.
+    /// As [`Queue::submit`], and [`Error::PermissionDenied`] as for
+    /// [`Queue::run`]; later failures arrive through the stream.
     pub async fn stream(&self, request: TaskRequest) -> Result<TaskStream, Error> {
         let (tracker, snap) = self.start(&request, true).await?;
         Ok(match snap {
@@ -140,13 +169,36 @@ impl Queue {
         stream: bool,
     ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
         let id = request.id_or_new()?;
+        // Until the tracker exists, a future dropped mid-submit (or
+        // between a lost reply and its retry) cancels the task it may have
+        // created; an error returned does not.
+        let mut guard = CancelIfDropped {
+            queue: self,
+            id: &id,
+            armed: request.cancel_on_drop,
+        };
+        let started = self.start_tracking(request, &id, stream).await;
+        guard.armed = false;
+        let (mut tracker, snap) = started?;
+        tracker.cancel_on_drop(request.cancel_on_drop);
+        Ok((tracker, snap))
+    }
+
+    async fn start_tracking(
+        &self,
+        request: &TaskRequest,
+        id: &str,
+        stream: bool,
+    ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
         let deadline = request.timeout.map(|t| Instant::now() + t);
         let router = self.router();
-        router.ready().await?;
-        let waiter = router.register(&id);
-        let placed = self.place(request, &id, router.key(), stream).await?;
-        let mut tracker = Tracker::new(self.clone(), id.clone(), waiter, deadline, None);
-        tracker.cancel_on_drop(request.cancel_on_drop);
+        if let Some(reason) = router.refusal() {
+            return Err(Error::PermissionDenied(reason));
+        }
+        let waiter = router.register(id);
+        router.ready(&mut self.client.conn()).await;
+        let placed = self.place(request, id, router.key(), stream).await?;
+        let mut tracker = Tracker::new(self.clone(), id.to_string(), waiter, deadline, None);
         match placed {
             Placed::Created(s) => {
                 if s.deadline_ms == 0 {
@@ -157,12 +209,14 @@ impl Queue {
                 if submitted.deadline_ms == 0 {
                     tracker.without_deadline();
                 }
-                if reply != router.key() || submitted.state.is_terminal() {
-                    // Another process's task, or one that already ended:
-                    // read it and subscribe to its events.
-                    let snap = self.watch(&id, router.key(), 0).await?;
+                if reply != router.key() || submitted.state.is_terminal() || stream {
+                    // Another process's task, one that already ended, or
+                    // one whose submit may not have asked for chunk events
+                    // (a run): read it and subscribe to its events. (A
+                    // stream subscribed to twice gets each event once.)
+                    let snap = self.watch(&router, id, 0).await?;
                     if !snap.state.is_terminal() {
-                        tracker.subscribed(router.key());
+                        tracker.subscribed();
                     }
                     tracker.note_snapshot(&snap);
                     return Ok((tracker, Some(snap)));
@@ -177,7 +231,8 @@ impl Queue {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::WaitTimedOut`] (naming the task's state
-    /// and worker), or any reason the task ended without a result.
+    /// and worker), [`Error::PermissionDenied`] (this user may not read its
+    /// reply stream), or any reason the task ended without a result.
     pub async fn wait(&self, id: &str, max_wait: Option<Duration>) -> Result<TaskOutput, Error> {
         let (mut tracker, _) = self
             .follow_inner(id, crate::protocol::MAX_OUTPUT_CHUNKS, max_wait)
@@ -190,8 +245,9 @@ impl Queue {
     /// come first, then live ones, with none missing or repeated.
     ///
     /// # Errors
-    /// [`Error::NotFound`], or a Redis error; later failures arrive through
-    /// the stream.
+    /// [`Error::NotFound`], [`Error::PermissionDenied`] (this user may not
+    /// read its reply stream), or a Redis error; later failures arrive
+    /// through the stream.
     pub async fn follow(&self, id: &str, from: u64) -> Result<TaskStream, Error> {
         let (tracker, snap) = self.follow_inner(id, from, None).await?;
         Ok(TaskStream::new(
@@ -211,9 +267,12 @@ impl Queue {
         validate_id(id, "task id")?;
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
         let router = self.router();
-        router.ready().await?;
+        if let Some(reason) = router.refusal() {
+            return Err(Error::PermissionDenied(reason));
+        }
         let waiter = router.register(id);
-        let snap = self.watch(id, router.key(), from).await?;
+        router.ready(&mut self.client.conn()).await;
+        let snap = self.watch(&router, id, from).await?;
         let mut tracker = Tracker::new(
             self.clone(),
             id.to_string(),
@@ -222,25 +281,45 @@ impl Queue {
             max_wait.map(|d| Instant::now() + d),
         );
         if !snap.state.is_terminal() {
-            tracker.subscribed(router.key());
+            tracker.subscribed();
         }
         tracker.note_snapshot(&snap);
         Ok((tracker, snap))
     }
 
-    /// Reads state and chunks from `from`, subscribing `reply` to later
-    /// events in the same atomic step.
-    async fn watch(&self, id: &str, reply: &str, from: u64) -> Result<TaskSnapshot, Error> {
-        let watch = Watch { id, reply, from };
-        functions::call(&mut self.client.conn(), &self.keys, &watch)
+    /// Reads state and chunks from `from`, subscribing the router's stream
+    /// to later events in the same atomic step (counted by the router).
+    async fn watch(
+        &self,
+        router: &ReplyRouter,
+        id: &str,
+        from: u64,
+    ) -> Result<TaskSnapshot, Error> {
+        router
+            .watch(&mut self.client.conn(), &self.keys, id, from)
             .await?
             .ok_or_else(|| self.not_found(id))
     }
 
     /// Reads state and one page of chunks from `from` without subscribing.
+    /// Waits read the truth here (an outcome whose event was lost, chunks
+    /// whose events were trimmed), so errors that may pass (a cut
+    /// connection, `LOADING`) are retried, backing off, for up to the
+    /// client's `give_up_after`.
     pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
         let read = Read { id, from };
-        functions::call(&mut self.client.conn(), &self.keys, &read).await
+        let give_up = Instant::now() + self.client.inner.config.give_up_after;
+        let mut delay = READ_RETRY_MIN;
+        loop {
+            match functions::call(&mut self.client.conn(), &self.keys, &read).await {
+                Err(e) if e.is_retryable() && Instant::now() + delay < give_up => {
+                    tracing::debug!(task_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "reading the task failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(READ_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Everything stored about a task.

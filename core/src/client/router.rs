@@ -5,8 +5,10 @@
 //! connection.
 //!
 //! The router owns its stream: it creates it (workers write with
-//! NOMKSTREAM, so a dead client's stream is never re-created) and keeps its
-//! TTL, re-armed every housekeeping tick. Reply events are notifications;
+//! NOMKSTREAM, so a dead client's stream is never re-created) before the
+//! first wait depends on it, and keeps its TTL, re-armed every housekeeping
+//! tick. It also owns the stream's subscriptions (`rtq2_watch`): several
+//! follows of one task share one, removed when the last of them goes away. Reply events are notifications;
 //! the task hash is the truth. So the router also verifies open waits: a
 //! task checked and found ended is read from Redis, a task found missing
 //! ends its waits with the cause. Checks run 5 s after a wait opens, then
@@ -32,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::connection::Endpoint;
+use crate::error::Error;
 use crate::functions::queue_admin::Housekeep;
+use crate::functions::watch::{TaskSnapshot, Unwatch, Watch};
 use crate::keys::QueueKeys;
 use crate::protocol::{value_to_bytes, value_to_string, ReplyEvent, TaskState};
 
@@ -88,13 +92,16 @@ pub(crate) struct ReplyRouter {
     trimming: AtomicBool,
     /// Set when every wait must be verified at the next tick.
     verify_all: AtomicBool,
-    /// A refusal that new registrations learn at once.
+    /// A refusal that new registrations learn at once. Written before the
+    /// refusal is broadcast and read under the waiter lock, so a waiter
+    /// registering meanwhile hears of it one way or the other.
     refused: Mutex<Option<String>>,
-    /// Set once the stream was created: workers write with NOMKSTREAM, so
-    /// the first submit must wait for it.
-    created: tokio::sync::OnceCell<()>,
-    /// For creating the stream before the first submit.
-    shared: ConnectionManager,
+    /// Set once the stream is known to exist.
+    stream_ready: AtomicBool,
+    /// Subscriptions of this stream per task id: how many open trackers
+    /// rely on each. Changes per id are serialized (watch, unwatch), so the
+    /// last tracker to leave removes it and a new watch never races that.
+    subscriptions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<usize>>>>,
 }
 
 /// A registration; unregisters itself (only itself) on drop.
@@ -103,6 +110,13 @@ pub(crate) struct Waiter {
     id: String,
     token: u64,
     pub(crate) rx: mpsc::UnboundedReceiver<Routed>,
+}
+
+impl Waiter {
+    /// The router this waiter is registered with.
+    pub(crate) fn router(&self) -> &Arc<ReplyRouter> {
+        &self.router
+    }
 }
 
 impl Drop for Waiter {
@@ -131,16 +145,7 @@ pub(crate) struct ReaderSettings {
 impl ReplyRouter {
     /// Creates the router and starts its reader and housekeeping tasks.
     pub(crate) fn start(key: String, settings: ReaderSettings) -> Arc<Self> {
-        let router = Arc::new(Self {
-            key,
-            waiters: Mutex::new(HashMap::new()),
-            next_token: AtomicU64::new(1),
-            trimming: AtomicBool::new(false),
-            verify_all: AtomicBool::new(false),
-            refused: Mutex::new(None),
-            created: tokio::sync::OnceCell::new(),
-            shared: settings.shared.clone(),
-        });
+        let router = Self::idle(key);
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
         tokio::spawn(
@@ -157,38 +162,39 @@ impl ReplyRouter {
         router
     }
 
+    /// A router without its reader and housekeeping tasks.
+    fn idle(key: String) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            waiters: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            trimming: AtomicBool::new(false),
+            verify_all: AtomicBool::new(false),
+            refused: Mutex::new(None),
+            stream_ready: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// The reply stream key workers write to for this client.
     pub(crate) fn key(&self) -> &str {
         &self.key
-    }
-
-    /// Makes sure the reply stream exists (one round trip, the first time
-    /// only): events written before it exists would be dropped.
-    ///
-    /// # Errors
-    /// Redis errors (the submit that follows would fail the same way).
-    pub(crate) async fn ready(&self) -> Result<(), crate::Error> {
-        self.created
-            .get_or_try_init(|| async {
-                self.keep_stream(&mut self.shared.clone()).await?;
-                Ok::<(), crate::Error>(())
-            })
-            .await
-            .map(|_| ())
     }
 
     /// Registers interest in a task's events. Call before submitting.
     /// Several registrations per id each receive every event.
     pub(crate) fn register(self: &Arc<Self>, id: &str) -> Waiter {
         let (tx, rx) = mpsc::unbounded_channel();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut waiters = self.waiters.lock().expect("waiter map poisoned");
+        // Under the waiter lock: a refusal recorded after this read is
+        // broadcast after this waiter is in the map.
         if let Some(reason) = self.refused.lock().ok().and_then(|r| r.clone()) {
             let _ = tx.send(Routed::ReaderFailed {
                 refused: true,
                 reason,
             });
         }
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut waiters = self.waiters.lock().expect("waiter map poisoned");
         waiters
             .entry(id.to_string())
             .or_insert_with(|| Entry {
@@ -204,6 +210,101 @@ impl ReplyRouter {
             token,
             rx,
         }
+    }
+
+    /// Makes sure the stream exists before a wait depends on it (one round
+    /// trip, on first use only): workers write with NOMKSTREAM, so events
+    /// sent before the reader's housekeeping first created the stream would
+    /// be lost, and the wait would end only at its first verification.
+    /// Failures are left to the housekeeping tick.
+    pub(crate) async fn ready(&self, conn: &mut ConnectionManager) {
+        if self.stream_ready.load(Ordering::Acquire) {
+            return;
+        }
+        match self.keep_stream(conn).await {
+            Ok(_) => self.stream_ready.store(true, Ordering::Release),
+            Err(e) => tracing::debug!(error = %e, "could not create the reply stream yet"),
+        }
+    }
+
+    /// Why the reader is refused (an ACL), if it is: a new wait fails at
+    /// once instead of submitting a task it could never hear of.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn subscription(&self, id: &str) -> Arc<tokio::sync::Mutex<usize>> {
+        let mut subs = self.subscriptions.lock().expect("subscriptions poisoned");
+        Arc::clone(subs.entry(id.to_string()).or_default())
+    }
+
+    /// Drops the entry of an id nobody relies on. Call while holding its
+    /// lock with a count of 0: whoever cloned it meanwhile keeps it alive.
+    fn forget_subscription(&self, id: &str, slot: &Arc<tokio::sync::Mutex<usize>>) {
+        let mut subs = self.subscriptions.lock().expect("subscriptions poisoned");
+        if Arc::strong_count(slot) == 2 && subs.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            subs.remove(id);
+        }
+    }
+
+    /// Reads a task from chunk `from` and subscribes this stream to its
+    /// later events (`rtq2_watch`). A subscription to a task that has not
+    /// ended is counted: release it with [`ReplyRouter::unwatch`].
+    ///
+    /// # Errors
+    /// As `functions::call`.
+    pub(crate) async fn watch(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &QueueKeys,
+        id: &str,
+        from: u64,
+    ) -> Result<Option<TaskSnapshot>, Error> {
+        let slot = self.subscription(id);
+        let mut count = slot.lock().await;
+        let watch = Watch {
+            id,
+            reply: &self.key,
+            from,
+        };
+        let snap = crate::functions::call(conn, keys, &watch).await;
+        if let Ok(Some(s)) = &snap {
+            if !s.state.is_terminal() {
+                *count += 1;
+            }
+        }
+        if *count == 0 {
+            self.forget_subscription(id, &slot);
+        }
+        snap
+    }
+
+    /// Releases one subscription counted by [`ReplyRouter::watch`]; the
+    /// last one removes it from Redis (`rtq2_unwatch`), unless the task
+    /// ended (`finished`: the subscription goes with the task).
+    pub(crate) async fn unwatch(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &QueueKeys,
+        id: &str,
+        finished: bool,
+    ) {
+        let slot = self.subscription(id);
+        let mut count = slot.lock().await;
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return;
+        }
+        if !finished {
+            let unwatch = Unwatch {
+                id,
+                reply: &self.key,
+            };
+            if let Err(e) = crate::functions::call(conn, keys, &unwatch).await {
+                tracing::debug!(task_id = %id, error = %e, "could not remove a subscription; it ends with the task");
+            }
+        }
+        self.forget_subscription(id, &slot);
     }
 
     fn waiting(&self) -> usize {
@@ -236,16 +337,23 @@ impl ReplyRouter {
         }
     }
 
-    /// Ids whose verification is due, rescheduling them.
+    /// Ids whose verification is due (at most [`CHECKS_PER_TICK`]),
+    /// rescheduling them. After `verify_all` every wait is due: those past
+    /// the cap stay due for the next ticks.
     fn due_checks(&self, now: Instant) -> Vec<String> {
         let all = self.verify_all.swap(false, Ordering::AcqRel);
         let mut waiters = self.waiters.lock().expect("waiter map poisoned");
+        if all {
+            for entry in waiters.values_mut() {
+                entry.next_check = entry.next_check.min(now);
+            }
+        }
         let mut due = Vec::new();
         for (id, entry) in waiters.iter_mut() {
             if due.len() >= CHECKS_PER_TICK {
                 break;
             }
-            if all || entry.next_check <= now {
+            if entry.next_check <= now {
                 entry.interval = (entry.interval * 2).min(MAX_CHECK_INTERVAL);
                 entry.next_check = now + entry.interval;
                 due.push(id.clone());
@@ -300,13 +408,15 @@ impl ReplyRouter {
                 }
             }
             match self.keep_stream(&mut shared).await {
-                Ok(true) if !first => {
-                    tracing::warn!(
-                        "the reply stream had vanished (Redis restarted empty, or evicted it); verifying every open wait"
-                    );
-                    self.verify_all.store(true, Ordering::Release);
+                Ok(created) => {
+                    self.stream_ready.store(true, Ordering::Release);
+                    if created && !first {
+                        tracing::warn!(
+                            "the reply stream had vanished (Redis restarted empty, or evicted it); verifying every open wait"
+                        );
+                        self.verify_all.store(true, Ordering::Release);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "could not keep the reply stream"),
             }
             first = false;
@@ -427,8 +537,12 @@ impl ReplyRouter {
                                     self.broadcast(true, &reason);
                                 }
                             }
-                            // Drop the connection: its state is unknown.
-                            conn = None;
+                            // A refusal (NOPERM, LOADING, BUSY, WRONGTYPE)
+                            // is an answer on a working connection: keep it.
+                            // Otherwise its state is unknown: drop it.
+                            if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                                conn = None;
+                            }
                             e.to_string()
                         }
                     }
@@ -547,6 +661,26 @@ mod tests {
         );
         assert_eq!(next_stream_id("5-41").unwrap(), "5-42");
         assert!(next_stream_id("garbage").is_none());
+    }
+
+    #[test]
+    fn verifying_every_wait_reaches_them_all_in_capped_batches() {
+        let router = ReplyRouter::idle("rtq:{q}:r:c".into());
+        let waiters: Vec<Waiter> = (0..2500)
+            .map(|i| router.register(&format!("t{i}")))
+            .collect();
+        let now = Instant::now();
+        assert!(router.due_checks(now).is_empty(), "none due yet");
+        router.verify_all.store(true, Ordering::Release);
+        let mut seen = std::collections::HashSet::new();
+        for expected in [1000, 1000, 500, 0] {
+            let due = router.due_checks(now);
+            assert_eq!(due.len(), expected);
+            for id in due {
+                assert!(seen.insert(id), "verified twice in one round");
+            }
+        }
+        assert_eq!(seen.len(), waiters.len());
     }
 
     #[test]

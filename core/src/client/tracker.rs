@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
-use crate::functions::watch::{Read, TaskSnapshot, Unwatch};
+use crate::functions::watch::TaskSnapshot;
 use crate::functions::{self};
+use crate::keys::QueueKeys;
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
+use redis::aio::ConnectionManager;
 
 use super::queue::{Queue, TaskOutput};
 use super::router::{Routed, Waiter};
@@ -27,11 +29,15 @@ pub(crate) struct Tracker {
     max_wait_until: Option<Instant>,
     started: Instant,
     known_final: Option<ReplyEvent>,
-    /// The reply stream subscribed with rtq2_watch (removed on drop).
-    subscribed: Option<String>,
+    /// This tracker holds one of the router's counted subscriptions
+    /// (`rtq2_watch`), released on drop.
+    subscribed: bool,
     /// Cancel the task if this tracker is dropped before it ends.
     cancel_on_drop: bool,
+    /// The wait ended (with the final event or an error).
     ended: bool,
+    /// The task ended: its final event was delivered.
+    finished: bool,
 }
 
 impl Tracker {
@@ -50,9 +56,10 @@ impl Tracker {
             max_wait_until,
             started: Instant::now(),
             known_final: None,
-            subscribed: None,
+            subscribed: false,
             cancel_on_drop: false,
             ended: false,
+            finished: false,
         }
     }
 
@@ -65,8 +72,10 @@ impl Tracker {
         self.cancel_on_drop = on;
     }
 
-    pub(crate) fn subscribed(&mut self, reply: &str) {
-        self.subscribed = Some(reply.to_string());
+    /// The snapshot this tracker starts from was read with the router's
+    /// `watch` and subscribed (the task had not ended).
+    pub(crate) fn subscribed(&mut self) {
+        self.subscribed = true;
     }
 
     /// Takes note of a snapshot read at subscription time.
@@ -87,11 +96,7 @@ impl Tracker {
     /// [`Error::TaskLost`] if it no longer exists; Redis errors.
     async fn read_final(&mut self) -> Result<Option<ReplyEvent>, Error> {
         // From past any output: the state only, no chunks.
-        let read = Read {
-            id: &self.id,
-            from: MAX_OUTPUT_CHUNKS,
-        };
-        let snap = functions::call(&mut self.queue.client.conn(), &self.queue.keys, &read).await?;
+        let snap = self.queue.read(&self.id, MAX_OUTPUT_CHUNKS).await?;
         match snap {
             None => Err(self.lost("Redis no longer has it although it never ended: Redis lost its data (a restart without persistence, a failover) or evicted the key")),
             Some(snap) => Ok(snap.outcome.map(|outcome| ReplyEvent::Final {
@@ -113,6 +118,9 @@ impl Tracker {
     /// The next event of the task, or the error that ends the wait.
     pub(crate) async fn next_event(&mut self) -> Result<ReplyEvent, Error> {
         let event = self.next_event_inner().await;
+        if matches!(event, Ok(ReplyEvent::Final { .. })) {
+            self.finished = true;
+        }
         if matches!(event, Ok(ReplyEvent::Final { .. }) | Err(_)) {
             self.ended = true;
         }
@@ -251,15 +259,34 @@ impl Tracker {
         Err(Error::WaitTimedOut {
             id: self.id.clone(),
             waited_ms,
-            state: info.state.to_string(),
+            state: info.state,
             worker: Some(info.worker).filter(|w| !w.is_empty() && info.state == TaskState::Running),
         })
     }
 }
 
+/// Cancels a task whose waiting caller went away (`cancel_on_drop`). A
+/// task that does not exist (its submit never reached Redis) or already
+/// ended is left alone by `rtq2_cancel`.
+pub(crate) async fn cancel_for_departed_caller(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+    id: &str,
+) {
+    let c = Cancel {
+        id,
+        mode: CancelMode::Cancel,
+        reason: "the waiting caller went away",
+    };
+    if let Err(e) = functions::call(conn, keys, &c).await {
+        tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
+    }
+}
+
 impl Drop for Tracker {
     fn drop(&mut self) {
-        if self.ended || (self.subscribed.is_none() && !self.cancel_on_drop) {
+        let cancel = self.cancel_on_drop && !self.ended;
+        if !self.subscribed && !cancel {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -268,25 +295,17 @@ impl Drop for Tracker {
         let mut conn = self.queue.client.conn();
         let keys = self.queue.keys.clone();
         let id = self.id.clone();
-        let subscribed = self.subscribed.take();
-        let cancel = self.cancel_on_drop;
+        let router = self.waiter.router().clone();
+        let subscribed = self.subscribed;
+        let finished = self.finished;
         runtime.spawn(async move {
             if cancel {
-                let c = Cancel {
-                    id: &id,
-                    mode: CancelMode::Cancel,
-                    reason: "the waiting caller went away",
-                };
-                if let Err(e) = functions::call(&mut conn, &keys, &c).await {
-                    tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
-                }
+                cancel_for_departed_caller(&mut conn, &keys, &id).await;
             }
-            if let Some(reply) = subscribed {
-                let u = Unwatch {
-                    id: &id,
-                    reply: &reply,
-                };
-                let _ = functions::call(&mut conn, &keys, &u).await;
+            if subscribed {
+                // Other waits of this process may share the subscription:
+                // the router removes it when the last one leaves.
+                router.unwatch(&mut conn, &keys, &id, finished).await;
             }
         });
     }

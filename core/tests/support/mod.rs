@@ -3,10 +3,16 @@
 //! kill -9 looks from Redis).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtq_core::{async_trait, Handler, HandlerError, TaskContext, Worker, WorkerConfig};
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use rtq_core::{
+    async_trait, Error, Handler, HandlerError, Queue, StreamEvent, TaskContext, TaskOutput,
+    TaskStream, Worker, WorkerConfig,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,12 +37,31 @@ pub enum Seen {
 
 /// A handler driven by its input:
 /// `{"chunks": n, "chunk": "text", "delay_ms": d, "hold": true, "fail": "why",
-///   "retryable": bool, "panic": true, "fail_on": "<worker id>"}` (the last
-/// fails retryably on that worker only).
+///   "retryable": bool, "panic": true, "hold_after": true,
+///   "fail_on": "<worker id>"}`: `hold` waits for `release` (or the cancel)
+/// before sending the chunks, `hold_after` after sending them; `fail_on`
+/// fails retryably on that worker only.
 pub struct Scripted {
     pub worker: String,
     pub seen: mpsc::UnboundedSender<Seen>,
     pub release: Arc<tokio::sync::Notify>,
+}
+
+impl Scripted {
+    /// Waits for `release`, or reports the cancel and fails.
+    async fn hold(&self, task: &TaskContext) -> Result<(), HandlerError> {
+        tokio::select! {
+            _ = self.release.notified() => Ok(()),
+            _ = task.cancelled() => {
+                let reason = task.stop_reason().map(|r| r.to_string()).unwrap_or_default();
+                let _ = self.seen.send(Seen::Cancelled {
+                    id: task.id().to_string(),
+                    reason: reason.clone(),
+                });
+                Err(HandlerError::fatal(reason))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -52,17 +77,7 @@ impl Handler for Scripted {
             panic!("scripted panic");
         }
         if input["hold"].as_bool() == Some(true) {
-            tokio::select! {
-                _ = self.release.notified() => {}
-                _ = task.cancelled() => {
-                    let reason = task.stop_reason().map(|r| r.to_string()).unwrap_or_default();
-                    let _ = self.seen.send(Seen::Cancelled {
-                        id: task.id().to_string(),
-                        reason: reason.clone(),
-                    });
-                    return Err(HandlerError::fatal(reason));
-                }
-            }
+            self.hold(&task).await?;
         }
         let n = input["chunks"].as_u64().unwrap_or(0);
         let delay = input["delay_ms"].as_u64().unwrap_or(0);
@@ -72,6 +87,9 @@ impl Handler for Scripted {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             task.send(format!("{text}{i} ")).await?;
+        }
+        if input["hold_after"].as_bool() == Some(true) {
+            self.hold(&task).await?;
         }
         if input["fail_on"].as_str() == Some(self.worker.as_str()) {
             return Err(HandlerError::retryable(format!(
@@ -138,6 +156,14 @@ impl TestWorker {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        let _ = self.handle.await;
+    }
+
+    /// Aborts the tokio task running `Worker::run`, dropping its future
+    /// (what a cancelled `select!` or an aborted task does to a worker
+    /// embedded in a larger program). Returns once the future is dropped.
+    pub async fn abort(self) {
+        self.handle.abort();
         let _ = self.handle.await;
     }
 }
@@ -228,6 +254,50 @@ pub async fn wait_registered(url: &str, id: &str) {
     panic!("worker {id} never registered");
 }
 
+/// Creates the ACL user `name` (password `pw`) with every key, channel and
+/// command, then `rules` (e.g. `"-xadd"`), and returns its URL.
+pub fn acl_user(redis: &RedisServer, name: &str, rules: &[&str]) -> String {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(name)
+        .arg("reset")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all");
+    for rule in rules {
+        cmd.arg(*rule);
+    }
+    let _: () = cmd.query(&mut redis.conn()).expect("ACL SETUSER");
+    format!("redis://{name}:pw@127.0.0.1:{}/", redis.port())
+}
+
+/// An async connection to the test server as the default user, for
+/// assertions.
+pub async fn admin_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("cannot connect to the test redis-server")
+}
+
+/// Polls `check` until it holds; fails the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        if started.elapsed() > PATIENCE {
+            panic!("still not true after {PATIENCE:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn seen_channel() -> (mpsc::UnboundedSender<Seen>, mpsc::UnboundedReceiver<Seen>) {
     mpsc::unbounded_channel()
 }
@@ -248,4 +318,196 @@ pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, fut)
         .await
         .expect("operation hung")
+}
+
+// Reading Redis in assertions -------------------------------------------------
+
+/// The task's `st` field, `None` if its hash does not exist.
+pub async fn state_of(conn: &mut MultiplexedConnection, q: &Queue, id: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(q.keys().task(id))
+        .arg("st")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to [`PATIENCE`]) until the task is in `state` in Redis.
+pub async fn wait_for_state(conn: &MultiplexedConnection, q: &Queue, id: &str, state: &str) {
+    eventually(&format!("task {id} is {state} in Redis"), || {
+        let mut conn = conn.clone();
+        async move { state_of(&mut conn, q, id).await.as_deref() == Some(state) }
+    })
+    .await;
+}
+
+/// `PTTL` of a key: -2 missing, -1 no TTL, else milliseconds left.
+pub async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
+/// `SISMEMBER`.
+pub async fn is_member(conn: &mut MultiplexedConnection, set: &str, member: &str) -> bool {
+    redis::cmd("SISMEMBER")
+        .arg(set)
+        .arg(member)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A numeric field of `INFO <section>`; for `cmdstat_*` lines, `field` is
+/// `cmdstat_xread.rejected_calls` style.
+pub async fn info_number(conn: &mut MultiplexedConnection, section: &str, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let (line, sub) = field.split_once('.').unwrap_or((field, ""));
+    for l in text.lines() {
+        let Some((name, value)) = l.trim_end().split_once(':') else {
+            continue;
+        };
+        if name != line {
+            continue;
+        }
+        if sub.is_empty() {
+            return value.parse().unwrap();
+        }
+        for part in value.split(',') {
+            if let Some((k, v)) = part.split_once('=') {
+                if k == sub {
+                    return v.parse().unwrap();
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Makes the server log every command (SLOWLOG), so a test can see which
+/// calls reached Redis.
+pub async fn log_every_command(conn: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .arg("slowlog-max-len")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// The commands Redis executed, oldest first, as text arguments (needs
+/// [`log_every_command`]).
+pub async fn command_log(conn: &mut MultiplexedConnection) -> Vec<Vec<String>> {
+    let log: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let redis::Value::Array(entries) = log else {
+        return Vec::new();
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let mut commands: Vec<Vec<String>> = entries
+        .iter()
+        .filter_map(|e| {
+            let redis::Value::Array(fields) = e else {
+                return None;
+            };
+            let Some(redis::Value::Array(args)) = fields.get(3) else {
+                return None;
+            };
+            Some(args.iter().map(text).collect())
+        })
+        .collect();
+    commands.reverse();
+    commands
+}
+
+pub fn is_fcall(args: &[String], function: &str, id: &str) -> bool {
+    args.len() > 2
+        && args[0].eq_ignore_ascii_case("fcall")
+        && args[1] == function
+        && args.iter().any(|a| a == id)
+}
+
+/// How many FCALLs of `function` with `id` among their arguments Redis
+/// executed (needs [`log_every_command`]).
+pub async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
+    command_log(conn)
+        .await
+        .iter()
+        .filter(|args| is_fcall(args, function, id))
+        .count()
+}
+
+/// The entries of a stream: (entry id, fields).
+pub async fn xrange(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, HashMap<String, String>)> {
+    let reply: redis::Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let redis::Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let redis::Value::Array(e) = e else {
+                return None;
+            };
+            let redis::Value::Array(flat) = &e[1] else {
+                return None;
+            };
+            let fields = flat.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect();
+            Some((text(&e[0]), fields))
+        })
+        .collect()
+}
+
+/// Reads a stream to its end: chunk indexes, text, and the final output.
+pub async fn drain_stream(mut stream: TaskStream) -> (Vec<u64>, String, Result<TaskOutput, Error>) {
+    let mut indexes = Vec::new();
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamEvent::Chunk(c)) => {
+                indexes.push(c.index);
+                text.push_str(&c.text());
+            }
+            Ok(StreamEvent::Done(out)) => {
+                assert!(stream.next().await.is_none(), "nothing after Done");
+                return (indexes, text, Ok(out));
+            }
+            Ok(StreamEvent::Restarted { attempt, reason }) => {
+                panic!("no restart expected (attempt {attempt}: {reason})")
+            }
+            Err(e) => return (indexes, text, Err(e)),
+        }
+    }
+    panic!("the stream ended without Done or an error")
+}
+
+pub fn expected_text(prefix: &str, n: u64) -> String {
+    (0..n).map(|i| format!("{prefix}{i} ")).collect()
 }
