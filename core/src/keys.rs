@@ -102,7 +102,7 @@ impl QueueKeys {
     }
 
     /// Hash: `v` (protocol), `paused`, `maxd` (max depth, 0 = unlimited).
-    /// KEYS[1] of every function: it exists while the queue exists.
+    /// `KEYS[1]` of every function: it exists while the queue exists.
     pub fn meta(&self) -> String {
         self.key("meta")
     }

@@ -128,7 +128,7 @@ pub fn command<F: Function>(keys: &QueueKeys, function: &F) -> Cmd {
 /// persistence, a new server).
 ///
 /// # Errors
-/// [`Error::Invalid`] when the function refused an argument,
+/// [`Error::InvalidInput`] when the function refused an argument,
 /// [`Error::OutOfMemory`], [`Error::PermissionDenied`], connection errors,
 /// [`Error::Protocol`] for a malformed reply.
 pub async fn call<F: Function, C: ConnectionLike + Send>(

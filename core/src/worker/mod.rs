@@ -326,22 +326,33 @@ impl Worker {
                 worker: self.id.clone(),
             });
         }
-        self.drain(&shared, &mut inbox_rx, &mut slots).await;
+        let items = self.drain(&shared, &mut inbox_rx, &mut slots).await;
+        // The heartbeat stops before the worker leaves: a beat landing after
+        // the leave would hear GONE and register the worker again.
+        hb_stop.cancel();
+        let _ = hb.await;
+        match shared.release(ReleaseMode::Leave, &items).await {
+            Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not deregister; the lease will lapse and housekeeping will requeue")
+            }
+        }
         guard.armed = false;
         reader_stop.cancel();
         let _ = reader.await;
-        hb_stop.cancel();
-        let _ = hb.await;
         tracing::info!(worker_id = %self.id, "worker stopped");
         Ok(())
     }
 
+    /// Stops intake, lets running tasks finish within the grace period,
+    /// stops the rest, and returns what to hand back when leaving.
     async fn drain(
         &self,
         shared: &Arc<Shared>,
         inbox: &mut mpsc::Receiver<Vec<u8>>,
         slots: &mut JoinSet<()>,
-    ) {
+    ) -> Vec<HandBack> {
         self.status.draining.store(true, Ordering::Release);
         shared.pool.set_closed(true);
         tracing::info!(
@@ -388,13 +399,7 @@ impl Worker {
                 });
             }
         }
-        match shared.release(ReleaseMode::Leave, &items).await {
-            Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "could not deregister; the lease will lapse and housekeeping will requeue")
-            }
-        }
+        items
     }
 }
 
