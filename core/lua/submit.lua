@@ -58,37 +58,39 @@ local function submit(keys, args)
     end
   end
 
-  -- Writes.
-  ensure_meta(meta[1])
+  -- Writes. The ones on shared structures (which a foreign writer could
+  -- have replaced with a key of another type) come first, so a failure
+  -- leaves nothing behind; the task hash, statistics and meta come last.
   local dl = 0
   if timeout > 0 then dl = now + timeout end
   local sc = score_of(pri, now)
+  if wid then
+    redis.call('SADD', wqkey(wid), id)
+    use_free(wid)
+  else
+    redis.call('ZADD', P .. 'pending', sc, id)
+  end
+  if dl > 0 then redis.call('ZADD', P .. 'deadlines', dl, id) end
   local fields = {'v', PROTOCOL, 'spec', spec, 'pri', pri, 'sc', sc, 'fails', 0, 'max', max,
     'sub', now, 'dl', dl, 'ret', ret, 'reply', reply, 'strm', strm, 'fc', 0, 'lc', 0,
     'nc', 0, 'nb', 0}
-  local b = stat_count(now, 'sub')
   if wid then
     -- One HSET creates the task already handed out (attempt 1).
     for _, v in ipairs({'st', 'running', 'w', wid, 'att', 1, 'start', now}) do fields[#fields + 1] = v end
-    redis.call('HSET', t, unpack(fields))
-    redis.call('SADD', wqkey(wid), id)
-    use_free(wid)
-    stat_hist(b, 'w:', 0)
   else
     for _, v in ipairs({'st', 'queued', 'w', '', 'att', 0}) do fields[#fields + 1] = v end
-    redis.call('HSET', t, unpack(fields))
-    redis.call('ZADD', P .. 'pending', sc, id)
   end
+  redis.call('HSET', t, unpack(fields))
   if dl > 0 then
-    redis.call('ZADD', P .. 'deadlines', dl, id)
     -- Safety net: even if no housekeeping ever runs, the hash cannot
     -- outlive deadline + retention.
     redis.call('PEXPIRE', t, timeout + ret)
   end
-  if wid then
-    redis.call('RPUSH', inkey(wid), task_msg(id, 1, now, dl, spec))
-    return {'OK', 'running', wid, dl, now}
-  end
+  if wid then redis.call('RPUSH', inkey(wid), task_msg(id, 1, now, dl, spec)) end
+  local b = stat_count(now, 'sub')
+  if wid then stat_hist(b, 'w:', 0) end
+  ensure_meta(meta[1])
+  if wid then return {'OK', 'running', wid, dl, now} end
   return {'OK', 'queued', '', dl, now}
 end
 

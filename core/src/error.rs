@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// Task input or options that cannot be accepted (non-JSON input, a
     /// priority out of range, ...).
-    #[error("invalid task: {0}")]
+    #[error("invalid input: {0}")]
     InvalidInput(String),
     /// Inline data above the configured limit; send it by reference instead.
     #[error("{what} is {size} bytes, over the {limit}-byte inline limit; store the data elsewhere and pass a reference (TaskRequest::reference)")]

@@ -591,3 +591,32 @@ async fn output_past_the_caps_is_refused_whole() {
     assert_eq!(r.status, WriteStatus::Ok);
     assert_eq!(p.field("t1", "st").await.as_deref(), Some("failed"));
 }
+
+#[tokio::test]
+async fn a_submit_failing_on_a_foreign_key_writes_nothing() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    // A foreign client replaced the pending zset with a string.
+    let pending = p.keys.pending();
+    p.raw(&["SET", &pending, "not a zset"]).await;
+    let before = p.snapshot().await;
+    let spec = spec_of("t1");
+    let r = p
+        .call(&Submit {
+            id: "t1",
+            spec: &spec,
+            priority: 0,
+            timeout_ms: 60_000,
+            max_attempts: 3,
+            retention_ms: 1000,
+            reply: "",
+            stream: false,
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Redis(_))), "{r:?}");
+    assert_eq!(
+        p.snapshot().await,
+        before,
+        "no task hash, deadline or stats left behind"
+    );
+}

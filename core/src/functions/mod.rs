@@ -41,7 +41,13 @@ pub const LIBRARY_NAME: &str = "rtq2";
 
 /// Revision of the library source; a client loads its copy when the server
 /// holds an older revision or none. Must equal `REVISION` in `lib.lua`.
-pub const LIBRARY_REVISION: i64 = 2;
+pub const LIBRARY_REVISION: i64 = 3;
+
+/// FNV-1a hash of the library source of [`LIBRARY_REVISION`]: a test
+/// fails when the Lua changes without a revision bump (a server holding
+/// the same revision would keep running the old code).
+#[cfg(test)]
+const LIBRARY_SOURCE_HASH: u64 = 6257725473360587371;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
@@ -346,6 +352,22 @@ mod tests {
             "bump LIBRARY_REVISION and REVISION in lib.lua together"
         );
         assert!(lib.contains(&format!("local PROTOCOL = {PROTOCOL_VERSION}\n")));
+    }
+
+    #[test]
+    fn the_lua_never_changes_without_a_revision_bump() {
+        if override_dir().is_some() {
+            return; // a mutation run: the source differs on purpose
+        }
+        let hash = library_source()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        assert_eq!(
+            hash, LIBRARY_SOURCE_HASH,
+            "the library changed: bump REVISION in lib.lua and LIBRARY_REVISION, then set LIBRARY_SOURCE_HASH to {hash}"
+        );
     }
 
     #[test]
