@@ -59,7 +59,7 @@ use report::{Faults, Setup};
 ///
 /// Without --redis it starts a private redis-server (never an existing one).
 #[derive(Debug, Parser)]
-#[command(name = "chaos")]
+#[command(name = "chaos", args_override_self = true)]
 struct Args {
     /// Use this Redis instead of a private one. Its data is left in place
     /// (queue chaos-<tag>); never a production server.
@@ -279,8 +279,7 @@ async fn run(args: Args, seed: u64) -> Result<bool> {
         .log_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("rtq-chaos-{tag}")));
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("creating {}", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let bin = worker_bin(&args)?;
     let (redis, url, redis_label) = match &args.redis {
         Some(url) => (None, url.clone(), format!("Redis {}", redact_url(url))),
@@ -297,7 +296,11 @@ async fn run(args: Args, seed: u64) -> Result<bool> {
             let url = server.url();
             let label = format!(
                 "private Redis {}{}",
-                if aof { "with AOF (fsync always)" } else { "without persistence" },
+                if aof {
+                    "with AOF (fsync always)"
+                } else {
+                    "without persistence"
+                },
                 if args.redis_restarts > 0 {
                     format!(", killed and restarted {} times", args.redis_restarts)
                 } else {
@@ -490,9 +493,9 @@ impl Run {
             }
         }
         // A drain is bounded: grace (1 s) + cancel grace (1 s) + a margin.
-        let hung: Vec<usize> = self.fleet.in_phase(|p| {
-            matches!(p, Phase::Draining(since) if since.elapsed() > Duration::from_secs(15))
-        });
+        let hung: Vec<usize> = self.fleet.in_phase(
+            |p| matches!(p, Phase::Draining(since) if since.elapsed() > Duration::from_secs(15)),
+        );
         for i in hung {
             let id = self.fleet.members[i].profile.id.clone();
             self.fleet_problems
@@ -633,7 +636,10 @@ impl Run {
         let Some(server) = self.redis.clone() else {
             return Ok(());
         };
-        tracing::info!(at = self.started.elapsed().as_secs_f64(), "Redis kill -9 and restart");
+        tracing::info!(
+            at = self.started.elapsed().as_secs_f64(),
+            "Redis kill -9 and restart"
+        );
         tokio::task::spawn_blocking(move || server.lock().unwrap().restart())
             .await
             .context("restarting redis-server")?;
@@ -735,9 +741,10 @@ impl Run {
             .await
             .context("reading the task hashes")?;
         let known: std::collections::HashSet<String> = ids.into_iter().collect();
-        let leftovers = verify::leftovers(&mut self.conn, &self.keys, &self.fleet.profiles(), &known)
-            .await
-            .context("reading the queue's structures")?;
+        let leftovers =
+            verify::leftovers(&mut self.conn, &self.keys, &self.fleet.profiles(), &known)
+                .await
+                .context("reading the queue's structures")?;
         let ledger = ledger.lock().unwrap();
         let obs = self.obs.lock().unwrap();
         let (mut checks, audit) = verify::verdict(&verify::Evidence {

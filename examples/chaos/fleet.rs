@@ -352,7 +352,7 @@ pub fn sweep_strays(run_tag: &str) -> usize {
         let is_worker = args
             .first()
             .is_some_and(|a| String::from_utf8_lossy(a).ends_with("rtq-worker"));
-        if is_worker && args.iter().any(|a| *a == tag.as_bytes()) {
+        if is_worker && args.contains(&tag.as_bytes()) {
             tracing::warn!(pid, "a worker of this run outlived its guard; killing it");
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             found += 1;

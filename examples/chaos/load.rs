@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rtq_core::{Error, Queue, TaskRequest, TimeoutPhase};
 use serde_json::json;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::Rng;
 
@@ -187,8 +187,7 @@ pub async fn generate(
             id: format!("{}-{n}", settings.id_prefix),
             tokens: 2 + rng.below(43),
             stream: rng.below(2) == 0,
-            deadline: (rng.below(4) == 0)
-                .then(|| Duration::from_millis(2000 + rng.below(6000))),
+            deadline: (rng.below(4) == 0).then(|| Duration::from_millis(2000 + rng.below(6000))),
             max_attempts: 3 + rng.below(3) as u32,
             planned_fail: rng.below(20) == 0,
         };

@@ -145,12 +145,12 @@ pub async fn observe(
         if let Err(e) = track_recoveries(&mut conn, &keys, &obs).await {
             tracing::debug!(error = %e, "recovery poll failed");
         }
-        if tick % ENDED_EVERY == 0 {
+        if tick.is_multiple_of(ENDED_EVERY) {
             if let Err(e) = read_endings(&mut conn, &keys, &obs).await {
                 tracing::debug!(error = %e, "reading the ended stream failed");
             }
         }
-        if tick % CAPACITY_EVERY == 0 {
+        if tick.is_multiple_of(CAPACITY_EVERY) {
             let profiles = fleet.lock().unwrap().clone();
             match sample_capacity(&mut conn, &keys, &profiles).await {
                 Ok(found) => {
@@ -281,7 +281,10 @@ pub async fn read_endings(
 ///
 /// # Errors
 /// Redis errors.
-pub async fn endings_added(conn: &mut ConnectionManager, keys: &QueueKeys) -> redis::RedisResult<u64> {
+pub async fn endings_added(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+) -> redis::RedisResult<u64> {
     let exists: bool = redis::cmd("EXISTS")
         .arg(keys.ended())
         .query_async(conn)
@@ -335,13 +338,14 @@ async fn track_recoveries(
                 .query_async(conn)
                 .await?;
             for id in owned {
-                let (st, w, att): (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
-                    .arg(keys.task(&id))
-                    .arg("st")
-                    .arg("w")
-                    .arg("att")
-                    .query_async(conn)
-                    .await?;
+                let (st, w, att): (Option<String>, Option<String>, Option<u64>) =
+                    redis::cmd("HMGET")
+                        .arg(keys.task(&id))
+                        .arg("st")
+                        .arg("w")
+                        .arg("att")
+                        .query_async(conn)
+                        .await?;
                 if st.as_deref() == Some("running") && w.as_deref() == Some(worker.as_str()) {
                     fresh.push((id, att.unwrap_or(0)));
                 }

@@ -97,7 +97,11 @@ pub fn render(
         .iter()
         .filter(|r| r.done_at.is_some() && r.tasks.is_empty())
         .count();
-    let open_recoveries = obs.recoveries.iter().filter(|r| r.done_at.is_none()).count();
+    let open_recoveries = obs
+        .recoveries
+        .iter()
+        .filter(|r| r.done_at.is_none())
+        .count();
     let lease = Duration::from_millis(setup.lease_ms);
     let in_leases = |d: Duration| d.as_secs_f64() / lease.as_secs_f64();
     let failed = checks.iter().filter(|c| !c.passed()).count();
@@ -195,19 +199,11 @@ pub fn render(
     );
     row("lost", audit.lost.to_string());
     row("duplicates", audit.duplicates.to_string());
-    row(
-        "checks failed",
-        format!("{failed} of {}", checks.len()),
-    );
+    row("checks failed", format!("{failed} of {}", checks.len()));
     row("wall time (s)", format!("{:.1}", setup.wall.as_secs_f64()));
     let _ = writeln!(s);
     for c in checks {
-        let _ = writeln!(
-            s,
-            "{} {}",
-            if c.passed() { "PASS" } else { "FAIL" },
-            c.name
-        );
+        let _ = writeln!(s, "{} {}", if c.passed() { "PASS" } else { "FAIL" }, c.name);
         for p in &c.problems {
             let _ = writeln!(s, "     - {p}");
         }

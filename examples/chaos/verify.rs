@@ -268,13 +268,25 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
             .filter_map(|n| n.parse().ok())
             .collect();
         audit.max_att = audit.max_att.max(att);
-        check_attempts(id, plan, h, att, fails, max, &e_fields, &mut attempts, &mut audit);
+        check_attempts(
+            id,
+            plan,
+            h,
+            att,
+            fails,
+            max,
+            &e_fields,
+            &mut attempts,
+            &mut audit,
+        );
         let endings = ev.obs.endings.get(id).copied().unwrap_or(0);
         if endings > 1 {
             audit.duplicates += 1;
             dup.fail(format!("{id}: ended {endings} times"));
         } else if endings == 0 && endings_lost == 0 && !st.is_empty() {
-            dup.fail(format!("{id}: ended ({st}) without an entry in the ended stream"));
+            dup.fail(format!(
+                "{id}: ended ({st}) without an entry in the ended stream"
+            ));
         }
         let Some(outcome) = &record.outcome else {
             continue;
@@ -318,7 +330,9 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
                     agree.fail(format!("{id}: client got WorkerLost, Redis says {st}/{ek}"));
                 }
                 if fails < max {
-                    agree.fail(format!("{id}: worker_lost with attempts left ({fails}/{max})"));
+                    agree.fail(format!(
+                        "{id}: worker_lost with attempts left ({fails}/{max})"
+                    ));
                 }
             }
             Outcome::TimedOut(queued) => {
@@ -410,7 +424,10 @@ fn check_attempts(
     audit: &mut Audit,
 ) {
     if max != u64::from(plan.max_attempts) {
-        check.fail(format!("{id}: max {max}, submitted with {}", plan.max_attempts));
+        check.fail(format!(
+            "{id}: max {max}, submitted with {}",
+            plan.max_attempts
+        ));
     }
     if fails > max {
         check.fail(format!("{id}: fails {fails} > max {max}"));
