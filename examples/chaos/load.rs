@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::Rng;
+use super::Rng;
 
 /// What one task was asked to do, decided by the seeded generator.
 #[derive(Clone, Debug)]

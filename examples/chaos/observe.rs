@@ -20,7 +20,7 @@ use rtq_core::keys::QueueKeys;
 use rtq_core::TaskState;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::Profile;
+use super::fleet::Profile;
 
 /// The observer's period; capacity is sampled every [`CAPACITY_EVERY`]
 /// ticks and the `ended` stream read every [`ENDED_EVERY`].
@@ -390,4 +390,47 @@ async fn track_recoveries(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(id: &str) -> Profile {
+        Profile {
+            id: id.into(),
+            slots: 2,
+            latency_ms: 0,
+            tokens_per_sec: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sampler_sees_a_worker_holding_more_than_its_slots() {
+        let redis = rtq_testkit::RedisServer::start();
+        let keys = QueueKeys::new("q").unwrap();
+        let mut conn = ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+            .await
+            .unwrap();
+        let _: () = redis::pipe()
+            // ok: 1 free + 1 owned of 2 slots
+            .hset(keys.worker("ok"), "slots", 2)
+            .zadd(keys.free(), "ok", 1)
+            .sadd(keys.worker_tasks("ok"), "t1")
+            // over: 1 free + 2 owned of 2 slots
+            .hset(keys.worker("over"), "slots", 2)
+            .zadd(keys.free(), "over", 1)
+            .sadd(keys.worker_tasks("over"), &["t2", "t3"])
+            // busy: runs 3 of 2 by its own count
+            .hset(keys.worker("busy"), "slots", 2)
+            .hset(keys.worker("busy"), "busy", 3)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let profiles = ["ok", "over", "busy", "never-registered"].map(profile);
+        let found = sample_capacity(&mut conn, &keys, &profiles).await.unwrap();
+        let names: Vec<&str> = found.iter().map(|v| v.worker.as_str()).collect();
+        assert_eq!(names, ["over", "busy"]);
+        assert_eq!((found[0].free, found[0].owned, found[0].slots), (1, 2, 2));
+    }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::load::Ledger;
-use crate::observe::Observations;
-use crate::verify::{Audit, Check};
+use super::load::Ledger;
+use super::observe::Observations;
+use super::verify::{Audit, Check};
 
 /// Counters of the faults injected.
 #[derive(Clone, Debug, Default)]

@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use redis::aio::ConnectionManager;
 use rtq_core::keys::QueueKeys;
 
-use crate::fleet::Profile;
-use crate::load::{Ledger, Outcome, Plan};
-use crate::observe::Observations;
+use super::fleet::Profile;
+use super::load::{Ledger, Outcome, Plan};
+use super::observe::Observations;
 
 /// One named check.
 #[derive(Clone, Debug)]
@@ -468,5 +468,158 @@ pub fn check_free_handouts(checks: &mut [Check], audit: &Audit, faults: u64) {
                 audit.max_free_handouts
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::chaos::load::Record;
+    use super::*;
+    use std::time::Duration;
+
+    fn plan(id: &str) -> Plan {
+        Plan {
+            id: id.into(),
+            tokens: 3,
+            stream: false,
+            deadline: None,
+            max_attempts: 3,
+            planned_fail: false,
+        }
+    }
+
+    fn hash(pairs: &[(&str, &str)]) -> Hash {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// One task `t1`, done at attempt 1, with one ending: every check
+    /// passes; `tweak` breaks something first.
+    fn run(tweak: impl FnOnce(&mut Ledger, &mut Hash, &mut Observations)) -> Vec<Check> {
+        let mut ledger = Ledger::default();
+        ledger.order.push("t1".into());
+        ledger.records.insert(
+            "t1".into(),
+            Record {
+                plan: plan("t1"),
+                outcome: Some(Outcome::Done {
+                    attempt: 1,
+                    intact: true,
+                }),
+                outcomes: 1,
+                repeats: 0,
+                latency: Some(Duration::from_millis(5)),
+            },
+        );
+        let mut h = hash(&[("st", "done"), ("att", "1"), ("fails", "0"), ("max", "3")]);
+        let mut obs = Observations {
+            samples: 1,
+            ended_read: 1,
+            ..Default::default()
+        };
+        obs.endings.insert("t1".into(), 1);
+        tweak(&mut ledger, &mut h, &mut obs);
+        let hashes = HashMap::from([("t1".to_string(), h)]);
+        let (checks, _) = verdict(&Evidence {
+            ledger: &ledger,
+            hashes: &hashes,
+            obs: &obs,
+            endings_added: 1,
+            leftovers: &Leftovers::default(),
+            at_rest: &[],
+            fleet_problems: &[],
+        });
+        checks
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&'static str> {
+        checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_task_passes_every_check() {
+        assert_eq!(failed(&run(|_, _, _| {})), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_second_ending_is_a_duplicate() {
+        let checks = run(|_, _, o| {
+            o.endings.insert("t1".into(), 2);
+        });
+        assert_eq!(failed(&checks), vec![checks[5].name]);
+        assert!(checks[5].name.starts_with("duplicates"));
+    }
+
+    #[test]
+    fn a_result_from_an_older_attempt_is_a_duplicate() {
+        let checks = run(|_, h, _| {
+            h.insert("att".into(), "2".into());
+        });
+        assert!(failed(&checks).iter().any(|n| n.starts_with("duplicates")));
+    }
+
+    #[test]
+    fn a_task_still_running_or_missing_is_caught() {
+        let checks = run(|_, h, _| {
+            h.insert("st".into(), "running".into());
+        });
+        assert!(failed(&checks).iter().any(|n| n.contains("terminal")));
+        let checks = run(|_, h, _| h.clear());
+        assert!(failed(&checks).iter().any(|n| n.contains("terminal")));
+    }
+
+    #[test]
+    fn an_unplanned_handler_failure_is_a_finding() {
+        let checks = run(|l, h, _| {
+            l.records.get_mut("t1").unwrap().outcome = Some(Outcome::Failed("stopped".into()));
+            *h = hash(&[
+                ("st", "failed"),
+                ("ek", "handler"),
+                ("att", "1"),
+                ("fails", "1"),
+                ("e:1", "stopped"),
+                ("max", "3"),
+            ]);
+        });
+        assert_eq!(
+            failed(&checks),
+            vec!["outcomes are explained by the plan and the faults"]
+        );
+    }
+
+    #[test]
+    fn attempts_beyond_the_maximum_or_unrecorded_are_caught() {
+        let checks = run(|_, h, _| {
+            h.insert("fails".into(), "4".into());
+        });
+        assert!(failed(&checks).iter().any(|n| n.starts_with("attempts")));
+    }
+
+    #[test]
+    fn free_hand_outs_beyond_the_faults_are_a_loop() {
+        let mut checks = run(|_, h, _| {
+            // Done at attempt 9 with no attempt used: 8 free hand-outs.
+            h.insert("att".into(), "9".into());
+        });
+        let audit = Audit {
+            max_free_handouts: 8,
+            ..Default::default()
+        };
+        check_free_handouts(&mut checks, &audit, 3);
+        assert!(failed(&checks).iter().any(|n| n.starts_with("attempts")));
+    }
+
+    #[test]
+    fn an_incomplete_ending_audit_fails() {
+        let checks = run(|_, _, o| {
+            o.ended_read = 0;
+        });
+        assert!(failed(&checks).iter().any(|n| n.starts_with("duplicates")));
     }
 }
