@@ -47,6 +47,8 @@ struct Run {
     started: Instant,
     rng_seed: u64,
     redis_label: String,
+    /// Cancelled by Ctrl-C: every phase stops and the fleet is killed.
+    interrupted: CancellationToken,
 }
 
 pub(super) async fn run(args: Args, seed: u64, target: Target) -> Result<bool> {
@@ -102,9 +104,17 @@ pub(super) async fn run(args: Args, seed: u64, target: Target) -> Result<bool> {
         started,
         rng_seed: seed,
         redis_label,
+        interrupted: CancellationToken::new(),
         args,
     };
+    let interrupted = state.interrupted.clone();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupted.cancel();
+        }
+    });
     let outcome = state.phases(queue, &tag).await;
+    ctrl_c.abort();
     // Every exit path: processes killed and reaped, strays swept.
     state.fleet.kill_all();
     let strays = fleet::sweep_strays(&tag);
@@ -205,6 +215,14 @@ impl Run {
         self.verify(&ledger).await
     }
 
+    /// Fails once Ctrl-C was pressed (the fleet is killed on the way out).
+    fn check_interrupt(&self) -> Result<()> {
+        if self.interrupted.is_cancelled() {
+            bail!("interrupted (Ctrl-C)");
+        }
+        Ok(())
+    }
+
     /// Waits (bounded) until `n` workers are registered.
     async fn wait_registered(&mut self, n: usize) -> Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
@@ -217,6 +235,7 @@ impl Run {
             if live >= n {
                 return Ok(());
             }
+            self.check_interrupt()?;
             self.check_exits();
             if Instant::now() > until {
                 bail!("only {live} of {n} workers registered within 30 s (see their logs)");
@@ -270,12 +289,10 @@ impl Run {
             .collect();
         let mut redis_done = 0usize;
         let mut next = start + self.pause();
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
         while start.elapsed() < window {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(25)) => {}
-                _ = &mut ctrl_c => bail!("interrupted (Ctrl-C)"),
+                _ = self.interrupted.cancelled() => bail!("interrupted (Ctrl-C)"),
             }
             let now = Instant::now();
             for i in self.fleet.resume_due(now, false)? {
@@ -413,6 +430,7 @@ impl Run {
             .in_phase(|p| matches!(p, Phase::Draining(_)))
             .is_empty()
         {
+            self.check_interrupt()?;
             self.check_exits();
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -434,6 +452,7 @@ impl Run {
             tracing::info!(worker = %id, "started for the settle");
         }
         loop {
+            self.check_interrupt()?;
             self.check_exits();
             let open = ledger.lock().unwrap().in_flight;
             if open == 0 {

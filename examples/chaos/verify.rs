@@ -473,8 +473,8 @@ pub fn check_free_handouts(checks: &mut [Check], audit: &Audit, faults: u64) {
 
 #[cfg(test)]
 mod tests {
-    use crate::chaos::load::Record;
     use super::*;
+    use crate::chaos::load::Record;
     use std::time::Duration;
 
     fn plan(id: &str) -> Plan {
