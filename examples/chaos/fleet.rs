@@ -190,7 +190,15 @@ impl Fleet {
         let member = &mut self.members[i];
         let p = &member.profile;
         let log = log_file(&launch.log_dir, &p.id)?;
-        let child = Command::new(&launch.bin)
+        let mut cmd = Command::new(&launch.bin);
+        // Only what the run sets: an RTQ_* variable of the caller's shell
+        // (a health URL, a mock error rate) would change what is tested.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RTQ_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .arg("--worker-id")
             .arg(&p.id)
             .arg("--queue")
@@ -214,7 +222,6 @@ impl Fleet {
             // The URL may hold a password: environment, not argv.
             .env("RTQ_REDIS_URL", &launch.redis_url)
             .env("RTQ_LOG", &launch.log_filter)
-            .env_remove("RTQ_WORKER_ID")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -75,6 +75,10 @@ fn num(h: &Hash, field: &str) -> u64 {
     h.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+fn is_terminal(st: &str) -> bool {
+    matches!(st, "done" | "failed" | "cancelled" | "expired")
+}
+
 /// Reads the task hashes of the ledger, 200 per round trip.
 ///
 /// # Errors
@@ -256,7 +260,7 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
         };
         let st = h.get("st").map(String::as_str).unwrap_or("");
         let ek = h.get("ek").map(String::as_str).unwrap_or("");
-        if !matches!(st, "done" | "failed" | "cancelled" | "expired") {
+        if !is_terminal(st) {
             terminal.fail(format!("{id}: state {st:?} (worker {:?})", h.get("w")));
         }
         let att = num(h, "att");
@@ -283,7 +287,7 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
         if endings > 1 {
             audit.duplicates += 1;
             dup.fail(format!("{id}: ended {endings} times"));
-        } else if endings == 0 && endings_lost == 0 && !st.is_empty() {
+        } else if endings == 0 && endings_lost == 0 && is_terminal(st) {
             dup.fail(format!(
                 "{id}: ended ({st}) without an entry in the ended stream"
             ));

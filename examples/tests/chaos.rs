@@ -6,6 +6,11 @@
 //!
 //! Nothing here is timed beyond generous bounds: the example's own settle
 //! bound (180 s) and its capacity-at-rest bound (several leases).
+//!
+//! The binaries must be current: `scripts/test.sh` (`cargo test
+//! --workspace`) and `cargo test -p rtq-examples` build the example, and
+//! the workspace build includes `rtq-worker`; `cargo test --test chaos`
+//! alone rebuilds neither.
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
