@@ -1,10 +1,13 @@
 //! Shared bits of the rtq examples: their command-line arguments for Redis
-//! and the queue, and the delay proxy used by the benchmarks.
+//! and the queue, the delay proxy used by the benchmarks, and the chaos
+//! run ([`chaos`]).
 //!
 //! No example uses a Redis it was not given: the URL comes from `--redis`
 //! or `RTQ_REDIS_URL`, and without one the example stops with a usage
 //! error before it does anything. `--help` works without either.
 
+#[path = "chaos/mod.rs"]
+pub mod chaos;
 #[path = "delay_proxy.rs"]
 pub mod delay_proxy;
 
