@@ -1,5 +1,5 @@
-//! Reproduction of a worker race the chaos run found (ignored until fixed;
-//! run with `cargo test -p rtq-examples --test handback_race -- --ignored`).
+//! Regression for a worker race the chaos run found (fixed: the slot pool
+//! holds such a delivery for the completing slot).
 //!
 //! `rtq2_complete` with `want_next` and nothing queued gives the slot back
 //! in Redis (`ZINCRBY free +1`) before the worker's slot pool releases it:
@@ -88,8 +88,6 @@ impl Handler for Instantly {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces a known worker race (the slot is free in Redis before the pool frees it); \
-            run with --ignored"]
 async fn a_task_submitted_as_a_slot_frees_is_handed_out_once() {
     let redis = RedisServer::start();
     let proxy = holding_proxy(redis.port()).await;

@@ -354,7 +354,22 @@ impl Worker {
         slots: &mut JoinSet<()>,
     ) -> Vec<HandBack> {
         self.status.draining.store(true, Ordering::Release);
-        shared.pool.set_closed(true);
+        let held: Vec<HandBack> = shared
+            .pool
+            .set_closed(true)
+            .iter()
+            .map(|job| {
+                let (id, attempt) = job.key();
+                HandBack {
+                    id,
+                    attempt,
+                    started: false,
+                }
+            })
+            .collect();
+        if !held.is_empty() {
+            shared.hand_back(held).await;
+        }
         tracing::info!(
             running = shared.pool.busy(),
             grace_s = self.config.grace.as_secs_f64(),
@@ -428,18 +443,21 @@ async fn on_message(shared: &Arc<Shared>, raw: &[u8], slots: &mut JoinSet<()>) {
             };
             let key = job.key();
             let admitted = if shared.want_next() || matches!(job, Job::Reject { .. }) {
-                shared.pool.admit(key.clone())
+                shared.pool.admit_or_hold(job)
             } else {
-                Err(Refusal::Closed)
+                Err((Refusal::Closed, Some(job)))
             };
             match admitted {
-                Ok(admitted) => {
+                Ok((admitted, job)) => {
                     slots.spawn(slot::run(Arc::clone(shared), admitted, job));
                 }
-                Err(Refusal::Duplicate) => {
+                Err((Refusal::Duplicate, _)) => {
                     tracing::debug!(task_id = %key.0, attempt = key.1, "ignoring a repeated delivery");
                 }
-                Err(refusal) => {
+                Err((Refusal::Held, _)) => {
+                    tracing::debug!(task_id = %key.0, attempt = key.1, "holding a delivery for a slot that is completing");
+                }
+                Err((refusal, _)) => {
                     tracing::warn!(task_id = %key.0, attempt = key.1, ?refusal, "no free slot for a delivery; handing it back");
                     let shared = Arc::clone(shared);
                     slots.spawn(async move {

@@ -80,6 +80,8 @@ enum After {
     Interrupted,
     /// Run the next task Redis handed this slot.
     Next(Job),
+    /// Run a delivery that was held for this slot (already admitted).
+    Held(Admitted, Job),
 }
 
 /// Runs attempts in one admitted slot until no next task comes back.
@@ -97,6 +99,10 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Admitted, job: Job) {
                 let started = admitted.started.load(Ordering::Acquire);
                 shared.pool.interrupted(&admitted.key, started);
                 return;
+            }
+            After::Held(next_admitted, next) => {
+                admitted = next_admitted;
+                job = next;
             }
             After::Next(next) => match shared.pool.chain(&admitted.key, next.key()) {
                 Ok(a) => {
@@ -254,7 +260,32 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
             _ => (CompleteOutcome::Failed, format!("stopped: {reason}")),
         },
     };
-    let completed = writer.finish(outcome, &payload, shared.want_next()).await;
+    let want_next = shared.want_next();
+    if want_next {
+        shared.pool.begin_completing();
+    }
+    let completed = writer.finish(outcome, &payload, want_next).await;
+    let held = if want_next {
+        let took_next = matches!(&completed, Ok(r) if r.next.is_some());
+        let (taken, orphans) = shared.pool.end_completing(&admitted.key, took_next);
+        if !orphans.is_empty() {
+            let items = orphans
+                .iter()
+                .map(|job| {
+                    let (id, attempt) = job.key();
+                    HandBack {
+                        id,
+                        attempt,
+                        started: false,
+                    }
+                })
+                .collect();
+            shared.hand_back(items).await;
+        }
+        taken
+    } else {
+        None
+    };
     let status = &shared.status;
     match completed {
         Ok(reply) => {
@@ -275,15 +306,19 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     );
                 }
             }
-            match reply.next.and_then(Job::from_message) {
-                Some(job) => After::Next(job),
-                None => After::Free,
+            match (reply.next.and_then(Job::from_message), held) {
+                (Some(job), _) => After::Next(job),
+                (None, Some((admitted, job))) => After::Held(admitted, job),
+                (None, None) => After::Free,
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "could not complete the task; the heartbeat's orphan sweep will requeue it");
             status.set_last_error(e.to_string());
-            After::Free
+            match held {
+                Some((admitted, job)) => After::Held(admitted, job),
+                None => After::Free,
+            }
         }
     }
 }
