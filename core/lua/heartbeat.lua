@@ -14,7 +14,9 @@ Redis then:
   - sets the worker's free slots idempotently:
         free = accepting ? max(0, slots - |owned| - stale running) : 0
     where stale running = reported attempts it no longer owns (still
-    winding down, so still occupying a slot);
+    winding down, so still occupying a slot); an attempt whose own
+    complete already ran (its reply was in flight when the worker took
+    its snapshot) is not stale;
   - dispatches pending work to free slots (pushed into inboxes).
 
 Identity: `instance` is random per worker process. rtq2_register with a new
@@ -113,14 +115,20 @@ local function beat(keys, args, register)
     local id, att = pair[1], pair[2]
     reported[id .. '\t' .. att] = true
     local h = load_task(id)
-    local why = why_stop(h, wid, att)
-    if why then
-      stops[#stops + 1] = id
-      stops[#stops + 1] = att
-      stops[#stops + 1] = why
-    end
-    if not (h and h.w == wid and h.att == att and redis.call('SISMEMBER', wq, id) == 1) then
-      stale = stale + 1
+    if h and string.match(h.ca, ' (.+)$') == att .. '@' .. wid then
+      -- This attempt's complete already ran; the worker read its state
+      -- before the reply arrived. Its slot is free (or holds the next
+      -- task, which is owned and counted): neither stale nor to stop.
+    else
+      local why = why_stop(h, wid, att)
+      if why then
+        stops[#stops + 1] = id
+        stops[#stops + 1] = att
+        stops[#stops + 1] = why
+      end
+      if not (h and h.w == wid and h.att == att and redis.call('SISMEMBER', wq, id) == 1) then
+        stale = stale + 1
+      end
     end
   end
   for _, id in ipairs(redis.call('SMEMBERS', wq)) do

@@ -620,3 +620,33 @@ async fn a_submit_failing_on_a_foreign_key_writes_nothing() {
         "no task hash, deadline or stats left behind"
     );
 }
+
+#[tokio::test]
+async fn a_heartbeat_taken_before_a_complete_s_reply_loses_no_slot() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    report(p.register("w1", "i1", 1, &[]).await);
+    p.submit(&Task::new("t1")).await;
+    let _ = p.pop("w1").await;
+    // The worker snapshots its running attempts, then its complete runs
+    // in Redis before that heartbeat arrives.
+    let snapshot = vec![("t1".to_string(), 1)];
+    let done = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert_eq!((done.status, p.free("w1").await), (WriteStatus::Ok, 1.0));
+    let r = report(p.heartbeat("w1", "i1", 1, true, &snapshot).await);
+    assert_eq!(r.free, 1, "the finished attempt is not a stale one");
+    assert!(r.stop.is_empty(), "{:?}", r.stop);
+    assert_eq!(p.free("w1").await, 1.0);
+    // Same when the complete found the task cancelled meanwhile.
+    p.submit(&Task::new("t2")).await;
+    let _ = p.pop("w1").await;
+    p.cancel("t2").await;
+    let _cancel = p.pop("w1").await;
+    let ended = p.complete("w1", "t2", 1, 0, DONE, true, &[]).await;
+    assert_eq!(ended.status, WriteStatus::Ended);
+    let r = report(
+        p.heartbeat("w1", "i1", 1, true, &[("t2".to_string(), 1)])
+            .await,
+    );
+    assert_eq!((r.free, r.stop.len()), (1, 0));
+}
