@@ -28,7 +28,7 @@ Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
 local PROTOCOL = 2
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 4
+local REVISION = 5
 
 local REPLY_MAXLEN = 100000
 local ENDED_CAP = 1000

@@ -24,9 +24,11 @@ local function requeue_task(keys, args)
   local now = now_ms()
   local t = tkey(id)
   local extra = {'fails', 0}
+  -- Ownership ends now, also for an ended task whose worker has not
+  -- released it yet (its late writes are fenced).
+  if h.w ~= '' then redis.call('SREM', wqkey(h.w), id) end
   if h.st == 'running' then
     send_cancel(h.w, id, h.att, 'requeued', reason)
-    redis.call('SREM', wqkey(h.w), id)
   else
     redis.call('PERSIST', t)
     redis.call('DEL', okey(id))

@@ -650,3 +650,41 @@ async fn a_heartbeat_taken_before_a_complete_s_reply_loses_no_slot() {
     );
     assert_eq!((r.free, r.stop.len()), (1, 0));
 }
+
+#[tokio::test]
+async fn an_operator_requeue_of_an_ended_task_its_worker_still_holds_ends_that_ownership() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    report(p.register("w1", "i1", 1, &[]).await);
+    report(p.register("w2", "i2", 1, &[]).await);
+    p.submit(&Task::new("t1")).await;
+    let holder = if p.owned("w1").await.is_empty() {
+        "w2"
+    } else {
+        "w1"
+    };
+    let other = if holder == "w1" { "w2" } else { "w1" };
+    let _ = p.pop(holder).await;
+    // Its deadline passes while it runs: expired, but the worker has not
+    // released it yet (its complete is still to come).
+    let key = p.keys.task("t1");
+    let deadlines = p.keys.deadlines();
+    p.raw(&["HSET", &key, "dl", "1"]).await;
+    p.raw(&["ZADD", &deadlines, "1", "t1"]).await;
+    p.housekeep().await;
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("expired"));
+    assert_eq!(p.owned(holder).await, vec!["t1".to_string()]);
+    // The operator requeues it: it goes to the other worker, and only
+    // that worker owns it.
+    assert_eq!(
+        p.requeue("t1").await,
+        RequeueReply::Requeued(TaskState::Expired)
+    );
+    assert!(
+        p.owned(holder).await.is_empty(),
+        "the old holder no longer owns it"
+    );
+    assert_eq!(p.owned(other).await, vec!["t1".to_string()]);
+    let late = p.complete(holder, "t1", 1, 0, DONE, false, &[]).await;
+    assert_eq!(late.status, WriteStatus::Fenced);
+}
