@@ -358,14 +358,7 @@ impl Worker {
             .pool
             .set_closed(true)
             .iter()
-            .map(|job| {
-                let (id, attempt) = job.key();
-                HandBack {
-                    id,
-                    attempt,
-                    started: false,
-                }
-            })
+            .map(Job::unstarted)
             .collect();
         if !held.is_empty() {
             shared.hand_back(held).await;

@@ -57,6 +57,16 @@ impl Job {
         }
     }
 
+    /// This job handed back without having started (no attempt used).
+    pub(crate) fn unstarted(&self) -> HandBack {
+        let (id, attempt) = self.key();
+        HandBack {
+            id,
+            attempt,
+            started: false,
+        }
+    }
+
     pub(crate) fn key(&self) -> AttemptKey {
         match self {
             Job::Run(d) => (d.id.clone(), d.attempt),
@@ -111,14 +121,7 @@ pub(crate) async fn run(shared: Arc<Shared>, first: Admitted, job: Job) {
                 }
                 Err(Refusal::Duplicate) => return,
                 Err(_) => {
-                    let (id, attempt) = next.key();
-                    shared
-                        .hand_back(vec![HandBack {
-                            id,
-                            attempt,
-                            started: false,
-                        }])
-                        .await;
+                    shared.hand_back(vec![next.unstarted()]).await;
                     return;
                 }
             },
@@ -269,17 +272,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
         let took_next = matches!(&completed, Ok(r) if r.next.is_some());
         let (taken, orphans) = shared.pool.end_completing(&admitted.key, took_next);
         if !orphans.is_empty() {
-            let items = orphans
-                .iter()
-                .map(|job| {
-                    let (id, attempt) = job.key();
-                    HandBack {
-                        id,
-                        attempt,
-                        started: false,
-                    }
-                })
-                .collect();
+            let items = orphans.iter().map(Job::unstarted).collect();
             shared.hand_back(items).await;
         }
         taken
