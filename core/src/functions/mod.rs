@@ -181,9 +181,6 @@ pub fn is_library_missing(e: &redis::RedisError) -> bool {
 /// functions and nobody loaded them), [`Error::Protocol`] if the server's
 /// library speaks another protocol version.
 pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Error> {
-    if override_dir().is_some() {
-        return load(conn, true).await;
-    }
     let reply: redis::RedisResult<Value> = redis::cmd("FCALL_RO")
         .arg("rtq2_version")
         .arg(0)
