@@ -73,3 +73,71 @@ async fn a_replayed_complete_never_hands_out_again_a_next_task_that_has_ended() 
     assert!(p.owned("w1").await.is_empty());
     assert_eq!(p.free("w1").await, 1.0);
 }
+
+/// The 10-second stats bucket that holds time `ms`.
+const STATS_BUCKET_MS: i64 = 10_000;
+
+#[tokio::test]
+async fn the_queue_wait_histogram_files_each_wait_where_the_readers_look_for_it() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    // A wait long enough to land beyond the first buckets (at 0 ms every
+    // bucket rule agrees).
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let h = p.hash("t1").await;
+    let sub: i64 = h["sub"].parse().unwrap();
+    let start: i64 = h["start"].parse().unwrap();
+    assert!(start - sub >= 50, "waited {} ms", start - sub);
+    let index = rtq_core::admin::stats::bucket_index((start - sub) as f64);
+    let key = p.keys.stats(start / STATS_BUCKET_MS);
+    let counted: Option<u64> = redis::cmd("HGET")
+        .arg(&key)
+        .arg(format!("w:{index}"))
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        Some(1),
+        "{key} w:{index} for a wait of {} ms",
+        start - sub
+    );
+}
+
+#[tokio::test]
+async fn a_new_attempt_starts_with_no_chunk_times_of_the_last_one() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p.chunk("w1", "t1", 1, 0, &[b"a".to_vec()]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    let h = p.hash("t1").await;
+    assert_ne!(h["fc"], "0");
+    assert_ne!(h["lc"], "0");
+    // An operator requeue hands the task out again (the only worker's slot
+    // is still taken by attempt 1 until it completes).
+    p.requeue("t1").await;
+    let ended = p.complete("w1", "t1", 1, 1, DONE, true, &[]).await;
+    assert_eq!(ended.status, WriteStatus::Fenced, "{ended:?}");
+    let r = p.heartbeat("w1", "i1", 1, true, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    // The inbox holds the cancel message for attempt 1, then attempt 2.
+    let cancel = p.pop("w1").await;
+    assert!(
+        matches!(
+            &cancel,
+            Some(rtq_core::protocol::InboxMessage::Cancel { attempt: 1, .. })
+        ),
+        "{cancel:?}"
+    );
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 2));
+    let h = p.hash("t1").await;
+    for field in ["fc", "lc", "nc", "nb"] {
+        assert_eq!(h[field], "0", "{field} of attempt 2: {h:?}");
+    }
+}

@@ -225,6 +225,30 @@ async fn submit_checks_every_argument_at_its_bounds() {
             "rtq:{q}:r:a b".into(),
             true,
         )
+        .with(
+            "reply stream with a bad first character",
+            6,
+            "rtq:{q}:r: b".into(),
+            true,
+        )
+        .with(
+            "reply stream with no client id",
+            6,
+            "rtq:{q}:r:".into(),
+            true,
+        )
+        .with(
+            "reply stream of the longest client id",
+            6,
+            format!("rtq:{{q}}:r:{}", "c".repeat(MAX_ID_LEN)),
+            false,
+        )
+        .with(
+            "reply stream of a client id too long",
+            6,
+            format!("rtq:{{q}}:r:{}", "c".repeat(MAX_ID_LEN + 1)),
+            true,
+        )
         .flag("stream flag", 7)
         .arity(true);
     check(&mut p, &c).await;
