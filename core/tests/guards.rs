@@ -141,3 +141,103 @@ async fn a_new_attempt_starts_with_no_chunk_times_of_the_last_one() {
         assert_eq!(h[field], "0", "{field} of attempt 2: {h:?}");
     }
 }
+
+#[tokio::test]
+async fn a_late_read_of_a_failed_task_names_its_error_kind_message_and_worker() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p
+        .complete("w1", "t1", 1, 0, CompleteOutcome::Failed, true, &[])
+        .await;
+    assert_eq!(r.state, Some(TaskState::Failed));
+    let snapshot = p
+        .call(&rtq_core::functions::watch::Read { id: "t1", from: 0 })
+        .await
+        .unwrap()
+        .expect("the task exists");
+    assert_eq!(snapshot.state, TaskState::Failed);
+    match snapshot.outcome {
+        Some(rtq_core::protocol::Outcome::Ended {
+            state,
+            kind,
+            message,
+            worker,
+        }) => {
+            assert_eq!(state, TaskState::Failed);
+            assert_eq!(kind, "handler");
+            assert_eq!(message, "it broke");
+            assert_eq!(worker, "w1");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.field("t1", "ek").await.as_deref(), Some("handler"));
+}
+
+#[tokio::test]
+async fn a_max_depth_of_one_admits_exactly_one_queued_task() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.call(&rtq_core::functions::queue_admin::SetMaxDepth { max_depth: 1 })
+        .await
+        .unwrap();
+    let first = p.submit(&Task::new("t1")).await;
+    assert!(
+        matches!(
+            first,
+            rtq_core::functions::submit::SubmitReply::Accepted { .. }
+        ),
+        "{first:?}"
+    );
+    let second = p.submit(&Task::new("t2")).await;
+    assert!(
+        matches!(
+            second,
+            rtq_core::functions::submit::SubmitReply::QueueFull { .. }
+        ),
+        "{second:?}"
+    );
+    assert_eq!(p.zset(&p.keys.pending()).await, vec!["t1".to_string()]);
+    assert!(p.hash("t2").await.is_empty());
+}
+
+#[tokio::test]
+async fn pausing_dispatches_nothing_and_resuming_dispatches_what_waits() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    use rtq_core::functions::queue_admin::Pause;
+    assert_eq!(p.call(&Pause { paused: true }).await.unwrap(), 0);
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    // Paused: the free slot takes nothing, and pausing again says so.
+    assert_eq!(p.call(&Pause { paused: true }).await.unwrap(), 0);
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
+    assert_eq!(p.free("w1").await, 1.0);
+    // Resuming hands the oldest task to the free slot, and says how many.
+    assert_eq!(p.call(&Pause { paused: false }).await.unwrap(), 1);
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("queued"));
+}
+
+#[tokio::test]
+async fn purge_removes_a_queued_id_whose_task_hash_is_gone() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    // t1's hash vanished (evicted, or deleted by hand).
+    let t1 = p.keys.task("t1");
+    p.raw(&["DEL", &t1]).await;
+    let r = p
+        .call(&rtq_core::functions::queue_admin::Purge { batch: 10 })
+        .await
+        .unwrap();
+    assert_eq!(r.removed, 2);
+    assert!(p.zset(&p.keys.pending()).await.is_empty());
+    assert!(p.hash("t1").await.is_empty(), "no hash is made up for t1");
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("cancelled"));
+    assert_eq!(p.field("t2", "ek").await.as_deref(), Some("purged"));
+}
