@@ -241,3 +241,115 @@ async fn purge_removes_a_queued_id_whose_task_hash_is_gone() {
     assert_eq!(p.field("t2", "st").await.as_deref(), Some("cancelled"));
     assert_eq!(p.field("t2", "ek").await.as_deref(), Some("purged"));
 }
+
+#[tokio::test]
+async fn a_complete_whose_task_vanished_frees_exactly_one_slot_and_hands_out_nothing() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    p.submit(&Task::new("t2")).await;
+    let t1 = p.keys.task("t1");
+    p.raw(&["DEL", &t1]).await;
+    let r = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert_eq!(r.status, WriteStatus::NotFound);
+    assert!(r.next.is_none(), "{r:?}");
+    assert_eq!(p.free("w1").await, 1.0);
+    assert!(p.owned("w1").await.is_empty());
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("queued"));
+}
+
+#[tokio::test]
+async fn a_complete_that_ends_no_ownership_frees_no_slot() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let mut once = Task::new("t1");
+    once.max_attempts = 1;
+    p.submit(&once).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    // The worker's lease lapses: it is reaped and t1, on its last attempt,
+    // fails as worker_lost.
+    let workers = p.keys.workers();
+    p.raw(&["ZADD", &workers, "XX", "1", "w1"]).await;
+    p.housekeep().await;
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("failed"));
+    // The process comes back under its id and takes t2 with its one slot.
+    let r = p.register("w1", "i2", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    p.submit(&Task::new("t2")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t2".into(), 1));
+    p.submit(&Task::new("t3")).await;
+    // The old attempt's complete arrives late: it owned nothing any more,
+    // so it frees nothing and takes nothing.
+    let late = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert!(late.next.is_none(), "{late:?}");
+    assert_eq!(p.free("w1").await, 0.0);
+    assert_eq!(p.owned("w1").await, vec!["t2".to_string()]);
+    assert_eq!(p.field("t3", "st").await.as_deref(), Some("queued"));
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("failed"));
+}
+
+async fn redis_ms(p: &mut Proto) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut p.conn).await.unwrap();
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn a_retryable_failure_backs_off_250_ms_and_doubles_per_failure() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let mut t = Task::new("t1");
+    t.max_attempts = 5;
+    p.submit(&t).await;
+    let delayed = p.keys.delayed();
+    for (attempt, backoff) in [(1u64, 250u64), (2, 500)] {
+        assert_eq!(task_of(p.pop("w1").await), ("t1".into(), attempt));
+        let before = redis_ms(&mut p).await;
+        let r = p
+            .complete("w1", "t1", attempt, 0, CompleteOutcome::Retry, true, &[])
+            .await;
+        let after = redis_ms(&mut p).await;
+        assert_eq!(r.state, Some(TaskState::Queued));
+        let due: f64 = redis::cmd("ZSCORE")
+            .arg(&delayed)
+            .arg("t1")
+            .query_async(&mut p.conn)
+            .await
+            .unwrap();
+        let due = due as u64;
+        assert!(
+            before + backoff <= due && due <= after + backoff,
+            "attempt {attempt}: due {due}, expected {backoff} ms after [{before}, {after}]"
+        );
+        // Past the backoff, upkeep hands it back (the only worker).
+        while redis_ms(&mut p).await <= due {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        p.housekeep().await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_entry_says_whether_it_takes_work_as_documented() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let key = p.keys.worker("w1");
+    let fields = |h: std::collections::HashMap<String, String>| {
+        (h.get("acc").cloned(), h.get("state").cloned())
+    };
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(fields(h), (Some("1".into()), Some("idle".into())));
+    let r = p.heartbeat("w1", "i1", 1, false, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(fields(h), (Some("0".into()), Some("paused".into())));
+    assert_eq!(p.free("w1").await, 0.0);
+}
