@@ -30,8 +30,9 @@ local PROTOCOL = 2
 -- server holds an older revision (or none).
 local REVISION = 6
 
-local REPLY_MAXLEN = 100000
-local ENDED_CAP = 1000
+-- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
+local REPLY_MAXLEN = 100000 -- mutation: skip
+local ENDED_CAP = 1000 -- mutation: skip
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local WORKER_INFO_TTL_MS = 600000
