@@ -353,3 +353,34 @@ async fn the_worker_entry_says_whether_it_takes_work_as_documented() {
     assert_eq!(fields(h), (Some("0".into()), Some("paused".into())));
     assert_eq!(p.free("w1").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_read_returns_one_full_page_of_chunks_and_the_rest_from_where_it_ended() {
+    use rtq_core::protocol::READ_PAGE;
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let total = READ_PAGE + READ_PAGE / 2;
+    let mut written = 0;
+    while written < total {
+        let batch: Vec<Vec<u8>> = (written..(written + 500).min(total))
+            .map(|i| i.to_string().into_bytes())
+            .collect();
+        let r = p.chunk("w1", "t1", 1, written, &batch).await;
+        assert_eq!(r.status, WriteStatus::Ok);
+        written += batch.len() as u64;
+    }
+    let read = |from| rtq_core::functions::watch::Read { id: "t1", from };
+    let page = p.call(&read(0)).await.unwrap().unwrap();
+    assert_eq!((page.chunk_count, page.first), (total, 0));
+    assert_eq!(page.chunks.len() as u64, READ_PAGE);
+    assert_eq!(
+        page.chunks.last().unwrap(),
+        &(READ_PAGE - 1).to_string().into_bytes()
+    );
+    let rest = p.call(&read(READ_PAGE)).await.unwrap().unwrap();
+    assert_eq!(rest.first, READ_PAGE);
+    assert_eq!(rest.chunks.len() as u64, total - READ_PAGE);
+    assert_eq!(rest.chunks[0], READ_PAGE.to_string().into_bytes());
+}
