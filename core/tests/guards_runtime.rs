@@ -1,0 +1,265 @@
+//! Guards of the client and the worker runtime that no other test pinned
+//! down (issue 16: found with cargo-mutants, or listed in the issue as
+//! never exercised). Each test names the behaviour it guards and fails
+//! when that behaviour breaks; the state is checked in Redis, not only in
+//! what the client saw.
+//!
+//! Client side: the stream's de-duplication of chunks by index, the reply
+//! reader resuming from the last entry it delivered after its connection
+//! was cut, `follow` resuming a live task from a chunk position, and a
+//! wait limit ending a wait on a running task.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rtq_core::{Client, Error, StreamEvent, TaskRequest, TaskState, WorkerConfig};
+use serde_json::json;
+use support::*;
+
+fn fast(queue: &str) -> WorkerConfig {
+    WorkerConfig::new(queue)
+        .lease(Duration::from_millis(1000))
+        .heartbeat_every(Duration::from_millis(200))
+}
+
+/// The next item of a stream, which must be a chunk: (index, text).
+async fn next_chunk(stream: &mut rtq_core::TaskStream) -> (u64, String) {
+    match within(stream.next()).await {
+        Some(Ok(StreamEvent::Chunk(c))) => (c.index, c.text().into_owned()),
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+}
+
+/// Appends a chunk event to a reply stream, as a worker's `rtq2_chunk`
+/// would: `chunks` are the chunks from index `seq0` of `attempt`.
+async fn add_chunk_event(
+    conn: &mut redis::aio::MultiplexedConnection,
+    reply: &str,
+    id: &str,
+    attempt: u64,
+    seq0: u64,
+    chunks: &[&str],
+) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(reply)
+        .arg("*")
+        .arg("t")
+        .arg(id)
+        .arg("a")
+        .arg(attempt)
+        .arg("e")
+        .arg("c")
+        .arg("s")
+        .arg(seq0)
+        .arg("n")
+        .arg(chunks.len());
+    for (i, c) in chunks.iter().enumerate() {
+        cmd.arg(format!("c{i}")).arg(*c);
+    }
+    let _: String = cmd.query_async(conn).await.unwrap();
+}
+
+/// Reply events are notifications that may arrive twice (a duplicated
+/// delivery, or an event overlapping chunks the stream already has): the
+/// stream yields every chunk index exactly once, in order, skipping the
+/// part of an event it already delivered.
+#[tokio::test]
+async fn a_stream_yields_each_chunk_once_when_events_repeat_or_overlap() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("dd"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("dd").unwrap();
+    let mut stream = q
+        .stream(TaskRequest::json(
+            json!({"hold": true, "chunks": 3, "chunk": "d"}),
+        ))
+        .await
+        .unwrap();
+    let id = stream.id().to_string();
+    let Seen::Started { attempt, .. } = next_seen(&mut rx, 20).await else {
+        panic!("the task did not start");
+    };
+    let reply = q.keys().reply(client.id());
+
+    // Chunks 0 and 1 arrive first (the events the worker will send again).
+    add_chunk_event(&mut conn, &reply, &id, attempt, 0, &["d0 ", "d1 "]).await;
+    assert_eq!(next_chunk(&mut stream).await, (0, "d0 ".to_string()));
+    assert_eq!(next_chunk(&mut stream).await, (1, "d1 ".to_string()));
+    // An event overlapping what was delivered: only chunk 2 is new.
+    add_chunk_event(&mut conn, &reply, &id, attempt, 1, &["X", "d2 "]).await;
+    assert_eq!(next_chunk(&mut stream).await, (2, "d2 ".to_string()));
+    // A repeat of an event wholly delivered: nothing new.
+    add_chunk_event(&mut conn, &reply, &id, attempt, 0, &["X", "X"]).await;
+
+    // Now the worker sends chunks 0..3 itself: all of them repeats.
+    w.release.notify_one();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, Vec::<u64>::new(), "no chunk delivered twice");
+    assert_eq!(text, "");
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 3);
+    assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
+    let info = q.status(&id).await.unwrap();
+    assert_eq!(info.chunks, 3, "Redis holds the three chunks once each");
+    w.stop().await;
+}
+
+/// The reply reader remembers the last entry it delivered: after its
+/// connection was cut, it resumes from there, so events written while it
+/// was away (here all of a task's chunks and its final event) still
+/// arrive. The client may not run the router's verification (no HGET), so
+/// only the reader can end the stream.
+#[tokio::test]
+async fn a_reply_reader_cut_off_resumes_where_it_stopped_and_delivers_what_was_written_meanwhile() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("rs"), seen).await;
+    let client = Client::connect(&acl_user(&redis, "c", &["-hget"]))
+        .await
+        .unwrap();
+    let q = client.queue("rs").unwrap();
+    let reply = q.keys().reply(client.id());
+
+    // A first task moves the reader past entries of its own (delivered,
+    // then trimmed).
+    let first = within(q.run(TaskRequest::json(json!({"chunks": 2, "chunk": "a"}))))
+        .await
+        .unwrap();
+    assert_eq!(first.result["echo"]["chunks"], 2);
+    next_seen(&mut rx, 20).await;
+
+    let stream = q
+        .stream(TaskRequest::json(
+            json!({"hold": true, "chunks": 4, "chunk": "r"}),
+        ))
+        .await
+        .unwrap();
+    let id = stream.id().to_string();
+    next_seen(&mut rx, 20).await;
+
+    // Cut the client off and keep it away while the task runs to its end.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("c")
+        .arg("off")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("c")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    w.release.notify_one();
+    wait_for_state(&conn, &q, &id, "done").await;
+    let written = xrange(&mut conn, &reply).await;
+    assert!(
+        written
+            .iter()
+            .any(|(_, f)| f.get("e").map(String::as_str) == Some("f") && f.get("t") == Some(&id)),
+        "the final event was written while the client was away: {written:?}"
+    );
+
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("c")
+        .arg("on")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, (0..4).collect::<Vec<_>>());
+    assert_eq!(text, expected_text("r", 4));
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 4);
+    w.stop().await;
+}
+
+/// A caller that lost its stream resumes with `follow(id, k)`: it gets the
+/// stored chunks from `k`, then the live ones, none repeated or missing,
+/// then the result.
+#[tokio::test]
+async fn following_a_running_task_from_a_position_yields_the_rest_then_live_chunks() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("fp"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("fp").unwrap();
+    let id = q
+        .submit(TaskRequest::json(
+            json!({"hold_at": 3, "chunks": 6, "chunk": "f"}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    eventually("Redis holds the first three chunks", || {
+        let q = q.clone();
+        let id = id.clone();
+        async move { q.status(&id).await.unwrap().chunks == 3 }
+    })
+    .await;
+
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let mut stream = other.queue("fp").unwrap().follow(&id, 1).await.unwrap();
+    assert_eq!(next_chunk(&mut stream).await, (1, "f1 ".to_string()));
+    assert_eq!(next_chunk(&mut stream).await, (2, "f2 ".to_string()));
+    w.release.notify_one();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, vec![3, 4, 5]);
+    assert_eq!(text, "f3 f4 f5 ");
+    assert_eq!(done.unwrap().result["echo"]["chunks"], 6);
+    assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
+    w.stop().await;
+}
+
+/// `wait(id, Some(max))` on a task that is running when the limit passes
+/// ends with `WaitTimedOut` naming the running state and its worker, and
+/// leaves the task running.
+#[tokio::test]
+async fn a_wait_limit_on_a_running_task_ends_with_wait_timed_out_naming_its_worker() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("wr"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("wr").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    let err = within(q.wait(&id, Some(Duration::from_millis(300))))
+        .await
+        .unwrap_err();
+    match err {
+        Error::WaitTimedOut {
+            id: got,
+            state,
+            worker,
+            waited_ms,
+        } => {
+            assert_eq!(
+                (got.as_str(), state, worker.as_deref()),
+                (id.as_str(), TaskState::Running, Some(w.id.as_str()))
+            );
+            assert!(waited_ms >= 300, "waited {waited_ms} ms");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("running")
+    );
+    w.release.notify_one();
+    let out = within(q.wait(&id, None)).await.unwrap();
+    assert_eq!(out.result["worker"], w.id.as_str());
+    w.stop().await;
+}
