@@ -263,3 +263,53 @@ async fn a_wait_limit_on_a_running_task_ends_with_wait_timed_out_naming_its_work
     assert_eq!(out.result["worker"], w.id.as_str());
     w.stop().await;
 }
+
+/// A worker's heartbeat carries its last error and labels, which Redis
+/// refuses over 4096 bytes: a longer error is cut on a character boundary
+/// and oversized labels are replaced by `{}`, so the heartbeat is still
+/// accepted and the worker keeps its lease.
+#[tokio::test]
+async fn a_worker_s_oversized_last_error_and_labels_are_clipped_so_its_heartbeat_is_accepted() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let config = fast("clip").label("big", "L".repeat(5000));
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("clip").unwrap();
+    // 1 + 2 x 2500 bytes: byte 4096 falls inside a two-byte character.
+    let why = format!("x{}", "é".repeat(2500));
+    let err = within(q.run(TaskRequest::json(json!({ "fail": why }))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }), "{err}");
+    next_seen(&mut rx, 20).await;
+
+    let worker_key = q.keys().worker(&w.id);
+    eventually("a heartbeat carried the last error", || {
+        let mut conn = conn.clone();
+        let key = worker_key.clone();
+        async move {
+            let e: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("last_error")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            e.is_some_and(|e| !e.is_empty())
+        }
+    })
+    .await;
+    let (last_error, labels): (String, String) = redis::cmd("HMGET")
+        .arg(&worker_key)
+        .arg("last_error")
+        .arg("labels")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(last_error.len(), 4095, "cut before the split character");
+    assert!(why.starts_with(&last_error));
+    assert_eq!(labels, "{}");
+    assert!(w.status.redis_ok.load(std::sync::atomic::Ordering::Acquire));
+    w.stop().await;
+}
