@@ -8,13 +8,16 @@
 //! reader resuming from the last entry it delivered after its connection
 //! was cut, `follow` resuming a live task from a chunk position, and a
 //! wait limit ending a wait on a running task.
+//!
+//! Worker side: heartbeat info clipped to what Redis accepts, and the
+//! chunk writer's `min_bytes` / `max_delay` grouping.
 
 mod support;
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use rtq_core::{Client, Error, StreamEvent, TaskRequest, TaskState, WorkerConfig};
+use rtq_core::{Client, Error, Granularity, StreamEvent, TaskRequest, TaskState, WorkerConfig};
 use serde_json::json;
 use support::*;
 
@@ -311,5 +314,91 @@ async fn a_worker_s_oversized_last_error_and_labels_are_clipped_so_its_heartbeat
     assert!(why.starts_with(&last_error));
     assert_eq!(labels, "{}");
     assert!(w.status.redis_ok.load(std::sync::atomic::Ordering::Acquire));
+    w.stop().await;
+}
+
+/// The number of chunks Redis holds for a task's current attempt.
+async fn stored_chunks(q: &rtq_core::Queue, id: &str) -> u64 {
+    q.status(id).await.unwrap().chunks
+}
+
+/// With a `min_bytes` floor no chunk is held past `max_delay`: a single
+/// small chunk reaches Redis while the handler is still running.
+#[tokio::test]
+async fn a_chunk_held_for_min_bytes_is_written_once_max_delay_passes() {
+    let redis = RedisServer::start();
+    let (seen, mut rx) = seen_channel();
+    let mut config = fast("md");
+    config.granularity = Granularity {
+        max_in_flight: 1,
+        min_bytes: 1 << 20,
+        max_delay: Duration::from_millis(100),
+    };
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("md").unwrap();
+    let id = q
+        .submit(TaskRequest::json(
+            json!({"chunks": 1, "chunk": "m", "hold_after": true}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    eventually("the chunk reached Redis while the handler runs", || {
+        let q = q.clone();
+        let id = id.clone();
+        async move { stored_chunks(&q, &id).await == 1 }
+    })
+    .await;
+    let mut conn = admin_conn(&redis).await;
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("running")
+    );
+    w.release.notify_one();
+    let out = within(q.wait(&id, None)).await.unwrap();
+    assert_eq!(out.result["echo"]["chunks"], 1);
+    assert_eq!(stored_chunks(&q, &id).await, 1);
+    w.stop().await;
+}
+
+/// Chunks that reach `min_bytes` are written at once, without waiting for
+/// `max_delay`; what stays below the floor waits. Chunks here are "x0 ",
+/// "x1 ", "x2 " (3 bytes each) with a 6-byte floor and a one-hour delay:
+/// the first two go out together, the third waits for the end.
+#[tokio::test]
+async fn chunks_reaching_min_bytes_are_written_at_once_and_the_rest_waits() {
+    let redis = RedisServer::start();
+    let (seen, mut rx) = seen_channel();
+    let mut config = fast("mb");
+    config.granularity = Granularity {
+        max_in_flight: 1,
+        min_bytes: 6,
+        max_delay: Duration::from_secs(3600),
+    };
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("mb").unwrap();
+    let id = q
+        .submit(TaskRequest::json(
+            json!({"chunks": 3, "chunk": "x", "hold_after": true}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    eventually("the first two chunks reached Redis", || {
+        let q = q.clone();
+        let id = id.clone();
+        async move { stored_chunks(&q, &id).await == 2 }
+    })
+    .await;
+    w.release.notify_one();
+    let (_, text) = within(q.follow(&id, 0).await.unwrap().collect_text())
+        .await
+        .unwrap();
+    assert_eq!(text, "x0 x1 x2 ");
+    assert_eq!(stored_chunks(&q, &id).await, 3);
     w.stop().await;
 }
