@@ -402,3 +402,44 @@ async fn chunks_reaching_min_bytes_are_written_at_once_and_the_rest_waits() {
     assert_eq!(stored_chunks(&q, &id).await, 3);
     w.stop().await;
 }
+
+/// The overview and the dashboard read every registered worker and every
+/// free slot (not a page of them), and the dashboard's statistics buckets
+/// are the same 10-second buckets `stats` reads.
+#[tokio::test]
+async fn the_overview_and_the_dashboard_count_every_worker_and_every_idle_slot() {
+    let redis = RedisServer::start();
+    let mut workers = Vec::new();
+    for slots in [1, 2, 3] {
+        let (seen, _rx) = seen_channel();
+        workers.push(TestWorker::start(&redis.url(), fast("aw").slots(slots), seen).await);
+    }
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("aw").unwrap();
+    within(q.run(TaskRequest::json(json!(1)))).await.unwrap();
+    eventually("every slot is idle again", || {
+        let admin = &admin;
+        async move { admin.overview("aw").await.unwrap().idle_slots == 6 }
+    })
+    .await;
+    let o = admin.overview("aw").await.unwrap();
+    assert_eq!((o.workers_alive, o.workers_stale), (3, 0));
+
+    let board = admin.dashboard(3).await.unwrap();
+    let (o, s) = board.iter().find(|(o, _)| o.name == "aw").unwrap();
+    assert_eq!((o.workers_alive, o.idle_slots), (3, 6));
+    let stats = admin.stats("aw", 3).await.unwrap();
+    let starts = |s: &rtq_core::admin::QueueStats| -> Vec<i64> {
+        s.buckets.iter().map(|b| b.start_ms).collect()
+    };
+    assert_eq!(starts(s).len(), 3);
+    let newest = *starts(s).last().unwrap();
+    assert_eq!(newest % 10_000, 0);
+    assert!(newest <= o.now_ms && o.now_ms < newest + 10_000);
+    assert_eq!(s.sum("done"), 1);
+    assert!(starts(&stats).iter().all(|b| b % 10_000 == 0));
+    for w in workers {
+        w.stop().await;
+    }
+}
