@@ -443,3 +443,54 @@ async fn the_overview_and_the_dashboard_count_every_worker_and_every_idle_slot()
         w.stop().await;
     }
 }
+
+/// Purge works in batches of 500: a backlog larger than one batch is
+/// emptied completely, and the count covers every batch.
+#[tokio::test]
+async fn purging_a_backlog_larger_than_one_batch_cancels_every_queued_task() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("pg").unwrap();
+    let mut last = String::new();
+    for _ in 0..501 {
+        last = q.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    }
+    assert_eq!(within(admin.purge("pg")).await.unwrap(), 501);
+    let pending: u64 = redis::cmd("ZCARD")
+        .arg(q.keys().pending())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    assert_eq!(
+        state_of(&mut conn, &q, &last).await.as_deref(),
+        Some("cancelled")
+    );
+}
+
+/// `Admin::housekeeping` repeats rounds only while a round was busy: on a
+/// queue with nothing to do it calls Redis once.
+#[tokio::test]
+async fn admin_housekeeping_with_nothing_to_do_runs_one_round() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    client.queue("hk").unwrap();
+    log_every_command(&mut conn).await;
+    let report = within(admin.housekeeping("hk")).await.unwrap();
+    assert_eq!(
+        (report.reaped, report.expired, report.dispatched),
+        (0, 0, 0)
+    );
+    let rounds = command_log(&mut conn)
+        .await
+        .iter()
+        .filter(|args| {
+            args.len() > 1 && args[0].eq_ignore_ascii_case("fcall") && args[1] == "rtq2_housekeep"
+        })
+        .count();
+    assert_eq!(rounds, 1);
+}
