@@ -61,3 +61,42 @@ async fn http_streams_without_a_result_end_with_their_chunk_count() {
     );
     assert_eq!(q.status(&out.id).await.unwrap().chunks, 3);
 }
+
+/// `--mock-error-rate` fails the tasks whose id draws below the rate (the
+/// same tasks every time): at 0.5, ids `m2` and `m4` (draws 0.37, 0.04)
+/// fail and `m1`, `m3` (0.70, 0.77) succeed; Redis records each outcome.
+#[tokio::test]
+async fn the_mock_fails_exactly_the_tasks_drawn_below_its_error_rate() {
+    let redis = RedisServer::start();
+    let _w = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "mk",
+            "--handler",
+            "mock",
+            "--mock-error-rate",
+            "0.5",
+            "--mock-tokens",
+            "2",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("mk").unwrap();
+    for (id, fails) in [("m1", false), ("m2", true), ("m3", false), ("m4", true)] {
+        let out = within(q.run(TaskRequest::json(json!({})).id(id))).await;
+        match out {
+            Ok(out) => {
+                assert!(!fails, "{id} should have failed");
+                assert_eq!(out.result["usage"]["completion_tokens"], 2);
+            }
+            Err(e) => {
+                assert!(fails, "{id}: {e}");
+                assert!(e.to_string().contains("simulated model error"), "{e}");
+            }
+        }
+        let info = q.status(id).await.unwrap();
+        let expected = if fails { "failed" } else { "done" };
+        assert_eq!(info.state.to_string(), expected, "{id}");
+    }
+}
