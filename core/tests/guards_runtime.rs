@@ -183,6 +183,56 @@ async fn a_reply_reader_cut_off_resumes_where_it_stopped_and_delivers_what_was_w
     w.stop().await;
 }
 
+/// The reply reader deletes the entries it delivered, so a busy client's
+/// reply stream does not grow: once later events were read, the events of
+/// earlier tasks are gone from it. (The newest entries stay until the next
+/// delivery when a trim was in flight: at most one runs at a time.)
+#[tokio::test]
+async fn delivered_reply_events_are_trimmed_from_the_reply_stream() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("tr"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("tr").unwrap();
+    let reply = q.keys().reply(client.id());
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (out, text) = within(
+            q.stream(TaskRequest::json(json!({"chunks": 5, "chunk": "t"})))
+                .await
+                .unwrap()
+                .collect_text(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (out.result["echo"]["chunks"].as_u64(), text.len()),
+            (Some(5), 15)
+        );
+        ids.push(out.id);
+    }
+    let earlier = ids[..2].to_vec();
+    eventually("the events of the first tasks are trimmed", || {
+        let mut conn = conn.clone();
+        let (reply, earlier) = (reply.clone(), earlier.clone());
+        async move {
+            let entries = xrange(&mut conn, &reply).await;
+            !entries
+                .iter()
+                .any(|(_, f)| f.get("t").is_some_and(|t| earlier.contains(t)))
+        }
+    })
+    .await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&reply)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1, "trimmed, not deleted");
+    w.stop().await;
+}
+
 /// A caller that lost its stream resumes with `follow(id, k)`: it gets the
 /// stored chunks from `k`, then the live ones, none repeated or missing,
 /// then the result.
