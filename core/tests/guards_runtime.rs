@@ -544,3 +544,145 @@ async fn admin_housekeeping_with_nothing_to_do_runs_one_round() {
         .count();
     assert_eq!(rounds, 1);
 }
+
+/// A running task whose hash vanished from Redis (data loss, a stray DEL)
+/// is stopped at the worker's next heartbeat as gone ("the task no longer
+/// exists"), its slot freed, and the heartbeat keeps working.
+#[tokio::test]
+async fn a_running_task_whose_hash_vanished_is_stopped_as_gone_at_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("gn"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("gn").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(q.keys().task(&id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_seen(&mut rx, 20).await,
+        Seen::Cancelled {
+            id: id.clone(),
+            reason: "the task no longer exists".into()
+        }
+    );
+    eventually("the slot is free again", || async {
+        w.status.busy.load(std::sync::atomic::Ordering::Acquire) == 0
+    })
+    .await;
+    assert!(w.status.redis_ok.load(std::sync::atomic::Ordering::Acquire));
+    assert_eq!(state_of(&mut conn, &q, &id).await, None);
+    w.stop().await;
+}
+
+/// A stream that missed a task's "requeued" event (its reader was away
+/// and the event is gone) still switches to the new attempt when that
+/// attempt's chunks arrive: they start again from index 0, none skipped
+/// because the old attempt had already delivered as many.
+#[tokio::test]
+async fn a_stream_that_missed_the_requeue_event_switches_to_the_new_attempt_from_index_0() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("sw"), seen).await;
+    let client = Client::connect(&acl_user(&redis, "c", &[])).await.unwrap();
+    let q = client.queue("sw").unwrap();
+    let reply = q.keys().reply(client.id());
+    let mut stream = q
+        .stream(TaskRequest::json(
+            json!({"chunks": 3, "chunk": "s", "hold_after": true}),
+        ))
+        .await
+        .unwrap();
+    let id = stream.id().to_string();
+    for i in 0..3 {
+        assert_eq!(next_chunk(&mut stream).await, (i, format!("s{i} ")));
+    }
+
+    // The client goes away; an operator requeues the task; attempt 2 runs
+    // to its hold, writing its chunks while the client is away.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("c")
+        .arg("off")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("c")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let admin_client = Client::connect(&redis.url()).await.unwrap();
+    let operator = rtq_core::admin::Admin::new(&admin_client);
+    operator.requeue("sw", &id).await.unwrap();
+    let mut seen_events = Vec::new();
+    while !seen_events
+        .iter()
+        .any(|s| matches!(s, Seen::Started { attempt: 2, .. }))
+    {
+        assert!(
+            seen_events.len() < 5,
+            "attempt 2 never started: {seen_events:?}"
+        );
+        seen_events.push(next_seen(&mut rx, 20).await);
+    }
+    let oq = admin_client.queue("sw").unwrap();
+    eventually("attempt 2 wrote its chunks", || {
+        let q = oq.clone();
+        let id = id.clone();
+        async move {
+            let info = q.status(&id).await.unwrap();
+            info.attempt == 2 && info.chunks == 3
+        }
+    })
+    .await;
+    // The "requeued" event is lost.
+    for (entry, fields) in xrange(&mut conn, &reply).await {
+        if fields.get("e").map(String::as_str) == Some("q") {
+            let _: i64 = redis::cmd("XDEL")
+                .arg(&reply)
+                .arg(&entry)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("c")
+        .arg("on")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    w.release.notify_one();
+    let mut got = Vec::new();
+    loop {
+        match within(stream.next()).await {
+            Some(Ok(StreamEvent::Chunk(c))) => {
+                got.push((c.attempt, c.index, c.text().into_owned()))
+            }
+            Some(Ok(StreamEvent::Done(out))) => {
+                assert_eq!(out.attempt, 2);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        (0..3).map(|i| (2, i, format!("s{i} "))).collect::<Vec<_>>()
+    );
+    assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
+    w.stop().await;
+}
