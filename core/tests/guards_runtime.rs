@@ -686,3 +686,47 @@ async fn a_stream_that_missed_the_requeue_event_switches_to_the_new_attempt_from
     assert_eq!(state_of(&mut conn, &q, &id).await.as_deref(), Some("done"));
     w.stop().await;
 }
+
+/// A handler that returns on its own as soon as its task is stopped (the
+/// usual cooperative handler) is not polled again afterwards: the cancel
+/// grace wait is only for handlers that have not returned. Polling a
+/// finished future panics ("`async fn` resumed after completion"); the
+/// panic was caught and only printed, so the test counts panics through a
+/// chained panic hook.
+#[tokio::test]
+async fn a_handler_that_returns_when_stopped_is_not_polled_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static REPOLLS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("resumed after completion") {
+            REPOLLS.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+
+    let redis = RedisServer::start();
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("rp"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("rp").unwrap();
+    for _ in 0..3 {
+        let id = q
+            .submit(TaskRequest::json(json!({"hold": true})))
+            .await
+            .unwrap()
+            .id;
+        assert!(matches!(next_seen(&mut rx, 20).await, Seen::Started { .. }));
+        q.cancel(&id, "enough").await.unwrap();
+        assert!(matches!(
+            next_seen(&mut rx, 20).await,
+            Seen::Cancelled { .. }
+        ));
+        eventually("the slot is free again", || async {
+            w.status.busy.load(Ordering::Acquire) == 0
+        })
+        .await;
+    }
+    assert_eq!(REPOLLS.load(Ordering::SeqCst), 0);
+    w.stop().await;
+}
