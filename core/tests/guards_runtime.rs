@@ -730,3 +730,43 @@ async fn a_handler_that_returns_when_stopped_is_not_polled_again() {
     assert_eq!(REPOLLS.load(Ordering::SeqCst), 0);
     w.stop().await;
 }
+
+/// The worker's heartbeat reports its state for the console: `busy` while
+/// it runs a task, `idle` once it is done.
+#[tokio::test]
+async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
+    let redis = RedisServer::start();
+    let conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("bz"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("bz").unwrap();
+    let worker_key = q.keys().worker(&w.id);
+    let state_is = |want: &'static str| {
+        let (conn, key) = (conn.clone(), worker_key.clone());
+        move || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let state: Option<String> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("state")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                state.as_deref() == Some(want)
+            }
+        }
+    };
+    eventually("idle before any task", state_is("idle")).await;
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    eventually("busy while the task runs", state_is("busy")).await;
+    w.release.notify_one();
+    within(q.wait(&id, None)).await.unwrap();
+    eventually("idle again", state_is("idle")).await;
+    w.stop().await;
+}
