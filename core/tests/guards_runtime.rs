@@ -770,3 +770,74 @@ async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
     eventually("idle again", state_is("idle")).await;
     w.stop().await;
 }
+
+/// A task still running when a draining worker's grace period ends is
+/// handed back, not failed: it is queued again (the started attempt is
+/// used up and recorded as interrupted), and another worker runs it to its
+/// result.
+#[tokio::test]
+async fn a_task_running_past_the_drain_grace_is_handed_back_not_failed() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let config = fast("hb").grace(Duration::from_millis(100));
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("hb").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    within(w.stop()).await;
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("queued")
+    );
+    let info = q.status(&id).await.unwrap();
+    assert!(
+        info.attempt_errors[&1].starts_with("interrupted:"),
+        "{:?}",
+        info.attempt_errors
+    );
+
+    let (seen, mut rx2) = seen_channel();
+    let other = TestWorker::start(&redis.url(), fast("hb"), seen).await;
+    assert!(matches!(
+        next_seen(&mut rx2, 20).await,
+        Seen::Started { attempt: 2, .. }
+    ));
+    other.release.notify_one();
+    let out = within(q.wait(&id, None)).await.unwrap();
+    assert_eq!(out.result["worker"], other.id.as_str());
+    other.stop().await;
+}
+
+/// A panicking handler fails its task with the panic's own message, and
+/// the worker keeps serving.
+#[tokio::test]
+async fn a_handler_panic_fails_the_task_with_the_panic_message() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("pm"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("pm").unwrap();
+    let err = within(q.run(TaskRequest::json(json!({"panic": true})).id("p1")))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Failed { reason, .. } => assert_eq!(reason, "handler panicked: scripted panic"),
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        state_of(&mut conn, &q, "p1").await.as_deref(),
+        Some("failed")
+    );
+    let out = within(q.run(TaskRequest::json(json!({"after": 1}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["after"], 1);
+    w.stop().await;
+}
