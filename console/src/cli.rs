@@ -1,28 +1,42 @@
 //! The scriptable commands: stable output, JSON where asked, and exit codes
-//! a script can rely on (0 ok, 1 operation failed, 3 Redis unreachable).
+//! a script can rely on (0 ok, 1 operation failed, 2 usage error, 3 Redis
+//! unreachable, 4 authentication failed, 5 TLS failed, 6 permission denied).
 
 use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
 use rtq_core::admin::{Admin, QueueOverview, QueueStats};
-use rtq_core::{Client, Error, StreamEvent, TaskInfo, TaskRequest};
+use rtq_core::{Client, ClientConfig, Error, StreamEvent, TaskInfo, TaskRequest};
 use serde_json::{json, Value};
 
 use crate::{Command, TaskList};
 
 /// Exit code: the operation failed.
 pub const EXIT_FAILED: i32 = 1;
-/// Exit code: Redis could not be reached.
+/// Exit code: Redis could not be reached (retrying later may help).
 pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code: Redis refused the user or password.
+pub const EXIT_AUTH_FAILED: i32 = 4;
+/// Exit code: the TLS handshake failed or the TLS settings are unusable.
+pub const EXIT_TLS_FAILED: i32 = 5;
+/// Exit code: the Redis user lacks a permission (ACL).
+pub const EXIT_PERMISSION_DENIED: i32 = 6;
+
+/// The exit code for an error: one of the connection classes, or
+/// [`EXIT_FAILED`].
+pub fn exit_code(e: &Error) -> i32 {
+    e.connection_problem()
+        .map_or(EXIT_FAILED, rtq_core::ConnectionProblem::exit_code)
+}
 
 /// Runs one command; returns the process exit code. Errors go to stderr.
-pub async fn run(redis: &str, read_only: bool, command: Command) -> i32 {
-    let client = match Client::connect(redis).await {
+pub async fn run(redis: &str, config: ClientConfig, read_only: bool, command: Command) -> i32 {
+    let client = match Client::connect_with(redis, config).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rtq: {e}");
-            return EXIT_UNREACHABLE;
+            return exit_code(&e);
         }
     };
     let mutating = matches!(
@@ -42,11 +56,7 @@ pub async fn run(redis: &str, read_only: bool, command: Command) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("rtq: {e}");
-            if e.is_connection_lost() {
-                EXIT_UNREACHABLE
-            } else {
-                EXIT_FAILED
-            }
+            exit_code(&e)
         }
     }
 }

@@ -16,6 +16,8 @@ pub mod render;
 pub mod state;
 pub mod ui;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// rtq: watch and steer rtq queues. Without a command, opens the console.
@@ -26,6 +28,17 @@ pub struct Cli {
     /// password is never shown).
     #[arg(long, global = true, env = "RTQ_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// CA certificate(s), PEM, that signed the Redis server's certificate
+    /// (rediss:// URLs); default: the system's roots.
+    #[arg(long, global = true, env = "RTQ_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a Redis that requires one (mutual TLS);
+    /// needs --tls-key.
+    #[arg(long, global = true, env = "RTQ_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM, of --tls-cert.
+    #[arg(long, global = true, env = "RTQ_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
@@ -39,9 +52,24 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl Cli {
+    /// The TLS settings of `--tls-ca`, `--tls-cert` and `--tls-key`.
+    ///
+    /// # Errors
+    /// [`rtq_core::Error::TlsSetup`] for an unreadable file or a
+    /// certificate without its key.
+    pub fn tls(&self) -> Result<rtq_core::TlsConfig, rtq_core::Error> {
+        rtq_core::TlsConfig::from_files(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+}
+
 /// Scriptable commands. Exit codes: 0 success, 1 the operation failed
 /// (unknown task, full queue, task failed), 2 usage error, 3 Redis
-/// unreachable.
+/// unreachable, 4 authentication failed, 5 TLS failed, 6 permission denied.
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Open the console (the default).

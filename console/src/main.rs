@@ -14,8 +14,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .exit()
     };
+    let tls = match args.tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("rtq: {e}");
+            std::process::exit(cli::exit_code(&e));
+        }
+    };
+    let config = rtq_core::ClientConfig::default().tls(tls);
     match args.command.clone() {
-        None | Some(Command::Ui) => ui::run(&args, &redis).await,
-        Some(command) => std::process::exit(cli::run(&redis, args.read_only, command).await),
+        None | Some(Command::Ui) => ui::run(&args, &redis, config).await,
+        Some(command) => {
+            std::process::exit(cli::run(&redis, config, args.read_only, command).await)
+        }
     }
 }

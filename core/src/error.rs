@@ -184,6 +184,31 @@ pub enum Error {
         /// The underlying error.
         source: redis::RedisError,
     },
+    /// Redis refused the credentials (wrong password or user, or none
+    /// given to a server that requires one). Retrying will not help.
+    #[error(
+        "Redis at {url} refused the credentials: {reason} (check the user and password in the URL)"
+    )]
+    AuthenticationFailed {
+        /// The Redis URL with any secret redacted.
+        url: String,
+        /// Redis's answer.
+        reason: String,
+    },
+    /// The TLS handshake with Redis failed (untrusted or wrong certificate,
+    /// a client certificate required, a plain port). Retrying will not help.
+    #[error("TLS with Redis at {url} failed: {reason}")]
+    Tls {
+        /// The Redis URL with any secret redacted.
+        url: String,
+        /// What went wrong, with a hint at the fix.
+        reason: String,
+    },
+    /// The TLS settings themselves are unusable (an unreadable file, a
+    /// certificate without its key, PEM that does not parse, TLS options
+    /// for a URL that is not `rediss://`).
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
     /// The reply reader could not reach Redis for longer than the client's
     /// `give_up_after`; the task itself may still finish (fetch it later).
     #[error("lost the connection to Redis at {url} while waiting for task {id}: {reason}")]
@@ -232,6 +257,112 @@ impl Error {
                 e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
             }
             _ => false,
+        }
+    }
+}
+
+/// Why a connection to Redis could not be used, in the four classes a
+/// caller reacts to differently: a script may retry "unreachable" but must
+/// not retry a wrong password forever. The binaries turn each into an exit
+/// code of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionProblem {
+    /// No answer: a closed port, an unknown host, a timeout, a lost
+    /// connection. May go away by itself.
+    Unreachable,
+    /// Wrong or missing user or password.
+    Authentication,
+    /// The TLS handshake failed, or the TLS settings are unusable.
+    Tls,
+    /// The user is known but the ACL refuses a command it needs.
+    PermissionDenied,
+}
+
+impl ConnectionProblem {
+    /// A short name for messages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionProblem::Unreachable => "unreachable",
+            ConnectionProblem::Authentication => "authentication failed",
+            ConnectionProblem::Tls => "TLS failed",
+            ConnectionProblem::PermissionDenied => "permission denied",
+        }
+    }
+}
+
+impl ConnectionProblem {
+    /// The exit code rtq's binaries (`rtq`, `rtq-worker`) use for it:
+    /// 3 unreachable, 4 authentication failed, 5 TLS failed, 6 permission
+    /// denied (1 is any other failure, 2 a usage error).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ConnectionProblem::Unreachable => 3,
+            ConnectionProblem::Authentication => 4,
+            ConnectionProblem::Tls => 5,
+            ConnectionProblem::PermissionDenied => 6,
+        }
+    }
+}
+
+impl Error {
+    /// The class of a connection-level failure, or `None` for errors of
+    /// the operation itself (a full queue, an unknown task, ...).
+    pub fn connection_problem(&self) -> Option<ConnectionProblem> {
+        match self {
+            Error::AuthenticationFailed { .. } => Some(ConnectionProblem::Authentication),
+            Error::Tls { .. } | Error::TlsSetup(_) => Some(ConnectionProblem::Tls),
+            Error::PermissionDenied(_) => Some(ConnectionProblem::PermissionDenied),
+            _ if self.is_connection_lost() => Some(ConnectionProblem::Unreachable),
+            _ => None,
+        }
+    }
+
+    /// Sorts an error met while connecting to `url` (already redacted):
+    /// refused credentials, TLS, ACL refusals, and the rest as
+    /// [`Error::Connection`].
+    pub(crate) fn from_connect(url: &str, e: redis::RedisError) -> Self {
+        if let Some(reason) = crate::tls::describe_failure(&e) {
+            return Error::Tls {
+                url: url.to_string(),
+                reason,
+            };
+        }
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        {
+            let reason = match e.detail() {
+                Some(d) => format!("{} {d}", e.code().unwrap_or("")).trim().to_string(),
+                None => e.to_string(),
+            };
+            return Error::AuthenticationFailed {
+                url: url.to_string(),
+                reason,
+            };
+        }
+        match Error::from(e) {
+            Error::Redis(e) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                Error::TlsSetup(format!("{url}: {e}")).keep_if_tls(url, e)
+            }
+            Error::Redis(e) => Error::Connection {
+                url: url.to_string(),
+                source: e,
+            },
+            other => other,
+        }
+    }
+
+    /// A client-configuration error is a TLS setup error only when it is
+    /// about TLS; otherwise it stays a connection error.
+    fn keep_if_tls(self, url: &str, e: redis::RedisError) -> Self {
+        let text = e.to_string().to_lowercase();
+        if text.contains("tls") || text.contains("certificate") || text.contains("insecure") {
+            self
+        } else {
+            Error::Connection {
+                url: url.to_string(),
+                source: e,
+            }
         }
     }
 }

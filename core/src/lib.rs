@@ -14,6 +14,7 @@
 //!   binding per function.
 //! - [`protocol`]: task spec, inbox messages, reply events, states, limits.
 //! - `connection`: shared and dedicated (blocking) connections.
+//! - `tls`: [`TlsConfig`], TLS settings for `rediss://` URLs.
 //! - [`server`]: what rtq needs from the Redis server, checked at start-up.
 //! - `client`: [`Client`], [`Queue`], [`TaskRequest`], [`TaskStream`],
 //!   [`TaskInfo`]: submit, wait, stream, fetch, cancel.
@@ -26,6 +27,7 @@
 mod client;
 mod connection;
 mod error;
+mod tls;
 
 pub mod admin;
 pub mod functions;
@@ -39,8 +41,9 @@ pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
     TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
 };
-pub use error::{redact_url, Error, Result, TimeoutPhase};
+pub use error::{redact_url, ConnectionProblem, Error, Result, TimeoutPhase};
 pub use protocol::{Outcome, TaskState};
+pub use tls::TlsConfig;
 pub use worker::{
     Granularity, Handler, HandlerError, IntakeSwitch, StopReason, Stopped, TaskContext, Worker,
     WorkerConfig, WorkerStatus,

@@ -13,12 +13,13 @@ mod probes;
 mod upstream;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, Worker, WorkerConfig};
+use rtq_core::{redact_url, TlsConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use handlers::exec::ExecHandler;
@@ -67,6 +68,17 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis: Option<String>,
+    /// CA certificate(s), PEM, that signed the Redis server's certificate
+    /// (rediss:// URLs); default: the system's roots.
+    #[arg(long, env = "RTQ_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a Redis that requires one (mutual TLS);
+    /// needs --tls-key.
+    #[arg(long, env = "RTQ_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM, of --tls-cert.
+    #[arg(long, env = "RTQ_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Queue to serve.
     #[arg(long, env = "RTQ_QUEUE", default_value = "default")]
     pub queue: String,
@@ -216,6 +228,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .grace(Duration::from_secs(config.grace_secs))
         .handler_name(config.handler_name());
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
+    wc.tls = TlsConfig::from_files(
+        config.tls_ca.as_deref(),
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
     wc.labels = parse_labels(&config.labels)?;
     if let Some(id) = &config.worker_id {
         wc = wc.worker_id(id);
@@ -321,6 +338,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// The process exit code for an error of [`run`]: 3 Redis unreachable,
+/// 4 authentication failed, 5 TLS failed, 6 permission denied (see
+/// [`rtq_core::ConnectionProblem::exit_code`]), 1 anything else.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<rtq_core::Error>())
+        .and_then(rtq_core::Error::connection_problem)
+        .map_or(1, rtq_core::ConnectionProblem::exit_code)
 }
 
 async fn shutdown_signal() {

@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub granularity: Granularity,
     /// Largest accepted result JSON in bytes (default 1 MiB).
     pub max_result_bytes: usize,
+    /// TLS settings for a `rediss://` URL (default: system roots, no
+    /// client certificate).
+    pub tls: crate::TlsConfig,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +64,7 @@ impl Default for WorkerConfig {
             version: env!("CARGO_PKG_VERSION").into(),
             granularity: Granularity::default(),
             max_result_bytes: crate::client::DEFAULT_MAX_INLINE_BYTES,
+            tls: crate::TlsConfig::default(),
         }
     }
 }
@@ -101,6 +105,11 @@ impl WorkerConfig {
     /// Sets [`WorkerConfig::max_result_bytes`].
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = bytes;
+        self
+    }
+    /// Sets [`WorkerConfig::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = tls;
         self
     }
     /// Sets [`WorkerConfig::lease`].
