@@ -90,11 +90,31 @@ pub struct Config {
     pub handler: HandlerKind,
     /// Upstream URL: the endpoint for --handler http, the server base URL
     /// (e.g. http://127.0.0.1:8000) for --handler openai.
-    #[arg(long, env = "RTQ_UPSTREAM_URL")]
+    #[arg(long, env = "RTQ_UPSTREAM_URL", hide_env_values = true)]
     pub upstream_url: Option<String>,
+    /// CA certificate(s), PEM, trusted for https:// upstreams in addition
+    /// to the system's roots (a private CA, a self-signed server).
+    #[arg(long, env = "RTQ_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// API key sent to the upstream (and its health URL) as
+    /// `Authorization: Bearer <key>`. Prefer the environment variable to the
+    /// flag: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "RTQ_UPSTREAM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub upstream_api_key: Option<String>,
+    /// File of HTTP headers sent with every upstream request, one
+    /// `Name: value` per line (blank lines and lines starting with # are
+    /// skipped), e.g. a gateway's `X-Api-Key`. Values are treated as
+    /// secrets.
+    #[arg(long, env = "RTQ_UPSTREAM_HEADER_FILE", value_name = "FILE")]
+    pub upstream_header_file: Option<PathBuf>,
     /// Health probe URL (GET, 2xx = up). While it fails the worker takes no
     /// new tasks. Default for openai: <upstream>/v1/models; none for http.
-    #[arg(long, env = "RTQ_HEALTH_URL")]
+    #[arg(long, env = "RTQ_HEALTH_URL", hide_env_values = true)]
     pub health_url: Option<String>,
     /// Health probe period in ms.
     #[arg(long, env = "RTQ_HEALTH_INTERVAL_MS", default_value_t = 2000)]
@@ -176,6 +196,12 @@ impl Config {
             HandlerKind::Exec if self.exec_command.is_none() => {
                 Err("--handler exec needs --exec-command (or RTQ_EXEC_COMMAND)".into())
             }
+            _ if self
+                .upstream_urls()
+                .any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) =>
+            {
+                Err("--upstream-url and --health-url must start with http:// or https://".into())
+            }
             _ if self.probe_addr != "off"
                 && self.probe_addr.parse::<std::net::SocketAddr>().is_err() =>
             {
@@ -186,6 +212,13 @@ impl Config {
             }
             _ => Ok(()),
         }
+    }
+
+    fn upstream_urls(&self) -> impl Iterator<Item = &str> {
+        self.upstream_url
+            .iter()
+            .chain(self.health_url.iter())
+            .map(|u| u.trim())
     }
 
     fn handler_name(&self) -> String {
@@ -263,11 +296,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         UpstreamState::new(worker.intake(), retry_after)
     };
     let mut exec_supervisor = None;
-    let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-    if config.upstream_timeout_secs > 0 {
-        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
-    }
-    let http = http.build().context("building the HTTP client")?;
+    let http = upstream_client(&config)?;
     let url = config.upstream_url.clone().unwrap_or_default();
     let (handler, health_url): (Arc<dyn Serve>, Option<String>) = match config.handler {
         HandlerKind::Mock => (
@@ -338,6 +367,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// The HTTP client for upstream requests and health probes: rustls with
+/// the system's roots plus `--upstream-ca`, and the authentication headers
+/// (`--upstream-api-key`, `--upstream-header-file`) on every request,
+/// marked sensitive so they never appear in debug output.
+fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+    let mut headers = HeaderMap::new();
+    if let Some(key) = config.upstream_api_key.as_deref().filter(|k| !k.is_empty()) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+            anyhow::anyhow!("--upstream-api-key holds characters a header cannot carry")
+        })?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(path) = &config.upstream_header_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --upstream-header-file {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Never quote the line: it holds a secret.
+            let bad = || {
+                anyhow::anyhow!(
+                    "--upstream-header-file {} line {}: expected `Name: value`",
+                    path.display(),
+                    n + 1
+                )
+            };
+            let (name, value) = line.split_once(':').ok_or_else(bad)?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+    }
+    let mut http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .default_headers(headers);
+    if let Some(path) = &config.upstream_ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --upstream-ca {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--upstream-ca {} is not PEM", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--upstream-ca {} holds no certificate",
+            path.display()
+        );
+        for cert in certs {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    if config.upstream_timeout_secs > 0 {
+        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
+    }
+    http.build().context("building the HTTP client")
 }
 
 /// The process exit code for an error of [`run`]: 3 Redis unreachable,
