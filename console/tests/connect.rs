@@ -137,3 +137,24 @@ fn a_closed_port_exits_3() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot reach Redis"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_unix_socket_password_never_reaches_errors_or_help() {
+    let o = rtq(
+        "unix:///nonexistent/rtq.sock?pass=SOCK-SECRET-7",
+        &["stats"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pass=***"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("SOCK-SECRET-7"), "{}", stderr(&o));
+
+    let help = Command::new(env!("CARGO_BIN_EXE_rtq"))
+        .arg("--help")
+        .env("RTQ_REDIS_URL", "redis://:HELP-SECRET-8@127.0.0.1:1/")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("RTQ_REDIS_URL"), "{text}");
+    assert!(!text.contains("HELP-SECRET-8"), "{text}");
+}

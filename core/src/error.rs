@@ -394,24 +394,128 @@ impl From<redis::RedisError> for Error {
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Removes the password (and user) from a Redis URL so it can be logged.
+/// Query parameters whose values are secrets (compared case-insensitively,
+/// `-` read as `_`): redis-rs's `pass`/`password` for `unix://` URLs, and
+/// the usual API-key and token names of HTTP services.
+const SECRET_PARAMS: &[&str] = &[
+    "pass",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "key",
+    "api_key",
+    "apikey",
+    "client_secret",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+];
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    SECRET_PARAMS.contains(&name.as_str())
+        || name.ends_with("_token")
+        || name.ends_with("_key")
+        || name.ends_with("_secret")
+        || name.ends_with("_password")
+}
+
+/// Masks every secret in a URL so it can be logged or shown: the password
+/// of the userinfo (and a user name that stands alone, as tokens do in
+/// `https://<token>@host`), and the values of secret query parameters
+/// (`unix:///run/redis.sock?pass=...`, `?api_key=...`, `?token=...`).
 ///
 /// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`.
 /// Input that is not a URL is returned with everything before the last `@`
-/// masked, which never leaks a secret either.
+/// masked, and secret query values masked, which never leaks a secret
+/// either.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            } else if !parsed.username().is_empty() {
+                let _ = parsed.set_username("***");
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             parsed.to_string()
         }
-        Err(_) => match url.rfind('@') {
-            Some(at) => format!("***{}", &url[at..]),
-            None => url.to_string(),
-        },
+        Err(_) => {
+            let tail = match url.rfind('@') {
+                Some(at) => format!("***{}", &url[at..]),
+                None => url.to_string(),
+            };
+            mask_query_text(&tail)
+        }
     }
+}
+
+/// Masks `name=value` pairs with secret names in text that is not a
+/// parseable URL.
+fn mask_query_text(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_string();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}{}", parts.join("&"))
+}
+
+/// [`redact_url`] applied to every URL (`scheme://...`) inside free text,
+/// such as an error message that quotes the URL it failed on.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(sep) = rest.find("://") {
+        // The scheme: letters, digits, + - . right before "://".
+        let start = rest[..sep]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last()
+            .map_or(sep, |(i, _)| i);
+        let end = rest[sep..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']' | ',')
+            })
+            .map_or(rest.len(), |e| sep + e);
+        out.push_str(&rest[..start]);
+        if start == sep {
+            // "://" with no scheme: not a URL; keep it and go on.
+            out.push_str("://");
+            rest = &rest[sep + 3..];
+            continue;
+        }
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -430,5 +534,40 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
         assert!(!redact_url("not a url:hunter2@x").contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_query_parameters_and_lone_tokens_are_masked() {
+        let r = redact_url("unix:///run/redis.sock?db=2&pass=hunter2");
+        assert!(!r.contains("hunter2") && r.contains("db=2"), "{r}");
+        let r = redact_url("redis+unix:///run/redis.sock?password=hunter2");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("http://127.0.0.1:8000/v1?api_key=hunter2&model=m&X-Auth-Token=t0k3n");
+        assert!(
+            !r.contains("hunter2") && !r.contains("t0k3n") && r.contains("model=m"),
+            "{r}"
+        );
+        let r = redact_url("https://ghp_hunter2@example.com/x");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("unix:///sock?pass=hunter2 with space");
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+
+    #[test]
+    fn urls_inside_text_are_redacted_and_the_rest_kept() {
+        let text = "upstream http://u:hunter2@h:1/g?token=t0k3n failed (see https://ok.example/doc), redis unix:///s?pass=pw9";
+        let r = redact_urls_in(text);
+        for secret in ["hunter2", "t0k3n", "pw9"] {
+            assert!(!r.contains(secret), "{r}");
+        }
+        assert!(
+            r.starts_with("upstream http://u:***@h:1/g?token=***"),
+            "{r}"
+        );
+        assert!(r.contains("(see https://ok.example/doc), redis"), "{r}");
+        assert_eq!(
+            redact_urls_in("no url here :// at all"),
+            "no url here :// at all"
+        );
     }
 }

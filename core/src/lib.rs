@@ -41,7 +41,7 @@ pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
     TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
 };
-pub use error::{redact_url, ConnectionProblem, Error, Result, TimeoutPhase};
+pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, TimeoutPhase};
 pub use protocol::{Outcome, TaskState};
 pub use tls::TlsConfig;
 pub use worker::{

@@ -4,12 +4,14 @@
 //! Layout: `handlers` (http, openai, exec), `mock` (simulated model),
 //! `upstream` (health probe and intake switching), `metrics` (Prometheus
 //! registry and the timing handler wrapper), `probes` (/healthz, /readyz,
-//! /metrics), this file (configuration and wiring).
+//! /metrics), `secrets` (masking of configured secrets in every text that
+//! leaves the process), this file (configuration and wiring).
 
 pub mod handlers;
 mod metrics;
 mod mock;
 mod probes;
+pub mod secrets;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -214,6 +216,31 @@ impl Config {
         }
     }
 
+    /// Every secret value in the configuration: passwords and tokens in
+    /// the Redis and upstream URLs, the API key, header-file values.
+    fn secret_values(&self) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .redis
+            .iter()
+            .chain(self.upstream_url.iter())
+            .chain(self.health_url.iter())
+            .flat_map(|u| secrets::of_url(u))
+            .collect();
+        values.extend(self.upstream_api_key.iter().cloned());
+        if let Some(text) = self
+            .upstream_header_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            values.extend(
+                text.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string()),
+            );
+        }
+        values
+    }
+
     fn upstream_urls(&self) -> impl Iterator<Item = &str> {
         self.upstream_url
             .iter()
@@ -255,6 +282,7 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let redis_url = config.redis.clone().unwrap_or_default();
+    secrets::register(config.secret_values());
     let mut wc = WorkerConfig::new(&config.queue)
         .slots(config.concurrency)
         .lease(Duration::from_millis(config.lease_ms.max(100)))

@@ -367,7 +367,7 @@ async fn health_readiness_and_metrics_endpoints() {
         async move {
             match h.get(format!("{p}/readyz")).send().await {
                 Ok(r) if r.status() == 503 => {
-                    r.text().await.unwrap_or_default().contains("upstream down")
+                    r.text().await.unwrap_or_default() == "upstream down\n"
                 }
                 _ => false,
             }

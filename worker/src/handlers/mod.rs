@@ -98,7 +98,11 @@ pub(crate) fn request_failed(
     url: &str,
     upstream: &Arc<UpstreamState>,
 ) -> HandlerError {
-    let why = format!("upstream {url}: {}", describe(&e));
+    let why = crate::secrets::scrub(&format!(
+        "upstream {}: {}",
+        rtq_core::redact_url(url),
+        describe(&e)
+    ));
     if e.is_connect() {
         upstream.mark_down(&why);
     }
@@ -113,7 +117,7 @@ pub(crate) fn request_failed(
 /// final; `message` is what the server said.
 pub(crate) fn status_failed(status: StatusCode, message: &str) -> HandlerError {
     let quoted: String = message.trim().chars().take(QUOTE_LIMIT).collect();
-    let why = format!("upstream answered {status}: {quoted}");
+    let why = crate::secrets::scrub(&format!("upstream answered {status}: {quoted}"));
     match status.as_u16() {
         429 | 502 | 503 | 504 => HandlerError::retryable(why),
         _ => HandlerError::fatal(why),
