@@ -24,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use rtq_core::{redact_url, TlsConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
+use handlers::body::Limits;
 use handlers::exec::ExecHandler;
 use handlers::http::HttpHandler;
 use handlers::openai::OpenAiHandler;
@@ -124,6 +125,20 @@ pub struct Config {
     /// Upstream request timeout in seconds (0 = none; task deadlines still apply).
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
+    /// Longest line an upstream may send (SSE, NDJSON), in bytes; a longer
+    /// one fails the task.
+    #[arg(long, env = "RTQ_MAX_LINE_BYTES", default_value_t = Limits::default().max_line)]
+    pub max_line_bytes: usize,
+    /// Largest SSE event (all its data lines), in bytes.
+    #[arg(long, env = "RTQ_MAX_EVENT_BYTES", default_value_t = Limits::default().max_event)]
+    pub max_event_bytes: usize,
+    /// Largest chunk passed on to the client, in bytes.
+    #[arg(long, env = "RTQ_MAX_CHUNK_BYTES", default_value_t = Limits::default().max_chunk)]
+    pub max_chunk_bytes: usize,
+    /// Largest upstream response body (a JSON reply, a whole stream), in
+    /// bytes.
+    #[arg(long, env = "RTQ_MAX_BODY_BYTES", default_value_t = Limits::default().max_body)]
+    pub max_body_bytes: u64,
     /// Model name for --handler openai when the task input names none.
     #[arg(long, env = "RTQ_OPENAI_MODEL")]
     pub openai_model: Option<String>,
@@ -325,6 +340,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut exec_supervisor = None;
     let http = upstream_client(&config)?;
+    let limits = Limits {
+        max_line: config.max_line_bytes.max(1),
+        max_event: config.max_event_bytes.max(1),
+        max_chunk: config.max_chunk_bytes.max(1),
+        max_body: config.max_body_bytes.max(1),
+    };
     let url = config.upstream_url.clone().unwrap_or_default();
     let (handler, health_url): (Arc<dyn Serve>, Option<String>) = match config.handler {
         HandlerKind::Mock => (
@@ -337,7 +358,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.health_url.clone(),
         ),
         HandlerKind::Http => (
-            Arc::new(HttpHandler::new(http.clone(), url, Arc::clone(&upstream))),
+            Arc::new(HttpHandler::new(
+                http.clone(),
+                url,
+                Arc::clone(&upstream),
+                limits,
+            )),
             config.health_url.clone(),
         ),
         HandlerKind::Openai => (
@@ -346,6 +372,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 url.clone(),
                 config.openai_model.clone(),
                 Arc::clone(&upstream),
+                limits,
             )),
             Some(config.health_url.clone().unwrap_or_else(|| {
                 format!(

@@ -9,6 +9,7 @@
 //! binary wraps them in `crate::metrics::Instrumented`, which does the same
 //! and also counts the stop.
 
+pub mod body;
 pub mod exec;
 pub mod http;
 pub mod openai;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use crate::upstream::{describe, UpstreamState};
 
 /// Longest upstream error body quoted in a failure reason.
-const QUOTE_LIMIT: usize = 500;
+pub(crate) const QUOTE_LIMIT: usize = 500;
 
 /// A built-in handler's work on one task. The task is borrowed, so the
 /// caller keeps it and can watch for its stop (see [`run_until_stopped`]).
