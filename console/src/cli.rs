@@ -35,7 +35,7 @@ pub async fn run(redis: &str, config: ClientConfig, read_only: bool, command: Co
     let client = match Client::connect_with(redis, config).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rtq: {e}");
+            report(&e);
             return exit_code(&e);
         }
     };
@@ -55,10 +55,41 @@ pub async fn run(redis: &str, config: ClientConfig, read_only: bool, command: Co
     match execute(&client, command).await {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("rtq: {e}");
+            report(&e);
             exit_code(&e)
         }
     }
+}
+
+/// `text` made safe for a terminal: every control character (ESC, BEL,
+/// CR, the C1 range, DEL, ...) is shown escaped (`\x1b`), so text from
+/// Redis or an upstream (a worker's host name, a failure reason, a
+/// streamed chunk) cannot move the cursor, clear the screen or retitle the
+/// terminal. Newlines and tabs stay when `multiline`.
+pub fn printable(text: &str, multiline: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(multiline && matches!(c, '\n' | '\t'));
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let n = u32::from(c);
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints an error line on stderr, control characters escaped.
+fn report(e: &impl std::fmt::Display) {
+    eprintln!("rtq: {}", printable(&e.to_string(), true));
 }
 
 /// The JSON form of a queue's overview and statistics.
@@ -141,7 +172,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                     let _ = writeln!(
                         out,
                         "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8.1} {:>8.1} {:>8} {:>8}",
-                        o.name,
+                        printable(&o.name, false),
                         if o.paused { "paused" } else { "running" },
                         o.pending,
                         o.running,
@@ -173,12 +204,12 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                     let _ = writeln!(
                         out,
                         "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>7}s",
-                        w.id,
-                        w.field("host"),
-                        w.field("state"),
-                        format!("{}/{}", w.field("busy"), w.field("slots")),
-                        w.field("done"),
-                        w.field("failed"),
+                        printable(&w.id, false),
+                        printable(w.field("host"), false),
+                        printable(w.field("state"), false),
+                        printable(&format!("{}/{}", w.field("busy"), w.field("slots")), false),
+                        printable(w.field("done"), false),
+                        printable(w.field("failed"), false),
                         w.heartbeat_age_ms(now)
                             .map(|a| format!("{:.1}", a as f64 / 1000.0))
                             .unwrap_or_default()
@@ -207,7 +238,14 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                 let _ = writeln!(out, "{}", Value::Array(v));
             } else {
                 for t in &tasks {
-                    let _ = writeln!(out, "{}\t{}\t{}\t{}", t.id, t.state, t.priority, t.worker);
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        printable(&t.id, false),
+                        t.state,
+                        t.priority,
+                        printable(&t.worker, false)
+                    );
                 }
             }
         }
@@ -232,11 +270,12 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                 while let Some(ev) = s.next().await {
                     match ev? {
                         StreamEvent::Chunk(c) => {
-                            let _ = out.write_all(&c.data);
+                            let text = String::from_utf8_lossy(&c.data);
+                            let _ = out.write_all(printable(&text, true).as_bytes());
                             let _ = out.flush();
                         }
                         StreamEvent::Restarted { reason, .. } => {
-                            eprintln!("\n[restarted: {reason}]")
+                            eprintln!("\n[restarted: {}]", printable(&reason, true))
                         }
                         StreamEvent::Done(o) => {
                             let _ = writeln!(out, "\n{}", o.result);
