@@ -104,6 +104,7 @@ pub fn stats_json(o: &QueueOverview, s: &QueueStats) -> Value {
         "idle_slots": o.idle_slots,
         "max_depth": o.max_depth,
         "head_wait_ms": o.head_wait_ms,
+        "error": o.error,
         "window_secs": s.window_secs,
         "submitted_per_sec": s.rate("sub"),
         "done_per_sec": s.rate("done"),
@@ -169,6 +170,23 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                     "TOTAL99"
                 );
                 for (o, s) in &rows {
+                    if let Some(error) = &o.error {
+                        let _ = writeln!(
+                            out,
+                            "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                            printable(&o.name, false),
+                            "error",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-"
+                        );
+                        report(error);
+                        continue;
+                    }
                     let _ = writeln!(
                         out,
                         "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8.1} {:>8.1} {:>8} {:>8}",
