@@ -223,6 +223,20 @@ pub enum Error {
     /// Redis answered with an error.
     #[error("Redis error: {0}")]
     Redis(redis::RedisError),
+    /// A protocol function failed inside Redis (usually data that is not
+    /// what the protocol wrote, such as a key of the wrong type); names
+    /// the operation, the queue and the task instead of a script line.
+    #[error("{function} on queue {queue}{} failed inside Redis: {reason}", task.as_ref().map(|t| format!(", task {t},")).unwrap_or_default())]
+    Function {
+        /// The function (`rtq2_submit`, ...).
+        function: &'static str,
+        /// The queue it was called on.
+        queue: String,
+        /// The task it was about, if any.
+        task: Option<String>,
+        /// Redis's message without the script location.
+        reason: String,
+    },
     /// Data in Redis that this version cannot read (unknown protocol
     /// version, malformed message).
     #[error("protocol error: {0}")]

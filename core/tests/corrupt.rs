@@ -92,3 +92,39 @@ async fn a_corrupt_task_does_not_fail_its_page() {
     assert_eq!(ids, ["a", "b"], "{page:?}");
     assert!(page[1].worker.contains("worker"), "{:?}", page[1].worker);
 }
+
+#[tokio::test]
+async fn a_function_failing_inside_redis_names_the_operation_queue_and_task() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let k = QueueKeys::new("lua").unwrap();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg(k.task("t1"))
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let err = admin.requeue("lua", "t1").await.unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        rtq_core::Error::Function {
+            function,
+            queue,
+            task,
+            reason,
+        } => {
+            assert_eq!(
+                (*function, queue.as_str(), task.as_deref()),
+                ("rtq2_requeue", "lua", Some("t1"))
+            );
+            assert!(reason.starts_with("WRONGTYPE"), "{reason}");
+        }
+        other => panic!("expected Error::Function, got {other:?}"),
+    }
+    assert!(msg.contains("rtq2_requeue on queue lua, task t1,"), "{msg}");
+    assert!(
+        !msg.contains("user_function") && !msg.contains("script:"),
+        "{msg}"
+    );
+}
