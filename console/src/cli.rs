@@ -137,6 +137,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Ui => unreachable!("the console is started by main"),
+        Command::Acl { .. } => unreachable!("rtq acl is answered by main, offline"),
         Command::Stats {
             queue,
             json,

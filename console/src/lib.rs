@@ -157,6 +157,22 @@ pub enum Command {
         /// Maximum pending tasks.
         depth: u64,
     },
+    /// Print the `ACL SETUSER` line of a least-privilege Redis user for a
+    /// role (needs no Redis). Replace `<password>` with the password (or
+    /// `#<sha256 hex>`), then run the line as an admin, e.g. with
+    /// redis-cli.
+    Acl {
+        /// The role.
+        #[arg(value_enum)]
+        role: AclRole,
+        /// The queue (required for client and worker; the console and the
+        /// admin are fleet-wide).
+        #[arg(long)]
+        queue: Option<String>,
+        /// User name (default rtq-<role>[-<queue>]).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Cancel every pending task of a queue.
     Purge {
         /// Queue.
@@ -165,6 +181,30 @@ pub enum Command {
         #[arg(long)]
         confirm: String,
     },
+}
+
+/// A role for `rtq acl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AclRole {
+    /// Submit, wait, stream and cancel on one queue.
+    Client,
+    /// Serve one queue.
+    Worker,
+    /// Read every queue, write nothing (`rtq --read-only`).
+    Console,
+    /// Everything; loads the functions library.
+    Admin,
+}
+
+impl From<AclRole> for rtq_core::acl::Role {
+    fn from(r: AclRole) -> Self {
+        match r {
+            AclRole::Client => Self::Client,
+            AclRole::Worker => Self::Worker,
+            AclRole::Console => Self::Console,
+            AclRole::Admin => Self::Admin,
+        }
+    }
 }
 
 /// Which task list `rtq tasks` prints.

@@ -6,6 +6,16 @@ use rtq_console::{cli, ui, Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
+    if let Some(Command::Acl { role, queue, user }) = &args.command {
+        // Offline: prints the rules, talks to no Redis.
+        match rtq_core::acl::setuser((*role).into(), queue.as_deref(), user.as_deref()) {
+            Ok(line) => println!("{line}"),
+            Err(e) => Cli::command()
+                .error(clap::error::ErrorKind::ValueValidation, e.to_string())
+                .exit(),
+        }
+        return Ok(());
+    }
     let Some(redis) = args.redis.clone() else {
         Cli::command()
             .error(

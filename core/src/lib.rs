@@ -9,6 +9,7 @@
 //! one Redis Functions library) is specified in `PROTOCOL.md`.
 //!
 //! # Layout
+//! - [`acl`]: least-privilege Redis users per role (`ACL SETUSER` lines).
 //! - [`keys`]: the key layout, name validation, cluster slots.
 //! - [`functions`]: the Functions library (`core/lua/`) and one typed
 //!   binding per function.
@@ -29,6 +30,7 @@ mod connection;
 mod error;
 mod tls;
 
+pub mod acl;
 pub mod admin;
 pub mod functions;
 pub mod keys;

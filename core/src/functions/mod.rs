@@ -158,6 +158,21 @@ pub async fn call<F: Function, C: ConnectionLike + Send>(
 /// a line number of the whole library. It becomes [`Error::Function`],
 /// naming the operation, queue and task; other errors pass unchanged.
 fn name_the_call(e: Error, function: &'static str, queue: &str, task: Option<&str>) -> Error {
+    if let Error::PermissionDenied(detail) = &e {
+        // Redis 7.0 does not say which command inside the function the ACL
+        // refused; name the function, and where the role's rules are.
+        if let Some(cut) = detail.find(" script: ") {
+            return Error::PermissionDenied(format!(
+                "{function} on queue {queue}: {} (the user needs every command the rtq library runs: `rtq acl <role>` prints a role's rules)",
+                detail[..cut].trim()
+            ));
+        }
+        // Refused at the FCALL itself: Redis names only `fcall`.
+        return Error::PermissionDenied(format!(
+            "{} (calling {function} on queue {queue})",
+            detail.trim()
+        ));
+    }
     let Error::Redis(redis_err) = &e else {
         return e;
     };
