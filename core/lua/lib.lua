@@ -28,10 +28,11 @@ Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
 local PROTOCOL = 2
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 5
+local REVISION = 6
 
-local REPLY_MAXLEN = 100000
-local ENDED_CAP = 1000
+-- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
+local REPLY_MAXLEN = 100000 -- mutation: skip
+local ENDED_CAP = 1000 -- mutation: skip
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local WORKER_INFO_TTL_MS = 600000
@@ -52,12 +53,15 @@ local MAX_SLOTS = 1024
 local MIN_LEASE_MS = 100
 local MAX_LEASE_MS = 600000
 local READ_PAGE = 1000 -- chunks returned per watch/read call
-local REAP_PER_CALL = 8
-local EXPIRE_PER_CALL = 100
-local PROMOTE_PER_CALL = 100
-local DISPATCH_PER_CALL = 1000
-local SCAN_PER_TAKE = 100
-local FREE_PEEK = 16
+-- Pacing: how much one call does at most. Loops that hit a cap leave the
+-- rest for the next call (housekeeping runs every heartbeat), so any value
+-- >= 1 is correct; a mutation run's shift by one cannot be observed.
+local REAP_PER_CALL = 8 -- mutation: skip
+local EXPIRE_PER_CALL = 100 -- mutation: skip
+local PROMOTE_PER_CALL = 100 -- mutation: skip
+local DISPATCH_PER_CALL = 1000 -- mutation: skip
+local SCAN_PER_TAKE = 100 -- mutation: skip
+local FREE_PEEK = 16 -- mutation: skip
 local RETRY_BACKOFF_MS = 250 -- first retry delay; doubles per failure
 local RETRY_BACKOFF_MAX_MS = 30000
 local AVOID_AFTER_DUE_MS = 5000 -- how long a retry avoids the worker that failed it
@@ -493,10 +497,12 @@ local function dispatch_pending(now, max)
   return n
 end
 
--- Dispatches only when pending work and free slots coexist.
+-- Dispatches only when pending work and free slots coexist. (A shortcut:
+-- dispatching with no free slot or no work does nothing, so its mutants are
+-- equivalent.)
 local function dispatch_if_needed(now, max)
-  if redis.call('ZCARD', P .. 'free') > 0
-      and (redis.call('ZCARD', P .. 'pending') > 0 or redis.call('ZCARD', P .. 'delayed') > 0) then
+  if redis.call('ZCARD', P .. 'free') > 0 -- mutation: skip
+      and (redis.call('ZCARD', P .. 'pending') > 0 or redis.call('ZCARD', P .. 'delayed') > 0) then -- mutation: skip
     return dispatch_pending(now, max)
   end
   return 0
@@ -520,7 +526,8 @@ local function reap_worker(wid, now, why)
   redis.call('ZREM', P .. 'free', wid)
   redis.call('HSET', wkey(wid), 'state', 'dead', 'dead_at', now)
   redis.call('PEXPIRE', wkey(wid), WORKER_INFO_TTL_MS)
-  if n > 0 then stat_add(stats_key(now), 'lost', n) end
+  -- Adding 0 to the counter would change no reading: mutants equivalent.
+  if n > 0 then stat_add(stats_key(now), 'lost', n) end -- mutation: skip
   return n
 end
 

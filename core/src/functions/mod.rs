@@ -41,13 +41,13 @@ pub const LIBRARY_NAME: &str = "rtq2";
 
 /// Revision of the library source; a client loads its copy when the server
 /// holds an older revision or none. Must equal `REVISION` in `lib.lua`.
-pub const LIBRARY_REVISION: i64 = 5;
+pub const LIBRARY_REVISION: i64 = 6;
 
 /// FNV-1a hash of the library source of [`LIBRARY_REVISION`]: a test
 /// fails when the Lua changes without a revision bump (a server holding
 /// the same revision would keep running the old code).
 #[cfg(test)]
-const LIBRARY_SOURCE_HASH: u64 = 8042789360071124220;
+const LIBRARY_SOURCE_HASH: u64 = 4754200613175041947;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
@@ -235,9 +235,6 @@ pub fn is_library_missing(e: &redis::RedisError) -> bool {
 /// functions and nobody loaded them), [`Error::Protocol`] if the server's
 /// library speaks another protocol version.
 pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Error> {
-    if override_dir().is_some() {
-        return load(conn, true).await;
-    }
     let reply: redis::RedisResult<Value> = redis::cmd("FCALL_RO")
         .arg("rtq2_version")
         .arg(0)

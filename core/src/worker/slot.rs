@@ -177,22 +177,26 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind(),
                 );
                 let mut pump_open = true;
+                let mut handler_returned = false;
                 let ending = loop {
                     tokio::select! {
                         biased;
-                        outcome = &mut work => break match outcome {
-                            Ok(Ok(value)) => Ending::Result(value),
-                            // An error after a stop is the stop, never a
-                            // failure of the handler.
-                            Ok(Err(_)) if stop.reason().is_some() => {
-                                Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
-                            }
-                            Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
-                            Err(panic) => Ending::Failed {
-                                message: format!("handler panicked: {}", panic_message(&panic)),
-                                retryable: false,
-                            },
-                        },
+                        outcome = &mut work => {
+                            handler_returned = true;
+                            break match outcome {
+                                Ok(Ok(value)) => Ending::Result(value),
+                                // An error after a stop is the stop, never a
+                                // failure of the handler.
+                                Ok(Err(_)) if stop.reason().is_some() => {
+                                    Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
+                                }
+                                Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
+                                Err(panic) => Ending::Failed {
+                                    message: format!("handler panicked: {}", panic_message(&panic)),
+                                    retryable: false,
+                                },
+                            };
+                        }
                         _ = stop.token().cancelled() => {
                             break Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown));
                         }
@@ -207,7 +211,11 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     tracing::info!(%reason, "stopping the handler");
                     // The handler saw the stop; give it a moment to return
                     // on its own, then drop it (closing what it holds).
-                    let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
+                    // One that already returned (an error after the stop)
+                    // must not be polled again.
+                    if !handler_returned {
+                        let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
+                    }
                 }
                 drop(work);
                 writer.drain(&mut rx);

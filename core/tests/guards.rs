@@ -1,0 +1,355 @@
+//! Protocol behaviours a Lua mutation run found unguarded: each test names
+//! the behaviour, drives the functions one call at a time on a real
+//! redis-server and asserts the state in Redis, not only the replies.
+
+mod support;
+
+use rtq_core::functions::cancel::{Cancel, CancelMode, CancelReply};
+use rtq_core::functions::chunk::WriteStatus;
+use rtq_core::functions::complete::CompleteOutcome;
+use rtq_core::functions::heartbeat::BeatReply;
+use rtq_core::protocol::TaskState;
+use support::proto::{task_of, Proto, RedisServer, Task};
+
+const DONE: CompleteOutcome = CompleteOutcome::Done;
+
+async fn registered(redis: &RedisServer, slots: usize) -> Proto {
+    let mut p = Proto::connect(redis, "q").await;
+    let r = p.register("w1", "i1", slots, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    p
+}
+
+#[tokio::test]
+async fn a_deadline_check_on_a_task_without_a_deadline_is_not_due_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    let before = p.snapshot().await;
+    let r = p
+        .call(&Cancel {
+            id: "t1",
+            mode: CancelMode::Deadline,
+            reason: "deadline",
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, CancelReply::NotDue(None));
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
+    assert_eq!(p.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn an_empty_chunk_write_is_accepted_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let before = p.snapshot().await;
+    let r = p.chunk("w1", "t1", 1, 0, &[]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    assert_eq!(r.chunks, 0);
+    assert_eq!(r.state, Some(TaskState::Running));
+    assert_eq!(p.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn a_replayed_complete_never_hands_out_again_a_next_task_that_has_ended() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    p.submit(&Task::new("t2")).await;
+    let first = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert!(first.next.is_some(), "t2 is handed out with the reply");
+    let ended = p.complete("w1", "t2", 1, 0, DONE, true, &[]).await;
+    assert_eq!(ended.state, Some(TaskState::Done));
+    // The reply of the first complete was lost and the call is retried
+    // after t2 ended: the replay must not hand t2 out again.
+    let again = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert_eq!(again.status, first.status);
+    assert!(again.next.is_none(), "{again:?}");
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("done"));
+    assert!(p.owned("w1").await.is_empty());
+    assert_eq!(p.free("w1").await, 1.0);
+}
+
+/// The 10-second stats bucket that holds time `ms`.
+const STATS_BUCKET_MS: i64 = 10_000;
+
+#[tokio::test]
+async fn the_queue_wait_histogram_files_each_wait_where_the_readers_look_for_it() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    // A wait long enough to land beyond the first buckets (at 0 ms every
+    // bucket rule agrees).
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let h = p.hash("t1").await;
+    let sub: i64 = h["sub"].parse().unwrap();
+    let start: i64 = h["start"].parse().unwrap();
+    assert!(start - sub >= 50, "waited {} ms", start - sub);
+    let index = rtq_core::admin::stats::bucket_index((start - sub) as f64);
+    let key = p.keys.stats(start / STATS_BUCKET_MS);
+    let counted: Option<u64> = redis::cmd("HGET")
+        .arg(&key)
+        .arg(format!("w:{index}"))
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        Some(1),
+        "{key} w:{index} for a wait of {} ms",
+        start - sub
+    );
+}
+
+#[tokio::test]
+async fn a_new_attempt_starts_with_no_chunk_times_of_the_last_one() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p.chunk("w1", "t1", 1, 0, &[b"a".to_vec()]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    let h = p.hash("t1").await;
+    assert_ne!(h["fc"], "0");
+    assert_ne!(h["lc"], "0");
+    // An operator requeue hands the task out again (the only worker's slot
+    // is still taken by attempt 1 until it completes).
+    p.requeue("t1").await;
+    let ended = p.complete("w1", "t1", 1, 1, DONE, true, &[]).await;
+    assert_eq!(ended.status, WriteStatus::Fenced, "{ended:?}");
+    let r = p.heartbeat("w1", "i1", 1, true, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    // The inbox holds the cancel message for attempt 1, then attempt 2.
+    let cancel = p.pop("w1").await;
+    assert!(
+        matches!(
+            &cancel,
+            Some(rtq_core::protocol::InboxMessage::Cancel { attempt: 1, .. })
+        ),
+        "{cancel:?}"
+    );
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 2));
+    let h = p.hash("t1").await;
+    for field in ["fc", "lc", "nc", "nb"] {
+        assert_eq!(h[field], "0", "{field} of attempt 2: {h:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_late_read_of_a_failed_task_names_its_error_kind_message_and_worker() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p
+        .complete("w1", "t1", 1, 0, CompleteOutcome::Failed, true, &[])
+        .await;
+    assert_eq!(r.state, Some(TaskState::Failed));
+    let snapshot = p
+        .call(&rtq_core::functions::watch::Read { id: "t1", from: 0 })
+        .await
+        .unwrap()
+        .expect("the task exists");
+    assert_eq!(snapshot.state, TaskState::Failed);
+    match snapshot.outcome {
+        Some(rtq_core::protocol::Outcome::Ended {
+            state,
+            kind,
+            message,
+            worker,
+        }) => {
+            assert_eq!(state, TaskState::Failed);
+            assert_eq!(kind, "handler");
+            assert_eq!(message, "it broke");
+            assert_eq!(worker, "w1");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.field("t1", "ek").await.as_deref(), Some("handler"));
+}
+
+#[tokio::test]
+async fn a_max_depth_of_one_admits_exactly_one_queued_task() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.call(&rtq_core::functions::queue_admin::SetMaxDepth { max_depth: 1 })
+        .await
+        .unwrap();
+    let first = p.submit(&Task::new("t1")).await;
+    assert!(
+        matches!(
+            first,
+            rtq_core::functions::submit::SubmitReply::Accepted { .. }
+        ),
+        "{first:?}"
+    );
+    let second = p.submit(&Task::new("t2")).await;
+    assert!(
+        matches!(
+            second,
+            rtq_core::functions::submit::SubmitReply::QueueFull { .. }
+        ),
+        "{second:?}"
+    );
+    assert_eq!(p.zset(&p.keys.pending()).await, vec!["t1".to_string()]);
+    assert!(p.hash("t2").await.is_empty());
+}
+
+#[tokio::test]
+async fn pausing_dispatches_nothing_and_resuming_dispatches_what_waits() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    use rtq_core::functions::queue_admin::Pause;
+    assert_eq!(p.call(&Pause { paused: true }).await.unwrap(), 0);
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    // Paused: the free slot takes nothing, and pausing again says so.
+    assert_eq!(p.call(&Pause { paused: true }).await.unwrap(), 0);
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
+    assert_eq!(p.free("w1").await, 1.0);
+    // Resuming hands the oldest task to the free slot, and says how many.
+    assert_eq!(p.call(&Pause { paused: false }).await.unwrap(), 1);
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("queued"));
+}
+
+#[tokio::test]
+async fn purge_removes_a_queued_id_whose_task_hash_is_gone() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    // t1's hash vanished (evicted, or deleted by hand).
+    let t1 = p.keys.task("t1");
+    p.raw(&["DEL", &t1]).await;
+    let r = p
+        .call(&rtq_core::functions::queue_admin::Purge { batch: 10 })
+        .await
+        .unwrap();
+    assert_eq!(r.removed, 2);
+    assert!(p.zset(&p.keys.pending()).await.is_empty());
+    assert!(p.hash("t1").await.is_empty(), "no hash is made up for t1");
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("cancelled"));
+    assert_eq!(p.field("t2", "ek").await.as_deref(), Some("purged"));
+}
+
+#[tokio::test]
+async fn a_complete_whose_task_vanished_frees_exactly_one_slot_and_hands_out_nothing() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    p.submit(&Task::new("t2")).await;
+    let t1 = p.keys.task("t1");
+    p.raw(&["DEL", &t1]).await;
+    let r = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert_eq!(r.status, WriteStatus::NotFound);
+    assert!(r.next.is_none(), "{r:?}");
+    assert_eq!(p.free("w1").await, 1.0);
+    assert!(p.owned("w1").await.is_empty());
+    assert_eq!(p.field("t2", "st").await.as_deref(), Some("queued"));
+}
+
+#[tokio::test]
+async fn a_complete_that_ends_no_ownership_frees_no_slot() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let mut once = Task::new("t1");
+    once.max_attempts = 1;
+    p.submit(&once).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    // The worker's lease lapses: it is reaped and t1, on its last attempt,
+    // fails as worker_lost.
+    let workers = p.keys.workers();
+    p.raw(&["ZADD", &workers, "XX", "1", "w1"]).await;
+    p.housekeep().await;
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("failed"));
+    // The process comes back under its id and takes t2 with its one slot.
+    let r = p.register("w1", "i2", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    p.submit(&Task::new("t2")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t2".into(), 1));
+    p.submit(&Task::new("t3")).await;
+    // The old attempt's complete arrives late: it owned nothing any more,
+    // so it frees nothing and takes nothing.
+    let late = p.complete("w1", "t1", 1, 0, DONE, true, &[]).await;
+    assert!(late.next.is_none(), "{late:?}");
+    assert_eq!(p.free("w1").await, 0.0);
+    assert_eq!(p.owned("w1").await, vec!["t2".to_string()]);
+    assert_eq!(p.field("t3", "st").await.as_deref(), Some("queued"));
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("failed"));
+}
+
+async fn redis_ms(p: &mut Proto) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut p.conn).await.unwrap();
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn a_retryable_failure_backs_off_250_ms_and_doubles_per_failure() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let mut t = Task::new("t1");
+    t.max_attempts = 5;
+    p.submit(&t).await;
+    let delayed = p.keys.delayed();
+    for (attempt, backoff) in [(1u64, 250u64), (2, 500)] {
+        assert_eq!(task_of(p.pop("w1").await), ("t1".into(), attempt));
+        let before = redis_ms(&mut p).await;
+        let r = p
+            .complete("w1", "t1", attempt, 0, CompleteOutcome::Retry, true, &[])
+            .await;
+        let after = redis_ms(&mut p).await;
+        assert_eq!(r.state, Some(TaskState::Queued));
+        let due: f64 = redis::cmd("ZSCORE")
+            .arg(&delayed)
+            .arg("t1")
+            .query_async(&mut p.conn)
+            .await
+            .unwrap();
+        let due = due as u64;
+        assert!(
+            before + backoff <= due && due <= after + backoff,
+            "attempt {attempt}: due {due}, expected {backoff} ms after [{before}, {after}]"
+        );
+        // Past the backoff, upkeep hands it back (the only worker).
+        while redis_ms(&mut p).await <= due {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        p.housekeep().await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_entry_says_whether_it_takes_work_as_documented() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    let key = p.keys.worker("w1");
+    let fields = |h: std::collections::HashMap<String, String>| {
+        (h.get("acc").cloned(), h.get("state").cloned())
+    };
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(fields(h), (Some("1".into()), Some("idle".into())));
+    let r = p.heartbeat("w1", "i1", 1, false, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    let h: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(fields(h), (Some("0".into()), Some("paused".into())));
+    assert_eq!(p.free("w1").await, 0.0);
+}
