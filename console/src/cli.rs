@@ -92,6 +92,31 @@ fn report(e: &impl std::fmt::Display) {
     eprintln!("rtq: {}", printable(&e.to_string(), true));
 }
 
+/// `rtq keygen FILE`: writes a new signing key (owner-only, never over an
+/// existing file) and prints its verify key. Returns the exit code.
+pub fn keygen(file: &std::path::Path) -> i32 {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (key, pem) = match rtq_core::signing::SigningKey::generate_pem() {
+        Ok(k) => k,
+        Err(e) => {
+            report(&e);
+            return EXIT_FAILED;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| f.write_all(pem.as_bytes()));
+    if let Err(e) = written {
+        report(&format!("cannot write {}: {e}", file.display()));
+        return EXIT_FAILED;
+    }
+    println!("{}", key.verify_key().to_hex());
+    0
+}
+
 /// The JSON form of a queue's overview and statistics.
 pub fn stats_json(o: &QueueOverview, s: &QueueStats) -> Value {
     let p = |p: &rtq_core::admin::Percentiles| json!({"p50_ms": p.p50, "p95_ms": p.p95, "p99_ms": p.p99, "count": p.count});
@@ -137,7 +162,9 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Ui => unreachable!("the console is started by main"),
-        Command::Acl { .. } => unreachable!("rtq acl is answered by main, offline"),
+        Command::Acl { .. } | Command::Keygen { .. } => {
+            unreachable!("rtq acl and rtq keygen are answered by main, offline")
+        }
         Command::Stats {
             queue,
             json,

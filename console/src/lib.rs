@@ -39,6 +39,10 @@ pub struct Cli {
     /// Private key, PEM, of --tls-cert.
     #[arg(long, global = true, env = "RTQ_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Sign every submitted task with this ed25519 key (PKCS#8 PEM, as
+    /// `rtq keygen` writes it), for workers started with --verify-key.
+    #[arg(long, global = true, env = "RTQ_SIGN_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
@@ -53,6 +57,26 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The client settings of the global flags: TLS and the signing key.
+    ///
+    /// # Errors
+    /// [`rtq_core::Error::TlsSetup`] (see [`Cli::tls`]), or
+    /// [`rtq_core::Error::InvalidInput`] for an unreadable or unusable
+    /// `--sign-key`.
+    pub fn client_config(&self) -> Result<rtq_core::ClientConfig, rtq_core::Error> {
+        let mut config = rtq_core::ClientConfig::default().tls(self.tls()?);
+        if let Some(path) = &self.sign_key {
+            let pem = std::fs::read(path).map_err(|e| {
+                rtq_core::Error::InvalidInput(format!(
+                    "cannot read --sign-key {}: {e}",
+                    path.display()
+                ))
+            })?;
+            config = config.signing_key(rtq_core::signing::SigningKey::from_pkcs8_pem(&pem)?);
+        }
+        Ok(config)
+    }
+
     /// The TLS settings of `--tls-ca`, `--tls-cert` and `--tls-key`.
     ///
     /// # Errors
@@ -172,6 +196,13 @@ pub enum Command {
         /// User name (default rtq-<role>[-<queue>]).
         #[arg(long)]
         user: Option<String>,
+    },
+    /// Make an ed25519 key for signed tasks: writes the private key (PKCS#8
+    /// PEM, owner-only) to FILE and prints the verify key to give workers
+    /// (--verify-key). Needs no Redis.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        file: PathBuf,
     },
     /// Cancel every pending task of a queue.
     Purge {

@@ -16,6 +16,9 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(Command::Keygen { file }) = &args.command {
+        std::process::exit(cli::keygen(file));
+    }
     let Some(redis) = args.redis.clone() else {
         Cli::command()
             .error(
@@ -24,14 +27,13 @@ async fn main() -> anyhow::Result<()> {
             )
             .exit()
     };
-    let tls = match args.tls() {
-        Ok(tls) => tls,
+    let config = match args.client_config() {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("rtq: {e}");
             std::process::exit(cli::exit_code(&e));
         }
     };
-    let config = rtq_core::ClientConfig::default().tls(tls);
     match args.command.clone() {
         None | Some(Command::Ui) => ui::run(&args, &redis, config).await,
         Some(command) => {

@@ -220,6 +220,15 @@ pub enum Error {
         /// The last connection error.
         reason: String,
     },
+    /// A worker with verify keys refused a task that is not validly
+    /// signed (see `rtq_core::signing`); it never ran.
+    #[error("task {id} refused: {reason} (this worker runs only tasks signed by a trusted key)")]
+    Forged {
+        /// Task id.
+        id: String,
+        /// Why the signature does not hold.
+        reason: String,
+    },
     /// Redis answered with an error.
     #[error("Redis error: {0}")]
     Redis(redis::RedisError),

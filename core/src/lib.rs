@@ -16,6 +16,8 @@
 //! - [`protocol`]: task spec, inbox messages, reply events, states, limits.
 //! - `connection`: shared and dedicated (blocking) connections.
 //! - `tls`: [`TlsConfig`], TLS settings for `rediss://` URLs.
+//! - [`signing`]: optional ed25519-signed tasks (clients sign, workers
+//!   verify).
 //! - [`server`]: what rtq needs from the Redis server, checked at start-up.
 //! - `client`: [`Client`], [`Queue`], [`TaskRequest`], [`TaskStream`],
 //!   [`TaskInfo`]: submit, wait, stream, fetch, cancel.
@@ -36,6 +38,7 @@ pub mod functions;
 pub mod keys;
 pub mod protocol;
 pub mod server;
+pub mod signing;
 pub mod worker;
 
 pub use async_trait::async_trait;

@@ -82,6 +82,16 @@ pub struct Config {
     /// Private key, PEM, of --tls-cert.
     #[arg(long, env = "RTQ_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Run only tasks signed by this ed25519 key (64 hex digits, as `rtq
+    /// keygen` prints it; repeatable); other tasks fail unrun. Default:
+    /// every task runs.
+    #[arg(
+        long = "verify-key",
+        env = "RTQ_VERIFY_KEYS",
+        value_delimiter = ',',
+        value_name = "HEX"
+    )]
+    pub verify_keys: Vec<String>,
     /// Queue to serve.
     #[arg(long, env = "RTQ_QUEUE", default_value = "default")]
     pub queue: String,
@@ -304,6 +314,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .grace(Duration::from_secs(config.grace_secs))
         .handler_name(config.handler_name());
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
+    for key in config.verify_keys.iter().filter(|k| !k.trim().is_empty()) {
+        wc.verify_keys.push(
+            rtq_core::signing::VerifyKey::from_hex(key)
+                .context("--verify-key / RTQ_VERIFY_KEYS")?,
+        );
+    }
     wc.tls = TlsConfig::from_files(
         config.tls_ca.as_deref(),
         config.tls_cert.as_deref(),

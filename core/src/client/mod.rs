@@ -63,6 +63,9 @@ pub struct ClientConfig {
     /// TLS settings for a `rediss://` URL (default: system roots, no
     /// client certificate).
     pub tls: crate::TlsConfig,
+    /// Signs every task this client submits (default: none). Workers with
+    /// verify keys run only tasks signed by one of them.
+    pub signing_key: Option<Arc<crate::signing::SigningKey>>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +76,7 @@ impl Default for ClientConfig {
             give_up_after: Duration::from_secs(30),
             response_timeout: crate::connection::RESPONSE_TIMEOUT,
             tls: crate::TlsConfig::default(),
+            signing_key: None,
         }
     }
 }
@@ -91,6 +95,11 @@ impl ClientConfig {
     /// Sets [`ClientConfig::give_up_after`].
     pub fn give_up_after(mut self, after: Duration) -> Self {
         self.give_up_after = after;
+        self
+    }
+    /// Sets [`ClientConfig::signing_key`].
+    pub fn signing_key(mut self, key: crate::signing::SigningKey) -> Self {
+        self.signing_key = Some(Arc::new(key));
         self
     }
     /// Sets [`ClientConfig::tls`].
