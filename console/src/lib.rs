@@ -182,9 +182,10 @@ pub enum Command {
         depth: u64,
     },
     /// Print the `ACL SETUSER` line of a least-privilege Redis user for a
-    /// role (needs no Redis). Replace `<password>` with the password (or
-    /// `#<sha256 hex>`), then run the line as an admin, e.g. with
-    /// redis-cli.
+    /// role (needs no Redis).
+    ///
+    /// Replace `<password>` with the password (or `#<sha256 hex>`), then
+    /// run the line as an admin, e.g. with redis-cli.
     Acl {
         /// The role.
         #[arg(value_enum)]
@@ -197,9 +198,10 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Make an ed25519 key for signed tasks: writes the private key (PKCS#8
-    /// PEM, owner-only) to FILE and prints the verify key to give workers
-    /// (--verify-key). Needs no Redis.
+    /// Make an ed25519 key for signed tasks (needs no Redis).
+    ///
+    /// Writes the private key (PKCS#8 PEM, owner-only) to FILE and prints
+    /// the verify key to give workers (--verify-key).
     Keygen {
         /// Where to write the private key (must not exist).
         file: PathBuf,
