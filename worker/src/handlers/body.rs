@@ -27,13 +27,13 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 2 MiB lines and events, 1 MiB chunks (rtq's inline limit), 64 MiB
+    /// 2 MiB lines and events, 1 MiB chunks (rtq's chunk limit), 64 MiB
     /// bodies (rtq's output limit per attempt).
     fn default() -> Self {
         Self {
             max_line: 2 << 20,
             max_event: 2 << 20,
-            max_chunk: 1 << 20,
+            max_chunk: rtq_core::protocol::MAX_CHUNK_BYTES,
             max_body: 64 << 20,
         }
     }
