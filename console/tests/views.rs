@@ -211,3 +211,17 @@ async fn a_corrupt_queue_is_an_error_row_beside_the_healthy_one_with_its_reason_
     );
     assert!(screen.contains("connected"), "{screen}");
 }
+
+#[test]
+fn the_title_bar_never_shows_a_password_of_any_url_form() {
+    for url in [
+        "redis://:TITLE-SECRET-1@127.0.0.1:6379/",
+        "unix:///run/redis.sock?db=0&pass=TITLE-SECRET-1",
+        "redis+unix:///run/redis.sock?password=TITLE-SECRET-1",
+    ] {
+        let app = App::new(rtq_core::redact_url(url), false);
+        let screen = render(&app, 120, 10);
+        assert!(!screen.contains("TITLE-SECRET-1"), "{screen}");
+        assert!(screen.contains("***"), "{screen}");
+    }
+}
