@@ -16,23 +16,32 @@ finish its current step before it stops.
 This toy model streams the words of input["prompt"] reversed, one per
 input["delay_ms"] milliseconds, after a "prefill" of input["hold_ms"]
 milliseconds in which it says nothing. A cancel stops an attempt at once,
-even in the middle of its prefill or a delay. input["crash"] makes the
-process exit (to show that rtq-worker restarts it), input["fail"] fails the
-task, input["ignore_cancel"] makes the attempt run to its end regardless,
-and input["report_cancel_to"] names a file that records cancels (for tests).
+even in the middle of its prefill or a delay. input["fail"] fails the task.
+
+Task input is untrusted: it never names a file, a command or anything else
+outside this process. What an operator may configure comes from the
+environment the worker passes on:
+  EXEC_CHILD_CANCEL_LOG=<path>  append "cancelled <id> <attempt>" lines there
+  EXEC_CHILD_TEST_HOOKS=1       honour input["crash"] (the process exits, to
+                                show that rtq-worker restarts it) and
+                                input["ignore_cancel"] (the attempt runs to
+                                its end regardless); for rtq's own tests only
 
 Run it under a worker:
   rtq-worker --redis redis://127.0.0.1:6379/ --handler exec \\
     --exec-command "python3 examples/exec_child.py" --queue llm
 """
 import json
+import os
 import sys
 import threading
+
+CANCEL_LOG = os.environ.get("EXEC_CHILD_CANCEL_LOG") or None
+TEST_HOOKS = os.environ.get("EXEC_CHILD_TEST_HOOKS") == "1"
 
 out_lock = threading.Lock()
 state_lock = threading.Lock()
 cancel_events = {}  # (id, attempt) -> threading.Event, set by a cancel line
-report_cancel_to = {}  # (id, attempt) -> file to append "cancelled <id> <attempt>" to (tests)
 
 
 def emit(key, **fields):
@@ -43,7 +52,7 @@ def emit(key, **fields):
 
 
 def run(key, inp, cancelled):
-    if inp.get("ignore_cancel"):
+    if TEST_HOOKS and inp.get("ignore_cancel"):
         cancelled = threading.Event()  # never set
     try:
         if inp.get("fail"):
@@ -61,7 +70,6 @@ def run(key, inp, cancelled):
     finally:
         with state_lock:
             cancel_events.pop(key, None)
-            report_cancel_to.pop(key, None)
 
 
 def main():
@@ -74,23 +82,20 @@ def main():
         if msg.get("type") == "cancel":
             with state_lock:
                 event = cancel_events.get(key)
-                path = report_cancel_to.pop(key, None)
             if event:
                 event.set()
             print(f"cancelled {key[0]} attempt {key[1]}", file=sys.stderr, flush=True)
-            if path:
-                with open(path, "a") as f:
+            if CANCEL_LOG and event:
+                with open(CANCEL_LOG, "a") as f:
                     f.write(f"cancelled {key[0]} {key[1]}\n")
         elif msg.get("type") == "task":
             inp = msg.get("input") or {}
-            if inp.get("crash"):
+            if TEST_HOOKS and inp.get("crash"):
                 print("crashing on purpose", file=sys.stderr, flush=True)
                 sys.exit(3)
             cancelled = threading.Event()
             with state_lock:
                 cancel_events[key] = cancelled
-                if inp.get("report_cancel_to"):
-                    report_cancel_to[key] = inp["report_cancel_to"]
             threading.Thread(target=run, args=(key, inp, cancelled), daemon=True).start()
 
 

@@ -1,28 +1,42 @@
 //! The scriptable commands: stable output, JSON where asked, and exit codes
-//! a script can rely on (0 ok, 1 operation failed, 3 Redis unreachable).
+//! a script can rely on (0 ok, 1 operation failed, 2 usage error, 3 Redis
+//! unreachable, 4 authentication failed, 5 TLS failed, 6 permission denied).
 
 use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
 use rtq_core::admin::{Admin, QueueOverview, QueueStats};
-use rtq_core::{Client, Error, StreamEvent, TaskInfo, TaskRequest};
+use rtq_core::{Client, ClientConfig, Error, StreamEvent, TaskInfo, TaskRequest};
 use serde_json::{json, Value};
 
 use crate::{Command, TaskList};
 
 /// Exit code: the operation failed.
 pub const EXIT_FAILED: i32 = 1;
-/// Exit code: Redis could not be reached.
+/// Exit code: Redis could not be reached (retrying later may help).
 pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code: Redis refused the user or password.
+pub const EXIT_AUTH_FAILED: i32 = 4;
+/// Exit code: the TLS handshake failed or the TLS settings are unusable.
+pub const EXIT_TLS_FAILED: i32 = 5;
+/// Exit code: the Redis user lacks a permission (ACL).
+pub const EXIT_PERMISSION_DENIED: i32 = 6;
+
+/// The exit code for an error: one of the connection classes, or
+/// [`EXIT_FAILED`].
+pub fn exit_code(e: &Error) -> i32 {
+    e.connection_problem()
+        .map_or(EXIT_FAILED, rtq_core::ConnectionProblem::exit_code)
+}
 
 /// Runs one command; returns the process exit code. Errors go to stderr.
-pub async fn run(redis: &str, read_only: bool, command: Command) -> i32 {
-    let client = match Client::connect(redis).await {
+pub async fn run(redis: &str, config: ClientConfig, read_only: bool, command: Command) -> i32 {
+    let client = match Client::connect_with(redis, config).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rtq: {e}");
-            return EXIT_UNREACHABLE;
+            report(&e);
+            return exit_code(&e);
         }
     };
     let mutating = matches!(
@@ -41,14 +55,66 @@ pub async fn run(redis: &str, read_only: bool, command: Command) -> i32 {
     match execute(&client, command).await {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("rtq: {e}");
-            if e.is_connection_lost() {
-                EXIT_UNREACHABLE
-            } else {
-                EXIT_FAILED
-            }
+            report(&e);
+            exit_code(&e)
         }
     }
+}
+
+/// `text` made safe for a terminal: every control character (ESC, BEL,
+/// CR, the C1 range, DEL, ...) is shown escaped (`\x1b`), so text from
+/// Redis or an upstream (a worker's host name, a failure reason, a
+/// streamed chunk) cannot move the cursor, clear the screen or retitle the
+/// terminal. Newlines and tabs stay when `multiline`.
+pub fn printable(text: &str, multiline: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(multiline && matches!(c, '\n' | '\t'));
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let n = u32::from(c);
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints an error line on stderr, control characters escaped.
+fn report(e: &impl std::fmt::Display) {
+    eprintln!("rtq: {}", printable(&e.to_string(), true));
+}
+
+/// `rtq keygen FILE`: writes a new signing key (owner-only, never over an
+/// existing file) and prints its verify key. Returns the exit code.
+pub fn keygen(file: &std::path::Path) -> i32 {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (key, pem) = match rtq_core::signing::SigningKey::generate_pem() {
+        Ok(k) => k,
+        Err(e) => {
+            report(&e);
+            return EXIT_FAILED;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| f.write_all(pem.as_bytes()));
+    if let Err(e) = written {
+        report(&format!("cannot write {}: {e}", file.display()));
+        return EXIT_FAILED;
+    }
+    println!("{}", key.verify_key().to_hex());
+    0
 }
 
 /// The JSON form of a queue's overview and statistics.
@@ -63,6 +129,7 @@ pub fn stats_json(o: &QueueOverview, s: &QueueStats) -> Value {
         "idle_slots": o.idle_slots,
         "max_depth": o.max_depth,
         "head_wait_ms": o.head_wait_ms,
+        "error": o.error,
         "window_secs": s.window_secs,
         "submitted_per_sec": s.rate("sub"),
         "done_per_sec": s.rate("done"),
@@ -95,6 +162,9 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Ui => unreachable!("the console is started by main"),
+        Command::Acl { .. } | Command::Keygen { .. } => {
+            unreachable!("rtq acl and rtq keygen are answered by main, offline")
+        }
         Command::Stats {
             queue,
             json,
@@ -128,10 +198,27 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                     "TOTAL99"
                 );
                 for (o, s) in &rows {
+                    if let Some(error) = &o.error {
+                        let _ = writeln!(
+                            out,
+                            "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                            printable(&o.name, false),
+                            "error",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-"
+                        );
+                        report(error);
+                        continue;
+                    }
                     let _ = writeln!(
                         out,
                         "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8.1} {:>8.1} {:>8} {:>8}",
-                        o.name,
+                        printable(&o.name, false),
                         if o.paused { "paused" } else { "running" },
                         o.pending,
                         o.running,
@@ -163,12 +250,12 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                     let _ = writeln!(
                         out,
                         "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>7}s",
-                        w.id,
-                        w.field("host"),
-                        w.field("state"),
-                        format!("{}/{}", w.field("busy"), w.field("slots")),
-                        w.field("done"),
-                        w.field("failed"),
+                        printable(&w.id, false),
+                        printable(w.field("host"), false),
+                        printable(w.field("state"), false),
+                        printable(&format!("{}/{}", w.field("busy"), w.field("slots")), false),
+                        printable(w.field("done"), false),
+                        printable(w.field("failed"), false),
                         w.heartbeat_age_ms(now)
                             .map(|a| format!("{:.1}", a as f64 / 1000.0))
                             .unwrap_or_default()
@@ -197,7 +284,14 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                 let _ = writeln!(out, "{}", Value::Array(v));
             } else {
                 for t in &tasks {
-                    let _ = writeln!(out, "{}\t{}\t{}\t{}", t.id, t.state, t.priority, t.worker);
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        printable(&t.id, false),
+                        t.state,
+                        t.priority,
+                        printable(&t.worker, false)
+                    );
                 }
             }
         }
@@ -222,11 +316,12 @@ async fn execute(client: &Client, command: Command) -> Result<(), Error> {
                 while let Some(ev) = s.next().await {
                     match ev? {
                         StreamEvent::Chunk(c) => {
-                            let _ = out.write_all(&c.data);
+                            let text = String::from_utf8_lossy(&c.data);
+                            let _ = out.write_all(printable(&text, true).as_bytes());
                             let _ = out.flush();
                         }
                         StreamEvent::Restarted { reason, .. } => {
-                            eprintln!("\n[restarted: {reason}]")
+                            eprintln!("\n[restarted: {}]", printable(&reason, true))
                         }
                         StreamEvent::Done(o) => {
                             let _ = writeln!(out, "\n{}", o.result);

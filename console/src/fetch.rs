@@ -254,9 +254,10 @@ async fn check_server(client: &Client) -> Vec<String> {
 }
 
 /// Runs until `tx` closes: reads every `refresh` (or on a plan change) and
-/// performs actions as they arrive.
+/// performs actions as they arrive. `config` carries the TLS settings.
 pub async fn run(
     url: String,
+    config: ClientConfig,
     read_only: bool,
     refresh: Duration,
     mut plan: watch::Receiver<Plan>,
@@ -266,7 +267,7 @@ pub async fn run(
     let mut admin: Option<Admin> = None;
     loop {
         if admin.is_none() {
-            let config = ClientConfig::default().give_up_after(Duration::from_secs(3));
+            let config = config.clone().give_up_after(Duration::from_secs(3));
             match Client::connect_with(&url, config).await {
                 Ok(c) => {
                     for concern in check_server(&c).await {

@@ -16,6 +16,8 @@ pub mod render;
 pub mod state;
 pub mod ui;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// rtq: watch and steer rtq queues. Without a command, opens the console.
@@ -26,6 +28,21 @@ pub struct Cli {
     /// password is never shown).
     #[arg(long, global = true, env = "RTQ_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+    /// CA certificate(s), PEM, that signed the Redis server's certificate
+    /// (rediss:// URLs); default: the system's roots.
+    #[arg(long, global = true, env = "RTQ_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a Redis that requires one (mutual TLS);
+    /// needs --tls-key.
+    #[arg(long, global = true, env = "RTQ_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM, of --tls-cert.
+    #[arg(long, global = true, env = "RTQ_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Sign every submitted task with this ed25519 key (PKCS#8 PEM, as
+    /// `rtq keygen` writes it), for workers started with --verify-key.
+    #[arg(long, global = true, env = "RTQ_SIGN_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
@@ -39,9 +56,44 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl Cli {
+    /// The client settings of the global flags: TLS and the signing key.
+    ///
+    /// # Errors
+    /// [`rtq_core::Error::TlsSetup`] (see [`Cli::tls`]), or
+    /// [`rtq_core::Error::InvalidInput`] for an unreadable or unusable
+    /// `--sign-key`.
+    pub fn client_config(&self) -> Result<rtq_core::ClientConfig, rtq_core::Error> {
+        let mut config = rtq_core::ClientConfig::default().tls(self.tls()?);
+        if let Some(path) = &self.sign_key {
+            let pem = std::fs::read(path).map_err(|e| {
+                rtq_core::Error::InvalidInput(format!(
+                    "cannot read --sign-key {}: {e}",
+                    path.display()
+                ))
+            })?;
+            config = config.signing_key(rtq_core::signing::SigningKey::from_pkcs8_pem(&pem)?);
+        }
+        Ok(config)
+    }
+
+    /// The TLS settings of `--tls-ca`, `--tls-cert` and `--tls-key`.
+    ///
+    /// # Errors
+    /// [`rtq_core::Error::TlsSetup`] for an unreadable file or a
+    /// certificate without its key.
+    pub fn tls(&self) -> Result<rtq_core::TlsConfig, rtq_core::Error> {
+        rtq_core::TlsConfig::from_files(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+}
+
 /// Scriptable commands. Exit codes: 0 success, 1 the operation failed
 /// (unknown task, full queue, task failed), 2 usage error, 3 Redis
-/// unreachable.
+/// unreachable, 4 authentication failed, 5 TLS failed, 6 permission denied.
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Open the console (the default).
@@ -129,6 +181,31 @@ pub enum Command {
         /// Maximum pending tasks.
         depth: u64,
     },
+    /// Print the `ACL SETUSER` line of a least-privilege Redis user for a
+    /// role (needs no Redis).
+    ///
+    /// Replace `<password>` with the password (or `#<sha256 hex>`), then
+    /// run the line as an admin, e.g. with redis-cli.
+    Acl {
+        /// The role.
+        #[arg(value_enum)]
+        role: AclRole,
+        /// The queue (required for client and worker; the console and the
+        /// admin are fleet-wide).
+        #[arg(long)]
+        queue: Option<String>,
+        /// User name (default rtq-<role>[-<queue>]).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Make an ed25519 key for signed tasks (needs no Redis).
+    ///
+    /// Writes the private key (PKCS#8 PEM, owner-only) to FILE and prints
+    /// the verify key to give workers (--verify-key).
+    Keygen {
+        /// Where to write the private key (must not exist).
+        file: PathBuf,
+    },
     /// Cancel every pending task of a queue.
     Purge {
         /// Queue.
@@ -137,6 +214,30 @@ pub enum Command {
         #[arg(long)]
         confirm: String,
     },
+}
+
+/// A role for `rtq acl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AclRole {
+    /// Submit, wait, stream and cancel on one queue.
+    Client,
+    /// Serve one queue.
+    Worker,
+    /// Read every queue, write nothing (`rtq --read-only`).
+    Console,
+    /// Everything; loads the functions library.
+    Admin,
+}
+
+impl From<AclRole> for rtq_core::acl::Role {
+    fn from(r: AclRole) -> Self {
+        match r {
+            AclRole::Client => Self::Client,
+            AclRole::Worker => Self::Worker,
+            AclRole::Console => Self::Console,
+            AclRole::Admin => Self::Admin,
+        }
+    }
 }
 
 /// Which task list `rtq tasks` prints.

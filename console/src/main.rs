@@ -6,6 +6,19 @@ use rtq_console::{cli, ui, Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
+    if let Some(Command::Acl { role, queue, user }) = &args.command {
+        // Offline: prints the rules, talks to no Redis.
+        match rtq_core::acl::setuser((*role).into(), queue.as_deref(), user.as_deref()) {
+            Ok(line) => println!("{line}"),
+            Err(e) => Cli::command()
+                .error(clap::error::ErrorKind::ValueValidation, e.to_string())
+                .exit(),
+        }
+        return Ok(());
+    }
+    if let Some(Command::Keygen { file }) = &args.command {
+        std::process::exit(cli::keygen(file));
+    }
     let Some(redis) = args.redis.clone() else {
         Cli::command()
             .error(
@@ -14,8 +27,17 @@ async fn main() -> anyhow::Result<()> {
             )
             .exit()
     };
+    let config = match args.client_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("rtq: {e}");
+            std::process::exit(cli::exit_code(&e));
+        }
+    };
     match args.command.clone() {
-        None | Some(Command::Ui) => ui::run(&args, &redis).await,
-        Some(command) => std::process::exit(cli::run(&redis, args.read_only, command).await),
+        None | Some(Command::Ui) => ui::run(&args, &redis, config).await,
+        Some(command) => {
+            std::process::exit(cli::run(&redis, config, args.read_only, command).await)
+        }
     }
 }

@@ -285,6 +285,13 @@ impl App {
                         h.pop_front();
                     }
                 }
+                // A queue that cannot be read is an error row; its reason
+                // goes to the status line unless something else is shown.
+                if self.status.is_none() {
+                    if let Some(error) = rows.iter().find_map(|r| r.overview.error.clone()) {
+                        self.status = Some((error, true));
+                    }
+                }
                 self.queues = rows;
                 self.now_ms = now_ms;
                 self.connection = Connection::Connected;

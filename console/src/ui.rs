@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use rtq_core::redact_url;
+use rtq_core::{redact_url, ClientConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::fetch::{self, Action};
@@ -16,9 +16,9 @@ use crate::Cli;
 ///
 /// # Errors
 /// Terminal I/O errors (the terminal is restored first).
-pub async fn run(cli: &Cli, redis: &str) -> anyhow::Result<()> {
+pub async fn run(cli: &Cli, redis: &str, config: ClientConfig) -> anyhow::Result<()> {
     let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, cli, redis).await;
+    let result = event_loop(&mut terminal, cli, redis, config).await;
     ratatui::restore();
     result
 }
@@ -27,6 +27,7 @@ async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     cli: &Cli,
     redis: &str,
+    config: ClientConfig,
 ) -> anyhow::Result<()> {
     let mut app = App::new(redact_url(redis), cli.read_only);
     let (plan_tx, plan_rx) = watch::channel(app.plan());
@@ -34,6 +35,7 @@ async fn event_loop(
     let (data_tx, mut data_rx) = mpsc::channel(64);
     let fetcher = tokio::spawn(fetch::run(
         redis.to_string(),
+        config,
         cli.read_only,
         Duration::from_millis(cli.refresh_ms.max(100)),
         plan_rx,

@@ -172,6 +172,7 @@ async fn run_fetcher(url: String, read_only: bool) -> Vec<rtq_console::model::Fe
     let (data_tx, mut data_rx) = tokio::sync::mpsc::channel(256);
     let fetcher = tokio::spawn(fetch::run(
         url,
+        rtq_core::ClientConfig::default(),
         read_only,
         std::time::Duration::from_millis(100),
         plan_rx,

@@ -178,3 +178,50 @@ async fn help_is_generated_from_the_keymap() {
     }
     assert!(screen.contains("READ-ONLY"));
 }
+
+#[tokio::test]
+async fn a_corrupt_queue_is_an_error_row_beside_the_healthy_one_with_its_reason_shown() {
+    let seed = Seeded::new().await;
+    seed.admin.pause("broken", true).await.unwrap();
+    let broken = rtq_core::keys::QueueKeys::new("broken").unwrap();
+    let mut conn = seed.redis.conn();
+    let _: () = redis::cmd("DEL")
+        .arg(broken.workers())
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(broken.workers())
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let app = loaded(&seed).await;
+    let screen = render(&app, 120, 30);
+    let row = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start_matches('│').starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{screen}"))
+            .to_string()
+    };
+    assert!(row("broken").contains("error"), "{screen}");
+    assert!(row("llm").contains("paused"), "{screen}");
+    assert!(
+        screen.contains("WRONGTYPE"),
+        "the reason is shown:\n{screen}"
+    );
+    assert!(screen.contains("connected"), "{screen}");
+}
+
+#[test]
+fn the_title_bar_never_shows_a_password_of_any_url_form() {
+    for url in [
+        "redis://:TITLE-SECRET-1@127.0.0.1:6379/",
+        "unix:///run/redis.sock?db=0&pass=TITLE-SECRET-1",
+        "redis+unix:///run/redis.sock?password=TITLE-SECRET-1",
+    ] {
+        let app = App::new(rtq_core::redact_url(url), false);
+        let screen = render(&app, 120, 10);
+        assert!(!screen.contains("TITLE-SECRET-1"), "{screen}");
+        assert!(screen.contains("***"), "{screen}");
+    }
+}

@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::AsyncConnectionConfig;
 
 use crate::error::{redact_url, Error};
+use crate::tls::TlsConfig;
 
 /// How long to wait for a TCP/TLS connection to Redis.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,23 +32,39 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses a `redis://` / `rediss://` / `unix://` URL.
+    /// Parses a `redis://` / `rediss://` / `unix://` URL; `tls` applies to
+    /// `rediss://` URLs (and may only be set for them).
     ///
     /// # Errors
-    /// [`Error::Connection`] with the redacted URL if it cannot be parsed.
-    pub fn parse(url: &str) -> Result<Self, Error> {
+    /// [`Error::Connection`] with the redacted URL if it cannot be parsed;
+    /// [`Error::TlsSetup`] for TLS settings on a plain URL or unusable PEM.
+    pub fn parse(url: &str, tls: &TlsConfig) -> Result<Self, Error> {
         let redacted = redact_url(url);
-        let wrap = |source| Error::Connection {
-            url: redacted.clone(),
-            source,
-        };
+        let wrap = |source| Error::from_connect(&redacted, source);
         // TCP_NODELAY: rtq pipelines small writes (a heartbeat, then a
         // complete); with Nagle's algorithm the second would wait for the
         // first's ACK, which delayed ACK holds back for a whole round trip.
         let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(wrap)?
+            .map_err(|e| Error::Connection {
+                url: redacted.clone(),
+                source: e,
+            })?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(wrap)?;
+        let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if is_tls {
+            crate::tls::install_crypto_provider();
+        }
+        let client = if tls.is_default() {
+            redis::Client::open(info).map_err(wrap)?
+        } else if is_tls {
+            tls.check()?;
+            redis::Client::build_with_tls(info, tls.certificates())
+                .map_err(|e| Error::TlsSetup(format!("{redacted}: {e}")))?
+        } else {
+            return Err(Error::TlsSetup(format!(
+                "TLS settings (CA file, client certificate) were given, but {redacted} is not a rediss:// URL"
+            )));
+        };
         Ok(Self { client, redacted })
     }
 
@@ -57,17 +74,16 @@ impl Endpoint {
     }
 
     fn wrap(&self, source: redis::RedisError) -> Error {
-        Error::Connection {
-            url: self.redacted.clone(),
-            source,
-        }
+        Error::from_connect(&self.redacted, source)
     }
 
     /// Opens the shared connection (reconnects by itself after failures).
     ///
     /// # Errors
-    /// [`Error::Connection`] if Redis is unreachable or refuses the
-    /// credentials.
+    /// [`Error::Connection`] if Redis is unreachable,
+    /// [`Error::AuthenticationFailed`] if it refuses the credentials,
+    /// [`Error::Tls`] if the TLS handshake fails,
+    /// [`Error::PermissionDenied`] if the user may not run what rtq needs.
     pub async fn shared(&self) -> Result<ConnectionManager, Error> {
         self.shared_with(RESPONSE_TIMEOUT).await
     }

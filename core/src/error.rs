@@ -184,6 +184,31 @@ pub enum Error {
         /// The underlying error.
         source: redis::RedisError,
     },
+    /// Redis refused the credentials (wrong password or user, or none
+    /// given to a server that requires one). Retrying will not help.
+    #[error(
+        "Redis at {url} refused the credentials: {reason} (check the user and password in the URL)"
+    )]
+    AuthenticationFailed {
+        /// The Redis URL with any secret redacted.
+        url: String,
+        /// Redis's answer.
+        reason: String,
+    },
+    /// The TLS handshake with Redis failed (untrusted or wrong certificate,
+    /// a client certificate required, a plain port). Retrying will not help.
+    #[error("TLS with Redis at {url} failed: {reason}")]
+    Tls {
+        /// The Redis URL with any secret redacted.
+        url: String,
+        /// What went wrong, with a hint at the fix.
+        reason: String,
+    },
+    /// The TLS settings themselves are unusable (an unreadable file, a
+    /// certificate without its key, PEM that does not parse, TLS options
+    /// for a URL that is not `rediss://`).
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
     /// The reply reader could not reach Redis for longer than the client's
     /// `give_up_after`; the task itself may still finish (fetch it later).
     #[error("lost the connection to Redis at {url} while waiting for task {id}: {reason}")]
@@ -195,9 +220,32 @@ pub enum Error {
         /// The last connection error.
         reason: String,
     },
+    /// A worker with verify keys refused a task that is not validly
+    /// signed (see `rtq_core::signing`); it never ran.
+    #[error("task {id} refused: {reason} (this worker runs only tasks signed by a trusted key)")]
+    Forged {
+        /// Task id.
+        id: String,
+        /// Why the signature does not hold.
+        reason: String,
+    },
     /// Redis answered with an error.
     #[error("Redis error: {0}")]
     Redis(redis::RedisError),
+    /// A protocol function failed inside Redis (usually data that is not
+    /// what the protocol wrote, such as a key of the wrong type); names
+    /// the operation, the queue and the task instead of a script line.
+    #[error("{function} on queue {queue}{} failed inside Redis: {reason}", task.as_ref().map(|t| format!(", task {t},")).unwrap_or_default())]
+    Function {
+        /// The function (`rtq2_submit`, ...).
+        function: &'static str,
+        /// The queue it was called on.
+        queue: String,
+        /// The task it was about, if any.
+        task: Option<String>,
+        /// Redis's message without the script location.
+        reason: String,
+    },
     /// Data in Redis that this version cannot read (unknown protocol
     /// version, malformed message).
     #[error("protocol error: {0}")]
@@ -236,6 +284,112 @@ impl Error {
     }
 }
 
+/// Why a connection to Redis could not be used, in the four classes a
+/// caller reacts to differently: a script may retry "unreachable" but must
+/// not retry a wrong password forever. The binaries turn each into an exit
+/// code of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionProblem {
+    /// No answer: a closed port, an unknown host, a timeout, a lost
+    /// connection. May go away by itself.
+    Unreachable,
+    /// Wrong or missing user or password.
+    Authentication,
+    /// The TLS handshake failed, or the TLS settings are unusable.
+    Tls,
+    /// The user is known but the ACL refuses a command it needs.
+    PermissionDenied,
+}
+
+impl ConnectionProblem {
+    /// A short name for messages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionProblem::Unreachable => "unreachable",
+            ConnectionProblem::Authentication => "authentication failed",
+            ConnectionProblem::Tls => "TLS failed",
+            ConnectionProblem::PermissionDenied => "permission denied",
+        }
+    }
+}
+
+impl ConnectionProblem {
+    /// The exit code rtq's binaries (`rtq`, `rtq-worker`) use for it:
+    /// 3 unreachable, 4 authentication failed, 5 TLS failed, 6 permission
+    /// denied (1 is any other failure, 2 a usage error).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ConnectionProblem::Unreachable => 3,
+            ConnectionProblem::Authentication => 4,
+            ConnectionProblem::Tls => 5,
+            ConnectionProblem::PermissionDenied => 6,
+        }
+    }
+}
+
+impl Error {
+    /// The class of a connection-level failure, or `None` for errors of
+    /// the operation itself (a full queue, an unknown task, ...).
+    pub fn connection_problem(&self) -> Option<ConnectionProblem> {
+        match self {
+            Error::AuthenticationFailed { .. } => Some(ConnectionProblem::Authentication),
+            Error::Tls { .. } | Error::TlsSetup(_) => Some(ConnectionProblem::Tls),
+            Error::PermissionDenied(_) => Some(ConnectionProblem::PermissionDenied),
+            _ if self.is_connection_lost() => Some(ConnectionProblem::Unreachable),
+            _ => None,
+        }
+    }
+
+    /// Sorts an error met while connecting to `url` (already redacted):
+    /// refused credentials, TLS, ACL refusals, and the rest as
+    /// [`Error::Connection`].
+    pub(crate) fn from_connect(url: &str, e: redis::RedisError) -> Self {
+        if let Some(reason) = crate::tls::describe_failure(&e) {
+            return Error::Tls {
+                url: url.to_string(),
+                reason,
+            };
+        }
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        {
+            let reason = match e.detail() {
+                Some(d) => format!("{} {d}", e.code().unwrap_or("")).trim().to_string(),
+                None => e.to_string(),
+            };
+            return Error::AuthenticationFailed {
+                url: url.to_string(),
+                reason,
+            };
+        }
+        match Error::from(e) {
+            Error::Redis(e) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                Error::TlsSetup(format!("{url}: {e}")).keep_if_tls(url, e)
+            }
+            Error::Redis(e) => Error::Connection {
+                url: url.to_string(),
+                source: e,
+            },
+            other => other,
+        }
+    }
+
+    /// A client-configuration error is a TLS setup error only when it is
+    /// about TLS; otherwise it stays a connection error.
+    fn keep_if_tls(self, url: &str, e: redis::RedisError) -> Self {
+        let text = e.to_string().to_lowercase();
+        if text.contains("tls") || text.contains("certificate") || text.contains("insecure") {
+            self
+        } else {
+            Error::Connection {
+                url: url.to_string(),
+                source: e,
+            }
+        }
+    }
+}
+
 impl From<redis::RedisError> for Error {
     /// Sorts server errors rtq can name: refused arguments (`INVALID`, from
     /// the functions' validation), `OOM`, `NOPERM`; the rest stay
@@ -263,24 +417,128 @@ impl From<redis::RedisError> for Error {
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Removes the password (and user) from a Redis URL so it can be logged.
+/// Query parameters whose values are secrets (compared case-insensitively,
+/// `-` read as `_`): redis-rs's `pass`/`password` for `unix://` URLs, and
+/// the usual API-key and token names of HTTP services.
+const SECRET_PARAMS: &[&str] = &[
+    "pass",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "key",
+    "api_key",
+    "apikey",
+    "client_secret",
+    "sig",
+    "signature",
+    "credential",
+    "credentials",
+];
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    SECRET_PARAMS.contains(&name.as_str())
+        || name.ends_with("_token")
+        || name.ends_with("_key")
+        || name.ends_with("_secret")
+        || name.ends_with("_password")
+}
+
+/// Masks every secret in a URL so it can be logged or shown: the password
+/// of the userinfo (and a user name that stands alone, as tokens do in
+/// `https://<token>@host`), and the values of secret query parameters
+/// (`unix:///run/redis.sock?pass=...`, `?api_key=...`, `?token=...`).
 ///
 /// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`.
 /// Input that is not a URL is returned with everything before the last `@`
-/// masked, which never leaks a secret either.
+/// masked, and secret query values masked, which never leaks a secret
+/// either.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            } else if !parsed.username().is_empty() {
+                let _ = parsed.set_username("***");
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
             parsed.to_string()
         }
-        Err(_) => match url.rfind('@') {
-            Some(at) => format!("***{}", &url[at..]),
-            None => url.to_string(),
-        },
+        Err(_) => {
+            let tail = match url.rfind('@') {
+                Some(at) => format!("***{}", &url[at..]),
+                None => url.to_string(),
+            };
+            mask_query_text(&tail)
+        }
     }
+}
+
+/// Masks `name=value` pairs with secret names in text that is not a
+/// parseable URL.
+fn mask_query_text(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_string();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}{}", parts.join("&"))
+}
+
+/// [`redact_url`] applied to every URL (`scheme://...`) inside free text,
+/// such as an error message that quotes the URL it failed on.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(sep) = rest.find("://") {
+        // The scheme: letters, digits, + - . right before "://".
+        let start = rest[..sep]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last()
+            .map_or(sep, |(i, _)| i);
+        let end = rest[sep..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']' | ',')
+            })
+            .map_or(rest.len(), |e| sep + e);
+        out.push_str(&rest[..start]);
+        if start == sep {
+            // "://" with no scheme: not a URL; keep it and go on.
+            out.push_str("://");
+            rest = &rest[sep + 3..];
+            continue;
+        }
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -335,5 +593,40 @@ mod tests {
         for e in &not_retryable {
             assert!(!e.is_retryable(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn secret_query_parameters_and_lone_tokens_are_masked() {
+        let r = redact_url("unix:///run/redis.sock?db=2&pass=hunter2");
+        assert!(!r.contains("hunter2") && r.contains("db=2"), "{r}");
+        let r = redact_url("redis+unix:///run/redis.sock?password=hunter2");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("http://127.0.0.1:8000/v1?api_key=hunter2&model=m&X-Auth-Token=t0k3n");
+        assert!(
+            !r.contains("hunter2") && !r.contains("t0k3n") && r.contains("model=m"),
+            "{r}"
+        );
+        let r = redact_url("https://ghp_hunter2@example.com/x");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("unix:///sock?pass=hunter2 with space");
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+
+    #[test]
+    fn urls_inside_text_are_redacted_and_the_rest_kept() {
+        let text = "upstream http://u:hunter2@h:1/g?token=t0k3n failed (see https://ok.example/doc), redis unix:///s?pass=pw9";
+        let r = redact_urls_in(text);
+        for secret in ["hunter2", "t0k3n", "pw9"] {
+            assert!(!r.contains(secret), "{r}");
+        }
+        assert!(
+            r.starts_with("upstream http://u:***@h:1/g?token=***"),
+            "{r}"
+        );
+        assert!(r.contains("(see https://ok.example/doc), redis"), "{r}");
+        assert_eq!(
+            redact_urls_in("no url here :// at all"),
+            "no url here :// at all"
+        );
     }
 }

@@ -9,11 +9,15 @@
 //! one Redis Functions library) is specified in `PROTOCOL.md`.
 //!
 //! # Layout
+//! - [`acl`]: least-privilege Redis users per role (`ACL SETUSER` lines).
 //! - [`keys`]: the key layout, name validation, cluster slots.
 //! - [`functions`]: the Functions library (`core/lua/`) and one typed
 //!   binding per function.
 //! - [`protocol`]: task spec, inbox messages, reply events, states, limits.
 //! - `connection`: shared and dedicated (blocking) connections.
+//! - `tls`: [`TlsConfig`], TLS settings for `rediss://` URLs.
+//! - [`signing`]: optional ed25519-signed tasks (clients sign, workers
+//!   verify).
 //! - [`server`]: what rtq needs from the Redis server, checked at start-up.
 //! - `client`: [`Client`], [`Queue`], [`TaskRequest`], [`TaskStream`],
 //!   [`TaskInfo`]: submit, wait, stream, fetch, cancel.
@@ -26,12 +30,15 @@
 mod client;
 mod connection;
 mod error;
+mod tls;
 
+pub mod acl;
 pub mod admin;
 pub mod functions;
 pub mod keys;
 pub mod protocol;
 pub mod server;
+pub mod signing;
 pub mod worker;
 
 pub use async_trait::async_trait;
@@ -39,8 +46,9 @@ pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
     TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
 };
-pub use error::{redact_url, Error, Result, TimeoutPhase};
+pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, TimeoutPhase};
 pub use protocol::{Outcome, TaskState};
+pub use tls::TlsConfig;
 pub use worker::{
     Granularity, Handler, HandlerError, IntakeSwitch, StopReason, Stopped, TaskContext, Worker,
     WorkerConfig, WorkerStatus,

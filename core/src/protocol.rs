@@ -125,6 +125,11 @@ pub struct TaskSpec {
     /// Attempts allowed (worker losses and retryable failures count).
     #[serde(default = "one")]
     pub max_attempts: u32,
+    /// Ed25519 signature (hex) of the rest of the spec and the queue name,
+    /// by a client holding a signing key (see `crate::signing`); absent
+    /// for unsigned tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 fn one() -> u32 {

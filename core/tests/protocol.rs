@@ -613,7 +613,10 @@ async fn a_submit_failing_on_a_foreign_key_writes_nothing() {
             stream: false,
         })
         .await;
-    assert!(matches!(r, Err(Error::Redis(_))), "{r:?}");
+    assert!(
+        matches!(&r, Err(Error::Function { function: "rtq2_submit", task: Some(t), reason, .. }) if t == "t1" && reason.starts_with("WRONGTYPE")),
+        "{r:?}"
+    );
     assert_eq!(
         p.snapshot().await,
         before,

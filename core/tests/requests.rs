@@ -242,7 +242,16 @@ async fn wrong_password_and_unreachable_redis_are_clear_and_redacted() {
     let wrong = format!("redis://:wrong-pw@127.0.0.1:{}/", redis.port());
     let err = Client::connect(&wrong).await.err().expect("must fail");
     let msg = err.to_string();
-    assert!(msg.contains("cannot reach Redis"), "{msg}");
+    assert!(
+        matches!(err, Error::AuthenticationFailed { .. }),
+        "a wrong password is not \"unreachable\": {msg}"
+    );
+    assert_eq!(
+        err.connection_problem(),
+        Some(rtq_core::ConnectionProblem::Authentication)
+    );
+    assert!(!err.is_retryable(), "{msg}");
+    assert!(msg.contains("refused the credentials"), "{msg}");
     assert!(!msg.contains("wrong-pw") && msg.contains("***"), "{msg}");
     // The right password works.
     Client::connect(&redis.url()).await.unwrap();

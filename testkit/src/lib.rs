@@ -10,10 +10,14 @@
 //! - this file: [`RedisServer`] and its [`Options`];
 //! - [`proxy`]: [`Proxy`], a TCP fault-injection proxy between a client and
 //!   a server (drop one command's reply and cut its connection, cut all).
+//! - [`tls`]: [`Pki`], certificates made by the test (CA, server, client,
+//!   an unrelated CA) for TLS servers ([`Options::tls`]).
 
 pub mod proxy;
+pub mod tls;
 
 pub use proxy::Proxy;
+pub use tls::Pki;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -27,6 +31,39 @@ pub struct Options {
     pub password: Option<String>,
     /// Keep an append-only file (fsync always) so data survives a restart.
     pub appendonly: bool,
+    /// Serve TLS only (`--port 0 --tls-port <port>`).
+    pub tls: Option<TlsOptions>,
+}
+
+/// A TLS-only server's certificates.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// Server certificate (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// CA that clients' certificates must chain to (PEM); also the CA the
+    /// testkit's own connections trust.
+    pub ca: PathBuf,
+    /// Client certificate (PEM) and key the testkit's own connections
+    /// present.
+    pub client: (PathBuf, PathBuf),
+    /// Refuse clients without a certificate (`--tls-auth-clients yes`).
+    pub require_client_cert: bool,
+}
+
+impl TlsOptions {
+    /// A server with `pki`'s server certificate; clients' certificates
+    /// are required when `require_client_cert`.
+    pub fn from_pki(pki: &Pki, require_client_cert: bool) -> Self {
+        Self {
+            cert: pki.server_cert(),
+            key: pki.server_key(),
+            ca: pki.ca(),
+            client: (pki.client_cert(), pki.client_key()),
+            require_client_cert,
+        }
+    }
 }
 
 /// A private redis-server process.
@@ -58,6 +95,33 @@ impl RedisServer {
     /// # Panics
     /// If redis-server cannot be started (it must be on PATH).
     pub fn start_with(options: Options) -> Self {
+        Self::try_start_with(options)
+            .unwrap_or_else(|e| panic!("could not start redis-server: {e}"))
+    }
+
+    /// Starts a TLS-only server, or returns `None` with a loud message on
+    /// stderr when this machine's redis-server was built without TLS (the
+    /// only case a TLS test may skip).
+    ///
+    /// # Panics
+    /// If the server fails for any other reason.
+    pub fn start_tls(tls: TlsOptions) -> Option<Self> {
+        match Self::try_start_with(Options {
+            tls: Some(tls),
+            ..Options::default()
+        }) {
+            Ok(server) => Some(server),
+            Err(e) if e.contains("TLS not supported") || e.contains("tls-port") => {
+                eprintln!(
+                    "\n!!!!!!!! SKIPPED: this redis-server has no TLS support (build it with BUILD_TLS=yes); the TLS test did not run !!!!!!!!\n{e}\n"
+                );
+                None
+            }
+            Err(e) => panic!("could not start a TLS redis-server: {e}"),
+        }
+    }
+
+    fn try_start_with(options: Options) -> Result<Self, String> {
         let mut last_err = String::new();
         for _ in 0..5 {
             let mut server = Self {
@@ -70,11 +134,11 @@ impl RedisServer {
                 options: options.clone(),
             };
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(e) => last_err = e,
             }
         }
-        panic!("could not start redis-server: {last_err}");
+        Err(last_err)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -83,9 +147,21 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        match &self.options.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .arg("--tls-auth-clients")
+                .arg(if tls.require_client_cert { "yes" } else { "no" }),
+        };
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
@@ -139,8 +215,32 @@ impl RedisServer {
         ))
     }
 
+    /// A redis-rs client for this server (with the CA and client
+    /// certificate of [`Options::tls`] on a TLS server).
+    ///
+    /// # Panics
+    /// If the certificate files cannot be read.
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.options.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => {
+                let read = |p: &PathBuf| std::fs::read(p).expect("read test PEM");
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: Some(redis::ClientTlsConfig {
+                            client_cert: read(&tls.client.0),
+                            client_key: read(&tls.client.1),
+                        }),
+                        root_cert: Some(read(&tls.ca)),
+                    },
+                )
+            }
+        }
+    }
+
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
@@ -161,11 +261,17 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://[:password@]127.0.0.1:<port>/`.
+    /// `redis://[:password@]127.0.0.1:<port>/`, or `rediss://` for a
+    /// TLS server.
     pub fn url(&self) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.options.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/", self.port),
         }
     }
 
@@ -174,7 +280,7 @@ impl RedisServer {
     /// # Panics
     /// If the server does not answer.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.client()
             .and_then(|c| c.get_connection())
             .expect("cannot connect to the test redis-server")
     }

@@ -4,23 +4,27 @@
 //! Layout: `handlers` (http, openai, exec), `mock` (simulated model),
 //! `upstream` (health probe and intake switching), `metrics` (Prometheus
 //! registry and the timing handler wrapper), `probes` (/healthz, /readyz,
-//! /metrics), this file (configuration and wiring).
+//! /metrics), `secrets` (masking of configured secrets in every text that
+//! leaves the process), this file (configuration and wiring).
 
 pub mod handlers;
 mod metrics;
 mod mock;
 mod probes;
+pub mod secrets;
 mod upstream;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, Worker, WorkerConfig};
+use rtq_core::{redact_url, TlsConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
+use handlers::body::Limits;
 use handlers::exec::ExecHandler;
 use handlers::http::HttpHandler;
 use handlers::openai::OpenAiHandler;
@@ -67,6 +71,27 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis: Option<String>,
+    /// CA certificate(s), PEM, that signed the Redis server's certificate
+    /// (rediss:// URLs); default: the system's roots.
+    #[arg(long, env = "RTQ_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a Redis that requires one (mutual TLS);
+    /// needs --tls-key.
+    #[arg(long, env = "RTQ_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM, of --tls-cert.
+    #[arg(long, env = "RTQ_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Run only tasks signed by this ed25519 key (64 hex digits, as `rtq
+    /// keygen` prints it; repeatable); other tasks fail unrun. Default:
+    /// every task runs.
+    #[arg(
+        long = "verify-key",
+        env = "RTQ_VERIFY_KEYS",
+        value_delimiter = ',',
+        value_name = "HEX"
+    )]
+    pub verify_keys: Vec<String>,
     /// Queue to serve.
     #[arg(long, env = "RTQ_QUEUE", default_value = "default")]
     pub queue: String,
@@ -78,11 +103,31 @@ pub struct Config {
     pub handler: HandlerKind,
     /// Upstream URL: the endpoint for --handler http, the server base URL
     /// (e.g. http://127.0.0.1:8000) for --handler openai.
-    #[arg(long, env = "RTQ_UPSTREAM_URL")]
+    #[arg(long, env = "RTQ_UPSTREAM_URL", hide_env_values = true)]
     pub upstream_url: Option<String>,
+    /// CA certificate(s), PEM, trusted for https:// upstreams in addition
+    /// to the system's roots (a private CA, a self-signed server).
+    #[arg(long, env = "RTQ_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// API key sent to the upstream (and its health URL) as
+    /// `Authorization: Bearer <key>`. Prefer the environment variable to the
+    /// flag: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "RTQ_UPSTREAM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub upstream_api_key: Option<String>,
+    /// File of HTTP headers sent with every upstream request, one
+    /// `Name: value` per line (blank lines and lines starting with # are
+    /// skipped), e.g. a gateway's `X-Api-Key`. Values are treated as
+    /// secrets.
+    #[arg(long, env = "RTQ_UPSTREAM_HEADER_FILE", value_name = "FILE")]
+    pub upstream_header_file: Option<PathBuf>,
     /// Health probe URL (GET, 2xx = up). While it fails the worker takes no
     /// new tasks. Default for openai: <upstream>/v1/models; none for http.
-    #[arg(long, env = "RTQ_HEALTH_URL")]
+    #[arg(long, env = "RTQ_HEALTH_URL", hide_env_values = true)]
     pub health_url: Option<String>,
     /// Health probe period in ms.
     #[arg(long, env = "RTQ_HEALTH_INTERVAL_MS", default_value_t = 2000)]
@@ -90,6 +135,20 @@ pub struct Config {
     /// Upstream request timeout in seconds (0 = none; task deadlines still apply).
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
+    /// Longest line an upstream may send (SSE, NDJSON), in bytes; a longer
+    /// one fails the task.
+    #[arg(long, env = "RTQ_MAX_LINE_BYTES", default_value_t = Limits::default().max_line)]
+    pub max_line_bytes: usize,
+    /// Largest SSE event (all its data lines), in bytes.
+    #[arg(long, env = "RTQ_MAX_EVENT_BYTES", default_value_t = Limits::default().max_event)]
+    pub max_event_bytes: usize,
+    /// Largest chunk passed on to the client, in bytes.
+    #[arg(long, env = "RTQ_MAX_CHUNK_BYTES", default_value_t = Limits::default().max_chunk)]
+    pub max_chunk_bytes: usize,
+    /// Largest upstream response body (a JSON reply, a whole stream), in
+    /// bytes.
+    #[arg(long, env = "RTQ_MAX_BODY_BYTES", default_value_t = Limits::default().max_body)]
+    pub max_body_bytes: u64,
     /// Model name for --handler openai when the task input names none.
     #[arg(long, env = "RTQ_OPENAI_MODEL")]
     pub openai_model: Option<String>,
@@ -164,6 +223,12 @@ impl Config {
             HandlerKind::Exec if self.exec_command.is_none() => {
                 Err("--handler exec needs --exec-command (or RTQ_EXEC_COMMAND)".into())
             }
+            _ if self
+                .upstream_urls()
+                .any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) =>
+            {
+                Err("--upstream-url and --health-url must start with http:// or https://".into())
+            }
             _ if self.probe_addr != "off"
                 && self.probe_addr.parse::<std::net::SocketAddr>().is_err() =>
             {
@@ -174,6 +239,38 @@ impl Config {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Every secret value in the configuration: passwords and tokens in
+    /// the Redis and upstream URLs, the API key, header-file values.
+    fn secret_values(&self) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .redis
+            .iter()
+            .chain(self.upstream_url.iter())
+            .chain(self.health_url.iter())
+            .flat_map(|u| secrets::of_url(u))
+            .collect();
+        values.extend(self.upstream_api_key.iter().cloned());
+        if let Some(text) = self
+            .upstream_header_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            values.extend(
+                text.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string()),
+            );
+        }
+        values
+    }
+
+    fn upstream_urls(&self) -> impl Iterator<Item = &str> {
+        self.upstream_url
+            .iter()
+            .chain(self.health_url.iter())
+            .map(|u| u.trim())
     }
 
     fn handler_name(&self) -> String {
@@ -210,12 +307,24 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let redis_url = config.redis.clone().unwrap_or_default();
+    secrets::register(config.secret_values());
     let mut wc = WorkerConfig::new(&config.queue)
         .slots(config.concurrency)
         .lease(Duration::from_millis(config.lease_ms.max(100)))
         .grace(Duration::from_secs(config.grace_secs))
         .handler_name(config.handler_name());
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
+    for key in config.verify_keys.iter().filter(|k| !k.trim().is_empty()) {
+        wc.verify_keys.push(
+            rtq_core::signing::VerifyKey::from_hex(key)
+                .context("--verify-key / RTQ_VERIFY_KEYS")?,
+        );
+    }
+    wc.tls = TlsConfig::from_files(
+        config.tls_ca.as_deref(),
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
     wc.labels = parse_labels(&config.labels)?;
     if let Some(id) = &config.worker_id {
         wc = wc.worker_id(id);
@@ -246,11 +355,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         UpstreamState::new(worker.intake(), retry_after)
     };
     let mut exec_supervisor = None;
-    let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-    if config.upstream_timeout_secs > 0 {
-        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
-    }
-    let http = http.build().context("building the HTTP client")?;
+    let http = upstream_client(&config)?;
+    let limits = Limits {
+        max_line: config.max_line_bytes.max(1),
+        max_event: config.max_event_bytes.max(1),
+        max_chunk: config.max_chunk_bytes.max(1),
+        max_body: config.max_body_bytes.max(1),
+    };
     let url = config.upstream_url.clone().unwrap_or_default();
     let (handler, health_url): (Arc<dyn Serve>, Option<String>) = match config.handler {
         HandlerKind::Mock => (
@@ -263,7 +374,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.health_url.clone(),
         ),
         HandlerKind::Http => (
-            Arc::new(HttpHandler::new(http.clone(), url, Arc::clone(&upstream))),
+            Arc::new(HttpHandler::new(
+                http.clone(),
+                url,
+                Arc::clone(&upstream),
+                limits,
+            )),
             config.health_url.clone(),
         ),
         HandlerKind::Openai => (
@@ -272,6 +388,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 url.clone(),
                 config.openai_model.clone(),
                 Arc::clone(&upstream),
+                limits,
             )),
             Some(config.health_url.clone().unwrap_or_else(|| {
                 format!(
@@ -321,6 +438,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// The HTTP client for upstream requests and health probes: rustls with
+/// the system's roots plus `--upstream-ca`, and the authentication headers
+/// (`--upstream-api-key`, `--upstream-header-file`) on every request,
+/// marked sensitive so they never appear in debug output.
+fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+    let mut headers = HeaderMap::new();
+    if let Some(key) = config.upstream_api_key.as_deref().filter(|k| !k.is_empty()) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+            anyhow::anyhow!("--upstream-api-key holds characters a header cannot carry")
+        })?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(path) = &config.upstream_header_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --upstream-header-file {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Never quote the line: it holds a secret.
+            let bad = || {
+                anyhow::anyhow!(
+                    "--upstream-header-file {} line {}: expected `Name: value`",
+                    path.display(),
+                    n + 1
+                )
+            };
+            let (name, value) = line.split_once(':').ok_or_else(bad)?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+    }
+    let mut http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .default_headers(headers);
+    if let Some(path) = &config.upstream_ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --upstream-ca {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--upstream-ca {} is not PEM", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--upstream-ca {} holds no certificate",
+            path.display()
+        );
+        for cert in certs {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    if config.upstream_timeout_secs > 0 {
+        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
+    }
+    http.build().context("building the HTTP client")
+}
+
+/// The process exit code for an error of [`run`]: 3 Redis unreachable,
+/// 4 authentication failed, 5 TLS failed, 6 permission denied (see
+/// [`rtq_core::ConnectionProblem::exit_code`]), 1 anything else.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<rtq_core::Error>())
+        .and_then(rtq_core::Error::connection_problem)
+        .map_or(1, rtq_core::ConnectionProblem::exit_code)
 }
 
 async fn shutdown_signal() {

@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let config = rtq_worker::Config::parse();
     if let Err(message) = config.validate() {
         rtq_worker::Config::command()
@@ -11,5 +11,10 @@ async fn main() -> anyhow::Result<()> {
             .exit();
     }
     rtq_worker::init_logging(&config);
-    rtq_worker::run(config).await
+    if let Err(err) = rtq_worker::run(config).await {
+        // `{:#}` prints the context chain on one line; every URL in it is
+        // redacted where it was formatted.
+        eprintln!("rtq-worker: {err:#}");
+        std::process::exit(rtq_worker::exit_code(&err));
+    }
 }

@@ -147,6 +147,10 @@ impl Handler for Instrumented {
             Run::Stopped(_) => "stopped",
         };
         self.metrics.record(outcome, guard.started);
-        run.into_result()
+        // The reason is stored in Redis and shown to clients: no secrets.
+        run.into_result().map_err(|mut e| {
+            e.message = crate::secrets::scrub(&e.message);
+            e
+        })
     }
 }

@@ -51,16 +51,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Readiness as states only (`redis unreachable`, `upstream down`,
+/// `draining`): the port is unauthenticated, so no error text (which may
+/// quote hosts or an upstream's answer) is served; the reasons are in the
+/// logs and the heartbeat.
 async fn ready(State(s): State<ProbeState>) -> impl IntoResponse {
     let mut problems = Vec::new();
     if !s.status.redis_ok.load(Ordering::Acquire) {
-        problems.push(format!("redis unreachable: {}", s.status.last_error()));
+        problems.push("redis unreachable");
     }
     if !s.upstream.is_up() {
-        problems.push(format!("upstream down: {}", s.upstream.last_error()));
+        problems.push("upstream down");
     }
     if s.status.draining.load(Ordering::Acquire) {
-        problems.push("draining".to_string());
+        problems.push("draining");
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_string())

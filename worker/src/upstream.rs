@@ -112,6 +112,7 @@ impl UpstreamState {
 
     /// The inference server did not answer: stops intake.
     pub fn mark_down(self: &Arc<Self>, why: &str) {
+        let why = &crate::secrets::scrub(why);
         let mut was_answering = false;
         let (before, _) = self.update(|h| {
             was_answering = h.answering;
@@ -145,6 +146,7 @@ impl UpstreamState {
     /// The exec child is gone (crashed, restarting, shutting down): stops
     /// intake until [`child_started`](Self::child_started).
     pub fn child_stopped(&self, why: &str) {
+        let why = &crate::secrets::scrub(why);
         let (before, _) = self.update(|h| {
             h.child_running = false;
             h.last_error = why.to_string();
@@ -163,6 +165,7 @@ pub async fn probe_loop(
     state: Arc<UpstreamState>,
     stop: CancellationToken,
 ) {
+    let shown = rtq_core::redact_url(&url);
     loop {
         let result = http
             .get(&url)
@@ -171,8 +174,8 @@ pub async fn probe_loop(
             .await;
         match result {
             Ok(r) if r.status().is_success() => state.mark_up(),
-            Ok(r) => state.mark_down(&format!("health probe {url} answered {}", r.status())),
-            Err(e) => state.mark_down(&format!("health probe {url} failed: {}", describe(&e))),
+            Ok(r) => state.mark_down(&format!("health probe {shown} answered {}", r.status())),
+            Err(e) => state.mark_down(&format!("health probe {shown} failed: {}", describe(&e))),
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -237,8 +237,7 @@ async fn a_dead_upstream_stops_intake_until_it_is_back() {
 #[tokio::test]
 async fn exec_child_serves_concurrent_tasks_and_is_restarted_after_a_crash() {
     let redis = RedisServer::start();
-    let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
-    let cmd = format!("python3 {child}");
+    let cmd = exec_child_command();
     let _w = start_worker(
         &redis,
         &[
@@ -367,7 +366,7 @@ async fn health_readiness_and_metrics_endpoints() {
         async move {
             match h.get(format!("{p}/readyz")).send().await {
                 Ok(r) if r.status() == 503 => {
-                    r.text().await.unwrap_or_default().contains("upstream down")
+                    r.text().await.unwrap_or_default() == "upstream down\n"
                 }
                 _ => false,
             }
@@ -419,7 +418,13 @@ async fn an_unreachable_upstream_fails_clearly_and_is_tried_again_later() {
 async fn cancelling_an_exec_task_tells_the_child() {
     let redis = RedisServer::start();
     let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
-    let cmd = format!("python3 {child}");
+    let dir = std::env::temp_dir().join(format!("rtq-exec-cancel-{}", std::process::id()));
+    let report = dir.to_string_lossy().to_string();
+    let _ = std::fs::remove_file(&dir);
+    // The cancel log is the operator's choice (the child's environment);
+    // a path named by the task input is never written.
+    let planted = scratch("exec-planted-path");
+    let cmd = format!("EXEC_CHILD_CANCEL_LOG={report} python3 {child}");
     let _w = start_worker(
         &redis,
         &[
@@ -433,14 +438,13 @@ async fn cancelling_an_exec_task_tells_the_child() {
     );
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("exc").unwrap();
-    let dir = std::env::temp_dir().join(format!("rtq-exec-cancel-{}", std::process::id()));
-    let report = dir.to_string_lossy().to_string();
-    let _ = std::fs::remove_file(&dir);
     let words = vec!["w"; 500].join(" ");
     let mut stream = q
-        .stream(TaskRequest::json(
-            json!({"prompt": words, "delay_ms": 20, "report_cancel_to": report}),
-        ))
+        .stream(TaskRequest::json(json!({
+            "prompt": words,
+            "delay_ms": 20,
+            "report_cancel_to": planted.to_string_lossy(),
+        })))
         .await
         .unwrap();
     assert!(matches!(
@@ -463,15 +467,25 @@ async fn cancelling_an_exec_task_tells_the_child() {
     )
     .await;
     let _ = std::fs::remove_file(&dir);
+    assert!(
+        !planted.exists(),
+        "the child wrote to a file the task input named"
+    );
+    // Without its test hooks the child ignores "crash" in task input.
+    let out = within(q.run(TaskRequest::json(json!({"prompt": "a b", "crash": true}))))
+        .await
+        .expect("the child did not crash on task input");
+    assert_eq!(out.result["words"], 2);
 }
 
 /// A cancel grace long enough that a handler which does not stop on its own
 /// keeps its upstream work going far beyond every patience bound here.
 const TEN_MINUTES_MS: &str = "600000";
 
+/// The example child with its test hooks (`crash`, `ignore_cancel`) on.
 fn exec_child_command() -> String {
     let child = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/exec_child.py");
-    format!("python3 {child}")
+    format!("EXEC_CHILD_TEST_HOOKS=1 python3 {child}")
 }
 
 /// A fresh path in the temp dir for files a test's processes write.
@@ -621,7 +635,12 @@ async fn cancelling_a_mock_task_frees_its_slot_at_once() {
 #[tokio::test]
 async fn cancelling_a_silent_exec_task_sends_the_child_its_cancel_line_at_once() {
     let redis = RedisServer::start();
-    let cmd = exec_child_command();
+    let report = scratch("exec-silent-cancel");
+    let cmd = format!(
+        "EXEC_CHILD_CANCEL_LOG={} {}",
+        report.to_string_lossy(),
+        exec_child_command()
+    );
     let _w = start_worker(
         &redis,
         &[
@@ -637,13 +656,11 @@ async fn cancelling_a_silent_exec_task_sends_the_child_its_cancel_line_at_once()
     );
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("se").unwrap();
-    let report = scratch("exec-silent-cancel");
     // Ten minutes of silent prefill before the first token.
     let sub = q
         .submit(TaskRequest::json(json!({
             "prompt": "never said",
             "hold_ms": 600_000,
-            "report_cancel_to": report.to_string_lossy(),
         })))
         .await
         .unwrap();

@@ -37,7 +37,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .iter()
         .map(|q| {
             let (o, s) = (&q.overview, &q.stats);
-            let state = if o.paused {
+            let state = if o.error.is_some() {
+                "error".fg(Color::Red)
+            } else if o.paused {
                 "paused".fg(Color::Yellow)
             } else {
                 "running".fg(Color::Green)

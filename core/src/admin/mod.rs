@@ -63,6 +63,10 @@ pub struct QueueOverview {
     pub head_wait_ms: Option<i64>,
     /// Redis time of the read (ms).
     pub now_ms: i64,
+    /// Set when this queue's keys could not be read (a key of the wrong
+    /// type, data this version cannot decode): the counts above are then
+    /// zero, and every other queue is read as usual.
+    pub error: Option<String>,
 }
 
 /// A worker as its heartbeat describes it.
@@ -112,10 +116,16 @@ impl Admin {
     /// # Errors
     /// Redis errors.
     pub async fn queues(&self) -> Result<Vec<String>, Error> {
-        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(QUEUES)
             .query_async(&mut self.conn.clone())
             .await?;
+        // A name that is not UTF-8 cannot be a queue (names are checked on
+        // every write path); one such entry must not hide the others.
+        let mut names: Vec<String> = raw
+            .into_iter()
+            .filter_map(|n| String::from_utf8(n).ok())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -180,6 +190,7 @@ impl Admin {
             idle_slots: free_of_live(&free, &workers, now_ms),
             head_wait_ms,
             now_ms,
+            error: None,
         })
     }
 
@@ -219,6 +230,10 @@ impl Admin {
                 .arg("WITHSCORES")
                 .zrange(k.pending(), 0, 0);
         }
+        // Errors of single commands (a key of the wrong type) come back in
+        // place, so one corrupt queue shows as an error row, not as a
+        // failed dashboard.
+        first.ignore_errors();
         let replies: Vec<Value> = first.query_async(&mut self.conn.clone()).await?;
         let mut it = replies.into_iter();
         let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
@@ -232,35 +247,41 @@ impl Admin {
         }
         let mut partials = Vec::new();
         for k in &keys {
-            let mut next = || it.next().unwrap_or(Value::Nil);
-            let meta: HashMap<String, String> = decode(next())?;
-            let pending: u64 = decode(next())?;
-            let delayed: u64 = decode(next())?;
-            let free: Vec<(String, f64)> = decode(next())?;
-            let workers: Vec<(String, f64)> = decode(next())?;
-            let head: Vec<String> = decode(next())?;
-            let alive: Vec<String> = workers
-                .iter()
-                .filter(|(_, exp)| *exp as i64 > now_ms)
-                .map(|(w, _)| w.clone())
-                .collect();
-            partials.push(Partial {
-                overview: QueueOverview {
-                    name: k.name().to_string(),
-                    paused: meta.get("paused").map(String::as_str) == Some("1"),
-                    max_depth: meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0),
-                    pending: pending + delayed,
-                    delayed,
-                    running: 0,
-                    workers_alive: alive.len() as u64,
-                    workers_stale: (workers.len() - alive.len()) as u64,
-                    idle_slots: free_of_live(&free, &workers, now_ms),
-                    head_wait_ms: None,
-                    now_ms,
-                },
-                alive,
-                head: head.into_iter().next(),
-            });
+            let items: Vec<Value> = (0..6).map(|_| it.next().unwrap_or(Value::Nil)).collect();
+            let mut overview = QueueOverview {
+                name: k.name().to_string(),
+                now_ms,
+                ..QueueOverview::default()
+            };
+            match decode_queue(k, items) {
+                Ok((meta, pending, delayed, free, workers, head)) => {
+                    let alive: Vec<String> = workers
+                        .iter()
+                        .filter(|(_, exp)| *exp as i64 > now_ms)
+                        .map(|(w, _)| w.clone())
+                        .collect();
+                    overview.paused = meta.get("paused").map(String::as_str) == Some("1");
+                    overview.max_depth = meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0);
+                    overview.pending = pending + delayed;
+                    overview.delayed = delayed;
+                    overview.workers_alive = alive.len() as u64;
+                    overview.workers_stale = (workers.len() - alive.len()) as u64;
+                    overview.idle_slots = free_of_live(&free, &workers, now_ms);
+                    partials.push(Partial {
+                        overview,
+                        alive,
+                        head: head.into_iter().next(),
+                    });
+                }
+                Err(e) => {
+                    overview.error = Some(e.to_string());
+                    partials.push(Partial {
+                        overview,
+                        alive: Vec::new(),
+                        head: None,
+                    });
+                }
+            }
         }
         // Round trip 2: running counts, head age, and every stats bucket.
         let mut second = redis::pipe();
@@ -275,6 +296,7 @@ impl Admin {
                 second.hgetall(k.stats(b));
             }
         }
+        second.ignore_errors();
         let replies: Vec<Value> = if keys.is_empty() {
             Vec::new()
         } else {
@@ -428,12 +450,30 @@ impl Admin {
         for id in ids {
             pipe.hgetall(k.task(id));
         }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        // One task of the wrong type or with bytes that are not UTF-8 must
+        // not fail the page: errors come back in place, fields are decoded
+        // lossily, and an undecodable task is left out.
+        pipe.ignore_errors();
+        let hashes: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(ids
             .iter()
             .zip(hashes)
-            .filter(|(_, h)| !h.is_empty())
-            .filter_map(|(id, h)| TaskInfo::from_hash(id, &h).ok())
+            .filter_map(|(id, h)| {
+                let raw: Vec<(Vec<u8>, Vec<u8>)> = redis::from_redis_value(h).ok()?;
+                let h: HashMap<String, String> = raw
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(&k).into_owned(),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
+                    })
+                    .collect();
+                if h.is_empty() {
+                    return None;
+                }
+                TaskInfo::from_hash(id, &h).ok()
+            })
             .collect())
     }
 
@@ -648,6 +688,47 @@ fn free_of_live(free: &[(String, f64)], workers: &[(String, f64)], now_ms: i64) 
         })
         .map(|(_, n)| n.max(0.0) as u64)
         .sum()
+}
+
+/// A queue's first-round-trip replies, decoded.
+type QueueReplies = (
+    HashMap<String, String>,
+    u64,
+    u64,
+    Vec<(String, f64)>,
+    Vec<(String, f64)>,
+    Vec<String>,
+);
+
+/// Decodes a queue's six replies of the dashboard's first round trip;
+/// the error names the queue and the key that could not be read.
+fn decode_queue(k: &QueueKeys, items: Vec<Value>) -> Result<QueueReplies, Error> {
+    let mut items = items.into_iter();
+    let mut next = || items.next().unwrap_or(Value::Nil);
+    let meta = decode_named(k, &k.meta(), next())?;
+    let pending = decode_named(k, &k.pending(), next())?;
+    let delayed = decode_named(k, &k.delayed(), next())?;
+    let free = decode_named(k, &k.free(), next())?;
+    let workers = decode_named(k, &k.workers(), next())?;
+    let head = decode_named(k, &k.pending(), next())?;
+    Ok((meta, pending, delayed, free, workers, head))
+}
+
+/// Decodes one reply of key `key` of queue `k`; a server error in its place
+/// (say, WRONGTYPE) or a reply of the wrong shape names both.
+fn decode_named<T: redis::FromRedisValue>(k: &QueueKeys, key: &str, v: Value) -> Result<T, Error> {
+    let why = match v {
+        Value::ServerError(e) => format!("{} {}", e.code(), e.details().unwrap_or("")),
+        v => match redis::from_redis_value(v) {
+            Ok(t) => return Ok(t),
+            Err(e) => e.to_string(),
+        },
+    };
+    Err(Error::Protocol(format!(
+        "queue {}: cannot read {key}: {}",
+        k.name(),
+        why.trim()
+    )))
 }
 
 /// Decodes a pipelined reply item, naming the mismatch.

@@ -60,6 +60,12 @@ pub struct ClientConfig {
     /// fails with [`Error::Uncertain`]: a submit gives up after about three
     /// times this. Lower it where a quick "uncertain" beats patience.
     pub response_timeout: Duration,
+    /// TLS settings for a `rediss://` URL (default: system roots, no
+    /// client certificate).
+    pub tls: crate::TlsConfig,
+    /// Signs every task this client submits (default: none). Workers with
+    /// verify keys run only tasks signed by one of them.
+    pub signing_key: Option<Arc<crate::signing::SigningKey>>,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +75,8 @@ impl Default for ClientConfig {
             housekeeping_every: Duration::from_secs(1),
             give_up_after: Duration::from_secs(30),
             response_timeout: crate::connection::RESPONSE_TIMEOUT,
+            tls: crate::TlsConfig::default(),
+            signing_key: None,
         }
     }
 }
@@ -87,6 +95,16 @@ impl ClientConfig {
     /// Sets [`ClientConfig::give_up_after`].
     pub fn give_up_after(mut self, after: Duration) -> Self {
         self.give_up_after = after;
+        self
+    }
+    /// Sets [`ClientConfig::signing_key`].
+    pub fn signing_key(mut self, key: crate::signing::SigningKey) -> Self {
+        self.signing_key = Some(Arc::new(key));
+        self
+    }
+    /// Sets [`ClientConfig::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = tls;
         self
     }
     /// Sets [`ClientConfig::response_timeout`].
@@ -135,8 +153,9 @@ impl Client {
     /// Connects with default settings.
     ///
     /// # Errors
-    /// [`Error::Connection`] (password redacted) if Redis is unreachable or
-    /// refuses the credentials.
+    /// [`Error::Connection`] (password redacted) if Redis is unreachable,
+    /// [`Error::AuthenticationFailed`], [`Error::Tls`] / [`Error::TlsSetup`],
+    /// [`Error::PermissionDenied`]; [`Error::connection_problem`] sorts them.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, ClientConfig::default()).await
     }
@@ -146,7 +165,7 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Self, Error> {
-        let endpoint = Endpoint::parse(url)?;
+        let endpoint = Endpoint::parse(url, &config.tls)?;
         let conn = endpoint.shared_with(config.response_timeout).await?;
         Ok(Self {
             inner: Arc::new(ClientInner {

@@ -378,7 +378,12 @@ impl Queue {
         reply: &str,
         stream: bool,
     ) -> Result<Placed, Error> {
-        let spec = request.encode(id, self.client.inner.config.max_inline_bytes)?;
+        let config = &self.client.inner.config;
+        let signer = config
+            .signing_key
+            .as_deref()
+            .map(|key| (key, self.keys.name()));
+        let spec = request.encode_signed(id, config.max_inline_bytes, signer)?;
         let submit = Submit {
             id,
             spec: &spec,

@@ -149,7 +149,18 @@ impl TaskRequest {
     }
 
     /// Validates the request and encodes its spec.
+    #[cfg(test)]
     pub(crate) fn encode(&self, id: &str, max_inline: usize) -> Result<String, Error> {
+        self.encode_signed(id, max_inline, None)
+    }
+
+    /// [`TaskRequest::encode`], signed for `queue` when a key is given.
+    pub(crate) fn encode_signed(
+        &self,
+        id: &str,
+        max_inline: usize,
+        signer: Option<(&crate::signing::SigningKey, &str)>,
+    ) -> Result<String, Error> {
         if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&self.priority) {
             return Err(Error::InvalidInput(format!(
                 "priority {} is outside [{PRIORITY_MIN}, {PRIORITY_MAX}]",
@@ -188,7 +199,12 @@ impl TaskRequest {
             priority: self.priority,
             timeout_ms: self.timeout.map_or(0, |t| t.as_millis() as u64),
             max_attempts: self.max_attempts,
+            sig: None,
         };
+        let mut spec = spec;
+        if let Some((key, queue)) = signer {
+            spec.sig = Some(key.sign(queue, &spec));
+        }
         let encoded = serde_json::to_string(&spec)
             .map_err(|e| Error::InvalidInput(format!("cannot encode task: {e}")))?;
         let limit = max_inline.min(MAX_SPEC_BYTES);

@@ -56,6 +56,9 @@ fn state(items: &mut ReplyItems) -> Result<TaskState, Error> {
 
 impl Function for Cancel<'_> {
     const NAME: &'static str = "rtq2_cancel";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = CancelReply;
 
     fn write_args(&self, cmd: &mut Cmd) {

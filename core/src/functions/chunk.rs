@@ -67,6 +67,9 @@ pub struct ChunkReply {
 
 impl Function for Chunk<'_> {
     const NAME: &'static str = "rtq2_chunk";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = ChunkReply;
 
     fn write_args(&self, cmd: &mut Cmd) {

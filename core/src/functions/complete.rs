@@ -65,6 +65,9 @@ pub struct CompleteReply {
 
 impl Function for Complete<'_> {
     const NAME: &'static str = "rtq2_complete";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = CompleteReply;
 
     fn write_args(&self, cmd: &mut Cmd) {

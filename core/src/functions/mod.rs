@@ -111,6 +111,10 @@ pub trait Function {
     const READ_ONLY: bool = false;
     /// The decoded reply.
     type Reply;
+    /// The task the call is about, if any (named in errors).
+    fn task_id(&self) -> Option<&str> {
+        None
+    }
     /// Appends the ARGV items to `cmd`.
     fn write_args(&self, cmd: &mut Cmd);
     /// Decodes the function's reply.
@@ -142,8 +146,58 @@ pub async fn call<F: Function, C: ConnectionLike + Send>(
     keys: &QueueKeys,
     function: &F,
 ) -> Result<F::Reply, Error> {
-    let value = send::<F, C>(conn, command(keys, function)).await?;
+    let value = send::<F, C>(conn, command(keys, function))
+        .await
+        .map_err(|e| name_the_call(e, F::NAME, keys.name(), function.task_id()))?;
     F::decode(value)
+}
+
+/// A Lua error inside a function (a runtime error, or a command the
+/// function ran that Redis refused, e.g. WRONGTYPE on a corrupt key) is
+/// reported by Redis as `<text> script: <function>, on @user_function:<line>.`,
+/// a line number of the whole library. It becomes [`Error::Function`],
+/// naming the operation, queue and task; other errors pass unchanged.
+fn name_the_call(e: Error, function: &'static str, queue: &str, task: Option<&str>) -> Error {
+    if let Error::PermissionDenied(detail) = &e {
+        // Redis 7.0 does not say which command inside the function the ACL
+        // refused; name the function, and where the role's rules are.
+        if let Some(cut) = detail.find(" script: ") {
+            return Error::PermissionDenied(format!(
+                "{function} on queue {queue}: {} (the user needs every command the rtq library runs: `rtq acl <role>` prints a role's rules)",
+                detail[..cut].trim()
+            ));
+        }
+        // Refused at the FCALL itself: Redis names only `fcall`.
+        return Error::PermissionDenied(format!(
+            "{} (calling {function} on queue {queue})",
+            detail.trim()
+        ));
+    }
+    let Error::Redis(redis_err) = &e else {
+        return e;
+    };
+    let Some(detail) = redis_err.detail() else {
+        return e;
+    };
+    let Some(cut) = detail.find(" script: ") else {
+        return e;
+    };
+    let text = detail[..cut].trim();
+    // Runtime errors start with `user_function:<line>: `.
+    let text = match text.strip_prefix("user_function:") {
+        Some(rest) => rest.split_once(": ").map_or(rest, |(_, t)| t),
+        None => text,
+    };
+    let code = redis_err.code().filter(|c| *c != "ERR");
+    Error::Function {
+        function,
+        queue: queue.to_string(),
+        task: task.map(str::to_string),
+        reason: match code {
+            Some(code) => format!("{code} {text}"),
+            None => text.to_string(),
+        },
+    }
 }
 
 /// Sends a command built by [`command`] for function `F` and returns the raw

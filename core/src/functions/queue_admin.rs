@@ -18,6 +18,9 @@ pub struct SetPriority<'a> {
 
 impl Function for SetPriority<'_> {
     const NAME: &'static str = "rtq2_set_priority";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     /// The task's state, or `None` if it does not exist.
     type Reply = Option<TaskState>;
     fn write_args(&self, cmd: &mut Cmd) {

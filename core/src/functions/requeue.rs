@@ -29,6 +29,9 @@ pub enum RequeueReply {
 
 impl Function for Requeue<'_> {
     const NAME: &'static str = "rtq2_requeue";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = RequeueReply;
     fn write_args(&self, cmd: &mut Cmd) {
         cmd.arg(self.id).arg(self.reason);

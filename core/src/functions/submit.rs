@@ -77,6 +77,9 @@ fn worker(items: &mut ReplyItems) -> Result<Option<String>, Error> {
 
 impl Function for Submit<'_> {
     const NAME: &'static str = "rtq2_submit";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = SubmitReply;
 
     fn write_args(&self, cmd: &mut Cmd) {

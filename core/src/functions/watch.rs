@@ -92,6 +92,9 @@ fn decode_snapshot(function: &'static str, reply: Value) -> Result<Option<TaskSn
 
 impl Function for Watch<'_> {
     const NAME: &'static str = "rtq2_watch";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = Option<TaskSnapshot>;
     fn write_args(&self, cmd: &mut Cmd) {
         cmd.arg(self.id).arg(self.reply).arg(self.from);
@@ -103,6 +106,9 @@ impl Function for Watch<'_> {
 
 impl Function for Read<'_> {
     const NAME: &'static str = "rtq2_read";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     const READ_ONLY: bool = true;
     type Reply = Option<TaskSnapshot>;
     fn write_args(&self, cmd: &mut Cmd) {
@@ -115,6 +121,9 @@ impl Function for Read<'_> {
 
 impl Function for Unwatch<'_> {
     const NAME: &'static str = "rtq2_unwatch";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
     type Reply = ();
     fn write_args(&self, cmd: &mut Cmd) {
         cmd.arg(self.id).arg(self.reply);

@@ -43,6 +43,12 @@ pub struct WorkerConfig {
     pub granularity: Granularity,
     /// Largest accepted result JSON in bytes (default 1 MiB).
     pub max_result_bytes: usize,
+    /// TLS settings for a `rediss://` URL (default: system roots, no
+    /// client certificate).
+    pub tls: crate::TlsConfig,
+    /// When not empty, only tasks signed by one of these keys run; others
+    /// fail with [`Error::Forged`] (default: empty, every task runs).
+    pub verify_keys: Vec<crate::signing::VerifyKey>,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +67,8 @@ impl Default for WorkerConfig {
             version: env!("CARGO_PKG_VERSION").into(),
             granularity: Granularity::default(),
             max_result_bytes: crate::client::DEFAULT_MAX_INLINE_BYTES,
+            tls: crate::TlsConfig::default(),
+            verify_keys: Vec::new(),
         }
     }
 }
@@ -101,6 +109,16 @@ impl WorkerConfig {
     /// Sets [`WorkerConfig::max_result_bytes`].
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = bytes;
+        self
+    }
+    /// Adds a key to [`WorkerConfig::verify_keys`].
+    pub fn verify_key(mut self, key: crate::signing::VerifyKey) -> Self {
+        self.verify_keys.push(key);
+        self
+    }
+    /// Sets [`WorkerConfig::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = tls;
         self
     }
     /// Sets [`WorkerConfig::lease`].

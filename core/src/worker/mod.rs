@@ -185,7 +185,7 @@ impl Worker {
             None => default_worker_id(&config.host),
         };
         validate_id(&id, "worker id")?;
-        let endpoint = Endpoint::parse(url)?;
+        let endpoint = Endpoint::parse(url, &config.tls)?;
         let mut conn = endpoint.shared().await?;
         match ServerReport::read(&mut conn).await {
             Ok(report) => report.enforce()?,

@@ -156,7 +156,12 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
             message: reason,
             retryable: false,
         },
-        Job::Run(delivery) => match TaskSpec::decode(&delivery.spec) {
+        Job::Run(delivery) => match TaskSpec::decode(&delivery.spec).and_then(|spec| {
+            if !shared.config.verify_keys.is_empty() {
+                crate::signing::check(&shared.config.verify_keys, shared.keys.name(), &spec)?;
+            }
+            Ok(spec)
+        }) {
             Err(e) => Ending::Failed {
                 message: e.to_string(),
                 retryable: false,

@@ -15,12 +15,11 @@
 
 use std::sync::Arc;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
+use super::body::{error_text, read_capped, Events, Limits, Lines};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve, QUOTE_LIMIT};
 use crate::upstream::UpstreamState;
 
 /// POSTs tasks to one URL.
@@ -28,15 +27,22 @@ pub struct HttpHandler {
     client: reqwest::Client,
     url: String,
     upstream: Arc<UpstreamState>,
+    limits: Limits,
 }
 
 impl HttpHandler {
-    /// A handler for `url`.
-    pub fn new(client: reqwest::Client, url: String, upstream: Arc<UpstreamState>) -> Self {
+    /// A handler for `url`; `limits` bound what the upstream may send.
+    pub fn new(
+        client: reqwest::Client,
+        url: String,
+        upstream: Arc<UpstreamState>,
+        limits: Limits,
+    ) -> Self {
         Self {
             client,
             url,
             upstream,
+            limits,
         }
     }
 }
@@ -77,19 +83,16 @@ impl Serve for HttpHandler {
         self.upstream.mark_up();
         let status = resp.status();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
+            let text = error_text(resp, QUOTE_LIMIT * 4).await;
             return Err(status_failed(status, &text));
         }
         match media_type(&resp).as_str() {
-            "text/event-stream" => sse(resp, task).await,
+            "text/event-stream" => sse(resp, task, self.limits).await,
             "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
-                ndjson(resp, task).await
+                ndjson(resp, task, self.limits).await
             }
             _ => {
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| request_failed(e, &self.url, &self.upstream))?;
+                let bytes = read_capped(resp, self.limits.max_body).await?;
                 serde_json::from_slice(&bytes).map_err(|e| {
                     HandlerError::fatal(format!(
                         "upstream returned a body that is not JSON ({e}): {:.200}",
@@ -101,12 +104,14 @@ impl Serve for HttpHandler {
     }
 }
 
-async fn sse(resp: reqwest::Response, task: &TaskContext) -> Result<Value, HandlerError> {
-    let mut events = resp.bytes_stream().eventsource();
+async fn sse(
+    resp: reqwest::Response,
+    task: &TaskContext,
+    limits: Limits,
+) -> Result<Value, HandlerError> {
+    let mut events = Events::new(resp.bytes_stream(), limits);
     let mut chunks = 0u64;
-    while let Some(event) = events.next().await {
-        let event =
-            event.map_err(|e| HandlerError::retryable(format!("upstream stream broke: {e}")))?;
+    while let Some(event) = events.next_event().await? {
         match event.event.as_str() {
             "result" => {
                 return serde_json::from_str(&event.data).map_err(|e| {
@@ -121,6 +126,7 @@ async fn sse(resp: reqwest::Response, task: &TaskContext) -> Result<Value, Handl
             }
             _ if event.data == "[DONE]" => break,
             _ => {
+                limits.check_chunk(event.data.len())?;
                 task.send(event.data).await?;
                 chunks += 1;
             }
@@ -129,31 +135,19 @@ async fn sse(resp: reqwest::Response, task: &TaskContext) -> Result<Value, Handl
     Ok(json!({ "chunks": chunks }))
 }
 
-async fn ndjson(resp: reqwest::Response, task: &TaskContext) -> Result<Value, HandlerError> {
-    let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+async fn ndjson(
+    resp: reqwest::Response,
+    task: &TaskContext,
+    limits: Limits,
+) -> Result<Value, HandlerError> {
+    let mut lines = Lines::new(resp.bytes_stream(), limits);
     let mut chunks = 0u64;
-    loop {
-        match body.next().await {
-            Some(piece) => {
-                let piece = piece
-                    .map_err(|e| HandlerError::retryable(format!("upstream stream broke: {e}")))?;
-                buf.extend_from_slice(&piece);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if let Some(result) = ndjson_line(&line, task, &mut chunks).await? {
-                        return Ok(result);
-                    }
-                }
-            }
-            None => {
-                if let Some(result) = ndjson_line(&buf, task, &mut chunks).await? {
-                    return Ok(result);
-                }
-                return Ok(json!({ "chunks": chunks }));
-            }
+    while let Some(line) = lines.next_line().await? {
+        if let Some(result) = ndjson_line(&line, task, &mut chunks, limits).await? {
+            return Ok(result);
         }
     }
+    Ok(json!({ "chunks": chunks }))
 }
 
 /// Handles one NDJSON line; returns the result if the line carries it.
@@ -161,6 +155,7 @@ async fn ndjson_line(
     line: &[u8],
     task: &TaskContext,
     chunks: &mut u64,
+    limits: Limits,
 ) -> Result<Option<Value>, HandlerError> {
     let line = String::from_utf8_lossy(line).trim().to_string();
     if line.is_empty() {
@@ -186,6 +181,7 @@ async fn ndjson_line(
         Some(other) => other.to_string(),
         None => line,
     };
+    limits.check_chunk(chunk.len())?;
     task.send(chunk).await?;
     *chunks += 1;
     Ok(None)

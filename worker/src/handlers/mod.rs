@@ -9,6 +9,7 @@
 //! binary wraps them in `crate::metrics::Instrumented`, which does the same
 //! and also counts the stop.
 
+pub mod body;
 pub mod exec;
 pub mod http;
 pub mod openai;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use crate::upstream::{describe, UpstreamState};
 
 /// Longest upstream error body quoted in a failure reason.
-const QUOTE_LIMIT: usize = 500;
+pub(crate) const QUOTE_LIMIT: usize = 500;
 
 /// A built-in handler's work on one task. The task is borrowed, so the
 /// caller keeps it and can watch for its stop (see [`run_until_stopped`]).
@@ -98,7 +99,11 @@ pub(crate) fn request_failed(
     url: &str,
     upstream: &Arc<UpstreamState>,
 ) -> HandlerError {
-    let why = format!("upstream {url}: {}", describe(&e));
+    let why = crate::secrets::scrub(&format!(
+        "upstream {}: {}",
+        rtq_core::redact_url(url),
+        describe(&e)
+    ));
     if e.is_connect() {
         upstream.mark_down(&why);
     }
@@ -113,7 +118,7 @@ pub(crate) fn request_failed(
 /// final; `message` is what the server said.
 pub(crate) fn status_failed(status: StatusCode, message: &str) -> HandlerError {
     let quoted: String = message.trim().chars().take(QUOTE_LIMIT).collect();
-    let why = format!("upstream answered {status}: {quoted}");
+    let why = crate::secrets::scrub(&format!("upstream answered {status}: {quoted}"));
     match status.as_u16() {
         429 | 502 | 503 | 504 => HandlerError::retryable(why),
         _ => HandlerError::fatal(why),

@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::{media_type, request_failed, run_until_stopped, status_failed, Serve};
+use super::body::{error_text, read_capped, Events, Limits};
+use super::{media_type, request_failed, run_until_stopped, status_failed, Serve, QUOTE_LIMIT};
 use crate::upstream::UpstreamState;
 
 /// Talks to one OpenAI-compatible server.
@@ -23,16 +22,19 @@ pub struct OpenAiHandler {
     base: String,
     model: Option<String>,
     upstream: Arc<UpstreamState>,
+    limits: Limits,
 }
 
 impl OpenAiHandler {
     /// A handler for the server at `base` (e.g. `http://127.0.0.1:8000`);
-    /// `model` fills in requests that name none.
+    /// `model` fills in requests that name none; `limits` bound what the
+    /// server may send.
     pub fn new(
         client: reqwest::Client,
         base: String,
         model: Option<String>,
         upstream: Arc<UpstreamState>,
+        limits: Limits,
     ) -> Self {
         Self {
             client,
@@ -42,6 +44,7 @@ impl OpenAiHandler {
                 .to_string(),
             model,
             upstream,
+            limits,
         }
     }
 }
@@ -114,14 +117,13 @@ impl Serve for OpenAiHandler {
         self.upstream.mark_up();
         let status = resp.status();
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
+            let text = error_text(resp, QUOTE_LIMIT * 4).await;
             return Err(status_failed(status, &error_message(&text)));
         }
         if media_type(&resp) != "text/event-stream" {
             // The server ignored `stream`: one JSON answer.
-            let v: Value = resp
-                .json()
-                .await
+            let bytes = read_capped(resp, self.limits.max_body).await?;
+            let v: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| HandlerError::fatal(format!("upstream answer is not JSON: {e}")))?;
             let text = choice_text(&v["choices"][0]).unwrap_or("").to_string();
             if !text.is_empty() {
@@ -134,12 +136,10 @@ impl Serve for OpenAiHandler {
                 "model": v["model"],
             }));
         }
-        let mut events = resp.bytes_stream().eventsource();
+        let mut events = Events::new(resp.bytes_stream(), self.limits);
         let mut text = String::new();
         let (mut finish, mut usage, mut model) = (Value::Null, Value::Null, Value::Null);
-        while let Some(event) = events.next().await {
-            let event = event
-                .map_err(|e| HandlerError::retryable(format!("upstream stream broke: {e}")))?;
+        while let Some(event) = events.next_event().await? {
             if event.data.trim() == "[DONE]" {
                 break;
             }
@@ -157,6 +157,7 @@ impl Serve for OpenAiHandler {
             }
             if let Some(choice) = v["choices"].get(0) {
                 if let Some(delta) = choice_text(choice).filter(|d| !d.is_empty()) {
+                    self.limits.check_chunk(delta.len())?;
                     task.send(delta.to_string()).await?;
                     text.push_str(delta);
                 }

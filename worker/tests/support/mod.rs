@@ -390,3 +390,89 @@ pub async fn eventually(
     }
     panic!("never happened: {what}");
 }
+
+/// A TLS listener for axum: each accepted connection is a finished
+/// handshake (failed handshakes are skipped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves `app` over HTTPS with `pki`'s server certificate (for
+/// `localhost` and `127.0.0.1`); returns `https://127.0.0.1:<port>`.
+pub async fn serve_https(app: Router, pki: &rtq_testkit::Pki) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = CertificateDer::pem_file_iter(pki.server_cert())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.server_key()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    };
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("https://{addr}")
+}
+
+/// An upstream that answers POST /generate with the authentication
+/// headers it received (`authorization`, `x-api-key`) and counts health
+/// probes that carried them at GET /health.
+pub fn auth_echo_app(probes_with_auth: Arc<AtomicUsize>) -> Router {
+    Router::new()
+        .route(
+            "/generate",
+            post(|headers: axum::http::HeaderMap| async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                Json(json!({"authorization": h("authorization"), "x-api-key": h("x-api-key")}))
+            }),
+        )
+        .route(
+            "/health",
+            get(move |headers: axum::http::HeaderMap| {
+                let probes = Arc::clone(&probes_with_auth);
+                async move {
+                    if headers.contains_key("authorization") {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    StatusCode::OK
+                }
+            }),
+        )
+}
