@@ -432,3 +432,40 @@ async fn a_watch_on_a_task_with_a_deadline_expires_with_the_task() {
         "the watchers set lives no longer than its task: {watch_ttl} vs {task_ttl}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_chunk_write_names_the_task_state_and_its_chunk_count() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p
+        .chunk("w1", "t1", 1, 0, &[b"a".to_vec(), b"b".to_vec()])
+        .await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    // Out of order: the reply names the stored count to resend from.
+    let r = p.chunk("w1", "t1", 1, 5, &[b"x".to_vec()]).await;
+    assert_eq!(
+        (r.status, r.chunks, r.state),
+        (WriteStatus::Order, 2, Some(TaskState::Running))
+    );
+    // Cancelled meanwhile: the reply says so, with the count it kept.
+    p.cancel("t1").await;
+    let r = p.chunk("w1", "t1", 1, 2, &[b"c".to_vec()]).await;
+    assert_eq!(
+        (r.status, r.chunks, r.state),
+        (WriteStatus::Ended, 2, Some(TaskState::Cancelled))
+    );
+    assert_eq!(
+        p.list(&p.keys.output("t1")).await,
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    // Gone: no count, no state.
+    let t1 = p.keys.task("t1");
+    p.raw(&["DEL", &t1]).await;
+    let r = p.chunk("w1", "t1", 1, 2, &[b"c".to_vec()]).await;
+    assert_eq!(
+        (r.status, r.chunks, r.state),
+        (WriteStatus::NotFound, 0, None)
+    );
+}
