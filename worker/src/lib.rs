@@ -59,7 +59,9 @@ pub enum LogFormat {
 /// rtq-worker: pulls inference tasks from an rtq queue in Redis, runs them
 /// and pushes results and streamed chunks back. Every flag has an RTQ_*
 /// environment variable.
-#[derive(Clone, Debug, Parser)]
+// No `Debug`: the configuration holds secrets (URLs with passwords, the
+// upstream API key), and a debug print of it would log them.
+#[derive(Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
     /// Redis URL (required; there is no default Redis), e.g.
