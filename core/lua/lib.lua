@@ -84,7 +84,8 @@ end
 -- Checks KEYS[1] and binds the queue prefix for the helpers below.
 local function bind(keys)
   local meta = keys[1]
-  if #keys ~= 1 or type(meta) ~= 'string' or #meta > 80
+  -- rtq:{<queue>}:meta with a queue name of at most 64 bytes: 75 bytes.
+  if #keys ~= 1 or type(meta) ~= 'string' or #meta > 75
       or not string.match(meta, '^rtq:{[%w%._%-]+}:meta$') then
     invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
   end

@@ -593,4 +593,40 @@ mod tests {
             "no url here :// at all"
         );
     }
+
+    #[test]
+    fn retryable_errors_are_the_ones_that_may_pass() {
+        let retryable = [
+            Error::QueueFull {
+                queue: "q".into(),
+                depth: 1,
+                max_depth: 1,
+            },
+            Error::Disconnected {
+                url: "u".into(),
+                id: "t".into(),
+                reason: "r".into(),
+            },
+            Error::Uncertain {
+                id: "t".into(),
+                reason: "r".into(),
+            },
+            Error::OutOfMemory("full".into()),
+        ];
+        for e in &retryable {
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        let not_retryable = [
+            Error::InvalidInput("bad".into()),
+            Error::PermissionDenied("no".into()),
+            Error::NotFound {
+                queue: "q".into(),
+                id: "t".into(),
+            },
+            Error::Protocol("p".into()),
+        ];
+        for e in &not_retryable {
+            assert!(!e.is_retryable(), "{e:?}");
+        }
+    }
 }

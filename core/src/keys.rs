@@ -206,6 +206,17 @@ mod tests {
     }
 
     #[test]
+    fn only_the_first_non_empty_hash_tag_is_hashed() {
+        // The hash tag examples of the Redis Cluster specification.
+        let user = cluster_slot("user1000");
+        assert_eq!(cluster_slot("{user1000}.following"), user);
+        assert_eq!(cluster_slot("{user1000}.followers"), user);
+        assert_eq!(cluster_slot("foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+        assert_eq!(cluster_slot("foo{{bar}}zap"), crc16(b"{bar") % 16384);
+        assert_eq!(cluster_slot("foo{bar}{zap}"), cluster_slot("bar"));
+    }
+
+    #[test]
     fn every_key_of_a_queue_shares_one_slot() {
         let k = QueueKeys::new("llm-70b").unwrap();
         let slot = cluster_slot(k.prefix());

@@ -652,4 +652,19 @@ mod tests {
         ));
         assert!(ReplyEvent::decode(&fields(&[("t", "x"), ("e", "zz")])).is_err());
     }
+
+    #[test]
+    fn redis_values_read_as_text_numbers_and_bytes() {
+        let bulk = Value::BulkString(b"42".to_vec());
+        assert_eq!(value_to_string(&bulk), "42");
+        assert_eq!(value_to_string(&Value::SimpleString("s".into())), "s");
+        assert_eq!(value_to_string(&Value::Int(-7)), "-7");
+        assert_eq!(value_to_string(&Value::Okay), "OK");
+        assert_eq!(value_to_string(&Value::Nil), "");
+        assert_eq!(value_to_i64(&Value::Int(5)), 5);
+        assert_eq!(value_to_i64(&bulk), 42);
+        assert_eq!(value_to_i64(&Value::Nil), 0);
+        assert_eq!(value_to_bytes(&Value::Int(3)), b"3");
+        assert_eq!(value_to_bytes(&Value::BulkString(vec![0xff])), vec![0xff]);
+    }
 }

@@ -353,3 +353,82 @@ async fn the_worker_entry_says_whether_it_takes_work_as_documented() {
     assert_eq!(fields(h), (Some("0".into()), Some("paused".into())));
     assert_eq!(p.free("w1").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_read_returns_one_full_page_of_chunks_and_the_rest_from_where_it_ended() {
+    use rtq_core::protocol::READ_PAGE;
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let total = READ_PAGE + READ_PAGE / 2;
+    let mut written = 0;
+    while written < total {
+        let batch: Vec<Vec<u8>> = (written..(written + 500).min(total))
+            .map(|i| i.to_string().into_bytes())
+            .collect();
+        let r = p.chunk("w1", "t1", 1, written, &batch).await;
+        assert_eq!(r.status, WriteStatus::Ok);
+        written += batch.len() as u64;
+    }
+    let read = |from| rtq_core::functions::watch::Read { id: "t1", from };
+    let page = p.call(&read(0)).await.unwrap().unwrap();
+    assert_eq!((page.chunk_count, page.first), (total, 0));
+    assert_eq!(page.chunks.len() as u64, READ_PAGE);
+    assert_eq!(
+        page.chunks.last().unwrap(),
+        &(READ_PAGE - 1).to_string().into_bytes()
+    );
+    let rest = p.call(&read(READ_PAGE)).await.unwrap().unwrap();
+    assert_eq!(rest.first, READ_PAGE);
+    assert_eq!(rest.chunks.len() as u64, total - READ_PAGE);
+    assert_eq!(rest.chunks[0], READ_PAGE.to_string().into_bytes());
+}
+
+#[tokio::test]
+async fn a_new_task_has_no_chunk_times_or_output() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    // Handed out by the submit itself (one write creates it running), then
+    // one that waits in pending.
+    p.submit(&Task::new("direct")).await;
+    p.submit(&Task::new("queued")).await;
+    assert_eq!(p.field("direct", "st").await.as_deref(), Some("running"));
+    assert_eq!(p.field("queued", "st").await.as_deref(), Some("queued"));
+    for id in ["queued", "direct"] {
+        let h = p.hash(id).await;
+        for field in ["fc", "lc", "nc", "nb"] {
+            assert_eq!(
+                h.get(field).map(String::as_str),
+                Some("0"),
+                "{id} {field}: {h:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_on_a_task_with_a_deadline_expires_with_the_task() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    let mut t = Task::new("t1");
+    t.timeout_ms = 60_000;
+    p.submit(&t).await;
+    let reply = p.create_reply_stream("c1").await;
+    let watched = p
+        .call(&rtq_core::functions::watch::Watch {
+            id: "t1",
+            reply: &reply,
+            from: 0,
+        })
+        .await
+        .unwrap();
+    assert!(watched.is_some());
+    let task_ttl = support::pttl(&mut p.conn, &p.keys.task("t1")).await;
+    let watch_ttl = support::pttl(&mut p.conn, &p.keys.watchers("t1")).await;
+    assert!(task_ttl > 0, "a task with a deadline has a TTL: {task_ttl}");
+    assert!(
+        watch_ttl > 0 && watch_ttl <= task_ttl,
+        "the watchers set lives no longer than its task: {watch_ttl} vs {task_ttl}"
+    );
+}

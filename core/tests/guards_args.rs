@@ -69,7 +69,23 @@ impl Case {
                 true,
             )
             .with(&format!("{name} not a number"), i, "1x".into(), true)
-            .with(&format!("{name} in exponent form"), i, "1e3".into(), true)
+            .with(&format!("{name} in exponent form"), i, "1e3".into(), true);
+        if lo >= 0 {
+            // At most 20 characters, whatever the value.
+            self.with(
+                &format!("{name} zero-padded to 20"),
+                i,
+                format!("{lo:0>20}"),
+                false,
+            )
+            .with(
+                &format!("{name} zero-padded to 21"),
+                i,
+                format!("{lo:0>21}"),
+                true,
+            );
+        }
+        self
     }
 
     /// Id argument `i`: the longest accepted, one byte longer, empty and a
@@ -487,4 +503,43 @@ async fn client_and_operator_calls_check_every_argument_at_their_bounds() {
         variants: vec![("one argument".into(), vec!["0".into()], true)],
     };
     check(&mut p, &c).await;
+}
+
+#[tokio::test]
+async fn the_queue_key_is_checked_like_a_queue_name() {
+    use rtq_core::keys::MAX_QUEUE_NAME;
+    let redis = RedisServer::start();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    rtq_core::functions::ensure_loaded(&mut conn).await.unwrap();
+    let longest = format!("rtq:{{{}}}:meta", "q".repeat(MAX_QUEUE_NAME));
+    let too_long = format!("rtq:{{{}}}:meta", "q".repeat(MAX_QUEUE_NAME + 1));
+    let cases: Vec<(Vec<String>, bool)> = vec![
+        (vec![longest.clone()], false),
+        (vec!["rtq:{a.b_c-1}:meta".into()], false),
+        (vec![too_long], true),
+        (vec!["rtq:{}:meta".into()], true),
+        (vec!["rtq:{a b}:meta".into()], true),
+        (vec!["rtq:{q}:pending".into()], true),
+        (vec!["x:{q}:meta".into()], true),
+        (vec![longest.clone(), longest], true),
+        (vec![], true),
+    ];
+    for (keys, refused) in cases {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("rtq2_read").arg(keys.len());
+        for k in &keys {
+            cmd.arg(k);
+        }
+        cmd.arg("t1").arg(0);
+        let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        match (&r, refused) {
+            (Err(e), true) if e.code() == Some("INVALID") => {}
+            (Ok(_), false) => {}
+            _ => panic!("KEYS {keys:?}: expected refused={refused}, got {r:?}"),
+        }
+    }
 }

@@ -527,3 +527,24 @@ async fn shutdown_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_trimmed_key_value_pairs_and_anything_else_is_refused() {
+        let raw = ["gpu = A100", "", "zone=eu=1"].map(String::from);
+        let labels = parse_labels(&raw).unwrap();
+        assert_eq!(
+            labels,
+            BTreeMap::from([
+                ("gpu".to_string(), "A100".to_string()),
+                ("zone".to_string(), "eu=1".to_string()),
+            ])
+        );
+        let err = parse_labels(&["novalue".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("novalue"), "{err}");
+        assert!(parse_labels(&[]).unwrap().is_empty());
+    }
+}

@@ -740,3 +740,22 @@ fn decode<T: redis::FromRedisValue>(value: Value) -> Result<T, Error> {
 pub fn worker_labels(info: &WorkerInfo) -> BTreeMap<String, String> {
     serde_json::from_str(info.field("labels")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_time_is_read_as_milliseconds() {
+        assert_eq!(time_ms(&[1_700_000_000, 123_456]), 1_700_000_000_123);
+        assert_eq!(time_ms(&[]), 0);
+    }
+
+    #[test]
+    fn idle_slots_count_only_workers_whose_lease_is_current() {
+        let free = [("a".to_string(), 2.0), ("b".to_string(), 3.0)];
+        let workers = [("a".to_string(), 1_000.0), ("b".to_string(), 999.0)];
+        assert_eq!(free_of_live(&free, &workers, 999), 2);
+        assert_eq!(free_of_live(&free, &workers, 998), 5);
+    }
+}

@@ -262,3 +262,24 @@ impl Client {
         router
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_setting() {
+        let c = ClientConfig::default()
+            .max_inline_bytes(77)
+            .housekeeping_every(Duration::from_millis(250))
+            .give_up_after(Duration::from_secs(3))
+            .response_timeout(Duration::from_millis(400));
+        assert_eq!(c.max_inline_bytes, 77);
+        assert_eq!(c.housekeeping_every, Duration::from_millis(250));
+        assert_eq!(c.give_up_after, Duration::from_secs(3));
+        assert_eq!(c.response_timeout, Duration::from_millis(400));
+        let d = ClientConfig::default();
+        assert_eq!(d.max_inline_bytes, DEFAULT_MAX_INLINE_BYTES);
+        assert_eq!(d.give_up_after, Duration::from_secs(30));
+    }
+}

@@ -246,4 +246,27 @@ mod tests {
         assert_eq!(decoded.input_ref.as_deref(), Some("s3://bucket/big.wav"));
         assert_eq!(decoded.labels["k"], "v");
     }
+
+    #[test]
+    fn every_limit_is_inclusive() {
+        let enc = |r: TaskRequest| r.encode("id1", DEFAULT_MAX_INLINE_BYTES);
+        let one = || TaskRequest::json(json!(1));
+        assert!(enc(one().priority(PRIORITY_MAX)).is_ok());
+        assert!(enc(one().priority(PRIORITY_MIN)).is_ok());
+        assert!(enc(one().priority(PRIORITY_MIN - 1)).is_err());
+        assert!(enc(one().max_attempts(1)).is_ok());
+        assert!(enc(one().max_attempts(MAX_ATTEMPTS)).is_ok());
+        assert!(enc(one().timeout(Duration::from_millis(1))).is_ok());
+        assert!(enc(one().retention(Duration::from_millis(1))).is_ok());
+        assert!(enc(one().retention(Duration::from_micros(999))).is_err());
+        assert!(enc(one().retention(MAX_DURATION)).is_ok());
+        assert!(enc(one().retention(MAX_DURATION + Duration::from_millis(1))).is_err());
+        // The input limit: a spec of exactly `max_inline` bytes passes.
+        let size = one().encode("id1", usize::MAX).unwrap().len();
+        assert!(one().encode("id1", size).is_ok());
+        assert!(matches!(
+            one().encode("id1", size - 1),
+            Err(Error::PayloadTooLarge { size: s, limit, .. }) if s == size && limit == size - 1
+        ));
+    }
 }

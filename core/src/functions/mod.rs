@@ -47,7 +47,7 @@ pub const LIBRARY_REVISION: i64 = 6;
 /// fails when the Lua changes without a revision bump (a server holding
 /// the same revision would keep running the old code).
 #[cfg(test)]
-const LIBRARY_SOURCE_HASH: u64 = 4754200613175041947;
+const LIBRARY_SOURCE_HASH: u64 = 6305618645943402298;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
@@ -447,5 +447,43 @@ mod tests {
                 "{name} is not registered"
             );
         }
+    }
+
+    #[test]
+    fn reply_items_read_in_order_and_name_the_function_in_errors() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            b("OK"),
+            Value::Int(7),
+            b("12"),
+            Value::Int(-3),
+            b("raw"),
+            Value::Int(9),
+            b("r1"),
+            b("r2"),
+        ]);
+        let mut items = ReplyItems::new(reply, "rtq2_test").unwrap();
+        assert_eq!(items.string().unwrap(), "OK");
+        assert_eq!(items.int().unwrap(), 7);
+        assert_eq!(items.uint().unwrap(), 12);
+        let negative = items.uint().unwrap_err().to_string();
+        assert!(
+            negative.contains("rtq2_test") && negative.contains("-3"),
+            "{negative}"
+        );
+        assert_eq!(items.bytes().unwrap(), b"raw");
+        assert_eq!(items.int_or(0), 9);
+        assert_eq!(items.rest_bytes(), vec![b"r1".to_vec(), b"r2".to_vec()]);
+
+        let mut empty = ReplyItems::new(Value::Array(vec![]), "rtq2_test").unwrap();
+        assert_eq!(empty.int_or(42), 42);
+        assert!(empty
+            .string()
+            .unwrap_err()
+            .to_string()
+            .contains("rtq2_test"));
+        assert!(ReplyItems::new(Value::Int(1), "rtq2_test").is_err());
+        let mut not_a_number = ReplyItems::new(Value::Array(vec![b("x")]), "rtq2_test").unwrap();
+        assert!(not_a_number.int().is_err());
     }
 }

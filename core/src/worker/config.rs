@@ -236,3 +236,80 @@ impl WorkerStatus {
         counter.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_setting() {
+        let g = Granularity {
+            max_in_flight: 7,
+            min_bytes: 3,
+            max_delay: Duration::from_millis(9),
+        };
+        let c = WorkerConfig::new("q")
+            .slots(4)
+            .heartbeat_every(Duration::from_millis(300))
+            .cancel_grace(Duration::from_millis(1500))
+            .max_result_bytes(1234)
+            .lease(Duration::from_secs(7))
+            .grace(Duration::from_secs(11))
+            .worker_id("w-1")
+            .label("gpu", "A100")
+            .granularity(g.clone())
+            .handler_name("vllm");
+        assert_eq!(c.queue, "q");
+        assert_eq!(c.slots, 4);
+        assert_eq!(c.heartbeat_every, Some(Duration::from_millis(300)));
+        assert_eq!(c.cancel_grace, Duration::from_millis(1500));
+        assert_eq!(c.max_result_bytes, 1234);
+        assert_eq!(c.lease, Duration::from_secs(7));
+        assert_eq!(c.grace, Duration::from_secs(11));
+        assert_eq!(c.worker_id.as_deref(), Some("w-1"));
+        assert_eq!(c.labels.get("gpu").map(String::as_str), Some("A100"));
+        assert_eq!(c.granularity, g);
+        assert_eq!(c.handler_name, "vllm");
+        assert_eq!(
+            WorkerConfig::new("q").slots(0).slots,
+            1,
+            "at least one slot"
+        );
+    }
+
+    #[test]
+    fn validation_accepts_the_limits_and_names_what_is_out_of_them() {
+        let ok = |c: WorkerConfig| c.validate().is_ok();
+        assert!(ok(WorkerConfig::new("q")));
+        assert!(ok(WorkerConfig::new("q").slots(MAX_SLOTS)));
+        assert!(!ok(WorkerConfig::new("q").slots(MAX_SLOTS + 1)));
+        assert!(ok(WorkerConfig::new("q").lease(Duration::from_millis(100))));
+        assert!(!ok(WorkerConfig::new("q").lease(Duration::from_millis(99))));
+        assert!(ok(WorkerConfig::new("q").lease(Duration::from_secs(600))));
+        assert!(!ok(
+            WorkerConfig::new("q").lease(Duration::from_millis(600_001))
+        ));
+        let lease = Duration::from_secs(1);
+        let beat = |every: u64| {
+            WorkerConfig::new("q")
+                .lease(lease)
+                .heartbeat_every(Duration::from_millis(every))
+        };
+        assert!(ok(beat(999)));
+        assert!(!ok(beat(1000)), "a heartbeat as long as the lease");
+        assert!(ok(WorkerConfig::new("q").max_result_bytes(MAX_RESULT_BYTES)));
+        let err = WorkerConfig::new("q")
+            .max_result_bytes(MAX_RESULT_BYTES + 1)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("max_result_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_heartbeat_period_defaults_to_a_fifth_of_the_lease_and_is_at_least_50_ms() {
+        let c = WorkerConfig::new("q").lease(Duration::from_secs(5));
+        assert_eq!(c.heartbeat_period(), Duration::from_secs(1));
+        let c = c.heartbeat_every(Duration::from_millis(10));
+        assert_eq!(c.heartbeat_period(), Duration::from_millis(50));
+    }
+}

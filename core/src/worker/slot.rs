@@ -182,12 +182,15 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     AssertUnwindSafe(async move { handler.handle(ctx).await }).catch_unwind(),
                 );
                 let mut pump_open = true;
-                let mut handler_returned = false;
+                // Set once the handler's future completed: it must not be
+                // polled again (its grace wait below is for a handler that
+                // has not returned yet).
+                let mut returned = false;
                 let ending = loop {
                     tokio::select! {
                         biased;
                         outcome = &mut work => {
-                            handler_returned = true;
+                            returned = true;
                             break match outcome {
                                 Ok(Ok(value)) => Ending::Result(value),
                                 // An error after a stop is the stop, never a
@@ -216,9 +219,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     tracing::info!(%reason, "stopping the handler");
                     // The handler saw the stop; give it a moment to return
                     // on its own, then drop it (closing what it holds).
-                    // One that already returned (an error after the stop)
-                    // must not be polled again.
-                    if !handler_returned {
+                    if !returned {
                         let _ = tokio::time::timeout(shared.config.cancel_grace, &mut work).await;
                     }
                 }

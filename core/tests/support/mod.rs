@@ -37,10 +37,11 @@ pub enum Seen {
 
 /// A handler driven by its input:
 /// `{"chunks": n, "chunk": "text", "delay_ms": d, "hold": true, "fail": "why",
-///   "retryable": bool, "panic": true, "hold_after": true,
+///   "retryable": bool, "panic": true, "hold_after": true, "hold_at": k,
 ///   "fail_on": "<worker id>"}`: `hold` waits for `release` (or the cancel)
-/// before sending the chunks, `hold_after` after sending them; `fail_on`
-/// fails retryably on that worker only.
+/// before sending the chunks, `hold_at` before sending chunk `k`,
+/// `hold_after` after sending them all; `fail_on` fails retryably on that
+/// worker only.
 pub struct Scripted {
     pub worker: String,
     pub seen: mpsc::UnboundedSender<Seen>,
@@ -82,7 +83,11 @@ impl Handler for Scripted {
         let n = input["chunks"].as_u64().unwrap_or(0);
         let delay = input["delay_ms"].as_u64().unwrap_or(0);
         let text = input["chunk"].as_str().unwrap_or("tok").to_string();
+        let hold_at = input["hold_at"].as_u64();
         for i in 0..n {
+            if hold_at == Some(i) {
+                self.hold(&task).await?;
+            }
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }

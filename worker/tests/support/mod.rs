@@ -103,6 +103,19 @@ async fn generate(State(up): State<Arc<Upstream>>, Json(input): Json<Value>) -> 
             parts.push(format!("event: result\ndata: {}\n\n", json!({"n": n})));
             streamed("text/event-stream", parts, 0, up)
         }
+        // SSE that ends with `[DONE]` and no result event.
+        "sse_done" => {
+            let mut parts: Vec<String> = (0..n).map(|i| format!("data: d{i}\n\n")).collect();
+            parts.push("data: [DONE]\n\n".to_string());
+            streamed("text/event-stream", parts, 0, up)
+        }
+        // NDJSON chunks and no result line; the last line has no newline.
+        "ndjson_plain" => {
+            let lines: Vec<String> = (0..n)
+                .map(|i| json!({"chunk": format!("p{i}")}).to_string())
+                .collect();
+            streamed("application/x-ndjson", vec![lines.join("\n")], 0, up)
+        }
         "ndjson" => {
             let mut parts: Vec<String> = (0..n)
                 .map(|i| format!("{}\n", json!({"chunk": format!("n{i}")})))
