@@ -404,6 +404,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.exec_command.clone().unwrap_or_default(),
                 Arc::clone(&upstream),
                 stop.clone(),
+                limits.max_line,
             );
             exec_supervisor = Some(supervisor);
             (Arc::new(handler), config.health_url.clone())
