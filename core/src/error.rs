@@ -555,41 +555,6 @@ mod tests {
     }
 
     #[test]
-    fn secret_query_parameters_and_lone_tokens_are_masked() {
-        let r = redact_url("unix:///run/redis.sock?db=2&pass=hunter2");
-        assert!(!r.contains("hunter2") && r.contains("db=2"), "{r}");
-        let r = redact_url("redis+unix:///run/redis.sock?password=hunter2");
-        assert!(!r.contains("hunter2"), "{r}");
-        let r = redact_url("http://127.0.0.1:8000/v1?api_key=hunter2&model=m&X-Auth-Token=t0k3n");
-        assert!(
-            !r.contains("hunter2") && !r.contains("t0k3n") && r.contains("model=m"),
-            "{r}"
-        );
-        let r = redact_url("https://ghp_hunter2@example.com/x");
-        assert!(!r.contains("hunter2"), "{r}");
-        let r = redact_url("unix:///sock?pass=hunter2 with space");
-        assert!(!r.contains("hunter2"), "{r}");
-    }
-
-    #[test]
-    fn urls_inside_text_are_redacted_and_the_rest_kept() {
-        let text = "upstream http://u:hunter2@h:1/g?token=t0k3n failed (see https://ok.example/doc), redis unix:///s?pass=pw9";
-        let r = redact_urls_in(text);
-        for secret in ["hunter2", "t0k3n", "pw9"] {
-            assert!(!r.contains(secret), "{r}");
-        }
-        assert!(
-            r.starts_with("upstream http://u:***@h:1/g?token=***"),
-            "{r}"
-        );
-        assert!(r.contains("(see https://ok.example/doc), redis"), "{r}");
-        assert_eq!(
-            redact_urls_in("no url here :// at all"),
-            "no url here :// at all"
-        );
-    }
-
-    #[test]
     fn retryable_errors_are_the_ones_that_may_pass() {
         let retryable = [
             Error::QueueFull {
@@ -623,5 +588,40 @@ mod tests {
         for e in &not_retryable {
             assert!(!e.is_retryable(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn secret_query_parameters_and_lone_tokens_are_masked() {
+        let r = redact_url("unix:///run/redis.sock?db=2&pass=hunter2");
+        assert!(!r.contains("hunter2") && r.contains("db=2"), "{r}");
+        let r = redact_url("redis+unix:///run/redis.sock?password=hunter2");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("http://127.0.0.1:8000/v1?api_key=hunter2&model=m&X-Auth-Token=t0k3n");
+        assert!(
+            !r.contains("hunter2") && !r.contains("t0k3n") && r.contains("model=m"),
+            "{r}"
+        );
+        let r = redact_url("https://ghp_hunter2@example.com/x");
+        assert!(!r.contains("hunter2"), "{r}");
+        let r = redact_url("unix:///sock?pass=hunter2 with space");
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+
+    #[test]
+    fn urls_inside_text_are_redacted_and_the_rest_kept() {
+        let text = "upstream http://u:hunter2@h:1/g?token=t0k3n failed (see https://ok.example/doc), redis unix:///s?pass=pw9";
+        let r = redact_urls_in(text);
+        for secret in ["hunter2", "t0k3n", "pw9"] {
+            assert!(!r.contains(secret), "{r}");
+        }
+        assert!(
+            r.starts_with("upstream http://u:***@h:1/g?token=***"),
+            "{r}"
+        );
+        assert!(r.contains("(see https://ok.example/doc), redis"), "{r}");
+        assert_eq!(
+            redact_urls_in("no url here :// at all"),
+            "no url here :// at all"
+        );
     }
 }
