@@ -158,3 +158,46 @@ fn a_unix_socket_password_never_reaches_errors_or_help() {
     assert!(text.contains("RTQ_REDIS_URL"), "{text}");
     assert!(!text.contains("HELP-SECRET-8"), "{text}");
 }
+
+#[tokio::test]
+async fn the_console_s_background_reader_connects_over_mutual_tls() {
+    use rtq_console::{fetch, model::Fetched};
+    let pki = Pki::generate();
+    let Some(redis) = RedisServer::start_tls(TlsOptions::from_pki(&pki, true)) else {
+        return;
+    };
+    let _: () = redis::cmd("SADD")
+        .arg(rtq_core::keys::QUEUES)
+        .arg("llm")
+        .query(&mut redis.conn())
+        .unwrap();
+    let tls = rtq_core::TlsConfig::from_files(
+        Some(&pki.ca()),
+        Some(&pki.client_cert()),
+        Some(&pki.client_key()),
+    )
+    .unwrap();
+    let (_plan_tx, plan_rx) = tokio::sync::watch::channel(fetch::Plan::default());
+    let (_action_tx, action_rx) = tokio::sync::mpsc::channel(4);
+    let (data_tx, mut data_rx) = tokio::sync::mpsc::channel(64);
+    let fetcher = tokio::spawn(fetch::run(
+        redis.url(),
+        rtq_core::ClientConfig::default().tls(tls),
+        true,
+        std::time::Duration::from_millis(100),
+        plan_rx,
+        action_rx,
+        data_tx,
+    ));
+    let rows = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), data_rx.recv()).await {
+            Ok(Some(Fetched::Queues { rows, .. })) => break rows,
+            Ok(Some(Fetched::Failed(e))) => panic!("the console could not read over TLS: {e}"),
+            Ok(Some(_)) => continue,
+            other => panic!("no data from the console's reader: {other:?}"),
+        }
+    };
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].overview.name, "llm");
+    fetcher.abort();
+}

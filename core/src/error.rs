@@ -364,8 +364,12 @@ impl Error {
             };
         }
         match Error::from(e) {
-            Error::Redis(e) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
-                Error::TlsSetup(format!("{url}: {e}")).keep_if_tls(url, e)
+            // A client-configuration error about TLS (say, `#insecure`,
+            // which this build refuses) is a TLS setup error.
+            Error::Redis(e)
+                if e.kind() == redis::ErrorKind::InvalidClientConfig && mentions_tls(&e) =>
+            {
+                Error::TlsSetup(format!("{url}: {e}"))
             }
             Error::Redis(e) => Error::Connection {
                 url: url.to_string(),
@@ -374,20 +378,11 @@ impl Error {
             other => other,
         }
     }
+}
 
-    /// A client-configuration error is a TLS setup error only when it is
-    /// about TLS; otherwise it stays a connection error.
-    fn keep_if_tls(self, url: &str, e: redis::RedisError) -> Self {
-        let text = e.to_string().to_lowercase();
-        if text.contains("tls") || text.contains("certificate") || text.contains("insecure") {
-            self
-        } else {
-            Error::Connection {
-                url: url.to_string(),
-                source: e,
-            }
-        }
-    }
+fn mentions_tls(e: &redis::RedisError) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("tls") || text.contains("certificate") || text.contains("insecure")
 }
 
 impl From<redis::RedisError> for Error {

@@ -154,3 +154,21 @@ async fn tls_settings_that_cannot_work_are_refused_before_connecting() {
     assert!(matches!(err, Error::TlsSetup(_)), "{err}");
     assert!(err.to_string().contains("no certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn there_is_no_insecure_mode() {
+    let pki = Pki::generate();
+    let Some(redis) = RedisServer::start_tls(TlsOptions::from_pki(&pki, false)) else {
+        return;
+    };
+    let url = format!("{}#insecure", redis.url());
+    let err = Client::connect(&url)
+        .await
+        .err()
+        .expect("rediss://...#insecure is refused");
+    assert_eq!(
+        err.connection_problem(),
+        Some(ConnectionProblem::Tls),
+        "{err}"
+    );
+}

@@ -59,7 +59,9 @@ pub enum LogFormat {
 /// rtq-worker: pulls inference tasks from an rtq queue in Redis, runs them
 /// and pushes results and streamed chunks back. Every flag has an RTQ_*
 /// environment variable.
-#[derive(Clone, Debug, Parser)]
+// No `Debug`: the configuration holds secrets (URLs with passwords, the
+// upstream API key), and a debug print of it would log them.
+#[derive(Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
     /// Redis URL (required; there is no default Redis), e.g.
@@ -136,7 +138,7 @@ pub struct Config {
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
     /// Longest line an upstream may send (SSE, NDJSON), in bytes; a longer
-    /// one fails the task.
+    /// one fails the task. An exec child's longer lines are dropped.
     #[arg(long, env = "RTQ_MAX_LINE_BYTES", default_value_t = Limits::default().max_line)]
     pub max_line_bytes: usize,
     /// Largest SSE event (all its data lines), in bytes.
@@ -402,6 +404,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.exec_command.clone().unwrap_or_default(),
                 Arc::clone(&upstream),
                 stop.clone(),
+                limits.max_line,
             );
             exec_supervisor = Some(supervisor);
             (Arc::new(handler), config.health_url.clone())

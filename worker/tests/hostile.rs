@@ -187,3 +187,42 @@ async fn a_hostile_upstream_fails_each_task_at_a_named_limit_and_the_worker_goes
     .await;
     assert_eq!(run(&q, "fine").await.unwrap(), json!({"ok": true}));
 }
+
+/// An exec child that answers every task with a 3 MiB line of junk first,
+/// then the real result line.
+const NOISY_CHILD: &str = r#"
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("type") != "task":
+        continue
+    sys.stdout.write("x" * (3 << 20) + "\n")
+    sys.stdout.write(json.dumps({"id": msg["id"], "attempt": msg["attempt"], "result": {"ok": True}}) + "\n")
+    sys.stdout.flush()
+"#;
+
+#[tokio::test]
+async fn an_exec_child_line_over_the_limit_is_dropped_and_the_next_line_still_counts() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("noisy.py");
+    std::fs::write(&script, NOISY_CHILD).unwrap();
+    let command = format!("python3 {}", script.display());
+    let _worker = start_worker(
+        &redis,
+        &[
+            "--queue",
+            "noisy",
+            "--handler",
+            "exec",
+            "--exec-command",
+            &command,
+            "--max-line-bytes",
+            "1048576",
+        ],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("noisy").unwrap();
+    assert_eq!(run(&q, "any").await.unwrap(), json!({"ok": true}));
+    assert_eq!(run(&q, "again").await.unwrap(), json!({"ok": true}));
+}

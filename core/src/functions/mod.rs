@@ -148,7 +148,7 @@ pub async fn call<F: Function, C: ConnectionLike + Send>(
 ) -> Result<F::Reply, Error> {
     let value = send::<F, C>(conn, command(keys, function))
         .await
-        .map_err(|e| name_the_call(e, F::NAME, keys.name(), function.task_id()))?;
+        .map_err(|e| name_error(e, F::NAME, keys.name(), function.task_id()))?;
     F::decode(value)
 }
 
@@ -157,7 +157,12 @@ pub async fn call<F: Function, C: ConnectionLike + Send>(
 /// reported by Redis as `<text> script: <function>, on @user_function:<line>.`,
 /// a line number of the whole library. It becomes [`Error::Function`],
 /// naming the operation, queue and task; other errors pass unchanged.
-fn name_the_call(e: Error, function: &'static str, queue: &str, task: Option<&str>) -> Error {
+pub(crate) fn name_error(
+    e: Error,
+    function: &'static str,
+    queue: &str,
+    task: Option<&str>,
+) -> Error {
     if let Error::PermissionDenied(detail) = &e {
         // Redis 7.0 does not say which command inside the function the ACL
         // refused; name the function, and where the role's rules are.

@@ -272,10 +272,12 @@ impl ChunkWriter {
             },
         );
         let mut conn = self.conn.clone();
+        let (queue, id) = (self.keys.name().to_string(), self.id.clone());
         self.in_flight.push_back(
             async move {
                 let reply = functions::send::<Chunk, _>(&mut conn, cmd)
                     .await
+                    .map_err(|e| functions::name_error(e, Chunk::NAME, &queue, Some(&id)))
                     .and_then(Chunk::decode);
                 WriteReply { count, reply }
             }
@@ -386,10 +388,12 @@ impl ChunkWriter {
                 },
             );
             let mut conn = self.conn.clone();
+            let (queue, id) = (self.keys.name().to_string(), self.id.clone());
             let (reply, ()) = tokio::join!(
                 async {
                     functions::send::<Complete, _>(&mut conn, cmd)
                         .await
+                        .map_err(|e| functions::name_error(e, Complete::NAME, &queue, Some(&id)))
                         .and_then(Complete::decode)
                 },
                 self.drain_in_flight()

@@ -44,7 +44,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -133,6 +133,9 @@ fn parse_line(line: &str) -> Result<(AttemptKey, ChildEvent), BadLine> {
 
 /// The state shared by the handler and the supervisor.
 struct ExecShared {
+    /// Longest line read from the child; longer ones are dropped (logged),
+    /// so a runaway child cannot make the worker buffer without bound.
+    max_line: usize,
     /// Lines for the running child's stdin; `None` while it is down.
     stdin: Mutex<Option<mpsc::UnboundedSender<String>>>,
     /// The attempts running here, and where their events go.
@@ -192,12 +195,17 @@ impl ExecHandler {
     /// The returned handle completes once, after `stop`, the child's whole
     /// process group is gone (at most [`TERM_GRACE`] plus a moment); await
     /// it before the process exits.
+    ///
+    /// Lines the child writes longer than `max_line` bytes are dropped with
+    /// a warning.
     pub fn start(
         command: String,
         upstream: Arc<UpstreamState>,
         stop: CancellationToken,
+        max_line: usize,
     ) -> (Self, JoinHandle<()>) {
         let shared = Arc::new(ExecShared {
+            max_line: max_line.max(1),
             stdin: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         });
@@ -368,13 +376,19 @@ async fn run_child(
             }
         }
     });
+    let max_line = shared.max_line;
     let mut logger = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::warn!(target: "exec_child", "{line}");
+        let mut lines = CappedLines::new(BufReader::new(stderr), max_line);
+        while let Ok(Some(line)) = lines.next().await {
+            match line {
+                Line::Text(line) => tracing::warn!(target: "exec_child", "{line}"),
+                Line::TooLong => {
+                    tracing::warn!(target: "exec_child", max_line, "(a stderr line over the limit, dropped)")
+                }
+            }
         }
     });
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = CappedLines::new(BufReader::new(stdout), max_line);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -383,8 +397,12 @@ async fn run_child(
                 break;
             }
             _ = group.child.wait() => break,
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => shared.route(&line),
+            line = lines.next() => match line {
+                Ok(Some(Line::Text(line))) => shared.route(&line),
+                Ok(Some(Line::TooLong)) => tracing::warn!(
+                    max_line,
+                    "the exec child wrote a line over the line limit (--max-line-bytes); dropped"
+                ),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -417,13 +435,87 @@ async fn run_child(
 }
 
 /// Routes what the child wrote before it ended.
-async fn drain(shared: &ExecShared, lines: &mut Lines<BufReader<ChildStdout>>) {
+async fn drain(shared: &ExecShared, lines: &mut CappedLines<BufReader<ChildStdout>>) {
     let _ = tokio::time::timeout(DRAIN_LIMIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            shared.route(&line);
+        while let Ok(Some(line)) = lines.next().await {
+            if let Line::Text(line) = line {
+                shared.route(&line);
+            }
         }
     })
     .await;
+}
+
+/// A line read by [`CappedLines`].
+enum Line {
+    /// A line (lossily decoded), without its newline.
+    Text(String),
+    /// A line over the limit, skipped whole.
+    TooLong,
+}
+
+/// Lines of a child's output, each at most `max` bytes: a longer line is
+/// skipped to its end (never buffered) and reported as [`Line::TooLong`],
+/// and reading goes on with the next line. Cancel safe: the partial line
+/// lives here, not in the `next` future.
+struct CappedLines<R> {
+    reader: R,
+    max: usize,
+    buf: Vec<u8>,
+    skipping: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> CappedLines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            max,
+            buf: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// The next line; `None` at the end of the output.
+    async fn next(&mut self) -> std::io::Result<Option<Line>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                let line = if self.skipping {
+                    Some(Line::TooLong)
+                } else if self.buf.is_empty() {
+                    None
+                } else {
+                    Some(Line::Text(String::from_utf8_lossy(&self.buf).into_owned()))
+                };
+                self.buf.clear();
+                self.skipping = false;
+                return Ok(line);
+            }
+            let newline = available.iter().position(|b| *b == b'\n');
+            let take = newline.unwrap_or(available.len());
+            if !self.skipping && self.buf.len() + take <= self.max {
+                self.buf.extend_from_slice(&available[..take]);
+            } else {
+                self.skipping = true;
+                self.buf.clear();
+            }
+            let consumed = newline.map_or(take, |i| i + 1);
+            self.reader.consume(consumed);
+            if newline.is_some() {
+                let line = if std::mem::take(&mut self.skipping) {
+                    Line::TooLong
+                } else {
+                    let mut text = String::from_utf8_lossy(&self.buf).into_owned();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                    Line::Text(text)
+                };
+                self.buf.clear();
+                return Ok(Some(line));
+            }
+        }
+    }
 }
 
 /// One attempt registered for the child's lines; unregisters it on drop
@@ -511,6 +603,20 @@ impl Handler for ExecHandler {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn capped_lines_skip_a_long_line_whole_and_go_on() {
+        let input: &[u8] = b"short\r\n0123456789abc\nnext\ntail";
+        let mut lines = CappedLines::new(tokio::io::BufReader::with_capacity(4, input), 8);
+        let mut got = Vec::new();
+        while let Some(line) = lines.next().await.unwrap() {
+            got.push(match line {
+                Line::Text(t) => t,
+                Line::TooLong => "<too long>".into(),
+            });
+        }
+        assert_eq!(got, ["short", "<too long>", "next", "tail"]);
+    }
+
     fn key(id: &str, attempt: u64) -> AttemptKey {
         (id.to_string(), attempt)
     }
@@ -566,6 +672,7 @@ mod tests {
     #[test]
     fn a_line_for_an_attempt_not_running_here_reaches_no_one() {
         let shared = ExecShared {
+            max_line: 1 << 20,
             stdin: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         };
