@@ -3,7 +3,7 @@
 //! rule here is testable without a terminal or a Redis.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossterm::event::KeyCode;
 use rtq_core::TaskInfo;
@@ -14,6 +14,12 @@ use crate::model::{DetailData, Fetched, NodesData, QueueRow, TaskTab, TasksData}
 
 /// Points of local queue-depth history kept per queue (one per refresh).
 pub const DEPTH_HISTORY: usize = 120;
+
+/// How long a status message stays on the footer.
+pub const STATUS_TTL: Duration = Duration::from_secs(8);
+
+/// Ids a confirmation names before it says "and N more".
+const NAMED_IN_CONFIRM: usize = 3;
 
 /// The views, in Tab order (detail is entered with Enter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +77,8 @@ pub struct Confirm {
     pub message: String,
     /// What "y" does.
     pub action: Action,
+    /// The action is on the marked tasks (a "y" clears the marks).
+    pub uses_marks: bool,
 }
 
 /// What the UI loop must do after a key.
@@ -105,8 +113,13 @@ pub struct App {
     pub depth_history: HashMap<String, VecDeque<u64>>,
     /// Selected queue.
     pub queue: Option<String>,
-    /// Cursor per list view (queues, nodes, tasks).
+    /// Cursor per list view (queues, nodes, tasks): the row of
+    /// `selected` in what is shown.
     pub cursor: [usize; 3],
+    /// What is selected per list view, by identity (queue name, worker id,
+    /// task id): kept across refreshes, re-sorts and rows inserted above,
+    /// so an action never lands on a row that moved under the cursor.
+    pub selected: [Option<String>; 3],
     /// Task list shown.
     pub tab: TaskTab,
     /// First task of the page.
@@ -119,16 +132,26 @@ pub struct App {
     pub input: Option<Input>,
     /// Pending confirmation.
     pub confirm: Option<Confirm>,
-    /// Marked task ids.
+    /// Marked task ids (kept across pages, tabs and declined
+    /// confirmations; cleared when an action on them is confirmed).
     pub marked: BTreeSet<String>,
+    /// Last known priority of each marked task (for `+`/`-` on marks that
+    /// are not on the page shown).
+    pub marked_priority: HashMap<String, i16>,
     /// Task open in the detail view.
     pub detail_id: Option<String>,
     /// Connection state.
     pub connection: Connection,
     /// When data last arrived.
     pub last_data: Option<Instant>,
-    /// Status line: message and whether it is an error.
+    /// Status line: message and whether it is an error; it expires after
+    /// [`STATUS_TTL`] (see [`App::tick`]).
     pub status: Option<(String, bool)>,
+    /// When the status was set.
+    pub status_at: Option<Instant>,
+    /// The fetcher's refresh period: data older than about two of these
+    /// means Redis is not answering.
+    pub refresh: Duration,
     /// Help overlay shown.
     pub show_help: bool,
     /// Quit requested.
@@ -150,6 +173,7 @@ impl App {
             depth_history: HashMap::new(),
             queue: None,
             cursor: [0; 3],
+            selected: [None, None, None],
             tab: TaskTab::Pending,
             offset: 0,
             page: 50,
@@ -157,10 +181,13 @@ impl App {
             input: None,
             confirm: None,
             marked: BTreeSet::new(),
+            marked_priority: HashMap::new(),
             detail_id: None,
             connection: Connection::Connecting,
             last_data: None,
             status: None,
+            status_at: None,
+            refresh: Duration::from_secs(1),
             show_help: false,
             quit: false,
         }
@@ -251,16 +278,87 @@ impl App {
         }
     }
 
-    fn clamp(&mut self) {
-        let rows = self.rows();
-        if let Some(c) = self.cursor_mut() {
-            *c = (*c).min(rows.saturating_sub(1));
+    /// The list slot (index into `cursor`/`selected`) of the current view.
+    fn slot(&self) -> Option<usize> {
+        match self.view {
+            View::Queues => Some(0),
+            View::Nodes => Some(1),
+            View::Tasks => Some(2),
+            View::Detail => None,
         }
-        if self.view == View::Queues {
-            if let Some(q) = self.visible_queues().get(self.cursor[0]) {
-                self.queue = Some(q.overview.name.clone());
+    }
+
+    /// Ids of the rows the current view shows, in order.
+    fn row_ids(&self) -> Vec<String> {
+        match self.view {
+            View::Queues => self
+                .visible_queues()
+                .iter()
+                .map(|q| q.overview.name.clone())
+                .collect(),
+            View::Nodes => self
+                .visible_workers()
+                .iter()
+                .map(|w| w.id.clone())
+                .collect(),
+            View::Tasks => self.visible_tasks().iter().map(|t| t.id.clone()).collect(),
+            View::Detail => Vec::new(),
+        }
+    }
+
+    /// After the rows changed (new data, a filter, another view): the
+    /// cursor moves to where the selected item is now. If it is gone, the
+    /// row now at the cursor's place is selected.
+    fn follow_selection(&mut self) {
+        let Some(slot) = self.slot() else { return };
+        let ids = self.row_ids();
+        let wanted = if slot == 0 {
+            self.queue.clone()
+        } else {
+            self.selected[slot].clone()
+        };
+        match wanted.and_then(|id| ids.iter().position(|r| *r == id)) {
+            Some(i) => self.cursor[slot] = i,
+            None => self.select_at_cursor(),
+        }
+    }
+
+    /// After the cursor moved: select the row under it.
+    fn select_at_cursor(&mut self) {
+        let Some(slot) = self.slot() else { return };
+        let ids = self.row_ids();
+        self.cursor[slot] = self.cursor[slot].min(ids.len().saturating_sub(1));
+        if let Some(id) = ids.get(self.cursor[slot]) {
+            self.selected[slot] = Some(id.clone());
+            if slot == 0 {
+                self.queue = Some(id.clone());
             }
         }
+    }
+
+    /// Shows a status message (it expires after [`STATUS_TTL`]).
+    pub fn set_status(&mut self, message: impl Into<String>, failed: bool) {
+        self.status = Some((message.into(), failed));
+        self.status_at = Some(Instant::now());
+    }
+
+    /// Time passes: expires the status message.
+    pub fn tick(&mut self, now: Instant) {
+        if self
+            .status_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= STATUS_TTL)
+        {
+            self.status = None;
+            self.status_at = None;
+        }
+    }
+
+    /// How long Redis has not answered when a refresh is overdue (data
+    /// older than two refresh periods, at least one second), else `None`.
+    pub fn late_by(&self, now: Instant) -> Option<Duration> {
+        let age = now.saturating_duration_since(self.last_data?);
+        let limit = (self.refresh * 2).max(Duration::from_secs(1));
+        (age > limit).then_some(age)
     }
 
     /// The task under the cursor.
@@ -289,7 +387,7 @@ impl App {
                 // goes to the status line unless something else is shown.
                 if self.status.is_none() {
                     if let Some(error) = rows.iter().find_map(|r| r.overview.error.clone()) {
-                        self.status = Some((error, true));
+                        self.set_status(error, true);
                     }
                 }
                 self.queues = rows;
@@ -302,12 +400,17 @@ impl App {
             }
             Fetched::Nodes(n) if Some(&n.queue) == self.queue.as_ref() => self.nodes = Some(n),
             Fetched::Tasks(t) if Some(&t.queue) == self.queue.as_ref() && t.tab == self.tab => {
+                for task in &t.tasks {
+                    if self.marked.contains(&task.id) {
+                        self.marked_priority.insert(task.id.clone(), task.priority);
+                    }
+                }
                 self.tasks = Some(t)
             }
             Fetched::Detail(d) if Some(&d.info.id) == self.detail_id.as_ref() => {
                 self.detail = Some(*d)
             }
-            Fetched::ActionDone(message, failed) => self.status = Some((message, failed)),
+            Fetched::ActionDone(message, failed) => self.set_status(message, failed),
             Fetched::Failed(error) => {
                 let since = match &self.connection {
                     Connection::Disconnected { since, .. } => since.clone(),
@@ -317,7 +420,7 @@ impl App {
             }
             _ => {}
         }
-        self.clamp();
+        self.follow_selection();
     }
 
     /// Handles a key; returns what the UI loop must do.
@@ -327,9 +430,18 @@ impl App {
         }
         if let Some(confirm) = self.confirm.take() {
             if code == KeyCode::Char('y') || code == KeyCode::Char('Y') {
+                if confirm.uses_marks {
+                    self.marked.clear();
+                    self.marked_priority.clear();
+                }
                 return Some(Effect::Action(confirm.action));
             }
-            self.status = Some(("not done".into(), false));
+            let kept = if confirm.uses_marks {
+                " (marks kept)"
+            } else {
+                ""
+            };
+            self.set_status(format!("not done{kept}"), false);
             return None;
         }
         if self.show_help {
@@ -340,7 +452,7 @@ impl App {
         }
         let binding = lookup(code)?;
         if binding.mutates && self.read_only {
-            self.status = Some(("read-only: actions are disabled".into(), true));
+            self.set_status("read-only: actions are disabled", true);
             return None;
         }
         self.on_cmd(binding.cmd)
@@ -353,7 +465,7 @@ impl App {
                 input.text.push(c);
                 if input.prompt == Prompt::Filter {
                     self.filter = input.text.clone();
-                    self.clamp();
+                    self.follow_selection();
                 }
                 None
             }
@@ -361,7 +473,7 @@ impl App {
                 input.text.pop();
                 if input.prompt == Prompt::Filter {
                     self.filter = input.text.clone();
-                    self.clamp();
+                    self.follow_selection();
                 }
                 None
             }
@@ -370,7 +482,7 @@ impl App {
                     self.filter.clear();
                 }
                 self.input = None;
-                self.clamp();
+                self.follow_selection();
                 None
             }
             KeyCode::Enter => {
@@ -381,7 +493,7 @@ impl App {
                     Prompt::MaxDepth => match input.text.trim().parse::<u64>() {
                         Ok(d) => Some(Effect::Action(Action::MaxDepth(queue, d))),
                         Err(_) => {
-                            self.status = Some((format!("{:?} is not a number", input.text), true));
+                            self.set_status(format!("{:?} is not a number", input.text), true);
                             None
                         }
                     },
@@ -389,7 +501,7 @@ impl App {
                         Some(Effect::Action(Action::Purge(queue)))
                     }
                     Prompt::Purge => {
-                        self.status = Some(("purge not done: the name did not match".into(), true));
+                        self.set_status("purge not done: the name did not match", true);
                         None
                     }
                 }
@@ -412,7 +524,7 @@ impl App {
         if self.view != view {
             self.view = view;
             self.filter.clear();
-            self.clamp();
+            self.follow_selection();
         }
         Some(Effect::Refresh)
     }
@@ -422,7 +534,7 @@ impl App {
         if let Some(c) = self.cursor_mut() {
             *c = to(*c, rows).min(rows.saturating_sub(1));
         }
-        self.clamp();
+        self.select_at_cursor();
     }
 
     fn on_cmd(&mut self, cmd: Cmd) -> Option<Effect> {
@@ -445,6 +557,7 @@ impl App {
                     self.offset.saturating_sub(self.page)
                 };
                 self.cursor[2] = 0;
+                self.selected[2] = None;
                 return (before != self.offset).then_some(Effect::Refresh);
             }
             Cmd::PageUp => self.move_cursor(|c, _| c.saturating_sub(page)),
@@ -464,8 +577,8 @@ impl App {
                 self.tab = self.tab.next();
                 self.offset = 0;
                 self.cursor[2] = 0;
+                self.selected[2] = None;
                 self.tasks = None;
-                self.marked.clear();
                 return self.switch(View::Tasks);
             }
             Cmd::Filter => {
@@ -477,10 +590,7 @@ impl App {
             Cmd::Open => match self.view {
                 View::Queues => return self.switch(View::Tasks),
                 View::Nodes => {
-                    let id = self
-                        .visible_workers()
-                        .get(self.cursor[1])
-                        .map(|w| w.id.clone());
+                    let id = self.selected[1].clone();
                     self.tab = TaskTab::Running;
                     self.offset = 0;
                     self.tasks = None;
@@ -499,7 +609,7 @@ impl App {
             Cmd::Back => {
                 if !self.filter.is_empty() {
                     self.filter.clear();
-                    self.clamp();
+                    self.follow_selection();
                     return None;
                 }
                 return match self.view {
@@ -511,9 +621,14 @@ impl App {
             Cmd::Help => self.show_help = !self.show_help,
             Cmd::Quit => self.quit = true,
             Cmd::Mark => {
-                if let Some(id) = self.selected_task().map(|t| t.id.clone()) {
-                    if !self.marked.remove(&id) {
-                        self.marked.insert(id);
+                if let Some((id, priority)) =
+                    self.selected_task().map(|t| (t.id.clone(), t.priority))
+                {
+                    if self.marked.remove(&id) {
+                        self.marked_priority.remove(&id);
+                    } else {
+                        self.marked.insert(id.clone());
+                        self.marked_priority.insert(id, priority);
                     }
                     self.move_cursor(|c, _| c + 1);
                 }
@@ -522,33 +637,56 @@ impl App {
                 let queue = self.queue.clone()?;
                 let ids = self.task_targets();
                 if ids.is_empty() || !matches!(self.view, View::Tasks | View::Detail) {
-                    self.status = Some(("select a task first (tasks view)".into(), true));
+                    self.set_status("select a task first (tasks view)", true);
                     return None;
                 }
-                let (verb, action) = if cmd == Cmd::Requeue {
-                    ("Requeue", Action::Requeue(queue, ids.clone()))
+                let message = format!(
+                    "{} {} in {queue}? y/N",
+                    if cmd == Cmd::Requeue {
+                        "Requeue"
+                    } else {
+                        "Cancel"
+                    },
+                    describe_tasks(&ids)
+                );
+                let action = if cmd == Cmd::Requeue {
+                    Action::Requeue(queue, ids)
                 } else {
-                    ("Cancel", Action::Cancel(queue, ids.clone()))
+                    Action::Cancel(queue, ids)
                 };
                 self.confirm = Some(Confirm {
-                    message: format!("{verb} {} task(s)? y/N", ids.len()),
+                    message,
                     action,
+                    uses_marks: !self.marked.is_empty(),
                 });
-                self.marked.clear();
             }
             Cmd::PriorityUp | Cmd::PriorityDown => {
                 let queue = self.queue.clone()?;
                 let step = if cmd == Cmd::PriorityUp { 1 } else { -1 };
-                let targets = self.task_targets();
+                let known = |id: &String| {
+                    self.marked_priority.get(id).copied().or_else(|| {
+                        self.visible_tasks()
+                            .into_iter()
+                            .chain(self.detail.as_ref().map(|d| &d.info))
+                            .find(|t| t.id == *id)
+                            .map(|t| t.priority)
+                    })
+                };
                 let changes: Vec<(String, i16)> = self
-                    .visible_tasks()
+                    .task_targets()
                     .into_iter()
-                    .chain(self.detail.as_ref().map(|d| &d.info))
-                    .filter(|t| targets.contains(&t.id))
-                    .map(|t| (t.id.clone(), (t.priority + step).clamp(-1000, 1000)))
+                    .filter_map(|id| {
+                        let p = known(&id)?;
+                        Some((id, (p + step).clamp(-1000, 1000)))
+                    })
                     .collect();
+                for (id, p) in &changes {
+                    if let Some(known) = self.marked_priority.get_mut(id) {
+                        *known = *p;
+                    }
+                }
                 if changes.is_empty() {
-                    self.status = Some(("select a task first (tasks view)".into(), true));
+                    self.set_status("select a task first (tasks view)", true);
                     return None;
                 }
                 return Some(Effect::Action(Action::Priority(queue, changes)));
@@ -566,6 +704,7 @@ impl App {
                 self.confirm = Some(Confirm {
                     message: format!("Pause queue {queue}? Nothing will be handed out. y/N"),
                     action: Action::Pause(queue, true),
+                    uses_marks: false,
                 });
             }
             Cmd::MaxDepth => {
@@ -584,5 +723,26 @@ impl App {
             }
         }
         None
+    }
+}
+
+/// "task a", "3 tasks: a, b, c" or "12 tasks: a, b, c and 9 more".
+pub fn describe_tasks(ids: &[String]) -> String {
+    match ids {
+        [one] => format!("task {one}"),
+        _ => {
+            let named = ids
+                .iter()
+                .take(NAMED_IN_CONFIRM)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = ids.len().saturating_sub(NAMED_IN_CONFIRM);
+            if more > 0 {
+                format!("{} tasks: {named} and {more} more", ids.len())
+            } else {
+                format!("{} tasks: {named}", ids.len())
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ async fn event_loop(
     config: ClientConfig,
 ) -> anyhow::Result<()> {
     let mut app = App::new(redact_url(redis), cli.read_only);
+    app.refresh = Duration::from_millis(cli.refresh_ms.max(100));
     let (plan_tx, plan_rx) = watch::channel(app.plan());
     let (action_tx, action_rx) = mpsc::channel::<Action>(16);
     let (data_tx, mut data_rx) = mpsc::channel(64);
@@ -74,7 +75,7 @@ async fn event_loop(
             key = key_rx.recv() => match key {
                 Some(Some(code)) => match app.on_key(code) {
                     Some(Effect::Action(action)) => {
-                        app.status = Some(("working ...".into(), false));
+                        app.set_status("working ...", false);
                         let _ = action_tx.try_send(action);
                     }
                     Some(Effect::Refresh) => {}
@@ -83,7 +84,7 @@ async fn event_loop(
                 Some(None) | None => app.quit = true,
             },
             Some(data) = data_rx.recv() => app.on_fetched(data),
-            _ = tick.tick() => {}
+            _ = tick.tick() => app.tick(std::time::Instant::now()),
         }
         plan_tx.send_if_modified(|p| {
             let next = app.plan();

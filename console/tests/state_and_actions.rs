@@ -65,7 +65,7 @@ async fn destructive_actions_ask_first_and_default_to_no() {
         .as_ref()
         .unwrap()
         .message
-        .contains("Cancel 1 task(s)?"));
+        .contains("Cancel task h1 in llm?"));
     // Anything but y means no.
     assert_eq!(app.on_key(KeyCode::Enter), None);
     assert!(app.confirm.is_none());

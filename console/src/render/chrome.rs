@@ -10,8 +10,15 @@ use crate::keymap::KEYMAP;
 use crate::state::{App, Connection, Prompt, View};
 
 pub fn header(frame: &mut Frame, area: Rect, app: &App) {
+    let late = app.late_by(std::time::Instant::now());
     let conn = match &app.connection {
         Connection::Connecting => Span::styled("connecting", Style::new().fg(Color::Yellow)),
+        // Connected, but the next answer is overdue (a frozen or overloaded
+        // Redis): say so at once instead of green.
+        Connection::Connected if late.is_some() => Span::styled(
+            format!("no answer for {} s", late.map_or(0, |d| d.as_secs())),
+            Style::new().fg(Color::Yellow).bold(),
+        ),
         Connection::Connected => Span::styled("connected", Style::new().fg(Color::Green)),
         Connection::Disconnected { since, .. } => Span::styled(
             format!("disconnected since {since}"),
@@ -74,25 +81,39 @@ pub fn footer(frame: &mut Frame, area: Rect, app: &App) {
             Span::styled(label, Style::new().bold()),
             Span::raw(format!("{}_", input.text)),
         ])
-    } else if let Some((msg, failed)) = &app.status {
-        let style = if *failed {
-            Style::new().fg(Color::Red)
-        } else {
-            Style::new().fg(Color::Green)
-        };
-        Line::from(Span::styled(msg.clone(), style))
-    } else if let Connection::Disconnected { error, .. } = &app.connection {
-        Line::from(Span::styled(error.clone(), Style::new().fg(Color::Red)))
     } else {
-        let queue = app.queue.as_deref().unwrap_or("-");
-        let filter = if app.filter.is_empty() {
-            String::new()
+        // The active filter and the marks are always shown; a status
+        // message (it expires) or an error comes next, then the key hints.
+        let mut spans = vec![Span::raw(format!(
+            "queue: {}",
+            app.queue.as_deref().unwrap_or("-")
+        ))];
+        if !app.filter.is_empty() {
+            spans.push(Span::styled(
+                format!("  filter: {}", app.filter),
+                Style::new().fg(Color::Cyan).bold(),
+            ));
+        }
+        if !app.marked.is_empty() {
+            spans.push(Span::styled(
+                format!("  {} marked", app.marked.len()),
+                Style::new().fg(Color::Magenta),
+            ));
+        }
+        spans.push(Span::raw("  "));
+        if let Some((msg, failed)) = &app.status {
+            let style = if *failed {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::new().fg(Color::Green)
+            };
+            spans.push(Span::styled(msg.clone(), style));
+        } else if let Connection::Disconnected { error, .. } = &app.connection {
+            spans.push(Span::styled(error.clone(), Style::new().fg(Color::Red)));
         } else {
-            format!("  filter: {}", app.filter)
-        };
-        Line::from(format!(
-            "queue: {queue}{filter}   ? help  / filter  Enter open  Esc back  q quit"
-        ))
+            spans.push(Span::raw(" ? help  / filter  Enter open  Esc back  q quit"));
+        }
+        Line::from(spans)
     };
     frame.render_widget(Paragraph::new(line), area);
 }
