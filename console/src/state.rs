@@ -152,6 +152,8 @@ pub struct App {
     /// The fetcher's refresh period: data older than about two of these
     /// means Redis is not answering.
     pub refresh: Duration,
+    /// Draw without colours (the `NO_COLOR` convention).
+    pub no_color: bool,
     /// Help overlay shown.
     pub show_help: bool,
     /// Quit requested.
@@ -188,6 +190,7 @@ impl App {
             status: None,
             status_at: None,
             refresh: Duration::from_secs(1),
+            no_color: false,
             show_help: false,
             quit: false,
         }

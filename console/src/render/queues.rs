@@ -6,6 +6,7 @@ use ratatui::widgets::{Block, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
 use super::{fmt_lat, fmt_ms};
+use crate::health::{queue_health, Level};
 use crate::state::App;
 
 /// Rate per second over the last six 10-second buckets (the live view
@@ -37,12 +38,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .iter()
         .map(|q| {
             let (o, s) = (&q.overview, &q.stats);
-            let state = if o.error.is_some() {
-                "error".fg(Color::Red)
-            } else if o.paused {
-                "paused".fg(Color::Yellow)
-            } else {
-                "running".fg(Color::Green)
+            let health = queue_health(q);
+            let state = match health.level {
+                Level::Critical => health.label.fg(Color::Red).bold(),
+                Level::Warning => health.label.fg(Color::Yellow),
+                Level::Ok => health.label.fg(Color::Green),
             };
             let mut cells = vec![
                 o.name.clone().into(),
@@ -81,7 +81,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .collect();
     let mut widths = vec![
         Constraint::Min(10),
-        Constraint::Length(7),
+        Constraint::Length(9),
         Constraint::Length(6),
         Constraint::Length(5),
         Constraint::Length(6),
