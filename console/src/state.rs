@@ -59,6 +59,8 @@ pub enum Prompt {
     MaxDepth,
     /// Purge confirmation: the queue's name.
     Purge,
+    /// A task id to open.
+    GoTo,
 }
 
 /// A text prompt being edited.
@@ -414,6 +416,17 @@ impl App {
                 self.detail = Some(*d)
             }
             Fetched::ActionDone(message, failed) => self.set_status(message, failed),
+            Fetched::TaskMissing { queue, id } => {
+                if self.view == View::Detail && self.detail_id.as_ref() == Some(&id) {
+                    self.detail_id = None;
+                    self.detail = None;
+                    self.view = View::Tasks;
+                }
+                self.set_status(
+                    format!("no task {id} in {queue} (never submitted, or its retention passed)"),
+                    true,
+                );
+            }
             Fetched::Failed(error) => {
                 let since = match &self.connection {
                     Connection::Disconnected { since, .. } => since.clone(),
@@ -500,6 +513,15 @@ impl App {
                             None
                         }
                     },
+                    Prompt::GoTo => {
+                        let id = input.text.trim().to_string();
+                        if id.is_empty() {
+                            return None;
+                        }
+                        self.detail = None;
+                        self.detail_id = Some(id);
+                        self.switch(View::Detail)
+                    }
                     Prompt::Purge if input.text == queue => {
                         Some(Effect::Action(Action::Purge(queue)))
                     }
@@ -588,6 +610,13 @@ impl App {
                 self.input = Some(Input {
                     prompt: Prompt::Filter,
                     text: self.filter.clone(),
+                });
+            }
+            Cmd::GoTo => {
+                self.queue.as_ref()?;
+                self.input = Some(Input {
+                    prompt: Prompt::GoTo,
+                    text: String::new(),
                 });
             }
             Cmd::Open => match self.view {

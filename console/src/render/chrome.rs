@@ -76,6 +76,7 @@ pub fn footer(frame: &mut Frame, area: Rect, app: &App) {
             Prompt::Filter => "filter: ",
             Prompt::MaxDepth => "max depth (0 = unlimited): ",
             Prompt::Purge => "type the queue name to purge it: ",
+            Prompt::GoTo => "open task id: ",
         };
         Line::from(vec![
             Span::styled(label, Style::new().bold()),
