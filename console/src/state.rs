@@ -156,6 +156,10 @@ pub struct App {
     pub refresh: Duration,
     /// Draw without colours (the `NO_COLOR` convention).
     pub no_color: bool,
+    /// First line shown of the task detail (j/k scroll it).
+    pub detail_scroll: u16,
+    /// First line shown of the help overlay (j/k scroll it).
+    pub help_scroll: u16,
     /// Help overlay shown.
     pub show_help: bool,
     /// Quit requested.
@@ -193,6 +197,8 @@ impl App {
             status_at: None,
             refresh: Duration::from_secs(1),
             no_color: false,
+            detail_scroll: 0,
+            help_scroll: 0,
             show_help: false,
             quit: false,
         }
@@ -461,8 +467,23 @@ impl App {
             return None;
         }
         if self.show_help {
-            self.show_help = false;
-            if code != KeyCode::Char('q') {
+            // Movement keys scroll the help (it may not fit at 80x24);
+            // any other key closes it ('q' also quits).
+            match lookup(code).map(|b| b.cmd) {
+                Some(Cmd::Up) => self.help_scroll = self.help_scroll.saturating_sub(1),
+                Some(Cmd::Down) => self.help_scroll = self.help_scroll.saturating_add(1),
+                Some(Cmd::PageUp) => self.help_scroll = self.help_scroll.saturating_sub(10),
+                Some(Cmd::PageDown) => self.help_scroll = self.help_scroll.saturating_add(10),
+                Some(Cmd::Top) => self.help_scroll = 0,
+                _ => {
+                    self.show_help = false;
+                    self.help_scroll = 0;
+                    if code != KeyCode::Char('q') {
+                        return None;
+                    }
+                }
+            }
+            if self.show_help {
                 return None;
             }
         }
@@ -520,6 +541,7 @@ impl App {
                         }
                         self.detail = None;
                         self.detail_id = Some(id);
+                        self.detail_scroll = 0;
                         self.switch(View::Detail)
                     }
                     Prompt::Purge if input.text == queue => {
@@ -564,7 +586,23 @@ impl App {
 
     fn on_cmd(&mut self, cmd: Cmd) -> Option<Effect> {
         let page = 10;
+        if self.view == View::Detail {
+            // Movement scrolls the detail (a long error must not hide the
+            // attempts and the input); rendering clamps it.
+            let scroll = &mut self.detail_scroll;
+            match cmd {
+                Cmd::Up => *scroll = scroll.saturating_sub(1),
+                Cmd::Down => *scroll = scroll.saturating_add(1),
+                Cmd::PageUp => *scroll = scroll.saturating_sub(page as u16),
+                Cmd::PageDown => *scroll = scroll.saturating_add(page as u16),
+                Cmd::Top => *scroll = 0,
+                Cmd::Bottom => *scroll = u16::MAX,
+                _ => {}
+            }
+        }
         match cmd {
+            Cmd::Up | Cmd::Down | Cmd::PageUp | Cmd::PageDown | Cmd::Top | Cmd::Bottom
+                if self.view == View::Detail => {}
             Cmd::Up => self.move_cursor(|c, _| c.saturating_sub(1)),
             Cmd::Down => self.move_cursor(|c, _| c + 1),
             Cmd::Top => self.move_cursor(|_, _| 0),
@@ -634,6 +672,7 @@ impl App {
                     let id = self.selected_task()?.id.clone();
                     self.detail = None;
                     self.detail_id = Some(id);
+                    self.detail_scroll = 0;
                     return self.switch(View::Detail);
                 }
                 View::Detail => {}
