@@ -841,3 +841,60 @@ async fn a_handler_panic_fails_the_task_with_the_panic_message() {
     assert_eq!(out.result["echo"]["after"], 1);
     w.stop().await;
 }
+
+/// The admin reads an operator sees: each worker's owned tasks (and a
+/// heartbeat age on the Redis clock), the running tasks, and the age of
+/// the oldest queued task.
+#[tokio::test]
+async fn admin_reads_name_each_worker_s_tasks_the_running_tasks_and_the_head_s_age() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ar").slots(2), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("ar").unwrap();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        running.push(
+            q.submit(TaskRequest::json(json!({"hold": true})))
+                .await
+                .unwrap()
+                .id,
+        );
+        next_seen(&mut rx, 20).await;
+    }
+    running.sort();
+    let queued = q.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    // The queued task was submitted 5 s ago, by its hash.
+    let now_ms = admin.overview("ar").await.unwrap().now_ms;
+    let _: i64 = redis::cmd("HSET")
+        .arg(q.keys().task(&queued))
+        .arg("sub")
+        .arg(now_ms - 5_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let workers = admin.workers("ar").await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].tasks, running);
+    let age = workers[0].heartbeat_age_ms(now_ms).unwrap();
+    assert!((-1_000..60_000).contains(&age), "heartbeat age {age} ms");
+
+    let tasks = admin.running("ar").await.unwrap();
+    let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, running.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(tasks.iter().all(|t| t.state == TaskState::Running));
+
+    let head = admin.overview("ar").await.unwrap().head_wait_ms.unwrap();
+    assert!((5_000..65_000).contains(&head), "head waited {head} ms");
+    let board = admin.dashboard(1).await.unwrap();
+    let head = board[0].0.head_wait_ms.unwrap();
+    assert!((5_000..65_000).contains(&head), "head waited {head} ms");
+
+    for _ in 0..3 {
+        w.release.notify_one();
+    }
+    w.stop().await;
+}
