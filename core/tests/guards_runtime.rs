@@ -732,7 +732,7 @@ async fn a_handler_that_returns_when_stopped_is_not_polled_again() {
 }
 
 /// The worker's heartbeat reports its state for the console: `busy` while
-/// it runs a task, `idle` once it is done.
+/// it runs a task, `idle` once it is done, and how many tasks it finished.
 #[tokio::test]
 async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
     let redis = RedisServer::start();
@@ -768,6 +768,19 @@ async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
     w.release.notify_one();
     within(q.wait(&id, None)).await.unwrap();
     eventually("idle again", state_is("idle")).await;
+    eventually("the heartbeat counts the finished task", || {
+        let (mut conn, key) = (conn.clone(), worker_key.clone());
+        async move {
+            let done: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("done")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            done.as_deref() == Some("1")
+        }
+    })
+    .await;
     w.stop().await;
 }
 
