@@ -911,3 +911,39 @@ async fn admin_reads_name_each_worker_s_tasks_the_running_tasks_and_the_head_s_a
     }
     w.stop().await;
 }
+
+/// One housekeeping round ends at most 100 overdue tasks; the admin's
+/// `housekeeping` keeps going while a round was that busy, so a backlog of
+/// 150 overdue tasks ends in one call.
+#[tokio::test]
+async fn admin_housekeeping_repeats_rounds_until_every_overdue_task_ended() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("od").unwrap();
+    let mut last = 0;
+    for _ in 0..150 {
+        let sub = q
+            .submit(TaskRequest::json(json!(1)).timeout(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        last = last.max(sub.deadline_ms);
+    }
+    eventually("every deadline passed on the Redis clock", || {
+        let mut conn = conn.clone();
+        async move {
+            let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            s * 1000 + us / 1000 > last
+        }
+    })
+    .await;
+    let report = within(admin.housekeeping("od")).await.unwrap();
+    assert_eq!(report.expired, 150);
+    let pending: u64 = redis::cmd("ZCARD")
+        .arg(q.keys().pending())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
