@@ -277,3 +277,25 @@ async fn a_long_error_scrolls_in_the_detail_and_never_hides_the_input() {
     assert!(seen.contains("input "), "scrolling reaches the input");
     assert_eq!(app.view, rtq_console::state::View::Detail);
 }
+
+#[tokio::test]
+async fn long_task_ids_are_shown_whole_on_a_wide_terminal() {
+    let seed = Seeded::new().await;
+    let long = format!("order-{}", "x".repeat(110));
+    seed.client
+        .queue("llm")
+        .unwrap()
+        .submit(rtq_core::TaskRequest::json(serde_json::json!({})).id(&long))
+        .await
+        .unwrap();
+    let mut app = loaded(&seed).await;
+    app.on_key(KeyCode::Char('3'));
+    let (tab, offset, page) = app.plan().tasks.unwrap();
+    app.on_fetched(
+        fetch::tasks(&seed.admin, "llm", tab, offset, page)
+            .await
+            .unwrap(),
+    );
+    let screen = render(&app, 200, 30);
+    assert!(screen.contains(&long), "the id is cut:\n{screen}");
+}

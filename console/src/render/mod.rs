@@ -44,6 +44,14 @@ pub fn draw(frame: &mut Frame, app: &App) {
     }
 }
 
+/// A column exactly as wide as its widest value or its header (in
+/// characters), at most `cap`: ids and latencies are shown whole instead
+/// of cut to a fixed width.
+pub fn fit(header: &str, values: impl IntoIterator<Item = usize>, cap: usize) -> Constraint {
+    let widest = values.into_iter().fold(header.chars().count(), usize::max);
+    Constraint::Length(widest.min(cap) as u16)
+}
+
 /// A duration in ms, short: 850ms, 12.3s, 4m05s, 2h03m.
 pub fn fmt_ms(ms: i64) -> String {
     let ms = ms.max(0);
