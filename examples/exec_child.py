@@ -21,7 +21,8 @@ even in the middle of its prefill or a delay. input["fail"] fails the task.
 Task input is untrusted: it never names a file, a command or anything else
 outside this process. What an operator may configure comes from the
 environment the worker passes on:
-  EXEC_CHILD_CANCEL_LOG=<path>  append "cancelled <id> <attempt>" lines there
+  EXEC_CHILD_CANCEL_LOG=<path>  append "started <id> <attempt>" and
+                                "cancelled <id> <attempt>" lines there
   EXEC_CHILD_TEST_HOOKS=1       honour input["crash"] (the process exits, to
                                 show that rtq-worker restarts it) and
                                 input["ignore_cancel"] (the attempt runs to
@@ -96,6 +97,9 @@ def main():
             cancelled = threading.Event()
             with state_lock:
                 cancel_events[key] = cancelled
+            if CANCEL_LOG:
+                with open(CANCEL_LOG, "a") as f:
+                    f.write(f"started {key[0]} {key[1]}\n")
             threading.Thread(target=run, args=(key, inp, cancelled), daemon=True).start()
 
 

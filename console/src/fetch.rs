@@ -77,6 +77,9 @@ pub async fn nodes(admin: &Admin, queue: &str) -> Result<Fetched, Error> {
     }))
 }
 
+/// Endings scanned for the failures tab (Redis keeps about the last 1000).
+pub const FAILURE_SCAN: usize = 1000;
+
 /// Reads one page of the tasks view.
 ///
 /// # Errors
@@ -95,6 +98,7 @@ pub async fn tasks(
         .filter(|w| w.lease_until_ms.is_none_or(|l| l <= overview.now_ms))
         .map(|w| w.id.clone())
         .collect();
+    let mut groups = Vec::new();
     let (tasks, total) = match tab {
         TaskTab::Pending => (
             admin.pending(queue, offset, page).await?,
@@ -104,6 +108,10 @@ pub async fn tasks(
             let all = admin.running(queue).await?;
             let total = all.len();
             (all.into_iter().skip(offset).take(page).collect(), total)
+        }
+        TaskTab::Failures => {
+            groups = crate::failures::group(&admin.recent_failures(queue, FAILURE_SCAN).await?);
+            (Vec::new(), groups.len())
         }
         TaskTab::Recent => {
             let page_tasks = admin.recent(queue, offset, page).await?;
@@ -119,6 +127,7 @@ pub async fn tasks(
         now_ms: overview.now_ms,
         tasks,
         dead_workers,
+        groups,
     }))
 }
 

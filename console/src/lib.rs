@@ -9,6 +9,7 @@
 //! event loop).
 
 pub mod cli;
+pub mod failures;
 pub mod fetch;
 pub mod health;
 pub mod keymap;

@@ -37,6 +37,8 @@ pub enum TaskTab {
     Running,
     /// Recently ended tasks.
     Recent,
+    /// Recent failures grouped by reason.
+    Failures,
 }
 
 impl TaskTab {
@@ -45,7 +47,8 @@ impl TaskTab {
         match self {
             TaskTab::Pending => TaskTab::Running,
             TaskTab::Running => TaskTab::Recent,
-            TaskTab::Recent => TaskTab::Pending,
+            TaskTab::Recent => TaskTab::Failures,
+            TaskTab::Failures => TaskTab::Pending,
         }
     }
     /// Display name.
@@ -54,6 +57,7 @@ impl TaskTab {
             TaskTab::Pending => "pending",
             TaskTab::Running => "in flight",
             TaskTab::Recent => "finished",
+            TaskTab::Failures => "failures by reason",
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct TasksData {
     pub tasks: Vec<TaskInfo>,
     /// Workers whose lease has expired (their tasks are orphaned).
     pub dead_workers: HashSet<String>,
+    /// The failures tab: recent failures grouped by reason.
+    pub groups: Vec<crate::failures::FailureGroup>,
 }
 
 /// One task in detail.

@@ -261,10 +261,28 @@ impl App {
             .collect()
     }
 
+    /// Failure groups passing the filter (the failures tab).
+    pub fn visible_groups(&self) -> Vec<&crate::failures::FailureGroup> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.groups.iter())
+            .filter(|g| self.matches(&format!("{} {} {}", g.kind, g.reason, g.example)))
+            .collect()
+    }
+
+    /// The failure group under the cursor (failures tab).
+    pub fn selected_group(&self) -> Option<&crate::failures::FailureGroup> {
+        if self.view != View::Tasks || self.tab != TaskTab::Failures {
+            return None;
+        }
+        self.visible_groups().get(self.cursor[2]).copied()
+    }
+
     fn rows(&self) -> usize {
         match self.view {
             View::Queues => self.visible_queues().len(),
             View::Nodes => self.visible_workers().len(),
+            View::Tasks if self.tab == TaskTab::Failures => self.visible_groups().len(),
             View::Tasks => self.visible_tasks().len(),
             View::Detail => 0,
         }
@@ -311,6 +329,11 @@ impl App {
                 .visible_workers()
                 .iter()
                 .map(|w| w.id.clone())
+                .collect(),
+            View::Tasks if self.tab == TaskTab::Failures => self
+                .visible_groups()
+                .iter()
+                .map(|g| g.key.clone())
                 .collect(),
             View::Tasks => self.visible_tasks().iter().map(|t| t.id.clone()).collect(),
             View::Detail => Vec::new(),
@@ -376,6 +399,9 @@ impl App {
     pub fn selected_task(&self) -> Option<&TaskInfo> {
         if self.view == View::Detail {
             return self.detail.as_ref().map(|d| &d.info);
+        }
+        if self.tab == TaskTab::Failures {
+            return None;
         }
         self.visible_tasks().get(self.cursor[2]).copied()
     }
@@ -558,6 +584,9 @@ impl App {
     }
 
     fn task_targets(&self) -> Vec<String> {
+        if let Some(group) = self.selected_group() {
+            return group.ids.clone();
+        }
         if self.marked.is_empty() {
             self.selected_task()
                 .map(|t| vec![t.id.clone()])
@@ -669,7 +698,10 @@ impl App {
                     return effect;
                 }
                 View::Tasks => {
-                    let id = self.selected_task()?.id.clone();
+                    let id = match self.selected_group() {
+                        Some(g) => g.example.clone(),
+                        None => self.selected_task()?.id.clone(),
+                    };
                     self.detail = None;
                     self.detail_id = Some(id);
                     self.detail_scroll = 0;
@@ -703,6 +735,25 @@ impl App {
                     }
                     self.move_cursor(|c, _| c + 1);
                 }
+            }
+            Cmd::Cancel if self.selected_group().is_some() => {
+                self.set_status("these tasks have ended: r requeues the group", true);
+            }
+            Cmd::Requeue if self.selected_group().is_some() => {
+                let queue = self.queue.clone()?;
+                let g = self.selected_group()?;
+                let message = format!(
+                    "Requeue {} that failed with {}: {} in {queue}? y/N",
+                    describe_tasks(&g.ids),
+                    g.kind,
+                    g.reason
+                );
+                let action = Action::Requeue(queue, g.ids.clone());
+                self.confirm = Some(Confirm {
+                    message,
+                    action,
+                    uses_marks: false,
+                });
             }
             Cmd::Requeue | Cmd::Cancel => {
                 let queue = self.queue.clone()?;

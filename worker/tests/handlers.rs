@@ -664,7 +664,20 @@ async fn cancelling_a_silent_exec_task_sends_the_child_its_cancel_line_at_once()
         })))
         .await
         .unwrap();
-    wait_running(&q, &sub.id).await;
+    // Running in Redis is not yet running in the child (the delivery may
+    // still be on its way: a cancel then stops it before the child hears
+    // of it, and there is nothing to tell the child). Wait for the child.
+    let (path, id) = (report.clone(), sub.id.clone());
+    eventually("the child started the task", move || {
+        let (path, id) = (path.clone(), id.clone());
+        async move {
+            std::fs::read_to_string(&path)
+                .map(|s| s.contains(&format!("started {id} 1")))
+                .unwrap_or(false)
+        }
+        .boxed()
+    })
+    .await;
     q.cancel(&sub.id, "stop").await.unwrap();
     let (path, id) = (report.clone(), sub.id.clone());
     eventually("the child received the cancel line", move || {

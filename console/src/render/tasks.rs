@@ -159,6 +159,36 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 })
                 .collect(),
         ),
+        TaskTab::Failures => (
+            vec!["COUNT", "KIND", "REASON", "FIRST", "LAST", "EXAMPLE"],
+            vec![
+                Constraint::Length(6),
+                Constraint::Length(16),
+                Constraint::Min(30),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                fit(
+                    "EXAMPLE",
+                    app.visible_groups()
+                        .iter()
+                        .map(|g| g.example.chars().count()),
+                    rtq_core::keys::MAX_ID_LEN,
+                ),
+            ],
+            app.visible_groups()
+                .into_iter()
+                .map(|g| {
+                    Row::new(vec![
+                        Span::styled(g.count().to_string(), Style::new().fg(Color::Red)),
+                        Span::raw(g.kind.clone()),
+                        Span::raw(g.reason.clone()),
+                        Span::raw(format!("{} ago", fmt_ms(now - g.first_ms))),
+                        Span::raw(format!("{} ago", fmt_ms(now - g.last_ms))),
+                        Span::raw(g.example.clone()),
+                    ])
+                })
+                .collect(),
+        ),
         TaskTab::Recent => (
             vec!["", "ID", "STATE", "ENDED", "TOOK", "WORKER", "REASON"],
             vec![

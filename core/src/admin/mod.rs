@@ -425,6 +425,50 @@ impl Admin {
         self.tasks(&k, &ids).await
     }
 
+    /// Recently failed or expired tasks, newest first: those among the
+    /// last `scan` endings (about the last 1000 are kept) whose ending was
+    /// a failure or a deadline. Only their hashes are read.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn recent_failures(&self, queue: &str, scan: usize) -> Result<Vec<TaskInfo>, Error> {
+        let k = Self::keys(queue)?;
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(k.ended())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(scan)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let Value::Array(entries) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<String> = entries
+            .into_iter()
+            .filter_map(crate::client::stream_entry)
+            .filter_map(|(_, fields)| {
+                let field = |name: &[u8]| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                };
+                let state = field(b"st")?;
+                matches!(state.as_str(), "failed" | "expired").then_some(())?;
+                field(b"t")
+            })
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        let tasks = self.tasks(&k, &ids).await?;
+        // A task requeued by an operator since is no longer a failure.
+        Ok(tasks
+            .into_iter()
+            .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Expired))
+            .collect())
+    }
+
     /// Tasks owned by live or stale workers (running, or in an inbox).
     ///
     /// # Errors
