@@ -1,0 +1,462 @@
+//! The scriptable commands: stable output, JSON where asked (`--json`, see
+//! [`json`]), and exit codes a script can rely on (0 ok, 1 operation
+//! failed, 2 usage error, 3 Redis unreachable, 4 authentication failed, 5
+//! TLS failed, 6 permission denied).
+//!
+//! # Layout
+//! - this file: exit codes, [`CliError`], [`run`] and the short commands.
+//! - [`json`]: the `--json` shapes and their schema version.
+//! - `submit`: `rtq submit` (input from text, stdin or a file; the checks
+//!   for an unknown queue and for a queue without workers).
+//! - `task`: `rtq task` (one task, `--follow` streams it).
+//! - `offline`: the commands that need no Redis (acl, keygen,
+//!   completions, man).
+
+pub mod json;
+mod offline;
+mod submit;
+mod task;
+
+use std::fmt;
+use std::io::Write;
+
+use rtq_core::admin::Admin;
+use rtq_core::{Client, ClientConfig, Error};
+use serde_json::{json, Value};
+
+use crate::{Command, QueueCommand, TaskList};
+
+pub use offline::{acl, completions, keygen, man};
+
+/// Exit code: the operation failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: a usage error (a missing or malformed flag, a bad name, a
+/// value out of range, a `--confirm` that does not match, no terminal for
+/// the console).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: Redis could not be reached (retrying later may help).
+pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code: Redis refused the user or password.
+pub const EXIT_AUTH_FAILED: i32 = 4;
+/// Exit code: the TLS handshake failed or the TLS settings are unusable.
+pub const EXIT_TLS_FAILED: i32 = 5;
+/// Exit code: the Redis user lacks a permission (ACL).
+pub const EXIT_PERMISSION_DENIED: i32 = 6;
+
+/// The exit code for an error of rtq-core: one of the connection classes,
+/// [`EXIT_USAGE`] for a name that breaks the key layout, or
+/// [`EXIT_FAILED`].
+pub fn exit_code(e: &Error) -> i32 {
+    if matches!(e, Error::InvalidName { .. }) {
+        return EXIT_USAGE;
+    }
+    e.connection_problem()
+        .map_or(EXIT_FAILED, rtq_core::ConnectionProblem::exit_code)
+}
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line asks for something that cannot be (exit 2).
+    Usage(String),
+    /// The operation failed (exit 1): an unknown queue, no live worker.
+    Failed(String),
+    /// An error of rtq-core; [`exit_code`] picks the code.
+    Rtq(Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_FAILED,
+            CliError::Rtq(e) => exit_code(e),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+            CliError::Rtq(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Rtq(e)
+    }
+}
+
+/// What every command gets: the connection, and how to print.
+pub(crate) struct Ctx {
+    client: Client,
+    admin: Admin,
+    json: bool,
+}
+
+impl Ctx {
+    /// Prints a line on stdout (a closed pipe is not an error worth a
+    /// message: the reader went away).
+    fn line(&self, text: impl fmt::Display) {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+
+    /// Prints a JSON document (with the schema version) on one line.
+    fn doc(&self, value: Value) {
+        self.line(json::document(value));
+    }
+
+    /// Prints `value` as JSON with `--json`, else `text`.
+    fn out(&self, value: Value, text: impl fmt::Display) {
+        if self.json {
+            self.doc(value);
+        } else {
+            self.line(text);
+        }
+    }
+
+    /// Fails with exit 1 unless `queue` exists; the message lists known
+    /// queues and, for commands that can create one, names `--create`.
+    async fn known(&self, queue: &str, can_create: bool) -> Result<(), CliError> {
+        if self.admin.queue_exists(queue).await? {
+            return Ok(());
+        }
+        let names = self.admin.queues().await.unwrap_or_default();
+        let known = if names.is_empty() {
+            "there are no queues".to_string()
+        } else {
+            let mut list: Vec<&str> = names.iter().map(String::as_str).take(10).collect();
+            if names.len() > 10 {
+                list.push("...");
+            }
+            format!("known queues: {}", list.join(", "))
+        };
+        let create = if can_create {
+            "; pass --create to create it"
+        } else {
+            ""
+        };
+        Err(CliError::Failed(format!(
+            "no queue named {:?} ({known}){create}",
+            printable(queue, false)
+        )))
+    }
+}
+
+/// Runs one command that needs Redis; returns the process exit code.
+/// Errors go to stderr.
+pub async fn run(
+    redis: &str,
+    config: ClientConfig,
+    read_only: bool,
+    json: bool,
+    command: Command,
+) -> i32 {
+    let client = match Client::connect_with(redis, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return exit_code(&e);
+        }
+    };
+    let mutating = matches!(
+        command,
+        Command::Requeue { .. }
+            | Command::Cancel { .. }
+            | Command::Pause { .. }
+            | Command::Resume { .. }
+            | Command::MaxDepth { .. }
+            | Command::Purge { .. }
+            | Command::Queue(_)
+    );
+    if read_only && mutating {
+        eprintln!("rtq: --read-only forbids this command");
+        return EXIT_FAILED;
+    }
+    let ctx = Ctx {
+        admin: Admin::new(&client),
+        client,
+        json,
+    };
+    match execute(&ctx, command).await {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&e);
+            e.exit_code()
+        }
+    }
+}
+
+/// `text` made safe for a terminal: every control character (ESC, BEL,
+/// CR, the C1 range, DEL, ...) is shown escaped (`\x1b`), so text from
+/// Redis or an upstream (a worker's host name, a failure reason, a
+/// streamed chunk) cannot move the cursor, clear the screen or retitle the
+/// terminal. Newlines and tabs stay when `multiline`.
+pub fn printable(text: &str, multiline: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(multiline && matches!(c, '\n' | '\t'));
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let n = u32::from(c);
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Prints an error line on stderr, control characters escaped.
+pub fn report(e: &impl fmt::Display) {
+    eprintln!("rtq: {}", printable(&e.to_string(), true));
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}ms")).unwrap_or_else(|| "-".into())
+}
+
+async fn execute(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+    let admin = &ctx.admin;
+    match command {
+        Command::Ui
+        | Command::Acl { .. }
+        | Command::Keygen { .. }
+        | Command::Completions { .. }
+        | Command::Man => {
+            unreachable!("the console and the offline commands are run by main")
+        }
+        Command::Stats { queue, window_secs } => stats(ctx, queue, window_secs).await?,
+        Command::Workers { queue } => workers(ctx, &queue).await?,
+        Command::Tasks {
+            queue,
+            state,
+            limit,
+        } => tasks(ctx, &queue, state, limit as usize).await?,
+        Command::Task { queue, id, follow } => task::run(ctx, &queue, &id, follow).await?,
+        Command::Submit(args) => submit::run(ctx, *args).await?,
+        Command::Requeue { queue, id } => {
+            ctx.known(&queue, false).await?;
+            let prev = admin.requeue(&queue, &id).await?;
+            ctx.out(
+                json!({"queue": queue, "id": id, "action": "requeued", "previous": prev.as_str()}),
+                format!("requeued {id} (was {prev})"),
+            );
+        }
+        Command::Cancel { queue, id } => {
+            ctx.known(&queue, false).await?;
+            let prev = admin.cancel(&queue, &id).await?;
+            ctx.out(
+                json!({"queue": queue, "id": id, "action": "cancelled", "previous": prev.as_str()}),
+                format!("cancelled {id} (was {prev})"),
+            );
+        }
+        Command::Pause { queue, create } => {
+            ctx.known(&queue, true)
+                .await
+                .or_else(|e| ok_if(create, e))?;
+            admin.pause(&queue, true).await?;
+            ctx.out(
+                json!({"queue": queue, "paused": true}),
+                format!("paused {queue}"),
+            );
+        }
+        Command::Resume { queue } => {
+            ctx.known(&queue, false).await?;
+            let n = admin.pause(&queue, false).await?;
+            ctx.out(
+                json!({"queue": queue, "paused": false, "dispatched": n}),
+                format!("resumed {queue} ({n} tasks dispatched)"),
+            );
+        }
+        Command::MaxDepth {
+            queue,
+            depth,
+            create,
+        } => {
+            ctx.known(&queue, true)
+                .await
+                .or_else(|e| ok_if(create, e))?;
+            admin.set_max_depth(&queue, depth).await?;
+            ctx.out(
+                json!({"queue": queue, "max_depth": if depth == 0 { Value::Null } else { depth.into() }}),
+                format!("max depth of {queue} is {depth}"),
+            );
+        }
+        Command::Purge { queue, confirm } => {
+            confirmed(&queue, &confirm)?;
+            ctx.known(&queue, false).await?;
+            let n = admin.purge(&queue).await?;
+            ctx.out(
+                json!({"queue": queue, "purged": n}),
+                format!("purged {n} pending tasks from {queue}"),
+            );
+        }
+        Command::Queue(QueueCommand::Delete {
+            queue,
+            confirm,
+            force,
+        }) => {
+            confirmed(&queue, &confirm)?;
+            ctx.known(&queue, false).await?;
+            let d = admin
+                .delete_queue(&queue, force)
+                .await
+                .map_err(|e| match e {
+                    Error::QueueInUse { .. } => {
+                        CliError::Failed(format!("{e} (--force deletes it anyway)"))
+                    }
+                    e => e.into(),
+                })?;
+            ctx.out(
+                json!({"queue": d.queue, "deleted": true, "keys": d.keys, "pending": d.pending, "running": d.running, "workers": d.workers}),
+                format!(
+                    "deleted queue {queue} ({} keys; {} pending and {} running tasks, {} live workers)",
+                    d.keys, d.pending, d.running, d.workers
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `Ok` if `allowed` (a `--create`), else the error.
+fn ok_if(allowed: bool, e: CliError) -> Result<(), CliError> {
+    match e {
+        CliError::Failed(_) if allowed => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// A usage error unless `--confirm` repeats the queue name.
+fn confirmed(queue: &str, confirm: &str) -> Result<(), CliError> {
+    if confirm == queue {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!(
+            "--confirm must repeat the queue name {queue:?} (got {:?})",
+            printable(confirm, false)
+        )))
+    }
+}
+
+async fn stats(ctx: &Ctx, queue: Option<String>, window_secs: u64) -> Result<(), CliError> {
+    if let Some(q) = &queue {
+        ctx.known(q, false).await?;
+    }
+    let buckets = (window_secs / 10) as usize;
+    let rows: Vec<_> = ctx
+        .admin
+        .dashboard(buckets)
+        .await?
+        .into_iter()
+        .filter(|(o, _)| queue.as_ref().is_none_or(|q| &o.name == q))
+        .collect();
+    if ctx.json {
+        let v: Vec<Value> = rows.iter().map(|(o, s)| json::queue_stats(o, s)).collect();
+        ctx.doc(json!({"window_secs": window_secs, "queues": v}));
+        return Ok(());
+    }
+    let row = |cols: [&str; 9]| {
+        format!(
+            "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
+        )
+    };
+    ctx.line(row([
+        "QUEUE", "STATE", "PENDING", "RUNNING", "WORKERS", "DONE/S", "FAIL/S", "WAIT99", "TOTAL99",
+    ]));
+    for (o, s) in &rows {
+        let name = printable(&o.name, false);
+        if let Some(error) = &o.error {
+            ctx.line(row([&name, "error", "-", "-", "-", "-", "-", "-", "-"]));
+            report(error);
+            continue;
+        }
+        ctx.line(row([
+            &name,
+            if o.paused { "paused" } else { "running" },
+            &o.pending.to_string(),
+            &o.running.to_string(),
+            &o.workers_alive.to_string(),
+            &format!("{:.1}", s.rate("done")),
+            &format!("{:.1}", s.rate("failed")),
+            &ms(s.wait.p99),
+            &ms(s.total.p99),
+        ]));
+    }
+    Ok(())
+}
+
+async fn workers(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
+    ctx.known(queue, false).await?;
+    let now = ctx.admin.overview(queue).await?.now_ms;
+    let workers = ctx.admin.workers(queue).await?;
+    if ctx.json {
+        let v: Vec<Value> = workers.iter().map(|w| json::worker(w, now)).collect();
+        ctx.doc(json!({"queue": queue, "now_ms": now, "workers": v}));
+        return Ok(());
+    }
+    ctx.line(format!(
+        "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>8}",
+        "WORKER", "HOST", "STATE", "BUSY", "DONE", "FAILED", "HB AGE"
+    ));
+    for w in &workers {
+        ctx.line(format!(
+            "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>7}s",
+            printable(&w.id, false),
+            printable(w.field("host"), false),
+            printable(w.field("state"), false),
+            printable(&format!("{}/{}", w.field("busy"), w.field("slots")), false),
+            printable(w.field("done"), false),
+            printable(w.field("failed"), false),
+            w.heartbeat_age_ms(now)
+                .map(|a| format!("{:.1}", a as f64 / 1000.0))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+async fn tasks(ctx: &Ctx, queue: &str, state: TaskList, limit: usize) -> Result<(), CliError> {
+    ctx.known(queue, false).await?;
+    let admin = &ctx.admin;
+    let (list, tasks) = match state {
+        TaskList::Pending => ("pending", admin.pending(queue, 0, limit).await?),
+        TaskList::Running => (
+            "running",
+            admin
+                .running(queue)
+                .await?
+                .into_iter()
+                .take(limit)
+                .collect(),
+        ),
+        TaskList::Recent => ("recent", admin.recent(queue, 0, limit).await?),
+    };
+    if ctx.json {
+        let v: Vec<Value> = tasks.iter().map(|t| json::task(queue, t, false)).collect();
+        ctx.doc(json!({"queue": queue, "list": list, "tasks": v}));
+        return Ok(());
+    }
+    for t in &tasks {
+        ctx.line(format!(
+            "{}\t{}\t{}\t{}",
+            printable(&t.id, false),
+            t.state,
+            t.priority,
+            printable(&t.worker, false)
+        ));
+    }
+    Ok(())
+}

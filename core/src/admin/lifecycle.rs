@@ -1,0 +1,152 @@
+//! A queue's life cycle for operators: whether it exists, and deleting it
+//! (every key and its registry entry), so that a queue created by a typo
+//! can be removed again.
+
+use crate::error::Error;
+use crate::keys::{QueueKeys, QUEUES};
+
+use super::Admin;
+
+/// Keys asked for per SCAN step while deleting a queue (a hint to Redis;
+/// each step is one round trip and one UNLINK).
+const DELETE_SCAN_COUNT: u64 = 1000;
+
+/// What [`Admin::delete_queue`] found and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletedQueue {
+    /// Queue name.
+    pub queue: String,
+    /// Keys removed (meta, task hashes, outputs, worker data, statistics,
+    /// reply streams, ...).
+    pub keys: u64,
+    /// Tasks that were waiting when it was deleted (non-zero only when
+    /// forced).
+    pub pending: u64,
+    /// Tasks that were owned by workers (non-zero only when forced).
+    pub running: u64,
+    /// Live workers it had (non-zero only when forced).
+    pub workers: u64,
+}
+
+impl Admin {
+    /// True if queue `queue` exists: it is in the queue registry, or its
+    /// meta hash exists (a queue whose registry entry Redis lost).
+    ///
+    /// Operator tools check this before an action that would otherwise
+    /// create a queue (pause, max depth, submit), so that a mistyped name
+    /// is refused instead of creating a queue.
+    ///
+    /// A Redis user of the least-privilege client role may read neither
+    /// the registry nor run EXISTS; for it the answer comes from its
+    /// queue's meta hash alone (HGETALL, which the role allows).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], Redis errors.
+    pub async fn queue_exists(&self, queue: &str) -> Result<bool, Error> {
+        let k = QueueKeys::new(queue)?;
+        let both: Result<(bool, bool), Error> = redis::pipe()
+            .sismember(QUEUES, queue)
+            .exists(k.meta())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from);
+        match both {
+            Ok((registered, meta)) => Ok(registered || meta),
+            Err(Error::PermissionDenied(_)) => {
+                let meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(k.meta())
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                Ok(!meta.is_empty())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes queue `queue`: every key under its prefix `rtq:{<queue>}:`
+    /// and its entry in the queue registry, so it no longer shows anywhere.
+    ///
+    /// Without `force` it refuses a queue that has pending or running
+    /// tasks or live workers ([`Error::QueueInUse`]): those tasks would be
+    /// lost and their callers would see [`Error::TaskLost`]. With `force`
+    /// it deletes them too; live workers re-create the queue with their
+    /// next heartbeat, so stop them first.
+    ///
+    /// The check and the deletion are separate steps (the keys are found
+    /// with SCAN, which no script may run): a task submitted in between is
+    /// deleted with the queue. Deleting is idempotent, so a deletion cut
+    /// short by a lost connection can simply be run again.
+    ///
+    /// # Errors
+    /// [`Error::UnknownQueue`] if the queue does not exist,
+    /// [`Error::QueueInUse`] without `force`, [`Error::InvalidName`],
+    /// Redis errors (including [`Error::PermissionDenied`] for a user
+    /// without SCAN or UNLINK).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rtq_core::Error> {
+    /// let client = rtq_core::Client::connect("redis://127.0.0.1:6379").await?;
+    /// let admin = rtq_core::admin::Admin::new(&client);
+    /// let gone = admin.delete_queue("lmm", false).await?;
+    /// println!("removed {} keys", gone.keys);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_queue(&self, queue: &str, force: bool) -> Result<DeletedQueue, Error> {
+        let k = QueueKeys::new(queue)?;
+        if !self.queue_exists(queue).await? {
+            return Err(Error::UnknownQueue {
+                queue: queue.to_string(),
+            });
+        }
+        let o = self.overview(queue).await?;
+        if !force && (o.pending > 0 || o.running > 0 || o.workers_alive > 0) {
+            return Err(Error::QueueInUse {
+                queue: queue.to_string(),
+                pending: o.pending,
+                running: o.running,
+                workers: o.workers_alive,
+            });
+        }
+        // Queue names are [A-Za-z0-9._-] and braces are literal in a glob,
+        // so the prefix needs no escaping.
+        let pattern = format!("{}*", k.prefix());
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(DELETE_SCAN_COUNT)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                removed += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        // Last, so that a deletion cut short still lists the queue and can
+        // be run again.
+        let _: i64 = redis::cmd("SREM")
+            .arg(QUEUES)
+            .arg(queue)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(DeletedQueue {
+            queue: queue.to_string(),
+            keys: removed,
+            pending: o.pending,
+            running: o.running,
+            workers: o.workers_alive,
+        })
+    }
+}
