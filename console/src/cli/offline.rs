@@ -71,7 +71,11 @@ pub fn keygen(file: &std::path::Path, json: bool) -> i32 {
 /// `rtq completions SHELL`: the completion script, generated from the
 /// command-line definition.
 pub fn completions(shell: clap_complete::Shell) -> i32 {
-    clap_complete::generate(shell, &mut Cli::command(), "rtq", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics when its writer fails (a
+    // reader that closed the pipe early).
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rtq", &mut out);
+    let _ = std::io::stdout().write_all(&out);
     0
 }
 
@@ -93,8 +97,13 @@ pub fn man() -> i32 {
             }
             Ok(())
         });
-    match rendered.and_then(|()| std::io::stdout().write_all(&out)) {
-        Ok(()) => 0,
+    match rendered {
+        // A reader that closed the pipe early is not an error worth a
+        // message.
+        Ok(()) => {
+            let _ = std::io::stdout().write_all(&out);
+            0
+        }
         Err(e) => {
             report(&format!("cannot write the manual page: {e}"));
             EXIT_FAILED
