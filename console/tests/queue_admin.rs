@@ -119,6 +119,12 @@ async fn queue_delete_refuses_a_busy_queue_unless_forced_then_removes_every_key(
     let redis = RedisServer::start();
     let url = redis.url();
     assert!(rtq(&url, &["pause", "typo", "--create"]).status.success());
+    // Neighbours whose names start alike must survive the deletion.
+    for q in ["typo2", "typ"] {
+        assert!(rtq(&url, &["pause", q, "--create"]).status.success());
+        let o = rtq(&url, &["submit", q, "{}", "--no-wait", "--id", "n1"]);
+        assert!(o.status.success(), "{o:?}");
+    }
     let o = rtq(
         &url,
         &["submit", "typo", r#"{"x":1}"#, "--no-wait", "--id", "t1"],
@@ -139,7 +145,7 @@ async fn queue_delete_refuses_a_busy_queue_unless_forced_then_removes_every_key(
         stderr(&o)
     );
     assert!(keys_of(&redis, "typo").contains(&"rtq:{typo}:t:t1".to_string()));
-    assert_eq!(registry(&redis), ["typo"]);
+    assert_eq!(registry(&redis), ["typ", "typo", "typo2"]);
 
     let o = rtq(
         &url,
@@ -166,7 +172,13 @@ async fn queue_delete_refuses_a_busy_queue_unless_forced_then_removes_every_key(
         "{:?}",
         keys_of(&redis, "typo")
     );
-    assert!(registry(&redis).is_empty());
+    assert_eq!(registry(&redis), ["typ", "typo2"]);
+    for q in ["typo2", "typ"] {
+        assert!(
+            keys_of(&redis, q).contains(&format!("rtq:{{{q}}}:t:n1")),
+            "{q}"
+        );
+    }
     // Gone for every command.
     assert_eq!(rtq(&url, &["stats", "typo"]).status.code(), Some(1));
     let o = rtq(&url, &["queue", "delete", "typo", "--confirm", "typo"]);
