@@ -225,3 +225,24 @@ fn bad_names_and_out_of_range_values_are_usage_errors() {
     // A well-formed URL of a closed port is "unreachable".
     assert_eq!(rtq(url, &["stats"]).status.code(), Some(3));
 }
+
+#[test]
+fn queue_delete_counts_the_tasks_of_a_worker_past_its_lease_as_running() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    assert!(rtq(&url, &["pause", "q", "--create"]).status.success());
+    // A worker that died holding a task, not reaped yet (lease long past).
+    let _: () = redis::pipe()
+        .zadd("rtq:{q}:workers", "dead-1", 1)
+        .sadd("rtq:{q}:wq:dead-1", "t1")
+        .query(&mut redis.conn())
+        .unwrap();
+    let o = rtq(&url, &["queue", "delete", "q", "--confirm", "q"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        stderr(&o).contains("1 running") && stderr(&o).contains("0 live workers"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(registry(&redis), ["q"]);
+}

@@ -265,7 +265,8 @@ pub enum Error {
         queue: String,
         /// Tasks waiting.
         pending: u64,
-        /// Tasks owned by workers.
+        /// Tasks owned by workers (live, or past their lease and not
+        /// reaped yet).
         running: u64,
         /// Workers whose lease is current.
         workers: u64,

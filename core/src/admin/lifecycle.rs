@@ -22,7 +22,8 @@ pub struct DeletedQueue {
     /// Tasks that were waiting when it was deleted (non-zero only when
     /// forced).
     pub pending: u64,
-    /// Tasks that were owned by workers (non-zero only when forced).
+    /// Tasks that were owned by workers, live or past their lease (non-zero
+    /// only when forced).
     pub running: u64,
     /// Live workers it had (non-zero only when forced).
     pub workers: u64,
@@ -100,11 +101,20 @@ impl Admin {
             });
         }
         let o = self.overview(queue).await?;
-        if !force && (o.pending > 0 || o.running > 0 || o.workers_alive > 0) {
+        // Running counts the tasks of stale workers too (past their lease,
+        // not reaped yet): housekeeping would requeue those, so they are
+        // work in progress all the same.
+        let running: u64 = self
+            .workers(queue)
+            .await?
+            .iter()
+            .map(|w| w.tasks.len() as u64)
+            .sum();
+        if !force && (o.pending > 0 || running > 0 || o.workers_alive > 0) {
             return Err(Error::QueueInUse {
                 queue: queue.to_string(),
                 pending: o.pending,
-                running: o.running,
+                running,
                 workers: o.workers_alive,
             });
         }
@@ -145,7 +155,7 @@ impl Admin {
             queue: queue.to_string(),
             keys: removed,
             pending: o.pending,
-            running: o.running,
+            running,
             workers: o.workers_alive,
         })
     }
