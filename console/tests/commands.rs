@@ -252,3 +252,34 @@ async fn actions_answer_json_with_the_schema_version() {
     );
     assert_eq!(seed.admin.overview("llm").await.unwrap().pending, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_or_stderr_never_turns_into_a_panic() {
+    let seed = Seeded::new().await;
+    let url = seed.redis.url();
+    let closed = |args: &[&str], stdout: bool| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rtq"))
+            .arg("--redis")
+            .arg(&url)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close one end before rtq has connected to Redis and written.
+        if stdout {
+            drop(child.stdout.take());
+        } else {
+            drop(child.stderr.take());
+        }
+        child.wait().unwrap().code()
+    };
+    tokio::task::block_in_place(|| {
+        assert_eq!(closed(&["stats"], true), Some(0));
+        assert_eq!(
+            closed(&["tasks", "llm", "--state", "recent"], true),
+            Some(0)
+        );
+        assert_eq!(closed(&["workers", "nope"], false), Some(1));
+    });
+}

@@ -88,6 +88,27 @@ async fn submit_to_a_queue_without_a_worker_says_so_and_creates_no_task_unless_t
         .query(&mut redis.conn())
         .unwrap();
     assert_eq!(pending, ["later"]);
+
+    // Following it says at once that nothing will run it, then keeps
+    // following (until stopped).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rtq"))
+        .args(["--redis", &url, "task", "idle", "later", "--follow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr).lines().next().unwrap().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.contains("queue idle has no live worker; following anyway"),
+        "{first}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

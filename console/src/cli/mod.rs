@@ -102,7 +102,7 @@ impl Ctx {
     /// Prints a line on stdout (a closed pipe is not an error worth a
     /// message: the reader went away).
     fn line(&self, text: impl fmt::Display) {
-        let _ = writeln!(std::io::stdout().lock(), "{text}");
+        print_line(text);
     }
 
     /// Prints a JSON document (with the schema version) on one line.
@@ -174,7 +174,7 @@ pub async fn run(
             | Command::Queue(_)
     );
     if read_only && mutating {
-        eprintln!("rtq: --read-only forbids this command");
+        note("--read-only forbids this command");
         return EXIT_FAILED;
     }
     let ctx = Ctx {
@@ -219,7 +219,19 @@ pub fn printable(text: &str, multiline: bool) -> std::borrow::Cow<'_, str> {
 
 /// Prints an error line on stderr, control characters escaped.
 pub fn report(e: &impl fmt::Display) {
-    eprintln!("rtq: {}", printable(&e.to_string(), true));
+    note(&printable(&e.to_string(), true));
+}
+
+/// Prints `rtq: <text>` on stderr. Unlike `eprintln!` it does not panic
+/// (exit 101) when stderr is closed: the message is lost, the exit code
+/// still tells.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "rtq: {text}");
+}
+
+/// Prints a line on stdout, ignoring a closed pipe (`rtq ... | head`).
+pub(crate) fn print_line(text: impl fmt::Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn ms(v: Option<f64>) -> String {

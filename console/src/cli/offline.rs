@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::CommandFactory;
 use serde_json::json;
 
-use super::{json::document, report, EXIT_FAILED, EXIT_USAGE};
+use super::{json::document, print_line, report, EXIT_FAILED, EXIT_USAGE};
 use crate::{AclRole, Cli};
 
 /// `rtq acl ROLE`: prints the `ACL SETUSER` line of a least-privilege user
@@ -16,16 +16,13 @@ pub fn acl(role: AclRole, queue: Option<&str>, user: Option<&str>, json: bool) -
     match rtq_core::acl::setuser(role, queue, user) {
         Ok(line) if json => {
             let user = user.map_or_else(|| role.user(queue), str::to_string);
-            println!(
-                "{}",
-                document(
-                    json!({"role": role.as_str(), "user": user, "queue": queue, "setuser": line})
-                )
-            );
+            print_line(document(
+                json!({"role": role.as_str(), "user": user, "queue": queue, "setuser": line}),
+            ));
             0
         }
         Ok(line) => {
-            println!("{line}");
+            print_line(line);
             0
         }
         Err(e) => {
@@ -58,12 +55,11 @@ pub fn keygen(file: &std::path::Path, json: bool) -> i32 {
     }
     let verify = key.verify_key().to_hex();
     if json {
-        println!(
-            "{}",
-            document(json!({"file": file.display().to_string(), "verify_key": verify}))
-        );
+        print_line(document(
+            json!({"file": file.display().to_string(), "verify_key": verify}),
+        ));
     } else {
-        println!("{verify}");
+        print_line(verify);
     }
     0
 }

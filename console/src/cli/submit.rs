@@ -11,7 +11,7 @@ use rtq_core::{Error, TaskRequest};
 use serde_json::json;
 
 use super::task::print_stream;
-use super::{ok_if, printable, CliError, Ctx};
+use super::{note, ok_if, printable, CliError, Ctx};
 use crate::SubmitArgs;
 
 /// The input text of `INPUT`: itself, stdin for `-`, a file for `@FILE`.
@@ -90,16 +90,16 @@ async fn check_workers(ctx: &Ctx, a: &SubmitArgs) -> Result<(), CliError> {
         Err(e) => return Err(e.into()),
     };
     if o.workers_alive == 0 {
-        eprintln!("rtq: queue {queue} has no live worker");
+        note(&format!("queue {queue} has no live worker"));
         if a.no_wait {
-            eprintln!("rtq: the task stays queued until a worker starts");
+            note("the task stays queued until a worker starts");
         } else if a.wait_for_workers {
-            eprintln!("rtq: waiting for a worker (--wait-for-workers)");
+            note("waiting for a worker (--wait-for-workers)");
         } else if a.timeout_secs > 0 {
-            eprintln!(
-                "rtq: waiting for a worker for at most {} s (--timeout-secs)",
+            note(&format!(
+                "waiting for a worker for at most {} s (--timeout-secs)",
                 a.timeout_secs
-            );
+            ));
         } else {
             return Err(CliError::Failed(format!(
                 "nothing was submitted: queue {queue} has no live worker to run the task; \
@@ -109,7 +109,9 @@ async fn check_workers(ctx: &Ctx, a: &SubmitArgs) -> Result<(), CliError> {
             )));
         }
     } else if o.paused {
-        eprintln!("rtq: queue {queue} is paused: the task waits until it is resumed");
+        note(&format!(
+            "queue {queue} is paused: the task waits until it is resumed"
+        ));
     }
     Ok(())
 }

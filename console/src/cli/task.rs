@@ -9,7 +9,7 @@ use rtq_core::{Outcome, StreamEvent, TaskInfo, TaskStream};
 use serde_json::json;
 
 use super::json::{self as shape};
-use super::{printable, CliError, Ctx};
+use super::{note, printable, CliError, Ctx};
 
 /// Prints the task, or follows it with `follow`. Exit 0 for a task found
 /// (whatever its state) unless following: then the task's own outcome
@@ -18,6 +18,20 @@ pub(super) async fn run(ctx: &Ctx, queue: &str, id: &str, follow: bool) -> Resul
     ctx.known(queue, false).await?;
     if follow {
         let stream = ctx.client.queue(queue)?.follow(id, 0).await?;
+        // Never follow silently what nothing will run.
+        if let Ok(o) = ctx.admin.overview(queue).await {
+            let ended = ctx
+                .admin
+                .task(queue, id)
+                .await
+                .map(|t| t.state.is_terminal());
+            if o.workers_alive == 0 && matches!(ended, Ok(false)) {
+                note(&format!(
+                    "queue {} has no live worker; following anyway (interrupt to stop)",
+                    printable(queue, false)
+                ));
+            }
+        }
         return print_stream(ctx, stream).await;
     }
     let t = ctx.admin.task(queue, id).await?;
@@ -61,7 +75,11 @@ pub(super) async fn print_stream(ctx: &Ctx, mut stream: TaskStream) -> Result<()
                 let _ = out.flush();
             }
             StreamEvent::Restarted { reason, .. } => {
-                eprintln!("\n[restarted: {}]", printable(&reason, true))
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "\n[restarted: {}]",
+                    printable(&reason, true)
+                );
             }
             StreamEvent::Done(o) => {
                 let _ = writeln!(out, "\n{}", o.result);
