@@ -30,37 +30,41 @@ pub struct DeletedQueue {
 }
 
 impl Admin {
-    /// True if queue `queue` exists: it is in the queue registry, or its
-    /// meta hash exists (a queue whose registry entry Redis lost).
+    /// True if queue `queue` exists: its meta hash exists, or it is in
+    /// the queue registry (a queue listed by a client that never
+    /// submitted).
     ///
     /// Operator tools check this before an action that would otherwise
     /// create a queue (pause, max depth, submit), so that a mistyped name
     /// is refused instead of creating a queue.
     ///
-    /// A Redis user of the least-privilege client role may read neither
-    /// the registry nor run EXISTS; for it the answer comes from its
-    /// queue's meta hash alone (HGETALL, which the role allows).
+    /// The meta hash is read first, with `HGET` (which every role may run
+    /// on its queues), so that a least-privilege client asking about its
+    /// own queue never needs the registry (which it may not read). A
+    /// registry refusal on a queue without meta counts as "no such queue".
     ///
     /// # Errors
-    /// [`Error::InvalidName`], Redis errors.
+    /// [`Error::InvalidName`], Redis errors ([`Error::PermissionDenied`]
+    /// for a queue outside the user's key patterns).
     pub async fn queue_exists(&self, queue: &str) -> Result<bool, Error> {
         let k = QueueKeys::new(queue)?;
-        let both: Result<(bool, bool), Error> = redis::pipe()
-            .sismember(QUEUES, queue)
-            .exists(k.meta())
+        let version: Option<String> = redis::cmd("HGET")
+            .arg(k.meta())
+            .arg("v")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if version.is_some() {
+            return Ok(true);
+        }
+        let listed: Result<bool, Error> = redis::cmd("SISMEMBER")
+            .arg(QUEUES)
+            .arg(queue)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(Error::from);
-        match both {
-            Ok((registered, meta)) => Ok(registered || meta),
-            Err(Error::PermissionDenied(_)) => {
-                let meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(k.meta())
-                    .query_async(&mut self.conn.clone())
-                    .await?;
-                Ok(!meta.is_empty())
-            }
-            Err(e) => Err(e),
+        match listed {
+            Err(Error::PermissionDenied(_)) => Ok(false),
+            other => other,
         }
     }
 
