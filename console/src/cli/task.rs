@@ -53,7 +53,7 @@ pub(super) async fn print_stream(ctx: &Ctx, mut stream: TaskStream) -> Result<()
     let mut out = std::io::stdout().lock();
     while let Some(ev) = stream.next().await {
         let ev = ev?;
-        if ctx.json {
+        let written = if ctx.json {
             let v = match &ev {
                 StreamEvent::Chunk(c) => {
                     json!({"event": "chunk", "attempt": c.attempt, "index": c.index, "text": c.text()})
@@ -65,24 +65,26 @@ pub(super) async fn print_stream(ctx: &Ctx, mut stream: TaskStream) -> Result<()
                     json!({"event": "done", "id": o.id, "attempt": o.attempt, "result": o.result})
                 }
             };
-            let _ = writeln!(out, "{}", shape::document(v));
-            let _ = out.flush();
-            continue;
-        }
-        match ev {
-            StreamEvent::Chunk(c) => {
-                let _ = out.write_all(printable(&c.text(), true).as_bytes());
-                let _ = out.flush();
+            writeln!(out, "{}", shape::document(v))
+        } else {
+            match ev {
+                StreamEvent::Chunk(c) => out.write_all(printable(&c.text(), true).as_bytes()),
+                StreamEvent::Restarted { reason, .. } => {
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "\n[restarted: {}]",
+                        printable(&reason, true)
+                    );
+                    Ok(())
+                }
+                StreamEvent::Done(o) => writeln!(out, "\n{}", o.result),
             }
-            StreamEvent::Restarted { reason, .. } => {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "\n[restarted: {}]",
-                    printable(&reason, true)
-                );
-            }
-            StreamEvent::Done(o) => {
-                let _ = writeln!(out, "\n{}", o.result);
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // The reader went away (`| head`): stop following; the
+                // task itself goes on.
+                return Ok(());
             }
         }
     }
