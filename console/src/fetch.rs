@@ -143,6 +143,21 @@ pub async fn detail(admin: &Admin, queue: &str, id: &str) -> Result<Fetched, Err
     })))
 }
 
+/// [`detail`], with a task that does not exist as
+/// [`Fetched::TaskMissing`] instead of an error.
+///
+/// # Errors
+/// Redis errors.
+pub async fn detail_or_missing(admin: &Admin, queue: &str, id: &str) -> Result<Fetched, Error> {
+    match detail(admin, queue, id).await {
+        Err(Error::NotFound { .. }) => Ok(Fetched::TaskMissing {
+            queue: queue.to_string(),
+            id: id.to_string(),
+        }),
+        other => other,
+    }
+}
+
 /// Performs an action; returns the message for the status line.
 ///
 /// # Errors
@@ -211,19 +226,7 @@ async fn read_all(
         let _ = tx.send(tasks(admin, q, tab, offset, page).await?).await;
     }
     if let Some(id) = &plan.detail {
-        match detail(admin, q, id).await {
-            Err(Error::NotFound { .. }) => {
-                let _ = tx
-                    .send(Fetched::ActionDone(
-                        format!("task {id} is gone (retention passed)"),
-                        true,
-                    ))
-                    .await;
-            }
-            other => {
-                let _ = tx.send(other?).await;
-            }
-        }
+        let _ = tx.send(detail_or_missing(admin, q, id).await?).await;
     }
     Ok(names)
 }

@@ -30,6 +30,8 @@ pub enum Cmd {
     NextTab,
     /// Edit the filter.
     Filter,
+    /// Open a task by id, wherever it is in the queue.
+    GoTo,
     /// Open the selection (queue -> tasks, task -> detail).
     Open,
     /// Back / close.
@@ -146,6 +148,13 @@ pub const KEYMAP: &[Binding] = &[
         "/",
         "filter rows",
         Cmd::Filter,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('i')],
+        "i",
+        "open a task by id (anywhere in the queue)",
+        Cmd::GoTo,
         false,
     ),
     b(

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod fetch;
+pub mod health;
 pub mod keymap;
 pub mod model;
 pub mod render;

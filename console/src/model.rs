@@ -106,6 +106,14 @@ pub enum Fetched {
     Tasks(TasksData),
     /// One task.
     Detail(Box<DetailData>),
+    /// The task asked for does not exist (never submitted, or its
+    /// retention passed).
+    TaskMissing {
+        /// Queue name.
+        queue: String,
+        /// Task id.
+        id: String,
+    },
     /// An action finished: message, and whether it failed.
     ActionDone(String, bool),
     /// Reading failed (Redis unreachable, ...).

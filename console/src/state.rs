@@ -59,6 +59,8 @@ pub enum Prompt {
     MaxDepth,
     /// Purge confirmation: the queue's name.
     Purge,
+    /// A task id to open.
+    GoTo,
 }
 
 /// A text prompt being edited.
@@ -152,6 +154,12 @@ pub struct App {
     /// The fetcher's refresh period: data older than about two of these
     /// means Redis is not answering.
     pub refresh: Duration,
+    /// Draw without colours (the `NO_COLOR` convention).
+    pub no_color: bool,
+    /// First line shown of the task detail (j/k scroll it).
+    pub detail_scroll: u16,
+    /// First line shown of the help overlay (j/k scroll it).
+    pub help_scroll: u16,
     /// Help overlay shown.
     pub show_help: bool,
     /// Quit requested.
@@ -188,6 +196,9 @@ impl App {
             status: None,
             status_at: None,
             refresh: Duration::from_secs(1),
+            no_color: false,
+            detail_scroll: 0,
+            help_scroll: 0,
             show_help: false,
             quit: false,
         }
@@ -411,6 +422,17 @@ impl App {
                 self.detail = Some(*d)
             }
             Fetched::ActionDone(message, failed) => self.set_status(message, failed),
+            Fetched::TaskMissing { queue, id } => {
+                if self.view == View::Detail && self.detail_id.as_ref() == Some(&id) {
+                    self.detail_id = None;
+                    self.detail = None;
+                    self.view = View::Tasks;
+                }
+                self.set_status(
+                    format!("no task {id} in {queue} (never submitted, or its retention passed)"),
+                    true,
+                );
+            }
             Fetched::Failed(error) => {
                 let since = match &self.connection {
                     Connection::Disconnected { since, .. } => since.clone(),
@@ -445,8 +467,23 @@ impl App {
             return None;
         }
         if self.show_help {
-            self.show_help = false;
-            if code != KeyCode::Char('q') {
+            // Movement keys scroll the help (it may not fit at 80x24);
+            // any other key closes it ('q' also quits).
+            match lookup(code).map(|b| b.cmd) {
+                Some(Cmd::Up) => self.help_scroll = self.help_scroll.saturating_sub(1),
+                Some(Cmd::Down) => self.help_scroll = self.help_scroll.saturating_add(1),
+                Some(Cmd::PageUp) => self.help_scroll = self.help_scroll.saturating_sub(10),
+                Some(Cmd::PageDown) => self.help_scroll = self.help_scroll.saturating_add(10),
+                Some(Cmd::Top) => self.help_scroll = 0,
+                _ => {
+                    self.show_help = false;
+                    self.help_scroll = 0;
+                    if code != KeyCode::Char('q') {
+                        return None;
+                    }
+                }
+            }
+            if self.show_help {
                 return None;
             }
         }
@@ -497,6 +534,16 @@ impl App {
                             None
                         }
                     },
+                    Prompt::GoTo => {
+                        let id = input.text.trim().to_string();
+                        if id.is_empty() {
+                            return None;
+                        }
+                        self.detail = None;
+                        self.detail_id = Some(id);
+                        self.detail_scroll = 0;
+                        self.switch(View::Detail)
+                    }
                     Prompt::Purge if input.text == queue => {
                         Some(Effect::Action(Action::Purge(queue)))
                     }
@@ -539,7 +586,23 @@ impl App {
 
     fn on_cmd(&mut self, cmd: Cmd) -> Option<Effect> {
         let page = 10;
+        if self.view == View::Detail {
+            // Movement scrolls the detail (a long error must not hide the
+            // attempts and the input); rendering clamps it.
+            let scroll = &mut self.detail_scroll;
+            match cmd {
+                Cmd::Up => *scroll = scroll.saturating_sub(1),
+                Cmd::Down => *scroll = scroll.saturating_add(1),
+                Cmd::PageUp => *scroll = scroll.saturating_sub(page as u16),
+                Cmd::PageDown => *scroll = scroll.saturating_add(page as u16),
+                Cmd::Top => *scroll = 0,
+                Cmd::Bottom => *scroll = u16::MAX,
+                _ => {}
+            }
+        }
         match cmd {
+            Cmd::Up | Cmd::Down | Cmd::PageUp | Cmd::PageDown | Cmd::Top | Cmd::Bottom
+                if self.view == View::Detail => {}
             Cmd::Up => self.move_cursor(|c, _| c.saturating_sub(1)),
             Cmd::Down => self.move_cursor(|c, _| c + 1),
             Cmd::Top => self.move_cursor(|_, _| 0),
@@ -587,6 +650,13 @@ impl App {
                     text: self.filter.clone(),
                 });
             }
+            Cmd::GoTo => {
+                self.queue.as_ref()?;
+                self.input = Some(Input {
+                    prompt: Prompt::GoTo,
+                    text: String::new(),
+                });
+            }
             Cmd::Open => match self.view {
                 View::Queues => return self.switch(View::Tasks),
                 View::Nodes => {
@@ -602,6 +672,7 @@ impl App {
                     let id = self.selected_task()?.id.clone();
                     self.detail = None;
                     self.detail_id = Some(id);
+                    self.detail_scroll = 0;
                     return self.switch(View::Detail);
                 }
                 View::Detail => {}

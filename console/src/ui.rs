@@ -31,6 +31,7 @@ async fn event_loop(
 ) -> anyhow::Result<()> {
     let mut app = App::new(redact_url(redis), cli.read_only);
     app.refresh = Duration::from_millis(cli.refresh_ms.max(100));
+    app.no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let (plan_tx, plan_rx) = watch::channel(app.plan());
     let (action_tx, action_rx) = mpsc::channel::<Action>(16);
     let (data_tx, mut data_rx) = mpsc::channel(64);

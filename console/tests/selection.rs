@@ -257,3 +257,50 @@ async fn the_selected_queue_stays_selected_when_a_queue_appears_above_it() {
     app.on_key(KeyCode::Char('g'));
     assert_eq!(app.queue.as_deref(), Some(rows[0].as_str()));
 }
+
+#[tokio::test]
+async fn a_task_is_found_by_id_anywhere_in_the_queue_and_a_wrong_id_says_so() {
+    let seed = Seeded::new().await;
+    let mut app = pending_app(&seed).await;
+    app.page = 2; // the page shows p4, p0 only
+    refresh_tasks(&mut app, &seed).await;
+    assert!(app.visible_tasks().iter().all(|t| t.id != "p3"));
+    app.on_key(KeyCode::Char('i'));
+    for c in "p3".chars() {
+        app.on_key(KeyCode::Char(c));
+    }
+    assert_eq!(app.on_key(KeyCode::Enter), Some(Effect::Refresh));
+    assert_eq!(app.view, rtq_console::state::View::Detail);
+    let plan = app.plan();
+    assert_eq!(plan.detail.as_deref(), Some("p3"));
+    app.on_fetched(
+        fetch::detail_or_missing(&seed.admin, "llm", "p3")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(app.selected_task().unwrap().id, "p3");
+    let frame = render(&app, 120, 30);
+    assert!(frame.contains("task p3"), "{frame}");
+
+    // An id that does not exist: back to the list, and the reason.
+    app.on_key(KeyCode::Char('i'));
+    for c in "nope".chars() {
+        app.on_key(KeyCode::Char(c));
+    }
+    app.on_key(KeyCode::Enter);
+    app.on_fetched(
+        fetch::detail_or_missing(&seed.admin, "llm", "nope")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(app.view, rtq_console::state::View::Tasks);
+    assert!(
+        app.status
+            .as_ref()
+            .unwrap()
+            .0
+            .contains("no task nope in llm"),
+        "{:?}",
+        app.status
+    );
+}

@@ -225,3 +225,77 @@ fn the_title_bar_never_shows_a_password_of_any_url_form() {
         assert!(screen.contains("***"), "{screen}");
     }
 }
+
+#[tokio::test]
+async fn help_scrolls_at_80x24_so_every_key_can_be_read() {
+    let mut app = App::new("redis://x/".into(), false);
+    app.on_key(KeyCode::Char('?'));
+    let mut seen = String::new();
+    for _ in 0..rtq_console::keymap::KEYMAP.len() {
+        seen.push_str(&render(&app, 80, 24));
+        app.on_key(KeyCode::Char('j'));
+        assert!(app.show_help, "j scrolls, it does not close");
+    }
+    for b in rtq_console::keymap::KEYMAP {
+        assert!(seen.contains(b.help), "never shown at 80x24: {:?}", b.help);
+    }
+    assert!(render(&app, 80, 24).contains("j/k scroll"));
+    app.on_key(KeyCode::Char('x'));
+    assert!(!app.show_help, "any other key closes it");
+}
+
+#[tokio::test]
+async fn a_long_error_scrolls_in_the_detail_and_never_hides_the_input() {
+    let seed = Seeded::new().await;
+    let mut app = loaded(&seed).await;
+    let fetched = rtq_console::fetch::detail(&seed.admin, "llm", "bad")
+        .await
+        .unwrap();
+    let rtq_console::model::Fetched::Detail(mut d) = fetched else {
+        panic!("{fetched:?}")
+    };
+    // A 3.6 KB error, as a CUDA stack trace can be.
+    if let Some(rtq_core::Outcome::Ended { message, .. }) = &mut d.info.outcome {
+        *message = "trace line ".repeat(330);
+    } else {
+        panic!("bad has failed: {:?}", d.info.outcome)
+    }
+    app.view = rtq_console::state::View::Detail;
+    app.detail_id = Some("bad".into());
+    app.on_fetched(rtq_console::model::Fetched::Detail(d));
+    let first = render(&app, 80, 24);
+    assert!(first.contains("j/k scroll"), "{first}");
+    assert!(
+        !first.contains("input "),
+        "the input is below the fold:\n{first}"
+    );
+    let mut seen = first;
+    for _ in 0..60 {
+        app.on_key(KeyCode::Char('j'));
+        seen.push_str(&render(&app, 80, 24));
+    }
+    assert!(seen.contains("input "), "scrolling reaches the input");
+    assert_eq!(app.view, rtq_console::state::View::Detail);
+}
+
+#[tokio::test]
+async fn long_task_ids_are_shown_whole_on_a_wide_terminal() {
+    let seed = Seeded::new().await;
+    let long = format!("order-{}", "x".repeat(110));
+    seed.client
+        .queue("llm")
+        .unwrap()
+        .submit(rtq_core::TaskRequest::json(serde_json::json!({})).id(&long))
+        .await
+        .unwrap();
+    let mut app = loaded(&seed).await;
+    app.on_key(KeyCode::Char('3'));
+    let (tab, offset, page) = app.plan().tasks.unwrap();
+    app.on_fetched(
+        fetch::tasks(&seed.admin, "llm", tab, offset, page)
+            .await
+            .unwrap(),
+    );
+    let screen = render(&app, 200, 30);
+    assert!(screen.contains(&long), "the id is cut:\n{screen}");
+}

@@ -645,4 +645,20 @@ mod tests {
             "no url here :// at all"
         );
     }
+
+    #[test]
+    fn any_io_failure_and_a_refused_connection_count_as_connection_lost() {
+        let io = |kind| Error::Redis(std::io::Error::new(kind, "x").into());
+        assert!(io(std::io::ErrorKind::TimedOut).is_connection_lost());
+        assert!(io(std::io::ErrorKind::BrokenPipe).is_connection_lost());
+        assert!(io(std::io::ErrorKind::ConnectionRefused).is_connection_lost());
+        assert!(Error::Disconnected {
+            url: "u".into(),
+            id: "t".into(),
+            reason: "r".into(),
+        }
+        .is_connection_lost());
+        assert!(!Error::InvalidInput("bad".into()).is_connection_lost());
+        assert!(!Error::OutOfMemory("full".into()).is_connection_lost());
+    }
 }

@@ -253,6 +253,10 @@ mod tests {
         for good in ["llm", "whisper-large.v3", "A_1"] {
             validate_queue_name(good).unwrap();
         }
+        // The length limits are inclusive.
+        validate_queue_name(&"q".repeat(MAX_QUEUE_NAME)).unwrap();
+        validate_id(&"i".repeat(MAX_ID_LEN), "task id").unwrap();
+        assert!(validate_id(&"i".repeat(MAX_ID_LEN + 1), "task id").is_err());
         assert!(validate_id("a\tb", "task id").is_err());
         assert!(validate_id("{x}", "task id").is_err());
         validate_id("019a:abc-1", "task id").unwrap();

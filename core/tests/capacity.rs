@@ -155,13 +155,23 @@ async fn a_restart_under_the_same_worker_id_never_doubles_the_slots() {
     assert_eq!(b.status.busy.load(Ordering::Acquire), 2);
     let mut running = 0;
     let mut lost = 0;
+    let mut why = Vec::new();
     for id in &ids {
         let info = q.status(id).await.unwrap();
         running += usize::from(info.state == TaskState::Running);
         lost += info.failures;
+        why.push((
+            id.clone(),
+            info.state,
+            info.attempt,
+            info.attempt_errors.clone(),
+        ));
     }
-    assert_eq!(running, 2, "two slots, two running tasks");
-    assert_eq!(lost, 2, "the two tasks of the dead process used an attempt");
+    assert_eq!(running, 2, "two slots, two running tasks: {why:?}");
+    assert_eq!(
+        lost, 2,
+        "the two tasks of the dead process used an attempt: {why:?}"
+    );
     assert!(rx.try_recv().is_err(), "no third start");
     b.stop().await;
 }

@@ -490,3 +490,24 @@ async fn intake_switched_off_before_run_offers_no_slot_until_switched_on() {
     let _ = stop_tx.send(());
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_lists_its_queue_again_after_redis_restarted_empty() {
+    let mut redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("relist"), seen).await;
+    let mut conn = admin_conn(&redis).await;
+    assert!(is_member(&mut conn, rtq_core::keys::QUEUES, "relist").await);
+    // Redis comes back with nothing (no persistence): the queue registry
+    // is gone with everything else.
+    redis.restart();
+    let conn = admin_conn(&redis).await;
+    // The worker's next heartbeat hears GONE, registers again and lists
+    // its queue: consoles see it without waiting for a new process.
+    eventually("the queue is listed again", || {
+        let mut conn = conn.clone();
+        async move { is_member(&mut conn, rtq_core::keys::QUEUES, "relist").await }
+    })
+    .await;
+    w.stop().await;
+}

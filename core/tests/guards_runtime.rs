@@ -732,7 +732,7 @@ async fn a_handler_that_returns_when_stopped_is_not_polled_again() {
 }
 
 /// The worker's heartbeat reports its state for the console: `busy` while
-/// it runs a task, `idle` once it is done.
+/// it runs a task, `idle` once it is done, and how many tasks it finished.
 #[tokio::test]
 async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
     let redis = RedisServer::start();
@@ -768,6 +768,19 @@ async fn the_heartbeat_reports_busy_while_a_task_runs_and_idle_after() {
     w.release.notify_one();
     within(q.wait(&id, None)).await.unwrap();
     eventually("idle again", state_is("idle")).await;
+    eventually("the heartbeat counts the finished task", || {
+        let (mut conn, key) = (conn.clone(), worker_key.clone());
+        async move {
+            let done: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("done")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            done.as_deref() == Some("1")
+        }
+    })
+    .await;
     w.stop().await;
 }
 
@@ -840,4 +853,97 @@ async fn a_handler_panic_fails_the_task_with_the_panic_message() {
         .unwrap();
     assert_eq!(out.result["echo"]["after"], 1);
     w.stop().await;
+}
+
+/// The admin reads an operator sees: each worker's owned tasks (and a
+/// heartbeat age on the Redis clock), the running tasks, and the age of
+/// the oldest queued task.
+#[tokio::test]
+async fn admin_reads_name_each_worker_s_tasks_the_running_tasks_and_the_head_s_age() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ar").slots(2), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("ar").unwrap();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        running.push(
+            q.submit(TaskRequest::json(json!({"hold": true})))
+                .await
+                .unwrap()
+                .id,
+        );
+        next_seen(&mut rx, 20).await;
+    }
+    running.sort();
+    let queued = q.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    // The queued task was submitted 5 s ago, by its hash.
+    let now_ms = admin.overview("ar").await.unwrap().now_ms;
+    let _: i64 = redis::cmd("HSET")
+        .arg(q.keys().task(&queued))
+        .arg("sub")
+        .arg(now_ms - 5_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let workers = admin.workers("ar").await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].tasks, running);
+    let age = workers[0].heartbeat_age_ms(now_ms).unwrap();
+    assert!((-1_000..60_000).contains(&age), "heartbeat age {age} ms");
+
+    let tasks = admin.running("ar").await.unwrap();
+    let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, running.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(tasks.iter().all(|t| t.state == TaskState::Running));
+
+    let head = admin.overview("ar").await.unwrap().head_wait_ms.unwrap();
+    assert!((5_000..65_000).contains(&head), "head waited {head} ms");
+    let board = admin.dashboard(1).await.unwrap();
+    let head = board[0].0.head_wait_ms.unwrap();
+    assert!((5_000..65_000).contains(&head), "head waited {head} ms");
+
+    for _ in 0..3 {
+        w.release.notify_one();
+    }
+    w.stop().await;
+}
+
+/// One housekeeping round ends at most 100 overdue tasks; the admin's
+/// `housekeeping` keeps going while a round was that busy, so a backlog of
+/// 150 overdue tasks ends in one call.
+#[tokio::test]
+async fn admin_housekeeping_repeats_rounds_until_every_overdue_task_ended() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = rtq_core::admin::Admin::new(&client);
+    let q = client.queue("od").unwrap();
+    let mut last = 0;
+    for _ in 0..150 {
+        let sub = q
+            .submit(TaskRequest::json(json!(1)).timeout(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        last = last.max(sub.deadline_ms);
+    }
+    eventually("every deadline passed on the Redis clock", || {
+        let mut conn = conn.clone();
+        async move {
+            let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            s * 1000 + us / 1000 > last
+        }
+    })
+    .await;
+    let report = within(admin.housekeeping("od")).await.unwrap();
+    assert_eq!(report.expired, 150);
+    let pending: u64 = redis::cmd("ZCARD")
+        .arg(q.keys().pending())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
 }

@@ -207,3 +207,58 @@ pub fn describe(e: &reqwest::Error) -> String {
         format!("{kind} ({detail})")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtq_core::{Worker, WorkerConfig};
+    use rtq_testkit::RedisServer;
+
+    /// A real worker's intake switch (the state drives it).
+    async fn intake(redis: &RedisServer) -> IntakeSwitch {
+        Worker::connect(&redis.url(), WorkerConfig::new("up"))
+            .await
+            .unwrap()
+            .intake()
+    }
+
+    #[tokio::test]
+    async fn the_upstream_is_up_only_while_it_answers_and_its_child_runs() {
+        let redis = RedisServer::start();
+        let s = UpstreamState::awaiting_child(intake(&redis).await, None);
+        assert!(!s.is_up());
+        assert_eq!(s.last_error(), "exec child is starting");
+        s.child_started();
+        assert!(s.is_up());
+        s.mark_down("probe failed");
+        assert!(!s.is_up());
+        assert_eq!(s.last_error(), "probe failed");
+        s.child_stopped("child crashed");
+        s.mark_up();
+        assert!(!s.is_up(), "the child is still down");
+        assert_eq!(s.last_error(), "child crashed");
+        s.child_started();
+        assert!(s.is_up());
+        assert!(UpstreamState::new(intake(&redis).await, None).is_up());
+    }
+
+    #[tokio::test]
+    async fn without_a_probe_intake_resumes_on_trial_after_retry_after() {
+        let redis = RedisServer::start();
+        let s = UpstreamState::new(intake(&redis).await, Some(Duration::from_millis(50)));
+        s.mark_down("connection refused");
+        assert!(!s.is_up());
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            while !s.is_up() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "intake never resumed on trial");
+        // With a probe (no retry_after), only the probe brings it back.
+        let probed = UpstreamState::new(intake(&redis).await, None);
+        probed.mark_down("probe failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!probed.is_up());
+    }
+}

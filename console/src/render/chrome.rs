@@ -3,7 +3,7 @@
 use ratatui::layout::{Constraint, Flex, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Row, Table};
+use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
 use crate::keymap::KEYMAP;
@@ -76,6 +76,7 @@ pub fn footer(frame: &mut Frame, area: Rect, app: &App) {
             Prompt::Filter => "filter: ",
             Prompt::MaxDepth => "max depth (0 = unlimited): ",
             Prompt::Purge => "type the queue name to purge it: ",
+            Prompt::GoTo => "open task id: ",
         };
         Line::from(vec![
             Span::styled(label, Style::new().bold()),
@@ -129,7 +130,7 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 }
 
 pub fn help(frame: &mut Frame, app: &App) {
-    let rows: Vec<Row> = KEYMAP
+    let lines: Vec<Line> = KEYMAP
         .iter()
         .map(|b| {
             let style = if b.mutates && app.read_only {
@@ -137,14 +138,29 @@ pub fn help(frame: &mut Frame, app: &App) {
             } else {
                 Style::new()
             };
-            Row::new(vec![b.label.to_string(), b.help.to_string()]).style(style)
+            Line::styled(format!("{:<8}{}", b.label, b.help), style)
         })
         .collect();
-    let area = centered(frame.area(), 60, KEYMAP.len() as u16 + 2);
-    let table = Table::new(rows, [Constraint::Length(8), Constraint::Min(20)])
-        .block(Block::bordered().title(" keys (any key closes) "));
+    let total = lines.len() as u16;
+    let area = centered(frame.area(), 64, total + 2);
+    let visible = area.height.saturating_sub(2);
+    let scroll = app.help_scroll.min(total.saturating_sub(visible));
+    let title = if total > visible {
+        format!(
+            " keys {}-{} of {total} (j/k scroll, any other key closes) ",
+            scroll + 1,
+            scroll + visible
+        )
+    } else {
+        " keys (any key closes) ".to_string()
+    };
     frame.render_widget(Clear, area);
-    frame.render_widget(table, area);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .scroll((scroll, 0))
+            .block(Block::bordered().title(title)),
+        area,
+    );
 }
 
 pub fn confirm(frame: &mut Frame, message: &str) {

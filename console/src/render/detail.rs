@@ -91,15 +91,30 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled("input ", Style::new().bold()),
         Span::raw(input),
     ]));
-    let [meta, tail] = Layout::vertical([
-        Constraint::Length(lines.len() as u16 + 4),
-        Constraint::Min(3),
-    ])
-    .areas(area);
+    // Wrapped height of the metadata; it gets what it needs up to all but
+    // 5 rows (the output tail keeps 3 inside a border), and scrolls with
+    // j/k when it needs more.
+    let paragraph = Paragraph::new(lines).wrap(Wrap { trim: false });
+    let needed = paragraph.line_count(area.width.saturating_sub(2).max(1));
+    let max_meta = area.height.saturating_sub(5).max(3) as usize;
+    let meta_height = (needed + 2).min(max_meta);
+    let visible = meta_height.saturating_sub(2);
+    let scroll = (app.detail_scroll as usize).min(needed.saturating_sub(visible)) as u16;
+    let title = if needed > visible {
+        format!(
+            " task (lines {}-{} of {needed}, j/k scroll) ",
+            scroll + 1,
+            scroll as usize + visible
+        )
+    } else {
+        " task ".to_string()
+    };
+    let [meta, tail] =
+        Layout::vertical([Constraint::Length(meta_height as u16), Constraint::Min(3)]).areas(area);
     frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(" task ")),
+        paragraph
+            .scroll((scroll, 0))
+            .block(Block::bordered().title(title)),
         meta,
     );
     let text = d.tail.concat();

@@ -34,6 +34,22 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if let Some(confirm) = &app.confirm {
         chrome::confirm(frame, &confirm.message);
     }
+    if app.no_color {
+        // NO_COLOR (https://no-color.org): keep bold and reverse, drop
+        // every colour. Levels stay readable: the words say them.
+        for cell in frame.buffer_mut().content.iter_mut() {
+            cell.fg = ratatui::style::Color::Reset;
+            cell.bg = ratatui::style::Color::Reset;
+        }
+    }
+}
+
+/// A column exactly as wide as its widest value or its header (in
+/// characters), at most `cap`: ids and latencies are shown whole instead
+/// of cut to a fixed width.
+pub fn fit(header: &str, values: impl IntoIterator<Item = usize>, cap: usize) -> Constraint {
+    let widest = values.into_iter().fold(header.chars().count(), usize::max);
+    Constraint::Length(widest.min(cap) as u16)
 }
 
 /// A duration in ms, short: 850ms, 12.3s, 4m05s, 2h03m.

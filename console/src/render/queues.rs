@@ -2,10 +2,12 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::Span;
 use ratatui::widgets::{Block, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
-use super::{fmt_lat, fmt_ms};
+use super::{fit, fmt_lat, fmt_ms};
+use crate::health::{queue_health, Level};
 use crate::state::App;
 
 /// Rate per second over the last six 10-second buckets (the live view
@@ -32,19 +34,18 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if wide {
         header.extend(["TTFC p50", "HEAD AGE", "MAX"]);
     }
-    let rows: Vec<Row> = app
+    let cells_all: Vec<Vec<Span>> = app
         .visible_queues()
         .iter()
         .map(|q| {
             let (o, s) = (&q.overview, &q.stats);
-            let state = if o.error.is_some() {
-                "error".fg(Color::Red)
-            } else if o.paused {
-                "paused".fg(Color::Yellow)
-            } else {
-                "running".fg(Color::Green)
+            let health = queue_health(q);
+            let state = match health.level {
+                Level::Critical => health.label.fg(Color::Red).bold(),
+                Level::Warning => health.label.fg(Color::Yellow),
+                Level::Ok => health.label.fg(Color::Green),
             };
-            let mut cells = vec![
+            let mut cells: Vec<Span> = vec![
                 o.name.clone().into(),
                 state,
                 o.pending.to_string().into(),
@@ -76,25 +77,28 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     .into(),
                 ]);
             }
-            Row::new(cells)
+            cells
         })
         .collect();
+    // Latency columns as wide as their longest value ("4m05s/12m30s/1h02m"
+    // must not be cut); names up to the 64-byte limit.
+    let cell = |i: usize| cells_all.iter().map(move |c| c[i].content.chars().count());
     let mut widths = vec![
-        Constraint::Min(10),
-        Constraint::Length(7),
+        fit("QUEUE", cell(0), rtq_core::keys::MAX_QUEUE_NAME),
+        Constraint::Length(9),
+        fit("PEND", cell(2), 12),
+        fit("RUN", cell(3), 8),
         Constraint::Length(6),
-        Constraint::Length(5),
         Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(11),
-        Constraint::Length(15),
-        Constraint::Length(3),
+        fit("WAIT p50/99", cell(6), 24),
+        fit("TOTAL p50/95/99", cell(7), 32),
+        fit("WRK", cell(8), 6),
     ];
     if wide {
         widths.extend([
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(6),
+            fit("TTFC p50", cell(9), 12),
+            fit("HEAD AGE", cell(10), 12),
+            fit("MAX", cell(11), 14),
         ]);
     }
     let empty = app.queues.is_empty();
@@ -103,6 +107,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         " queues "
     };
+    let rows: Vec<Row> = cells_all.into_iter().map(Row::new).collect();
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().bold()))
         .block(Block::bordered().title(title))

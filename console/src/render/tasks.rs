@@ -8,7 +8,7 @@ use ratatui::widgets::{Block, Row, Table, TableState};
 use ratatui::Frame;
 use rtq_core::{Outcome, TaskInfo};
 
-use super::{fmt_bytes, fmt_ms};
+use super::{fit, fmt_bytes, fmt_ms};
 use crate::model::TaskTab;
 use crate::state::App;
 
@@ -44,12 +44,18 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let data = app.tasks.as_ref();
     let now = data.map_or(app.now_ms, |d| d.now_ms);
     let mark = |t: &TaskInfo| if app.marked.contains(&t.id) { "*" } else { " " };
+    // Ids are shown whole (up to 128 characters), not cut to a fixed width.
+    let id_width = fit(
+        "ID",
+        app.visible_tasks().iter().map(|t| t.id.chars().count()),
+        rtq_core::keys::MAX_ID_LEN,
+    );
     let (header, widths, rows): (Vec<&str>, Vec<Constraint>, Vec<Row>) = match app.tab {
         TaskTab::Pending => (
             vec!["", "ID", "PRI", "AGE", "DEADLINE IN", "LABELS"],
             vec![
                 Constraint::Length(1),
-                Constraint::Min(20),
+                id_width,
                 Constraint::Length(5),
                 Constraint::Length(8),
                 Constraint::Length(11),
@@ -94,7 +100,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             ],
             vec![
                 Constraint::Length(1),
-                Constraint::Min(14),
+                id_width,
                 Constraint::Min(12),
                 Constraint::Length(8),
                 Constraint::Length(11),
@@ -157,7 +163,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             vec!["", "ID", "STATE", "ENDED", "TOOK", "WORKER", "REASON"],
             vec![
                 Constraint::Length(1),
-                Constraint::Min(14),
+                id_width,
                 Constraint::Length(9),
                 Constraint::Length(8),
                 Constraint::Length(8),

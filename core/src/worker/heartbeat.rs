@@ -100,9 +100,23 @@ pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten,
     } else {
         functions::call(&mut conn, &shared.keys, &Heartbeat(make())).await?
     };
-    if reply == BeatReply::Gone {
+    let gone = reply == BeatReply::Gone;
+    if gone {
         tracing::warn!("this worker had been declared dead (its lease lapsed); registering again");
         reply = functions::call(&mut conn, &shared.keys, &Register(make())).await?;
+    }
+    if register || gone {
+        // List the queue for consoles and `rtq stats`, on every
+        // registration: after Redis restarted empty, the first heartbeat
+        // hears GONE and the queue is listed again at once.
+        let listed: redis::RedisResult<i64> = redis::cmd("SADD")
+            .arg(crate::keys::QUEUES)
+            .arg(shared.keys.name())
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = listed {
+            tracing::debug!(error = %e, "could not list the queue in the registry");
+        }
     }
     shared.status.redis_ok.store(true, Ordering::Release);
     match reply {

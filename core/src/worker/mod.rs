@@ -39,7 +39,7 @@ use crate::connection::Endpoint;
 use crate::error::Error;
 use crate::functions::release::{HandBack, Release, ReleaseMode, ReleaseReply};
 use crate::functions::{self};
-use crate::keys::{validate_id, QueueKeys, QUEUES};
+use crate::keys::{validate_id, QueueKeys};
 use crate::protocol::{CancelKind, InboxMessage};
 use crate::server::ServerReport;
 use heartbeat::Beaten;
@@ -251,12 +251,6 @@ impl Worker {
             pool: SlotPool::new(self.config.slots, Arc::clone(&self.status)),
             beat_now: Notify::new(),
         });
-        let _: redis::RedisResult<i64> = redis::cmd("SADD")
-            .arg(QUEUES)
-            .arg(self.keys.name())
-            .query_async(&mut self.conn.clone())
-            .await;
-
         // The inbox reader first: registration dispatches into the inbox.
         let inbox_conn = self.endpoint.dedicated(inbox::RESPONSE_TIMEOUT).await?;
         let reader_stop = CancellationToken::new();

@@ -218,9 +218,19 @@ impl KillableWorker {
         }
     }
 
+    /// Like kill -9: when this returns, every connection of the worker is
+    /// closed (the kernel closes a killed process's sockets at once), so a
+    /// blocked inbox read of the dead worker can never take a task handed
+    /// to its successor. (`shutdown_background` left them open for a
+    /// moment: a restart under the same id could lose its first delivery
+    /// to the dead reader, a flake the soak found.)
     pub fn kill(mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            // A runtime cannot be shut down and waited for from inside
+            // another one; a plain thread can.
+            std::thread::spawn(move || rt.shutdown_timeout(std::time::Duration::from_secs(10)))
+                .join()
+                .expect("the killed worker's runtime shuts down");
         }
     }
 }
