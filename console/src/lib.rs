@@ -47,9 +47,9 @@ pub struct Cli {
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
-    /// Disable every action (requeue, cancel, pause, purge, ...) and the
-    /// console's own housekeeping: nothing is written (a Redis user with
-    /// the read-only console role is enough).
+    /// Disable every action (submit, requeue, cancel, pause, purge, queue
+    /// delete, ...) and the console's own housekeeping: nothing is written
+    /// (a Redis user with the read-only console role is enough).
     #[arg(long, global = true, env = "RTQ_READ_ONLY")]
     pub read_only: bool,
     /// Print JSON instead of text (every command; the shapes, each with

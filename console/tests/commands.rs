@@ -141,6 +141,21 @@ async fn actions_and_their_exit_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--confirm must repeat"));
     let o = rtq(&url, &["--read-only", "pause", "llm"]);
     assert_eq!(o.status.code(), Some(1));
+    // Submitting writes too.
+    let o = rtq(
+        &url,
+        &[
+            "--read-only",
+            "submit",
+            "llm",
+            "{}",
+            "--no-wait",
+            "--id",
+            "ro",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(seed.admin.task("llm", "ro").await.is_err());
     // Usage errors exit 2 (clap); unreachable Redis exits 3, password hidden.
     assert_eq!(rtq(&url, &["frobnicate"]).status.code(), Some(2));
     let o = rtq("redis://:hunter2@127.0.0.1:1/", &["stats"]);

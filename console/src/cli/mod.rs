@@ -172,6 +172,7 @@ pub async fn run(
             | Command::MaxDepth { .. }
             | Command::Purge { .. }
             | Command::Queue(_)
+            | Command::Submit(_)
     );
     if read_only && mutating {
         note("--read-only forbids this command");
