@@ -104,6 +104,23 @@ async fn pause_and_max_depth_create_a_queue_only_when_asked() {
         .query(&mut redis.conn())
         .unwrap();
     assert_eq!(paused, "1");
+    // A queue whose registry entry Redis lost (but not its keys) is still
+    // known, and `stats QUEUE` reads it.
+    let _: i64 = redis::cmd("SREM")
+        .arg("rtq:queues")
+        .arg("batch")
+        .query(&mut redis.conn())
+        .unwrap();
+    let o = rtq(&url, &["stats", "batch", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            v["queues"][0]["queue"].as_str(),
+            v["queues"][0]["paused"].as_bool()
+        ),
+        (Some("batch"), Some(true))
+    );
     // Once it exists, no --create is needed; resume answers typed JSON.
     let o = rtq(&url, &["resume", "batch", "--json"]);
     assert!(o.status.success(), "{o:?}");

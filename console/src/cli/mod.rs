@@ -364,17 +364,17 @@ fn confirmed(queue: &str, confirm: &str) -> Result<(), CliError> {
 }
 
 async fn stats(ctx: &Ctx, queue: Option<String>, window_secs: u64) -> Result<(), CliError> {
-    if let Some(q) = &queue {
-        ctx.known(q, false).await?;
-    }
     let buckets = (window_secs / 10) as usize;
-    let rows: Vec<_> = ctx
-        .admin
-        .dashboard(buckets)
-        .await?
-        .into_iter()
-        .filter(|(o, _)| queue.as_ref().is_none_or(|q| &o.name == q))
-        .collect();
+    let rows = match &queue {
+        // One queue: read only it (also when Redis lost its registry
+        // entry but not its keys).
+        Some(q) => {
+            ctx.known(q, false).await?;
+            let (o, s) = futures::try_join!(ctx.admin.overview(q), ctx.admin.stats(q, buckets))?;
+            vec![(o, s)]
+        }
+        None => ctx.admin.dashboard(buckets).await?,
+    };
     if ctx.json {
         let v: Vec<Value> = rows.iter().map(|(o, s)| json::queue_stats(o, s)).collect();
         ctx.doc(json!({"window_secs": window_secs, "queues": v}));
