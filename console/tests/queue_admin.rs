@@ -229,6 +229,8 @@ fn bad_names_and_out_of_range_values_are_usage_errors() {
         &["tasks", "llm", "--limit", "0"],
         &["stats", "--window-secs", "5"],
         &["max-depth", "llm", "2000000000000"],
+        &["purge", "llm", "--confirm", "lm"],
+        &["queue", "delete", "llm", "--confirm", "LLM"],
     ];
     for args in usage {
         let o = rtq(url, args);

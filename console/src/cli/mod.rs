@@ -156,13 +156,6 @@ pub async fn run(
     json: bool,
     command: Command,
 ) -> i32 {
-    let client = match Client::connect_with(redis, config).await {
-        Ok(c) => c,
-        Err(e) => {
-            report(&e);
-            return exit_code(&e);
-        }
-    };
     let mutating = matches!(
         command,
         Command::Requeue { .. }
@@ -178,6 +171,17 @@ pub async fn run(
         note("--read-only forbids this command");
         return EXIT_FAILED;
     }
+    if let Err(e) = check_usage(&command) {
+        report(&e);
+        return e.exit_code();
+    }
+    let client = match Client::connect_with(redis, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return exit_code(&e);
+        }
+    };
     let ctx = Ctx {
         admin: Admin::new(&client),
         client,
@@ -306,8 +310,7 @@ async fn execute(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 format!("max depth of {queue} is {depth}"),
             );
         }
-        Command::Purge { queue, confirm } => {
-            confirmed(&queue, &confirm)?;
+        Command::Purge { queue, .. } => {
             ctx.known(&queue, false).await?;
             let n = admin.purge(&queue).await?;
             ctx.out(
@@ -315,12 +318,7 @@ async fn execute(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 format!("purged {n} pending tasks from {queue}"),
             );
         }
-        Command::Queue(QueueCommand::Delete {
-            queue,
-            confirm,
-            force,
-        }) => {
-            confirmed(&queue, &confirm)?;
+        Command::Queue(QueueCommand::Delete { queue, force, .. }) => {
             ctx.known(&queue, false).await?;
             let d = admin
                 .delete_queue(&queue, force)
@@ -348,6 +346,16 @@ fn ok_if(allowed: bool, e: CliError) -> Result<(), CliError> {
     match e {
         CliError::Failed(_) if allowed => Ok(()),
         e => Err(e),
+    }
+}
+
+/// Usage errors that need no Redis, found before connecting (so that they
+/// exit 2 whatever the state of Redis).
+fn check_usage(command: &Command) -> Result<(), CliError> {
+    match command {
+        Command::Purge { queue, confirm }
+        | Command::Queue(QueueCommand::Delete { queue, confirm, .. }) => confirmed(queue, confirm),
+        _ => Ok(()),
     }
 }
 
