@@ -230,6 +230,7 @@ fn bad_names_and_out_of_range_values_are_usage_errors() {
         &["stats", "--window-secs", "5"],
         &["max-depth", "llm", "2000000000000"],
         &["purge", "llm", "--confirm", "lm"],
+        &["submit", "llm", "@/nonexistent/input.json"],
         &["queue", "delete", "llm", "--confirm", "LLM"],
     ];
     for args in usage {

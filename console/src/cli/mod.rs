@@ -175,6 +175,16 @@ pub async fn run(
         report(&e);
         return e.exit_code();
     }
+    let request = match &command {
+        Command::Submit(a) => match submit::request(a) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                report(&e);
+                return e.exit_code();
+            }
+        },
+        _ => None,
+    };
     let client = match Client::connect_with(redis, config).await {
         Ok(c) => c,
         Err(e) => {
@@ -187,7 +197,7 @@ pub async fn run(
         client,
         json,
     };
-    match execute(&ctx, command).await {
+    match execute(&ctx, command, request).await {
         Ok(()) => 0,
         Err(e) => {
             report(&e);
@@ -243,7 +253,13 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.0}ms")).unwrap_or_else(|| "-".into())
 }
 
-async fn execute(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+/// Runs `command`; `request` is the task of a submit, built before
+/// connecting.
+async fn execute(
+    ctx: &Ctx,
+    command: Command,
+    request: Option<rtq_core::TaskRequest>,
+) -> Result<(), CliError> {
     let admin = &ctx.admin;
     match command {
         Command::Ui
@@ -261,7 +277,13 @@ async fn execute(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             limit,
         } => tasks(ctx, &queue, state, limit as usize).await?,
         Command::Task { queue, id, follow } => task::run(ctx, &queue, &id, follow).await?,
-        Command::Submit(args) => submit::run(ctx, *args).await?,
+        Command::Submit(args) => {
+            let request = match request {
+                Some(r) => r,
+                None => submit::request(&args)?,
+            };
+            submit::run(ctx, *args, request).await?
+        }
         Command::Requeue { queue, id } => {
             ctx.known(&queue, false).await?;
             let prev = admin.requeue(&queue, &id).await?;

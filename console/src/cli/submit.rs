@@ -33,8 +33,13 @@ fn read_input(input: &str) -> Result<String, CliError> {
     }
 }
 
-/// The request the flags describe.
-fn request(a: &SubmitArgs) -> Result<TaskRequest, CliError> {
+/// The request the flags describe, input read; called before connecting,
+/// so that unreadable or invalid input fails whatever the state of Redis.
+///
+/// # Errors
+/// [`CliError::Usage`] for unreadable input, invalid JSON as
+/// [`Error::InvalidInput`].
+pub(super) fn request(a: &SubmitArgs) -> Result<TaskRequest, CliError> {
     let mut req = TaskRequest::parse(&read_input(&a.input)?)?
         .priority(a.priority)
         .max_attempts(a.max_attempts)
@@ -52,8 +57,8 @@ fn request(a: &SubmitArgs) -> Result<TaskRequest, CliError> {
 }
 
 /// Runs `rtq submit`.
-pub(super) async fn run(ctx: &Ctx, a: SubmitArgs) -> Result<(), CliError> {
-    let req = request(&a)?;
+/// Runs `rtq submit` with the request [`request`] built.
+pub(super) async fn run(ctx: &Ctx, a: SubmitArgs, req: TaskRequest) -> Result<(), CliError> {
     let queue = a.queue.as_str();
     ctx.known(queue, true)
         .await
