@@ -21,9 +21,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The exit codes, shown after `--help` and in the manual page.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the operation failed (unknown queue or task, \
+no live worker, full queue, task failed); 2 usage error (bad flag, name or value, --confirm \
+mismatch, no terminal for the console); 3 Redis unreachable (retry later); 4 authentication \
+failed; 5 TLS failed; 6 permission denied (ACL).";
+
 /// rtq: watch and steer rtq queues. Without a command, opens the console.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "rtq", version, about)]
+#[command(name = "rtq", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Redis URL, e.g. redis://:password@host:6379/0 (required; the
     /// password is never shown).

@@ -186,6 +186,11 @@ fn without_a_redis_url_rtq_refuses_to_guess() {
         .output()
         .unwrap();
     assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit codes: 0 success") && help.contains("3 Redis unreachable"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -236,6 +241,10 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     assert!(
         page.contains("RTQ SUBMIT") && page.contains("wait\\-for\\-workers"),
         "{page}"
+    );
+    assert!(
+        page.contains("Exit codes: 0 success"),
+        "the exit codes are in the page"
     );
 }
 
