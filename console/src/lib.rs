@@ -222,7 +222,7 @@ pub enum Command {
         /// admin are fleet-wide).
         #[arg(long, env = "RTQ_ACL_QUEUE", value_parser = queue_name)]
         queue: Option<String>,
-        /// User name (default rtq-<role>[-<queue>]).
+        /// User name (default `rtq-<role>[-<queue>]`).
         #[arg(long, env = "RTQ_ACL_USER")]
         user: Option<String>,
     },

@@ -1,11 +1,11 @@
 //! The scriptable commands: stable output, JSON where asked (`--json`, see
-//! [`json`]), and exit codes a script can rely on (0 ok, 1 operation
+//! [`json`](mod@json)), and exit codes a script can rely on (0 ok, 1 operation
 //! failed, 2 usage error, 3 Redis unreachable, 4 authentication failed, 5
 //! TLS failed, 6 permission denied).
 //!
 //! # Layout
 //! - this file: exit codes, [`CliError`], [`run`] and the short commands.
-//! - [`json`]: the `--json` shapes and their schema version.
+//! - [`json`](mod@json): the `--json` shapes and their schema version.
 //! - `submit`: `rtq submit` (input from text, stdin or a file; the checks
 //!   for an unknown queue and for a queue without workers).
 //! - `task`: `rtq task` (one task, `--follow` streams it).
