@@ -163,6 +163,75 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_heartbeat_becomes_typed_values() {
+        let fields = [
+            ("slots", "8"),
+            ("busy", "3"),
+            ("pid", "not a number"),
+            ("host", ""),
+            ("labels", r#"{"gpu":"A100"}"#),
+            ("hb", "900"),
+        ];
+        let w = WorkerInfo {
+            id: "w1".into(),
+            lease_until_ms: Some(2_000),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            tasks: vec!["t1".into()],
+        };
+        let v = worker(&w, 1_000);
+        assert_eq!(
+            (v["slots"].clone(), v["busy"].clone()),
+            (json!(8), json!(3))
+        );
+        assert!(v["pid"].is_null() && v["host"].is_null() && v["done"].is_null());
+        assert_eq!(v["labels"], json!({"gpu": "A100"}));
+        assert_eq!(
+            (v["alive"].clone(), v["heartbeat_age_ms"].clone()),
+            (json!(true), json!(100))
+        );
+        assert_eq!(worker(&w, 2_000)["alive"], false, "the lease ends at 2000");
+    }
+
+    #[test]
+    fn a_task_has_labels_as_an_object_and_null_for_what_is_not_set() {
+        let hash: std::collections::HashMap<String, String> = [
+            ("v", "2"),
+            ("st", "done"),
+            ("pri", "-3"),
+            ("att", "1"),
+            ("max", "3"),
+            ("sub", "1000"),
+            ("fin", "1500"),
+            ("res", r#"{"ok":true}"#),
+            (
+                "spec",
+                r#"{"v":2,"id":"t1","input":{"p":1},"labels":{"team":"a"}}"#,
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let t = TaskInfo::from_hash("t1", &hash).unwrap();
+        let row = task("llm", &t, false);
+        assert_eq!(row["labels"], json!({"team": "a"}));
+        assert_eq!(
+            (row["priority"].clone(), row["finished_ms"].clone()),
+            (json!(-3), json!(1500))
+        );
+        assert!(row["worker"].is_null() && row["deadline_ms"].is_null() && row["error"].is_null());
+        assert!(
+            row.get("result").is_none(),
+            "lists carry no result or input"
+        );
+        let full = task("llm", &t, true);
+        assert_eq!(full["result"], json!({"ok": true}));
+        assert_eq!(full["input"], json!({"p": 1}));
+    }
+
+    #[test]
     fn zero_times_are_null() {
         assert_eq!(nonzero(0), Value::Null);
         assert_eq!(nonzero(17), json!(17));
