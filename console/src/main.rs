@@ -45,6 +45,11 @@ async fn main() -> anyhow::Result<()> {
             ),
         )
     }
+    if let Some(command) = &args.command {
+        if let Err(e) = cli::check_usage(command) {
+            usage(clap::error::ErrorKind::ValueValidation, &e.to_string())
+        }
+    }
     let config = match args.client_config() {
         Ok(config) => config,
         Err(e) => {

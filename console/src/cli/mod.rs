@@ -372,8 +372,13 @@ fn ok_if(allowed: bool, e: CliError) -> Result<(), CliError> {
 }
 
 /// Usage errors that need no Redis, found before connecting (so that they
-/// exit 2 whatever the state of Redis).
-fn check_usage(command: &Command) -> Result<(), CliError> {
+/// exit 2 whatever the state of Redis): a `--confirm` that does not repeat
+/// the queue name. `main` reports them as clap errors; [`run`] checks
+/// again for other callers.
+///
+/// # Errors
+/// [`CliError::Usage`] naming the mismatch.
+pub fn check_usage(command: &Command) -> Result<(), CliError> {
     match command {
         Command::Purge { queue, confirm }
         | Command::Queue(QueueCommand::Delete { queue, confirm, .. }) => confirmed(queue, confirm),
