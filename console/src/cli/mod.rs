@@ -4,7 +4,8 @@
 //! TLS failed, 6 permission denied).
 //!
 //! # Layout
-//! - this file: exit codes, [`CliError`], [`run`] and the short commands.
+//! - this file: exit codes, [`CliError`], [`run`] and the actions.
+//! - `reads`: `rtq stats`, `rtq workers`, `rtq tasks`.
 //! - [`json`](mod@json): the `--json` shapes and their schema version.
 //! - `submit`: `rtq submit` (input from text, stdin or a file; the checks
 //!   for an unknown queue and for a queue without workers).
@@ -14,6 +15,7 @@
 
 pub mod json;
 mod offline;
+mod reads;
 mod submit;
 mod task;
 
@@ -24,7 +26,7 @@ use rtq_core::admin::Admin;
 use rtq_core::{Client, ClientConfig, Error};
 use serde_json::{json, Value};
 
-use crate::{Command, QueueCommand, TaskList};
+use crate::{Command, QueueCommand};
 
 pub use offline::{acl, completions, keygen, man};
 
@@ -249,10 +251,6 @@ pub(crate) fn print_line(text: impl fmt::Display) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-fn ms(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.0}ms")).unwrap_or_else(|| "-".into())
-}
-
 /// Runs `command`; `request` is the task of a submit, built before
 /// connecting.
 async fn execute(
@@ -269,13 +267,13 @@ async fn execute(
         | Command::Man => {
             unreachable!("the console and the offline commands are run by main")
         }
-        Command::Stats { queue, window_secs } => stats(ctx, queue, window_secs).await?,
-        Command::Workers { queue } => workers(ctx, &queue).await?,
+        Command::Stats { queue, window_secs } => reads::stats(ctx, queue, window_secs).await?,
+        Command::Workers { queue } => reads::workers(ctx, &queue).await?,
         Command::Tasks {
             queue,
             state,
             limit,
-        } => tasks(ctx, &queue, state, limit as usize).await?,
+        } => reads::tasks(ctx, &queue, state, limit as usize).await?,
         Command::Task { queue, id, follow } => task::run(ctx, &queue, &id, follow).await?,
         Command::Submit(args) => {
             let request = match request {
@@ -396,115 +394,4 @@ fn confirmed(queue: &str, confirm: &str) -> Result<(), CliError> {
             printable(confirm, false)
         )))
     }
-}
-
-async fn stats(ctx: &Ctx, queue: Option<String>, window_secs: u64) -> Result<(), CliError> {
-    let buckets = (window_secs / 10) as usize;
-    let rows = match &queue {
-        // One queue: read only it (also when Redis lost its registry
-        // entry but not its keys).
-        Some(q) => {
-            ctx.known(q, false).await?;
-            let (o, s) = futures::try_join!(ctx.admin.overview(q), ctx.admin.stats(q, buckets))?;
-            vec![(o, s)]
-        }
-        None => ctx.admin.dashboard(buckets).await?,
-    };
-    if ctx.json {
-        let v: Vec<Value> = rows.iter().map(|(o, s)| json::queue_stats(o, s)).collect();
-        ctx.doc(json!({"window_secs": window_secs, "queues": v}));
-        return Ok(());
-    }
-    let row = |cols: [&str; 9]| {
-        format!(
-            "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
-        )
-    };
-    ctx.line(row([
-        "QUEUE", "STATE", "PENDING", "RUNNING", "WORKERS", "DONE/S", "FAIL/S", "WAIT99", "TOTAL99",
-    ]));
-    for (o, s) in &rows {
-        let name = printable(&o.name, false);
-        if let Some(error) = &o.error {
-            ctx.line(row([&name, "error", "-", "-", "-", "-", "-", "-", "-"]));
-            report(error);
-            continue;
-        }
-        ctx.line(row([
-            &name,
-            if o.paused { "paused" } else { "running" },
-            &o.pending.to_string(),
-            &o.running.to_string(),
-            &o.workers_alive.to_string(),
-            &format!("{:.1}", s.rate("done")),
-            &format!("{:.1}", s.rate("failed")),
-            &ms(s.wait.p99),
-            &ms(s.total.p99),
-        ]));
-    }
-    Ok(())
-}
-
-async fn workers(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
-    ctx.known(queue, false).await?;
-    let now = ctx.admin.overview(queue).await?.now_ms;
-    let workers = ctx.admin.workers(queue).await?;
-    if ctx.json {
-        let v: Vec<Value> = workers.iter().map(|w| json::worker(w, now)).collect();
-        ctx.doc(json!({"queue": queue, "now_ms": now, "workers": v}));
-        return Ok(());
-    }
-    ctx.line(format!(
-        "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>8}",
-        "WORKER", "HOST", "STATE", "BUSY", "DONE", "FAILED", "HB AGE"
-    ));
-    for w in &workers {
-        ctx.line(format!(
-            "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>7}s",
-            printable(&w.id, false),
-            printable(w.field("host"), false),
-            printable(w.field("state"), false),
-            printable(&format!("{}/{}", w.field("busy"), w.field("slots")), false),
-            printable(w.field("done"), false),
-            printable(w.field("failed"), false),
-            w.heartbeat_age_ms(now)
-                .map(|a| format!("{:.1}", a as f64 / 1000.0))
-                .unwrap_or_default()
-        ));
-    }
-    Ok(())
-}
-
-async fn tasks(ctx: &Ctx, queue: &str, state: TaskList, limit: usize) -> Result<(), CliError> {
-    ctx.known(queue, false).await?;
-    let admin = &ctx.admin;
-    let (list, tasks) = match state {
-        TaskList::Pending => ("pending", admin.pending(queue, 0, limit).await?),
-        TaskList::Running => (
-            "running",
-            admin
-                .running(queue)
-                .await?
-                .into_iter()
-                .take(limit)
-                .collect(),
-        ),
-        TaskList::Recent => ("recent", admin.recent(queue, 0, limit).await?),
-    };
-    if ctx.json {
-        let v: Vec<Value> = tasks.iter().map(|t| json::task(queue, t, false)).collect();
-        ctx.doc(json!({"queue": queue, "list": list, "tasks": v}));
-        return Ok(());
-    }
-    for t in &tasks {
-        ctx.line(format!(
-            "{}\t{}\t{}\t{}",
-            printable(&t.id, false),
-            t.state,
-            t.priority,
-            printable(&t.worker, false)
-        ));
-    }
-    Ok(())
 }
