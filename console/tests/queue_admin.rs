@@ -97,7 +97,9 @@ async fn pause_and_max_depth_create_a_queue_only_when_asked() {
     assert!(o.status.success(), "{o:?}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["max_depth"], 7);
-    assert_eq!(registry(&redis), ["batch", "small"]);
+    let o = rtq(&url, &["submit", "fresh", "{}", "--create", "--no-wait"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(registry(&redis), ["batch", "fresh", "small"]);
     let paused: String = redis::cmd("HGET")
         .arg("rtq:{batch}:meta")
         .arg("paused")

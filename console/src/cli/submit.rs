@@ -60,9 +60,12 @@ pub(super) fn request(a: &SubmitArgs) -> Result<TaskRequest, CliError> {
 /// Runs `rtq submit` with the request [`request`] built.
 pub(super) async fn run(ctx: &Ctx, a: SubmitArgs, req: TaskRequest) -> Result<(), CliError> {
     let queue = a.queue.as_str();
-    ctx.known(queue, true)
-        .await
-        .or_else(|e| ok_if(a.create, e))?;
+    if let Err(e) = ctx.known(queue, true).await {
+        ok_if(a.create, e)?;
+        // Listed now: the client's own listing runs in the background,
+        // and this process may end before it does.
+        ctx.admin.register_queue(queue).await?;
+    }
     check_workers(ctx, &a).await?;
     let q = ctx.client.queue(queue)?;
     if a.no_wait {

@@ -68,6 +68,24 @@ impl Admin {
         }
     }
 
+    /// Lists queue `queue` in the queue registry (idempotent), so that
+    /// consoles and `rtq stats` show it before its first worker starts.
+    /// A submit through [`Client::queue`](crate::Client::queue) lists it
+    /// too, but in the background: a short-lived process creating a queue
+    /// calls this first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], Redis errors.
+    pub async fn register_queue(&self, queue: &str) -> Result<(), Error> {
+        QueueKeys::new(queue)?;
+        let _: i64 = redis::cmd("SADD")
+            .arg(QUEUES)
+            .arg(queue)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Deletes queue `queue`: every key under its prefix `rtq:{<queue>}:`
     /// and its entry in the queue registry, so it no longer shows anywhere.
     ///
