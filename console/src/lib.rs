@@ -22,9 +22,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The exit codes, shown after `--help` and in the manual page.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the operation failed (unknown queue or task, \
+no live worker, full queue, task failed); 2 usage error (bad flag, name or value, --confirm \
+mismatch, no terminal for the console); 3 Redis unreachable (retry later); 4 authentication \
+failed; 5 TLS failed; 6 permission denied (ACL).";
+
 /// rtq: watch and steer rtq queues. Without a command, opens the console.
 #[derive(Clone, Debug, Parser)]
-#[command(version, about)]
+#[command(name = "rtq", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Redis URL, e.g. redis://:password@host:6379/0 (required; the
     /// password is never shown).
@@ -48,11 +54,15 @@ pub struct Cli {
     /// Console refresh period in ms.
     #[arg(long, global = true, env = "RTQ_REFRESH_MS", default_value_t = 1000)]
     pub refresh_ms: u64,
-    /// Disable every action (requeue, cancel, pause, purge, ...) and the
-    /// console's own housekeeping: nothing is written (a Redis user with
-    /// the read-only console role is enough).
+    /// Disable every action (submit, requeue, cancel, pause, purge, queue
+    /// delete, ...) and the console's own housekeeping: nothing is written
+    /// (a Redis user with the read-only console role is enough).
     #[arg(long, global = true, env = "RTQ_READ_ONLY")]
     pub read_only: bool,
+    /// Print JSON instead of text (every command; the shapes, each with
+    /// `"schema": 1`, are in the README). Errors stay text on stderr.
+    #[arg(long, global = true, env = "RTQ_JSON")]
+    pub json: bool,
     /// What to do; the console if absent.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -94,94 +104,111 @@ impl Cli {
 }
 
 /// Scriptable commands. Exit codes: 0 success, 1 the operation failed
-/// (unknown task, full queue, task failed), 2 usage error, 3 Redis
-/// unreachable, 4 authentication failed, 5 TLS failed, 6 permission denied.
+/// (unknown queue or task, full queue, task failed), 2 usage error (a bad
+/// flag, name or value), 3 Redis unreachable, 4 authentication failed, 5
+/// TLS failed, 6 permission denied.
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
-    /// Open the console (the default).
+    /// Open the console (the default; needs a terminal).
     Ui,
     /// Queue statistics for monitors and autoscalers.
     Stats {
         /// Only this queue (default: all).
+        #[arg(value_parser = queue_name)]
         queue: Option<String>,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-        /// Window in seconds for rates and latency percentiles.
-        #[arg(long, default_value_t = 60)]
+        /// Window in seconds for rates and latency percentiles (10..=3600).
+        #[arg(long, env = "RTQ_WINDOW_SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(10..=3600))]
         window_secs: u64,
     },
     /// Workers of a queue with their heartbeat.
     Workers {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
     },
     /// Tasks of a queue: pending, running or recent.
     Tasks {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
         /// Which tasks.
-        #[arg(long, value_enum, default_value = "pending")]
+        #[arg(long, env = "RTQ_TASK_STATE", value_enum, default_value = "pending")]
         state: TaskList,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
+        /// At most this many (1..=10000).
+        #[arg(long, env = "RTQ_LIMIT", default_value_t = 50,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
+    /// One task: state, attempts, result or error; --follow streams its
+    /// output until it ends.
+    Task {
+        /// Queue.
+        #[arg(value_parser = queue_name)]
+        queue: String,
+        /// Task id.
+        #[arg(value_parser = task_id)]
+        id: String,
+        /// Print its output (from the first chunk of the current attempt)
+        /// as it arrives, then its result; exit 1 if it fails.
+        #[arg(long, env = "RTQ_FOLLOW")]
+        follow: bool,
     },
     /// Submit a task; print its result (or its chunks as they arrive).
-    Submit {
-        /// Queue.
-        queue: String,
-        /// Input JSON.
-        input: String,
-        /// Print chunks as they arrive.
-        #[arg(long)]
-        stream: bool,
-        /// Priority [-1000, 1000].
-        #[arg(long, default_value_t = 0)]
-        priority: i16,
-        /// Deadline in seconds (0 = none).
-        #[arg(long, default_value_t = 0)]
-        timeout_secs: u64,
-        /// Return the id at once instead of waiting.
-        #[arg(long)]
-        no_wait: bool,
-    },
+    ///
+    /// Refuses a queue that does not exist (a typo would create one)
+    /// unless --create. A queue without a live worker is reported at once
+    /// on stderr; the task is then not created (exit 1) unless
+    /// --wait-for-workers, --timeout-secs or --no-wait says how long to
+    /// wait for one.
+    Submit(Box<SubmitArgs>),
     /// Put a task back in its queue.
     Requeue {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
         /// Task id.
+        #[arg(value_parser = task_id)]
         id: String,
     },
     /// Cancel a task.
     Cancel {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
         /// Task id.
+        #[arg(value_parser = task_id)]
         id: String,
     },
     /// Stop handing out tasks of a queue.
     Pause {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
+        /// Create the queue if it does not exist (to pause it before its
+        /// workers start). Deliberately no environment variable: creating
+        /// a queue must be asked for on the command line.
+        #[arg(long)]
+        create: bool,
     },
     /// Resume a paused queue.
     Resume {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
     },
-    /// Set a queue's maximum depth (0 = unlimited).
+    /// Set a queue's maximum depth (0 = unlimited, at most 2^40).
     MaxDepth {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
         /// Maximum pending tasks.
+        #[arg(value_parser = clap::value_parser!(u64).range(0..=1u64 << 40))]
         depth: u64,
+        /// Create the queue if it does not exist (no environment variable,
+        /// as for pause).
+        #[arg(long)]
+        create: bool,
     },
     /// Print the `ACL SETUSER` line of a least-privilege Redis user for a
     /// role (needs no Redis).
@@ -194,10 +221,10 @@ pub enum Command {
         role: AclRole,
         /// The queue (required for client and worker; the console and the
         /// admin are fleet-wide).
-        #[arg(long)]
+        #[arg(long, env = "RTQ_ACL_QUEUE", value_parser = queue_name)]
         queue: Option<String>,
-        /// User name (default rtq-<role>[-<queue>]).
-        #[arg(long)]
+        /// User name (default `rtq-<role>[-<queue>]`).
+        #[arg(long, env = "RTQ_ACL_USER")]
         user: Option<String>,
     },
     /// Make an ed25519 key for signed tasks (needs no Redis).
@@ -211,11 +238,126 @@ pub enum Command {
     /// Cancel every pending task of a queue.
     Purge {
         /// Queue.
+        #[arg(value_parser = queue_name)]
         queue: String,
-        /// Required: the queue name again, to confirm.
+        /// Required: the queue name again, to confirm (deliberately no
+        /// environment variable).
         #[arg(long)]
         confirm: String,
     },
+    /// Queue administration: delete a queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Print a shell completion script (needs no Redis), e.g.
+    /// `rtq completions bash > /etc/bash_completion.d/rtq`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, roff (needs no Redis), e.g.
+    /// `rtq man > /usr/local/share/man/man1/rtq.1`.
+    Man,
+}
+
+/// The arguments of `rtq submit`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Queue.
+    #[arg(value_parser = queue_name)]
+    pub queue: String,
+    /// Input JSON: the text itself, `-` to read it from stdin, or `@FILE`
+    /// to read it from a file.
+    pub input: String,
+    /// Print chunks as they arrive.
+    #[arg(long, env = "RTQ_STREAM")]
+    pub stream: bool,
+    /// Priority [-1000, 1000]; higher runs first.
+    #[arg(long, env = "RTQ_PRIORITY", default_value_t = 0,
+          value_parser = clap::value_parser!(i16).range(-1000..=1000),
+          allow_negative_numbers = true)]
+    pub priority: i16,
+    /// Deadline in seconds (0 = none, at most 30 days): the task ends as
+    /// timed out if it has not finished by then, also when no worker ever
+    /// takes it.
+    #[arg(long, alias = "timeout", env = "RTQ_TIMEOUT_SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
+    pub timeout_secs: u64,
+    /// Return the id at once instead of waiting.
+    #[arg(long, env = "RTQ_NO_WAIT")]
+    pub no_wait: bool,
+    /// Wait for a worker without limit when the queue has none.
+    #[arg(long, env = "RTQ_WAIT_FOR_WORKERS")]
+    pub wait_for_workers: bool,
+    /// Create the queue if it does not exist (no environment variable, as
+    /// for pause).
+    #[arg(long)]
+    pub create: bool,
+    /// A label KEY=VALUE (repeatable; the environment variable takes a
+    /// comma-separated list).
+    #[arg(long = "label", value_name = "KEY=VALUE", env = "RTQ_LABELS",
+          value_delimiter = ',', value_parser = label)]
+    pub labels: Vec<(String, String)>,
+    /// Task id (an idempotency key); default: a new time-ordered id.
+    #[arg(long, env = "RTQ_TASK_ID", value_parser = task_id)]
+    pub id: Option<String>,
+    /// Attempts allowed (1..=1000).
+    #[arg(long, env = "RTQ_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// Seconds the result stays readable after the task ends (1 s ..= 30
+    /// days).
+    #[arg(long, env = "RTQ_RETENTION_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub retention_secs: u64,
+}
+
+/// `rtq queue ...`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Delete a queue: all its keys and its registry entry.
+    ///
+    /// Refuses a queue with pending or running tasks or live workers
+    /// unless --force (its tasks are then lost; stop its workers first,
+    /// or their next heartbeat re-creates the queue).
+    Delete {
+        /// Queue.
+        #[arg(value_parser = queue_name)]
+        queue: String,
+        /// Required: the queue name again, to confirm (deliberately no
+        /// environment variable).
+        #[arg(long)]
+        confirm: String,
+        /// Delete it even with tasks or live workers (no environment
+        /// variable either).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Longest timeout or retention rtq accepts: 30 days, in seconds.
+const MAX_SECS: u64 = 30 * 24 * 3600;
+
+/// Clap parser of a queue name (a bad one is a usage error, exit 2).
+fn queue_name(s: &str) -> Result<String, String> {
+    rtq_core::keys::validate_queue_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Clap parser of a task id.
+fn task_id(s: &str) -> Result<String, String> {
+    rtq_core::keys::validate_id(s, "task id")
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Clap parser of a `KEY=VALUE` label.
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// A role for `rtq acl`.

@@ -47,7 +47,7 @@ fn create(redis: &RedisServer, args: &[&str]) -> String {
 fn each_printed_role_does_its_job_and_redis_refuses_the_rest_naming_the_command() {
     let redis = RedisServer::start();
     // The admin (here the default user) loads the library and lists a queue.
-    let setup = rtq(&["--redis", &redis.url(), "pause", "gpu"]);
+    let setup = rtq(&["--redis", &redis.url(), "pause", "gpu", "--create"]);
     assert!(setup.status.success(), "{setup:?}");
 
     let client = create(&redis, &["client", "--queue", "gpu"]);

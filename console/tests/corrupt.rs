@@ -62,7 +62,8 @@ async fn stats_shows_a_corrupt_queue_as_an_error_row_and_the_rest_as_usual() {
 
     assert!(json.status.success(), "{json:?}");
     let rows: Value = serde_json::from_slice(&json.stdout).unwrap();
-    let rows = rows.as_array().unwrap();
+    assert_eq!(rows["schema"], 1);
+    let rows = rows["queues"].as_array().unwrap();
     let by_name = |n: &str| rows.iter().find(|r| r["queue"] == n).unwrap().clone();
     assert!(by_name("bad")["error"]
         .as_str()

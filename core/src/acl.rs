@@ -129,6 +129,8 @@ impl Role {
                     "scard",
                     "xrevrange",
                     "lrange",
+                    // Whether a listed queue exists (`Admin::queue_exists`).
+                    "sismember",
                 ],
             ),
             Role::Admin => (
@@ -144,6 +146,9 @@ impl Role {
                     "xtrim",
                     "xrevrange",
                     "hgetall",
+                    // Queue deletion (`Admin::delete_queue`).
+                    "scan",
+                    "unlink",
                 ],
             ),
         };

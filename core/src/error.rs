@@ -250,6 +250,27 @@ pub enum Error {
     /// version, malformed message).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// No queue of this name: it is not in the queue registry and has no
+    /// keys (a typo, or a queue deleted since).
+    #[error("no queue named {queue:?}")]
+    UnknownQueue {
+        /// The name asked for.
+        queue: String,
+    },
+    /// A queue still has work or workers, so deleting it would lose tasks
+    /// or leave workers serving nothing; `force` deletes it anyway.
+    #[error("queue {queue} is in use ({pending} pending, {running} running, {workers} live workers); drain it and stop its workers first, or force the deletion")]
+    QueueInUse {
+        /// Queue name.
+        queue: String,
+        /// Tasks waiting.
+        pending: u64,
+        /// Tasks owned by workers (live, or past their lease and not
+        /// reaped yet).
+        running: u64,
+        /// Workers whose lease is current.
+        workers: u64,
+    },
 }
 
 impl Error {

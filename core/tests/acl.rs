@@ -445,8 +445,17 @@ async fn the_client_role_submits_runs_waits_and_cancels_on_its_queue_and_nothing
     assert_denied("status on another queue", other.status("x-1").await);
     assert!(!task_exists(&redis, OTHER, "x-1") && !task_exists(&redis, OTHER, "x-2"));
 
-    // Operator and worker functions on its own queue: refused.
+    // Operator and worker functions on its own queue: refused. (Whether
+    // its queue exists it may ask.)
     let admin = Admin::new(&client);
+    reset_acl_log(&redis);
+    assert!(admin.queue_exists(QUEUE).await.unwrap());
+    assert_no_refusals(&redis, Role::Client);
+    assert_denied(
+        "queue_exists of another queue",
+        admin.queue_exists(OTHER).await,
+    );
+    assert_denied("delete_queue", admin.delete_queue(QUEUE, true).await);
     assert_denied("requeue", admin.requeue(QUEUE, "later-1").await);
     assert_denied("pause", admin.pause(QUEUE, true).await);
     assert_denied("purge", admin.purge(QUEUE).await);
@@ -657,7 +666,20 @@ async fn the_read_only_console_reads_everything_and_redis_refuses_every_write() 
     assert_denied("pause", admin.pause(QUEUE, false).await);
     assert_denied("set_max_depth", admin.set_max_depth(QUEUE, 1).await);
     assert_denied("purge", admin.purge(QUEUE).await);
+    reset_acl_log(&redis);
+    assert!(admin.queue_exists(QUEUE).await.unwrap());
+    assert!(!admin.queue_exists("no-such-queue").await.unwrap());
+    // (A registration retry of the console's client may be refused in
+    // the meantime; the existence check itself must not be.)
+    let refused = acl_refusals(&redis, &Role::Console.user());
+    assert!(
+        !refused
+            .iter()
+            .any(|r| r.contains("sismember") || r.contains("hget")),
+        "{refused:?}"
+    );
     assert_denied("housekeeping", admin.housekeeping(QUEUE).await);
+    assert_denied("delete_queue", admin.delete_queue(QUEUE, true).await);
     for args in [
         &["SET", "rtq:{gpu}:x", "1"][..],
         &["DEL", "rtq:{gpu}:t:done-1"],
@@ -746,6 +768,11 @@ async fn the_admin_role_loads_and_upgrades_the_library_and_runs_every_operator_a
     assert_eq!(admin.workers(QUEUE).await.unwrap().len(), 1);
     assert_eq!(admin.recent(QUEUE, 0, 100).await.unwrap().len(), 8);
     within(worker.stop()).await.unwrap();
+    assert!(admin.queue_exists(QUEUE).await.unwrap());
+    let gone = admin.delete_queue(QUEUE, true).await.unwrap();
+    assert!(gone.keys > 0, "{gone:?}");
+    assert!(!admin.queue_exists(QUEUE).await.unwrap());
+    assert_eq!(admin.queues().await.unwrap(), Vec::<String>::new());
     assert_no_refusals(&redis, Role::Admin);
 }
 

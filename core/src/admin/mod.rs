@@ -2,7 +2,14 @@
 //! counts, workers, pages of tasks, operator actions, statistics. Reads are
 //! pipelined (one round trip per view) and bounded (no KEYS, no full scan
 //! of a big list or zset).
+//!
+//! # Layout
+//! - this file: [`Admin`], reads and operator actions on tasks and queues.
+//! - `lifecycle`: whether a queue exists, and deleting one
+//!   ([`Admin::delete_queue`]).
+//! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 
+mod lifecycle;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +26,7 @@ use crate::functions::requeue::{Requeue, RequeueReply};
 use crate::functions::{self, Function};
 use crate::keys::{validate_id, QueueKeys, QUEUES};
 use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
+pub use lifecycle::DeletedQueue;
 pub use stats::{Percentiles, QueueStats};
 
 /// TIME, meta, pending count, delayed count, free slots with scores,

@@ -1,0 +1,131 @@
+//! The read commands: `rtq stats`, `rtq workers`, `rtq tasks`, as text
+//! tables or JSON.
+
+use serde_json::{json, Value};
+
+use super::{json as shape, printable, report, CliError, Ctx};
+use crate::TaskList;
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}ms")).unwrap_or_else(|| "-".into())
+}
+
+pub(super) async fn stats(
+    ctx: &Ctx,
+    queue: Option<String>,
+    window_secs: u64,
+) -> Result<(), CliError> {
+    let buckets = (window_secs / 10) as usize;
+    let rows = match &queue {
+        // One queue: read only it (also when Redis lost its registry
+        // entry but not its keys).
+        Some(q) => {
+            ctx.known(q, false).await?;
+            let (o, s) = futures::try_join!(ctx.admin.overview(q), ctx.admin.stats(q, buckets))?;
+            vec![(o, s)]
+        }
+        None => ctx.admin.dashboard(buckets).await?,
+    };
+    if ctx.json {
+        let v: Vec<Value> = rows.iter().map(|(o, s)| shape::queue_stats(o, s)).collect();
+        ctx.doc(json!({"window_secs": window_secs, "queues": v}));
+        return Ok(());
+    }
+    let row = |cols: [&str; 9]| {
+        format!(
+            "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
+        )
+    };
+    ctx.line(row([
+        "QUEUE", "STATE", "PENDING", "RUNNING", "WORKERS", "DONE/S", "FAIL/S", "WAIT99", "TOTAL99",
+    ]));
+    for (o, s) in &rows {
+        let name = printable(&o.name, false);
+        if let Some(error) = &o.error {
+            ctx.line(row([&name, "error", "-", "-", "-", "-", "-", "-", "-"]));
+            report(error);
+            continue;
+        }
+        ctx.line(row([
+            &name,
+            if o.paused { "paused" } else { "running" },
+            &o.pending.to_string(),
+            &o.running.to_string(),
+            &o.workers_alive.to_string(),
+            &format!("{:.1}", s.rate("done")),
+            &format!("{:.1}", s.rate("failed")),
+            &ms(s.wait.p99),
+            &ms(s.total.p99),
+        ]));
+    }
+    Ok(())
+}
+
+pub(super) async fn workers(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
+    ctx.known(queue, false).await?;
+    let now = ctx.admin.overview(queue).await?.now_ms;
+    let workers = ctx.admin.workers(queue).await?;
+    if ctx.json {
+        let v: Vec<Value> = workers.iter().map(|w| shape::worker(w, now)).collect();
+        ctx.doc(json!({"queue": queue, "now_ms": now, "workers": v}));
+        return Ok(());
+    }
+    ctx.line(format!(
+        "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>8}",
+        "WORKER", "HOST", "STATE", "BUSY", "DONE", "FAILED", "HB AGE"
+    ));
+    for w in &workers {
+        ctx.line(format!(
+            "{:<32} {:<16} {:<8} {:>6} {:>8} {:>8} {:>7}s",
+            printable(&w.id, false),
+            printable(w.field("host"), false),
+            printable(w.field("state"), false),
+            printable(&format!("{}/{}", w.field("busy"), w.field("slots")), false),
+            printable(w.field("done"), false),
+            printable(w.field("failed"), false),
+            w.heartbeat_age_ms(now)
+                .map(|a| format!("{:.1}", a as f64 / 1000.0))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn tasks(
+    ctx: &Ctx,
+    queue: &str,
+    state: TaskList,
+    limit: usize,
+) -> Result<(), CliError> {
+    ctx.known(queue, false).await?;
+    let admin = &ctx.admin;
+    let (list, tasks) = match state {
+        TaskList::Pending => ("pending", admin.pending(queue, 0, limit).await?),
+        TaskList::Running => (
+            "running",
+            admin
+                .running(queue)
+                .await?
+                .into_iter()
+                .take(limit)
+                .collect(),
+        ),
+        TaskList::Recent => ("recent", admin.recent(queue, 0, limit).await?),
+    };
+    if ctx.json {
+        let v: Vec<Value> = tasks.iter().map(|t| shape::task(queue, t, false)).collect();
+        ctx.doc(json!({"queue": queue, "list": list, "tasks": v}));
+        return Ok(());
+    }
+    for t in &tasks {
+        ctx.line(format!(
+            "{}\t{}\t{}\t{}",
+            printable(&t.id, false),
+            t.state,
+            t.priority,
+            printable(&t.worker, false)
+        ));
+    }
+    Ok(())
+}
