@@ -1003,3 +1003,33 @@ async fn a_task_submitted_by_reference_reaches_the_handler_as_its_reference() {
     );
     w.stop().await;
 }
+
+/// One write carries at most 256 KiB: six buffered chunks of 100 KB go out
+/// as several writes (two chunks each), not as one call of 600 KB.
+#[tokio::test]
+async fn a_burst_of_big_chunks_is_split_into_writes_of_at_most_256_kib() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let mut config = fast("bw");
+    config.granularity = Granularity {
+        max_in_flight: 1,
+        min_bytes: 1 << 20,
+        max_delay: Duration::from_secs(3600),
+    };
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("bw").unwrap();
+    log_every_command(&mut conn).await;
+    let big = "x".repeat(100_000);
+    let out = within(q.run(TaskRequest::json(json!({"chunks": 6, "chunk": big}))))
+        .await
+        .unwrap();
+    assert_eq!(q.status(&out.id).await.unwrap().chunks, 6);
+    let writes = calls(&mut conn, "rtq2_chunk", &out.id).await;
+    assert_eq!(
+        writes, 2,
+        "two writes of two chunks, the last two with the complete"
+    );
+    w.stop().await;
+}
