@@ -947,3 +947,89 @@ async fn admin_housekeeping_repeats_rounds_until_every_overdue_task_ended() {
         .unwrap();
     assert_eq!(pending, 0);
 }
+
+/// A running task whose deadline passes while nobody waits for it ends as
+/// expired (the worker records the expiry in Redis), never as a failure of
+/// its handler.
+#[tokio::test]
+async fn a_running_task_past_its_deadline_with_nobody_waiting_ends_expired() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("dl"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("dl").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({"hold": true})).timeout(Duration::from_millis(300)))
+        .await
+        .unwrap()
+        .id;
+    next_seen(&mut rx, 20).await;
+    assert!(matches!(
+        next_seen(&mut rx, 20).await,
+        Seen::Cancelled { .. }
+    ));
+    wait_for_state(&conn, &q, &id, "expired").await;
+    let info = q.status(&id).await.unwrap();
+    assert_eq!(info.failures, 0, "{:?}", info.attempt_errors);
+    assert_eq!(
+        state_of(&mut conn, &q, &id).await.as_deref(),
+        Some("expired")
+    );
+    w.stop().await;
+}
+
+/// A task submitted by reference reaches the handler as that reference.
+#[tokio::test]
+async fn a_task_submitted_by_reference_reaches_the_handler_as_its_reference() {
+    let redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("rf"), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("rf").unwrap();
+    let out = within(q.run(TaskRequest::reference("s3://bucket/audio.wav")))
+        .await
+        .unwrap();
+    assert_eq!(out.result["input_ref"], "s3://bucket/audio.wav");
+    assert_eq!(
+        q.status(&out.id)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .input_ref
+            .as_deref(),
+        Some("s3://bucket/audio.wav")
+    );
+    w.stop().await;
+}
+
+/// One write carries at most 256 KiB: six buffered chunks of 100 KB go out
+/// as several writes (two chunks each), not as one call of 600 KB.
+#[tokio::test]
+async fn a_burst_of_big_chunks_is_split_into_writes_of_at_most_256_kib() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, _rx) = seen_channel();
+    let mut config = fast("bw");
+    config.granularity = Granularity {
+        max_in_flight: 1,
+        min_bytes: 1 << 20,
+        max_delay: Duration::from_secs(3600),
+    };
+    let w = TestWorker::start(&redis.url(), config, seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("bw").unwrap();
+    log_every_command(&mut conn).await;
+    let big = "x".repeat(100_000);
+    let out = within(q.run(TaskRequest::json(json!({"chunks": 6, "chunk": big}))))
+        .await
+        .unwrap();
+    assert_eq!(q.status(&out.id).await.unwrap().chunks, 6);
+    let writes = calls(&mut conn, "rtq2_chunk", &out.id).await;
+    assert_eq!(
+        writes, 2,
+        "two writes of two chunks, the last two with the complete"
+    );
+    w.stop().await;
+}

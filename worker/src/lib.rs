@@ -548,4 +548,22 @@ mod tests {
         assert!(err.to_string().contains("novalue"), "{err}");
         assert!(parse_labels(&[]).unwrap().is_empty());
     }
+
+    #[test]
+    fn validation_names_the_missing_flag_of_each_handler() {
+        use clap::Parser;
+        let check = |args: &[&str]| {
+            let mut argv = vec!["rtq-worker", "--redis", "redis://127.0.0.1:6379"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).unwrap().validate()
+        };
+        let err = check(&["--handler", "exec"]).unwrap_err();
+        assert!(err.contains("--exec-command"), "{err}");
+        let err = check(&["--handler", "http"]).unwrap_err();
+        assert!(err.contains("--upstream-url"), "{err}");
+        let err = check(&["--probe-addr", "nowhere"]).unwrap_err();
+        assert!(err.contains("--probe-addr"), "{err}");
+        check(&["--handler", "exec", "--exec-command", "cat"]).unwrap();
+        check(&["--handler", "mock", "--probe-addr", "127.0.0.1:0"]).unwrap();
+    }
 }

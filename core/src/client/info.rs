@@ -105,3 +105,29 @@ impl TaskInfo {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_queued_retry_shows_when_it_may_run_and_other_tasks_show_none() {
+        let v = PROTOCOL_VERSION.to_string();
+        let retry = hash(&[("v", &v), ("st", "queued"), ("fails", "1"), ("due", "1700")]);
+        let info = TaskInfo::from_hash("t", &retry).unwrap();
+        assert_eq!(info.retry_at_ms, Some(1700));
+        assert_eq!(info.failures, 1);
+        let fresh = hash(&[("v", &v), ("st", "queued"), ("due", "0"), ("e:1", "boom")]);
+        let info = TaskInfo::from_hash("t", &fresh).unwrap();
+        assert_eq!(info.retry_at_ms, None);
+        assert_eq!(info.attempt_errors[&1], "boom");
+        assert!(TaskInfo::from_hash("t", &hash(&[("v", "1"), ("st", "queued")])).is_err());
+    }
+}

@@ -491,4 +491,38 @@ mod tests {
         let mut not_a_number = ReplyItems::new(Value::Array(vec![b("x")]), "rtq2_test").unwrap();
         assert!(not_a_number.int().is_err());
     }
+
+    #[test]
+    fn the_limits_shared_with_the_functions_agree_with_lib_lua() {
+        use crate::protocol::*;
+        let source = library_source();
+        let lua = |name: &str| -> i64 {
+            let line = source
+                .lines()
+                .find(|l| l.starts_with(&format!("local {name} = ")))
+                .unwrap_or_else(|| panic!("lib.lua has no {name}"));
+            let value = line.split('=').nth(1).unwrap().split("--").next().unwrap();
+            value.trim().parse().unwrap()
+        };
+        let as_i64 = |n: u64| i64::try_from(n).unwrap();
+        assert_eq!(
+            lua("MAX_DURATION_MS"),
+            as_i64(MAX_DURATION.as_millis() as u64)
+        );
+        assert_eq!(lua("MAX_DURATION_MS"), 30 * 24 * 3600 * 1000, "30 days");
+        assert_eq!(lua("MAX_ATTEMPTS"), i64::from(MAX_ATTEMPTS));
+        assert_eq!(lua("MAX_ID_BYTES"), crate::keys::MAX_ID_LEN as i64);
+        assert_eq!(lua("MAX_SPEC_BYTES"), MAX_SPEC_BYTES as i64);
+        assert_eq!(lua("MAX_RESULT_BYTES"), MAX_RESULT_BYTES as i64);
+        assert_eq!(lua("MAX_TEXT_BYTES"), MAX_TEXT_BYTES as i64);
+        assert_eq!(lua("MAX_CHUNK_BYTES"), MAX_CHUNK_BYTES as i64);
+        assert_eq!(lua("MAX_CHUNKS_PER_CALL"), MAX_CHUNKS_PER_CALL as i64);
+        assert_eq!(lua("MAX_OUTPUT_CHUNKS"), as_i64(MAX_OUTPUT_CHUNKS));
+        assert_eq!(lua("MAX_OUTPUT_BYTES"), as_i64(MAX_OUTPUT_BYTES));
+        assert_eq!(lua("MAX_SLOTS"), MAX_SLOTS as i64);
+        assert_eq!(lua("READ_PAGE"), as_i64(READ_PAGE));
+        assert_eq!(lua("PRIORITY_LIMIT"), i64::from(PRIORITY_MAX));
+        assert_eq!(-lua("PRIORITY_LIMIT"), i64::from(PRIORITY_MIN));
+        assert_eq!(lua("STATS_BUCKET_MS"), crate::admin::stats::BUCKET_MS);
+    }
 }

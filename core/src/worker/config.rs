@@ -306,6 +306,12 @@ mod tests {
     }
 
     #[test]
+    fn the_default_host_name_is_never_empty() {
+        assert!(!host_name().is_empty());
+        assert_eq!(WorkerConfig::default().host, host_name());
+    }
+
+    #[test]
     fn the_heartbeat_period_defaults_to_a_fifth_of_the_lease_and_is_at_least_50_ms() {
         let c = WorkerConfig::new("q").lease(Duration::from_secs(5));
         assert_eq!(c.heartbeat_period(), Duration::from_secs(1));

@@ -109,7 +109,12 @@ impl Handler for Scripted {
                 HandlerError::fatal(why)
             });
         }
-        Ok(json!({"echo": input, "worker": self.worker, "attempt": task.attempt()}))
+        Ok(json!({
+            "echo": input,
+            "input_ref": task.input_ref(),
+            "worker": self.worker,
+            "attempt": task.attempt()
+        }))
     }
 }
 
