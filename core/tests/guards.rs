@@ -469,3 +469,94 @@ async fn a_refused_chunk_write_names_the_task_state_and_its_chunk_count() {
         (WriteStatus::NotFound, 0, None)
     );
 }
+
+#[tokio::test]
+async fn a_worker_that_leaves_takes_its_inbox_and_owned_set_with_it() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 2).await;
+    // Handed out, still unread in the inbox.
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(p.owned("w1").await, vec!["t1".to_string()]);
+    let r = p
+        .release(
+            "w1",
+            "i1",
+            rtq_core::functions::release::ReleaseMode::Leave,
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(r, rtq_core::functions::release::ReleaseReply::Ok { .. }),
+        "{r:?}"
+    );
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
+    for key in [p.keys.inbox("w1"), p.keys.worker_tasks("w1")] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut p.conn)
+            .await
+            .unwrap();
+        assert!(!exists, "{key} is left behind");
+    }
+    assert!(p.zset(&p.keys.free()).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_watch_on_a_task_without_a_deadline_keeps_its_watchers() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.submit(&Task::new("t1")).await;
+    let reply = p.create_reply_stream("c1").await;
+    let watched = p
+        .call(&rtq_core::functions::watch::Watch {
+            id: "t1",
+            reply: &reply,
+            from: 0,
+        })
+        .await
+        .unwrap();
+    assert!(watched.is_some());
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(p.keys.watchers("t1"))
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(members, vec![reply]);
+    assert_eq!(support::pttl(&mut p.conn, &p.keys.watchers("t1")).await, -1);
+}
+
+#[tokio::test]
+async fn a_task_waiting_for_its_retry_has_no_chunk_times_or_output() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p.chunk("w1", "t1", 1, 0, &[b"a".to_vec()]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    let r = p
+        .complete("w1", "t1", 1, 1, CompleteOutcome::Retry, false, &[])
+        .await;
+    assert_eq!(r.state, Some(TaskState::Queued));
+    let h = p.hash("t1").await;
+    for field in ["fc", "lc", "nc", "nb"] {
+        assert_eq!(h[field], "0", "{field} while waiting: {h:?}");
+    }
+    assert!(p.list(&p.keys.output("t1")).await.is_empty());
+}
+
+#[tokio::test]
+async fn upkeep_counts_each_overdue_task_it_ends_once() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    for id in ["t1", "t2", "t3"] {
+        let mut t = Task::new(id);
+        t.timeout_ms = 1;
+        p.submit(&t).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let report = p.housekeep().await;
+    assert_eq!(report.expired, 3);
+    for id in ["t1", "t2", "t3"] {
+        assert_eq!(p.field(id, "st").await.as_deref(), Some("expired"));
+    }
+}
