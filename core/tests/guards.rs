@@ -560,3 +560,45 @@ async fn upkeep_counts_each_overdue_task_it_ends_once() {
         assert_eq!(p.field(id, "st").await.as_deref(), Some("expired"));
     }
 }
+
+#[tokio::test]
+async fn upkeep_on_a_paused_queue_hands_out_nothing_and_says_so() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    use rtq_core::functions::queue_admin::Pause;
+    p.call(&Pause { paused: true }).await.unwrap();
+    p.submit(&Task::new("t1")).await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
+    let report = p.housekeep().await;
+    assert_eq!(report.dispatched, 0);
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("queued"));
+    assert!(p.pop("w1").await.is_none());
+}
+
+#[tokio::test]
+async fn watching_a_task_that_already_ended_registers_no_watcher() {
+    let redis = RedisServer::start();
+    let mut p = registered(&redis, 1).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    p.complete("w1", "t1", 1, 0, DONE, false, &[]).await;
+    let reply = p.create_reply_stream("c1").await;
+    let watched = p
+        .call(&rtq_core::functions::watch::Watch {
+            id: "t1",
+            reply: &reply,
+            from: 0,
+        })
+        .await
+        .unwrap()
+        .expect("the task exists");
+    assert_eq!(watched.state, TaskState::Done);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(p.keys.watchers("t1"))
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert!(!exists, "no event will come: no watcher");
+    assert_ne!(p.field("t1", "watch").await.as_deref(), Some("1"));
+}
