@@ -405,32 +405,47 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
+        let ids: Vec<String> = self
+            .endings(&k, offset + limit)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .skip(offset)
+            .take(limit)
+            .collect();
+        self.tasks(&k, &ids).await
+    }
+
+    /// The last `count` entries of the queue's `ended` stream, newest
+    /// first, as (task id, state), each task once (a task that ended twice,
+    /// after an operator requeue, is listed at its newest ending).
+    async fn endings(&self, k: &QueueKeys, count: usize) -> Result<Vec<(String, String)>, Error> {
         let reply: Value = redis::cmd("XREVRANGE")
             .arg(k.ended())
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(offset + limit)
+            .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
         let Value::Array(entries) = reply else {
             return Ok(Vec::new());
         };
         let mut seen = std::collections::HashSet::new();
-        let ids: Vec<String> = entries
+        Ok(entries
             .into_iter()
             .filter_map(crate::client::stream_entry)
             .filter_map(|(_, fields)| {
-                fields
-                    .into_iter()
-                    .find(|(k, _)| k == b"t")
-                    .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+                let field = |name: &[u8]| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                };
+                Some((field(b"t")?, field(b"st").unwrap_or_default()))
             })
-            .filter(|id| seen.insert(id.clone()))
-            .skip(offset)
-            .take(limit)
-            .collect();
-        self.tasks(&k, &ids).await
+            .filter(|(id, _)| seen.insert(id.clone()))
+            .collect())
     }
 
     /// Recently failed or expired tasks, newest first: those among the
@@ -441,33 +456,12 @@ impl Admin {
     /// Redis errors.
     pub async fn recent_failures(&self, queue: &str, scan: usize) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
-        let reply: Value = redis::cmd("XREVRANGE")
-            .arg(k.ended())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(scan)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let Value::Array(entries) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut seen = std::collections::HashSet::new();
-        let ids: Vec<String> = entries
+        let ids: Vec<String> = self
+            .endings(&k, scan)
+            .await?
             .into_iter()
-            .filter_map(crate::client::stream_entry)
-            .filter_map(|(_, fields)| {
-                let field = |name: &[u8]| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                };
-                let state = field(b"st")?;
-                matches!(state.as_str(), "failed" | "expired").then_some(())?;
-                field(b"t")
-            })
-            .filter(|id| seen.insert(id.clone()))
+            .filter(|(_, state)| matches!(state.as_str(), "failed" | "expired"))
+            .map(|(id, _)| id)
             .collect();
         let tasks = self.tasks(&k, &ids).await?;
         // A task requeued by an operator since is no longer a failure.
