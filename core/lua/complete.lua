@@ -29,7 +29,10 @@ ARGV[6]  result JSON (done, <= 16 MiB) or reason (failed/retry, <= 64 KiB)
 ARGV[7]  want next                              '1' take the next task, '0' not
 ARGV[8..] trailing chunks (at most 512, each at most 1 MiB)
 
-Reply: {status, next_task_message_or_'', chunk_count, state}
+Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk_ms}
+  now_ms and first_chunk_ms (0 = no chunk) let the worker record the
+  task's latencies in its own statistics (0 and 0 for FENCED, ORDER,
+  TOO_LARGE); a replay answers the replay's time.
   'OK'         outcome recorded (or replayed)
   'ENDED'      the task was cancelled or expired meanwhile; slot released;
                state says which
@@ -42,9 +45,9 @@ Reply: {status, next_task_message_or_'', chunk_count, state}
 
 -- The inbox message of task `id` if worker `wid` still runs it (a replay).
 local function rebuild_message(id, wid)
-  local n = redis.call('HMGET', tkey(id), 'st', 'w', 'att', 'start', 'dl', 'spec')
+  local n = redis.call('HMGET', tkey(id), 'st', 'w', 'att', 'start', 'dl', 'sub', 'spec')
   if n[1] ~= 'running' or n[2] ~= wid then return '' end
-  return task_msg(id, num(n[3]), num(n[4]), n[5], n[6])
+  return task_msg(id, num(n[3]), num(n[4]), n[5], n[6], n[7])
 end
 
 local function complete(keys, args)
@@ -73,12 +76,12 @@ local function complete(keys, args)
     if done_mark == mark then
       local msg = ''
       if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
-      return {done_status, msg, num(h.nc), h.st}
+      return {done_status, msg, num(h.nc), h.st, now_ms(), num(h.fc)}
     end
   end
   local status = check_write(h, wid, att, seq0, #chunks, bytes)
-  if status == 'FENCED' then return {'FENCED', '', 0, h.st} end
-  if status == 'ORDER' or status == 'TOO_LARGE' then return {status, '', num(h.nc), h.st} end
+  if status == 'FENCED' then return {'FENCED', '', 0, h.st, 0, 0} end
+  if status == 'ORDER' or status == 'TOO_LARGE' then return {status, '', num(h.nc), h.st, 0, 0} end
 
   -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
   local now = now_ms()
@@ -91,24 +94,25 @@ local function complete(keys, args)
   elseif freed and want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
-    if not is_paused() then msg = take_next(wid, now) or '' end
+    local meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd')
+    if meta[1] ~= '1' then msg = take_next(wid, now, meta[2] or '0') or '' end
     if msg ~= '' then
       next_id = string.match(msg, '^T\t([^\t]+)\t')
     else
       redis.call('ZINCRBY', P .. 'free', 1, wid)
     end
   end
-  if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, ''} end
+  if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, '', now, 0} end
   local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_id}
   if status == 'ENDED' then
     redis.call('HSET', tkey(id), unpack(extra))
-    return {'ENDED', msg, num(h.nc), h.st}
+    return {'ENDED', msg, num(h.nc), h.st, now, 0}
   end
 
   if #chunks > 0 then append_chunks(id, h, chunks, bytes, now) end
   local state = 'done'
   if outcome == 'done' then
-    finish(id, h, 'done', '', payload, now, extra)
+    finish(id, h, 'done', '', payload, now, extra, true)
   else
     local fails = num(h.fails) + 1
     for _, v in ipairs({'fails', fails, 'e:' .. att, payload}) do extra[#extra + 1] = v end
@@ -119,11 +123,13 @@ local function complete(keys, args)
       to_queue(id, h, payload, score_of(num(h.pri), now), due, extra)
       state = 'queued'
     else
-      finish(id, h, 'failed', 'handler', payload, now, extra)
+      finish(id, h, 'failed', 'handler', payload, now, extra, true)
       state = 'failed'
     end
   end
-  return {'OK', msg, num(h.nc), state}
+  local fc = num(h.fc)
+  if fc == 0 and #chunks > 0 then fc = now end
+  return {'OK', msg, num(h.nc), state, now, fc}
 end
 
 redis.register_function{function_name = 'rtq2_complete', callback = complete, flags = {'allow-oom'}}

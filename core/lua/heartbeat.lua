@@ -37,7 +37,17 @@ ARGV[6]  K                    number of running attempts reported, [0, 1024]
 ARGV[7 .. 6+2K]               K pairs: task id, attempt
 ARGV[7+2K ..]                 worker info as field/value pairs; fields from
                               host pid version handler labels busy done
-                              failed stopped state upstream last_error started
+                              failed stopped state upstream last_error started,
+                              and `stats`: the worker's statistics since its
+                              last beat, added to the queue's buckets (not
+                              stored with the worker): space-separated
+                              <bucket>/<field>/<count> items (at most 1024,
+                              64 KiB), bucket = Redis ms / 10000, field one of
+                              done failed w:<i> f:<i> t:<i> (i <= 200), count
+                              in [1, 1e9]; buckets older than an hour (or in
+                              the future) are dropped. Workers compute the
+                              latencies from the Redis times they receive, so
+                              the hot path writes no statistics.
 
 Reply: {status, now_ms, reaped, expired, swept, free, S, S triples of
         (task id, attempt, why)}
@@ -48,6 +58,31 @@ Reply: {status, now_ms, reaped, expired, swept, free, S, S triples of
 local INFO_FIELDS = {host = true, pid = true, version = true, handler = true, labels = true,
   busy = true, done = true, failed = true, stopped = true, state = true, upstream = true,
   last_error = true, started = true}
+
+local MAX_STAT_ITEMS = 1024
+local MAX_STAT_BYTES = 65536
+local MAX_HIST_INDEX = 200
+
+-- The `stats` info value as a list of {bucket, field, count}.
+local function arg_stats(v)
+  arg_text(v, 'stats', MAX_STAT_BYTES)
+  local items = {}
+  for item in string.gmatch(v, '%S+') do
+    if #items >= MAX_STAT_ITEMS then invalid('stats: at most ' .. MAX_STAT_ITEMS .. ' items') end
+    local b, f, n = string.match(item, '^(%d+)/([%a]+:?%d*)/(%d+)$')
+    if not b or #b > 15 or #n > 10 then
+      invalid('stats items must be <bucket>/<field>/<count>, got ' .. string.sub(item, 1, 40))
+    end
+    local hist = string.match(f, '^[wft]:(%d+)$')
+    if not (f == 'done' or f == 'failed' or (hist and #hist <= 3 and tonumber(hist) <= MAX_HIST_INDEX)) then
+      invalid('stats field must be done, failed, w:<i>, f:<i> or t:<i> (i <= 200), got ' .. string.sub(f, 1, 40))
+    end
+    n = tonumber(n)
+    if n < 1 or n > 1e9 then invalid('stats count must be in [1, 1e9], got ' .. istr(n)) end
+    items[#items + 1] = {tonumber(b), f, n}
+  end
+  return items
+end
 
 local function why_stop(h, wid, att)
   if not h then return 'gone' end
@@ -78,11 +113,16 @@ local function beat(keys, args, register)
     running[#running + 1] = {id, istr(att)}
   end
   local info = {}
+  local stats = {}
   if (#args - 6 - 2 * k) % 2 ~= 0 then invalid('worker info must be field/value pairs') end
   for i = 7 + 2 * k, #args, 2 do
-    if not INFO_FIELDS[args[i]] then invalid('unknown worker info field ' .. string.sub(args[i], 1, 40)) end
-    info[#info + 1] = args[i]
-    info[#info + 1] = arg_text(args[i + 1], 'worker info ' .. args[i], MAX_TEXT_BYTES)
+    if args[i] == 'stats' then
+      stats = arg_stats(args[i + 1])
+    else
+      if not INFO_FIELDS[args[i]] then invalid('unknown worker info field ' .. string.sub(args[i], 1, 40)) end
+      info[#info + 1] = args[i]
+      info[#info + 1] = arg_text(args[i + 1], 'worker info ' .. args[i], MAX_TEXT_BYTES)
+    end
   end
 
   local now = now_ms()
@@ -152,6 +192,13 @@ local function beat(keys, args, register)
     if free < 0 then free = 0 end
   end
   set_free(wid, free)
+
+  local newest = math.floor(now / STATS_BUCKET_MS)
+  for _, s in ipairs(stats) do
+    if s[1] <= newest + 1 and s[1] >= newest - STATS_TTL_MS / STATS_BUCKET_MS then
+      stat_add(P .. 's:' .. istr(s[1]), s[2], s[3])
+    end
+  end
 
   local reaped, expired = 0, 0
   if register then

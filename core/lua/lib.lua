@@ -28,7 +28,7 @@ Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
 local PROTOCOL = 2
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 6
+local REVISION = 7
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN = 100000 -- mutation: skip
@@ -227,9 +227,12 @@ local function load_task(id)
   return h
 end
 
--- Inbox message for a hand-out (tab separated, spec last).
-local function task_msg(id, att, start, dl, spec)
-  return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. istr(start) .. '\t' .. istr(num(dl)) .. '\t' .. (spec or '')
+-- Inbox message for a hand-out (tab separated, spec last). The submit
+-- time lets the worker measure the queue wait itself (statistics are the
+-- workers' job: they flush them with their heartbeats).
+local function task_msg(id, att, start, dl, sub, spec)
+  return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. istr(start) .. '\t' .. istr(num(dl)) .. '\t'
+    .. istr(num(sub)) .. '\t' .. (spec or '')
 end
 
 -- Appends an event to every reply stream following the task: the
@@ -258,8 +261,10 @@ end
 
 -- Moves a task to a terminal state, stores the outcome, arms the retention
 -- TTL of every key of the task and notifies followers (last, best effort).
--- `extra` holds more field/value pairs for the same HSET.
-local function finish(id, h, state, kind, payload, now, extra)
+-- `extra` holds more field/value pairs for the same HSET. `by_worker`: the
+-- worker that ended it counts it in its own statistics (rtq2_complete);
+-- every other ending (cancel, deadline, lost attempts) is counted here.
+local function finish(id, h, state, kind, payload, now, extra, by_worker)
   local t = tkey(id)
   local ret = num(h.ret)
   if ret < 1 then ret = 1 end
@@ -275,8 +280,10 @@ local function finish(id, h, state, kind, payload, now, extra)
   if num(h.nc) > 0 then redis.call('PEXPIRE', okey(id), ret) end
   if h.watch == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
   if num(h.dl) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
-  local b = stat_count(now, state)
-  stat_hist(b, 't:', now - num(h.sub))
+  if not by_worker then
+    local b = stat_count(now, state)
+    stat_hist(b, 't:', now - num(h.sub))
+  end
   redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP, '*', 't', id, 'st', state)
   if state == 'done' then
     notify(id, h, false, {'e', 'f', 'st', state, 'a', h.att, 'n', h.nc, 'r', payload})
@@ -295,6 +302,10 @@ local function to_queue(id, h, reason, score, due, extra)
   if num(h.nc) > 0 then redis.call('DEL', okey(id)) end
   if due > 0 then
     redis.call('ZADD', P .. 'delayed', due, id)
+    -- meta `dd` is never later than the earliest due retry, so the hot
+    -- path can skip promotion without reading `delayed`.
+    local dd = num(redis.call('HGET', P .. 'meta', 'dd'))
+    if dd == 0 or due < dd then redis.call('HSET', P .. 'meta', 'dd', due) end
   else
     redis.call('ZADD', P .. 'pending', score, id)
   end
@@ -357,7 +368,6 @@ local function append_chunks(id, h, chunks, bytes, now)
   if nc == 0 then
     local ttl = redis.call('PTTL', t)
     if ttl > 0 then redis.call('PEXPIRE', okey(id), ttl) end
-    stat_hist(stats_key(now), 'f:', now - num(h.sub))
     redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now, 'fc', now)
   else
     redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now)
@@ -413,12 +423,15 @@ local function assign(id, wid, now, dl, spec, sub, att)
   redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', att, 'start', now,
     'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0, 'due', 0)
   redis.call('SADD', wqkey(wid), id)
-  stat_hist(stats_key(now), 'w:', now - num(sub))
-  return task_msg(id, att, now, dl, spec)
+  return task_msg(id, att, now, dl, sub, spec)
 end
 
--- Moves retries whose backoff has passed from delayed to pending.
-local function promote_due(now)
+-- Moves retries whose backoff has passed from delayed to pending. `dd` is
+-- the meta hash's earliest-due mark as the caller read it (nil: unknown,
+-- check `delayed` anyway); nothing is due before it. The mark is then
+-- set to the earliest retry still delayed (0 when none).
+local function promote_due(now, dd)
+  if dd and (num(dd) == 0 or num(dd) > now) then return end
   local due = redis.call('ZRANGE', P .. 'delayed', '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
@@ -427,6 +440,12 @@ local function promote_due(now)
       redis.call('ZADD', P .. 'pending', h[2], id)
       redis.call('HSET', tkey(id), 'due', 0)
     end
+  end
+  local first = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('HSET', P .. 'meta', 'dd', first[2])
+  else
+    redis.call('HDEL', P .. 'meta', 'dd')
   end
 end
 
@@ -439,8 +458,8 @@ end
 -- retry this worker failed is skipped while another live worker exists
 -- and its avoidance window lasts. The scan is capped (pacing: housekeeping
 -- continues where it stopped). Returns the inbox message or nil.
-local function take_next(wid, now)
-  promote_due(now)
+local function take_next(wid, now, dd)
+  promote_due(now, dd)
   local skipped = nil
   local msg = nil
   for _ = 1, SCAN_PER_TAKE do
@@ -479,14 +498,14 @@ end
 -- the worker's inbox, at most `max`. Returns the number handed out.
 local function dispatch_pending(now, max)
   if is_paused() then return 0 end
-  promote_due(now)
+  promote_due(now, nil)
   local n = 0
   local tried = {}
   while n < max do
     if redis.call('ZCARD', P .. 'pending') == 0 then break end
     local wid = peek_free(now, tried)
     if not wid then break end
-    local msg = take_next(wid, now)
+    local msg = take_next(wid, now, '0')
     if msg then
       use_free(wid)
       redis.call('RPUSH', inkey(wid), msg)

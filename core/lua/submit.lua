@@ -1,14 +1,23 @@
 --[[
-rtq2_submit: create a task and, in the same step, hand it to a live worker
-with a free slot (its inbox receives the task data) or add it to pending.
+rtq2_submit / rtq2_submit_many: create tasks and, in the same step, hand
+each to a live worker with a free slot (its inbox receives the task data)
+or add it to pending. rtq2_submit_many is one call for several tasks (a
+client coalesces the submits issued while one is in flight): the
+per-call work (clock, queue state, free slots, counters) is paid once,
+and each task's answer is what rtq2_submit would have answered for it
+had the tasks been submitted one after another in this order.
 
 Guarantees: the depth check and the enqueue are one atomic step; a task is
 always pending or owned by exactly one worker; a duplicate id never
 overwrites an existing task (the reply describes the existing one, so a
-retried submit whose first reply was lost can attach to its own task).
+retried submit whose first reply was lost can attach to its own task; an
+id repeated within one call is a duplicate of its first occurrence).
+Every task of a call is validated before anything is written: one invalid
+task refuses the whole call.
 Flags: refused by Redis with an OOM error when over maxmemory (no allow-oom),
 so producers stop before consumers do.
 
+rtq2_submit:
 KEYS[1]  rtq:{<queue>}:meta
 ARGV[1]  task id                 1-128 bytes of [A-Za-z0-9._:-]
 ARGV[2]  spec JSON               1 byte - 16 MiB, sent to the worker as is
@@ -23,75 +32,207 @@ Reply:
   {'OK', state, worker, deadline_ms, now_ms}        state 'running' | 'queued'
   {'QUEUE_FULL', depth, max_depth}
   {'DUPLICATE', state, worker, deadline_ms, submitted_ms, reply_stream}
+
+rtq2_submit_many:
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  n                       integer in [1, 256]
+ARGV[2 .. 1+8n]                  n groups of rtq2_submit's 8 arguments
+Reply: n replies, each as rtq2_submit's, in order.
 ]]
-local function submit(keys, args)
-  bind(keys)
-  if #args ~= 8 then invalid('submit takes 8 arguments') end
-  local id = arg_id(args[1], 'task id')
-  local spec = args[2]
-  if #spec == 0 or #spec > MAX_SPEC_BYTES then invalid('spec must be 1 byte to 16 MiB') end
-  local pri = arg_int(args[3], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT)
-  local timeout = arg_int(args[4], 'timeout', 0, MAX_DURATION_MS)
-  local max = arg_int(args[5], 'max attempts', 1, MAX_ATTEMPTS)
-  local ret = arg_int(args[6], 'retention', 1, MAX_DURATION_MS)
-  local reply = arg_reply(args[7], 'reply stream')
-  local strm = arg_flag(args[8], 'stream flag') and '1' or '0'
 
-  local t = tkey(id)
-  local existing = redis.call('HMGET', t, 'st', 'w', 'dl', 'sub', 'reply')
-  if existing[1] then
-    return {'DUPLICATE', existing[1], existing[2] or '', num(existing[3]), num(existing[4]), existing[5] or ''}
+local MAX_BATCH = 256
+
+-- Checks one task's 8 arguments starting at args[o].
+local function submit_args(args, o)
+  local task = {}
+  task.id = arg_id(args[o], 'task id')
+  task.spec = args[o + 1]
+  if type(task.spec) ~= 'string' or #task.spec == 0 or #task.spec > MAX_SPEC_BYTES then
+    invalid('spec must be 1 byte to 16 MiB')
   end
+  task.pri = arg_int(args[o + 2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT)
+  task.timeout = arg_int(args[o + 3], 'timeout', 0, MAX_DURATION_MS)
+  task.max = arg_int(args[o + 4], 'max attempts', 1, MAX_ATTEMPTS)
+  task.ret = arg_int(args[o + 5], 'retention', 1, MAX_DURATION_MS)
+  task.reply = arg_reply(args[o + 6], 'reply stream')
+  task.strm = arg_flag(args[o + 7], 'stream flag') and '1' or '0'
+  return task
+end
 
+-- Free slots of live workers, handed out most free first (as peek_free):
+-- entries are checked for liveness only when they are about to be used.
+local function free_slots(now)
+  local raw = redis.call('ZRANGE', P .. 'free', 0, FREE_PEEK - 1, 'REV', 'WITHSCORES')
+  local pool = {}
+  for i = 1, #raw, 2 do pool[#pool + 1] = {wid = raw[i], n = tonumber(raw[i + 1]), live = false} end
+  return {
+    take = function()
+      while true do
+        local best = nil
+        for _, e in ipairs(pool) do
+          if e.n > 0 and (not best or e.n > best.n) then best = e end
+        end
+        if not best then return nil end
+        if not best.live then
+          local exp = redis.call('ZSCORE', P .. 'workers', best.wid)
+          if exp and tonumber(exp) > now then
+            best.live = true
+          else
+            -- A dead entry: removed now (peek_free does the same).
+            redis.call('ZREM', P .. 'free', best.wid)
+            best.n = 0
+          end
+        end
+        if best.live then
+          best.n = best.n - 1
+          best.used = (best.used or 0) + 1
+          return best.wid
+        end
+      end
+    end,
+    used = function()
+      local out = {}
+      for _, e in ipairs(pool) do
+        if e.used then out[#out + 1] = e end
+      end
+      return out
+    end,
+  }
+end
+
+-- Submits the validated `tasks` in order; returns one reply per task.
+local function submit_batch(tasks)
+  -- Compute: duplicates, hand-outs, depth, from one read of the queue.
   local now = now_ms()
   local meta = redis.call('HMGET', P .. 'meta', 'v', 'paused', 'maxd')
-  local wid = nil
-  if meta[2] ~= '1' then wid = peek_free(now, nil) end
-  if not wid then
-    local maxd = num(meta[3])
-    if maxd > 0 then
-      local depth = redis.call('ZCARD', P .. 'pending') + redis.call('ZCARD', P .. 'delayed')
-      if depth >= maxd then
-        stat_count(now, 'full')
-        return {'QUEUE_FULL', depth, maxd}
+  local paused = meta[2] == '1'
+  local maxd = num(meta[3])
+  local depth = nil
+  local free = nil
+  local seen = {}
+  local replies = {}
+  local created = {}
+  for i, task in ipairs(tasks) do
+    local first = seen[task.id]
+    if first then
+      -- Its first occurrence was created by this call.
+      local f = tasks[first]
+      replies[i] = {'DUPLICATE', f.st, f.wid or '', f.dl, now, f.reply}
+    else
+      local existing = redis.call('HMGET', tkey(task.id), 'st', 'w', 'dl', 'sub', 'reply')
+      if existing[1] then
+        replies[i] = {'DUPLICATE', existing[1], existing[2] or '', num(existing[3]), num(existing[4]),
+          existing[5] or ''}
+      else
+        seen[task.id] = i
+        local wid = nil
+        if not paused then
+          free = free or free_slots(now)
+          wid = free.take()
+        end
+        if not wid and maxd > 0 then
+          depth = depth or (redis.call('ZCARD', P .. 'pending') + redis.call('ZCARD', P .. 'delayed'))
+          if depth >= maxd then
+            replies[i] = {'QUEUE_FULL', depth, maxd}
+            seen[task.id] = nil
+          else
+            depth = depth + 1
+          end
+        end
+        if not replies[i] then
+          task.wid = wid
+          task.dl = 0
+          if task.timeout > 0 then task.dl = now + task.timeout end
+          task.sc = score_of(task.pri, now)
+          if wid then task.st = 'running' else task.st = 'queued' end
+          created[#created + 1] = task
+          replies[i] = {'OK', task.st, wid or '', task.dl, now}
+        end
       end
     end
+  end
+  local full = 0
+  for _, r in ipairs(replies) do
+    if r[1] == 'QUEUE_FULL' then full = full + 1 end
   end
 
   -- Writes. The ones on shared structures (which a foreign writer could
   -- have replaced with a key of another type) come first, so a failure
-  -- leaves nothing behind; the task hash, statistics and meta come last.
-  local dl = 0
-  if timeout > 0 then dl = now + timeout end
-  local sc = score_of(pri, now)
-  if wid then
-    redis.call('SADD', wqkey(wid), id)
-    use_free(wid)
-  else
-    redis.call('ZADD', P .. 'pending', sc, id)
+  -- leaves nothing behind; task hashes, statistics and meta come last.
+  local pending, deadlines, owned = {}, {}, {}
+  for _, task in ipairs(created) do
+    if task.wid then
+      owned[task.wid] = owned[task.wid] or {}
+      local o = owned[task.wid]
+      o[#o + 1] = task
+    else
+      pending[#pending + 1] = task.sc
+      pending[#pending + 1] = task.id
+    end
+    if task.dl > 0 then
+      deadlines[#deadlines + 1] = task.dl
+      deadlines[#deadlines + 1] = task.id
+    end
   end
-  if dl > 0 then redis.call('ZADD', P .. 'deadlines', dl, id) end
-  local fields = {'v', PROTOCOL, 'spec', spec, 'pri', pri, 'sc', sc, 'fails', 0, 'max', max,
-    'sub', now, 'dl', dl, 'ret', ret, 'reply', reply, 'strm', strm, 'fc', 0, 'lc', 0,
-    'nc', 0, 'nb', 0}
-  if wid then
-    -- One HSET creates the task already handed out (attempt 1).
-    for _, v in ipairs({'st', 'running', 'w', wid, 'att', 1, 'start', now}) do fields[#fields + 1] = v end
-  else
-    for _, v in ipairs({'st', 'queued', 'w', '', 'att', 0}) do fields[#fields + 1] = v end
+  if free then
+    for _, e in ipairs(free.used()) do
+      local ids = {}
+      for _, task in ipairs(owned[e.wid]) do ids[#ids + 1] = task.id end
+      redis.call('SADD', wqkey(e.wid), unpack(ids))
+      if e.n > 0 then
+        redis.call('ZADD', P .. 'free', e.n, e.wid)
+      else
+        redis.call('ZREM', P .. 'free', e.wid)
+      end
+    end
   end
-  redis.call('HSET', t, unpack(fields))
-  if dl > 0 then
-    -- Safety net: even if no housekeeping ever runs, the hash cannot
-    -- outlive deadline + retention.
-    redis.call('PEXPIRE', t, timeout + ret)
+  if #pending > 0 then redis.call('ZADD', P .. 'pending', unpack(pending)) end
+  if #deadlines > 0 then redis.call('ZADD', P .. 'deadlines', unpack(deadlines)) end
+  for _, task in ipairs(created) do
+    local fields = {'v', PROTOCOL, 'spec', task.spec, 'pri', task.pri, 'sc', task.sc, 'fails', 0,
+      'max', task.max, 'sub', now, 'dl', task.dl, 'ret', task.ret, 'reply', task.reply,
+      'strm', task.strm, 'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0}
+    if task.wid then
+      -- One HSET creates the task already handed out (attempt 1).
+      for _, v in ipairs({'st', 'running', 'w', task.wid, 'att', 1, 'start', now}) do fields[#fields + 1] = v end
+    else
+      for _, v in ipairs({'st', 'queued', 'w', '', 'att', 0}) do fields[#fields + 1] = v end
+    end
+    redis.call('HSET', tkey(task.id), unpack(fields))
+    if task.dl > 0 then
+      -- Safety net: even if no housekeeping ever runs, the hash cannot
+      -- outlive deadline + retention.
+      redis.call('PEXPIRE', tkey(task.id), task.timeout + task.ret)
+    end
   end
-  if wid then redis.call('RPUSH', inkey(wid), task_msg(id, 1, now, dl, spec)) end
-  local b = stat_count(now, 'sub')
-  if wid then stat_hist(b, 'w:', 0) end
-  ensure_meta(meta[1])
-  if wid then return {'OK', 'running', wid, dl, now} end
-  return {'OK', 'queued', '', dl, now}
+  if free then
+    for _, e in ipairs(free.used()) do
+      local msgs = {}
+      for _, task in ipairs(owned[e.wid]) do msgs[#msgs + 1] = task_msg(task.id, 1, now, task.dl, now, task.spec) end
+      redis.call('RPUSH', inkey(e.wid), unpack(msgs))
+    end
+  end
+  local b = stats_key(now)
+  if #created > 0 then stat_add(b, 'sub', #created) end
+  if full > 0 then stat_add(b, 'full', full) end
+  if #created > 0 then ensure_meta(meta[1]) end
+  return replies
+end
+
+local function submit(keys, args)
+  bind(keys)
+  if #args ~= 8 then invalid('submit takes 8 arguments') end
+  return submit_batch({submit_args(args, 1)})[1]
+end
+
+local function submit_many(keys, args)
+  bind(keys)
+  local n = arg_int(args[1], 'task count', 1, MAX_BATCH)
+  if #args ~= 1 + 8 * n then invalid('submit_many takes 1 + 8 x ' .. n .. ' arguments, got ' .. #args) end
+  local tasks = {}
+  for i = 1, n do tasks[i] = submit_args(args, 2 + 8 * (i - 1)) end
+  return submit_batch(tasks)
 end
 
 redis.register_function{function_name = 'rtq2_submit', callback = submit}
+redis.register_function{function_name = 'rtq2_submit_many', callback = submit_many}

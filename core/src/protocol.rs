@@ -221,6 +221,9 @@ pub struct TaskDelivery {
     pub handed_out_ms: i64,
     /// Deadline in Redis time (ms), 0 = none.
     pub deadline_ms: i64,
+    /// Redis time (ms) of the submit (the queue wait is
+    /// `handed_out_ms - submitted_ms`).
+    pub submitted_ms: i64,
     /// The spec JSON as stored (bytes: a foreign client may have stored
     /// anything; [`TaskSpec::decode`] says what is wrong).
     pub spec: Vec<u8>,
@@ -238,7 +241,7 @@ impl TaskDelivery {
 }
 
 impl InboxMessage {
-    /// Parses `T\t<id>\t<attempt>\t<handed_out>\t<deadline>\t<spec>` or
+    /// Parses `T\t<id>\t<attempt>\t<handed_out>\t<deadline>\t<submitted>\t<spec>` or
     /// `C\t<id>\t<attempt>\t<kind>\t<reason>`. Never fails: anything else
     /// is [`InboxMessage::Unreadable`].
     pub fn parse(raw: &[u8]) -> Self {
@@ -249,7 +252,7 @@ impl InboxMessage {
                 String::from_utf8_lossy(raw)
             ),
         };
-        let mut parts = raw.splitn(6, |b| *b == b'\t');
+        let mut parts = raw.splitn(7, |b| *b == b'\t');
         let tag = parts.next().unwrap_or_default();
         let Some(id) = utf8(parts.next()).filter(|id| !id.is_empty()) else {
             return unreadable(None, "no task id");
@@ -262,8 +265,11 @@ impl InboxMessage {
             b"T" => {
                 let handed_out = utf8(parts.next()).and_then(|n| n.parse::<i64>().ok());
                 let deadline = utf8(parts.next()).and_then(|n| n.parse::<i64>().ok());
-                let (Some(handed_out_ms), Some(deadline_ms)) = (handed_out, deadline) else {
-                    return unreadable(task, "bad hand-out or deadline time");
+                let submitted = utf8(parts.next()).and_then(|n| n.parse::<i64>().ok());
+                let (Some(handed_out_ms), Some(deadline_ms), Some(submitted_ms)) =
+                    (handed_out, deadline, submitted)
+                else {
+                    return unreadable(task, "bad hand-out, deadline or submit time");
                 };
                 let Some(spec) = parts.next() else {
                     return unreadable(task, "no spec");
@@ -273,6 +279,7 @@ impl InboxMessage {
                     attempt,
                     handed_out_ms,
                     deadline_ms,
+                    submitted_ms,
                     spec: spec.to_vec(),
                 })
             }
@@ -522,12 +529,13 @@ mod tests {
     #[test]
     fn inbox_messages_round_trip_and_garbage_is_unreadable_not_an_error() {
         let spec = r#"{"v":2,"id":"a","input":{"x":"tab\there"}}"#;
-        let raw = format!("T\ta\t3\t1000\t5000\t{spec}");
+        let raw = format!("T\ta\t3\t1000\t5000\t900\t{spec}");
         match InboxMessage::parse(raw.as_bytes()) {
             InboxMessage::Task(d) => {
                 assert_eq!(d.id, "a");
                 assert_eq!(d.attempt, 3);
                 assert_eq!(d.spec, spec.as_bytes());
+                assert_eq!(d.submitted_ms, 900);
                 assert_eq!(d.time_left(), Some(std::time::Duration::from_millis(4000)));
             }
             other => panic!("{other:?}"),
@@ -546,7 +554,9 @@ mod tests {
             (b"X\ta", None),
             (b"T\ta\tnotanumber\t1\t2\t{}", None),
             (b"T\ta\t1", Some(("a".to_string(), 1))),
-            (b"T\ta\t4\t1.8e+19\t0\t{}", Some(("a".to_string(), 4))),
+            (b"T\ta\t4\t1.8e+19\t0\t0\t{}", Some(("a".to_string(), 4))),
+            // A revision-6 message (no submit time): unreadable, not misread.
+            (b"T\ta\t5\t1000\t0\t{\"v\":2}", Some(("a".to_string(), 5))),
             (b"C\ta\t1\tweird\tx", None),
         ] {
             match InboxMessage::parse(bad) {
@@ -555,7 +565,7 @@ mod tests {
             }
         }
         // A spec that is not UTF-8 still arrives, so the worker can fail it.
-        let InboxMessage::Task(d) = InboxMessage::parse(b"T\ta\t1\t0\t0\t\xff\xfe") else {
+        let InboxMessage::Task(d) = InboxMessage::parse(b"T\ta\t1\t0\t0\t0\t\xff\xfe") else {
             panic!()
         };
         assert!(TaskSpec::decode(&d.spec).is_err());

@@ -95,6 +95,15 @@ async fn workers_requeue_and_stats() {
     assert_eq!(workers[0].field("slots"), "2");
     assert_eq!(rtq_core::admin::worker_labels(&workers[0])["gpu"], "A100");
 
+    // The worker adds its statistics with its heartbeat.
+    eventually("the worker's statistics arrive", || {
+        let admin = &admin;
+        async move {
+            let s = admin.stats("st", 30).await.unwrap();
+            s.sum("done") == 20 && s.sum("failed") == 1
+        }
+    })
+    .await;
     let stats = admin.stats("st", 30).await.unwrap();
     assert_eq!(stats.sum("done"), 20);
     assert_eq!(stats.sum("failed"), 1);
@@ -149,6 +158,11 @@ async fn the_dashboard_agrees_with_per_queue_reads() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    eventually("the worker's statistics arrive", || {
+        let admin = &admin;
+        async move { admin.stats("d1", 30).await.unwrap().sum("done") == 5 }
+    })
+    .await;
     let board = admin.dashboard(30).await.unwrap();
     assert_eq!(board.len(), 2);
     for (o, s) in &board {

@@ -7,7 +7,7 @@ mod support;
 use rtq_core::functions::cancel::{Cancel, CancelMode, CancelReply};
 use rtq_core::functions::chunk::WriteStatus;
 use rtq_core::functions::complete::CompleteOutcome;
-use rtq_core::functions::heartbeat::BeatReply;
+use rtq_core::functions::heartbeat::{Beat, BeatReply, Heartbeat};
 use rtq_core::protocol::TaskState;
 use support::proto::{task_of, Proto, RedisServer, Task};
 
@@ -78,34 +78,107 @@ async fn a_replayed_complete_never_hands_out_again_a_next_task_that_has_ended() 
 const STATS_BUCKET_MS: i64 = 10_000;
 
 #[tokio::test]
-async fn the_queue_wait_histogram_files_each_wait_where_the_readers_look_for_it() {
+async fn an_ending_counted_by_redis_files_its_total_time_where_the_readers_look_for_it() {
+    // Cancels, deadlines and lost attempts are counted by the functions
+    // (workers count only the endings they report themselves).
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "q").await;
     p.submit(&Task::new("t1")).await;
-    // A wait long enough to land beyond the first buckets (at 0 ms every
-    // bucket rule agrees).
+    // Long enough to land beyond the first buckets (at 0 ms every bucket
+    // rule agrees).
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-    let r = p.register("w1", "i1", 1, &[]).await;
-    assert!(matches!(r, BeatReply::Ok(_)), "{r:?}");
-    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    p.cancel("t1").await;
     let h = p.hash("t1").await;
     let sub: i64 = h["sub"].parse().unwrap();
-    let start: i64 = h["start"].parse().unwrap();
-    assert!(start - sub >= 50, "waited {} ms", start - sub);
-    let index = rtq_core::admin::stats::bucket_index((start - sub) as f64);
-    let key = p.keys.stats(start / STATS_BUCKET_MS);
-    let counted: Option<u64> = redis::cmd("HGET")
+    let fin: i64 = h["fin"].parse().unwrap();
+    assert!(fin - sub >= 50, "took {} ms", fin - sub);
+    let index = rtq_core::admin::stats::bucket_index((fin - sub) as f64);
+    let key = p.keys.stats(fin / STATS_BUCKET_MS);
+    let counted: Vec<Option<u64>> = redis::cmd("HMGET")
         .arg(&key)
-        .arg(format!("w:{index}"))
+        .arg(format!("t:{index}"))
+        .arg("cancelled")
         .query_async(&mut p.conn)
         .await
         .unwrap();
     assert_eq!(
         counted,
-        Some(1),
-        "{key} w:{index} for a wait of {} ms",
-        start - sub
+        [Some(1), Some(1)],
+        "{key} t:{index} for {} ms",
+        fin - sub
     );
+}
+
+#[tokio::test]
+async fn heartbeat_statistics_land_in_their_buckets_and_malformed_ones_write_nothing() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    let r = p.register("w1", "i1", 1, &[]).await;
+    let BeatReply::Ok(report) = r else {
+        panic!("{r:?}")
+    };
+    let newest = report.now_ms / STATS_BUCKET_MS;
+    let stale = newest - 400; // older than the hour buckets live
+    let info = vec![(
+        "stats",
+        format!(
+            "{newest}/done/3 {newest}/w:12/2 {}/t:40/1 {stale}/failed/9",
+            newest - 1
+        ),
+    )];
+    let reply = p
+        .call(&Heartbeat(Beat {
+            worker: "w1",
+            instance: "i1",
+            lease_ms: 5000,
+            slots: 1,
+            accepting: true,
+            running: &[],
+            info: &info,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(reply, BeatReply::Ok(_)), "{reply:?}");
+    assert_eq!(stat(&mut p, newest, "done").await, Some(3));
+    assert_eq!(stat(&mut p, newest, "w:12").await, Some(2));
+    assert_eq!(stat(&mut p, newest - 1, "t:40").await, Some(1));
+    assert_eq!(
+        stat(&mut p, stale, "failed").await,
+        None,
+        "too old: dropped"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(p.keys.stats(newest))
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "a bucket expires");
+
+    for bad in [
+        format!("{newest}/sub/1"),
+        format!("{newest}/w:201/1"),
+        format!("{newest}/done/0"),
+        format!("{newest}/done/x"),
+        format!("{newest}:done:1"),
+        "x".repeat(70_000),
+    ] {
+        let before = p.snapshot().await;
+        let info = vec![("stats", bad.clone())];
+        let err = p
+            .call(&Heartbeat(Beat {
+                worker: "w1",
+                instance: "i1",
+                lease_ms: 5000,
+                slots: 1,
+                accepting: true,
+                running: &[],
+                info: &info,
+            }))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("stats"), "{bad:.60}: {err}");
+        assert_eq!(p.snapshot().await, before, "{bad:.60} wrote something");
+    }
 }
 
 #[tokio::test]
@@ -601,4 +674,13 @@ async fn watching_a_task_that_already_ended_registers_no_watcher() {
         .unwrap();
     assert!(!exists, "no event will come: no watcher");
     assert_ne!(p.field("t1", "watch").await.as_deref(), Some("1"));
+}
+
+async fn stat(p: &mut Proto, bucket: i64, field: &str) -> Option<u64> {
+    redis::cmd("HGET")
+        .arg(p.keys.stats(bucket))
+        .arg(field)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap()
 }

@@ -476,6 +476,11 @@ async fn the_overview_and_the_dashboard_count_every_worker_and_every_idle_slot()
     let o = admin.overview("aw").await.unwrap();
     assert_eq!((o.workers_alive, o.workers_stale), (3, 0));
 
+    eventually("the worker's statistics arrive", || {
+        let admin = &admin;
+        async move { admin.stats("aw", 3).await.unwrap().sum("done") == 1 }
+    })
+    .await;
     let board = admin.dashboard(3).await.unwrap();
     let (o, s) = board.iter().find(|(o, _)| o.name == "aw").unwrap();
     assert_eq!((o.workers_alive, o.idle_slots), (3, 6));

@@ -133,6 +133,65 @@ impl Sim {
         format!("inst{}", self.next_instance)
     }
 
+    /// Several submits in one `rtq2_submit_many` call (as a client
+    /// coalesces them), sometimes repeating an id of the call or naming a
+    /// task that exists: those must be duplicates, the rest created.
+    async fn submit_batch(&mut self) {
+        let n = 2 + self.rng.below(3);
+        let mut ids: Vec<String> = Vec::new();
+        let mut expect_new = Vec::new();
+        for _ in 0..n {
+            if !ids.is_empty() && self.rng.percent(15) {
+                let again = ids[self.rng.below(ids.len())].clone();
+                ids.push(again);
+                expect_new.push(false);
+            } else if self.next_task > 0 && self.rng.percent(10) {
+                ids.push(format!("t{}", 1 + self.rng.below(self.next_task)));
+                expect_new.push(false);
+            } else {
+                self.next_task += 1;
+                ids.push(format!("t{}", self.next_task));
+                expect_new.push(true);
+            }
+        }
+        let reply = self.reply.clone();
+        let maxes: Vec<u32> = ids.iter().map(|_| 1 + self.rng.below(3) as u32).collect();
+        let tasks: Vec<Task<'_>> = ids
+            .iter()
+            .zip(&maxes)
+            .map(|(id, max)| Task {
+                id,
+                priority: self.rng.below(3) as i16 - 1,
+                timeout_ms: if self.rng.percent(50) { 600_000 } else { 0 },
+                max_attempts: *max,
+                reply: &reply,
+                stream: self.rng.percent(50),
+            })
+            .collect();
+        let replies = self.p.submit_many(&tasks).await;
+        drop(tasks);
+        if replies.len() != ids.len() {
+            self.fail(format!("submit_many {ids:?}: {replies:?}"));
+        }
+        for ((id, new), (max, reply)) in ids.iter().zip(&expect_new).zip(maxes.iter().zip(&replies))
+        {
+            match (new, reply) {
+                (true, SubmitReply::Accepted { .. }) => {
+                    self.tasks.insert(
+                        id.clone(),
+                        TaskModel {
+                            max: *max,
+                            ..Default::default()
+                        },
+                    );
+                }
+                (false, SubmitReply::Duplicate { .. }) => {}
+                _ => self.fail(format!("submit_many: {id} (new: {new}) -> {reply:?}")),
+            }
+        }
+        self.note(format!("submit_many {ids:?} -> {replies:?}"));
+    }
+
     async fn submit(&mut self) {
         self.next_task += 1;
         let id = format!("t{}", self.next_task);
@@ -184,11 +243,12 @@ impl Sim {
                 if self.rng.percent(5) {
                     // Delivered twice: the copy goes back to the inbox.
                     let raw = format!(
-                        "T\t{}\t{}\t{}\t{}\t{}",
+                        "T\t{}\t{}\t{}\t{}\t{}\t{}",
                         d.id,
                         d.attempt,
                         d.handed_out_ms,
                         d.deadline_ms,
+                        d.submitted_ms,
                         String::from_utf8_lossy(&d.spec)
                     );
                     let key = self.p.keys.inbox(&wid);
@@ -448,7 +508,8 @@ impl Sim {
         let wid = self.workers[w].id.clone();
         let mut housekept = false;
         match self.rng.below(100) {
-            0..=14 => self.submit().await,
+            0..=11 => self.submit().await,
+            12..=14 => self.submit_batch().await,
             15..=34 => self.deliver(w).await,
             35..=44 => self.chunk(w).await,
             45..=62 => self.complete(w).await,

@@ -55,7 +55,9 @@ impl Seeded {
             WorkerConfig::new("llm")
                 .slots(2)
                 .worker_id("gpu-1")
-                .label("gpu", "A100"),
+                .label("gpu", "A100")
+                // Workers add their statistics with their heartbeats.
+                .heartbeat_every(Duration::from_millis(100)),
         )
         .await
         .unwrap();
@@ -91,6 +93,13 @@ impl Seeded {
         for _ in 0..200 {
             let running = admin.running("llm").await.unwrap();
             if running.len() == 2 && running.iter().all(|t| t.chunks == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..300 {
+            let stats = admin.stats("llm", 6).await.unwrap();
+            if stats.sum("done") == 3 && stats.sum("failed") == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -16,6 +16,7 @@
 //!   gaps and missing tails filled from the stored output;
 //! - `info`: [`TaskInfo`], a task's stored state.
 
+mod batcher;
 mod info;
 mod queue;
 mod request;
@@ -66,6 +67,10 @@ pub struct ClientConfig {
     /// Signs every task this client submits (default: none). Workers with
     /// verify keys run only tasks signed by one of them.
     pub signing_key: Option<Arc<crate::signing::SigningKey>>,
+    /// Coalesce submits (default on): while a few submit calls on a queue
+    /// are in flight, further submits wait and go to Redis together as
+    /// one call. Nothing waits at low load.
+    pub coalesce_submits: bool,
 }
 
 impl Default for ClientConfig {
@@ -77,6 +82,7 @@ impl Default for ClientConfig {
             response_timeout: crate::connection::RESPONSE_TIMEOUT,
             tls: crate::TlsConfig::default(),
             signing_key: None,
+            coalesce_submits: true,
         }
     }
 }
@@ -112,6 +118,11 @@ impl ClientConfig {
         self.response_timeout = timeout;
         self
     }
+    /// Sets [`ClientConfig::coalesce_submits`].
+    pub fn coalesce_submits(mut self, on: bool) -> Self {
+        self.coalesce_submits = on;
+        self
+    }
 }
 
 pub(crate) struct ClientInner {
@@ -120,6 +131,7 @@ pub(crate) struct ClientInner {
     pub(crate) client_id: String,
     pub(crate) config: ClientConfig,
     routers: Mutex<HashMap<String, Arc<ReplyRouter>>>,
+    batchers: Mutex<HashMap<String, Arc<batcher::SubmitBatcher>>>,
     registered: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
@@ -174,6 +186,7 @@ impl Client {
                 client_id: uuid::Uuid::now_v7().simple().to_string(),
                 config,
                 routers: Mutex::new(HashMap::new()),
+                batchers: Mutex::new(HashMap::new()),
                 registered: Mutex::new(Default::default()),
                 shutdown: CancellationToken::new(),
             }),
@@ -241,6 +254,17 @@ impl Client {
         self.inner.conn.clone()
     }
 
+    /// The submit batcher for a queue, started on first use.
+    pub(crate) fn batcher(&self, keys: &QueueKeys) -> Arc<batcher::SubmitBatcher> {
+        let mut batchers = self.inner.batchers.lock().expect("batcher map poisoned");
+        Arc::clone(batchers.entry(keys.name().to_string()).or_insert_with(|| {
+            Arc::new(batcher::SubmitBatcher::start(
+                self.inner.conn.clone(),
+                keys.clone(),
+            ))
+        }))
+    }
+
     /// The reply router for a queue, started on first use.
     pub(crate) fn router(&self, keys: &QueueKeys) -> Arc<ReplyRouter> {
         let mut routers = self.inner.routers.lock().expect("router map poisoned");
@@ -273,11 +297,14 @@ mod tests {
             .max_inline_bytes(77)
             .housekeeping_every(Duration::from_millis(250))
             .give_up_after(Duration::from_secs(3))
-            .response_timeout(Duration::from_millis(400));
+            .response_timeout(Duration::from_millis(400))
+            .coalesce_submits(false);
         assert_eq!(c.max_inline_bytes, 77);
         assert_eq!(c.housekeeping_every, Duration::from_millis(250));
         assert_eq!(c.give_up_after, Duration::from_secs(3));
         assert_eq!(c.response_timeout, Duration::from_millis(400));
+        assert!(!c.coalesce_submits);
+        assert!(ClientConfig::default().coalesce_submits);
         let d = ClientConfig::default();
         assert_eq!(d.max_inline_bytes, DEFAULT_MAX_INLINE_BYTES);
         assert_eq!(d.give_up_after, Duration::from_secs(30));

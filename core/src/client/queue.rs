@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
-use crate::functions::submit::{Submit, SubmitReply};
+use crate::functions::submit::SubmitReply;
 use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
 use crate::keys::{validate_id, QueueKeys};
 use crate::protocol::TaskState;
 
+use super::batcher::{Batched, OwnedSubmit};
 use super::info::TaskInfo;
 use super::request::TaskRequest;
 use super::router::ReplyRouter;
@@ -384,22 +385,41 @@ impl Queue {
             .as_deref()
             .map(|key| (key, self.keys.name()));
         let spec = request.encode_signed(id, config.max_inline_bytes, signer)?;
-        let submit = Submit {
-            id,
-            spec: &spec,
+        let owned = OwnedSubmit {
+            id: id.to_string(),
+            spec,
             priority: request.priority,
             timeout_ms: request.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
             max_attempts: request.max_attempts,
             retention_ms: request.retention.as_millis() as u64,
-            reply,
+            reply: reply.to_string(),
             stream,
         };
+        let submit = owned.as_submit();
         let mut last_error = None;
+        // The first try goes through the queue's batcher (coalesced with
+        // concurrent submits); retries and refused batches go alone.
+        let mut batched = config.coalesce_submits;
         for attempt in 0..SUBMIT_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
             }
-            match functions::call(&mut self.client.conn(), &self.keys, &submit).await {
+            let answer = if std::mem::take(&mut batched) {
+                match self.client.batcher(&self.keys).submit(owned.clone()).await {
+                    Batched::Replied(reply) => Ok(reply),
+                    Batched::Uncertain(e) => {
+                        tracing::warn!(task_id = %id, error = %e, "submit got no answer; retrying with the same id");
+                        last_error = Some(e);
+                        continue;
+                    }
+                    Batched::Refused => {
+                        functions::call(&mut self.client.conn(), &self.keys, &submit).await
+                    }
+                }
+            } else {
+                functions::call(&mut self.client.conn(), &self.keys, &submit).await
+            };
+            match answer {
                 Ok(SubmitReply::Accepted {
                     state,
                     worker,

@@ -45,6 +45,15 @@ use crate::protocol::{value_to_bytes, value_to_string, ReplyEvent, TaskState};
 const BLOCK: Duration = Duration::from_secs(10);
 /// Entries read per XREAD at most.
 const READ_COUNT: usize = 1000;
+/// Delivered entries are trimmed from the reply stream once this many
+/// wait, or [`TRIM_BYTES`] of them, or [`TRIM_EVERY`] after the last trim,
+/// or when a read finds nothing new: not after every read (a trim per
+/// result would be a Redis command per task).
+const TRIM_ENTRIES: usize = 64;
+/// See [`TRIM_ENTRIES`].
+const TRIM_BYTES: usize = 1 << 20;
+/// See [`TRIM_ENTRIES`].
+const TRIM_EVERY: Duration = Duration::from_millis(100);
 /// TTL of the reply stream, re-armed every housekeeping tick: a stream
 /// whose client died goes away after this.
 const STREAM_TTL: Duration = Duration::from_secs(600);
@@ -469,6 +478,9 @@ impl ReplyRouter {
         let mut failing_since: Option<Instant> = None;
         let mut told = false;
         let mut backoff = BACKOFF_MIN;
+        // Delivered entries not trimmed yet.
+        let (mut untrimmed, mut untrimmed_bytes) = (0usize, 0usize);
+        let mut last_trim = Instant::now();
         loop {
             if s.shutdown.is_cancelled() {
                 break;
@@ -508,8 +520,19 @@ impl ReplyRouter {
                                 *r = None;
                             }
                             let entries = stream_entries(value);
+                            if entries.is_empty() && untrimmed > 0 {
+                                // Quiet: trim what was delivered.
+                                self.trim_through(&s.shared, &last_id);
+                                (untrimmed, untrimmed_bytes) = (0, 0);
+                                last_trim = Instant::now();
+                            }
                             if let Some((newest, _)) = entries.last() {
                                 let newest = newest.clone();
+                                untrimmed += entries.len();
+                                untrimmed_bytes += entries
+                                    .iter()
+                                    .flat_map(|(_, f)| f.iter().map(|(k, v)| k.len() + v.len()))
+                                    .sum::<usize>();
                                 for (_, fields) in entries {
                                     if fields.iter().any(|(k, _)| k == b"created") {
                                         continue;
@@ -521,7 +544,14 @@ impl ReplyRouter {
                                         }
                                     }
                                 }
-                                self.trim_through(&s.shared, &newest);
+                                if untrimmed >= TRIM_ENTRIES
+                                    || untrimmed_bytes >= TRIM_BYTES
+                                    || last_trim.elapsed() >= TRIM_EVERY
+                                {
+                                    self.trim_through(&s.shared, &newest);
+                                    (untrimmed, untrimmed_bytes) = (0, 0);
+                                    last_trim = Instant::now();
+                                }
                                 last_id = newest;
                             }
                             continue;

@@ -61,6 +61,11 @@ pub struct CompleteReply {
     pub chunks: u64,
     /// The task's state after the call (none if it does not exist).
     pub state: Option<TaskState>,
+    /// Redis time (ms) of the call (0 for `Fenced`, `Order`, `TooLarge`):
+    /// the worker records the task's latencies in its own statistics.
+    pub now_ms: i64,
+    /// Redis time (ms) of the attempt's first chunk, 0 = none.
+    pub first_chunk_ms: i64,
 }
 
 impl Function for Complete<'_> {
@@ -93,6 +98,8 @@ impl Function for Complete<'_> {
             next: (!next.is_empty()).then(|| InboxMessage::parse(&next)),
             chunks: items.uint()?,
             state: TaskState::parse(&items.string()?),
+            now_ms: items.int()?,
+            first_chunk_ms: items.int()?,
         })
     }
 }

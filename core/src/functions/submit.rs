@@ -118,3 +118,38 @@ impl Function for Submit<'_> {
         }
     }
 }
+
+/// Most tasks one `rtq2_submit_many` call carries.
+pub const MAX_SUBMIT_BATCH: usize = 256;
+
+/// Arguments of `rtq2_submit_many`: several submits in one call (the
+/// per-call work is paid once). Each task is answered as `rtq2_submit`
+/// would have answered it had the tasks been submitted one after another;
+/// one invalid task refuses the whole call and nothing is written.
+#[derive(Clone, Debug)]
+pub struct SubmitMany<'a> {
+    /// The tasks, 1 to [`MAX_SUBMIT_BATCH`].
+    pub tasks: &'a [Submit<'a>],
+}
+
+impl Function for SubmitMany<'_> {
+    const NAME: &'static str = "rtq2_submit_many";
+    type Reply = Vec<SubmitReply>;
+
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.tasks.len());
+        for task in self.tasks {
+            task.write_args(cmd);
+        }
+    }
+
+    fn decode(reply: Value) -> Result<Vec<SubmitReply>, Error> {
+        match reply {
+            Value::Array(items) => items.into_iter().map(Submit::decode).collect(),
+            other => Err(Error::Protocol(format!(
+                "{} replied {other:?}, expected an array",
+                Self::NAME
+            ))),
+        }
+    }
+}

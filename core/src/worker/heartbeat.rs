@@ -83,7 +83,10 @@ fn info(shared: &Shared) -> Vec<(&'static str, String)> {
 /// once; the attempts Redis took away are stopped as reassigned.
 pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten, Error> {
     let running: Vec<(String, u64)> = shared.pool.running();
-    let info = info(shared);
+    let mut info = info(shared);
+    if let Some(stats) = shared.stats.take_encoded() {
+        info.push(("stats", stats));
+    }
     let accepting = shared.want_next();
     let make = || Beat {
         worker: &shared.id,

@@ -10,6 +10,8 @@
 //! - `slot`: one slot's life (run, complete, take the next task);
 //! - `writer`: chunk writes and completion;
 //! - `heartbeat`: liveness, reconciliation with Redis, housekeeping;
+//! - `stats`: the worker's share of the queue statistics, sent with the
+//!   heartbeat (nothing on the per-task path);
 //! - `inbox`: the blocking inbox reader;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
@@ -19,6 +21,7 @@ mod heartbeat;
 mod inbox;
 mod pool;
 mod slot;
+mod stats;
 mod writer;
 
 use std::future::Future;
@@ -59,6 +62,8 @@ pub(crate) struct Shared {
     pool: SlotPool,
     /// Wakes the heartbeat early (intake switched).
     beat_now: Notify,
+    /// Statistics waiting for the next heartbeat.
+    stats: stats::StatsTally,
 }
 
 impl Shared {
@@ -250,6 +255,7 @@ impl Worker {
             handler,
             pool: SlotPool::new(self.config.slots, Arc::clone(&self.status)),
             beat_now: Notify::new(),
+            stats: stats::StatsTally::default(),
         });
         // The inbox reader first: registration dispatches into the inbox.
         let inbox_conn = self.endpoint.dedicated(inbox::RESPONSE_TIMEOUT).await?;
@@ -325,6 +331,13 @@ impl Worker {
         // the leave would hear GONE and register the worker again.
         hb_stop.cancel();
         let _ = hb.await;
+        // One last beat carries the statistics of the tasks that ended
+        // since the previous one.
+        if shared.stats.has_pending() {
+            if let Err(e) = heartbeat::beat(&shared, false).await {
+                tracing::debug!(error = %e, "could not send the last statistics");
+            }
+        }
         match shared.release(ReleaseMode::Leave, &items).await {
             Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
             Ok(_) => {}

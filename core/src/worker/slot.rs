@@ -140,6 +140,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
             attempt,
             handed_out_ms: 0,
             deadline_ms: 0,
+            submitted_ms: 0,
             spec: Vec::new(),
         },
     };
@@ -151,6 +152,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
         shared.config.granularity.clone(),
         stop.clone(),
     );
+    shared.stats.record_start(&delivery);
     let ending = match job {
         Job::Reject { reason, .. } => Ending::Failed {
             message: reason,
@@ -296,6 +298,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
     let status = &shared.status;
     match completed {
         Ok(reply) => {
+            shared.stats.record_end(&delivery, &reply);
             match (reply.status, &ending) {
                 (WriteStatus::Ok, Ending::Result(_)) if outcome == CompleteOutcome::Done => {
                     status.done.fetch_add(1, Ordering::Relaxed);

@@ -461,13 +461,21 @@ pub fn is_fcall(args: &[String], function: &str, id: &str) -> bool {
 }
 
 /// How many FCALLs of `function` with `id` among their arguments Redis
-/// executed (needs [`log_every_command`]).
+/// executed (needs [`log_every_command`]). For `rtq2_submit`, each submit
+/// of `id` inside a coalesced `rtq2_submit_many` counts as one call too.
 pub async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
     command_log(conn)
         .await
         .iter()
-        .filter(|args| is_fcall(args, function, id))
-        .count()
+        .map(|args| {
+            if function == "rtq2_submit" && is_fcall(args, "rtq2_submit_many", id) {
+                // FCALL rtq2_submit_many 1 <meta> <n> then 8 arguments per task.
+                args.iter().skip(5).step_by(8).filter(|a| *a == id).count()
+            } else {
+                usize::from(is_fcall(args, function, id))
+            }
+        })
+        .sum()
 }
 
 /// The entries of a stream: (entry id, fields).

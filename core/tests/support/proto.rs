@@ -13,7 +13,7 @@ use rtq_core::functions::heartbeat::{Beat, BeatReply, Heartbeat, Register};
 use rtq_core::functions::queue_admin::{Housekeep, HousekeepReport};
 use rtq_core::functions::release::{HandBack, Release, ReleaseMode, ReleaseReply};
 use rtq_core::functions::requeue::{Requeue, RequeueReply};
-use rtq_core::functions::submit::{Submit, SubmitReply};
+use rtq_core::functions::submit::{Submit, SubmitMany, SubmitReply};
 use rtq_core::functions::{self, Function};
 use rtq_core::keys::QueueKeys;
 use rtq_core::protocol::InboxMessage;
@@ -85,6 +85,26 @@ impl Proto {
         })
         .await
         .unwrap()
+    }
+
+    /// Submits `tasks` in one `rtq2_submit_many` call.
+    pub async fn submit_many(&mut self, tasks: &[Task<'_>]) -> Vec<SubmitReply> {
+        let specs: Vec<String> = tasks.iter().map(|t| spec_of(t.id)).collect();
+        let submits: Vec<Submit<'_>> = tasks
+            .iter()
+            .zip(&specs)
+            .map(|(t, spec)| Submit {
+                id: t.id,
+                spec,
+                priority: t.priority,
+                timeout_ms: t.timeout_ms,
+                max_attempts: t.max_attempts,
+                retention_ms: 600_000,
+                reply: t.reply,
+                stream: t.stream,
+            })
+            .collect();
+        self.call(&SubmitMany { tasks: &submits }).await.unwrap()
     }
 
     fn beat<'b>(
