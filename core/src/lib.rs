@@ -14,7 +14,9 @@
 //! - [`functions`]: the Functions library (`core/lua/`) and one typed
 //!   binding per function.
 //! - [`protocol`]: task spec, inbox messages, reply events, states, limits.
-//! - `connection`: shared and dedicated (blocking) connections.
+//! - `connection`: shared and dedicated (blocking) connections, to one
+//!   node or a Redis Cluster; `cluster`: the slot map, functions on every
+//!   master.
 //! - `tls`: [`TlsConfig`], TLS settings for `rediss://` URLs.
 //! - [`signing`]: optional ed25519-signed tasks (clients sign, workers
 //!   verify).
@@ -28,6 +30,7 @@
 //! - `error`: [`Error`], one variant per reason.
 
 mod client;
+mod cluster;
 mod connection;
 mod error;
 mod tls;

@@ -14,7 +14,7 @@ pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::Value;
 
 use crate::client::{Client, TaskInfo};
@@ -104,7 +104,7 @@ impl WorkerInfo {
 /// Admin access to rtq queues.
 #[derive(Clone)]
 pub struct Admin {
-    conn: ConnectionManager,
+    conn: RedisConnection,
 }
 
 impl Admin {
