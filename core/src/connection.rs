@@ -184,6 +184,17 @@ fn parse_info(url: &str) -> Result<ConnectionInfo, Error> {
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
+/// Checks a Redis configuration string without connecting: one node's
+/// URL, a `redis+cluster://` URL, or a comma-separated list of cluster
+/// seeds (what [`Client::connect`](crate::Client::connect) accepts).
+///
+/// # Errors
+/// [`Error::Connection`] or [`Error::InvalidInput`] saying what is wrong
+/// (the password redacted).
+pub fn validate_redis_url(url: &str) -> Result<(), Error> {
+    Endpoint::parse(url, &TlsConfig::default()).map(|_| ())
+}
+
 impl Endpoint {
     /// Parses the Redis configuration: a `redis://` / `rediss://` /
     /// `unix://` URL names one node; a `redis+cluster://` /

@@ -185,6 +185,35 @@ async fn one_admin_lists_and_counts_queues_on_every_master() {
         assert!(listed.contains(q), "{q} not in {listed:?}");
         assert_eq!(admin.overview(q).await.unwrap().pending, 2, "{q}");
     }
+    // The dashboard reads every queue, wherever it lives.
+    let dashboard = admin.dashboard(6).await.unwrap();
+    for q in &queues {
+        let (overview, _) = dashboard
+            .iter()
+            .find(|(o, _)| &o.name == q)
+            .unwrap_or_else(|| panic!("{q} missing from the dashboard"));
+        assert_eq!(overview.error, None, "{q}");
+        assert_eq!(overview.pending, 2, "{q}");
+    }
+    // Which master holds each queue: three different ones.
+    let nodes = admin.queue_nodes(&queues).await.unwrap();
+    let mut distinct: Vec<&String> = nodes.values().collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{nodes:?}");
+    for q in &queues {
+        let port: u16 = nodes[q].rsplit_once(':').unwrap().1.parse().unwrap();
+        let slot = cluster_slot(&QueueKeys::new(q).unwrap().meta());
+        let master = cluster().master_of_slot(slot).unwrap();
+        assert_eq!(cluster().node(master).port(), port, "{q}");
+    }
+    // Deleting a queue finds its keys on its own master (SCAN is keyless).
+    for q in &queues {
+        let gone = admin.delete_queue(q, true).await.unwrap();
+        assert!(gone.keys >= 3, "{q}: {gone:?}");
+        assert!(!admin.queues().await.unwrap().contains(q));
+        assert_eq!(admin.overview(q).await.unwrap().pending, 0, "{q}");
+    }
 }
 
 #[tokio::test]

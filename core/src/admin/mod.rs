@@ -138,6 +138,16 @@ impl Admin {
         Ok(names)
     }
 
+    /// On a Redis Cluster, the master (`host:port`) that holds each of
+    /// `queues` now (one round trip: `CLUSTER SLOTS`); empty on a single
+    /// node.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queue_nodes(&self, queues: &[String]) -> Result<HashMap<String, String>, Error> {
+        Ok(crate::cluster::queue_nodes(&mut self.conn.clone(), queues).await?)
+    }
+
     /// Counts of a queue in one round trip.
     ///
     /// # Errors
@@ -242,7 +252,9 @@ impl Admin {
         // place, so one corrupt queue shows as an error row, not as a
         // failed dashboard.
         first.ignore_errors();
-        let replies: Vec<Value> = first.query_async(&mut self.conn.clone()).await?;
+        // On a cluster, one pipeline per queue slot (the queues live on
+        // several masters).
+        let replies = crate::cluster::query_spread(&mut self.conn.clone(), &first, true).await?;
         let mut it = replies.into_iter();
         let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
         let now_ms = time_ms(&time);
@@ -308,7 +320,7 @@ impl Admin {
         let replies: Vec<Value> = if keys.is_empty() {
             Vec::new()
         } else {
-            second.query_async(&mut self.conn.clone()).await?
+            crate::cluster::query_spread(&mut self.conn.clone(), &second, true).await?
         };
         let mut it = replies.into_iter();
         let mut out = Vec::new();
