@@ -32,6 +32,7 @@
 mod client;
 mod cluster;
 mod connection;
+mod durable;
 mod error;
 mod tls;
 

@@ -371,6 +371,28 @@ impl Queue {
 
     /// Creates the task (or finds it), retrying when Redis does not answer.
     /// A DUPLICATE on a retry is the first try's own task.
+    /// One submit call; a durable request also waits for a replica.
+    async fn call_submit(
+        &self,
+        submit: &Submit<'_>,
+        request: &TaskRequest,
+    ) -> Result<SubmitReply, Error> {
+        let Some(wait) = request.durable else {
+            return functions::call(&mut self.client.conn(), &self.keys, submit).await;
+        };
+        let (reply, acked) =
+            crate::durable::call_replicated(&mut self.client.conn(), &self.keys, submit, wait)
+                .await?;
+        if acked == 0 && matches!(reply, SubmitReply::Accepted { .. }) {
+            return Err(Error::NotReplicated {
+                queue: self.name().to_string(),
+                id: submit.id.to_string(),
+                waited_ms: wait.as_millis() as u64,
+            });
+        }
+        Ok(reply)
+    }
+
     async fn place(
         &self,
         request: &TaskRequest,
@@ -399,7 +421,7 @@ impl Queue {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
             }
-            match functions::call(&mut self.client.conn(), &self.keys, &submit).await {
+            match self.call_submit(&submit, request).await {
                 Ok(SubmitReply::Accepted {
                     state,
                     worker,
