@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rtq_core::admin::Admin;
 use rtq_core::keys::{cluster_slot, QueueKeys};
-use rtq_core::{Client, Error, TaskRequest, TaskState, WorkerConfig};
+use rtq_core::{Client, Error, TaskRequest, TaskState, Worker, WorkerConfig};
 use rtq_testkit::RedisCluster;
 use serde_json::json;
 use support::*;
@@ -232,4 +232,227 @@ async fn bad_cluster_configurations_fail_clearly() {
         .unwrap()
         .to_string();
     assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_queue_whose_slot_is_being_moved() {
+    let c = cluster();
+    let url = c.url();
+    let queue = queues_on_every_master("moving").remove(1);
+    let slot = cluster_slot(&QueueKeys::new(&queue).unwrap().meta());
+    let source = c.master_of_slot(slot).unwrap();
+    let roles = c.roles();
+    let id_of = |i: usize| roles.iter().find(|r| r.index == i).unwrap().id.clone();
+    let target = roles
+        .iter()
+        .find(|r| r.master && r.index != source)
+        .unwrap()
+        .index;
+    let setslot = |node: usize, args: &[&str]| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot);
+        for a in args {
+            cmd.arg(*a);
+        }
+        let _: () = cmd.query(&mut c.node(node).conn()).unwrap();
+    };
+    // The start of a live reshard of the queue's slot, as `redis-cli
+    // --cluster reshard` does it.
+    setslot(target, &["IMPORTING", &id_of(source)]);
+    setslot(source, &["MIGRATING", &id_of(target)]);
+    let refused = Worker::connect(&url, WorkerConfig::new(&queue)).await;
+    let message = match refused {
+        Err(e @ Error::UnsuitableServer(_)) => e.to_string(),
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a worker started on a queue whose slot moves"),
+    };
+    assert!(
+        message.contains(&queue) && message.contains(&format!("slot {slot}")),
+        "{message}"
+    );
+    assert!(message.contains("idle"), "{message}");
+    let admin = Admin::new(&Client::connect(&url).await.unwrap());
+    let moving = admin
+        .moving_queues(&[queue.clone(), "other".into()])
+        .await
+        .unwrap();
+    assert_eq!(moving.len(), 2, "reported by both ends: {moving:?}");
+    assert!(moving.iter().all(|(q, _)| q == &queue), "{moving:?}");
+    // The move undone: the worker starts.
+    setslot(source, &["STABLE"]);
+    setslot(target, &["STABLE"]);
+    assert!(admin
+        .moving_queues(std::slice::from_ref(&queue))
+        .await
+        .unwrap()
+        .is_empty());
+    Worker::connect(&url, WorkerConfig::new(&queue))
+        .await
+        .expect("the worker starts once the slot is stable");
+}
+
+// The single-node suite's client-facing tests, on the cluster ---------------
+//
+// Chosen from requests.rs, faults.rs and waits.rs: the tests that drive
+// rtq only through its public API (a client, workers, the admin API), so
+// they hold on any deployment, each on a queue of a different master. The
+// rest of the suite asserts on raw single-node state (command logs, INFO,
+// KEYS, a fault-injection proxy in front of the one server, restarting it)
+// and tests the Functions library, which runs the same on a cluster node:
+// every key of a queue lives in its one slot.
+
+/// A queue name for test `n` on master `n % 3`.
+fn ported(name: &str, n: usize) -> String {
+    queues_on_every_master(name).remove(n % 3)
+}
+
+#[tokio::test]
+async fn suite_submit_now_fetch_later_from_another_client() {
+    let url = cluster().url();
+    let name = ported("fetch", 0);
+    let submitter = Client::connect(&url).await.unwrap();
+    let q = submitter.queue(&name).unwrap();
+    let sub = q
+        .submit(TaskRequest::json(json!({"chunks": 5, "chunk": "x"})))
+        .await
+        .unwrap();
+    assert_eq!(sub.state, TaskState::Queued);
+    let other = Client::connect(&url).await.unwrap();
+    let oq = other.queue(&name).unwrap();
+    let follow = oq.follow(&sub.id, 0).await.unwrap();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&url, WorkerConfig::new(&name), seen).await;
+    let (out, text) = within(follow.collect_text()).await.unwrap();
+    assert_eq!(text, "x0 x1 x2 x3 x4 ");
+    let again = within(oq.wait(&sub.id, Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    assert_eq!(again.result, out.result);
+    let (_, tail) = within(oq.follow(&sub.id, 3).await.unwrap().collect_text())
+        .await
+        .unwrap();
+    assert_eq!(tail, "x3 x4 ");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn suite_priorities_run_highest_first_and_fifo_within_a_priority() {
+    let url = cluster().url();
+    let name = ported("prio", 1);
+    let client = Client::connect(&url).await.unwrap();
+    let q = client.queue(&name).unwrap();
+    let admin = Admin::new(&client);
+    admin.pause(&name, true).await.unwrap();
+    for (id, prio) in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -3), ("f", 9)] {
+        q.submit(TaskRequest::json(json!({})).id(id).priority(prio))
+            .await
+            .unwrap();
+    }
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&url, WorkerConfig::new(&name).slots(1), seen).await;
+    admin.pause(&name, false).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        if let Seen::Started { id, .. } = next_seen(&mut rx, 20).await {
+            order.push(id);
+        }
+    }
+    assert_eq!(order, ["f", "b", "d", "a", "c", "e"]);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn suite_a_full_queue_refuses_atomically() {
+    let url = cluster().url();
+    let name = ported("bp", 2);
+    let client = Client::connect(&url).await.unwrap();
+    Admin::new(&client).set_max_depth(&name, 10).await.unwrap();
+    let q = client.queue(&name).unwrap();
+    let results =
+        futures::future::join_all((0..40).map(|i| q.submit(TaskRequest::json(json!({"i": i})))))
+            .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let full = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::QueueFull { max_depth: 10, .. })))
+        .count();
+    assert_eq!((ok, full), (10, 30));
+}
+
+#[tokio::test]
+async fn suite_a_retryable_failure_is_retried_and_a_fatal_one_reported() {
+    let url = cluster().url();
+    let name = ported("fail", 0);
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&url, WorkerConfig::new(&name), seen).await;
+    let client = Client::connect(&url).await.unwrap();
+    let q = client.queue(&name).unwrap();
+    match within(q.run(TaskRequest::json(json!({"fail": "model said no"})))).await {
+        Err(Error::Failed { reason, worker, .. }) => {
+            assert_eq!(reason, "model said no");
+            assert_eq!(worker, w.id);
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = within(
+        q.run(TaskRequest::json(json!({"fail": "flaky", "retryable": true})).max_attempts(3)),
+    )
+    .await
+    .unwrap_err();
+    let Error::Failed { id, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(q.status(id).await.unwrap().attempt, 3);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn suite_a_queued_task_expires_at_its_deadline_and_never_runs() {
+    let url = cluster().url();
+    let name = ported("deadline", 1);
+    let client = Client::connect(&url).await.unwrap();
+    let q = client.queue(&name).unwrap();
+    let err = within(q.run(TaskRequest::json(json!(1)).timeout(Duration::from_millis(300))))
+        .await
+        .unwrap_err();
+    let Error::TimedOut { id, phase } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(phase, rtq_core::TimeoutPhase::Queued);
+    assert_eq!(q.status(&id).await.unwrap().state, TaskState::Expired);
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&url, WorkerConfig::new(&name), seen).await;
+    let other = q
+        .run(TaskRequest::json(json!({"marker": 1})))
+        .await
+        .unwrap();
+    let Seen::Started { id: first, .. } = next_seen(&mut rx, 20).await else {
+        panic!()
+    };
+    assert_eq!(first, other.id, "the expired task was never handed out");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn suite_two_runs_with_one_id_share_one_task_and_a_big_stream_arrives_whole() {
+    let url = cluster().url();
+    let name = ported("shared", 2);
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&url, WorkerConfig::new(&name), seen).await;
+    let client = Client::connect(&url).await.unwrap();
+    let q = client.queue(&name).unwrap();
+    let req = || TaskRequest::json(json!({"chunks": 3})).id("same");
+    let (a, b) = within(async { tokio::join!(q.run(req()), q.run(req())) }).await;
+    assert_eq!(a.unwrap().result, b.unwrap().result);
+    assert!(matches!(next_seen(&mut rx, 20).await, Seen::Started { .. }));
+    assert!(rx.try_recv().is_err(), "one task ran once");
+    let stream = q
+        .stream(TaskRequest::json(json!({"chunks": 2000, "chunk": "k"})))
+        .await
+        .unwrap();
+    let (indexes, text, done) = within(drain_stream(stream)).await;
+    assert_eq!(indexes, (0..2000).collect::<Vec<_>>());
+    assert_eq!(text, expected_text("k", 2000));
+    done.unwrap();
+    w.stop().await;
 }

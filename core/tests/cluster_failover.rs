@@ -334,3 +334,78 @@ async fn a_killed_master_is_replaced_and_no_durable_submit_is_lost() {
     assert_eq!(out.result["worker"], worker.id.as_str());
     worker.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn masters_that_lost_the_functions_library_get_it_back() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    // A queue on each master, each served.
+    let queues: Vec<String> = [0u16, 6000, 12000]
+        .iter()
+        .map(|s| queues_near("flushed", *s, 1).remove(0))
+        .collect();
+    let (seen, _rx) = seen_channel();
+    let mut workers = Vec::new();
+    for q in &queues {
+        workers.push(KillableWorker::start(&url, worker_config(q), seen.clone()).await);
+    }
+    let client = Client::connect(&url).await.unwrap();
+    for q in &queues {
+        within(client.queue(q).unwrap().run(TaskRequest::json(json!({}))))
+            .await
+            .unwrap();
+    }
+    // Every master forgets the library (a new node, a FUNCTION FLUSH by
+    // an operator); replicas follow their masters.
+    let masters: Vec<usize> = cluster
+        .roles()
+        .iter()
+        .filter(|r| r.master)
+        .map(|r| r.index)
+        .collect();
+    assert_eq!(masters.len(), 3);
+    for &m in &masters {
+        let _: () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query(&mut cluster.node(m).conn())
+            .unwrap();
+    }
+    // The next call on each queue finds the library missing, loads it on
+    // every master and goes through; workers keep serving.
+    for q in &queues {
+        let out = within(
+            client
+                .queue(q)
+                .unwrap()
+                .run(TaskRequest::json(json!({"again": q}))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.result["echo"]["again"], q.as_str());
+    }
+    for &m in &masters {
+        let libs: redis::Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .arg("LIBRARYNAME")
+            .arg("rtq2")
+            .query(&mut cluster.node(m).conn())
+            .unwrap();
+        assert!(
+            matches!(&libs, redis::Value::Array(a) if a.len() == 1),
+            "node {m}: {libs:?}"
+        );
+    }
+    // A new client connecting loads nothing twice and works at once.
+    let fresh = Client::connect(&url).await.unwrap();
+    within(
+        fresh
+            .queue(&queues[0])
+            .unwrap()
+            .run(TaskRequest::json(json!({}))),
+    )
+    .await
+    .unwrap();
+    for w in workers {
+        w.kill();
+    }
+}

@@ -30,6 +30,13 @@ pub(super) async fn stats(
     let names: Vec<String> = rows.iter().map(|(o, _)| o.name.clone()).collect();
     let nodes = ctx.admin.queue_nodes(&names).await.unwrap_or_default();
     let node_of = |name: &str| nodes.get(name).cloned().unwrap_or_else(|| "-".into());
+    if !nodes.is_empty() {
+        for (queue, how) in ctx.admin.moving_queues(&names).await.unwrap_or_default() {
+            super::note(&format!(
+                "warning: queue {queue}: {how} (live resharding): rtq workers refuse to start on it; move queues only while idle (docs/CLUSTER.md)"
+            ));
+        }
+    }
     if ctx.json {
         let v: Vec<Value> = rows
             .iter()

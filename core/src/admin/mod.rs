@@ -148,6 +148,27 @@ impl Admin {
         Ok(crate::cluster::queue_nodes(&mut self.conn.clone(), queues).await?)
     }
 
+    /// On a Redis Cluster, the queues of `queues` whose hash slot is
+    /// being moved between masters now (live resharding, which rtq does
+    /// not serve through: see docs/CLUSTER.md), with a description of the
+    /// move; empty on a single node.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn moving_queues(&self, queues: &[String]) -> Result<Vec<(String, String)>, Error> {
+        let moves = crate::cluster::slot_moves(&mut self.conn.clone()).await?;
+        let mut out = Vec::new();
+        for q in queues {
+            let Ok(k) = QueueKeys::new(q) else { continue };
+            let slot = crate::keys::cluster_slot(&k.meta());
+            for m in moves.iter().filter(|m| m.slot == slot) {
+                let dir = if m.migrating { "out of" } else { "into" };
+                out.push((q.clone(), format!("slot {slot} moving {dir} {}", m.node)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts of a queue in one round trip.
     ///
     /// # Errors

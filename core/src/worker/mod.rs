@@ -191,6 +191,7 @@ impl Worker {
             Ok(report) => report.enforce()?,
             Err(e) => tracing::warn!(error = %e, "could not check the Redis server (INFO)"),
         }
+        crate::cluster::refuse_moving_queue(&mut conn, &keys).await?;
         let status = Arc::new(WorkerStatus::default());
         status.accepting.store(true, Ordering::Release);
         Ok(Self {
