@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -48,10 +49,53 @@ pub enum RedisConnection {
     Cluster(ClusterConnection),
 }
 
+/// The error for a `MOVED` reply (`detail`: "slot host:port") on a
+/// single-node connection: the URL names one node of a Redis Cluster.
+/// Not retryable: it will not go away without a cluster URL.
+fn moved_on_single_node(detail: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "this Redis is one node of a Redis Cluster and the key lives on another node: connect with a redis+cluster:// URL (or several comma-separated seed URLs)",
+        format!("MOVED {detail}"),
+    ))
+}
+
+/// `moved_on_single_node` for a reply that is a `MOVED` error.
+fn check_moved(value: &Value) -> Result<(), redis::RedisError> {
+    match value {
+        Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::Moved) => {
+            Err(moved_on_single_node(e.details().unwrap_or_default()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Explains `MOVED` replies and errors of a single-node connection.
+fn explain_moved<T>(
+    reply: redis::RedisResult<T>,
+    values: impl Fn(&T) -> &[Value],
+) -> redis::RedisResult<T> {
+    match reply {
+        Ok(v) => {
+            for value in values(&v) {
+                check_moved(value)?;
+            }
+            Ok(v)
+        }
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => {
+            Err(moved_on_single_node(e.detail().unwrap_or_default()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Single(c) => c
+                .req_packed_command(cmd)
+                .map(|r| explain_moved(r, std::slice::from_ref))
+                .boxed(),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -63,7 +107,10 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Single(c) => c
+                .req_packed_commands(cmd, offset, count)
+                .map(|r| explain_moved(r, Vec::as_slice))
+                .boxed(),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
@@ -290,6 +337,25 @@ impl Endpoint {
         Error::from_connect(&self.redacted, source)
     }
 
+    /// Sorts a failure to open a cluster connection: redis-rs reports the
+    /// cause of every seed's failure inside one message.
+    fn cluster_connect_error(&self, e: redis::RedisError) -> Error {
+        let text = e.to_string();
+        if text.contains("AuthenticationFailed") || text.contains("WRONGPASS") {
+            return Error::AuthenticationFailed {
+                url: self.redacted.clone(),
+                reason: "the cluster nodes refused the credentials".into(),
+            };
+        }
+        if text.contains("cluster support disabled") {
+            return Error::UnsuitableServer(format!(
+                "{} is not a Redis Cluster (cluster support disabled): use a redis:// URL for a single server",
+                self.redacted
+            ));
+        }
+        self.wrap(e)
+    }
+
     /// Opens the shared connection (reconnects by itself after failures).
     ///
     /// # Errors
@@ -326,7 +392,7 @@ impl Endpoint {
                     client
                         .get_async_connection()
                         .await
-                        .map_err(|e| self.wrap(e))?,
+                        .map_err(|e| self.cluster_connect_error(e))?,
                 )
             }
         };

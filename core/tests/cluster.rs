@@ -224,6 +224,35 @@ async fn bad_cluster_configurations_fail_clearly() {
     let empty = format!("{},", cluster().url());
     let err = Client::connect(&empty).await.err().unwrap().to_string();
     assert!(err.contains("empty"), "{err}");
+    // A plain URL to one node of the cluster: a queue on another master
+    // fails with the fix in the message.
+    let first = cluster().node(0).url();
+    let plain = Client::connect(&first).await.unwrap();
+    let elsewhere = queues_on_every_master("plain")
+        .into_iter()
+        .find(|q| {
+            let slot = cluster_slot(&QueueKeys::new(q).unwrap().meta());
+            cluster().master_of_slot(slot) != Some(0)
+        })
+        .unwrap();
+    let err = plain
+        .queue(&elsewhere)
+        .unwrap()
+        .submit(TaskRequest::json(json!({})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redis+cluster://"), "{err}");
+    // A cluster URL to a server that is not in cluster mode.
+    let single = RedisServer::start();
+    let url = single.url().replace("redis://", "redis+cluster://");
+    let err = tokio::time::timeout(Duration::from_secs(30), Client::connect(&url))
+        .await
+        .expect("fails, not hangs")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.to_lowercase().contains("cluster"), "{err}");
     let dead = "redis+cluster://127.0.0.1:1";
     let err = tokio::time::timeout(Duration::from_secs(30), Client::connect(dead))
         .await
