@@ -5,6 +5,8 @@
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli creates the local Redis Cluster of the cluster tests.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 if [ ${#missing[@]} -eq 0 ]; then
@@ -17,4 +19,4 @@ $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 # A package may start a system service; rtq's scripts and tests start private
 # servers of their own and never depend on it.
-command -v redis-server >/dev/null && command -v python3 >/dev/null && command -v tmux >/dev/null
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v python3 >/dev/null && command -v tmux >/dev/null

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // A URL that does not parse is a usage error, not "unreachable" (the
     // message names no password: the URL is redacted).
-    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(redis.as_str()) {
+    if let Err(e) = rtq_core::validate_redis_url(&redis) {
         usage(
             clap::error::ErrorKind::InvalidValue,
             &format!(

@@ -151,6 +151,19 @@ pub enum Error {
         /// The last error.
         reason: String,
     },
+    /// A durable submit ([`TaskRequest::durable`](crate::TaskRequest::durable)):
+    /// the task is stored on the queue's master, but no replica
+    /// acknowledged it within the wait. It exists and may run; it is lost
+    /// if that master fails before replicating it. Its state tells later.
+    #[error("task {id} of queue {queue} is stored but no replica acknowledged it within {waited_ms} ms (a crash of its master now would lose it; check the replicas)")]
+    NotReplicated {
+        /// Queue name.
+        queue: String,
+        /// Task id.
+        id: String,
+        /// How long the submit waited for a replica (ms).
+        waited_ms: u64,
+    },
     /// Redis is over its `maxmemory` limit and refused to store more (the
     /// call wrote nothing). Workers keep draining the queue; free memory or
     /// raise the limit.
@@ -285,7 +298,15 @@ impl Error {
                     || e.is_connection_dropped()
                     || matches!(
                         e.code(),
-                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+                        Some(
+                            "LOADING"
+                                | "BUSY"
+                                | "TRYAGAIN"
+                                | "MASTERDOWN"
+                                | "CLUSTERDOWN"
+                                | "MOVED"
+                                | "ASK"
+                        )
                     )
             }
             Error::Uncertain { .. } | Error::OutOfMemory(_) => true,

@@ -14,7 +14,9 @@
 //! - [`functions`]: the Functions library (`core/lua/`) and one typed
 //!   binding per function.
 //! - [`protocol`]: task spec, inbox messages, reply events, states, limits.
-//! - `connection`: shared and dedicated (blocking) connections.
+//! - `connection`: shared and dedicated (blocking) connections, to one
+//!   node or a Redis Cluster; `cluster`: the slot map, functions on every
+//!   master.
 //! - `tls`: [`TlsConfig`], TLS settings for `rediss://` URLs.
 //! - [`signing`]: optional ed25519-signed tasks (clients sign, workers
 //!   verify).
@@ -28,7 +30,9 @@
 //! - `error`: [`Error`], one variant per reason.
 
 mod client;
+mod cluster;
 mod connection;
+mod durable;
 mod error;
 mod tls;
 
@@ -46,6 +50,7 @@ pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
     TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
 };
+pub use connection::validate_redis_url;
 pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, TimeoutPhase};
 pub use protocol::{Outcome, TaskState};
 pub use tls::TlsConfig;

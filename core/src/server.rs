@@ -22,6 +22,16 @@ pub struct ServerReport {
     pub aof: bool,
 }
 
+/// The text of an INFO reply (a bulk or verbatim string).
+fn info_text(value: redis::Value) -> Result<String, Error> {
+    match value {
+        redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        redis::Value::VerbatimString { text, .. } => Ok(text),
+        redis::Value::SimpleString(s) => Ok(s),
+        other => Err(Error::Protocol(format!("INFO replied {other:?}"))),
+    }
+}
+
 /// One thing wrong with the server, and how serious it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Concern {
@@ -38,13 +48,49 @@ impl ServerReport {
     /// Connection errors, or [`Error::PermissionDenied`] if the user may
     /// not run INFO.
     pub async fn read<C: ConnectionLike + Send>(conn: &mut C) -> Result<Self, Error> {
-        let text: String = redis::cmd("INFO")
+        let reply: redis::Value = redis::cmd("INFO")
             .arg("server")
             .arg("memory")
             .arg("persistence")
             .query_async(conn)
             .await?;
-        Ok(Self::parse(&text))
+        match reply {
+            // A Redis Cluster answers per master: the weakest one counts.
+            redis::Value::Map(nodes) => {
+                let mut reports = Vec::new();
+                for (_, info) in nodes {
+                    if let redis::Value::ServerError(e) = info {
+                        return Err(redis::RedisError::from(e).into());
+                    }
+                    reports.push(Self::parse(&info_text(info)?));
+                }
+                Ok(Self::weakest(reports))
+            }
+            other => Ok(Self::parse(&info_text(other)?)),
+        }
+    }
+
+    /// One report for several servers (a cluster's masters): the oldest
+    /// version, the first policy other than noeviction, AOF only if all
+    /// have it.
+    fn weakest(reports: Vec<Self>) -> Self {
+        let mut out = reports.first().cloned().unwrap_or(Self {
+            version: String::new(),
+            maxmemory: 0,
+            policy: String::new(),
+            aof: false,
+        });
+        for r in reports {
+            if r.major_minor() < out.major_minor() {
+                out.version = r.version;
+            }
+            if r.policy != "noeviction" && !r.policy.is_empty() {
+                out.policy = r.policy;
+            }
+            out.aof &= r.aof;
+            out.maxmemory = out.maxmemory.max(r.maxmemory);
+        }
+        out
     }
 
     /// Parses INFO text.

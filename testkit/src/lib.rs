@@ -10,12 +10,16 @@
 //! - this file: [`RedisServer`] and its [`Options`];
 //! - [`proxy`]: [`Proxy`], a TCP fault-injection proxy between a client and
 //!   a server (drop one command's reply and cut its connection, cut all).
+//! - [`cluster`]: [`RedisCluster`], a local Redis Cluster (3 masters and 3
+//!   replicas by default) created with `redis-cli --cluster create`.
 //! - [`tls`]: [`Pki`], certificates made by the test (CA, server, client,
 //!   an unrelated CA) for TLS servers ([`Options::tls`]).
 
+pub mod cluster;
 pub mod proxy;
 pub mod tls;
 
+pub use cluster::RedisCluster;
 pub use proxy::Proxy;
 pub use tls::Pki;
 
@@ -33,6 +37,9 @@ pub struct Options {
     pub appendonly: bool,
     /// Serve TLS only (`--port 0 --tls-port <port>`).
     pub tls: Option<TlsOptions>,
+    /// Run as a Redis Cluster node with this `cluster-node-timeout` in
+    /// milliseconds (see [`RedisCluster`]).
+    pub cluster_node_timeout_ms: Option<u64>,
 }
 
 /// A TLS-only server's certificates.
@@ -178,6 +185,20 @@ impl RedisServer {
         }
         if let Some(pw) = &self.options.password {
             cmd.arg("--requirepass").arg(pw);
+            // Cluster nodes authenticate to each other with it too.
+            cmd.arg("--masterauth").arg(pw);
+        }
+        if let Some(timeout) = self.options.cluster_node_timeout_ms {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join("nodes.conf"))
+                .arg("--cluster-node-timeout")
+                .arg(timeout.to_string())
+                // Any replica may take over, however stale (tests fail
+                // masters over on purpose), and a dead shard does not
+                // take the others down with it.
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--cluster-require-full-coverage", "no"])
+                .args(["--cluster-allow-replica-migration", "no"]);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -283,6 +304,11 @@ impl RedisServer {
         self.client()
             .and_then(|c| c.get_connection())
             .expect("cannot connect to the test redis-server")
+    }
+
+    /// The process id while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server with SIGKILL (no shutdown, no save).

@@ -31,6 +31,11 @@ pub fn register(values: impl IntoIterator<Item = String>) {
 /// The secret parts of a URL: userinfo and secret query values, raw and
 /// percent-decoded.
 pub fn of_url(url: &str) -> Vec<String> {
+    // A Redis Cluster seed list (`redis+cluster://:pw@h1:6379,h2:6379`,
+    // or several URLs): the secrets of each entry.
+    if url.to_ascii_lowercase().starts_with("redis") && url.contains(',') {
+        return url.split(',').flat_map(|u| of_url(u.trim())).collect();
+    }
     let Ok(parsed) = url::Url::parse(url) else {
         return Vec::new();
     };
@@ -119,5 +124,13 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn a_cluster_seed_list_yields_its_password() {
+        let found = of_url("redis+cluster://:s3cret@10.0.0.1:6379,10.0.0.2:6379");
+        assert!(found.contains(&"s3cret".to_string()), "{found:?}");
+        let found = of_url("redis://:pw-one@a:1,redis://:pw-two@b:2");
+        assert!(found.contains(&"pw-one".to_string()) && found.contains(&"pw-two".to_string()));
     }
 }

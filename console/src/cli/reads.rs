@@ -26,38 +26,73 @@ pub(super) async fn stats(
         }
         None => ctx.admin.dashboard(buckets).await?,
     };
+    // On a Redis Cluster: the master holding each queue (empty on one node).
+    let names: Vec<String> = rows.iter().map(|(o, _)| o.name.clone()).collect();
+    let nodes = ctx.admin.queue_nodes(&names).await.unwrap_or_default();
+    let node_of = |name: &str| nodes.get(name).cloned().unwrap_or_else(|| "-".into());
+    if !nodes.is_empty() {
+        for (queue, how) in ctx.admin.moving_queues(&names).await.unwrap_or_default() {
+            super::note(&format!(
+                "warning: queue {queue}: {how} (live resharding): rtq workers refuse to start on it; move queues only while idle (docs/CLUSTER.md)"
+            ));
+        }
+    }
     if ctx.json {
-        let v: Vec<Value> = rows.iter().map(|(o, s)| shape::queue_stats(o, s)).collect();
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|(o, s)| {
+                let mut v = shape::queue_stats(o, s);
+                if !nodes.is_empty() {
+                    v["node"] = json!(node_of(&o.name));
+                }
+                v
+            })
+            .collect();
         ctx.doc(json!({"window_secs": window_secs, "queues": v}));
         return Ok(());
     }
-    let row = |cols: [&str; 9]| {
-        format!(
+    let row = |cols: [&str; 9], node: &str| {
+        let line = format!(
             "{:<20} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
             cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
-        )
+        );
+        if nodes.is_empty() {
+            line
+        } else {
+            format!("{line}  {node}")
+        }
     };
-    ctx.line(row([
-        "QUEUE", "STATE", "PENDING", "RUNNING", "WORKERS", "DONE/S", "FAIL/S", "WAIT99", "TOTAL99",
-    ]));
+    ctx.line(row(
+        [
+            "QUEUE", "STATE", "PENDING", "RUNNING", "WORKERS", "DONE/S", "FAIL/S", "WAIT99",
+            "TOTAL99",
+        ],
+        "NODE",
+    ));
     for (o, s) in &rows {
         let name = printable(&o.name, false);
         if let Some(error) = &o.error {
-            ctx.line(row([&name, "error", "-", "-", "-", "-", "-", "-", "-"]));
+            ctx.line(row(
+                [&name, "error", "-", "-", "-", "-", "-", "-", "-"],
+                &node_of(&o.name),
+            ));
             report(error);
             continue;
         }
-        ctx.line(row([
-            &name,
-            if o.paused { "paused" } else { "running" },
-            &o.pending.to_string(),
-            &o.running.to_string(),
-            &o.workers_alive.to_string(),
-            &format!("{:.1}", s.rate("done")),
-            &format!("{:.1}", s.rate("failed")),
-            &ms(s.wait.p99),
-            &ms(s.total.p99),
-        ]));
+        ctx.line(row(
+            [
+                &name,
+                if o.paused { "paused" } else { "running" },
+                &o.pending.to_string(),
+                &o.running.to_string(),
+                &o.workers_alive.to_string(),
+                &format!("{:.1}", s.rate("done")),
+                &format!("{:.1}", s.rate("failed")),
+                &ms(s.wait.p99),
+                &ms(s.total.p99),
+            ],
+            &node_of(&o.name),
+        ));
     }
     Ok(())
 }

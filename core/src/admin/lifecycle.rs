@@ -145,6 +145,8 @@ impl Admin {
         let pattern = format!("{}*", k.prefix());
         let mut cursor: u64 = 0;
         let mut removed = 0;
+        // SCAN has no key: on a cluster it must go to the queue's master.
+        let mut node = crate::cluster::SlotConnection::new(&self.conn, &k.meta());
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -152,7 +154,7 @@ impl Admin {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(DELETE_SCAN_COUNT)
-                .query_async(&mut self.conn.clone())
+                .query_async(&mut node)
                 .await?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")

@@ -14,7 +14,7 @@ pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::Value;
 
 use crate::client::{Client, TaskInfo};
@@ -104,7 +104,7 @@ impl WorkerInfo {
 /// Admin access to rtq queues.
 #[derive(Clone)]
 pub struct Admin {
-    conn: ConnectionManager,
+    conn: RedisConnection,
 }
 
 impl Admin {
@@ -136,6 +136,37 @@ impl Admin {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// On a Redis Cluster, the master (`host:port`) that holds each of
+    /// `queues` now (one round trip: `CLUSTER SLOTS`); empty on a single
+    /// node.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queue_nodes(&self, queues: &[String]) -> Result<HashMap<String, String>, Error> {
+        Ok(crate::cluster::queue_nodes(&mut self.conn.clone(), queues).await?)
+    }
+
+    /// On a Redis Cluster, the queues of `queues` whose hash slot is
+    /// being moved between masters now (live resharding, which rtq does
+    /// not serve through: see docs/CLUSTER.md), with a description of the
+    /// move; empty on a single node.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn moving_queues(&self, queues: &[String]) -> Result<Vec<(String, String)>, Error> {
+        let moves = crate::cluster::slot_moves(&mut self.conn.clone()).await?;
+        let mut out = Vec::new();
+        for q in queues {
+            let Ok(k) = QueueKeys::new(q) else { continue };
+            let slot = crate::keys::cluster_slot(&k.meta());
+            for m in moves.iter().filter(|m| m.slot == slot) {
+                let dir = if m.migrating { "out of" } else { "into" };
+                out.push((q.clone(), format!("slot {slot} moving {dir} {}", m.node)));
+            }
+        }
+        Ok(out)
     }
 
     /// Counts of a queue in one round trip.
@@ -242,7 +273,9 @@ impl Admin {
         // place, so one corrupt queue shows as an error row, not as a
         // failed dashboard.
         first.ignore_errors();
-        let replies: Vec<Value> = first.query_async(&mut self.conn.clone()).await?;
+        // On a cluster, one pipeline per queue slot (the queues live on
+        // several masters).
+        let replies = crate::cluster::query_spread(&mut self.conn.clone(), &first, true).await?;
         let mut it = replies.into_iter();
         let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
         let now_ms = time_ms(&time);
@@ -308,7 +341,7 @@ impl Admin {
         let replies: Vec<Value> = if keys.is_empty() {
             Vec::new()
         } else {
-            second.query_async(&mut self.conn.clone()).await?
+            crate::cluster::query_spread(&mut self.conn.clone(), &second, true).await?
         };
         let mut it = replies.into_iter();
         let mut out = Vec::new();

@@ -13,7 +13,7 @@
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -80,7 +80,7 @@ pub(crate) struct SubmitBatcher {
 
 impl SubmitBatcher {
     /// Starts the batcher's task; it ends when the batcher is dropped.
-    pub(crate) fn start(conn: ConnectionManager, keys: QueueKeys) -> Self {
+    pub(crate) fn start(conn: RedisConnection, keys: QueueKeys) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(conn, keys, rx));
         Self { tx }
@@ -96,7 +96,7 @@ impl SubmitBatcher {
     }
 }
 
-async fn run(conn: ConnectionManager, keys: QueueKeys, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+async fn run(conn: RedisConnection, keys: QueueKeys, mut rx: mpsc::UnboundedReceiver<Waiting>) {
     let mut in_flight = FuturesUnordered::new();
     let mut carry: Option<Waiting> = None;
     let mut open = true;
@@ -135,7 +135,7 @@ async fn next(
     }
 }
 
-async fn send(mut conn: ConnectionManager, keys: QueueKeys, batch: Vec<Waiting>) {
+async fn send(mut conn: RedisConnection, keys: QueueKeys, batch: Vec<Waiting>) {
     let submits: Vec<Submit<'_>> = batch.iter().map(|w| w.submit.as_submit()).collect();
     let replies: Result<Vec<SubmitReply>, Error> = if submits.len() == 1 {
         functions::call(&mut conn, &keys, &submits[0])

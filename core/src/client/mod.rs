@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Endpoint;
@@ -127,7 +127,7 @@ impl ClientConfig {
 
 pub(crate) struct ClientInner {
     pub(crate) endpoint: Endpoint,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConnection,
     pub(crate) client_id: String,
     pub(crate) config: ClientConfig,
     routers: Mutex<HashMap<String, Arc<ReplyRouter>>>,
@@ -250,7 +250,7 @@ impl Client {
     }
 
     /// A clone of the shared connection, for admin reads.
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> RedisConnection {
         self.inner.conn.clone()
     }
 

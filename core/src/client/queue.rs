@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
-use crate::functions::submit::SubmitReply;
+use crate::functions::submit::{Submit, SubmitReply};
 use crate::functions::watch::{Read, TaskSnapshot};
 use crate::functions::{self};
 use crate::keys::{validate_id, QueueKeys};
@@ -372,6 +372,28 @@ impl Queue {
 
     /// Creates the task (or finds it), retrying when Redis does not answer.
     /// A DUPLICATE on a retry is the first try's own task.
+    /// One submit call; a durable request also waits for a replica.
+    async fn call_submit(
+        &self,
+        submit: &Submit<'_>,
+        request: &TaskRequest,
+    ) -> Result<SubmitReply, Error> {
+        let Some(wait) = request.durable else {
+            return functions::call(&mut self.client.conn(), &self.keys, submit).await;
+        };
+        let (reply, acked) =
+            crate::durable::call_replicated(&mut self.client.conn(), &self.keys, submit, wait)
+                .await?;
+        if acked == 0 && matches!(reply, SubmitReply::Accepted { .. }) {
+            return Err(Error::NotReplicated {
+                queue: self.name().to_string(),
+                id: submit.id.to_string(),
+                waited_ms: wait.as_millis() as u64,
+            });
+        }
+        Ok(reply)
+    }
+
     async fn place(
         &self,
         request: &TaskRequest,
@@ -399,7 +421,8 @@ impl Queue {
         let mut last_error = None;
         // The first try goes through the queue's batcher (coalesced with
         // concurrent submits); retries and refused batches go alone.
-        let mut batched = config.coalesce_submits;
+        // (A durable submit waits for a replica after its own call.)
+        let mut batched = config.coalesce_submits && request.durable.is_none();
         for attempt in 0..SUBMIT_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
@@ -412,12 +435,10 @@ impl Queue {
                         last_error = Some(e);
                         continue;
                     }
-                    Batched::Refused => {
-                        functions::call(&mut self.client.conn(), &self.keys, &submit).await
-                    }
+                    Batched::Refused => self.call_submit(&submit, request).await,
                 }
             } else {
-                functions::call(&mut self.client.conn(), &self.keys, &submit).await
+                self.call_submit(&submit, request).await
             };
             match answer {
                 Ok(SubmitReply::Accepted {

@@ -41,6 +41,8 @@ pub struct TaskRequest {
     pub(crate) max_attempts: u32,
     pub(crate) retention: Duration,
     pub(crate) cancel_on_drop: bool,
+    /// Wait for a replica after the submit (see [`TaskRequest::durable`]).
+    pub(crate) durable: Option<Duration>,
 }
 
 impl TaskRequest {
@@ -55,6 +57,7 @@ impl TaskRequest {
             max_attempts: 3,
             retention: DEFAULT_RETENTION,
             cancel_on_drop: false,
+            durable: None,
         }
     }
 
@@ -125,6 +128,19 @@ impl TaskRequest {
     /// (default 1 hour, at most 30 days).
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// A durable submit: the submit returns only once at least one replica
+    /// of the queue's master holds the task (`WAIT 1` after the submit, on
+    /// the same connection, waiting at most `wait`), so a crash of the
+    /// master right after cannot lose an acknowledged task. If no replica
+    /// answers in time the submit fails with [`Error::NotReplicated`] (the
+    /// task exists and may run). Costs one replica round trip per submit;
+    /// while a replica is missing, every durable submit waits `wait` and
+    /// delays the client's other commands on that node meanwhile.
+    pub fn durable(mut self, wait: Duration) -> Self {
+        self.durable = Some(wait);
         self
     }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,7 @@ impl Drop for Waiter {
 /// Settings the reader needs from the client.
 pub(crate) struct ReaderSettings {
     pub endpoint: Endpoint,
-    pub shared: ConnectionManager,
+    pub shared: RedisConnection,
     pub keys: QueueKeys,
     pub housekeeping_every: Duration,
     pub give_up_after: Duration,
@@ -226,7 +226,7 @@ impl ReplyRouter {
     /// sent before the reader's housekeeping first created the stream would
     /// be lost, and the wait would end only at its first verification.
     /// Failures are left to the housekeeping tick.
-    pub(crate) async fn ready(&self, conn: &mut ConnectionManager) {
+    pub(crate) async fn ready(&self, conn: &mut RedisConnection) {
         if self.stream_ready.load(Ordering::Acquire) {
             return;
         }
@@ -264,7 +264,7 @@ impl ReplyRouter {
     /// As `functions::call`.
     pub(crate) async fn watch(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         keys: &QueueKeys,
         id: &str,
         from: u64,
@@ -293,7 +293,7 @@ impl ReplyRouter {
     /// ended (`finished`: the subscription goes with the task).
     pub(crate) async fn unwatch(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         keys: &QueueKeys,
         id: &str,
         finished: bool,
@@ -374,7 +374,7 @@ impl ReplyRouter {
     /// Creates the stream if it is missing (an empty stream: one entry
     /// added and trimmed away) and re-arms its TTL. Returns true if it had
     /// to be created.
-    async fn keep_stream(&self, conn: &mut ConnectionManager) -> redis::RedisResult<bool> {
+    async fn keep_stream(&self, conn: &mut RedisConnection) -> redis::RedisResult<bool> {
         let armed: i64 = redis::cmd("PEXPIRE")
             .arg(&self.key)
             .arg(STREAM_TTL.as_millis() as u64)
@@ -403,7 +403,7 @@ impl ReplyRouter {
     /// waits are open, and verifies the waits that are due.
     async fn housekeeping_loop(
         self: Arc<Self>,
-        mut shared: ConnectionManager,
+        mut shared: RedisConnection,
         keys: QueueKeys,
         every: Duration,
         shutdown: CancellationToken,
@@ -449,7 +449,7 @@ impl ReplyRouter {
     /// ended or vanished tasks.
     async fn verify(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
         keys: &QueueKeys,
         ids: &[String],
     ) -> redis::RedisResult<()> {
@@ -486,7 +486,11 @@ impl ReplyRouter {
                 break;
             }
             let error = match conn.as_mut() {
-                None => match s.endpoint.dedicated(BLOCK + Duration::from_secs(5)).await {
+                None => match s
+                    .endpoint
+                    .dedicated(&self.key, BLOCK + Duration::from_secs(5))
+                    .await
+                {
                     Ok(c) => {
                         conn = Some(c);
                         if failing_since.is_some() {
@@ -570,7 +574,11 @@ impl ReplyRouter {
                             // A refusal (NOPERM, LOADING, BUSY, WRONGTYPE)
                             // is an answer on a working connection: keep it.
                             // Otherwise its state is unknown: drop it.
-                            if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                            // A redirect (MOVED: the slot moved or failed
+                            // over) means another node: re-resolve it.
+                            if !matches!(e.kind(), redis::ErrorKind::Server(_))
+                                || crate::cluster::is_redirect(&e)
+                            {
                                 conn = None;
                             }
                             e.to_string()
@@ -600,7 +608,7 @@ impl ReplyRouter {
 
     /// Deletes delivered entries (everything up to and including `id`),
     /// with at most one trim in flight.
-    fn trim_through(self: &Arc<Self>, shared: &ConnectionManager, id: &str) {
+    fn trim_through(self: &Arc<Self>, shared: &RedisConnection, id: &str) {
         if self.trimming.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -6,13 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::connection::RedisConnection;
 use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::watch::TaskSnapshot;
 use crate::functions::{self};
 use crate::keys::QueueKeys;
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
-use redis::aio::ConnectionManager;
 
 use super::queue::{Queue, TaskOutput};
 use super::router::{Routed, Waiter};
@@ -269,7 +269,7 @@ impl Tracker {
 /// task that does not exist (its submit never reached Redis) or already
 /// ended is left alone by `rtq2_cancel`.
 pub(crate) async fn cancel_for_departed_caller(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &QueueKeys,
     id: &str,
 ) {

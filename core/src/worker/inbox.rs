@@ -48,7 +48,7 @@ pub(crate) async fn read(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay(failures)) => {}
             }
-            match endpoint.dedicated(RESPONSE_TIMEOUT).await {
+            match endpoint.dedicated(&key, RESPONSE_TIMEOUT).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "inbox reconnect failed");

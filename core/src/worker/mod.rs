@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +51,7 @@ use slot::Job;
 
 /// State shared by the inbox loop, the slots and the heartbeat.
 pub(crate) struct Shared {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: QueueKeys,
     id: String,
     /// Random per process: a restart under the same id is a new instance.
@@ -136,7 +136,7 @@ impl IntakeSwitch {
 /// ```
 pub struct Worker {
     endpoint: Endpoint,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: QueueKeys,
     config: WorkerConfig,
     id: String,
@@ -196,6 +196,7 @@ impl Worker {
             Ok(report) => report.enforce()?,
             Err(e) => tracing::warn!(error = %e, "could not check the Redis server (INFO)"),
         }
+        crate::cluster::refuse_moving_queue(&mut conn, &keys).await?;
         let status = Arc::new(WorkerStatus::default());
         status.accepting.store(true, Ordering::Release);
         Ok(Self {
@@ -258,7 +259,10 @@ impl Worker {
             stats: stats::StatsTally::default(),
         });
         // The inbox reader first: registration dispatches into the inbox.
-        let inbox_conn = self.endpoint.dedicated(inbox::RESPONSE_TIMEOUT).await?;
+        let inbox_conn = self
+            .endpoint
+            .dedicated(&self.keys.inbox(&self.id), inbox::RESPONSE_TIMEOUT)
+            .await?;
         let reader_stop = CancellationToken::new();
         let hb_stop = CancellationToken::new();
         let fatal = CancellationToken::new();

@@ -13,10 +13,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::connection::RedisConnection;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::handler::{StopReason, StopSignal};
@@ -65,7 +65,7 @@ struct WriteReply {
 }
 
 pub(crate) struct ChunkWriter {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: QueueKeys,
     worker: String,
     id: String,
@@ -108,7 +108,7 @@ fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReas
 
 impl ChunkWriter {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: RedisConnection,
         keys: &QueueKeys,
         worker: &str,
         delivery: &TaskDelivery,

@@ -250,6 +250,9 @@ impl Drop for KillableWorker {
 
 /// Waits until the worker has parked idle tokens or taken work (registered).
 pub async fn wait_registered(url: &str, id: &str) {
+    if url.starts_with("redis+cluster://") {
+        return wait_registered_in_cluster(url, id).await;
+    }
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for _ in 0..500 {
@@ -258,6 +261,44 @@ pub async fn wait_registered(url: &str, id: &str) {
             .query_async(&mut conn)
             .await
             .unwrap();
+        for k in keys {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&k)
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if score.is_some() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("worker {id} never registered");
+}
+
+/// [`wait_registered`] on a Redis Cluster (`redis+cluster://h:p,h:p`):
+/// the worker's key may be on any master.
+async fn wait_registered_in_cluster(url: &str, id: &str) {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    let seeds: Vec<String> = url["redis+cluster://".len()..]
+        .split(',')
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for _ in 0..500 {
+        let keys = conn
+            .route_command(
+                redis::cmd("KEYS").arg("rtq:*:workers").clone(),
+                RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::CombineArrays),
+                )),
+            )
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::from_redis_value(keys).unwrap();
         for k in keys {
             let score: Option<f64> = redis::cmd("ZSCORE")
                 .arg(&k)
