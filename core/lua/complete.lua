@@ -90,7 +90,7 @@ local function complete(keys, args)
   if freed and want_next and status == 'NOT_FOUND' then
     -- No hash to keep a replay mark on: free the slot instead of handing
     -- out a task that a lost reply would strand.
-    redis.call('ZINCRBY', P .. 'free', 1, wid)
+    redis.call('ZINCRBY', P .. 'free', '1', wid)
   elseif freed and want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
@@ -99,7 +99,7 @@ local function complete(keys, args)
     if msg ~= '' then
       next_id = string.match(msg, '^T\t([^\t]+)\t')
     else
-      redis.call('ZINCRBY', P .. 'free', 1, wid)
+      redis.call('ZINCRBY', P .. 'free', '1', wid)
     end
   end
   if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, '', now, 0} end

@@ -14,7 +14,10 @@ fails halfway):
      to a client's reply stream that an ACL refuses or that was replaced by
      a foreign key) run last and through redis.pcall: the task hash is the
      truth, reply events are notifications that readers verify.
-Numbers are written as integers (never in exponent form) with istr().
+Numbers are written as integers (never in exponent form) with istr(), and
+every number a redis.call gets is a string already: Lua's own conversion
+formats doubles with "%.14g", which costs about 40 times an integer's
+"%d" (on the per-task path it was a tenth of Redis's CPU).
 
 KEYS[1] of every function is the queue's meta hash rtq:{<queue>}:meta,
 which exists while the queue exists; every other key is derived from its
@@ -26,15 +29,17 @@ Task hash fields (rtq:{q}:t:<id>), see PROTOCOL.md:
 ]]
 
 local PROTOCOL = 2
+local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
 local REVISION = 7
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
-local REPLY_MAXLEN = 100000 -- mutation: skip
-local ENDED_CAP = 1000 -- mutation: skip
+local REPLY_MAXLEN_S = '100000' -- mutation: skip
+local ENDED_CAP_S = '1000' -- mutation: skip
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
+local STATS_TTL_S = '3600000'
 local WORKER_INFO_TTL_MS = 600000
 local BAND = 4398046511104 -- 2^42 ms (139 years, to 2109) of submit times per priority band;
 -- 2001 bands x 2^42 < 2^53, so scores stay exact doubles
@@ -74,11 +79,17 @@ local function invalid(msg)
 end
 
 local function istr(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 local function num(v)
   return tonumber(v) or 0
+end
+
+-- A field value for a write: numbers as integer strings (see istr).
+local function tostr(v)
+  if type(v) == 'number' then return istr(v) end
+  return v
 end
 
 -- Checks KEYS[1] and binds the queue prefix for the helpers below.
@@ -183,7 +194,7 @@ end
 
 -- Creates the meta hash if the queue is new (it is KEYS[1] from now on).
 local function ensure_meta(v)
-  if not v then redis.call('HSET', P .. 'meta', 'v', PROTOCOL) end
+  if not v then redis.call('HSET', P .. 'meta', 'v', PROTOCOL_S) end
 end
 
 -- Statistics ---------------------------------------------------------------
@@ -198,8 +209,8 @@ local function stats_key(now)
 end
 
 local function stat_add(bucket, field, n)
-  if redis.call('HINCRBY', bucket, field, n) == n then
-    redis.call('PEXPIRE', bucket, STATS_TTL_MS)
+  if redis.call('HINCRBY', bucket, field, istr(n)) == n then
+    redis.call('PEXPIRE', bucket, STATS_TTL_S)
   end
 end
 
@@ -247,7 +258,7 @@ local function notify(id, h, chunk_event, fields)
     end
   end
   for _, r in ipairs(targets) do
-    redis.pcall('XADD', r, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', 't', id, unpack(fields))
+    redis.pcall('XADD', r, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN_S, '*', 't', id, unpack(fields))
   end
 end
 
@@ -269,13 +280,15 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
   local ret = num(h.ret)
   if ret < 1 then ret = 1 end
   local fields
+  local now_s = istr(now)
   if state == 'done' then
-    fields = {'st', state, 'res', payload, 'fin', now}
+    fields = {'st', state, 'res', payload, 'fin', now_s}
   else
-    fields = {'st', state, 'err', payload, 'ek', kind, 'fin', now}
+    fields = {'st', state, 'err', payload, 'ek', kind, 'fin', now_s}
   end
-  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = tostr(v) end
   redis.call('HSET', t, unpack(fields))
+  ret = istr(ret)
   redis.call('PEXPIRE', t, ret)
   if num(h.nc) > 0 then redis.call('PEXPIRE', okey(id), ret) end
   if h.watch == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
@@ -284,7 +297,7 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
     local b = stat_count(now, state)
     stat_hist(b, 't:', now - num(h.sub))
   end
-  redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP, '*', 't', id, 'st', state)
+  redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP_S, '*', 't', id, 'st', state)
   if state == 'done' then
     notify(id, h, false, {'e', 'f', 'st', state, 'a', h.att, 'n', h.nc, 'r', payload})
   else
@@ -296,16 +309,16 @@ end
 -- until `due` (a retry's backoff). Followers learn that the attempt they
 -- were reading is void. `extra`: more field/value pairs for the HSET.
 local function to_queue(id, h, reason, score, due, extra)
-  local fields = {'st', 'queued', 'w', '', 'nc', 0, 'nb', 0, 'fc', 0, 'lc', 0, 'sc', score, 'due', due}
-  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  local fields = {'st', 'queued', 'w', '', 'nc', '0', 'nb', '0', 'fc', '0', 'lc', '0', 'sc', score, 'due', istr(due)}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = tostr(v) end
   redis.call('HSET', tkey(id), unpack(fields))
   if num(h.nc) > 0 then redis.call('DEL', okey(id)) end
   if due > 0 then
-    redis.call('ZADD', P .. 'delayed', due, id)
+    redis.call('ZADD', P .. 'delayed', istr(due), id)
     -- meta `dd` is never later than the earliest due retry, so the hot
     -- path can skip promotion without reading `delayed`.
     local dd = num(redis.call('HGET', P .. 'meta', 'dd'))
-    if dd == 0 or due < dd then redis.call('HSET', P .. 'meta', 'dd', due) end
+    if dd == 0 or due < dd then redis.call('HSET', P .. 'meta', 'dd', istr(due)) end
   else
     redis.call('ZADD', P .. 'pending', score, id)
   end
@@ -368,12 +381,13 @@ local function append_chunks(id, h, chunks, bytes, now)
   if nc == 0 then
     local ttl = redis.call('PTTL', t)
     if ttl > 0 then redis.call('PEXPIRE', okey(id), ttl) end
-    redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now, 'fc', now)
+    local now_s = istr(now)
+    redis.call('HSET', t, 'nc', istr(total), 'nb', istr(num(h.nb) + bytes), 'lc', now_s, 'fc', now_s)
   else
-    redis.call('HSET', t, 'nc', total, 'nb', num(h.nb) + bytes, 'lc', now)
+    redis.call('HSET', t, 'nc', istr(total), 'nb', istr(num(h.nb) + bytes), 'lc', istr(now))
   end
   if h.strm == '1' or h.watch == '1' then
-    local ev = {'e', 'c', 'a', h.att, 's', nc, 'n', #chunks}
+    local ev = {'e', 'c', 'a', h.att, 's', istr(nc), 'n', istr(#chunks)}
     for i, c in ipairs(chunks) do
       ev[#ev + 1] = 'c' .. (i - 1)
       ev[#ev + 1] = c
@@ -401,14 +415,14 @@ local function peek_free(now, skip)
 end
 
 local function use_free(wid)
-  if tonumber(redis.call('ZINCRBY', P .. 'free', -1, wid)) <= 0 then
+  if tonumber(redis.call('ZINCRBY', P .. 'free', '-1', wid)) <= 0 then
     redis.call('ZREM', P .. 'free', wid)
   end
 end
 
 local function set_free(wid, n)
   if n > 0 then
-    redis.call('ZADD', P .. 'free', n, wid)
+    redis.call('ZADD', P .. 'free', istr(n), wid)
   else
     redis.call('ZREM', P .. 'free', wid)
   end
@@ -420,8 +434,8 @@ end
 -- and returns its inbox message. The caller pushes or returns the message.
 local function assign(id, wid, now, dl, spec, sub, att)
   att = num(att) + 1
-  redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', att, 'start', now,
-    'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0, 'due', 0)
+  redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', istr(now),
+    'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0', 'due', '0')
   redis.call('SADD', wqkey(wid), id)
   return task_msg(id, att, now, dl, sub, spec)
 end
@@ -438,7 +452,7 @@ local function promote_due(now, dd)
     local h = redis.call('HMGET', tkey(id), 'st', 'sc')
     if h[1] == 'queued' then
       redis.call('ZADD', P .. 'pending', h[2], id)
-      redis.call('HSET', tkey(id), 'due', 0)
+      redis.call('HSET', tkey(id), 'due', '0')
     end
   end
   local first = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
@@ -469,7 +483,7 @@ local function take_next(wid, now, dd)
     local h = redis.call('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
     if h[1] == 'queued' then
       local dl = num(h[2])
-      if h[8] ~= istr(PROTOCOL) then
+      if h[8] ~= PROTOCOL_S then
         finish(id, load_task(id), 'failed', 'protocol',
           'task written by protocol version ' .. tostring(h[8]) .. '; this queue speaks ' .. PROTOCOL
           .. ' (drain queues before upgrading)', now)

@@ -160,7 +160,9 @@ local function submit_batch(tasks)
   -- have replaced with a key of another type) come first, so a failure
   -- leaves nothing behind; task hashes, statistics and meta come last.
   local pending, deadlines, owned = {}, {}, {}
+  local now_s = istr(now)
   for _, task in ipairs(created) do
+    task.dl_s = istr(task.dl)
     if task.wid then
       owned[task.wid] = owned[task.wid] or {}
       local o = owned[task.wid]
@@ -170,7 +172,7 @@ local function submit_batch(tasks)
       pending[#pending + 1] = task.id
     end
     if task.dl > 0 then
-      deadlines[#deadlines + 1] = task.dl
+      deadlines[#deadlines + 1] = task.dl_s
       deadlines[#deadlines + 1] = task.id
     end
   end
@@ -180,7 +182,7 @@ local function submit_batch(tasks)
       for _, task in ipairs(owned[e.wid]) do ids[#ids + 1] = task.id end
       redis.call('SADD', wqkey(e.wid), unpack(ids))
       if e.n > 0 then
-        redis.call('ZADD', P .. 'free', e.n, e.wid)
+        redis.call('ZADD', P .. 'free', istr(e.n), e.wid)
       else
         redis.call('ZREM', P .. 'free', e.wid)
       end
@@ -189,20 +191,20 @@ local function submit_batch(tasks)
   if #pending > 0 then redis.call('ZADD', P .. 'pending', unpack(pending)) end
   if #deadlines > 0 then redis.call('ZADD', P .. 'deadlines', unpack(deadlines)) end
   for _, task in ipairs(created) do
-    local fields = {'v', PROTOCOL, 'spec', task.spec, 'pri', task.pri, 'sc', task.sc, 'fails', 0,
-      'max', task.max, 'sub', now, 'dl', task.dl, 'ret', task.ret, 'reply', task.reply,
-      'strm', task.strm, 'fc', 0, 'lc', 0, 'nc', 0, 'nb', 0}
+    local fields = {'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc, 'fails', '0',
+      'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
+      'strm', task.strm, 'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0'}
     if task.wid then
       -- One HSET creates the task already handed out (attempt 1).
-      for _, v in ipairs({'st', 'running', 'w', task.wid, 'att', 1, 'start', now}) do fields[#fields + 1] = v end
+      for _, v in ipairs({'st', 'running', 'w', task.wid, 'att', '1', 'start', now_s}) do fields[#fields + 1] = v end
     else
-      for _, v in ipairs({'st', 'queued', 'w', '', 'att', 0}) do fields[#fields + 1] = v end
+      for _, v in ipairs({'st', 'queued', 'w', '', 'att', '0'}) do fields[#fields + 1] = v end
     end
     redis.call('HSET', tkey(task.id), unpack(fields))
     if task.dl > 0 then
       -- Safety net: even if no housekeeping ever runs, the hash cannot
       -- outlive deadline + retention.
-      redis.call('PEXPIRE', tkey(task.id), task.timeout + task.ret)
+      redis.call('PEXPIRE', tkey(task.id), istr(task.timeout + task.ret))
     end
   end
   if free then
