@@ -131,7 +131,15 @@ async fn complete(State(stats): State<Arc<UpstreamStats>>, Json(body): Json<Valu
         .unwrap()
 }
 
-/// The fake OpenAI-compatible server.
+async fn stats_of(State(stats): State<Arc<UpstreamStats>>) -> Json<Value> {
+    Json(json!({
+        "started": stats.started.load(Ordering::SeqCst),
+        "aborted": stats.aborted.load(Ordering::SeqCst),
+        "finished": stats.finished.load(Ordering::SeqCst),
+    }))
+}
+
+/// The fake OpenAI-compatible server (`GET /stats` reports what it saw).
 pub struct FakeUpstream {
     /// Base URL (`http://127.0.0.1:port`).
     pub url: String,
@@ -147,6 +155,7 @@ impl FakeUpstream {
             .route("/v1/chat/completions", post(complete))
             .route("/v1/completions", post(complete))
             .route("/v1/models", get(|| async { Json(json!({"data": []})) }))
+            .route("/stats", get(stats_of))
             .with_state(Arc::clone(&stats));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
