@@ -187,18 +187,16 @@ pub fn json_object(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     let bytes = body.map_err(|r| {
-        let status = r.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::REQUEST_TIMEOUT => "body_timeout",
-            _ => "invalid_body",
-        };
-        let status = if r.body_text().contains("timed out") || r.body_text().contains("Timeout") {
-            StatusCode::REQUEST_TIMEOUT
+        let text = r.body_text();
+        // tower-http's body timeout surfaces as a buffering failure.
+        let (status, code) = if text.contains("within the designated timeout") {
+            (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         } else {
-            status
+            (r.status(), "invalid_body")
         };
-        ApiError::new(status, "invalid_request_error", code, r.body_text())
+        ApiError::new(status, "invalid_request_error", code, text)
     })?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),

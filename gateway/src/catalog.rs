@@ -160,6 +160,7 @@ impl Catalog {
                 return Ok(r);
             }
         }
+        let model: String = model.chars().take(100).collect();
         Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "invalid_request_error",

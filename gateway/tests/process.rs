@@ -153,3 +153,36 @@ fn hash_key_prints_a_key_file_line_for_the_key_on_stdin() {
     let file = key_file(&["s3cret queues=a,b"]);
     assert_eq!(std::fs::read_to_string(file.path()).unwrap(), expected);
 }
+
+#[test]
+fn slow_bodies_get_408_and_slow_headers_are_cut_off() {
+    use std::io::Read;
+    let redis = RedisServer::start();
+    let gw = start_gateway(
+        &redis.url(),
+        &["--body-timeout-secs", "1", "--header-timeout-secs", "1"],
+    );
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}
