@@ -121,12 +121,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let redis = rtq_testkit::RedisServer::start();
     let url = redis.url();
-    let slots = args.streams + args.clients + 8;
-    let worker = Worker::connect(&url, WorkerConfig::new("bench").slots(slots)).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let wh = tokio::spawn(worker.run(Arc::new(Tokens), async {
-        let _ = stop_rx.await;
-    }));
+    // Workers of at most 1000 slots each (rtq's limit is 1024), enough
+    // for every stream and caller at once.
+    let mut slots = args.streams + args.clients + 8;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    while slots > 0 {
+        let n = slots.min(1000);
+        slots -= n;
+        let worker = Worker::connect(&url, WorkerConfig::new("bench").slots(n)).await?;
+        let stop = stop.clone();
+        workers.push(tokio::spawn(worker.run(Arc::new(Tokens), async move {
+            stop.cancelled().await
+        })));
+    }
 
     let bin = std::env::current_exe()?
         .parent()
@@ -282,13 +290,13 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     for chunk in (0..args.streams).collect::<Vec<_>>().chunks(200) {
         let batch = futures::future::join_all(chunk.iter().map(|_| {
-            let http = reqwest::Client::new();
+            let http = http.clone();
             let u = format!("{base}/v1/chat/completions");
             async move {
                 let r = http
                     .post(u)
                     .json(
-                        &json!({"model": "bench", "max_tokens": 600, "delay_ms": 100,
+                        &json!({"model": "bench", "max_tokens": 600, "delay_ms": 1000,
                                   "stream": true,
                                   "messages": [{"role": "user", "content": "hi"}]}),
                     )
@@ -298,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 assert!(r.status().is_success());
                 let mut body = r.bytes_stream();
                 body.next().await;
-                (http, body)
+                body
             }
         }))
         .await;
@@ -329,7 +337,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = gw.kill();
     let _ = gw.wait();
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), wh).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::join_all(workers),
+    )
+    .await;
     Ok(())
 }
