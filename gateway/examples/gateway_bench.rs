@@ -131,9 +131,9 @@ async fn main() -> anyhow::Result<()> {
         slots -= n;
         let worker = Worker::connect(&url, WorkerConfig::new("bench").slots(n)).await?;
         let stop = stop.clone();
-        workers.push(tokio::spawn(worker.run(Arc::new(Tokens), async move {
-            stop.cancelled().await
-        })));
+        workers.push(tokio::spawn(
+            worker.run(Arc::new(Tokens), async move { stop.cancelled().await }),
+        ));
     }
 
     let bin = std::env::current_exe()?
@@ -338,10 +338,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = gw.kill();
     let _ = gw.wait();
     stop.cancel();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        futures::future::join_all(workers),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(workers)).await;
     Ok(())
 }

@@ -211,18 +211,30 @@ async fn a_caller_that_disconnects_cancels_its_task_and_the_upstream_request() {
         .unwrap();
     assert_eq!(v["state"], "cancelled", "{v}");
 
-    // The same for a non-streaming request whose caller gives up.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(400))
-        .build()
-        .unwrap();
-    let err = http
+    // The same for a non-streaming request whose caller gives up once the
+    // upstream is generating.
+    let request = s
+        .http
         .post(format!("{}/v1/chat/completions", s.gw.url))
         .bearer_auth("k-all")
         .json(&chat("chat", "slow", false))
-        .send()
-        .await;
-    assert!(err.is_err());
+        .send();
+    let caller = tokio::spawn(request);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while s
+        .upstream
+        .stats
+        .started
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the second request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    caller.abort();
     assert!(
         s.upstream.wait_aborted(2, Duration::from_secs(10)).await,
         "a non-streaming caller that left did not stop the upstream\n{}",
