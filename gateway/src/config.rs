@@ -82,7 +82,9 @@ pub struct Config {
     /// Largest request body accepted, in bytes (a larger one gets 413).
     #[arg(long, env = "RTQ_GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// Seconds a client may take to send the request headers.
+    /// Seconds a client may take to send the request headers; also how
+    /// long an idle keep-alive connection stays open, and the TLS
+    /// handshake's limit.
     #[arg(long, env = "RTQ_GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
     /// Seconds a client may take to send the request body (408 after).
