@@ -75,7 +75,10 @@ pub struct Resolved {
 pub struct Catalog {
     admin: Admin,
     ttl: Duration,
-    cache: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    cache: std::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// Held by the one request that reads Redis again; the others go on
+    /// with the previous snapshot meanwhile.
+    refreshing: Mutex<()>,
 }
 
 impl Catalog {
@@ -84,24 +87,44 @@ impl Catalog {
         Self {
             admin,
             ttl,
-            cache: Mutex::new(None),
+            cache: std::sync::Mutex::new(None),
+            refreshing: Mutex::new(()),
         }
     }
 
+    fn cached(&self) -> Option<(Instant, Arc<Snapshot>)> {
+        self.cache.lock().expect("catalog poisoned").clone()
+    }
+
     /// The current snapshot, read again when older than the TTL (or when
-    /// `fresh`).
+    /// `fresh`). While one caller reads Redis again, the others get the
+    /// previous snapshot instead of waiting (unless `fresh`).
     ///
     /// # Errors
     /// Redis errors.
     pub async fn snapshot(&self, fresh: bool) -> Result<Arc<Snapshot>, Error> {
-        let mut cache = self.cache.lock().await;
-        if let Some((at, snap)) = cache.as_ref() {
+        let cached = self.cached();
+        if let Some((at, snap)) = &cached {
             if !fresh && at.elapsed() < self.ttl {
                 return Ok(Arc::clone(snap));
             }
         }
+        let _guard = match (self.refreshing.try_lock(), cached) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some((_, snap))) if !fresh => return Ok(snap),
+            (Err(_), _) => {
+                let guard = self.refreshing.lock().await;
+                // Someone else just read it.
+                if let Some((at, snap)) = self.cached() {
+                    if at.elapsed() < self.ttl / 4 {
+                        return Ok(snap);
+                    }
+                }
+                guard
+            }
+        };
         let snap = Arc::new(self.read().await?);
-        *cache = Some((Instant::now(), Arc::clone(&snap)));
+        *self.cache.lock().expect("catalog poisoned") = Some((Instant::now(), Arc::clone(&snap)));
         Ok(snap)
     }
 
