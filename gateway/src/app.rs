@@ -1,0 +1,317 @@
+//! The application: shared state ([`AppState`]), the router with every
+//! route and layer, authentication of a request, and the small routes
+//! (health, readiness, metrics, models).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rtq_core::admin::Admin;
+use rtq_core::Client;
+use serde_json::{json, Value};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::auth::{ApiKey, KeyStore, Lookup, Permit, Refusal};
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::open::OpenTasks;
+
+/// Request handling settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Deadline for tasks whose request names none.
+    pub task_timeout: Option<Duration>,
+    /// Longest synchronous wait.
+    pub max_wait: Duration,
+    /// What `Retry-After` advises after a full queue.
+    pub retry_after: Duration,
+    /// SSE keep-alive period.
+    pub keepalive: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Time a client may take to send a body.
+    pub body_timeout: Duration,
+}
+
+impl Default for Settings {
+    /// 300 s task deadline, 600 s wait, `Retry-After: 1`, 15 s keep-alive,
+    /// 1 MiB bodies, 30 s body timeout.
+    fn default() -> Self {
+        Self {
+            task_timeout: Some(Duration::from_secs(300)),
+            max_wait: Duration::from_secs(600),
+            retry_after: Duration::from_secs(1),
+            keepalive: Duration::from_secs(15),
+            max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler reads.
+pub struct AppState {
+    /// The rtq client (one shared connection, one reader per queue).
+    pub client: Client,
+    /// Admin reads (readiness).
+    pub admin: Admin,
+    /// Served queues and models.
+    pub catalog: Catalog,
+    /// API keys.
+    pub keys: KeyStore,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Tasks followed by open responses.
+    pub open: Arc<OpenTasks>,
+    /// Settings.
+    pub settings: Settings,
+    /// Set once shutdown began: readiness fails so balancers move away.
+    pub draining: AtomicBool,
+}
+
+/// Shared state as handlers take it.
+pub type Shared = Arc<AppState>;
+
+/// A request let in: its key (none when authentication is off) and the
+/// permit that holds its concurrency slot.
+pub struct Admitted {
+    /// The key, if any.
+    pub key: Option<Arc<ApiKey>>,
+    /// Held for as long as the request (or its stream) runs.
+    pub permit: Permit,
+}
+
+impl Admitted {
+    /// The key's name for labels and logs.
+    pub fn key_name(&self) -> &str {
+        self.key.as_deref().map_or("", |k| k.name.as_str())
+    }
+}
+
+impl AppState {
+    /// A state over `client` with these keys and settings.
+    pub fn new(
+        client: Client,
+        keys: KeyStore,
+        settings: Settings,
+        catalog_ttl: Duration,
+    ) -> Shared {
+        let admin = Admin::new(&client);
+        let metrics = Arc::new(Metrics::new());
+        let open = OpenTasks::new(metrics.open_streams.clone());
+        Arc::new(Self {
+            catalog: Catalog::new(admin.clone(), catalog_ttl),
+            admin,
+            client,
+            keys,
+            metrics,
+            open,
+            settings,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Checks the request's key (401 when missing or unknown).
+    ///
+    /// # Errors
+    /// 401.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.keys.lookup(auth) {
+            Lookup::Open => Ok(None),
+            Lookup::Key(k) => Ok(Some(k)),
+            Lookup::Missing => Err(ApiError::unauthorized(
+                "no API key: send `Authorization: Bearer <key>`",
+            )),
+            Lookup::Unknown => Err(ApiError::unauthorized("the API key is not valid")),
+        }
+    }
+
+    /// Lets a request of `key` use `queue`: the key must allow the queue
+    /// and be under its rate and concurrency limits.
+    ///
+    /// # Errors
+    /// 403 for a queue the key may not use, 429 with `Retry-After` at a
+    /// limit.
+    pub fn admit(&self, key: Option<Arc<ApiKey>>, queue: &str) -> Result<Admitted, ApiError> {
+        let Some(k) = key else {
+            return Ok(Admitted {
+                key: None,
+                permit: Permit::none(),
+            });
+        };
+        if !k.queues.allows(queue) {
+            return Err(ApiError::forbidden(queue));
+        }
+        let permit = k.admit().map_err(|r| match r {
+            Refusal::Rate(wait) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                format!("API key {} is over its request rate", k.name),
+            )
+            .retry_after(wait),
+            Refusal::Concurrency(n) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "concurrency_limit_exceeded",
+                format!(
+                    "API key {} already has {n} requests open (its limit)",
+                    k.name
+                ),
+            )
+            .retry_after(self.settings.retry_after),
+        })?;
+        Ok(Admitted {
+            key: Some(k),
+            permit,
+        })
+    }
+}
+
+/// Parses a JSON object body, turning every way it can be wrong (too
+/// large, too slow, not JSON, not an object) into an [`ApiError`].
+///
+/// # Errors
+/// 413, 408 or 400.
+pub fn json_object(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|r| {
+        let text = r.body_text();
+        // tower-http's body timeout surfaces as a buffering failure.
+        let (status, code) = if text.contains("within the designated timeout") {
+            (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        } else {
+            (r.status(), "invalid_body")
+        };
+        ApiError::new(status, "invalid_request_error", code, text)
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Every route, with the body limit, the body timeout and the metrics
+/// middleware.
+pub fn router(state: Shared) -> Router {
+    let settings = state.settings.clone();
+    Router::new()
+        .route("/v1/chat/completions", post(crate::openai::chat))
+        .route("/v1/completions", post(crate::openai::completion))
+        .route("/v1/models", get(models))
+        .route("/v1/queues/{queue}/tasks", post(crate::tasks::submit))
+        .route(
+            "/v1/queues/{queue}/tasks/{id}",
+            get(crate::tasks::status).delete(crate::tasks::cancel),
+        )
+        .route(
+            "/v1/queues/{queue}/tasks/{id}/result",
+            get(crate::tasks::result),
+        )
+        .route(
+            "/v1/queues/{queue}/tasks/{id}/stream",
+            get(crate::tasks::stream),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(settings.body_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            crate::metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_route",
+        "no such route (see gateway/API.md)",
+    )
+}
+
+/// `/readyz`: 200 while Redis answers and the gateway is not draining.
+async fn ready(State(st): State<Shared>) -> Response {
+    if st.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), st.admin.queues()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Redis unreachable: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis did not answer within 2 s\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/models`: every queue with a live worker that the key may use,
+/// by its name and by its workers' `model` labels.
+async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let key = st.authenticate(&headers)?;
+    let snap = st.catalog.snapshot(false).await.map_err(|e| {
+        ApiError::unavailable("redis_unavailable", format!("cannot read the queues: {e}"))
+    })?;
+    let mut data = Vec::new();
+    for q in snap.queues.values() {
+        if q.workers_alive == 0 || key.as_ref().is_some_and(|k| !k.queues.allows(&q.name)) {
+            continue;
+        }
+        let entry = |id: &str| {
+            json!({
+                "id": id,
+                "object": "model",
+                "created": snap.read_at_secs,
+                "owned_by": "rtq",
+                "queue": q.name,
+                "paused": q.paused,
+                "workers": q.workers_alive,
+                "handlers": q.handlers,
+                "labels": q.labels,
+            })
+        };
+        data.push(entry(&q.name));
+        for m in &q.models {
+            if !snap.queues.contains_key(m) {
+                data.push(entry(m));
+            }
+        }
+    }
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}

@@ -1,0 +1,175 @@
+//! # rtq-gateway: HTTP in front of rtq queues
+//!
+//! A stateless HTTP server that lets any language reach the queues without
+//! a Redis client: an OpenAI-compatible API (the official SDKs work with
+//! only `base_url` changed) and a task API for other work. Any number of
+//! replicas can run behind a load balancer; each holds one shared Redis
+//! connection plus one blocking reader per queue it serves, however many
+//! streams are open. The HTTP API is specified in `gateway/API.md`.
+//!
+//! # Layout
+//! - [`config`]: the command line ([`Config`]).
+//! - [`auth`]: API keys (hashed), queue grants, rate and concurrency limits.
+//! - [`catalog`]: live queues, workers and models (cached), refusals for
+//!   paused or unserved queues.
+//! - [`error`]: [`error::ApiError`], OpenAI's error shape, the mapping of
+//!   rtq errors to statuses.
+//! - [`openai`]: `/v1/chat/completions`, `/v1/completions`.
+//! - [`tasks`]: the task API under `/v1/queues/{queue}/tasks`.
+//! - [`app`]: shared state, the router, health, readiness, metrics, models.
+//! - [`metrics`]: Prometheus metrics and the request middleware.
+//! - [`open`]: tasks followed by open responses (gauge, shutdown cancels).
+//! - [`server`]: accept loop, TLS, header timeout, graceful shutdown.
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod open;
+pub mod openai;
+pub mod server;
+pub mod tasks;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use rtq_core::{redact_url, Client, ClientConfig, TlsConfig};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Command, Config, LogFormat};
+
+/// Sets up the tracing subscriber (binaries only).
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the API keys of `--api-keys` and `--api-keys-env`.
+///
+/// # Errors
+/// An unreadable file, an unset variable, or a bad entry (named).
+pub fn load_keys(config: &Config) -> anyhow::Result<auth::KeyStore> {
+    let mut keys = auth::KeyStore::default();
+    if let Some(path) = &config.api_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))?;
+        keys.parse(&text, &path.display().to_string())
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(var) = &config.api_keys_env {
+        let text = std::env::var(var)
+            .with_context(|| format!("--api-keys-env names {var}, which is not set"))?;
+        keys.parse(&text, var).map_err(anyhow::Error::msg)?;
+    }
+    Ok(keys)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains.
+///
+/// # Errors
+/// Bad key files or TLS files, an unreachable Redis at start-up, a listen
+/// address in use.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let redis = config
+        .redis
+        .clone()
+        .context("--redis (RTQ_REDIS_URL) is required")?;
+    let keys = load_keys(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let redis_tls = TlsConfig::from_files(config.redis_tls_ca.as_deref(), None, None)
+        .context("Redis TLS settings")?;
+    let client = Client::connect_with(&redis, ClientConfig::default().tls(redis_tls))
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", redact_url(&redis)))?;
+    if keys.is_open() {
+        tracing::warn!("no API keys configured (--api-keys): every caller may use every queue");
+    } else {
+        tracing::info!(keys = keys.len(), "API keys loaded");
+    }
+    let settings = app::Settings {
+        task_timeout: config.task_timeout(),
+        max_wait: config.max_wait(),
+        retry_after: Duration::from_secs(config.retry_after_secs.max(1)),
+        keepalive: Duration::from_secs(config.keepalive_secs),
+        max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout(),
+    };
+    let state = app::AppState::new(
+        client,
+        keys,
+        settings,
+        Duration::from_millis(config.catalog_ttl_ms),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("listen address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // The one line on stdout: scripts and tests read the address here
+    // (useful with --listen 127.0.0.1:0).
+    println!("rtq-gateway listening on {scheme}://{addr}");
+    tracing::info!(%addr, redis = %redact_url(&redis), "rtq-gateway started");
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    let draining = std::sync::Arc::clone(&state);
+    tokio::spawn(async move {
+        signalled().await;
+        draining.draining.store(true, Ordering::Relaxed);
+        trigger.cancel();
+    });
+    let open = std::sync::Arc::clone(&state.open);
+    let router = app::router(state);
+    server::serve(
+        listener,
+        router,
+        server::ServeOptions {
+            tls,
+            header_timeout: config.header_timeout(),
+            grace: Duration::from_secs(config.grace_secs),
+        },
+        open,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+/// `rtq-gateway hash-key`: reads a key on stdin, prints its key-file line.
+///
+/// # Errors
+/// An empty key.
+pub fn hash_key_command(queues: &str) -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::stdin()
+        .read_line(&mut key)
+        .context("cannot read the key from stdin")?;
+    let key = key.trim();
+    if key.is_empty() {
+        anyhow::bail!("no key on stdin (e.g. `echo -n $KEY | rtq-gateway hash-key`)");
+    }
+    println!("sha256:{} queues={queues}", auth::hash_key(key));
+    Ok(())
+}

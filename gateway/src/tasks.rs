@@ -1,0 +1,368 @@
+//! The task API for non-chat work (schemas in `gateway/API.md`):
+//! - `POST /v1/queues/{queue}/tasks` submits (`?wait=true` waits for the
+//!   result, `?stream=true` streams the output as SSE; both cancel the
+//!   task if the caller goes away);
+//! - `GET .../tasks/{id}` reads its state; `GET .../tasks/{id}/result`
+//!   its result (`?wait_ms=` waits); `GET .../tasks/{id}/stream` follows
+//!   its output as SSE, resumable with `Last-Event-ID` (the chunk index);
+//! - `DELETE .../tasks/{id}` cancels it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use rtq_core::{Error, Outcome, Queue, StreamEvent, TaskInfo, TaskRequest, TaskStream};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::{json_object, Admitted, Shared};
+use crate::error::ApiError;
+use crate::open::OpenGuard;
+
+/// The body of a submit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    /// Inline JSON input (what the worker's handler reads).
+    input: Option<Value>,
+    /// A reference to input stored elsewhere, instead of `input`.
+    input_ref: Option<String>,
+    /// An idempotency key: the task id.
+    id: Option<String>,
+    priority: Option<i16>,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    retention_secs: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Query of a submit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// Wait for the result (synchronous use).
+    #[serde(default)]
+    wait: bool,
+    /// Stream the output as SSE.
+    #[serde(default)]
+    stream: bool,
+}
+
+/// Query of a result read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultQuery {
+    /// How long to wait for a task that has not ended (default 0).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// Query of a stream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// First chunk index wanted (`Last-Event-ID` + 1 wins over it).
+    #[serde(default)]
+    from: u64,
+}
+
+fn rtq(e: Error) -> ApiError {
+    ApiError::from_rtq(&e, Duration::from_secs(1))
+}
+
+/// Authenticates, admits and opens `queue`; with `must_exist`, a queue
+/// nobody ever used is 404 (so reads do not create queues).
+async fn open(
+    st: &Shared,
+    headers: &HeaderMap,
+    name: &str,
+    must_exist: bool,
+) -> Result<(Admitted, Queue), ApiError> {
+    let key = st.authenticate(headers)?;
+    let admitted = st.admit(key, name)?;
+    if must_exist && !st.admin.queue_exists(name).await.map_err(rtq)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "queue_not_found",
+            format!("no queue named {name:?}"),
+        ));
+    }
+    let queue = st.client.queue(name).map_err(rtq)?;
+    Ok((admitted, queue))
+}
+
+fn request(body: SubmitBody, st: &Shared, admitted: &Admitted) -> Result<TaskRequest, ApiError> {
+    let mut req = match (body.input, body.input_ref) {
+        (Some(input), None) => TaskRequest::json(input),
+        (None, Some(r)) => TaskRequest::reference(r),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `input` (JSON) and `input_ref` (a reference)",
+            ))
+        }
+    };
+    if let Some(id) = body.id {
+        req = req.id(id);
+    }
+    if let Some(p) = body.priority {
+        req = req.priority(p);
+    }
+    match body.timeout_ms {
+        Some(0) => {}
+        Some(ms) => req = req.timeout(Duration::from_millis(ms)),
+        None => {
+            if let Some(t) = st.settings.task_timeout {
+                req = req.timeout(t);
+            }
+        }
+    }
+    if let Some(a) = body.max_attempts {
+        req = req.max_attempts(a);
+    }
+    if let Some(r) = body.retention_secs {
+        req = req.retention(Duration::from_secs(r));
+    }
+    for (k, v) in body.labels {
+        req = req.label(k, v);
+    }
+    if !admitted.key_name().is_empty() {
+        req = req.label("api_key", admitted.key_name().to_string());
+    }
+    Ok(req)
+}
+
+/// `POST /v1/queues/{queue}/tasks`.
+pub async fn submit(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (admitted, queue) = open(&st, &headers, &name, false).await?;
+    let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
+        .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
+    let req = request(body, &st, &admitted)?;
+    if query.wait && query.stream {
+        return Err(ApiError::bad_request(
+            "choose one of wait=true and stream=true",
+        ));
+    }
+    if query.wait || query.stream {
+        st.catalog.check_serving(&name).await?;
+        let task = queue.stream(req.cancel_on_drop(true)).await.map_err(rtq)?;
+        let guard = st.open.open(&queue, task.id());
+        if query.stream {
+            return Ok(sse(task, guard, admitted, &st));
+        }
+        let id = task.id().to_string();
+        let collected = tokio::time::timeout(st.settings.max_wait, task.collect_text()).await;
+        drop(guard);
+        let (out, _) = collected
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    "wait_timed_out",
+                    format!("task {id} did not finish within --max-wait-secs; it was cancelled"),
+                )
+            })?
+            .map_err(rtq)?;
+        return Ok(axum::Json(json!({
+            "id": out.id, "queue": name, "state": "done",
+            "result": out.result, "attempt": out.attempt,
+        }))
+        .into_response());
+    }
+    let s = queue.submit(req).await.map_err(rtq)?;
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "id": s.id, "queue": name, "state": s.state.as_str(), "worker": s.worker,
+            "deadline_ms": s.deadline_ms, "submitted_ms": s.submitted_ms,
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/queues/{name}/tasks/{}", s.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// A task's state as JSON.
+fn info_json(queue: &str, info: &TaskInfo) -> Value {
+    let opt = |ms: i64| (ms > 0).then_some(ms);
+    let (result, error) = match &info.outcome {
+        Some(Outcome::Done(v)) => (v.clone(), Value::Null),
+        Some(Outcome::Ended { kind, message, .. }) => {
+            (Value::Null, json!({"kind": kind, "message": message}))
+        }
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "id": info.id,
+        "queue": queue,
+        "state": info.state.as_str(),
+        "worker": (!info.worker.is_empty()).then_some(&info.worker),
+        "attempt": info.attempt,
+        "max_attempts": info.max_attempts,
+        "priority": info.priority,
+        "submitted_ms": info.submitted_ms,
+        "deadline_ms": opt(info.deadline_ms),
+        "started_ms": opt(info.started_ms),
+        "first_chunk_ms": opt(info.first_chunk_ms),
+        "finished_ms": opt(info.finished_ms),
+        "chunks": info.chunks,
+        "bytes": info.bytes,
+        "labels": info.spec.as_ref().map(|s| &s.labels),
+        "result": result,
+        "error": error,
+    })
+}
+
+/// `GET /v1/queues/{queue}/tasks/{id}`.
+pub async fn status(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_admitted, queue) = open(&st, &headers, &name, true).await?;
+    let info = queue.status(&id).await.map_err(rtq)?;
+    Ok(axum::Json(info_json(&name, &info)).into_response())
+}
+
+/// `GET /v1/queues/{queue}/tasks/{id}/result`: 200 with the result, 202
+/// with the state while it runs, or the error status of how it ended.
+pub async fn result(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (_admitted, queue) = open(&st, &headers, &name, true).await?;
+    let info = queue.status(&id).await.map_err(rtq)?;
+    if info.outcome.is_none() && query.wait_ms == 0 {
+        return Ok((StatusCode::ACCEPTED, axum::Json(info_json(&name, &info))).into_response());
+    }
+    let wait = Duration::from_millis(query.wait_ms).min(st.settings.max_wait);
+    match queue.wait(&id, Some(wait)).await {
+        Ok(out) => Ok(axum::Json(json!({
+            "id": out.id, "queue": name, "state": "done",
+            "result": out.result, "attempt": out.attempt,
+        }))
+        .into_response()),
+        Err(Error::WaitTimedOut { state, worker, .. }) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"id": id, "queue": name, "state": state.as_str(), "worker": worker})),
+        )
+            .into_response()),
+        Err(e) => Err(rtq(e)),
+    }
+}
+
+/// `GET /v1/queues/{queue}/tasks/{id}/stream`: follows the output from
+/// `Last-Event-ID` + 1 (or `?from=`). Following never cancels the task.
+pub async fn stream(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (admitted, queue) = open(&st, &headers, &name, true).await?;
+    let from = match headers.get("last-event-id") {
+        Some(v) => {
+            let last: u64 = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Last-Event-ID must be a chunk index (a whole number)")
+                })?;
+            last.saturating_add(1)
+        }
+        None => query.from,
+    };
+    let task = queue.follow(&id, from).await.map_err(rtq)?;
+    let guard = st.open.open(&queue, task.id());
+    Ok(sse(task, guard, admitted, &st))
+}
+
+/// `DELETE /v1/queues/{queue}/tasks/{id}`.
+pub async fn cancel(
+    State(st): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (admitted, queue) = open(&st, &headers, &name, true).await?;
+    let by = match admitted.key_name() {
+        "" => "cancelled through the gateway".to_string(),
+        k => format!("cancelled through the gateway by key {k}"),
+    };
+    let previous = queue.cancel(&id, &by).await.map_err(rtq)?;
+    Ok(axum::Json(json!({
+        "id": id, "queue": name, "previous_state": previous.as_str(),
+        "cancelled": !previous.is_terminal(),
+    }))
+    .into_response())
+}
+
+/// The task API's SSE form of a task stream: `chunk` events with the
+/// chunk index as event id, `restarted`, then `done` or `error`.
+fn sse(task: TaskStream, guard: OpenGuard, admitted: Admitted, st: &Shared) -> Response {
+    let id = task.id().to_string();
+    let held = (guard, admitted);
+    let events = futures::stream::unfold(Some((task, held)), |state| async move {
+        let (mut task, held) = state?;
+        let (event, done) = match task.next().await {
+            Some(Ok(StreamEvent::Chunk(c))) => (
+                Event::default()
+                    .event("chunk")
+                    .id(c.index.to_string())
+                    .data(
+                        json!({"index": c.index, "attempt": c.attempt, "text": c.text()})
+                            .to_string(),
+                    ),
+                false,
+            ),
+            Some(Ok(StreamEvent::Restarted { attempt, reason })) => (
+                Event::default()
+                    .event("restarted")
+                    .data(json!({"attempt": attempt, "reason": reason}).to_string()),
+                false,
+            ),
+            Some(Ok(StreamEvent::Done(out))) => (
+                Event::default().event("done").data(
+                    json!({"id": out.id, "result": out.result, "attempt": out.attempt}).to_string(),
+                ),
+                true,
+            ),
+            Some(Err(e)) => (
+                Event::default()
+                    .event("error")
+                    .data(rtq(e).body().to_string()),
+                true,
+            ),
+            None => return None,
+        };
+        Some((Ok::<_, Infallible>(event), (!done).then_some((task, held))))
+    });
+    let mut resp = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(st.settings.keepalive))
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-rtq-task-id", v);
+    }
+    resp
+}

@@ -1,0 +1,188 @@
+//! The gateway process: TLS termination, start-up refusals with clear
+//! messages, `--help` without side effects, `hash-key`.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use rtq_testkit::{Pki, RedisServer};
+use serde_json::{json, Value};
+use support::{key_file, start_gateway, start_worker, wait_model};
+
+fn gateway() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-gateway"));
+    cmd.env_remove("RTQ_REDIS_URL")
+        .env_remove("RTQ_GATEWAY_API_KEYS")
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn tls_is_terminated_with_the_given_certificate() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let _worker = start_worker(
+        &redis.url(),
+        "m",
+        &["--handler", "mock", "--mock-tokens", "3"],
+    );
+    let gw = start_gateway(
+        &redis.url(),
+        &[
+            "--tls-cert",
+            pki.server_cert().to_str().unwrap(),
+            "--tls-key",
+            pki.server_key().to_str().unwrap(),
+        ],
+    );
+    assert!(gw.url.starts_with("https://"), "{}", gw.url);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.ca()).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    wait_model(&http, &gw, "", "m").await;
+    let v: Value = http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2 ");
+    // Plain HTTP on the TLS port is not served.
+    let plain = gw.url.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+}
+
+#[test]
+fn help_has_no_side_effects_and_redis_is_required() {
+    let out = gateway().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--redis",
+        "--listen",
+        "--api-keys",
+        "--tls-cert",
+        "--grace-secs",
+        "RTQ_",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    let out = gateway().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis"));
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_message_naming_the_problem() {
+    let redis = RedisServer::start();
+    let bad_keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad_keys.path(), "sha256:1234 queues=*\n").unwrap();
+    let missing = "/nonexistent/keys";
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--redis".into(), "redis://:hunter2@127.0.0.1:1".into()],
+            "cannot connect to Redis",
+        ),
+        (
+            vec![
+                "--redis".into(),
+                redis.url(),
+                "--api-keys".into(),
+                missing.into(),
+            ],
+            "cannot read the API key file",
+        ),
+        (
+            vec![
+                "--redis".into(),
+                redis.url(),
+                "--api-keys".into(),
+                bad_keys.path().to_str().unwrap().into(),
+            ],
+            "64 hex digits",
+        ),
+        (
+            vec![
+                "--redis".into(),
+                redis.url(),
+                "--tls-cert".into(),
+                missing.into(),
+                "--tls-key".into(),
+                missing.into(),
+            ],
+            "TLS certificate",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = gateway()
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "password printed: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn hash_key_prints_a_key_file_line_for_the_key_on_stdin() {
+    let mut child = gateway()
+        .args(["hash-key", "--queues", "a,b"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "sha256:{} queues=a,b\n",
+        rtq_gateway::auth::hash_key("s3cret")
+    );
+    assert_eq!(line, expected);
+    // The line works as a key file.
+    let file = key_file(&["s3cret queues=a,b"]);
+    assert_eq!(std::fs::read_to_string(file.path()).unwrap(), expected);
+}
+
+#[test]
+fn slow_bodies_get_408_and_slow_headers_are_cut_off() {
+    use std::io::Read;
+    let redis = RedisServer::start();
+    let gw = start_gateway(
+        &redis.url(),
+        &["--body-timeout-secs", "1", "--header-timeout-secs", "1"],
+    );
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}

@@ -1,0 +1,250 @@
+//! The task API, the probes and the metrics against a real stack.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{parse_sse, sse_events, Stack};
+
+#[tokio::test]
+async fn tasks_are_submitted_read_waited_for_streamed_resumed_and_cancelled() {
+    let s = Stack::start(&[], &[]).await;
+    // Asynchronous submit, then the result with a wait.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "a b c d e"}, "labels": {"team": "x"}, "id": "job-1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["location"], "/v1/queues/chat/tasks/job-1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], "job-1");
+    assert!(v["state"] == "queued" || v["state"] == "running", "{v}");
+    let v: Value = s
+        .get("k-all", "/v1/queues/chat/tasks/job-1/result?wait_ms=10000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["result"]["text"], "a b c d e ");
+    let v: Value = s
+        .get("k-all", "/v1/queues/chat/tasks/job-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "done");
+    assert_eq!(v["chunks"], 5);
+    assert_eq!(v["labels"]["team"], "x");
+    assert_eq!(v["labels"]["api_key"], "all");
+    // The same id again is a conflict.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "x"}, "id": "job-1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+
+    // The stream of an ended task, whole and resumed after chunk 2.
+    let events = sse_events(s.get("k-all", "/v1/queues/chat/tasks/job-1/stream").await).await;
+    let chunks: Vec<_> = events.iter().filter(|e| e.0 == "chunk").collect();
+    assert_eq!(chunks.len(), 5);
+    assert_eq!(chunks[0].1, "0");
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "done");
+    assert_eq!(
+        serde_json::from_str::<Value>(&last.2).unwrap()["result"]["text"],
+        "a b c d e "
+    );
+    let resumed = s
+        .http
+        .get(format!("{}/v1/queues/chat/tasks/job-1/stream", s.gw.url))
+        .bearer_auth("k-all")
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(resumed).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "chunk")
+        .map(|e| e.1.as_str())
+        .collect();
+    assert_eq!(ids, ["3", "4"]);
+    let text: Value = serde_json::from_str(&events[0].2).unwrap();
+    assert_eq!(text["text"], "d ");
+
+    // Synchronous submit, and a submit that streams.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"prompt": "p q"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["text"], "p q ");
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?stream=true",
+            json!({"input": {"prompt": "m n"}}),
+        )
+        .await;
+    let events = sse_events(r).await;
+    assert_eq!(events.iter().filter(|e| e.0 == "chunk").count(), 2);
+    assert_eq!(events.last().unwrap().0, "done");
+
+    // Cancel a running task: its followers see the cancel, the upstream
+    // stops.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "slow"}, "id": "long"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let follower = s.get("k-all", "/v1/queues/chat/tasks/long/stream").await;
+    assert_eq!(follower.status(), 200);
+    let r = s
+        .http
+        .delete(format!("{}/v1/queues/chat/tasks/long", s.gw.url))
+        .bearer_auth("k-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["cancelled"], true, "{v}");
+    let events = sse_events(follower).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "error");
+    assert_eq!(
+        serde_json::from_str::<Value>(&last.2).unwrap()["error"]["code"],
+        "task_cancelled"
+    );
+    assert!(s.upstream.wait_aborted(1, Duration::from_secs(10)).await);
+    let r = s.get("k-all", "/v1/queues/chat/tasks/long/result").await;
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test]
+async fn bad_task_requests_get_clear_errors() {
+    let s = Stack::start(&[], &[]).await;
+    let cases = [
+        ("/v1/queues/chat/tasks", json!({}), 400, "input"),
+        (
+            "/v1/queues/chat/tasks",
+            json!({"input": 1, "input_ref": "r"}),
+            400,
+            "exactly one",
+        ),
+        (
+            "/v1/queues/chat/tasks",
+            json!({"input": 1, "colour": "red"}),
+            400,
+            "unknown field",
+        ),
+        (
+            "/v1/queues/chat/tasks",
+            json!({"input": 1, "priority": 5000}),
+            400,
+            "priority",
+        ),
+        (
+            "/v1/queues/chat/tasks",
+            json!({"input": 1, "id": "a b"}),
+            400,
+            "task id",
+        ),
+        (
+            "/v1/queues/chat/tasks?wait=maybe",
+            json!({"input": 1}),
+            400,
+            "wait",
+        ),
+        (
+            "/v1/queues/bad%20name/tasks",
+            json!({"input": 1}),
+            400,
+            "queue name",
+        ),
+    ];
+    for (path, body, status, needle) in cases {
+        let r = s.post("k-all", path, body.clone()).await;
+        assert_eq!(r.status().as_u16(), status, "{path} {body}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{path} {body}: {v}");
+    }
+    let r = s.get("k-all", "/v1/queues/chat/tasks/nope").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "task_not_found"
+    );
+    let r = s.get("k-all", "/v1/queues/never-used/tasks/x").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "queue_not_found"
+    );
+    let r = s
+        .http
+        .get(format!("{}/v1/queues/chat/tasks/x/stream", s.gw.url))
+        .bearer_auth("k-all")
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s.get("k-chat", "/v1/queues/other/tasks/x").await;
+    assert_eq!(r.status(), 403);
+    let r = s.get("k-all", "/no/such/route").await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn probes_report_health_readiness_and_metrics() {
+    let mut s = Stack::start(&[], &[]).await;
+    assert_eq!(s.get("", "/healthz").await.status(), 200);
+    assert_eq!(s.get("", "/readyz").await.status(), 200);
+    let r = s
+        .post(
+            "k-all",
+            "/v1/chat/completions",
+            json!({"model": "chat", "messages": [{"role": "user", "content": "a b"}], "stream": true}),
+        )
+        .await;
+    let events = parse_sse(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap().2, "[DONE]");
+    let text = s.get("", "/metrics").await.text().await.unwrap();
+    for needle in [
+        "rtq_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1",
+        "rtq_gateway_request_duration_seconds_bucket{",
+        "rtq_gateway_time_to_first_token_seconds_count{route=\"/v1/chat/completions\"} 1",
+        "rtq_gateway_open_streams 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    // Redis gone: not ready, and requests get 503 instead of hanging.
+    s.redis.kill();
+    let r = s.get("", "/readyz").await;
+    assert_eq!(r.status(), 503);
+    let r = s
+        .post(
+            "k-all",
+            "/v1/chat/completions",
+            json!({"model": "chat", "messages": [{"role": "user", "content": "a"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+}
