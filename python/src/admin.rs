@@ -10,7 +10,7 @@ use rtq_core::admin::{Percentiles, QueueStats};
 
 use crate::errors::to_py_err;
 use crate::request::info_dict;
-use crate::runtime::{awaitable, block_on};
+use crate::runtime::{awaitable, block_on, Call};
 
 /// The largest page of tasks one call returns.
 const MAX_PAGE: usize = 10_000;
@@ -254,43 +254,28 @@ impl AsyncAdmin {
 #[pymethods]
 impl AsyncAdmin {
     /// Names of every queue ever used.
-    fn queues<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::queues(self.inner.clone()))
+    fn queues(&self) -> PyResult<Call> {
+        awaitable(ops::queues(self.inner.clone()))
     }
     /// A queue at a glance: pending, running, workers, idle slots, ...
-    fn overview<'py>(&self, py: Python<'py>, queue: String) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::overview(self.inner.clone(), queue))
+    fn overview(&self, queue: String) -> PyResult<Call> {
+        awaitable(ops::overview(self.inner.clone(), queue))
     }
     /// Counters and latency percentiles over the last `buckets` 10 s buckets.
     #[pyo3(signature = (queue, *, buckets=30))]
-    fn stats<'py>(
-        &self,
-        py: Python<'py>,
-        queue: String,
-        buckets: usize,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn stats(&self, queue: String, buckets: usize) -> PyResult<Call> {
         let n = self::buckets(buckets)?;
-        awaitable(py, ops::stats(self.inner.clone(), queue, n))
+        awaitable(ops::stats(self.inner.clone(), queue, n))
     }
     /// The queue's workers as their heartbeats describe them.
-    fn workers<'py>(&self, py: Python<'py>, queue: String) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::workers(self.inner.clone(), queue))
+    fn workers(&self, queue: String) -> PyResult<Call> {
+        awaitable(ops::workers(self.inner.clone(), queue))
     }
     /// A page of tasks: `kind` is "pending", "running", "recent" or "failed".
     #[pyo3(signature = (queue, kind="pending", *, offset=0, limit=100))]
-    fn tasks<'py>(
-        &self,
-        py: Python<'py>,
-        queue: String,
-        kind: &str,
-        offset: usize,
-        limit: usize,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn tasks(&self, queue: String, kind: &str, offset: usize, limit: usize) -> PyResult<Call> {
         let kind = self::kind(kind)?;
         let limit = page(limit)?;
-        awaitable(
-            py,
-            ops::tasks(self.inner.clone(), queue, kind, offset, limit),
-        )
+        awaitable(ops::tasks(self.inner.clone(), queue, kind, offset, limit))
     }
 }

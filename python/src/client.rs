@@ -13,7 +13,7 @@ use crate::admin::{Admin, AsyncAdmin};
 use crate::errors::to_py_err;
 use crate::json::to_py;
 use crate::request::{info_dict, seconds, submitted_dict, Options};
-use crate::runtime::{awaitable, block_on, in_runtime};
+use crate::runtime::{awaitable, block_on, in_runtime, Call};
 use crate::stream::Stream;
 
 /// Client settings from the keywords of `connect`.
@@ -55,13 +55,12 @@ pub fn connect(
 #[pyfunction]
 #[pyo3(signature = (url, *, response_timeout=None, give_up_after=None))]
 pub fn connect_async(
-    py: Python<'_>,
     url: String,
     response_timeout: Option<f64>,
     give_up_after: Option<f64>,
-) -> PyResult<Bound<'_, PyAny>> {
+) -> PyResult<Call> {
     let config = config(response_timeout, give_up_after)?;
-    awaitable(py, async move {
+    awaitable(async move {
         let inner = connect_core(url, config).await?;
         Ok(AsyncClient { inner })
     })
@@ -344,7 +343,6 @@ impl AsyncQueue {
     #[allow(clippy::too_many_arguments)]
     fn run<'py>(
         &self,
-        py: Python<'py>,
         input: Option<Bound<'py, PyAny>>,
         input_ref: Option<String>,
         timeout: Option<f64>,
@@ -354,7 +352,7 @@ impl AsyncQueue {
         max_attempts: Option<u32>,
         retention: Option<f64>,
         cancel_on_exit: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Call> {
         let (request, _) = options(
             input,
             input_ref,
@@ -366,7 +364,7 @@ impl AsyncQueue {
             retention,
             cancel_on_exit,
         )?;
-        awaitable(py, ops::run(self.inner.clone(), request))
+        awaitable(ops::run(self.inner.clone(), request))
     }
 
     /// Submits a task and returns an async iterator over its output.
@@ -403,7 +401,6 @@ impl AsyncQueue {
     #[allow(clippy::too_many_arguments)]
     fn submit<'py>(
         &self,
-        py: Python<'py>,
         input: Option<Bound<'py, PyAny>>,
         input_ref: Option<String>,
         timeout: Option<f64>,
@@ -412,7 +409,7 @@ impl AsyncQueue {
         id: Option<String>,
         max_attempts: Option<u32>,
         retention: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Call> {
         let (request, _) = options(
             input,
             input_ref,
@@ -424,23 +421,18 @@ impl AsyncQueue {
             retention,
             false,
         )?;
-        awaitable(py, ops::submit(self.inner.clone(), request))
+        awaitable(ops::submit(self.inner.clone(), request))
     }
 
     /// Waits for the result of a task submitted earlier.
     #[pyo3(signature = (id, *, timeout=None))]
-    fn wait<'py>(
-        &self,
-        py: Python<'py>,
-        id: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::wait(self.inner.clone(), id, max_wait(timeout)?))
+    fn wait(&self, id: String, timeout: Option<f64>) -> PyResult<Call> {
+        awaitable(ops::wait(self.inner.clone(), id, max_wait(timeout)?))
     }
 
     /// Everything stored about a task (a dict).
-    fn status<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::status(self.inner.clone(), id))
+    fn status(&self, id: String) -> PyResult<Call> {
+        awaitable(ops::status(self.inner.clone(), id))
     }
 
     /// Streams a task submitted earlier, from chunk `from_`.
@@ -451,13 +443,8 @@ impl AsyncQueue {
 
     /// Cancels a task; returns the state it was in.
     #[pyo3(signature = (id, reason="cancelled by client".to_string()))]
-    fn cancel<'py>(
-        &self,
-        py: Python<'py>,
-        id: String,
-        reason: String,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, ops::cancel(self.inner.clone(), id, reason))
+    fn cancel(&self, id: String, reason: String) -> PyResult<Call> {
+        awaitable(ops::cancel(self.inner.clone(), id, reason))
     }
 
     fn __repr__(&self) -> String {

@@ -3,9 +3,13 @@
 //! releases the GIL and still answers Ctrl-C.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
 
 /// How often a blocking wait wakes to let Python deliver signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
@@ -23,14 +27,143 @@ pub fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Turns a future into an asyncio awaitable. Cancelling the asyncio task
-/// drops the future, exactly as dropping it in Rust would.
-pub fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// A Rust future not started yet, boxed for [`Call`].
+type BoxFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
+
+/// Turns a future into a Python coroutine ([`Call`]). Nothing runs until
+/// it is awaited (or wrapped in a task); cancelling the asyncio task drops
+/// the future, exactly as dropping it in Rust would.
+pub fn awaitable<F, T>(fut: F) -> PyResult<Call>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, fut)
+    let boxed: BoxFuture = Box::pin(async move {
+        let value = fut.await?;
+        Python::attach(|py| value.into_py_any(py))
+    });
+    Ok(Call {
+        state: Mutex::new(CallState::NotStarted(boxed)),
+    })
+}
+
+enum CallState {
+    NotStarted(BoxFuture),
+    /// Running on the runtime: the asyncio future and its `__await__`
+    /// iterator, which this coroutine delegates to.
+    Started {
+        future: Py<PyAny>,
+        iter: Py<PyAny>,
+    },
+    Closed,
+}
+
+/// The coroutine every asyncio method returns: `await` it, or pass it to
+/// `asyncio.create_task` / `asyncio.run` like any coroutine. On its first
+/// step it starts the Rust future on the runtime (pyo3-async-runtimes) and
+/// from then on delegates to that asyncio future.
+#[pyclass(frozen, module = "rtq._native")]
+pub struct Call {
+    state: Mutex<CallState>,
+}
+
+impl Call {
+    fn iter(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("coroutine state poisoned"))?;
+        match std::mem::replace(&mut *state, CallState::Closed) {
+            CallState::NotStarted(fut) => {
+                let future = pyo3_async_runtimes::tokio::future_into_py(py, fut)?;
+                let iter = future.call_method0("__await__")?.unbind();
+                *state = CallState::Started {
+                    future: future.unbind(),
+                    iter: iter.clone_ref(py),
+                };
+                Ok(Some(iter))
+            }
+            CallState::Started { future, iter } => {
+                let it = iter.clone_ref(py);
+                *state = CallState::Started { future, iter };
+                Ok(Some(it))
+            }
+            CallState::Closed => Ok(None),
+        }
+    }
+}
+
+#[pymethods]
+impl Call {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.send(py, py.None())
+    }
+
+    /// Steps the coroutine (the generator protocol).
+    fn send(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match self.iter(py)? {
+            Some(iter) => Ok(iter.call_method1(py, "send", (value,))?),
+            None => Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            )),
+        }
+    }
+
+    /// Raises an exception inside the coroutine (how asyncio cancels).
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: Py<PyAny>,
+        val: Option<Py<PyAny>>,
+        tb: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let started = match self.state.lock() {
+            Ok(s) => matches!(*s, CallState::Started { .. }),
+            Err(_) => false,
+        };
+        if started {
+            if let Some(iter) = self.iter(py)? {
+                return iter.call_method1(py, "throw", (typ, val, tb));
+            }
+        }
+        self.close(py);
+        let typ = typ.into_bound(py);
+        let exc = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            typ
+        } else {
+            match val {
+                Some(v)
+                    if v.bind(py)
+                        .is_instance_of::<pyo3::exceptions::PyBaseException>() =>
+                {
+                    v.into_bound(py)
+                }
+                Some(v) => typ.call1((v,))?,
+                None => typ.call0()?,
+            }
+        };
+        Err(PyErr::from_value(exc))
+    }
+
+    /// Closes the coroutine: drops the Rust future (cancels it if running).
+    fn close(&self, py: Python<'_>) {
+        let old = match self.state.lock() {
+            Ok(mut s) => std::mem::replace(&mut *s, CallState::Closed),
+            Err(_) => return,
+        };
+        match old {
+            CallState::Started { future, iter } => {
+                let _ = future.call_method0(py, "cancel");
+                let _ = iter.call_method0(py, "close");
+            }
+            other => in_runtime(|| drop(other)),
+        }
+    }
 }
 
 /// Runs a future to completion from a blocking caller: the GIL is

@@ -16,7 +16,7 @@ use rtq_core::{Queue, StreamEvent, TaskRequest, TaskStream};
 
 use crate::errors::to_py_err;
 use crate::json::to_py;
-use crate::runtime::{awaitable, block_on, in_runtime};
+use crate::runtime::{awaitable, block_on, in_runtime, Call};
 
 /// One piece of a task's output.
 #[pyclass(frozen, module = "rtq._native")]
@@ -291,9 +291,9 @@ impl Stream {
         slf
     }
 
-    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn __anext__(&self) -> PyResult<Call> {
         let state = Arc::clone(&self.state);
-        awaitable(py, async move {
+        awaitable(async move {
             match Stream::next(state).await? {
                 Some(item) => Ok(item),
                 None => Err(PyStopAsyncIteration::new_err(())),
@@ -331,9 +331,9 @@ impl Stream {
     }
 
     /// Async form of [`Stream::close`] (for `contextlib.aclosing`).
-    fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn aclose(&self) -> PyResult<Call> {
         self.close();
-        awaitable(py, async { Ok(()) })
+        awaitable(async { Ok(()) })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -349,18 +349,17 @@ impl Stream {
         self.close();
     }
 
-    fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        awaitable(py, async move { Ok(slf) })
+    fn __aenter__(slf: Py<Self>) -> PyResult<Call> {
+        awaitable(async move { Ok(slf) })
     }
 
     fn __aexit__<'py>(
         &self,
-        py: Python<'py>,
         _t: Option<Bound<'py, PyAny>>,
         _v: Option<Bound<'py, PyAny>>,
         _tb: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.aclose(py)
+    ) -> PyResult<Call> {
+        self.aclose()
     }
 
     fn __repr__(&self) -> String {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::errors::{exception, to_py_err};
 use crate::json::{to_json, to_py};
 use crate::request::seconds;
-use crate::runtime::awaitable;
+use crate::runtime::{awaitable, Call};
 
 /// What one handler call ends with.
 type Outcome = Result<Value, HandlerError>;
@@ -295,9 +295,9 @@ fn worker_config(
     cancel_grace: Option<f64>,
     handler_name: String,
 ) -> PyResult<WorkerConfig> {
-    let mut c = WorkerConfig::new(queue)
-        .slots(slots)
-        .handler_name(handler_name);
+    let mut c = WorkerConfig::new(queue).handler_name(handler_name);
+    // Set directly (the builder clamps 0 to 1): `validate` refuses 0.
+    c.slots = slots;
     for (k, v) in labels.unwrap_or_default() {
         c = c.label(k, v);
     }
@@ -324,7 +324,6 @@ fn worker_config(
 #[pyo3(signature = (url, queue, *, slots=1, labels=None, lease=None, worker_id=None, grace=None, cancel_grace=None, handler_name="python".to_string()))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect_worker(
-    py: Python<'_>,
     url: String,
     queue: String,
     slots: usize,
@@ -334,7 +333,7 @@ pub fn connect_worker(
     grace: Option<f64>,
     cancel_grace: Option<f64>,
     handler_name: String,
-) -> PyResult<Bound<'_, PyAny>> {
+) -> PyResult<Call> {
     let config = worker_config(
         queue,
         slots,
@@ -346,7 +345,7 @@ pub fn connect_worker(
         handler_name,
     )?;
     let cancel_grace = config.cancel_grace;
-    awaitable(py, async move {
+    awaitable(async move {
         let w = rtq_core::Worker::connect(&url, config)
             .await
             .map_err(to_py_err)?;
@@ -373,7 +372,7 @@ impl Worker {
     /// `handler(task)` must return a coroutine; it runs on the calling
     /// asyncio loop. Cancelling the awaiting asyncio task stops at once
     /// and hands every running task back.
-    fn run<'py>(&self, py: Python<'py>, handler: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn run<'py>(&self, py: Python<'py>, handler: Bound<'py, PyAny>) -> PyResult<Call> {
         if !handler.is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
         }
@@ -390,7 +389,7 @@ impl Worker {
             unwind: self.cancel_grace,
         });
         let stop = self.stop.clone();
-        awaitable(py, async move {
+        awaitable(async move {
             worker
                 .run(handler, stop.cancelled_owned())
                 .await
