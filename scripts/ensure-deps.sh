@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs what rtq's demo and tests need beyond Rust, from the distribution's
 # packages, if missing: redis-server, python3 (the exec-handler example child
-# and its test) and tmux (the console's end-to-end test).
+# and its test; the Python package's tests, with python3-venv) and tmux (the
+# console's end-to-end test).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+# The Python package's tests build it in a venv (python/test.sh); Debian
+# splits venv support into its own package.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
