@@ -18,8 +18,8 @@ pylog=$(mktemp)
 trap 'rm -f "$log" "$pylog"' EXIT
 python/test.sh 2>&1 | tee "$pylog" || status=$?
 py_summary=$(grep -E '[0-9]+ (passed|failed|errors?)(,.*)? in [0-9.]+s' "$pylog" | tail -1 || true)
-py_passed=$(echo "$py_summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
-py_failed=$(echo "$py_summary" | grep -oE '[0-9]+ (failed|errors?)' | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+py_passed=$(echo "$py_summary" | awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i} END {print s + 0}')
+py_failed=$(echo "$py_summary" | awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^(failed|error)/) s += $i} END {print s + 0}')
 if [ -z "$py_summary" ]; then
   echo "rtq: the Python suite did not run (see above)" >&2
   py_failed=$((py_failed + 1))

@@ -91,7 +91,12 @@ def adapt(
 
     async def run_in_thread(task: _native.Task) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, sync, task)
+        result = await loop.run_in_executor(executor, sync, task)
+        if inspect.isawaitable(result):
+            # A plain callable that returned a coroutine (a lambda or a
+            # partial around an async function): await it here.
+            result = await result
+        return result
 
     return run_in_thread
 

@@ -68,28 +68,28 @@ pub struct Call {
 }
 
 impl Call {
+    /// The asyncio future's iterator, starting the Rust future on the
+    /// first step. The state lock is never held while Python code runs.
     fn iter(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("coroutine state poisoned"))?;
-        match std::mem::replace(&mut *state, CallState::Closed) {
-            CallState::NotStarted(fut) => {
-                let future = pyo3_async_runtimes::tokio::future_into_py(py, fut)?;
-                let iter = future.call_method0("__await__")?.unbind();
-                *state = CallState::Started {
-                    future: future.unbind(),
-                    iter: iter.clone_ref(py),
-                };
-                Ok(Some(iter))
+        let poisoned = || PyRuntimeError::new_err("coroutine state poisoned");
+        let taken = {
+            let mut state = self.state.lock().map_err(|_| poisoned())?;
+            match &*state {
+                CallState::Started { iter, .. } => return Ok(Some(iter.clone_ref(py))),
+                CallState::Closed => return Ok(None),
+                CallState::NotStarted(_) => std::mem::replace(&mut *state, CallState::Closed),
             }
-            CallState::Started { future, iter } => {
-                let it = iter.clone_ref(py);
-                *state = CallState::Started { future, iter };
-                Ok(Some(it))
-            }
-            CallState::Closed => Ok(None),
-        }
+        };
+        let CallState::NotStarted(fut) = taken else {
+            return Ok(None);
+        };
+        let future = pyo3_async_runtimes::tokio::future_into_py(py, fut)?;
+        let iter = future.call_method0("__await__")?.unbind();
+        *self.state.lock().map_err(|_| poisoned())? = CallState::Started {
+            future: future.unbind(),
+            iter: iter.clone_ref(py),
+        };
+        Ok(Some(iter))
     }
 }
 
