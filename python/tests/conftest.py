@@ -41,29 +41,44 @@ class RedisServer:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="rtq-pytest-redis-")
         for _ in range(5):
-            self.port = _free_port()
-            self.log = Path(self.dir) / "redis.log"
-            self.proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", self.dir,
-                    "--logfile", str(self.log),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if _ping(self.port):
-                    return
-                time.sleep(0.01)
-            self.proc.kill()
-            self.proc.wait()
+            if self._start(_free_port()):
+                return
         raise RuntimeError(f"redis-server did not start; log: {self.log.read_text() if self.log.exists() else ''}")
+
+    def _start(self, port: int) -> bool:
+        self.port = port
+        self.log = Path(self.dir) / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+                "--logfile", str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if _ping(self.port):
+                return True
+            time.sleep(0.01)
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+    def kill(self) -> None:
+        """kill -9 (no persistence: its data is gone)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart_empty(self) -> None:
+        """Starts a fresh, empty server on the same port."""
+        if not self._start(self.port):
+            raise RuntimeError("redis-server did not restart on its port")
 
     @property
     def url(self) -> str:

@@ -174,3 +174,38 @@ def test_a_key_of_the_wrong_type_is_an_error_not_a_hang(redis_server, redis_url)
         subprocess.run(["redis-cli", "-p", str(redis_server.port), "SET", k, "x"], check=True, capture_output=True)
     with pytest.raises(rtq.RtqError):
         q.status(sub["id"])
+
+
+def test_redis_dying_mid_wait_ends_the_wait_with_a_connection_error(redis_server):
+    import time
+
+    llm = rtq.connect(redis_server.url, give_up_after=1.5, response_timeout=1).queue("llm")
+    sub = llm.submit({"x": 1})
+    redis_server.kill()
+    t0 = time.monotonic()
+    with pytest.raises(rtq.ConnectionError) as e:
+        llm.wait(sub["id"], timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert e.value.retryable
+
+
+def test_redis_restarted_empty_mid_wait_reports_the_task_lost(redis_server):
+    async def main():
+        llm = (await rtq.aio.connect(redis_server.url, give_up_after=20)).queue("llm")
+        waiting = asyncio.create_task(llm.run({"x": 1}, id="lost-1", timeout=60))
+        for _ in range(250):
+            try:
+                await llm.status("lost-1")
+                break
+            except rtq.NotFound:
+                await asyncio.sleep(0.02)
+        redis_server.kill()
+        redis_server.restart_empty()
+        with pytest.raises(rtq.TaskLost) as e:
+            await asyncio.wait_for(waiting, 60)
+        assert e.value.id == "lost-1"
+        # The client goes on working against the new server.
+        with pytest.raises(rtq.NotFound):
+            await llm.status("lost-1")
+
+    asyncio.run(main())
