@@ -6,6 +6,9 @@
     python bench.py worker --redis URL --queue q --slots 10
         A Python worker whose handler returns its input at once (prints
         "ready"); its CPU time per task is the Python worker's overhead.
+    python bench.py latency --redis URL --queue q --requests 100
+        Sequential requests (blocking, then asyncio): latency per request,
+        for runs through examples/proxy.rs (RTT 18 ms).
     python bench.py cpu PID
         Prints the CPU seconds (user+system) a process has used so far.
 
@@ -61,6 +64,40 @@ async def client(url: str, queue: str, clients: int, tasks: int, chunks: int) ->
     )
 
 
+def latency(url: str, queue: str, requests: int) -> None:
+    """Sequential requests, blocking and asyncio flavours."""
+    q = rtq.connect(url).queue(queue)
+    payload = {"max_tokens": 0, "text": "x" * 1000}
+    q.run(payload, timeout=60)  # warm up
+
+    def report(name, ms):
+        ms.sort()
+        avg = sum(ms) / len(ms)
+        print(
+            f"python {name}: requests={len(ms)} avg={avg:.2f}ms p50={percentile(ms, 0.5):.2f}ms "
+            f"p95={percentile(ms, 0.95):.2f}ms p99={percentile(ms, 0.99):.2f}ms"
+        )
+
+    ms = []
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        q.run(payload, timeout=60)
+        ms.append((time.perf_counter() - t0) * 1000)
+    report("blocking", ms)
+
+    async def run_async():
+        aq = (await rtq.aio.connect(url)).queue(queue)
+        await aq.run(payload, timeout=60)
+        out = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            await aq.run(payload, timeout=60)
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    report("asyncio", asyncio.run(run_async()))
+
+
 async def echo(task: rtq.Task):
     return task.input
 
@@ -84,11 +121,17 @@ def main() -> None:
     c.add_argument("--tasks", type=int, default=20_000)
     c.add_argument("--chunks", type=int, default=0)
     w.add_argument("--slots", type=int, default=10)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--redis", required=True)
+    lat.add_argument("--queue", default="bench")
+    lat.add_argument("--requests", type=int, default=100)
     u = sub.add_parser("cpu")
     u.add_argument("pid", type=int)
     a = ap.parse_args()
     if a.cmd == "client":
         asyncio.run(client(a.redis, a.queue, a.clients, a.tasks, a.chunks))
+    elif a.cmd == "latency":
+        latency(a.redis, a.queue, a.requests)
     elif a.cmd == "worker":
         rtq.run_worker(a.redis, a.queue, echo, slots=a.slots, on_start=lambda _w: print("ready", flush=True))
     else:

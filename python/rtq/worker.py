@@ -119,7 +119,8 @@ async def serve(
     ``handle_signals`` and running in the main thread) or until the
     worker's ``stop()`` is called; then drains gracefully: no new tasks,
     running ones get ``grace`` seconds (default 25) to finish, the rest are
-    handed back to the queue. ``on_start(worker)`` is called once the worker
+    handed back to the queue. A second signal stops at once, handing every
+    running task back. ``on_start(worker)`` is called once the worker
     is connected (to keep a handle for ``stop()`` or ``status()``).
 
     ``lease`` (seconds, default 5) is how long the worker may go silent
@@ -141,19 +142,38 @@ async def serve(
         cancel_grace=cancel_grace,
     )
     loop = asyncio.get_running_loop()
+    run = asyncio.ensure_future(worker.run(fn))
+    signals = 0
+
+    def on_signal() -> None:
+        # The first signal drains gracefully; a second one stops at once,
+        # handing every running task back to the queue.
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            worker.stop()
+        else:
+            run.cancel()
+
     installed = []
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, worker.stop)
+                loop.add_signal_handler(sig, on_signal)
                 installed.append(sig)
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread, or no signals here
     try:
         if on_start is not None:
             on_start(worker)
-        await worker.run(fn)
+        try:
+            await run
+        except asyncio.CancelledError:
+            if signals < 2:
+                raise
     finally:
+        if not run.done():
+            run.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         executor.shutdown(wait=False, cancel_futures=True)
