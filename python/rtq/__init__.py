@@ -16,6 +16,8 @@ same protocol and serve each other.
 
 from __future__ import annotations
 
+import atexit as _atexit
+
 from rtq._errors import (
     AuthenticationFailed,
     Cancelled,
@@ -57,6 +59,11 @@ from rtq._native import (
     redact_url,
 )
 from rtq.worker import Result, run_worker, serve
+from rtq._native import _shutdown
+
+# Before the interpreter finalizes, keep rtq's runtime threads out of
+# Python (a thread entering a finalizing interpreter aborts the process).
+_atexit.register(_shutdown)
 
 __all__ = [
     "Admin",

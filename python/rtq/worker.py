@@ -171,12 +171,30 @@ async def serve(
         except asyncio.CancelledError:
             if signals < 2:
                 raise
+            await _until_left(url, queue, worker.id)
     finally:
         if not run.done():
             run.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _until_left(url: str, queue: str, worker_id: str, timeout: float = 3.0) -> None:
+    """After a forced stop the runtime hands the tasks back in the
+    background: wait (briefly) until Redis shows the worker gone, so the
+    process does not exit first."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    try:
+        admin = (await _native.connect_async(url, response_timeout=1)).admin()
+        while loop.time() < end:
+            workers = await admin.workers(queue)
+            if not any(w["id"] == worker_id and w["lease_until_ms"] is not None for w in workers):
+                return
+            await asyncio.sleep(0.02)
+    except Exception:  # Redis gone: the lease will lapse instead
+        return
 
 
 def run_worker(url: str, queue: str, handler: Callable[..., Any], **options: Any) -> None:

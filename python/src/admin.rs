@@ -10,7 +10,7 @@ use rtq_core::admin::{Percentiles, QueueStats};
 
 use crate::errors::to_py_err;
 use crate::request::info_dict;
-use crate::runtime::{awaitable, block_on, Call};
+use crate::runtime::{attach, awaitable, block_on, Call};
 
 /// The largest page of tasks one call returns.
 const MAX_PAGE: usize = 10_000;
@@ -112,22 +112,22 @@ mod ops {
 
     pub async fn queues(a: admin::Admin) -> Out {
         let names = a.queues().await.map_err(to_py_err)?;
-        Python::attach(|py| Ok(PyList::new(py, names)?.into_any().unbind()))
+        attach(|py| Ok(PyList::new(py, names)?.into_any().unbind()))
     }
 
     pub async fn overview(a: admin::Admin, queue: String) -> Out {
         let o = a.overview(&queue).await.map_err(to_py_err)?;
-        Python::attach(|py| overview_dict(py, &o))
+        attach(|py| overview_dict(py, &o))
     }
 
     pub async fn stats(a: admin::Admin, queue: String, buckets: usize) -> Out {
         let s = a.stats(&queue, buckets).await.map_err(to_py_err)?;
-        Python::attach(|py| stats_dict(py, &s))
+        attach(|py| stats_dict(py, &s))
     }
 
     pub async fn workers(a: admin::Admin, queue: String) -> Out {
         let ws = a.workers(&queue).await.map_err(to_py_err)?;
-        Python::attach(|py| {
+        attach(|py| {
             let list = PyList::empty(py);
             for w in &ws {
                 list.append(worker_dict(py, w)?)?;
@@ -150,7 +150,7 @@ mod ops {
             Kind::Failed => a.recent_failures(&queue, offset + limit).await,
         }
         .map_err(to_py_err)?;
-        Python::attach(|py| {
+        attach(|py| {
             let list = PyList::empty(py);
             let page: Box<dyn Iterator<Item = _>> = match kind {
                 Kind::Pending | Kind::Recent => Box::new(infos.iter()),

@@ -13,7 +13,7 @@ use crate::admin::{Admin, AsyncAdmin};
 use crate::errors::to_py_err;
 use crate::json::to_py;
 use crate::request::{info_dict, seconds, submitted_dict, Options};
-use crate::runtime::{awaitable, block_on, in_runtime, Call};
+use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
 use crate::stream::Stream;
 
 /// Client settings from the keywords of `connect`.
@@ -132,12 +132,12 @@ mod ops {
 
     pub async fn run(q: rtq_core::Queue, request: rtq_core::TaskRequest) -> PyResult<Py<PyAny>> {
         let out = q.run(request).await.map_err(to_py_err)?;
-        Python::attach(|py| to_py(py, &out.result))
+        attach(|py| to_py(py, &out.result))
     }
 
     pub async fn submit(q: rtq_core::Queue, request: rtq_core::TaskRequest) -> PyResult<Py<PyAny>> {
         let s = q.submit(request).await.map_err(to_py_err)?;
-        Python::attach(|py| submitted_dict(py, &s))
+        attach(|py| submitted_dict(py, &s))
     }
 
     pub async fn wait(
@@ -146,12 +146,12 @@ mod ops {
         max_wait: Option<Duration>,
     ) -> PyResult<Py<PyAny>> {
         let out = q.wait(&id, max_wait).await.map_err(to_py_err)?;
-        Python::attach(|py| to_py(py, &out.result))
+        attach(|py| to_py(py, &out.result))
     }
 
     pub async fn status(q: rtq_core::Queue, id: String) -> PyResult<Py<PyAny>> {
         let info = q.status(&id).await.map_err(to_py_err)?;
-        Python::attach(|py| info_dict(py, &info))
+        attach(|py| info_dict(py, &info))
     }
 
     pub async fn cancel(q: rtq_core::Queue, id: String, reason: String) -> PyResult<String> {

@@ -30,7 +30,9 @@ pub fn exception(
 
 /// Converts an rtq error into the matching Python exception.
 pub fn to_py_err(err: Error) -> PyErr {
-    Python::attach(|py| convert(py, err))
+    let message = err.to_string();
+    crate::runtime::attach(|py| Ok(convert(py, err)))
+        .unwrap_or_else(|_| pyo3::exceptions::PyRuntimeError::new_err(message))
 }
 
 fn s(py: Python<'_>, v: &str) -> Py<PyAny> {

@@ -4,19 +4,67 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
+use tokio::sync::oneshot;
 
 /// How often a blocking wait wakes to let Python deliver signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// The shared multi-threaded runtime (started on first use).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("rtq-runtime")
+            .build()
+            .expect("cannot start the tokio runtime")
+    })
+}
+
+/// Set once the interpreter is exiting: no runtime thread may enter
+/// Python from then on (a thread that waits for the GIL while the
+/// interpreter finalizes is killed by Python, which aborts the process).
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Runtime threads inside [`attach`] right now.
+static ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// How long [`shutdown`] waits for runtime threads to leave Python.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Enters Python from a runtime thread, unless the interpreter is exiting.
+///
+/// # Errors
+/// `RuntimeError` once the interpreter exits, or `f`'s error.
+pub fn attach<R>(f: impl FnOnce(Python<'_>) -> PyResult<R>) -> PyResult<R> {
+    ATTACHED.fetch_add(1, Ordering::SeqCst);
+    let result = if EXITING.load(Ordering::SeqCst) {
+        Err(PyRuntimeError::new_err("the Python interpreter is exiting"))
+    } else {
+        Python::attach(f)
+    };
+    ATTACHED.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+/// Called at interpreter exit (`atexit`, registered by `rtq/__init__.py`):
+/// stops runtime threads from entering Python and lets those inside
+/// leave, with the GIL released, before finalization starts.
+#[pyfunction]
+pub fn _shutdown(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let start = std::time::Instant::now();
+        while ATTACHED.load(Ordering::SeqCst) > 0 && start.elapsed() < EXIT_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
 }
 
 /// Runs `f` inside the runtime's context: needed whenever a core object
@@ -40,7 +88,7 @@ where
 {
     let boxed: BoxFuture = Box::pin(async move {
         let value = fut.await?;
-        Python::attach(|py| value.into_py_any(py))
+        attach(|py| value.into_py_any(py))
     });
     Ok(Call {
         state: Mutex::new(CallState::NotStarted(boxed)),
@@ -60,8 +108,8 @@ enum CallState {
 
 /// The coroutine every asyncio method returns: `await` it, or pass it to
 /// `asyncio.create_task` / `asyncio.run` like any coroutine. On its first
-/// step it starts the Rust future on the runtime (pyo3-async-runtimes) and
-/// from then on delegates to that asyncio future.
+/// step it starts the Rust future on the runtime and from then on
+/// delegates to the asyncio future that receives its outcome.
 #[pyclass(frozen, module = "rtq._native")]
 pub struct Call {
     state: Mutex<CallState>,
@@ -83,7 +131,7 @@ impl Call {
         let CallState::NotStarted(fut) = taken else {
             return Ok(None);
         };
-        let future = pyo3_async_runtimes::tokio::future_into_py(py, fut)?;
+        let future = start(py, fut)?;
         let iter = future.call_method0("__await__")?.unbind();
         *self.state.lock().map_err(|_| poisoned())? = CallState::Started {
             future: future.unbind(),
@@ -162,6 +210,83 @@ impl Call {
                 let _ = iter.call_method0(py, "close");
             }
             other => in_runtime(|| drop(other)),
+        }
+    }
+}
+
+/// Starts `fut` on the runtime and returns the asyncio future of the
+/// running loop that receives its outcome. Cancelling that future (or
+/// dropping it unawaited) drops `fut`.
+fn start(py: Python<'_>, fut: BoxFuture) -> PyResult<Bound<'_, PyAny>> {
+    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let py_fut = event_loop.call_method0("create_future")?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    py_fut.call_method1(
+        "add_done_callback",
+        (OnDone {
+            tx: Mutex::new(Some(done_tx)),
+        },),
+    )?;
+    let event_loop = event_loop.unbind();
+    let target = py_fut.clone().unbind();
+    runtime().spawn(async move {
+        let result = tokio::select! {
+            result = fut => result,
+            // Cancelled, or dropped unawaited: drop the Rust future.
+            _ = done_rx => return,
+        };
+        // Entering Python may wait for the GIL: not on a runtime worker.
+        tokio::task::spawn_blocking(move || {
+            let _ = attach(|py| {
+                let deliver = Deliver {
+                    target,
+                    result: Mutex::new(Some(result)),
+                };
+                // Fails only if the loop was closed meanwhile: nobody waits.
+                event_loop.call_method1(py, "call_soon_threadsafe", (deliver,))?;
+                Ok(())
+            });
+        });
+    });
+    Ok(py_fut)
+}
+
+/// Sets an asyncio future's outcome, on its loop's thread.
+#[pyclass(frozen, module = "rtq._native")]
+struct Deliver {
+    target: Py<PyAny>,
+    result: Mutex<Option<PyResult<Py<PyAny>>>>,
+}
+
+#[pymethods]
+impl Deliver {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let target = self.target.bind(py);
+        let Some(result) = self.result.lock().ok().and_then(|mut r| r.take()) else {
+            return Ok(());
+        };
+        if target.call_method0("done")?.is_truthy()? {
+            return Ok(()); // cancelled meanwhile
+        }
+        match result {
+            Ok(value) => target.call_method1("set_result", (value,))?,
+            Err(err) => target.call_method1("set_exception", (err.into_value(py),))?,
+        };
+        Ok(())
+    }
+}
+
+/// Tells the Rust side that its asyncio future is done (or cancelled).
+#[pyclass(frozen, module = "rtq._native")]
+struct OnDone {
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[pymethods]
+impl OnDone {
+    fn __call__(&self, _future: Bound<'_, PyAny>) {
+        if let Some(tx) = self.tx.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tx.send(());
         }
     }
 }

@@ -16,7 +16,7 @@ use rtq_core::{Queue, StreamEvent, TaskRequest, TaskStream};
 
 use crate::errors::to_py_err;
 use crate::json::to_py;
-use crate::runtime::{awaitable, block_on, in_runtime, Call};
+use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
 
 /// One piece of a task's output.
 #[pyclass(frozen, module = "rtq._native")]
@@ -238,7 +238,7 @@ impl Stream {
                 } else {
                     State::Open(holder)
                 });
-                Python::attach(|py| event_to_py(py, event)).map(Some)
+                attach(|py| event_to_py(py, event)).map(Some)
             }
         }
     }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::errors::{exception, to_py_err};
 use crate::json::{to_json, to_py};
 use crate::request::seconds;
-use crate::runtime::{awaitable, Call};
+use crate::runtime::{attach, awaitable, Call};
 
 /// What one handler call ends with.
 type Outcome = Result<Value, HandlerError>;
@@ -206,9 +206,7 @@ struct CancelOnDrop(Option<Py<PyAny>>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(fut) = self.0.take() {
-            Python::attach(|py| {
-                let _ = fut.call_method0(py, "cancel");
-            });
+            let _ = attach(|py| fut.call_method0(py, "cancel"));
         }
     }
 }
@@ -223,7 +221,7 @@ struct PyHandler {
 
 impl PyHandler {
     fn start(&self, ctx: &Arc<TaskContext>, tx: oneshot::Sender<Outcome>) -> PyResult<Py<PyAny>> {
-        Python::attach(|py| {
+        attach(|py| {
             let task = Py::new(
                 py,
                 Task {
@@ -249,12 +247,13 @@ impl Handler for PyHandler {
         let ctx = Arc::new(task);
         let (tx, mut rx) = oneshot::channel();
         let fut = self.start(&ctx, tx).map_err(|e| {
-            Python::attach(|py| {
-                HandlerError::fatal(format!(
-                    "the handler could not be started: {}",
-                    describe(py, e.value(py).as_any())
-                ))
-            })
+            match attach(|py| Ok(describe(py, e.value(py).as_any()))) {
+                Ok(reason) => {
+                    HandlerError::fatal(format!("the handler could not be started: {reason}"))
+                }
+                // Exiting: another worker may run it.
+                Err(_) => HandlerError::retryable("the worker's Python interpreter is exiting"),
+            }
         })?;
         let mut guard = CancelOnDrop(Some(fut));
         let outcome = tokio::select! {
@@ -262,7 +261,9 @@ impl Handler for PyHandler {
             _ = ctx.cancelled() => {
                 // Cancel the asyncio task and let it unwind (finally blocks,
                 // closing an upstream request) before reporting the stop.
-                drop(guard.0.take().map(|f| Python::attach(|py| f.call_method0(py, "cancel"))));
+                if let Some(f) = guard.0.take() {
+                    let _ = attach(|py| f.call_method0(py, "cancel"));
+                }
                 let _ = tokio::time::timeout(self.unwind, &mut rx).await;
                 let reason = ctx.stop_reason().unwrap_or(StopReason::Shutdown);
                 return Err(Stopped { reason }.into());
