@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 use tokio::sync::oneshot;
@@ -103,6 +103,8 @@ enum CallState {
         future: Py<PyAny>,
         iter: Py<PyAny>,
     },
+    /// Already finished when created (an item that was ready at once).
+    Ready(PyResult<Py<PyAny>>),
     Closed,
 }
 
@@ -116,6 +118,13 @@ pub struct Call {
 }
 
 impl Call {
+    /// A coroutine that finishes with `result` on its first step.
+    pub fn ready(result: PyResult<Py<PyAny>>) -> Self {
+        Self {
+            state: Mutex::new(CallState::Ready(result)),
+        }
+    }
+
     /// The asyncio future's iterator, starting the Rust future on the
     /// first step. The state lock is never held while Python code runs.
     fn iter(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
@@ -125,11 +134,17 @@ impl Call {
             match &*state {
                 CallState::Started { iter, .. } => return Ok(Some(iter.clone_ref(py))),
                 CallState::Closed => return Ok(None),
-                CallState::NotStarted(_) => std::mem::replace(&mut *state, CallState::Closed),
+                CallState::NotStarted(_) | CallState::Ready(_) => {
+                    std::mem::replace(&mut *state, CallState::Closed)
+                }
             }
         };
-        let CallState::NotStarted(fut) = taken else {
-            return Ok(None);
+        let fut = match taken {
+            CallState::NotStarted(fut) => fut,
+            // Finishes on its first step, without the runtime.
+            CallState::Ready(Ok(value)) => return Err(PyStopIteration::new_err((value,))),
+            CallState::Ready(Err(err)) => return Err(err),
+            _ => return Ok(None),
         };
         let future = start(py, fut)?;
         let iter = future.call_method0("__await__")?.unbind();

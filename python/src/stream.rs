@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -244,6 +244,36 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// The next item if it is there already (chunks arrive in batches):
+    /// one poll, no trip through the runtime. `None` if it is not.
+    fn try_ready(&self, py: Python<'_>) -> Option<PyResult<Option<Py<PyAny>>>> {
+        let mut state = self.state.lock().ok()?;
+        let State::Open(holder) = &mut *state else {
+            return None;
+        };
+        let stream = holder.0.as_mut()?;
+        let polled = in_runtime(|| stream.next().now_or_never())?;
+        Some(match polled {
+            None => {
+                *state = State::Ended;
+                Ok(None)
+            }
+            Some(Err(e)) => {
+                *state = State::Ended;
+                Err(to_py_err(e))
+            }
+            Some(Ok(event)) => {
+                if matches!(event, StreamEvent::Done(_)) {
+                    *state = State::Ended;
+                }
+                drop(state);
+                event_to_py(py, event).map(Some)
+            }
+        })
+    }
+}
+
 impl Reading {
     fn finish(&mut self, next: State) {
         self.finished = true;
@@ -291,7 +321,12 @@ impl Stream {
         slf
     }
 
-    fn __anext__(&self) -> PyResult<Call> {
+    fn __anext__(&self, py: Python<'_>) -> PyResult<Call> {
+        if let Some(ready) = self.try_ready(py) {
+            return Ok(Call::ready(ready.and_then(|item| {
+                item.ok_or_else(|| PyStopAsyncIteration::new_err(()))
+            })));
+        }
         let state = Arc::clone(&self.state);
         awaitable(async move {
             match Stream::next(state).await? {
@@ -306,6 +341,9 @@ impl Stream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(ready) = self.try_ready(py) {
+            return ready?.ok_or_else(|| PyStopIteration::new_err(()));
+        }
         let state = Arc::clone(&self.state);
         match block_on(py, Stream::next(state))? {
             Some(item) => Ok(item),
