@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what rtq's demo and tests need beyond Rust, from the distribution's
 # packages, if missing: redis-server, python3 (the exec-handler example child
-# and its test), python3-venv (the gateway's OpenAI SDK test installs the
-# `openai` package from PyPI into a venv under target/) and tmux (the
-# console's end-to-end test).
+# and its test; the Python package's tests, with python3-venv; the gateway's
+# OpenAI SDK test, which installs `openai` from PyPI into a venv under
+# target/) and tmux (the console's end-to-end test).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -11,8 +11,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
-# The gateway's OpenAI SDK test makes a venv (Debian splits venv out).
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+# The Python package's tests and the gateway's OpenAI SDK test make venvs
+# (Debian splits venv support into its own package).
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test (unit, integration on private redis-servers, examples,
-# doctests). Installs redis-server first if it is missing. Ends with one
+# doctests), then the Python package's pytest suite (python/test.sh).
+# Installs redis-server first if it is missing. Ends with one
 # total line: "rtq: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +21,20 @@ if [ -f "$sdk_summary" ]; then
   passed=$((passed + ${sdk_passed:-0}))
   failed=$((failed + ${sdk_failed:-0}))
 fi
+# The Python package (python/): built with maturin into target/pyenv, then
+# its pytest suite; its counts join the total.
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
+python/test.sh 2>&1 | tee "$pylog" || status=$?
+py_summary=$(grep -E '[0-9]+ (passed|failed|errors?)(,.*)? in [0-9.]+s' "$pylog" | tail -1 || true)
+py_passed=$(echo "$py_summary" | awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i} END {print s + 0}')
+py_failed=$(echo "$py_summary" | awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^(failed|error)/) s += $i} END {print s + 0}')
+if [ -z "$py_summary" ]; then
+  echo "rtq: the Python suite did not run (see above)" >&2
+  py_failed=$((py_failed + 1))
+  status=1
+fi
+passed=$((passed + py_passed))
+failed=$((failed + py_failed))
 echo "rtq: ${passed} passed, ${failed} failed"
 exit "$status"

@@ -1,0 +1,108 @@
+"""rtq: a real-time task queue for AI inference on Redis.
+
+Blocking flavour here (``rtq.connect``); asyncio flavour in ``rtq.aio``;
+workers with Python handlers in ``rtq.worker``. Everything is built on the
+Rust ``rtq-core`` library, so Python and Rust clients and workers speak the
+same protocol and serve each other.
+
+    import rtq
+    client = rtq.connect("redis://127.0.0.1:6379")
+    llm = client.queue("llm")
+    print(llm.run({"prompt": "Hello"}, timeout=30))
+    for item in llm.stream({"prompt": "Tell me a story"}):
+        if isinstance(item, rtq.Chunk):
+            print(item.text, end="")
+"""
+
+from __future__ import annotations
+
+import atexit as _atexit
+
+from rtq._errors import (
+    AuthenticationFailed,
+    Cancelled,
+    ConnectionError,
+    Duplicate,
+    Failed,
+    Forged,
+    InvalidInput,
+    NotFound,
+    OutOfMemory,
+    PermissionDenied,
+    ProtocolError,
+    QueueFull,
+    Retryable,
+    RtqError,
+    Stopped,
+    TaskError,
+    TaskLost,
+    TimedOut,
+    TlsError,
+    Uncertain,
+    UnsuitableServer,
+    WaitTimedOut,
+    WorkerLost,
+    WorkerReplaced,
+)
+from rtq._native import (
+    Admin,
+    Chunk,
+    Client,
+    Done,
+    Queue,
+    Restarted,
+    Stream,
+    Task,
+    __version__,
+    connect,
+    init_logging,
+    redact_url,
+)
+from rtq.worker import Result, run_worker, serve
+from rtq._native import _shutdown
+
+# Before the interpreter finalizes, keep rtq's runtime threads out of
+# Python (a thread entering a finalizing interpreter aborts the process).
+_atexit.register(_shutdown)
+
+__all__ = [
+    "Admin",
+    "AuthenticationFailed",
+    "Cancelled",
+    "Chunk",
+    "Client",
+    "ConnectionError",
+    "Done",
+    "Duplicate",
+    "Failed",
+    "Forged",
+    "InvalidInput",
+    "NotFound",
+    "OutOfMemory",
+    "PermissionDenied",
+    "ProtocolError",
+    "Queue",
+    "QueueFull",
+    "Restarted",
+    "Result",
+    "Retryable",
+    "RtqError",
+    "Stopped",
+    "Stream",
+    "Task",
+    "TaskError",
+    "TaskLost",
+    "TimedOut",
+    "TlsError",
+    "Uncertain",
+    "UnsuitableServer",
+    "WaitTimedOut",
+    "WorkerLost",
+    "WorkerReplaced",
+    "__version__",
+    "connect",
+    "init_logging",
+    "redact_url",
+    "run_worker",
+    "serve",
+]

@@ -1,0 +1,202 @@
+"""Run an rtq worker inside a Python process, with a Python handler.
+
+A handler takes a :class:`rtq.Task` and is one of:
+
+- ``async def handle(task)``: sends chunks with ``task.send(chunk)`` and
+  returns the result (any JSON value);
+- an async generator ``async def handle(task): yield chunk ...``: each
+  ``str``/``bytes`` item is a chunk; ``yield rtq.Result(value)`` sets the
+  result (otherwise it is ``None``);
+- a plain function or generator (same rules), run in a thread pool of
+  ``slots`` threads so it may block (a CPU/GPU-bound ``generate`` loop).
+
+Cancellation (a client cancel, the deadline, a reassignment, shutdown) is
+visible to the handler: async handlers get ``CancelledError`` at their next
+await, ``task.send`` raises :class:`rtq.Stopped`, and ``task.cancelled``
+turns True (sync handlers should poll it between steps).
+
+Raise :class:`rtq.Retryable` to requeue the task while it has attempts
+left; any other exception fails it with the exception as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import signal
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from rtq import _native
+
+__all__ = ["Result", "serve", "run_worker", "adapt"]
+
+
+class Result:
+    """Wraps the result a generator handler yields (its last item)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _chunk_or_result(task: _native.Task, item: Any, box: list) -> None:
+    if isinstance(item, Result):
+        box[0] = item.value
+    elif isinstance(item, (str, bytes)):
+        task.send(item)
+    else:
+        raise TypeError(
+            f"a handler generator yields str or bytes chunks, or rtq.Result(value); got {type(item).__name__}"
+        )
+
+
+def adapt(
+    handler: Callable[..., Any], executor: concurrent.futures.Executor
+) -> Callable[[_native.Task], Awaitable[Any]]:
+    """Turns any supported handler into ``async def (task) -> result``."""
+    if inspect.isasyncgenfunction(handler):
+
+        async def run_async_gen(task: _native.Task) -> Any:
+            box = [None]
+            agen = handler(task)
+            try:
+                async for item in agen:
+                    _chunk_or_result(task, item, box)
+            finally:
+                await agen.aclose()
+            return box[0]
+
+        return run_async_gen
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)
+    ):
+        return handler
+    if inspect.isgeneratorfunction(handler):
+
+        def drain(task: _native.Task) -> Any:
+            box = [None]
+            gen = handler(task)
+            try:
+                for item in gen:
+                    _chunk_or_result(task, item, box)
+            finally:
+                gen.close()
+            return box[0]
+
+        sync = drain
+    else:
+        sync = handler
+
+    async def run_in_thread(task: _native.Task) -> Any:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(executor, sync, task)
+        if inspect.isawaitable(result):
+            # A plain callable that returned a coroutine (a lambda or a
+            # partial around an async function): await it here.
+            result = await result
+        return result
+
+    return run_in_thread
+
+
+async def serve(
+    url: str,
+    queue: str,
+    handler: Callable[..., Any],
+    *,
+    slots: int = 1,
+    labels: Optional[Dict[str, str]] = None,
+    lease: Optional[float] = None,
+    worker_id: Optional[str] = None,
+    grace: Optional[float] = None,
+    cancel_grace: Optional[float] = None,
+    handle_signals: bool = True,
+    on_start: Optional[Callable[[_native.Worker], None]] = None,
+) -> None:
+    """Serves ``queue`` with ``handler`` until SIGTERM/SIGINT (when
+    ``handle_signals`` and running in the main thread) or until the
+    worker's ``stop()`` is called; then drains gracefully: no new tasks,
+    running ones get ``grace`` seconds (default 25) to finish, the rest are
+    handed back to the queue. A second signal stops at once, handing every
+    running task back. ``on_start(worker)`` is called once the worker
+    is connected (to keep a handle for ``stop()`` or ``status()``).
+
+    ``lease`` (seconds, default 5) is how long the worker may go silent
+    before its tasks are given to others; ``labels`` describe it to
+    operators.
+    """
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, slots), thread_name_prefix="rtq-handler"
+    )
+    fn = adapt(handler, executor)
+    worker = await _native.connect_worker(
+        url,
+        queue,
+        slots=slots,
+        labels=labels,
+        lease=lease,
+        worker_id=worker_id,
+        grace=grace,
+        cancel_grace=cancel_grace,
+    )
+    loop = asyncio.get_running_loop()
+    run = asyncio.ensure_future(worker.run(fn))
+    signals = 0
+
+    def on_signal() -> None:
+        # The first signal drains gracefully; a second one stops at once,
+        # handing every running task back to the queue.
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            worker.stop()
+        else:
+            run.cancel()
+
+    installed = []
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread, or no signals here
+    try:
+        if on_start is not None:
+            on_start(worker)
+        try:
+            await run
+        except asyncio.CancelledError:
+            if signals < 2:
+                raise
+            await _until_left(url, queue, worker.id)
+    finally:
+        if not run.done():
+            run.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _until_left(url: str, queue: str, worker_id: str, timeout: float = 3.0) -> None:
+    """After a forced stop the runtime hands the tasks back in the
+    background: wait (briefly) until Redis shows the worker gone, so the
+    process does not exit first."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    try:
+        admin = (await _native.connect_async(url, response_timeout=1)).admin()
+        while loop.time() < end:
+            workers = await admin.workers(queue)
+            if not any(w["id"] == worker_id and w["lease_until_ms"] is not None for w in workers):
+                return
+            await asyncio.sleep(0.02)
+    except Exception:  # Redis gone: the lease will lapse instead
+        return
+
+
+def run_worker(url: str, queue: str, handler: Callable[..., Any], **options: Any) -> None:
+    """Blocking form of :func:`serve`: runs it in a new asyncio loop."""
+    asyncio.run(serve(url, queue, handler, **options))

@@ -1,0 +1,453 @@
+//! The client classes: [`Client`] / [`Queue`] block (releasing the GIL),
+//! [`AsyncClient`] / [`AsyncQueue`] return asyncio awaitables. Both wrap
+//! the same `rtq_core` objects: thousands of concurrent waits share one
+//! Redis connection and one blocking reader per queue, as in Rust.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use rtq_core::ClientConfig;
+
+use crate::admin::{Admin, AsyncAdmin};
+use crate::errors::to_py_err;
+use crate::json::to_py;
+use crate::request::{info_dict, seconds, submitted_dict, Options};
+use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
+use crate::stream::Stream;
+
+/// Client settings from the keywords of `connect`.
+fn config(response_timeout: Option<f64>, give_up_after: Option<f64>) -> PyResult<ClientConfig> {
+    let mut c = ClientConfig::default();
+    if let Some(t) = response_timeout {
+        c = c.response_timeout(seconds("response_timeout", t)?);
+    }
+    if let Some(t) = give_up_after {
+        c = c.give_up_after(seconds("give_up_after", t)?);
+    }
+    Ok(c)
+}
+
+async fn connect_core(url: String, config: ClientConfig) -> PyResult<rtq_core::Client> {
+    rtq_core::Client::connect_with(&url, config)
+        .await
+        .map_err(to_py_err)
+}
+
+/// Connects to Redis (blocking flavour).
+///
+/// Raises `rtq.ConnectionError` (password redacted), `rtq.AuthenticationFailed`,
+/// `rtq.TlsError`, `rtq.PermissionDenied`.
+#[pyfunction]
+#[pyo3(signature = (url, *, response_timeout=None, give_up_after=None))]
+pub fn connect(
+    py: Python<'_>,
+    url: String,
+    response_timeout: Option<f64>,
+    give_up_after: Option<f64>,
+) -> PyResult<Client> {
+    let config = config(response_timeout, give_up_after)?;
+    let inner = block_on(py, connect_core(url, config))?;
+    Ok(Client { inner })
+}
+
+/// Connects to Redis (asyncio flavour): `await rtq.aio.connect(url)`.
+#[pyfunction]
+#[pyo3(signature = (url, *, response_timeout=None, give_up_after=None))]
+pub fn connect_async(
+    url: String,
+    response_timeout: Option<f64>,
+    give_up_after: Option<f64>,
+) -> PyResult<Call> {
+    let config = config(response_timeout, give_up_after)?;
+    awaitable(async move {
+        let inner = connect_core(url, config).await?;
+        Ok(AsyncClient { inner })
+    })
+}
+
+fn queue_core(client: &rtq_core::Client, name: &str) -> PyResult<rtq_core::Queue> {
+    in_runtime(|| client.queue(name)).map_err(to_py_err)
+}
+
+/// A connection to Redis (blocking calls). Cheap to share between threads.
+#[pyclass(frozen, module = "rtq._native")]
+pub struct Client {
+    inner: rtq_core::Client,
+}
+
+#[pymethods]
+impl Client {
+    /// A handle on queue `name`.
+    fn queue(&self, name: &str) -> PyResult<Queue> {
+        Ok(Queue {
+            inner: queue_core(&self.inner, name)?,
+        })
+    }
+    /// Admin reads (stats, workers, tasks).
+    fn admin(&self) -> Admin {
+        Admin::new(&self.inner)
+    }
+    /// The Redis URL, password redacted.
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.redacted_url()
+    }
+    fn __repr__(&self) -> String {
+        format!("rtq.Client({:?})", self.inner.redacted_url())
+    }
+}
+
+/// A connection to Redis (asyncio calls).
+#[pyclass(frozen, module = "rtq._native")]
+pub struct AsyncClient {
+    inner: rtq_core::Client,
+}
+
+#[pymethods]
+impl AsyncClient {
+    /// A handle on queue `name`.
+    fn queue(&self, name: &str) -> PyResult<AsyncQueue> {
+        Ok(AsyncQueue {
+            inner: queue_core(&self.inner, name)?,
+        })
+    }
+    /// Admin reads (stats, workers, tasks).
+    fn admin(&self) -> AsyncAdmin {
+        AsyncAdmin::new(&self.inner)
+    }
+    /// The Redis URL, password redacted.
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.redacted_url()
+    }
+    fn __repr__(&self) -> String {
+        format!("rtq.aio.AsyncClient({:?})", self.inner.redacted_url())
+    }
+}
+
+/// The futures behind both flavours of every queue method.
+mod ops {
+    use super::*;
+
+    pub async fn run(q: rtq_core::Queue, request: rtq_core::TaskRequest) -> PyResult<Py<PyAny>> {
+        let out = q.run(request).await.map_err(to_py_err)?;
+        attach(|py| to_py(py, &out.result))
+    }
+
+    pub async fn submit(q: rtq_core::Queue, request: rtq_core::TaskRequest) -> PyResult<Py<PyAny>> {
+        let s = q.submit(request).await.map_err(to_py_err)?;
+        attach(|py| submitted_dict(py, &s))
+    }
+
+    pub async fn wait(
+        q: rtq_core::Queue,
+        id: String,
+        max_wait: Option<Duration>,
+    ) -> PyResult<Py<PyAny>> {
+        let out = q.wait(&id, max_wait).await.map_err(to_py_err)?;
+        attach(|py| to_py(py, &out.result))
+    }
+
+    pub async fn status(q: rtq_core::Queue, id: String) -> PyResult<Py<PyAny>> {
+        let info = q.status(&id).await.map_err(to_py_err)?;
+        attach(|py| info_dict(py, &info))
+    }
+
+    pub async fn cancel(q: rtq_core::Queue, id: String, reason: String) -> PyResult<String> {
+        let state = q.cancel(&id, &reason).await.map_err(to_py_err)?;
+        Ok(state.as_str().to_string())
+    }
+}
+
+fn max_wait(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    timeout.map(|t| seconds("timeout", t)).transpose()
+}
+
+/// The keywords of `run`, `stream` and `submit`, gathered.
+#[allow(clippy::too_many_arguments)]
+fn options<'py>(
+    input: Option<Bound<'py, PyAny>>,
+    input_ref: Option<String>,
+    timeout: Option<f64>,
+    priority: i16,
+    labels: Option<BTreeMap<String, String>>,
+    id: Option<String>,
+    max_attempts: Option<u32>,
+    retention: Option<f64>,
+    cancel_on_exit: bool,
+) -> PyResult<(rtq_core::TaskRequest, String)> {
+    Options {
+        input,
+        input_ref,
+        timeout,
+        priority,
+        labels,
+        id,
+        max_attempts,
+        retention,
+        cancel_on_exit,
+    }
+    .into_request()
+}
+
+/// A handle on one queue (blocking calls; the GIL is released while
+/// waiting, and Ctrl-C interrupts a wait).
+#[pyclass(frozen, module = "rtq._native")]
+pub struct Queue {
+    inner: rtq_core::Queue,
+}
+
+#[pymethods]
+impl Queue {
+    /// The queue's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Submits a task and waits for its result.
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        py: Python<'_>,
+        input: Option<Bound<'_, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+        cancel_on_exit: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let (request, _) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            cancel_on_exit,
+        )?;
+        block_on(py, ops::run(self.inner.clone(), request))
+    }
+
+    /// Submits a task and returns an iterator over its output.
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        input: Option<Bound<'_, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+        cancel_on_exit: bool,
+    ) -> PyResult<Stream> {
+        let (request, id) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            cancel_on_exit,
+        )?;
+        Ok(Stream::submit(self.inner.clone(), request, id))
+    }
+
+    /// Submits a task and returns at once (a dict with its `id`).
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        input: Option<Bound<'_, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let (request, _) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            false,
+        )?;
+        block_on(py, ops::submit(self.inner.clone(), request))
+    }
+
+    /// Waits for the result of a task submitted earlier.
+    #[pyo3(signature = (id, *, timeout=None))]
+    fn wait(&self, py: Python<'_>, id: String, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::wait(self.inner.clone(), id, max_wait(timeout)?))
+    }
+
+    /// Everything stored about a task (a dict).
+    fn status(&self, py: Python<'_>, id: String) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::status(self.inner.clone(), id))
+    }
+
+    /// Streams a task submitted earlier, from chunk `from_`.
+    #[pyo3(signature = (id, *, from_=0))]
+    fn follow(&self, id: String, from_: u64) -> Stream {
+        Stream::follow(self.inner.clone(), id, from_)
+    }
+
+    /// Cancels a task; returns the state it was in.
+    #[pyo3(signature = (id, reason="cancelled by client".to_string()))]
+    fn cancel(&self, py: Python<'_>, id: String, reason: String) -> PyResult<String> {
+        block_on(py, ops::cancel(self.inner.clone(), id, reason))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("rtq.Queue({:?})", self.inner.name())
+    }
+}
+
+/// A handle on one queue (asyncio calls). Cancelling the asyncio task that
+/// awaits a call drops the Rust future; with `cancel_on_exit=True` that
+/// also cancels the rtq task.
+#[pyclass(frozen, module = "rtq._native")]
+pub struct AsyncQueue {
+    inner: rtq_core::Queue,
+}
+
+#[pymethods]
+impl AsyncQueue {
+    /// The queue's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Submits a task and waits for its result.
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn run<'py>(
+        &self,
+        input: Option<Bound<'py, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+        cancel_on_exit: bool,
+    ) -> PyResult<Call> {
+        let (request, _) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            cancel_on_exit,
+        )?;
+        awaitable(ops::run(self.inner.clone(), request))
+    }
+
+    /// Submits a task and returns an async iterator over its output.
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        input: Option<Bound<'_, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+        cancel_on_exit: bool,
+    ) -> PyResult<Stream> {
+        let (request, id) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            cancel_on_exit,
+        )?;
+        Ok(Stream::submit(self.inner.clone(), request, id))
+    }
+
+    /// Submits a task and returns at once (a dict with its `id`).
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit<'py>(
+        &self,
+        input: Option<Bound<'py, PyAny>>,
+        input_ref: Option<String>,
+        timeout: Option<f64>,
+        priority: i16,
+        labels: Option<BTreeMap<String, String>>,
+        id: Option<String>,
+        max_attempts: Option<u32>,
+        retention: Option<f64>,
+    ) -> PyResult<Call> {
+        let (request, _) = options(
+            input,
+            input_ref,
+            timeout,
+            priority,
+            labels,
+            id,
+            max_attempts,
+            retention,
+            false,
+        )?;
+        awaitable(ops::submit(self.inner.clone(), request))
+    }
+
+    /// Waits for the result of a task submitted earlier.
+    #[pyo3(signature = (id, *, timeout=None))]
+    fn wait(&self, id: String, timeout: Option<f64>) -> PyResult<Call> {
+        awaitable(ops::wait(self.inner.clone(), id, max_wait(timeout)?))
+    }
+
+    /// Everything stored about a task (a dict).
+    fn status(&self, id: String) -> PyResult<Call> {
+        awaitable(ops::status(self.inner.clone(), id))
+    }
+
+    /// Streams a task submitted earlier, from chunk `from_`.
+    #[pyo3(signature = (id, *, from_=0))]
+    fn follow(&self, id: String, from_: u64) -> Stream {
+        Stream::follow(self.inner.clone(), id, from_)
+    }
+
+    /// Cancels a task; returns the state it was in.
+    #[pyo3(signature = (id, reason="cancelled by client".to_string()))]
+    fn cancel(&self, id: String, reason: String) -> PyResult<Call> {
+        awaitable(ops::cancel(self.inner.clone(), id, reason))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("rtq.aio.AsyncQueue({:?})", self.inner.name())
+    }
+}

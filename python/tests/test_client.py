@@ -1,0 +1,211 @@
+"""The client against a Rust worker (rtq-worker, mock handler): request/
+response, streaming, submit-then-fetch, in both flavours; error classes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+import rtq
+import rtq.aio
+
+
+def test_a_rust_worker_serves_the_blocking_client(redis_url, procs):
+    procs.rust_worker(redis_url, "llm", "--mock-tokens", "3")
+    llm = rtq.connect(redis_url).queue("llm")
+    out = llm.run({"prompt": "hi"}, timeout=10, priority=5, labels={"model": "m"})
+    assert out == {"model": "mock", "usage": {"completion_tokens": 3}}
+
+
+def test_a_rust_worker_serves_the_asyncio_client(redis_url, procs):
+    procs.rust_worker(redis_url, "llm", "--mock-tokens", "2")
+
+    async def main():
+        llm = (await rtq.aio.connect(redis_url)).queue("llm")
+        return await llm.run({"prompt": "hi"}, timeout=10)
+
+    assert asyncio.run(main())["usage"]["completion_tokens"] == 2
+
+
+def test_streaming_yields_chunks_in_order_then_done(redis_url, procs):
+    procs.rust_worker(redis_url, "llm")
+    llm = rtq.connect(redis_url).queue("llm")
+    stream = llm.stream({"max_tokens": 5}, timeout=10)
+    assert len(stream.id) > 0  # known before the submit
+    items = list(stream)
+    assert [c.text for c in items[:-1]] == [f"tok{i} " for i in range(5)]
+    assert [c.index for c in items[:-1]] == list(range(5))
+    assert isinstance(items[-1], rtq.Done)
+    assert items[-1].id == stream.id
+    assert items[-1].result["usage"]["completion_tokens"] == 5
+    with pytest.raises(StopIteration):
+        next(stream)
+
+    async def main():
+        llm = (await rtq.aio.connect(redis_url)).queue("llm")
+        return [i async for i in llm.stream({"max_tokens": 3}, timeout=10)]
+
+    items = asyncio.run(main())
+    assert [type(i).__name__ for i in items] == ["Chunk", "Chunk", "Chunk", "Done"]
+    assert items[0].data == b"tok0 "
+
+
+def test_submit_then_fetch_status_wait_and_follow(redis_url, procs):
+    llm = rtq.connect(redis_url).queue("llm")
+    sub = llm.submit({"max_tokens": 2}, id="job-1", timeout=30)
+    assert sub["id"] == "job-1" and sub["state"] == "queued"
+    assert llm.status("job-1")["state"] == "queued"
+    with pytest.raises(rtq.Duplicate):
+        llm.submit({"max_tokens": 2}, id="job-1")
+    with pytest.raises(rtq.WaitTimedOut) as e:
+        llm.wait("job-1", timeout=0.2)
+    assert e.value.state == "queued"
+    procs.rust_worker(redis_url, "llm")
+    assert llm.wait("job-1", timeout=10)["usage"]["completion_tokens"] == 2
+    info = llm.status("job-1")
+    assert info["state"] == "done" and info["chunks"] == 2
+    assert info["input"] == {"max_tokens": 2}
+    assert info["outcome"]["result"]["model"] == "mock"
+    # Following an ended task replays its chunks and result.
+    items = list(llm.follow("job-1"))
+    assert [i.text for i in items[:-1]] == ["tok0 ", "tok1 "]
+    assert list(llm.follow("job-1", from_=1))[0].text == "tok1 "
+
+
+def test_thousand_concurrent_waits_in_one_loop(redis_url, procs):
+    procs.rust_worker(redis_url, "llm", "--concurrency", "64", "--mock-tokens", "1")
+
+    async def main():
+        llm = (await rtq.aio.connect(redis_url)).queue("llm")
+        return await asyncio.gather(*(llm.run({"i": i}, timeout=60) for i in range(1000)))
+
+    outs = asyncio.run(main())
+    assert len(outs) == 1000 and all(o["model"] == "mock" for o in outs)
+
+
+def test_failed_task_raises_failed_with_the_workers_reason(redis_url, procs):
+    procs.rust_worker(redis_url, "llm")
+    llm = rtq.connect(redis_url).queue("llm")
+    with pytest.raises(rtq.Failed) as e:
+        llm.run({"fail": "model refused"}, timeout=10)
+    assert e.value.reason == "model refused"
+    assert isinstance(e.value, rtq.TaskError) and e.value.id
+
+
+def test_a_task_nobody_takes_times_out_while_queued(redis_url):
+    llm = rtq.connect(redis_url).queue("nobody")
+    with pytest.raises(rtq.TimedOut) as e:
+        llm.run({"x": 1}, timeout=0.3)
+    assert e.value.phase == "queued" and e.value.worker is None
+    assert "while queued" in str(e.value)
+    assert isinstance(e.value, TimeoutError)
+
+
+def test_bad_input_gets_clear_errors(redis_url):
+    c = rtq.connect(redis_url)
+    with pytest.raises(rtq.InvalidInput, match="queue name"):
+        c.queue("bad name{}")
+    q = c.queue("q")
+    with pytest.raises(rtq.InvalidInput, match=r"input.b: a set is not JSON"):
+        q.submit({"a": 1, "b": {1, 2}})
+    with pytest.raises(rtq.InvalidInput, match="not a str"):
+        q.submit({1: "x"})
+    with pytest.raises(rtq.InvalidInput, match="not a JSON number"):
+        q.submit(float("nan"))
+    with pytest.raises(rtq.InvalidInput, match="timeout must be a positive"):
+        q.submit(1, timeout=-1)
+    with pytest.raises(rtq.InvalidInput, match="priority"):
+        q.submit(1, priority=5000)
+    with pytest.raises(OverflowError):
+        q.submit(1, priority=10**9)
+    with pytest.raises(rtq.InvalidInput, match="task id"):
+        q.status("no spaces allowed ")
+    with pytest.raises(rtq.InvalidInput, match="inline limit"):
+        q.submit("x" * (2 << 20))
+    deep = []
+    for _ in range(1000):
+        deep = [deep]
+    with pytest.raises(rtq.InvalidInput, match="nested deeper"):
+        q.submit(deep)
+    with pytest.raises(rtq.NotFound):
+        q.status("never-submitted")
+    with pytest.raises(rtq.NotFound):
+        q.wait("never-submitted", timeout=1)
+    with pytest.raises(rtq.NotFound):
+        q.cancel("never-submitted")
+    with pytest.raises(ValueError, match="task list"):
+        c.admin().tasks("q", "everything")
+
+
+def test_unreachable_redis_is_a_connection_error_without_the_password():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(rtq.ConnectionError) as e:
+        rtq.connect(f"redis://:hunter2@127.0.0.1:{port}", response_timeout=1)
+    assert "hunter2" not in str(e.value)
+    assert e.value.retryable
+    assert isinstance(e.value, ConnectionError)
+
+    async def main():
+        await rtq.aio.connect(f"redis://:hunter2@127.0.0.1:{port}")
+
+    with pytest.raises(rtq.ConnectionError):
+        asyncio.run(main())
+    with pytest.raises(rtq.InvalidInput):
+        rtq.connect("redis://127.0.0.1", response_timeout=0)
+
+
+def test_a_key_of_the_wrong_type_is_an_error_not_a_hang(redis_server, redis_url):
+    import subprocess
+
+    c = rtq.connect(redis_url)
+    q = c.queue("q")
+    sub = q.submit(1, id="t1")
+    # Clobber the task's hash with a string.
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "--scan", "--pattern", "*t1*"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert keys, "no key for the task"
+    for k in keys:
+        subprocess.run(["redis-cli", "-p", str(redis_server.port), "SET", k, "x"], check=True, capture_output=True)
+    with pytest.raises(rtq.RtqError):
+        q.status(sub["id"])
+
+
+def test_redis_dying_mid_wait_ends_the_wait_with_a_connection_error(redis_server):
+    import time
+
+    llm = rtq.connect(redis_server.url, give_up_after=1.5, response_timeout=1).queue("llm")
+    sub = llm.submit({"x": 1})
+    redis_server.kill()
+    t0 = time.monotonic()
+    with pytest.raises(rtq.ConnectionError) as e:
+        llm.wait(sub["id"], timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert e.value.retryable
+
+
+def test_redis_restarted_empty_mid_wait_reports_the_task_lost(redis_server):
+    async def main():
+        llm = (await rtq.aio.connect(redis_server.url, give_up_after=20)).queue("llm")
+        waiting = asyncio.create_task(llm.run({"x": 1}, id="lost-1", timeout=60))
+        for _ in range(250):
+            try:
+                await llm.status("lost-1")
+                break
+            except rtq.NotFound:
+                await asyncio.sleep(0.02)
+        redis_server.kill()
+        redis_server.restart_empty()
+        with pytest.raises(rtq.TaskLost) as e:
+            await asyncio.wait_for(waiting, 60)
+        assert e.value.id == "lost-1"
+        # The client goes on working against the new server.
+        with pytest.raises(rtq.NotFound):
+            await llm.status("lost-1")
+
+    asyncio.run(main())

@@ -1,0 +1,99 @@
+"""Python workers as processes: serving the Rust CLI (`rtq submit`),
+graceful SIGTERM, and kill -9 mid-stream (the task is recovered by another
+worker)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+import rtq
+from conftest import bin_path, wait_until
+
+
+def test_a_python_worker_serves_the_rust_cli(redis_url, procs):
+    procs.python_worker(redis_url, "py", "--mode", "echo")
+    out = subprocess.run(
+        [bin_path("rtq"), "--redis", redis_url, "submit", "py", '{"prompt": "hi", "n": [1, 2]}', "--timeout-secs", "20"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"prompt": "hi", "n": [1, 2]}
+
+    procs.python_worker(redis_url, "pystream", "--mode", "stream")
+    out = subprocess.run(
+        [bin_path("rtq"), "--redis", redis_url, "submit", "pystream", '{"n": 3}', "--stream", "--timeout-secs", "20"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "tok0 tok1 tok2 " in out.stdout
+
+
+def test_sigterm_lets_a_running_task_finish_then_the_worker_exits(redis_url, procs):
+    w = procs.python_worker(redis_url, "q", "--mode", "slow", "--grace", "20")
+    q = rtq.connect(redis_url).queue("q")
+    sub = q.submit({"secs": 1.0}, timeout=30)
+    wait_until(lambda: q.status(sub["id"])["state"] == "running", what="the task to start")
+    w.send_signal(signal.SIGTERM)
+    assert q.wait(sub["id"], timeout=20) == "slept"
+    assert w.wait(timeout=20) == 0
+    assert w.stdout.read().strip() == "stopped"
+    # It left: no live worker remains.
+    assert rtq.connect(redis_url).admin().overview("q")["workers_alive"] == 0
+
+
+def test_kill_9_of_a_python_worker_mid_stream_recovers_on_another(redis_url, procs):
+    first = procs.python_worker(redis_url, "q", "--mode", "stream", "--lease", "1", "--worker-id", "first")
+    q = rtq.connect(redis_url).queue("q")
+    stream = q.stream({"n": 6, "every": 0.2}, timeout=60, max_attempts=3)
+    items = [next(stream), next(stream)]
+    assert all(isinstance(i, rtq.Chunk) and i.attempt == 1 for i in items)
+    first.kill()  # SIGKILL: no goodbye, the lease must lapse
+    first.wait()
+    procs.python_worker(redis_url, "q", "--mode", "stream", "--lease", "1", "--worker-id", "second")
+    rest = list(stream)
+    restarts = [i for i in rest if isinstance(i, rtq.Restarted)]
+    assert len(restarts) == 1 and restarts[0].attempt == 1
+    after = rest[rest.index(restarts[0]) + 1:]
+    assert [c.text for c in after[:-1]] == [f"tok{i} " for i in range(6)]
+    done = after[-1]
+    assert isinstance(done, rtq.Done) and done.attempt == 2
+    assert done.result == {"tokens": 6, "worker_attempt": 2}
+    info = q.status(stream.id)
+    assert info["worker"] == "second" and info["state"] == "done"
+
+
+def test_a_python_worker_that_cannot_reach_redis_says_so():
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from conftest import HERE
+
+    out = subprocess.run(
+        [sys.executable, str(HERE / "worker_proc.py"), "--redis", f"redis://:pw@127.0.0.1:{port}", "--queue", "q"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert "ConnectionError" in out.stderr and "pw@" not in out.stderr
+
+
+def test_a_second_sigterm_stops_at_once_and_hands_the_task_back(redis_url, procs):
+    w = procs.python_worker(redis_url, "q", "--mode", "slow", "--grace", "60")
+    q = rtq.connect(redis_url).queue("q")
+    sub = q.submit({"secs": 60.0}, timeout=120)
+    wait_until(lambda: q.status(sub["id"])["state"] == "running", what="the task to start")
+    w.send_signal(signal.SIGTERM)
+    admin = rtq.connect(redis_url).admin()
+    # The first signal was handled: the heartbeat says it drains.
+    wait_until(lambda: [w["fields"].get("state") for w in admin.workers("q")] == ["draining"],
+               timeout=10, what="the worker to drain")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    info = q.status(sub["id"])
+    assert info["state"] == "queued", info

@@ -1,0 +1,261 @@
+"""Python workers in the test's own process (same asyncio loop as the
+client): handler kinds, failures and retries, cancellation visible to the
+handler, deadlines naming the phase, asyncio cancellation of a waiting
+caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import rtq
+import rtq.aio
+from inproc import running_worker
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def wait_state(q, task_id, state, timeout=10.0):
+    """Polls the task's stored state until it is `state`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            now = (await q.status(task_id))["state"]
+        except rtq.NotFound:
+            now = "not submitted yet"
+        if now == state:
+            return
+        assert loop.time() < end, f"task {task_id} is {now}, not {state}"
+        await asyncio.sleep(0.02)
+
+
+def test_every_handler_kind_streams_chunks_and_returns_a_result(redis_url):
+    async def coroutine(task):
+        task.send("a")
+        task.send(b"b")
+        return {"kind": "coroutine", "input": task.input}
+
+    async def async_gen(task):
+        yield "a"
+        await asyncio.sleep(0)
+        yield b"b"
+        yield rtq.Result({"kind": "async_gen", "input": task.input})
+
+    def sync_fn(task):
+        assert threading.current_thread() is not threading.main_thread()
+        task.send("a")
+        task.send("b")
+        time.sleep(0.01)  # may block: it runs in a thread
+        return {"kind": "sync_fn", "input": task.input}
+
+    def sync_gen(task):
+        yield "a"
+        yield "b"
+        yield rtq.Result({"kind": "sync_gen", "input": task.input})
+
+    async def main():
+        client = await rtq.aio.connect(redis_url)
+        for handler in (coroutine, async_gen, sync_fn, sync_gen):
+            async with running_worker(redis_url, handler.__name__, handler):
+                q = client.queue(handler.__name__)
+                items = [i async for i in q.stream({"n": 1}, timeout=10)]
+                assert [i.text for i in items[:-1]] == ["a", "b"], handler.__name__
+                assert items[-1].result == {"kind": handler.__name__, "input": {"n": 1}}
+
+    run(main())
+
+
+def test_a_handler_exception_fails_the_task_and_retryable_requeues_it(redis_url):
+    attempts = []
+
+    async def handler(task):
+        attempts.append(task.attempt)
+        if task.input == "retry" and task.attempt < 2:
+            raise rtq.Retryable("GPU hiccup")
+        if task.input == "boom":
+            raise KeyError("no such model")
+        if task.input == "not-json":
+            return {1, 2}
+        return task.attempt
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler, slots=2):
+            with pytest.raises(rtq.Failed) as e:
+                await q.run("boom", timeout=10)
+            assert "KeyError" in e.value.reason and "no such model" in e.value.reason
+            with pytest.raises(rtq.Failed, match="not JSON"):
+                await q.run("not-json", timeout=10)
+            assert await q.run("retry", timeout=20, max_attempts=3) == 2
+
+    run(main())
+
+
+def test_cancelling_a_running_task_reaches_the_handler(redis_url):
+    seen = {}
+
+    async def handler(task):
+        try:
+            for i in range(10_000):
+                task.send(f"t{i}")
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            seen["cancelled"] = task.cancelled
+            seen["reason"] = task.stop_reason
+            with pytest.raises(rtq.Stopped):
+                task.send("after the cancel")
+            raise
+        return "finished"
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler):
+            stream = q.stream(None, timeout=30)
+            first = await stream.__anext__()
+            assert isinstance(first, rtq.Chunk)
+            assert await q.cancel(stream.id, "user left") == "running"
+            with pytest.raises(rtq.Cancelled) as e:
+                async for _ in stream:
+                    pass
+            assert e.value.reason == "user left"
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+        assert seen == {"cancelled": True, "reason": "cancelled"}
+
+    run(main())
+
+
+def test_a_sync_handler_sees_the_cancel_by_polling(redis_url):
+    seen = {}
+
+    def handler(task):
+        deadline = time.monotonic() + 20
+        while not task.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["reason"] = task.stop_reason
+        return "stopped"
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler):
+            sub = await q.submit(None)
+            await wait_state(q, sub["id"], "running")
+            await q.cancel(sub["id"])
+            with pytest.raises(rtq.Cancelled):
+                await q.wait(sub["id"], timeout=10)
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+        assert seen == {"reason": "cancelled"}
+
+    run(main())
+
+
+def test_a_deadline_passing_while_running_names_the_worker(redis_url):
+    async def handler(task):
+        await asyncio.sleep(30)
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler, worker_id="gpu-7"):
+            with pytest.raises(rtq.TimedOut) as e:
+                await q.run(None, timeout=0.5)
+        assert e.value.phase == "running" and e.value.worker == "gpu-7"
+        assert "while running on worker gpu-7" in str(e.value)
+
+    run(main())
+
+
+def test_cancelling_the_asyncio_task_can_cancel_the_rtq_task(redis_url):
+    async def handler(task):
+        await asyncio.sleep(30)
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler, slots=2):
+            # Without cancel_on_exit the task goes on.
+            keep = asyncio.create_task(q.run(None, id="keep", timeout=30))
+            gone = asyncio.create_task(q.run(None, id="gone", timeout=30, cancel_on_exit=True))
+            await wait_state(q, "keep", "running")
+            await wait_state(q, "gone", "running")
+            keep.cancel()
+            gone.cancel()
+            for t in (keep, gone):
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+            await wait_state(q, "gone", "cancelled")
+            assert (await q.status("keep"))["state"] == "running"
+            # A stream whose reader is cancelled is dropped (and with
+            # cancel_on_exit its task cancelled).
+            s = q.stream(None, id="streamed", timeout=30, cancel_on_exit=True)
+            reader = asyncio.create_task(s.__anext__())
+            await asyncio.sleep(0.3)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            await wait_state(q, "streamed", "cancelled")
+            with pytest.raises(RuntimeError, match="closed"):
+                await s.__anext__()
+            await q.cancel("keep")
+
+    run(main())
+
+
+def test_worker_settings_are_checked(redis_url):
+    async def h(task):
+        return None
+
+    async def main():
+        with pytest.raises(rtq.InvalidInput, match="slots"):
+            async with running_worker(redis_url, "q", h, slots=0):
+                pass
+        with pytest.raises(rtq.InvalidInput, match="lease"):
+            async with running_worker(redis_url, "q", h, lease=0.01):
+                pass
+        with pytest.raises(rtq.InvalidInput, match="worker id"):
+            async with running_worker(redis_url, "q", h, worker_id="a b"):
+                pass
+
+    run(main())
+
+
+def test_admin_reads_show_the_worker_and_tasks(redis_url):
+    async def handler(task):
+        return "ok"
+
+    async def main():
+        client = await rtq.aio.connect(redis_url)
+        q = client.queue("q")
+        admin = client.admin()
+        async with running_worker(redis_url, "q", handler, labels={"gpu": "A100"}, worker_id="w1", slots=3):
+            for i in range(3):
+                assert await q.run(i, timeout=10) == "ok"
+            workers = await admin.workers("q")
+            assert [w["id"] for w in workers] == ["w1"]
+            assert workers[0]["labels"].get("gpu") == "A100"
+            assert workers[0]["fields"]["slots"] == "3"
+            # Workers add their statistics with their heartbeats.
+            for _ in range(500):
+                stats = await admin.stats("q", buckets=6)
+                if stats["totals"].get("done", 0) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert stats["totals"].get("done", 0) >= 3
+            assert stats["total_ms"]["count"] >= 3
+            recent = await admin.tasks("q", "recent", limit=10)
+            assert len(recent) == 3 and all(t["state"] == "done" for t in recent)
+            assert "q" in await admin.queues()
+            assert (await admin.overview("q"))["workers_alive"] == 1
+        # The blocking flavour reads the same.
+        assert rtq.connect(redis_url).admin().tasks("q", "recent", limit=1)[0]["state"] == "done"
+
+    run(main())
