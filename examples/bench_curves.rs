@@ -60,6 +60,9 @@ struct Args {
     /// Seconds each idle-worker and open-wait point is observed.
     #[arg(long, env = "RTQ_BENCH_WINDOW_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     window_s: u64,
+    /// Internal: run one open-waits point in this (fresh) process.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    waits_point: Option<u64>,
 }
 
 struct Ctx {
@@ -409,7 +412,7 @@ async fn workers(ctx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 async fn waits(ctx: &mut Ctx) -> anyhow::Result<()> {
-    println!("\n#### Open waits (`run` on a paused queue, each in its own tokio task, one client; observed for {} s)\n", ctx.window.as_secs());
+    println!("\n#### Open waits (`run` on a paused queue, each in its own tokio task, one client in a fresh process per point; observed for {} s)\n", ctx.window.as_secs());
     let idle = ctx.idle_ms_per_s().await?;
     println!("Redis alone (no client): {idle:.2} ms of CPU per second.\n");
     println!("| open waits | client RSS added | per wait | Redis connections added | Redis memory added | Redis CPU ms/s while waiting |");
@@ -422,48 +425,25 @@ async fn waits(ctx: &mut Ctx) -> anyhow::Result<()> {
     let mut rss_series = Vec::new();
     for &n in points {
         ctx.flush().await?;
-        let client = Client::connect(&ctx.url).await?;
-        let admin = Admin::new(&client);
-        let queue = queue_name("waits");
-        admin.pause(&queue, true).await?;
-        let q = client.queue(&queue)?;
-        let before = ctx.snapshot().await?;
-        let rss0 = rss_kb();
-        let mut waits = Vec::new();
-        for _ in 0..n {
-            let q = q.clone();
-            waits.push(tokio::spawn(async move {
-                q.run(TaskRequest::json(json!({"x": 1}))).await
-            }));
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while admin.overview(&queue).await?.pending < n as u64 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{n} waits not all submitted after 120 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let rss1 = rss_kb();
-        let during = ctx.snapshot().await?;
-        tokio::time::sleep(ctx.window).await;
-        let later = ctx.snapshot().await?;
-        let added_kb = rss1.saturating_sub(rss0);
-        rss_series.push((n as f64, added_kb as f64 / 1024.0));
-        println!(
-            "| {n} | {:.1} MB | {:.1} kB | {} | {:.1} MB | {:.2} |",
-            added_kb as f64 / 1024.0,
-            added_kb as f64 / n as f64,
-            during
-                .connected_clients
-                .saturating_sub(before.connected_clients),
-            during.used_memory.saturating_sub(before.used_memory) as f64 / 1e6,
-            later.since(&during).cpu_s * 1000.0 / ctx.window.as_secs_f64(),
+        // A fresh process per point: memory freed by earlier curves (or
+        // points) would be reused and hide what the waits cost.
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--waits-point", &n.to_string()])
+            .args(["--window-s", &ctx.window.as_secs().to_string()])
+            .env("RTQ_REDIS_URL", &ctx.url)
+            .output()
+            .context("running the open-waits point")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "open-waits point {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        admin.purge(&queue).await?;
-        for w in waits {
-            let _ = w.await;
-        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let row = lines.next().unwrap_or_default();
+        let added_kb: f64 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
+        println!("{row}");
+        rss_series.push((n as f64, added_kb / 1024.0));
     }
     ctx.plot(
         "waits-client-rss.svg",
@@ -475,6 +455,55 @@ async fn waits(ctx: &mut Ctx) -> anyhow::Result<()> {
             points: rss_series,
         }],
     )
+}
+
+/// One open-waits point, in its own process: prints the table row, then
+/// the RSS added in kB.
+async fn waits_point(url: &str, n: usize, window: Duration) -> anyhow::Result<()> {
+    let mut conn = info_conn(url).await?;
+    let client = Client::connect(url).await?;
+    let admin = Admin::new(&client);
+    let queue = queue_name("waits");
+    admin.pause(&queue, true).await?;
+    let q = client.queue(&queue)?;
+    let before = RedisSnapshot::take(&mut conn).await?;
+    let rss0 = rss_kb();
+    let mut waits = Vec::new();
+    for _ in 0..n {
+        let q = q.clone();
+        waits.push(tokio::spawn(async move {
+            q.run(TaskRequest::json(json!({"x": 1}))).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while admin.overview(&queue).await?.pending < n as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{n} waits not all submitted after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss1 = rss_kb();
+    let during = RedisSnapshot::take(&mut conn).await?;
+    tokio::time::sleep(window).await;
+    let later = RedisSnapshot::take(&mut conn).await?;
+    let added_kb = rss1.saturating_sub(rss0);
+    println!(
+        "| {n} | {:.1} MB | {:.1} kB | {} | {:.1} MB | {:.2} |",
+        added_kb as f64 / 1024.0,
+        added_kb as f64 / n as f64,
+        during
+            .connected_clients
+            .saturating_sub(before.connected_clients),
+        during.used_memory.saturating_sub(before.used_memory) as f64 / 1e6,
+        later.since(&during).cpu_s * 1000.0 / window.as_secs_f64(),
+    );
+    println!("{added_kb}");
+    admin.purge(&queue).await?;
+    for w in waits {
+        let _ = w.await;
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -492,6 +521,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         args.curve.clone()
     };
+    if let Some(n) = args.waits_point {
+        return waits_point(&url, n as usize, Duration::from_secs(args.window_s)).await;
+    }
     let conn = info_conn(&url).await?;
     let mut ctx = Ctx {
         url,

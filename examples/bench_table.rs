@@ -306,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ping = median(&mut pings);
     println!("rtt {rtt_ms} ms (proxy {via} -> {target}); PING via proxy median {ping:.2} ms = rtt + {:.2} ms overhead; {runs} runs x {requests} requests per client", ping - rtt_ms as f64);
+    println!();
     if args.reference {
         return side_by_side(&via, rtt_ms, runs, requests).await;
     }
