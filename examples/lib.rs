@@ -1,15 +1,20 @@
 //! Shared bits of the rtq examples: their command-line arguments for Redis
-//! and the queue, the delay proxy used by the benchmarks, and the chaos
-//! run ([`chaos`]).
+//! and the queue, the delay proxy used by the benchmarks, the benchmarks'
+//! shared parts ([`bench_util`]) and their implementation of the reference
+//! design ([`reference_design`]), and the chaos run ([`chaos`]).
 //!
 //! No example uses a Redis it was not given: the URL comes from `--redis`
 //! or `RTQ_REDIS_URL`, and without one the example stops with a usage
 //! error before it does anything. `--help` works without either.
 
+#[path = "bench_util.rs"]
+pub mod bench_util;
 #[path = "chaos/mod.rs"]
 pub mod chaos;
 #[path = "delay_proxy.rs"]
 pub mod delay_proxy;
+#[path = "reference_design.rs"]
+pub mod reference_design;
 
 use clap::error::ErrorKind;
 use clap::CommandFactory;

@@ -1,0 +1,175 @@
+//! Fixed-rate (open-loop) latency: first the maximum throughput with a
+//! closed loop (`--clients` request loops), then requests sent on a fixed
+//! schedule at 25, 50, 75 and 90 % of it. Each latency is measured from
+//! the request's scheduled send time, not from when it was actually sent,
+//! so a stall delays every request scheduled during it and shows in the
+//! percentiles (no coordinated omission). Real Client and Worker code
+//! (zero-work handler, 1000-char input and result).
+//!
+//! Run: `cargo run --release -p rtq-examples --example bench_open_loop -- --redis URL`
+//! against a private server (`scripts/bench-open-loop.sh` starts one, pinned).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rtq_core::{Client, TaskRequest, Worker, WorkerConfig};
+use rtq_examples::bench_util::{percentile, run_load, task_input, Load, ZeroWork};
+use rtq_examples::RedisArgs;
+
+/// Open-loop latency at fixed fractions of the measured maximum
+/// throughput.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Worker slots (one worker).
+    #[arg(long, env = "RTQ_BENCH_SLOTS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    slots: u64,
+    /// Request loops of the closed-loop maximum run.
+    #[arg(long, env = "RTQ_BENCH_CLIENTS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    clients: u64,
+    /// Tasks of the closed-loop maximum run.
+    #[arg(long, env = "RTQ_BENCH_MAX_TASKS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_tasks: u64,
+    /// Seconds per rate.
+    #[arg(long, env = "RTQ_BENCH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+    /// Rates as percentages of the maximum.
+    #[arg(long, env = "RTQ_BENCH_RATES", value_delimiter = ',', default_value = "25,50,75,90", value_parser = clap::value_parser!(u64).range(1..=200))]
+    rates: Vec<u64>,
+    /// Skip the maximum run and use this rate (tasks/s) as 100 %.
+    #[arg(long, env = "RTQ_BENCH_MAX_RATE")]
+    max_rate: Option<f64>,
+}
+
+/// Latencies of one fixed-rate run.
+struct Run {
+    from_schedule: Vec<f64>,
+    from_send: Vec<f64>,
+    failed: usize,
+    late_sends: usize,
+    secs: f64,
+}
+
+/// Sends `n` requests at `rate` per second on a fixed schedule. A
+/// dedicated thread keeps the schedule (thread sleeps are accurate to tens
+/// of microseconds; tokio's timer rounds to milliseconds) and spawns each
+/// request onto the runtime at its due time.
+async fn fixed_rate(q: &rtq_core::Queue, rate: f64, n: usize) -> anyhow::Result<Run> {
+    let handle = tokio::runtime::Handle::current();
+    let q = q.clone();
+    let input = task_input(1000, 0, 1000);
+    let started = Instant::now();
+    let (handles, late_sends) = tokio::task::spawn_blocking(move || {
+        let start = Instant::now() + Duration::from_millis(20);
+        let mut handles = Vec::with_capacity(n);
+        let mut late = 0;
+        for i in 0..n {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            } else if now - due > Duration::from_millis(1) {
+                late += 1;
+            }
+            let (q, input) = (q.clone(), input.clone());
+            handles.push(handle.spawn(async move {
+                let sent = Instant::now();
+                let ok = q.run(TaskRequest::json(input)).await.is_ok();
+                let end = Instant::now();
+                (
+                    ok,
+                    end.duration_since(due).as_secs_f64() * 1000.0,
+                    end.duration_since(sent).as_secs_f64() * 1000.0,
+                )
+            }));
+        }
+        (handles, late)
+    })
+    .await?;
+    let (mut from_schedule, mut from_send, mut failed) = (Vec::new(), Vec::new(), 0);
+    for h in handles {
+        let (ok, s, d) = h.await?;
+        if ok {
+            from_schedule.push(s);
+            from_send.push(d);
+        } else {
+            failed += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    from_schedule.sort_by(f64::total_cmp);
+    from_send.sort_by(f64::total_cmp);
+    Ok(Run {
+        from_schedule,
+        from_send,
+        failed,
+        late_sends,
+        secs,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let url = args.redis.url::<Args>();
+    let queue = format!("openloop{}", std::process::id());
+    let slots = args.slots as usize;
+    let max = match args.max_rate {
+        Some(r) if r.is_finite() && r > 0.0 => r,
+        Some(r) => anyhow::bail!("--max-rate must be a positive number of tasks/s, got {r}"),
+        None => {
+            let load = Load::new(args.clients as usize, slots, args.max_tasks as usize, 0);
+            let r = run_load(&url, &format!("{queue}-max"), &load).await?;
+            println!(
+                "maximum (closed loop, {} in flight, {slots} slots, {} tasks): {:.0} tasks/s, p50 {:.2} ms, p99 {:.2} ms",
+                load.clients,
+                r.tasks,
+                r.rate(),
+                r.pct(0.5),
+                r.pct(0.99)
+            );
+            r.rate()
+        }
+    };
+
+    let worker = Worker::connect(&url, WorkerConfig::new(&queue).slots(slots))
+        .await
+        .context("starting the worker")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let wh = tokio::spawn(worker.run(Arc::new(ZeroWork), async {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = Client::connect(&url).await?;
+    let q = client.queue(&queue)?;
+    // Warm up.
+    for _ in 0..100 {
+        q.run(TaskRequest::json(task_input(1000, 0, 1000))).await?;
+    }
+    println!();
+    println!("| rate | of max | requests | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from actual send | sends > 1 ms late | failed |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for pct in &args.rates {
+        let rate = max * *pct as f64 / 100.0;
+        let n = ((rate * args.seconds as f64) as usize).max(1);
+        let r = fixed_rate(&q, rate, n).await?;
+        let l = &r.from_schedule;
+        println!(
+            "| {rate:.0}/s | {pct} % | {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            l.len() as f64 / r.secs,
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 0.999),
+            l.last().copied().unwrap_or(0.0),
+            percentile(&r.from_send, 0.99),
+            r.late_sends,
+            r.failed,
+        );
+    }
+    let _ = stop_tx.send(());
+    let _ = wh.await;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Smoke test of the performance suite: every benchmark program runs at a
+//! tiny size against a private redis-server and prints its tables. Checks
+//! that they run and report, not how fast anything is (benchmarks print
+//! numbers; tests never assert timings).
+
+use std::process::Command;
+
+use rtq_testkit::{target_dir, RedisServer};
+
+fn run(name: &str, args: &[&str], redis: &RedisServer) -> String {
+    let path = target_dir().join("examples").join(name);
+    assert!(path.exists(), "{} not built", path.display());
+    let out = Command::new(&path)
+        .args(args)
+        .env("RTQ_REDIS_URL", redis.url())
+        .output()
+        .expect("benchmark runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn bench_prints_its_line_and_the_per_command_breakdown() {
+    let redis = RedisServer::start();
+    let out = run(
+        "bench",
+        &["4", "2", "20", "0", "--warmup", "2", "--breakdown"],
+        &redis,
+    );
+    assert!(
+        out.contains("peer=rtq") && out.contains("tasks/s="),
+        "{out}"
+    );
+    assert!(
+        out.contains("| command | calls/task | usec/task |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| fcall |"),
+        "the functions show in the breakdown: {out}"
+    );
+    let out = run("bench", &["2", "2", "4", "3", "--warmup", "1"], &redis);
+    assert!(out.contains("chunks=3 tasks=4"), "{out}");
+}
+
+#[test]
+fn the_cost_curves_print_every_table_and_plot() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("rtq-curves-{}", std::process::id()));
+    let out = run(
+        "bench_curves",
+        &["--quick", "--flush", "--svg-dir", dir.to_str().unwrap()],
+        &redis,
+    );
+    for heading in [
+        "Tasks in flight",
+        "Payload size",
+        "Number of queues",
+        "Idle workers",
+        "Open waits",
+    ] {
+        assert!(out.contains(heading), "{heading} missing: {out}");
+    }
+    for svg in [
+        "inflight-throughput.svg",
+        "inflight-redis-cpu.svg",
+        "payload-redis-cpu.svg",
+        "queues-dashboard.svg",
+        "workers-redis-cpu.svg",
+        "waits-client-rss.svg",
+    ] {
+        let text = std::fs::read_to_string(dir.join(svg)).expect(svg);
+        assert!(
+            text.starts_with("<svg") && text.contains("<polyline"),
+            "{svg}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_open_loop_and_reference_tables_print() {
+    let redis = RedisServer::start();
+    let out = run(
+        "bench_open_loop",
+        &["--max-rate", "100", "--seconds", "1", "--rates", "25,50"],
+        &redis,
+    );
+    assert!(out.contains("| 25/s | 25 % | 25 |"), "{out}");
+    assert!(out.contains("| 50/s | 50 % | 50 |"), "{out}");
+    let out = run(
+        "bench_table",
+        &[
+            "--rtt-ms",
+            "2",
+            "--runs",
+            "1",
+            "--requests",
+            "2",
+            "--reference",
+        ],
+        &redis,
+    );
+    assert!(out.contains("| reference avg ms |"), "{out}");
+    assert_eq!(out.matches(" worker(s) | ").count(), 6, "{out}");
+}
+
+#[test]
+fn the_new_benchmarks_need_a_redis_url_but_not_for_help() {
+    for name in ["bench_curves", "bench_open_loop"] {
+        let path = target_dir().join("examples").join(name);
+        let out = Command::new(&path)
+            .env_remove("RTQ_REDIS_URL")
+            .output()
+            .expect("benchmark runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("RTQ_REDIS_URL"), "{name}: {err}");
+        let help = Command::new(&path)
+            .arg("--help")
+            .env_remove("RTQ_REDIS_URL")
+            .output()
+            .expect("benchmark runs");
+        assert!(help.status.success(), "{name} --help: {help:?}");
+    }
+    // Bad values are refused with a usage error, not a panic.
+    let out = Command::new(target_dir().join("examples").join("bench_open_loop"))
+        .args(["--redis", "redis://127.0.0.1:1/", "--rates", "0"])
+        .output()
+        .expect("benchmark runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
