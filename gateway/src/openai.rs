@@ -219,7 +219,7 @@ async fn first_event(
     };
     tokio::time::timeout(max_wait, next)
         .await
-        .unwrap_or_else(|_| Err(wait_expired(id, max_wait)))
+        .unwrap_or_else(|_| Err(wait_expired(id)))
 }
 
 /// Reads the rest of a task's output for a non-streaming answer.
@@ -239,7 +239,7 @@ async fn collect(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         ev = match tokio::time::timeout(left, task.next()).await {
-            Err(_) => return Err(wait_expired(id, Duration::ZERO)),
+            Err(_) => return Err(wait_expired(id)),
             Ok(None) => return Err(ended_early(id)),
             Ok(Some(Err(e))) => return Err(ApiError::from_rtq(&e, Duration::from_secs(1))),
             Ok(Some(Ok(ev))) => ev,
@@ -256,7 +256,7 @@ fn ended_early(id: &str) -> ApiError {
     )
 }
 
-fn wait_expired(id: &str, _waited: Duration) -> ApiError {
+fn wait_expired(id: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         "timeout_error",
