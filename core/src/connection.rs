@@ -157,6 +157,14 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// The node URLs of a Redis configuration string: the URL itself for one
+/// node; each seed as a full URL (scheme and credentials) for a cluster.
+/// A string that cannot be split comes back unchanged. For tools that
+/// must know every credential in it (to mask it in their output).
+pub fn redis_node_urls(config: &str) -> Vec<String> {
+    split_seeds(config).map_or_else(|_| vec![config.to_string()], |(urls, _)| urls)
+}
+
 /// Checks a Redis configuration string without connecting: one node's
 /// URL, a `redis+cluster://` URL, or a comma-separated list of cluster
 /// seeds (what [`Client::connect`](crate::Client::connect) accepts).

@@ -485,3 +485,16 @@ async fn suite_two_runs_with_one_id_share_one_task_and_a_big_stream_arrives_whol
     done.unwrap();
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_password_with_a_comma_is_one_node_not_a_seed_list() {
+    let redis = RedisServer::start_with(rtq_testkit::Options {
+        password: Some("pa,ss".into()),
+        ..Default::default()
+    });
+    assert!(redis.url().contains(":pa,ss@"));
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("comma").unwrap();
+    let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
+    assert_eq!(q.status(&sub.id).await.unwrap().state, TaskState::Queued);
+}

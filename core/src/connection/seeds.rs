@@ -13,7 +13,8 @@ const CLUSTER_SCHEMES: [(&str, &str); 2] =
 /// scheme suffix removed), and whether it names a cluster.
 pub(super) fn split_seeds(config: &str) -> Result<(Vec<String>, bool), String> {
     let config = config.trim();
-    let pieces: Vec<&str> = config.split(',').map(str::trim).collect();
+    let entries = entries(config);
+    let pieces: Vec<&str> = entries.iter().map(|e| e.trim()).collect();
     if pieces.iter().any(|p| p.is_empty()) {
         return Err("an empty entry in the comma-separated list of Redis URLs".into());
     }
@@ -50,11 +51,7 @@ pub(super) fn split_seeds(config: &str) -> Result<(Vec<String>, bool), String> {
             }
             None if i > 0 => format!(
                 "{base_scheme}://{}{piece}",
-                if piece.contains('@') {
-                    ""
-                } else {
-                    userinfo.as_deref().unwrap_or("")
-                }
+                userinfo.as_deref().unwrap_or("")
             ),
             None => unreachable!("checked above"),
         };
@@ -67,6 +64,45 @@ pub(super) fn split_seeds(config: &str) -> Result<(Vec<String>, bool), String> {
         urls.push(url);
     }
     Ok((urls, cluster))
+}
+
+/// The comma-separated entries of `config`: URLs (with a scheme) and bare
+/// `host:port` seeds (never with user info). A comma inside a URL's user
+/// info (a password with a comma) does not split it: a URL runs through
+/// the last following piece that holds an `@`, up to the next URL; a
+/// `unix:` URL runs up to the next URL.
+fn entries(config: &str) -> Vec<String> {
+    let raw: Vec<&str> = config.split(',').collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i].contains("://") || out.is_empty() {
+            let mut end = i;
+            let mut j = i + 1;
+            // A socket URL keeps every following bare piece (its query,
+            // which holds the password, may contain commas).
+            let socket = raw[i]
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("unix:")
+                || raw[i]
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("redis+unix:");
+            while j < raw.len() && !raw[j].contains("://") {
+                if socket || raw[j].contains('@') {
+                    end = j;
+                }
+                j += 1;
+            }
+            out.push(raw[i..=end].join(","));
+            i = end + 1;
+        } else {
+            out.push(raw[i].to_string());
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Parses one node URL with rtq's TCP settings.
@@ -115,6 +151,39 @@ mod tests {
             )
         );
         assert!(split_seeds("redis://a:1,").unwrap_err().contains("empty"));
+        // Commas in a password (legal in a URL's user info) are no list.
+        assert_eq!(
+            split_seeds("redis://:pa,ss@h:1/0").unwrap(),
+            (vec!["redis://:pa,ss@h:1/0".to_string()], false)
+        );
+        assert_eq!(
+            split_seeds("redis://u:a,b,c@h:1").unwrap(),
+            (vec!["redis://u:a,b,c@h:1".to_string()], false)
+        );
+        assert_eq!(
+            split_seeds("redis+cluster://:a,b@h1:1,h2:2").unwrap(),
+            (
+                vec![
+                    "redis://:a,b@h1:1".to_string(),
+                    "redis://:a,b@h2:2".to_string()
+                ],
+                true
+            )
+        );
+        assert_eq!(
+            split_seeds("redis://:x,y@h1:1,redis://:z@h2:2").unwrap(),
+            (
+                vec![
+                    "redis://:x,y@h1:1".to_string(),
+                    "redis://:z@h2:2".to_string()
+                ],
+                true
+            )
+        );
+        assert_eq!(
+            split_seeds("unix:///tmp/r.sock?pass=a,b").unwrap(),
+            (vec!["unix:///tmp/r.sock?pass=a,b".to_string()], false)
+        );
         assert!(split_seeds("a:1").unwrap_err().contains("redis://"));
         assert!(split_seeds("unix:///tmp/r.sock,redis://b:2")
             .unwrap_err()
