@@ -17,8 +17,8 @@ use rtq_testkit::RedisCluster;
 use serde_json::json;
 use support::*;
 
-/// The cluster shared by this binary's tests (never dropped: the nodes
-/// are killed when the test process exits, as their parent).
+/// The cluster shared by this binary's tests (never dropped: testkit's
+/// reaper kills its nodes once the test process has exited).
 fn cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
     CLUSTER.get_or_init(RedisCluster::start)
