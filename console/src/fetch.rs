@@ -54,11 +54,18 @@ const TAIL_CHUNKS: usize = 40;
 /// # Errors
 /// Redis errors.
 pub async fn queues(admin: &Admin) -> Result<Fetched, Error> {
-    let rows: Vec<QueueRow> = admin
-        .dashboard(STATS_BUCKETS)
-        .await?
+    let dashboard = admin.dashboard(STATS_BUCKETS).await?;
+    // On a cluster, which master holds each queue (one more round trip;
+    // none on a single node). Best effort: the rows show without it.
+    let names: Vec<String> = dashboard.iter().map(|(o, _)| o.name.clone()).collect();
+    let mut nodes = admin.queue_nodes(&names).await.unwrap_or_default();
+    let rows: Vec<QueueRow> = dashboard
         .into_iter()
-        .map(|(overview, stats)| QueueRow { overview, stats })
+        .map(|(overview, stats)| QueueRow {
+            node: nodes.remove(&overview.name),
+            overview,
+            stats,
+        })
         .collect();
     let now_ms = rows.first().map_or(0, |r| r.overview.now_ms);
     Ok(Fetched::Queues { rows, now_ms })

@@ -32,8 +32,9 @@ failed; 5 TLS failed; 6 permission denied (ACL).";
 #[derive(Clone, Debug, Parser)]
 #[command(name = "rtq", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Redis URL, e.g. redis://:password@host:6379/0 (required; the
-    /// password is never shown).
+    /// Redis URL, e.g. redis://:password@host:6379/0, or for a Redis
+    /// Cluster redis+cluster://:password@host1:6379,host2:6379 (required;
+    /// the password is never shown).
     #[arg(long, global = true, env = "RTQ_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// CA certificate(s), PEM, that signed the Redis server's certificate

@@ -14,6 +14,9 @@ pub struct QueueRow {
     pub overview: QueueOverview,
     /// Rates and latencies over the last 5 minutes.
     pub stats: QueueStats,
+    /// On a Redis Cluster, the master (`host:port`) holding the queue;
+    /// `None` on a single node.
+    pub node: Option<String>,
 }
 
 /// Workers of the selected queue.

@@ -1,8 +1,12 @@
 //! One console over a Redis Cluster: `rtq stats` lists queues that live on
 //! different masters, with their counts and the master holding each.
 
+mod support;
+
 use std::process::Command;
 
+use rtq_console::fetch;
+use rtq_console::state::App;
 use rtq_core::admin::Admin;
 use rtq_core::keys::{cluster_slot, QueueKeys};
 use rtq_core::{Client, TaskRequest};
@@ -74,4 +78,15 @@ async fn stats_lists_queues_on_every_master_with_their_node() {
     for n in &nodes {
         assert!(text.contains(n.as_str()), "{n} not in {text}");
     }
+    // The console's queues view names the node on a wide screen.
+    let admin = Admin::new(&client);
+    let mut app = App::new(rtq_core::redact_url(&url), true);
+    app.on_fetched(fetch::queues(&admin).await.unwrap());
+    let screen = support::render(&app, 200, 30);
+    assert!(screen.contains("NODE"), "{screen}");
+    for n in &nodes {
+        assert!(screen.contains(n.as_str()), "{n} not in\n{screen}");
+    }
+    let narrow = support::render(&app, 80, 24);
+    assert!(!narrow.contains("NODE"), "{narrow}");
 }

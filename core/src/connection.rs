@@ -26,15 +26,14 @@ use redis::{
 
 use crate::error::{redact_url, Error};
 use crate::tls::TlsConfig;
+use seeds::{parse_info, split_seeds};
+
+mod seeds;
 
 /// How long to wait for a TCP/TLS connection to Redis.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a non-blocking command may take before it fails.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// URL schemes that name a Redis Cluster (plain and TLS).
-const CLUSTER_SCHEMES: [(&str, &str); 2] =
-    [("redis+cluster", "redis"), ("rediss+cluster", "rediss")];
 
 /// The shared connection every core component uses for non-blocking
 /// commands and function calls: one auto-reconnecting multiplexed
@@ -158,77 +157,12 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// The configuration string split into node URLs (with the `+cluster`
-/// scheme suffix removed), and whether it names a cluster.
-fn split_seeds(config: &str) -> Result<(Vec<String>, bool), String> {
-    let config = config.trim();
-    let pieces: Vec<&str> = config.split(',').map(str::trim).collect();
-    if pieces.iter().any(|p| p.is_empty()) {
-        return Err("an empty entry in the comma-separated list of Redis URLs".into());
-    }
-    let mut cluster = pieces.len() > 1;
-    // Scheme and user info of the first URL, inherited by later entries
-    // given as bare host:port.
-    let (first_scheme, first_rest) = pieces[0]
-        .split_once("://")
-        .ok_or_else(|| "a Redis URL must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://".to_string())?;
-    let base_scheme = match CLUSTER_SCHEMES
-        .iter()
-        .find(|(c, _)| c.eq_ignore_ascii_case(first_scheme))
-    {
-        Some((_, base)) => {
-            cluster = true;
-            *base
-        }
-        None => first_scheme,
-    };
-    let userinfo = first_rest
-        .split(['/', '?', '#'])
-        .next()
-        .and_then(|authority| authority.rsplit_once('@'))
-        .map(|(user, _)| format!("{user}@"));
-    let mut urls = Vec::with_capacity(pieces.len());
-    for (i, piece) in pieces.iter().enumerate() {
-        let url = match piece.split_once("://") {
-            Some((scheme, rest)) => {
-                let scheme = CLUSTER_SCHEMES
-                    .iter()
-                    .find(|(c, _)| c.eq_ignore_ascii_case(scheme))
-                    .map_or(scheme, |(_, base)| *base);
-                format!("{scheme}://{rest}")
-            }
-            None if i > 0 => format!(
-                "{base_scheme}://{}{piece}",
-                if piece.contains('@') {
-                    ""
-                } else {
-                    userinfo.as_deref().unwrap_or("")
-                }
-            ),
-            None => unreachable!("checked above"),
-        };
-        if cluster && url.to_ascii_lowercase().starts_with("unix:") {
-            return Err(
-                "a Redis Cluster is reached over TCP: unix:// sockets cannot be cluster seeds"
-                    .into(),
-            );
-        }
-        urls.push(url);
-    }
-    Ok((urls, cluster))
-}
-
-/// Parses one node URL with rtq's TCP settings.
-fn parse_info(url: &str) -> Result<ConnectionInfo, Error> {
-    // TCP_NODELAY: rtq pipelines small writes (a heartbeat, then a
-    // complete); with Nagle's algorithm the second would wait for the
-    // first's ACK, which delayed ACK holds back for a whole round trip.
-    Ok(redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| Error::Connection {
-            url: redact_url(url),
-            source: e,
-        })?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+/// The node URLs of a Redis configuration string: the URL itself for one
+/// node; each seed as a full URL (scheme and credentials) for a cluster.
+/// A string that cannot be split comes back unchanged. For tools that
+/// must know every credential in it (to mask it in their output).
+pub fn redis_node_urls(config: &str) -> Vec<String> {
+    split_seeds(config).map_or_else(|_| vec![config.to_string()], |(urls, _)| urls)
 }
 
 /// Checks a Redis configuration string without connecting: one node's
@@ -509,41 +443,6 @@ impl ClusterTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_url_is_one_node_and_a_list_or_cluster_scheme_is_a_cluster() {
-        assert_eq!(
-            split_seeds("redis://h:1").unwrap(),
-            (vec!["redis://h:1".to_string()], false)
-        );
-        assert_eq!(
-            split_seeds("redis+cluster://u:p@h:1").unwrap(),
-            (vec!["redis://u:p@h:1".to_string()], true)
-        );
-        assert_eq!(
-            split_seeds("rediss+cluster://:p@h:1,h2:2 , redis://x@h3:3").unwrap(),
-            (
-                vec![
-                    "rediss://:p@h:1".to_string(),
-                    "rediss://:p@h2:2".to_string(),
-                    "redis://x@h3:3".to_string()
-                ],
-                true
-            )
-        );
-        assert_eq!(
-            split_seeds("redis://a:1,redis://b:2").unwrap(),
-            (
-                vec!["redis://a:1".to_string(), "redis://b:2".to_string()],
-                true
-            )
-        );
-        assert!(split_seeds("redis://a:1,").unwrap_err().contains("empty"));
-        assert!(split_seeds("a:1").unwrap_err().contains("redis://"));
-        assert!(split_seeds("unix:///tmp/r.sock,redis://b:2")
-            .unwrap_err()
-            .contains("unix"));
-    }
 
     #[test]
     fn parse_picks_the_kind_and_never_shows_the_password() {

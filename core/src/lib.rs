@@ -50,7 +50,7 @@ pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
     TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
 };
-pub use connection::validate_redis_url;
+pub use connection::{redis_node_urls, validate_redis_url};
 pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, TimeoutPhase};
 pub use protocol::{Outcome, TaskState};
 pub use tls::TlsConfig;

@@ -17,8 +17,8 @@ use rtq_testkit::RedisCluster;
 use serde_json::json;
 use support::*;
 
-/// The cluster shared by this binary's tests (never dropped: the nodes
-/// are killed when the test process exits, as their parent).
+/// The cluster shared by this binary's tests (never dropped: testkit's
+/// reaper kills its nodes once the test process has exited).
 fn cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
     CLUSTER.get_or_init(RedisCluster::start)
@@ -484,4 +484,17 @@ async fn suite_two_runs_with_one_id_share_one_task_and_a_big_stream_arrives_whol
     assert_eq!(text, expected_text("k", 2000));
     done.unwrap();
     w.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_with_a_comma_is_one_node_not_a_seed_list() {
+    let redis = RedisServer::start_with(rtq_testkit::Options {
+        password: Some("pa,ss".into()),
+        ..Default::default()
+    });
+    assert!(redis.url().contains(":pa,ss@"));
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("comma").unwrap();
+    let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
+    assert_eq!(q.status(&sub.id).await.unwrap().state, TaskState::Queued);
 }

@@ -409,3 +409,32 @@ async fn masters_that_lost_the_functions_library_get_it_back() {
         w.kill();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_cluster_takes_the_password_from_the_url() {
+    let cluster = RedisCluster::start_with(3, 0, Some("s3cret-pw"));
+    let url = cluster.url();
+    assert!(url.contains(":s3cret-pw@"), "{url}");
+    let q = queues_near("auth", 12000, 1).remove(0);
+    let (seen, _rx) = seen_channel();
+    let worker = KillableWorker::start(&url, worker_config(&q), seen).await;
+    let client = Client::connect(&url).await.unwrap();
+    let out = within(
+        client
+            .queue(&q)
+            .unwrap()
+            .run(TaskRequest::json(json!({"x": 1}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.result["echo"]["x"], 1);
+    let wrong = url.replace("s3cret-pw", "wrong-pw");
+    let err = Client::connect(&wrong).await.err().unwrap();
+    assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        !text.contains("wrong-pw") && !text.contains("s3cret-pw"),
+        "{text}"
+    );
+    worker.kill();
+}

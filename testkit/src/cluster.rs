@@ -51,6 +51,10 @@ impl RedisCluster {
     /// # Panics
     /// As [`RedisCluster::start`].
     pub fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> Self {
+        Self::start_inner(masters, replicas, password)
+    }
+
+    fn start_inner(masters: usize, replicas: usize, password: Option<&str>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
@@ -79,6 +83,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        spawn_reaper(&nodes);
         let cluster = Self {
             nodes,
             password: password.map(str::to_string),
@@ -281,4 +286,33 @@ impl RedisCluster {
         }
         replica
     }
+}
+
+/// Starts a watcher that kills the nodes once this test process is gone:
+/// a cluster kept in a `static` (shared by a test binary's tests) is never
+/// dropped, and its nodes would outlive the tests. It kills only a
+/// process that is still the redis-server of that node's port.
+fn spawn_reaper(nodes: &[RedisServer]) {
+    const SCRIPT: &str = r#"parent=$1; shift
+while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+for t in "$@"; do
+  pid=${t%%:*}; port=${t##*:}
+  if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "redis-server .*:$port\b"; then
+    kill -9 "$pid" 2>/dev/null
+  fi
+done"#;
+    let targets: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.pid().map(|pid| format!("{pid}:{}", n.port())))
+        .collect();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg("rtq-cluster-reaper")
+        .arg(std::process::id().to_string())
+        .args(targets)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }

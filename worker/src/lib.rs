@@ -65,7 +65,8 @@ pub enum LogFormat {
 #[command(version, about)]
 pub struct Config {
     /// Redis URL (required; there is no default Redis), e.g.
-    /// redis://:password@host:6379/0 (rediss:// for TLS).
+    /// redis://:password@host:6379/0 (rediss:// for TLS); a Redis Cluster:
+    /// redis+cluster://:password@host1:6379,host2:6379.
     #[arg(
         long,
         env = "RTQ_REDIS_URL",

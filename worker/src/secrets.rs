@@ -32,9 +32,13 @@ pub fn register(values: impl IntoIterator<Item = String>) {
 /// percent-decoded.
 pub fn of_url(url: &str) -> Vec<String> {
     // A Redis Cluster seed list (`redis+cluster://:pw@h1:6379,h2:6379`,
-    // or several URLs): the secrets of each entry.
+    // or several URLs): the secrets of each entry (a comma may also be
+    // part of a password: rtq_core splits the way it connects).
     if url.to_ascii_lowercase().starts_with("redis") && url.contains(',') {
-        return url.split(',').flat_map(|u| of_url(u.trim())).collect();
+        let nodes = rtq_core::redis_node_urls(url);
+        if nodes.len() > 1 || nodes[0] != url {
+            return nodes.iter().flat_map(|u| of_url(u)).collect();
+        }
     }
     let Ok(parsed) = url::Url::parse(url) else {
         return Vec::new();
@@ -132,5 +136,9 @@ mod tests {
         assert!(found.contains(&"s3cret".to_string()), "{found:?}");
         let found = of_url("redis://:pw-one@a:1,redis://:pw-two@b:2");
         assert!(found.contains(&"pw-one".to_string()) && found.contains(&"pw-two".to_string()));
+        let found = of_url("redis://:pa,ss@h:1");
+        assert!(found.contains(&"pa,ss".to_string()), "{found:?}");
+        let found = of_url("redis+cluster://:a,b@h1:1,h2:2");
+        assert!(found.contains(&"a,b".to_string()), "{found:?}");
     }
 }

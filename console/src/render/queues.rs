@@ -34,6 +34,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if wide {
         header.extend(["TTFC p50", "HEAD AGE", "MAX"]);
     }
+    // On a Redis Cluster (wide screens): the master holding each queue.
+    let node_column = wide && app.visible_queues().iter().any(|q| q.node.is_some());
+    if node_column {
+        header.push("NODE");
+    }
     let cells_all: Vec<Vec<Span>> = app
         .visible_queues()
         .iter()
@@ -77,6 +82,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     .into(),
                 ]);
             }
+            if node_column {
+                cells.push(q.node.clone().unwrap_or_else(|| "-".into()).into());
+            }
             cells
         })
         .collect();
@@ -100,6 +108,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             fit("HEAD AGE", cell(10), 12),
             fit("MAX", cell(11), 14),
         ]);
+    }
+    if node_column {
+        widths.push(fit("NODE", cell(12), 48));
     }
     let empty = app.queues.is_empty();
     let title = if empty {

@@ -11,9 +11,9 @@
 //! reports that task's own error (a call Redis refused wrote nothing) or
 //! retries with the same id (a call whose answer was lost).
 
+use crate::connection::RedisConnection;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use crate::connection::RedisConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;

@@ -281,11 +281,9 @@ pub async fn wait_registered(url: &str, id: &str) {
 /// the worker's key may be on any master.
 async fn wait_registered_in_cluster(url: &str, id: &str) {
     use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-    let seeds: Vec<String> = url["redis+cluster://".len()..]
-        .split(',')
-        .map(|h| format!("redis://{h}"))
-        .collect();
-    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    // The first seed (with the credentials) is enough to find the rest.
+    let first = url["redis+cluster://".len()..].split(',').next().unwrap();
+    let client = redis::cluster::ClusterClient::new(vec![format!("redis://{first}")]).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
     for _ in 0..500 {
         let keys = conn
