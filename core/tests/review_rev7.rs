@@ -432,3 +432,61 @@ async fn a_task_interrupted_at_shutdown_is_handed_back_as_interrupted() {
         "the attempt's recorded end: {e1:?}"
     );
 }
+
+// 6. The earliest-due mark and retries written before it existed.
+
+#[tokio::test]
+#[ignore = "bug: a due retry without a `dd` mark (written by revision 6 before an upgrade) is never promoted while every slot is busy"]
+async fn a_due_retry_without_a_mark_is_handed_out_by_a_busy_worker() {
+    busy_worker_takes_the_due_retry_first(false).await;
+}
+
+#[tokio::test]
+async fn a_due_retry_with_its_mark_is_handed_out_by_a_busy_worker() {
+    busy_worker_takes_the_due_retry_first(true).await;
+}
+
+async fn busy_worker_takes_the_due_retry_first(keep_mark: bool) {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.register("w1", "i1", 1, &[]).await;
+    p.submit(&Task::new("r")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("r".into(), 1));
+    p.complete("w1", "r", 1, 0, CompleteOutcome::Retry, false, &[])
+        .await;
+    // The worker's heartbeat reports the slot free again.
+    p.heartbeat("w1", "i1", 1, true, &[]).await;
+    // Revision 6 kept no mark: the retry waits in `delayed` without one.
+    let meta = p.keys.meta();
+    if !keep_mark {
+        p.raw(&["HDEL", &meta, "dd"]).await;
+    }
+    for id in ["p1", "p2", "p3", "p4"] {
+        p.submit(&Task::new(id)).await;
+    }
+    assert_eq!(task_of(p.pop("w1").await), ("p1".into(), 1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The worker stays busy: each complete takes the next task, and its
+    // heartbeats find no free slot (so their upkeep dispatches nothing).
+    let mut handed = Vec::new();
+    let mut current = "p1".to_string();
+    for _ in 0..4 {
+        let r = p
+            .complete("w1", &current, 1, 0, CompleteOutcome::Done, true, &[])
+            .await;
+        p.heartbeat("w1", "i1", 1, true, &[]).await;
+        let Some(rtq_core::protocol::InboxMessage::Task(next)) = r.next else {
+            break;
+        };
+        current = next.id.clone();
+        handed.push(next.id);
+        if current == "r" {
+            break;
+        }
+    }
+    assert_eq!(
+        handed.first().map(String::as_str),
+        Some("r"),
+        "the due retry (submitted first) waited behind {handed:?}"
+    );
+}
