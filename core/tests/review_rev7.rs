@@ -461,6 +461,8 @@ async fn busy_worker_takes_the_due_retry_first(keep_mark: bool) {
     if !keep_mark {
         p.raw(&["HDEL", &meta, "dd"]).await;
     }
+    // Submitted after the retry's failure (a later score, not a tie).
+    tokio::time::sleep(Duration::from_millis(10)).await;
     for id in ["p1", "p2", "p3", "p4"] {
         p.submit(&Task::new(id)).await;
     }
