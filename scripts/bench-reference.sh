@@ -8,7 +8,7 @@
 #
 # Usage: scripts/bench-reference.sh [--runs N] [--requests N] [--rtt-ms N]
 # (defaults 3, 100, 18; the reference design's streaming rows take one
-# round trip per chunk, so the default run takes about 8 minutes).
+# round trip per chunk, so the default run takes about 14 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3 requests=100 rtt=18

@@ -76,6 +76,18 @@ async function main() {
     username: url.username ? decodeURIComponent(url.username) : undefined,
     maxRetriesPerRequest: null,
   };
+  // Fail fast on an unreachable Redis (BullMQ's own connections retry
+  // forever).
+  const probe = new IORedis({ ...connection, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000, lazyConnect: true });
+  probe.on('error', () => {});
+  try {
+    await probe.connect();
+    await probe.ping();
+  } catch (e) {
+    throw new Error(`cannot reach Redis at ${url.host}: ${e.message}`);
+  } finally {
+    probe.disconnect();
+  }
   const name = `bench${process.pid}`;
   const result = 'y'.repeat(1000);
   const chunk = 'x'.repeat(100);
@@ -109,7 +121,7 @@ async function main() {
 
   const conn = new IORedis(connection);
   const before = await redisStats(conn);
-  const perClient = Math.floor(args.tasks / args.clients);
+  const perClient = Math.max(1, Math.floor(args.tasks / args.clients));
   const lat = [];
   const started = process.hrtime.bigint();
   await Promise.all(
