@@ -95,7 +95,7 @@ local function complete(keys, args)
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
     local meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd')
-    if meta[1] ~= '1' then msg = take_next(wid, now, meta[2] or '0') or '' end
+    if meta[1] ~= '1' then msg = take_next(wid, now, meta[2]) or '' end
     if msg ~= '' then
       next_id = string.match(msg, '^T\t([^\t]+)\t')
     else

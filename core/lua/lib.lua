@@ -441,11 +441,12 @@ local function assign(id, wid, now, dl, spec, sub, att)
 end
 
 -- Moves retries whose backoff has passed from delayed to pending. `dd` is
--- the meta hash's earliest-due mark as the caller read it (nil: unknown,
--- check `delayed` anyway); nothing is due before it. The mark is then
--- set to the earliest retry still delayed (0 when none).
+-- the meta hash's earliest-due mark as the caller read it: '0' nothing is
+-- delayed, a time: nothing is due before it, nil (absent, e.g. a queue
+-- written by an older revision): unknown, so `delayed` is checked. The
+-- mark is then set to the earliest retry still delayed ('0' when none).
 local function promote_due(now, dd)
-  if dd and (num(dd) == 0 or num(dd) > now) then return end
+  if dd and (dd == '0' or num(dd) > now) then return end
   local due = redis.call('ZRANGE', P .. 'delayed', '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
@@ -456,11 +457,7 @@ local function promote_due(now, dd)
     end
   end
   local first = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-  if first[2] then
-    redis.call('HSET', P .. 'meta', 'dd', first[2])
-  else
-    redis.call('HDEL', P .. 'meta', 'dd')
-  end
+  redis.call('HSET', P .. 'meta', 'dd', first[2] or '0')
 end
 
 local function other_live_worker(now)
@@ -512,7 +509,6 @@ end
 -- the worker's inbox, at most `max`. Returns the number handed out.
 local function dispatch_pending(now, max)
   if is_paused() then return 0 end
-  promote_due(now, nil)
   local n = 0
   local tried = {}
   while n < max do
@@ -535,6 +531,9 @@ end
 -- dispatching with no free slot or no work does nothing, so its mutants are
 -- equivalent.)
 local function dispatch_if_needed(now, max)
+  -- Due retries are promoted whether or not a slot is free: a busy
+  -- worker's next complete then takes them in priority order.
+  promote_due(now, nil)
   if redis.call('ZCARD', P .. 'free') > 0 -- mutation: skip
       and (redis.call('ZCARD', P .. 'pending') > 0 or redis.call('ZCARD', P .. 'delayed') > 0) then -- mutation: skip
     return dispatch_pending(now, max)

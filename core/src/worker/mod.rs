@@ -335,13 +335,6 @@ impl Worker {
         // the leave would hear GONE and register the worker again.
         hb_stop.cancel();
         let _ = hb.await;
-        // One last beat carries the statistics of the tasks that ended
-        // since the previous one.
-        if shared.stats.has_pending() {
-            if let Err(e) = heartbeat::beat(&shared, false).await {
-                tracing::debug!(error = %e, "could not send the last statistics");
-            }
-        }
         match shared.release(ReleaseMode::Leave, &items).await {
             Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
             Ok(_) => {}
@@ -405,6 +398,15 @@ impl Worker {
             {
                 slots.abort_all();
                 while slots.join_next().await.is_some() {}
+            }
+        }
+        // One last beat carries the statistics of the tasks that ended
+        // since the previous one. It runs while the pool still reports
+        // the attempts being handed back (a beat that did not report them
+        // would sweep them as lost deliveries).
+        if shared.stats.has_pending() {
+            if let Err(e) = heartbeat::beat(shared, false).await {
+                tracing::debug!(error = %e, "could not send the last statistics");
             }
         }
         // Deliveries still queued in the channel were never started.

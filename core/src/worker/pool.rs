@@ -233,10 +233,26 @@ impl SlotPool {
         self.lock().running.len()
     }
 
-    /// Every attempt running now (for the heartbeat).
+    /// Every attempt running now.
+    #[cfg(test)]
     pub(crate) fn running(&self) -> Vec<AttemptKey> {
         let mut keys: Vec<AttemptKey> = self.lock().running.keys().cloned().collect();
         keys.sort();
+        keys
+    }
+
+    /// What a heartbeat reports running: the attempts running and those
+    /// interrupted for shutdown but not yet handed back.
+    pub(crate) fn reported(&self) -> Vec<AttemptKey> {
+        let state = self.lock();
+        let mut keys: Vec<AttemptKey> = state
+            .running
+            .keys()
+            .cloned()
+            .chain(state.interrupted.iter().map(|h| (h.id.clone(), h.attempt)))
+            .collect();
+        keys.sort();
+        keys.dedup();
         keys
     }
 

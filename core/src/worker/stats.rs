@@ -6,8 +6,9 @@
 //! off the per-task path: one heartbeat carries what many tasks produced.
 //!
 //! Best effort, as statistics are: a worker killed with -9 loses at most
-//! one heartbeat period of them, and a heartbeat whose reply is lost may
-//! or may not have added its share.
+//! one heartbeat period of them, and so does a heartbeat that fails (Redis
+//! unreachable; a beat whose reply is lost may or may not have added its
+//! share, so the counts are never sent twice).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
