@@ -39,7 +39,7 @@ rust_cpu1=$("$PY" python/bench/bench.py cpu "$rust_worker")
 kill "$rust_worker"
 
 echo "== Python worker (echo handler, 10 slots), Python asyncio client"
-coproc PYW { "$PY" python/bench/bench.py worker --redis "$url" --queue pyw --slots 10; }
+coproc PYW { exec "$PY" python/bench/bench.py worker --redis "$url" --queue pyw --slots 10; }
 read -r _ <&"${PYW[0]}"
 py_worker=$PYW_PID; pids+=("$py_worker")
 py_cpu0=$("$PY" python/bench/bench.py cpu "$py_worker")

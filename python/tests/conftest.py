@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, List
@@ -142,6 +143,14 @@ class Procs:
             p.kill()
             _, err = p.communicate(timeout=10)
             pytest.fail(f"python worker did not start: {line!r} {err}")
+        # Its log lines, as they come (tests wait for one).
+        p.log_lines = []  # type: ignore[attr-defined]
+
+        def collect() -> None:
+            for l in p.stderr:  # type: ignore[union-attr]
+                p.log_lines.append(l)  # type: ignore[attr-defined]
+
+        threading.Thread(target=collect, daemon=True).start()
         return p
 
     def stop(self) -> None:

@@ -45,7 +45,9 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=None)
     ap.add_argument("--grace", type=float, default=None)
     ap.add_argument("--worker-id", default=None)
+    ap.add_argument("--log", default="warn")
     a = ap.parse_args()
+    rtq.init_logging(a.log)
 
     def ready(_worker) -> None:
         print("ready", flush=True)
