@@ -299,3 +299,147 @@ async fn long_task_ids_are_shown_whole_on_a_wide_terminal() {
     let screen = render(&app, 200, 30);
     assert!(screen.contains(&long), "the id is cut:\n{screen}");
 }
+
+/// Polls until the stats of "llm" carry a total-latency histogram (workers
+/// send their tallies with their heartbeats), then loads the app.
+async fn loaded_with_latency(seed: &Seeded) -> App {
+    use rtq_core::admin::stats::Latency;
+    for _ in 0..300 {
+        let stats = seed.admin.stats("llm", 30).await.unwrap();
+        if stats.total.count >= 3
+            && stats
+                .series_quantile(Latency::Total, 0.5)
+                .iter()
+                .any(|v| v.is_some())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    loaded(seed).await
+}
+
+#[tokio::test]
+async fn queues_view_charts_total_latency_p50_and_p99_with_latest_values() {
+    use rtq_core::admin::stats::Latency;
+    let seed = Seeded::new().await;
+    let app = loaded_with_latency(&seed).await;
+    let stats = &app
+        .queues
+        .iter()
+        .find(|q| q.overview.name == "llm")
+        .unwrap()
+        .stats;
+    let latest = |q: f64| {
+        stats
+            .series_quantile(Latency::Total, q)
+            .into_iter()
+            .rev()
+            .find_map(|v| v)
+            .map(|ms| rtq_console::render::fmt_lat(Some(ms)))
+            .expect("a latency once the worker flushed its stats")
+    };
+    let (p50, p99) = (latest(0.5), latest(0.99));
+    for (w, h) in [(80, 24), (140, 40)] {
+        let screen = render(&app, w, h);
+        assert_contains(
+            &screen,
+            &[
+                &format!("total latency per 10s: p50 {p50} p99 {p99} (latest"),
+                "done per 10s",
+                "queue depth",
+            ],
+        );
+        assert!(!screen.contains("no latency data yet"), "{screen}");
+        // One labelled sparkline row each, in this order, under the title.
+        let lines: Vec<&str> = screen.lines().collect();
+        let title = lines
+            .iter()
+            .position(|l| l.contains("total latency"))
+            .unwrap();
+        assert!(lines[title + 1].ends_with(" p50│"), "{screen}");
+        assert!(lines[title + 2].ends_with(" p99│"), "{screen}");
+        // Buckets without finished tasks are drawn as absent, not as zero,
+        // and the newest bucket with tasks has a bar in the p99 row (its
+        // value is the scale's maximum or close to it).
+        assert!(lines[title + 1].contains('·'), "{screen}");
+        assert!(
+            lines[title + 2].chars().any(|c| ('▁'..='█').contains(&c)),
+            "{screen}"
+        );
+        assert!(screen.lines().all(|l| l.chars().count() == w as usize));
+    }
+}
+
+#[tokio::test]
+async fn latency_chart_says_when_there_is_no_data_and_honours_no_color() {
+    use ratatui::backend::TestBackend;
+    use ratatui::style::Color;
+    use ratatui::Terminal;
+    use rtq_core::TaskRequest;
+    let seed = Seeded::new().await;
+    // A registered queue with a pending task and no worker: nothing
+    // finished, ever.
+    seed.admin.set_max_depth("idle", 100).await.unwrap();
+    seed.client
+        .queue("idle")
+        .unwrap()
+        .submit(TaskRequest::json(serde_json::json!({})).id("i0"))
+        .await
+        .unwrap();
+    let mut app = loaded_with_latency(&seed).await;
+    app.queue = Some("idle".into());
+    let screen = render(&app, 80, 24);
+    assert_contains(
+        &screen,
+        &["total latency p50/p99 per 10s", "no latency data yet"],
+    );
+    // NO_COLOR: the chart is still drawn (its symbols and labels) but no
+    // cell carries a colour.
+    app.queue = Some("llm".into());
+    app.no_color = true;
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal
+        .draw(|f| rtq_console::render::draw(f, &app))
+        .unwrap();
+    let buffer = terminal.backend().buffer();
+    assert!(buffer
+        .content
+        .iter()
+        .all(|c| c.fg == Color::Reset && c.bg == Color::Reset));
+    let text: String = buffer.content.iter().map(|c| c.symbol()).collect();
+    assert!(text.contains("total latency per 10s: p50"), "{text}");
+    // Tiny terminals must not panic.
+    for (w, h) in [(20, 8), (80, 10), (5, 3)] {
+        render(&app, w, h);
+    }
+}
+
+#[tokio::test]
+async fn hostile_latency_histograms_render_without_panic() {
+    let seed = Seeded::new().await;
+    // Every bucket of the window gets absurd and malformed histogram
+    // fields, as a buggy or hostile writer could leave them.
+    let keys = rtq_core::keys::QueueKeys::new("llm").unwrap();
+    let mut conn = seed.redis.conn();
+    let (now, _): (i64, i64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let newest = now * 1000 / rtq_core::admin::stats::BUCKET_MS;
+    for b in newest - 29..=newest {
+        let _: () = redis::cmd("HSET")
+            .arg(keys.stats(b))
+            .arg("t:4294967295")
+            .arg("18446744073709551615")
+            .arg("t:7")
+            .arg("junk")
+            .arg("t:-3")
+            .arg("2")
+            .query(&mut conn)
+            .unwrap();
+    }
+    let app = loaded(&seed).await;
+    for (w, h) in [(80, 24), (30, 12)] {
+        let screen = render(&app, w, h);
+        assert!(screen.lines().count() == h as usize, "{screen}");
+    }
+    assert_contains(&render(&app, 80, 24), &["total latency per 10s: p50"]);
+}

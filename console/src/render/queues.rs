@@ -1,14 +1,18 @@
-//! The queues view: one row per queue, sparklines for the selected one.
+//! The queues view: one row per queue, sparklines for the selected one
+//! (done, failed, total latency p50/p99, depth).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::Line;
 use ratatui::text::Span;
-use ratatui::widgets::{Block, Row, Sparkline, Table, TableState};
+use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
 use super::{fit, fmt_lat, fmt_ms};
 use crate::health::{queue_health, Level};
 use crate::state::App;
+use rtq_core::admin::stats::Latency;
+use rtq_core::admin::QueueStats;
 
 /// Rate per second over the last six 10-second buckets (the live view
 /// wants "now", not the 5-minute average).
@@ -18,7 +22,7 @@ pub fn last_minute_rate(stats: &rtq_core::admin::QueueStats, name: &str) -> f64 
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, sparks] =
-        Layout::vertical([Constraint::Min(4), Constraint::Length(9)]).areas(area);
+        Layout::vertical([Constraint::Min(4), Constraint::Length(13)]).areas(area);
     let wide = area.width >= 120;
     let mut header = vec![
         "QUEUE",
@@ -133,7 +137,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     else {
         return;
     };
-    let [a, b, c] = Layout::vertical([Constraint::Length(3); 3]).areas(sparks);
+    let [a, b, lat, c] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Length(3),
+        Constraint::Length(4),
+        Constraint::Length(3),
+    ])
+    .areas(sparks);
     let done = row.stats.series("done");
     let failed = row.stats.series("failed");
     let depth: Vec<u64> = app
@@ -169,6 +179,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ),
         b,
     );
+    latency_chart(frame, lat, &row.stats);
     frame.render_widget(
         spark(
             format!(
@@ -180,4 +191,74 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         ),
         c,
     );
+}
+
+/// The newest value of a series that has one, and how many buckets ago.
+fn latest(series: &[Option<f64>]) -> Option<(f64, usize)> {
+    series
+        .iter()
+        .rev()
+        .enumerate()
+        .find_map(|(ago, v)| v.map(|v| (v, ago)))
+}
+
+/// Total latency (submit to end) p50 and p99 per 10-second bucket, one
+/// sparkline row each on a shared scale, labelled with the newest values.
+/// Bars line up with the done/failed sparklines above (labels go right).
+fn latency_chart(frame: &mut Frame, area: Rect, stats: &QueueStats) {
+    let p50 = stats.series_quantile(Latency::Total, 0.50);
+    let p99 = stats.series_quantile(Latency::Total, 0.99);
+    let (Some((last50, ago)), Some((last99, _))) = (latest(&p50), latest(&p99)) else {
+        let block = Block::bordered().title(" total latency p50/p99 per 10s ");
+        frame.render_widget(
+            Paragraph::new("no latency data yet (no task finished in the window)").block(block),
+            area,
+        );
+        return;
+    };
+    let when = if ago == 0 {
+        "latest".to_string()
+    } else {
+        format!(
+            "latest, {} ago",
+            fmt_ms(ago as i64 * rtq_core::admin::stats::BUCKET_MS)
+        )
+    };
+    let title = format!(
+        " total latency per 10s: p50 {} p99 {} ({when}) ",
+        fmt_lat(Some(last50)),
+        fmt_lat(Some(last99))
+    );
+    let block = Block::bordered().title(title);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [r50, r99] = Layout::vertical([Constraint::Length(1); 2]).areas(inner);
+    // Rounded up: a bucket with sub-millisecond tasks is not drawn as empty.
+    let ms = |v: &Option<f64>| v.map(|m| m.ceil().max(1.0) as u64);
+    // One scale for both rows, so p99 is never drawn below p50.
+    let max = p99
+        .iter()
+        .chain(&p50)
+        .filter_map(ms)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    for (rect, label, series, color) in [
+        (r50, " p50", &p50, Color::Cyan),
+        (r99, " p99", &p99, Color::Magenta),
+    ] {
+        let [s, l] = Layout::horizontal([Constraint::Min(1), Constraint::Length(4)]).areas(rect);
+        // The newest buckets when the terminal is narrower than the window.
+        let skip = series.len().saturating_sub(s.width as usize);
+        let data: Vec<Option<u64>> = series[skip..].iter().map(ms).collect();
+        frame.render_widget(
+            Sparkline::default()
+                .data(data)
+                .max(max)
+                .absent_value_symbol("·")
+                .style(Style::new().fg(color)),
+            s,
+        );
+        frame.render_widget(Line::from(label).bold().right_aligned(), l);
+    }
 }

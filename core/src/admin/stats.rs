@@ -19,6 +19,12 @@ pub struct Bucket {
     pub start_ms: i64,
     /// Counter name -> value.
     pub counts: BTreeMap<String, u64>,
+    /// This bucket's queue-wait histogram (`w:` fields).
+    pub wait: Histogram,
+    /// This bucket's submit-to-first-chunk histogram (`f:` fields).
+    pub first_chunk: Histogram,
+    /// This bucket's submit-to-end histogram (`t:` fields).
+    pub total: Histogram,
 }
 
 impl Bucket {
@@ -26,6 +32,26 @@ impl Bucket {
     pub fn get(&self, name: &str) -> u64 {
         self.counts.get(name).copied().unwrap_or(0)
     }
+
+    /// This bucket's histogram of one latency.
+    pub fn histogram(&self, kind: Latency) -> &Histogram {
+        match kind {
+            Latency::Wait => &self.wait,
+            Latency::FirstChunk => &self.first_chunk,
+            Latency::Total => &self.total,
+        }
+    }
+}
+
+/// Which latency a histogram measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// Queue wait (submit to hand-out), `w:` fields.
+    Wait,
+    /// Submit to first chunk, `f:` fields.
+    FirstChunk,
+    /// Submit to end, `t:` fields.
+    Total,
 }
 
 /// A latency histogram (bucket index -> count).
@@ -45,14 +71,23 @@ pub fn bucket_index(ms: f64) -> u32 {
 }
 
 impl Histogram {
-    /// Adds `count` observations to bucket `index`.
+    /// Adds `count` observations to bucket `index` (saturating: a corrupt
+    /// field must not panic a reader).
     pub fn add(&mut self, index: u32, count: u64) {
-        *self.counts.entry(index).or_default() += count;
+        let n = self.counts.entry(index).or_default();
+        *n = n.saturating_add(count);
+    }
+
+    /// Adds every observation of `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (&i, &n) in &other.counts {
+            self.add(i, n);
+        }
     }
 
     /// Observations in total.
     pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts.values().fold(0, |a, &n| a.saturating_add(n))
     }
 
     /// The `q`-quantile in ms (0 < q <= 1), interpolated inside its bucket;
@@ -65,13 +100,13 @@ impl Histogram {
         let rank = (q * total as f64).ceil().max(1.0);
         let mut seen = 0u64;
         for (&i, &n) in &self.counts {
-            if (seen + n) as f64 >= rank {
+            if seen.saturating_add(n) as f64 >= rank {
                 let lo = bucket_floor_ms(i);
-                let hi = bucket_floor_ms(i + 1);
+                let hi = bucket_floor_ms(i.saturating_add(1));
                 let within = (rank - seen as f64) / n as f64;
                 return Some(lo + (hi - lo) * within);
             }
-            seen += n;
+            seen = seen.saturating_add(n);
         }
         None
     }
@@ -126,22 +161,25 @@ impl QueueStats {
         for (start_ms, hash) in raw {
             let mut b = Bucket {
                 start_ms,
-                counts: BTreeMap::new(),
+                ..Bucket::default()
             };
             for (k, v) in hash {
                 let n: u64 = v.parse().unwrap_or(0);
                 let hist =
                     |prefix: &str| k.strip_prefix(prefix).and_then(|i| i.parse::<u32>().ok());
                 if let Some(i) = hist("w:") {
-                    wait.add(i, n);
+                    b.wait.add(i, n);
                 } else if let Some(i) = hist("f:") {
-                    first.add(i, n);
+                    b.first_chunk.add(i, n);
                 } else if let Some(i) = hist("t:") {
-                    total.add(i, n);
+                    b.total.add(i, n);
                 } else {
                     b.counts.insert(k, n);
                 }
             }
+            wait.merge(&b.wait);
+            first.merge(&b.first_chunk);
+            total.merge(&b.total);
             buckets.push(b);
         }
         let window_secs = buckets.len() as f64 * BUCKET_MS as f64 / 1000.0;
@@ -171,6 +209,16 @@ impl QueueStats {
     /// A counter per bucket, oldest first (for sparklines).
     pub fn series(&self, name: &str) -> Vec<u64> {
         self.buckets.iter().map(|b| b.get(name)).collect()
+    }
+
+    /// The `q`-quantile of a latency per bucket in ms, oldest first, each
+    /// from that bucket's own histogram (`None` for a bucket without
+    /// observations): p50/p99 over time for charts.
+    pub fn series_quantile(&self, kind: Latency, q: f64) -> Vec<Option<f64>> {
+        self.buckets
+            .iter()
+            .map(|b| b.histogram(kind).quantile(q))
+            .collect()
     }
 }
 
@@ -226,5 +274,59 @@ mod tests {
         assert_eq!(s.rate("done"), 2.0);
         assert_eq!(s.series("failed"), vec![0, 2]);
         assert_eq!(s.wait.count, 40);
+    }
+
+    #[test]
+    fn quantile_series_is_per_bucket_not_the_aggregate() {
+        let mk = |pairs: &[(String, String)]| -> HashMap<String, String> {
+            pairs.iter().cloned().collect()
+        };
+        let hist = |prefix: &str, ms: f64, n: u64| {
+            (format!("{prefix}{}", bucket_index(ms)), n.to_string())
+        };
+        // Bucket 0: 99 fast tasks (10 ms) and one slow (1000 ms); bucket 1:
+        // nothing; bucket 2: all at 200 ms. Wait is recorded only in 2.
+        let s = QueueStats::from_buckets(vec![
+            (0, mk(&[hist("t:", 10.0, 99), hist("t:", 1000.0, 1)])),
+            (10_000, mk(&[("done".into(), "0".into())])),
+            (20_000, mk(&[hist("t:", 200.0, 50), hist("w:", 5.0, 50)])),
+        ]);
+        let within = |got: Option<f64>, truth: f64| {
+            let got = got.expect("a value");
+            assert!((got - truth).abs() / truth < 0.2, "{got} vs {truth}");
+        };
+        let p50 = s.series_quantile(Latency::Total, 0.5);
+        let p99 = s.series_quantile(Latency::Total, 0.99);
+        assert_eq!(p50.len(), 3);
+        within(p50[0], 10.0);
+        assert_eq!(p50[1], None);
+        within(p50[2], 200.0);
+        // The 99th of 100 observations is still a fast one; the 100th
+        // (q = 1.0) is the slow one.
+        within(p99[0], 10.0);
+        within(s.series_quantile(Latency::Total, 1.0)[0], 1000.0);
+        within(p99[2], 200.0);
+        // The aggregate mixes the buckets: its median is not bucket 2's.
+        assert_eq!(s.total.count, 150);
+        within(s.total.p50, 10.0);
+        let wait = s.series_quantile(Latency::Wait, 0.5);
+        assert_eq!(&wait[..2], &[None, None]);
+        within(wait[2], 5.0);
+        assert_eq!(s.buckets[2].wait.total(), 50);
+        assert!(QueueStats::default()
+            .series_quantile(Latency::FirstChunk, 0.5)
+            .is_empty());
+        // Corrupt fields (huge counts and indexes) neither panic nor
+        // overflow.
+        let max = u64::MAX.to_string();
+        let s = QueueStats::from_buckets(vec![
+            (0, mk(&[(format!("t:{}", u32::MAX), max.clone())])),
+            (
+                10_000,
+                mk(&[(format!("t:{}", u32::MAX), max), hist("t:", 1.0, 1)]),
+            ),
+        ]);
+        assert_eq!(s.total.count, u64::MAX);
+        assert!(s.series_quantile(Latency::Total, 0.99)[1].is_some());
     }
 }
