@@ -100,6 +100,11 @@ impl Role {
                     "xread",
                     "xtrim",
                     "hgetall",
+                    // A durable submit (`TaskRequest::durable`) waits for
+                    // a replica.
+                    "wait",
+                    // On a cluster: the slot map.
+                    "cluster|slots",
                 ],
             ),
             Role::Worker => (
@@ -114,6 +119,10 @@ impl Role {
                     "fcall_ro|rtq2_version",
                     "blmpop",
                     "info",
+                    // On a cluster: the slot map, and whether the queue's
+                    // slot is migrating.
+                    "cluster|slots",
+                    "cluster|nodes",
                 ],
             ),
             Role::Console => (
@@ -133,6 +142,8 @@ impl Role {
                     "lrange",
                     // Whether a listed queue exists (`Admin::queue_exists`).
                     "sismember",
+                    // On a cluster: the slot map (which master holds a queue).
+                    "cluster|slots",
                 ],
             ),
             Role::Admin => (
@@ -151,6 +162,9 @@ impl Role {
                     // Queue deletion (`Admin::delete_queue`).
                     "scan",
                     "unlink",
+                    "wait",
+                    "cluster|slots",
+                    "cluster|nodes",
                 ],
             ),
         };
