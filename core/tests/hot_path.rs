@@ -201,12 +201,7 @@ async fn a_due_retry_is_handed_out_by_the_next_complete_and_a_stale_mark_heals()
     assert_eq!(retried.state, Some(TaskState::Queued));
     assert_eq!(task_of(retried.next), ("x".into(), 1));
     let due: i64 = p.field("r", "due").await.unwrap().parse().unwrap();
-    let dd: Option<i64> = redis::cmd("HGET")
-        .arg(p.keys.meta())
-        .arg("dd")
-        .query_async(&mut p.conn)
-        .await
-        .unwrap();
+    let dd = due_mark(&mut p).await;
     assert_eq!(dd, Some(due));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The next complete promotes it without housekeeping. (The avoidance
@@ -215,12 +210,7 @@ async fn a_due_retry_is_handed_out_by_the_next_complete_and_a_stale_mark_heals()
         .complete("w1", "x", 1, 0, CompleteOutcome::Done, true, &[])
         .await;
     assert_eq!(task_of(next.next), ("r".into(), 2));
-    let dd: Option<i64> = redis::cmd("HGET")
-        .arg(p.keys.meta())
-        .arg("dd")
-        .query_async(&mut p.conn)
-        .await
-        .unwrap();
+    let dd = due_mark(&mut p).await;
     assert_eq!(dd, Some(0), "nothing is delayed any more");
 
     // A mark left early by a retry that was cancelled meanwhile costs one
@@ -235,12 +225,7 @@ async fn a_due_retry_is_handed_out_by_the_next_complete_and_a_stale_mark_heals()
     let _ = p
         .complete("w1", "y", 1, 0, CompleteOutcome::Done, true, &[])
         .await;
-    let dd: Option<i64> = redis::cmd("HGET")
-        .arg(p.keys.meta())
-        .arg("dd")
-        .query_async(&mut p.conn)
-        .await
-        .unwrap();
+    let dd = due_mark(&mut p).await;
     assert_eq!(dd, Some(0));
 }
 
@@ -363,4 +348,14 @@ async fn concurrent_submits_of_one_client_coalesce_and_each_gets_its_own_answer(
     for r in again {
         assert!(matches!(r, Err(rtq_core::Error::Duplicate { .. })), "{r:?}");
     }
+}
+
+/// The queue's earliest-due mark (`meta.dd`), if set.
+async fn due_mark(p: &mut Proto) -> Option<i64> {
+    redis::cmd("HGET")
+        .arg(p.keys.meta())
+        .arg("dd")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap()
 }
