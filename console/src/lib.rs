@@ -13,6 +13,7 @@ pub mod failures;
 pub mod fetch;
 pub mod health;
 pub mod keymap;
+pub mod lost;
 pub mod model;
 pub mod render;
 pub mod state;

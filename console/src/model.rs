@@ -12,8 +12,12 @@ use rtq_core::TaskInfo;
 pub struct QueueRow {
     /// Counts at a glance.
     pub overview: QueueOverview,
-    /// Rates and latencies over the last 5 minutes.
+    /// Rates and latencies over the last 5 minutes for rows on screen
+    /// (`stats_full`); for the others, `done` and `failed` over the last
+    /// minute only (enough for their colour and sort order).
     pub stats: QueueStats,
+    /// Whether `stats` is the whole window with latencies.
+    pub stats_full: bool,
     /// On a Redis Cluster, the master (`host:port`) holding the queue;
     /// `None` on a single node.
     pub node: Option<String>,
@@ -109,6 +113,11 @@ pub enum Fetched {
         /// Redis time of the read.
         now_ms: i64,
     },
+    /// One queue's counts (outside the queues view: the selected queue).
+    Overview(QueueOverview),
+    /// Whether Redis lost its data: the message while queues are missing
+    /// after a restart or a flush.
+    Lost(Option<String>),
     /// Workers of a queue.
     Nodes(NodesData),
     /// A page of tasks.

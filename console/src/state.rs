@@ -162,6 +162,14 @@ pub struct App {
     pub help_scroll: u16,
     /// Help overlay shown.
     pub show_help: bool,
+    /// Set while Redis has lost queues it listed a moment ago (a restart
+    /// without persistence, a flush): what to say instead of "no queues".
+    pub lost: Option<String>,
+    /// Queue rows the queues table has room for (from the terminal height).
+    pub queue_rows: usize,
+    /// First queue row on screen (the table scrolls to keep the cursor in
+    /// view); the rows on screen are the ones whose statistics are read.
+    pub queue_offset: usize,
     /// Quit requested.
     pub quit: bool,
 }
@@ -200,6 +208,9 @@ impl App {
             detail_scroll: 0,
             help_scroll: 0,
             show_help: false,
+            lost: None,
+            queue_rows: 40,
+            queue_offset: 0,
             quit: false,
         }
     }
@@ -208,6 +219,12 @@ impl App {
     pub fn plan(&self) -> Plan {
         Plan {
             queue: self.queue.clone(),
+            queues: self.view == View::Queues,
+            shown: if self.view == View::Queues {
+                self.shown_queues()
+            } else {
+                Vec::new()
+            },
             nodes: self.view == View::Nodes,
             tasks: matches!(self.view, View::Tasks).then_some((self.tab, self.offset, self.page)),
             detail: (self.view == View::Detail)
@@ -226,6 +243,36 @@ impl App {
             .iter()
             .filter(|q| self.view != View::Queues || self.matches(&q.overview.name))
             .collect()
+    }
+
+    /// Names of the queue rows on screen (the queues table's window).
+    pub fn shown_queues(&self) -> Vec<String> {
+        self.visible_queues()
+            .iter()
+            .skip(self.queue_offset)
+            .take(self.queue_rows.max(1))
+            .map(|q| q.overview.name.clone())
+            .collect()
+    }
+
+    /// The terminal is `height` lines high: the queues table has room for
+    /// that minus the header, footer, charts and table borders.
+    pub fn set_screen_height(&mut self, height: u16) {
+        self.queue_rows = (height as usize).saturating_sub(18).max(1);
+        self.scroll_queues();
+    }
+
+    /// Keeps the queues cursor inside the window on screen.
+    fn scroll_queues(&mut self) {
+        let rows = self.queue_rows.max(1);
+        let total = self.visible_queues().len();
+        let c = self.cursor[0];
+        if c < self.queue_offset {
+            self.queue_offset = c;
+        } else if c >= self.queue_offset + rows {
+            self.queue_offset = c + 1 - rows;
+        }
+        self.queue_offset = self.queue_offset.min(total.saturating_sub(rows));
     }
 
     /// Workers passing the filter.
@@ -355,6 +402,9 @@ impl App {
             Some(i) => self.cursor[slot] = i,
             None => self.select_at_cursor(),
         }
+        if slot == 0 {
+            self.scroll_queues();
+        }
     }
 
     /// After the cursor moved: select the row under it.
@@ -367,6 +417,9 @@ impl App {
             if slot == 0 {
                 self.queue = Some(id.clone());
             }
+        }
+        if slot == 0 {
+            self.scroll_queues();
         }
     }
 
@@ -435,6 +488,24 @@ impl App {
                     self.queue = self.queues.first().map(|q| q.overview.name.clone());
                 }
             }
+            Fetched::Overview(o) => {
+                let h = self.depth_history.entry(o.name.clone()).or_default();
+                h.push_back(o.pending);
+                while h.len() > DEPTH_HISTORY {
+                    h.pop_front();
+                }
+                self.now_ms = o.now_ms;
+                self.connection = Connection::Connected;
+                self.last_data = Some(Instant::now());
+                match self.queues.iter_mut().find(|r| r.overview.name == o.name) {
+                    Some(row) => row.overview = o,
+                    None => self.queues.push(QueueRow {
+                        overview: o,
+                        ..QueueRow::default()
+                    }),
+                }
+            }
+            Fetched::Lost(lost) => self.lost = lost,
             Fetched::Nodes(n) if Some(&n.queue) == self.queue.as_ref() => self.nodes = Some(n),
             Fetched::Tasks(t) if Some(&t.queue) == self.queue.as_ref() && t.tab == self.tab => {
                 for task in &t.tasks {
