@@ -30,6 +30,10 @@ pub enum Cmd {
     NextTab,
     /// Edit the filter.
     Filter,
+    /// Sort the list by the next column.
+    SortNext,
+    /// Reverse the sort order.
+    SortReverse,
     /// Open a task by id, wherever it is in the queue.
     GoTo,
     /// Open the selection (queue -> tasks, task -> detail).
@@ -146,8 +150,22 @@ pub const KEYMAP: &[Binding] = &[
     b(
         &[KeyCode::Char('/')],
         "/",
-        "filter rows",
+        "filter: words, err:TEXT worker:ID label:K=V state:S",
         Cmd::Filter,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('s')],
+        "s",
+        "sort by the next column (shown in the title)",
+        Cmd::SortNext,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('S')],
+        "S",
+        "reverse the sort order",
+        Cmd::SortReverse,
         false,
     ),
     b(

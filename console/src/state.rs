@@ -9,8 +9,10 @@ use crossterm::event::KeyCode;
 use rtq_core::TaskInfo;
 
 use crate::fetch::{Action, Plan};
+use crate::filter::{Fields, Filter};
 use crate::keymap::{lookup, Cmd};
 use crate::model::{DetailData, Fetched, NodesData, QueueRow, TaskTab, TasksData};
+use crate::sort::Sort;
 
 /// Points of local queue-depth history kept per queue (one per refresh).
 pub const DEPTH_HISTORY: usize = 120;
@@ -128,8 +130,10 @@ pub struct App {
     pub offset: usize,
     /// Tasks per page.
     pub page: usize,
-    /// Row filter (case-insensitive substring).
+    /// Row filter text (see [`crate::filter`]).
     pub filter: String,
+    /// Sort of each list view (queues, nodes, tasks).
+    pub sort: [Sort; 3],
     /// Prompt being edited.
     pub input: Option<Input>,
     /// Pending confirmation.
@@ -194,6 +198,7 @@ impl App {
             offset: 0,
             page: 50,
             filter: String::new(),
+            sort: [Sort::default(); 3],
             input: None,
             confirm: None,
             marked: BTreeSet::new(),
@@ -233,16 +238,101 @@ impl App {
         }
     }
 
-    fn matches(&self, text: &str) -> bool {
-        self.filter.is_empty() || text.to_lowercase().contains(&self.filter.to_lowercase())
+    fn parsed_filter(&self) -> Filter {
+        Filter::parse(&self.filter)
     }
 
-    /// Queue rows passing the filter.
+    /// Queue rows passing the filter (in the queues view), sorted.
     pub fn visible_queues(&self) -> Vec<&QueueRow> {
-        self.queues
+        let filter = self.parsed_filter();
+        let mut rows: Vec<&QueueRow> = self
+            .queues
             .iter()
-            .filter(|q| self.view != View::Queues || self.matches(&q.overview.name))
-            .collect()
+            .filter(|q| {
+                if self.view != View::Queues {
+                    return true;
+                }
+                let state = crate::health::queue_health(q).label;
+                filter.matches(&Fields {
+                    text: format!("{} {state}", q.overview.name),
+                    state: Some(state.to_string()),
+                    ..Fields::default()
+                })
+            })
+            .collect();
+        crate::sort::queues(&mut rows, self.sort[0]);
+        rows
+    }
+
+    /// Workers passing the filter, sorted.
+    pub fn visible_workers(&self) -> Vec<&rtq_core::admin::WorkerInfo> {
+        let filter = self.parsed_filter();
+        let mut rows: Vec<&rtq_core::admin::WorkerInfo> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.workers.iter())
+            .filter(|w| {
+                let labels = rtq_core::admin::worker_labels(w);
+                let last_error = w.field("last_error");
+                filter.matches(&Fields {
+                    text: format!(
+                        "{} {} {} {} {last_error}",
+                        w.id,
+                        w.field("host"),
+                        w.field("labels"),
+                        w.field("state")
+                    ),
+                    errors: Some(vec![last_error]),
+                    worker: Some(&w.id),
+                    labels: Some(&labels),
+                    state: Some(w.field("state").to_string()),
+                })
+            })
+            .collect();
+        crate::sort::workers(&mut rows, self.sort[1]);
+        rows
+    }
+
+    /// Tasks of the page passing the filter, sorted.
+    pub fn visible_tasks(&self) -> Vec<&TaskInfo> {
+        let filter = self.parsed_filter();
+        let mut rows: Vec<&TaskInfo> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.tasks.iter())
+            .filter(|t| filter.matches_task(t))
+            .collect();
+        crate::sort::tasks(&mut rows, self.tab, self.sort[2]);
+        rows
+    }
+
+    /// Failure groups passing the filter (the failures tab), sorted.
+    pub fn visible_groups(&self) -> Vec<&crate::failures::FailureGroup> {
+        let filter = self.parsed_filter();
+        let mut rows: Vec<&crate::failures::FailureGroup> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.groups.iter())
+            .filter(|g| {
+                filter.matches(&Fields {
+                    text: format!("{} {} {}", g.kind, g.reason, g.example),
+                    errors: Some(vec![g.kind.as_str(), g.reason.as_str()]),
+                    state: Some("failed".into()),
+                    ..Fields::default()
+                })
+            })
+            .collect();
+        crate::sort::groups(&mut rows, self.sort[2]);
+        rows
+    }
+
+    /// The sortable columns of the current list.
+    pub fn sort_columns(&self) -> &'static [&'static str] {
+        match self.view {
+            View::Queues => crate::sort::QUEUE_COLUMNS,
+            View::Nodes => crate::sort::NODE_COLUMNS,
+            View::Tasks | View::Detail => crate::sort::task_columns(self.tab),
+        }
     }
 
     /// Names of the queue rows on screen (the queues table's window).
@@ -275,46 +365,10 @@ impl App {
         self.queue_offset = self.queue_offset.min(total.saturating_sub(rows));
     }
 
-    /// Workers passing the filter.
-    pub fn visible_workers(&self) -> Vec<&rtq_core::admin::WorkerInfo> {
-        self.nodes
-            .iter()
-            .flat_map(|n| n.workers.iter())
-            .filter(|w| {
-                self.matches(&format!(
-                    "{} {} {} {}",
-                    w.id,
-                    w.field("host"),
-                    w.field("labels"),
-                    w.field("state")
-                ))
-            })
-            .collect()
-    }
-
-    /// Tasks of the page passing the filter.
-    pub fn visible_tasks(&self) -> Vec<&TaskInfo> {
-        self.tasks
-            .iter()
-            .flat_map(|t| t.tasks.iter())
-            .filter(|t| {
-                let labels = t
-                    .spec
-                    .as_ref()
-                    .map(|s| format!("{:?}", s.labels))
-                    .unwrap_or_default();
-                self.matches(&format!("{} {} {} {labels}", t.id, t.state, t.worker))
-            })
-            .collect()
-    }
-
-    /// Failure groups passing the filter (the failures tab).
-    pub fn visible_groups(&self) -> Vec<&crate::failures::FailureGroup> {
-        self.tasks
-            .iter()
-            .flat_map(|t| t.groups.iter())
-            .filter(|g| self.matches(&format!("{} {} {}", g.kind, g.reason, g.example)))
-            .collect()
+    /// "sorted by ..." of the current list.
+    pub fn sort_label(&self) -> String {
+        let slot = self.slot().unwrap_or(2);
+        self.sort[slot].label(self.sort_columns())
     }
 
     /// The failure group under the cursor (failures tab).
@@ -738,6 +792,7 @@ impl App {
             Cmd::Tasks => return self.switch(View::Tasks),
             Cmd::NextTab => {
                 self.tab = self.tab.next();
+                self.sort[2] = Sort::default();
                 self.offset = 0;
                 self.cursor[2] = 0;
                 self.selected[2] = None;
@@ -749,6 +804,20 @@ impl App {
                     prompt: Prompt::Filter,
                     text: self.filter.clone(),
                 });
+            }
+            Cmd::SortNext | Cmd::SortReverse => {
+                let slot = self.slot()?;
+                let columns = self.sort_columns();
+                let s = &mut self.sort[slot];
+                *s = if cmd == Cmd::SortNext {
+                    s.next(columns)
+                } else {
+                    Sort {
+                        reversed: !s.reversed,
+                        ..*s
+                    }
+                };
+                self.follow_selection();
             }
             Cmd::GoTo => {
                 self.queue.as_ref()?;

@@ -97,7 +97,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let count = rows.len();
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().bold()))
-        .block(Block::bordered().title(format!(" workers of {queue} ({count}) ")))
+        .block(Block::bordered().title(format!(
+            " workers of {queue} ({count})  {} [s/S] ",
+            app.sort_label()
+        )))
         .row_highlight_style(Style::new().reversed());
     let mut state = TableState::default().with_selected((count > 0).then_some(app.cursor()));
     frame.render_stateful_widget(table, area, &mut state);

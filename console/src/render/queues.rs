@@ -9,16 +9,10 @@ use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
 use super::{fit, fmt_lat, fmt_ms};
-use crate::health::{queue_health, Level};
+use crate::health::{last_minute_rate, queue_health, Level};
 use crate::state::App;
 use rtq_core::admin::stats::Latency;
 use rtq_core::admin::QueueStats;
-
-/// Rate per second over the last six 10-second buckets (the live view
-/// wants "now", not the 5-minute average).
-pub fn last_minute_rate(stats: &rtq_core::admin::QueueStats, name: &str) -> f64 {
-    stats.series(name).iter().rev().take(6).sum::<u64>() as f64 / 60.0
-}
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, sparks] =
@@ -123,7 +117,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let title = match &app.lost {
         Some(lost) => format!(" queues: {lost} "),
         None if empty => " queues (none yet: submit a task or start a worker) ".into(),
-        None => " queues ".into(),
+        None => format!(
+            " queues ({})  {} [s/S] ",
+            app.visible_queues().len(),
+            app.sort_label()
+        ),
     };
     let title = if app.lost.is_some() {
         Line::from(title).fg(Color::Red).bold()
