@@ -9,6 +9,7 @@
 //!   ([`Admin::delete_queue`]).
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 
+mod events;
 mod lifecycle;
 pub mod stats;
 
@@ -19,6 +20,7 @@ use redis::Value;
 
 use crate::client::{Client, TaskInfo};
 use crate::error::Error;
+pub use crate::functions::queue_admin::DeleteTaskReply;
 use crate::functions::queue_admin::{
     Housekeep, HousekeepReport, Pause, Purge, SetMaxDepth, SetPriority,
 };
@@ -26,6 +28,7 @@ use crate::functions::requeue::{Requeue, RequeueReply};
 use crate::functions::{self, Function};
 use crate::keys::{validate_id, QueueKeys, QUEUES};
 use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
+pub use events::{EventKind, QueueEvent};
 pub use lifecycle::DeletedQueue;
 pub use stats::{Percentiles, QueueStats};
 
