@@ -38,7 +38,8 @@ local REVISION = 8
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
 local ENDED_CAP_S = '1000' -- mutation: skip
 local EVENTS_CAP_S = '1000' -- mutation: skip
-local MAX_EVENT_TEXT = 512 -- bytes of a message kept in an event
+local MAX_EVENT_TEXT = 256 -- bytes of a message kept in an event
+local EVENTS_TTL_S = '604800000' -- a week after the last event, a forgotten queue's events go
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local STATS_TTL_S = '3600000'
@@ -265,14 +266,17 @@ local function notify(id, h, chunk_event, fields)
 end
 
 -- Appends an entry to the queue's event stream `ev` (the console's event
--- tail): k kind, t task id, w worker id, m message (cut to 512 bytes); the
+-- tail): k kind, t task id, w worker id, m message (cut to 256 bytes); the
 -- entry id is the Redis time. Only rare paths write it (failures,
 -- requeues, retries, cancels, lost and departed workers, operator
--- actions), never a plain done. Best effort (pcall): a foreign key there
--- loses the event, never the write that caused it.
+-- actions), never a plain done. At most about 1000 entries of about 400
+-- bytes per queue, gone a week after the last one. Best effort (pcall): a
+-- foreign key there loses the event, never the write that caused it.
 local function event(kind, id, wid, msg)
-  redis.pcall('XADD', P .. 'ev', 'MAXLEN', '~', EVENTS_CAP_S, '*', 'k', kind, 't', id or '', 'w', wid or '',
+  local ev = P .. 'ev'
+  redis.pcall('XADD', ev, 'MAXLEN', '~', EVENTS_CAP_S, '*', 'k', kind, 't', id or '', 'w', wid or '',
     'm', string.sub(msg or '', 1, MAX_EVENT_TEXT))
+  redis.pcall('PEXPIRE', ev, EVENTS_TTL_S)
 end
 
 -- Lists a worker that died or left in the queue's `gone` zset (worker id
@@ -282,6 +286,7 @@ local function mark_departed(wid, now)
   local g = P .. 'gone'
   redis.pcall('ZADD', g, istr(now), wid)
   redis.pcall('ZREMRANGEBYSCORE', g, '-inf', '(' .. istr(now - WORKER_INFO_TTL_MS))
+  redis.pcall('PEXPIRE', g, istr(WORKER_INFO_TTL_MS))
 end
 
 -- Tells a live worker to stop attempt `att` of a task.

@@ -115,7 +115,7 @@ pub struct QueueEvent {
     pub task: Option<String>,
     /// The worker it concerns, if any.
     pub worker: Option<String>,
-    /// Details (a reason, an error message cut to 512 bytes, a count).
+    /// Details (a reason, an error message cut to 256 bytes, a count).
     pub message: String,
 }
 
