@@ -152,9 +152,16 @@ async fn a_reaped_worker_is_departed_with_its_lost_attempts_until_it_registers_a
     assert_eq!(wl.worker.as_deref(), Some("gpu-1"));
     assert!(wl.message.ends_with("attempts lost: 1"), "{wl:?}");
 
+    // Its info is kept as long as it is listed, no longer.
+    let ttl = pttl(&mut p.conn, &p.keys.worker("gpu-1")).await;
+    assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+    let ttl = pttl(&mut p.conn, &p.keys.departed()).await;
+    assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+
     // Back under the same id: no longer departed.
     p.register("gpu-1", "b", 2, &[]).await;
     assert!(admin.departed_workers(Q).await.unwrap().is_empty());
+    assert_eq!(departed_score(&mut p, "gpu-1").await, None);
 }
 
 #[tokio::test]
@@ -176,6 +183,51 @@ async fn a_worker_that_leaves_is_departed_as_stopped_and_a_restart_as_dead() {
     assert_eq!(kinds(&admin).await, ["worker_left", "worker_lost"]);
     let restarted = &admin.events(Q, 1).await.unwrap()[0];
     assert!(restarted.message.contains("was restarted"), "{restarted:?}");
+}
+
+/// The raw `gone` entry of a worker.
+async fn departed_score(p: &mut Proto, worker: &str) -> Option<i64> {
+    redis::cmd("ZSCORE")
+        .arg(p.keys.departed())
+        .arg(worker)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn departures_older_than_ten_minutes_are_trimmed_by_the_next_one() {
+    let (_redis, mut p, admin) = setup().await;
+    let long_ago = 1_000_000_000_000i64;
+    let _: () = redis::cmd("ZADD")
+        .arg(p.keys.departed())
+        .arg(long_ago)
+        .arg("ancient")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    p.register("w", "i1", 1, &[]).await;
+    p.release("w", "i1", ReleaseMode::Leave, &[]).await;
+    assert_eq!(departed_score(&mut p, "ancient").await, None);
+    assert!(departed_score(&mut p, "w").await.unwrap() > long_ago);
+    let ttl = pttl(&mut p.conn, &p.keys.worker("w")).await;
+    assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+    assert_eq!(admin.departed_workers(Q).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_purge_of_one_task_is_one_event_and_of_none_no_event() {
+    let (_redis, mut p, admin) = setup().await;
+    admin.pause(Q, true).await.unwrap();
+    assert_eq!(admin.purge(Q).await.unwrap(), 0);
+    assert_eq!(kinds(&admin).await, ["paused"]);
+    p.submit(&Task::new("only")).await;
+    assert_eq!(admin.purge(Q).await.unwrap(), 1);
+    assert_eq!(kinds(&admin).await, ["paused", "purged"]);
+    assert_eq!(
+        admin.events(Q, 1).await.unwrap()[0].message,
+        "queued tasks cancelled: 1"
+    );
 }
 
 #[tokio::test]
@@ -262,6 +314,23 @@ async fn foreign_keys_in_place_of_ev_and_gone_never_stop_the_write_that_caused_t
     // The readers name the problem instead of inventing data.
     assert!(admin.events(Q, 10).await.is_err());
     assert!(admin.departed_workers(Q).await.is_err());
+}
+
+#[tokio::test]
+async fn messages_are_kept_to_exactly_256_bytes() {
+    let (_redis, mut p, admin) = setup().await;
+    p.submit(&Task::new("x")).await;
+    let reason = "r".repeat(300);
+    p.call(&rtq_core::functions::cancel::Cancel {
+        id: "x",
+        mode: rtq_core::functions::cancel::CancelMode::Cancel,
+        reason: &reason,
+    })
+    .await
+    .unwrap();
+    let e = &admin.events(Q, 1).await.unwrap()[0];
+    assert_eq!(e.message.len(), 256);
+    assert_eq!(e.message, format!("cancelled: {}", &reason[..245]));
 }
 
 #[tokio::test]
