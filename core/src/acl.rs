@@ -37,6 +37,7 @@ pub const LIBRARY_COMMANDS: &[&str] = &[
     "zcount",
     "zincrby",
     "zpopmin",
+    "zremrangebyscore",
     "xadd",
 ];
 

@@ -15,6 +15,7 @@
 //!   on the server ([`Admin::running_page`]).
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 
+mod events;
 mod lifecycle;
 pub mod stats;
 pub mod stats_cache;
@@ -28,6 +29,7 @@ use redis::Value;
 
 use crate::client::{Client, TaskInfo};
 use crate::error::Error;
+pub use crate::functions::queue_admin::DeleteTaskReply;
 use crate::functions::queue_admin::{
     Housekeep, HousekeepReport, Pause, Purge, SetMaxDepth, SetPriority,
 };
@@ -35,6 +37,7 @@ use crate::functions::requeue::{Requeue, RequeueReply};
 use crate::functions::{self, Function};
 use crate::keys::{validate_id, QueueKeys, QUEUES};
 use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
+pub use events::{EventKind, QueueEvent};
 pub use lifecycle::DeletedQueue;
 pub use stats::{Percentiles, QueueStats};
 pub use stats_cache::StatsCache;
