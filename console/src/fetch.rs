@@ -80,6 +80,61 @@ pub enum Action {
     MaxDepth(String, u64),
     /// Cancel all pending tasks of a queue.
     Purge(String),
+    /// Delete ended tasks (their hash, output and result).
+    Delete(String, Vec<String>),
+    /// Find every task of a list that passes a filter (not only the page
+    /// shown), to mark them: queue, list, filter text.
+    Match(String, TaskTab, String),
+}
+
+/// Tasks a [`Action::Match`] scans at most (in pages of [`MATCH_PAGE`]).
+pub const MATCH_SCAN: usize = 20_000;
+/// Task summaries read per round trip while matching.
+const MATCH_PAGE: usize = 500;
+
+/// Ids of the tasks of a list that pass `filter`, up to [`MATCH_SCAN`]
+/// scanned, and how many were scanned.
+///
+/// # Errors
+/// Redis errors.
+pub async fn matching(
+    admin: &Admin,
+    queue: &str,
+    tab: TaskTab,
+    filter: &str,
+) -> Result<(Vec<String>, usize), Error> {
+    let filter = crate::filter::Filter::parse(filter);
+    let mut ids = Vec::new();
+    let mut scanned = 0;
+    if tab == TaskTab::Failures {
+        let failed = admin.recent_failures(queue, FAILURE_SCAN).await?;
+        scanned = failed.len();
+        ids.extend(
+            failed
+                .iter()
+                .filter(|t| filter.matches_task(t))
+                .map(|t| t.id.clone()),
+        );
+        return Ok((ids, scanned));
+    }
+    while scanned < MATCH_SCAN {
+        let page = match tab {
+            TaskTab::Pending => admin.pending_page(queue, scanned, MATCH_PAGE).await?,
+            TaskTab::Running => admin.running_page(queue, scanned, MATCH_PAGE).await?.tasks,
+            _ => admin.recent_page(queue, scanned, MATCH_PAGE).await?,
+        };
+        let n = page.len();
+        scanned += n;
+        ids.extend(
+            page.iter()
+                .filter(|t| filter.matches_task(t))
+                .map(|t| t.id.clone()),
+        );
+        if n < MATCH_PAGE {
+            break;
+        }
+    }
+    Ok((ids, scanned))
 }
 
 /// Stats window of the queues view: 30 buckets of 10 s.
@@ -201,7 +256,11 @@ pub async fn queues(admin: &Admin) -> Result<Fetched, Error> {
     Reader::new().queues(admin, &[]).await
 }
 
-/// Reads the nodes view data.
+/// Events shown in the nodes view's event tail.
+pub const EVENT_TAIL: usize = 50;
+
+/// Reads the nodes view data: workers, workers departed in the last 10
+/// minutes, the latest events.
 ///
 /// # Errors
 /// Redis errors.
@@ -211,6 +270,8 @@ pub async fn nodes(admin: &Admin, queue: &str) -> Result<Fetched, Error> {
         queue: queue.to_string(),
         now_ms,
         workers: admin.workers(queue).await?,
+        departed: admin.departed_workers(queue).await?,
+        events: admin.events(queue, EVENT_TAIL).await?,
     }))
 }
 
@@ -345,6 +406,34 @@ pub async fn perform(admin: &Admin, action: &Action) -> Result<String, Error> {
             format!("max depth of {q} set to {d}")
         }
         Action::Purge(q) => format!("purged {} pending task(s) from {q}", admin.purge(q).await?),
+        Action::Delete(q, ids) => {
+            use rtq_core::admin::DeleteTaskReply;
+            let (mut deleted, mut not_ended, mut held, mut gone) = (0, 0, 0, 0);
+            for id in ids {
+                match admin.delete_task(q, id).await {
+                    Ok(DeleteTaskReply::Deleted(_)) => deleted += 1,
+                    Ok(DeleteTaskReply::NotEnded(_)) => not_ended += 1,
+                    Ok(DeleteTaskReply::Owned(_)) => held += 1,
+                    Ok(DeleteTaskReply::NotFound) | Err(Error::NotFound { .. }) => gone += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut msg = format!("deleted {deleted} task(s)");
+            for (n, why) in [
+                (not_ended, "not ended (cancel first)"),
+                (held, "still held by their worker"),
+                (gone, "already gone"),
+            ] {
+                if n > 0 {
+                    msg.push_str(&format!(", {n} {why}"));
+                }
+            }
+            msg
+        }
+        Action::Match(q, tab, filter) => {
+            let (ids, scanned) = matching(admin, q, *tab, filter).await?;
+            format!("{} of {scanned} match", ids.len())
+        }
     })
 }
 
@@ -480,12 +569,23 @@ pub async fn run(
             changed = plan.changed() => if changed.is_err() { return },
             action = actions.recv() => {
                 let Some(action) = action else { return };
-                let msg = match &admin {
-                    Some(a) => match perform(a, &action).await {
+                let msg = match (&admin, &action) {
+                    (Some(a), Action::Match(q, tab, filter)) => {
+                        match matching(a, q, *tab, filter).await {
+                            Ok((ids, scanned)) => Fetched::Matched {
+                                queue: q.clone(),
+                                filter: filter.clone(),
+                                ids,
+                                scanned,
+                            },
+                            Err(e) => Fetched::ActionDone(format!("failed: {e}"), true),
+                        }
+                    }
+                    (Some(a), _) => match perform(a, &action).await {
                         Ok(m) => Fetched::ActionDone(m, false),
                         Err(e) => Fetched::ActionDone(format!("failed: {e}"), true),
                     },
-                    None => Fetched::ActionDone("not connected to Redis".into(), true),
+                    (None, _) => Fetched::ActionDone("not connected to Redis".into(), true),
                 };
                 if tx.send(msg).await.is_err() {
                     return;

@@ -50,6 +50,13 @@ pub enum Cmd {
     Requeue,
     /// Cancel the marked (or selected) tasks.
     Cancel,
+    /// Delete the marked (or selected) ended tasks, or a failure group.
+    Delete,
+    /// Mark every task of the list that passes the filter (the whole
+    /// list, not only the page), or every row shown without a filter.
+    MarkAll,
+    /// Clear every mark.
+    ClearMarks,
     /// Raise priority by one.
     PriorityUp,
     /// Lower priority by one.
@@ -193,9 +200,23 @@ pub const KEYMAP: &[Binding] = &[
         false,
     ),
     b(
+        &[KeyCode::Char('A')],
+        "A",
+        "mark every task matching the filter (whole list), or all shown",
+        Cmd::MarkAll,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('U')],
+        "U",
+        "clear all marks",
+        Cmd::ClearMarks,
+        false,
+    ),
+    b(
         &[KeyCode::Char('r')],
         "r",
-        "requeue marked/selected task(s)",
+        "retry (requeue) marked/selected task(s) or the failure group",
         Cmd::Requeue,
         true,
     ),
@@ -204,6 +225,13 @@ pub const KEYMAP: &[Binding] = &[
         "c",
         "cancel marked/selected task(s)",
         Cmd::Cancel,
+        true,
+    ),
+    b(
+        &[KeyCode::Char('d')],
+        "d",
+        "delete marked/selected ended task(s) or the failure group",
+        Cmd::Delete,
         true,
     ),
     b(

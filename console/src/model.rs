@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rtq_core::admin::{QueueOverview, QueueStats, WorkerInfo};
+use rtq_core::admin::{QueueEvent, QueueOverview, QueueStats, WorkerInfo};
 use rtq_core::TaskInfo;
 
 /// One queue's row in the queues view.
@@ -32,6 +32,11 @@ pub struct NodesData {
     pub now_ms: i64,
     /// Registered workers.
     pub workers: Vec<WorkerInfo>,
+    /// Workers that died or left in the last 10 minutes (`dead_at`,
+    /// `dead_why` fields), newest first.
+    pub departed: Vec<WorkerInfo>,
+    /// The queue's latest events, newest first.
+    pub events: Vec<QueueEvent>,
 }
 
 /// Which list the tasks view shows.
@@ -131,6 +136,17 @@ pub enum Fetched {
         queue: String,
         /// Task id.
         id: String,
+    },
+    /// The tasks of a list that pass a filter (to mark them).
+    Matched {
+        /// Queue name.
+        queue: String,
+        /// The filter text.
+        filter: String,
+        /// Matching task ids, in list order.
+        ids: Vec<String>,
+        /// Tasks scanned.
+        scanned: usize,
     },
     /// An action finished: message, and whether it failed.
     ActionDone(String, bool),

@@ -573,6 +573,22 @@ impl App {
                 self.detail = Some(*d)
             }
             Fetched::ActionDone(message, failed) => self.set_status(message, failed),
+            Fetched::Matched {
+                queue,
+                filter,
+                ids,
+                scanned,
+            } if Some(&queue) == self.queue.as_ref() => {
+                let n = ids.len();
+                self.marked.extend(ids);
+                self.set_status(
+                    format!(
+                        "marked {n} task(s) matching \"{filter}\" of {scanned} scanned: \
+                         r retries, c cancels, d deletes them, U clears the marks"
+                    ),
+                    false,
+                );
+            }
             Fetched::TaskMissing { queue, id } => {
                 if self.view == View::Detail && self.detail_id.as_ref() == Some(&id) {
                     self.detail_id = None;
@@ -875,6 +891,74 @@ impl App {
                     }
                     self.move_cursor(|c, _| c + 1);
                 }
+            }
+            Cmd::MarkAll => {
+                let queue = self.queue.clone()?;
+                if self.view != View::Tasks {
+                    self.set_status("marks are for tasks (tasks view)", true);
+                    return None;
+                }
+                if let Some(g) = self.selected_group() {
+                    let ids = g.ids.clone();
+                    self.set_status(format!("marked the group's {} task(s)", ids.len()), false);
+                    self.marked.extend(ids);
+                } else if self.filter.trim().is_empty() {
+                    let shown: Vec<(String, i16)> = self
+                        .visible_tasks()
+                        .iter()
+                        .map(|t| (t.id.clone(), t.priority))
+                        .collect();
+                    self.set_status(format!("marked the {} task(s) shown", shown.len()), false);
+                    for (id, p) in shown {
+                        self.marked.insert(id.clone());
+                        self.marked_priority.insert(id, p);
+                    }
+                } else {
+                    self.set_status(
+                        format!(
+                            "finding every {} task matching \"{}\" ...",
+                            self.tab.name(),
+                            self.filter
+                        ),
+                        false,
+                    );
+                    return Some(Effect::Action(Action::Match(
+                        queue,
+                        self.tab,
+                        self.filter.clone(),
+                    )));
+                }
+            }
+            Cmd::ClearMarks => {
+                let n = self.marked.len();
+                self.marked.clear();
+                self.marked_priority.clear();
+                self.set_status(format!("{n} mark(s) cleared"), false);
+            }
+            Cmd::Delete => {
+                let queue = self.queue.clone()?;
+                let ids = self.task_targets();
+                if ids.is_empty() || !matches!(self.view, View::Tasks | View::Detail) {
+                    self.set_status("select a task first (tasks view)", true);
+                    return None;
+                }
+                let what = match self.selected_group() {
+                    Some(g) => format!(
+                        "{} that failed with {}: {}",
+                        describe_tasks(&ids),
+                        g.kind,
+                        g.reason
+                    ),
+                    None => describe_tasks(&ids),
+                };
+                self.confirm = Some(Confirm {
+                    message: format!(
+                        "Delete {what} in {queue}? Results and outputs are removed; tasks that \
+                         have not ended are left alone. y/N"
+                    ),
+                    action: Action::Delete(queue, ids),
+                    uses_marks: self.selected_group().is_none() && !self.marked.is_empty(),
+                });
             }
             Cmd::Cancel if self.selected_group().is_some() => {
                 self.set_status("these tasks have ended: r requeues the group", true);
