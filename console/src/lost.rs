@@ -68,7 +68,7 @@ impl ServerWatch {
         }
         self.loss.as_ref().map(|l| {
             format!(
-                "{}, {} now (workers list theirs again at their next heartbeat, clients at \
+                "{}; {} now (workers list theirs again at their next heartbeat, clients at \
                  their next submit)",
                 l.message, state.queues
             )
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(w.observe(&state(Some("a"), 2), "t2"), None);
         let msg = w.observe(&state(Some("b"), 0), "t3").expect("a loss");
         assert!(msg.contains("Redis restarted (t3, up 5 s)"), "{msg}");
-        assert!(msg.contains("2 queues were listed, 0 now"), "{msg}");
+        assert!(msg.contains("2 queues were listed; 0 now"), "{msg}");
         let msg = w.observe(&state(Some("b"), 1), "t4").expect("still short");
         assert!(msg.contains("1 now") && msg.contains("(t3"), "{msg}");
         assert_eq!(w.observe(&state(Some("b"), 2), "t5"), None, "back");
