@@ -45,17 +45,16 @@ impl ServerWatch {
                 self.loss = Some(Loss {
                     before,
                     message: format!(
-                        "Redis restarted ({at}, up {uptime} s) and lost its data: \
-                         {before} queues were listed"
+                        "Redis lost its data: restarted at {at} (up {uptime} s), \
+                         {before} queues listed before"
                     ),
                 });
             } else if state.queues == 0 {
                 self.loss = Some(Loss {
                     before,
                     message: format!(
-                        "the queue registry was emptied at {at} ({before} queues were listed): \
-                         Redis lost its data (flushed, or restarted without persistence) \
-                         or every queue was deleted"
+                        "Redis lost its data (or every queue was deleted): registry \
+                         emptied at {at}, {before} queues listed before"
                     ),
                 });
             }
@@ -67,11 +66,9 @@ impl ServerWatch {
             self.last = Some(state.queues);
         }
         self.loss.as_ref().map(|l| {
-            format!(
-                "{}; {} now (workers list theirs again at their next heartbeat, clients at \
-                 their next submit)",
-                l.message, state.queues
-            )
+            // Workers list their queue again at their next heartbeat,
+            // clients at their next submit: the count climbs back.
+            format!("{}; {} now", l.message, state.queues)
         })
     }
 }
@@ -95,10 +92,13 @@ mod tests {
         // A queue deleted on the same server is no loss.
         assert_eq!(w.observe(&state(Some("a"), 2), "t2"), None);
         let msg = w.observe(&state(Some("b"), 0), "t3").expect("a loss");
-        assert!(msg.contains("Redis restarted (t3, up 5 s)"), "{msg}");
-        assert!(msg.contains("2 queues were listed; 0 now"), "{msg}");
+        assert!(
+            msg.contains("Redis lost its data: restarted at t3 (up 5 s)"),
+            "{msg}"
+        );
+        assert!(msg.contains("2 queues listed before; 0 now"), "{msg}");
         let msg = w.observe(&state(Some("b"), 1), "t4").expect("still short");
-        assert!(msg.contains("1 now") && msg.contains("(t3"), "{msg}");
+        assert!(msg.contains("1 now") && msg.contains("at t3"), "{msg}");
         assert_eq!(w.observe(&state(Some("b"), 2), "t5"), None, "back");
         // A restart that kept its data (persistence) is no loss.
         assert_eq!(w.observe(&state(Some("c"), 2), "t6"), None);
@@ -110,7 +110,7 @@ mod tests {
         assert_eq!(w.observe(&state(None, 4), "t0"), None);
         let msg = w.observe(&state(None, 0), "t1").expect("a loss");
         assert!(
-            msg.contains("emptied at t1 (4 queues were listed)"),
+            msg.contains("emptied at t1, 4 queues listed before"),
             "{msg}"
         );
         assert_eq!(w.observe(&state(None, 4), "t2"), None);

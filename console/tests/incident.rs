@@ -171,7 +171,10 @@ async fn a_filter_marks_every_match_and_bulk_delete_confirms_the_count() {
 async fn d_deletes_a_failure_group_after_naming_it() {
     let seed = Seeded::new().await;
     let mut app = tasks_app(&seed, 3).await;
-    assert!(app.selected_group().is_some(), "the failures tab has a group");
+    assert!(
+        app.selected_group().is_some(),
+        "the failures tab has a group"
+    );
     app.on_key(KeyCode::Char('d'));
     let confirm = app.confirm.clone().expect("a confirmation");
     assert!(
