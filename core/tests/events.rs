@@ -145,6 +145,16 @@ async fn a_reaped_worker_is_departed_with_its_lost_attempts_until_it_registers_a
     assert_eq!(gone[0].lease_until_ms, None);
     let k = kinds(&admin).await;
     assert_eq!(k, ["lost", "worker_lost"]);
+    // The lost attempt's task is back in pending at once (no backoff).
+    let t1 = p.hash("t1").await;
+    assert_eq!((t1["st"].as_str(), t1["due"].as_str()), ("queued", "0"));
+    let in_pending: Option<f64> = redis::cmd("ZSCORE")
+        .arg(p.keys.pending())
+        .arg("t1")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert!(in_pending.is_some());
     let lost = &admin.events(Q, 2).await.unwrap()[1];
     assert_eq!(lost.task.as_deref(), Some("t1"));
     assert!(lost.message.contains("gpu-1"), "{lost:?}");
