@@ -66,8 +66,10 @@ impl ServerWatch {
             self.last = Some(state.queues);
         }
         self.loss.as_ref().map(|l| {
-            // Workers list their queue again at their next heartbeat,
-            // clients at their next submit: the count climbs back.
+            // Live workers list their queue again at their next heartbeat
+            // (it hears GONE and registers again): the count climbs back.
+            // A client lists a queue once per process, so a queue with
+            // clients and no worker stays missing until a worker comes.
             format!("{}; {} now", l.message, state.queues)
         })
     }

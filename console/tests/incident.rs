@@ -91,6 +91,7 @@ async fn s_cycles_the_sort_column_and_s_shift_reverses_it() {
         .submit(TaskRequest::json(json!({})))
         .await
         .unwrap();
+    wait_listed(&seed.admin, "orphan").await;
     let mut app = App::new("redis://x/".into(), false);
     app.on_fetched(fetch::queues(&seed.admin).await.unwrap());
     let names = |app: &App| -> Vec<String> {

@@ -141,6 +141,16 @@ impl Drop for Seeded {
     }
 }
 
+/// Waits (deadline 10 s) until `queue` is in the registry: a submit lists
+/// its queue in the background.
+pub async fn wait_listed(admin: &Admin, queue: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !admin.queues().await.unwrap().iter().any(|q| q == queue) {
+        assert!(std::time::Instant::now() < deadline, "{queue} never listed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Renders the app into a `w`x`h` test terminal and returns its text.
 pub fn render(app: &App, w: u16, h: u16) -> String {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
