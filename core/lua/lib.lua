@@ -151,15 +151,17 @@ local function arg_reply(v, name)
   return v
 end
 
--- Chunks ARGV[first..]: at most MAX_CHUNKS_PER_CALL, each at most
--- MAX_CHUNK_BYTES. Returns the list and their total size.
-local function arg_chunks(args, first)
-  local n = #args - first + 1
+-- Chunks ARGV[first..last] (last: the final argument if nil): at most
+-- MAX_CHUNKS_PER_CALL, each at most MAX_CHUNK_BYTES. Returns the list and
+-- their total size.
+local function arg_chunks(args, first, last)
+  last = last or #args
+  local n = last - first + 1
   if n > MAX_CHUNKS_PER_CALL then
     invalid('at most ' .. MAX_CHUNKS_PER_CALL .. ' chunks per call, got ' .. n)
   end
   local chunks, bytes = {}, 0
-  for i = first, #args do
+  for i = first, last do
     local c = args[i]
     if #c > MAX_CHUNK_BYTES then
       invalid('chunk ' .. (i - first) .. ' is ' .. #c .. ' bytes, over ' .. MAX_CHUNK_BYTES)
