@@ -115,7 +115,7 @@ end
 local function complete_one(call, wid, c)
   local id, att = c.id, c.att
   local chunks, bytes = c.chunks, c.bytes
-  local h = load_task(id)
+  local h = load_task(id, COMPLETE_FIELDS)
   local mark = att .. '@' .. wid
   if h then
     -- `ca` = "<status> <attempt>@<worker>" of the call that ended this

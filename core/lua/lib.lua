@@ -231,12 +231,21 @@ end
 local TASK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'sub', 'start',
   'fc', 'ret', 'sc', 'fails', 'max', 'nc', 'nb', 'pri', 'ca', 'nx', 'due'}
 
--- The task's fields by name (without spec, res, err), or nil if it does not exist.
-local function load_task(id)
-  local v = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
+-- What the per-task paths read: rtq2_complete (fencing, replay, outcome,
+-- retry, retention, followers) and rtq2_chunk (fencing, counts,
+-- followers). Every field read is a string Lua interns and collects.
+local COMPLETE_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'fc', 'ret', 'fails',
+  'max', 'nc', 'nb', 'pri', 'ca', 'nx'}
+local CHUNK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'nc', 'nb'}
+
+-- The task's fields by name (TASK_FIELDS, or the list `fields` whose first
+-- is 'st'), or nil if it does not exist.
+local function load_task(id, fields)
+  fields = fields or TASK_FIELDS
+  local v = redis.call('HMGET', tkey(id), unpack(fields))
   if not v[1] then return nil end
   local h = {}
-  for i, f in ipairs(TASK_FIELDS) do h[f] = v[i] or '' end
+  for i, f in ipairs(fields) do h[f] = v[i] or '' end
   return h
 end
 
