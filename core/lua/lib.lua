@@ -261,12 +261,18 @@ end
 -- submitter's (if it wants this kind of event) and any watchers'. Best
 -- effort (pcall): a refused or missing stream loses only the notification.
 local function notify(id, h, chunk_event, fields)
-  local targets = {}
-  if h.reply ~= '' and (not chunk_event or h.strm == '1') then targets[1] = h.reply end
-  if h.watch == '1' then
-    for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
-      if r ~= targets[1] then targets[#targets + 1] = r end
+  local own = h.reply ~= '' and (not chunk_event or h.strm == '1')
+  if h.watch ~= '1' then
+    -- The common case, the submitter alone: no list to build.
+    if own then
+      redis.pcall('XADD', h.reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN_S, '*', 't', id, unpack(fields))
     end
+    return
+  end
+  local targets = {}
+  if own then targets[1] = h.reply end
+  for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
+    if r ~= targets[1] then targets[#targets + 1] = r end
   end
   for _, r in ipairs(targets) do
     redis.pcall('XADD', r, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN_S, '*', 't', id, unpack(fields))
