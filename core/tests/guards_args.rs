@@ -405,8 +405,18 @@ async fn worker_calls_check_every_argument_at_their_bounds() {
         .text("result", 13, MAX_RESULT_BYTES)
         .flag("want next", 14)
         .with("completion count 0", 1, "0".into(), true)
-        .with("completion count above the completions", 1, "3".into(), true)
-        .with("completion count below the completions", 1, "1".into(), true)
+        .with(
+            "completion count above the completions",
+            1,
+            "3".into(),
+            true,
+        )
+        .with(
+            "completion count below the completions",
+            1,
+            "1".into(),
+            true,
+        )
         .with("completion count not a number", 1, "2x".into(), true)
         .with("chunk count 0 with a chunk after it", 15, "0".into(), true)
         .with("chunk count past the arguments", 15, "2".into(), true)
