@@ -1,8 +1,13 @@
 //! A steady mix of traffic for the demo: streaming and non-streaming
 //! requests, some with deadlines and higher priorities, from several
-//! concurrent clients, until Ctrl-C.
+//! concurrent clients, until Ctrl-C. The steady load waits for its
+//! answers (closed loop), so it never builds a backlog; bursts
+//! (`--burst-size`) submit many tasks at once without waiting, more than
+//! the workers can take, so pending work, the depth chart and the
+//! warning colours show.
 //!
-//! Run: `cargo run -p rtq-examples --example loadgen -- --redis URL [clients] [tasks_per_sec]`
+//! Run: `cargo run -p rtq-examples --example loadgen -- --redis URL [clients] [tasks_per_sec]
+//! [--burst-size N --burst-first-secs S --burst-every-secs S]`
 
 use std::time::Duration;
 
@@ -25,6 +30,30 @@ struct Args {
     /// Tasks per second, all clients together.
     #[arg(default_value_t = 10.0)]
     tasks_per_sec: f64,
+    /// Tasks submitted at once per burst, without waiting for them
+    /// (0 = no bursts).
+    #[arg(long, env = "RTQ_BURST_SIZE", default_value_t = 0)]
+    burst_size: u64,
+    /// Seconds before the first burst.
+    #[arg(long, env = "RTQ_BURST_FIRST_SECS", default_value_t = 10)]
+    burst_first_secs: u64,
+    /// Seconds between bursts (0 = only the first).
+    #[arg(long, env = "RTQ_BURST_EVERY_SECS", default_value_t = 60)]
+    burst_every_secs: u64,
+}
+
+/// Submits `size` tasks at once (fire and forget): a backlog the workers
+/// drain over the next seconds.
+async fn burst(q: &rtq_core::Queue, size: u64, n: u64) {
+    let submits = (0..size).map(|i| {
+        let req = TaskRequest::json(json!({"prompt": "burst", "max_tokens": 20 + i % 40}))
+            .label("client", "burst")
+            .label("burst", n.to_string());
+        q.submit(req)
+    });
+    let results = futures::future::join_all(submits).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    eprintln!("burst {n}: {size} tasks submitted, {failed} refused");
 }
 
 /// A small deterministic generator (no dependency needed for a demo).
@@ -84,6 +113,24 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 tokio::time::sleep(pause).await;
+            }
+        });
+    }
+    if args.burst_size > 0 {
+        let q = queue.clone();
+        let (size, first, every) = (
+            args.burst_size,
+            args.burst_first_secs,
+            args.burst_every_secs,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(first)).await;
+            for n in 1.. {
+                burst(&q, size, n).await;
+                if every == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(every)).await;
             }
         });
     }

@@ -2,16 +2,19 @@
 # The rtq demo: a private Redis (installed if missing), four rtq-worker
 # processes with the mock model (different speeds, one that fails sometimes,
 # one with a slow first token), a load generator with streaming and
-# non-streaming traffic, and the console on top. Quitting the console (q)
-# stops everything it started.
+# non-streaming traffic plus bursts that exceed the workers' capacity (the
+# first after 10 s, then every 45 s: pending work, the depth chart and the
+# warning colours show within the first minute), and the console on top.
+# Quitting the console (q) stops everything it started.
 #
 # Without a terminal (CI, pipes) it runs the load for a few seconds and
 # prints `rtq stats` instead of opening the console.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
-echo "building (release) ..." >&2
-cargo build --quiet --release -p rtq-worker -p rtq-console -p rtq-examples --examples --bins
+# Cargo's own progress is shown: the first build takes a few minutes.
+echo "building (release; the first build takes a few minutes) ..." >&2
+cargo build --release -p rtq-worker -p rtq-console -p rtq-examples --examples --bins
 
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -33,12 +36,13 @@ worker --worker-id a100-1 --label gpu=A100 --concurrency 8 --mock-tokens-per-sec
 worker --worker-id a100-2 --label gpu=A100 --concurrency 8 --mock-tokens-per-sec 80
 worker --worker-id l4-1 --label gpu=L4 --concurrency 4 --mock-tokens-per-sec 25 --mock-error-rate 0.15
 worker --worker-id t4-1 --label gpu=T4 --concurrency 2 --mock-tokens-per-sec 15 --mock-latency-ms 400
-"$bin/examples/loadgen" 6 12 >>"$dir/loadgen.log" 2>&1 & pids+=($!)
+"$bin/examples/loadgen" 6 12 --burst-size 600 --burst-first-secs 10 --burst-every-secs 45 \
+  >>"$dir/loadgen.log" 2>&1 & pids+=($!)
 
 if [ -t 0 ] && [ -t 1 ]; then
   "$bin/rtq"
 else
-  sleep 6
+  sleep 12
   "$bin/rtq" stats
   "$bin/rtq" workers llm
 fi

@@ -7,23 +7,62 @@
 
 use std::time::Duration;
 
-use rtq_core::admin::Admin;
+use std::collections::HashSet;
+
+use rtq_core::admin::task_pages::expired;
+use rtq_core::admin::{Admin, StatsCache};
 use rtq_core::{Client, ClientConfig, Error};
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{DetailData, Fetched, NodesData, QueueRow, TaskTab, TasksData};
 
-/// What the UI currently needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the UI currently needs (by default: the queues view).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Selected queue.
     pub queue: Option<String>,
+    /// The queues view is shown: read every queue's summary.
+    pub queues: bool,
+    /// Queue rows on screen (in the queues view): their whole statistics
+    /// are read; the others get counters only. Empty: the first
+    /// [`SHOWN_DEFAULT`] queues by name. Changes of this list alone do not
+    /// wake the fetcher (see [`Plan::same_reads`]).
+    pub shown: Vec<String>,
     /// Read workers of the selected queue.
     pub nodes: bool,
     /// Read a page of tasks of the selected queue.
     pub tasks: Option<(TaskTab, usize, usize)>,
     /// Read this task in detail.
     pub detail: Option<String>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            queue: None,
+            queues: true,
+            shown: Vec::new(),
+            nodes: false,
+            tasks: None,
+            detail: None,
+        }
+    }
+}
+
+impl Plan {
+    /// Whether `other` asks for the same reads, the rows on screen aside:
+    /// rows moving (a re-sort after new data, a scroll) must not start a
+    /// read at once, or a list sorted by a changing value would be re-read
+    /// back to back; new rows get their statistics at the next refresh.
+    pub fn same_reads(&self, other: &Plan) -> bool {
+        Plan {
+            shown: Vec::new(),
+            ..self.clone()
+        } == Plan {
+            shown: Vec::new(),
+            ..other.clone()
+        }
+    }
 }
 
 /// An operator action.
@@ -41,37 +80,187 @@ pub enum Action {
     MaxDepth(String, u64),
     /// Cancel all pending tasks of a queue.
     Purge(String),
+    /// Delete ended tasks (their hash, output and result).
+    Delete(String, Vec<String>),
+    /// Find every task of a list that passes a filter (not only the page
+    /// shown), to mark them: queue, list, filter text.
+    Match(String, TaskTab, String),
+}
+
+/// Tasks a [`Action::Match`] scans at most (in pages of [`MATCH_PAGE`]).
+pub const MATCH_SCAN: usize = 20_000;
+/// Task summaries read per round trip while matching.
+const MATCH_PAGE: usize = 500;
+
+/// Ids of the tasks of a list that pass `filter`, up to [`MATCH_SCAN`]
+/// scanned, and how many were scanned.
+///
+/// # Errors
+/// Redis errors.
+pub async fn matching(
+    admin: &Admin,
+    queue: &str,
+    tab: TaskTab,
+    filter: &str,
+) -> Result<(Vec<String>, usize), Error> {
+    let filter = crate::filter::Filter::parse(filter);
+    let mut ids = Vec::new();
+    let mut scanned = 0;
+    if tab == TaskTab::Failures {
+        let failed = admin.recent_failures(queue, FAILURE_SCAN).await?;
+        scanned = failed.len();
+        ids.extend(
+            failed
+                .iter()
+                .filter(|t| filter.matches_task(t))
+                .map(|t| t.id.clone()),
+        );
+        return Ok((ids, scanned));
+    }
+    while scanned < MATCH_SCAN {
+        let page = match tab {
+            TaskTab::Pending => admin.pending_page(queue, scanned, MATCH_PAGE).await?,
+            TaskTab::Running => admin.running_page(queue, scanned, MATCH_PAGE).await?.tasks,
+            _ => admin.recent_page(queue, scanned, MATCH_PAGE).await?,
+        };
+        let n = page.len();
+        scanned += n;
+        ids.extend(
+            page.iter()
+                .filter(|t| filter.matches_task(t))
+                .map(|t| t.id.clone()),
+        );
+        if n < MATCH_PAGE {
+            break;
+        }
+    }
+    Ok((ids, scanned))
 }
 
 /// Stats window of the queues view: 30 buckets of 10 s.
 const STATS_BUCKETS: usize = 30;
 /// Chunks shown in the detail view's live tail.
 const TAIL_CHUNKS: usize = 40;
+/// Rows whose statistics are read in whole when the UI has not said which
+/// rows it shows (the first read, tests, scripts).
+pub const SHOWN_DEFAULT: usize = 60;
+/// At most this many shown rows get whole statistics (a very tall terminal).
+const SHOWN_MAX: usize = 200;
+/// Rows off screen whose counters are re-read per refresh, in turn: with
+/// 10,000 queues each one's failure share is at most 40 refreshes old.
+pub const COUNTER_SLICE: usize = 256;
+/// Queues with stale workers housekept per refresh besides the shown ones.
+const HOUSEKEEP_STALE_MAX: usize = 64;
 
-/// Reads the queues view data: two pipelined round trips after the queue
-/// list, whatever the number of queues.
+/// What the fetcher remembers between refreshes: closed statistics
+/// buckets, whose turn it is for counters, and which Redis answered.
+#[derive(Debug, Default)]
+pub struct Reader {
+    /// Closed buckets already read.
+    pub stats: StatsCache,
+    /// Position of the next counters slice among the rows off screen.
+    turn: usize,
+    /// Whether Redis restarted and lost the queues.
+    pub server: crate::lost::ServerWatch,
+}
+
+impl Reader {
+    /// A reader with nothing cached.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the queues view: every queue's summary (two round trips
+    /// whatever the number of queues), the whole statistics of the rows
+    /// `shown` (closed buckets from the cache), counters of a slice of the
+    /// other rows (for their colour and sort order).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queues(&mut self, admin: &Admin, shown: &[String]) -> Result<Fetched, Error> {
+        let overviews = admin.summaries().await?;
+        let now_ms = overviews.first().map_or(0, |o| o.now_ms);
+        let names: Vec<&str> = overviews.iter().map(|o| o.name.as_str()).collect();
+        let known: HashSet<&str> = names.iter().copied().collect();
+        self.stats.retain(&known);
+        let full_names: Vec<String> = if shown.is_empty() {
+            names
+                .iter()
+                .take(SHOWN_DEFAULT)
+                .map(|n| n.to_string())
+                .collect()
+        } else {
+            shown
+                .iter()
+                .filter(|n| known.contains(n.as_str()))
+                .take(SHOWN_MAX)
+                .cloned()
+                .collect()
+        };
+        let mut full = self
+            .stats
+            .read_full(admin, &full_names, STATS_BUCKETS, now_ms)
+            .await?;
+        let in_full: HashSet<&str> = full_names.iter().map(String::as_str).collect();
+        let others: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !in_full.contains(n))
+            .collect();
+        if !others.is_empty() {
+            let start = self.turn % others.len();
+            let slice: Vec<String> = others
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(COUNTER_SLICE.min(others.len()))
+                .map(|n| n.to_string())
+                .collect();
+            self.turn = start + slice.len();
+            self.stats.read_counters(admin, &slice, now_ms).await?;
+        }
+        // On a cluster, which master holds each queue (one more round trip;
+        // none on a single node). Best effort: the rows show without it.
+        let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut nodes = admin.queue_nodes(&all).await.unwrap_or_default();
+        let rows: Vec<QueueRow> = overviews
+            .into_iter()
+            .map(|overview| {
+                let (stats, stats_full) = match full.remove(&overview.name) {
+                    Some(s) => (s, true),
+                    None => (
+                        self.stats
+                            .counters(&overview.name, now_ms)
+                            .unwrap_or_default(),
+                        false,
+                    ),
+                };
+                QueueRow {
+                    node: nodes.remove(&overview.name),
+                    overview,
+                    stats,
+                    stats_full,
+                }
+            })
+            .collect();
+        Ok(Fetched::Queues { rows, now_ms })
+    }
+}
+
+/// Reads the queues view data afresh (nothing cached): every queue's
+/// summary, the whole statistics of the first [`SHOWN_DEFAULT`] queues.
 ///
 /// # Errors
 /// Redis errors.
 pub async fn queues(admin: &Admin) -> Result<Fetched, Error> {
-    let dashboard = admin.dashboard(STATS_BUCKETS).await?;
-    // On a cluster, which master holds each queue (one more round trip;
-    // none on a single node). Best effort: the rows show without it.
-    let names: Vec<String> = dashboard.iter().map(|(o, _)| o.name.clone()).collect();
-    let mut nodes = admin.queue_nodes(&names).await.unwrap_or_default();
-    let rows: Vec<QueueRow> = dashboard
-        .into_iter()
-        .map(|(overview, stats)| QueueRow {
-            node: nodes.remove(&overview.name),
-            overview,
-            stats,
-        })
-        .collect();
-    let now_ms = rows.first().map_or(0, |r| r.overview.now_ms);
-    Ok(Fetched::Queues { rows, now_ms })
+    Reader::new().queues(admin, &[]).await
 }
 
-/// Reads the nodes view data.
+/// Events shown in the nodes view's event tail.
+pub const EVENT_TAIL: usize = 50;
+
+/// Reads the nodes view data: workers, workers departed in the last 10
+/// minutes, the latest events.
 ///
 /// # Errors
 /// Redis errors.
@@ -81,13 +270,16 @@ pub async fn nodes(admin: &Admin, queue: &str) -> Result<Fetched, Error> {
         queue: queue.to_string(),
         now_ms,
         workers: admin.workers(queue).await?,
+        departed: admin.departed_workers(queue).await?,
+        events: admin.events(queue, EVENT_TAIL).await?,
     }))
 }
 
 /// Endings scanned for the failures tab (Redis keeps about the last 1000).
 pub const FAILURE_SCAN: usize = 1000;
 
-/// Reads one page of the tasks view.
+/// Reads one page of the tasks view: summaries of the page's tasks only
+/// (never inputs or results), running tasks paged on the server.
 ///
 /// # Errors
 /// Redis errors.
@@ -99,29 +291,26 @@ pub async fn tasks(
     page: usize,
 ) -> Result<Fetched, Error> {
     let overview = admin.overview(queue).await?;
-    let workers = admin.workers(queue).await?;
-    let dead_workers = workers
-        .iter()
-        .filter(|w| w.lease_until_ms.is_none_or(|l| l <= overview.now_ms))
-        .map(|w| w.id.clone())
-        .collect();
     let mut groups = Vec::new();
+    let mut dead_workers = HashSet::new();
     let (tasks, total) = match tab {
         TaskTab::Pending => (
-            admin.pending(queue, offset, page).await?,
-            overview.pending as usize,
+            admin.pending_page(queue, offset, page).await?,
+            overview.pending.saturating_sub(overview.delayed) as usize,
         ),
         TaskTab::Running => {
-            let all = admin.running(queue).await?;
-            let total = all.len();
-            (all.into_iter().skip(offset).take(page).collect(), total)
+            let running = admin.running_page(queue, offset, page).await?;
+            dead_workers = expired(&running.leases, overview.now_ms)
+                .into_iter()
+                .collect();
+            (running.tasks, running.total)
         }
         TaskTab::Failures => {
             groups = crate::failures::group(&admin.recent_failures(queue, FAILURE_SCAN).await?);
             (Vec::new(), groups.len())
         }
         TaskTab::Recent => {
-            let page_tasks = admin.recent(queue, offset, page).await?;
+            let page_tasks = admin.recent_page(queue, offset, page).await?;
             let total = offset + page_tasks.len() + usize::from(page_tasks.len() == page);
             (page_tasks, total)
         }
@@ -217,24 +406,78 @@ pub async fn perform(admin: &Admin, action: &Action) -> Result<String, Error> {
             format!("max depth of {q} set to {d}")
         }
         Action::Purge(q) => format!("purged {} pending task(s) from {q}", admin.purge(q).await?),
+        Action::Delete(q, ids) => {
+            use rtq_core::admin::DeleteTaskReply;
+            let (mut deleted, mut not_ended, mut held, mut gone) = (0, 0, 0, 0);
+            for id in ids {
+                match admin.delete_task(q, id).await {
+                    Ok(DeleteTaskReply::Deleted(_)) => deleted += 1,
+                    Ok(DeleteTaskReply::NotEnded(_)) => not_ended += 1,
+                    Ok(DeleteTaskReply::Owned(_)) => held += 1,
+                    Ok(DeleteTaskReply::NotFound) | Err(Error::NotFound { .. }) => gone += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut msg = format!("deleted {deleted} task(s)");
+            for (n, why) in [
+                (not_ended, "not ended (cancel first)"),
+                (held, "still held by their worker"),
+                (gone, "already gone"),
+            ] {
+                if n > 0 {
+                    msg.push_str(&format!(", {n} {why}"));
+                }
+            }
+            msg
+        }
+        Action::Match(q, tab, filter) => {
+            let (ids, scanned) = matching(admin, q, *tab, filter).await?;
+            format!("{} of {scanned} match", ids.len())
+        }
     })
 }
 
-/// Reads the plan's data, in order; returns the names of the queues seen.
-async fn read_all(
+/// Reads what the plan shows, and only that, in order; returns the queues
+/// to housekeep: the rows on screen and queues with stale workers in the
+/// queues view, the selected queue elsewhere.
+///
+/// # Errors
+/// Redis errors.
+pub async fn read_all(
+    reader: &mut Reader,
     admin: &Admin,
     plan: &Plan,
     tx: &mpsc::Sender<Fetched>,
 ) -> Result<Vec<String>, Error> {
-    let listed = queues(admin).await?;
-    let names = match &listed {
-        Fetched::Queues { rows, .. } => rows.iter().map(|r| r.overview.name.clone()).collect(),
-        _ => Vec::new(),
-    };
-    let _ = tx.send(listed).await;
+    let server = admin.server_state().await?;
+    let lost = reader.server.observe(&server, &now_hms());
+    let _ = tx.send(Fetched::Lost(lost)).await;
+    let mut housekeep = Vec::new();
+    if plan.queues {
+        let listed = reader.queues(admin, &plan.shown).await?;
+        if let Fetched::Queues { rows, .. } = &listed {
+            housekeep = rows
+                .iter()
+                .filter(|r| r.stats_full)
+                .map(|r| r.overview.name.clone())
+                .collect();
+            housekeep.extend(
+                rows.iter()
+                    .filter(|r| !r.stats_full && r.overview.workers_stale > 0)
+                    .take(HOUSEKEEP_STALE_MAX)
+                    .map(|r| r.overview.name.clone()),
+            );
+        }
+        let _ = tx.send(listed).await;
+    }
     let Some(q) = &plan.queue else {
-        return Ok(names);
+        return Ok(housekeep);
     };
+    if !plan.queues {
+        housekeep.push(q.clone());
+        // The selected queue's counts keep its row (and depth chart) current.
+        let _ = tx.send(Fetched::Overview(admin.overview(q).await?)).await;
+    }
     if plan.nodes {
         let _ = tx.send(nodes(admin, q).await?).await;
     }
@@ -244,10 +487,15 @@ async fn read_all(
     if let Some(id) = &plan.detail {
         let _ = tx.send(detail_or_missing(admin, q, id).await?).await;
     }
-    Ok(names)
+    Ok(housekeep)
 }
 
-/// One round of housekeeping on every listed queue, concurrently: a queue
+/// Local wall-clock time, HH:MM:SS.
+fn now_hms() -> String {
+    chrono::Local::now().format("%H:%M:%S").to_string()
+}
+
+/// One round of housekeeping on the queues shown, concurrently: a queue
 /// whose workers all died and whose clients only fire and forget still
 /// gets its dead workers reaped and its overdue tasks ended while someone
 /// watches it.
@@ -284,6 +532,7 @@ pub async fn run(
     tx: mpsc::Sender<Fetched>,
 ) {
     let mut admin: Option<Admin> = None;
+    let mut reader = Reader::new();
     loop {
         if admin.is_none() {
             let config = config.clone().give_up_after(Duration::from_secs(3));
@@ -305,7 +554,7 @@ pub async fn run(
         }
         if let Some(a) = &admin {
             let current = plan.borrow_and_update().clone();
-            match read_all(a, &current, &tx).await {
+            match read_all(&mut reader, a, &current, &tx).await {
                 Ok(names) if !read_only => housekeep(a, &names).await,
                 Ok(_) => {}
                 Err(e) => {
@@ -320,12 +569,23 @@ pub async fn run(
             changed = plan.changed() => if changed.is_err() { return },
             action = actions.recv() => {
                 let Some(action) = action else { return };
-                let msg = match &admin {
-                    Some(a) => match perform(a, &action).await {
+                let msg = match (&admin, &action) {
+                    (Some(a), Action::Match(q, tab, filter)) => {
+                        match matching(a, q, *tab, filter).await {
+                            Ok((ids, scanned)) => Fetched::Matched {
+                                queue: q.clone(),
+                                filter: filter.clone(),
+                                ids,
+                                scanned,
+                            },
+                            Err(e) => Fetched::ActionDone(format!("failed: {e}"), true),
+                        }
+                    }
+                    (Some(a), _) => match perform(a, &action).await {
                         Ok(m) => Fetched::ActionDone(m, false),
                         Err(e) => Fetched::ActionDone(format!("failed: {e}"), true),
                     },
-                    None => Fetched::ActionDone("not connected to Redis".into(), true),
+                    (None, _) => Fetched::ActionDone("not connected to Redis".into(), true),
                 };
                 if tx.send(msg).await.is_err() {
                     return;

@@ -39,6 +39,12 @@ fn health(level: Level, label: &'static str) -> Health {
     Health { level, label }
 }
 
+/// Rate per second over the last six 10-second buckets (the live view
+/// wants "now", not the 5-minute average).
+pub fn last_minute_rate(stats: &rtq_core::admin::QueueStats, name: &str) -> f64 {
+    stats.series(name).iter().rev().take(6).sum::<u64>() as f64 / 60.0
+}
+
 /// Failed share of the tasks that ended over the last minute (six
 /// 10-second buckets), if enough ended to say.
 pub fn failure_share(row: &QueueRow) -> Option<f64> {

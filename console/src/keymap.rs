@@ -30,6 +30,10 @@ pub enum Cmd {
     NextTab,
     /// Edit the filter.
     Filter,
+    /// Sort the list by the next column.
+    SortNext,
+    /// Reverse the sort order.
+    SortReverse,
     /// Open a task by id, wherever it is in the queue.
     GoTo,
     /// Open the selection (queue -> tasks, task -> detail).
@@ -46,6 +50,13 @@ pub enum Cmd {
     Requeue,
     /// Cancel the marked (or selected) tasks.
     Cancel,
+    /// Delete the marked (or selected) ended tasks, or a failure group.
+    Delete,
+    /// Mark every task of the list that passes the filter (the whole
+    /// list, not only the page), or every row shown without a filter.
+    MarkAll,
+    /// Clear every mark.
+    ClearMarks,
     /// Raise priority by one.
     PriorityUp,
     /// Lower priority by one.
@@ -146,8 +157,22 @@ pub const KEYMAP: &[Binding] = &[
     b(
         &[KeyCode::Char('/')],
         "/",
-        "filter rows",
+        "filter: words, err:TEXT worker:ID label:K=V state:S",
         Cmd::Filter,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('s')],
+        "s",
+        "sort by the next column (shown in the title)",
+        Cmd::SortNext,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('S')],
+        "S",
+        "reverse the sort order",
+        Cmd::SortReverse,
         false,
     ),
     b(
@@ -175,9 +200,23 @@ pub const KEYMAP: &[Binding] = &[
         false,
     ),
     b(
+        &[KeyCode::Char('A')],
+        "A",
+        "mark every task matching the filter (whole list), or all shown",
+        Cmd::MarkAll,
+        false,
+    ),
+    b(
+        &[KeyCode::Char('U')],
+        "U",
+        "clear all marks",
+        Cmd::ClearMarks,
+        false,
+    ),
+    b(
         &[KeyCode::Char('r')],
         "r",
-        "requeue marked/selected task(s)",
+        "retry (requeue) marked/selected task(s) or the failure group",
         Cmd::Requeue,
         true,
     ),
@@ -186,6 +225,13 @@ pub const KEYMAP: &[Binding] = &[
         "c",
         "cancel marked/selected task(s)",
         Cmd::Cancel,
+        true,
+    ),
+    b(
+        &[KeyCode::Char('d')],
+        "d",
+        "delete marked/selected ended task(s) or the failure group",
+        Cmd::Delete,
         true,
     ),
     b(

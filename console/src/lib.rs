@@ -4,17 +4,22 @@
 //! Layout: `cli` (scriptable commands), `model` (what a view shows),
 //! `fetch` (background reads: the only code that touches the network),
 //! `state` (app state and its update from keys and data; no I/O),
-//! `keymap` (bindings, also the source of the help screen), `render`
+//! `keymap` (bindings, also the source of the help screen), `filter`
+//! (the row filter's words), `sort` (sorting lists by column), `lost`
+//! ("Redis lost its data"), `render`
 //! (state -> frame, one module per view), `ui` (terminal setup and the
 //! event loop).
 
 pub mod cli;
 pub mod failures;
 pub mod fetch;
+pub mod filter;
 pub mod health;
 pub mod keymap;
+pub mod lost;
 pub mod model;
 pub mod render;
+pub mod sort;
 pub mod state;
 pub mod ui;
 

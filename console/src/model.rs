@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rtq_core::admin::{QueueOverview, QueueStats, WorkerInfo};
+use rtq_core::admin::{QueueEvent, QueueOverview, QueueStats, WorkerInfo};
 use rtq_core::TaskInfo;
 
 /// One queue's row in the queues view.
@@ -12,8 +12,12 @@ use rtq_core::TaskInfo;
 pub struct QueueRow {
     /// Counts at a glance.
     pub overview: QueueOverview,
-    /// Rates and latencies over the last 5 minutes.
+    /// Rates and latencies over the last 5 minutes for rows on screen
+    /// (`stats_full`); for the others, `done` and `failed` over the last
+    /// minute only (enough for their colour and sort order).
     pub stats: QueueStats,
+    /// Whether `stats` is the whole window with latencies.
+    pub stats_full: bool,
     /// On a Redis Cluster, the master (`host:port`) holding the queue;
     /// `None` on a single node.
     pub node: Option<String>,
@@ -28,6 +32,11 @@ pub struct NodesData {
     pub now_ms: i64,
     /// Registered workers.
     pub workers: Vec<WorkerInfo>,
+    /// Workers that died or left in the last 10 minutes (`dead_at`,
+    /// `dead_why` fields), newest first.
+    pub departed: Vec<WorkerInfo>,
+    /// The queue's latest events, newest first.
+    pub events: Vec<QueueEvent>,
 }
 
 /// Which list the tasks view shows.
@@ -109,6 +118,11 @@ pub enum Fetched {
         /// Redis time of the read.
         now_ms: i64,
     },
+    /// One queue's counts (outside the queues view: the selected queue).
+    Overview(QueueOverview),
+    /// Whether Redis lost its data: the message while queues are missing
+    /// after a restart or a flush.
+    Lost(Option<String>),
     /// Workers of a queue.
     Nodes(NodesData),
     /// A page of tasks.
@@ -122,6 +136,17 @@ pub enum Fetched {
         queue: String,
         /// Task id.
         id: String,
+    },
+    /// The tasks of a list that pass a filter (to mark them).
+    Matched {
+        /// Queue name.
+        queue: String,
+        /// The filter text.
+        filter: String,
+        /// Matching task ids, in list order.
+        ids: Vec<String>,
+        /// Tasks scanned.
+        scanned: usize,
     },
     /// An action finished: message, and whether it failed.
     ActionDone(String, bool),

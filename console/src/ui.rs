@@ -71,6 +71,7 @@ async fn event_loop(
     });
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while !app.quit {
+        app.set_screen_height(terminal.size()?.height);
         terminal.draw(|f| crate::render::draw(f, &app))?;
         tokio::select! {
             key = key_rx.recv() => match key {
@@ -87,11 +88,13 @@ async fn event_loop(
             Some(data) = data_rx.recv() => app.on_fetched(data),
             _ = tick.tick() => app.tick(std::time::Instant::now()),
         }
+        // Rows moving on screen update the plan without waking the fetcher
+        // (see `Plan::same_reads`).
         plan_tx.send_if_modified(|p| {
             let next = app.plan();
-            let changed = *p != next;
+            let wake = !p.same_reads(&next);
             *p = next;
-            changed
+            wake
         });
     }
     fetcher.abort();

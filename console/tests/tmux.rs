@@ -76,12 +76,33 @@ async fn the_console_runs_in_a_real_terminal_and_restores_it_on_quit() {
     t.keys(&[&cmd, "Enter"]);
     let screen = t.wait_for("connected");
     assert!(screen.contains("llm"), "{screen}");
+    // Sort keys name the sort in the title.
+    t.keys(&["s"]);
+    t.wait_for("sorted by state [s/S]");
     t.keys(&["2"]);
     t.wait_for("gpu-1");
+    // The nodes view has the queue's event tail (the seed paused it).
+    t.wait_for("events, newest first");
+    t.wait_for("paused");
     t.keys(&["3"]);
     t.wait_for("1-5 of 5");
+    t.keys(&["s"]);
+    t.wait_for("sorted by id (this page)");
+    t.keys(&["S"]);
+    t.wait_for("sorted by id, reversed");
+    // Finished tasks filtered by error text; d names what it would delete.
+    t.keys(&["t", "t"]);
+    t.wait_for("finished");
+    t.keys(&["/", "err:memory", "Enter"]);
+    t.wait_for("filter: err:memory");
+    t.keys(&["d"]);
+    t.wait_for("Delete task bad");
+    t.keys(&["n"]);
+    t.wait_for("not done");
+    t.keys(&["Escape"]);
+    // Help scrolls: more keys than rows.
     t.keys(&["?"]);
-    t.wait_for("keys (any key closes)");
+    t.wait_for("j/k scroll");
     t.keys(&["Escape"]);
     t.keys(&["q"]);
     let screen = t.wait_for("CONSOLE-EXITED-0");

@@ -172,7 +172,8 @@ async fn connection_loss_keeps_stale_data_and_says_since_when() {
 async fn help_is_generated_from_the_keymap() {
     let mut app = App::new("redis://x/".into(), true);
     app.on_key(KeyCode::Char('?'));
-    let screen = render(&app, 80, 30);
+    // Tall enough for every binding (80x24 scrolls: see below).
+    let screen = render(&app, 80, 40);
     for b in rtq_console::keymap::KEYMAP {
         assert!(screen.contains(b.help), "help lacks {:?}", b.help);
     }

@@ -140,6 +140,8 @@ local function beat(keys, args, register)
     -- A new process under this id: the old one is gone with its tasks.
     swept = swept + reap_worker(wid, now, 'was restarted')
   end
+  -- A process back under a departed id is no longer departed.
+  if register then redis.pcall('ZREM', P .. 'gone', wid) end
   redis.call('ZADD', P .. 'workers', now + lease, wid)
   local wk = wkey(wid)
   redis.call('HSET', wk, 'hb', now, 'lease', lease, 'inst', inst, 'slots', slots,

@@ -32,11 +32,14 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 7
+local REVISION = 8
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
 local ENDED_CAP_S = '1000' -- mutation: skip
+local EVENTS_CAP_S = '1000' -- mutation: skip
+local MAX_EVENT_TEXT = 256 -- bytes of a message kept in an event
+local EVENTS_TTL_S = '604800000' -- a week after the last event, a forgotten queue's events go
 local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local STATS_TTL_S = '3600000'
@@ -279,6 +282,30 @@ local function notify(id, h, chunk_event, fields)
   end
 end
 
+-- Appends an entry to the queue's event stream `ev` (the console's event
+-- tail): k kind, t task id, w worker id, m message (cut to 256 bytes); the
+-- entry id is the Redis time. Only rare paths write it (failures,
+-- requeues, retries, cancels, lost and departed workers, operator
+-- actions), never a plain done. At most about 1000 entries of about 400
+-- bytes per queue, gone a week after the last one. Best effort (pcall): a
+-- foreign key there loses the event, never the write that caused it.
+local function event(kind, id, wid, msg)
+  local ev = P .. 'ev'
+  redis.pcall('XADD', ev, 'MAXLEN', '~', EVENTS_CAP_S, '*', 'k', kind, 't', id or '', 'w', wid or '',
+    'm', string.sub(msg or '', 1, MAX_EVENT_TEXT))
+  redis.pcall('PEXPIRE', ev, EVENTS_TTL_S)
+end
+
+-- Lists a worker that died or left in the queue's `gone` zset (worker id
+-- -> when) for as long as its info hash is kept (10 minutes), so consoles
+-- can show departed nodes. Best effort, like event().
+local function mark_departed(wid, now)
+  local g = P .. 'gone'
+  redis.pcall('ZADD', g, istr(now), wid)
+  redis.pcall('ZREMRANGEBYSCORE', g, '-inf', '(' .. istr(now - WORKER_INFO_TTL_MS))
+  redis.pcall('PEXPIRE', g, istr(WORKER_INFO_TTL_MS))
+end
+
 -- Tells a live worker to stop attempt `att` of a task.
 -- kind: 'cancelled' | 'deadline' | 'requeued'.
 local function send_cancel(wid, id, att, kind, reason)
@@ -315,6 +342,8 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
     stat_hist(b, 't:', now - num(h.sub))
   end
   redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP_S, '*', 't', id, 'st', state)
+  -- A purge ends thousands at once: it writes one event of its own.
+  if state ~= 'done' and kind ~= 'purged' then event(state, id, h.w, kind .. ': ' .. payload) end
   if state == 'done' then
     notify(id, h, false, {'e', 'f', 'st', state, 'a', h.att, 'n', h.nc, 'r', payload})
   else
@@ -325,7 +354,8 @@ end
 -- Puts a task back in the queue: into pending at `score`, or into delayed
 -- until `due` (a retry's backoff). Followers learn that the attempt they
 -- were reading is void. `extra`: more field/value pairs for the HSET.
-local function to_queue(id, h, reason, score, due, extra)
+-- `kind` names the event (default: 'retry' with a backoff, else 'requeued').
+local function to_queue(id, h, reason, score, due, extra, kind)
   local fields = {'st', 'queued', 'w', '', 'nc', '0', 'nb', '0', 'fc', '0', 'lc', '0', 'sc', score, 'due', istr(due)}
   for _, v in ipairs(extra or {}) do fields[#fields + 1] = tostr(v) end
   redis.call('HSET', tkey(id), unpack(fields))
@@ -339,6 +369,7 @@ local function to_queue(id, h, reason, score, due, extra)
   else
     redis.call('ZADD', P .. 'pending', score, id)
   end
+  event(kind or (due > 0 and 'retry' or 'requeued'), id, h.w, reason)
   notify(id, h, false, {'e', 'q', 'a', h.att, 'm', reason})
 end
 
@@ -352,7 +383,7 @@ local function lose_attempt(id, h, reason, now)
     finish(id, h, 'failed', 'worker_lost', reason .. '; attempts used up', now, e)
     return false
   end
-  to_queue(id, h, reason, h.sc, 0, e)
+  to_queue(id, h, reason, h.sc, 0, e, 'lost')
   return true
 end
 
@@ -574,8 +605,10 @@ local function reap_worker(wid, now, why)
   redis.call('DEL', wqkey(wid), inkey(wid))
   redis.call('ZREM', P .. 'workers', wid)
   redis.call('ZREM', P .. 'free', wid)
-  redis.call('HSET', wkey(wid), 'state', 'dead', 'dead_at', now)
+  redis.call('HSET', wkey(wid), 'state', 'dead', 'dead_at', istr(now), 'dead_why', why)
   redis.call('PEXPIRE', wkey(wid), WORKER_INFO_TTL_MS)
+  mark_departed(wid, now)
+  event('worker_lost', '', wid, 'worker ' .. wid .. ' ' .. why .. '; attempts lost: ' .. istr(n))
   -- Adding 0 to the counter would change no reading: mutants equivalent.
   if n > 0 then stat_add(stats_key(now), 'lost', n) end -- mutation: skip
   return n

@@ -14,6 +14,11 @@ rtq2_purge: cancel up to ARGV[1] (in [1, 1000]) queued tasks (pending and
   delayed), highest priority first, each ending as 'cancelled' with kind
   'purged' so waiting clients are told. Callers loop until remaining is 0.
   Reply {removed, remaining}.
+rtq2_delete_task: forget an ended task now instead of at the end of its
+  retention: its hash, output and follower set are deleted. ARGV[1] task
+  id. Reply {'OK', state} | {'NOT_FOUND'} | {'NOT_ENDED', state} (queued or
+  running: cancel it first) | {'OWNED', worker} (ended, but its worker has
+  not let go of it yet: try again after the worker's next heartbeat).
 rtq2_housekeep: one bounded round of upkeep (what every worker heartbeat
   also does, for queues without live workers): reap up to 8 dead workers,
   end up to 100 overdue tasks, promote due retries, dispatch up to 1000
@@ -43,6 +48,7 @@ local function pause(keys, args)
   local paused = arg_flag(args[1], 'paused')
   ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
   redis.call('HSET', P .. 'meta', 'paused', paused and 1 or 0)
+  event(paused and 'paused' or 'resumed', '', '', '')
   local n = 0
   if not paused then n = dispatch_if_needed(now_ms(), DISPATCH_PER_CALL) end
   return {'OK', n}
@@ -54,6 +60,7 @@ local function set_max_depth(keys, args)
   local maxd = arg_int(args[1], 'max depth', 0, 1099511627776)
   ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
   redis.call('HSET', P .. 'meta', 'maxd', maxd)
+  event('max_depth', '', '', 'max depth ' .. istr(maxd))
   return {'OK'}
 end
 
@@ -75,7 +82,21 @@ local function purge(keys, args)
     end
     if removed >= batch then break end
   end
+  if removed > 0 then event('purged', '', '', 'queued tasks cancelled: ' .. istr(removed)) end
   return {removed, redis.call('ZCARD', P .. 'pending') + redis.call('ZCARD', P .. 'delayed')}
+end
+
+local function delete_task(keys, args)
+  bind(keys)
+  if #args ~= 1 then invalid('delete_task takes 1 argument') end
+  local id = arg_id(args[1], 'task id')
+  local h = load_task(id)
+  if not h then return {'NOT_FOUND'} end
+  if h.st == 'queued' or h.st == 'running' then return {'NOT_ENDED', h.st} end
+  if h.w ~= '' and redis.call('SISMEMBER', wqkey(h.w), id) == 1 then return {'OWNED', h.w} end
+  redis.call('DEL', tkey(id), okey(id), wtkey(id))
+  event('deleted', id, h.w, h.st)
+  return {'OK', h.st}
 end
 
 local function housekeep(keys, args)
@@ -89,4 +110,5 @@ redis.register_function{function_name = 'rtq2_set_priority', callback = set_prio
 redis.register_function{function_name = 'rtq2_pause', callback = pause, flags = {'allow-oom'}}
 redis.register_function{function_name = 'rtq2_set_max_depth', callback = set_max_depth, flags = {'allow-oom'}}
 redis.register_function{function_name = 'rtq2_purge', callback = purge, flags = {'allow-oom'}}
+redis.register_function{function_name = 'rtq2_delete_task', callback = delete_task, flags = {'allow-oom'}}
 redis.register_function{function_name = 'rtq2_housekeep', callback = housekeep, flags = {'allow-oom'}}

@@ -71,8 +71,10 @@ local function release(keys, args)
     redis.call('DEL', wq, inkey(wid))
     redis.call('ZREM', P .. 'workers', wid)
     redis.call('ZREM', P .. 'free', wid)
-    redis.call('HSET', wkey(wid), 'state', 'stopped', 'dead_at', now)
+    redis.call('HSET', wkey(wid), 'state', 'stopped', 'dead_at', istr(now), 'dead_why', 'left')
     redis.call('PEXPIRE', wkey(wid), WORKER_INFO_TTL_MS)
+    mark_departed(wid, now)
+    event('worker_left', '', wid, 'worker ' .. wid .. ' left; tasks handed back: ' .. istr(n))
   else
     set_free(wid, 0)
   end

@@ -37,6 +37,7 @@ pub const LIBRARY_COMMANDS: &[&str] = &[
     "zcount",
     "zincrby",
     "zpopmin",
+    "zremrangebyscore",
     "xadd",
 ];
 
@@ -143,6 +144,12 @@ impl Role {
                     "lrange",
                     // Whether a listed queue exists (`Admin::queue_exists`).
                     "sismember",
+                    // Task lists read a spec for its labels only when it
+                    // is small (`Admin::task_summaries`).
+                    "hstrlen",
+                    // Whether Redis restarted (run id, uptime): the console
+                    // tells "Redis lost its data" from "no data".
+                    "info",
                     // On a cluster: the slot map (which master holds a queue).
                     "cluster|slots",
                 ],
@@ -160,6 +167,7 @@ impl Role {
                     "xtrim",
                     "xrevrange",
                     "hgetall",
+                    "hstrlen",
                     // Queue deletion (`Admin::delete_queue`).
                     "scan",
                     "unlink",

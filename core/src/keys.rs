@@ -130,6 +130,17 @@ impl QueueKeys {
     pub fn ended(&self) -> String {
         self.key("ended")
     }
+    /// Stream of queue events (`k` kind, `t` task, `w` worker, `m`
+    /// message): failures, requeues, retries, cancels, lost and departed
+    /// workers, operator actions; capped near 1000 entries.
+    pub fn events(&self) -> String {
+        self.key("ev")
+    }
+    /// Zset worker id -> when (ms) of workers that died or left in the last
+    /// 10 minutes.
+    pub fn departed(&self) -> String {
+        self.key("gone")
+    }
     /// Hash of one task.
     pub fn task(&self, id: &str) -> String {
         self.key(&format!("t:{id}"))

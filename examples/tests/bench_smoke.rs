@@ -112,7 +112,7 @@ fn the_open_loop_and_reference_tables_print() {
 
 #[test]
 fn the_new_benchmarks_need_a_redis_url_but_not_for_help() {
-    for name in ["bench_curves", "bench_open_loop"] {
+    for name in ["bench_curves", "bench_open_loop", "bench_stream"] {
         let path = target_dir().join("examples").join(name);
         let out = Command::new(&path)
             .env_remove("RTQ_REDIS_URL")
@@ -134,4 +134,32 @@ fn the_new_benchmarks_need_a_redis_url_but_not_for_help() {
         .output()
         .expect("benchmark runs");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn the_paced_streaming_bench_prints_one_row_per_granularity() {
+    let redis = RedisServer::start();
+    let out = run(
+        "bench_stream",
+        &[
+            "--streams",
+            "2",
+            "--chunks",
+            "3",
+            "--interval-ms",
+            "5",
+            "--secs",
+            "1",
+            "--max-delay-ms",
+            "0,20",
+        ],
+        &redis,
+    );
+    assert!(out.contains("| max delay | tasks/s | chunks/s |"), "{out}");
+    assert!(out.contains("\n| 0 ms | "), "{out}");
+    assert!(out.contains("\n| 20 ms | "), "{out}");
+    // Chunks were received and measured in the window.
+    let row = out.lines().find(|l| l.starts_with("| 0 ms |")).unwrap();
+    let chunks_per_s: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+    assert!(chunks_per_s > 0.0, "{out}");
 }

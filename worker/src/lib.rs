@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use rtq_core::{redact_url, TlsConfig, Worker, WorkerConfig};
+use rtq_core::{redact_url, Granularity, TlsConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use handlers::body::Limits;
@@ -174,6 +174,23 @@ pub struct Config {
     /// handlers stop at once; this bounds custom ones.
     #[arg(long, env = "RTQ_CANCEL_GRACE_MS", default_value_t = 1000)]
     pub cancel_grace_ms: u64,
+    /// Streaming granularity: ms the worker may hold a task's chunks to
+    /// write them in one call (0 = write each at once). Paced tokens cost
+    /// one Redis call each at 0; 50 ms cuts Redis CPU per token about 2.4x
+    /// (BENCHMARKS.md section 11) for 50 ms more delivery delay.
+    #[arg(long, env = "RTQ_STREAM_HOLD_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub stream_hold_ms: u64,
+    /// With --stream-hold-ms: write as soon as this many bytes are held
+    /// (0 = 64 KiB, so the hold time decides).
+    #[arg(long, env = "RTQ_STREAM_MIN_BYTES", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
+    pub stream_min_bytes: u64,
+    /// Chunk writes of one task in flight at once (1 coalesces chunks
+    /// produced while a write is under way; more pipelines them).
+    #[arg(long, env = "RTQ_STREAM_WRITES_IN_FLIGHT", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub stream_writes_in_flight: u64,
     /// Labels shown in the console, as key=value (repeatable), e.g. gpu=A100.
     #[arg(long = "label", env = "RTQ_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -201,6 +218,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// How the worker groups a task's chunks into writes (the
+    /// `--stream-*` flags).
+    pub fn granularity(&self) -> Granularity {
+        let hold = Duration::from_millis(self.stream_hold_ms);
+        let min_bytes = match (self.stream_hold_ms, self.stream_min_bytes) {
+            (0, _) => 0,
+            (_, 0) => 64 * 1024,
+            (_, n) => n as usize,
+        };
+        Granularity {
+            max_in_flight: self.stream_writes_in_flight.max(1) as usize,
+            min_bytes,
+            max_delay: hold,
+        }
+    }
+
     /// Cross-field checks clap cannot express; the message says what to set.
     ///
     /// # Errors
@@ -317,6 +350,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .grace(Duration::from_secs(config.grace_secs))
         .handler_name(config.handler_name());
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
+    wc.granularity = config.granularity();
     for key in config.verify_keys.iter().filter(|k| !k.trim().is_empty()) {
         wc.verify_keys.push(
             rtq_core::signing::VerifyKey::from_hex(key)
@@ -558,6 +592,26 @@ mod tests {
         let err = parse_labels(&["novalue".to_string()]).unwrap_err();
         assert!(err.to_string().contains("novalue"), "{err}");
         assert!(parse_labels(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stream_flags_map_to_the_granularity() {
+        use clap::Parser;
+        let g = |args: &[&str]| {
+            let mut argv = vec!["rtq-worker", "--redis", "redis://127.0.0.1:6379"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).unwrap().granularity()
+        };
+        assert_eq!(g(&[]), Granularity::default());
+        let held = g(&["--stream-hold-ms", "50"]);
+        assert_eq!(held.max_delay, Duration::from_millis(50));
+        assert_eq!(held.min_bytes, 64 * 1024);
+        assert_eq!(held.max_in_flight, 1);
+        let sized = g(&["--stream-hold-ms", "50", "--stream-min-bytes", "100"]);
+        assert_eq!(sized.min_bytes, 100);
+        // A byte floor without a hold would hold nothing: writes at once.
+        assert_eq!(g(&["--stream-min-bytes", "100"]).min_bytes, 0);
+        assert_eq!(g(&["--stream-writes-in-flight", "4"]).max_in_flight, 4);
     }
 
     #[test]

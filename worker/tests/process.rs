@@ -151,3 +151,79 @@ fn without_a_redis_url_the_worker_refuses_to_start_and_says_how_to_give_one() {
         "it must not try a Redis it was not given: {err}"
     );
 }
+
+/// Redis's count of `XADD` calls so far (one per chunk write of a
+/// streamed task: the chunk event to the submitter's reply stream).
+async fn xadd_calls(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stream_hold_groups_paced_tokens_into_few_writes_and_loses_none() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("held").unwrap();
+    // 20 tokens at 40/s (about half a second), held up to 5 s: the whole
+    // stream fits one hold, however slow the machine, so the tokens leave
+    // in the final write or one or two before it, never one call each.
+    let mut w = spawn_worker(
+        &redis,
+        "held",
+        "held-1",
+        &[
+            "--mock-tokens-per-sec",
+            "40",
+            "--mock-tokens",
+            "20",
+            "--stream-hold-ms",
+            "5000",
+        ],
+    );
+    // A first task warms up both sides (reply stream, registration).
+    q.run(TaskRequest::json(json!({"max_tokens": 1})))
+        .await
+        .unwrap();
+    let before = xadd_calls(&redis).await;
+    let stream = q.stream(TaskRequest::json(json!({}))).await.unwrap();
+    let (_, text) = tokio::time::timeout(Duration::from_secs(30), stream.collect_text())
+        .await
+        .expect("finished in time")
+        .expect("a result");
+    let expected: String = (0..20).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(text, expected);
+    let writes = xadd_calls(&redis).await - before;
+    // Chunk events (at most 2) + the ending's `ended` entry and reply event.
+    assert!(writes <= 4, "{writes} XADDs for 20 held tokens");
+    w.kill().unwrap();
+    w.wait().unwrap();
+}
+
+#[test]
+fn stream_flags_are_range_checked() {
+    for (flag, bad) in [
+        ("--stream-hold-ms", "10001"),
+        ("--stream-writes-in-flight", "0"),
+        ("--stream-min-bytes", "16777217"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rtq-worker"))
+            .args(["--redis", "redis://127.0.0.1:1/", flag, bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{out:?}"
+        );
+    }
+}

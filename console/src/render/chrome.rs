@@ -142,7 +142,7 @@ pub fn help(frame: &mut Frame, app: &App) {
         })
         .collect();
     let total = lines.len() as u16;
-    let area = centered(frame.area(), 64, total + 2);
+    let area = centered(frame.area(), 76, total + 2);
     let visible = area.height.saturating_sub(2);
     let scroll = app.help_scroll.min(total.saturating_sub(visible));
     let title = if total > visible {

@@ -9,16 +9,10 @@ use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
 use super::{fit, fmt_lat, fmt_ms};
-use crate::health::{queue_health, Level};
+use crate::health::{last_minute_rate, queue_health, Level};
 use crate::state::App;
 use rtq_core::admin::stats::Latency;
 use rtq_core::admin::QueueStats;
-
-/// Rate per second over the last six 10-second buckets (the live view
-/// wants "now", not the 5-minute average).
-pub fn last_minute_rate(stats: &rtq_core::admin::QueueStats, name: &str) -> f64 {
-    stats.series(name).iter().rev().take(6).sum::<u64>() as f64 / 60.0
-}
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let [table_area, sparks] =
@@ -48,6 +42,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .iter()
         .map(|q| {
             let (o, s) = (&q.overview, &q.stats);
+            // A row that just scrolled into view gets its latencies at
+            // the next refresh.
+            let lat = |text: String| if q.stats_full { text } else { "…".into() };
             let health = queue_health(q);
             let state = match health.level {
                 Level::Critical => health.label.fg(Color::Red).bold(),
@@ -61,19 +58,19 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 o.running.to_string().into(),
                 format!("{:.1}", last_minute_rate(s, "done")).into(),
                 format!("{:.1}", last_minute_rate(s, "failed")).into(),
-                format!("{}/{}", fmt_lat(s.wait.p50), fmt_lat(s.wait.p99)).into(),
-                format!(
+                lat(format!("{}/{}", fmt_lat(s.wait.p50), fmt_lat(s.wait.p99))).into(),
+                lat(format!(
                     "{}/{}/{}",
                     fmt_lat(s.total.p50),
                     fmt_lat(s.total.p95),
                     fmt_lat(s.total.p99)
-                )
+                ))
                 .into(),
                 o.workers_alive.to_string().into(),
             ];
             if wide {
                 cells.extend([
-                    fmt_lat(s.first_chunk.p50).into(),
+                    lat(fmt_lat(s.first_chunk.p50)).into(),
                     o.head_wait_ms
                         .map(fmt_ms)
                         .unwrap_or_else(|| "-".into())
@@ -117,17 +114,28 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         widths.push(fit("NODE", cell(12), 48));
     }
     let empty = app.queues.is_empty();
-    let title = if empty {
-        " queues (none yet: submit a task or start a worker) "
+    let title = match &app.lost {
+        Some(lost) => format!(" queues: {lost} "),
+        None if empty => " queues (none yet: submit a task or start a worker) ".into(),
+        None => format!(
+            " queues ({})  {} [s/S] ",
+            app.visible_queues().len(),
+            app.sort_label()
+        ),
+    };
+    let title = if app.lost.is_some() {
+        Line::from(title).fg(Color::Red).bold()
     } else {
-        " queues "
+        Line::from(title)
     };
     let rows: Vec<Row> = cells_all.into_iter().map(Row::new).collect();
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().bold()))
         .block(Block::bordered().title(title))
         .row_highlight_style(Style::new().reversed());
-    let mut state = TableState::default().with_selected((!empty).then_some(app.cursor()));
+    let mut state = TableState::default()
+        .with_offset(app.queue_offset)
+        .with_selected((!empty).then_some(app.cursor()));
     frame.render_stateful_widget(table, table_area, &mut state);
 
     let Some(row) = app

@@ -224,8 +224,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let queue = app.queue.as_deref().unwrap_or("-");
     let count = rows.len();
     let (offset, total) = data.map_or((0, 0), |d| (d.offset, d.total));
+    let sorted = if app.sort[2] == crate::sort::Sort::default() {
+        String::new()
+    } else {
+        format!("  {} (this page)", app.sort_label())
+    };
     let title = format!(
-        " {queue}: {} [t switches]  {}-{} of {total}{} ",
+        " {queue}: {} [t switches]  {}-{} of {total}{sorted}{} ",
         app.tab.name(),
         if count == 0 { 0 } else { offset + 1 },
         offset + count,

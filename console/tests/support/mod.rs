@@ -124,6 +124,15 @@ impl Seeded {
     }
 }
 
+impl Seeded {
+    /// Stops the worker gpu-1 (it leaves: a departed worker).
+    pub fn stop_worker(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 impl Drop for Seeded {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {

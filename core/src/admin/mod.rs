@@ -7,10 +7,20 @@
 //! - this file: [`Admin`], reads and operator actions on tasks and queues.
 //! - `lifecycle`: whether a queue exists, and deleting one
 //!   ([`Admin::delete_queue`]).
+//! - `summary`: every queue at a glance ([`Admin::summaries`],
+//!   [`Admin::dashboard`]).
+//! - `stats_cache`: statistics for a poller, closed buckets read once
+//!   ([`StatsCache`]).
+//! - `task_pages`: pages of task summaries for lists, running tasks paged
+//!   on the server ([`Admin::running_page`]).
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 
+mod events;
 mod lifecycle;
 pub mod stats;
+pub mod stats_cache;
+mod summary;
+pub mod task_pages;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,6 +29,7 @@ use redis::Value;
 
 use crate::client::{Client, TaskInfo};
 use crate::error::Error;
+pub use crate::functions::queue_admin::DeleteTaskReply;
 use crate::functions::queue_admin::{
     Housekeep, HousekeepReport, Pause, Purge, SetMaxDepth, SetPriority,
 };
@@ -26,8 +37,12 @@ use crate::functions::requeue::{Requeue, RequeueReply};
 use crate::functions::{self, Function};
 use crate::keys::{validate_id, QueueKeys, QUEUES};
 use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
+pub use events::{EventKind, QueueEvent};
 pub use lifecycle::DeletedQueue;
 pub use stats::{Percentiles, QueueStats};
+pub use stats_cache::StatsCache;
+pub use summary::ServerState;
+pub use task_pages::RunningPage;
 
 /// TIME, meta, pending count, delayed count, free slots with scores,
 /// workers with scores, head id.
@@ -233,136 +248,6 @@ impl Admin {
         })
     }
 
-    /// Overviews and statistics of every queue in two pipelined round
-    /// trips, whatever the number of queues (what a dashboard polls).
-    /// `buckets` is the stats window in 10-second buckets (at most 360).
-    ///
-    /// # Errors
-    /// Redis errors.
-    pub async fn dashboard(
-        &self,
-        buckets: usize,
-    ) -> Result<Vec<(QueueOverview, QueueStats)>, Error> {
-        let buckets = buckets.clamp(1, 360) as i64;
-        let names = self.queues().await?;
-        let keys: Vec<QueueKeys> = names
-            .iter()
-            .filter_map(|n| QueueKeys::new(n).ok())
-            .collect();
-        // Round trip 1: time, and per queue its counts, workers and head.
-        let mut first = redis::pipe();
-        first.cmd("TIME");
-        for k in &keys {
-            first
-                .hgetall(k.meta())
-                .zcard(k.pending())
-                .zcard(k.delayed())
-                .cmd("ZRANGE")
-                .arg(k.free())
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .cmd("ZRANGE")
-                .arg(k.workers())
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .zrange(k.pending(), 0, 0);
-        }
-        // Errors of single commands (a key of the wrong type) come back in
-        // place, so one corrupt queue shows as an error row, not as a
-        // failed dashboard.
-        first.ignore_errors();
-        // On a cluster, one pipeline per queue slot (the queues live on
-        // several masters).
-        let replies = crate::cluster::query_spread(&mut self.conn.clone(), &first, true).await?;
-        let mut it = replies.into_iter();
-        let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
-        let now_ms = time_ms(&time);
-        let newest = now_ms.div_euclid(stats::BUCKET_MS);
-        let oldest = newest - buckets + 1;
-        struct Partial {
-            overview: QueueOverview,
-            alive: Vec<String>,
-            head: Option<String>,
-        }
-        let mut partials = Vec::new();
-        for k in &keys {
-            let items: Vec<Value> = (0..6).map(|_| it.next().unwrap_or(Value::Nil)).collect();
-            let mut overview = QueueOverview {
-                name: k.name().to_string(),
-                now_ms,
-                ..QueueOverview::default()
-            };
-            match decode_queue(k, items) {
-                Ok((meta, pending, delayed, free, workers, head)) => {
-                    let alive: Vec<String> = workers
-                        .iter()
-                        .filter(|(_, exp)| *exp as i64 > now_ms)
-                        .map(|(w, _)| w.clone())
-                        .collect();
-                    overview.paused = meta.get("paused").map(String::as_str) == Some("1");
-                    overview.max_depth = meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0);
-                    overview.pending = pending + delayed;
-                    overview.delayed = delayed;
-                    overview.workers_alive = alive.len() as u64;
-                    overview.workers_stale = (workers.len() - alive.len()) as u64;
-                    overview.idle_slots = free_of_live(&free, &workers, now_ms);
-                    partials.push(Partial {
-                        overview,
-                        alive,
-                        head: head.into_iter().next(),
-                    });
-                }
-                Err(e) => {
-                    overview.error = Some(e.to_string());
-                    partials.push(Partial {
-                        overview,
-                        alive: Vec::new(),
-                        head: None,
-                    });
-                }
-            }
-        }
-        // Round trip 2: running counts, head age, and every stats bucket.
-        let mut second = redis::pipe();
-        for (k, p) in keys.iter().zip(&partials) {
-            for w in &p.alive {
-                second.scard(k.worker_tasks(w));
-            }
-            if let Some(h) = &p.head {
-                second.hget(k.task(h), "sub");
-            }
-            for b in oldest..=newest {
-                second.hgetall(k.stats(b));
-            }
-        }
-        second.ignore_errors();
-        let replies: Vec<Value> = if keys.is_empty() {
-            Vec::new()
-        } else {
-            crate::cluster::query_spread(&mut self.conn.clone(), &second, true).await?
-        };
-        let mut it = replies.into_iter();
-        let mut out = Vec::new();
-        for mut p in partials {
-            let mut next = || it.next().unwrap_or(Value::Nil);
-            p.overview.running = (0..p.alive.len())
-                .map(|_| value_to_i64(&next()).max(0) as u64)
-                .sum();
-            if p.head.is_some() {
-                p.overview.head_wait_ms = Some(now_ms - value_to_i64(&next()));
-            }
-            let mut raw = Vec::new();
-            for b in oldest..=newest {
-                let hash: HashMap<String, String> = decode(next()).unwrap_or_default();
-                raw.push((b * stats::BUCKET_MS, hash));
-            }
-            out.push((p.overview, QueueStats::from_buckets(raw)));
-        }
-        Ok(out)
-    }
-
     /// Registered workers (live, or past their lease and not reaped yet)
     /// with their heartbeat fields and owned tasks.
     ///
@@ -483,7 +368,8 @@ impl Admin {
 
     /// Recently failed or expired tasks, newest first: those among the
     /// last `scan` endings (about the last 1000 are kept) whose ending was
-    /// a failure or a deadline. Only their hashes are read.
+    /// a failure or a deadline. Only their summaries are read (no inputs
+    /// or results: see [`Admin::task_summaries`]).
     ///
     /// # Errors
     /// Redis errors.
@@ -496,7 +382,7 @@ impl Admin {
             .filter(|(_, state)| matches!(state.as_str(), "failed" | "expired"))
             .map(|(id, _)| id)
             .collect();
-        let tasks = self.tasks(&k, &ids).await?;
+        let tasks = self.task_summaries(queue, &ids).await?;
         // A task requeued by an operator since is no longer a failure.
         Ok(tasks
             .into_iter()
@@ -767,52 +653,6 @@ fn free_of_live(free: &[(String, f64)], workers: &[(String, f64)], now_ms: i64) 
         })
         .map(|(_, n)| n.max(0.0) as u64)
         .sum()
-}
-
-/// A queue's first-round-trip replies, decoded.
-type QueueReplies = (
-    HashMap<String, String>,
-    u64,
-    u64,
-    Vec<(String, f64)>,
-    Vec<(String, f64)>,
-    Vec<String>,
-);
-
-/// Decodes a queue's six replies of the dashboard's first round trip;
-/// the error names the queue and the key that could not be read.
-fn decode_queue(k: &QueueKeys, items: Vec<Value>) -> Result<QueueReplies, Error> {
-    let mut items = items.into_iter();
-    let mut next = || items.next().unwrap_or(Value::Nil);
-    let meta = decode_named(k, &k.meta(), next())?;
-    let pending = decode_named(k, &k.pending(), next())?;
-    let delayed = decode_named(k, &k.delayed(), next())?;
-    let free = decode_named(k, &k.free(), next())?;
-    let workers = decode_named(k, &k.workers(), next())?;
-    let head = decode_named(k, &k.pending(), next())?;
-    Ok((meta, pending, delayed, free, workers, head))
-}
-
-/// Decodes one reply of key `key` of queue `k`; a server error in its place
-/// (say, WRONGTYPE) or a reply of the wrong shape names both.
-fn decode_named<T: redis::FromRedisValue>(k: &QueueKeys, key: &str, v: Value) -> Result<T, Error> {
-    let why = match v {
-        Value::ServerError(e) => format!("{} {}", e.code(), e.details().unwrap_or("")),
-        v => match redis::from_redis_value(v) {
-            Ok(t) => return Ok(t),
-            Err(e) => e.to_string(),
-        },
-    };
-    Err(Error::Protocol(format!(
-        "queue {}: cannot read {key}: {}",
-        k.name(),
-        why.trim()
-    )))
-}
-
-/// Decodes a pipelined reply item, naming the mismatch.
-fn decode<T: redis::FromRedisValue>(value: Value) -> Result<T, Error> {
-    redis::from_redis_value(value).map_err(|e| Error::Protocol(format!("unexpected reply: {e}")))
 }
 
 /// Labels of a worker's heartbeat, decoded.

@@ -117,6 +117,55 @@ impl Function for Purge {
     }
 }
 
+/// `rtq2_delete_task`: forget an ended task now (its hash, output and
+/// follower set) instead of at the end of its retention.
+#[derive(Clone, Debug)]
+pub struct DeleteTask<'a> {
+    /// Task id.
+    pub id: &'a str,
+}
+
+/// What `rtq2_delete_task` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteTaskReply {
+    /// Deleted; the state it had ended in.
+    Deleted(TaskState),
+    /// No such task.
+    NotFound,
+    /// Queued or running: cancel it first.
+    NotEnded(TaskState),
+    /// Ended, but its worker (named) has not let go of it yet.
+    Owned(String),
+}
+
+impl Function for DeleteTask<'_> {
+    const NAME: &'static str = "rtq2_delete_task";
+    fn task_id(&self) -> Option<&str> {
+        Some(self.id)
+    }
+    type Reply = DeleteTaskReply;
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.id);
+    }
+    fn decode(reply: Value) -> Result<DeleteTaskReply, Error> {
+        let mut items = ReplyItems::new(reply, Self::NAME)?;
+        let word = items.string()?;
+        let state = |items: &mut ReplyItems| -> Result<TaskState, Error> {
+            let s = items.string()?;
+            TaskState::parse(&s).ok_or_else(|| {
+                Error::Protocol(format!("{} replied unknown state {s:?}", Self::NAME))
+            })
+        };
+        match word.as_str() {
+            "OK" => Ok(DeleteTaskReply::Deleted(state(&mut items)?)),
+            "NOT_FOUND" => Ok(DeleteTaskReply::NotFound),
+            "NOT_ENDED" => Ok(DeleteTaskReply::NotEnded(state(&mut items)?)),
+            "OWNED" => Ok(DeleteTaskReply::Owned(items.string()?)),
+            other => Err(items.unexpected(other)),
+        }
+    }
+}
+
 /// `rtq2_housekeep`: one bounded round of upkeep.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Housekeep;
