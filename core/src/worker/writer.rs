@@ -1,7 +1,8 @@
 //! The chunk writer of one running attempt: sends chunks to Redis without
 //! the handler ever waiting, coalesces chunks produced while a write is in
 //! flight, and ends the attempt with one `complete` call that carries the
-//! last chunks and is pipelined behind any write still in flight.
+//! last chunks and is sent behind any write still in flight (through the
+//! worker's completer, which coalesces the slots' completes under load).
 //!
 //! Every write carries `seq0` (chunks written before it); the functions
 //! apply it only if Redis holds exactly that many, so writes can be
