@@ -29,7 +29,7 @@ local function chunk(keys, args)
   local seq0 = arg_int(args[4], 'seq0', 0, MAX_OUTPUT_CHUNKS)
   local chunks, bytes = arg_chunks(args, 5)
 
-  local h = load_task(id)
+  local h = load_task(id, CHUNK_FIELDS)
   local status = check_write(h, wid, att, seq0, #chunks, bytes)
   if status then
     return {status, h and num(h.nc) or 0, h and h.st or ''}

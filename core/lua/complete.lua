@@ -1,8 +1,17 @@
 --[[
-rtq2_complete: a worker ends its attempt of a task (success, failure, or a
+rtq2_complete / rtq2_complete_many: a worker ends its attempt of a task (success, failure, or a
 retryable failure), optionally appending the last chunks in the same step,
 then, if it asks, takes the next task for the freed slot (returned in the
 reply: one round trip per task while work is queued).
+rtq2_complete_many ends several attempts of one worker in one call (the
+worker coalesces the completes of its slots issued while one is in
+flight): the clock and the queue's state are read once per call, and
+each completion's answer is what rtq2_complete would have answered for
+it had the completions been sent one after another in this order (only
+the time is the call's). Every argument of every completion is checked
+before anything is written: one invalid completion refuses the whole
+call. A FENCED, ORDER or TOO_LARGE completion writes nothing and does
+not affect the others.
 
 Guarantees:
   - fencing: only the current attempt of the worker holding the task can
@@ -19,6 +28,7 @@ Guarantees:
     at most 30 s), then to the back of its priority, and avoids this worker
     while another live worker exists (until 5 s after the backoff).
 
+rtq2_complete:
 KEYS[1]  rtq:{<queue>}:meta
 ARGV[1]  worker id
 ARGV[2]  task id
@@ -28,6 +38,15 @@ ARGV[5]  outcome                                'done' | 'failed' | 'retry'
 ARGV[6]  result JSON (done, <= 16 MiB) or reason (failed/retry, <= 64 KiB)
 ARGV[7]  want next                              '1' take the next task, '0' not
 ARGV[8..] trailing chunks (at most 512, each at most 1 MiB)
+
+rtq2_complete_many:
+KEYS[1]  rtq:{<queue>}:meta
+ARGV[1]  worker id
+ARGV[2]  n: completions in the call             integer in [1, 1024]
+ARGV[3..] n groups: task id, attempt, seq0, outcome, result or reason,
+          want next (as ARGV[2..7] of rtq2_complete), k: trailing chunk
+          count (integer in [0, 512]), then the k chunks
+Reply: n replies, each as rtq2_complete's, in order.
 
 Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk_ms}
   now_ms and first_chunk_ms (0 = no chunk) let the worker record the
@@ -50,24 +69,53 @@ local function rebuild_message(id, wid)
   return task_msg(id, num(n[3]), num(n[4]), n[5], n[6], n[7])
 end
 
-local function complete(keys, args)
-  bind(keys)
-  if #args < 7 then invalid('complete takes at least 7 arguments') end
-  local wid = arg_id(args[1], 'worker id')
-  local id = arg_id(args[2], 'task id')
-  local att = istr(arg_int(args[3], 'attempt', 1, 1e15))
-  local seq0 = arg_int(args[4], 'seq0', 0, MAX_OUTPUT_CHUNKS)
-  local outcome = arg_enum(args[5], 'outcome', {'done', 'failed', 'retry'})
-  local payload
-  if outcome == 'done' then
-    payload = arg_text(args[6], 'result', MAX_RESULT_BYTES)
+-- Checks one completion's arguments args[o .. o+5] (task id .. want next)
+-- with its chunks args[first .. last].
+local function complete_args(args, o, first, last)
+  local c = {}
+  c.id = arg_id(args[o], 'task id')
+  c.att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
+  c.seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
+  c.outcome = arg_enum(args[o + 3], 'outcome', {'done', 'failed', 'retry'})
+  if c.outcome == 'done' then
+    c.payload = arg_text(args[o + 4], 'result', MAX_RESULT_BYTES)
   else
-    payload = arg_text(args[6], 'reason', 16 * MAX_TEXT_BYTES)
+    c.payload = arg_text(args[o + 4], 'reason', 16 * MAX_TEXT_BYTES)
   end
-  local want_next = arg_flag(args[7], 'want next')
-  local chunks, bytes = arg_chunks(args, 8)
+  c.want_next = arg_flag(args[o + 5], 'want next')
+  c.chunks, c.bytes = arg_chunks(args, first, last)
+  return c
+end
 
-  local h = load_task(id)
+-- What one call reads once for all its completions: the clock, and the
+-- queue's paused flag and earliest-due mark (read when first needed).
+local function new_call()
+  return {now = nil, meta = nil}
+end
+
+local function call_now(call)
+  if not call.now then call.now = now_ms() end
+  return call.now
+end
+
+-- The next task for a freed slot of `wid`, or '' (paused, none queued).
+local function call_take_next(call, wid, now)
+  if not call.meta then call.meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd') end
+  if call.meta[1] == '1' then return '' end
+  local msg = take_next(wid, now, call.meta[2]) or ''
+  -- take_next promoted every retry due at `now` and moved the mark past
+  -- it; retries delayed later in this call are due after `now`: nothing
+  -- more is due within this call.
+  call.meta[2] = '0'
+  return msg
+end
+
+-- Ends one attempt of worker `wid` (checked arguments `c`); returns the
+-- reply rtq2_complete gives.
+local function complete_one(call, wid, c)
+  local id, att = c.id, c.att
+  local chunks, bytes = c.chunks, c.bytes
+  local h = load_task(id, COMPLETE_FIELDS)
   local mark = att .. '@' .. wid
   if h then
     -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
@@ -76,26 +124,25 @@ local function complete(keys, args)
     if done_mark == mark then
       local msg = ''
       if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
-      return {done_status, msg, num(h.nc), h.st, now_ms(), num(h.fc)}
+      return {done_status, msg, num(h.nc), h.st, call_now(call), num(h.fc)}
     end
   end
-  local status = check_write(h, wid, att, seq0, #chunks, bytes)
+  local status = check_write(h, wid, att, c.seq0, #chunks, bytes)
   if status == 'FENCED' then return {'FENCED', '', 0, h.st, 0, 0} end
   if status == 'ORDER' or status == 'TOO_LARGE' then return {status, '', num(h.nc), h.st, 0, 0} end
 
   -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
-  local now = now_ms()
+  local now = call_now(call)
   local freed = redis.call('SREM', wqkey(wid), id) == 1
   local msg, next_id = '', ''
-  if freed and want_next and status == 'NOT_FOUND' then
+  if freed and c.want_next and status == 'NOT_FOUND' then
     -- No hash to keep a replay mark on: free the slot instead of handing
     -- out a task that a lost reply would strand.
     redis.call('ZINCRBY', P .. 'free', '1', wid)
-  elseif freed and want_next then
+  elseif freed and c.want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
-    local meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd')
-    if meta[1] ~= '1' then msg = take_next(wid, now, meta[2]) or '' end
+    msg = call_take_next(call, wid, now)
     if msg ~= '' then
       next_id = string.match(msg, '^T\t([^\t]+)\t')
     else
@@ -111,12 +158,13 @@ local function complete(keys, args)
 
   if #chunks > 0 then append_chunks(id, h, chunks, bytes, now) end
   local state = 'done'
-  if outcome == 'done' then
+  local payload = c.payload
+  if c.outcome == 'done' then
     finish(id, h, 'done', '', payload, now, extra, true)
   else
     local fails = num(h.fails) + 1
     for _, v in ipairs({'fails', fails, 'e:' .. att, payload}) do extra[#extra + 1] = v end
-    if outcome == 'retry' and fails < num(h.max) then
+    if c.outcome == 'retry' and fails < num(h.max) then
       local backoff = math.min(RETRY_BACKOFF_MS * 2 ^ (fails - 1), RETRY_BACKOFF_MAX_MS)
       local due = now + backoff
       for _, v in ipairs({'avoid', wid, 'avu', due + AVOID_AFTER_DUE_MS}) do extra[#extra + 1] = v end
@@ -132,4 +180,42 @@ local function complete(keys, args)
   return {'OK', msg, num(h.nc), state, now, fc}
 end
 
+local function complete(keys, args)
+  bind(keys)
+  if #args < 7 then invalid('complete takes at least 7 arguments') end
+  local wid = arg_id(args[1], 'worker id')
+  local c = complete_args(args, 2, 8, #args)
+  return complete_one(new_call(), wid, c)
+end
+
+local function complete_many(keys, args)
+  bind(keys)
+  if #args < 2 then invalid('complete_many takes at least 2 arguments') end
+  local wid = arg_id(args[1], 'worker id')
+  local n = arg_int(args[2], 'completion count', 1, MAX_SLOTS)
+  local list = {}
+  local o = 3
+  for i = 1, n do
+    if #args < o + 6 then
+      invalid('complete_many: completion ' .. i .. ' of ' .. n .. ' is cut short')
+    end
+    local k = arg_int(args[o + 6], 'chunk count', 0, MAX_CHUNKS_PER_CALL)
+    local first = o + 7
+    local last = first + k - 1
+    if last > #args then
+      invalid('complete_many: completion ' .. i .. ' names ' .. k .. ' chunks past the last argument')
+    end
+    list[i] = complete_args(args, o, first, last)
+    o = last + 1
+  end
+  if o ~= #args + 1 then
+    invalid('complete_many: ' .. (#args + 1 - o) .. ' arguments after the last completion')
+  end
+  local call = new_call()
+  local replies = {}
+  for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
+  return replies
+end
+
 redis.register_function{function_name = 'rtq2_complete', callback = complete, flags = {'allow-oom'}}
+redis.register_function{function_name = 'rtq2_complete_many', callback = complete_many, flags = {'allow-oom'}}

@@ -154,15 +154,17 @@ local function arg_reply(v, name)
   return v
 end
 
--- Chunks ARGV[first..]: at most MAX_CHUNKS_PER_CALL, each at most
--- MAX_CHUNK_BYTES. Returns the list and their total size.
-local function arg_chunks(args, first)
-  local n = #args - first + 1
+-- Chunks ARGV[first..last] (last: the final argument if nil): at most
+-- MAX_CHUNKS_PER_CALL, each at most MAX_CHUNK_BYTES. Returns the list and
+-- their total size.
+local function arg_chunks(args, first, last)
+  last = last or #args
+  local n = last - first + 1
   if n > MAX_CHUNKS_PER_CALL then
     invalid('at most ' .. MAX_CHUNKS_PER_CALL .. ' chunks per call, got ' .. n)
   end
   local chunks, bytes = {}, 0
-  for i = first, #args do
+  for i = first, last do
     local c = args[i]
     if #c > MAX_CHUNK_BYTES then
       invalid('chunk ' .. (i - first) .. ' is ' .. #c .. ' bytes, over ' .. MAX_CHUNK_BYTES)
@@ -232,12 +234,21 @@ end
 local TASK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'sub', 'start',
   'fc', 'ret', 'sc', 'fails', 'max', 'nc', 'nb', 'pri', 'ca', 'nx', 'due'}
 
--- The task's fields by name (without spec, res, err), or nil if it does not exist.
-local function load_task(id)
-  local v = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
+-- What the per-task paths read: rtq2_complete (fencing, replay, outcome,
+-- retry, retention, followers) and rtq2_chunk (fencing, counts,
+-- followers). Every field read is a string Lua interns and collects.
+local COMPLETE_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'fc', 'ret', 'fails',
+  'max', 'nc', 'nb', 'pri', 'ca', 'nx'}
+local CHUNK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'nc', 'nb'}
+
+-- The task's fields by name (TASK_FIELDS, or the list `fields` whose first
+-- is 'st'), or nil if it does not exist.
+local function load_task(id, fields)
+  fields = fields or TASK_FIELDS
+  local v = redis.call('HMGET', tkey(id), unpack(fields))
   if not v[1] then return nil end
   local h = {}
-  for i, f in ipairs(TASK_FIELDS) do h[f] = v[i] or '' end
+  for i, f in ipairs(fields) do h[f] = v[i] or '' end
   return h
 end
 
@@ -253,12 +264,18 @@ end
 -- submitter's (if it wants this kind of event) and any watchers'. Best
 -- effort (pcall): a refused or missing stream loses only the notification.
 local function notify(id, h, chunk_event, fields)
-  local targets = {}
-  if h.reply ~= '' and (not chunk_event or h.strm == '1') then targets[1] = h.reply end
-  if h.watch == '1' then
-    for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
-      if r ~= targets[1] then targets[#targets + 1] = r end
+  local own = h.reply ~= '' and (not chunk_event or h.strm == '1')
+  if h.watch ~= '1' then
+    -- The common case, the submitter alone: no list to build.
+    if own then
+      redis.pcall('XADD', h.reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN_S, '*', 't', id, unpack(fields))
     end
+    return
+  end
+  local targets = {}
+  if own then targets[1] = h.reply end
+  for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
+    if r ~= targets[1] then targets[#targets + 1] = r end
   end
   for _, r in ipairs(targets) do
     redis.pcall('XADD', r, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN_S, '*', 't', id, unpack(fields))

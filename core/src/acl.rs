@@ -114,6 +114,7 @@ impl Role {
                     "fcall|rtq2_register",
                     "fcall|rtq2_heartbeat",
                     "fcall|rtq2_complete",
+                    "fcall|rtq2_complete_many",
                     "fcall|rtq2_chunk",
                     "fcall|rtq2_release",
                     "fcall|rtq2_cancel",

@@ -388,6 +388,50 @@ async fn worker_calls_check_every_argument_at_their_bounds() {
         .push(("trailing chunks past the cap".into(), past_cap, true));
     check(&mut p, &c).await;
 
+    // rtq2_complete_many: the second completion's arguments at their
+    // bounds (every completion is checked before anything is written).
+    let mut c = Case::new(
+        "rtq2_complete_many",
+        &[
+            "w1", "2", "t1", "1", "0", "done", "{}", "0", "0", "t2", "1", "0", "done", "{}", "0",
+            "1", "c",
+        ],
+    );
+    c.id("worker id", 0)
+        .id("task id", 9)
+        .int("attempt", 10, 1, 1_000_000_000_000_000)
+        .int("seq0", 11, 0, max_chunks)
+        .one_of("outcome", 12, &["done", "failed", "retry"])
+        .text("result", 13, MAX_RESULT_BYTES)
+        .flag("want next", 14)
+        .with("completion count 0", 1, "0".into(), true)
+        .with(
+            "completion count above the completions",
+            1,
+            "3".into(),
+            true,
+        )
+        .with(
+            "completion count below the completions",
+            1,
+            "1".into(),
+            true,
+        )
+        .with("completion count not a number", 1, "2x".into(), true)
+        .with("chunk count 0 with a chunk after it", 15, "0".into(), true)
+        .with("chunk count past the arguments", 15, "2".into(), true)
+        .with("chunk count past the cap", 15, "513".into(), true)
+        .with("chunk count not a number", 15, "x".into(), true)
+        .arity(false);
+    let mut chunk_cap = c.base.clone();
+    chunk_cap[16] = "b".repeat(MAX_CHUNK_BYTES);
+    c.variants
+        .push(("a chunk at the size cap".into(), chunk_cap.clone(), false));
+    chunk_cap[16].push('b');
+    c.variants
+        .push(("a chunk past the size cap".into(), chunk_cap, true));
+    check(&mut p, &c).await;
+
     let mut c = Case::new("rtq2_release", &["w1", "i1", "pause", "0"]);
     c.id("worker id", 0)
         .id("instance", 1)

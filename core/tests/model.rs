@@ -3,10 +3,11 @@
 //! invariants checked after every step.
 //!
 //! Operations: submit, deliver (pop an inbox message), chunk, complete
-//! (done, failed, retryable), heartbeat, cancel, operator requeue,
+//! (done, failed, retryable; alone or several in one `rtq2_complete_many`
+//! call, with repeated and foreign completions), heartbeat, cancel, operator requeue,
 //! housekeeping, worker restart under the same id, graceful leave, intake
 //! on/off. Faults: a reply lost and the call retried (submit, chunk,
-//! complete), a delivery repeated or lost, a lease lapsed, a delivery aged
+//! complete, a batch of completes), a delivery repeated or lost, a lease lapsed, a delivery aged
 //! past the lease, a deadline passed, a retry's backoff passed.
 //!
 //! Invariants (read from Redis after every step):
@@ -32,13 +33,13 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 
 use rtq_core::functions::chunk::WriteStatus;
-use rtq_core::functions::complete::CompleteOutcome;
+use rtq_core::functions::complete::{CompleteOutcome, CompleteReply};
 use rtq_core::functions::heartbeat::{BeatReply, StopWhy};
 use rtq_core::functions::release::{HandBack, ReleaseMode, ReleaseReply};
 use rtq_core::functions::requeue::RequeueReply;
 use rtq_core::functions::submit::SubmitReply;
 use rtq_core::protocol::{InboxMessage, ReplyEvent, TaskState};
-use support::proto::{Proto, RedisServer, Task};
+use support::proto::{Ending, Proto, RedisServer, Task};
 
 /// splitmix64: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -98,6 +99,9 @@ struct Sim {
     /// Final events seen so far per task, and the last event read.
     finals: HashMap<String, u32>,
     last_event: String,
+    /// Completion batches sent: calls, completions, foreign completions,
+    /// repeats within a call, whole calls replayed.
+    batches: [usize; 5],
 }
 
 /// A task hash as read with HGETALL.
@@ -402,18 +406,167 @@ impl Sim {
                 _ => (String::new(), 0),
             })
         ));
+        self.apply_complete(w, &key, &reply);
+    }
+
+    /// What a complete's answer means for the simulated worker: the
+    /// attempt is over (unless ORDER) and the slot runs the next task.
+    fn apply_complete(&mut self, w: usize, key: &(String, u64), reply: &CompleteReply) {
         if reply.status == WriteStatus::Order {
             return; // a concurrent write moved on; try again later
         }
-        self.workers[w].running.remove(&key);
-        match reply.next {
+        self.workers[w].running.remove(key);
+        match &reply.next {
             Some(InboxMessage::Task(d)) => {
                 self.workers[w]
                     .running
-                    .insert((d.id, d.attempt), Attempt::default());
+                    .insert((d.id.clone(), d.attempt), Attempt::default());
             }
             Some(other) => self.fail(format!("complete returned {other:?}")),
             None => {}
+        }
+    }
+
+    /// Several completes of one worker in one `rtq2_complete_many` call (as
+    /// a worker coalesces them), sometimes with a completion repeated in
+    /// the call (it must replay the first one's answer), a completion of a
+    /// task this worker does not hold (FENCED, and nothing else changes),
+    /// or the whole call's reply lost and the call sent again (every
+    /// answer replayed).
+    async fn complete_batch(&mut self, w: usize) {
+        let wid = self.workers[w].id.clone();
+        let mut keys: Vec<(String, u64)> = Vec::new();
+        for (key, a) in &self.workers[w].running {
+            if a.stop != Some(false) && self.rng.percent(70) {
+                keys.push(key.clone());
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let mut items: Vec<((String, u64), u64, CompleteOutcome, bool)> = Vec::new();
+        for key in &keys {
+            let a = &self.workers[w].running[key];
+            let outcome = match (a.stop, self.rng.below(10)) {
+                (Some(_), _) => CompleteOutcome::Failed,
+                (None, 0..=4) => CompleteOutcome::Done,
+                (None, 5..=6) => CompleteOutcome::Failed,
+                _ => CompleteOutcome::Retry,
+            };
+            let want_next = self.workers[w].accepting && self.rng.percent(90);
+            items.push((key.clone(), a.written, outcome, want_next));
+        }
+        // A completion of a task held by someone else, in the middle.
+        let mut foreign = None;
+        let tries = if self.rng.percent(30) { 3 } else { 0 };
+        for _ in 0..tries {
+            if let Some(id) = self.pick_task().await {
+                let h = self.p.hash(&id).await;
+                // Not a queued task: this very call could hand it to
+                // this worker (then ending it is this worker's right).
+                let queued = h.get("st").map(String::as_str) == Some("queued");
+                if !queued && h.get("w").is_some_and(|o| *o != wid) {
+                    let att = h
+                        .get("att")
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(1)
+                        .max(1);
+                    let at = self.rng.below(items.len() + 1);
+                    items.insert(at, ((id, att), 0, CompleteOutcome::Done, true));
+                    foreign = Some(at);
+                    break;
+                }
+            }
+        }
+        // A completion repeated within the call.
+        let mut repeat = None;
+        if self.rng.percent(15) {
+            let i = self.rng.below(items.len());
+            if Some(i) != foreign {
+                items.push(items[i].clone());
+                repeat = Some((i, items.len() - 1));
+            }
+        }
+        let endings: Vec<Ending<'_>> = items
+            .iter()
+            .map(|(key, seq0, outcome, want_next)| Ending {
+                id: &key.0,
+                attempt: key.1,
+                seq0: *seq0,
+                outcome: *outcome,
+                want_next: *want_next,
+                chunks: &[],
+            })
+            .collect();
+        let replies = match self.p.complete_many(&wid, &endings).await {
+            Ok(r) => r,
+            Err(e) => self.fail(format!("complete_many {items:?} by {wid}: {e}")),
+        };
+        if self.rng.percent(15) {
+            // The reply was lost: the whole call is sent again and must
+            // replay every answer.
+            self.batches[4] += 1;
+            let again = match self.p.complete_many(&wid, &endings).await {
+                Ok(r) => r,
+                Err(e) => self.fail(format!("replayed complete_many by {wid}: {e}")),
+            };
+            for (i, (a, r)) in again.iter().zip(&replies).enumerate() {
+                // An ORDER wrote nothing: its resend is a new call.
+                if r.status == WriteStatus::Order {
+                    continue;
+                }
+                if a.next != r.next || (a.status != r.status && r.status != WriteStatus::Fenced) {
+                    self.fail(format!(
+                        "complete_many item {i} {:?} by {wid} replayed {a:?}, first answer {r:?}",
+                        items[i]
+                    ));
+                }
+            }
+        }
+        drop(endings);
+        if replies.len() != items.len() {
+            self.fail(format!("complete_many {items:?}: {replies:?}"));
+        }
+        self.batches[0] += 1;
+        self.batches[1] += items.len();
+        self.batches[2] += usize::from(foreign.is_some());
+        self.batches[3] += usize::from(repeat.is_some());
+        self.note(format!(
+            "complete_many by {wid} {:?} (foreign {foreign:?}, repeat {repeat:?}) -> {:?}",
+            items
+                .iter()
+                .map(|(k, _, o, n)| (k, o, n))
+                .collect::<Vec<_>>(),
+            replies
+                .iter()
+                .map(|r| (
+                    r.status,
+                    r.next.as_ref().map(|m| match m {
+                        InboxMessage::Task(d) => (d.id.clone(), d.attempt),
+                        _ => (String::new(), 0),
+                    })
+                ))
+                .collect::<Vec<_>>()
+        ));
+        for (i, ((key, ..), reply)) in items.iter().zip(&replies).enumerate() {
+            if Some(i) == foreign {
+                if reply.status != WriteStatus::Fenced || reply.next.is_some() {
+                    self.fail(format!(
+                        "complete_many: foreign {key:?} by {wid} -> {reply:?}"
+                    ));
+                }
+                continue;
+            }
+            if let Some((first, _)) = repeat.filter(|(_, again)| *again == i) {
+                let r = &replies[first];
+                if reply.next != r.next || reply.status != r.status {
+                    self.fail(format!(
+                        "complete_many: repeated {key:?} by {wid} answered {reply:?}, its first {r:?}"
+                    ));
+                }
+                continue;
+            }
+            self.apply_complete(w, key, reply);
         }
     }
 
@@ -512,7 +665,8 @@ impl Sim {
             12..=14 => self.submit_batch().await,
             15..=34 => self.deliver(w).await,
             35..=44 => self.chunk(w).await,
-            45..=62 => self.complete(w).await,
+            45..=56 => self.complete(w).await,
+            57..=62 => self.complete_batch(w).await,
             63..=70 => self.heartbeat(w).await,
             71..=73 => {
                 if let Some(id) = self.pick_task().await {
@@ -819,6 +973,7 @@ async fn run_model(seed: u64, steps: usize) {
         log: Vec::new(),
         finals: HashMap::new(),
         last_event: "0-0".into(),
+        batches: [0; 5],
     };
     for (i, slots) in [1usize, 2, 3].into_iter().enumerate() {
         let inst = sim.new_instance();
@@ -842,6 +997,14 @@ async fn run_model(seed: u64, steps: usize) {
         sim.next_task
     );
     assert!(ended > 0, "the run must end some tasks to mean anything");
+    let [calls, items, foreign, repeats, replays] = sim.batches;
+    println!(
+        "complete_many: {calls} calls, {items} completions, {foreign} foreign, {repeats} repeated, {replays} calls replayed"
+    );
+    assert!(
+        steps < 1000 || items > calls,
+        "a run must send batches of several completions to mean anything"
+    );
 }
 
 fn env_number(name: &str) -> Option<u64> {

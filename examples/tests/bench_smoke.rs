@@ -163,3 +163,15 @@ fn the_paced_streaming_bench_prints_one_row_per_granularity() {
     let chunks_per_s: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
     assert!(chunks_per_s > 0.0, "{out}");
 }
+
+#[test]
+fn the_deterministic_complete_driver_ends_every_task_batched_or_one_by_one() {
+    let redis = RedisServer::start();
+    let out = run("bench_complete", &["4", "0", "30", "0"], &redis);
+    assert!(
+        out.contains("batch=4 single=false tasks=30 redis_cmds/task="),
+        "{out}"
+    );
+    let out = run("bench_complete", &["4", "0", "30", "0", "--single"], &redis);
+    assert!(out.contains("batch=4 single=true tasks=30"), "{out}");
+}

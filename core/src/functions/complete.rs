@@ -1,5 +1,6 @@
 //! `rtq2_complete`: end an attempt and take the slot's next task in the
-//! same round trip (`core/lua/complete.lua`).
+//! same round trip; `rtq2_complete_many`: several attempts of one worker
+//! in one call (`core/lua/complete.lua`).
 
 use redis::{Cmd, Value};
 
@@ -101,5 +102,53 @@ impl Function for Complete<'_> {
             now_ms: items.int()?,
             first_chunk_ms: items.int()?,
         })
+    }
+}
+
+/// Most completions one `rtq2_complete_many` call carries (a worker's
+/// largest slot count).
+pub const MAX_COMPLETE_BATCH: usize = crate::protocol::MAX_SLOTS;
+
+/// Arguments of `rtq2_complete_many`: several completions of one worker
+/// in one call (the clock and the queue's state are read once). Each is
+/// answered as `rtq2_complete` would have answered it had they been sent
+/// one after another; one invalid completion refuses the whole call and
+/// nothing is written. The worker id of the first completion is sent for
+/// all (a worker coalesces only its own).
+#[derive(Clone, Debug)]
+pub struct CompleteMany<'a> {
+    /// The completions, 1 to [`MAX_COMPLETE_BATCH`], all of one worker.
+    pub completes: &'a [Complete<'a>],
+}
+
+impl Function for CompleteMany<'_> {
+    const NAME: &'static str = "rtq2_complete_many";
+    type Reply = Vec<CompleteReply>;
+
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.completes.first().map_or("", |c| c.worker))
+            .arg(self.completes.len());
+        for c in self.completes {
+            cmd.arg(c.id)
+                .arg(c.attempt)
+                .arg(c.seq0)
+                .arg(c.outcome.as_str())
+                .arg(c.payload)
+                .arg(if c.want_next { "1" } else { "0" })
+                .arg(c.chunks.len());
+            for chunk in c.chunks {
+                cmd.arg(chunk.as_slice());
+            }
+        }
+    }
+
+    fn decode(reply: Value) -> Result<Vec<CompleteReply>, Error> {
+        match reply {
+            Value::Array(items) => items.into_iter().map(Complete::decode).collect(),
+            other => Err(Error::Protocol(format!(
+                "{} replied {other:?}, expected an array",
+                Self::NAME
+            ))),
+        }
     }
 }

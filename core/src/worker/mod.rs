@@ -9,12 +9,15 @@
 //!   more than `slots` attempts, keyed by task id *and* attempt);
 //! - `slot`: one slot's life (run, complete, take the next task);
 //! - `writer`: chunk writes and completion;
+//! - `completer`: coalesces the completes of the slots into one call
+//!   while one is in flight;
 //! - `heartbeat`: liveness, reconciliation with Redis, housekeeping;
 //! - `stats`: the worker's share of the queue statistics, sent with the
 //!   heartbeat (nothing on the per-task path);
 //! - `inbox`: the blocking inbox reader;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
+mod completer;
 mod config;
 mod handler;
 mod heartbeat;
@@ -64,6 +67,8 @@ pub(crate) struct Shared {
     beat_now: Notify,
     /// Statistics waiting for the next heartbeat.
     stats: stats::StatsTally,
+    /// Sends the slots' completes, coalesced under load.
+    completer: completer::Completer,
 }
 
 impl Shared {
@@ -257,6 +262,11 @@ impl Worker {
             pool: SlotPool::new(self.config.slots, Arc::clone(&self.status)),
             beat_now: Notify::new(),
             stats: stats::StatsTally::default(),
+            completer: completer::Completer::start(
+                self.conn.clone(),
+                self.keys.clone(),
+                self.id.clone(),
+            ),
         });
         // The inbox reader first: registration dispatches into the inbox.
         let inbox_conn = self

@@ -1,7 +1,8 @@
 //! The chunk writer of one running attempt: sends chunks to Redis without
 //! the handler ever waiting, coalesces chunks produced while a write is in
 //! flight, and ends the attempt with one `complete` call that carries the
-//! last chunks and is pipelined behind any write still in flight.
+//! last chunks and is sent behind any write still in flight (through the
+//! worker's completer, which coalesces the slots' completes under load).
 //!
 //! Every write carries `seq0` (chunks written before it); the functions
 //! apply it only if Redis holds exactly that many, so writes can be
@@ -19,11 +20,12 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::completer::{Batched, Completer, OwnedComplete};
 use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
 use crate::error::Error;
 use crate::functions::chunk::{Chunk, ChunkReply, WriteStatus};
-use crate::functions::complete::{Complete, CompleteOutcome, CompleteReply};
+use crate::functions::complete::{CompleteOutcome, CompleteReply};
 use crate::functions::{self, Function};
 use crate::keys::QueueKeys;
 use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
@@ -66,6 +68,8 @@ struct WriteReply {
 
 pub(crate) struct ChunkWriter {
     conn: RedisConnection,
+    /// Sends the final complete (coalesced with other slots' under load).
+    completer: Completer,
     keys: QueueKeys,
     worker: String,
     id: String,
@@ -109,6 +113,7 @@ fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReas
 impl ChunkWriter {
     pub(crate) fn new(
         conn: RedisConnection,
+        completer: Completer,
         keys: &QueueKeys,
         worker: &str,
         delivery: &TaskDelivery,
@@ -117,6 +122,7 @@ impl ChunkWriter {
     ) -> Self {
         Self {
             conn,
+            completer,
             keys: keys.clone(),
             worker: worker.to_string(),
             id: delivery.id.clone(),
@@ -374,28 +380,19 @@ impl ChunkWriter {
             } else {
                 self.unacked.iter().skip(self.sent).cloned().collect()
             };
-            let cmd = functions::command(
-                &self.keys,
-                &Complete {
-                    worker: &self.worker,
-                    id: &self.id,
-                    attempt: self.attempt,
-                    seq0,
-                    outcome,
-                    payload: &payload,
-                    want_next,
-                    chunks: &trailing,
-                },
-            );
-            let mut conn = self.conn.clone();
-            let (queue, id) = (self.keys.name().to_string(), self.id.clone());
+            let owned = OwnedComplete {
+                id: self.id.clone(),
+                attempt: self.attempt,
+                seq0,
+                outcome,
+                payload: payload.clone(),
+                want_next,
+                chunks: trailing,
+            };
+            let (completer, conn) = (self.completer.clone(), self.conn.clone());
+            let (keys, worker) = (self.keys.clone(), self.worker.clone());
             let (reply, ()) = tokio::join!(
-                async {
-                    functions::send::<Complete, _>(&mut conn, cmd)
-                        .await
-                        .map_err(|e| functions::name_error(e, Complete::NAME, &queue, Some(&id)))
-                        .and_then(Complete::decode)
-                },
+                complete(&completer, &conn, &keys, &worker, owned),
                 self.drain_in_flight()
             );
             match reply {
@@ -427,6 +424,24 @@ impl ChunkWriter {
                     self.resync_to(self.acked);
                 }
             }
+        }
+    }
+}
+
+/// Sends one complete through the completer; a completion the completer
+/// could not send in a batch goes alone (its own answer or error).
+async fn complete(
+    completer: &Completer,
+    conn: &RedisConnection,
+    keys: &QueueKeys,
+    worker: &str,
+    owned: OwnedComplete,
+) -> Result<CompleteReply, Error> {
+    match completer.complete(owned).await {
+        Batched::Replied(r) => Ok(r),
+        Batched::Uncertain(e) => Err(e),
+        Batched::Refused(owned) => {
+            functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
         }
     }
 }

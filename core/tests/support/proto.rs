@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use redis::aio::MultiplexedConnection;
 use rtq_core::functions::cancel::{Cancel, CancelMode, CancelReply};
 use rtq_core::functions::chunk::{Chunk, ChunkReply};
-use rtq_core::functions::complete::{Complete, CompleteOutcome, CompleteReply};
+use rtq_core::functions::complete::{Complete, CompleteMany, CompleteOutcome, CompleteReply};
 use rtq_core::functions::heartbeat::{Beat, BeatReply, Heartbeat, Register};
 use rtq_core::functions::queue_admin::{Housekeep, HousekeepReport};
 use rtq_core::functions::release::{HandBack, Release, ReleaseMode, ReleaseReply};
@@ -48,6 +48,26 @@ impl<'a> Task<'a> {
             reply: "",
             stream: false,
         }
+    }
+}
+
+/// One completion of a `complete_many` call.
+#[derive(Clone, Debug)]
+pub struct Ending<'a> {
+    pub id: &'a str,
+    pub attempt: u64,
+    pub seq0: u64,
+    pub outcome: CompleteOutcome,
+    pub want_next: bool,
+    pub chunks: &'a [Vec<u8>],
+}
+
+/// The payload a protocol test sends with `outcome`.
+pub fn payload_of(outcome: CompleteOutcome) -> &'static str {
+    if outcome == CompleteOutcome::Done {
+        "{\"ok\":true}"
+    } else {
+        "it broke"
     }
 }
 
@@ -171,16 +191,37 @@ impl Proto {
             attempt,
             seq0,
             outcome,
-            payload: if outcome == CompleteOutcome::Done {
-                "{\"ok\":true}"
-            } else {
-                "it broke"
-            },
+            payload: payload_of(outcome),
             want_next,
             chunks,
         })
         .await
         .unwrap()
+    }
+
+    /// Ends `items` of `worker` in one `rtq2_complete_many` call.
+    pub async fn complete_many(
+        &mut self,
+        worker: &str,
+        items: &[Ending<'_>],
+    ) -> Result<Vec<CompleteReply>, Error> {
+        let completes: Vec<Complete<'_>> = items
+            .iter()
+            .map(|e| Complete {
+                worker,
+                id: e.id,
+                attempt: e.attempt,
+                seq0: e.seq0,
+                outcome: e.outcome,
+                payload: payload_of(e.outcome),
+                want_next: e.want_next,
+                chunks: e.chunks,
+            })
+            .collect();
+        self.call(&CompleteMany {
+            completes: &completes,
+        })
+        .await
     }
 
     pub async fn chunk(
