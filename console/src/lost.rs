@@ -68,8 +68,8 @@ impl ServerWatch {
         self.loss.as_ref().map(|l| {
             // Live workers list their queue again at their next heartbeat
             // (it hears GONE and registers again): the count climbs back.
-            // A client lists a queue once per process, so a queue with
-            // clients and no worker stays missing until a worker comes.
+            // A client with open waits lists its queue again when its
+            // reader finds its reply stream gone (within a second).
             format!("{}; {} now", l.message, state.queues)
         })
     }

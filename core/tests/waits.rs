@@ -1092,3 +1092,47 @@ async fn a_deadline_reached_after_a_lost_final_event_reports_the_real_outcome() 
     );
     w.stop().await;
 }
+
+/// A queue with clients but no live worker: after Redis restarts empty,
+/// the client's reply reader finds its stream gone and lists the queue
+/// again, so consoles and `rtq stats` do not lose it.
+#[tokio::test]
+async fn after_redis_restarted_empty_a_client_lists_its_queue_again() {
+    let mut redis = RedisServer::start();
+    let client = Client::connect_with(
+        &redis.url(),
+        ClientConfig::default().housekeeping_every(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let q = client.queue("orphan").unwrap();
+    // A wait opens the queue's reply reader (no worker: it stays queued).
+    let id = q.submit(TaskRequest::json(json!({}))).await.unwrap().id;
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait(&id, None).await }
+    });
+    let listed = |redis: &RedisServer| {
+        let url = redis.url();
+        async move {
+            let c = redis::Client::open(url).unwrap();
+            let Ok(mut conn) = c.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let member: redis::RedisResult<bool> = redis::cmd("SISMEMBER")
+                .arg("rtq:queues")
+                .arg("orphan")
+                .query_async(&mut conn)
+                .await;
+            member.unwrap_or(false)
+        }
+    };
+    eventually("listed at first use", || listed(&redis)).await;
+    redis.restart();
+    eventually("listed again after the restart", || listed(&redis)).await;
+    // The wait itself ends with the reason (section "Redis lost its data").
+    assert!(matches!(
+        within(waiting).await.unwrap(),
+        Err(Error::TaskLost { .. })
+    ));
+}

@@ -207,7 +207,8 @@ impl Client {
             .insert(name.to_string());
         if first_use {
             // List the queue for the console, once per process and queue,
-            // retried while Redis does not answer.
+            // retried while Redis does not answer (and again by the reply
+            // reader if Redis restarts empty while waits are open).
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let mut conn = self.conn();
                 let name = name.to_string();

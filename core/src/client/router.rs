@@ -424,6 +424,17 @@ impl ReplyRouter {
                             "the reply stream had vanished (Redis restarted empty, or evicted it); verifying every open wait"
                         );
                         self.verify_all.store(true, Ordering::Release);
+                        // The queue registry went with it: list this
+                        // queue again, so consoles and `rtq stats` see a
+                        // queue that has clients but no live worker.
+                        let listed: redis::RedisResult<i64> = redis::cmd("SADD")
+                            .arg(crate::keys::QUEUES)
+                            .arg(keys.name())
+                            .query_async(&mut shared)
+                            .await;
+                        if let Err(e) = listed {
+                            tracing::debug!(error = %e, "could not list the queue again");
+                        }
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "could not keep the reply stream"),
