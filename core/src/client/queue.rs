@@ -296,10 +296,25 @@ impl Queue {
         id: &str,
         from: u64,
     ) -> Result<TaskSnapshot, Error> {
-        router
-            .watch(&mut self.client.conn(), &self.keys, id, from)
-            .await?
-            .ok_or_else(|| self.not_found(id))
+        // Retried like `read`: a wait that starts while the connection is
+        // cut (Redis restarting, a failover) must end with what happened
+        // to the task, not with "broken pipe". Subscribing twice is
+        // harmless (a set member; the router counts successes only).
+        let give_up = Instant::now() + self.client.inner.config.give_up_after;
+        let mut delay = READ_RETRY_MIN;
+        loop {
+            match router
+                .watch(&mut self.client.conn(), &self.keys, id, from)
+                .await
+            {
+                Err(e) if e.is_connection_lost() && Instant::now() + delay < give_up => {
+                    tracing::debug!(task_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "subscribing to the task failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(READ_RETRY_MAX);
+                }
+                other => return other?.ok_or_else(|| self.not_found(id)),
+            }
+        }
     }
 
     /// Reads state and one page of chunks from `from` without subscribing.
