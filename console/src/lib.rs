@@ -132,6 +132,23 @@ pub enum Command {
         /// Queue.
         #[arg(value_parser = queue_name)]
         queue: String,
+        /// Workers that died or left in the last 10 minutes instead (when
+        /// and why), newest first.
+        #[arg(long, env = "RTQ_DEPARTED")]
+        departed: bool,
+    },
+    /// The queue's recent events, newest first: failures, retries,
+    /// requeues, cancels, lost attempts, lost and departed workers,
+    /// operator actions (about the last 1000 are kept; a plain done is
+    /// not an event).
+    Events {
+        /// Queue.
+        #[arg(value_parser = queue_name)]
+        queue: String,
+        /// At most this many (1..=1000).
+        #[arg(long, env = "RTQ_LIMIT", default_value_t = 50,
+              value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
     },
     /// Tasks of a queue: pending, running or recent.
     Tasks {

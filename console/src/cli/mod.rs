@@ -268,7 +268,8 @@ async fn execute(
             unreachable!("the console and the offline commands are run by main")
         }
         Command::Stats { queue, window_secs } => reads::stats(ctx, queue, window_secs).await?,
-        Command::Workers { queue } => reads::workers(ctx, &queue).await?,
+        Command::Workers { queue, departed } => reads::workers(ctx, &queue, departed).await?,
+        Command::Events { queue, limit } => reads::events(ctx, &queue, limit as usize).await?,
         Command::Tasks {
             queue,
             state,

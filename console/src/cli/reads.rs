@@ -97,9 +97,12 @@ pub(super) async fn stats(
     Ok(())
 }
 
-pub(super) async fn workers(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
+pub(super) async fn workers(ctx: &Ctx, queue: &str, departed: bool) -> Result<(), CliError> {
     ctx.known(queue, false).await?;
     let now = ctx.admin.overview(queue).await?.now_ms;
+    if departed {
+        return departed_workers(ctx, queue, now).await;
+    }
     let workers = ctx.admin.workers(queue).await?;
     if ctx.json {
         let v: Vec<Value> = workers.iter().map(|w| shape::worker(w, now)).collect();
@@ -122,6 +125,84 @@ pub(super) async fn workers(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
             w.heartbeat_age_ms(now)
                 .map(|a| format!("{:.1}", a as f64 / 1000.0))
                 .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// `rtq workers --departed`: who died or left in the last 10 minutes.
+async fn departed_workers(ctx: &Ctx, queue: &str, now: i64) -> Result<(), CliError> {
+    let gone = ctx.admin.departed_workers(queue).await?;
+    let at = |w: &rtq_core::admin::WorkerInfo| w.field("dead_at").parse::<i64>().ok();
+    if ctx.json {
+        let v: Vec<Value> = gone
+            .iter()
+            .map(|w| {
+                let mut v = shape::worker(w, now);
+                v["departed_at_ms"] = json!(at(w));
+                v["departed_why"] = json!(w.field("dead_why"));
+                v
+            })
+            .collect();
+        ctx.doc(json!({"queue": queue, "now_ms": now, "departed": v}));
+        return Ok(());
+    }
+    ctx.line(format!(
+        "{:<32} {:<16} {:<8} {:>8} {:>8} {:>9}  WHY",
+        "WORKER", "HOST", "STATE", "DONE", "FAILED", "AGO"
+    ));
+    for w in &gone {
+        ctx.line(format!(
+            "{:<32} {:<16} {:<8} {:>8} {:>8} {:>8}s  {}",
+            printable(&w.id, false),
+            printable(w.field("host"), false),
+            printable(w.field("state"), false),
+            printable(w.field("done"), false),
+            printable(w.field("failed"), false),
+            at(w)
+                .map(|t| format!("{:.1}", (now - t).max(0) as f64 / 1000.0))
+                .unwrap_or_default(),
+            printable(w.field("dead_why"), false),
+        ));
+    }
+    Ok(())
+}
+
+/// `rtq events QUEUE`: the queue's event stream, newest first.
+pub(super) async fn events(ctx: &Ctx, queue: &str, limit: usize) -> Result<(), CliError> {
+    ctx.known(queue, false).await?;
+    let events = ctx.admin.events(queue, limit).await?;
+    if ctx.json {
+        let v: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                json!({
+                    "at_ms": e.at_ms,
+                    "kind": e.kind.as_str(),
+                    "task": e.task,
+                    "worker": e.worker,
+                    "message": e.message,
+                })
+            })
+            .collect();
+        ctx.doc(json!({"queue": queue, "events": v}));
+        return Ok(());
+    }
+    ctx.line(format!(
+        "{:<24} {:<12} {:<24} {:<20} MESSAGE",
+        "TIME (UTC)", "KIND", "TASK", "WORKER"
+    ));
+    for e in &events {
+        let time = chrono::DateTime::from_timestamp_millis(e.at_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        ctx.line(format!(
+            "{:<24} {:<12} {:<24} {:<20} {}",
+            time,
+            printable(e.kind.as_str(), false),
+            printable(e.task.as_deref().unwrap_or("-"), false),
+            printable(e.worker.as_deref().unwrap_or("-"), false),
+            printable(&e.message, false),
         ));
     }
     Ok(())
