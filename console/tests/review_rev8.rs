@@ -94,3 +94,61 @@ async fn statistics_cached_before_redis_lost_its_data_are_not_shown_after() {
         "Redis holds no statistics, the console showed cached ones"
     );
 }
+
+/// A queue "b" (paused) with queued tasks t1 and t2.
+async fn two_queued() -> (RedisServer, Client, Admin) {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    admin.pause("b", true).await.unwrap();
+    let q = client.queue("b").unwrap();
+    for id in ["t1", "t2"] {
+        q.submit(TaskRequest::json(json!({})).id(id)).await.unwrap();
+    }
+    (redis, client, admin)
+}
+
+async fn state_of(admin: &Admin, id: &str) -> rtq_core::protocol::TaskState {
+    admin.task("b", id).await.unwrap().state
+}
+
+#[tokio::test]
+async fn a_bulk_cancel_acts_on_every_task_named_after_one_that_is_gone() {
+    use rtq_console::fetch::{perform, Action};
+    use rtq_core::protocol::TaskState;
+    let (_redis, _client, admin) = two_queued().await;
+    // "gone" was marked, then its retention passed (or it was deleted).
+    let ids = ["t1", "gone", "t2"].map(String::from).to_vec();
+    let msg = perform(&admin, &Action::Cancel("b".into(), ids)).await;
+    assert_eq!(state_of(&admin, "t1").await, TaskState::Cancelled);
+    assert_eq!(
+        state_of(&admin, "t2").await,
+        TaskState::Cancelled,
+        "the confirmation named t2; the action stopped at 'gone': {msg:?}"
+    );
+    let msg = msg.unwrap();
+    assert!(msg.contains("already gone"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_bulk_requeue_acts_on_every_task_named_after_one_that_is_gone() {
+    use rtq_console::fetch::{perform, Action};
+    use rtq_core::protocol::TaskState;
+    let (_redis, _client, admin) = two_queued().await;
+    for id in ["t1", "t2"] {
+        admin.cancel("b", id).await.unwrap();
+    }
+    let ids = ["t1", "gone", "t2"].map(String::from).to_vec();
+    let msg = perform(&admin, &Action::Requeue("b".into(), ids)).await;
+    assert_eq!(state_of(&admin, "t1").await, TaskState::Queued);
+    assert_eq!(
+        state_of(&admin, "t2").await,
+        TaskState::Queued,
+        "the confirmation named t2; the action stopped at 'gone': {msg:?}"
+    );
+    let msg = msg.unwrap();
+    assert!(
+        msg.contains("requeued 2") && msg.contains("already gone"),
+        "{msg}"
+    );
+}
