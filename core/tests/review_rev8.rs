@@ -144,3 +144,44 @@ async fn a_single_complete_failing_on_its_foreign_output_list_writes_nothing() {
     assert_eq!(r.status, WriteStatus::Ok);
     assert_eq!(task_of(r.next), ("t3".into(), 1), "t3 was stranded");
 }
+
+// 2. Summaries of a queue whose head task cannot be read: the head's age
+//    is unknown, never "since 1970" (a stalled-queue alarm).
+
+#[tokio::test]
+async fn a_head_task_without_a_readable_submit_time_has_no_age() {
+    use rtq_core::admin::Admin;
+    use rtq_core::keys::QUEUES;
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "r8").await;
+    p.raw(&["SADD", QUEUES, "r8"]).await;
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    let client = rtq_core::Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let ok = admin.overview("r8").await.unwrap();
+    assert!(
+        ok.head_wait_ms.is_some_and(|ms| ms < 600_000),
+        "{:?}",
+        ok.head_wait_ms
+    );
+    // The head's hash vanished (its safety-net expiry, a foreign DEL) or
+    // holds a foreign value; then a foreign key of another type.
+    let key = p.keys.task("t1");
+    for corrupt in [
+        vec!["DEL", &key],
+        vec!["HSET", &key, "sub", "garbage"],
+        vec!["SET", &key, "foreign"],
+    ] {
+        p.raw(&["DEL", &key]).await;
+        p.raw(&corrupt).await;
+        let one = admin.overview("r8").await.unwrap().head_wait_ms;
+        let all = admin.summaries().await.unwrap();
+        let listed = all.iter().find(|o| o.name == "r8").unwrap().head_wait_ms;
+        assert_eq!(
+            (one, listed),
+            (None, None),
+            "{corrupt:?}: the head's age is unknown"
+        );
+    }
+}
