@@ -185,3 +185,21 @@ async fn a_head_task_without_a_readable_submit_time_has_no_age() {
         );
     }
 }
+
+// 3. A hand-out meeting a pending entry whose task key is foreign (after
+//    the call wrote already): the entry is dropped like a stale one.
+
+#[tokio::test]
+async fn a_next_task_skips_a_pending_entry_whose_task_key_is_foreign() {
+    let redis = RedisServer::start();
+    let mut p = two_running(&redis).await;
+    let pending = p.keys.pending();
+    let key = p.keys.task("x");
+    p.raw(&["ZADD", &pending, "0", "x"]).await;
+    p.raw(&["SET", &key, "foreign"]).await;
+    let r = p.complete("w1", "t1", 1, 0, Done, true, &[]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    assert_eq!(task_of(r.next), ("t3".into(), 1));
+    assert_eq!(p.zset(&pending).await, vec!["t4".to_string()]);
+    assert_eq!(p.owned("w1").await, vec!["t2".to_string(), "t3".to_string()]);
+}

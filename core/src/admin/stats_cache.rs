@@ -104,7 +104,7 @@ impl StatsCache {
     /// Notes a closed bucket just read: the newest non-empty one becomes
     /// the sentinel.
     fn note_closed(&mut self, key: impl FnOnce() -> String, bucket: i64, empty: bool) {
-        if !empty && self.sentinel.as_ref().is_none_or(|(_, b)| bucket > *b) {
+        if !empty && !self.sentinel.as_ref().is_some_and(|(_, b)| bucket <= *b) {
             self.sentinel = Some((key(), bucket));
         }
     }
