@@ -201,5 +201,8 @@ async fn a_next_task_skips_a_pending_entry_whose_task_key_is_foreign() {
     assert_eq!(r.status, WriteStatus::Ok);
     assert_eq!(task_of(r.next), ("t3".into(), 1));
     assert_eq!(p.zset(&pending).await, vec!["t4".to_string()]);
-    assert_eq!(p.owned("w1").await, vec!["t2".to_string(), "t3".to_string()]);
+    assert_eq!(
+        p.owned("w1").await,
+        vec!["t2".to_string(), "t3".to_string()]
+    );
 }
