@@ -266,13 +266,30 @@ pub const EVENT_TAIL: usize = 50;
 /// Redis errors.
 pub async fn nodes(admin: &Admin, queue: &str) -> Result<Fetched, Error> {
     let now_ms = admin.overview(queue).await?.now_ms;
+    // Departed workers and the event tail are best effort, as Redis
+    // writes them: a foreign key there (a Redis error) empties them and
+    // never hides the live workers.
+    let departed = admin.departed_workers(queue).await.or_else(best_effort)?;
+    let events = admin.events(queue, EVENT_TAIL).await.or_else(best_effort)?;
     Ok(Fetched::Nodes(NodesData {
         queue: queue.to_string(),
         now_ms,
         workers: admin.workers(queue).await?,
-        departed: admin.departed_workers(queue).await?,
-        events: admin.events(queue, EVENT_TAIL).await?,
+        departed,
+        events,
     }))
+}
+
+/// An optional read's Redis error (a key of the wrong type) as nothing
+/// read; other errors (the connection) as they are.
+fn best_effort<T: Default>(e: Error) -> Result<T, Error> {
+    match e {
+        Error::Redis(r) if !r.is_io_error() && !r.is_connection_dropped() => {
+            tracing::warn!(error = %r, "an optional read of the nodes view failed; shown empty");
+            Ok(T::default())
+        }
+        other => Err(other),
+    }
 }
 
 /// Endings scanned for the failures tab (Redis keeps about the last 1000).

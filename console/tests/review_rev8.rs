@@ -152,3 +152,73 @@ async fn a_bulk_requeue_acts_on_every_task_named_after_one_that_is_gone() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn foreign_event_and_departed_keys_do_not_hide_the_live_workers() {
+    use rtq_console::fetch;
+    use rtq_core::WorkerConfig;
+    let redis = RedisServer::start();
+    let worker = rtq_core::Worker::connect(&redis.url(), WorkerConfig::new("n").worker_id("gpu-9"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    struct Idle;
+    #[rtq_core::async_trait]
+    impl rtq_core::Handler for Idle {
+        async fn handle(
+            &self,
+            _: rtq_core::TaskContext,
+        ) -> Result<serde_json::Value, rtq_core::HandlerError> {
+            Ok(json!({}))
+        }
+    }
+    let run = tokio::spawn(worker.run(std::sync::Arc::new(Idle), async {
+        let _ = rx.await;
+    }));
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin.workers("n").await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never registered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let k = QueueKeys::new("n").unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // A departed worker whose info key is foreign, then foreign ev and gone.
+    for (cmd, key, args) in [
+        ("ZADD", k.departed(), vec!["9999999999999", "old"]),
+        ("SET", k.worker("old"), vec!["foreign"]),
+    ] {
+        let _: () = redis::cmd(cmd)
+            .arg(&key)
+            .arg(args)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let nodes = fetch::nodes(&admin, "n").await;
+    let Ok(Fetched::Nodes(n)) = &nodes else {
+        panic!("a foreign worker info key hid the nodes view: {nodes:?}")
+    };
+    assert_eq!(n.workers.len(), 1);
+    for key in [k.events(), k.departed()] {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("foreign")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let nodes = fetch::nodes(&admin, "n").await;
+    let Ok(Fetched::Nodes(n)) = &nodes else {
+        panic!("foreign ev/gone keys hid the live workers: {nodes:?}")
+    };
+    assert_eq!(n.workers.len(), 1);
+    assert!(n.events.is_empty() && n.departed.is_empty());
+    let _ = tx.send(());
+    let _ = run.await;
+}
