@@ -266,13 +266,30 @@ pub const EVENT_TAIL: usize = 50;
 /// Redis errors.
 pub async fn nodes(admin: &Admin, queue: &str) -> Result<Fetched, Error> {
     let now_ms = admin.overview(queue).await?.now_ms;
+    // Departed workers and the event tail are best effort, as Redis
+    // writes them: a foreign key there (a Redis error) empties them and
+    // never hides the live workers.
+    let departed = admin.departed_workers(queue).await.or_else(best_effort)?;
+    let events = admin.events(queue, EVENT_TAIL).await.or_else(best_effort)?;
     Ok(Fetched::Nodes(NodesData {
         queue: queue.to_string(),
         now_ms,
         workers: admin.workers(queue).await?,
-        departed: admin.departed_workers(queue).await?,
-        events: admin.events(queue, EVENT_TAIL).await?,
+        departed,
+        events,
     }))
+}
+
+/// An optional read's Redis error (a key of the wrong type) as nothing
+/// read; other errors (the connection) as they are.
+fn best_effort<T: Default>(e: Error) -> Result<T, Error> {
+    match e {
+        Error::Redis(r) if !r.is_io_error() && !r.is_connection_dropped() => {
+            tracing::warn!(error = %r, "an optional read of the nodes view failed; shown empty");
+            Ok(T::default())
+        }
+        other => Err(other),
+    }
 }
 
 /// Endings scanned for the failures tab (Redis keeps about the last 1000).
@@ -363,35 +380,66 @@ pub async fn detail_or_missing(admin: &Admin, queue: &str, id: &str) -> Result<F
     }
 }
 
+/// A task that does not exist as `None` (one of a bulk action's tasks
+/// that is gone), other errors as they are.
+fn absent<T>(r: Result<T, Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// ", N already gone" when some tasks of a bulk action were gone.
+fn gone_note(gone: usize) -> String {
+    if gone > 0 {
+        format!(", {gone} already gone")
+    } else {
+        String::new()
+    }
+}
+
 /// Performs an action; returns the message for the status line.
 ///
 /// # Errors
 /// The first error met.
 pub async fn perform(admin: &Admin, action: &Action) -> Result<String, Error> {
     Ok(match action {
+        // A bulk action goes through every task the confirmation named: a
+        // task gone meanwhile (deleted, its retention passed) is counted,
+        // never the end of the action.
         Action::Requeue(q, ids) => {
+            let mut gone = 0;
             for id in ids {
-                admin.requeue(q, id).await?;
+                gone += usize::from(absent(admin.requeue(q, id).await)?.is_none());
             }
-            format!("requeued {} task(s)", ids.len())
+            format!("requeued {} task(s){}", ids.len() - gone, gone_note(gone))
         }
         Action::Cancel(q, ids) => {
-            let mut ended = 0;
+            let (mut ended, mut gone) = (0, 0);
             for id in ids {
-                if !admin.cancel(q, id).await?.is_terminal() {
-                    ended += 1;
+                match absent(admin.cancel(q, id).await)? {
+                    Some(state) if !state.is_terminal() => ended += 1,
+                    Some(_) => {}
+                    None => gone += 1,
                 }
             }
             format!(
-                "cancelled {ended} task(s) ({} already ended)",
-                ids.len() - ended
+                "cancelled {ended} task(s) ({} already ended){}",
+                ids.len() - ended - gone,
+                gone_note(gone)
             )
         }
         Action::Priority(q, changes) => {
+            let mut gone = 0;
             for (id, p) in changes {
-                admin.set_priority(q, id, *p).await?;
+                gone += usize::from(absent(admin.set_priority(q, id, *p).await)?.is_none());
             }
-            format!("priority changed for {} task(s)", changes.len())
+            format!(
+                "priority changed for {} task(s){}",
+                changes.len() - gone,
+                gone_note(gone)
+            )
         }
         Action::Pause(q, true) => {
             admin.pause(q, true).await?;

@@ -10,7 +10,9 @@ each completion's answer is what rtq2_complete would have answered for
 it had the completions been sent one after another in this order (only
 the time is the call's). Every argument of every completion is checked
 before anything is written: one invalid completion refuses the whole
-call. A FENCED, ORDER or TOO_LARGE completion writes nothing and does
+call, and so does a key of the wrong type (a foreign key in rtq's
+namespace) that one of its writes would fail on (WRONGTYPE, nothing
+written). A FENCED, ORDER or TOO_LARGE completion writes nothing and does
 not affect the others.
 
 Guarantees:
@@ -180,11 +182,36 @@ local function complete_one(call, wid, c)
   return {'OK', msg, num(h.nc), state, now, fc}
 end
 
+-- Refuses, before any write, a key of the wrong type that a write of the
+-- call could fail on (expect_type): the task hashes after the first (the
+-- first is read before any write, and so is the worker's owned set by
+-- the first slot freed), the output lists of completions with chunks, and
+-- the queue keys an ending, a retry or a next task writes.
+local function check_keys(list)
+  local want_next, retry = false, false
+  for i, c in ipairs(list) do
+    if i > 1 then expect_type(tkey(c.id), 'hash') end
+    if #c.chunks > 0 then expect_type(okey(c.id), 'list') end
+    want_next = want_next or c.want_next
+    retry = retry or c.outcome == 'retry'
+  end
+  expect_type(P .. 'deadlines', 'zset')
+  if want_next or retry then
+    expect_type(P .. 'meta', 'hash')
+    expect_type(P .. 'delayed', 'zset')
+  end
+  if want_next then
+    expect_type(P .. 'free', 'zset')
+    expect_type(P .. 'pending', 'zset')
+  end
+end
+
 local function complete(keys, args)
   bind(keys)
   if #args < 7 then invalid('complete takes at least 7 arguments') end
   local wid = arg_id(args[1], 'worker id')
   local c = complete_args(args, 2, 8, #args)
+  check_keys({c})
   return complete_one(new_call(), wid, c)
 end
 
@@ -211,6 +238,7 @@ local function complete_many(keys, args)
   if o ~= #args + 1 then
     invalid('complete_many: ' .. (#args + 1 - o) .. ' arguments after the last completion')
   end
+  check_keys(list)
   local call = new_call()
   local replies = {}
   for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end

@@ -202,6 +202,17 @@ local function ensure_meta(v)
   if not v then redis.call('HSET', P .. 'meta', 'v', PROTOCOL_S) end
 end
 
+-- Refuses, before any write, a key of the wrong type that a later write
+-- of the call would fail on (a foreign writer's key in rtq's namespace):
+-- Redis would not undo the writes made before it.
+local function expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+      .. ' (a foreign key in rtq\'s namespace); nothing was written'})
+  end
+end
+
 -- Statistics ---------------------------------------------------------------
 
 local function hist_index(ms)
@@ -274,7 +285,10 @@ local function notify(id, h, chunk_event, fields)
   end
   local targets = {}
   if own then targets[1] = h.reply end
-  for _, r in ipairs(redis.call('SMEMBERS', wtkey(id))) do
+  -- A foreign key there loses the watchers' notifications only.
+  local watchers = redis.pcall('SMEMBERS', wtkey(id))
+  if watchers.err then watchers = {} end
+  for _, r in ipairs(watchers) do
     if r ~= targets[1] then targets[#targets + 1] = r end
   end
   for _, r in ipairs(targets) do
@@ -498,7 +512,10 @@ local function promote_due(now, dd)
   local due = redis.call('ZRANGE', P .. 'delayed', '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
-    local h = redis.call('HMGET', tkey(id), 'st', 'sc')
+    -- A foreign key at the task's name is a stale entry (dropped), never
+    -- an error after the writes made before it.
+    local h = redis.pcall('HMGET', tkey(id), 'st', 'sc')
+    if h.err then h = {} end
     if h[1] == 'queued' then
       redis.call('ZADD', P .. 'pending', h[2], id)
       redis.call('HSET', tkey(id), 'due', '0')
@@ -509,7 +526,10 @@ local function promote_due(now, dd)
 end
 
 local function other_live_worker(now)
-  return redis.call('ZCOUNT', P .. 'workers', '(' .. istr(now), '+inf') > 1
+  -- Read on a path that wrote already (take_next): a foreign key counts
+  -- as no other worker rather than failing the call halfway.
+  local n = redis.pcall('ZCOUNT', P .. 'workers', '(' .. istr(now), '+inf')
+  return type(n) == 'number' and n > 1
 end
 
 -- Pops pending tasks for worker `wid` until one can run and hands it out.
@@ -525,7 +545,8 @@ local function take_next(wid, now, dd)
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then break end
     local id = popped[1]
-    local h = redis.call('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
+    local h = redis.pcall('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
+    if h.err then h = {} end -- a foreign key: dropped like a stale entry
     if h[1] == 'queued' then
       local dl = num(h[2])
       if h[8] ~= PROTOCOL_S then

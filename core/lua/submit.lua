@@ -104,17 +104,8 @@ local function free_slots(now, want)
 end
 
 -- Submits the validated `tasks` in order; returns one reply per task.
--- Refuses, before any write, a key of the wrong type that a write of this
--- call would fail on (a foreign writer's key): Redis would not undo the
--- writes made before it.
-local function expect_type(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
-      .. ' (a foreign key in rtq\'s namespace); nothing was written'})
-  end
-end
-
+-- A key of the wrong type that a write would fail on is refused before
+-- any write (expect_type).
 local function submit_batch(tasks)
   -- Compute: duplicates, hand-outs, depth, from one read of the queue.
   local now = now_ms()

@@ -206,6 +206,9 @@ impl Admin {
         for (id, _) in &departed {
             pipe.hgetall(k.worker(id));
         }
+        // A foreign info key reads as gone (left out), never as a failed
+        // read of every departed worker.
+        pipe.ignore_errors();
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::new();
         for ((id, at), reply) in departed.into_iter().zip(replies) {

@@ -116,6 +116,18 @@ impl WorkerInfo {
     }
 }
 
+/// How long the head task has waited, from the reply of `HGET <head> sub`:
+/// `None` when its submit time cannot be read (the hash vanished, holds a
+/// foreign value, or is a foreign key): unknown, never "since 1970".
+pub(crate) fn head_wait(now_ms: i64, sub: &Value) -> Option<i64> {
+    let sub = match sub {
+        Value::Int(i) => *i,
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
+        _ => return None,
+    };
+    (sub > 0).then(|| now_ms - sub)
+}
+
 /// Admin access to rtq queues.
 #[derive(Clone)]
 pub struct Admin {
@@ -221,6 +233,9 @@ impl Admin {
         if let Some(h) = head.first() {
             pipe.hget(k.task(h), "sub");
         }
+        // A foreign key (a worker's owned set, the head's hash) reads as
+        // unknown in place, never as a failed overview.
+        pipe.ignore_errors();
         let mut extra: Vec<Value> = if pipe.cmd_iter().count() > 0 {
             pipe.query_async(&mut self.conn.clone()).await?
         } else {
@@ -229,7 +244,7 @@ impl Admin {
         let head_wait_ms = if head.is_empty() {
             None
         } else {
-            extra.pop().map(|v| now_ms - value_to_i64(&v))
+            extra.pop().and_then(|v| head_wait(now_ms, &v))
         };
         let running = extra.iter().map(|v| value_to_i64(v).max(0) as u64).sum();
         Ok(QueueOverview {

@@ -59,12 +59,54 @@ pub struct StatsCache {
     counters: HashMap<String, BTreeMap<i64, (Counters, bool)>>,
     /// Redis commands sent by the last read (for benchmarks and tests).
     pub last_commands: usize,
+    /// The newest closed, non-empty bucket cached (key, bucket number):
+    /// while Redis still has it, it still has every bucket cached (they
+    /// were written no later and expire no sooner). When it is gone,
+    /// Redis lost its data (a restart without persistence, a flush, a
+    /// failover to an empty replica) and the cache is forgotten; a queue
+    /// listed again before the next read must not show its old figures.
+    sentinel: Option<(String, i64)>,
+    /// The Redis time at which the sentinel was last checked (one check
+    /// per refresh serves both reads).
+    checked_at: Option<i64>,
 }
 
 impl StatsCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Forgets everything cached if Redis no longer holds the sentinel
+    /// bucket (see [`StatsCache::sentinel`]); checked once per `now_ms`.
+    /// Returns the commands sent (0 or 1).
+    async fn forget_if_lost(&mut self, admin: &Admin, now_ms: i64) -> Result<usize, Error> {
+        if self.checked_at == Some(now_ms) {
+            return Ok(0);
+        }
+        self.checked_at = Some(now_ms);
+        let Some((key, _)) = &self.sentinel else {
+            return Ok(0);
+        };
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut admin.conn.clone())
+            .await?;
+        if !exists {
+            tracing::info!(bucket = %key, "a cached statistics bucket is gone from Redis (Redis lost its data): reading statistics afresh");
+            self.full.clear();
+            self.counters.clear();
+            self.sentinel = None;
+        }
+        Ok(1)
+    }
+
+    /// Notes a closed bucket just read: the newest non-empty one becomes
+    /// the sentinel.
+    fn note_closed(&mut self, key: impl FnOnce() -> String, bucket: i64, empty: bool) {
+        if !empty && !self.sentinel.as_ref().is_some_and(|(_, b)| bucket <= *b) {
+            self.sentinel = Some((key(), bucket));
+        }
     }
 
     /// Forgets queues not in `names` (deleted queues, rows no longer shown).
@@ -88,6 +130,7 @@ impl StatsCache {
         buckets: usize,
         now_ms: i64,
     ) -> Result<HashMap<String, QueueStats>, Error> {
+        let checks = self.forget_if_lost(admin, now_ms).await?;
         let range = window(buckets, now_ms);
         let keep: std::collections::HashSet<&str> = queues.iter().map(String::as_str).collect();
         self.full.retain(|q, _| keep.contains(q.as_str()));
@@ -104,7 +147,7 @@ impl StatsCache {
                 }
             }
         }
-        self.last_commands = wanted.len();
+        self.last_commands = checks + wanted.len();
         let mut fresh: HashMap<String, HashMap<i64, HashMap<String, String>>> = HashMap::new();
         if !wanted.is_empty() {
             pipe.ignore_errors();
@@ -113,6 +156,7 @@ impl StatsCache {
             for ((q, b), v) in wanted.into_iter().zip(replies) {
                 let hash: HashMap<String, String> = decode(v).unwrap_or_default();
                 if is_closed(b, now_ms) {
+                    self.note_closed(|| stats_key(&q, b), b, hash.is_empty());
                     self.full
                         .entry(q.clone())
                         .or_default()
@@ -153,6 +197,7 @@ impl StatsCache {
         queues: &[String],
         now_ms: i64,
     ) -> Result<(), Error> {
+        let checks = self.forget_if_lost(admin, now_ms).await?;
         let range = window(COUNTER_BUCKETS, now_ms);
         let mut pipe = redis::pipe();
         let mut wanted = Vec::new();
@@ -167,7 +212,7 @@ impl StatsCache {
                 }
             }
         }
-        self.last_commands = wanted.len();
+        self.last_commands = checks + wanted.len();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -176,6 +221,9 @@ impl StatsCache {
         for ((q, b), v) in wanted.into_iter().zip(replies) {
             let (done, failed) = hmget_pair(v);
             let c = Counters { done, failed };
+            if is_closed(b, now_ms) {
+                self.note_closed(|| stats_key(&q, b), b, done == 0 && failed == 0);
+            }
             self.counters
                 .entry(q)
                 .or_default()
@@ -201,6 +249,11 @@ impl StatsCache {
             .collect();
         Some(QueueStats::from_buckets(raw))
     }
+}
+
+/// The key of bucket `b` of queue `q` (a name the cache read already).
+fn stats_key(q: &str, b: i64) -> String {
+    QueueKeys::new(q).map(|k| k.stats(b)).unwrap_or_default()
 }
 
 /// Decodes the reply of `HMGET <bucket> done failed` (absent fields and

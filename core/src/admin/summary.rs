@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::{free_of_live, stats, time_ms, Admin, QueueOverview, QueueStats};
+use super::{free_of_live, head_wait, stats, time_ms, Admin, QueueOverview, QueueStats};
 use crate::error::Error;
 use crate::keys::QueueKeys;
 use crate::protocol::value_to_i64;
@@ -120,7 +120,7 @@ impl Admin {
                 .map(|_| value_to_i64(&next()).max(0) as u64)
                 .sum();
             if p.head.is_some() {
-                p.overview.head_wait_ms = Some(now_ms - value_to_i64(&next()));
+                p.overview.head_wait_ms = head_wait(now_ms, &next());
             }
             out.push(p.overview);
         }
