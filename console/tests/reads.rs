@@ -34,6 +34,21 @@ fn hset(seed: &Seeded, key: &str, field: &str, value: u64) {
 #[tokio::test]
 async fn closed_buckets_are_read_once_and_open_ones_every_time() {
     let seed = Seeded::new().await;
+    // The worker adds its statistics with its heartbeats: wait until all of
+    // them arrived (the seed waits 3 s at most), so no heartbeat changes an
+    // open bucket between the reads compared below.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stats = seed.admin.stats("llm", 30).await.unwrap();
+        if stats.sum("done") == 3 && stats.sum("failed") == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statistics never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let k = QueueKeys::new("llm").unwrap();
     let now = redis_now_ms(&seed).await;
     let newest = now.div_euclid(BUCKET_MS);

@@ -97,11 +97,19 @@ impl Seeded {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for _ in 0..300 {
+        // The worker adds them with its heartbeats (every 100 ms): under
+        // load that can take seconds, and a test comparing reads must not
+        // see them arrive in between.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
             let stats = admin.stats("llm", 6).await.unwrap();
             if stats.sum("done") == 3 && stats.sum("failed") == 1 {
                 break;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the seed's statistics never arrived"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         admin.pause("llm", true).await.unwrap();
