@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
+use crate::functions::batch::{batch_answer, copy_error, BatchAnswer};
 use crate::functions::submit::{Submit, SubmitMany, SubmitReply, MAX_SUBMIT_BATCH};
 use crate::functions::{self, Function};
 use crate::keys::QueueKeys;
@@ -160,43 +161,22 @@ async fn send(mut conn: RedisConnection, keys: QueueKeys, batch: Vec<Waiting>) {
         functions::call(&mut conn, &keys, &SubmitMany { tasks: &submits }).await
     };
     drop(submits);
-    match replies {
-        Ok(replies) if replies.len() == batch.len() => {
+    match batch_answer(replies, batch.len(), SubmitMany::NAME, "tasks") {
+        BatchAnswer::Each(replies) => {
             for (waiting, reply) in batch.into_iter().zip(replies) {
                 let _ = waiting.answer.send(Batched::Replied(reply));
             }
         }
-        Ok(replies) => {
-            let e = format!(
-                "{} answered {} replies for {} tasks",
-                SubmitMany::NAME,
-                replies.len(),
-                batch.len()
-            );
-            for waiting in batch {
-                let _ = waiting
-                    .answer
-                    .send(Batched::Uncertain(Error::Protocol(e.clone())));
-            }
-        }
-        Err(e) if e.is_retryable() && !matches!(e, Error::OutOfMemory(_)) => {
+        BatchAnswer::Uncertain(e) => {
             for waiting in batch {
                 let _ = waiting.answer.send(Batched::Uncertain(copy_error(&e)));
             }
         }
-        Err(e) => {
+        BatchAnswer::Refused(e) => {
             tracing::debug!(error = %e, tasks = batch.len(), "a coalesced submit was refused; submitting each task alone");
             for waiting in batch {
                 let _ = waiting.answer.send(Batched::Refused);
             }
         }
-    }
-}
-
-/// The same failure for each task of a batch.
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Redis(r) => Error::Redis(r.clone()),
-        other => Error::Protocol(other.to_string()),
     }
 }

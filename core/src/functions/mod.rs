@@ -17,6 +17,7 @@
 //!   [`requeue`], [`queue_admin`] (priority, pause, max depth, purge,
 //!   housekeeping).
 
+pub(crate) mod batch;
 pub mod cancel;
 pub mod chunk;
 pub mod complete;

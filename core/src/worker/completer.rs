@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::RedisConnection;
 use crate::error::Error;
+use crate::functions::batch::{batch_answer, copy_error, BatchAnswer};
 use crate::functions::complete::{
     Complete, CompleteMany, CompleteOutcome, CompleteReply, MAX_COMPLETE_BATCH,
 };
@@ -211,31 +212,18 @@ async fn send(
         .await
     };
     drop(completes);
-    match replies {
-        Ok(replies) if replies.len() == batch.len() => {
+    match batch_answer(replies, batch.len(), CompleteMany::NAME, "completions") {
+        BatchAnswer::Each(replies) => {
             for (waiting, reply) in batch.into_iter().zip(replies) {
                 let _ = waiting.answer.send(Batched::Replied(reply));
             }
         }
-        Ok(replies) => {
-            let e = format!(
-                "{} answered {} replies for {} completions",
-                CompleteMany::NAME,
-                replies.len(),
-                batch.len()
-            );
-            for waiting in batch {
-                let _ = waiting
-                    .answer
-                    .send(Batched::Uncertain(Error::Protocol(e.clone())));
-            }
-        }
-        Err(e) if e.is_retryable() => {
+        BatchAnswer::Uncertain(e) => {
             for waiting in batch {
                 let _ = waiting.answer.send(Batched::Uncertain(copy_error(&e)));
             }
         }
-        Err(e) => {
+        BatchAnswer::Refused(e) => {
             if batch.len() > 1 && refused_for_good(&e) {
                 tracing::warn!(error = %e, "the server or this user refuses coalesced completes; completing each task alone from now on (load the current rtq library, grant `fcall|rtq2_complete_many`)");
                 off.store(true, Ordering::Relaxed);
@@ -246,14 +234,6 @@ async fn send(
                 let _ = waiting.answer.send(Batched::Refused(waiting.complete));
             }
         }
-    }
-}
-
-/// The same failure for each completion of a batch.
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Redis(r) => Error::Redis(r.clone()),
-        other => Error::Protocol(other.to_string()),
     }
 }
 
