@@ -202,24 +202,11 @@ impl Admin {
     /// Redis errors, invalid names.
     pub async fn overview(&self, queue: &str) -> Result<QueueOverview, Error> {
         let k = Self::keys(queue)?;
-        let (time, meta, pending, delayed, free, workers, head): OverviewReply = redis::pipe()
-            .cmd("TIME")
-            .hgetall(k.meta())
-            .zcard(k.pending())
-            .zcard(k.delayed())
-            .cmd("ZRANGE")
-            .arg(k.free())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .cmd("ZRANGE")
-            .arg(k.workers())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .zrange(k.pending(), 0, 0)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        summary::first_trip(&mut pipe, &k);
+        let (time, meta, pending, delayed, free, workers, head): OverviewReply =
+            pipe.query_async(&mut self.conn.clone()).await?;
         let now_ms = time_ms(&time);
         let alive: Vec<&String> = workers
             .iter()
@@ -338,15 +325,25 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
-        let ids: Vec<String> = self
-            .endings(&k, offset + limit)
+        let ids = self.recent_ids(&k, offset, limit).await?;
+        self.tasks(&k, &ids).await
+    }
+
+    /// Ids of a page of the recent endings, newest first, each task once.
+    async fn recent_ids(
+        &self,
+        k: &QueueKeys,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        Ok(self
+            .endings(k, offset + limit)
             .await?
             .into_iter()
             .map(|(id, _)| id)
             .skip(offset)
             .take(limit)
-            .collect();
-        self.tasks(&k, &ids).await
+            .collect())
     }
 
     /// The last `count` entries of the queue's `ended` stream, newest

@@ -175,7 +175,7 @@ impl Admin {
 
 /// Adds a queue's first-round-trip commands: meta, pending and delayed
 /// counts, free slots and workers with their scores, the head task.
-fn first_trip(pipe: &mut redis::Pipeline, k: &QueueKeys) {
+pub(super) fn first_trip(pipe: &mut redis::Pipeline, k: &QueueKeys) {
     pipe.hgetall(k.meta())
         .zcard(k.pending())
         .zcard(k.delayed())

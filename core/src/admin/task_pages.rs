@@ -83,14 +83,7 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = QueueKeys::new(queue)?;
-        let ids: Vec<String> = self
-            .endings(&k, offset + limit)
-            .await?
-            .into_iter()
-            .map(|(id, _)| id)
-            .skip(offset)
-            .take(limit)
-            .collect();
+        let ids = self.recent_ids(&k, offset, limit).await?;
         summaries(self, &k, &ids).await
     }
 
