@@ -326,18 +326,23 @@ async fn foreign_keys_in_place_of_ev_and_gone_never_stop_the_write_that_caused_t
     assert!(admin.departed_workers(Q).await.is_err());
 }
 
+/// Cancels task `id` with `reason` (the Admin API gives its own reason).
+async fn cancel_with(p: &mut Proto, id: &str, reason: &str) {
+    p.call(&rtq_core::functions::cancel::Cancel {
+        id,
+        mode: rtq_core::functions::cancel::CancelMode::Cancel,
+        reason,
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn messages_are_kept_to_exactly_256_bytes() {
     let (_redis, mut p, admin) = setup().await;
     p.submit(&Task::new("x")).await;
     let reason = "r".repeat(300);
-    p.call(&rtq_core::functions::cancel::Cancel {
-        id: "x",
-        mode: rtq_core::functions::cancel::CancelMode::Cancel,
-        reason: &reason,
-    })
-    .await
-    .unwrap();
+    cancel_with(&mut p, "x", &reason).await;
     let e = &admin.events(Q, 1).await.unwrap()[0];
     assert_eq!(e.message.len(), 256);
     assert_eq!(e.message, format!("cancelled: {}", &reason[..245]));
@@ -348,13 +353,7 @@ async fn huge_reasons_are_cut_in_events() {
     let (_redis, mut p, admin) = setup().await;
     p.submit(&Task::new("x")).await;
     let reason = "é".repeat(2000);
-    p.call(&rtq_core::functions::cancel::Cancel {
-        id: "x",
-        mode: rtq_core::functions::cancel::CancelMode::Cancel,
-        reason: &reason,
-    })
-    .await
-    .unwrap();
+    cancel_with(&mut p, "x", &reason).await;
     let e = &admin.events(Q, 1).await.unwrap()[0];
     assert_eq!(e.kind, EventKind::Cancelled);
     // 256 bytes kept (the reader decodes a cut character lossily).
