@@ -38,7 +38,9 @@ ARGV[3]  attempt the worker received           integer >= 1
 ARGV[4]  seq0: chunks the worker wrote before   integer >= 0
 ARGV[5]  outcome                                'done' | 'failed' | 'retry'
 ARGV[6]  result JSON (done, <= 16 MiB) or reason (failed/retry, <= 64 KiB)
-ARGV[7]  want next                              '1' take the next task, '0' not
+ARGV[7]  want next                              '0' no, '1' take the next task,
+                                                '2' take it and answer its spec
+                                                apart (the 7th reply item)
 ARGV[8..] trailing chunks (at most 512, each at most 1 MiB)
 
 rtq2_complete_many:
@@ -51,6 +53,10 @@ ARGV[3..] n groups: task id, attempt, seq0, outcome, result or reason,
 Reply: n replies, each as rtq2_complete's, in order.
 
 Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk_ms}
+  With want next '2': {status, next_task_message_without_spec_or_'', chunk_count,
+  state, now_ms, first_chunk_ms, next_task_spec_or_''}: the message is
+  cut before its spec (it ends with the tab that precedes it), so Lua
+  copies no spec into a message (revision 9; the worker joins the two).
   now_ms and first_chunk_ms (0 = no chunk) let the worker record the
   task's latencies in its own statistics (0 and 0 for FENCED, ORDER,
   TOO_LARGE); a replay answers the replay's time.
@@ -64,12 +70,26 @@ Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk
                64 MiB); nothing written: end the task as failed instead
 ]]
 
--- The inbox message of task `id` if worker `wid` still runs it (a replay).
+-- The inbox message of task `id` as (head, spec) if worker `wid` still
+-- runs it (a replay), else ('', '').
 local function rebuild_message(id, wid)
   local n = redis.call('HMGET', tkey(id), 'st', 'w', 'att', 'start', 'dl', 'sub', 'spec')
-  if n[1] ~= 'running' or n[2] ~= wid then return '' end
-  return task_msg(id, num(n[3]), num(n[4]), n[5], n[6], n[7])
+  if n[1] ~= 'running' or n[2] ~= wid then return '', '' end
+  return task_head(id, num(n[3]), num(n[4]), n[5], n[6]), n[7] or ''
 end
+
+-- A completion's reply; the next task's message (head, spec) joined, or
+-- apart as the 7th item when the worker asked (want next '2').
+local function answer(c, status, head, spec, nc, state, now, fc)
+  if c.split then return {status, head, nc, state, now, fc, spec} end
+  if spec ~= '' then head = head .. spec end
+  return {status, head, nc, state, now, fc}
+end
+
+-- The allowed words, made once (a table literal in a function is a new
+-- table on every call).
+local OUTCOMES = {'done', 'failed', 'retry'}
+local NEXT_MODES = {'0', '1', '2'}
 
 -- Checks one completion's arguments args[o .. o+5] (task id .. want next)
 -- with its chunks args[first .. last].
@@ -78,13 +98,15 @@ local function complete_args(args, o, first, last)
   c.id = arg_id(args[o], 'task id')
   c.att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
   c.seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
-  c.outcome = arg_enum(args[o + 3], 'outcome', {'done', 'failed', 'retry'})
+  c.outcome = arg_enum(args[o + 3], 'outcome', OUTCOMES)
   if c.outcome == 'done' then
     c.payload = arg_text(args[o + 4], 'result', MAX_RESULT_BYTES)
   else
     c.payload = arg_text(args[o + 4], 'reason', 16 * MAX_TEXT_BYTES)
   end
-  c.want_next = arg_flag(args[o + 5], 'want next')
+  local next_mode = arg_enum(args[o + 5], 'want next', NEXT_MODES)
+  c.want_next = next_mode ~= '0'
+  c.split = next_mode == '2'
   c.chunks, c.bytes = arg_chunks(args, first, last)
   return c
 end
@@ -100,16 +122,17 @@ local function call_now(call)
   return call.now
 end
 
--- The next task for a freed slot of `wid`, or '' (paused, none queued).
+-- The next task for a freed slot of `wid` as (head, spec, task id), or
+-- ('', '', '') (paused, none queued).
 local function call_take_next(call, wid, now)
   if not call.meta then call.meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd') end
-  if call.meta[1] == '1' then return '' end
-  local msg = take_next(wid, now, call.meta[2]) or ''
+  if call.meta[1] == '1' then return '', '', '' end
+  local head, spec, id = take_next(wid, now, call.meta[2])
   -- take_next promoted every retry due at `now` and moved the mark past
   -- it; retries delayed later in this call are due after `now`: nothing
   -- more is due within this call.
   call.meta[2] = '0'
-  return msg
+  return head or '', spec or '', id or ''
 end
 
 -- Ends one attempt of worker `wid` (checked arguments `c`); returns the
@@ -124,19 +147,19 @@ local function complete_one(call, wid, c)
     -- attempt: a retry replays that answer.
     local done_status, done_mark = string.match(h.ca, '^(%u+) (.+)$')
     if done_mark == mark then
-      local msg = ''
-      if h.nx ~= '' then msg = rebuild_message(h.nx, wid) end
-      return {done_status, msg, num(h.nc), h.st, call_now(call), num(h.fc)}
+      local head, spec = '', ''
+      if h.nx ~= '' then head, spec = rebuild_message(h.nx, wid) end
+      return answer(c, done_status, head, spec, num(h.nc), h.st, call_now(call), num(h.fc))
     end
   end
   local status = check_write(h, wid, att, c.seq0, #chunks, bytes)
-  if status == 'FENCED' then return {'FENCED', '', 0, h.st, 0, 0} end
-  if status == 'ORDER' or status == 'TOO_LARGE' then return {status, '', num(h.nc), h.st, 0, 0} end
+  if status == 'FENCED' then return answer(c, 'FENCED', '', '', 0, h.st, 0, 0) end
+  if status == 'ORDER' or status == 'TOO_LARGE' then return answer(c, status, '', '', num(h.nc), h.st, 0, 0) end
 
   -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
   local now = call_now(call)
   local freed = redis.call('SREM', wqkey(wid), id) == 1
-  local msg, next_id = '', ''
+  local head, spec, next_id = '', '', ''
   if freed and c.want_next and status == 'NOT_FOUND' then
     -- No hash to keep a replay mark on: free the slot instead of handing
     -- out a task that a lost reply would strand.
@@ -144,18 +167,16 @@ local function complete_one(call, wid, c)
   elseif freed and c.want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
-    msg = call_take_next(call, wid, now)
-    if msg ~= '' then
-      next_id = string.match(msg, '^T\t([^\t]+)\t')
-    else
+    head, spec, next_id = call_take_next(call, wid, now)
+    if head == '' then
       redis.call('ZINCRBY', P .. 'free', '1', wid)
     end
   end
-  if status == 'NOT_FOUND' then return {'NOT_FOUND', msg, 0, '', now, 0} end
+  if status == 'NOT_FOUND' then return answer(c, 'NOT_FOUND', head, spec, 0, '', now, 0) end
   local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_id}
   if status == 'ENDED' then
     redis.call('HSET', tkey(id), unpack(extra))
-    return {'ENDED', msg, num(h.nc), h.st, now, 0}
+    return answer(c, 'ENDED', head, spec, num(h.nc), h.st, now, 0)
   end
 
   if #chunks > 0 then append_chunks(id, h, chunks, bytes, now) end
@@ -179,7 +200,7 @@ local function complete_one(call, wid, c)
   end
   local fc = num(h.fc)
   if fc == 0 and #chunks > 0 then fc = now end
-  return {'OK', msg, num(h.nc), state, now, fc}
+  return answer(c, 'OK', head, spec, num(h.nc), state, now, fc)
 end
 
 -- Refuses, before any write, a key of the wrong type that a write of the
@@ -212,7 +233,10 @@ local function complete(keys, args)
   local wid = arg_id(args[1], 'worker id')
   local c = complete_args(args, 2, 8, #args)
   check_keys({c})
-  return complete_one(new_call(), wid, c)
+  begin_endings()
+  local reply = complete_one(new_call(), wid, c)
+  flush_endings()
+  return reply
 end
 
 local function complete_many(keys, args)
@@ -241,7 +265,9 @@ local function complete_many(keys, args)
   check_keys(list)
   local call = new_call()
   local replies = {}
+  begin_endings()
   for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
+  flush_endings()
   return replies
 end
 

@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 8
+local REVISION = 9
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -55,6 +55,7 @@ local MAX_RESULT_BYTES = 16777216
 local MAX_TEXT_BYTES = 4096 -- reasons, error messages, worker info values
 local MAX_CHUNK_BYTES = 1048576
 local MAX_CHUNKS_PER_CALL = 512
+local SMALL_INT_MAX = 4095 -- integers istr formats from a table (>= MAX_CHUNKS_PER_CALL) -- mutation: skip
 local MAX_OUTPUT_CHUNKS = 100000
 local MAX_OUTPUT_BYTES = 67108864
 local MAX_SLOTS = 1024
@@ -77,12 +78,26 @@ local AVOID_AFTER_DUE_MS = 5000 -- how long a retry avoids the worker that faile
 -- The queue prefix "rtq:{<queue>}:" of the current call (set by bind()).
 local P = ''
 
+-- Endings of the running call not yet written to `ended` (t, id, st,
+-- state, ...), or nil when every ending writes its own entry. See
+-- begin_endings.
+local ended_batch = nil
+local ENDED_BATCH_VALUES = 512 -- 128 endings per entry at most -- mutation: skip
+
 local function invalid(msg)
   error({err = 'INVALID ' .. msg})
 end
 
+-- Small integers as strings, made once when the library loads: counts,
+-- attempts and chunk numbers are formatted on every call, and
+-- string.format goes through sprintf (about 1,400 instructions a number).
+-- (`'' .. i` is '%.14g', exact for these; the load step may not use
+-- `string`, which Redis offers to functions only when they run.)
+local SMALL_INTS = {}
+for i = 0, SMALL_INT_MAX do SMALL_INTS[i] = '' .. i end
+
 local function istr(n)
-  return string.format('%d', n)
+  return SMALL_INTS[n] or string.format('%d', n)
 end
 
 local function num(v)
@@ -104,6 +119,8 @@ local function bind(keys)
     invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
   end
   P = string.sub(meta, 1, -5)
+  -- A call that failed halfway left no batch for the next one to flush.
+  ended_batch = nil
 end
 
 local function arg_int(v, name, lo, hi)
@@ -263,12 +280,18 @@ local function load_task(id, fields)
   return h
 end
 
--- Inbox message for a hand-out (tab separated, spec last). The submit
--- time lets the worker measure the queue wait itself (statistics are the
--- workers' job: they flush them with their heartbeats).
-local function task_msg(id, att, start, dl, sub, spec)
+-- Inbox message for a hand-out (tab separated, spec last) without its
+-- spec: what precedes the spec, ending in a tab. The submit time lets the
+-- worker measure the queue wait itself (statistics are the workers' job:
+-- they flush them with their heartbeats).
+local function task_head(id, att, start, dl, sub)
   return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. istr(start) .. '\t' .. istr(num(dl)) .. '\t'
-    .. istr(num(sub)) .. '\t' .. (spec or '')
+    .. istr(num(sub)) .. '\t'
+end
+
+-- The whole inbox message (task_head, then the spec).
+local function task_msg(id, att, start, dl, sub, spec)
+  return task_head(id, att, start, dl, sub) .. (spec or '')
 end
 
 -- Appends an event to every reply stream following the task: the
@@ -328,6 +351,23 @@ local function send_cancel(wid, id, att, kind, reason)
   end
 end
 
+-- From here until flush_endings, endings go to `ended` as one entry (its
+-- `t`/`st` pairs in the order the tasks ended) instead of one entry each:
+-- an XADD costs about as much as the rest of a plain ending's writes, and
+-- a coalesced complete ends many tasks. Best effort, as every `ended`
+-- write: a foreign key there loses the entry, never the endings.
+local function begin_endings()
+  ended_batch = {}
+end
+
+local function flush_endings()
+  local batch = ended_batch
+  ended_batch = nil
+  if batch and #batch > 0 then
+    redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP_S, '*', unpack(batch))
+  end
+end
+
 -- Moves a task to a terminal state, stores the outcome, arms the retention
 -- TTL of every key of the task and notifies followers (last, best effort).
 -- `extra` holds more field/value pairs for the same HSET. `by_worker`: the
@@ -355,7 +395,16 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
     local b = stat_count(now, state)
     stat_hist(b, 't:', now - num(h.sub))
   end
-  redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP_S, '*', 't', id, 'st', state)
+  if ended_batch then
+    local n = #ended_batch
+    ended_batch[n + 1] = 't'
+    ended_batch[n + 2] = id
+    ended_batch[n + 3] = 'st'
+    ended_batch[n + 4] = state
+    if n + 4 >= ENDED_BATCH_VALUES then flush_endings(); begin_endings() end
+  else
+    redis.pcall('XADD', P .. 'ended', 'MAXLEN', '~', ENDED_CAP_S, '*', 't', id, 'st', state)
+  end
   -- A purge ends thousands at once: it writes one event of its own.
   if state ~= 'done' and kind ~= 'purged' then event(state, id, h.w, kind .. ': ' .. payload) end
   if state == 'done' then
@@ -433,6 +482,11 @@ local function check_write(h, wid, att, seq0, nchunks, bytes)
   return nil
 end
 
+-- Event field names of the chunks of one call ('c0', 'c1', ...), made once:
+-- `'c' .. n` formats the number with sprintf('%.14g') on every chunk.
+local CHUNK_FIELDS_BY_INDEX = {}
+for i = 1, MAX_CHUNKS_PER_CALL do CHUNK_FIELDS_BY_INDEX[i] = 'c' .. SMALL_INTS[i - 1] end
+
 -- Appends chunks to the current attempt's output and notifies followers.
 -- The output list takes the task's TTL with its first chunk.
 local function append_chunks(id, h, chunks, bytes, now)
@@ -451,7 +505,7 @@ local function append_chunks(id, h, chunks, bytes, now)
   if h.strm == '1' or h.watch == '1' then
     local ev = {'e', 'c', 'a', h.att, 's', istr(nc), 'n', istr(#chunks)}
     for i, c in ipairs(chunks) do
-      ev[#ev + 1] = 'c' .. (i - 1)
+      ev[#ev + 1] = CHUNK_FIELDS_BY_INDEX[i]
       ev[#ev + 1] = c
     end
     notify(id, h, true, ev)
@@ -493,13 +547,15 @@ end
 -- Hand-out ---------------------------------------------------------------------
 
 -- Records the hand-out of a queued task to worker `wid` (attempt att + 1)
--- and returns its inbox message. The caller pushes or returns the message.
+-- and returns its inbox message as two parts, task_head and the spec (a
+-- caller that returns them apart spares Lua a copy of the spec), then the
+-- task id. The caller pushes or returns the message.
 local function assign(id, wid, now, dl, spec, sub, att)
   att = num(att) + 1
   redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', istr(now),
     'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0', 'due', '0')
   redis.call('SADD', wqkey(wid), id)
-  return task_msg(id, att, now, dl, sub, spec)
+  return task_head(id, att, now, dl, sub), spec or '', id
 end
 
 -- Moves retries whose backoff has passed from delayed to pending. `dd` is
@@ -536,11 +592,12 @@ end
 -- Tasks past their deadline are ended on the way (never handed out); a
 -- retry this worker failed is skipped while another live worker exists
 -- and its avoidance window lasts. The scan is capped (pacing: housekeeping
--- continues where it stopped). Returns the inbox message or nil.
+-- continues where it stopped). Returns what assign returns (head, spec,
+-- task id), or nil.
 local function take_next(wid, now, dd)
   promote_due(now, dd)
   local skipped = nil
-  local msg = nil
+  local head, spec, taken = nil, nil, nil
   for _ = 1, SCAN_PER_TAKE do
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then break end
@@ -560,14 +617,14 @@ local function take_next(wid, now, dd)
         skipped[#skipped + 1] = popped[2]
         skipped[#skipped + 1] = id
       else
-        msg = assign(id, wid, now, dl, h[3], h[4], h[5])
+        head, spec, taken = assign(id, wid, now, dl, h[3], h[4], h[5])
         break
       end
     end
     -- anything else is a stale entry (the task ended or vanished): dropped
   end
   if skipped then redis.call('ZADD', P .. 'pending', unpack(skipped)) end
-  return msg
+  return head, spec, taken
 end
 
 local function is_paused()
@@ -584,10 +641,10 @@ local function dispatch_pending(now, max)
     if redis.call('ZCARD', P .. 'pending') == 0 then break end
     local wid = peek_free(now, tried)
     if not wid then break end
-    local msg = take_next(wid, now, '0')
-    if msg then
+    local head, spec = take_next(wid, now, '0')
+    if head then
       use_free(wid)
-      redis.call('RPUSH', inkey(wid), msg)
+      redis.call('RPUSH', inkey(wid), head .. spec)
       n = n + 1
     else
       tried[wid] = true

@@ -367,7 +367,8 @@ async fn worker_calls_check_every_argument_at_their_bounds() {
         .int("seq0", 3, 0, max_chunks)
         .one_of("outcome", 4, &["done", "failed", "retry"])
         .text("result", 5, MAX_RESULT_BYTES)
-        .flag("want next", 6)
+        .one_of("want next", 6, &["0", "1", "2"])
+        .with("want next empty", 6, String::new(), true)
         .arity(false);
     for outcome in ["failed", "retry"] {
         let mut reason = c.base.clone();
@@ -403,7 +404,8 @@ async fn worker_calls_check_every_argument_at_their_bounds() {
         .int("seq0", 11, 0, max_chunks)
         .one_of("outcome", 12, &["done", "failed", "retry"])
         .text("result", 13, MAX_RESULT_BYTES)
-        .flag("want next", 14)
+        .one_of("want next", 14, &["0", "1", "2"])
+        .with("want next empty", 14, String::new(), true)
         .with("completion count 0", 1, "0".into(), true)
         .with(
             "completion count above the completions",

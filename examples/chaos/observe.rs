@@ -3,8 +3,8 @@
 //! - **capacity**: for every worker id, `free` score + `SCARD wq:<wid>` <=
 //!   `slots` of its `w:` hash, and the worker's own `busy` <= `slots`, read
 //!   in one MULTI/EXEC so the numbers are one consistent snapshot;
-//! - **endings**: the queue's `ended` stream (one entry per ending, PROTOCOL.md
-//!   section 4), read to the end, so a task that ends twice is seen even if
+//! - **endings**: the queue's `ended` stream (an entry per ending, or per
+//!   coalesced complete, PROTOCOL.md section 4), read to the end, so a task that ends twice is seen even if
 //!   its second ending carries no result;
 //! - **recovery** after each kill -9: the tasks the killed worker owned
 //!   (including those handed to it after the kill, until it is reaped or
@@ -253,7 +253,7 @@ pub async fn read_endings(
             Some(id) => format!("({id}"),
             None => "-".to_string(),
         };
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(keys.ended())
             .arg(&from)
             .arg("+")
@@ -261,14 +261,19 @@ pub async fn read_endings(
             .arg(1000)
             .query_async(conn)
             .await?;
-        let n = reply.ids.len();
+        let n = reply.len();
         let mut o = obs.lock().unwrap();
-        for entry in reply.ids {
-            if let Some(task) = entry.get::<String>("t") {
-                *o.endings.entry(task).or_insert(0) += 1;
+        for (id, fields) in reply {
+            // An entry holds one ending or (revision 9) every ending of a
+            // coalesced complete: each `t` field names one.
+            for pair in fields.chunks_exact(2) {
+                if pair[0] == b"t" {
+                    let task = String::from_utf8_lossy(&pair[1]).into_owned();
+                    *o.endings.entry(task).or_insert(0) += 1;
+                }
             }
             o.ended_read += 1;
-            o.ended_last = Some(entry.id);
+            o.ended_last = Some(id);
         }
         if n < 1000 {
             return Ok(());

@@ -63,7 +63,7 @@ pub struct Audit {
     pub max_free_handouts: u64,
     /// Total such hand-outs.
     pub free_handouts: u64,
-    /// Endings in the `ended` stream never read (trimmed before the
+    /// Entries of the `ended` stream never read (trimmed before the
     /// observer got to them).
     pub ended_gap: u64,
 }

@@ -346,9 +346,12 @@ impl Admin {
             .collect())
     }
 
-    /// The last `count` entries of the queue's `ended` stream, newest
-    /// first, as (task id, state), each task once (a task that ended twice,
-    /// after an operator requeue, is listed at its newest ending).
+    /// The endings in the last `count` entries of the queue's `ended`
+    /// stream (at least `count` endings when it holds them), newest first,
+    /// as (task id, state), each task once (a task that ended twice, after
+    /// an operator requeue, is listed at its newest ending). An entry holds
+    /// one ending, or (revision 9) every ending of one coalesced complete
+    /// as `t`/`st` pairs in the order they ended.
     async fn endings(&self, k: &QueueKeys, count: usize) -> Result<Vec<(String, String)>, Error> {
         let reply: Value = redis::cmd("XREVRANGE")
             .arg(k.ended())
@@ -365,14 +368,10 @@ impl Admin {
         Ok(entries
             .into_iter()
             .filter_map(crate::client::stream_entry)
-            .filter_map(|(_, fields)| {
-                let field = |name: &[u8]| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                };
-                Some((field(b"t")?, field(b"st").unwrap_or_default()))
+            .flat_map(|(_, fields)| {
+                let mut endings = ended_pairs(&fields);
+                endings.reverse();
+                endings
             })
             .filter(|(id, _)| seen.insert(id.clone()))
             .collect())
@@ -672,6 +671,25 @@ pub fn worker_labels(info: &WorkerInfo) -> BTreeMap<String, String> {
     serde_json::from_str(info.field("labels")).unwrap_or_default()
 }
 
+/// The (task id, state) endings of one `ended` entry in the order they
+/// ended: each `t` field opens an ending, the `st` after it is its state.
+fn ended_pairs(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
+    let mut endings: Vec<(String, String)> = Vec::new();
+    for (name, value) in fields {
+        let value = String::from_utf8_lossy(value).into_owned();
+        match name.as_slice() {
+            b"t" => endings.push((value, String::new())),
+            b"st" => {
+                if let Some(last) = endings.last_mut() {
+                    last.1 = value;
+                }
+            }
+            _ => {}
+        }
+    }
+    endings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,5 +706,31 @@ mod tests {
         let workers = [("a".to_string(), 1_000.0), ("b".to_string(), 999.0)];
         assert_eq!(free_of_live(&free, &workers, 999), 2);
         assert_eq!(free_of_live(&free, &workers, 998), 5);
+    }
+
+    #[test]
+    fn an_ended_entry_yields_every_ending_in_order() {
+        let f = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let one = [f("t", "a"), f("st", "done")];
+        assert_eq!(
+            super::ended_pairs(&one),
+            vec![("a".to_string(), "done".to_string())]
+        );
+        let many = [
+            f("t", "a"),
+            f("st", "done"),
+            f("t", "b"),
+            f("st", "failed"),
+            f("t", "c"),
+        ];
+        assert_eq!(
+            super::ended_pairs(&many),
+            vec![
+                ("a".to_string(), "done".to_string()),
+                ("b".to_string(), "failed".to_string()),
+                ("c".to_string(), String::new()),
+            ]
+        );
+        assert!(super::ended_pairs(&[f("st", "done")]).is_empty());
     }
 }

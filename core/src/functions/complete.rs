@@ -83,7 +83,7 @@ impl Function for Complete<'_> {
             .arg(self.seq0)
             .arg(self.outcome.as_str())
             .arg(self.payload)
-            .arg(if self.want_next { "1" } else { "0" });
+            .arg(want_next_arg(self.want_next));
         for c in self.chunks {
             cmd.arg(c.as_slice());
         }
@@ -93,15 +93,37 @@ impl Function for Complete<'_> {
         let mut items = ReplyItems::new(reply, Self::NAME)?;
         let word = items.string()?;
         let status = WriteStatus::parse(&items, &word)?;
-        let next = items.bytes()?;
+        let mut next = items.bytes()?;
+        let chunks = items.uint()?;
+        let state = TaskState::parse(&items.string()?);
+        let now_ms = items.int()?;
+        let first_chunk_ms = items.int()?;
+        // Want next '2': the message comes cut before its spec, which is
+        // the last item (Lua copies no spec into a message).
+        if let Some(spec) = items.rest_bytes().into_iter().next() {
+            if !next.is_empty() {
+                next.extend_from_slice(&spec);
+            }
+        }
         Ok(CompleteReply {
             status,
             next: (!next.is_empty()).then(|| InboxMessage::parse(&next)),
-            chunks: items.uint()?,
-            state: TaskState::parse(&items.string()?),
-            now_ms: items.int()?,
-            first_chunk_ms: items.int()?,
+            chunks,
+            state,
+            now_ms,
+            first_chunk_ms,
         })
+    }
+}
+
+/// The want-next argument: '2' takes the next task and has its spec
+/// answered apart from the rest of its message (revision 9), '0' takes
+/// none.
+fn want_next_arg(want_next: bool) -> &'static str {
+    if want_next {
+        "2"
+    } else {
+        "0"
     }
 }
 
@@ -134,7 +156,7 @@ impl Function for CompleteMany<'_> {
                 .arg(c.seq0)
                 .arg(c.outcome.as_str())
                 .arg(c.payload)
-                .arg(if c.want_next { "1" } else { "0" })
+                .arg(want_next_arg(c.want_next))
                 .arg(c.chunks.len());
             for chunk in c.chunks {
                 cmd.arg(chunk.as_slice());
