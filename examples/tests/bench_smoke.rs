@@ -112,7 +112,7 @@ fn the_open_loop_and_reference_tables_print() {
 
 #[test]
 fn the_new_benchmarks_need_a_redis_url_but_not_for_help() {
-    for name in ["bench_curves", "bench_open_loop", "bench_stream"] {
+    for name in ["bench_curves", "bench_open_loop", "bench_stream", "bench_floor"] {
         let path = target_dir().join("examples").join(name);
         let out = Command::new(&path)
             .env_remove("RTQ_REDIS_URL")
@@ -175,3 +175,22 @@ fn the_deterministic_complete_driver_ends_every_task_batched_or_one_by_one() {
     let out = run("bench_complete", &["4", "0", "30", "0", "--single"], &redis);
     assert!(out.contains("batch=4 single=true tasks=30"), "{out}");
 }
+
+#[test]
+fn the_floor_bench_answers_every_request_and_cleans_up() {
+    let redis = RedisServer::start();
+    let out = run("bench_floor", &["4", "3", "40", "--breakdown"], &redis);
+    assert!(
+        out.contains("peer=floor clients=4 slots=3 chunks=0 tasks=40 tasks/s="),
+        "{out}"
+    );
+    assert!(out.contains("| xreadgroup |"), "{out}");
+    // Its queue and reply streams are gone afterwards.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+

@@ -1,0 +1,274 @@
+//! The floor of a request on Redis without Functions (issue 11): what
+//! Redis charges per request/response when the hot path is plain stream
+//! commands, measured the way `bench` measures rtq, so the two compare in
+//! one run on one Redis.
+//!
+//! This is **not** a queue anyone should run: it has none of what rtq's
+//! functions give in one atomic step (priorities, fencing of a late
+//! complete, slot accounting, deadlines and cancellation checked at
+//! hand-out, replay of a lost reply, statistics, retention). It answers one
+//! question: how far is rtq from the cheapest request path Redis offers,
+//! and so how much a protocol that kept its guarantees on plain commands
+//! could gain.
+//!
+//! The path: a client `XADD`s the task (id and 1 KB input) to the queue
+//! stream; one worker loop reads up to `<slots>` new entries with
+//! `XREADGROUP ... COUNT <slots> BLOCK`, and ends them in one
+//! `MULTI`/`EXEC`: an `XADD` of each result to the client's reply stream,
+//! one `XACK` and one `XDEL` for the batch. One reader per client process
+//! `XREAD`s the reply stream and wakes the waiting request, as rtq's client
+//! does.
+//!
+//! Run: `cargo run --release -p rtq-examples --example bench_floor -- --redis URL <clients> <slots> <tasks>`
+//! (use a private server: it reads INFO deltas). Prints one line in
+//! `bench`'s format (`peer=floor ...`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Value};
+use rtq_examples::bench_util::{info_conn, percentile, RedisSnapshot};
+use rtq_examples::RedisArgs;
+use tokio::sync::oneshot;
+
+/// The cheapest request path on plain Redis stream commands (no
+/// guarantees): throughput, latency, Redis commands and CPU per request.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Concurrent clients (requests in flight).
+    #[arg(default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    clients: u64,
+    /// Entries the worker reads per `XREADGROUP` (its slots).
+    #[arg(default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    slots: u64,
+    /// Requests in total.
+    #[arg(default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    tasks: u64,
+    /// Input and result size in characters.
+    #[arg(long, env = "RTQ_BENCH_PAYLOAD", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    payload: u64,
+    /// Also print calls and usec per request per Redis command.
+    #[arg(long, env = "RTQ_BENCH_BREAKDOWN")]
+    breakdown: bool,
+}
+
+/// The keys of one run (a hash tag, so they would share a Cluster slot).
+struct Keys {
+    queue: String,
+    reply: String,
+}
+
+/// Requests waiting for their result, by id.
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
+
+/// A connection without a response timeout (a blocked read waits a
+/// second).
+async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("connecting to Redis")
+}
+
+/// The worker loop: reads up to `slots` new entries, ends them all in one
+/// MULTI/EXEC, until `stop`.
+async fn work(
+    mut conn: MultiplexedConnection,
+    keys: Arc<Keys>,
+    slots: usize,
+    result: Arc<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let opts = StreamReadOptions::default()
+        .group("g", "w1")
+        .count(slots)
+        .block(1000);
+    while !stop.load(Ordering::Relaxed) {
+        let reply: StreamReadReply = conn
+            .xread_options(&[&keys.queue], &[">"], &opts)
+            .await
+            .context("XREADGROUP")?;
+        let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut ids = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let task: String = e.get("t").context("an entry without its task id")?;
+            pipe.cmd("XADD")
+                .arg(&keys.reply)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
+                .arg("*")
+                .arg("t")
+                .arg(task)
+                .arg("r")
+                .arg(result.as_str())
+                .ignore();
+            ids.push(e.id.clone());
+        }
+        pipe.cmd("XACK")
+            .arg(&keys.queue)
+            .arg("g")
+            .arg(&ids)
+            .ignore();
+        pipe.cmd("XDEL").arg(&keys.queue).arg(&ids).ignore();
+        let () = pipe.query_async(&mut conn).await.context("MULTI/EXEC")?;
+    }
+    Ok(())
+}
+
+/// The reply reader: wakes each request whose result arrived, until `stop`.
+async fn read_replies(
+    mut conn: MultiplexedConnection,
+    keys: Arc<Keys>,
+    waiting: Waiting,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    // The stream is this run's own: read it from its start, so no reply
+    // added between two reads is missed.
+    let mut last = "0-0".to_string();
+    let opts = StreamReadOptions::default().count(1000).block(1000);
+    while !stop.load(Ordering::Relaxed) {
+        let reply: StreamReadReply = conn
+            .xread_options(&[&keys.reply], &[&last], &opts)
+            .await
+            .context("XREAD")?;
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            if let Some(task) = entry.get::<u64>("t") {
+                if let Some(tx) = waiting.lock().unwrap().remove(&task) {
+                    let _ = tx.send(());
+                }
+            }
+            last = entry.id;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let url = args.redis.url::<Args>();
+    let tag = format!("floor{}", std::process::id());
+    let keys = Arc::new(Keys {
+        queue: format!("{{{tag}}}:q"),
+        reply: format!("{{{tag}}}:r"),
+    });
+    let mut admin = connect(&url).await?;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.queue)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut admin)
+        .await
+        .context("XGROUP CREATE")?;
+    let spec = Arc::new(format!(
+        r#"{{"v":2,"input":{{"text":"{}"}}}}"#,
+        "x".repeat(args.payload as usize)
+    ));
+    let result = Arc::new(format!(
+        r#"{{"text":"{}"}}"#,
+        "y".repeat(args.payload as usize)
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let waiting: Waiting = Arc::default();
+    let worker = tokio::spawn(work(
+        connect(&url).await?,
+        keys.clone(),
+        args.slots as usize,
+        result,
+        stop.clone(),
+    ));
+    let reader = tokio::spawn(read_replies(
+        connect(&url).await?,
+        keys.clone(),
+        waiting.clone(),
+        stop.clone(),
+    ));
+
+    let submit = connect(&url).await?;
+    let next_id = Arc::new(AtomicU64::new(0));
+    let mut info = info_conn(&url).await?;
+    let before = RedisSnapshot::take(&mut info).await?;
+    let per_client = (args.tasks / args.clients).max(1) as usize;
+    let started = Instant::now();
+    let mut loops = Vec::new();
+    for _ in 0..args.clients {
+        let (mut conn, keys, spec) = (submit.clone(), keys.clone(), spec.clone());
+        let (waiting, next_id) = (waiting.clone(), next_id.clone());
+        loops.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t = Instant::now();
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = oneshot::channel();
+                waiting.lock().unwrap().insert(id, tx);
+                let _: Value = redis::cmd("XADD")
+                    .arg(&keys.queue)
+                    .arg("*")
+                    .arg("t")
+                    .arg(id)
+                    .arg("s")
+                    .arg(spec.as_str())
+                    .query_async(&mut conn)
+                    .await
+                    .context("XADD of a task")?;
+                tokio::time::timeout(Duration::from_secs(30), rx)
+                    .await
+                    .context("no result within 30 s")?
+                    .context("the reader stopped")?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat_ms = Vec::new();
+    for l in loops {
+        lat_ms.extend(l.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = RedisSnapshot::take(&mut info).await?;
+    stop.store(true, Ordering::Relaxed);
+    worker.await??;
+    reader.await??;
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.queue)
+        .arg(&keys.reply)
+        .query_async(&mut admin)
+        .await?;
+
+    lat_ms.sort_by(f64::total_cmp);
+    let delta = after.since(&before);
+    let n = lat_ms.len() as f64;
+    println!(
+        "peer=floor clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1}",
+        args.clients,
+        args.slots,
+        lat_ms.len(),
+        n / secs.max(1e-9),
+        percentile(&lat_ms, 0.50),
+        percentile(&lat_ms, 0.99),
+        delta.calls() as f64 / n.max(1.0),
+        delta.cpu_s * 1e6 / n.max(1.0),
+    );
+    if args.breakdown {
+        println!();
+        print!("{}", delta.breakdown(n, "task"));
+    }
+    Ok(())
+}
