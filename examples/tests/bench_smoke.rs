@@ -112,7 +112,12 @@ fn the_open_loop_and_reference_tables_print() {
 
 #[test]
 fn the_new_benchmarks_need_a_redis_url_but_not_for_help() {
-    for name in ["bench_curves", "bench_open_loop", "bench_stream", "bench_floor"] {
+    for name in [
+        "bench_curves",
+        "bench_open_loop",
+        "bench_stream",
+        "bench_floor",
+    ] {
         let path = target_dir().join("examples").join(name);
         let out = Command::new(&path)
             .env_remove("RTQ_REDIS_URL")
@@ -193,4 +198,3 @@ fn the_floor_bench_answers_every_request_and_cleans_up() {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
-
