@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 outcome: CompleteOutcome::Done,
                 payload: &result,
                 want_next: true,
+                next_apart: true,
                 chunks: &[],
             })
             .collect();

@@ -10,8 +10,10 @@ mod support;
 use redis::Value;
 use rtq_core::admin::Admin;
 use rtq_core::functions::complete::CompleteOutcome::Done;
+use rtq_core::functions::library_source;
 use rtq_core::protocol::InboxMessage;
-use rtq_core::Client;
+use rtq_core::{Client, TaskRequest, WorkerConfig};
+use serde_json::json;
 use support::proto::{spec_of, task_of, Ending, Proto, Task};
 use support::*;
 
@@ -211,4 +213,50 @@ async fn a_coalesced_complete_writes_one_ended_entry_for_all_its_endings() {
         .map(|t| t.id)
         .collect();
     assert_eq!(page, ["c", "b"]);
+}
+
+/// A worker whose user may not upgrade the server's library, on a library
+/// that refuses a next task's spec apart (as revision 8 and older do):
+/// simulated by this library with '2' taken out and a newer revision
+/// number, which no process replaces. Every task still runs once with its
+/// own input: the worker asks for next tasks whole after the first refusal.
+#[tokio::test]
+async fn a_worker_on_a_library_that_refuses_specs_apart_asks_for_next_tasks_whole() {
+    let redis = RedisServer::start();
+    let ours = library_source();
+    let older = ours
+        .replace(
+            "local NEXT_MODES = {'0', '1', '2'}",
+            "local NEXT_MODES = {'0', '1'}",
+        )
+        .replace("local REVISION = 9\n", "local REVISION = 99\n");
+    assert_ne!(older, ours.as_ref(), "the simulated library differs");
+    let mut admin = admin_conn(&redis).await;
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&older)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    let (seen, _rx) = seen_channel();
+    let worker = TestWorker::start(&redis.url(), WorkerConfig::new("r9old").slots(1), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("r9old").unwrap();
+    let runs = (0..8).map(|i| {
+        let q = q.clone();
+        async move { (i, q.run(TaskRequest::json(json!({ "n": i }))).await) }
+    });
+    for (i, result) in within(futures::future::join_all(runs)).await {
+        let output = result.unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(output.result["echo"], json!({ "n": i }), "task {i}");
+    }
+    let version: Vec<i64> = redis::cmd("FCALL_RO")
+        .arg("rtq2_version")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(version, [2, 99], "the newer-numbered library stayed");
+    worker.stop().await;
 }

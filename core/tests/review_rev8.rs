@@ -135,6 +135,7 @@ async fn a_single_complete_failing_on_its_foreign_output_list_writes_nothing() {
             outcome: Done,
             payload: "{}",
             want_next: true,
+            next_apart: true,
             chunks: &chunk,
         })
         .await;

@@ -47,6 +47,11 @@ pub struct Complete<'a> {
     pub payload: &'a str,
     /// True to take the next task for this slot.
     pub want_next: bool,
+    /// With `want_next`: have the next task's spec answered apart from the
+    /// rest of its message (want next `'2'`, revision 9), which spares
+    /// Redis a copy of it. A library older than revision 9 refuses that
+    /// with `InvalidInput` naming "want next": send `false` there.
+    pub next_apart: bool,
     /// Trailing chunks (at most 512).
     pub chunks: &'a [Vec<u8>],
 }
@@ -83,7 +88,7 @@ impl Function for Complete<'_> {
             .arg(self.seq0)
             .arg(self.outcome.as_str())
             .arg(self.payload)
-            .arg(want_next_arg(self.want_next));
+            .arg(want_next_arg(self.want_next, self.next_apart));
         for c in self.chunks {
             cmd.arg(c.as_slice());
         }
@@ -116,15 +121,21 @@ impl Function for Complete<'_> {
     }
 }
 
-/// The want-next argument: '2' takes the next task and has its spec
-/// answered apart from the rest of its message (revision 9), '0' takes
-/// none.
-fn want_next_arg(want_next: bool) -> &'static str {
-    if want_next {
-        "2"
-    } else {
-        "0"
+/// The want-next argument: '0' takes no next task, '1' takes it whole,
+/// '2' takes it with its spec apart (revision 9).
+fn want_next_arg(want_next: bool, next_apart: bool) -> &'static str {
+    match (want_next, next_apart) {
+        (false, _) => "0",
+        (true, false) => "1",
+        (true, true) => "2",
     }
+}
+
+/// True for the refusal of a library older than revision 9 to answer a
+/// next task's spec apart ([`Complete::next_apart`]): the same call with
+/// `next_apart = false` is accepted there (nothing was written).
+pub fn refuses_next_apart(e: &Error) -> bool {
+    matches!(e, Error::InvalidInput(m) if m.contains("want next"))
 }
 
 /// Most completions one `rtq2_complete_many` call carries (a worker's
@@ -156,7 +167,7 @@ impl Function for CompleteMany<'_> {
                 .arg(c.seq0)
                 .arg(c.outcome.as_str())
                 .arg(c.payload)
-                .arg(want_next_arg(c.want_next))
+                .arg(want_next_arg(c.want_next, c.next_apart))
                 .arg(c.chunks.len());
             for chunk in c.chunks {
                 cmd.arg(chunk.as_slice());

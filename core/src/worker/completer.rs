@@ -46,6 +46,8 @@ pub(crate) struct OwnedComplete {
     pub(crate) outcome: CompleteOutcome,
     pub(crate) payload: String,
     pub(crate) want_next: bool,
+    /// The next task's spec answered apart (see `Complete::next_apart`).
+    pub(crate) next_apart: bool,
     pub(crate) chunks: Vec<Vec<u8>>,
 }
 
@@ -59,6 +61,7 @@ impl OwnedComplete {
             outcome: self.outcome,
             payload: &self.payload,
             want_next: self.want_next,
+            next_apart: self.next_apart,
             chunks: &self.chunks,
         }
     }
@@ -92,6 +95,9 @@ pub(crate) struct Completer {
     tx: mpsc::UnboundedSender<Waiting>,
     /// Set when the server or the user refuses `rtq2_complete_many`.
     off: Arc<AtomicBool>,
+    /// Set when the server's library (older than revision 9) refuses a
+    /// next task's spec apart: completes ask for it whole from then on.
+    next_whole: Arc<AtomicBool>,
 }
 
 impl Completer {
@@ -100,7 +106,25 @@ impl Completer {
         let (tx, rx) = mpsc::unbounded_channel();
         let off = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(conn, keys, worker, rx, Arc::clone(&off)));
-        Self { tx, off }
+        Self {
+            tx,
+            off,
+            next_whole: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether completes ask for the next task's spec apart (true until
+    /// the server's library refused it once).
+    pub(crate) fn next_apart(&self) -> bool {
+        !self.next_whole.load(Ordering::Relaxed)
+    }
+
+    /// Completes ask for next tasks whole from now on (the server's
+    /// library is older than revision 9). Warns the first time.
+    pub(crate) fn ask_next_whole(&self) {
+        if !self.next_whole.swap(true, Ordering::Relaxed) {
+            tracing::warn!("the server runs an rtq functions library older than revision 9; next tasks come whole (an admin should connect once to load the current library)");
+        }
     }
 
     /// Completes one attempt through the completer.
@@ -257,6 +281,7 @@ mod tests {
             outcome: CompleteOutcome::Done,
             payload: "abc".into(),
             want_next: true,
+            next_apart: true,
             chunks: vec![vec![0; 10], vec![0; 5]],
         };
         assert_eq!(c.bytes(), 18);

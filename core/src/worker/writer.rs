@@ -25,7 +25,7 @@ use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
 use crate::error::Error;
 use crate::functions::chunk::{Chunk, ChunkReply, WriteStatus};
-use crate::functions::complete::{CompleteOutcome, CompleteReply};
+use crate::functions::complete::{refuses_next_apart, CompleteOutcome, CompleteReply};
 use crate::functions::{self, Function};
 use crate::keys::QueueKeys;
 use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
@@ -387,6 +387,7 @@ impl ChunkWriter {
                 outcome,
                 payload: payload.clone(),
                 want_next,
+                next_apart: self.completer.next_apart(),
                 chunks: trailing,
             };
             let (completer, conn) = (self.completer.clone(), self.conn.clone());
@@ -429,7 +430,10 @@ impl ChunkWriter {
 }
 
 /// Sends one complete through the completer; a completion the completer
-/// could not send in a batch goes alone (its own answer or error).
+/// could not send in a batch goes alone (its own answer or error). A
+/// library older than revision 9 refuses a next task's spec apart (nothing
+/// written): the completion is sent again asking for it whole, and so are
+/// the worker's later ones.
 async fn complete(
     completer: &Completer,
     conn: &RedisConnection,
@@ -440,8 +444,16 @@ async fn complete(
     match completer.complete(owned).await {
         Batched::Replied(r) => Ok(r),
         Batched::Uncertain(e) => Err(e),
-        Batched::Refused(owned) => {
-            functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
+        Batched::Refused(mut owned) => {
+            let alone = functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await;
+            match alone {
+                Err(e) if owned.want_next && owned.next_apart && refuses_next_apart(&e) => {
+                    completer.ask_next_whole();
+                    owned.next_apart = false;
+                    functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
+                }
+                other => other,
+            }
         }
     }
 }

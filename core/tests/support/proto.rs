@@ -193,6 +193,7 @@ impl Proto {
             outcome,
             payload: payload_of(outcome),
             want_next,
+            next_apart: true,
             chunks,
         })
         .await
@@ -215,6 +216,7 @@ impl Proto {
                 outcome: e.outcome,
                 payload: payload_of(e.outcome),
                 want_next: e.want_next,
+                next_apart: true,
                 chunks: e.chunks,
             })
             .collect();
