@@ -836,3 +836,90 @@ async fn r_next(p: &mut Proto, prev: &(String, u64)) -> Vec<u8> {
     assert_eq!(r[0], b"OK", "{r:?}");
     r[1].clone()
 }
+
+/// Numbers a caller writes in an unusual spelling ('-0', leading zeros)
+/// are stored as before revision 9: canonical integers ('-0' is '0').
+#[tokio::test]
+async fn unusual_number_spellings_are_stored_canonically() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "spell").await;
+    p.register("w", "i", 1, &[]).await;
+    let r = fcall(
+        &mut p,
+        "rtq2_submit",
+        &[b"t1", b"{}", b"-0", b"0", b"03", b"600000", b"", b"0"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(items(r)[0], b"OK");
+    assert_eq!(task_of(p.pop("w").await), ("t1".into(), 1));
+    let h = p.hash("t1").await;
+    assert_eq!((h["pri"].as_str(), h["max"].as_str()), ("0", "3"));
+    // Attempt '01' and seq0 '-0' name attempt 1 with no chunks written.
+    let r = complete_raw(&mut p, "w", "t1", "01", "-0", "done", "2", &[b"x"]).await;
+    assert_eq!((r[0].as_slice(), r[2].as_slice()), (&b"OK"[..], &b"1"[..]));
+    let h = p.hash("t1").await;
+    assert_eq!(
+        (h["nc"].as_str(), h["nb"].as_str(), h["st"].as_str()),
+        ("1", "1", "done")
+    );
+    assert_eq!(h["ca"], "OK 1@w");
+}
+
+/// An older worker ('1', the joined reply) and a newer one ('2', through
+/// the typed binding, which joins the parts) share a queue: each gets its
+/// own next task, whole, and one entry per call lists its endings.
+#[tokio::test]
+async fn an_older_and_a_newer_worker_share_a_queue() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "share").await;
+    p.register("old", "i1", 1, &[]).await;
+    p.register("new", "i2", 2, &[]).await;
+    for id in ["a", "b", "c", "d", "e", "f"] {
+        p.submit(&Task::new(id)).await;
+    }
+    let mut running = Vec::new();
+    for w in ["old", "new"] {
+        while let Some(m) = p.pop(w).await {
+            let (id, _) = task_of(Some(m));
+            running.push((w, id));
+        }
+    }
+    assert_eq!(running.len(), 3, "{running:?}");
+    let old_task = running.iter().find(|(w, _)| *w == "old").unwrap().1.clone();
+    let new_tasks: Vec<String> = running
+        .iter()
+        .filter(|(w, _)| *w == "new")
+        .map(|(_, id)| id.clone())
+        .collect();
+
+    let r = complete_raw(&mut p, "old", &old_task, "1", "0", "done", "1", &[]).await;
+    assert_eq!(r.len(), 6);
+    let old_next = match InboxMessage::parse(&r[1]) {
+        InboxMessage::Task(d) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(old_next.spec, spec_of(&old_next.id).into_bytes());
+
+    let batch: Vec<Ending<'_>> = new_tasks.iter().map(|id| ending(id, Done, true)).collect();
+    let replies = p.complete_many("new", &batch).await.unwrap();
+    let mut handed = vec![old_next.id.clone()];
+    for r in replies {
+        match r.next {
+            Some(InboxMessage::Task(d)) => {
+                assert_eq!(d.spec, spec_of(&d.id).into_bytes(), "joined whole");
+                handed.push(d.id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    handed.sort();
+    handed.dedup();
+    assert_eq!(handed.len(), 3, "three distinct next tasks: {handed:?}");
+    let entries = ended_entries(&mut p).await;
+    assert_eq!(
+        entries.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, 2],
+        "{entries:?}"
+    );
+}
