@@ -22,7 +22,7 @@ Guarantees:
   - ordering: applies only if the task holds exactly seq0 chunks (ORDER);
   - idempotency: retrying after a lost reply replays the first call's
     answer (including the same next task) and writes nothing more (the
-    mark is kept on the task hash as `ca`, the next task's id as `nx`; a
+    mark is kept on the task hash as `ca`, the next task as `nx`, "<id>@<attempt>"; a
     task whose hash vanished frees the slot and takes no next task);
   - capacity: a slot is freed (next task taken, or one free slot added)
     only when this call ends the worker's ownership of the task, once;
@@ -70,11 +70,16 @@ Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk
                64 MiB); nothing written: end the task as failed instead
 ]]
 
--- The inbox message of task `id` as (head, spec) if worker `wid` still
--- runs it (a replay), else ('', '').
-local function rebuild_message(id, wid)
+-- The inbox message of the next task a completion took, named by its
+-- replay mark `nx` ("<task id>@<attempt>"; a bare id, written by revision
+-- 8, checks no attempt), as (head, spec) if worker `wid` still runs that
+-- attempt (a replay), else ('', ''): a next task requeued and handed out
+-- again meanwhile reaches the worker once, through its inbox.
+local function rebuild_message(nx, wid)
+  local id, att = string.match(nx, '^([^@]+)@(%d+)$')
+  if not id then id = nx end
   local n = redis.call('HMGET', tkey(id), 'st', 'w', 'att', 'start', 'dl', 'sub', 'spec')
-  if n[1] ~= 'running' or n[2] ~= wid then return '', '' end
+  if n[1] ~= 'running' or n[2] ~= wid or (att and n[3] ~= att) then return '', '' end
   return task_head(id, num(n[3]), num(n[4]), n[5], n[6]), n[7] or ''
 end
 
@@ -122,17 +127,18 @@ local function call_now(call)
   return call.now
 end
 
--- The next task for a freed slot of `wid` as (head, spec, task id), or
--- ('', '', '') (paused, none queued).
+-- The next task for a freed slot of `wid` as (head, spec, replay mark
+-- "<task id>@<attempt>"), or ('', '', '') (paused, none queued).
 local function call_take_next(call, wid, now)
   if not call.meta then call.meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd') end
   if call.meta[1] == '1' then return '', '', '' end
-  local head, spec, id = take_next(wid, now, call.meta[2])
+  local head, spec, id, att = take_next(wid, now, call.meta[2])
   -- take_next promoted every retry due at `now` and moved the mark past
   -- it; retries delayed later in this call are due after `now`: nothing
   -- more is due within this call.
   call.meta[2] = '0'
-  return head or '', spec or '', id or ''
+  if not head then return '', '', '' end
+  return head, spec, id .. '@' .. istr(att)
 end
 
 -- Ends one attempt of worker `wid` (checked arguments `c`); returns the
@@ -159,7 +165,7 @@ local function complete_one(call, wid, c)
   -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
   local now = call_now(call)
   local freed = redis.call('SREM', wqkey(wid), id) == 1
-  local head, spec, next_id = '', '', ''
+  local head, spec, next_mark = '', '', ''
   if freed and c.want_next and status == 'NOT_FOUND' then
     -- No hash to keep a replay mark on: free the slot instead of handing
     -- out a task that a lost reply would strand.
@@ -167,13 +173,13 @@ local function complete_one(call, wid, c)
   elseif freed and c.want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
-    head, spec, next_id = call_take_next(call, wid, now)
+    head, spec, next_mark = call_take_next(call, wid, now)
     if head == '' then
       redis.call('ZINCRBY', P .. 'free', '1', wid)
     end
   end
   if status == 'NOT_FOUND' then return answer(c, 'NOT_FOUND', head, spec, 0, '', now, 0) end
-  local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_id}
+  local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_mark}
   if status == 'ENDED' then
     redis.call('HSET', tkey(id), unpack(extra))
     return answer(c, 'ENDED', head, spec, num(h.nc), h.st, now, 0)
@@ -207,8 +213,9 @@ end
 -- call could fail on (expect_type): the task hashes after the first (the
 -- first is read before any write, and so is the worker's owned set by
 -- the first slot freed), the output lists of completions with chunks, and
--- the queue keys an ending, a retry or a next task writes.
-local function check_keys(list)
+-- the queue keys an ending, a retry or a next task writes (a next task's
+-- scan counts the tasks it ends on the way in the statistics bucket).
+local function check_keys(list, call)
   local want_next, retry = false, false
   for i, c in ipairs(list) do
     if i > 1 then expect_type(tkey(c.id), 'hash') end
@@ -224,7 +231,23 @@ local function check_keys(list)
   if want_next then
     expect_type(P .. 'free', 'zset')
     expect_type(P .. 'pending', 'zset')
+    expect_type(stats_key(call_now(call)), 'hash')
   end
+end
+
+-- Ends the checked completions `list` of worker `wid` in order; returns
+-- their replies. The endings go to `ended` as one entry, written even when
+-- a write fails halfway (Redis keeps what a call wrote before its error,
+-- so the tasks ended before it must be listed), then the error goes on.
+local function complete_all(call, wid, list)
+  local replies = {}
+  begin_endings()
+  local ok, err = pcall(function()
+    for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
+  end)
+  flush_endings()
+  if not ok then error(err) end
+  return replies
 end
 
 local function complete(keys, args)
@@ -232,11 +255,9 @@ local function complete(keys, args)
   if #args < 7 then invalid('complete takes at least 7 arguments') end
   local wid = arg_id(args[1], 'worker id')
   local c = complete_args(args, 2, 8, #args)
-  check_keys({c})
-  begin_endings()
-  local reply = complete_one(new_call(), wid, c)
-  flush_endings()
-  return reply
+  local call = new_call()
+  check_keys({c}, call)
+  return complete_all(call, wid, {c})[1]
 end
 
 local function complete_many(keys, args)
@@ -262,13 +283,9 @@ local function complete_many(keys, args)
   if o ~= #args + 1 then
     invalid('complete_many: ' .. (#args + 1 - o) .. ' arguments after the last completion')
   end
-  check_keys(list)
   local call = new_call()
-  local replies = {}
-  begin_endings()
-  for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
-  flush_endings()
-  return replies
+  check_keys(list, call)
+  return complete_all(call, wid, list)
 end
 
 redis.register_function{function_name = 'rtq2_complete', callback = complete, flags = {'allow-oom'}}

@@ -82,7 +82,7 @@ local P = ''
 -- state, ...), or nil when every ending writes its own entry. See
 -- begin_endings.
 local ended_batch = nil
-local ENDED_BATCH_VALUES = 512 -- 128 endings per entry at most -- mutation: skip
+local ENDED_BATCH_VALUES = 64 -- 16 endings per entry at most: an entry stays small, the cap of 1000 entries near 16,000 endings -- mutation: skip
 
 local function invalid(msg)
   error({err = 'INVALID ' .. msg})
@@ -549,13 +549,13 @@ end
 -- Records the hand-out of a queued task to worker `wid` (attempt att + 1)
 -- and returns its inbox message as two parts, task_head and the spec (a
 -- caller that returns them apart spares Lua a copy of the spec), then the
--- task id. The caller pushes or returns the message.
+-- task id and the attempt. The caller pushes or returns the message.
 local function assign(id, wid, now, dl, spec, sub, att)
   att = num(att) + 1
   redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', istr(now),
     'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0', 'due', '0')
   redis.call('SADD', wqkey(wid), id)
-  return task_head(id, att, now, dl, sub), spec or '', id
+  return task_head(id, att, now, dl, sub), spec or '', id, att
 end
 
 -- Moves retries whose backoff has passed from delayed to pending. `dd` is
@@ -593,11 +593,11 @@ end
 -- retry this worker failed is skipped while another live worker exists
 -- and its avoidance window lasts. The scan is capped (pacing: housekeeping
 -- continues where it stopped). Returns what assign returns (head, spec,
--- task id), or nil.
+-- task id, attempt), or nil.
 local function take_next(wid, now, dd)
   promote_due(now, dd)
   local skipped = nil
-  local head, spec, taken = nil, nil, nil
+  local head, spec, taken, att = nil, nil, nil, nil
   for _ = 1, SCAN_PER_TAKE do
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then break end
@@ -617,14 +617,14 @@ local function take_next(wid, now, dd)
         skipped[#skipped + 1] = popped[2]
         skipped[#skipped + 1] = id
       else
-        head, spec, taken = assign(id, wid, now, dl, h[3], h[4], h[5])
+        head, spec, taken, att = assign(id, wid, now, dl, h[3], h[4], h[5])
         break
       end
     end
     -- anything else is a stale entry (the task ended or vanished): dropped
   end
   if skipped then redis.call('ZADD', P .. 'pending', unpack(skipped)) end
-  return head, spec, taken
+  return head, spec, taken, att
 end
 
 local function is_paused()

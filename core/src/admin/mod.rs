@@ -312,9 +312,10 @@ impl Admin {
         self.tasks(&k, &ids).await
     }
 
-    /// A page of recently ended tasks, newest first (about the last 1000
-    /// endings are kept; a task that ended twice, after an operator
-    /// requeue, is listed once).
+    /// A page of recently ended tasks, newest first (the `ended` stream
+    /// keeps about its last 1000 entries, each one ending or the endings
+    /// of one coalesced complete; a task that ended twice, after an
+    /// operator requeue, is listed once).
     ///
     /// # Errors
     /// Redis errors.
@@ -346,12 +347,12 @@ impl Admin {
             .collect())
     }
 
-    /// The endings in the last `count` entries of the queue's `ended`
-    /// stream (at least `count` endings when it holds them), newest first,
-    /// as (task id, state), each task once (a task that ended twice, after
-    /// an operator requeue, is listed at its newest ending). An entry holds
-    /// one ending, or (revision 9) every ending of one coalesced complete
-    /// as `t`/`st` pairs in the order they ended.
+    /// The last `count` endings of the queue's `ended` stream, newest
+    /// first, as (task id, state), each task once (a task that ended
+    /// twice, after an operator requeue, is listed at its newest ending).
+    /// An entry holds one ending, or (revision 9) every ending of one
+    /// coalesced complete as `t`/`st` pairs in the order they ended, so
+    /// `count` entries are read and the endings past `count` dropped.
     async fn endings(&self, k: &QueueKeys, count: usize) -> Result<Vec<(String, String)>, Error> {
         let reply: Value = redis::cmd("XREVRANGE")
             .arg(k.ended())
@@ -374,12 +375,13 @@ impl Admin {
                 endings
             })
             .filter(|(id, _)| seen.insert(id.clone()))
+            .take(count)
             .collect())
     }
 
     /// Recently failed or expired tasks, newest first: those among the
-    /// last `scan` endings (about the last 1000 are kept) whose ending was
-    /// a failure or a deadline. Only their summaries are read (no inputs
+    /// last `scan` endings (see [`Admin::recent`] for what is kept) whose
+    /// ending was a failure or a deadline. Only their summaries are read (no inputs
     /// or results: see [`Admin::task_summaries`]).
     ///
     /// # Errors
