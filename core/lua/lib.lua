@@ -241,8 +241,11 @@ local function stats_key(now)
   return P .. 's:' .. istr(math.floor(now / STATS_BUCKET_MS))
 end
 
+-- Best effort (pcall), like event(): a foreign key under a bucket's name
+-- loses the count, never the write that caused it (statistics are written
+-- on paths that already wrote, e.g. a task a hand-out ends on its way).
 local function stat_add(bucket, field, n)
-  if redis.call('HINCRBY', bucket, field, istr(n)) == n then
+  if redis.pcall('HINCRBY', bucket, field, istr(n)) == n then
     redis.call('PEXPIRE', bucket, STATS_TTL_S)
   end
 end

@@ -135,15 +135,22 @@ async fn stats_keys_now(p: &mut Proto) -> [String; 2] {
     [p.keys.stats(bucket), p.keys.stats(bucket + 1)]
 }
 
-/// Worker `w` (2 slots) runs a and b; x waits in pending, written by an
-/// older protocol (so a take_next fails it, which counts it in the
-/// statistics); the statistics buckets are foreign keys. Then one
-/// complete_many ends a (no next) and b (want next). Revision 9 as first
-/// reviewed wrote a, then failed on the statistics write of x's ending
-/// (losing a's `ended` entry and b's slot); the statistics bucket is now
-/// among the keys a complete checks before any write, so the call is
-/// refused whole and nothing is written.
-async fn batch_meeting_a_foreign_stats_key(p: &mut Proto) {
+/// Finding 1 (fixed). Worker `w` (2 slots) runs a and b; x waits in
+/// pending, written by an older protocol (so a take_next fails it, which
+/// counts it in the statistics); the statistics buckets are foreign keys.
+/// One complete_many ends a (no next) and b (want next). As first
+/// reviewed, the statistics write of x's ending failed the call after a
+/// was written: a's `ended` entry and b's slot were lost. Statistics are
+/// now best effort, like events: the count is lost, nothing else. Every
+/// ending has its entry (x's first: it ended inside b's completion, before
+/// b's ending was recorded), and b's slot comes back as a free slot.
+/// (The endings of a call would also reach `ended` if a write failed
+/// halfway, by a pcall around the call's completions; no test reaches
+/// that path now that nothing after the first write can fail.)
+#[tokio::test]
+async fn finding_1_a_foreign_stats_key_loses_the_count_only() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "f1").await;
     p.register("w", "i", 2, &[]).await;
     for id in ["a", "b", "x"] {
         p.submit(&Task::new(id)).await;
@@ -152,80 +159,39 @@ async fn batch_meeting_a_foreign_stats_key(p: &mut Proto) {
     assert_eq!(task_of(p.pop("w").await).0, "b");
     let x = p.keys.task("x");
     p.raw(&["HSET", &x, "v", "1"]).await;
-    for key in stats_keys_now(p).await {
+    for key in stats_keys_now(&mut p).await {
         p.raw(&["SET", &key, "foreign"]).await;
     }
-    let r = p
+    let replies = p
         .complete_many("w", &[ending("a", Done, false), ending("b", Done, true)])
-        .await;
-    let e = r.expect_err("the call must be refused");
-    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
-}
-
-// Finding 1 ------------------------------------------------------------------
-
-/// Finding 1 (fixed): a complete whose next task's scan would count an
-/// ending in a foreign statistics key is refused before any write: a and
-/// b still run on w, which owns both, x is still pending, and `ended`
-/// holds nothing. (The endings of a call are also written to `ended` when
-/// a write fails halfway, by a pcall around the call's completions; no
-/// test reaches that path now that every key is checked first.)
-#[tokio::test]
-async fn finding_1_a_foreign_stats_key_refuses_a_complete_before_any_write() {
-    let redis = RedisServer::start();
-    let mut p = Proto::connect(&redis, "f1").await;
-    batch_meeting_a_foreign_stats_key(&mut p).await;
-    assert_eq!(p.field("a", "st").await.as_deref(), Some("running"));
-    assert_eq!(p.field("b", "st").await.as_deref(), Some("running"));
-    let mut owned = p.owned("w").await;
-    owned.sort();
-    assert_eq!(owned, ["a", "b"]);
-    assert_eq!(p.zset(&p.keys.pending()).await, ["x"]);
-    assert!(ended_entries(&mut p).await.is_empty());
-}
-
-/// A refused call leaves no batch behind for a later call to write
-/// (bind() drops any): the next ending writes its own entry alone.
-#[tokio::test]
-async fn a_failed_calls_batch_is_never_written_by_a_later_call() {
-    let redis = RedisServer::start();
-    let mut p = Proto::connect(&redis, "stale").await;
-    batch_meeting_a_foreign_stats_key(&mut p).await;
-    // Drop the foreign statistics keys (whatever bucket they were made for).
-    let pattern = format!("{}s:*", p.keys.prefix());
-    let Value::Array(keys) = p.raw(&["KEYS", &pattern]).await else {
-        panic!("KEYS answers an array")
-    };
-    for key in items(Value::Array(keys)) {
-        let key = String::from_utf8(key).unwrap();
-        if p.raw(&["TYPE", &key]).await != Value::SimpleString("hash".into()) {
-            p.raw(&["DEL", &key]).await;
-        }
+        .await
+        .expect("a foreign statistics key fails no complete");
+    assert!(replies
+        .iter()
+        .all(|r| r.status == WriteStatus::Ok && r.next.is_none()));
+    for (id, st) in [("a", "done"), ("b", "done"), ("x", "failed")] {
+        assert_eq!(p.field(id, "st").await.as_deref(), Some(st), "{id}");
     }
-    p.submit(&Task::new("y")).await;
-    p.cancel("y").await;
     assert_eq!(
         ended_entries(&mut p).await,
-        [vec![("y".to_string(), "cancelled".to_string())]],
-        "a later non-complete ending wrote its own entry, nothing stale"
+        [vec![
+            ("a".to_string(), "done".to_string()),
+            ("x".to_string(), "failed".to_string()),
+            ("b".to_string(), "done".to_string()),
+        ]]
     );
-    // A later complete writes its own endings only. (w2's register hands
-    // out pending work first: x, of an older protocol, fails there with
-    // an entry of its own.)
-    p.submit(&Task::new("z")).await;
-    let mut w2 = Proto::connect(&redis, "stale").await;
-    w2.register("w2", "i2", 1, &[]).await;
-    assert_eq!(task_of(w2.pop("w2").await).0, "z");
-    w2.complete("w2", "z", 1, 0, Done, false, &[]).await;
-    let entries = ended_entries(&mut p).await;
+    assert!(p.owned("w").await.is_empty());
     assert_eq!(
-        entries[1..],
-        [
-            vec![("x".to_string(), "failed".to_string())],
-            vec![("z".to_string(), "done".to_string())]
-        ],
-        "{entries:?}"
+        p.free("w").await,
+        1.0,
+        "b's slot is free again (a asked for no next task)"
     );
+    for key in stats_keys_now(&mut p).await {
+        assert_eq!(
+            p.raw(&["GET", &key]).await,
+            Value::BulkString(b"foreign".to_vec())
+        );
+    }
 }
 
 // Finding 2 ------------------------------------------------------------------
