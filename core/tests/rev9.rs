@@ -14,24 +14,8 @@ use rtq_core::functions::library_source;
 use rtq_core::protocol::InboxMessage;
 use rtq_core::{Client, TaskRequest, WorkerConfig};
 use serde_json::json;
-use support::proto::{spec_of, task_of, Ending, Proto, Task};
+use support::proto::{reply_items, spec_of, task_of, Ending, Proto, Task};
 use support::*;
-
-/// The items of an array reply as bytes (integers as their digits).
-fn items(v: Value) -> Vec<Vec<u8>> {
-    let Value::Array(items) = v else {
-        panic!("an array reply was expected, got {v:?}")
-    };
-    items
-        .into_iter()
-        .map(|i| match i {
-            Value::BulkString(b) => b,
-            Value::Int(n) => n.to_string().into_bytes(),
-            Value::SimpleString(s) => s.into_bytes(),
-            other => panic!("unexpected reply item {other:?}"),
-        })
-        .collect()
-}
 
 /// Worker `w` (1 slot) runs t1; t2 waits in `pending`.
 async fn one_running_one_queued(p: &mut Proto) {
@@ -59,7 +43,7 @@ async fn complete_t1(p: &mut Proto, mode: &str) -> Vec<Vec<u8>> {
             mode,
         ])
         .await;
-    items(reply)
+    reply_items(reply)
 }
 
 /// The next task a reply carries: (id, attempt, spec).
@@ -130,7 +114,7 @@ async fn want_next_1_keeps_the_six_item_reply_of_older_workers() {
             "2",
         ])
         .await;
-    let none = items(none);
+    let none = reply_items(none);
     assert_eq!(
         (none.len(), none[1].as_slice(), none[6].as_slice()),
         (7, &b""[..], &b""[..])
@@ -182,7 +166,7 @@ async fn a_coalesced_complete_writes_one_ended_entry_for_all_its_endings() {
     let Value::Array(entry) = &range[0] else {
         panic!("an entry is [id, fields]")
     };
-    let fields = items(entry[1].clone());
+    let fields = reply_items(entry[1].clone());
     let text: Vec<String> = fields
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())

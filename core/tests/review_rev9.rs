@@ -15,25 +15,9 @@ use rtq_core::functions::complete::CompleteOutcome;
 use rtq_core::functions::submit::Submit;
 use rtq_core::protocol::{InboxMessage, TaskState};
 use rtq_core::Client;
-use support::proto::{spec_of, task_of, Ending, Proto, RedisServer, Task};
+use support::proto::{reply_items, spec_of, task_of, Ending, Proto, RedisServer, Task};
 
 use CompleteOutcome::{Done, Failed};
-
-/// The items of an array reply as bytes (integers as their digits).
-fn items(v: Value) -> Vec<Vec<u8>> {
-    let Value::Array(items) = v else {
-        panic!("an array reply was expected, got {v:?}")
-    };
-    items
-        .into_iter()
-        .map(|i| match i {
-            Value::BulkString(b) => b,
-            Value::Int(n) => n.to_string().into_bytes(),
-            Value::SimpleString(s) => s.into_bytes(),
-            other => panic!("unexpected reply item {other:?}"),
-        })
-        .collect()
-}
 
 /// `FCALL <function> 1 <meta> <args...>` with binary-safe arguments.
 async fn fcall(p: &mut Proto, function: &str, args: &[&[u8]]) -> redis::RedisResult<Value> {
@@ -68,7 +52,7 @@ async fn complete_raw(
         mode.as_bytes(),
     ];
     args.extend_from_slice(chunks);
-    items(fcall(p, "rtq2_complete", &args).await.unwrap())
+    reply_items(fcall(p, "rtq2_complete", &args).await.unwrap())
 }
 
 /// The task ids of every `ended` entry, oldest entry first, each entry's
@@ -84,7 +68,7 @@ async fn ended_entries(p: &mut Proto) -> Vec<Vec<(String, String)>> {
             let Value::Array(mut parts) = entry else {
                 panic!("an entry is [id, fields]")
             };
-            let fields = items(parts.remove(1));
+            let fields = reply_items(parts.remove(1));
             let text: Vec<String> = fields
                 .iter()
                 .map(|f| String::from_utf8_lossy(f).into_owned())
@@ -121,6 +105,30 @@ fn ending(id: &str, outcome: CompleteOutcome, want_next: bool) -> Ending<'_> {
         want_next,
         chunks: &[],
     }
+}
+
+/// Worker `w` runs each of `endings`' tasks (one attempt each) and ends
+/// them all in one complete_many with the given outcomes; returns an Admin
+/// of the same server.
+async fn end_in_one_call(
+    redis: &RedisServer,
+    p: &mut Proto,
+    endings: &[(&str, CompleteOutcome)],
+) -> Admin {
+    p.register("w", "i", endings.len(), &[]).await;
+    for (id, _) in endings {
+        let mut t = Task::new(id);
+        t.max_attempts = 1;
+        p.submit(&t).await;
+        assert_eq!(task_of(p.pop("w").await).0, *id);
+    }
+    let batch: Vec<Ending<'_>> = endings
+        .iter()
+        .map(|(id, o)| ending(id, *o, false))
+        .collect();
+    p.complete_many("w", &batch).await.unwrap();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    Admin::new(&client)
 }
 
 /// The Redis clock in ms.
@@ -205,25 +213,12 @@ async fn finding_1_a_foreign_stats_key_loses_the_count_only() {
 async fn finding_2_recent_failures_examines_at_most_scan_endings() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "f2").await;
-    p.register("w", "i", 3, &[]).await;
-    for id in ["f1", "f2", "f3"] {
-        let mut t = Task::new(id);
-        t.max_attempts = 1;
-        p.submit(&t).await;
-        assert_eq!(task_of(p.pop("w").await).0, id);
-    }
-    p.complete_many(
-        "w",
-        &[
-            ending("f1", Failed, false),
-            ending("f2", Failed, false),
-            ending("f3", Failed, false),
-        ],
+    let admin = end_in_one_call(
+        &redis,
+        &mut p,
+        &[("f1", Failed), ("f2", Failed), ("f3", Failed)],
     )
-    .await
-    .unwrap();
-    let client = Client::connect(&redis.url()).await.unwrap();
-    let admin = Admin::new(&client);
+    .await;
     let ids: Vec<String> = admin
         .recent_failures("f2", 1)
         .await
@@ -377,7 +372,7 @@ async fn a_spec_of_any_bytes_or_none_comes_back_exact_apart_and_joined() {
     )
     .await
     .unwrap();
-    assert_eq!(items(r)[0], b"OK");
+    assert_eq!(reply_items(r)[0], b"OK");
     for id in ["empty", "none"] {
         p.submit(&Task::new(id)).await;
     }
@@ -485,7 +480,7 @@ async fn mixed_want_next_modes_in_one_batch_answer_each_its_own_shape() {
     else {
         panic!("an array")
     };
-    let replies: Vec<Vec<Vec<u8>>> = replies.into_iter().map(items).collect();
+    let replies: Vec<Vec<Vec<u8>>> = replies.into_iter().map(reply_items).collect();
     assert_eq!(replies[0].len(), 6);
     assert_eq!(
         replies[0][1],
@@ -502,7 +497,7 @@ async fn mixed_want_next_modes_in_one_batch_answer_each_its_own_shape() {
     else {
         panic!("an array")
     };
-    let again: Vec<Vec<Vec<u8>>> = again.into_iter().map(items).collect();
+    let again: Vec<Vec<Vec<u8>>> = again.into_iter().map(reply_items).collect();
     assert_eq!((again[0].len(), again[1].len()), (7, 6));
     assert_eq!(
         [again[0][1].as_slice(), &again[0][6]].concat(),
@@ -685,25 +680,7 @@ async fn a_foreign_ended_key_loses_only_the_entry() {
 async fn a_task_ending_twice_is_listed_once_at_its_newest_ending() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "twice").await;
-    p.register("w", "i", 3, &[]).await;
-    for id in ["a", "b", "c"] {
-        let mut t = Task::new(id);
-        t.max_attempts = 1;
-        p.submit(&t).await;
-        assert_eq!(task_of(p.pop("w").await).0, id);
-    }
-    p.complete_many(
-        "w",
-        &[
-            ending("a", Done, false),
-            ending("b", Failed, false),
-            ending("c", Done, false),
-        ],
-    )
-    .await
-    .unwrap();
-    let client = Client::connect(&redis.url()).await.unwrap();
-    let admin = Admin::new(&client);
+    let admin = end_in_one_call(&redis, &mut p, &[("a", Done), ("b", Failed), ("c", Done)]).await;
     let ids = |v: Vec<rtq_core::TaskInfo>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(
         ids(admin.recent_failures("twice", 10).await.unwrap()),
@@ -759,7 +736,7 @@ async fn numbers_are_written_as_plain_integers_around_the_small_int_table() {
         .into_iter()
         .map(|e| {
             let Value::Array(mut parts) = e else { panic!() };
-            items(parts.remove(1))
+            reply_items(parts.remove(1))
         })
         .find(|f| f.len() > 3 && f[2] == b"e" && f[3] == b"c")
         .expect("a chunk event");
@@ -824,7 +801,7 @@ async fn unusual_number_spellings_are_stored_canonically() {
     )
     .await
     .unwrap();
-    assert_eq!(items(r)[0], b"OK");
+    assert_eq!(reply_items(r)[0], b"OK");
     assert_eq!(task_of(p.pop("w").await), ("t1".into(), 1));
     let h = p.hash("t1").await;
     assert_eq!((h["pri"].as_str(), h["max"].as_str()), ("0", "3"));

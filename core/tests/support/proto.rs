@@ -71,6 +71,24 @@ pub fn payload_of(outcome: CompleteOutcome) -> &'static str {
     }
 }
 
+/// The items of an array reply as bytes (integers as their digits), for
+/// tests that read a function's raw reply.
+pub fn reply_items(v: redis::Value) -> Vec<Vec<u8>> {
+    use redis::Value;
+    let Value::Array(items) = v else {
+        panic!("an array reply was expected, got {v:?}")
+    };
+    items
+        .into_iter()
+        .map(|i| match i {
+            Value::BulkString(b) => b,
+            Value::Int(n) => n.to_string().into_bytes(),
+            Value::SimpleString(s) => s.into_bytes(),
+            other => panic!("unexpected reply item {other:?}"),
+        })
+        .collect()
+}
+
 /// The spec a protocol test submits for task `id`.
 pub fn spec_of(id: &str) -> String {
     format!(r#"{{"v":2,"id":"{id}","input":{{}}}}"#)
