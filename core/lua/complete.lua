@@ -148,14 +148,22 @@ local function complete_one(call, wid, c)
   local chunks, bytes = c.chunks, c.bytes
   local h = load_task(id, COMPLETE_FIELDS)
   local mark = att .. '@' .. wid
-  if h then
-    -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
-    -- attempt: a retry replays that answer.
-    local done_status, done_mark = string.match(h.ca, '^(%u+) (.+)$')
+  -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
+  -- attempt: a retry replays that answer. A task deleted since keeps it
+  -- in `ca:<id>` (rtq2_delete_task) when that call handed out a task.
+  local replay = h
+  if not replay then
+    local kept = redis.pcall('HMGET', cakey(id), 'ca', 'nx', 'st', 'nc', 'fc')
+    if type(kept) == 'table' and kept[1] then
+      replay = {ca = kept[1], nx = kept[2] or '', st = kept[3] or '', nc = kept[4], fc = kept[5]}
+    end
+  end
+  if replay then
+    local done_status, done_mark = string.match(replay.ca, '^(%u+) (.+)$')
     if done_mark == mark then
       local head, spec = '', ''
-      if h.nx ~= '' then head, spec = rebuild_message(h.nx, wid) end
-      return answer(c, done_status, head, spec, num(h.nc), h.st, call_now(call), num(h.fc))
+      if replay.nx ~= '' then head, spec = rebuild_message(replay.nx, wid) end
+      return answer(c, done_status, head, spec, num(replay.nc), replay.st, call_now(call), num(replay.fc))
     end
   end
   local status = check_write(h, wid, att, c.seq0, #chunks, bytes)

@@ -44,6 +44,7 @@ local STATS_BUCKET_MS = 10000
 local STATS_TTL_MS = 3600000
 local STATS_TTL_S = '3600000'
 local WORKER_INFO_TTL_MS = 600000
+local REPLAY_KEEP_S = '600000' -- a deleted task's replay mark outlives it this long (a worker retries a complete for 5 minutes)
 local BAND = 4398046511104 -- 2^42 ms (139 years, to 2109) of submit times per priority band;
 -- 2001 bands x 2^42 < 2^53, so scores stay exact doubles
 local PRIORITY_LIMIT = 1000
@@ -200,6 +201,7 @@ end
 local function tkey(id) return P .. 't:' .. id end
 local function okey(id) return P .. 'o:' .. id end
 local function wtkey(id) return P .. 'wt:' .. id end
+local function cakey(id) return P .. 'ca:' .. id end
 local function wqkey(wid) return P .. 'wq:' .. wid end
 local function inkey(wid) return P .. 'in:' .. wid end
 local function wkey(wid) return P .. 'w:' .. wid end

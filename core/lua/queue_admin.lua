@@ -15,8 +15,11 @@ rtq2_purge: cancel up to ARGV[1] (in [1, 1000]) queued tasks (pending and
   'purged' so waiting clients are told. Callers loop until remaining is 0.
   Reply {removed, remaining}.
 rtq2_delete_task: forget an ended task now instead of at the end of its
-  retention: its hash, output and follower set are deleted. ARGV[1] task
-  id. Reply {'OK', state} | {'NOT_FOUND'} | {'NOT_ENDED', state} (queued or
+  retention: its hash, output and follower set are deleted. If a complete
+  of its worker ended it and handed out a next task, its replay mark
+  (`ca`, `nx`, with `st`, `nc`, `fc`) is kept apart in `ca:<id>` for
+  10 minutes, so a retry of that complete after a lost reply still gets
+  its next task (best effort). ARGV[1] task id. Reply {'OK', state} | {'NOT_FOUND'} | {'NOT_ENDED', state} (queued or
   running: cancel it first) | {'OWNED', worker} (ended, but its worker has
   not let go of it yet: try again after the worker's next heartbeat).
 rtq2_housekeep: one bounded round of upkeep (what every worker heartbeat
@@ -95,6 +98,12 @@ local function delete_task(keys, args)
   if h.st == 'queued' or h.st == 'running' then return {'NOT_ENDED', h.st} end
   if h.w ~= '' and redis.call('SISMEMBER', wqkey(h.w), id) == 1 then return {'OWNED', h.w} end
   redis.call('DEL', tkey(id), okey(id), wtkey(id))
+  if h.ca ~= '' and h.nx ~= '' then
+    local k = cakey(id)
+    if type(redis.pcall('HSET', k, 'ca', h.ca, 'nx', h.nx, 'st', h.st, 'nc', h.nc, 'fc', h.fc)) == 'number' then
+      redis.call('PEXPIRE', k, REPLAY_KEEP_S)
+    end
+  end
   event('deleted', id, h.w, h.st)
   return {'OK', h.st}
 end

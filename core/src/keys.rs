@@ -145,6 +145,11 @@ impl QueueKeys {
     pub fn task(&self, id: &str) -> String {
         self.key(&format!("t:{id}"))
     }
+    /// Hash keeping a deleted task's replay mark (`ca`, `nx`, `st`, `nc`,
+    /// `fc`) for 10 minutes, so a retried complete still replays.
+    pub fn replay_mark(&self, id: &str) -> String {
+        self.key(&format!("ca:{id}"))
+    }
     /// List of the output chunks of a task's current attempt.
     pub fn output(&self, id: &str) -> String {
         self.key(&format!("o:{id}"))
@@ -240,6 +245,7 @@ mod tests {
             k.deadlines(),
             k.ended(),
             k.task("a1"),
+            k.replay_mark("a1"),
             k.output("a1"),
             k.watchers("a1"),
             k.worker("w1"),

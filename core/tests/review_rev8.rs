@@ -208,14 +208,14 @@ async fn a_next_task_skips_a_pending_entry_whose_task_key_is_foreign() {
     );
 }
 
-// 4. Not fixed (ignored): deleting a task whose complete reply was lost.
-//    The retried complete finds no hash (NOT_FOUND, no replay mark), so
-//    the next task the first call handed out never reaches the worker: it
-//    stays owned until the heartbeat's orphan sweep, one lease later,
-//    uses up one of its attempts.
+// 4. Deleting a task whose complete reply was lost. The retried complete
+//    found no hash (NOT_FOUND, no replay mark), so the next task the first
+//    call handed out never reached the worker: it stayed owned until the
+//    heartbeat's orphan sweep, one lease later, and used up one of its
+//    attempts. Fixed in revision 9: the delete keeps the replay mark in
+//    `ca:<id>` for 10 minutes.
 
 #[tokio::test]
-#[ignore = "known: rtq2_delete_task drops the replay mark of a complete whose reply may be in flight"]
 async fn deleting_a_task_whose_complete_reply_was_lost_keeps_its_next_task() {
     use rtq_core::admin::Admin;
     let redis = RedisServer::start();
@@ -225,6 +225,10 @@ async fn deleting_a_task_whose_complete_reply_was_lost_keeps_its_next_task() {
     // The reply was lost; an operator deletes the finished t1.
     let client = rtq_core::Client::connect(&redis.url()).await.unwrap();
     Admin::new(&client).delete_task("r8", "t1").await.unwrap();
+    assert!(p.hash("t1").await.is_empty(), "the task itself is gone");
+    let kept = p.keys.replay_mark("t1");
+    let ttl = support::pttl(&mut p.conn, &kept).await;
+    assert!(ttl > 0 && ttl <= 600_000, "the replay mark expires: {ttl}");
     let again = p.complete("w1", "t1", 1, 0, Done, true, &[]).await;
     assert_eq!(
         again.next.map(|m| task_of(Some(m))),
@@ -232,4 +236,12 @@ async fn deleting_a_task_whose_complete_reply_was_lost_keeps_its_next_task() {
         "the retry lost t3 (status {:?})",
         again.status
     );
+    assert_eq!(again.status, WriteStatus::Ok);
+    // Only that call's retry replays: another worker's or attempt's gets
+    // NOT_FOUND and no task, and nothing else is handed out.
+    for (worker, attempt) in [("w2", 1), ("w1", 2)] {
+        let other = p.complete(worker, "t1", attempt, 0, Done, true, &[]).await;
+        assert_eq!((other.status, other.next), (WriteStatus::NotFound, None));
+    }
+    assert_eq!(p.zset(&p.keys.pending()).await, ["t4"]);
 }
