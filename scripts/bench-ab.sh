@@ -36,11 +36,9 @@ a=$1 b=$2
 for f in "$a" "$b"; do
   [ -x "$f" ] || { echo "bench-ab.sh: $f is not an executable bench build" >&2; exit 2; }
 done
-for n in "$rounds" "$tasks" "$stream_tasks"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench-ab.sh: counts must be positive whole numbers, got '$n'" >&2; exit 2; }
-done
-
 . scripts/bench-lib.sh
+bench_require_counts bench-ab.sh "$rounds" "$tasks" "$stream_tasks"
+
 bench_pinning
 floor_bin=target/release/examples/bench_floor
 if [ "$floor" = 1 ]; then

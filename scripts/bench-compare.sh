@@ -33,11 +33,9 @@ while [ $# -gt 0 ]; do
     *) echo "bench-compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
-for n in "$rounds" "$tasks" "$stream_tasks"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench-compare.sh: counts must be positive whole numbers, got '$n'" >&2; exit 2; }
-done
-
 . scripts/bench-lib.sh
+bench_require_counts bench-compare.sh "$rounds" "$tasks" "$stream_tasks"
+
 bench_pinning
 echo "building the release benchmark ..." >&2
 nice -n 10 cargo build --quiet --release --locked -p rtq-examples --example bench

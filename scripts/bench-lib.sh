@@ -2,6 +2,16 @@
 # redis-server pinned to core 0, load generators pinned to core 1, and
 # clean-up on exit. Never touches a Redis it did not start.
 
+# Exits 2 naming the script unless every argument after the first (the
+# script's name) is a positive whole number.
+bench_require_counts() {
+  local who=$1 n
+  shift
+  for n in "$@"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "$who: counts must be positive whole numbers, got '$n'" >&2; exit 2; }
+  done
+}
+
 # PIN_REDIS / PIN_LOAD: command prefixes (taskset) or empty when the machine
 # has one core or no taskset.
 bench_pinning() {

@@ -142,17 +142,16 @@ async fn a_coalesced_complete_writes_one_ended_entry_for_all_its_endings() {
         p.submit(&Task::new(id)).await;
         assert_eq!(task_of(p.pop("w").await).0, id);
     }
-    let ending = |id| Ending {
-        id,
-        attempt: 1,
-        seq0: 0,
-        outcome: Done,
-        want_next: false,
-        chunks: &[],
-    };
-    p.complete_many("w", &[ending("a"), ending("b"), ending("c")])
-        .await
-        .unwrap();
+    p.complete_many(
+        "w",
+        &[
+            Ending::first("a", Done, false),
+            Ending::first("b", Done, false),
+            Ending::first("c", Done, false),
+        ],
+    )
+    .await
+    .unwrap();
 
     let ended = p.keys.ended();
     assert_eq!(

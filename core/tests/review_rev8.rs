@@ -23,14 +23,7 @@ fn e<'a>(
     want_next: bool,
     chunks: &'a [Vec<u8>],
 ) -> Ending<'a> {
-    Ending {
-        id,
-        attempt: 1,
-        seq0: 0,
-        outcome,
-        want_next,
-        chunks,
-    }
+    Ending::first(id, outcome, want_next).with_chunks(chunks)
 }
 
 /// Worker w1 (2 slots) runs t1 and t2; t3 and t4 are queued.

@@ -96,17 +96,6 @@ async fn ended_ids(p: &mut Proto) -> Vec<String> {
         .collect()
 }
 
-fn ending(id: &str, outcome: CompleteOutcome, want_next: bool) -> Ending<'_> {
-    Ending {
-        id,
-        attempt: 1,
-        seq0: 0,
-        outcome,
-        want_next,
-        chunks: &[],
-    }
-}
-
 /// Worker `w` runs each of `endings`' tasks (one attempt each) and ends
 /// them all in one complete_many with the given outcomes; returns an Admin
 /// of the same server.
@@ -124,7 +113,7 @@ async fn end_in_one_call(
     }
     let batch: Vec<Ending<'_>> = endings
         .iter()
-        .map(|(id, o)| ending(id, *o, false))
+        .map(|(id, o)| Ending::first(id, *o, false))
         .collect();
     p.complete_many("w", &batch).await.unwrap();
     let client = Client::connect(&redis.url()).await.unwrap();
@@ -171,7 +160,13 @@ async fn finding_1_a_foreign_stats_key_loses_the_count_only() {
         p.raw(&["SET", &key, "foreign"]).await;
     }
     let replies = p
-        .complete_many("w", &[ending("a", Done, false), ending("b", Done, true)])
+        .complete_many(
+            "w",
+            &[
+                Ending::first("a", Done, false),
+                Ending::first("b", Done, true),
+            ],
+        )
         .await
         .expect("a foreign statistics key fails no complete");
     assert!(replies
@@ -562,7 +557,10 @@ async fn a_batch_of_130_endings_writes_two_entries_and_pages_read_back_in_order(
     let ids: Vec<String> = (0..130).map(|i| format!("c{i:03}")).collect();
     let tasks: Vec<Task<'_>> = ids.iter().map(|id| Task::new(id)).collect();
     p.submit_many(&tasks).await;
-    let batch: Vec<Ending<'_>> = ids.iter().map(|id| ending(id, Done, false)).collect();
+    let batch: Vec<Ending<'_>> = ids
+        .iter()
+        .map(|id| Ending::first(id, Done, false))
+        .collect();
     let replies = p.complete_many("w", &batch).await.unwrap();
     assert!(replies.iter().all(|r| r.status == WriteStatus::Ok));
 
@@ -656,7 +654,13 @@ async fn a_foreign_ended_key_loses_only_the_entry() {
     let ended = p.keys.ended();
     p.raw(&["SET", &ended, "foreign"]).await;
     let r = p
-        .complete_many("w", &[ending("a", Done, false), ending("b", Failed, false)])
+        .complete_many(
+            "w",
+            &[
+                Ending::first("a", Done, false),
+                Ending::first("b", Failed, false),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -851,7 +855,10 @@ async fn an_older_and_a_newer_worker_share_a_queue() {
     };
     assert_eq!(old_next.spec, spec_of(&old_next.id).into_bytes());
 
-    let batch: Vec<Ending<'_>> = new_tasks.iter().map(|id| ending(id, Done, true)).collect();
+    let batch: Vec<Ending<'_>> = new_tasks
+        .iter()
+        .map(|id| Ending::first(id, Done, true))
+        .collect();
     let replies = p.complete_many("new", &batch).await.unwrap();
     let mut handed = vec![old_next.id.clone()];
     for r in replies {

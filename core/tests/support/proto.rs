@@ -62,6 +62,25 @@ pub struct Ending<'a> {
     pub chunks: &'a [Vec<u8>],
 }
 
+impl<'a> Ending<'a> {
+    /// Attempt 1 of task `id`, no chunks written before and none trailing.
+    pub fn first(id: &'a str, outcome: CompleteOutcome, want_next: bool) -> Self {
+        Self {
+            id,
+            attempt: 1,
+            seq0: 0,
+            outcome,
+            want_next,
+            chunks: &[],
+        }
+    }
+
+    /// The same completion with trailing chunks.
+    pub fn with_chunks(self, chunks: &'a [Vec<u8>]) -> Self {
+        Self { chunks, ..self }
+    }
+}
+
 /// The payload a protocol test sends with `outcome`.
 pub fn payload_of(outcome: CompleteOutcome) -> &'static str {
     if outcome == CompleteOutcome::Done {
