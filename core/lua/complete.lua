@@ -52,6 +52,15 @@ ARGV[3..] n groups: task id, attempt, seq0, outcome, result or reason,
           count (integer in [0, 512]), then the k chunks
 Reply: n replies, each as rtq2_complete's, in order.
 
+rtq2_write_many (revision 10): as rtq2_complete_many, and a group may also
+be a chunk write of a running attempt: outcome 'chunks', result '' and
+want next '0', its k chunks appended as rtq2_chunk would (fencing,
+seq0 ordering, output caps, followers notified); it ends nothing. The
+worker coalesces the chunk writes and completes its slots issue while one
+call is in flight, in the order they were issued (a task's chunk writes
+before its complete). A chunk write's reply has rtq2_complete's shape:
+{status, '', chunk_count, state, 0, 0} with rtq2_chunk's statuses.
+
 Reply: {status, next_task_message_or_'', chunk_count, state, now_ms, first_chunk_ms}
   With want next '2': {status, next_task_message_without_spec_or_'', chunk_count,
   state, now_ms, first_chunk_ms, next_task_spec_or_''}: the message is
@@ -94,16 +103,26 @@ end
 -- The allowed words, made once (a table literal in a function is a new
 -- table on every call).
 local OUTCOMES = {'done', 'failed', 'retry'}
+local WRITE_OUTCOMES = {'done', 'failed', 'retry', 'chunks'}
 local NEXT_MODES = {'0', '1', '2'}
 
 -- Checks one completion's arguments args[o .. o+5] (task id .. want next)
--- with its chunks args[first .. last].
-local function complete_args(args, o, first, last)
+-- with its chunks args[first .. last]. With `allow_chunks` (rtq2_write_many)
+-- the outcome may also be 'chunks': a chunk write that ends nothing, with
+-- an empty payload and want next '0'.
+local function complete_args(args, o, first, last, allow_chunks)
   local c = {}
   c.id = arg_id(args[o], 'task id')
   c.att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
   c.seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
-  c.outcome = arg_enum(args[o + 3], 'outcome', OUTCOMES)
+  c.outcome = arg_enum(args[o + 3], 'outcome', allow_chunks and WRITE_OUTCOMES or OUTCOMES)
+  if c.outcome == 'chunks' then
+    if args[o + 4] ~= '' then invalid('a chunk write carries no result or reason') end
+    if args[o + 5] ~= '0' then invalid('a chunk write takes no next task (want next must be 0)') end
+    c.payload, c.want_next, c.split = '', false, false
+    c.chunks, c.bytes = arg_chunks(args, first, last)
+    return c
+  end
   if c.outcome == 'done' then
     c.payload = arg_text(args[o + 4], 'result', MAX_RESULT_BYTES)
   else
@@ -141,9 +160,21 @@ local function call_take_next(call, wid, now)
   return head, spec, id .. '@' .. istr(att)
 end
 
+-- Appends the chunks of a chunk write (outcome 'chunks', rtq2_write_many)
+-- as rtq2_chunk would; the reply has rtq2_complete's shape: {status, '',
+-- chunk_count, state, 0, 0}.
+local function write_chunks(call, wid, c)
+  local h = load_task(c.id, CHUNK_FIELDS)
+  local status = check_write(h, wid, c.att, c.seq0, #c.chunks, c.bytes)
+  if status then return {status, '', h and num(h.nc) or 0, h and h.st or '', 0, 0} end
+  if #c.chunks > 0 then append_chunks(c.id, h, c.chunks, c.bytes, call_now(call)) end
+  return {'OK', '', num(h.nc), 'running', 0, 0}
+end
+
 -- Ends one attempt of worker `wid` (checked arguments `c`); returns the
--- reply rtq2_complete gives.
+-- reply rtq2_complete gives. A chunk write (rtq2_write_many) only appends.
 local function complete_one(call, wid, c)
+  if c.outcome == 'chunks' then return write_chunks(call, wid, c) end
   local id, att = c.id, c.att
   local chunks, bytes = c.chunks, c.bytes
   local h = load_task(id, COMPLETE_FIELDS)
@@ -224,14 +255,15 @@ end
 -- the queue keys an ending, a retry or a next task writes. (Statistics,
 -- events and notifications are best effort: they need no check.)
 local function check_keys(list)
-  local want_next, retry = false, false
+  local want_next, retry, ending = false, false, false
   for i, c in ipairs(list) do
     if i > 1 then expect_type(tkey(c.id), 'hash') end
     if #c.chunks > 0 then expect_type(okey(c.id), 'list') end
     want_next = want_next or c.want_next
     retry = retry or c.outcome == 'retry'
+    ending = ending or c.outcome ~= 'chunks'
   end
-  expect_type(P .. 'deadlines', 'zset')
+  if ending then expect_type(P .. 'deadlines', 'zset') end
   if want_next or retry then
     expect_type(P .. 'meta', 'hash')
     expect_type(P .. 'delayed', 'zset')
@@ -261,37 +293,48 @@ local function complete(keys, args)
   bind(keys)
   if #args < 7 then invalid('complete takes at least 7 arguments') end
   local wid = arg_id(args[1], 'worker id')
-  local c = complete_args(args, 2, 8, #args)
+  local c = complete_args(args, 2, 8, #args, false)
   check_keys({c})
   return complete_all(new_call(), wid, {c})[1]
 end
 
-local function complete_many(keys, args)
+-- Parses and runs the groups of rtq2_complete_many (`name`), or of
+-- rtq2_write_many when `allow_chunks` (chunk writes among them).
+local function run_many(keys, args, name, allow_chunks)
   bind(keys)
-  if #args < 2 then invalid('complete_many takes at least 2 arguments') end
+  if #args < 2 then invalid(name .. ' takes at least 2 arguments') end
   local wid = arg_id(args[1], 'worker id')
   local n = arg_int(args[2], 'completion count', 1, MAX_SLOTS)
   local list = {}
   local o = 3
   for i = 1, n do
     if #args < o + 6 then
-      invalid('complete_many: completion ' .. i .. ' of ' .. n .. ' is cut short')
+      invalid(name .. ': completion ' .. i .. ' of ' .. n .. ' is cut short')
     end
     local k = arg_int(args[o + 6], 'chunk count', 0, MAX_CHUNKS_PER_CALL)
     local first = o + 7
     local last = first + k - 1
     if last > #args then
-      invalid('complete_many: completion ' .. i .. ' names ' .. k .. ' chunks past the last argument')
+      invalid(name .. ': completion ' .. i .. ' names ' .. k .. ' chunks past the last argument')
     end
-    list[i] = complete_args(args, o, first, last)
+    list[i] = complete_args(args, o, first, last, allow_chunks)
     o = last + 1
   end
   if o ~= #args + 1 then
-    invalid('complete_many: ' .. (#args + 1 - o) .. ' arguments after the last completion')
+    invalid(name .. ': ' .. (#args + 1 - o) .. ' arguments after the last completion')
   end
   check_keys(list)
   return complete_all(new_call(), wid, list)
 end
 
+local function complete_many(keys, args)
+  return run_many(keys, args, 'complete_many', false)
+end
+
+local function write_many(keys, args)
+  return run_many(keys, args, 'write_many', true)
+end
+
 redis.register_function{function_name = 'rtq2_complete', callback = complete, flags = {'allow-oom'}}
 redis.register_function{function_name = 'rtq2_complete_many', callback = complete_many, flags = {'allow-oom'}}
+redis.register_function{function_name = 'rtq2_write_many', callback = write_many, flags = {'allow-oom'}}

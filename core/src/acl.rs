@@ -115,6 +115,7 @@ impl Role {
                     "fcall|rtq2_heartbeat",
                     "fcall|rtq2_complete",
                     "fcall|rtq2_complete_many",
+                    "fcall|rtq2_write_many",
                     "fcall|rtq2_chunk",
                     "fcall|rtq2_release",
                     "fcall|rtq2_cancel",

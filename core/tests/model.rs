@@ -32,14 +32,14 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 
-use rtq_core::functions::chunk::WriteStatus;
-use rtq_core::functions::complete::{CompleteOutcome, CompleteReply};
+use rtq_core::functions::chunk::{ChunkReply, WriteStatus};
+use rtq_core::functions::complete::{CompleteOutcome, CompleteReply, SlotWriteReply};
 use rtq_core::functions::heartbeat::{BeatReply, StopWhy};
 use rtq_core::functions::release::{HandBack, ReleaseMode, ReleaseReply};
 use rtq_core::functions::requeue::RequeueReply;
 use rtq_core::functions::submit::SubmitReply;
 use rtq_core::protocol::{InboxMessage, ReplyEvent, TaskState};
-use support::proto::{Ending, Proto, RedisServer, Task};
+use support::proto::{Ending, Proto, RedisServer, Task, Write};
 
 /// splitmix64: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -100,8 +100,9 @@ struct Sim {
     finals: HashMap<String, u32>,
     last_event: String,
     /// Completion batches sent: calls, completions, foreign completions,
-    /// repeats within a call, whole calls replayed.
-    batches: [usize; 5],
+    /// repeats within a call, whole calls replayed, calls sent as
+    /// `rtq2_write_many`, chunk writes in them.
+    batches: [usize; 7],
 }
 
 /// A task hash as read with HGETALL.
@@ -110,6 +111,21 @@ type TaskHash = HashMap<String, String>;
 /// Tasks tracked at once; older ended tasks are retired beyond this (the
 /// checks read every tracked task after every step).
 const TRACKED: usize = 40;
+
+/// A completion of a batch: (task id, attempt), seq0, outcome, want next.
+type CompletionItem = ((String, u64), u64, CompleteOutcome, bool);
+
+/// A chunk write of a batch and its answer: ((task id, attempt), seq0, n).
+type ChunkWrite = (((String, u64), u64, u64), ChunkReply);
+
+/// One group of a `rtq2_write_many` call.
+#[derive(Debug)]
+enum Group {
+    /// A chunk write: (task id, attempt), seq0, chunk count.
+    Chunks((String, u64), u64, u64),
+    /// The completion of item `i`.
+    End(usize),
+}
 
 fn chunk_text(id: &str, attempt: u64, seq: u64) -> Vec<u8> {
     format!("{id}:{attempt}:{seq}").into_bytes()
@@ -339,7 +355,12 @@ impl Sim {
             "chunk {key:?} by {wid} seq0={} n={n} -> {reply:?}",
             attempt.written
         ));
-        let Some(a) = self.workers[w].running.get_mut(&key) else {
+        self.apply_chunk(w, &key, &reply);
+    }
+
+    /// What a chunk write's answer means for the simulated worker.
+    fn apply_chunk(&mut self, w: usize, key: &(String, u64), reply: &ChunkReply) {
+        let Some(a) = self.workers[w].running.get_mut(key) else {
             return;
         };
         match reply.status {
@@ -348,10 +369,80 @@ impl Sim {
                 a.stop.get_or_insert(true);
             }
             WriteStatus::Fenced => {
-                self.workers[w].running.remove(&key);
+                self.workers[w].running.remove(key);
             }
             WriteStatus::TooLarge => self.fail(format!("TOO_LARGE for {key:?}")),
         }
+    }
+
+    /// Sends the completions `items` of worker `wid`: as one
+    /// `rtq2_complete_many`, or (`mixed`) as the `rtq2_write_many` of
+    /// `groups`, chunk writes among them. Answers the completions' replies
+    /// in item order, and each chunk write's (key, seq0, n) and reply.
+    async fn send_writes(
+        &mut self,
+        wid: &str,
+        items: &[CompletionItem],
+        groups: &[Group],
+        mixed: bool,
+    ) -> (Vec<CompleteReply>, Vec<ChunkWrite>) {
+        let endings: Vec<Ending<'_>> = items
+            .iter()
+            .map(|(key, seq0, outcome, want_next)| Ending {
+                id: &key.0,
+                attempt: key.1,
+                seq0: *seq0,
+                outcome: *outcome,
+                want_next: *want_next,
+                chunks: &[],
+            })
+            .collect();
+        if !mixed {
+            return match self.p.complete_many(wid, &endings).await {
+                Ok(r) => (r, Vec::new()),
+                Err(e) => self.fail(format!("complete_many {items:?} by {wid}: {e}")),
+            };
+        }
+        let texts: Vec<Vec<Vec<u8>>> = groups
+            .iter()
+            .map(|g| match g {
+                Group::Chunks(key, seq0, n) => (*seq0..seq0 + n)
+                    .map(|s| chunk_text(&key.0, key.1, s))
+                    .collect(),
+                Group::End(_) => Vec::new(),
+            })
+            .collect();
+        let writes: Vec<Write<'_>> = groups
+            .iter()
+            .zip(&texts)
+            .map(|(g, chunks)| match g {
+                Group::Chunks(key, seq0, _) => Write::Chunks {
+                    id: &key.0,
+                    attempt: key.1,
+                    seq0: *seq0,
+                    chunks,
+                },
+                Group::End(i) => Write::End(endings[*i].clone()),
+            })
+            .collect();
+        let answers = match self.p.write_many(wid, &writes).await {
+            Ok(r) => r,
+            Err(e) => self.fail(format!("write_many {groups:?} by {wid}: {e}")),
+        };
+        drop(writes);
+        let mut replies: Vec<Option<CompleteReply>> = vec![None; items.len()];
+        let mut chunk_replies = Vec::new();
+        for (g, answer) in groups.iter().zip(answers) {
+            match (g, answer) {
+                (Group::End(i), SlotWriteReply::Complete(r)) => replies[*i] = Some(r),
+                (Group::Chunks(key, seq0, n), SlotWriteReply::Chunks(r)) => {
+                    chunk_replies.push(((key.clone(), *seq0, *n), r))
+                }
+                (g, a) => self.fail(format!("write_many answered {a:?} for {g:?}")),
+            }
+        }
+        let replies = replies.into_iter().flatten().collect();
+        (replies, chunk_replies)
     }
 
     async fn complete(&mut self, w: usize) {
@@ -444,7 +535,7 @@ impl Sim {
         if keys.is_empty() {
             return;
         }
-        let mut items: Vec<((String, u64), u64, CompleteOutcome, bool)> = Vec::new();
+        let mut items: Vec<CompletionItem> = Vec::new();
         for key in &keys {
             let a = &self.workers[w].running[key];
             let outcome = match (a.stop, self.rng.below(10)) {
@@ -487,29 +578,50 @@ impl Sim {
                 repeat = Some((i, items.len() - 1));
             }
         }
-        let endings: Vec<Ending<'_>> = items
-            .iter()
-            .map(|(key, seq0, outcome, want_next)| Ending {
-                id: &key.0,
-                attempt: key.1,
-                seq0: *seq0,
-                outcome: *outcome,
-                want_next: *want_next,
-                chunks: &[],
-            })
-            .collect();
-        let replies = match self.p.complete_many(&wid, &endings).await {
-            Ok(r) => r,
-            Err(e) => self.fail(format!("complete_many {items:?} by {wid}: {e}")),
-        };
+        // Half the calls are `rtq2_write_many`, as a worker's coalescer
+        // sends them: chunk writes before some completions (the completion
+        // then counts them in its seq0) and for attempts the call does not
+        // end, among the completions.
+        let mixed = self.rng.percent(50);
+        let mut groups: Vec<Group> = Vec::new();
+        for i in 0..items.len() {
+            let own = Some(i) != foreign && repeat.is_none_or(|(_, again)| again != i);
+            let live = self.workers[w]
+                .running
+                .get(&items[i].0)
+                .is_some_and(|a| a.stop.is_none());
+            if mixed && own && live && self.rng.percent(60) {
+                let n = 1 + self.rng.below(3) as u64;
+                groups.push(Group::Chunks(items[i].0.clone(), items[i].1, n));
+                items[i].1 += n;
+                if let Some((first, again)) = repeat.filter(|(first, _)| *first == i) {
+                    debug_assert_eq!(first, i);
+                    items[again].1 += n;
+                }
+            }
+            groups.push(Group::End(i));
+        }
+        if mixed {
+            let others: Vec<((String, u64), u64)> = self.workers[w]
+                .running
+                .iter()
+                .filter(|(k, a)| a.stop.is_none() && !keys.contains(k))
+                .map(|(k, a)| (k.clone(), a.written))
+                .collect();
+            for (key, written) in others {
+                if self.rng.percent(50) {
+                    let n = 1 + self.rng.below(3) as u64;
+                    let at = self.rng.below(groups.len() + 1);
+                    groups.insert(at, Group::Chunks(key, written, n));
+                }
+            }
+        }
+        let (replies, chunk_replies) = self.send_writes(&wid, &items, &groups, mixed).await;
         if self.rng.percent(15) {
             // The reply was lost: the whole call is sent again and must
             // replay every answer.
             self.batches[4] += 1;
-            let again = match self.p.complete_many(&wid, &endings).await {
-                Ok(r) => r,
-                Err(e) => self.fail(format!("replayed complete_many by {wid}: {e}")),
-            };
+            let (again, chunks_again) = self.send_writes(&wid, &items, &groups, mixed).await;
             for (i, (a, r)) in again.iter().zip(&replies).enumerate() {
                 // An ORDER wrote nothing: its resend is a new call.
                 if r.status == WriteStatus::Order {
@@ -522,8 +634,23 @@ impl Sim {
                     ));
                 }
             }
+            // A chunk write sent again never appends twice.
+            for ((key, seq0, n), r) in &chunks_again {
+                if r.status == WriteStatus::Ok {
+                    self.fail(format!(
+                        "write_many: chunk write {key:?} seq0={seq0} n={n} by {wid} applied again: {r:?}"
+                    ));
+                }
+            }
         }
-        drop(endings);
+        self.batches[5] += usize::from(mixed);
+        self.batches[6] += chunk_replies.len();
+        for ((key, seq0, n), reply) in &chunk_replies {
+            self.note(format!(
+                "write_many chunk {key:?} by {wid} seq0={seq0} n={n} -> {reply:?}"
+            ));
+            self.apply_chunk(w, key, reply);
+        }
         if replies.len() != items.len() {
             self.fail(format!("complete_many {items:?}: {replies:?}"));
         }
@@ -973,7 +1100,7 @@ async fn run_model(seed: u64, steps: usize) {
         log: Vec::new(),
         finals: HashMap::new(),
         last_event: "0-0".into(),
-        batches: [0; 5],
+        batches: [0; 7],
     };
     for (i, slots) in [1usize, 2, 3].into_iter().enumerate() {
         let inst = sim.new_instance();
@@ -997,13 +1124,17 @@ async fn run_model(seed: u64, steps: usize) {
         sim.next_task
     );
     assert!(ended > 0, "the run must end some tasks to mean anything");
-    let [calls, items, foreign, repeats, replays] = sim.batches;
+    let [calls, items, foreign, repeats, replays, mixed, chunk_writes] = sim.batches;
     println!(
-        "complete_many: {calls} calls, {items} completions, {foreign} foreign, {repeats} repeated, {replays} calls replayed"
+        "complete_many: {calls} calls, {items} completions, {foreign} foreign, {repeats} repeated, {replays} calls replayed; {mixed} sent as write_many with {chunk_writes} chunk writes"
     );
     assert!(
         steps < 1000 || items > calls,
         "a run must send batches of several completions to mean anything"
+    );
+    assert!(
+        steps < 1000 || chunk_writes > 0,
+        "a run must mix chunk writes into batches to mean anything"
     );
 }
 

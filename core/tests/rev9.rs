@@ -10,7 +10,7 @@ mod support;
 use redis::Value;
 use rtq_core::admin::Admin;
 use rtq_core::functions::complete::CompleteOutcome::Done;
-use rtq_core::functions::library_source;
+use rtq_core::functions::{library_source, LIBRARY_REVISION};
 use rtq_core::protocol::InboxMessage;
 use rtq_core::{Client, TaskRequest, WorkerConfig};
 use serde_json::json;
@@ -212,7 +212,10 @@ async fn a_worker_on_a_library_that_refuses_specs_apart_asks_for_next_tasks_whol
             "local NEXT_MODES = {'0', '1', '2'}",
             "local NEXT_MODES = {'0', '1'}",
         )
-        .replace("local REVISION = 9\n", "local REVISION = 99\n");
+        .replace(
+            &format!("local REVISION = {LIBRARY_REVISION}\n"),
+            "local REVISION = 99\n",
+        );
     assert_ne!(older, ours.as_ref(), "the simulated library differs");
     let mut admin = admin_conn(&redis).await;
     let _: Value = redis::cmd("FUNCTION")

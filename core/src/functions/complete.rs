@@ -1,10 +1,11 @@
 //! `rtq2_complete`: end an attempt and take the slot's next task in the
 //! same round trip; `rtq2_complete_many`: several attempts of one worker
-//! in one call (`core/lua/complete.lua`).
+//! in one call; `rtq2_write_many`: a worker's chunk writes and completes
+//! of several slots in one call (`core/lua/complete.lua`).
 
 use redis::{Cmd, Value};
 
-use super::chunk::WriteStatus;
+use super::chunk::{Chunk, ChunkReply, WriteStatus};
 use super::{Function, ReplyItems};
 use crate::error::Error;
 use crate::protocol::{InboxMessage, TaskState};
@@ -162,26 +163,139 @@ impl Function for CompleteMany<'_> {
         cmd.arg(self.completes.first().map_or("", |c| c.worker))
             .arg(self.completes.len());
         for c in self.completes {
-            cmd.arg(c.id)
-                .arg(c.attempt)
-                .arg(c.seq0)
-                .arg(c.outcome.as_str())
-                .arg(c.payload)
-                .arg(want_next_arg(c.want_next, c.next_apart))
-                .arg(c.chunks.len());
-            for chunk in c.chunks {
-                cmd.arg(chunk.as_slice());
+            write_completion_group(cmd, c);
+        }
+    }
+
+    fn decode(reply: Value) -> Result<Vec<CompleteReply>, Error> {
+        decode_groups(reply, Self::NAME)
+    }
+}
+
+/// One completion's group of arguments in a `_many` call: as
+/// `rtq2_complete`'s from the task id on, then the trailing chunk count
+/// and the chunks.
+fn write_completion_group(cmd: &mut Cmd, c: &Complete<'_>) {
+    cmd.arg(c.id)
+        .arg(c.attempt)
+        .arg(c.seq0)
+        .arg(c.outcome.as_str())
+        .arg(c.payload)
+        .arg(want_next_arg(c.want_next, c.next_apart))
+        .arg(c.chunks.len());
+    for chunk in c.chunks {
+        cmd.arg(chunk.as_slice());
+    }
+}
+
+/// The replies of a `_many` call, one per group, each of
+/// `rtq2_complete`'s shape.
+fn decode_groups(reply: Value, function: &str) -> Result<Vec<CompleteReply>, Error> {
+    match reply {
+        Value::Array(items) => items.into_iter().map(Complete::decode).collect(),
+        other => Err(Error::Protocol(format!(
+            "{function} replied {other:?}, expected an array"
+        ))),
+    }
+}
+
+/// One write of a worker's slot in a `rtq2_write_many` call.
+#[derive(Clone, Debug)]
+pub enum SlotWrite<'a> {
+    /// Chunks of a running attempt, appended as `rtq2_chunk` would.
+    Chunks(Chunk<'a>),
+    /// The end of an attempt, as `rtq2_complete`.
+    Complete(Complete<'a>),
+}
+
+impl SlotWrite<'_> {
+    fn worker(&self) -> &str {
+        match self {
+            Self::Chunks(c) => c.worker,
+            Self::Complete(c) => c.worker,
+        }
+    }
+}
+
+/// Arguments of `rtq2_write_many` (revision 10): the chunk writes and
+/// completes of one worker's slots in one call, applied in order (a
+/// task's chunk writes before its complete), each answered as its own
+/// `rtq2_chunk` or `rtq2_complete` would have been. One invalid write
+/// refuses the whole call and nothing is written. The worker id of the
+/// first write is sent for all.
+#[derive(Clone, Debug)]
+pub struct WriteMany<'a> {
+    /// The writes, 1 to [`MAX_COMPLETE_BATCH`], all of one worker.
+    pub writes: &'a [SlotWrite<'a>],
+}
+
+/// What `rtq2_write_many` answered for one write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotWriteReply {
+    /// A chunk write's answer.
+    Chunks(ChunkReply),
+    /// A complete's answer.
+    Complete(CompleteReply),
+}
+
+impl WriteMany<'_> {
+    /// Sorts the replies (one per write, each of `rtq2_complete`'s
+    /// shape) by the kind of write they answer.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] when there is not one reply per write.
+    pub fn sort_replies(&self, replies: Vec<CompleteReply>) -> Result<Vec<SlotWriteReply>, Error> {
+        if replies.len() != self.writes.len() {
+            return Err(Error::Protocol(format!(
+                "{} answered {} replies for {} writes",
+                Self::NAME,
+                replies.len(),
+                self.writes.len()
+            )));
+        }
+        Ok(self
+            .writes
+            .iter()
+            .zip(replies)
+            .map(|(w, r)| match w {
+                SlotWrite::Chunks(_) => SlotWriteReply::Chunks(ChunkReply {
+                    status: r.status,
+                    chunks: r.chunks,
+                    state: r.state,
+                }),
+                SlotWrite::Complete(_) => SlotWriteReply::Complete(r),
+            })
+            .collect())
+    }
+}
+
+impl Function for WriteMany<'_> {
+    const NAME: &'static str = "rtq2_write_many";
+    type Reply = Vec<CompleteReply>;
+
+    fn write_args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.writes.first().map_or("", SlotWrite::worker))
+            .arg(self.writes.len());
+        for w in self.writes {
+            match w {
+                SlotWrite::Complete(c) => write_completion_group(cmd, c),
+                SlotWrite::Chunks(c) => {
+                    cmd.arg(c.id)
+                        .arg(c.attempt)
+                        .arg(c.seq0)
+                        .arg("chunks")
+                        .arg("")
+                        .arg("0")
+                        .arg(c.chunks.len());
+                    for chunk in c.chunks {
+                        cmd.arg(chunk.as_slice());
+                    }
+                }
             }
         }
     }
 
     fn decode(reply: Value) -> Result<Vec<CompleteReply>, Error> {
-        match reply {
-            Value::Array(items) => items.into_iter().map(Complete::decode).collect(),
-            other => Err(Error::Protocol(format!(
-                "{} replied {other:?}, expected an array",
-                Self::NAME
-            ))),
-        }
+        decode_groups(reply, Self::NAME)
     }
 }

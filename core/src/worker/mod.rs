@@ -9,15 +9,15 @@
 //!   more than `slots` attempts, keyed by task id *and* attempt);
 //! - `slot`: one slot's life (run, complete, take the next task);
 //! - `writer`: chunk writes and completion;
-//! - `completer`: coalesces the completes of the slots into one call
-//!   while one is in flight;
+//! - `coalescer`: coalesces the chunk writes and completes of the slots
+//!   into one call while one is in flight;
 //! - `heartbeat`: liveness, reconciliation with Redis, housekeeping;
 //! - `stats`: the worker's share of the queue statistics, sent with the
 //!   heartbeat (nothing on the per-task path);
 //! - `inbox`: the blocking inbox reader;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
-mod completer;
+mod coalescer;
 mod config;
 mod handler;
 mod heartbeat;
@@ -67,8 +67,8 @@ pub(crate) struct Shared {
     beat_now: Notify,
     /// Statistics waiting for the next heartbeat.
     stats: stats::StatsTally,
-    /// Sends the slots' completes, coalesced under load.
-    completer: completer::Completer,
+    /// Sends the slots' chunk writes and completes, coalesced under load.
+    coalescer: coalescer::Coalescer,
 }
 
 impl Shared {
@@ -262,7 +262,7 @@ impl Worker {
             pool: SlotPool::new(self.config.slots, Arc::clone(&self.status)),
             beat_now: Notify::new(),
             stats: stats::StatsTally::default(),
-            completer: completer::Completer::start(
+            coalescer: coalescer::Coalescer::start(
                 self.conn.clone(),
                 self.keys.clone(),
                 self.id.clone(),

@@ -146,7 +146,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
     };
     let mut writer = ChunkWriter::new(
         shared.conn.clone(),
-        shared.completer.clone(),
+        shared.coalescer.clone(),
         &shared.keys,
         &shared.id,
         &delivery,

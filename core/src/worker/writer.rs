@@ -1,8 +1,9 @@
 //! The chunk writer of one running attempt: sends chunks to Redis without
 //! the handler ever waiting, coalesces chunks produced while a write is in
 //! flight, and ends the attempt with one `complete` call that carries the
-//! last chunks and is sent behind any write still in flight (through the
-//! worker's completer, which coalesces the slots' completes under load).
+//! last chunks and is sent behind any write still in flight. Chunk writes
+//! and the complete go through the worker's coalescer, which sends the
+//! slots' writes issued while a call is in flight together, in order.
 //!
 //! Every write carries `seq0` (chunks written before it); the functions
 //! apply it only if Redis holds exactly that many, so writes can be
@@ -20,13 +21,13 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::completer::{Batched, Completer, OwnedComplete};
+use super::coalescer::{Batched, Coalescer, OwnedChunks, OwnedComplete};
 use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
 use crate::error::Error;
-use crate::functions::chunk::{Chunk, ChunkReply, WriteStatus};
+use crate::functions::chunk::{ChunkReply, WriteStatus};
 use crate::functions::complete::{refuses_next_apart, CompleteOutcome, CompleteReply};
-use crate::functions::{self, Function};
+use crate::functions;
 use crate::keys::QueueKeys;
 use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
 
@@ -68,8 +69,9 @@ struct WriteReply {
 
 pub(crate) struct ChunkWriter {
     conn: RedisConnection,
-    /// Sends the final complete (coalesced with other slots' under load).
-    completer: Completer,
+    /// Sends chunk writes and the final complete (coalesced with other
+    /// slots' writes under load).
+    coalescer: Coalescer,
     keys: QueueKeys,
     worker: String,
     id: String,
@@ -113,7 +115,7 @@ fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReas
 impl ChunkWriter {
     pub(crate) fn new(
         conn: RedisConnection,
-        completer: Completer,
+        coalescer: Coalescer,
         keys: &QueueKeys,
         worker: &str,
         delivery: &TaskDelivery,
@@ -122,7 +124,7 @@ impl ChunkWriter {
     ) -> Self {
         Self {
             conn,
-            completer,
+            coalescer,
             keys: keys.clone(),
             worker: worker.to_string(),
             id: delivery.id.clone(),
@@ -267,24 +269,26 @@ impl ChunkWriter {
             .collect();
         self.sent += count;
         self.buffered_since = (self.unsent() > 0).then(Instant::now);
-        let cmd = functions::command(
-            &self.keys,
-            &Chunk {
-                worker: &self.worker,
-                id: &self.id,
-                attempt: self.attempt,
-                seq0,
-                chunks: &chunks,
-            },
-        );
+        // Queued now, not when the future is first polled: the writes of
+        // this slot reach Redis in the order they were made, and before a
+        // complete made after them.
+        let queued = self.coalescer.write_chunks(OwnedChunks {
+            id: self.id.clone(),
+            attempt: self.attempt,
+            seq0,
+            chunks,
+        });
         let mut conn = self.conn.clone();
-        let (queue, id) = (self.keys.name().to_string(), self.id.clone());
+        let (keys, worker) = (self.keys.clone(), self.worker.clone());
         self.in_flight.push_back(
             async move {
-                let reply = functions::send::<Chunk, _>(&mut conn, cmd)
-                    .await
-                    .map_err(|e| functions::name_error(e, Chunk::NAME, &queue, Some(&id)))
-                    .and_then(Chunk::decode);
+                let reply = match queued.await {
+                    Batched::Replied(r) => Ok(r),
+                    Batched::Uncertain(e) => Err(e),
+                    Batched::Refused(alone) => {
+                        functions::call(&mut conn, &keys, &alone.as_chunk(&worker)).await
+                    }
+                };
                 WriteReply { count, reply }
             }
             .boxed(),
@@ -387,13 +391,13 @@ impl ChunkWriter {
                 outcome,
                 payload: payload.clone(),
                 want_next,
-                next_apart: self.completer.next_apart(),
+                next_apart: self.coalescer.next_apart(),
                 chunks: trailing,
             };
-            let (completer, conn) = (self.completer.clone(), self.conn.clone());
+            let (coalescer, conn) = (self.coalescer.clone(), self.conn.clone());
             let (keys, worker) = (self.keys.clone(), self.worker.clone());
             let (reply, ()) = tokio::join!(
-                complete(&completer, &conn, &keys, &worker, owned),
+                complete(&coalescer, &conn, &keys, &worker, owned),
                 self.drain_in_flight()
             );
             match reply {
@@ -429,26 +433,26 @@ impl ChunkWriter {
     }
 }
 
-/// Sends one complete through the completer; a completion the completer
+/// Sends one complete through the coalescer; a completion the coalescer
 /// could not send in a batch goes alone (its own answer or error). A
 /// library older than revision 9 refuses a next task's spec apart (nothing
 /// written): the completion is sent again asking for it whole, and so are
 /// the worker's later ones.
 async fn complete(
-    completer: &Completer,
+    coalescer: &Coalescer,
     conn: &RedisConnection,
     keys: &QueueKeys,
     worker: &str,
     owned: OwnedComplete,
 ) -> Result<CompleteReply, Error> {
-    match completer.complete(owned).await {
+    match coalescer.complete(owned).await {
         Batched::Replied(r) => Ok(r),
         Batched::Uncertain(e) => Err(e),
         Batched::Refused(mut owned) => {
             let alone = functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await;
             match alone {
                 Err(e) if owned.want_next && owned.next_apart && refuses_next_apart(&e) => {
-                    completer.ask_next_whole();
+                    coalescer.ask_next_whole();
                     owned.next_apart = false;
                     functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
                 }

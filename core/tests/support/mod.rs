@@ -499,9 +499,32 @@ pub fn is_fcall(args: &[String], function: &str, id: &str) -> bool {
         && args.iter().any(|a| a == id)
 }
 
+/// The groups of an `rtq2_write_many` or `rtq2_complete_many` call as
+/// (task id, outcome, chunk count): `FCALL <name> 1 <meta> <worker> <n>`,
+/// then per group task id, attempt, seq0, outcome, payload, want next,
+/// k and k chunks. Empty for any other command.
+pub fn write_groups(args: &[String]) -> Vec<(String, String, usize)> {
+    let many = args.len() > 5
+        && args[0].eq_ignore_ascii_case("fcall")
+        && (args[1] == "rtq2_write_many" || args[1] == "rtq2_complete_many");
+    if !many {
+        return Vec::new();
+    }
+    let mut groups = Vec::new();
+    let mut o = 6;
+    while o + 6 < args.len() {
+        let k: usize = args[o + 6].parse().expect("a chunk count");
+        groups.push((args[o].clone(), args[o + 3].clone(), k));
+        o += 7 + k;
+    }
+    groups
+}
+
 /// How many FCALLs of `function` with `id` among their arguments Redis
 /// executed (needs [`log_every_command`]). For `rtq2_submit`, each submit
-/// of `id` inside a coalesced `rtq2_submit_many` counts as one call too.
+/// of `id` inside a coalesced `rtq2_submit_many` counts as one call too,
+/// and for `rtq2_chunk` each chunk write of `id` inside an
+/// `rtq2_write_many`.
 pub async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -> usize {
     command_log(conn)
         .await
@@ -510,6 +533,11 @@ pub async fn calls(conn: &mut MultiplexedConnection, function: &str, id: &str) -
             if function == "rtq2_submit" && is_fcall(args, "rtq2_submit_many", id) {
                 // FCALL rtq2_submit_many 1 <meta> <n> then 8 arguments per task.
                 args.iter().skip(5).step_by(8).filter(|a| *a == id).count()
+            } else if function == "rtq2_chunk" && is_fcall(args, "rtq2_write_many", id) {
+                write_groups(args)
+                    .iter()
+                    .filter(|(t, outcome, _)| t == id && outcome == "chunks")
+                    .count()
             } else {
                 usize::from(is_fcall(args, function, id))
             }

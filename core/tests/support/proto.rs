@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use redis::aio::MultiplexedConnection;
 use rtq_core::functions::cancel::{Cancel, CancelMode, CancelReply};
 use rtq_core::functions::chunk::{Chunk, ChunkReply};
-use rtq_core::functions::complete::{Complete, CompleteMany, CompleteOutcome, CompleteReply};
+use rtq_core::functions::complete::{
+    Complete, CompleteMany, CompleteOutcome, CompleteReply, SlotWrite, SlotWriteReply, WriteMany,
+};
 use rtq_core::functions::heartbeat::{Beat, BeatReply, Heartbeat, Register};
 use rtq_core::functions::queue_admin::{Housekeep, HousekeepReport};
 use rtq_core::functions::release::{HandBack, Release, ReleaseMode, ReleaseReply};
@@ -79,6 +81,20 @@ impl<'a> Ending<'a> {
     pub fn with_chunks(self, chunks: &'a [Vec<u8>]) -> Self {
         Self { chunks, ..self }
     }
+}
+
+/// One write of a `write_many` call: a chunk write or a completion.
+#[derive(Clone, Debug)]
+pub enum Write<'a> {
+    /// Chunks of attempt `attempt` of `id`, `seq0` written before them.
+    Chunks {
+        id: &'a str,
+        attempt: u64,
+        seq0: u64,
+        chunks: &'a [Vec<u8>],
+    },
+    /// A completion.
+    End(Ending<'a>),
 }
 
 /// The payload a protocol test sends with `outcome`.
@@ -261,6 +277,48 @@ impl Proto {
             completes: &completes,
         })
         .await
+    }
+
+    /// The chunk writes and completions `writes` of `worker` in one
+    /// `rtq2_write_many` call, each answer sorted by its kind.
+    pub async fn write_many(
+        &mut self,
+        worker: &str,
+        writes: &[Write<'_>],
+    ) -> Result<Vec<SlotWriteReply>, Error> {
+        let slot_writes: Vec<SlotWrite<'_>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Chunks {
+                    id,
+                    attempt,
+                    seq0,
+                    chunks,
+                } => SlotWrite::Chunks(Chunk {
+                    worker,
+                    id,
+                    attempt: *attempt,
+                    seq0: *seq0,
+                    chunks,
+                }),
+                Write::End(e) => SlotWrite::Complete(Complete {
+                    worker,
+                    id: e.id,
+                    attempt: e.attempt,
+                    seq0: e.seq0,
+                    outcome: e.outcome,
+                    payload: payload_of(e.outcome),
+                    want_next: e.want_next,
+                    next_apart: true,
+                    chunks: e.chunks,
+                }),
+            })
+            .collect();
+        let many = WriteMany {
+            writes: &slot_writes,
+        };
+        let replies = self.call(&many).await?;
+        many.sort_replies(replies)
     }
 
     pub async fn chunk(
