@@ -513,7 +513,10 @@ pub fn write_groups(args: &[String]) -> Vec<(String, String, usize)> {
     let mut groups = Vec::new();
     let mut o = 6;
     while o + 6 < args.len() {
-        let k: usize = args[o + 6].parse().expect("a chunk count");
+        // SLOWLOG keeps the first 32 arguments of a command only.
+        let Ok(k) = args[o + 6].parse::<usize>() else {
+            break;
+        };
         groups.push((args[o].clone(), args[o + 3].clone(), k));
         o += 7 + k;
     }
