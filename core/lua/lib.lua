@@ -492,13 +492,13 @@ end
 local CHUNK_FIELDS_BY_INDEX = {}
 for i = 1, MAX_CHUNKS_PER_CALL do CHUNK_FIELDS_BY_INDEX[i] = 'c' .. SMALL_INTS[i - 1] end
 
--- Appends chunks to the current attempt's output and notifies followers.
--- The output list takes the task's TTL with its first chunk.
-local function append_chunks(id, h, chunks, bytes, now)
+-- Records chunks already pushed to the output list (append_chunks) in the
+-- task hash and notifies followers. The output list takes the task's TTL
+-- with its first chunk.
+local function record_chunks(id, h, chunks, bytes, now)
   local t = tkey(id)
   local nc = num(h.nc)
   local total = nc + #chunks
-  redis.call('RPUSH', okey(id), unpack(chunks))
   if nc == 0 then
     local ttl = redis.call('PTTL', t)
     if ttl > 0 then redis.call('PEXPIRE', okey(id), ttl) end
@@ -517,6 +517,12 @@ local function append_chunks(id, h, chunks, bytes, now)
   end
   h.nc = istr(total)
   h.nb = istr(num(h.nb) + bytes)
+end
+
+-- Appends chunks to the current attempt's output and notifies followers.
+local function append_chunks(id, h, chunks, bytes, now)
+  redis.call('RPUSH', okey(id), unpack(chunks))
+  record_chunks(id, h, chunks, bytes, now)
 end
 
 -- Free slots -----------------------------------------------------------------

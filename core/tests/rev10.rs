@@ -273,7 +273,7 @@ async fn raw_many(p: &mut Proto, function: &str, groups: &[Vec<&str>]) -> redis:
 }
 
 #[tokio::test]
-async fn a_malformed_or_hostile_write_many_is_refused_before_anything_is_written() {
+async fn malformed_calls_are_refused_whole_and_a_chunk_write_on_a_foreign_key_is_not_found() {
     let redis = RedisServer::start();
     let mut p = Proto::connect(&redis, "bad").await;
     three_running_one_queued(&mut p).await;
@@ -334,20 +334,59 @@ async fn a_malformed_or_hostile_write_many_is_refused_before_anything_is_written
         assert_eq!(p.snapshot().await, before, "{function} {shown:?} wrote");
     }
 
-    // A foreign key where a later write's output list goes: refused
-    // before the first write applies.
-    let foreign = p.keys.output("t2");
-    p.raw(&["SET", &foreign, "not a list"]).await;
+    // A foreign key where a chunk write's output list or task hash goes:
+    // that write answers NOT_FOUND and writes nothing, the others apply.
+    let foreign_list = p.keys.output("t2");
+    p.raw(&["SET", &foreign_list, "not a list"]).await;
+    let foreign_hash = p.keys.task("t9");
+    p.raw(&["RPUSH", &foreign_hash, "not a hash"]).await;
+    let reply = raw_many(
+        &mut p,
+        "rtq2_write_many",
+        &[
+            vec!["t2", "1", "0", "chunks", "", "0", "1", "b0"],
+            vec!["t9", "1", "0", "chunks", "", "0", "1", "z0"],
+            good.clone(),
+        ],
+    )
+    .await
+    .expect("foreign keys of chunk writes do not fail the call");
+    let statuses: Vec<Vec<u8>> = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| support::proto::reply_items(i).remove(0))
+            .collect(),
+        other => panic!("write_many answered {other:?}"),
+    };
+    assert_eq!(statuses, [&b"NOT_FOUND"[..], b"NOT_FOUND", b"OK"]);
+    assert_eq!(p.field("t2", "nc").await.as_deref(), Some("0"));
+    assert_eq!(p.field("t1", "nc").await.as_deref(), Some("1"));
+    let kind: String = redis::cmd("TYPE")
+        .arg(&foreign_list)
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string", "the foreign key is left alone");
+
+    // A foreign worker's owned set, with a chunk write before a complete
+    // (the complete's SREM would be a write after the chunk write's):
+    // refused before the chunk write applies.
+    let owned = p.keys.worker_tasks("w1");
+    p.raw(&["RENAME", &owned, "saved"]).await;
+    p.raw(&["SET", &owned, "not a set"]).await;
     let before = p.snapshot().await;
     let err = raw_many(
         &mut p,
         "rtq2_write_many",
-        &[good.clone(), vec!["t2", "1", "0", "chunks", "", "0", "1", "b0"]],
+        &[
+            vec!["t3", "1", "0", "chunks", "", "0", "1", "c0"],
+            vec!["t1", "1", "1", "done", payload, "1", "0"],
+        ],
     )
     .await
-    .expect_err("a foreign output list refuses the call");
-    assert!(err.to_string().contains("WRONGTYPE") || err.to_string().contains("type"), "{err}");
-    assert_eq!(p.snapshot().await, before, "the first write applied");
+    .expect_err("a foreign owned set refuses the call");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert_eq!(p.snapshot().await, before, "the chunk write applied");
 }
 
 /// `n` streamed tasks of `chunks` chunks each, `delay_ms` apart, through a
