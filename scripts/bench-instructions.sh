@@ -10,6 +10,9 @@
 #   (build one per revision to compare: `git worktree add`, then
 #   `cargo build --release -p rtq-examples --example bench`).
 # Example: scripts/bench-instructions.sh "50 10" 0 /tmp/bench-old target/release/examples/bench
+# LIBRARY=file loads that library source (FUNCTION LOAD) before each run,
+# e.g. a variant under a high revision number that the bench's own
+# library never replaces: one binary, two libraries.
 #
 # Under valgrind Redis runs about 50x slower, so the load reaches
 # saturation at far fewer tasks/s than natively: batching (coalesced
@@ -17,7 +20,7 @@
 # revisions under the same script, not with native figures.
 set -euo pipefail
 if [ $# -lt 3 ] || [ "$1" = "--help" ] || [ "$1" = "-h" ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
@@ -32,6 +35,9 @@ count() { # <bench> <tasks> -> instructions of redis-server for the whole run
     redis-server --port "$port" --save "" --appendonly no --logfile "$work/redis.log" >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 150); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.2; done
+  if [ -n "${LIBRARY:-}" ]; then
+    redis-cli -p "$port" -x function load <"$LIBRARY" >/dev/null
+  fi
   # shellcheck disable=SC2086
   "$bench" --redis "redis://127.0.0.1:$port/" $load "$n" "$chunks" > "$work/bench.$n" 2>&1
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true

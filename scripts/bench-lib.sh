@@ -57,3 +57,20 @@ bench_header() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg); $(redis-server --version | cut -d' ' -f3); rtq $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "$PINNING"
 }
+
+# Writes to file $1 the library source as FUNCTION LOAD gets it
+# (core/src/functions/mod.rs, LIBRARY_FILES), without rtq2_write_many and
+# under revision 99, which no process replaces: loaded first, it makes a
+# revision 10 worker write each slot's chunks alone (revision 9's way).
+bench_library_without_write_many() {
+  local f
+  for f in lib submit heartbeat complete chunk release cancel watch requeue queue_admin; do
+    cat "core/lua/$f.lua"
+    echo
+  done | sed -e "/function_name = 'rtq2_write_many'/d" \
+    -e 's/^local REVISION = [0-9]*$/local REVISION = 99/' >"$1"
+  if grep -q "rtq2_write_many'" "$1"; then
+    echo "could not remove rtq2_write_many from the library" >&2
+    exit 1
+  fi
+}

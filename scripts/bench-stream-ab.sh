@@ -42,15 +42,8 @@ fi
 bench_pinning
 bench_start_redis
 
-# The library as FUNCTION LOAD gets it (core/src/functions/mod.rs,
-# LIBRARY_FILES), then without rtq2_write_many under revision 99.
 library="$BENCH_DIR/alone.lua"
-for f in lib submit heartbeat complete chunk release cancel watch requeue queue_admin; do
-  cat "core/lua/$f.lua"
-  echo
-done | sed -e "/function_name = 'rtq2_write_many'/d" \
-  -e 's/^local REVISION = [0-9]*$/local REVISION = 99/' >"$library"
-grep -q "rtq2_write_many'" "$library" && { echo "bench-stream-ab.sh: could not remove rtq2_write_many" >&2; exit 1; }
+bench_library_without_write_many "$library"
 
 bench_header
 echo "paced streaming: $streams streams, 50 chunks of 8 bytes 20 ms apart, $secs s per run, $rounds rounds"
