@@ -585,7 +585,7 @@ impl Sim {
         let mixed = self.rng.percent(50);
         let mut groups: Vec<Group> = Vec::new();
         for i in 0..items.len() {
-            let own = Some(i) != foreign && repeat.is_none_or(|(_, again)| again != i);
+            let own = Some(i) != foreign && repeat.map_or(true, |(_, again)| again != i);
             let live = self.workers[w]
                 .running
                 .get(&items[i].0)

@@ -79,10 +79,17 @@ async fn state(p: &mut Proto, reply: &str) -> Vec<String> {
     for key in [p.keys.pending(), p.keys.delayed(), p.keys.deadlines()] {
         out.push(format!("{key}: {:?}", p.zset(&key).await));
     }
-    out.push(format!("owned {:?} free {}", p.owned("w1").await, p.free("w1").await));
+    out.push(format!(
+        "owned {:?} free {}",
+        p.owned("w1").await,
+        p.free("w1").await
+    ));
     let mut conn = p.conn.clone();
     for (_, fields) in xrange(&mut conn, reply).await {
-        out.push(format!("event {:?}", fields.into_iter().collect::<BTreeMap<_, _>>()));
+        out.push(format!(
+            "event {:?}",
+            fields.into_iter().collect::<BTreeMap<_, _>>()
+        ));
     }
     // Two queues compare: their names are not part of the state.
     let tag = format!("{{{}}}", p.keys.name());
@@ -147,8 +154,16 @@ async fn alone(p: &mut Proto, write: &Write<'_>) -> SlotWriteReply {
             chunks,
         } => SlotWriteReply::Chunks(p.chunk("w1", id, *attempt, *seq0, chunks).await),
         Write::End(e) => SlotWriteReply::Complete(
-            p.complete("w1", e.id, e.attempt, e.seq0, e.outcome, e.want_next, e.chunks)
-                .await,
+            p.complete(
+                "w1",
+                e.id,
+                e.attempt,
+                e.seq0,
+                e.outcome,
+                e.want_next,
+                e.chunks,
+            )
+            .await,
         ),
     }
 }
@@ -263,9 +278,17 @@ async fn a_write_many_sent_again_appends_nothing_twice() {
 
 /// `FCALL rtq2_write_many` with `groups` (each: id, attempt, seq0,
 /// outcome, payload, want next, then k and k chunks) of worker w1.
-async fn raw_many(p: &mut Proto, function: &str, groups: &[Vec<&str>]) -> redis::RedisResult<Value> {
+async fn raw_many(
+    p: &mut Proto,
+    function: &str,
+    groups: &[Vec<&str>],
+) -> redis::RedisResult<Value> {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg(function).arg(1).arg(p.keys.meta()).arg("w1").arg(groups.len());
+    cmd.arg(function)
+        .arg(1)
+        .arg(p.keys.meta())
+        .arg("w1")
+        .arg(groups.len());
     for g in groups {
         cmd.arg(g);
     }
@@ -285,7 +308,10 @@ async fn malformed_calls_are_refused_whole_and_a_chunk_write_on_a_foreign_key_is
     let cases: Vec<(&str, Vec<Vec<&str>>, &str)> = vec![
         (
             "rtq2_write_many",
-            vec![good.clone(), vec!["t2", "1", "0", "chunks", "a result", "0", "0"]],
+            vec![
+                good.clone(),
+                vec!["t2", "1", "0", "chunks", "a result", "0", "0"],
+            ],
             "no result or reason",
         ),
         (
@@ -293,14 +319,13 @@ async fn malformed_calls_are_refused_whole_and_a_chunk_write_on_a_foreign_key_is
             vec![good.clone(), vec!["t2", "1", "0", "chunks", "", "1", "0"]],
             "want next must be 0",
         ),
-        (
-            "rtq2_complete_many",
-            vec![good.clone()],
-            "outcome",
-        ),
+        ("rtq2_complete_many", vec![good.clone()], "outcome"),
         (
             "rtq2_write_many",
-            vec![good.clone(), vec!["t2", "1", "0", "chunks", "", "0", "3", "x"]],
+            vec![
+                good.clone(),
+                vec!["t2", "1", "0", "chunks", "", "0", "3", "x"],
+            ],
             "past the last argument",
         ),
         ("rtq2_write_many", vec![good.clone(), too_many], "[0, 512]"),
@@ -316,7 +341,10 @@ async fn malformed_calls_are_refused_whole_and_a_chunk_write_on_a_foreign_key_is
         ),
         (
             "rtq2_write_many",
-            vec![good.clone(), vec!["t1", "1", "1", "done", payload, "7", "0"]],
+            vec![
+                good.clone(),
+                vec!["t1", "1", "1", "done", payload, "7", "0"],
+            ],
             "want next",
         ),
     ];
@@ -465,12 +493,10 @@ async fn a_worker_on_a_library_without_write_many_writes_chunks_alone() {
     let redis = RedisServer::start();
     let ours = library_source();
     let register = "redis.register_function{function_name = 'rtq2_write_many', callback = write_many, flags = {'allow-oom'}}";
-    let older = ours
-        .replace(register, "")
-        .replace(
-            &format!("local REVISION = {LIBRARY_REVISION}\n"),
-            "local REVISION = 99\n",
-        );
+    let older = ours.replace(register, "").replace(
+        &format!("local REVISION = {LIBRARY_REVISION}\n"),
+        "local REVISION = 99\n",
+    );
     assert!(ours.contains(register), "the registration line moved");
     let mut admin = admin_conn(&redis).await;
     let _: Value = redis::cmd("FUNCTION")

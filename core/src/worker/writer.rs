@@ -25,9 +25,9 @@ use super::coalescer::{Batched, Coalescer, OwnedChunks, OwnedComplete};
 use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
 use crate::error::Error;
+use crate::functions;
 use crate::functions::chunk::{ChunkReply, WriteStatus};
 use crate::functions::complete::{refuses_next_apart, CompleteOutcome, CompleteReply};
-use crate::functions;
 use crate::keys::QueueKeys;
 use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
 
