@@ -17,8 +17,10 @@ ARGV[5..] chunks (binary-safe), in order: at most 512, each at most 1 MiB
 
 Reply: {status, chunk_count, state}
   'OK' (appended), 'ENDED' (cancelled or expired: stop), 'FENCED' (attempt
-  superseded: stop), 'NOT_FOUND' (stop), 'ORDER' (count != seq0: resend from
-  chunk_count), 'TOO_LARGE' (past the output caps: end the task as failed)
+  superseded: stop), 'NOT_FOUND' (stop; also a foreign key of the wrong
+  type where the task's hash or output list belongs, nothing written),
+  'ORDER' (count != seq0: resend from chunk_count), 'TOO_LARGE' (past the
+  output caps: end the task as failed)
 ]]
 local function chunk(keys, args)
   bind(keys)
@@ -29,13 +31,8 @@ local function chunk(keys, args)
   local seq0 = arg_int(args[4], 'seq0', 0, MAX_OUTPUT_CHUNKS)
   local chunks, bytes = arg_chunks(args, 5)
 
-  local h = load_task(id, CHUNK_FIELDS)
-  local status = check_write(h, wid, att, seq0, #chunks, bytes)
-  if status then
-    return {status, h and num(h.nc) or 0, h and h.st or ''}
-  end
-  if #chunks > 0 then append_chunks(id, h, chunks, bytes, now_ms()) end
-  return {'OK', num(h.nc), 'running'}
+  local status, nc, st = write_chunk_group(wid, id, att, seq0, chunks, bytes, now_ms)
+  return {status, nc, st}
 end
 
 redis.register_function{function_name = 'rtq2_chunk', callback = chunk, flags = {'allow-oom'}}

@@ -160,24 +160,12 @@ local function call_take_next(call, wid, now)
   return head, spec, id .. '@' .. istr(att)
 end
 
--- Appends the chunks of a chunk write (outcome 'chunks', rtq2_write_many)
--- as rtq2_chunk would; the reply has rtq2_complete's shape: {status, '',
--- chunk_count, state, 0, 0}.
--- Its keys are not type-checked before the call's first write (that
--- would cost two commands a chunk write): a foreign key where the task's
--- hash or output list belongs means no task of ours there, answered
--- NOT_FOUND with nothing of this write written, and the call goes on.
+-- A chunk write (outcome 'chunks', rtq2_write_many), as rtq2_chunk; the
+-- reply has rtq2_complete's shape: {status, '', chunk_count, state, 0, 0}.
 local function write_chunks(call, wid, c)
-  local ok, h = pcall(load_task, c.id, CHUNK_FIELDS)
-  if not ok then return {'NOT_FOUND', '', 0, '', 0, 0} end
-  local status = check_write(h, wid, c.att, c.seq0, #c.chunks, c.bytes)
-  if status then return {status, '', h and num(h.nc) or 0, h and h.st or '', 0, 0} end
-  if #c.chunks > 0 then
-    local pushed = redis.pcall('RPUSH', okey(c.id), unpack(c.chunks))
-    if type(pushed) == 'table' and pushed.err then return {'NOT_FOUND', '', 0, '', 0, 0} end
-    record_chunks(c.id, h, c.chunks, c.bytes, call_now(call))
-  end
-  return {'OK', '', num(h.nc), 'running', 0, 0}
+  local status, nc, st = write_chunk_group(wid, c.id, c.att, c.seq0, c.chunks, c.bytes,
+    function() return call_now(call) end)
+  return {status, '', nc, st, 0, 0}
 end
 
 -- Ends one attempt of worker `wid` (checked arguments `c`); returns the

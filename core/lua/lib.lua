@@ -525,6 +525,26 @@ local function append_chunks(id, h, chunks, bytes, now)
   record_chunks(id, h, chunks, bytes, now)
 end
 
+-- A chunk write of worker `wid`'s attempt `att` of task `id` (rtq2_chunk,
+-- and a chunk write in rtq2_write_many): checks it (check_write), then
+-- appends the chunks; `now` gives the call's time. Returns status,
+-- chunk_count, state. Its keys are not type-checked beforehand (in
+-- rtq2_write_many that would cost two commands a chunk write): a foreign
+-- key where the task's hash or output list belongs means no task of ours
+-- there, answered NOT_FOUND with nothing written, and the call goes on.
+local function write_chunk_group(wid, id, att, seq0, chunks, bytes, now)
+  local ok, h = pcall(load_task, id, CHUNK_FIELDS)
+  if not ok then return 'NOT_FOUND', 0, '' end
+  local status = check_write(h, wid, att, seq0, #chunks, bytes)
+  if status then return status, h and num(h.nc) or 0, h and h.st or '' end
+  if #chunks > 0 then
+    local pushed = redis.pcall('RPUSH', okey(id), unpack(chunks))
+    if type(pushed) == 'table' and pushed.err then return 'NOT_FOUND', 0, '' end
+    record_chunks(id, h, chunks, bytes, now())
+  end
+  return 'OK', num(h.nc), 'running'
+end
+
 -- Free slots -----------------------------------------------------------------
 
 -- A live worker with free slots, most free first, not in `skip`. Dead

@@ -395,6 +395,13 @@ async fn malformed_calls_are_refused_whole_and_a_chunk_write_on_a_foreign_key_is
         .await
         .unwrap();
     assert_eq!(kind, "string", "the foreign key is left alone");
+    // rtq2_chunk alone answers the same (the task's fate does not depend
+    // on whether its write was coalesced).
+    let alone = p.chunk("w1", "t2", 1, 0, &chunks(&["b0"])).await;
+    assert_eq!(alone.status, WriteStatus::NotFound);
+    let alone = p.chunk("w1", "t9", 1, 0, &chunks(&["z0"])).await;
+    assert_eq!(alone.status, WriteStatus::NotFound);
+    assert_eq!(p.field("t2", "nc").await.as_deref(), Some("0"));
 
     // A foreign worker's owned set, with a chunk write before a complete
     // (the complete's SREM would be a write after the chunk write's):

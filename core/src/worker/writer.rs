@@ -364,6 +364,9 @@ impl ChunkWriter {
         let mut payload = payload.to_string();
         let give_up = Instant::now() + COMPLETE_PATIENCE;
         let mut failures = 0u32;
+        // Set once a batch refused this complete and it failed alone too:
+        // its retries go alone, so they do not refuse other slots' batches.
+        let mut alone = false;
         loop {
             if !self.stopped {
                 if !self.ready_to_send() {
@@ -397,7 +400,7 @@ impl ChunkWriter {
             let (coalescer, conn) = (self.coalescer.clone(), self.conn.clone());
             let (keys, worker) = (self.keys.clone(), self.worker.clone());
             let (reply, ()) = tokio::join!(
-                complete(&coalescer, &conn, &keys, &worker, owned),
+                complete(&coalescer, &conn, &keys, &worker, owned, &mut alone),
                 self.drain_in_flight()
             );
             match reply {
@@ -434,32 +437,39 @@ impl ChunkWriter {
 }
 
 /// Sends one complete through the coalescer; a completion the coalescer
-/// could not send in a batch goes alone (its own answer or error). A
-/// library older than revision 9 refuses a next task's spec apart (nothing
-/// written): the completion is sent again asking for it whole, and so are
-/// the worker's later ones.
+/// could not send in a batch goes alone (its own answer or error), and
+/// when that fails too, `alone` is set and its retries skip the coalescer
+/// (a complete Redis keeps refusing, e.g. on a foreign key, would refuse
+/// every batch it joined). A library older than revision 9 refuses a next
+/// task's spec apart (nothing written): the completion is sent again
+/// asking for it whole, and so are the worker's later ones.
 async fn complete(
     coalescer: &Coalescer,
     conn: &RedisConnection,
     keys: &QueueKeys,
     worker: &str,
     owned: OwnedComplete,
+    alone: &mut bool,
 ) -> Result<CompleteReply, Error> {
-    match coalescer.complete(owned).await {
-        Batched::Replied(r) => Ok(r),
-        Batched::Uncertain(e) => Err(e),
-        Batched::Refused(mut owned) => {
-            let alone = functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await;
-            match alone {
-                Err(e) if owned.want_next && owned.next_apart && refuses_next_apart(&e) => {
-                    coalescer.ask_next_whole();
-                    owned.next_apart = false;
-                    functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
-                }
-                other => other,
-            }
+    let mut owned = if *alone {
+        owned
+    } else {
+        match coalescer.complete(owned).await {
+            Batched::Replied(r) => return Ok(r),
+            Batched::Uncertain(e) => return Err(e),
+            Batched::Refused(owned) => owned,
         }
-    }
+    };
+    let reply = match functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await {
+        Err(e) if owned.want_next && owned.next_apart && refuses_next_apart(&e) => {
+            coalescer.ask_next_whole();
+            owned.next_apart = false;
+            functions::call(&mut conn.clone(), keys, &owned.as_complete(worker)).await
+        }
+        other => other,
+    };
+    *alone = reply.is_err();
+    reply
 }
 
 #[cfg(test)]
