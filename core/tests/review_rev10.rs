@@ -357,43 +357,65 @@ async fn lose_replies(proxy: &Proxy, pattern: &[u8], cuts: u64, gap: Duration) -
     cuts
 }
 
-/// The worker's coalesced calls lose their replies (Redis applied them,
-/// the connection is cut): every slot's writer resyncs; nothing is lost
-/// or stored twice.
-#[tokio::test]
-async fn lost_replies_of_coalesced_writes_lose_and_repeat_nothing() {
+/// Streams of `slots` slots (`writes_in_flight` chunk writes in flight
+/// per stream) through a proxy that loses the replies of up to 4-6 calls
+/// matching `pattern`, `gap` apart: every stream must arrive whole, in
+/// order and stored once.
+async fn lost_replies_survived(
+    queue: &str,
+    slots: usize,
+    writes_in_flight: usize,
+    shape: (u64, u64),
+    pattern: &'static [u8],
+    gap: Duration,
+) {
     let redis = RedisServer::start();
     let proxy = Proxy::start(redis.port()).await;
     let (seen, _rx) = seen_channel();
-    let w = TestWorker::start(&proxy.url(), fast("lost", 16), seen).await;
-    streams_survive(&redis.url(), "lost", 16, (60, 0), 4, || async {
-        let cuts = lose_replies(&proxy, b"rtq2_write_many", 4, Duration::from_millis(30)).await;
-        eprintln!("lost the replies of {cuts} rtq2_write_many calls");
+    let config = fast(queue, slots).granularity(Granularity {
+        max_in_flight: writes_in_flight,
+        ..Granularity::default()
+    });
+    let w = TestWorker::start(&proxy.url(), config, seen).await;
+    let cuts = if pattern == b"rtq2_write_many" { 4 } else { 6 };
+    streams_survive(&redis.url(), queue, slots, shape, 3, || async {
+        let cuts = lose_replies(&proxy, pattern, cuts, gap).await;
+        eprintln!("lost the replies of {cuts} calls matching {pattern:?}");
     })
     .await;
     assert!(proxy.cuts() >= 2, "only {} cuts struck", proxy.cuts());
     w.stop().await;
 }
 
+/// The worker's coalesced calls lose their replies (Redis applied them,
+/// the connection is cut): every slot's writer resyncs; nothing is lost
+/// or stored twice.
+#[tokio::test]
+async fn lost_replies_of_coalesced_writes_lose_and_repeat_nothing() {
+    lost_replies_survived(
+        "lost",
+        16,
+        1,
+        (60, 0),
+        b"rtq2_write_many",
+        Duration::from_millis(30),
+    )
+    .await;
+}
+
 /// As above with pipelined writes (max_in_flight 4): several writes of one
 /// stream wait in the same coalesced call that loses its reply.
 #[tokio::test]
 async fn lost_replies_with_pipelined_writes_lose_and_repeat_nothing() {
-    let redis = RedisServer::start();
-    let proxy = Proxy::start(redis.port()).await;
-    let (seen, _rx) = seen_channel();
-    let config = fast("pipe", 12).granularity(Granularity {
-        max_in_flight: 4,
-        ..Granularity::default()
-    });
-    let w = TestWorker::start(&proxy.url(), config, seen).await;
-    streams_survive(&redis.url(), "pipe", 12, (60, 0), 3, || async {
-        let cuts = lose_replies(&proxy, b"rtq2_write_many", 4, Duration::from_millis(30)).await;
-        eprintln!("lost the replies of {cuts} rtq2_write_many calls");
-    })
+    lost_replies_survived(
+        "pipe",
+        12,
+        4,
+        (60, 0),
+        b"rtq2_write_many",
+        Duration::from_millis(30),
+    )
     .await;
-    assert!(proxy.cuts() >= 2, "only {} cuts struck", proxy.cuts());
-    w.stop().await;
 }
 
 /// Every connection (the worker's and the client's) cut again and again
@@ -427,17 +449,15 @@ async fn cutting_every_connection_while_many_slots_stream_loses_nothing() {
 /// other slots' writers resync.
 #[tokio::test]
 async fn lost_replies_of_calls_carrying_completes_lose_and_repeat_nothing() {
-    let redis = RedisServer::start();
-    let proxy = Proxy::start(redis.port()).await;
-    let (seen, _rx) = seen_channel();
-    let w = TestWorker::start(&proxy.url(), fast("ends", 16), seen).await;
-    streams_survive(&redis.url(), "ends", 16, (10, 4), 3, || async {
-        let cuts = lose_replies(&proxy, b"\r\ndone\r\n", 6, Duration::from_millis(10)).await;
-        eprintln!("lost the replies of {cuts} calls with a complete");
-    })
+    lost_replies_survived(
+        "ends",
+        16,
+        1,
+        (10, 4),
+        b"\r\ndone\r\n",
+        Duration::from_millis(10),
+    )
     .await;
-    assert!(proxy.cuts() >= 2, "only {} cuts struck", proxy.cuts());
-    w.stop().await;
 }
 
 /// Redis restarts (append-only file kept) while 12 slots stream.
