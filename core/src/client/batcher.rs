@@ -12,12 +12,12 @@
 //! retries with the same id (a call whose answer was lost).
 
 use crate::connection::RedisConnection;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
-use crate::functions::batch::{batch_answer, copy_error, BatchAnswer};
+use crate::functions::batch::{
+    batch_answer, coalesce, copy_error, BatchAnswer, BatchLimits, Waiter,
+};
 use crate::functions::submit::{Submit, SubmitMany, SubmitReply, MAX_SUBMIT_BATCH};
 use crate::functions::{self, Function};
 use crate::keys::QueueKeys;
@@ -104,50 +104,24 @@ impl SubmitBatcher {
     }
 }
 
-async fn run(conn: RedisConnection, keys: QueueKeys, mut rx: mpsc::UnboundedReceiver<Waiting>) {
-    let mut in_flight = FuturesUnordered::new();
-    let mut carry: Option<Waiting> = None;
-    let mut open = true;
-    while open || carry.is_some() || !in_flight.is_empty() {
-        tokio::select! {
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = next(&mut carry, &mut rx), if (open || carry.is_some()) && in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(first) = first else {
-                    open = false;
-                    continue;
-                };
-                // A caller that gave up (its future was dropped) is not
-                // submitted for: it was told nothing was done.
-                if first.answer.is_closed() {
-                    continue;
-                }
-                let mut bytes = first.submit.spec.len();
-                let mut batch = vec![first];
-                while batch.len() < MAX_SUBMIT_BATCH {
-                    let Ok(more) = rx.try_recv() else { break };
-                    if more.answer.is_closed() {
-                        continue;
-                    }
-                    if bytes + more.submit.spec.len() > MAX_BATCH_BYTES {
-                        carry = Some(more);
-                        break;
-                    }
-                    bytes += more.submit.spec.len();
-                    batch.push(more);
-                }
-                in_flight.push(send(conn.clone(), keys.clone(), batch));
-            }
-        }
-    }
+async fn run(conn: RedisConnection, keys: QueueKeys, rx: mpsc::UnboundedReceiver<Waiting>) {
+    let limits = BatchLimits {
+        in_flight: MAX_IN_FLIGHT,
+        len: MAX_SUBMIT_BATCH,
+        bytes: MAX_BATCH_BYTES,
+    };
+    coalesce(rx, limits, |batch| send(conn.clone(), keys.clone(), batch)).await;
 }
 
-async fn next(
-    carry: &mut Option<Waiting>,
-    rx: &mut mpsc::UnboundedReceiver<Waiting>,
-) -> Option<Waiting> {
-    match carry.take() {
-        Some(w) => Some(w),
-        None => rx.recv().await,
+impl Waiter for Waiting {
+    fn bytes(&self) -> usize {
+        self.submit.spec.len()
+    }
+
+    /// A caller that gave up (its future was dropped) is not submitted
+    /// for: it was told nothing was done.
+    fn gave_up(&self) -> bool {
+        self.answer.is_closed()
     }
 }
 

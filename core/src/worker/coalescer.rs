@@ -25,13 +25,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::RedisConnection;
 use crate::error::Error;
-use crate::functions::batch::{batch_answer, copy_error, BatchAnswer};
+use crate::functions::batch::{
+    batch_answer, coalesce, copy_error, BatchAnswer, BatchLimits, Waiter,
+};
 use crate::functions::chunk::{Chunk, ChunkReply};
 use crate::functions::complete::{
     Complete, CompleteMany, CompleteOutcome, CompleteReply, SlotWrite, SlotWriteReply, WriteMany,
@@ -282,54 +282,36 @@ async fn run(
     conn: RedisConnection,
     keys: QueueKeys,
     worker: String,
-    mut rx: mpsc::UnboundedReceiver<Waiting>,
+    rx: mpsc::UnboundedReceiver<Waiting>,
     flags: Flags,
 ) {
     let flags = Arc::new(flags);
-    let mut in_flight = FuturesUnordered::new();
-    let mut carry: Option<Waiting> = None;
-    let mut open = true;
-    while open || carry.is_some() || !in_flight.is_empty() {
-        tokio::select! {
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = next(&mut carry, &mut rx), if (open || carry.is_some()) && in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(first) = first else {
-                    open = false;
-                    continue;
-                };
-                // A slot that gave up (its future was dropped) is not
-                // written for: its writer resyncs, or the heartbeat's
-                // sweep settles its task.
-                if first.answer.is_closed() {
-                    continue;
-                }
-                let mut bytes = first.write.bytes();
-                let mut batch = vec![first];
-                while batch.len() < MAX_COMPLETE_BATCH {
-                    let Ok(more) = rx.try_recv() else { break };
-                    if more.answer.is_closed() {
-                        continue;
-                    }
-                    if bytes + more.write.bytes() > MAX_BATCH_BYTES {
-                        carry = Some(more);
-                        break;
-                    }
-                    bytes += more.write.bytes();
-                    batch.push(more);
-                }
-                in_flight.push(send(conn.clone(), keys.clone(), worker.clone(), batch, Arc::clone(&flags)));
-            }
-        }
-    }
+    let limits = BatchLimits {
+        in_flight: MAX_IN_FLIGHT,
+        len: MAX_COMPLETE_BATCH,
+        bytes: MAX_BATCH_BYTES,
+    };
+    coalesce(rx, limits, |batch| {
+        send(
+            conn.clone(),
+            keys.clone(),
+            worker.clone(),
+            batch,
+            Arc::clone(&flags),
+        )
+    })
+    .await;
 }
 
-async fn next(
-    carry: &mut Option<Waiting>,
-    rx: &mut mpsc::UnboundedReceiver<Waiting>,
-) -> Option<Waiting> {
-    match carry.take() {
-        Some(w) => Some(w),
-        None => rx.recv().await,
+impl Waiter for Waiting {
+    fn bytes(&self) -> usize {
+        self.write.bytes()
+    }
+
+    /// A slot that gave up (its future was dropped) is not written for:
+    /// its writer resyncs, or the heartbeat's sweep settles its task.
+    fn gave_up(&self) -> bool {
+        self.answer.is_closed()
     }
 }
 
