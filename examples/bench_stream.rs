@@ -8,8 +8,9 @@
 //! per worker granularity given in `--max-delay-ms` (how long the worker
 //! may hold chunks to write them together: `Granularity { min_bytes:
 //! 64 KiB, max_delay }`; 0 = the default, write at once). Prints, per granularity: tasks/s, chunks/s, Redis CPU per
-//! chunk and per task, Redis commands per chunk, and how late chunks
-//! reach the client (send to receive, p50/p99).
+//! chunk and per task, Redis commands per chunk, how late chunks reach
+//! the client (send to receive, p50/p99), and the CPU time this process
+//! (the client and the worker) spent per chunk.
 //!
 //! Run: `cargo run --release -p rtq-examples --example bench_stream -- --redis URL
 //! [--streams 200] [--chunks 50] [--interval-ms 20] [--max-delay-ms 0,10,50]`
@@ -26,7 +27,7 @@ use rtq_core::{
     async_trait, Client, Handler, HandlerError, StreamEvent, TaskContext, TaskRequest, Worker,
     WorkerConfig,
 };
-use rtq_examples::bench_util::{info_conn, percentile, RedisSnapshot};
+use rtq_examples::bench_util::{info_conn, percentile, process_cpu_s, RedisSnapshot};
 use rtq_examples::RedisArgs;
 use serde_json::{json, Value};
 
@@ -100,6 +101,8 @@ struct Run {
     secs: f64,
     delay_ms: Vec<f64>,
     cpu_s: f64,
+    /// CPU time of this process (the client and the worker) in the window.
+    load_cpu_s: f64,
     calls: u64,
     fcalls: u64,
 }
@@ -172,8 +175,10 @@ async fn run(args: &Args, url: &str, max_delay_ms: u64) -> anyhow::Result<Run> {
     }
     tokio::time::sleep_until(warmup_end.into()).await;
     let before = RedisSnapshot::take(&mut conn).await?;
+    let load_before = process_cpu_s();
     let started = Instant::now();
     tokio::time::sleep_until(end.into()).await;
+    let load_cpu_s = process_cpu_s() - load_before;
     let after = RedisSnapshot::take(&mut conn).await?;
     let secs = started.elapsed().as_secs_f64();
     let (mut tasks, mut chunks, mut delay_ms) = (0, 0, Vec::new());
@@ -195,6 +200,7 @@ async fn run(args: &Args, url: &str, max_delay_ms: u64) -> anyhow::Result<Run> {
         secs,
         delay_ms,
         cpu_s: delta.cpu_s,
+        load_cpu_s,
         calls: delta.calls(),
         fcalls,
     })
@@ -208,15 +214,15 @@ async fn main() -> anyhow::Result<()> {
         "streams={} chunks/task={} interval={} ms chunk={} B, {} s per granularity",
         args.streams, args.chunks, args.interval_ms, args.chunk_bytes, args.secs
     );
-    println!("| max delay | tasks/s | chunks/s | Redis CPU/chunk | Redis CPU/task | Redis cmds/chunk | FCALLs/chunk | delivery p50 / p99 | Redis CPU share |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| max delay | tasks/s | chunks/s | Redis CPU/chunk | Redis CPU/task | Redis cmds/chunk | FCALLs/chunk | delivery p50 / p99 | Redis CPU share | client + worker CPU/chunk |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &d in &args.max_delay_ms {
         let r = run(&args, &url, d).await?;
         // The window counts chunks of tasks started in it, Redis work of
         // every task running in it: both rates are per window second.
         let per_chunk = |v: f64| v / r.chunks.max(1) as f64;
         println!(
-            "| {} ms | {:.0} | {:.0} | {:.2} us | {:.1} us | {:.2} | {:.2} | {:.2} / {:.2} ms | {:.0} % |",
+            "| {} ms | {:.0} | {:.0} | {:.2} us | {:.1} us | {:.2} | {:.2} | {:.2} / {:.2} ms | {:.0} % | {:.2} us |",
             r.max_delay_ms,
             r.tasks as f64 / r.secs,
             r.chunks as f64 / r.secs,
@@ -227,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
             percentile(&r.delay_ms, 0.5),
             percentile(&r.delay_ms, 0.99),
             r.cpu_s / r.secs * 100.0,
+            per_chunk(r.load_cpu_s * 1e6),
         );
     }
     Ok(())

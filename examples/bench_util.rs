@@ -367,6 +367,18 @@ pub fn median(values: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// CPU time (user and system) this process has used so far, in seconds
+/// (0 if the kernel does not say).
+pub fn process_cpu_s() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6
+        })
+        .unwrap_or(0.0)
+}
+
 /// Resident set size of this process in kB (Linux /proc).
 pub fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
