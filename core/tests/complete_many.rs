@@ -143,18 +143,7 @@ async fn a_batch_answers_and_writes_what_sequential_completes_do() {
     let mut seq = setup(&seq_redis).await;
     let mut sequential = Vec::new();
     for e in &batch {
-        sequential.push(
-            seq.complete(
-                "w1",
-                e.id,
-                e.attempt,
-                e.seq0,
-                e.outcome,
-                e.want_next,
-                e.chunks,
-            )
-            .await,
-        );
+        sequential.push(seq.end("w1", e).await);
     }
 
     let many_redis = RedisServer::start();

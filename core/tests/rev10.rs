@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use redis::Value;
 use rtq_core::functions::chunk::{ChunkReply, WriteStatus};
 use rtq_core::functions::complete::{CompleteOutcome, SlotWriteReply};
-use rtq_core::functions::{library_source, LIBRARY_REVISION};
 use rtq_core::protocol::{InboxMessage, TaskState};
 use rtq_core::{Client, TaskRequest, WorkerConfig};
 use serde_json::json;
@@ -153,18 +152,7 @@ async fn alone(p: &mut Proto, write: &Write<'_>) -> SlotWriteReply {
             seq0,
             chunks,
         } => SlotWriteReply::Chunks(p.chunk("w1", id, *attempt, *seq0, chunks).await),
-        Write::End(e) => SlotWriteReply::Complete(
-            p.complete(
-                "w1",
-                e.id,
-                e.attempt,
-                e.seq0,
-                e.outcome,
-                e.want_next,
-                e.chunks,
-            )
-            .await,
-        ),
+        Write::End(e) => SlotWriteReply::Complete(p.end("w1", e).await),
     }
 }
 
@@ -498,20 +486,8 @@ async fn a_worker_coalesces_the_paced_chunk_writes_of_its_slots() {
 #[tokio::test]
 async fn a_worker_on_a_library_without_write_many_writes_chunks_alone() {
     let redis = RedisServer::start();
-    let ours = library_source();
     let register = "redis.register_function{function_name = 'rtq2_write_many', callback = write_many, flags = {'allow-oom'}}";
-    let older = ours.replace(register, "").replace(
-        &format!("local REVISION = {LIBRARY_REVISION}\n"),
-        "local REVISION = 99\n",
-    );
-    assert!(ours.contains(register), "the registration line moved");
-    let mut admin = admin_conn(&redis).await;
-    let _: Value = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(&older)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = load_older_library(&redis, &[(register, "")]).await;
     let (seen, _rx) = seen_channel();
     let w = TestWorker::start(&redis.url(), WorkerConfig::new("old10").slots(16), seen).await;
     log_every_command(&mut admin).await;

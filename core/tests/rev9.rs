@@ -10,7 +10,6 @@ mod support;
 use redis::Value;
 use rtq_core::admin::Admin;
 use rtq_core::functions::complete::CompleteOutcome::Done;
-use rtq_core::functions::{library_source, LIBRARY_REVISION};
 use rtq_core::protocol::InboxMessage;
 use rtq_core::{Client, TaskRequest, WorkerConfig};
 use serde_json::json;
@@ -206,24 +205,14 @@ async fn a_coalesced_complete_writes_one_ended_entry_for_all_its_endings() {
 #[tokio::test]
 async fn a_worker_on_a_library_that_refuses_specs_apart_asks_for_next_tasks_whole() {
     let redis = RedisServer::start();
-    let ours = library_source();
-    let older = ours
-        .replace(
+    let mut admin = load_older_library(
+        &redis,
+        &[(
             "local NEXT_MODES = {'0', '1', '2'}",
             "local NEXT_MODES = {'0', '1'}",
-        )
-        .replace(
-            &format!("local REVISION = {LIBRARY_REVISION}\n"),
-            "local REVISION = 99\n",
-        );
-    assert_ne!(older, ours.as_ref(), "the simulated library differs");
-    let mut admin = admin_conn(&redis).await;
-    let _: Value = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(&older)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+        )],
+    )
+    .await;
 
     let (seen, _rx) = seen_channel();
     let worker = TestWorker::start(&redis.url(), WorkerConfig::new("r9old").slots(1), seen).await;

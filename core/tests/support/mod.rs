@@ -609,3 +609,34 @@ pub async fn drain_stream(mut stream: TaskStream) -> (Vec<u64>, String, Result<T
 pub fn expected_text(prefix: &str, n: u64) -> String {
     (0..n).map(|i| format!("{prefix}{i} ")).collect()
 }
+
+/// Loads into `redis` this library with each `(from, to)` edit applied
+/// and its revision renumbered 99, which no process replaces: a server
+/// whose library lacks what the edits take out, and whose user may not
+/// upgrade it. Panics if an edit does not apply. Returns an admin
+/// connection.
+pub async fn load_older_library(
+    redis: &RedisServer,
+    edits: &[(&str, &str)],
+) -> redis::aio::MultiplexedConnection {
+    let mut older = rtq_core::functions::library_source().into_owned();
+    let revision = format!(
+        "local REVISION = {}\n",
+        rtq_core::functions::LIBRARY_REVISION
+    );
+    for (from, to) in edits
+        .iter()
+        .chain([(revision.as_str(), "local REVISION = 99\n")].iter())
+    {
+        assert!(older.contains(from), "the library no longer holds {from:?}");
+        older = older.replace(from, to);
+    }
+    let mut admin = admin_conn(redis).await;
+    let _: redis::Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&older)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    admin
+}

@@ -81,6 +81,22 @@ impl<'a> Ending<'a> {
     pub fn with_chunks(self, chunks: &'a [Vec<u8>]) -> Self {
         Self { chunks, ..self }
     }
+
+    /// Its `rtq2_complete` arguments as worker `worker` (payload by
+    /// outcome, the next task's spec apart).
+    pub fn as_complete(&self, worker: &'a str) -> Complete<'a> {
+        Complete {
+            worker,
+            id: self.id,
+            attempt: self.attempt,
+            seq0: self.seq0,
+            outcome: self.outcome,
+            payload: payload_of(self.outcome),
+            want_next: self.want_next,
+            next_apart: true,
+            chunks: self.chunks,
+        }
+    }
 }
 
 /// One write of a `write_many` call: a chunk write or a completion.
@@ -253,26 +269,18 @@ impl Proto {
         .unwrap()
     }
 
+    /// Ends `e` as `worker` with one `rtq2_complete` call.
+    pub async fn end(&mut self, worker: &str, e: &Ending<'_>) -> CompleteReply {
+        self.call(&e.as_complete(worker)).await.unwrap()
+    }
+
     /// Ends `items` of `worker` in one `rtq2_complete_many` call.
     pub async fn complete_many(
         &mut self,
         worker: &str,
         items: &[Ending<'_>],
     ) -> Result<Vec<CompleteReply>, Error> {
-        let completes: Vec<Complete<'_>> = items
-            .iter()
-            .map(|e| Complete {
-                worker,
-                id: e.id,
-                attempt: e.attempt,
-                seq0: e.seq0,
-                outcome: e.outcome,
-                payload: payload_of(e.outcome),
-                want_next: e.want_next,
-                next_apart: true,
-                chunks: e.chunks,
-            })
-            .collect();
+        let completes: Vec<Complete<'_>> = items.iter().map(|e| e.as_complete(worker)).collect();
         self.call(&CompleteMany {
             completes: &completes,
         })
@@ -301,17 +309,7 @@ impl Proto {
                     seq0: *seq0,
                     chunks,
                 }),
-                Write::End(e) => SlotWrite::Complete(Complete {
-                    worker,
-                    id: e.id,
-                    attempt: e.attempt,
-                    seq0: e.seq0,
-                    outcome: e.outcome,
-                    payload: payload_of(e.outcome),
-                    want_next: e.want_next,
-                    next_apart: true,
-                    chunks: e.chunks,
-                }),
+                Write::End(e) => SlotWrite::Complete(e.as_complete(worker)),
             })
             .collect();
         let many = WriteMany {
