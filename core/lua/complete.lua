@@ -138,7 +138,7 @@ end
 -- What one call reads once for all its completions: the clock, and the
 -- queue's paused flag and earliest-due mark (read when first needed).
 local function new_call()
-  return {now = nil, meta = nil}
+  return {now = nil, meta = nil, clock = nil}
 end
 
 local function call_now(call)
@@ -163,8 +163,9 @@ end
 -- A chunk write (outcome 'chunks', rtq2_write_many), as rtq2_chunk; the
 -- reply has rtq2_complete's shape: {status, '', chunk_count, state, 0, 0}.
 local function write_chunks(call, wid, c)
-  local status, nc, st = write_chunk_group(wid, c.id, c.att, c.seq0, c.chunks, c.bytes,
-    function() return call_now(call) end)
+  -- The call's clock as a function, made once per call, not per write.
+  if not call.clock then call.clock = function() return call_now(call) end end
+  local status, nc, st = write_chunk_group(wid, c.id, c.att, c.seq0, c.chunks, c.bytes, call.clock)
   return {status, '', nc, st, 0, 0}
 end
 
