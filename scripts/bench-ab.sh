@@ -9,10 +9,13 @@
 # another inside one run. Redis is pinned to core 0, the load to core 1.
 # With --floor, examples/bench_floor.rs (plain stream commands, no
 # guarantees: the cheapest request path on Redis) runs in every round of
-# the request/response paths too.
+# the request/response paths too. With --library-a FILE / --library-b FILE,
+# that side's runs load that library source first (FUNCTION LOAD, under a
+# revision above the build's own, e.g. 99, so the bench keeps it): one
+# binary, two libraries (give the same bench twice).
 #
 # Usage: scripts/bench-ab.sh [--rounds N] [--tasks N] [--stream-tasks N]
-#        [--floor] A_BENCH B_BENCH
+#        [--floor] [--library-a FILE] [--library-b FILE] A_BENCH B_BENCH
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,13 +23,17 @@ rounds=3
 tasks=20000
 stream_tasks=4000
 floor=0
+lib_a=
+lib_b=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --tasks) tasks=$2; shift 2 ;;
     --stream-tasks) stream_tasks=$2; shift 2 ;;
     --floor) floor=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --library-a) lib_a=$2; shift 2 ;;
+    --library-b) lib_b=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench-ab.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -54,8 +61,13 @@ for round in $(seq "$rounds"); do
   for p in "${paths[@]}"; do
     read -r label clients slots chunks n <<<"$p"
     for side in A B; do
-      bin=$a; [ "$side" = B ] && bin=$b
+      bin=$a lib=$lib_a
+      [ "$side" = B ] && bin=$b lib=$lib_b
       bench_flush
+      if [ -n "$lib" ]; then
+        loaded=$(redis-cli -p "$BENCH_PORT" -x function load <"$lib" 2>&1)
+        [ "$loaded" = rtq2 ] || { echo "bench-ab.sh: $lib did not load: $loaded" >&2; exit 1; }
+      fi
       line=$($PIN_LOAD "$bin" --redis "$BENCH_URL" "$clients" "$slots" "$n" "$chunks")
       echo "round $round $label side=$side $line" | tee -a "$results" >&2
     done
@@ -68,7 +80,7 @@ for round in $(seq "$rounds"); do
 done
 
 echo
-echo "### A: $a, B: $b (median of $rounds interleaved rounds)"
+echo "### A: $a${lib_a:+ with $lib_a}, B: $b${lib_b:+ with $lib_b} (median of $rounds interleaved rounds)"
 echo
 bench_header
 echo
@@ -100,4 +112,4 @@ for label in ["busy", "idle", "streaming"]:
         print(f"| {label} | **B / floor** | {med(b, 'tasks/s') / med(f, 'tasks/s'):.2f}x | {med(b, 'p50') / med(f, 'p50'):.2f}x | {med(b, 'p99') / med(f, 'p99'):.2f}x | {med(b, 'redis_cmds/task') / med(f, 'redis_cmds/task'):.2f}x | {med(b, 'redis_cpu_us/task') / med(f, 'redis_cpu_us/task'):.2f}x |")
 EOF
 echo
-echo "Command: scripts/bench-ab.sh --rounds $rounds --tasks $tasks --stream-tasks $stream_tasks$([ "$floor" = 1 ] && echo ' --floor') A B"
+echo "Command: scripts/bench-ab.sh --rounds $rounds --tasks $tasks --stream-tasks $stream_tasks$([ "$floor" = 1 ] && echo ' --floor')${lib_a:+ --library-a $lib_a}${lib_b:+ --library-b $lib_b} A B"

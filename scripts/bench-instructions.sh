@@ -10,6 +10,10 @@
 #   (build one per revision to compare: `git worktree add`, then
 #   `cargo build --release -p rtq-examples --example bench`).
 # Example: scripts/bench-instructions.sh "50 10" 0 /tmp/bench-old target/release/examples/bench
+# REDIS_SERVER=path runs that redis-server build (default: the one on
+# PATH; a build with symbols makes the callgrind files readable), and
+# REDIS_ARGS adds server options (e.g. "--hash-max-listpack-value 2048").
+# KEEP_CG=dir keeps the callgrind files there for callgrind_annotate.
 # LIBRARY=file loads that library source (FUNCTION LOAD) before each run,
 # e.g. a variant under a high revision number that the bench's own
 # library never replaces: one binary, two libraries.
@@ -31,18 +35,22 @@ work=$(mktemp -d)
 trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 count() { # <bench> <tasks> -> instructions of redis-server for the whole run
   local bench=$1 n=$2 out="$work/cg.$2"
+  # shellcheck disable=SC2086
   valgrind --tool=callgrind --callgrind-out-file="$out" \
-    redis-server --port "$port" --save "" --appendonly no --logfile "$work/redis.log" >/dev/null 2>&1 &
+    "${REDIS_SERVER:-redis-server}" --port "$port" --save "" --appendonly no --logfile "$work/redis.log" \
+    ${REDIS_ARGS:-} >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 150); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.2; done
   if [ -n "${LIBRARY:-}" ]; then
-    redis-cli -p "$port" -x function load <"$LIBRARY" >/dev/null
+    loaded=$(redis-cli -p "$port" -x function load <"$LIBRARY" 2>&1)
+    [ "$loaded" = rtq2 ] || { echo "LIBRARY $LIBRARY did not load: $loaded" >&2; exit 1; }
   fi
   # shellcheck disable=SC2086
   "$bench" --redis "redis://127.0.0.1:$port/" $load "$n" "$chunks" > "$work/bench.$n" 2>&1
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   wait "$pid" || true
   grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+  if [ -n "${KEEP_CG:-}" ]; then mkdir -p "$KEEP_CG"; cp "$out" "$KEEP_CG/$(basename "$bench").$n.cg"; fi
 }
 echo "| bench | clients slots | chunks | Redis instructions per task | Redis cmds/task |"
 echo "| --- | --- | --- | --- | --- |"

@@ -110,29 +110,29 @@ local NEXT_MODES = {'0', '1', '2'}
 -- with its chunks args[first .. last]. With `allow_chunks` (rtq2_write_many)
 -- the outcome may also be 'chunks': a chunk write that ends nothing, with
 -- an empty payload and want next '0'.
+-- The table is made by one constructor (filling an empty table grows it
+-- several times).
 local function complete_args(args, o, first, last, allow_chunks)
-  local c = {}
-  c.id = arg_id(args[o], 'task id')
-  c.att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
-  c.seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
-  c.outcome = arg_enum(args[o + 3], 'outcome', allow_chunks and WRITE_OUTCOMES or OUTCOMES)
-  if c.outcome == 'chunks' then
+  local id = arg_id(args[o], 'task id')
+  local att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
+  local seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
+  local outcome = arg_enum(args[o + 3], 'outcome', allow_chunks and WRITE_OUTCOMES or OUTCOMES)
+  local payload, next_mode
+  if outcome == 'chunks' then
     if args[o + 4] ~= '' then invalid('a chunk write carries no result or reason') end
     if args[o + 5] ~= '0' then invalid('a chunk write takes no next task (want next must be 0)') end
-    c.payload, c.want_next, c.split = '', false, false
-    c.chunks, c.bytes = arg_chunks(args, first, last)
-    return c
-  end
-  if c.outcome == 'done' then
-    c.payload = arg_text(args[o + 4], 'result', MAX_RESULT_BYTES)
+    payload, next_mode = '', '0'
   else
-    c.payload = arg_text(args[o + 4], 'reason', 16 * MAX_TEXT_BYTES)
+    if outcome == 'done' then
+      payload = arg_text(args[o + 4], 'result', MAX_RESULT_BYTES)
+    else
+      payload = arg_text(args[o + 4], 'reason', 16 * MAX_TEXT_BYTES)
+    end
+    next_mode = arg_enum(args[o + 5], 'want next', NEXT_MODES)
   end
-  local next_mode = arg_enum(args[o + 5], 'want next', NEXT_MODES)
-  c.want_next = next_mode ~= '0'
-  c.split = next_mode == '2'
-  c.chunks, c.bytes = arg_chunks(args, first, last)
-  return c
+  local chunks, bytes = arg_chunks(args, first, last)
+  return {id = id, att = att, seq0 = seq0, outcome = outcome, payload = payload,
+    want_next = next_mode ~= '0', split = next_mode == '2', chunks = chunks, bytes = bytes}
 end
 
 -- What one call reads once for all its completions: the clock, and the
@@ -175,7 +175,7 @@ local function complete_one(call, wid, c)
   if c.outcome == 'chunks' then return write_chunks(call, wid, c) end
   local id, att = c.id, c.att
   local chunks, bytes = c.chunks, c.bytes
-  local h = load_task(id, COMPLETE_FIELDS)
+  local h = load_task(id, (c.outcome == 'done' and #chunks == 0) and DONE or COMPLETE)
   local mark = att .. '@' .. wid
   -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
   -- attempt: a retry replays that answer. A task deleted since keeps it
@@ -191,6 +191,8 @@ local function complete_one(call, wid, c)
     local done_status, done_mark = string.match(replay.ca, '^(%u+) (.+)$')
     if done_mark == mark then
       local head, spec = '', ''
+      -- The view DONE does not read `nx`: a replay reads it here.
+      if replay.nx == nil then replay.nx = redis.call('HMGET', replay.key, 'nx')[1] or '' end
       if replay.nx ~= '' then head, spec = rebuild_message(replay.nx, wid) end
       return answer(c, done_status, head, spec, num(replay.nc), replay.st, call_now(call), num(replay.fc))
     end

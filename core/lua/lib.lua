@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 10
+local REVISION = 11
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -95,11 +95,36 @@ end
 -- (`'' .. i` is '%.14g', exact for these; the load step may not use
 -- `string`, which Redis offers to functions only when they run.)
 local SMALL_INTS = {}
-for i = 0, SMALL_INT_MAX do SMALL_INTS[i] = '' .. i end
+-- And back: the integer a canonical small integer string stands for
+-- (argument checks take it from here, without a pattern or tonumber).
+local SMALL_INT_OF = {}
+for i = 0, SMALL_INT_MAX do
+  SMALL_INTS[i] = '' .. i
+  SMALL_INT_OF[SMALL_INTS[i]] = i
+end
 
 local function istr(n)
   return SMALL_INTS[n] or string.format('%d', n)
 end
+
+-- A time in ms as a string: one call formats the same time many times
+-- (hand-out start, endings, chunk times), so the last one is kept.
+local last_time, last_time_s = nil, nil
+local function time_str(ms)
+  if ms ~= last_time then last_time, last_time_s = ms, istr(ms) end
+  return last_time_s
+end
+
+-- An integer field for a message: a number formatted, a string as the
+-- task hash holds it (written by istr), absent or empty as '0'.
+local function int_field(v)
+  if type(v) == 'number' then return istr(v) end
+  if v == nil or v == '' then return '0' end
+  return v
+end
+
+-- An empty list, shared (`x or {}` makes a table per call).
+local NONE = {}
 
 local function num(v)
   return tonumber(v) or 0
@@ -112,23 +137,35 @@ local function tostr(v)
 end
 
 -- Checks KEYS[1] and binds the queue prefix for the helpers below.
+-- The meta key the last call bound (checked then): a queue's calls
+-- follow one another, so its check is not repeated.
+local bound_meta = nil
+
 local function bind(keys)
   local meta = keys[1]
-  -- rtq:{<queue>}:meta with a queue name of at most 64 bytes: 75 bytes.
-  if #keys ~= 1 or type(meta) ~= 'string' or #meta > 75
-      or not string.match(meta, '^rtq:{[%w%._%-]+}:meta$') then
-    invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+  if #keys ~= 1 then invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta') end
+  if meta ~= bound_meta then
+    -- rtq:{<queue>}:meta with a queue name of at most 64 bytes: 75 bytes.
+    -- (Explicit ranges: %w costs a C call per character.)
+    if type(meta) ~= 'string' or #meta > 75
+        or not string.match(meta, '^rtq:{[0-9A-Za-z._-]+}:meta$') then
+      invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+    end
+    P = string.sub(meta, 1, -5)
+    bound_meta = meta
   end
-  P = string.sub(meta, 1, -5)
   -- A call that failed halfway left no batch for the next one to flush.
   ended_batch = nil
 end
 
 local function arg_int(v, name, lo, hi)
-  if type(v) ~= 'string' or #v > 20 or not string.match(v, '^%-?%d+$') then
-    invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+  local n = SMALL_INT_OF[v]
+  if not n then
+    if type(v) ~= 'string' or #v > 20 or not string.match(v, '^%-?%d+$') then
+      invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+    end
+    n = tonumber(v)
   end
-  local n = tonumber(v)
   if n < lo or n > hi then
     invalid(name .. ' must be in [' .. istr(lo) .. ', ' .. istr(hi) .. '], got ' .. v)
   end
@@ -137,7 +174,7 @@ end
 
 local function arg_id(v, name)
   if type(v) ~= 'string' or #v == 0 or #v > MAX_ID_BYTES
-      or not string.match(v, '^[%w%._:%-]+$') then
+      or not string.match(v, '^[0-9A-Za-z._:-]+$') then
     invalid(name .. ' must be 1-128 bytes of [A-Za-z0-9._:-]')
   end
   return v
@@ -178,6 +215,7 @@ end
 local function arg_chunks(args, first, last)
   last = last or #args
   local n = last - first + 1
+  if n <= 0 then return NONE, 0 end
   if n > MAX_CHUNKS_PER_CALL then
     invalid('at most ' .. MAX_CHUNKS_PER_CALL .. ' chunks per call, got ' .. n)
   end
@@ -202,14 +240,27 @@ local function tkey(id) return P .. 't:' .. id end
 local function okey(id) return P .. 'o:' .. id end
 local function wtkey(id) return P .. 'wt:' .. id end
 local function cakey(id) return P .. 'ca:' .. id end
-local function wqkey(wid) return P .. 'wq:' .. wid end
+-- A worker's owned set; the last one is kept (a call names one worker).
+local last_wq_prefix, last_wq_wid, last_wq = nil, nil, nil
+local function wqkey(wid)
+  if wid ~= last_wq_wid or P ~= last_wq_prefix then
+    last_wq_prefix, last_wq_wid, last_wq = P, wid, P .. 'wq:' .. wid
+  end
+  return last_wq
+end
 local function inkey(wid) return P .. 'in:' .. wid end
 local function wkey(wid) return P .. 'w:' .. wid end
 
 -- Pending score: lower pops first. Higher priority -> lower band; within a
 -- band, earlier time first (ties by id).
+-- The last score made is kept: a call's tasks mostly share the priority
+-- and the time.
+local last_score_pri, last_score_ms, last_score = nil, nil, nil
 local function score_of(pri, ms)
-  return istr((PRIORITY_LIMIT - pri) * BAND + ms)
+  if pri ~= last_score_pri or ms ~= last_score_ms then
+    last_score_pri, last_score_ms, last_score = pri, ms, istr((PRIORITY_LIMIT - pri) * BAND + ms)
+  end
+  return last_score
 end
 
 local function is_terminal(st)
@@ -264,24 +315,84 @@ end
 
 -- Tasks ----------------------------------------------------------------------
 
-local TASK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'sub', 'start',
-  'fc', 'ret', 'sc', 'fails', 'max', 'nc', 'nb', 'pri', 'ca', 'nx', 'due'}
+-- A view of the task hash: the fields a path reads, and a table
+-- constructor naming them. A constructor sizes the table once (filling an
+-- empty table field by field grows it five times for 16 fields, and each
+-- growth rehashes it: a few percent of a task's cost). Counters absent
+-- from the hash read as '0': submit and hand-out write no zero counters
+-- (revision 11), the queue paths (to_queue) write them as '0'.
+local TASK = {
+  fields = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'sub', 'start',
+    'fc', 'ret', 'sc', 'fails', 'max', 'nc', 'nb', 'pri', 'ca', 'nx', 'due'},
+  build = function(v)
+    return {st = v[1], att = v[2] or '0', w = v[3] or '', reply = v[4] or '', strm = v[5] or '',
+      watch = v[6] or '', dl = v[7] or '', sub = v[8] or '', start = v[9] or '', fc = v[10] or '0',
+      ret = v[11] or '', sc = v[12] or '', fails = v[13] or '0', max = v[14] or '', nc = v[15] or '0',
+      nb = v[16] or '0', pri = v[17] or '', ca = v[18] or '', nx = v[19] or '', due = v[20] or '', key = false}
+  end,
+}
 
--- What the per-task paths read: rtq2_complete (fencing, replay, outcome,
--- retry, retention, followers) and rtq2_chunk (fencing, counts,
--- followers). Every field read is a string Lua interns and collects.
-local COMPLETE_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'fc', 'ret', 'fails',
-  'max', 'nc', 'nb', 'pri', 'ca', 'nx'}
-local CHUNK_FIELDS = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'nc', 'nb'}
+-- What rtq2_complete reads: fencing, replay, outcome, retry, retention,
+-- followers.
+local COMPLETE = {
+  fields = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'fc', 'ret', 'fails',
+    'max', 'nc', 'nb', 'pri', 'ca', 'nx'},
+  build = function(v)
+    return {st = v[1], att = v[2] or '0', w = v[3] or '', reply = v[4] or '', strm = v[5] or '',
+      watch = v[6] or '', dl = v[7] or '', fc = v[8] or '0', ret = v[9] or '', fails = v[10] or '0',
+      max = v[11] or '', nc = v[12] or '0', nb = v[13] or '0', pri = v[14] or '', ca = v[15] or '',
+      nx = v[16] or '', key = false}
+  end,
+}
 
--- The task's fields by name (TASK_FIELDS, or the list `fields` whose first
--- is 'st'), or nil if it does not exist.
-local function load_task(id, fields)
-  fields = fields or TASK_FIELDS
-  local v = redis.call('HMGET', tkey(id), unpack(fields))
+-- What rtq2_complete reads for a plain success (outcome done, no trailing
+-- chunks): COMPLETE without what only failures, retries, chunks and
+-- replays use (`fails`, `max`, `pri`, `nb`, `nx`; a replay reads `nx`
+-- itself).
+local DONE = {
+  fields = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'dl', 'fc', 'ret', 'nc', 'ca'},
+  build = function(v)
+    return {st = v[1], att = v[2] or '0', w = v[3] or '', reply = v[4] or '', strm = v[5] or '',
+      watch = v[6] or '', dl = v[7] or '', fc = v[8] or '0', ret = v[9] or '', nc = v[10] or '0',
+      ca = v[11] or '', key = false}
+  end,
+}
+
+-- What a chunk write reads: fencing, counts, followers.
+local CHUNK = {
+  fields = {'st', 'att', 'w', 'reply', 'strm', 'watch', 'nc', 'nb'},
+  build = function(v)
+    return {st = v[1], att = v[2] or '0', w = v[3] or '', reply = v[4] or '', strm = v[5] or '',
+      watch = v[6] or '', nc = v[7] or '0', nb = v[8] or '0', key = false}
+  end,
+}
+
+-- Each view's constructor reads each of its fields from its position,
+-- checked when the library loads: a mismatch refuses the library. (The
+-- load step has no ipairs, pairs or error: reading an undefined global
+-- fails the load with its name as the message.)
+local TASK_VIEWS = {TASK, COMPLETE, DONE, CHUNK}
+for k = 1, #TASK_VIEWS do
+  local view = TASK_VIEWS[k]
+  local probe = {}
+  for i = 1, #view.fields do probe[i] = i end
+  local built = view.build(probe)
+  for i = 1, #view.fields do
+    if built[view.fields[i]] ~= i then
+      return TASK_VIEW_CONSTRUCTOR_DOES_NOT_READ_A_FIELD_FROM_ITS_POSITION_IN_THE_LIST
+    end
+  end
+end
+
+-- The task's fields by name (the view TASK, or `view`), and its key as
+-- `key`, or nil if it does not exist.
+local function load_task(id, view)
+  view = view or TASK
+  local t = tkey(id)
+  local v = redis.call('HMGET', t, unpack(view.fields))
   if not v[1] then return nil end
-  local h = {}
-  for i, f in ipairs(fields) do h[f] = v[i] or '' end
+  local h = view.build(v)
+  h.key = t
   return h
 end
 
@@ -289,9 +400,11 @@ end
 -- spec: what precedes the spec, ending in a tab. The submit time lets the
 -- worker measure the queue wait itself (statistics are the workers' job:
 -- they flush them with their heartbeats).
+-- `dl` and `sub` may be numbers or the strings the task hash holds
+-- (written by istr: used as they are).
 local function task_head(id, att, start, dl, sub)
-  return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. istr(start) .. '\t' .. istr(num(dl)) .. '\t'
-    .. istr(num(sub)) .. '\t'
+  return 'T\t' .. id .. '\t' .. istr(att) .. '\t' .. time_str(start) .. '\t' .. int_field(dl) .. '\t'
+    .. int_field(sub) .. '\t'
 end
 
 -- The whole inbox message (task_head, then the spec).
@@ -379,19 +492,22 @@ end
 -- worker that ended it counts it in its own statistics (rtq2_complete);
 -- every other ending (cancel, deadline, lost attempts) is counted here.
 local function finish(id, h, state, kind, payload, now, extra, by_worker)
-  local t = tkey(id)
-  local ret = num(h.ret)
-  if ret < 1 then ret = 1 end
-  local fields
-  local now_s = istr(now)
-  if state == 'done' then
-    fields = {'st', state, 'res', payload, 'fin', now_s}
-  else
-    fields = {'st', state, 'err', payload, 'ek', kind, 'fin', now_s}
+  local t = h.key or tkey(id)
+  -- The retention as submit wrote it (an integer string) needs no
+  -- formatting; anything else is made a whole number of ms in range.
+  local ret = h.ret
+  if #ret > 10 or not string.match(ret, '^[1-9]%d*$') then
+    ret = istr(math.min(math.max(math.floor(num(ret)), 1), MAX_DURATION_MS))
   end
-  for _, v in ipairs(extra or {}) do fields[#fields + 1] = tostr(v) end
-  redis.call('HSET', t, unpack(fields))
-  ret = istr(ret)
+  local now_s = time_str(now)
+  if state == 'done' then
+    -- A done's extra pairs are strings (rtq2_complete's replay marks).
+    redis.call('HSET', t, 'st', state, 'res', payload, 'fin', now_s, unpack(extra or NONE))
+  else
+    local fields = {'st', state, 'err', payload, 'ek', kind, 'fin', now_s}
+    for _, v in ipairs(extra or NONE) do fields[#fields + 1] = tostr(v) end
+    redis.call('HSET', t, unpack(fields))
+  end
   redis.call('PEXPIRE', t, ret)
   if num(h.nc) > 0 then redis.call('PEXPIRE', okey(id), ret) end
   if h.watch == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
@@ -496,16 +612,16 @@ for i = 1, MAX_CHUNKS_PER_CALL do CHUNK_FIELDS_BY_INDEX[i] = 'c' .. SMALL_INTS[i
 -- task hash and notifies followers. The output list takes the task's TTL
 -- with its first chunk.
 local function record_chunks(id, h, chunks, bytes, now)
-  local t = tkey(id)
+  local t = h.key or tkey(id)
   local nc = num(h.nc)
   local total = nc + #chunks
   if nc == 0 then
     local ttl = redis.call('PTTL', t)
     if ttl > 0 then redis.call('PEXPIRE', okey(id), ttl) end
-    local now_s = istr(now)
+    local now_s = time_str(now)
     redis.call('HSET', t, 'nc', istr(total), 'nb', istr(num(h.nb) + bytes), 'lc', now_s, 'fc', now_s)
   else
-    redis.call('HSET', t, 'nc', istr(total), 'nb', istr(num(h.nb) + bytes), 'lc', istr(now))
+    redis.call('HSET', t, 'nc', istr(total), 'nb', istr(num(h.nb) + bytes), 'lc', time_str(now))
   end
   if h.strm == '1' or h.watch == '1' then
     local ev = {'e', 'c', 'a', h.att, 's', istr(nc), 'n', istr(#chunks)}
@@ -533,7 +649,7 @@ end
 -- key where the task's hash or output list belongs means no task of ours
 -- there, answered NOT_FOUND with nothing written, and the call goes on.
 local function write_chunk_group(wid, id, att, seq0, chunks, bytes, now)
-  local ok, h = pcall(load_task, id, CHUNK_FIELDS)
+  local ok, h = pcall(load_task, id, CHUNK)
   if not ok then return 'NOT_FOUND', 0, '' end
   local status = check_write(h, wid, att, seq0, #chunks, bytes)
   if status then return status, h and num(h.nc) or 0, h and h.st or '' end
@@ -581,10 +697,12 @@ end
 -- and returns its inbox message as two parts, task_head and the spec (a
 -- caller that returns them apart spares Lua a copy of the spec), then the
 -- task id and the attempt. The caller pushes or returns the message.
-local function assign(id, wid, now, dl, spec, sub, att)
+-- A queued task's chunk counts, chunk times and due time are zero or
+-- absent already (submit writes none, to_queue zeros them, promote_due
+-- zeros `due`), so the hand-out writes only what changes.
+local function assign(id, wid, now, dl, spec, sub, att, t)
   att = num(att) + 1
-  redis.call('HSET', tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', istr(now),
-    'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0', 'due', '0')
+  redis.call('HSET', t or tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', time_str(now))
   redis.call('SADD', wqkey(wid), id)
   return task_head(id, att, now, dl, sub), spec or '', id, att
 end
@@ -596,7 +714,7 @@ end
 -- mark is then set to the earliest retry still delayed ('0' when none).
 local function promote_due(now, dd)
   if dd and (dd == '0' or num(dd) > now) then return end
-  local due = redis.call('ZRANGE', P .. 'delayed', '-inf', now, 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
+  local due = redis.call('ZRANGE', P .. 'delayed', '-inf', time_str(now), 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
     -- A foreign key at the task's name is a stale entry (dropped), never
@@ -633,7 +751,8 @@ local function take_next(wid, now, dd)
     local popped = redis.call('ZPOPMIN', P .. 'pending')
     if #popped == 0 then break end
     local id = popped[1]
-    local h = redis.pcall('HMGET', tkey(id), 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
+    local t = tkey(id)
+    local h = redis.pcall('HMGET', t, 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
     if h.err then h = {} end -- a foreign key: dropped like a stale entry
     if h[1] == 'queued' then
       local dl = num(h[2])
@@ -648,7 +767,7 @@ local function take_next(wid, now, dd)
         skipped[#skipped + 1] = popped[2]
         skipped[#skipped + 1] = id
       else
-        head, spec, taken, att = assign(id, wid, now, dl, h[3], h[4], h[5])
+        head, spec, taken, att = assign(id, wid, now, h[2], h[3], h[4], h[5], t)
         break
       end
     end
@@ -728,12 +847,12 @@ end
 -- Returns reaped, expired, dispatched.
 local function housekeeping(now)
   local reaped = 0
-  for _, dead in ipairs(redis.call('ZRANGE', P .. 'workers', '-inf', now, 'BYSCORE', 'LIMIT', 0, REAP_PER_CALL)) do
+  for _, dead in ipairs(redis.call('ZRANGE', P .. 'workers', '-inf', time_str(now), 'BYSCORE', 'LIMIT', 0, REAP_PER_CALL)) do
     reap_worker(dead, now, 'stopped heartbeating')
     reaped = reaped + 1
   end
   local expired = 0
-  for _, id in ipairs(redis.call('ZRANGE', P .. 'deadlines', '-inf', now, 'BYSCORE', 'LIMIT', 0, EXPIRE_PER_CALL)) do
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'deadlines', '-inf', time_str(now), 'BYSCORE', 'LIMIT', 0, EXPIRE_PER_CALL)) do
     expire(id, load_task(id), now)
     expired = expired + 1
   end

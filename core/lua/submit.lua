@@ -43,20 +43,30 @@ Reply: n replies, each as rtq2_submit's, in order.
 local MAX_BATCH = 256
 
 -- Checks one task's 8 arguments starting at args[o].
-local function submit_args(args, o)
-  local task = {}
-  task.id = arg_id(args[o], 'task id')
-  task.spec = args[o + 1]
-  if type(task.spec) ~= 'string' or #task.spec == 0 or #task.spec > MAX_SPEC_BYTES then
+-- One task's checked arguments args[o .. o+7]. `reply_ok` is the reply
+-- stream the call already checked (a call's tasks mostly share one).
+-- The table is made by one constructor, with room for what submit_batch
+-- adds (filling an empty table grows it several times).
+local function submit_args(args, o, reply_ok)
+  local id = arg_id(args[o], 'task id')
+  local spec = args[o + 1]
+  if type(spec) ~= 'string' or #spec == 0 or #spec > MAX_SPEC_BYTES then
     invalid('spec must be 1 byte to 16 MiB')
   end
-  task.pri = arg_int(args[o + 2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT)
-  task.timeout = arg_int(args[o + 3], 'timeout', 0, MAX_DURATION_MS)
-  task.max = arg_int(args[o + 4], 'max attempts', 1, MAX_ATTEMPTS)
-  task.ret = arg_int(args[o + 5], 'retention', 1, MAX_DURATION_MS)
-  task.reply = arg_reply(args[o + 6], 'reply stream')
-  task.strm = arg_flag(args[o + 7], 'stream flag') and '1' or '0'
-  return task
+  local reply = args[o + 6]
+  if reply ~= reply_ok then reply = arg_reply(reply, 'reply stream') end
+  return {
+    id = id,
+    spec = spec,
+    pri = arg_int(args[o + 2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT),
+    timeout = arg_int(args[o + 3], 'timeout', 0, MAX_DURATION_MS),
+    max = arg_int(args[o + 4], 'max attempts', 1, MAX_ATTEMPTS),
+    ret = arg_int(args[o + 5], 'retention', 1, MAX_DURATION_MS),
+    reply = reply,
+    strm = arg_flag(args[o + 7], 'stream flag') and '1' or '0',
+    -- set by submit_batch
+    wid = false, dl = 0, dl_s = false, sc = false, st = false, key = false,
+  }
 end
 
 -- Free slots of live workers, handed out most free first (as peek_free):
@@ -124,7 +134,14 @@ local function submit_batch(tasks)
       local f = tasks[first]
       replies[i] = {'DUPLICATE', f.st, f.wid or '', f.dl, now, f.reply}
     else
-      local existing = redis.call('HMGET', tkey(task.id), 'st', 'w', 'dl', 'sub', 'reply')
+      task.key = tkey(task.id)
+      -- One field tells whether the task exists (a new id answers nil);
+      -- the rest is read for a duplicate only. (HMGET, as before: ACL
+      -- rules made for earlier revisions may grant no EXISTS or HGET.)
+      local existing = NONE
+      if redis.call('HMGET', task.key, 'st')[1] then
+        existing = redis.call('HMGET', task.key, 'st', 'w', 'dl', 'sub', 'reply')
+      end
       if existing[1] then
         replies[i] = {'DUPLICATE', existing[1], existing[2] or '', num(existing[3]), num(existing[4]),
           existing[5] or ''}
@@ -178,7 +195,7 @@ local function submit_batch(tasks)
   -- have replaced with a key of another type) come first, so a failure
   -- leaves nothing behind; task hashes, statistics and meta come last.
   local pending, deadlines, owned = {}, {}, {}
-  local now_s = istr(now)
+  local now_s = time_str(now)
   for _, task in ipairs(created) do
     task.dl_s = istr(task.dl)
     if task.wid then
@@ -209,26 +226,29 @@ local function submit_batch(tasks)
   if #pending > 0 then redis.call('ZADD', P .. 'pending', unpack(pending)) end
   if #deadlines > 0 then redis.call('ZADD', P .. 'deadlines', unpack(deadlines)) end
   for _, task in ipairs(created) do
-    local fields = {'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc, 'fails', '0',
-      'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
-      'strm', task.strm, 'fc', '0', 'lc', '0', 'nc', '0', 'nb', '0'}
+    -- Counters that start at zero (fails, chunk counts and times) and an
+    -- unassigned task's worker and attempt are not written: absent reads
+    -- as zero (or '').
     if task.wid then
       -- One HSET creates the task already handed out (attempt 1).
-      for _, v in ipairs({'st', 'running', 'w', task.wid, 'att', '1', 'start', now_s}) do fields[#fields + 1] = v end
+      redis.call('HSET', task.key, 'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc,
+        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
+        'strm', task.strm, 'st', 'running', 'w', task.wid, 'att', '1', 'start', now_s)
     else
-      for _, v in ipairs({'st', 'queued', 'w', '', 'att', '0'}) do fields[#fields + 1] = v end
+      redis.call('HSET', task.key, 'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc,
+        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
+        'strm', task.strm, 'st', 'queued')
     end
-    redis.call('HSET', tkey(task.id), unpack(fields))
     if task.dl > 0 then
       -- Safety net: even if no housekeeping ever runs, the hash cannot
       -- outlive deadline + retention.
-      redis.call('PEXPIRE', tkey(task.id), istr(task.timeout + task.ret))
+      redis.call('PEXPIRE', task.key, istr(task.timeout + task.ret))
     end
   end
   if free then
     for _, e in ipairs(free.used()) do
       local msgs = {}
-      for _, task in ipairs(owned[e.wid]) do msgs[#msgs + 1] = task_msg(task.id, 1, now, task.dl, now, task.spec) end
+      for _, task in ipairs(owned[e.wid]) do msgs[#msgs + 1] = task_msg(task.id, 1, now, task.dl_s, now_s, task.spec) end
       redis.call('RPUSH', inkey(e.wid), unpack(msgs))
     end
   end
@@ -242,7 +262,7 @@ end
 local function submit(keys, args)
   bind(keys)
   if #args ~= 8 then invalid('submit takes 8 arguments') end
-  return submit_batch({submit_args(args, 1)})[1]
+  return submit_batch({submit_args(args, 1, nil)})[1]
 end
 
 local function submit_many(keys, args)
@@ -250,7 +270,11 @@ local function submit_many(keys, args)
   local n = arg_int(args[1], 'task count', 1, MAX_BATCH)
   if #args ~= 1 + 8 * n then invalid('submit_many takes 1 + 8 x ' .. n .. ' arguments, got ' .. #args) end
   local tasks = {}
-  for i = 1, n do tasks[i] = submit_args(args, 2 + 8 * (i - 1)) end
+  local reply_ok = nil
+  for i = 1, n do
+    tasks[i] = submit_args(args, 2 + 8 * (i - 1), reply_ok)
+    reply_ok = tasks[i].reply
+  end
   return submit_batch(tasks)
 end
 

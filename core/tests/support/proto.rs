@@ -405,6 +405,15 @@ impl Proto {
             .unwrap()
     }
 
+    /// A counter of the task hash (`fails`, `nc`, `nb`, `fc`, `lc`): absent
+    /// reads as 0, as every reader reads it (revision 11 writes no zero
+    /// counters); present, it must be an integer.
+    pub async fn count(&mut self, id: &str, field: &str) -> u64 {
+        self.field(id, field)
+            .await
+            .map_or(0, |v| v.parse().expect("a counter is an integer"))
+    }
+
     pub async fn free(&mut self, worker: &str) -> f64 {
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(self.keys.free())
