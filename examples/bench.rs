@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let queue = format!("bench{}", std::process::id());
     let r = run_load(&url, &queue, &load).await?;
     println!(
-        "peer=rtq clients={} slots={} chunks={} tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1}",
+        "peer=rtq clients={} slots={} chunks={} tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
         load.clients,
         load.slots,
         load.chunks,
@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         r.pct(0.99),
         r.cmds_per_task(),
         r.cpu_us_per_task(),
+        r.load_cpu_us_per_task(),
     );
     if args.breakdown {
         println!();

@@ -33,7 +33,7 @@ use clap::Parser;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
-use rtq_examples::bench_util::{info_conn, percentile, RedisSnapshot};
+use rtq_examples::bench_util::{info_conn, percentile, process_cpu_s, RedisSnapshot};
 use rtq_examples::RedisArgs;
 use tokio::sync::oneshot;
 
@@ -206,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
     let mut info = info_conn(&url).await?;
     let before = RedisSnapshot::take(&mut info).await?;
     let per_client = (args.tasks / args.clients).max(1) as usize;
+    let cpu_before = process_cpu_s();
     let started = Instant::now();
     let mut loops = Vec::new();
     for _ in 0..args.clients {
@@ -242,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
         lat_ms.extend(l.await??);
     }
     let secs = started.elapsed().as_secs_f64();
+    let load_cpu_s = process_cpu_s() - cpu_before;
     let after = RedisSnapshot::take(&mut info).await?;
     stop.store(true, Ordering::Relaxed);
     worker.await??;
@@ -256,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
     let delta = after.since(&before);
     let n = lat_ms.len() as f64;
     println!(
-        "peer=floor clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1}",
+        "peer=floor clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
         args.clients,
         args.slots,
         lat_ms.len(),
@@ -265,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat_ms, 0.99),
         delta.calls() as f64 / n.max(1.0),
         delta.cpu_s * 1e6 / n.max(1.0),
+        load_cpu_s * 1e6 / n.max(1.0),
     );
     if args.breakdown {
         println!();

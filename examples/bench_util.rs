@@ -251,6 +251,9 @@ pub struct LoadResult {
     pub lat_ms: Vec<f64>,
     /// Redis work during the measured part.
     pub redis: RedisDelta,
+    /// CPU (user and system) of this process, the clients and the worker,
+    /// during the measured part, in seconds.
+    pub load_cpu_s: f64,
 }
 
 impl LoadResult {
@@ -269,6 +272,10 @@ impl LoadResult {
     /// Redis CPU microseconds per task.
     pub fn cpu_us_per_task(&self) -> f64 {
         self.redis.cpu_s * 1e6 / self.tasks.max(1) as f64
+    }
+    /// CPU microseconds per task of the load process (clients and worker).
+    pub fn load_cpu_us_per_task(&self) -> f64 {
+        self.load_cpu_s * 1e6 / self.tasks.max(1) as f64
     }
 }
 
@@ -304,6 +311,7 @@ async fn drive(url: &str, queue: &str, load: &Load) -> anyhow::Result<LoadResult
     let mut conn = info_conn(url).await?;
     let before = RedisSnapshot::take(&mut conn).await?;
     let per_client = (load.tasks / load.clients).max(1);
+    let cpu_before = process_cpu_s();
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..load.clients {
@@ -324,6 +332,7 @@ async fn drive(url: &str, queue: &str, load: &Load) -> anyhow::Result<LoadResult
         lat_ms.extend(h.await??);
     }
     let secs = started.elapsed().as_secs_f64();
+    let load_cpu_s = process_cpu_s() - cpu_before;
     let after = RedisSnapshot::take(&mut conn).await?;
     lat_ms.sort_by(f64::total_cmp);
     Ok(LoadResult {
@@ -331,6 +340,7 @@ async fn drive(url: &str, queue: &str, load: &Load) -> anyhow::Result<LoadResult
         secs,
         lat_ms,
         redis: after.since(&before),
+        load_cpu_s,
     })
 }
 

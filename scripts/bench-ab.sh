@@ -93,9 +93,19 @@ for line in open(sys.argv[1]):
     rows.setdefault((parts[2], kv["side"]), []).append(kv)
 def med(kvs, key):
     return statistics.median(float(k[key].rstrip("ms")) for k in kvs)
+def load(kvs):
+    # The load process's CPU per task (clients and worker), printed by
+    # builds since revision 11.
+    if all("load_cpu_us/task" in k for k in kvs):
+        return f"{med(kvs, 'load_cpu_us/task'):.1f} us"
+    return "n/a"
+def load_ratio(b, a):
+    if load(a) == "n/a" or load(b) == "n/a":
+        return "n/a"
+    return f"{med(b, 'load_cpu_us/task') / med(a, 'load_cpu_us/task'):.2f}x"
 keys = ["tasks/s", "p50", "p99", "redis_cmds/task", "redis_cpu_us/task"]
-print("| path (clients, slots, chunks) | side | tasks/s | p50 ms | p99 ms | Redis cmds/task | Redis CPU/task |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| path (clients, slots, chunks) | side | tasks/s | p50 ms | p99 ms | Redis cmds/task | Redis CPU/task | load CPU/task |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for label in ["busy", "idle", "streaming"]:
     for side in ["A", "B", "floor"]:
         kvs = rows.get((label, side))
@@ -103,13 +113,13 @@ for label in ["busy", "idle", "streaming"]:
             continue
         k0 = kvs[0]
         name = {"A": "A", "B": "B", "floor": "floor (no guarantees)"}[side]
-        print(f"| {label} ({k0['clients']}, {k0['slots']}, {k0['chunks']}) | {name} | {med(kvs, 'tasks/s'):,.0f} | {med(kvs, 'p50'):.2f} | {med(kvs, 'p99'):.2f} | {med(kvs, 'redis_cmds/task'):.1f} | {med(kvs, 'redis_cpu_us/task'):.1f} us |")
+        print(f"| {label} ({k0['clients']}, {k0['slots']}, {k0['chunks']}) | {name} | {med(kvs, 'tasks/s'):,.0f} | {med(kvs, 'p50'):.2f} | {med(kvs, 'p99'):.2f} | {med(kvs, 'redis_cmds/task'):.1f} | {med(kvs, 'redis_cpu_us/task'):.1f} us | {load(kvs)} |")
     a, b = rows.get((label, "A")), rows.get((label, "B"))
     if a and b:
-        print(f"| {label} | **B / A** | **{med(b, 'tasks/s') / med(a, 'tasks/s'):.2f}x** | {med(b, 'p50') / med(a, 'p50'):.2f}x | {med(b, 'p99') / med(a, 'p99'):.2f}x | {med(b, 'redis_cmds/task') / med(a, 'redis_cmds/task'):.2f}x | {med(b, 'redis_cpu_us/task') / med(a, 'redis_cpu_us/task'):.2f}x |")
+        print(f"| {label} | **B / A** | **{med(b, 'tasks/s') / med(a, 'tasks/s'):.2f}x** | {med(b, 'p50') / med(a, 'p50'):.2f}x | {med(b, 'p99') / med(a, 'p99'):.2f}x | {med(b, 'redis_cmds/task') / med(a, 'redis_cmds/task'):.2f}x | {med(b, 'redis_cpu_us/task') / med(a, 'redis_cpu_us/task'):.2f}x | {load_ratio(b, a)} |")
     f = rows.get((label, "floor"))
     if b and f:
-        print(f"| {label} | **B / floor** | {med(b, 'tasks/s') / med(f, 'tasks/s'):.2f}x | {med(b, 'p50') / med(f, 'p50'):.2f}x | {med(b, 'p99') / med(f, 'p99'):.2f}x | {med(b, 'redis_cmds/task') / med(f, 'redis_cmds/task'):.2f}x | {med(b, 'redis_cpu_us/task') / med(f, 'redis_cpu_us/task'):.2f}x |")
+        print(f"| {label} | **B / floor** | {med(b, 'tasks/s') / med(f, 'tasks/s'):.2f}x | {med(b, 'p50') / med(f, 'p50'):.2f}x | {med(b, 'p99') / med(f, 'p99'):.2f}x | {med(b, 'redis_cmds/task') / med(f, 'redis_cmds/task'):.2f}x | {med(b, 'redis_cpu_us/task') / med(f, 'redis_cpu_us/task'):.2f}x | {load_ratio(b, f)} |")
 EOF
 echo
 echo "Command: scripts/bench-ab.sh --rounds $rounds --tasks $tasks --stream-tasks $stream_tasks$([ "$floor" = 1 ] && echo ' --floor')${lib_a:+ --library-a $lib_a}${lib_b:+ --library-b $lib_b} A B"
