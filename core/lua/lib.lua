@@ -494,10 +494,13 @@ end
 local function finish(id, h, state, kind, payload, now, extra, by_worker)
   local t = h.key or tkey(id)
   -- The retention as submit wrote it (an integer string) needs no
-  -- formatting; anything else is made a whole number of ms in range.
+  -- formatting; anything else is read as before revision 11: a number
+  -- (at least 1 ms) formatted with %d, never capped.
   local ret = h.ret
   if #ret > 10 or not string.match(ret, '^[1-9]%d*$') then
-    ret = istr(math.min(math.max(math.floor(num(ret)), 1), MAX_DURATION_MS))
+    local ms = num(ret)
+    if ms < 1 then ms = 1 end
+    ret = istr(ms)
   end
   local now_s = time_str(now)
   if state == 'done' then

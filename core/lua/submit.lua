@@ -53,15 +53,21 @@ local function submit_args(args, o, reply_ok)
   if type(spec) ~= 'string' or #spec == 0 or #spec > MAX_SPEC_BYTES then
     invalid('spec must be 1 byte to 16 MiB')
   end
+  -- Checked in argument order, as before revision 11: a call with more
+  -- than one invalid argument is refused naming the first.
+  local pri = arg_int(args[o + 2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT)
+  local timeout = arg_int(args[o + 3], 'timeout', 0, MAX_DURATION_MS)
+  local max = arg_int(args[o + 4], 'max attempts', 1, MAX_ATTEMPTS)
+  local ret = arg_int(args[o + 5], 'retention', 1, MAX_DURATION_MS)
   local reply = args[o + 6]
   if reply ~= reply_ok then reply = arg_reply(reply, 'reply stream') end
   return {
     id = id,
     spec = spec,
-    pri = arg_int(args[o + 2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT),
-    timeout = arg_int(args[o + 3], 'timeout', 0, MAX_DURATION_MS),
-    max = arg_int(args[o + 4], 'max attempts', 1, MAX_ATTEMPTS),
-    ret = arg_int(args[o + 5], 'retention', 1, MAX_DURATION_MS),
+    pri = pri,
+    timeout = timeout,
+    max = max,
+    ret = ret,
     reply = reply,
     strm = arg_flag(args[o + 7], 'stream flag') and '1' or '0',
     -- set by submit_batch
