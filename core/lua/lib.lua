@@ -116,10 +116,11 @@ local function time_str(ms)
 end
 
 -- An integer field for a message: a number formatted, a string as the
--- task hash holds it (written by istr), absent or empty as '0'.
+-- task hash holds it (written by istr), absent (nil, or false: how a
+-- missing HMGET field reaches Lua) or empty as '0'.
 local function int_field(v)
   if type(v) == 'number' then return istr(v) end
-  if v == nil or v == '' then return '0' end
+  if not v or v == '' then return '0' end
   return v
 end
 

@@ -930,3 +930,89 @@ async fn a_task_handed_out_at_submit_holds_no_zero_counters() {
         other => panic!("t1 expected, got {other:?}"),
     }
 }
+
+/// A success with trailing chunks reads the attempt's byte count (the
+/// view DONE, which leaves it out, serves only successes without chunks):
+/// the output's bytes are those written before plus the trailing ones.
+#[tokio::test]
+async fn a_success_with_trailing_chunks_adds_their_bytes_to_the_attempts_count() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.register("w1", "i1", 1, &[]).await;
+    p.submit(&Task::new("t1")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let r = p.chunk("w1", "t1", 1, 0, &chunks(&["ab", "cd"])).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    assert_eq!(
+        (p.count("t1", "nc").await, p.count("t1", "nb").await),
+        (2, 4)
+    );
+    let r = p
+        .complete("w1", "t1", 1, 2, Done, false, &chunks(&["efg"]))
+        .await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    assert_eq!(r.chunks, 3);
+    assert_eq!(
+        (p.count("t1", "nc").await, p.count("t1", "nb").await),
+        (3, 7)
+    );
+}
+
+/// An attempt whose output sits exactly at the byte cap may still end, and
+/// write nothing more, without trailing chunks: no chunks count as no bytes.
+#[tokio::test]
+async fn an_attempt_at_the_output_byte_cap_can_still_end_without_chunks() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.register("w1", "i1", 2, &[]).await;
+    for id in ["t1", "t2"] {
+        p.submit(&Task::new(id)).await;
+        let _ = p.pop("w1").await;
+        let _: () = redis::cmd("HSET")
+            .arg(p.keys.task(id))
+            .arg("nb")
+            .arg(rtq_core::protocol::MAX_OUTPUT_BYTES)
+            .query_async(&mut p.conn)
+            .await
+            .unwrap();
+    }
+    let r = p.chunk("w1", "t1", 1, 0, &[]).await;
+    assert_eq!(r.status, WriteStatus::Ok, "an empty chunk write at the cap");
+    let r = p
+        .complete("w1", "t1", 1, 0, CompleteOutcome::Failed, false, &[])
+        .await;
+    assert_eq!(r.status, WriteStatus::Ok, "a failure at the cap");
+    let r = p.complete("w1", "t2", 1, 0, Done, false, &[]).await;
+    assert_eq!(r.status, WriteStatus::Ok, "a success at the cap");
+    let one_more = p.chunk("w1", "t2", 1, 0, &chunks(&["x"])).await;
+    assert_ne!(one_more.status, WriteStatus::Ok, "the task has ended");
+}
+
+/// A queued task whose hash lost its deadline and submit time (a foreign
+/// or older writer) is handed out with zeros there, not refused: the
+/// message reads a missing field (false in Lua) as 0.
+#[tokio::test]
+async fn a_task_missing_its_deadline_and_submit_time_is_handed_out_with_zeros() {
+    let redis = RedisServer::start();
+    let mut p = Proto::connect(&redis, "q").await;
+    p.register("w1", "i1", 1, &[]).await;
+    p.submit(&Task::new("t1")).await;
+    p.submit(&Task::new("t2")).await;
+    assert_eq!(task_of(p.pop("w1").await), ("t1".into(), 1));
+    let _: () = redis::cmd("HDEL")
+        .arg(p.keys.task("t2"))
+        .arg("dl")
+        .arg("sub")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    let r = p.complete("w1", "t1", 1, 0, Done, true, &[]).await;
+    assert_eq!(r.status, WriteStatus::Ok);
+    match r.next {
+        Some(InboxMessage::Task(d)) => {
+            assert_eq!((d.id.as_str(), d.attempt), ("t2", 1));
+            assert_eq!((d.deadline_ms, d.submitted_ms), (0, 0));
+        }
+        other => panic!("t2 expected as the next task, got {other:?}"),
+    }
+}
