@@ -137,11 +137,11 @@ local function tostr(v)
   return v
 end
 
--- Checks KEYS[1] and binds the queue prefix for the helpers below.
 -- The meta key the last call bound (checked then): a queue's calls
 -- follow one another, so its check is not repeated.
 local bound_meta = nil
 
+-- Checks KEYS[1] and binds the queue prefix for the helpers below.
 local function bind(keys)
   local meta = keys[1]
   if #keys ~= 1 then invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta') end
@@ -252,11 +252,12 @@ end
 local function inkey(wid) return P .. 'in:' .. wid end
 local function wkey(wid) return P .. 'w:' .. wid end
 
+-- The last score made (score_of): a call's tasks mostly share the
+-- priority and the time.
+local last_score_pri, last_score_ms, last_score = nil, nil, nil
+
 -- Pending score: lower pops first. Higher priority -> lower band; within a
 -- band, earlier time first (ties by id).
--- The last score made is kept: a call's tasks mostly share the priority
--- and the time.
-local last_score_pri, last_score_ms, last_score = nil, nil, nil
 local function score_of(pri, ms)
   if pri ~= last_score_pri or ms ~= last_score_ms then
     last_score_pri, last_score_ms, last_score = pri, ms, istr((PRIORITY_LIMIT - pri) * BAND + ms)
