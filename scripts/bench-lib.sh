@@ -63,12 +63,8 @@ bench_header() {
 # under revision 99, which no process replaces: loaded first, it makes a
 # revision 10 worker write each slot's chunks alone (revision 9's way).
 bench_library_without_write_many() {
-  local f
-  for f in lib submit heartbeat complete chunk release cancel watch requeue queue_admin; do
-    cat "core/lua/$f.lua"
-    echo
-  done | sed -e "/function_name = 'rtq2_write_many'/d" \
-    -e 's/^local REVISION = [0-9]*$/local REVISION = 99/' >"$1"
+  scripts/library-at.sh worktree "$1"
+  sed -i "/function_name = 'rtq2_write_many'/d" "$1"
   if grep -q "rtq2_write_many'" "$1"; then
     echo "could not remove rtq2_write_many from the library" >&2
     exit 1

@@ -15,8 +15,14 @@ if [ $# -ne 2 ] || [ "$1" = "--help" ] || [ "$1" = "-h" ]; then
   exit 2
 fi
 rev=$1 out=$2
-for f in lib submit heartbeat complete chunk release cancel watch requeue queue_admin; do
-  if [ "$rev" = worktree ]; then cat "core/lua/$f.lua"; else git show "$rev:core/lua/$f.lua"; fi
+show() { # <path>: the file at $rev
+  if [ "$rev" = worktree ]; then cat "$1"; else git show "$rev:$1"; fi
+}
+# The files and their order: LIBRARY_FILES of core/src/functions/mod.rs.
+files=$(show core/src/functions/mod.rs | grep -oE '^ *\("[a-z_]+\.lua"' | tr -d ' ("')
+[ -n "$files" ] || { echo "library-at.sh: no LIBRARY_FILES in $rev's core/src/functions/mod.rs" >&2; exit 1; }
+for f in $files; do
+  show "core/lua/$f"
   echo
 done | sed -e 's/^local REVISION = [0-9]*$/local REVISION = 99/' >"$out"
 grep -q '^local REVISION = 99$' "$out" || { echo "library-at.sh: no REVISION line in $rev's lib.lua" >&2; exit 1; }
