@@ -105,6 +105,10 @@ end
 local OUTCOMES = {'done', 'failed', 'retry'}
 local WRITE_OUTCOMES = {'done', 'failed', 'retry', 'chunks'}
 local NEXT_MODES = {'0', '1', '2'}
+-- The same as sets: a valid word is one lookup (arg_enum, which loops
+-- over its list, words the error).
+local IS_OUTCOME = {done = true, failed = true, retry = true}
+local IS_NEXT_MODE = {['0'] = true, ['1'] = true, ['2'] = true}
 
 -- Checks one completion's arguments args[o .. o+5] (task id .. want next)
 -- with its chunks args[first .. last]. With `allow_chunks` (rtq2_write_many)
@@ -116,7 +120,10 @@ local function complete_args(args, o, first, last, allow_chunks)
   local id = arg_id(args[o], 'task id')
   local att = istr(arg_int(args[o + 1], 'attempt', 1, 1e15))
   local seq0 = arg_int(args[o + 2], 'seq0', 0, MAX_OUTPUT_CHUNKS)
-  local outcome = arg_enum(args[o + 3], 'outcome', allow_chunks and WRITE_OUTCOMES or OUTCOMES)
+  local outcome = args[o + 3]
+  if not IS_OUTCOME[outcome] then
+    outcome = arg_enum(outcome, 'outcome', allow_chunks and WRITE_OUTCOMES or OUTCOMES)
+  end
   local payload, next_mode
   if outcome == 'chunks' then
     if args[o + 4] ~= '' then invalid('a chunk write carries no result or reason') end
@@ -128,17 +135,23 @@ local function complete_args(args, o, first, last, allow_chunks)
     else
       payload = arg_text(args[o + 4], 'reason', 16 * MAX_TEXT_BYTES)
     end
-    next_mode = arg_enum(args[o + 5], 'want next', NEXT_MODES)
+    next_mode = args[o + 5]
+    if not IS_NEXT_MODE[next_mode] then next_mode = arg_enum(next_mode, 'want next', NEXT_MODES) end
   end
   local chunks, bytes = arg_chunks(args, first, last)
   return {id = id, att = att, seq0 = seq0, outcome = outcome, payload = payload,
-    want_next = next_mode ~= '0', split = next_mode == '2', chunks = chunks, bytes = bytes}
+    want_next = next_mode ~= '0', split = next_mode == '2', chunks = chunks, bytes = bytes,
+    -- set by prepare_call: the first group of the call naming this task
+    -- (`first`), its view read before any write (`h`, false: no task) and
+    -- whether the worker owned it then (`owned`)
+    first = false, h = false, owned = false}
 end
 
--- What one call reads once for all its completions: the clock, and the
--- queue's paused flag and earliest-due mark (read when first needed).
+-- What one call reads once for all its completions: the clock, the
+-- queue's paused flag and earliest-due mark, and its batched writes
+-- (prepare_call; nil for a call of chunk writes only).
 local function new_call()
-  return {now = nil, meta = nil, clock = nil}
+  return {now = nil, meta = nil, clock = nil, batch = nil, free = 0}
 end
 
 local function call_now(call)
@@ -149,13 +162,9 @@ end
 -- The next task for a freed slot of `wid` as (head, spec, replay mark
 -- "<task id>@<attempt>"), or ('', '', '') (paused, none queued).
 local function call_take_next(call, wid, now)
-  if not call.meta then call.meta = redis.call('HMGET', P .. 'meta', 'paused', 'dd') end
   if call.meta[1] == '1' then return '', '', '' end
-  local head, spec, id, att = take_next(wid, now, call.meta[2])
-  -- take_next promoted every retry due at `now` and moved the mark past
-  -- it; retries delayed later in this call are due after `now`: nothing
-  -- more is due within this call.
-  call.meta[2] = '0'
+  -- prepare_call promoted the retries due (and read meta).
+  local head, spec, id, att = take_next(wid, now, '0', call.batch)
   if not head then return '', '', '' end
   return head, spec, id .. '@' .. istr(att)
 end
@@ -175,7 +184,12 @@ local function complete_one(call, wid, c)
   if c.outcome == 'chunks' then return write_chunks(call, wid, c) end
   local id, att = c.id, c.att
   local chunks, bytes = c.chunks, c.bytes
-  local h = load_task(id, (c.outcome == 'done' and #chunks == 0) and DONE or COMPLETE)
+  local batch = call.batch
+  -- Read before any write (prepare_call), unless an earlier group of the
+  -- call named the task or the call popped it from pending.
+  local trusted = c.first and not batch.stale
+  local h = c.h or nil
+  if not trusted then h = load_task(id, (c.outcome == 'done' and #chunks == 0) and DONE or COMPLETE) end
   local mark = att .. '@' .. wid
   -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
   -- attempt: a retry replays that answer. A task deleted since keeps it
@@ -187,7 +201,8 @@ local function complete_one(call, wid, c)
       replay = {ca = kept[1], nx = kept[2] or '', st = kept[3] or '', nc = kept[4], fc = kept[5]}
     end
   end
-  if replay then
+  -- (A task no call ended yet has no mark: no pattern to run.)
+  if replay and replay.ca ~= '' then
     local done_status, done_mark = string.match(replay.ca, '^(%u+) (.+)$')
     if done_mark == mark then
       local head, spec = '', ''
@@ -203,19 +218,26 @@ local function complete_one(call, wid, c)
 
   -- Writes. This attempt's ownership ends here (OK, ENDED or NOT_FOUND).
   local now = call_now(call)
-  local freed = redis.call('SREM', wqkey(wid), id) == 1
+  -- The owned set and free slots are written when the call ends
+  -- (flush_batch): one SREM, one SADD, one ZINCRBY per call.
+  local freed
+  if trusted then
+    freed = c.owned
+    if freed then batch.rems[#batch.rems + 1] = id end
+  else
+    flush_owned(batch, wid)
+    freed = redis.call('SREM', wqkey(wid), id) == 1
+  end
   local head, spec, next_mark = '', '', ''
   if freed and c.want_next and status == 'NOT_FOUND' then
     -- No hash to keep a replay mark on: free the slot instead of handing
     -- out a task that a lost reply would strand.
-    redis.call('ZINCRBY', P .. 'free', '1', wid)
+    call.free = call.free + 1
   elseif freed and c.want_next then
     -- Taken before the outcome is recorded, so a retried task never comes
     -- straight back to this slot.
     head, spec, next_mark = call_take_next(call, wid, now)
-    if head == '' then
-      redis.call('ZINCRBY', P .. 'free', '1', wid)
-    end
+    if head == '' then call.free = call.free + 1 end
   end
   if status == 'NOT_FOUND' then return answer(c, 'NOT_FOUND', head, spec, 0, '', now, 0) end
   local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_mark}
@@ -248,51 +270,129 @@ local function complete_one(call, wid, c)
   return answer(c, 'OK', head, spec, num(h.nc), state, now, fc)
 end
 
--- Refuses, before any write, a key of the wrong type that a write of the
--- call could fail on (expect_type): the task hashes of completions after
--- the call's first group (the
--- first is read before any write, and so is the worker's owned set by
--- the first slot freed), the output lists of completions with chunks, and
--- the queue keys an ending, a retry or a next task writes. (Statistics,
--- events and notifications are best effort: they need no check.)
-local function check_keys(wid, list)
-  local want_next, retry, ending, chunked = false, false, false, false
-  for i, c in ipairs(list) do
-    -- Chunk writes (rtq2_write_many) check their own keys without failing
-    -- the call (write_chunks).
+-- Reads, before the call's first write, everything a key of the wrong
+-- type (a foreign key in rtq's namespace) could fail a write on, so that
+-- such a key refuses the call with nothing written (revision 12: the
+-- reads are the ones the call needs anyway, not TYPE checks): each task's
+-- view (the first group naming it; a later one reads it again, after a
+-- TYPE check), the output lists of endings with chunks, the worker's
+-- owned set (which of the tasks it owns), the queue's meta and delayed
+-- set (next tasks, retries), the free set, and pending, popped ahead for
+-- the slots the call expects to fill. Due retries are promoted here.
+-- (Statistics, events, notifications and the deadline index are best
+-- effort: they need no check.)
+local function prepare_call(call, wid, list)
+  local seen = {}
+  local ids, firsts = {}, {}
+  local ending, want_next, retry = false, false, false
+  for _, c in ipairs(list) do
+    local first = not seen[c.id]
+    seen[c.id] = true
+    -- Chunk writes (rtq2_write_many) check their own keys without
+    -- failing the call (write_chunks).
     if c.outcome ~= 'chunks' then
-      if i > 1 then expect_type(tkey(c.id), 'hash') end
+      local t = tkey(c.id)
+      if first then
+        local view = (c.outcome == 'done' and #c.chunks == 0) and DONE or COMPLETE
+        local v = redis.pcall('HMGET', t, unpack(view.fields))
+        if v.err then expect_type(t, 'hash') error(v) end
+        if v[1] then
+          c.h = view.build(v)
+          c.h.key = t
+        end
+        c.first = true
+        ids[#ids + 1] = c.id
+        firsts[#firsts + 1] = c
+      else
+        expect_type(t, 'hash')
+      end
       if #c.chunks > 0 then expect_type(okey(c.id), 'list') end
       ending = true
-    else
-      chunked = true
+      want_next = want_next or c.want_next
+      retry = retry or c.outcome == 'retry'
     end
-    want_next = want_next or c.want_next
-    retry = retry or c.outcome == 'retry'
   end
-  if ending then expect_type(P .. 'deadlines', 'zset') end
-  -- After chunk writes the first slot freed is no longer the first write.
-  if ending and chunked then expect_type(wqkey(wid), 'set') end
-  if want_next or retry then
-    expect_type(P .. 'meta', 'hash')
+  if not ending then return end
+  local wq = wqkey(wid)
+  local owned = NONE
+  if #ids == 0 then
+    -- Every ending follows a chunk write of its task: each reads the
+    -- owned set itself, after those writes.
+    expect_type(wq, 'set')
+  else
+    owned = redis.pcall('SMISMEMBER', wq, unpack(ids))
+  end
+  if owned.err then
+    -- A key of the wrong type is refused; any other error is an ACL's: a
+    -- user made by an `rtq acl` line before revision 12 has no
+    -- SMISMEMBER, and reads one task at a time.
+    expect_type(wq, 'set')
+    for i, id in ipairs(ids) do owned[i] = redis.call('SISMEMBER', wq, id) end
+  end
+  local want = 0
+  for i, c in ipairs(firsts) do
+    c.owned = owned[i] == 1
+    if c.owned and c.want_next and c.h then want = want + 1 end
+  end
+  call.batch = new_batch(seen, want)
+  if not (want_next or retry) then return end
+  local meta = P .. 'meta'
+  call.meta = redis.pcall('HMGET', meta, 'paused', 'dd')
+  if call.meta.err then expect_type(meta, 'hash') error(call.meta) end
+  if retry then expect_type(P .. 'delayed', 'zset') end
+  if not want_next then return end
+  expect_type(P .. 'free', 'zset')
+  if call.meta[1] == '1' then return end
+  local now = call_now(call)
+  local dd = call.meta[2]
+  local pending = P .. 'pending'
+  if want == 0 or not (dd and (dd == '0' or num(dd) > now)) then
+    -- No pop ahead (a slot may still be freed), or due retries to move
+    -- to pending first (rare): pending's type is checked before that.
+    expect_type(pending, 'zset')
     expect_type(P .. 'delayed', 'zset')
+    -- A promoted task may be one the call names: its view is stale.
+    if promote_due(now, dd) > 0 then call.batch.stale = true end
   end
-  if want_next then
-    expect_type(P .. 'free', 'zset')
-    expect_type(P .. 'pending', 'zset')
+  call.meta[2] = '0'
+  if want > 0 then
+    local popped = redis.pcall('ZPOPMIN', pending, istr(want))
+    if popped.err then expect_type(pending, 'zset') error(popped) end
+    batch_fill(call.batch, popped, want)
   end
 end
 
+-- The call's batched writes: the owned set's changes, the free slots,
+-- and the pending entries popped ahead and not used (or skipped) back at
+-- their scores. Their keys' types were read by prepare_call.
+local function flush_batch(call, wid)
+  local batch = call.batch
+  if not batch then return end
+  flush_owned(batch, wid)
+  if call.free > 0 then redis.call('ZINCRBY', P .. 'free', istr(call.free), wid) end
+  local back = batch.skipped
+  local items = batch.items
+  -- ZPOPMIN answered (id, score) pairs; ZADD takes (score, id).
+  for i = batch.pos, #items - 1, 2 do
+    back[#back + 1] = items[i + 1]
+    back[#back + 1] = items[i]
+  end
+  if #back > 0 then redis.call('ZADD', P .. 'pending', unpack(back)) end
+end
+
 -- Ends the checked completions `list` of worker `wid` in order; returns
--- their replies. The endings go to `ended` as one entry, written even when
--- a write fails halfway (Redis keeps what a call wrote before its error,
--- so the tasks ended before it must be listed), then the error goes on.
+-- their replies. The endings go to `ended` as one entry and the batched
+-- writes are flushed, even when a write fails halfway (Redis keeps what
+-- a call wrote before its error, so the tasks ended before it must be
+-- listed and their slots counted), then the error goes on.
 local function complete_all(call, wid, list)
   local replies = {}
+  prepare_call(call, wid, list)
   begin_endings()
   local ok, err = pcall(function()
     for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
   end)
+  flush_batch(call, wid)
   flush_endings()
   if not ok then error(err) end
   return replies
@@ -303,7 +403,6 @@ local function complete(keys, args)
   if #args < 7 then invalid('complete takes at least 7 arguments') end
   local wid = arg_id(args[1], 'worker id')
   local c = complete_args(args, 2, 8, #args, false)
-  check_keys(wid, {c})
   return complete_all(new_call(), wid, {c})[1]
 end
 
@@ -332,7 +431,6 @@ local function run_many(keys, args, name, allow_chunks)
   if o ~= #args + 1 then
     invalid(name .. ': ' .. (#args + 1 - o) .. ' arguments after the last completion')
   end
-  check_keys(wid, list)
   return complete_all(new_call(), wid, list)
 end
 

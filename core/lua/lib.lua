@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 11
+local REVISION = 12
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -114,6 +114,16 @@ local function time_str(ms)
   if ms ~= last_time then last_time, last_time_s = ms, istr(ms) end
   return last_time_s
 end
+
+-- A retention as a string (submit): the last one is kept.
+local last_ret, last_ret_s = nil, nil
+local function ret_str(ms)
+  if ms ~= last_ret then last_ret, last_ret_s = ms, istr(ms) end
+  return last_ret_s
+end
+
+-- The last stored retention finish found canonical (an integer string).
+local last_canonical_ret = nil
 
 -- An integer field for a message: a number formatted, a string as the
 -- task hash holds it (written by istr), absent (nil, or false: how a
@@ -497,12 +507,17 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
   local t = h.key or tkey(id)
   -- The retention as submit wrote it (an integer string) needs no
   -- formatting; anything else is read as before revision 11: a number
-  -- (at least 1 ms) formatted with %d, never capped.
+  -- (at least 1 ms) formatted with %d, never capped. The last one found
+  -- canonical is kept (a call's tasks mostly share one).
   local ret = h.ret
-  if #ret > 10 or not string.match(ret, '^[1-9]%d*$') then
-    local ms = num(ret)
-    if ms < 1 then ms = 1 end
-    ret = istr(ms)
+  if ret ~= last_canonical_ret then
+    if #ret > 10 or not string.match(ret, '^[1-9]%d*$') then
+      local ms = num(ret)
+      if ms < 1 then ms = 1 end
+      ret = istr(ms)
+    else
+      last_canonical_ret = ret
+    end
   end
   local now_s = time_str(now)
   if state == 'done' then
@@ -516,7 +531,10 @@ local function finish(id, h, state, kind, payload, now, extra, by_worker)
   redis.call('PEXPIRE', t, ret)
   if num(h.nc) > 0 then redis.call('PEXPIRE', okey(id), ret) end
   if h.watch == '1' then redis.call('PEXPIRE', wtkey(id), ret) end
-  if num(h.dl) > 0 then redis.call('ZREM', P .. 'deadlines', id) end
+  -- Best effort (revision 12): a foreign key where the deadline index
+  -- belongs holds no entry of this task (a complete call does not check
+  -- its type beforehand).
+  if num(h.dl) > 0 then redis.pcall('ZREM', P .. 'deadlines', id) end
   if not by_worker then
     local b = stat_count(now, state)
     stat_hist(b, 't:', now - num(h.sub))
@@ -705,10 +723,17 @@ end
 -- A queued task's chunk counts, chunk times and due time are zero or
 -- absent already (submit writes none, to_queue zeros them, promote_due
 -- zeros `due`), so the hand-out writes only what changes.
-local function assign(id, wid, now, dl, spec, sub, att, t)
+-- With a complete call's `batch` (take_next), the owned set gains the
+-- task when the call flushes its batch.
+local function assign(id, wid, now, dl, spec, sub, att, t, batch)
   att = num(att) + 1
   redis.call('HSET', t or tkey(id), 'st', 'running', 'w', wid, 'att', istr(att), 'start', time_str(now))
-  redis.call('SADD', wqkey(wid), id)
+  if batch then
+    batch.adds[#batch.adds + 1] = id
+    batch.want = batch.want - 1
+  else
+    redis.call('SADD', wqkey(wid), id)
+  end
   return task_head(id, att, now, dl, sub), spec or '', id, att
 end
 
@@ -717,8 +742,9 @@ end
 -- delayed, a time: nothing is due before it, nil (absent, e.g. a queue
 -- written by an older revision): unknown, so `delayed` is checked. The
 -- mark is then set to the earliest retry still delayed ('0' when none).
+-- Returns how many ids it took from delayed.
 local function promote_due(now, dd)
-  if dd and (dd == '0' or num(dd) > now) then return end
+  if dd and (dd == '0' or num(dd) > now) then return 0 end
   local due = redis.call('ZRANGE', P .. 'delayed', '-inf', time_str(now), 'BYSCORE', 'LIMIT', 0, PROMOTE_PER_CALL)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
@@ -733,6 +759,55 @@ local function promote_due(now, dd)
   end
   local first = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   redis.call('HSET', P .. 'meta', 'dd', first[2] or '0')
+  return #due
+end
+
+-- A complete call's batched writes (revision 12): pending entries popped
+-- ahead for its next tasks, `want` at a time (the slots it still expects
+-- to fill), so a call of n completions pops pending once, not n times;
+-- the owned set's removals (`rems`) and additions (`adds`); entries to
+-- give back to pending (`skipped`: score, id pairs). `seen` holds the
+-- ids of the call's groups: popping one of them makes the call `stale`
+-- (its views and owned-set reads are no longer to be trusted).
+-- rtq2_complete writes them all when the call ends (flush_batch).
+local function new_batch(seen, want)
+  return {items = NONE, pos = 1, want = want, empty = false, skipped = {}, adds = {}, rems = {},
+    seen = seen, stale = false}
+end
+
+-- `items`: what a ZPOPMIN of `n` entries answered (id, score, ...).
+local function batch_fill(batch, items, n)
+  batch.items, batch.pos = items, 1
+  if #items < 2 * n then batch.empty = true end
+end
+
+-- The next pending entry (id, score) of the batch, popping more when
+-- the ones popped ahead are used up; nil when pending is empty.
+local function batch_next(batch)
+  if batch.pos > #batch.items then
+    if batch.empty then return nil end
+    local n = batch.want
+    if n < 1 then n = 1 end
+    batch_fill(batch, redis.call('ZPOPMIN', P .. 'pending', istr(n)), n)
+    if #batch.items == 0 then return nil end
+  end
+  local pos = batch.pos
+  local id = batch.items[pos]
+  batch.pos = pos + 2
+  if batch.seen[id] then batch.stale = true end
+  return id, batch.items[pos + 1]
+end
+
+-- Writes the owned-set changes `batch` holds (worker `wid`'s).
+local function flush_owned(batch, wid)
+  if #batch.rems > 0 then
+    redis.call('SREM', wqkey(wid), unpack(batch.rems))
+    batch.rems = {}
+  end
+  if #batch.adds > 0 then
+    redis.call('SADD', wqkey(wid), unpack(batch.adds))
+    batch.adds = {}
+  end
 end
 
 local function other_live_worker(now)
@@ -748,14 +823,23 @@ end
 -- and its avoidance window lasts. The scan is capped (pacing: housekeeping
 -- continues where it stopped). Returns what assign returns (head, spec,
 -- task id, attempt), or nil.
-local function take_next(wid, now, dd)
-  promote_due(now, dd)
+-- With a complete call's `batch` (revision 12, see batch_next) pending
+-- entries come from the batch, skipped ones go back with the batch's
+-- unused ones, the owned set gains the task with the batch's other
+-- additions, and due retries were promoted by the caller.
+local function take_next(wid, now, dd, batch)
+  if not batch then promote_due(now, dd) end
   local skipped = nil
   local head, spec, taken, att = nil, nil, nil, nil
   for _ = 1, SCAN_PER_TAKE do
-    local popped = redis.call('ZPOPMIN', P .. 'pending')
-    if #popped == 0 then break end
-    local id = popped[1]
+    local id, score
+    if batch then
+      id, score = batch_next(batch)
+    else
+      local popped = redis.call('ZPOPMIN', P .. 'pending')
+      id, score = popped[1], popped[2]
+    end
+    if not id then break end
     local t = tkey(id)
     local h = redis.pcall('HMGET', t, 'st', 'dl', 'spec', 'sub', 'att', 'avoid', 'avu', 'v')
     if h.err then h = {} end -- a foreign key: dropped like a stale entry
@@ -768,17 +852,17 @@ local function take_next(wid, now, dd)
       elseif dl > 0 and dl <= now then
         expire(id, load_task(id), now)
       elseif h[6] == wid and num(h[7]) > now and other_live_worker(now) then
-        skipped = skipped or {}
-        skipped[#skipped + 1] = popped[2]
+        skipped = skipped or (batch and batch.skipped) or {}
+        skipped[#skipped + 1] = score
         skipped[#skipped + 1] = id
       else
-        head, spec, taken, att = assign(id, wid, now, h[2], h[3], h[4], h[5], t)
+        head, spec, taken, att = assign(id, wid, now, h[2], h[3], h[4], h[5], t, batch)
         break
       end
     end
     -- anything else is a stale entry (the task ended or vanished): dropped
   end
-  if skipped then redis.call('ZADD', P .. 'pending', unpack(skipped)) end
+  if skipped and not batch then redis.call('ZADD', P .. 'pending', unpack(skipped)) end
   return head, spec, taken, att
 end
 

@@ -238,11 +238,11 @@ local function submit_batch(tasks)
     if task.wid then
       -- One HSET creates the task already handed out (attempt 1).
       redis.call('HSET', task.key, 'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc,
-        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
+        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', ret_str(task.ret), 'reply', task.reply,
         'strm', task.strm, 'st', 'running', 'w', task.wid, 'att', '1', 'start', now_s)
     else
       redis.call('HSET', task.key, 'v', PROTOCOL_S, 'spec', task.spec, 'pri', istr(task.pri), 'sc', task.sc,
-        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', istr(task.ret), 'reply', task.reply,
+        'max', istr(task.max), 'sub', now_s, 'dl', task.dl_s, 'ret', ret_str(task.ret), 'reply', task.reply,
         'strm', task.strm, 'st', 'queued')
     end
     if task.dl > 0 then

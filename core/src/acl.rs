@@ -29,6 +29,9 @@ pub const LIBRARY_COMMANDS: &[&str] = &[
     "smembers",
     "scard",
     "sismember",
+    // Revision 12: which of a complete call's tasks the worker owns (a
+    // user made before it falls back to SISMEMBER).
+    "smismember",
     "zadd",
     "zrem",
     "zrange",

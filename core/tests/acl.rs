@@ -575,6 +575,68 @@ async fn the_worker_role_serves_its_queue_and_cannot_touch_another() {
     assert!(!task_exists(&redis, QUEUE, "w-1"));
 }
 
+/// A worker user made by an `rtq acl` line of revision 11 or earlier has no
+/// `+smismember` (revision 12's complete calls read the owned set with
+/// it): the library falls back to `SISMEMBER`, so such a worker keeps
+/// serving, its slots counted right, with no refusal but that one.
+#[tokio::test]
+async fn a_worker_user_made_before_revision_12_serves_through_the_sismember_fallback() {
+    let redis = RedisServer::start();
+    load_library(&redis).await;
+    let mut conn = redis.conn();
+    let mut made = 0;
+    for args in Role::Worker.rules() {
+        let mut cmd = redis::cmd(&args[0]);
+        for a in args[1..].iter().filter(|a| a.as_str() != "+smismember") {
+            cmd.arg(a);
+        }
+        made += usize::from(args.iter().any(|a| a == "+smismember"));
+        let () = cmd.query(&mut conn).unwrap();
+    }
+    assert_eq!(made, 1, "the documented worker line grants +smismember");
+    let url = format!(
+        "redis://{}:{PASSWORD}@127.0.0.1:{}/",
+        Role::Worker.user(),
+        redis.port()
+    );
+    reset_acl_log(&redis);
+    let (seen, _rx) = seen_channel();
+    let worker = RoleWorker::start(&redis, &url, WorkerConfig::new(QUEUE).slots(4), seen).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue(QUEUE).unwrap();
+    // More tasks than slots, at once: completes coalesce and take next tasks.
+    let runs: Vec<_> = (0..40)
+        .map(|i| q.run(TaskRequest::json(json!({ "i": i }))))
+        .collect();
+    for (i, out) in futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let out = out.unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(out.result["worker"], worker.id.as_str());
+    }
+    let keys = QueueKeys::new(QUEUE).unwrap();
+    let owned: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.worker_tasks(&worker.id))
+        .query(&mut conn)
+        .unwrap();
+    assert!(owned.is_empty(), "tasks left owned: {owned:?}");
+    let free: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.free())
+        .arg(&worker.id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(free, Some(4.0), "every slot is free again");
+    let refused = acl_refusals(&redis, &Role::Worker.user());
+    assert!(!refused.is_empty(), "the fallback was not exercised");
+    assert!(
+        refused.iter().all(|r| r.contains("smismember")),
+        "refused more than SMISMEMBER: {refused:#?}"
+    );
+    within(worker.stop()).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_read_only_console_reads_everything_and_redis_refuses_every_write() {
     let redis = RedisServer::start();

@@ -399,3 +399,108 @@ async fn a_worker_coalesces_its_slots_completes_and_each_task_gets_its_result() 
     );
     worker.stop().await;
 }
+
+// Revision 12: a call reads its tasks, the owned set and pending before
+// its first write, pops pending ahead for the slots it expects to fill,
+// and writes the owned set, free slots and unused pops when it ends.
+
+/// A batch that completes a task the same batch hands out (a worker
+/// guessing its next task): the call popped that task, so its view and
+/// its owned-set read are stale and read again. The answers and the
+/// state are still those of sequential completes.
+#[tokio::test]
+async fn a_batch_completing_a_task_it_hands_out_answers_as_sequential_completes() {
+    let batch = vec![
+        e("t1", 1, 0, Done, true, &[]),
+        // t5 is handed out (attempt 1) by the completion before.
+        e("t5", 1, 0, Done, true, &[]),
+        e("t2", 1, 0, Done, true, &[]),
+        // t7 is handed out by t5's completion; a wrong attempt of it.
+        e("t7", 2, 0, Done, true, &[]),
+        e("t3", 1, 0, Done, false, &[]),
+    ];
+    let seq_redis = RedisServer::start();
+    let mut seq = setup(&seq_redis).await;
+    let mut sequential = Vec::new();
+    for e in &batch {
+        sequential.push(seq.end("w1", e).await);
+    }
+    let many_redis = RedisServer::start();
+    let mut many = setup(&many_redis).await;
+    let batched = many.complete_many("w1", &batch).await.unwrap();
+    let a: Vec<_> = sequential.iter().map(timeless).collect();
+    let b: Vec<_> = batched.iter().map(timeless).collect();
+    assert_eq!(a, b);
+    use WriteStatus::*;
+    let status: Vec<WriteStatus> = batched.iter().map(|r| r.status).collect();
+    assert_eq!(status, [Ok, Ok, Ok, Fenced, Ok]);
+    assert_eq!(b[0].1, Some(("t5".into(), 1)));
+    assert_eq!(b[1].1, Some(("t6".into(), 1)));
+    assert_eq!(b[2].1, Some(("t7".into(), 1)));
+    assert_eq!(state(&mut seq, &IDS).await, state(&mut many, &IDS).await);
+    let mut owned = many.owned("w1").await;
+    owned.sort();
+    assert_eq!(owned, ["t4", "t6", "t7"]);
+}
+
+/// A completion the call expected to free a slot (the worker owns the
+/// task) but that is fenced: the task it popped ahead goes back to
+/// pending at its score, and nothing else changes.
+#[tokio::test]
+async fn a_fenced_completion_gives_back_the_task_popped_for_it() {
+    let redis = RedisServer::start();
+    let mut p = setup(&redis).await;
+    let pending = p.keys.pending();
+    let scores_before: Vec<(String, String)> = redis::cmd("ZRANGE")
+        .arg(&pending)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    let before = p.snapshot().await;
+    let r = p
+        .complete_many(
+            "w1",
+            &[
+                e("t2", 7, 0, Done, true, &[]),
+                e("t1", 3, 0, Done, true, &[]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.status == WriteStatus::Fenced), "{r:?}");
+    let scores_after: Vec<(String, String)> = redis::cmd("ZRANGE")
+        .arg(&pending)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut p.conn)
+        .await
+        .unwrap();
+    assert_eq!(scores_after, scores_before);
+    assert_eq!(p.snapshot().await, before, "a fenced batch changed data");
+}
+
+/// The deadline index is written best effort (revision 12): a foreign
+/// key there no longer refuses a complete, which ends the task.
+#[tokio::test]
+async fn a_foreign_deadline_index_does_not_stop_a_complete() {
+    let redis = RedisServer::start();
+    let mut p = setup(&redis).await;
+    let deadlines = p.keys.deadlines();
+    p.raw(&["SET", &deadlines, "foreign"]).await;
+    let r = p
+        .complete_many("w1", &[e("t1", 1, 0, Done, true, &[])])
+        .await
+        .unwrap();
+    assert_eq!(r[0].status, WriteStatus::Ok);
+    assert_eq!(timeless(&r[0]).1, Some(("t5".into(), 1)));
+    assert_eq!(p.field("t1", "st").await.as_deref(), Some("done"));
+    assert_eq!(
+        p.raw(&["GET", &deadlines]).await,
+        redis::Value::BulkString(b"foreign".to_vec()),
+        "the foreign key is left alone"
+    );
+}
