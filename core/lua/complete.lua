@@ -190,7 +190,6 @@ local function complete_one(call, wid, c)
   local trusted = c.first and not batch.stale
   local h = c.h or nil
   if not trusted then h = load_task(id, (c.outcome == 'done' and #chunks == 0) and DONE or COMPLETE) end
-  local mark = att .. '@' .. wid
   -- `ca` = "<status> <attempt>@<worker>" of the call that ended this
   -- attempt: a retry replays that answer. A task deleted since keeps it
   -- in `ca:<id>` (rtq2_delete_task) when that call handed out a task.
@@ -204,7 +203,7 @@ local function complete_one(call, wid, c)
   -- (A task no call ended yet has no mark: no pattern to run.)
   if replay and replay.ca ~= '' then
     local done_status, done_mark = string.match(replay.ca, '^(%u+) (.+)$')
-    if done_mark == mark then
+    if done_mark == att .. '@' .. wid then
       local head, spec = '', ''
       -- The view DONE does not read `nx`: a replay reads it here.
       if replay.nx == nil then replay.nx = redis.call('HMGET', replay.key, 'nx')[1] or '' end
@@ -240,7 +239,7 @@ local function complete_one(call, wid, c)
     if head == '' then call.free = call.free + 1 end
   end
   if status == 'NOT_FOUND' then return answer(c, 'NOT_FOUND', head, spec, 0, '', now, 0) end
-  local extra = {'ca', (status or 'OK') .. ' ' .. mark, 'nx', next_mark}
+  local extra = {'ca', (status or 'OK') .. ' ' .. att .. '@' .. wid, 'nx', next_mark}
   if status == 'ENDED' then
     redis.call('HSET', tkey(id), unpack(extra))
     return answer(c, 'ENDED', head, spec, num(h.nc), h.st, now, 0)
@@ -285,7 +284,9 @@ local function prepare_call(call, wid, list)
   local seen = {}
   local ids, firsts = {}, {}
   local ending, want_next, retry = false, false, false
-  for _, c in ipairs(list) do
+  -- (Numeric loops: ipairs calls a C iterator per item.)
+  for k = 1, #list do
+    local c = list[k]
     local first = not seen[c.id]
     seen[c.id] = true
     -- Chunk writes (rtq2_write_many) check their own keys without
@@ -330,7 +331,8 @@ local function prepare_call(call, wid, list)
     for i, id in ipairs(ids) do owned[i] = redis.call('SISMEMBER', wq, id) end
   end
   local want = 0
-  for i, c in ipairs(firsts) do
+  for i = 1, #firsts do
+    local c = firsts[i]
     c.owned = owned[i] == 1
     if c.owned and c.want_next and c.h then want = want + 1 end
   end
@@ -390,7 +392,7 @@ local function complete_all(call, wid, list)
   prepare_call(call, wid, list)
   begin_endings()
   local ok, err = pcall(function()
-    for i, c in ipairs(list) do replies[i] = complete_one(call, wid, c) end
+    for i = 1, #list do replies[i] = complete_one(call, wid, list[i]) end
   end)
   flush_batch(call, wid)
   flush_endings()

@@ -137,8 +137,11 @@ end
 -- An empty list, shared (`x or {}` makes a table per call).
 local NONE = {}
 
+-- A field or argument as a number (absent or not a number: 0). Small
+-- canonical integers, most counters, come from a table lookup (tonumber
+-- is a C call).
 local function num(v)
-  return tonumber(v) or 0
+  return SMALL_INT_OF[v] or tonumber(v) or 0
 end
 
 -- A field value for a write: numbers as integer strings (see istr).
@@ -183,9 +186,11 @@ local function arg_int(v, name, lo, hi)
   return n
 end
 
+-- (string.find, not string.match: a match returns the matched string,
+-- which Lua interns again; find returns two numbers.)
 local function arg_id(v, name)
   if type(v) ~= 'string' or #v == 0 or #v > MAX_ID_BYTES
-      or not string.match(v, '^[0-9A-Za-z._:-]+$') then
+      or not string.find(v, '^[0-9A-Za-z._:-]+$') then
     invalid(name .. ' must be 1-128 bytes of [A-Za-z0-9._:-]')
   end
   return v
@@ -619,8 +624,9 @@ local function check_write(h, wid, att, seq0, nchunks, bytes)
   if not h then return 'NOT_FOUND' end
   if h.att ~= att or h.w ~= wid then return 'FENCED' end
   if h.st ~= 'running' then return 'ENDED' end
-  if num(h.nc) ~= seq0 then return 'ORDER' end
-  if num(h.nc) + nchunks > MAX_OUTPUT_CHUNKS or num(h.nb) + bytes > MAX_OUTPUT_BYTES then
+  local nc = num(h.nc)
+  if nc ~= seq0 then return 'ORDER' end
+  if nc + nchunks > MAX_OUTPUT_CHUNKS or num(h.nb) + bytes > MAX_OUTPUT_BYTES then
     return 'TOO_LARGE'
   end
   return nil
@@ -648,9 +654,11 @@ local function record_chunks(id, h, chunks, bytes, now)
   end
   if h.strm == '1' or h.watch == '1' then
     local ev = {'e', 'c', 'a', h.att, 's', istr(nc), 'n', istr(#chunks)}
-    for i, c in ipairs(chunks) do
-      ev[#ev + 1] = CHUNK_FIELDS_BY_INDEX[i]
-      ev[#ev + 1] = c
+    -- (Numeric loops on the hot paths: ipairs calls a C iterator per item.)
+    local n = #ev
+    for i = 1, #chunks do
+      ev[n + 2 * i - 1] = CHUNK_FIELDS_BY_INDEX[i]
+      ev[n + 2 * i] = chunks[i]
     end
     notify(id, h, true, ev)
   end

@@ -88,7 +88,8 @@ local function free_slots(now, want)
     take = function()
       while true do
         local best = nil
-        for _, e in ipairs(pool) do
+        for k = 1, #pool do
+          local e = pool[k]
           if e.n > 0 and (not best or e.n > best.n) then best = e end
         end
         if not best then return nil end
@@ -133,7 +134,9 @@ local function submit_batch(tasks)
   local seen = {}
   local replies = {}
   local created = {}
-  for i, task in ipairs(tasks) do
+  -- (Numeric loops: ipairs calls a C iterator per item.)
+  for i = 1, #tasks do
+    local task = tasks[i]
     local first = seen[task.id]
     if first then
       -- Its first occurrence was created by this call.
@@ -180,11 +183,12 @@ local function submit_batch(tasks)
     end
   end
   local full = 0
-  for _, r in ipairs(replies) do
-    if r[1] == 'QUEUE_FULL' then full = full + 1 end
+  for i = 1, #replies do
+    if replies[i][1] == 'QUEUE_FULL' then full = full + 1 end
   end
   local queued, timed = false, false
-  for _, task in ipairs(created) do
+  for i = 1, #created do
+    local task = created[i]
     if not task.wid then queued = true end
     if task.dl > 0 then timed = true end
   end
@@ -202,7 +206,8 @@ local function submit_batch(tasks)
   -- leaves nothing behind; task hashes, statistics and meta come last.
   local pending, deadlines, owned = {}, {}, {}
   local now_s = time_str(now)
-  for _, task in ipairs(created) do
+  for i = 1, #created do
+    local task = created[i]
     task.dl_s = istr(task.dl)
     if task.wid then
       owned[task.wid] = owned[task.wid] or {}
@@ -231,7 +236,8 @@ local function submit_batch(tasks)
   end
   if #pending > 0 then redis.call('ZADD', P .. 'pending', unpack(pending)) end
   if #deadlines > 0 then redis.call('ZADD', P .. 'deadlines', unpack(deadlines)) end
-  for _, task in ipairs(created) do
+  for i = 1, #created do
+    local task = created[i]
     -- Counters that start at zero (fails, chunk counts and times) and an
     -- unassigned task's worker and attempt are not written: absent reads
     -- as zero (or '').
