@@ -387,13 +387,17 @@ end
 -- writes are flushed, even when a write fails halfway (Redis keeps what
 -- a call wrote before its error, so the tasks ended before it must be
 -- listed and their slots counted), then the error goes on.
+-- The completions `list` in order, into `replies`.
+local function complete_each(call, wid, list, replies)
+  for i = 1, #list do replies[i] = complete_one(call, wid, list[i]) end
+end
+
 local function complete_all(call, wid, list)
   local replies = {}
   prepare_call(call, wid, list)
   begin_endings()
-  local ok, err = pcall(function()
-    for i = 1, #list do replies[i] = complete_one(call, wid, list[i]) end
-  end)
+  -- (A named function: a closure here would be made on every call.)
+  local ok, err = pcall(complete_each, call, wid, list, replies)
   flush_batch(call, wid)
   flush_endings()
   if not ok then error(err) end

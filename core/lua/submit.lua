@@ -192,7 +192,10 @@ local function submit_batch(tasks)
     if not task.wid then queued = true end
     if task.dl > 0 then timed = true end
   end
-  if queued then expect_type(P .. 'pending', 'zset') end
+  -- With no hand-out, the ZADD to pending is the call's first write: its
+  -- own failure leaves nothing behind, so it needs no check beforehand.
+  local pending_first = not (free and #free.used() > 0)
+  if queued and not pending_first then expect_type(P .. 'pending', 'zset') end
   if timed then expect_type(P .. 'deadlines', 'zset') end
   if free then
     for _, e in ipairs(free.used()) do
@@ -234,7 +237,13 @@ local function submit_batch(tasks)
       end
     end
   end
-  if #pending > 0 then redis.call('ZADD', P .. 'pending', unpack(pending)) end
+  if #pending > 0 then
+    local added = redis.pcall('ZADD', P .. 'pending', unpack(pending))
+    if type(added) == 'table' and added.err then
+      expect_type(P .. 'pending', 'zset')
+      error(added)
+    end
+  end
   if #deadlines > 0 then redis.call('ZADD', P .. 'deadlines', unpack(deadlines)) end
   for i = 1, #created do
     local task = created[i]
