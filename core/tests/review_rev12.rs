@@ -18,7 +18,9 @@
 //!   stale pending entries past the scan cap; a due retry promoted by a
 //!   slot freed after a chunk write; a foreign key at the owned set, free,
 //!   pending, meta's `dd` states, delayed, a task hash (first or later
-//!   group) or an output list refuses the call with nothing written.
+//!   group) or an output list refuses the call with nothing written;
+//!   random rtq2_write_many batches over that mixed queue (24 fixed
+//!   rounds here; 400 were run once) leave what sequential calls do.
 
 mod support;
 
@@ -237,10 +239,11 @@ async fn whole_state(p: &mut Proto, ids: &[&str]) -> Vec<String> {
         out.push(format!("{id}: {h:?} out {:?}", p.list(&o).await));
     }
     for key in [p.keys.pending(), p.keys.delayed(), p.keys.deadlines()] {
-        // Pending and delayed in score order (their order matters, the
-        // tasks were submitted in the same order); deadlines are times.
+        // Pending in score order (its order matters; setups give its
+        // tasks the same scores on both servers); delayed and deadlines
+        // are by times.
         let mut members = p.zset(&key).await;
-        if key == p.keys.deadlines() {
+        if key != p.keys.pending() {
             members.sort();
         }
         out.push(format!("{key}: {members:?}"));
@@ -320,6 +323,13 @@ async fn mixed(redis: &RedisServer, paused: bool, due: bool) -> Proto {
         "99999999999999",
     ])
     .await;
+    // Scores (submit times) the same on both servers of a comparison.
+    for (i, id) in ["t5", "t6", "t7", "t8", "t9", "r"].iter().enumerate() {
+        let score = (1000 + i).to_string();
+        p.raw(&["ZADD", &pending, "XX", &score, id]).await;
+        let t = p.keys.task(id);
+        p.raw(&["HSET", &t, "sc", &score]).await;
+    }
     if due {
         p.raw(&["ZREM", &pending, "r"]).await;
         p.raw(&["ZADD", &delayed, "1", "r"]).await;
@@ -613,4 +623,54 @@ async fn a_due_retry_is_promoted_by_a_slot_freed_after_a_chunk_write() {
         }),
     ];
     compare_writes(setup, &batch, &["a", "b", "r"]).await;
+}
+
+#[tokio::test]
+async fn random_write_many_batches_leave_what_sequential_calls_do() {
+    // A fixed linear congruential sequence: the same batches every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let ids = ["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t9", "r", "ghost"];
+    let outcomes = [Done, Failed, Retry];
+    let one = [b"c".to_vec()];
+    for round in 0..24 {
+        let due = round % 2 == 0;
+        let len = 1 + next(12) as usize;
+        let batch: Vec<Write<'_>> = (0..len)
+            .map(|_| {
+                let id = ids[next(ids.len() as u64) as usize];
+                let attempt = 1 + next(4) / 3;
+                let seq0 = next(3) / 2;
+                let chunks: &[Vec<u8>] = if next(3) == 0 { &one } else { &[] };
+                if next(4) == 0 {
+                    Write::Chunks {
+                        id,
+                        attempt,
+                        seq0,
+                        chunks: &one,
+                    }
+                } else {
+                    Write::End(Ending {
+                        id,
+                        attempt,
+                        seq0,
+                        outcome: outcomes[next(3) as usize],
+                        want_next: next(4) != 0,
+                        chunks,
+                    })
+                }
+            })
+            .collect();
+        let setup = |redis: RedisServer| async move {
+            let p = mixed(&redis, false, due).await;
+            (redis, p)
+        };
+        eprintln!("round {round}: {batch:?}");
+        compare_writes(setup, &batch, &MIXED).await;
+    }
 }
