@@ -297,8 +297,9 @@ end
 -- owned set (which of the tasks it owns), the queue's meta and delayed
 -- set (next tasks, retries), the free set, and pending, popped ahead for
 -- the slots the call expects to fill. Due retries are promoted here.
--- (Statistics, events, notifications and the deadline index are best
--- effort: they need no check.)
+-- (Statistics, events, notifications, the deadline index and the delayed
+-- entry of a queued task a hand-out expires are best effort: they need no
+-- check.)
 local function prepare_call(call, wid, list)
   local seen = {}
   local ids, firsts = {}, {}
