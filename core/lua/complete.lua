@@ -163,7 +163,13 @@ end
 -- "<task id>@<attempt>"), or ('', '', '') (paused, none queued).
 local function call_take_next(call, wid, now)
   if call.meta[1] == '1' then return '', '', '' end
-  -- prepare_call promoted the retries due (and read meta).
+  -- prepare_call read meta, and promoted the retries due if a completion
+  -- was sure to free its slot; else the first slot freed promotes them,
+  -- as a sequential call would (a call that frees none writes nothing).
+  if call.meta[2] ~= '0' then
+    if promote_due(now, call.meta[2]) > 0 then call.batch.stale = true end
+    call.meta[2] = '0'
+  end
   local head, spec, id, att = take_next(wid, now, '0', call.batch)
   if not head then return '', '', '' end
   return head, spec, id .. '@' .. istr(att)
@@ -269,6 +275,18 @@ local function complete_one(call, wid, c)
   return answer(c, 'OK', head, spec, num(h.nc), state, now, fc)
 end
 
+-- Whether completion `c`, the first group of its call naming its task
+-- (view read by prepare_call), ends its attempt (OK or ENDED): FENCED,
+-- ORDER, TOO_LARGE, NOT_FOUND and a replay write nothing, and so take no
+-- next task (and promote no retry) for the call.
+local function ends_attempt(c, wid)
+  local h = c.h
+  if not h then return false end
+  if h.ca ~= '' and string.match(h.ca, '^%u+ (.+)$') == c.att .. '@' .. wid then return false end
+  local status = check_write(h, wid, c.att, c.seq0, #c.chunks, c.bytes)
+  return status == nil or status == 'ENDED'
+end
+
 -- Reads, before the call's first write, everything a key of the wrong
 -- type (a foreign key in rtq's namespace) could fail a write on, so that
 -- such a key refuses the call with nothing written (revision 12: the
@@ -278,8 +296,9 @@ end
 -- owned set (which of the tasks it owns), the queue's meta and delayed
 -- set (next tasks, retries), the free set, and pending, popped ahead for
 -- the slots the call expects to fill. Due retries are promoted here.
--- (Statistics, events, notifications and the deadline index are best
--- effort: they need no check.)
+-- (Statistics, events, notifications, the deadline index and the delayed
+-- entry of a queued task a hand-out expires are best effort: they need no
+-- check.)
 local function prepare_call(call, wid, list)
   local seen = {}
   local ids, firsts = {}, {}
@@ -334,7 +353,7 @@ local function prepare_call(call, wid, list)
   for i = 1, #firsts do
     local c = firsts[i]
     c.owned = owned[i] == 1
-    if c.owned and c.want_next and c.h then want = want + 1 end
+    if c.owned and c.want_next and ends_attempt(c, wid) then want = want + 1 end
   end
   call.batch = new_batch(seen, want)
   if not (want_next or retry) then return end
@@ -348,20 +367,21 @@ local function prepare_call(call, wid, list)
   local now = call_now(call)
   local dd = call.meta[2]
   local pending = P .. 'pending'
-  if want == 0 or not (dd and (dd == '0' or num(dd) > now)) then
-    -- No pop ahead (a slot may still be freed), or due retries to move
-    -- to pending first (rare): pending's type is checked before that.
+  local due = not (dd and (dd == '0' or num(dd) > now))
+  if want == 0 or due then
+    -- No pop ahead (a later group may still free a slot), or due retries
+    -- to move to pending first (rare): their types are checked before.
     expect_type(pending, 'zset')
     expect_type(P .. 'delayed', 'zset')
-    -- A promoted task may be one the call names: its view is stale.
-    if promote_due(now, dd) > 0 then call.batch.stale = true end
   end
+  -- No slot sure to be freed: the first one freed promotes (call_take_next).
+  if want == 0 then return end
+  -- A promoted task may be one the call names: its view is stale.
+  if due and promote_due(now, dd) > 0 then call.batch.stale = true end
   call.meta[2] = '0'
-  if want > 0 then
-    local popped = redis.pcall('ZPOPMIN', pending, istr(want))
-    if popped.err then expect_type(pending, 'zset') error(popped) end
-    batch_fill(call.batch, popped, want)
-  end
+  local popped = redis.pcall('ZPOPMIN', pending, istr(want))
+  if popped.err then expect_type(pending, 'zset') error(popped) end
+  batch_fill(call.batch, popped, want)
 end
 
 -- The call's batched writes: the owned set's changes, the free slots,

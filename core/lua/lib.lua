@@ -605,7 +605,10 @@ local function expire(id, h, now)
     redis.call('ZREM', P .. 'deadlines', id)
   elseif h.st == 'queued' then
     redis.call('ZREM', P .. 'pending', id)
-    redis.call('ZREM', P .. 'delayed', id)
+    -- Best effort (revision 12): a foreign key where `delayed` belongs
+    -- holds no entry of this task, and a complete call, whose hand-out
+    -- ends a queued task past its deadline, does not check its type.
+    redis.pcall('ZREM', P .. 'delayed', id)
     finish(id, h, 'expired', 'timeout_queued', 'deadline passed while queued', now)
   elseif h.st == 'running' then
     finish(id, h, 'expired', 'timeout_running', 'deadline passed while running on ' .. h.w, now)
@@ -839,7 +842,14 @@ local function take_next(wid, now, dd, batch)
   if not batch then promote_due(now, dd) end
   local skipped = nil
   local head, spec, taken, att = nil, nil, nil, nil
-  for _ = 1, SCAN_PER_TAKE do
+  -- Sequential calls would pop the entries an earlier take of the call
+  -- skipped again first (they are pending's smallest, and skipped again:
+  -- the worker, the time and the live workers are the call's): they use
+  -- up as much of this scan. (This also keeps `batch.skipped` under
+  -- SCAN_PER_TAKE entries, well within what one ZADD can unpack.)
+  local scan = SCAN_PER_TAKE
+  if batch then scan = SCAN_PER_TAKE - #batch.skipped / 2 end
+  for _ = 1, scan do
     local id, score
     if batch then
       id, score = batch_next(batch)
