@@ -134,25 +134,34 @@ fn hostile_batch(trailing: &[Vec<u8>]) -> Vec<Ending<'_>> {
     ]
 }
 
+/// Runs `batch` of w1 as sequential completes on one server and as one
+/// `rtq2_complete_many` on another (both from `setup`), and checks that
+/// the answers (without times) are equal. Returns the servers (kept
+/// alive), the two connections and the batch's replies.
+async fn sequential_and_batched(
+    batch: &[Ending<'_>],
+) -> ([RedisServer; 2], Proto, Proto, Vec<CompleteReply>) {
+    let seq_redis = RedisServer::start();
+    let mut seq = setup(&seq_redis).await;
+    let mut sequential = Vec::new();
+    for e in batch {
+        sequential.push(seq.end("w1", e).await);
+    }
+    let many_redis = RedisServer::start();
+    let mut many = setup(&many_redis).await;
+    let batched = many.complete_many("w1", batch).await.unwrap();
+    let a: Vec<_> = sequential.iter().map(timeless).collect();
+    let b: Vec<_> = batched.iter().map(timeless).collect();
+    assert_eq!(a, b);
+    ([seq_redis, many_redis], seq, many, batched)
+}
+
 #[tokio::test]
 async fn a_batch_answers_and_writes_what_sequential_completes_do() {
     let trailing = [b"c".to_vec()];
     let batch = hostile_batch(&trailing);
-
-    let seq_redis = RedisServer::start();
-    let mut seq = setup(&seq_redis).await;
-    let mut sequential = Vec::new();
-    for e in &batch {
-        sequential.push(seq.end("w1", e).await);
-    }
-
-    let many_redis = RedisServer::start();
-    let mut many = setup(&many_redis).await;
-    let batched = many.complete_many("w1", &batch).await.unwrap();
-
-    let a: Vec<_> = sequential.iter().map(timeless).collect();
+    let (_servers, mut seq, mut many, batched) = sequential_and_batched(&batch).await;
     let b: Vec<_> = batched.iter().map(timeless).collect();
-    assert_eq!(a, b);
     // The answers are the ones the protocol promises, not just equal.
     let status: Vec<WriteStatus> = batched.iter().map(|r| r.status).collect();
     use WriteStatus::*;
@@ -419,18 +428,8 @@ async fn a_batch_completing_a_task_it_hands_out_answers_as_sequential_completes(
         e("t7", 2, 0, Done, true, &[]),
         e("t3", 1, 0, Done, false, &[]),
     ];
-    let seq_redis = RedisServer::start();
-    let mut seq = setup(&seq_redis).await;
-    let mut sequential = Vec::new();
-    for e in &batch {
-        sequential.push(seq.end("w1", e).await);
-    }
-    let many_redis = RedisServer::start();
-    let mut many = setup(&many_redis).await;
-    let batched = many.complete_many("w1", &batch).await.unwrap();
-    let a: Vec<_> = sequential.iter().map(timeless).collect();
+    let (_servers, mut seq, mut many, batched) = sequential_and_batched(&batch).await;
     let b: Vec<_> = batched.iter().map(timeless).collect();
-    assert_eq!(a, b);
     use WriteStatus::*;
     let status: Vec<WriteStatus> = batched.iter().map(|r| r.status).collect();
     assert_eq!(status, [Ok, Ok, Ok, Fenced, Ok]);
