@@ -4,18 +4,23 @@
 //! the request's scheduled send time, not from when it was actually sent,
 //! so a stall delays every request scheduled during it and shows in the
 //! percentiles (no coordinated omission). Real Client and Worker code
-//! (zero-work handler, 1000-char input and result).
+//! (zero-work handler, 1000-char input and result). At every rate the same
+//! schedule also sends pairs of PINGs (two round trips to Redis, no worker):
+//! the machine's own floor at that rate, which on a VM with sleeping idle
+//! cores is far above a busy loop's.
 //!
 //! Run: `cargo run --release -p rtq-examples --example bench_open_loop -- --redis URL`
 //! against a private server (`scripts/bench-open-loop.sh` starts one, pinned).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use redis::aio::MultiplexedConnection;
 use rtq_core::{Client, TaskRequest, Worker, WorkerConfig};
-use rtq_examples::bench_util::{percentile, run_load, task_input, Load, ZeroWork};
+use rtq_examples::bench_util::{info_conn, percentile, run_load, task_input, Load, ZeroWork};
 use rtq_examples::RedisArgs;
 
 /// Open-loop latency at fixed fractions of the measured maximum
@@ -56,11 +61,14 @@ struct Run {
 /// Sends `n` requests at `rate` per second on a fixed schedule. A
 /// dedicated thread keeps the schedule (thread sleeps are accurate to tens
 /// of microseconds; tokio's timer rounds to milliseconds) and spawns each
-/// request onto the runtime at its due time.
-async fn fixed_rate(q: &rtq_core::Queue, rate: f64, n: usize) -> anyhow::Result<Run> {
+/// request (a future made by `request`, true when it succeeded) onto the
+/// runtime at its due time.
+async fn fixed_rate<F, Fut>(rate: f64, n: usize, request: F) -> anyhow::Result<Run>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
     let handle = tokio::runtime::Handle::current();
-    let q = q.clone();
-    let input = task_input(1000, 0, 1000);
     let started = Instant::now();
     let (handles, late_sends) = tokio::task::spawn_blocking(move || {
         let start = Instant::now() + Duration::from_millis(20);
@@ -74,10 +82,10 @@ async fn fixed_rate(q: &rtq_core::Queue, rate: f64, n: usize) -> anyhow::Result<
             } else if now - due > Duration::from_millis(1) {
                 late += 1;
             }
-            let (q, input) = (q.clone(), input.clone());
+            let request = request();
             handles.push(handle.spawn(async move {
                 let sent = Instant::now();
-                let ok = q.run(TaskRequest::json(input)).await.is_ok();
+                let ok = request.await;
                 let end = Instant::now();
                 (
                     ok,
@@ -109,6 +117,24 @@ async fn fixed_rate(q: &rtq_core::Queue, rate: f64, n: usize) -> anyhow::Result<
         late_sends,
         secs,
     })
+}
+
+/// The machine's own floor at a rate: two PINGs one after the other (two
+/// round trips to Redis, no queue, no worker) on the same schedule. On a
+/// VM whose idle cores sleep, waking them costs far more per round trip at
+/// low rates than on a busy core; this separates that cost from rtq's.
+async fn ping_pair(conn: &MultiplexedConnection) -> bool {
+    let mut conn = conn.clone();
+    for _ in 0..2 {
+        if redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 #[tokio::main]
@@ -145,20 +171,32 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = Client::connect(&url).await?;
     let q = client.queue(&queue)?;
+    let ping = info_conn(&url).await?;
     // Warm up.
     for _ in 0..100 {
         q.run(TaskRequest::json(task_input(1000, 0, 1000))).await?;
     }
     println!();
-    println!("| rate | of max | requests | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from actual send | sends > 1 ms late | failed |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| rate | of max | requests | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from actual send | sends > 1 ms late | failed | 2 x PING p50 / p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for pct in &args.rates {
         let rate = max * *pct as f64 / 100.0;
         let n = ((rate * args.seconds as f64) as usize).max(1);
-        let r = fixed_rate(&q, rate, n).await?;
+        let (q, input) = (q.clone(), task_input(1000, 0, 1000));
+        let r = fixed_rate(rate, n, move || {
+            let (q, input) = (q.clone(), input.clone());
+            async move { q.run(TaskRequest::json(input)).await.is_ok() }
+        })
+        .await?;
+        let pings = ping.clone();
+        let floor = fixed_rate(rate, n, move || {
+            let pings = pings.clone();
+            async move { ping_pair(&pings).await }
+        })
+        .await?;
         let l = &r.from_schedule;
         println!(
-            "| {rate:.0}/s | {pct} % | {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {rate:.0}/s | {pct} % | {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} / {:.2} |",
             l.len() as f64 / r.secs,
             percentile(l, 0.5),
             percentile(l, 0.99),
@@ -167,6 +205,8 @@ async fn main() -> anyhow::Result<()> {
             percentile(&r.from_send, 0.99),
             r.late_sends,
             r.failed,
+            percentile(&floor.from_schedule, 0.5),
+            percentile(&floor.from_schedule, 0.99),
         );
     }
     let _ = stop_tx.send(());
