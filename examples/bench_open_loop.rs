@@ -22,6 +22,7 @@ use redis::aio::MultiplexedConnection;
 use rtq_core::{Client, TaskRequest, Worker, WorkerConfig};
 use rtq_examples::bench_util::{info_conn, percentile, run_load, task_input, Load, ZeroWork};
 use rtq_examples::RedisArgs;
+use tokio::io::AsyncReadExt;
 
 /// Open-loop latency at fixed fractions of the measured maximum
 /// throughput.
@@ -47,6 +48,30 @@ struct Args {
     /// Skip the maximum run and use this rate (tasks/s) as 100 %.
     #[arg(long, env = "RTQ_BENCH_MAX_RATE")]
     max_rate: Option<f64>,
+    /// Run the fixed-rate phase's worker in a process of its own (as in
+    /// production) instead of in the client's process and runtime.
+    #[arg(long, env = "RTQ_BENCH_WORKER_PROCESS")]
+    worker_process: bool,
+    /// Internal: serve this queue as the worker process of
+    /// `--worker-process` until killed.
+    #[arg(long, hide = true)]
+    serve_worker: Option<String>,
+}
+
+/// Serves `queue` with one zero-work worker of `slots` slots until its
+/// standard input ends: the parent closes it when done, and so does the
+/// kernel when the parent dies (Ctrl-C), so no worker outlives its run.
+async fn serve_worker(url: &str, queue: &str, slots: usize) -> anyhow::Result<()> {
+    let worker = Worker::connect(url, WorkerConfig::new(queue).slots(slots))
+        .await
+        .context("starting the worker")?;
+    let parent_gone = async {
+        let mut stdin = tokio::io::stdin();
+        let mut byte = [0u8; 1];
+        while matches!(stdin.read(&mut byte).await, Ok(n) if n > 0) {}
+    };
+    worker.run(Arc::new(ZeroWork), parent_gone).await?;
+    Ok(())
 }
 
 /// Latencies of one fixed-rate run.
@@ -141,8 +166,11 @@ async fn ping_pair(conn: &MultiplexedConnection) -> bool {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let url = args.redis.url::<Args>();
-    let queue = format!("openloop{}", std::process::id());
     let slots = args.slots as usize;
+    if let Some(queue) = &args.serve_worker {
+        return serve_worker(&url, queue, slots).await;
+    }
+    let queue = format!("openloop{}", std::process::id());
     let max = match args.max_rate {
         Some(r) if r.is_finite() && r > 0.0 => r,
         Some(r) => anyhow::bail!("--max-rate must be a positive number of tasks/s, got {r}"),
@@ -161,13 +189,30 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let worker = Worker::connect(&url, WorkerConfig::new(&queue).slots(slots))
-        .await
-        .context("starting the worker")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let wh = tokio::spawn(worker.run(Arc::new(ZeroWork), async {
-        let _ = stop_rx.await;
-    }));
+    // The worker: a child process, or a task of this runtime.
+    let mut child = None;
+    let mut in_process = None;
+    if args.worker_process {
+        child = Some(
+            tokio::process::Command::new(std::env::current_exe()?)
+                // The URL goes by environment: a password never shows in `ps`.
+                .env("RTQ_REDIS_URL", &url)
+                .args(["--slots", &slots.to_string(), "--serve-worker", &queue])
+                .stdin(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the worker process")?,
+        );
+    } else {
+        let worker = Worker::connect(&url, WorkerConfig::new(&queue).slots(slots))
+            .await
+            .context("starting the worker")?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let wh = tokio::spawn(worker.run(Arc::new(ZeroWork), async {
+            let _ = stop_rx.await;
+        }));
+        in_process = Some((stop_tx, wh));
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = Client::connect(&url).await?;
     let q = client.queue(&queue)?;
@@ -209,7 +254,18 @@ async fn main() -> anyhow::Result<()> {
             percentile(&floor.from_schedule, 0.99),
         );
     }
-    let _ = stop_tx.send(());
-    let _ = wh.await;
+    if let Some((stop_tx, wh)) = in_process {
+        let _ = stop_tx.send(());
+        let _ = wh.await;
+    }
+    if let Some(mut child) = child {
+        drop(child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
     Ok(())
 }

@@ -93,6 +93,27 @@ fn the_open_loop_and_reference_tables_print() {
     );
     assert!(out.contains("| 25/s | 25 % | 25 |"), "{out}");
     assert!(out.contains("| 50/s | 50 % | 50 |"), "{out}");
+    assert!(out.contains("| 2 x PING p50 / p99 ms |"), "{out}");
+    // The worker in a process of its own serves every request too.
+    let out = run(
+        "bench_open_loop",
+        &[
+            "--max-rate",
+            "100",
+            "--seconds",
+            "1",
+            "--rates",
+            "30",
+            "--worker-process",
+        ],
+        &redis,
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| 30/s | 30 % | 30 | "))
+        .unwrap_or_else(|| panic!("no 30/s row: {out}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[11], "0", "requests failed: {row}");
     let out = run(
         "bench_table",
         &[
