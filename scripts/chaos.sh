@@ -35,7 +35,10 @@ for arg in "$@"; do
 done
 
 scripts/ensure-deps.sh
-cargo build --locked -q "${build_flags[@]}" -p rtq-worker -p rtq-examples --example chaos
+# Two builds: with --example, cargo builds no binary of the other package,
+# and a fresh tree has no rtq-worker yet.
+cargo build --locked -q "${build_flags[@]}" -p rtq-worker --bin rtq-worker
+cargo build --locked -q "${build_flags[@]}" -p rtq-examples --example chaos
 target="${CARGO_TARGET_DIR:-target}/$profile"
 if [ -n "${help:-}" ]; then
   exec "$target/examples/chaos" --help
