@@ -58,13 +58,18 @@ struct Args {
     serve_worker: Option<String>,
 }
 
+/// One zero-work worker of `slots` slots on `queue`, connected.
+async fn connect_worker(url: &str, queue: &str, slots: usize) -> anyhow::Result<Worker> {
+    Worker::connect(url, WorkerConfig::new(queue).slots(slots))
+        .await
+        .context("starting the worker")
+}
+
 /// Serves `queue` with one zero-work worker of `slots` slots until its
 /// standard input ends: the parent closes it when done, and so does the
 /// kernel when the parent dies (Ctrl-C), so no worker outlives its run.
 async fn serve_worker(url: &str, queue: &str, slots: usize) -> anyhow::Result<()> {
-    let worker = Worker::connect(url, WorkerConfig::new(queue).slots(slots))
-        .await
-        .context("starting the worker")?;
+    let worker = connect_worker(url, queue, slots).await?;
     let parent_gone = async {
         let mut stdin = tokio::io::stdin();
         let mut byte = [0u8; 1];
@@ -144,6 +149,24 @@ where
     })
 }
 
+/// Runs `work`, or fails as soon as the worker process (if any) exits:
+/// without a worker the requests would wait forever.
+async fn unless_worker_exits<T>(
+    child: &mut Option<tokio::process::Child>,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let Some(child) = child else {
+        return work.await;
+    };
+    tokio::select! {
+        result = work => result,
+        status = child.wait() => match status {
+            Ok(status) => anyhow::bail!("the worker process exited early ({status})"),
+            Err(e) => anyhow::bail!("the worker process is gone: {e}"),
+        },
+    }
+}
+
 /// The machine's own floor at a rate: two PINGs one after the other (two
 /// round trips to Redis, no queue, no worker) on the same schedule. On a
 /// VM whose idle cores sleep, waking them costs far more per round trip at
@@ -191,22 +214,23 @@ async fn main() -> anyhow::Result<()> {
 
     // The worker: a child process, or a task of this runtime.
     let mut child = None;
+    // The child's stdin, held apart: tokio's `Child::wait` closes a stdin
+    // it still holds, and a closed stdin stops the worker.
+    let mut worker_stdin = None;
     let mut in_process = None;
     if args.worker_process {
-        child = Some(
-            tokio::process::Command::new(std::env::current_exe()?)
-                // The URL goes by environment: a password never shows in `ps`.
-                .env("RTQ_REDIS_URL", &url)
-                .args(["--slots", &slots.to_string(), "--serve-worker", &queue])
-                .stdin(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting the worker process")?,
-        );
+        let mut process = tokio::process::Command::new(std::env::current_exe()?)
+            // The URL goes by environment: a password never shows in `ps`.
+            .env("RTQ_REDIS_URL", &url)
+            .args(["--slots", &slots.to_string(), "--serve-worker", &queue])
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the worker process")?;
+        worker_stdin = process.stdin.take();
+        child = Some(process);
     } else {
-        let worker = Worker::connect(&url, WorkerConfig::new(&queue).slots(slots))
-            .await
-            .context("starting the worker")?;
+        let worker = connect_worker(&url, &queue, slots).await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let wh = tokio::spawn(worker.run(Arc::new(ZeroWork), async {
             let _ = stop_rx.await;
@@ -218,9 +242,13 @@ async fn main() -> anyhow::Result<()> {
     let q = client.queue(&queue)?;
     let ping = info_conn(&url).await?;
     // Warm up.
-    for _ in 0..100 {
-        q.run(TaskRequest::json(task_input(1000, 0, 1000))).await?;
-    }
+    unless_worker_exits(&mut child, async {
+        for _ in 0..100 {
+            q.run(TaskRequest::json(task_input(1000, 0, 1000))).await?;
+        }
+        Ok(())
+    })
+    .await?;
     println!();
     println!("| rate | of max | requests | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 from actual send | sends > 1 ms late | failed | 2 x PING p50 / p99 ms |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -228,10 +256,13 @@ async fn main() -> anyhow::Result<()> {
         let rate = max * *pct as f64 / 100.0;
         let n = ((rate * args.seconds as f64) as usize).max(1);
         let (q, input) = (q.clone(), task_input(1000, 0, 1000));
-        let r = fixed_rate(rate, n, move || {
-            let (q, input) = (q.clone(), input.clone());
-            async move { q.run(TaskRequest::json(input)).await.is_ok() }
-        })
+        let r = unless_worker_exits(
+            &mut child,
+            fixed_rate(rate, n, move || {
+                let (q, input) = (q.clone(), input.clone());
+                async move { q.run(TaskRequest::json(input)).await.is_ok() }
+            }),
+        )
         .await?;
         let pings = ping.clone();
         let floor = fixed_rate(rate, n, move || {
@@ -259,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = wh.await;
     }
     if let Some(mut child) = child {
-        drop(child.stdin.take());
+        drop(worker_stdin);
         if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
