@@ -3,7 +3,7 @@ connected, serves until SIGTERM (graceful) or kill -9.
 
 Modes: echo (result = input), stream (input["n"] chunks "tokN ", one every
 input["every"] seconds, result {"tokens": n}), slow (sleeps input["secs"]
-then returns "slept").
+then returns "slept"; it logs "handler started <id>" to stderr first).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ async def stream(task: rtq.Task):
 
 
 async def slow(task: rtq.Task):
+    # Tests wait for this line: Redis says "running" from the hand-out on,
+    # a little before the handler starts (a signal in between finds
+    # nothing running and hands the task back).
+    print(f"handler started {task.id}", file=sys.stderr, flush=True)
     await asyncio.sleep(task.input.get("secs", 1.0))
     return "slept"
 
