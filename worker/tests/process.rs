@@ -4,7 +4,9 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -14,6 +16,39 @@ use serde_json::json;
 use support::ChildGuard;
 
 fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(&mut worker_command(redis, queue, id, extra))
+}
+
+/// A worker whose handler start can be awaited: Redis says "running" from
+/// the hand-out on, a little before the slot starts the handler, and a
+/// SIGTERM in between hands back a task that never started (no attempt
+/// used). The receiver gets one message per "task started" log line.
+fn spawn_observed_worker(
+    redis: &RedisServer,
+    queue: &str,
+    id: &str,
+    extra: &[&str],
+) -> (ChildGuard, mpsc::Receiver<()>) {
+    let mut cmd = worker_command(redis, queue, id, extra);
+    cmd.env("RTQ_LOG", "warn,rtq_core::worker=debug")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut cmd);
+    // The worker logs to stdout.
+    let log = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // Reads to the end, so the worker never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if line.contains("task started") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn worker_command(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
     cmd.args([
         "--queue",
@@ -32,7 +67,7 @@ fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> C
     .env("RTQ_LOG", "warn")
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    ChildGuard::spawn(&mut cmd)
+    cmd
 }
 
 async fn wait_state(q: &rtq_core::Queue, id: &str, want: TaskState, worker: Option<&str>) {
@@ -84,9 +119,12 @@ async fn sigterm_hands_unfinished_tasks_back_at_once() {
     let redis = RedisServer::start();
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("drain").unwrap();
-    let mut a = spawn_worker(&redis, "drain", "node-a", &["--mock-latency-ms", "60000"]);
+    let (mut a, started) =
+        spawn_observed_worker(&redis, "drain", "node-a", &["--mock-latency-ms", "60000"]);
     let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
-    wait_state(&q, &sub.id, TaskState::Running, Some("node-a")).await;
+    started
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the handler never started");
     a.signal(Signal::SIGTERM);
     let status = a.wait_exit();
     assert!(status.success(), "clean exit: {status}");
