@@ -58,6 +58,12 @@ struct Args {
     /// Also print calls and usec per request per Redis command.
     #[arg(long, env = "RTQ_BENCH_BREAKDOWN")]
     breakdown: bool,
+    /// The worker also stores each result under its own key for an hour
+    /// (`SET ... NX PX` in the same MULTI/EXEC): what "fetch later" and a
+    /// first-result-wins answer to a duplicate attempt would add to a
+    /// protocol on plain stream commands (BENCHMARKS.md section 8.7).
+    #[arg(long, env = "RTQ_BENCH_STORE_RESULTS")]
+    store_results: bool,
 }
 
 /// The keys of one run (a hash tag, so they would share a Cluster slot).
@@ -86,6 +92,7 @@ async fn work(
     keys: Arc<Keys>,
     slots: usize,
     result: Arc<String>,
+    store_results: bool,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let opts = StreamReadOptions::default()
@@ -113,10 +120,19 @@ async fn work(
                 .arg(100_000)
                 .arg("*")
                 .arg("t")
-                .arg(task)
+                .arg(&task)
                 .arg("r")
                 .arg(result.as_str())
                 .ignore();
+            if store_results {
+                pipe.cmd("SET")
+                    .arg(format!("{}:res:{task}", keys.queue))
+                    .arg(result.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(3_600_000)
+                    .ignore();
+            }
             ids.push(e.id.clone());
         }
         pipe.cmd("XACK")
@@ -192,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         keys.clone(),
         args.slots as usize,
         result,
+        args.store_results,
         stop.clone(),
     ));
     let reader = tokio::spawn(read_replies(
@@ -253,12 +270,27 @@ async fn main() -> anyhow::Result<()> {
         .arg(&keys.reply)
         .query_async(&mut admin)
         .await?;
+    if args.store_results {
+        let ids: Vec<u64> = (0..next_id.load(Ordering::Relaxed)).collect();
+        for batch in ids.chunks(1000) {
+            let keys: Vec<String> = batch
+                .iter()
+                .map(|id| format!("{}:res:{id}", keys.queue))
+                .collect();
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut admin).await?;
+        }
+    }
 
     lat_ms.sort_by(f64::total_cmp);
     let delta = after.since(&before);
     let n = lat_ms.len() as f64;
     println!(
-        "peer=floor clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
+        "peer={} clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
+        if args.store_results {
+            "floor+results"
+        } else {
+            "floor"
+        },
         args.clients,
         args.slots,
         lat_ms.len(),

@@ -8,7 +8,9 @@
 # Usage: scripts/bench-instructions.sh "<clients> <slots>" <chunks> BENCH...
 #   BENCH: a build of examples/bench.rs, e.g. target/release/examples/bench
 #   (build one per revision to compare: `git worktree add`, then
-#   `cargo build --release -p rtq-examples --example bench`).
+#   `cargo build --release -p rtq-examples --example bench`), or of
+#   examples/bench_floor.rs (chunks must be 0); a BENCH may carry options
+#   after a space, e.g. "target/release/examples/bench_floor --store-results".
 # Example: scripts/bench-instructions.sh "50 10" 0 /tmp/bench-old target/release/examples/bench
 # REDIS_SERVER=path runs that redis-server build (default: the one on
 # PATH; a build with symbols makes the callgrind files readable), and
@@ -45,12 +47,16 @@ count() { # <bench> <tasks> -> instructions of redis-server for the whole run
     loaded=$(redis-cli -p "$port" -x function load <"$LIBRARY" 2>&1)
     [ "$loaded" = rtq2 ] || { echo "LIBRARY $LIBRARY did not load: $loaded" >&2; exit 1; }
   fi
+  # A BENCH may carry its own options after a space ("... --store-results");
+  # bench_floor takes no chunk count.
+  local cmd=($bench) tail=("$chunks")
+  case "$(basename "${cmd[0]}")" in bench_floor*) tail=() ;; esac
   # shellcheck disable=SC2086
-  "$bench" --redis "redis://127.0.0.1:$port/" $load "$n" "$chunks" > "$work/bench.$n" 2>&1
+  "${cmd[@]}" --redis "redis://127.0.0.1:$port/" $load "$n" "${tail[@]}" > "$work/bench.$n" 2>&1
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   wait "$pid" || true
   grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
-  if [ -n "${KEEP_CG:-}" ]; then mkdir -p "$KEEP_CG"; cp "$out" "$KEEP_CG/$(basename "$bench").$n.cg"; fi
+  if [ -n "${KEEP_CG:-}" ]; then mkdir -p "$KEEP_CG"; cp "$out" "$KEEP_CG/$(basename "${cmd[0]}").$n.cg"; fi
 }
 echo "| bench | clients slots | chunks | Redis instructions per task | Redis cmds/task |"
 echo "| --- | --- | --- | --- | --- |"

@@ -218,4 +218,14 @@ fn the_floor_bench_answers_every_request_and_cleans_up() {
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+    // With the results kept: one SET per request, and those keys go too.
+    let out = run(
+        "bench_floor",
+        &["4", "3", "40", "--breakdown", "--store-results"],
+        &redis,
+    );
+    assert!(out.contains("peer=floor+results clients=4"), "{out}");
+    assert!(out.contains("| set | 1.00 |"), "{out}");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }
