@@ -19,6 +19,12 @@
 //! `XREAD`s the reply stream and wakes the waiting request, as rtq's client
 //! does.
 //!
+//! `--store-results` keeps each result under its own key for an hour, and
+//! `--lua` sends submits and completes through two small functions
+//! (`examples/lua/floor.lua`) that refuse duplicates and full queues and
+//! keep the first result of a task: what a protocol on streams would add
+//! for those guarantees (BENCHMARKS.md section 8.7).
+//!
 //! Run: `cargo run --release -p rtq-examples --example bench_floor -- --redis URL <clients> <slots> <tasks>`
 //! (use a private server: it reads INFO deltas). Prints one line in
 //! `bench`'s format (`peer=floor ...`).
@@ -64,12 +70,63 @@ struct Args {
     /// protocol on plain stream commands (BENCHMARKS.md section 8.7).
     #[arg(long, env = "RTQ_BENCH_STORE_RESULTS")]
     store_results: bool,
+    /// Submit and complete through two small functions
+    /// (`examples/lua/floor.lua`): a duplicate id and a full queue refused
+    /// at submit, the first result of a task kept and sent, a later one
+    /// dropped. Implies `--store-results` (section 8.7).
+    #[arg(long, env = "RTQ_BENCH_LUA")]
+    lua: bool,
+}
+
+/// The functions `--lua` loads.
+const FLOOR_LIBRARY: &str = include_str!("lua/floor.lua");
+
+/// How the bench's requests travel.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// Plain stream commands.
+    Plain,
+    /// Plain, and each result kept under its own key.
+    StoreResults,
+    /// Through `floor_submit` and `floor_complete`.
+    Lua,
+}
+
+impl Path {
+    fn of(args: &Args) -> Self {
+        match (args.lua, args.store_results) {
+            (true, _) => Self::Lua,
+            (false, true) => Self::StoreResults,
+            (false, false) => Self::Plain,
+        }
+    }
+
+    /// The `peer=` name it prints.
+    fn peer(self) -> &'static str {
+        match self {
+            Self::Plain => "floor",
+            Self::StoreResults => "floor+results",
+            Self::Lua => "floor+lua",
+        }
+    }
 }
 
 /// The keys of one run (a hash tag, so they would share a Cluster slot).
 struct Keys {
     queue: String,
     reply: String,
+}
+
+impl Keys {
+    /// Where a task's result is kept (`--store-results`, `--lua`).
+    fn result(&self, task: &str) -> String {
+        format!("{}:res:{task}", self.queue)
+    }
+
+    /// A task's duplicate marker (`--lua`).
+    fn marker(&self, task: &str) -> String {
+        format!("{}:mark:{task}", self.queue)
+    }
 }
 
 /// Requests waiting for their result, by id.
@@ -92,7 +149,7 @@ async fn work(
     keys: Arc<Keys>,
     slots: usize,
     result: Arc<String>,
-    store_results: bool,
+    path: Path,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let opts = StreamReadOptions::default()
@@ -106,6 +163,25 @@ async fn work(
             .context("XREADGROUP")?;
         let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
         if entries.is_empty() {
+            continue;
+        }
+        if path == Path::Lua {
+            let mut call = redis::cmd("FCALL");
+            call.arg("floor_complete")
+                .arg(2 + entries.len())
+                .arg(&keys.queue)
+                .arg(&keys.reply);
+            let mut rest = vec![entries.len().to_string()];
+            for e in &entries {
+                let task: String = e.get("t").context("an entry without its task id")?;
+                call.arg(keys.result(&task));
+                rest.extend([task, e.id.clone(), result.to_string()]);
+            }
+            let _won: u64 = call
+                .arg(rest)
+                .query_async(&mut conn)
+                .await
+                .context("FCALL floor_complete")?;
             continue;
         }
         let mut pipe = redis::pipe();
@@ -124,9 +200,9 @@ async fn work(
                 .arg("r")
                 .arg(result.as_str())
                 .ignore();
-            if store_results {
+            if path == Path::StoreResults {
                 pipe.cmd("SET")
-                    .arg(format!("{}:res:{task}", keys.queue))
+                    .arg(keys.result(&task))
                     .arg(result.as_str())
                     .arg("NX")
                     .arg("PX")
@@ -183,7 +259,17 @@ async fn main() -> anyhow::Result<()> {
         queue: format!("{{{tag}}}:q"),
         reply: format!("{{{tag}}}:r"),
     });
+    let path = Path::of(&args);
     let mut admin = connect(&url).await?;
+    if path == Path::Lua {
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(FLOOR_LIBRARY)
+            .query_async(&mut admin)
+            .await
+            .context("FUNCTION LOAD of examples/lua/floor.lua")?;
+    }
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&keys.queue)
@@ -208,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
         keys.clone(),
         args.slots as usize,
         result,
-        args.store_results,
+        path,
         stop.clone(),
     ));
     let reader = tokio::spawn(read_replies(
@@ -236,16 +322,31 @@ async fn main() -> anyhow::Result<()> {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 waiting.lock().unwrap().insert(id, tx);
-                let _: Value = redis::cmd("XADD")
-                    .arg(&keys.queue)
-                    .arg("*")
-                    .arg("t")
-                    .arg(id)
-                    .arg("s")
-                    .arg(spec.as_str())
-                    .query_async(&mut conn)
-                    .await
-                    .context("XADD of a task")?;
+                if path == Path::Lua {
+                    let added: String = redis::cmd("FCALL")
+                        .arg("floor_submit")
+                        .arg(2)
+                        .arg(&keys.queue)
+                        .arg(keys.marker(&id.to_string()))
+                        .arg(id)
+                        .arg(spec.as_str())
+                        .arg(1_000_000)
+                        .query_async(&mut conn)
+                        .await
+                        .context("FCALL floor_submit")?;
+                    anyhow::ensure!(added.contains('-'), "floor_submit refused: {added}");
+                } else {
+                    let _: Value = redis::cmd("XADD")
+                        .arg(&keys.queue)
+                        .arg("*")
+                        .arg("t")
+                        .arg(id)
+                        .arg("s")
+                        .arg(spec.as_str())
+                        .query_async(&mut conn)
+                        .await
+                        .context("XADD of a task")?;
+                }
                 tokio::time::timeout(Duration::from_secs(30), rx)
                     .await
                     .context("no result within 30 s")?
@@ -270,12 +371,12 @@ async fn main() -> anyhow::Result<()> {
         .arg(&keys.reply)
         .query_async(&mut admin)
         .await?;
-    if args.store_results {
+    if path != Path::Plain {
         let ids: Vec<u64> = (0..next_id.load(Ordering::Relaxed)).collect();
         for batch in ids.chunks(1000) {
             let keys: Vec<String> = batch
                 .iter()
-                .map(|id| format!("{}:res:{id}", keys.queue))
+                .flat_map(|id| [keys.result(&id.to_string()), keys.marker(&id.to_string())])
                 .collect();
             let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut admin).await?;
         }
@@ -286,11 +387,7 @@ async fn main() -> anyhow::Result<()> {
     let n = lat_ms.len() as f64;
     println!(
         "peer={} clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
-        if args.store_results {
-            "floor+results"
-        } else {
-            "floor"
-        },
+        path.peer(),
         args.clients,
         args.slots,
         lat_ms.len(),

@@ -228,4 +228,15 @@ fn the_floor_bench_answers_every_request_and_cleans_up() {
     assert!(out.contains("| set | 1.00 |"), "{out}");
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+    // Through the two functions: every request answered, one submit call
+    // per request, and no key left behind.
+    let out = run(
+        "bench_floor",
+        &["4", "3", "40", "--breakdown", "--lua"],
+        &redis,
+    );
+    assert!(out.contains("peer=floor+lua clients=4"), "{out}");
+    assert!(out.contains("| fcall |"), "{out}");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }
