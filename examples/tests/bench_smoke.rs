@@ -205,38 +205,30 @@ fn the_deterministic_complete_driver_ends_every_task_batched_or_one_by_one() {
 #[test]
 fn the_floor_bench_answers_every_request_and_cleans_up() {
     let redis = RedisServer::start();
-    let out = run("bench_floor", &["4", "3", "40", "--breakdown"], &redis);
-    assert!(
-        out.contains("peer=floor clients=4 slots=3 chunks=0 tasks=40 tasks/s="),
-        "{out}"
-    );
-    assert!(out.contains("| xreadgroup |"), "{out}");
-    // Its queue and reply streams are gone afterwards.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_connection()
         .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
-    // With the results kept: one SET per request, and those keys go too.
-    let out = run(
-        "bench_floor",
-        &["4", "3", "40", "--breakdown", "--store-results"],
-        &redis,
-    );
-    assert!(out.contains("peer=floor+results clients=4"), "{out}");
-    assert!(out.contains("| set | 1.00 |"), "{out}");
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
-    // Through the two functions: every request answered, one submit call
-    // per request, and no key left behind.
-    let out = run(
-        "bench_floor",
-        &["4", "3", "40", "--breakdown", "--lua"],
-        &redis,
-    );
-    assert!(out.contains("peer=floor+lua clients=4"), "{out}");
-    assert!(out.contains("| fcall |"), "{out}");
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
+    // Each variant: its option, its peer name, and a command it must use
+    // (plain: the worker's read; results kept: one SET per request; the
+    // two functions: FCALL).
+    for (option, peer, row) in [
+        (None, "floor", "| xreadgroup |"),
+        (Some("--store-results"), "floor+results", "| set | 1.00 |"),
+        (Some("--lua"), "floor+lua", "| fcall |"),
+    ] {
+        let mut args = vec!["4", "3", "40", "--breakdown"];
+        args.extend(option);
+        let out = run("bench_floor", &args, &redis);
+        assert!(
+            out.contains(&format!(
+                "peer={peer} clients=4 slots=3 chunks=0 tasks=40 tasks/s="
+            )),
+            "{out}"
+        );
+        assert!(out.contains(row), "{option:?}: {out}");
+        // Its streams, results and markers are gone afterwards.
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        assert!(keys.is_empty(), "{option:?}: {keys:?}");
+    }
 }
