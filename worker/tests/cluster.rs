@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rtq_core::keys::{cluster_slot, QueueKeys};
@@ -15,29 +14,20 @@ use serde_json::json;
 use support::ChildGuard;
 
 fn spawn_worker(url: &str, queue: &str, id: &str) -> ChildGuard {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
-    cmd.args([
-        "--queue",
-        queue,
-        "--worker-id",
-        id,
-        "--lease-ms",
-        "1000",
-        "--grace-secs",
-        "0",
-        "--probe-addr",
-        "off",
-        // 40 tokens at 20/s: about two seconds of streaming.
-        "--mock-tokens-per-sec",
-        "20",
-        "--mock-tokens",
-        "40",
-    ])
-    .env("RTQ_REDIS_URL", url)
-    .env("RTQ_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    ChildGuard::spawn(&mut cmd)
+    ChildGuard::spawn(&mut support::worker_command(
+        url,
+        &[
+            "--queue",
+            queue,
+            "--worker-id",
+            id,
+            // 40 tokens at 20/s: about two seconds of streaming.
+            "--mock-tokens-per-sec",
+            "20",
+            "--mock-tokens",
+            "40",
+        ],
+    ))
 }
 
 /// A queue name in the given third of the slot space (so on that master).

@@ -19,6 +19,13 @@ fn spawn_worker(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> C
     ChildGuard::spawn(&mut worker_command(redis, queue, id, extra))
 }
 
+/// The worker command for `queue` under worker id `id`.
+fn worker_command(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> Command {
+    let mut args = vec!["--queue", queue, "--worker-id", id];
+    args.extend_from_slice(extra);
+    support::worker_command(&redis.url(), &args)
+}
+
 /// A worker whose handler start can be awaited: Redis says "running" from
 /// the hand-out on, a little before the slot starts the handler, and a
 /// SIGTERM in between hands back a task that never started (no attempt
@@ -46,28 +53,6 @@ fn spawn_observed_worker(
         }
     });
     (child, rx)
-}
-
-fn worker_command(redis: &RedisServer, queue: &str, id: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
-    cmd.args([
-        "--queue",
-        queue,
-        "--worker-id",
-        id,
-        "--lease-ms",
-        "1000",
-        "--grace-secs",
-        "0",
-        "--probe-addr",
-        "off",
-    ])
-    .args(extra)
-    .env("RTQ_REDIS_URL", redis.url())
-    .env("RTQ_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    cmd
 }
 
 async fn wait_state(q: &rtq_core::Queue, id: &str, want: TaskState, worker: Option<&str>) {

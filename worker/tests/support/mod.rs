@@ -318,17 +318,24 @@ impl Drop for ChildGuard {
 /// Starts rtq-worker against `redis` with `args` (probe endpoint off
 /// unless the args set one).
 pub fn start_worker(redis: &RedisServer, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(&mut worker_command(&redis.url(), args))
+}
+
+/// The rtq-worker command the tests run against the Redis at `url`:
+/// lease 1 s, grace 0, probe endpoint off unless `args` set one, log
+/// level warn, output discarded (callers may pipe it instead).
+pub fn worker_command(url: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
     cmd.args(["--lease-ms", "1000", "--grace-secs", "0"]);
     if !args.contains(&"--probe-addr") {
         cmd.args(["--probe-addr", "off"]);
     }
     cmd.args(args)
-        .env("RTQ_REDIS_URL", redis.url())
+        .env("RTQ_REDIS_URL", url)
         .env("RTQ_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    ChildGuard::spawn(&mut cmd)
+    cmd
 }
 
 /// Processes whose pids a test's child processes list in a file, one per
