@@ -100,7 +100,10 @@ pub struct Config {
     #[arg(long, env = "RTQ_GATEWAY_MAX_WAIT_SECS", default_value_t = 600)]
     pub max_wait_secs: u64,
     /// On SIGTERM/SIGINT, seconds open requests and streams may take to
-    /// finish; after that their tasks are cancelled and the process exits.
+    /// finish; after that the tasks the gateway owns (completions, and
+    /// wait/stream submits without an id) are cancelled and the process
+    /// exits. Followed tasks are never cancelled. A second signal stops at
+    /// once.
     #[arg(long, env = "RTQ_GATEWAY_GRACE_SECS", default_value_t = 30)]
     pub grace_secs: u64,
     /// Seconds between SSE keep-alive comments on quiet streams.

@@ -18,7 +18,8 @@
 //! - [`tasks`]: the task API under `/v1/queues/{queue}/tasks`.
 //! - [`app`]: shared state, the router, health, readiness, metrics, models.
 //! - [`metrics`]: Prometheus metrics and the request middleware.
-//! - [`open`]: tasks followed by open responses (gauge, shutdown cancels).
+//! - [`open`]: tasks of open responses, owned or followed (gauge; shutdown
+//!   cancels the owned ones).
 //! - [`server`]: accept loop, TLS, header timeout, graceful shutdown.
 
 pub mod app;
@@ -74,13 +75,28 @@ pub fn load_keys(config: &Config) -> anyhow::Result<auth::KeyStore> {
     Ok(keys)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn signalled() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+/// SIGTERM and SIGINT, one after the other.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (before the first signal can arrive).
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
     }
 }
 
@@ -127,18 +143,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("listen address")?;
+    // Before the address is printed: a signal sent as soon as it is known
+    // must find the handlers.
+    let mut signals = Signals::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The one line on stdout: scripts and tests read the address here
     // (useful with --listen 127.0.0.1:0).
     println!("rtq-gateway listening on {scheme}://{addr}");
     tracing::info!(%addr, redis = %redact_url(&redis), "rtq-gateway started");
     let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
+    let force = CancellationToken::new();
+    let (trigger, forced) = (shutdown.clone(), force.clone());
     let draining = std::sync::Arc::clone(&state);
     tokio::spawn(async move {
-        signalled().await;
+        signals.next().await;
         draining.draining.store(true, Ordering::Relaxed);
         trigger.cancel();
+        // A second signal during the grace period: stop at once.
+        signals.next().await;
+        forced.cancel();
     });
     let open = std::sync::Arc::clone(&state.open);
     let router = app::router(state);
@@ -152,6 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         open,
         shutdown,
+        force,
     )
     .await;
     Ok(())

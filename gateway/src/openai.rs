@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{json_object, Admitted, Shared};
 use crate::error::ApiError;
-use crate::open::OpenGuard;
+use crate::open::{Hold, OpenGuard};
 
 /// Which OpenAI endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +152,8 @@ async fn serve(
         .stream(req)
         .await
         .map_err(|e| ApiError::from_rtq(&e, retry))?;
-    let guard = st.open.open(&queue, task.id());
+    // The task is this request's alone (its id is the gateway's own).
+    let guard = st.open.open(&queue, task.id(), Hold::Owned);
     let ctx = Ctx {
         kind,
         id: task.id().to_string(),

@@ -1,7 +1,10 @@
 //! The HTTP/1.1 server: the accept loop (optionally TLS via rustls), a
 //! timeout on request headers, and graceful shutdown: on the shutdown
 //! signal it stops accepting, lets open requests and streams finish within
-//! the grace period, then cancels the tasks still followed and returns.
+//! the grace period, then cancels the tasks the gateway owns (never those
+//! it only follows, see [`crate::open`]) and returns. A second signal
+//! during the grace period ends it at once (after the same cancels, given
+//! a short time).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,13 +63,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` on `listener` until `shutdown` fires, then drains.
+/// Time the cancels of owned tasks get when the gateway stops.
+const CANCEL_WITHIN: Duration = Duration::from_secs(5);
+
+/// Time the cancels get when a second signal asked to stop at once.
+const CANCEL_WITHIN_FORCED: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` until `shutdown` fires, then drains for the
+/// grace period, or until `force` fires (a second signal).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: ServeOptions,
     open: Arc<OpenTasks>,
     shutdown: CancellationToken,
+    force: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
     let service = TowerToHyperService::new(app);
@@ -124,24 +135,31 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let open_now = open.len();
     tracing::info!(
-        open_streams = open_now,
+        open_streams = open.len(),
+        owned_tasks = open.owned(),
         grace_secs = options.grace.as_secs(),
-        "shutting down: no new connections; open requests may finish"
+        "shutting down: no new connections; open requests may finish \
+         (a second SIGTERM/SIGINT stops at once)"
     );
-    if tokio::time::timeout(options.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        let n = open
-            .cancel_all("the gateway shut down", Duration::from_secs(5))
-            .await;
-        tracing::warn!(
-            cancelled = n,
-            "grace period over; cancelled the tasks of the streams still open"
-        );
-    } else {
-        tracing::info!("every open request finished");
-    }
+    let within = tokio::select! {
+        finished = tokio::time::timeout(options.grace, graceful.shutdown()) => {
+            if finished.is_ok() {
+                tracing::info!("every open request finished");
+                return;
+            }
+            tracing::warn!("grace period over");
+            CANCEL_WITHIN
+        }
+        _ = force.cancelled() => {
+            tracing::warn!("second signal: stopping at once");
+            CANCEL_WITHIN_FORCED
+        }
+    };
+    let n = open.cancel_owned("the gateway shut down", within).await;
+    tracing::warn!(
+        cancelled = n,
+        followed_left_running = open.len().saturating_sub(n),
+        "cancelled the tasks the gateway owned for requests still open"
+    );
 }

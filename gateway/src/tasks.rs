@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::app::{json_object, Admitted, Shared};
 use crate::error::ApiError;
-use crate::open::OpenGuard;
+use crate::open::{Hold, OpenGuard};
 
 /// The body of a submit.
 #[derive(Debug, Deserialize)]
@@ -152,6 +152,14 @@ pub async fn submit(
     let (admitted, queue) = open(&st, &headers, &name, false).await?;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
+    // A submit that names its id may attach to a task that exists already
+    // (someone else's): the gateway then only follows it, and never
+    // cancels it at shutdown. The library does not say whether the submit
+    // created the task, so an explicit id always counts as followed.
+    let hold = match body.id {
+        Some(_) => Hold::Followed,
+        None => Hold::Owned,
+    };
     let req = request(body, &st, &admitted)?;
     if query.wait && query.stream {
         return Err(ApiError::bad_request(
@@ -161,7 +169,7 @@ pub async fn submit(
     if query.wait || query.stream {
         st.catalog.check_serving(&name).await?;
         let task = queue.stream(req.cancel_on_drop(true)).await.map_err(rtq)?;
-        let guard = st.open.open(&queue, task.id());
+        let guard = st.open.open(&queue, task.id(), hold);
         if query.stream {
             return Ok(sse(task, guard, admitted, &st));
         }
@@ -295,7 +303,7 @@ pub async fn stream(
         None => query.from,
     };
     let task = queue.follow(&id, from).await.map_err(rtq)?;
-    let guard = st.open.open(&queue, task.id());
+    let guard = st.open.open(&queue, task.id(), Hold::Followed);
     Ok(sse(task, guard, admitted, &st))
 }
 
