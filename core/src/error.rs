@@ -270,6 +270,18 @@ pub enum Error {
         /// The name asked for.
         queue: String,
     },
+    /// This client already has open waits on
+    /// [`ClientConfig::max_reply_readers`](crate::ClientConfig::max_reply_readers)
+    /// queues (one blocking Redis connection each), so a wait on one more
+    /// is refused rather than opening another connection. Nothing was
+    /// submitted. Passes as waits end.
+    #[error("not waiting on queue {queue}: this client has open waits on {max} queues already, each holding a Redis connection (ClientConfig::max_reply_readers); retry when some end, or raise the limit")]
+    TooManyQueues {
+        /// The queue the refused wait was for.
+        queue: String,
+        /// The limit.
+        max: usize,
+    },
     /// A queue still has work or workers, so deleting it would lose tasks
     /// or leave workers serving nothing; `force` deletes it anyway.
     #[error("queue {queue} is in use ({pending} pending, {running} running, {workers} live workers); drain it and stop its workers first, or force the deletion")]
@@ -309,7 +321,7 @@ impl Error {
                         )
                     )
             }
-            Error::Uncertain { .. } | Error::OutOfMemory(_) => true,
+            Error::Uncertain { .. } | Error::OutOfMemory(_) | Error::TooManyQueues { .. } => true,
             _ => false,
         }
     }
@@ -496,8 +508,13 @@ fn is_secret_param(name: &str) -> bool {
 /// masked, and secret query values masked, which never leaks a secret
 /// either.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
+    // A URL without a host whose text has an `@` is a typo such as
+    // `redis:/:secret@host` (parsed as a path): mask it as text.
+    let parsed = url::Url::parse(url)
+        .ok()
+        .filter(|p| p.host().is_some() || !url.contains('@'));
+    match parsed {
+        Some(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             } else if !parsed.username().is_empty() {
@@ -519,7 +536,7 @@ pub fn redact_url(url: &str) -> String {
             }
             parsed.to_string()
         }
-        Err(_) => {
+        None => {
             let tail = match url.rfind('@') {
                 Some(at) => format!("***{}", &url[at..]),
                 None => url.to_string(),
@@ -594,6 +611,15 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
         assert!(!redact_url("not a url:hunter2@x").contains("hunter2"));
+        // Typos that parse as a URL without a host.
+        for typo in [
+            "redis:/:hunter2@localhost:6379",
+            "redis::hunter2@localhost",
+            "redis:hunter2@localhost",
+        ] {
+            let r = redact_url(typo);
+            assert!(!r.contains("hunter2") && r.contains("localhost"), "{r}");
+        }
     }
 
     #[test]

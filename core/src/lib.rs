@@ -48,7 +48,7 @@ pub mod worker;
 pub use async_trait::async_trait;
 pub use client::{
     Chunk, Client, ClientConfig, Queue, StreamEvent, Submitted, TaskInfo, TaskOutput, TaskRequest,
-    TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION,
+    TaskStream, DEFAULT_MAX_INLINE_BYTES, DEFAULT_MAX_REPLY_READERS, DEFAULT_RETENTION,
 };
 pub use connection::{redis_node_urls, validate_redis_url};
 pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, TimeoutPhase};

@@ -791,18 +791,87 @@ async fn a_run_with_cancel_on_drop_dropped_while_its_submit_is_retried_cancels_t
     let client = Client::connect(&proxy.url()).await.unwrap();
     let q = client.queue("codr").unwrap();
     proxy.cut_reply_to(b"rtq2_submit");
-    let run = q.run(
-        TaskRequest::json(json!({"hold": true}))
-            .id("dropped")
-            .cancel_on_drop(true),
-    );
+    // A generated id: only this call can have created the task.
+    let run = q.run(TaskRequest::json(json!({"hold": true})).cancel_on_drop(true));
     tokio::select! {
         r = run => panic!("the run ended: {r:?}"),
         () = eventually("the first submit's reply was dropped", || async { proxy.cuts() == 1 }) => {}
     }
+    let mut admin = conn.clone();
+    let tasks: Vec<String> = redis::cmd("KEYS")
+        .arg(q.keys().task("*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let id = tasks[0].rsplit(':').next().unwrap().to_string();
     // Dropped during the retry's 100 ms backoff (or, on a slow machine,
     // after the retry: then the tracker cancels). Either way:
-    wait_for_state(&conn, &q, "dropped", "cancelled").await;
+    wait_for_state(&conn, &q, &id, "cancelled").await;
+}
+
+/// A run or stream whose explicit id names a task that exists already
+/// attaches to it; dropping it must not cancel that task (it may be
+/// another caller's), with or without a lost submit reply.
+#[tokio::test]
+async fn a_dropped_run_attached_to_an_existing_task_leaves_it_running() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let (seen, mut rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("att"), seen).await;
+    let proxy = Proxy::start(redis.port()).await;
+    let owner = Client::connect(&redis.url()).await.unwrap();
+    let other = Client::connect(&proxy.url()).await.unwrap();
+    let mine = owner.queue("att").unwrap();
+    let theirs = other.queue("att").unwrap();
+    mine.submit(TaskRequest::json(json!({"hold": true})).id("shared"))
+        .await
+        .unwrap();
+    next_seen(&mut rx, 20).await;
+
+    // Attached by a run, then dropped while it waits.
+    let mut run = Box::pin(
+        theirs.run(
+            TaskRequest::json(json!({"hold": true}))
+                .id("shared")
+                .cancel_on_drop(true),
+        ),
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut run)
+        .await
+        .is_err());
+    drop(run);
+    // Attached by a stream, then dropped.
+    let stream = theirs
+        .stream(
+            TaskRequest::json(json!({"hold": true}))
+                .id("shared")
+                .cancel_on_drop(true),
+        )
+        .await
+        .unwrap();
+    drop(stream);
+    // Dropped while its submit's reply is lost and retried.
+    proxy.cut_reply_to(b"rtq2_submit");
+    let run = theirs.run(
+        TaskRequest::json(json!({"hold": true}))
+            .id("shared")
+            .cancel_on_drop(true),
+    );
+    tokio::select! {
+        r = run => panic!("the run ended: {r:?}"),
+        () = eventually("the submit's reply was dropped", || async { proxy.cuts() == 1 }) => {}
+    }
+    // Every cancel would be sent within a moment of the drop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        state_of(&mut conn, &mine, "shared").await.as_deref(),
+        Some("running"),
+        "an attached call that went away cancelled a task it did not create"
+    );
+    w.release.notify_one();
+    wait_for_state(&conn, &mine, "shared", "done").await;
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -1137,4 +1206,131 @@ async fn after_redis_restarted_empty_a_client_lists_its_queue_again() {
         matches!(end, Err(Error::TaskLost { .. } | Error::NotFound { .. })),
         "{end:?}"
     );
+}
+
+// Reply readers are bounded ---------------------------------------------------
+
+/// Connections of this Redis whose last command was XREAD: the clients'
+/// reply readers.
+async fn reply_readers_in_redis(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines().filter(|l| l.contains("cmd=xread")).count()
+}
+
+/// A process that waits on many queues (a gateway taking queue names from
+/// its callers) must not keep a blocking connection per name forever: idle
+/// readers close, at most `max_reply_readers` are open, and a wait beyond
+/// that while all are in use is refused with a clear error, submitting
+/// nothing.
+#[tokio::test]
+async fn reply_readers_are_capped_and_idle_ones_close() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let config = ClientConfig::default()
+        .max_reply_readers(2)
+        .reply_reader_idle(Duration::from_millis(300));
+    let client = Client::connect_with(&redis.url(), config).await.unwrap();
+    let submitted = |q: &str| {
+        let q = client.queue(q).unwrap();
+        async move { q.submit(TaskRequest::json(json!(1))).await.unwrap().id }
+    };
+
+    // Two follows in use: a third queue is refused, and nothing is
+    // submitted on it.
+    let (a, b) = (client.queue("a").unwrap(), client.queue("b").unwrap());
+    let follow_a = a.follow(&submitted("a").await, 0).await.unwrap();
+    let follow_b = b.follow(&submitted("b").await, 0).await.unwrap();
+    let c = client.queue("c").unwrap();
+    match c.run(TaskRequest::json(json!(1)).id("refused")).await {
+        Err(Error::TooManyQueues { queue, max }) => assert_eq!((queue.as_str(), max), ("c", 2)),
+        other => panic!("expected TooManyQueues, got {other:?}"),
+    }
+    assert!(matches!(
+        c.status("refused").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(client.reply_readers_open(), 2);
+
+    // One ends: the third queue takes its place at once.
+    drop(follow_a);
+    let waited = c
+        .wait(&submitted("c").await, Some(Duration::from_millis(50)))
+        .await;
+    assert!(
+        matches!(waited, Err(Error::WaitTimedOut { .. })),
+        "{waited:?}"
+    );
+    assert_eq!(client.reply_readers_open(), 2);
+
+    // Nothing in use: every reader closes, in the client and in Redis,
+    // and its reply stream goes with it.
+    drop(follow_b);
+    eventually("the idle readers close", || async {
+        client.reply_readers_open() == 0
+    })
+    .await;
+    eventually("Redis sees their connections close", || {
+        let mut conn = conn.clone();
+        async move { reply_readers_in_redis(&mut conn).await == 0 }
+    })
+    .await;
+    let streams: Vec<String> = redis::cmd("KEYS")
+        .arg("rtq:*:r:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(streams.is_empty(), "{streams:?}");
+
+    // A queue used again gets a new reader that hears its results.
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("a"), seen).await;
+    let out = within(a.run(TaskRequest::json(json!({"tag": "again"}))))
+        .await
+        .unwrap();
+    assert_eq!(out.result["echo"]["tag"], "again");
+    assert_eq!(reply_readers_in_redis(&mut conn).await, 1);
+    w.stop().await;
+}
+
+/// Many callers on many queues at once against a small cap: every wait
+/// ends (timed out, or refused as one queue too many), none hangs, and
+/// once they are over every reader closes.
+#[tokio::test]
+async fn concurrent_waits_on_many_queues_all_end_and_their_readers_close() {
+    let redis = RedisServer::start();
+    let conn = admin_conn(&redis).await;
+    let config = ClientConfig::default()
+        .max_reply_readers(4)
+        .reply_reader_idle(Duration::from_millis(100));
+    let client = Client::connect_with(&redis.url(), config).await.unwrap();
+    let calls = (0..120).map(|i| {
+        let q = client.queue(&format!("many{}", i % 30)).unwrap();
+        async move {
+            match q.submit(TaskRequest::json(json!(i))).await {
+                Ok(s) => q.wait(&s.id, Some(Duration::from_millis(150))).await,
+                Err(e) => Err(e),
+            }
+        }
+    });
+    let results = within(futures::future::join_all(calls)).await;
+    let (mut timed_out, mut refused) = (0, 0);
+    for r in results {
+        match r {
+            Err(Error::WaitTimedOut { .. }) => timed_out += 1,
+            Err(Error::TooManyQueues { max: 4, .. }) => refused += 1,
+            other => panic!("unexpected end of a wait: {other:?}"),
+        }
+    }
+    assert_eq!(timed_out + refused, 120);
+    assert!(timed_out >= 4, "{timed_out} waits ran");
+    eventually("every reader closes", || {
+        let mut conn = conn.clone();
+        let open = client.reply_readers_open();
+        async move { open == 0 && reply_readers_in_redis(&mut conn).await == 0 }
+    })
+    .await;
 }

@@ -15,6 +15,7 @@ __all__ = [
     "RtqError",
     "InvalidInput",
     "QueueFull",
+    "TooManyQueues",
     "Duplicate",
     "NotFound",
     "TaskError",
@@ -66,6 +67,14 @@ class InvalidInput(RtqError, ValueError):
 
 class QueueFull(RtqError):
     """The queue is at its maximum depth (``queue``, ``depth``, ``max_depth``)."""
+
+    retryable = True
+
+
+class TooManyQueues(RtqError):
+    """This client already waits on its maximum of queues (``queue``,
+    ``max``), each holding a Redis connection; nothing was submitted. Retry
+    when some waits end."""
 
     retryable = True
 

@@ -73,6 +73,12 @@ fn convert(py: Python<'_>, err: Error) -> PyErr {
                 ("max_depth", n(py, *max_depth)),
             ],
         ),
+        Error::TooManyQueues { queue, max } => exception(
+            py,
+            "TooManyQueues",
+            m,
+            &[("queue", s(py, queue)), ("max", n(py, *max as u64))],
+        ),
         Error::Duplicate { id, state } => exception(
             py,
             "Duplicate",

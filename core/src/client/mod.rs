@@ -10,6 +10,8 @@
 //!   events to every waiter, owns the reply stream (created before the
 //!   first wait needs it) and its subscriptions (shared by the waits of
 //!   one task), verifies open waits;
+//! - `pool`: the per-queue routers and batchers, bounded (idle routers
+//!   retired, a cap on open ones);
 //! - `tracker`: follows one task; turns every way a wait ends into an
 //!   answer read from Redis;
 //! - `stream`: [`TaskStream`], a task's chunks as a `futures::Stream`,
@@ -18,6 +20,7 @@
 
 mod batcher;
 mod info;
+mod pool;
 mod queue;
 mod request;
 mod router;
@@ -27,10 +30,10 @@ mod tracker;
 pub use info::TaskInfo;
 pub use queue::{Queue, Submitted, TaskOutput};
 pub use request::{TaskRequest, DEFAULT_MAX_INLINE_BYTES, DEFAULT_RETENTION};
+
 pub(crate) use router::entry as stream_entry;
 pub use stream::{Chunk, StreamEvent, TaskStream};
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +44,13 @@ use crate::connection::Endpoint;
 use crate::error::Error;
 use crate::keys::{QueueKeys, QUEUES};
 use router::{ReaderSettings, ReplyRouter};
+
+/// Default of [`ClientConfig::max_reply_readers`].
+pub const DEFAULT_MAX_REPLY_READERS: usize = 256;
+
+/// Queue names a client remembers having listed in the registry; past
+/// this it forgets them all (and lists each again on its next use).
+const MAX_REMEMBERED_QUEUES: usize = 10_000;
 
 /// Client settings. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -71,6 +81,16 @@ pub struct ClientConfig {
     /// are in flight, further submits wait and go to Redis together as
     /// one call. Nothing waits at low load.
     pub coalesce_submits: bool,
+    /// Most queues this client reads replies of at once (default 256):
+    /// each holds one blocking Redis connection while waits on it are
+    /// open. At the cap the least recently used idle one is closed; when
+    /// all have open waits, a wait on one more queue fails with
+    /// [`Error::TooManyQueues`]. Bounds the connections of a process that
+    /// takes queue names from its callers.
+    pub max_reply_readers: usize,
+    /// How long a queue's reply reader stays open with no wait on it
+    /// (default 60 s); reopening costs a connection and a round trip.
+    pub reply_reader_idle: Duration,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +103,8 @@ impl Default for ClientConfig {
             tls: crate::TlsConfig::default(),
             signing_key: None,
             coalesce_submits: true,
+            max_reply_readers: DEFAULT_MAX_REPLY_READERS,
+            reply_reader_idle: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +140,16 @@ impl ClientConfig {
         self.response_timeout = timeout;
         self
     }
+    /// Sets [`ClientConfig::max_reply_readers`] (at least 1).
+    pub fn max_reply_readers(mut self, max: usize) -> Self {
+        self.max_reply_readers = max.max(1);
+        self
+    }
+    /// Sets [`ClientConfig::reply_reader_idle`].
+    pub fn reply_reader_idle(mut self, idle: Duration) -> Self {
+        self.reply_reader_idle = idle;
+        self
+    }
     /// Sets [`ClientConfig::coalesce_submits`].
     pub fn coalesce_submits(mut self, on: bool) -> Self {
         self.coalesce_submits = on;
@@ -130,8 +162,7 @@ pub(crate) struct ClientInner {
     pub(crate) conn: RedisConnection,
     pub(crate) client_id: String,
     pub(crate) config: ClientConfig,
-    routers: Mutex<HashMap<String, Arc<ReplyRouter>>>,
-    batchers: Mutex<HashMap<String, Arc<batcher::SubmitBatcher>>>,
+    pool: pool::QueuePool,
     registered: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
@@ -179,18 +210,23 @@ impl Client {
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Self, Error> {
         let endpoint = Endpoint::parse(url, &config.tls)?;
         let conn = endpoint.shared_with(config.response_timeout).await?;
-        Ok(Self {
-            inner: Arc::new(ClientInner {
-                endpoint,
-                conn,
-                client_id: uuid::Uuid::now_v7().simple().to_string(),
-                config,
-                routers: Mutex::new(HashMap::new()),
-                batchers: Mutex::new(HashMap::new()),
-                registered: Mutex::new(Default::default()),
-                shutdown: CancellationToken::new(),
-            }),
-        })
+        let idle = config.reply_reader_idle;
+        let inner = Arc::new(ClientInner {
+            endpoint,
+            conn,
+            client_id: uuid::Uuid::now_v7().simple().to_string(),
+            config,
+            pool: pool::QueuePool::default(),
+            registered: Mutex::new(Default::default()),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(pool::sweep_loop(
+            Arc::downgrade(&inner),
+            |inner: &ClientInner| &inner.pool,
+            idle,
+            inner.shutdown.clone(),
+        ));
+        Ok(Self { inner })
     }
 
     /// A handle on queue `name` (registered in the queue list on first use).
@@ -199,12 +235,15 @@ impl Client {
     /// [`Error::InvalidName`] for names that would break the key layout.
     pub fn queue(&self, name: &str) -> Result<Queue, Error> {
         let keys = QueueKeys::new(name)?;
-        let first_use = self
-            .inner
-            .registered
-            .lock()
-            .expect("registry poisoned")
-            .insert(name.to_string());
+        let first_use = {
+            let mut registered = self.inner.registered.lock().expect("registry poisoned");
+            if registered.len() >= MAX_REMEMBERED_QUEUES {
+                // Bounded for processes that take queue names from their
+                // callers; forgetting costs one more (idempotent) SADD.
+                registered.clear();
+            }
+            registered.insert(name.to_string())
+        };
         if first_use {
             // List the queue for the console, once per process and queue,
             // retried while Redis does not answer (and again by the reply
@@ -257,34 +296,44 @@ impl Client {
 
     /// The submit batcher for a queue, started on first use.
     pub(crate) fn batcher(&self, keys: &QueueKeys) -> Arc<batcher::SubmitBatcher> {
-        let mut batchers = self.inner.batchers.lock().expect("batcher map poisoned");
-        Arc::clone(batchers.entry(keys.name().to_string()).or_insert_with(|| {
-            Arc::new(batcher::SubmitBatcher::start(
-                self.inner.conn.clone(),
-                keys.clone(),
-            ))
-        }))
+        self.inner.pool.batcher(keys.name(), || {
+            batcher::SubmitBatcher::start(self.inner.conn.clone(), keys.clone())
+        })
     }
 
-    /// The reply router for a queue, started on first use.
-    pub(crate) fn router(&self, keys: &QueueKeys) -> Arc<ReplyRouter> {
-        let mut routers = self.inner.routers.lock().expect("router map poisoned");
-        if let Some(r) = routers.get(keys.name()) {
-            return Arc::clone(r);
-        }
-        let router = ReplyRouter::start(
-            keys.reply(&self.inner.client_id),
-            ReaderSettings {
-                endpoint: self.inner.endpoint.clone(),
-                shared: self.inner.conn.clone(),
-                keys: keys.clone(),
-                housekeeping_every: self.inner.config.housekeeping_every,
-                give_up_after: self.inner.config.give_up_after,
-                shutdown: self.inner.shutdown.child_token(),
-            },
-        );
-        routers.insert(keys.name().to_string(), Arc::clone(&router));
-        router
+    /// The reply router for a queue, started on first use (its stream is
+    /// `r:<client id>`, or `r:<client id>.<n>` after `n` routers of this
+    /// client were retired).
+    ///
+    /// # Errors
+    /// [`Error::TooManyQueues`] (see [`ClientConfig::max_reply_readers`]).
+    pub(crate) fn router(&self, keys: &QueueKeys) -> Result<Arc<ReplyRouter>, Error> {
+        let inner = &self.inner;
+        inner
+            .pool
+            .router(keys.name(), inner.config.max_reply_readers, |generation| {
+                let id = match generation {
+                    0 => inner.client_id.clone(),
+                    n => format!("{}.{n}", inner.client_id),
+                };
+                ReplyRouter::start(
+                    keys.reply(&id),
+                    ReaderSettings {
+                        endpoint: inner.endpoint.clone(),
+                        shared: inner.conn.clone(),
+                        keys: keys.clone(),
+                        housekeeping_every: inner.config.housekeeping_every,
+                        give_up_after: inner.config.give_up_after,
+                        shutdown: inner.shutdown.child_token(),
+                    },
+                )
+            })
+    }
+
+    /// How many queues' reply readers (one blocking connection each) this
+    /// client has open.
+    pub fn reply_readers_open(&self) -> usize {
+        self.inner.pool.routers_open()
     }
 }
 

@@ -105,7 +105,7 @@ impl Queue {
         &self.keys
     }
 
-    pub(crate) fn router(&self) -> Arc<ReplyRouter> {
+    pub(crate) fn router(&self) -> Result<Arc<ReplyRouter>, Error> {
         self.client.router(&self.keys)
     }
 
@@ -172,16 +172,20 @@ impl Queue {
         let id = request.id_or_new()?;
         // Until the tracker exists, a future dropped mid-submit (or
         // between a lost reply and its retry) cancels the task it may have
-        // created; an error returned does not.
+        // created; an error returned does not. Only with an id of its own
+        // making: an explicit id may name another caller's task, which
+        // this call must never cancel.
         let mut guard = CancelIfDropped {
             queue: self,
             id: &id,
-            armed: request.cancel_on_drop,
+            armed: request.cancel_on_drop && request.id.is_none(),
         };
         let started = self.start_tracking(request, &id, stream).await;
         guard.armed = false;
-        let (mut tracker, snap) = started?;
-        tracker.cancel_on_drop(request.cancel_on_drop);
+        let (mut tracker, snap, created) = started?;
+        // Attached to a task that existed already (an idempotency key used
+        // again, perhaps by someone else): leaving does not cancel it.
+        tracker.cancel_on_drop(request.cancel_on_drop && created);
         Ok((tracker, snap))
     }
 
@@ -190,9 +194,9 @@ impl Queue {
         request: &TaskRequest,
         id: &str,
         stream: bool,
-    ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
+    ) -> Result<(Tracker, Option<TaskSnapshot>, bool), Error> {
         let deadline = request.timeout.map(|t| Instant::now() + t);
-        let router = self.router();
+        let router = self.router()?;
         if let Some(reason) = router.refusal() {
             return Err(Error::PermissionDenied(reason));
         }
@@ -220,11 +224,12 @@ impl Queue {
                         tracker.subscribed();
                     }
                     tracker.note_snapshot(&snap);
-                    return Ok((tracker, Some(snap)));
+                    return Ok((tracker, Some(snap), false));
                 }
+                return Ok((tracker, None, false));
             }
         }
-        Ok((tracker, None))
+        Ok((tracker, None, true))
     }
 
     /// Waits for the result of a task submitted earlier (by any process).
@@ -267,7 +272,7 @@ impl Queue {
     ) -> Result<(Tracker, TaskSnapshot), Error> {
         validate_id(id, "task id")?;
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
-        let router = self.router();
+        let router = self.router()?;
         if let Some(reason) = router.refusal() {
             return Err(Error::PermissionDenied(reason));
         }

@@ -147,7 +147,12 @@ impl TaskRequest {
     /// Cancels the task when the `run` future or the
     /// [`TaskStream`](crate::TaskStream) is dropped before the task ended
     /// (default off):
-    /// a web handler whose caller went away stops the GPU work.
+    /// a web handler whose caller went away stops the GPU work. Only a
+    /// task this call created is cancelled: a `run` or `stream` whose
+    /// explicit [`id`](Self::id) names a task that exists already attaches
+    /// to it and leaves it running when dropped (it may be another
+    /// caller's), and so does one with an explicit id dropped before Redis
+    /// answered its submit (the task may have existed before).
     pub fn cancel_on_drop(mut self, cancel: bool) -> Self {
         self.cancel_on_drop = cancel;
         self

@@ -93,12 +93,23 @@ struct Entry {
     interval: Duration,
 }
 
+/// How many `Arc`s of a running router its own tasks hold (the reader and
+/// the housekeeping loop): a router whose count is at most this plus the
+/// client's own is held by nobody else, so it can be retired.
+pub(crate) const OWN_HANDLES: usize = 2;
+
 /// Routes the events of one reply stream to registered waiters.
 pub(crate) struct ReplyRouter {
     key: String,
     waiters: Mutex<HashMap<String, Entry>>,
     next_token: AtomicU64,
-    trimming: AtomicBool,
+    /// Set while a trim is in flight (shared with the trim's task, which
+    /// holds no handle on the router).
+    trimming: Arc<AtomicBool>,
+    /// Stops the reader and housekeeping (client shutdown, retirement).
+    stop: CancellationToken,
+    /// When a wait last registered or left.
+    last_used: Mutex<Instant>,
     /// Set when every wait must be verified at the next tick.
     verify_all: AtomicBool,
     /// A refusal that new registrations learn at once. Written before the
@@ -130,6 +141,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        self.router.touch();
         if let Ok(mut w) = self.router.waiters.lock() {
             if let Some(entry) = w.get_mut(&self.id) {
                 entry.senders.retain(|(t, _)| *t != self.token);
@@ -152,9 +164,11 @@ pub(crate) struct ReaderSettings {
 }
 
 impl ReplyRouter {
-    /// Creates the router and starts its reader and housekeeping tasks.
+    /// Creates the router and starts its reader and housekeeping tasks;
+    /// both end when `settings.shutdown` is cancelled (see
+    /// [`ReplyRouter::retire`]).
     pub(crate) fn start(key: String, settings: ReaderSettings) -> Arc<Self> {
-        let router = Self::idle(key);
+        let router = Self::idle(key, settings.shutdown.clone());
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
         tokio::spawn(
@@ -172,12 +186,14 @@ impl ReplyRouter {
     }
 
     /// A router without its reader and housekeeping tasks.
-    fn idle(key: String) -> Arc<Self> {
+    pub(crate) fn idle(key: String, stop: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             key,
             waiters: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
-            trimming: AtomicBool::new(false),
+            trimming: Arc::new(AtomicBool::new(false)),
+            stop,
+            last_used: Mutex::new(Instant::now()),
             verify_all: AtomicBool::new(false),
             refused: Mutex::new(None),
             stream_ready: AtomicBool::new(false),
@@ -190,9 +206,37 @@ impl ReplyRouter {
         &self.key
     }
 
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    /// Since when nothing has used this router: `None` while a wait is
+    /// registered or a subscription counted.
+    pub(crate) fn unused_since(&self) -> Option<Instant> {
+        if self.waiting() > 0
+            || !self
+                .subscriptions
+                .lock()
+                .map(|s| s.is_empty())
+                .unwrap_or(false)
+        {
+            return None;
+        }
+        self.last_used.lock().ok().map(|t| *t)
+    }
+
+    /// Stops the reader (closing its connection; it deletes its stream)
+    /// and the housekeeping loop. Only for a router nobody holds.
+    pub(crate) fn retire(&self) {
+        self.stop.cancel();
+    }
+
     /// Registers interest in a task's events. Call before submitting.
     /// Several registrations per id each receive every event.
     pub(crate) fn register(self: &Arc<Self>, id: &str) -> Waiter {
+        self.touch();
         let (tx, rx) = mpsc::unbounded_channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut waiters = self.waiters.lock().expect("waiter map poisoned");
@@ -619,7 +663,7 @@ impl ReplyRouter {
 
     /// Deletes delivered entries (everything up to and including `id`),
     /// with at most one trim in flight.
-    fn trim_through(self: &Arc<Self>, shared: &RedisConnection, id: &str) {
+    fn trim_through(&self, shared: &RedisConnection, id: &str) {
         if self.trimming.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -628,15 +672,15 @@ impl ReplyRouter {
             return;
         };
         let mut shared = shared.clone();
-        let me = Arc::clone(self);
+        let (key, trimming) = (self.key.clone(), Arc::clone(&self.trimming));
         tokio::spawn(async move {
             let _: redis::RedisResult<Value> = redis::cmd("XTRIM")
-                .arg(&me.key)
+                .arg(&key)
                 .arg("MINID")
                 .arg(next)
                 .query_async(&mut shared)
                 .await;
-            me.trimming.store(false, Ordering::Release);
+            trimming.store(false, Ordering::Release);
         });
     }
 }
@@ -714,7 +758,7 @@ mod tests {
 
     #[test]
     fn verifying_every_wait_reaches_them_all_in_capped_batches() {
-        let router = ReplyRouter::idle("rtq:{q}:r:c".into());
+        let router = ReplyRouter::idle("rtq:{q}:r:c".into(), CancellationToken::new());
         let waiters: Vec<Waiter> = (0..2500)
             .map(|i| router.register(&format!("t{i}")))
             .collect();
