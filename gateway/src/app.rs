@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use rtq_core::admin::Admin;
-use rtq_core::Client;
+use rtq_core::{Client, Error};
 use serde_json::{json, Value};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -134,6 +134,12 @@ impl AppState {
             )),
             Lookup::Unknown => Err(ApiError::unauthorized("the API key is not valid")),
         }
+    }
+
+    /// Maps a library error with the configured `Retry-After` (for a full
+    /// queue).
+    pub fn rtq(&self, e: Error) -> ApiError {
+        ApiError::from_rtq(&e, self.settings.retry_after)
     }
 
     /// Lets a request of `key` use `queue`: the key must allow the queue

@@ -16,6 +16,8 @@
 //!   rtq errors to statuses.
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`.
 //! - [`tasks`]: the task API under `/v1/queues/{queue}/tasks`.
+//! - [`task_sse`]: its server-sent events; ids carry the attempt, resuming
+//!   never splices two attempts.
 //! - [`app`]: shared state, the router, health, readiness, metrics, models.
 //! - [`metrics`]: Prometheus metrics and the request middleware.
 //! - [`open`]: tasks of open responses, owned or followed (gauge; shutdown
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod open;
 pub mod openai;
 pub mod server;
+pub mod task_sse;
 pub mod tasks;
 
 use std::sync::atomic::Ordering;

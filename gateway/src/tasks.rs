@@ -4,27 +4,26 @@
 //!   task if the caller goes away);
 //! - `GET .../tasks/{id}` reads its state; `GET .../tasks/{id}/result`
 //!   its result (`?wait_ms=` waits); `GET .../tasks/{id}/stream` follows
-//!   its output as SSE, resumable with `Last-Event-ID` (the chunk index);
+//!   its output as SSE (events in [`crate::task_sse`]), resumable with
+//!   `Last-Event-ID` (`<attempt>:<chunk index>`);
 //! - `DELETE .../tasks/{id}` cancels it.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use rtq_core::{Error, Outcome, Queue, StreamEvent, TaskInfo, TaskRequest, TaskStream};
+use rtq_core::{Error, Outcome, Queue, TaskInfo, TaskRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::{json_object, Admitted, Shared};
 use crate::error::ApiError;
-use crate::open::{Hold, OpenGuard};
+use crate::open::Hold;
+use crate::task_sse::{Events, Resume};
 
 /// The body of a submit.
 #[derive(Debug, Deserialize)]
@@ -69,13 +68,10 @@ pub struct ResultQuery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// First chunk index wanted (`Last-Event-ID` + 1 wins over it).
+    /// First chunk index wanted, of the current attempt (`Last-Event-ID`
+    /// wins over it).
     #[serde(default)]
     from: u64,
-}
-
-fn rtq(e: Error) -> ApiError {
-    ApiError::from_rtq(&e, Duration::from_secs(1))
 }
 
 /// Authenticates, admits and opens `queue`; with `must_exist`, a queue
@@ -88,7 +84,7 @@ async fn open(
 ) -> Result<(Admitted, Queue), ApiError> {
     let key = st.authenticate(headers)?;
     let admitted = st.admit(key, name)?;
-    if must_exist && !st.admin.queue_exists(name).await.map_err(rtq)? {
+    if must_exist && !st.admin.queue_exists(name).await.map_err(|e| st.rtq(e))? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -96,7 +92,7 @@ async fn open(
             format!("no queue named {name:?}"),
         ));
     }
-    let queue = st.client.queue(name).map_err(rtq)?;
+    let queue = st.client.queue(name).map_err(|e| st.rtq(e))?;
     Ok((admitted, queue))
 }
 
@@ -168,10 +164,14 @@ pub async fn submit(
     }
     if query.wait || query.stream {
         st.catalog.check_serving(&name).await?;
-        let task = queue.stream(req.cancel_on_drop(true)).await.map_err(rtq)?;
+        let task = queue
+            .stream(req.cancel_on_drop(true))
+            .await
+            .map_err(|e| st.rtq(e))?;
         let guard = st.open.open(&queue, task.id(), hold);
         if query.stream {
-            return Ok(sse(task, guard, admitted, &st));
+            let events = Events::submitted(task, queue, st.settings.retry_after);
+            return Ok(events.into_response((guard, admitted), st.settings.keepalive));
         }
         let id = task.id().to_string();
         let collected = tokio::time::timeout(st.settings.max_wait, task.collect_text()).await;
@@ -185,14 +185,14 @@ pub async fn submit(
                     format!("task {id} did not finish within --max-wait-secs; it was cancelled"),
                 )
             })?
-            .map_err(rtq)?;
+            .map_err(|e| st.rtq(e))?;
         return Ok(axum::Json(json!({
             "id": out.id, "queue": name, "state": "done",
             "result": out.result, "attempt": out.attempt,
         }))
         .into_response());
     }
-    let s = queue.submit(req).await.map_err(rtq)?;
+    let s = queue.submit(req).await.map_err(|e| st.rtq(e))?;
     let mut resp = (
         StatusCode::ACCEPTED,
         axum::Json(json!({
@@ -245,7 +245,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_admitted, queue) = open(&st, &headers, &name, true).await?;
-    let info = queue.status(&id).await.map_err(rtq)?;
+    let info = queue.status(&id).await.map_err(|e| st.rtq(e))?;
     Ok(axum::Json(info_json(&name, &info)).into_response())
 }
 
@@ -259,7 +259,7 @@ pub async fn result(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (_admitted, queue) = open(&st, &headers, &name, true).await?;
-    let info = queue.status(&id).await.map_err(rtq)?;
+    let info = queue.status(&id).await.map_err(|e| st.rtq(e))?;
     if info.outcome.is_none() && query.wait_ms == 0 {
         return Ok((StatusCode::ACCEPTED, axum::Json(info_json(&name, &info))).into_response());
     }
@@ -275,7 +275,7 @@ pub async fn result(
             axum::Json(json!({"id": id, "queue": name, "state": state.as_str(), "worker": worker})),
         )
             .into_response()),
-        Err(e) => Err(rtq(e)),
+        Err(e) => Err(st.rtq(e)),
     }
 }
 
@@ -289,22 +289,25 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (admitted, queue) = open(&st, &headers, &name, true).await?;
-    let from = match headers.get("last-event-id") {
+    let resume = match headers.get("last-event-id") {
         Some(v) => {
-            let last: u64 = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("Last-Event-ID must be a chunk index (a whole number)")
-                })?;
-            last.saturating_add(1)
+            let text = v.to_str().map_err(|_| {
+                ApiError::bad_request("Last-Event-ID must be an event id of this stream")
+            })?;
+            Resume::parse(text).map_err(ApiError::bad_request)?
         }
-        None => query.from,
+        None => None,
     };
-    let task = queue.follow(&id, from).await.map_err(rtq)?;
-    let guard = st.open.open(&queue, task.id(), Hold::Followed);
-    Ok(sse(task, guard, admitted, &st))
+    // `Last-Event-ID` wins over `?from=` (a chunk of the current attempt).
+    let resume = resume.or(Some(Resume {
+        attempt: None,
+        next: query.from,
+    }));
+    let events = Events::follow(&queue, &id, resume, st.settings.retry_after)
+        .await
+        .map_err(|e| st.rtq(e))?;
+    let guard = st.open.open(&queue, events.id(), Hold::Followed);
+    Ok(events.into_response((guard, admitted), st.settings.keepalive))
 }
 
 /// `DELETE /v1/queues/{queue}/tasks/{id}`.
@@ -318,59 +321,10 @@ pub async fn cancel(
         "" => "cancelled through the gateway".to_string(),
         k => format!("cancelled through the gateway by key {k}"),
     };
-    let previous = queue.cancel(&id, &by).await.map_err(rtq)?;
+    let previous = queue.cancel(&id, &by).await.map_err(|e| st.rtq(e))?;
     Ok(axum::Json(json!({
         "id": id, "queue": name, "previous_state": previous.as_str(),
         "cancelled": !previous.is_terminal(),
     }))
     .into_response())
-}
-
-/// The task API's SSE form of a task stream: `chunk` events with the
-/// chunk index as event id, `restarted`, then `done` or `error`.
-fn sse(task: TaskStream, guard: OpenGuard, admitted: Admitted, st: &Shared) -> Response {
-    let id = task.id().to_string();
-    let held = (guard, admitted);
-    let events = futures::stream::unfold(Some((task, held)), |state| async move {
-        let (mut task, held) = state?;
-        let (event, done) = match task.next().await {
-            Some(Ok(StreamEvent::Chunk(c))) => (
-                Event::default()
-                    .event("chunk")
-                    .id(c.index.to_string())
-                    .data(
-                        json!({"index": c.index, "attempt": c.attempt, "text": c.text()})
-                            .to_string(),
-                    ),
-                false,
-            ),
-            Some(Ok(StreamEvent::Restarted { attempt, reason })) => (
-                Event::default()
-                    .event("restarted")
-                    .data(json!({"attempt": attempt, "reason": reason}).to_string()),
-                false,
-            ),
-            Some(Ok(StreamEvent::Done(out))) => (
-                Event::default().event("done").data(
-                    json!({"id": out.id, "result": out.result, "attempt": out.attempt}).to_string(),
-                ),
-                true,
-            ),
-            Some(Err(e)) => (
-                Event::default()
-                    .event("error")
-                    .data(rtq(e).body().to_string()),
-                true,
-            ),
-            None => return None,
-        };
-        Some((Ok::<_, Infallible>(event), (!done).then_some((task, held))))
-    });
-    let mut resp = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(st.settings.keepalive))
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-rtq-task-id", v);
-    }
-    resp
 }

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{parse_sse, sse_events, Stack};
+use support::{parse_sse, read_events, sse_events, Stack};
 
 #[tokio::test]
 async fn tasks_are_submitted_read_waited_for_streamed_resumed_and_cancelled() {
@@ -55,7 +55,7 @@ async fn tasks_are_submitted_read_waited_for_streamed_resumed_and_cancelled() {
     let events = sse_events(s.get("k-all", "/v1/queues/chat/tasks/job-1/stream").await).await;
     let chunks: Vec<_> = events.iter().filter(|e| e.0 == "chunk").collect();
     assert_eq!(chunks.len(), 5);
-    assert_eq!(chunks[0].1, "0");
+    assert_eq!(chunks[0].1, "1:0");
     let last = events.last().unwrap();
     assert_eq!(last.0, "done");
     assert_eq!(
@@ -66,7 +66,7 @@ async fn tasks_are_submitted_read_waited_for_streamed_resumed_and_cancelled() {
         .http
         .get(format!("{}/v1/queues/chat/tasks/job-1/stream", s.gw.url))
         .bearer_auth("k-all")
-        .header("last-event-id", "2")
+        .header("last-event-id", "1:2")
         .send()
         .await
         .unwrap();
@@ -76,7 +76,7 @@ async fn tasks_are_submitted_read_waited_for_streamed_resumed_and_cancelled() {
         .filter(|e| e.0 == "chunk")
         .map(|e| e.1.as_str())
         .collect();
-    assert_eq!(ids, ["3", "4"]);
+    assert_eq!(ids, ["1:3", "1:4"]);
     let text: Value = serde_json::from_str(&events[0].2).unwrap();
     assert_eq!(text["text"], "d ");
 
@@ -247,4 +247,167 @@ async fn probes_report_health_readiness_and_metrics() {
         )
         .await;
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+}
+
+/// `GET .../stream` of task `id` resumed from `last_event_id`.
+async fn resume(s: &Stack, id: &str, last_event_id: &str) -> reqwest::Response {
+    s.http
+        .get(format!("{}/v1/queues/chat/tasks/{id}/stream", s.gw.url))
+        .bearer_auth("k-all")
+        .header("last-event-id", last_event_id)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until task `id` runs attempt `attempt` and wrote `chunks` chunks.
+async fn wait_attempt(s: &Stack, id: &str, attempt: u64, chunks: u64) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = s
+            .get("k-all", &format!("/v1/queues/chat/tasks/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if v["attempt"] == attempt && v["chunks"].as_u64().unwrap_or(0) >= chunks {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_stream_restarts_with_the_new_attempt_instead_of_splicing_two() {
+    let s = Stack::start(&[], &[]).await;
+    let admin =
+        rtq_core::admin::Admin::new(&rtq_core::Client::connect(&s.redis.url()).await.unwrap());
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "slow"}, "id": "again"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    // A client reads chunks 0..=7 of attempt 1, then goes away.
+    let follower = s.get("k-all", "/v1/queues/chat/tasks/again/stream").await;
+    let seen = read_events(follower, 8).await;
+    let ids: Vec<&str> = seen.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["1:0", "1:1", "1:2", "1:3", "1:4", "1:5", "1:6", "1:7"]
+    );
+    // Meanwhile the task is run again, further than chunk 7.
+    admin.requeue("chat", "again").await.unwrap();
+    wait_attempt(&s, "again", 2, 10).await;
+
+    // Resuming after 1:7: restarted, then attempt 2 from its first chunk.
+    let events = read_events(resume(&s, "again", "1:7").await, 3).await;
+    assert_eq!(events[0].0, "restarted", "{events:?}");
+    assert_eq!(events[0].1, "2:-1");
+    let restarted: Value = serde_json::from_str(&events[0].2).unwrap();
+    assert_eq!(restarted["attempt"], 1, "{restarted}");
+    assert_eq!(
+        (events[1].0.as_str(), events[1].1.as_str()),
+        ("chunk", "2:0")
+    );
+    let first: Value = serde_json::from_str(&events[1].2).unwrap();
+    assert_eq!(
+        (first["attempt"].clone(), first["text"].clone()),
+        (json!(2), json!("w0 "))
+    );
+    assert_eq!(events[2].1, "2:1");
+    // The restarted event's id resumes at chunk 0 of attempt 2.
+    let events = read_events(resume(&s, "again", "2:-1").await, 1).await;
+    assert_eq!(events[0].1, "2:0", "{events:?}");
+    // A bare index (older clients) means the current attempt.
+    let events = read_events(resume(&s, "again", "7").await, 1).await;
+    assert_eq!(events[0].1, "2:8", "{events:?}");
+
+    // A follower of attempt 2 that sees the task run again gets a
+    // restarted event whose id resumes at attempt 3's first chunk.
+    let live = resume(&s, "again", "2:3").await;
+    let mut body = Box::pin(live.bytes_stream());
+    let mut text = String::new();
+    use futures::StreamExt;
+    while !text.contains("id: 2:4") {
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    admin.requeue("chat", "again").await.unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("id: 3:0") {
+        assert!(std::time::Instant::now() < end, "{text}");
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    let events = parse_sse(&text);
+    let at = events
+        .iter()
+        .position(|e| e.0 == "restarted")
+        .expect("restarted");
+    assert_eq!(events[at].1, "3:-1", "{events:?}");
+    assert_eq!(events[at + 1].1, "3:0", "{events:?}");
+    assert!(
+        events[..at].iter().all(|e| e.1.starts_with("2:")),
+        "{events:?}"
+    );
+    drop(body);
+
+    // Requeued before the client came back and not run yet (the queue is
+    // paused): the library sees no restart, the gateway announces it when
+    // attempt 4's first chunk comes.
+    admin.pause("chat", true).await.unwrap();
+    admin.requeue("chat", "again").await.unwrap();
+    let back = resume(&s, "again", "3:0").await;
+    assert_eq!(back.status(), 200);
+    admin.pause("chat", false).await.unwrap();
+    let events = read_events(back, 2).await;
+    assert_eq!(events[0].0, "restarted", "{events:?}");
+    assert_eq!(events[0].1, "4:-1", "{events:?}");
+    assert_eq!(events[1].1, "4:0", "{events:?}");
+}
+
+#[tokio::test]
+async fn hostile_last_event_ids_are_refused_with_400() {
+    let s = Stack::start(&[], &[]).await;
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"prompt": "a b c"}, "id": "short"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let long = "1:".to_string() + &"9".repeat(5000);
+    for bad in [
+        "abc",
+        "-5",
+        "1:-2",
+        "x:1",
+        "1:2:3",
+        "99999999999999999999999:1",
+        &long,
+    ] {
+        let r = resume(&s, "short", bad).await;
+        assert_eq!(r.status(), 400, "{bad:?}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Last-Event-ID"),
+            "{bad:?}: {v}"
+        );
+    }
+    // Past the end, or at a huge index: only the end.
+    for late in ["1:2", "1:18446744073709551615", "18446744073709551615"] {
+        let events = sse_events(resume(&s, "short", late).await).await;
+        assert_eq!(events.len(), 1, "{late:?}: {events:?}");
+        assert_eq!(events[0].0, "done", "{late:?}: {events:?}");
+    }
 }

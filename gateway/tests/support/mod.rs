@@ -462,3 +462,25 @@ pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
     }
     out
 }
+
+/// Reads the first `n` whole events of an SSE response (waiting at most
+/// 20 s for each part), leaving the rest unread.
+pub async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(String, String, String)> {
+    use futures::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    loop {
+        let whole = text.rfind("\n\n").map_or("", |end| &text[..end + 2]);
+        let events = parse_sse(whole);
+        if events.len() >= n {
+            return events.into_iter().take(n).collect();
+        }
+        let part = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within 20 s; so far: {text:?}"));
+        match part {
+            Some(bytes) => text.push_str(&String::from_utf8_lossy(&bytes.unwrap())),
+            None => panic!("the stream ended after {:?}", parse_sse(&text)),
+        }
+    }
+}
