@@ -288,19 +288,27 @@ async fn metrics(State(st): State<Shared>) -> Response {
 }
 
 /// `GET /v1/models`: every queue with a live worker that the key may use,
-/// by its name and by its workers' `model` labels.
+/// by its name and by its workers' `model` labels; each name is listed
+/// under the queue it resolves to for this key (what a completion with
+/// that `model` would use).
 async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
     let key = st.authenticate(&headers)?;
-    let snap = st.catalog.snapshot(false).await.map_err(|e| {
+    let allowed = |q: &str| key.as_ref().is_none_or(|k| k.queues.allows(q));
+    let snap = st.catalog.snapshot().await.map_err(|e| {
         ApiError::unavailable("redis_unavailable", format!("cannot read the queues: {e}"))
     })?;
+    let mut listed = std::collections::BTreeSet::new();
     let mut data = Vec::new();
     for q in snap.queues.values() {
-        if q.workers_alive == 0 || key.as_ref().is_some_and(|k| !k.queues.allows(&q.name)) {
+        if !q.served() || !allowed(&q.name) {
             continue;
         }
-        let entry = |id: &str| {
-            json!({
+        for id in std::iter::once(&q.name).chain(&q.models) {
+            let resolved = snap.resolve(id, &allowed);
+            if resolved.is_none_or(|r| r.queue != q.name) || !listed.insert(id.clone()) {
+                continue;
+            }
+            data.push(json!({
                 "id": id,
                 "object": "model",
                 "created": snap.read_at_secs,
@@ -310,13 +318,7 @@ async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Response
                 "workers": q.workers_alive,
                 "handlers": q.handlers,
                 "labels": q.labels,
-            })
-        };
-        data.push(entry(&q.name));
-        for m in &q.models {
-            if !snap.queues.contains_key(m) {
-                data.push(entry(m));
-            }
+            }));
         }
     }
     Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())

@@ -114,8 +114,9 @@ pub struct Config {
     #[arg(long, env = "RTQ_GATEWAY_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
     /// Milliseconds the list of live workers (models, paused queues) is
-    /// cached; a refusal for "no live worker" or "paused" is always checked
-    /// against Redis first.
+    /// trusted; an older one is still used while it is read again in the
+    /// background. A refusal for "no live worker" or "paused" is always
+    /// checked against Redis first.
     #[arg(long, env = "RTQ_GATEWAY_CATALOG_TTL_MS", default_value_t = 2000)]
     pub catalog_ttl_ms: u64,
     /// Log format.

@@ -124,7 +124,8 @@ async fn serve(
     let key = st.authenticate(&headers)?;
     let mut body = json_object(body)?;
     let ask = check(&body, kind)?;
-    let resolved = st.catalog.resolve(&ask.model).await?;
+    let allowed = |q: &str| key.as_ref().is_none_or(|k| k.queues.allows(q));
+    let resolved = st.catalog.resolve(&ask.model, &allowed).await?;
     let admitted = st.admit(key, &resolved.queue)?;
     st.catalog.check_serving(&resolved.queue).await?;
     body.remove("stream");

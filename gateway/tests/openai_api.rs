@@ -106,17 +106,41 @@ async fn models_list_queues_with_live_workers_and_their_model_labels() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert!(ids.contains(&"chat") && ids.contains(&"fake-model"), "{v}");
-    let chat = v["data"]
+    let entry = v["data"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["id"] == "chat")
         .unwrap();
-    assert_eq!(chat["object"], "model");
-    assert_eq!(chat["handlers"], json!(["openai"]));
-    assert_eq!(chat["workers"], 1);
-    // A key limited to other queues sees none of them.
+    assert_eq!(entry["object"], "model");
+    assert_eq!(entry["handlers"], json!(["openai"]));
+    assert_eq!(entry["workers"], 1);
+    // A leftover queue named like a served model label (no worker) does
+    // not shadow the label: the name still reaches the served queue.
     let admin = Admin::new(&rtq_core::Client::connect(&s.redis.url()).await.unwrap());
+    admin.register_queue("fake-model").await.unwrap();
+    // Over several catalog reads (its TTL is 200 ms here).
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < end {
+        let r = s
+            .post(
+                "k-all",
+                "/v1/chat/completions",
+                chat("fake-model", "a", false),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: Value = s.get("k-all", "/v1/models").await.json().await.unwrap();
+    let model = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "fake-model")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(model["queue"], "chat");
+    // A key limited to other queues sees none of them.
     admin.register_queue("other").await.unwrap();
     let v: Value = s.get("k-chat", "/v1/models").await.json().await.unwrap();
     assert!(
@@ -148,17 +172,51 @@ async fn keys_are_checked_queue_grants_enforced_and_limits_answer_429() {
     assert_eq!(r.status(), 401);
     assert_eq!(s.get("wrong", "/v1/models").await.status(), 401);
 
-    // k-chat may not use queue "other", even by a label of its workers.
+    // k-chat may not use queue "other": to it, the model does not exist
+    // (the answer is the one of a name nobody serves).
     let _other = start_worker(&s.redis.url(), "other", &["--handler", "mock"]);
     wait_model(&s.http, &s.gw, "k-all", "other").await;
     let r = s
         .post("k-chat", "/v1/chat/completions", chat("other", "hi", false))
         .await;
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 404);
+    let forbidden: Value = r.json().await.unwrap();
+    let r = s
+        .post("k-chat", "/v1/chat/completions", chat("ether", "hi", false))
+        .await;
+    assert_eq!(r.status(), 404);
+    let missing: Value = r.json().await.unwrap();
     assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "queue_not_allowed"
+        serde_json::to_string(&forbidden).unwrap(),
+        serde_json::to_string(&missing)
+            .unwrap()
+            .replace("ether", "other")
     );
+    assert_eq!(forbidden["error"]["code"], "model_not_found");
+    // A label carried by a queue the key may not use (and that sorts
+    // first) resolves to the queue it may use.
+    let _first = start_worker(
+        &s.redis.url(),
+        "aaa",
+        &["--handler", "mock", "--label", "model=fake-model"],
+    );
+    wait_model(&s.http, &s.gw, "k-all", "aaa").await;
+    let r = s
+        .post(
+            "k-chat",
+            "/v1/chat/completions",
+            chat("fake-model", "hi", false),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = s.get("k-chat", "/v1/models").await.json().await.unwrap();
+    let listed: Vec<(&str, &str)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["queue"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("chat", "chat"), ("fake-model", "chat")], "{v}");
 
     // k-one allows one open request: a second one while a stream is open
     // gets 429 with Retry-After; after the stream ends it is let in again.

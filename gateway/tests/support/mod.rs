@@ -294,7 +294,11 @@ pub fn start_gateway(redis: &str, args: &[&str]) -> Gateway {
     let (log, file) = log_file("gateway");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtq-gateway"))
         .args(["--redis", redis, "--listen", "127.0.0.1:0"])
-        .args(["--catalog-ttl-ms", "200"])
+        .args(if args.contains(&"--catalog-ttl-ms") {
+            &[][..]
+        } else {
+            &["--catalog-ttl-ms", "200"][..]
+        })
         .args(args)
         .env_remove("RTQ_LOG")
         .stdin(Stdio::null())
