@@ -15,6 +15,8 @@
 //! - [`error`]: [`error::ApiError`], OpenAI's error shape, the mapping of
 //!   rtq errors to statuses.
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`.
+//! - `openai_stream`: their streaming answers (the head does not wait
+//!   for the first token).
 //! - [`tasks`]: the task API under `/v1/queues/{queue}/tasks`.
 //! - [`task_sse`]: its server-sent events; ids carry the attempt, resuming
 //!   never splices two attempts.
@@ -32,6 +34,7 @@ pub mod error;
 pub mod metrics;
 pub mod open;
 pub mod openai;
+pub(crate) mod openai_stream;
 pub mod server;
 pub mod task_sse;
 pub mod tasks;

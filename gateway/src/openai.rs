@@ -7,32 +7,30 @@
 //! caller goes away (the response, and with it the task stream, is
 //! dropped).
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use rtq_core::{Error, StreamEvent, TaskRequest, TaskStream};
+use rtq_core::{StreamEvent, TaskRequest, TaskStream};
 use serde_json::{json, Map, Value};
 
-use crate::app::{json_object, Admitted, Shared};
+use crate::app::{json_object, Shared};
 use crate::error::ApiError;
-use crate::open::{Hold, OpenGuard};
+use crate::open::Hold;
 
 /// Which OpenAI endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Chat,
     Completion,
 }
 
 impl Kind {
-    fn route(self) -> &'static str {
+    pub(crate) fn route(self) -> &'static str {
         match self {
             Kind::Chat => "/v1/chat/completions",
             Kind::Completion => "/v1/completions",
@@ -162,38 +160,21 @@ async fn serve(
         created: unix_secs(),
         include_usage: ask.include_usage,
     };
-    // The first event decides the status: a task that ends before any
-    // output (a deadline while queued, an upstream refusal) gets its own
-    // error status instead of a 200 stream with an error in it.
-    let first = first_event(&mut task, st.settings.max_wait, &ctx.id).await?;
-    if matches!(first, StreamEvent::Chunk(_)) {
-        st.metrics.first_token(kind.route(), started);
-    }
     let mut resp = if ask.stream {
-        let state = SseState {
+        let stream = crate::openai_stream::Answer {
             task,
-            pending: Some(first),
             ctx: ctx.clone(),
-            sent_any: false,
-            _guard: guard,
-            _admitted: admitted,
+            held: (guard, admitted),
+            started,
         };
-        let events = futures::stream::unfold(Some(state), |state| async move {
-            let mut s = state?;
-            let item = match s.pending.take() {
-                Some(ev) => Some(Ok(ev)),
-                None => s.task.next().await,
-            };
-            let (events, done) = s.translate(item);
-            Some((events, (!done).then_some(s)))
-        })
-        .flat_map(|evs| futures::stream::iter(evs.into_iter().map(Ok::<_, Infallible>)));
-        Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(st.settings.keepalive))
-            .into_response()
+        stream.respond(&st).await?
     } else {
+        let first = first_event(&mut task, st.settings.max_wait, &ctx.id, retry).await?;
+        if matches!(first, StreamEvent::Chunk(_)) {
+            st.metrics.first_token(kind.route(), started);
+        }
         let deadline = started + st.settings.max_wait;
-        let (out, text) = collect(task, first, deadline, &ctx.id).await?;
+        let (out, text) = collect(task, first, deadline, &ctx.id, retry).await?;
         drop(guard);
         axum::Json(ctx.whole(&text, &out.result)).into_response()
     };
@@ -204,17 +185,18 @@ async fn serve(
 }
 
 /// The first event that is not a restart before any output.
-async fn first_event(
+pub(crate) async fn first_event(
     task: &mut TaskStream,
     max_wait: Duration,
     id: &str,
+    retry: Duration,
 ) -> Result<StreamEvent, ApiError> {
     let next = async {
         loop {
             match task.next().await {
                 Some(Ok(StreamEvent::Restarted { .. })) => continue,
                 Some(Ok(ev)) => return Ok(ev),
-                Some(Err(e)) => return Err(ApiError::from_rtq(&e, Duration::from_secs(1))),
+                Some(Err(e)) => return Err(ApiError::from_rtq(&e, retry)),
                 None => return Err(ended_early(id)),
             }
         }
@@ -230,6 +212,7 @@ async fn collect(
     first: StreamEvent,
     deadline: Instant,
     id: &str,
+    retry: Duration,
 ) -> Result<(rtq_core::TaskOutput, String), ApiError> {
     let mut text = String::new();
     let mut ev = first;
@@ -243,13 +226,13 @@ async fn collect(
         ev = match tokio::time::timeout(left, task.next()).await {
             Err(_) => return Err(wait_expired(id)),
             Ok(None) => return Err(ended_early(id)),
-            Ok(Some(Err(e))) => return Err(ApiError::from_rtq(&e, Duration::from_secs(1))),
+            Ok(Some(Err(e))) => return Err(ApiError::from_rtq(&e, retry)),
             Ok(Some(Ok(ev))) => ev,
         };
     }
 }
 
-fn ended_early(id: &str) -> ApiError {
+pub(crate) fn ended_early(id: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::BAD_GATEWAY,
         "server_error",
@@ -258,7 +241,7 @@ fn ended_early(id: &str) -> ApiError {
     )
 }
 
-fn wait_expired(id: &str) -> ApiError {
+pub(crate) fn wait_expired(id: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::GATEWAY_TIMEOUT,
         "timeout_error",
@@ -276,12 +259,12 @@ fn unix_secs() -> u64 {
 
 /// What every chunk of one answer repeats.
 #[derive(Clone, Debug)]
-struct Ctx {
-    kind: Kind,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+pub(crate) struct Ctx {
+    pub(crate) kind: Kind,
+    pub(crate) id: String,
+    pub(crate) model: String,
+    pub(crate) created: u64,
+    pub(crate) include_usage: bool,
 }
 
 impl Ctx {
@@ -294,7 +277,7 @@ impl Ctx {
 
     /// One streamed chunk: `text` (and the role on the first), or the end
     /// with its `finish` reason.
-    fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
+    pub(crate) fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let mut delta = Map::new();
@@ -313,7 +296,7 @@ impl Ctx {
         self.envelope(json!([choice]))
     }
 
-    fn envelope(&self, choices: Value) -> Value {
+    pub(crate) fn envelope(&self, choices: Value) -> Value {
         let object = match self.kind {
             Kind::Chat => "chat.completion.chunk",
             Kind::Completion => "text_completion",
@@ -354,87 +337,17 @@ impl Ctx {
     }
 }
 
-fn finish_reason(result: &Value) -> &str {
+pub(crate) fn finish_reason(result: &Value) -> &str {
     result["finish_reason"].as_str().unwrap_or("stop")
 }
 
 /// The task's usage in OpenAI's shape (missing counts are 0).
-fn usage(result: &Value) -> Value {
+pub(crate) fn usage(result: &Value) -> Value {
     let u = &result["usage"];
     let prompt = u["prompt_tokens"].as_u64().unwrap_or(0);
     let completion = u["completion_tokens"].as_u64().unwrap_or(0);
     let total = u["total_tokens"].as_u64().unwrap_or(prompt + completion);
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total})
-}
-
-fn data(v: &Value) -> Event {
-    Event::default().data(v.to_string())
-}
-
-/// A streaming answer in progress. Dropping it (the caller went away)
-/// drops the task stream, which cancels the task.
-struct SseState {
-    task: TaskStream,
-    pending: Option<StreamEvent>,
-    ctx: Ctx,
-    sent_any: bool,
-    _guard: OpenGuard,
-    _admitted: Admitted,
-}
-
-impl SseState {
-    /// The events for one item of the task stream, and whether the answer
-    /// is complete.
-    fn translate(&mut self, item: Option<Result<StreamEvent, Error>>) -> (Vec<Event>, bool) {
-        match item {
-            Some(Ok(StreamEvent::Chunk(c))) => {
-                let first = !self.sent_any;
-                self.sent_any = true;
-                (
-                    vec![data(&self.ctx.chunk(Some(&c.text()), first, None))],
-                    false,
-                )
-            }
-            Some(Ok(StreamEvent::Restarted { reason, .. })) => {
-                if !self.sent_any {
-                    return (Vec::new(), false);
-                }
-                let e = ApiError::new(
-                    axum::http::StatusCode::BAD_GATEWAY,
-                    "server_error",
-                    "generation_restarted",
-                    format!(
-                        "the worker of task {} was lost mid-generation ({reason}); retry the request",
-                        self.ctx.id
-                    ),
-                );
-                (vec![data(&e.body())], true)
-            }
-            Some(Ok(StreamEvent::Done(out))) => {
-                let mut events = Vec::new();
-                if !self.sent_any && self.ctx.kind == Kind::Chat {
-                    events.push(data(&self.ctx.chunk(Some(""), true, None)));
-                }
-                events.push(data(&self.ctx.chunk(
-                    None,
-                    false,
-                    Some(finish_reason(&out.result)),
-                )));
-                if self.ctx.include_usage {
-                    let mut v = self.ctx.envelope(json!([]));
-                    v["usage"] = usage(&out.result);
-                    events.push(data(&v));
-                }
-                events.push(Event::default().data("[DONE]"));
-                (events, true)
-            }
-            Some(Err(e)) => (
-                vec![data(&ApiError::from_rtq(&e, Duration::ZERO).body())],
-                true,
-            ),
-            None => (vec![data(&ended_early(&self.ctx.id).body())], true),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //!
 //! The fake server streams the words of the last message back as tokens.
 //! Prompts steer it: one containing `slow` sends 200 tokens 50 ms apart;
-//! `refuse` answers 400 with an OpenAI error. It counts the streams whose
-//! caller went away (`aborted`).
+//! `refuse` answers 400 with an OpenAI error; `sleepy` answers only after
+//! [`SLEEPY`]. It counts the streams whose caller went away (`aborted`).
 
 #![allow(dead_code)]
 
@@ -26,6 +26,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rtq_testkit::{target_dir, RedisServer};
 use serde_json::{json, Value};
+
+/// How long the fake upstream waits before answering a prompt containing
+/// `sleepy` (a model slow to start).
+pub const SLEEPY: Duration = Duration::from_millis(2500);
 
 /// What the fake upstream saw.
 #[derive(Default)]
@@ -70,6 +74,9 @@ fn prompt_of(body: &Value) -> String {
 
 async fn complete(State(stats): State<Arc<UpstreamStats>>, Json(body): Json<Value>) -> Response {
     let prompt = prompt_of(&body);
+    if prompt.contains("sleepy") {
+        tokio::time::sleep(SLEEPY).await;
+    }
     if prompt.contains("refuse") {
         return (
             StatusCode::BAD_REQUEST,
