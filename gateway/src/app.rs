@@ -16,7 +16,6 @@ use axum::Router;
 use rtq_core::admin::Admin;
 use rtq_core::{Client, Error};
 use serde_json::{json, Value};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::{ApiKey, KeyStore, Lookup, Permit, Refusal};
 use crate::catalog::Catalog;
@@ -37,7 +36,8 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// Time a client may take to send a body.
+    /// Time from a request's head to its body's last byte (a total, not
+    /// an idle timeout).
     pub body_timeout: Duration,
 }
 
@@ -194,8 +194,8 @@ pub fn json_object(
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     let bytes = body.map_err(|r| {
         let text = r.body_text();
-        // tower-http's body timeout surfaces as a buffering failure.
-        let (status, code) = if text.contains("within the designated timeout") {
+        // The deadline of crate::body surfaces as a buffering failure.
+        let (status, code) = if crate::body::is_deadline(&r) {
             (StatusCode::REQUEST_TIMEOUT, "body_timeout")
         } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
@@ -239,7 +239,13 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(RequestBodyTimeoutLayer::new(settings.body_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::body::BodyLimits {
+                max_bytes: settings.max_body_bytes,
+                total: settings.body_timeout,
+            },
+            crate::body::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             crate::metrics::track,

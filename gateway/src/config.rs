@@ -79,7 +79,8 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
-    /// Largest request body accepted, in bytes (a larger one gets 413).
+    /// Largest request body accepted, in bytes (a larger one gets 413; a
+    /// larger Content-Length is refused before any of the body is read).
     #[arg(long, env = "RTQ_GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
     /// Seconds a client may take to send the request headers; also how
@@ -87,7 +88,8 @@ pub struct Config {
     /// handshake's limit.
     #[arg(long, env = "RTQ_GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
-    /// Seconds a client may take to send the request body (408 after).
+    /// Seconds from the request head to the last byte of its body: a total
+    /// deadline, not an idle timeout (408 after).
     #[arg(long, env = "RTQ_GATEWAY_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
     /// Deadline given to tasks whose request names none, in seconds (0 =

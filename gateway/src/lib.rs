@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`config`]: the command line ([`Config`]).
 //! - [`auth`]: API keys (hashed), queue grants, rate and concurrency limits.
+//! - [`body`]: request body limits (413 on a declared size over the
+//!   limit, a total deadline for the body).
 //! - [`catalog`]: live queues, workers and models (cached), refusals for
 //!   paused or unserved queues.
 //! - [`error`]: [`error::ApiError`], OpenAI's error shape, the mapping of
@@ -28,6 +30,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod catalog;
 pub mod config;
 pub mod error;

@@ -186,3 +186,68 @@ fn slow_bodies_get_408_and_slow_headers_are_cut_off() {
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
 }
+
+#[test]
+fn the_body_timeout_is_a_total_deadline_not_an_idle_one() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let redis = RedisServer::start();
+    let gw = start_gateway(&redis.url(), &["--body-timeout-secs", "1"]);
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    conn.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .unwrap();
+    // A byte every 200 ms (never idle for a second), for up to 6 s.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(6) {
+        if conn.write_all(b" ").is_err() {
+            break;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {} // nothing yet (read timeout)
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {took:?}: {answer:?}"
+    );
+    assert!(took < Duration::from_secs(3), "408 only after {took:?}");
+}
+
+#[test]
+fn an_oversized_content_length_is_refused_before_the_body_is_read() {
+    use std::io::Read;
+    let redis = RedisServer::start();
+    let gw = start_gateway(&redis.url(), &["--max-body-bytes", "2048"]);
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // The head alone: no byte of the body is ever sent.
+    conn.write_all(
+        b"POST /v1/queues/q/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(answer.contains("5000000"), "{answer}");
+}
