@@ -97,8 +97,12 @@ pub struct Config {
     /// 504 naming where it was.
     #[arg(long, env = "RTQ_GATEWAY_TASK_TIMEOUT_SECS", default_value_t = 300)]
     pub task_timeout_secs: u64,
-    /// Longest a synchronous request (`wait=true`, non-streaming
-    /// completions) waits for its task, in seconds; the task goes on.
+    /// Longest a request waits for its task, in seconds: a `wait=true`
+    /// submit or a non-streaming completion for the result, a streaming
+    /// completion for its first token. Then it answers 504 wait_timed_out
+    /// and the task is cancelled (unless a submit named the id of a task
+    /// that existed already: that one goes on). Also caps `wait_ms` of
+    /// result reads, which never cancel.
     #[arg(long, env = "RTQ_GATEWAY_MAX_WAIT_SECS", default_value_t = 600)]
     pub max_wait_secs: u64,
     /// On SIGTERM/SIGINT, seconds open requests and streams may take to

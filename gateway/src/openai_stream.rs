@@ -23,7 +23,7 @@ use crate::app::{Admitted, Shared};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::open::OpenGuard;
-use crate::openai::{ended_early, finish_reason, first_event, usage, wait_expired, Ctx, Kind};
+use crate::openai::{ended_early, finish_reason, first_event, usage, Ctx, Kind};
 
 /// Longest time the response head waits for the task's first event.
 pub const FIRST_EVENT_WINDOW: Duration = Duration::from_secs(1);
@@ -115,7 +115,19 @@ impl State {
                 let deadline = tokio::time::Instant::from_std(self.deadline);
                 match tokio::time::timeout_at(deadline, self.task.next()).await {
                     Ok(item) => item,
-                    Err(_) => return (vec![data(&wait_expired(&self.ctx.id).body())], true),
+                    Err(_) => {
+                        let e = ApiError::new(
+                            axum::http::StatusCode::GATEWAY_TIMEOUT,
+                            "timeout_error",
+                            "wait_timed_out",
+                            format!(
+                                "task {} sent no output within the gateway's --max-wait-secs; \
+                                 it was cancelled",
+                                self.ctx.id
+                            ),
+                        );
+                        return (vec![data(&e.body())], true);
+                    }
                 }
             }
             None => self.task.next().await,

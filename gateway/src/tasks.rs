@@ -182,7 +182,15 @@ pub async fn submit(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout_error",
                     "wait_timed_out",
-                    format!("task {id} did not finish within --max-wait-secs; it was cancelled"),
+                    match hold {
+                        Hold::Owned => format!(
+                            "task {id} did not finish within --max-wait-secs; it was cancelled"
+                        ),
+                        Hold::Followed => format!(
+                            "task {id} did not finish within --max-wait-secs; it was cancelled \
+                             if this request created it (a task that existed already goes on)"
+                        ),
+                    },
                 )
             })?
             .map_err(|e| st.rtq(e))?;

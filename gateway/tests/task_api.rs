@@ -411,3 +411,30 @@ async fn hostile_last_event_ids_are_refused_with_400() {
         assert_eq!(events[0].0, "done", "{late:?}: {events:?}");
     }
 }
+
+#[tokio::test]
+async fn a_wait_past_max_wait_secs_is_504_and_cancels_the_task_it_created() {
+    let s = Stack::start(&[], &["--max-wait-secs", "1"]).await;
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"prompt": "slow"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "wait_timed_out", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("it was cancelled"), "{v}");
+    let id = message.split_whitespace().nth(1).unwrap();
+    // The worker is told to stop: the upstream request is dropped.
+    assert!(s.upstream.wait_aborted(1, Duration::from_secs(10)).await);
+    let v: Value = s
+        .get("k-all", &format!("/v1/queues/chat/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "cancelled", "{v}");
+}
