@@ -237,7 +237,16 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
                 queues = Some(Queues::Only(set));
             }
             "rate" => rate = Some(positive(k, v)?),
-            "burst" => burst = Some(positive(k, v)?),
+            "burst" => {
+                let b = positive(k, v)?;
+                if b < 1.0 {
+                    return Err(format!(
+                        "burst= must be at least 1 (requests let through at once; \
+                         below 1 no request ever is), got {v:?}"
+                    ));
+                }
+                burst = Some(b);
+            }
             "concurrency" => {
                 let n: usize = v
                     .parse()
@@ -246,7 +255,7 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
                     .ok_or("concurrency= must be a whole number above 0")?;
                 concurrency = Some(n);
             }
-            "name" => name = Some(v.to_string()),
+            "name" => name = Some(key_name(v)?),
             other => {
                 return Err(format!(
                     "unknown field {other:?} (known: queues, rate, burst, concurrency, name)"
@@ -266,6 +275,22 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
         max_concurrent: concurrency,
     };
     Ok((hash, key))
+}
+
+/// Longest `name=`, in bytes (it goes into logs and task labels).
+const MAX_NAME_BYTES: usize = 128;
+
+/// Checks a `name=` value: not empty, no control characters, bounded.
+fn key_name(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        return Err("name= is empty (leave it out to name the key by its hash)".into());
+    }
+    if v.len() > MAX_NAME_BYTES || v.chars().any(char::is_control) {
+        return Err(format!(
+            "name= must be at most {MAX_NAME_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(v.to_string())
 }
 
 fn positive(field: &str, v: &str) -> Result<f64, String> {
@@ -334,6 +359,17 @@ mod tests {
                 "burst= needs rate=",
             ),
             (&format!("sha256:{h} queues="), "lists no queue"),
+            (&format!("sha256:{h} queues=, rate=1"), "lists no queue"),
+            (
+                &format!("sha256:{h} queues=* rate=1 burst=0.5"),
+                "burst= must be at least 1",
+            ),
+            (&format!("sha256:{h} queues=* name="), "name= is empty"),
+            (&format!("sha256:{h} queues=* name=a\u{7}b"), "control"),
+            (
+                &format!("sha256:{h} queues=* name={}", "n".repeat(129)),
+                "at most 128",
+            ),
         ] {
             let err = KeyStore::default().parse(line, "f").unwrap_err();
             assert!(err.contains(needle), "{line}: {err}");

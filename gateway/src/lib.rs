@@ -190,11 +190,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rtq-gateway hash-key`: reads a key on stdin, prints its key-file line.
+/// `rtq-gateway hash-key`: reads a key on stdin, prints its key-file line
+/// (checked by the key-file parser first, so the line always loads).
 ///
 /// # Errors
-/// An empty key.
+/// An empty key, or `--queues` that makes no valid line (empty, spaces).
 pub fn hash_key_command(queues: &str) -> anyhow::Result<()> {
+    // Before reading the key: a bad --queues needs no key to be refused.
+    // `#` and `;` would cut the printed line short when it is loaded.
+    if queues.contains(['#', ';']) || queues.contains(char::is_whitespace) {
+        anyhow::bail!("--queues {queues:?}: queue names cannot hold spaces, `#` or `;`");
+    }
+    auth::KeyStore::default()
+        .parse(
+            &format!("sha256:{} queues={queues}", "0".repeat(64)),
+            "--queues",
+        )
+        .map_err(|e| anyhow::anyhow!("--queues {queues:?} makes no valid key line: {e}"))?;
     let mut key = String::new();
     std::io::stdin()
         .read_line(&mut key)

@@ -89,11 +89,15 @@ fn check(body: &Map<String, Value>, kind: Kind) -> Result<Ask, ApiError> {
         }
         _ => {}
     }
-    if body
-        .get("n")
-        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
-    {
-        return Err(ApiError::bad_request("only n=1 is supported"));
+    // OpenAI accepts an integral float (`1.0`) as well.
+    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
+        if n.as_f64() != Some(1.0) {
+            return Err(ApiError::bad_request(format!(
+                "`n` must be 1 (one choice per request; send several requests \
+                 for more), got {}",
+                n.to_string().chars().take(40).collect::<String>()
+            )));
+        }
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
@@ -128,6 +132,10 @@ async fn serve(
     st.catalog.check_serving(&resolved.queue).await?;
     body.remove("stream");
     body.remove("stream_options");
+    if body.get("n").is_some_and(|n| !n.is_null()) {
+        // `1.0` reaches the upstream as the integer it means.
+        body.insert("n".into(), Value::from(1));
+    }
     if !resolved.by_label {
         // The name was the queue's: the worker's --openai-model names the
         // upstream model.
@@ -413,6 +421,32 @@ mod tests {
             Kind::Chat
         )
         .is_err());
+        for ok in [json!(1), json!(1.0), Value::Null] {
+            assert!(
+                check(
+                    &obj(json!({"model": "q", "messages": [], "n": ok})),
+                    Kind::Chat
+                )
+                .is_ok(),
+                "n={ok}"
+            );
+        }
+        for bad in [
+            json!(2),
+            json!(1.5),
+            json!(0),
+            json!(-1),
+            json!("1"),
+            json!(2.0),
+        ] {
+            let e = check(
+                &obj(json!({"model": "q", "messages": [], "n": bad})),
+                Kind::Chat,
+            )
+            .err()
+            .unwrap_or_else(|| panic!("n={bad} accepted"));
+            assert!(e.message.contains("`n` must be 1"), "{}", e.message);
+        }
         let ask = check(
             &obj(json!({"model": "q", "messages": [], "stream": true,
                         "stream_options": {"include_usage": true}})),

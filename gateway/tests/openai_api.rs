@@ -400,6 +400,34 @@ async fn refusals_have_openai_error_bodies_and_the_right_statuses() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "3");
     assert_eq!(code(&r.json().await.unwrap()), "queue_full");
+    // The task API advises the same --retry-after-secs.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "q"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3");
+    assert_eq!(code(&r.json().await.unwrap()), "queue_full");
+    // n=1.0 is n=1 (as OpenAI takes it); n=2 is refused before a submit.
+    let mut one = chat("chat", "hi", false);
+    one["n"] = json!(1.0);
+    let r = s.post("k-all", "/v1/chat/completions", one).await;
+    assert_eq!(r.status(), 429, "n=1.0 must pass the checks");
+    let mut two = chat("chat", "hi", false);
+    two["n"] = json!(2);
+    let r = s.post("k-all", "/v1/chat/completions", two).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`n` must be 1"),
+        "{v}"
+    );
     admin.set_max_depth("chat", 0).await.unwrap();
 
     // A deadline while queued (the slot is still busy): 504 naming it.

@@ -152,6 +152,23 @@ fn hash_key_prints_a_key_file_line_for_the_key_on_stdin() {
     // The line works as a key file.
     let file = key_file(&["s3cret queues=a,b"]);
     assert_eq!(std::fs::read_to_string(file.path()).unwrap(), expected);
+    // --queues that would print a line the gateway refuses (or reads
+    // otherwise) is refused, and nothing is printed.
+    for bad in ["", ",", "a b", "a#b", "a;b"] {
+        let mut child = gateway()
+            .args(["hash-key", "--queues", bad])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"s3cret\n");
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(out.stdout.is_empty(), "{bad:?} printed a line");
+        assert!(stderr.contains("--queues"), "{bad:?}: {stderr}");
+    }
 }
 
 #[test]

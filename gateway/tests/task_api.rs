@@ -210,6 +210,19 @@ async fn bad_task_requests_get_clear_errors() {
     assert_eq!(r.status(), 403);
     let r = s.get("k-all", "/no/such/route").await;
     assert_eq!(r.status(), 404);
+    // A known route with a method it does not have: 405, JSON, Allow.
+    let r = s
+        .http
+        .delete(format!("{}/v1/chat/completions", s.gw.url))
+        .bearer_auth("k-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 }
 
 #[tokio::test]
