@@ -851,7 +851,7 @@ async fn a_dropped_run_attached_to_an_existing_task_leaves_it_running() {
         .await
         .unwrap();
     drop(stream);
-    // Dropped while its submit's reply is lost and retried.
+    // Dropped while its submit's reply is lost and retried...
     proxy.cut_reply_to(b"rtq2_submit");
     let run = theirs.run(
         TaskRequest::json(json!({"hold": true}))
@@ -862,6 +862,21 @@ async fn a_dropped_run_attached_to_an_existing_task_leaves_it_running() {
         r = run => panic!("the run ended: {r:?}"),
         () = eventually("the submit's reply was dropped", || async { proxy.cuts() == 1 }) => {}
     }
+    // ...and after the retry found the task (a DUPLICATE after a lost
+    // reply: with an explicit id, not proof that the first try made it).
+    proxy.cut_reply_to(b"rtq2_submit");
+    let mut run = Box::pin(
+        theirs.run(
+            TaskRequest::json(json!({"hold": true}))
+                .id("shared")
+                .cancel_on_drop(true),
+        ),
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(1500), &mut run)
+        .await
+        .is_err());
+    assert_eq!(proxy.cuts(), 2);
+    drop(run);
     // Every cancel would be sent within a moment of the drop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -1333,4 +1348,118 @@ async fn concurrent_waits_on_many_queues_all_end_and_their_readers_close() {
         async move { open == 0 && reply_readers_in_redis(&mut conn).await == 0 }
     })
     .await;
+}
+
+/// A wait that has ended frees its reader at once: at a cap of one, waits
+/// alternating between two queues are never refused, whether they end
+/// with the result or by their own time limit (the task goes on, and the
+/// subscription's removal is still on its way to Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_cap_of_one_alternating_waits_are_never_refused() {
+    let redis = RedisServer::start();
+    let config = ClientConfig::default().max_reply_readers(1);
+    let client = Client::connect_with(&redis.url(), config).await.unwrap();
+    // Waits that end by their own limit, back to back (queues without
+    // workers: the tasks stay queued).
+    let idle = [client.queue("xa").unwrap(), client.queue("xb").unwrap()];
+    let mut ids = Vec::new();
+    for q in &idle {
+        ids.push(q.submit(TaskRequest::json(json!(1))).await.unwrap().id);
+    }
+    for i in 0..60 {
+        let waited = idle[i % 2]
+            .wait(&ids[i % 2], Some(Duration::from_millis(5)))
+            .await;
+        assert!(
+            matches!(waited, Err(Error::WaitTimedOut { .. })),
+            "wait {i}: {waited:?}"
+        );
+    }
+    // Waits and streams that end with the result.
+    let (seen, _rx) = seen_channel();
+    let wa = TestWorker::start(&redis.url(), fast("ma"), seen.clone()).await;
+    let wb = TestWorker::start(&redis.url(), fast("mb"), seen).await;
+    let served = [client.queue("ma").unwrap(), client.queue("mb").unwrap()];
+    for i in 0..40 {
+        let q = &served[i % 2];
+        within(q.run(TaskRequest::json(json!(i)))).await.unwrap();
+        let stream = q
+            .stream(TaskRequest::json(json!({"chunks": 2})))
+            .await
+            .unwrap();
+        within(drain_stream(stream)).await.2.unwrap();
+    }
+    wa.stop().await;
+    wb.stop().await;
+}
+
+/// A follow given up while its subscription call is in flight (a caller
+/// that went away, a timeout) must not leave its reader unretirable.
+#[tokio::test]
+async fn a_follow_dropped_mid_subscription_leaves_its_reader_free() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port()).await;
+    let config = ClientConfig::default()
+        .max_reply_readers(1)
+        .reply_reader_idle(Duration::from_millis(200))
+        .response_timeout(Duration::from_secs(2));
+    let client = Client::connect_with(&proxy.url(), config).await.unwrap();
+    let a = client.queue("pa").unwrap();
+    let id = a.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    proxy.black_hole_after(b"rtq2_watch");
+    let f = tokio::time::timeout(Duration::from_millis(500), a.follow(&id, 0)).await;
+    assert!(f.is_err(), "the follow ended: {:?}", f.map(|_| ()));
+    assert_eq!(proxy.black_holes(), 1);
+    proxy.cut_all();
+    eventually("the reader is retired", || async {
+        client.reply_readers_open() == 0
+    })
+    .await;
+    let b = client.queue("pb").unwrap();
+    let id = b.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    let waited = b.wait(&id, Some(Duration::from_millis(50))).await;
+    assert!(
+        matches!(waited, Err(Error::WaitTimedOut { .. })),
+        "{waited:?}"
+    );
+}
+
+/// Readers retired one after another leave no reply stream behind (the
+/// housekeeping loop must not re-create a stream its reader deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_readers_leave_no_reply_stream_behind() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let config = ClientConfig::default().max_reply_readers(1);
+    let client = Client::connect_with(&redis.url(), config).await.unwrap();
+    for i in 0..100 {
+        let q = client.queue(&format!("ch{i}")).unwrap();
+        let r = q.follow("nope", 0).await;
+        assert!(
+            matches!(r, Err(Error::NotFound { .. })),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+    // The last reader stays; every earlier one's stream goes.
+    eventually("only the open reader's stream is left", || {
+        let mut conn = conn.clone();
+        async move {
+            let streams: Vec<String> = redis::cmd("KEYS")
+                .arg("rtq:*:r:*")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            streams.len() == 1 && streams[0].starts_with("rtq:{ch99}")
+        }
+    })
+    .await;
+    // And none comes back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let streams: Vec<String> = redis::cmd("KEYS")
+        .arg("rtq:*:r:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(streams.len(), 1, "{streams:?}");
 }

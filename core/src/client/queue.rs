@@ -57,8 +57,22 @@ pub struct TaskOutput {
 /// How a submit ended: created, or found existing.
 enum Placed {
     Created(Submitted),
-    Existing { submitted: Submitted, reply: String },
+    Existing {
+        submitted: Submitted,
+        reply: String,
+    },
+    /// A `DUPLICATE` answered a retry after a lost reply: the first try's
+    /// own task, unless the id was explicit and named a task that existed
+    /// before it (then it is somebody else's).
+    Retried {
+        submitted: Submitted,
+        reply: String,
+    },
 }
+
+/// How long a wait on one more queue waits for a reply router to come free
+/// before [`Error::TooManyQueues`].
+const ROUTER_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Cancels (in the background) the task of a `run`/`stream` with
 /// `cancel_on_drop` whose future is dropped before its tracker exists.
@@ -105,8 +119,22 @@ impl Queue {
         &self.keys
     }
 
-    pub(crate) fn router(&self) -> Result<Arc<ReplyRouter>, Error> {
-        self.client.router(&self.keys)
+    /// The queue's reply router. At the client's cap of open routers, it
+    /// waits [`ROUTER_PATIENCE`] for one to come free before refusing: a
+    /// wait that just ended may hold its router one round trip longer
+    /// (removing its subscription).
+    pub(crate) async fn router(&self) -> Result<Arc<ReplyRouter>, Error> {
+        let give_up = Instant::now() + ROUTER_PATIENCE;
+        let mut delay = Duration::from_millis(2);
+        loop {
+            match self.client.router(&self.keys) {
+                Err(Error::TooManyQueues { .. }) if Instant::now() + delay < give_up => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Submits a task and returns at once (asynchronous use: fetch the
@@ -123,7 +151,7 @@ impl Queue {
     pub async fn submit(&self, request: TaskRequest) -> Result<Submitted, Error> {
         let id = request.id_or_new()?;
         match self.place(&request, &id, "", false).await? {
-            Placed::Created(s) => Ok(s),
+            Placed::Created(s) | Placed::Retried { submitted: s, .. } => Ok(s),
             Placed::Existing { submitted, .. } => Err(Error::Duplicate {
                 id,
                 state: submitted.state,
@@ -196,7 +224,7 @@ impl Queue {
         stream: bool,
     ) -> Result<(Tracker, Option<TaskSnapshot>, bool), Error> {
         let deadline = request.timeout.map(|t| Instant::now() + t);
-        let router = self.router()?;
+        let router = self.router().await?;
         if let Some(reason) = router.refusal() {
             return Err(Error::PermissionDenied(reason));
         }
@@ -204,32 +232,33 @@ impl Queue {
         router.ready(&mut self.client.conn()).await;
         let placed = self.place(request, id, router.key(), stream).await?;
         let mut tracker = Tracker::new(self.clone(), id.to_string(), waiter, deadline, None);
-        match placed {
-            Placed::Created(s) => {
-                if s.deadline_ms == 0 {
-                    tracker.without_deadline();
-                }
+        let (submitted, existing_reply) = match placed {
+            Placed::Created(s) => (s, None),
+            // A generated id: only the first try can have created it.
+            Placed::Retried { submitted, .. } if request.id.is_none() => (submitted, None),
+            Placed::Retried { submitted, reply } | Placed::Existing { submitted, reply } => {
+                (submitted, Some(reply))
             }
-            Placed::Existing { submitted, reply } => {
-                if submitted.deadline_ms == 0 {
-                    tracker.without_deadline();
-                }
-                if reply != router.key() || submitted.state.is_terminal() || stream {
-                    // Another process's task, one that already ended, or
-                    // one whose submit may not have asked for chunk events
-                    // (a run): read it and subscribe to its events. (A
-                    // stream subscribed to twice gets each event once.)
-                    let snap = self.watch(&router, id, 0).await?;
-                    if !snap.state.is_terminal() {
-                        tracker.subscribed();
-                    }
-                    tracker.note_snapshot(&snap);
-                    return Ok((tracker, Some(snap), false));
-                }
-                return Ok((tracker, None, false));
-            }
+        };
+        if submitted.deadline_ms == 0 {
+            tracker.without_deadline();
         }
-        Ok((tracker, None, true))
+        let Some(reply) = existing_reply else {
+            return Ok((tracker, None, true));
+        };
+        if reply != router.key() || submitted.state.is_terminal() || stream {
+            // Another process's task, one that already ended, or one whose
+            // submit may not have asked for chunk events (a run): read it
+            // and subscribe to its events. (A stream subscribed to twice
+            // gets each event once.)
+            let snap = self.watch(&router, id, 0).await?;
+            if !snap.state.is_terminal() {
+                tracker.subscribed();
+            }
+            tracker.note_snapshot(&snap);
+            return Ok((tracker, Some(snap), false));
+        }
+        Ok((tracker, None, false))
     }
 
     /// Waits for the result of a task submitted earlier (by any process).
@@ -272,7 +301,7 @@ impl Queue {
     ) -> Result<(Tracker, TaskSnapshot), Error> {
         validate_id(id, "task id")?;
         let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
-        let router = self.router()?;
+        let router = self.router().await?;
         if let Some(reason) = router.refusal() {
             return Err(Error::PermissionDenied(reason));
         }
@@ -497,8 +526,11 @@ impl Queue {
                         submitted_ms,
                     };
                     if last_error.is_some() {
-                        // Our own first try went through; its reply was lost.
-                        return Ok(Placed::Created(submitted));
+                        // Most likely our own first try, whose reply was lost.
+                        return Ok(Placed::Retried {
+                            submitted,
+                            reply: existing_reply,
+                        });
                     }
                     return Ok(Placed::Existing {
                         submitted,

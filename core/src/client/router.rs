@@ -153,6 +153,27 @@ impl Drop for Waiter {
     }
 }
 
+/// One id's subscription count, held across a watch or unwatch call: when
+/// it goes (the call ended, or its future was dropped mid-call) with the
+/// count at 0, the id's entry is forgotten, so a cancelled follow never
+/// leaves an entry that keeps its router from being retired.
+struct SlotGuard<'a> {
+    router: &'a ReplyRouter,
+    id: &'a str,
+    slot: Arc<tokio::sync::Mutex<usize>>,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        // Not locked: the call's own guard on the count is dropped first.
+        if let Ok(count) = self.slot.try_lock() {
+            if *count == 0 {
+                self.router.forget_subscription(self.id, &self.slot);
+            }
+        }
+    }
+}
+
 /// Settings the reader needs from the client.
 pub(crate) struct ReaderSettings {
     pub endpoint: Endpoint,
@@ -171,7 +192,7 @@ impl ReplyRouter {
         let router = Self::idle(key, settings.shutdown.clone());
         let span =
             tracing::debug_span!("reply_reader", queue = settings.keys.name(), key = %router.key);
-        tokio::spawn(
+        let housekeeping = tokio::spawn(
             Arc::clone(&router)
                 .housekeeping_loop(
                     settings.shared.clone(),
@@ -181,7 +202,20 @@ impl ReplyRouter {
                 )
                 .instrument(span.clone()),
         );
-        tokio::spawn(Arc::clone(&router).read_loop(settings).instrument(span));
+        let (key, mut shared) = (router.key.clone(), settings.shared.clone());
+        let reader = Arc::clone(&router).read_loop(settings);
+        tokio::spawn(
+            async move {
+                reader.await;
+                // Once both loops ended (housekeeping re-creates a missing
+                // stream, so it must not outlive this deletion). Best
+                // effort: the stream has a TTL anyway.
+                let _ = housekeeping.await;
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&key).query_async(&mut shared).await;
+            }
+            .instrument(span),
+        );
         router
     }
 
@@ -300,6 +334,22 @@ impl ReplyRouter {
         }
     }
 
+    /// Releases one subscription counted by [`ReplyRouter::watch`] at once,
+    /// without Redis, when its task ended (the subscription went with it)
+    /// and the count is not locked; false if it must go through
+    /// [`ReplyRouter::unwatch`].
+    pub(crate) fn release_ended(&self, id: &str) -> bool {
+        let slot = self.subscription(id);
+        let Ok(mut count) = slot.try_lock() else {
+            return false;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.forget_subscription(id, &slot);
+        }
+        true
+    }
+
     /// Reads a task from chunk `from` and subscribes this stream to its
     /// later events (`rtq2_watch`). A subscription to a task that has not
     /// ended is counted: release it with [`ReplyRouter::unwatch`].
@@ -313,8 +363,12 @@ impl ReplyRouter {
         id: &str,
         from: u64,
     ) -> Result<Option<TaskSnapshot>, Error> {
-        let slot = self.subscription(id);
-        let mut count = slot.lock().await;
+        let slot = SlotGuard {
+            router: self,
+            id,
+            slot: self.subscription(id),
+        };
+        let mut count = slot.slot.lock().await;
         let watch = Watch {
             id,
             reply: &self.key,
@@ -325,9 +379,6 @@ impl ReplyRouter {
             if !s.state.is_terminal() {
                 *count += 1;
             }
-        }
-        if *count == 0 {
-            self.forget_subscription(id, &slot);
         }
         snap
     }
@@ -342,8 +393,12 @@ impl ReplyRouter {
         id: &str,
         finished: bool,
     ) {
-        let slot = self.subscription(id);
-        let mut count = slot.lock().await;
+        let slot = SlotGuard {
+            router: self,
+            id,
+            slot: self.subscription(id),
+        };
+        let mut count = slot.slot.lock().await;
         *count = count.saturating_sub(1);
         if *count > 0 {
             return;
@@ -357,7 +412,6 @@ impl ReplyRouter {
                 tracing::debug!(task_id = %id, error = %e, "could not remove a subscription; it ends with the task");
             }
         }
-        self.forget_subscription(id, &slot);
     }
 
     fn waiting(&self) -> usize {
@@ -454,6 +508,9 @@ impl ReplyRouter {
     ) {
         let mut first = true;
         loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
             if !first {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -653,12 +710,6 @@ impl ReplyRouter {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        // Best effort: the stream has a TTL anyway.
-        let mut shared = s.shared.clone();
-        let _: redis::RedisResult<()> = redis::cmd("DEL")
-            .arg(&self.key)
-            .query_async(&mut shared)
-            .await;
     }
 
     /// Deletes delivered entries (everything up to and including `id`),

@@ -286,6 +286,12 @@ pub(crate) async fn cancel_for_departed_caller(
 impl Drop for Tracker {
     fn drop(&mut self) {
         let cancel = self.cancel_on_drop && !self.ended;
+        // A subscription to an ended task needs no Redis call: release it
+        // now, so the router is free (to be retired) the moment the wait
+        // ends, not one spawned task later.
+        if self.subscribed && self.finished && self.waiter.router().release_ended(&self.id) {
+            self.subscribed = false;
+        }
         if !self.subscribed && !cancel {
             return;
         }
