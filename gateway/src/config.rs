@@ -119,6 +119,12 @@ pub struct Config {
     /// rate limit.
     #[arg(long, env = "RTQ_GATEWAY_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
+    /// Most queues the gateway waits on at once (each holds one blocking
+    /// Redis connection while a `wait`/`stream` or completion on it is
+    /// open; idle ones close after a minute). Beyond it, a new wait is 503
+    /// `too_many_queues`.
+    #[arg(long, env = "RTQ_GATEWAY_MAX_REPLY_READERS", default_value_t = rtq_core::DEFAULT_MAX_REPLY_READERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_reply_readers: u64,
     /// Milliseconds the list of live workers (models, paused queues) is
     /// trusted; an older one is still used while it is read again in the
     /// background. A refusal for "no live worker" or "paused" is always

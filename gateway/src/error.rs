@@ -142,6 +142,9 @@ impl ApiError {
             Error::WorkerLost { .. } | Error::TaskLost { .. } => {
                 Self::new(S::BAD_GATEWAY, "server_error", "task_lost", msg)
             }
+            Error::TooManyQueues { .. } => {
+                Self::unavailable("too_many_queues", msg).retry_after(retry_after)
+            }
             e if e.is_retryable() || e.is_connection_lost() => {
                 Self::unavailable("redis_unavailable", msg)
             }
@@ -169,6 +172,18 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_queues_is_503_naming_itself_not_redis() {
+        let e = Error::TooManyQueues {
+            queue: "q".into(),
+            max: 256,
+        };
+        let api = ApiError::from_rtq(&e, Duration::from_secs(2));
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.body()["error"]["code"], "too_many_queues");
+        assert_eq!(api.retry_after, Some(2));
+    }
 
     #[test]
     fn a_full_queue_is_429_with_retry_after() {

@@ -126,7 +126,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let redis_tls = TlsConfig::from_files(config.redis_tls_ca.as_deref(), None, None)
         .context("Redis TLS settings")?;
-    let client = Client::connect_with(&redis, ClientConfig::default().tls(redis_tls))
+    let client_config = ClientConfig::default()
+        .tls(redis_tls)
+        .max_reply_readers(config.max_reply_readers as usize);
+    let client = Client::connect_with(&redis, client_config)
         .await
         .with_context(|| format!("cannot connect to Redis at {}", redact_url(&redis)))?;
     if keys.is_open() {

@@ -148,14 +148,6 @@ pub async fn submit(
     let (admitted, queue) = open(&st, &headers, &name, false).await?;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
-    // A submit that names its id may attach to a task that exists already
-    // (someone else's): the gateway then only follows it, and never
-    // cancels it at shutdown. The library does not say whether the submit
-    // created the task, so an explicit id always counts as followed.
-    let hold = match body.id {
-        Some(_) => Hold::Followed,
-        None => Hold::Owned,
-    };
     let req = request(body, &st, &admitted)?;
     if query.wait && query.stream {
         return Err(ApiError::bad_request(
@@ -168,6 +160,14 @@ pub async fn submit(
             .stream(req.cancel_on_drop(true))
             .await
             .map_err(|e| st.rtq(e))?;
+        // A submit that names its id may attach to a task that exists
+        // already (someone else's): the gateway then only follows it, and
+        // never cancels it, at shutdown or when the caller leaves.
+        let hold = if task.created() {
+            Hold::Owned
+        } else {
+            Hold::Followed
+        };
         let guard = st.open.open(&queue, task.id(), hold);
         if query.stream {
             let events = Events::submitted(task, queue, st.settings.retry_after);
@@ -187,8 +187,8 @@ pub async fn submit(
                             "task {id} did not finish within --max-wait-secs; it was cancelled"
                         ),
                         Hold::Followed => format!(
-                            "task {id} did not finish within --max-wait-secs; it was cancelled \
-                             if this request created it (a task that existed already goes on)"
+                            "task {id} did not finish within --max-wait-secs; this request \
+                             attached to it (it existed already), so it goes on"
                         ),
                     },
                 )

@@ -48,20 +48,40 @@ async fn shutdown_cancels_the_tasks_the_gateway_owns_but_never_those_it_only_fol
         .get("k-all", "/v1/queues/chat/tasks/followed/stream")
         .await;
     assert_eq!(follower.status(), 200);
-    // Both count as open streams.
+    // Followed too: a streaming submit whose id names that existing task.
+    let attached = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?stream=true",
+            json!({"input": {"prompt": "slow"}, "id": "followed"}),
+        )
+        .await;
+    assert_eq!(attached.status(), 200);
+    // Owned: a streaming submit with an id of its own that created the task.
+    let mine = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?stream=true",
+            json!({"input": {"prompt": "slow"}, "id": "mine"}),
+        )
+        .await;
+    assert_eq!(mine.status(), 200);
+    // All count as open streams.
     let metrics = s.get("", "/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("rtq_gateway_open_streams 2"), "{metrics}");
+    assert!(metrics.contains("rtq_gateway_open_streams 4"), "{metrics}");
 
     s.gw.proc.terminate();
     let status = s.gw.proc.wait_exit(Duration::from_secs(15));
     assert!(status.is_some(), "{}", s.gw.proc.log());
-    drop((owned, follower));
-    assert_eq!(
-        state_of(&s, &owned_id).await,
-        TaskState::Cancelled,
-        "{}",
-        s.gw.proc.log()
-    );
+    drop((owned, follower, attached, mine));
+    for id in [owned_id.as_str(), "mine"] {
+        assert_eq!(
+            state_of(&s, id).await,
+            TaskState::Cancelled,
+            "{id}: {}",
+            s.gw.proc.log()
+        );
+    }
     let followed = state_of(&s, "followed").await;
     assert!(
         matches!(followed, TaskState::Running | TaskState::Done),

@@ -451,3 +451,51 @@ async fn a_wait_past_max_wait_secs_is_504_and_cancels_the_task_it_created() {
         .unwrap();
     assert_eq!(v["state"], "cancelled", "{v}");
 }
+
+/// The gateway waits on at most `--max-reply-readers` queues at once (one
+/// Redis connection each): one queue more is a clear 503 naming the
+/// limit, not a Redis error, and it passes once the other wait ends.
+#[tokio::test]
+async fn waits_on_more_queues_than_the_reader_limit_get_too_many_queues() {
+    let s = Stack::start(&[], &["--max-reply-readers", "1"]).await;
+    let mut ids = Vec::new();
+    for q in ["held", "other"] {
+        let r = s
+            .post(
+                "k-all",
+                &format!("/v1/queues/{q}/tasks"),
+                json!({"input": 1}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // A follower holds queue "held"'s reader (the task stays queued).
+    let follow = s
+        .get("k-all", &format!("/v1/queues/held/tasks/{}/stream", ids[0]))
+        .await;
+    assert_eq!(follow.status(), 200);
+    let path = format!("/v1/queues/other/tasks/{}/result?wait_ms=2000", ids[1]);
+    let r = s.get("k-all", &path).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_queues", "{body}");
+    // The follower leaves: the reader is free for the other queue.
+    drop(follow);
+    let mut status = 0;
+    for _ in 0..50 {
+        let path = format!("/v1/queues/other/tasks/{}/result?wait_ms=10", ids[1]);
+        status = s.get("k-all", &path).await.status().as_u16();
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 202, "a wait on the other queue still refused");
+}

@@ -171,7 +171,7 @@ impl Queue {
     /// [`Error::PermissionDenied`] (this user may not read its reply stream;
     /// once that is known, nothing is submitted).
     pub async fn run(&self, request: TaskRequest) -> Result<TaskOutput, Error> {
-        let (mut tracker, _) = self.start(&request, false).await?;
+        let (mut tracker, _, _) = self.start(&request, false).await?;
         tracker.final_output().await
     }
 
@@ -183,20 +183,22 @@ impl Queue {
     /// As [`Queue::submit`], and [`Error::PermissionDenied`] as for
     /// [`Queue::run`]; later failures arrive through the stream.
     pub async fn stream(&self, request: TaskRequest) -> Result<TaskStream, Error> {
-        let (tracker, snap) = self.start(&request, true).await?;
-        Ok(match snap {
+        let (tracker, snap, created) = self.start(&request, true).await?;
+        let stream = match snap {
             Some(snap) => TaskStream::new(tracker, snap.attempt, snap.first, snap.chunks),
             None => TaskStream::new(tracker, 0, 0, Vec::new()),
-        })
+        };
+        Ok(stream.created_by_submit(created))
     }
 
     /// Registers a waiter, submits, and returns the tracker of the task
-    /// (with a snapshot when it attached to another process's task).
+    /// (with a snapshot when it attached to another process's task) and
+    /// whether this call created the task.
     async fn start(
         &self,
         request: &TaskRequest,
         stream: bool,
-    ) -> Result<(Tracker, Option<TaskSnapshot>), Error> {
+    ) -> Result<(Tracker, Option<TaskSnapshot>, bool), Error> {
         let id = request.id_or_new()?;
         // Until the tracker exists, a future dropped mid-submit (or
         // between a lost reply and its retry) cancels the task it may have
@@ -214,7 +216,7 @@ impl Queue {
         // Attached to a task that existed already (an idempotency key used
         // again, perhaps by someone else): leaving does not cancel it.
         tracker.cancel_on_drop(request.cancel_on_drop && created);
-        Ok((tracker, snap))
+        Ok((tracker, snap, created))
     }
 
     async fn start_tracking(

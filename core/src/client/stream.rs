@@ -55,6 +55,7 @@ pub enum StreamEvent {
 /// the error that explains why there is no result.
 pub struct TaskStream {
     id: String,
+    created: bool,
     inner: BoxStream<'static, Result<StreamEvent, Error>>,
 }
 
@@ -94,12 +95,32 @@ impl TaskStream {
             Some((item, st))
         })
         .boxed();
-        Self { id, inner }
+        Self {
+            id,
+            created: false,
+            inner,
+        }
+    }
+
+    /// Marks the stream as its submit's creation (see [`TaskStream::created`]).
+    pub(crate) fn created_by_submit(mut self, created: bool) -> Self {
+        self.created = created;
+        self
     }
 
     /// The task's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// True if the [`Queue::stream`](crate::Queue::stream) call that
+    /// returned this stream created its task; false for a follow and for a
+    /// submit whose explicit id named a task that existed already (or may
+    /// have: a retry after a lost reply). Only a created task is cancelled
+    /// by [`TaskRequest::cancel_on_drop`](crate::TaskRequest::cancel_on_drop),
+    /// and only its creator should cancel it on the caller's behalf.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Reads the stream to its end and returns the final output and the
