@@ -139,6 +139,31 @@ def test_bad_input_gets_clear_errors(redis_url):
         c.admin().tasks("q", "everything")
 
 
+def test_waits_on_more_queues_than_the_reader_limit_raise_too_many_queues(redis_url):
+    with pytest.raises(rtq.InvalidInput, match="max_reply_readers"):
+        rtq.connect(redis_url, max_reply_readers=0)
+
+    async def main():
+        c = await rtq.aio.connect(redis_url, max_reply_readers=1, reply_reader_idle=0.1)
+        a, b = c.queue("limit-a"), c.queue("limit-b")
+        first = (await a.submit(1))["id"]
+        other = (await b.submit(1))["id"]
+        # A wait on limit-a holds the only reader.
+        holding = asyncio.ensure_future(a.wait(first, timeout=3))
+        await asyncio.sleep(0.3)
+        with pytest.raises(rtq.TooManyQueues) as e:
+            await b.wait(other, timeout=1)
+        assert e.value.queue == "limit-b" and e.value.max == 1
+        assert e.value.retryable
+        # Once that wait ends, the other queue's wait is served.
+        with pytest.raises(rtq.WaitTimedOut):
+            await holding
+        with pytest.raises(rtq.WaitTimedOut):
+            await b.wait(other, timeout=0.1)
+
+    asyncio.run(main())
+
+
 def test_unreachable_redis_is_a_connection_error_without_the_password():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
