@@ -39,11 +39,13 @@ pub struct Settings {
     /// Time from a request's head to its body's last byte (a total, not
     /// an idle timeout).
     pub body_timeout: Duration,
+    /// Accept submits to queues that do not exist yet (creating them).
+    pub create_queues: bool,
 }
 
 impl Default for Settings {
     /// 300 s task deadline, 600 s wait, `Retry-After: 1`, 15 s keep-alive,
-    /// 1 MiB bodies, 30 s body timeout.
+    /// 1 MiB bodies, 30 s body timeout, unknown queues refused.
     fn default() -> Self {
         Self {
             task_timeout: Some(Duration::from_secs(300)),
@@ -52,6 +54,7 @@ impl Default for Settings {
             keepalive: Duration::from_secs(15),
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(30),
+            create_queues: false,
         }
     }
 }

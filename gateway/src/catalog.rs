@@ -212,6 +212,21 @@ impl Catalog {
         Err(model_not_found(model))
     }
 
+    /// True if queue `queue` exists (in the registry or with its meta
+    /// hash). A queue the cached snapshot lists passes without Redis
+    /// (queues are rarely deleted); any other is read for itself alone.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queue_exists(&self, queue: &str) -> Result<bool, Error> {
+        if let Some((_, snap)) = self.cached() {
+            if snap.queues.contains_key(queue) {
+                return Ok(true);
+            }
+        }
+        self.inner.admin.queue_exists(queue).await
+    }
+
     /// Refuses a queue that cannot serve now: paused, or without a live
     /// worker. A "serving" from a snapshot younger than the TTL passes at
     /// once; anything else (an older snapshot, a queue it does not know or

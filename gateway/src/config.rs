@@ -119,6 +119,12 @@ pub struct Config {
     /// rate limit.
     #[arg(long, env = "RTQ_GATEWAY_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
+    /// Accept submits to queues that do not exist yet, creating them. By
+    /// default a submit to a queue no worker ever served (and nobody
+    /// created) is 404 `queue_not_found`, so a typo or a caller cannot
+    /// create queues (as `rtq submit` without `--create`).
+    #[arg(long, env = "RTQ_GATEWAY_CREATE_QUEUES")]
+    pub create_queues: bool,
     /// Most queues the gateway waits on at once (each holds one blocking
     /// Redis connection while a `wait`/`stream` or completion on it is
     /// open; idle ones close after a minute). Beyond it, a new wait is 503

@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         keepalive: Duration::from_secs(config.keepalive_secs),
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout(),
+        create_queues: config.create_queues,
     };
     let state = app::AppState::new(
         client,

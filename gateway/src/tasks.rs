@@ -75,7 +75,8 @@ pub struct StreamQuery {
 }
 
 /// Authenticates, admits and opens `queue`; with `must_exist`, a queue
-/// nobody ever used is 404 (so reads do not create queues).
+/// nobody ever used is 404 (so reads, and submits unless
+/// `--create-queues`, do not create queues).
 async fn open(
     st: &Shared,
     headers: &HeaderMap,
@@ -84,12 +85,16 @@ async fn open(
 ) -> Result<(Admitted, Queue), ApiError> {
     let key = st.authenticate(headers)?;
     let admitted = st.admit(key, name)?;
-    if must_exist && !st.admin.queue_exists(name).await.map_err(|e| st.rtq(e))? {
+    if must_exist && !st.catalog.queue_exists(name).await.map_err(|e| st.rtq(e))? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "queue_not_found",
-            format!("no queue named {name:?}"),
+            format!(
+                "no queue named {name:?}: a queue exists once a worker served it \
+                 (`rtq-worker --queue {name}`) or `rtq submit --create` made it; a gateway \
+                 started with --create-queues lets submits create queues"
+            ),
         ));
     }
     let queue = st.client.queue(name).map_err(|e| st.rtq(e))?;
@@ -145,7 +150,7 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (admitted, queue) = open(&st, &headers, &name, false).await?;
+    let (admitted, queue) = open(&st, &headers, &name, !st.settings.create_queues).await?;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
     let req = request(body, &st, &admitted)?;

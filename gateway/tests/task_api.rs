@@ -197,6 +197,29 @@ async fn bad_task_requests_get_clear_errors() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "queue_not_found"
     );
+    // Submits do not create queues either (a typo, a hostile caller), in
+    // any mode; the queue stays unknown.
+    for mode in ["", "?wait=true", "?stream=true"] {
+        let r = s
+            .post(
+                "k-all",
+                &format!("/v1/queues/typo-queue/tasks{mode}"),
+                json!({"input": 1}),
+            )
+            .await;
+        assert_eq!(r.status(), 404, "{mode}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "queue_not_found", "{mode}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--create-queues"),
+            "{body}"
+        );
+    }
+    let r = s.get("k-all", "/v1/queues/typo-queue/tasks/x").await;
+    assert_eq!(r.status(), 404, "the refused submits created the queue");
     let r = s
         .http
         .get(format!("{}/v1/queues/chat/tasks/x/stream", s.gw.url))
@@ -457,7 +480,7 @@ async fn a_wait_past_max_wait_secs_is_504_and_cancels_the_task_it_created() {
 /// limit, not a Redis error, and it passes once the other wait ends.
 #[tokio::test]
 async fn waits_on_more_queues_than_the_reader_limit_get_too_many_queues() {
-    let s = Stack::start(&[], &["--max-reply-readers", "1"]).await;
+    let s = Stack::start(&[], &["--max-reply-readers", "1", "--create-queues"]).await;
     let mut ids = Vec::new();
     for q in ["held", "other"] {
         let r = s
