@@ -163,6 +163,21 @@ impl Events {
         };
         // The attempt the task runs (or ran last) now: `att` only grows.
         let info = queue.status(id).await?;
+        if let Some(held) = resume.attempt {
+            if held == 0 || held > info.attempt {
+                return Err(Error::InvalidInput(format!(
+                    "Last-Event-ID names attempt {held}, which task {id} never ran (it is at \
+                     attempt {}); resume from an event id this stream sent",
+                    info.attempt
+                )));
+            }
+        }
+        if resume.attempt.is_none() && info.attempt == 0 {
+            // Not handed out yet: the index is of whichever attempt runs
+            // first.
+            let task = queue.follow(id, resume.next).await?;
+            return Ok(Self::new(task, queue.clone(), true, retry_after));
+        }
         let held = resume.attempt.unwrap_or(info.attempt);
         if held == info.attempt {
             let task = queue.follow(id, resume.next).await?;

@@ -406,6 +406,37 @@ async fn a_resumed_stream_restarts_with_the_new_attempt_instead_of_splicing_two(
     assert_eq!(events[0].0, "restarted", "{events:?}");
     assert_eq!(events[0].1, "4:-1", "{events:?}");
     assert_eq!(events[1].1, "4:0", "{events:?}");
+
+    // Attempts the task never ran (ids this stream never sent): 400.
+    for bad in ["99:3", "0:3", "5:0"] {
+        let r = resume(&s, "again", bad).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // A bare index or `from` on a task not handed out yet skips that many
+    // chunks of the attempt that runs first, with no false restart.
+    admin.pause("chat", true).await.unwrap();
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "a b c d e f g h"}, "id": "fresh"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let bare = resume(&s, "fresh", "2").await;
+    let from = s
+        .get("k-all", "/v1/queues/chat/tasks/fresh/stream?from=3")
+        .await;
+    assert_eq!((bare.status().as_u16(), from.status().as_u16()), (200, 200));
+    admin.pause("chat", false).await.unwrap();
+    for resp in [bare, from] {
+        let events = read_events(resp, 1).await;
+        assert_eq!(
+            (events[0].0.as_str(), events[0].1.as_str()),
+            ("chunk", "1:3"),
+            "{events:?}"
+        );
+    }
 }
 
 #[tokio::test]
