@@ -1268,6 +1268,13 @@ async fn reply_readers_are_capped_and_idle_ones_close() {
         c.status("refused").await,
         Err(Error::NotFound { .. })
     ));
+    // A task that has ended needs no reader: its outcome is read as it is.
+    let ended = submitted("c").await;
+    c.cancel(&ended, "ended before the wait").await.unwrap();
+    match c.wait(&ended, None).await {
+        Err(Error::Cancelled { reason, .. }) => assert_eq!(reason, "ended before the wait"),
+        other => panic!("expected the stored outcome, got {other:?}"),
+    }
     assert_eq!(client.reply_readers_open(), 2);
 
     // One ends: the third queue takes its place at once.

@@ -269,12 +269,31 @@ impl Queue {
     /// # Errors
     /// [`Error::NotFound`], [`Error::WaitTimedOut`] (naming the task's state
     /// and worker), [`Error::PermissionDenied`] (this user may not read its
-    /// reply stream), or any reason the task ended without a result.
+    /// reply stream), [`Error::TooManyQueues`] (only for a task that has
+    /// not ended: an ended one's outcome is read without a reader), or any
+    /// reason the task ended without a result.
     pub async fn wait(&self, id: &str, max_wait: Option<Duration>) -> Result<TaskOutput, Error> {
-        let (mut tracker, _) = self
+        match self
             .follow_inner(id, crate::protocol::MAX_OUTPUT_CHUNKS, max_wait)
-            .await?;
-        tracker.final_output().await
+            .await
+        {
+            Ok((mut tracker, _)) => tracker.final_output().await,
+            Err(refused @ Error::TooManyQueues { .. }) => {
+                // A task that ended needs no reader: its outcome is stored.
+                let Some(snap) = self.read(id, crate::protocol::MAX_OUTPUT_CHUNKS).await? else {
+                    return Err(self.not_found(id));
+                };
+                let Some(outcome) = snap.outcome else {
+                    return Err(refused);
+                };
+                outcome.into_result(id).map(|result| TaskOutput {
+                    id: id.to_string(),
+                    result,
+                    attempt: snap.attempt,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Streams a task submitted earlier (by any process) from chunk `from`
