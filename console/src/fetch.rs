@@ -178,6 +178,7 @@ impl Reader {
     /// # Errors
     /// Redis errors.
     pub async fn queues(&mut self, admin: &Admin, shown: &[String]) -> Result<Fetched, Error> {
+        self.stats.new_refresh();
         let overviews = admin.summaries().await?;
         let now_ms = overviews.first().map_or(0, |o| o.now_ms);
         let names: Vec<&str> = overviews.iter().map(|o| o.name.as_str()).collect();

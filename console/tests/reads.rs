@@ -305,3 +305,35 @@ async fn redis_losing_its_data_is_said_instead_of_an_empty_list() {
     assert!(screen.contains("lost its data"), "{screen}");
     assert!(!screen.contains("none yet"), "{screen}");
 }
+
+/// Two refreshes can fall in one Redis millisecond, one on each side of a
+/// flush: each refresh checks again whether Redis lost its data, whatever
+/// the clock says, so the second never shows the figures cached before.
+#[tokio::test]
+async fn a_refresh_at_the_same_millisecond_after_a_flush_shows_no_cached_figures() {
+    let seed = Seeded::new().await;
+    let k = QueueKeys::new("llm").unwrap();
+    let now = redis_now_ms(&seed).await;
+    hset(&seed, &k.stats(now.div_euclid(BUCKET_MS) - 10), "done", 500);
+    let queues = vec!["llm".to_string()];
+    let mut cache = StatsCache::new();
+    cache.new_refresh();
+    let before = cache
+        .read_full(&seed.admin, &queues, 30, now)
+        .await
+        .unwrap();
+    assert!(before["llm"].sum("done") >= 500);
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut seed.redis.conn())
+        .unwrap();
+    cache.new_refresh();
+    let after = cache
+        .read_full(&seed.admin, &queues, 30, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        after["llm"].sum("done"),
+        0,
+        "figures cached before the flush"
+    );
+}

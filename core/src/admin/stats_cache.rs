@@ -77,6 +77,14 @@ impl StatsCache {
         Self::default()
     }
 
+    /// Starts a new refresh: its first read checks again whether Redis
+    /// lost its data, even at the same Redis millisecond as the previous
+    /// refresh (two refreshes can fall in one millisecond, one on each side
+    /// of a flush).
+    pub fn new_refresh(&mut self) {
+        self.checked_at = None;
+    }
+
     /// Forgets everything cached if Redis no longer holds the sentinel
     /// bucket (see [`StatsCache::sentinel`]); checked once per `now_ms`.
     /// Returns the commands sent (0 or 1).
