@@ -16,37 +16,32 @@ use crate::request::{info_dict, seconds, submitted_dict, Options};
 use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
 use crate::stream::Stream;
 
-/// The keywords of `connect` that set client settings.
-#[derive(Clone, Copy, Default)]
-struct Settings {
+/// Client settings from the keywords of `connect`.
+fn config(
     response_timeout: Option<f64>,
     give_up_after: Option<f64>,
     max_reply_readers: Option<usize>,
     reply_reader_idle: Option<f64>,
-}
-
-impl Settings {
-    fn config(self) -> PyResult<ClientConfig> {
-        let mut c = ClientConfig::default();
-        if let Some(t) = self.response_timeout {
-            c = c.response_timeout(seconds("response_timeout", t)?);
-        }
-        if let Some(t) = self.give_up_after {
-            c = c.give_up_after(seconds("give_up_after", t)?);
-        }
-        if let Some(n) = self.max_reply_readers {
-            if n == 0 {
-                return Err(crate::errors::invalid(
-                    "max_reply_readers must be at least 1",
-                ));
-            }
-            c = c.max_reply_readers(n);
-        }
-        if let Some(t) = self.reply_reader_idle {
-            c = c.reply_reader_idle(seconds("reply_reader_idle", t)?);
-        }
-        Ok(c)
+) -> PyResult<ClientConfig> {
+    let mut c = ClientConfig::default();
+    if let Some(t) = response_timeout {
+        c = c.response_timeout(seconds("response_timeout", t)?);
     }
+    if let Some(t) = give_up_after {
+        c = c.give_up_after(seconds("give_up_after", t)?);
+    }
+    if let Some(n) = max_reply_readers {
+        if n == 0 {
+            return Err(crate::errors::invalid(
+                "max_reply_readers must be at least 1",
+            ));
+        }
+        c = c.max_reply_readers(n);
+    }
+    if let Some(t) = reply_reader_idle {
+        c = c.reply_reader_idle(seconds("reply_reader_idle", t)?);
+    }
+    Ok(c)
 }
 
 async fn connect_core(url: String, config: ClientConfig) -> PyResult<rtq_core::Client> {
@@ -72,13 +67,12 @@ pub fn connect(
     max_reply_readers: Option<usize>,
     reply_reader_idle: Option<f64>,
 ) -> PyResult<Client> {
-    let config = Settings {
+    let config = config(
         response_timeout,
         give_up_after,
         max_reply_readers,
         reply_reader_idle,
-    }
-    .config()?;
+    )?;
     let inner = block_on(py, connect_core(url, config))?;
     Ok(Client { inner })
 }
@@ -93,13 +87,12 @@ pub fn connect_async(
     max_reply_readers: Option<usize>,
     reply_reader_idle: Option<f64>,
 ) -> PyResult<Call> {
-    let config = Settings {
+    let config = config(
         response_timeout,
         give_up_after,
         max_reply_readers,
         reply_reader_idle,
-    }
-    .config()?;
+    )?;
     awaitable(async move {
         let inner = connect_core(url, config).await?;
         Ok(AsyncClient { inner })

@@ -222,7 +222,6 @@ impl Client {
         });
         tokio::spawn(pool::sweep_loop(
             Arc::downgrade(&inner),
-            |inner: &ClientInner| &inner.pool,
             idle,
             inner.shutdown.clone(),
         ));

@@ -149,11 +149,10 @@ pub(crate) fn sweep_every(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
 }
 
-/// Sweeps `pool` every [`sweep_every`] until `stop` is cancelled or the
-/// client is gone (`pool` is a weak handle on it).
-pub(crate) async fn sweep_loop<T: Send + Sync + 'static>(
-    client: std::sync::Weak<T>,
-    pool: impl Fn(&T) -> &QueuePool + Send + 'static,
+/// Sweeps the client's pool every [`sweep_every`] until `stop` is
+/// cancelled or the client is gone.
+pub(crate) async fn sweep_loop(
+    client: std::sync::Weak<super::ClientInner>,
     idle: Duration,
     stop: CancellationToken,
 ) {
@@ -165,7 +164,7 @@ pub(crate) async fn sweep_loop<T: Send + Sync + 'static>(
         let Some(client) = client.upgrade() else {
             return;
         };
-        pool(&client).sweep(idle);
+        client.pool.sweep(idle);
     }
 }
 

@@ -54,6 +54,22 @@ pub struct TaskOutput {
     pub attempt: u64,
 }
 
+impl TaskOutput {
+    /// The output of task `id` that ended with `outcome` in `attempt`, or
+    /// the error that says why there is none.
+    pub(crate) fn from_outcome(
+        id: &str,
+        attempt: u64,
+        outcome: crate::protocol::Outcome,
+    ) -> Result<Self, Error> {
+        outcome.into_result(id).map(|result| TaskOutput {
+            id: id.to_string(),
+            result,
+            attempt,
+        })
+    }
+}
+
 /// How a submit ended: created, or found existing.
 enum Placed {
     Created(Submitted),
@@ -72,7 +88,7 @@ enum Placed {
 
 /// How long a wait on one more queue waits for a reply router to come free
 /// before [`Error::TooManyQueues`].
-const ROUTER_PATIENCE: Duration = Duration::from_millis(250);
+const ROUTER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Cancels (in the background) the task of a `run`/`stream` with
 /// `cancel_on_drop` whose future is dropped before its tracker exists.
@@ -286,11 +302,7 @@ impl Queue {
                 let Some(outcome) = snap.outcome else {
                     return Err(refused);
                 };
-                outcome.into_result(id).map(|result| TaskOutput {
-                    id: id.to_string(),
-                    result,
-                    attempt: snap.attempt,
-                })
+                TaskOutput::from_outcome(id, snap.attempt, outcome)
             }
             Err(e) => Err(e),
         }

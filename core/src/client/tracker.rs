@@ -190,11 +190,7 @@ impl Tracker {
                 attempt, outcome, ..
             } = self.next_event().await?
             {
-                return outcome.into_result(&self.id).map(|result| TaskOutput {
-                    id: self.id.clone(),
-                    result,
-                    attempt,
-                });
+                return TaskOutput::from_outcome(&self.id, attempt, outcome);
             }
         }
     }
