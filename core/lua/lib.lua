@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 12
+local REVISION = 13
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -50,6 +50,9 @@ local BAND = 4398046511104 -- 2^42 ms (139 years, to 2109) of submit times per p
 local PRIORITY_LIMIT = 1000
 local MAX_DURATION_MS = 2592000000 -- 30 days: timeouts and retentions
 local MAX_ATTEMPTS = 1000
+-- Highest attempt number a resume may name (operator requeues renew the
+-- budget, so `att` may pass MAX_ATTEMPTS; never this).
+local MAX_ATTEMPT_NUMBER = 4294967295
 local MAX_ID_BYTES = 128
 local MAX_SPEC_BYTES = 16777216
 local MAX_RESULT_BYTES = 16777216

@@ -33,6 +33,10 @@ pub const MAX_OUTPUT_CHUNKS: u64 = 100_000;
 pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
 /// Most attempts a task may be allowed.
 pub const MAX_ATTEMPTS: u32 = 1000;
+/// Highest attempt number a resume may name ([`Queue::follow_from`](crate::Queue::follow_from)):
+/// an operator's requeue renews a task's budget of attempts, so its
+/// attempt number may pass [`MAX_ATTEMPTS`], but never this.
+pub const MAX_ATTEMPT_NUMBER: u64 = u32::MAX as u64;
 /// Most slots one worker may offer.
 pub const MAX_SLOTS: usize = 1024;
 /// Chunks returned by one watch/read call at most.

@@ -13,8 +13,9 @@ mod support;
 
 use rtq_core::keys::MAX_ID_LEN;
 use rtq_core::protocol::{
-    MAX_ATTEMPTS, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES, MAX_DURATION, MAX_OUTPUT_CHUNKS,
-    MAX_RESULT_BYTES, MAX_SLOTS, MAX_SPEC_BYTES, MAX_TEXT_BYTES, PRIORITY_MAX, PRIORITY_MIN,
+    MAX_ATTEMPTS, MAX_ATTEMPT_NUMBER, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES, MAX_DURATION,
+    MAX_OUTPUT_CHUNKS, MAX_RESULT_BYTES, MAX_SLOTS, MAX_SPEC_BYTES, MAX_TEXT_BYTES, PRIORITY_MAX,
+    PRIORITY_MIN,
 };
 use support::proto::{Proto, RedisServer};
 
@@ -141,10 +142,16 @@ impl Case {
         self.variants
             .push(("one argument fewer".into(), fewer, true));
         if fixed {
-            let mut more = self.base.clone();
-            more.push("0".into());
-            self.variants.push(("one argument more".into(), more, true));
+            self.one_more();
         }
+        self
+    }
+
+    /// One argument more is refused (the base has every optional one).
+    fn one_more(&mut self) -> &mut Case {
+        let mut more = self.base.clone();
+        more.push("0".into());
+        self.variants.push(("one argument more".into(), more, true));
         self
     }
 }
@@ -493,13 +500,27 @@ async fn client_and_operator_calls_check_every_argument_at_their_bounds() {
             true,
         )
         .int("first index", 2, 0, max_chunks)
-        .arity(true);
+        .arity(false);
+    check(&mut p, &c).await;
+    // With the optional held attempt (revision 13).
+    let max_attempt = i128::from(MAX_ATTEMPT_NUMBER);
+    let mut c = Case::new("rtq2_watch", &["t1", "rtq:{q}:r:c1", "0", "1"]);
+    c.id("task id", 0)
+        .int("first index", 2, 0, max_chunks)
+        .int("held attempt", 3, 0, max_attempt)
+        .one_more();
     check(&mut p, &c).await;
 
     let mut c = Case::new("rtq2_read", &["t1", "0"]);
     c.id("task id", 0)
         .int("first index", 1, 0, max_chunks)
-        .arity(true);
+        .arity(false);
+    check(&mut p, &c).await;
+    let mut c = Case::new("rtq2_read", &["t1", "0", "1"]);
+    c.id("task id", 0)
+        .int("first index", 1, 0, max_chunks)
+        .int("held attempt", 2, 0, max_attempt)
+        .one_more();
     check(&mut p, &c).await;
 
     let mut c = Case::new("rtq2_unwatch", &["t1", "rtq:{q}:r:c1"]);

@@ -1400,6 +1400,104 @@ async fn at_a_cap_of_one_alternating_waits_are_never_refused() {
     wb.stop().await;
 }
 
+/// Everything a stream yields, up to its end: chunk (attempt, index) pairs
+/// in order, restarts (abandoned, next), and the final output's attempt.
+async fn drain_all(mut stream: rtq_core::TaskStream) -> (Vec<(u64, u64)>, Vec<(u64, u64)>, u64) {
+    let (mut chunks, mut restarts) = (Vec::new(), Vec::new());
+    while let Some(item) = within(stream.next()).await {
+        match item.unwrap() {
+            StreamEvent::Chunk(c) => {
+                assert_eq!(c.text(), format!("tok{} ", c.index));
+                chunks.push((c.attempt, c.index));
+            }
+            StreamEvent::Restarted {
+                attempt,
+                next_attempt,
+                ..
+            } => restarts.push((attempt, next_attempt)),
+            StreamEvent::Done(out) => {
+                assert!(within(stream.next()).await.is_none(), "nothing after Done");
+                return (chunks, restarts, out.attempt);
+            }
+        }
+    }
+    panic!("the stream ended without Done");
+}
+
+/// A task that has ended needs no reply reader to be followed: at the
+/// cap, with the only reader held by a wait on another queue, a follow of
+/// a finished task reads its stored chunks (more than one page) and its
+/// outcome, as a wait on it does; one that has not ended is still refused.
+#[tokio::test]
+async fn at_the_reader_cap_a_follow_of_an_ended_task_reads_it_without_a_reader() {
+    let redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ended"), seen).await;
+    // Tasks run to their end by another client.
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let oq = other.queue("ended").unwrap();
+    let long = within(oq.run(TaskRequest::json(json!({"chunks": 1500}))))
+        .await
+        .unwrap()
+        .id;
+    // Ended in attempt 2, after an operator ran it again.
+    let twice = within(oq.run(TaskRequest::json(json!({"chunks": 3}))))
+        .await
+        .unwrap()
+        .id;
+    let admin = rtq_core::admin::Admin::new(&other);
+    admin.requeue("ended", &twice).await.unwrap();
+    eventually("the task ends again", || async {
+        let info = oq.status(&twice).await.unwrap();
+        info.attempt == 2 && info.state == TaskState::Done
+    })
+    .await;
+    let running = oq
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+
+    let config = ClientConfig::default().max_reply_readers(1);
+    let client = Client::connect_with(&redis.url(), config).await.unwrap();
+    let busy = client.queue("busy").unwrap();
+    let pending = busy.submit(TaskRequest::json(json!(1))).await.unwrap().id;
+    let waiting = tokio::spawn(async move { busy.wait(&pending, None).await });
+    eventually("the wait holds the only reader", || async {
+        client.reply_readers_open() == 1
+    })
+    .await;
+
+    let q = client.queue("ended").unwrap();
+    let (chunks, restarts, attempt) = drain_all(within(q.follow(&long, 0)).await.unwrap()).await;
+    let all: Vec<(u64, u64)> = (0..1500).map(|i| (1, i)).collect();
+    assert_eq!((chunks, restarts, attempt), (all.clone(), vec![], 1));
+    let (chunks, _, _) = drain_all(within(q.follow(&long, 1200)).await.unwrap()).await;
+    assert_eq!(chunks, all[1200..]);
+    let (chunks, _, _) = drain_all(within(q.follow_from(&long, 1, 3)).await.unwrap()).await;
+    assert_eq!(chunks, all[3..]);
+    // Resumed from the attempt it abandoned: the restart, then the last.
+    let (chunks, restarts, attempt) =
+        drain_all(within(q.follow_from(&twice, 1, 2)).await.unwrap()).await;
+    assert_eq!(
+        (chunks, restarts, attempt),
+        (vec![(2, 0), (2, 1), (2, 2)], vec![(1, 2)], 2)
+    );
+    assert!(matches!(
+        q.follow_from(&twice, 3, 0).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        q.follow(&running, 0).await,
+        Err(Error::TooManyQueues { .. })
+    ));
+    assert_eq!(client.reply_readers_open(), 1);
+    assert!(!waiting.is_finished());
+    waiting.abort();
+    oq.cancel(&running, "test over").await.unwrap();
+    w.stop().await;
+}
+
 /// A follow given up while its subscription call is in flight (a caller
 /// that went away, a timeout) must not leave its reader unretirable.
 #[tokio::test]

@@ -7,13 +7,16 @@
 //!   `<next attempt>:-1` ("nothing of that attempt yet").
 //! - [`Resume::parse`] reads `Last-Event-ID` (a bare index is accepted and
 //!   means the task's current attempt).
-//! - [`Events`] turns a [`TaskStream`] into events. When the client holds
-//!   chunks of an attempt other than the one the task runs (the task was
-//!   requeued while it was away, or between its request and the read), it
-//!   first gets a `restarted` event and then the current attempt from
-//!   chunk 0, never the tail of the new attempt after the head of the old.
+//! - [`Events`] turns a [`TaskStream`] into events. A resume is one call
+//!   of the library ([`Queue::follow_from`]), which reads the task and
+//!   subscribes to it in one atomic step: when the client holds chunks of
+//!   an attempt the task no longer runs (it was requeued while the client
+//!   was away, or at any moment up to that step), the stream starts with
+//!   `restarted` and then the current attempt from chunk 0, never the
+//!   tail of the new attempt after the head of the old. Later changes of
+//!   attempt arrive as the library's `Restarted` the same way, so there is
+//!   nothing for the gateway to compare or read again.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -28,10 +31,6 @@ use crate::error::ApiError;
 
 /// Longest `Last-Event-ID` accepted (two 20-digit numbers and a colon fit).
 const MAX_EVENT_ID_LEN: usize = 64;
-
-/// How often one response follows a task again from chunk 0 because the
-/// attempt changed under it, before it gives up with an error event.
-const MAX_REFOLLOWS: u32 = 3;
 
 /// Where a reconnecting client stands, from its `Last-Event-ID`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,36 +108,18 @@ fn error_event(e: &ApiError) -> Event {
 }
 
 /// A task's output as SSE events, keeping the client on one attempt at a
-/// time.
+/// time (the library announces every change of attempt with `Restarted`).
 pub struct Events {
     task: TaskStream,
-    queue: Queue,
-    /// Whether the task may be followed again from chunk 0 (a follower's
-    /// stream; never a submit's, whose stream owns the task: dropping it
-    /// would cancel the task).
-    may_refollow: bool,
-    refollows: u32,
-    /// The attempt whose chunks the client holds, once known.
-    attempt: Option<u64>,
-    ready: VecDeque<Event>,
     ended: bool,
     retry_after: Duration,
 }
 
 impl Events {
     /// The events of a task this response submitted (from chunk 0).
-    pub fn submitted(task: TaskStream, queue: Queue, retry_after: Duration) -> Self {
-        Self::new(task, queue, false, retry_after)
-    }
-
-    fn new(task: TaskStream, queue: Queue, may_refollow: bool, retry_after: Duration) -> Self {
+    pub fn submitted(task: TaskStream, retry_after: Duration) -> Self {
         Self {
             task,
-            queue,
-            may_refollow,
-            refollows: 0,
-            attempt: None,
-            ready: VecDeque::new(),
             ended: false,
             retry_after,
         }
@@ -147,51 +128,41 @@ impl Events {
     /// Follows task `id` for a client at `resume` (none: from chunk 0).
     /// If the client holds chunks of an attempt the task no longer runs,
     /// the events start with `restarted` and the current attempt from
-    /// chunk 0.
+    /// chunk 0 (decided atomically with the subscription).
     ///
     /// # Errors
-    /// [`Error::NotFound`] and Redis errors.
+    /// [`Error::NotFound`], [`Error::InvalidInput`] for an attempt the task
+    /// never ran, and Redis errors.
     pub async fn follow(
         queue: &Queue,
         id: &str,
         resume: Option<Resume>,
         retry_after: Duration,
     ) -> Result<Self, Error> {
-        let Some(resume) = resume.filter(|r| r.next > 0) else {
-            let task = queue.follow(id, 0).await?;
-            return Ok(Self::new(task, queue.clone(), true, retry_after));
+        let task = match resume {
+            // Nothing held (a first request, or a `restarted` event's id
+            // `<next>:-1`): the current attempt from chunk 0.
+            None | Some(Resume { next: 0, .. }) => queue.follow(id, 0).await?,
+            // A bare index or `?from=`: the current attempt (on a task not
+            // handed out yet, the one that runs first).
+            Some(Resume {
+                attempt: None,
+                next,
+            }) => queue.follow(id, next).await?,
+            Some(Resume {
+                attempt: Some(held),
+                next,
+            }) => queue
+                .follow_from(id, held, next)
+                .await
+                .map_err(|e| match e {
+                    Error::InvalidInput(why) => {
+                        Error::InvalidInput(format!("Last-Event-ID names attempt {held}: {why}"))
+                    }
+                    other => other,
+                })?,
         };
-        // The attempt the task runs (or ran last) now: `att` only grows.
-        let info = queue.status(id).await?;
-        if let Some(held) = resume.attempt {
-            if held == 0 || held > info.attempt {
-                return Err(Error::InvalidInput(format!(
-                    "Last-Event-ID names attempt {held}, which task {id} never ran (it is at \
-                     attempt {}); resume from an event id this stream sent",
-                    info.attempt
-                )));
-            }
-        }
-        if resume.attempt.is_none() && info.attempt == 0 {
-            // Not handed out yet: the index is of whichever attempt runs
-            // first.
-            let task = queue.follow(id, resume.next).await?;
-            return Ok(Self::new(task, queue.clone(), true, retry_after));
-        }
-        let held = resume.attempt.unwrap_or(info.attempt);
-        if held == info.attempt {
-            let task = queue.follow(id, resume.next).await?;
-            let mut events = Self::new(task, queue.clone(), true, retry_after);
-            events.attempt = Some(held);
-            return Ok(events);
-        }
-        let task = queue.follow(id, 0).await?;
-        let mut events = Self::new(task, queue.clone(), true, retry_after);
-        let reason = abandoned(&info.attempt_errors, held);
-        events
-            .ready
-            .push_back(restarted_event(held, &reason, info.attempt));
-        Ok(events)
+        Ok(Self::submitted(task, retry_after))
     }
 
     /// The task's id.
@@ -203,106 +174,38 @@ impl Events {
         ApiError::from_rtq(e, self.retry_after)
     }
 
-    /// Announces that the client's attempt `held` was abandoned for `now`
-    /// (no `restarted` came from the library: the requeue happened before
-    /// this response subscribed).
-    async fn announce(&mut self, held: u64, now: u64) {
-        let reason = match self.queue.status(self.task.id()).await {
-            Ok(info) => abandoned(&info.attempt_errors, held),
-            Err(_) => abandoned(&Default::default(), held),
-        };
-        self.ready.push_back(restarted_event(held, &reason, now));
-        self.attempt = None;
-    }
-
-    /// Follows the task again from chunk 0; false if this stream may not
-    /// (a submit's) or did so too often.
-    async fn refollow(&mut self) -> bool {
-        if !self.may_refollow {
-            return false;
-        }
-        if self.refollows >= MAX_REFOLLOWS {
-            let e = ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "server_error",
-                "stream_ended",
-                format!(
-                    "task {} kept restarting while this stream caught up; reconnect",
-                    self.task.id()
-                ),
-            );
-            self.ready.push_back(error_event(&e));
-            self.ended = true;
-            return true;
-        }
-        self.refollows += 1;
-        match self.queue.follow(self.task.id(), 0).await {
-            Ok(task) => self.task = task,
-            Err(e) => {
-                let e = self.error(&e);
-                self.ready.push_back(error_event(&e));
-                self.ended = true;
-            }
-        }
-        true
-    }
-
     /// The next event; `None` after the last.
     pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(ev) = self.ready.pop_front() {
-                return Some(ev);
-            }
-            if self.ended {
-                return None;
-            }
-            match self.task.next().await {
-                Some(Ok(StreamEvent::Chunk(c))) => {
-                    if let Some(held) = self.attempt.filter(|a| *a != c.attempt) {
-                        self.announce(held, c.attempt).await;
-                        // Chunks 0..index of the new attempt were skipped
-                        // (they were below the resume point): read again.
-                        if c.index != 0 && self.refollow().await {
-                            continue;
-                        }
-                    }
-                    self.attempt = Some(c.attempt);
-                    self.ready.push_back(chunk_event(&c));
-                }
-                Some(Ok(StreamEvent::Restarted { attempt, reason })) => {
-                    self.ready
-                        .push_back(restarted_event(attempt, &reason, attempt + 1));
-                    self.attempt = None;
-                }
-                Some(Ok(StreamEvent::Done(out))) => {
-                    if let Some(held) = self.attempt.filter(|a| *a != out.attempt) {
-                        // The task ended in another attempt than the one
-                        // the client holds: replay that one from chunk 0.
-                        self.announce(held, out.attempt).await;
-                        if self.refollow().await {
-                            continue;
-                        }
-                    }
-                    self.ready.push_back(done_event(&out));
-                    self.ended = true;
-                }
-                Some(Err(e)) => {
-                    let e = self.error(&e);
-                    self.ready.push_back(error_event(&e));
-                    self.ended = true;
-                }
-                None => {
-                    let e = ApiError::new(
-                        axum::http::StatusCode::BAD_GATEWAY,
-                        "server_error",
-                        "stream_ended",
-                        format!("the output of task {} ended without a result", self.id()),
-                    );
-                    self.ready.push_back(error_event(&e));
-                    self.ended = true;
-                }
-            }
+        if self.ended {
+            return None;
         }
+        let event = match self.task.next().await {
+            Some(Ok(StreamEvent::Chunk(c))) => chunk_event(&c),
+            Some(Ok(StreamEvent::Restarted {
+                attempt,
+                next_attempt,
+                reason,
+            })) => restarted_event(attempt, &reason, next_attempt),
+            Some(Ok(StreamEvent::Done(out))) => {
+                self.ended = true;
+                done_event(&out)
+            }
+            Some(Err(e)) => {
+                self.ended = true;
+                error_event(&self.error(&e))
+            }
+            None => {
+                self.ended = true;
+                let e = ApiError::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "stream_ended",
+                    format!("the output of task {} ended without a result", self.id()),
+                );
+                error_event(&e)
+            }
+        };
+        Some(event)
     }
 
     /// The SSE response (with keep-alive comments every `keepalive`),
@@ -324,14 +227,6 @@ impl Events {
         }
         resp
     }
-}
-
-/// Why attempt `attempt` was abandoned, as stored with the task.
-fn abandoned(errors: &std::collections::BTreeMap<u64, String>, attempt: u64) -> String {
-    errors
-        .get(&attempt)
-        .cloned()
-        .unwrap_or_else(|| format!("attempt {attempt} was abandoned; the task was run again"))
 }
 
 #[cfg(test)]

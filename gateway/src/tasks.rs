@@ -175,7 +175,7 @@ pub async fn submit(
         };
         let guard = st.open.open(&queue, task.id(), hold);
         if query.stream {
-            let events = Events::submitted(task, queue, st.settings.retry_after);
+            let events = Events::submitted(task, st.settings.retry_after);
             return Ok(events.into_response((guard, admitted), st.settings.keepalive));
         }
         let id = task.id().to_string();

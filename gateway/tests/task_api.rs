@@ -395,8 +395,8 @@ async fn a_resumed_stream_restarts_with_the_new_attempt_instead_of_splicing_two(
     drop(body);
 
     // Requeued before the client came back and not run yet (the queue is
-    // paused): the library sees no restart, the gateway announces it when
-    // attempt 4's first chunk comes.
+    // paused): restarted (at once, see the next test), then attempt 4's
+    // first chunk once it runs.
     admin.pause("chat", true).await.unwrap();
     admin.requeue("chat", "again").await.unwrap();
     let back = resume(&s, "again", "3:0").await;
@@ -436,6 +436,98 @@ async fn a_resumed_stream_restarts_with_the_new_attempt_instead_of_splicing_two(
             ("chunk", "1:3"),
             "{events:?}"
         );
+    }
+}
+
+/// An SSE response read a few events at a time.
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    text: String,
+    taken: usize,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> Self {
+        assert_eq!(resp.status(), 200);
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            text: String::new(),
+            taken: 0,
+        }
+    }
+
+    /// The next `n` whole events, each within `patience`.
+    async fn take(&mut self, n: usize, patience: Duration) -> Vec<(String, String, String)> {
+        use futures::StreamExt;
+        loop {
+            let whole = self
+                .text
+                .rfind("\n\n")
+                .map_or("", |end| &self.text[..end + 2]);
+            let events = parse_sse(whole);
+            if events.len() >= self.taken + n {
+                let out = events[self.taken..self.taken + n].to_vec();
+                self.taken += n;
+                return out;
+            }
+            let part = tokio::time::timeout(patience, self.body.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no event within {patience:?}; so far: {:?}", self.text)
+                });
+            let bytes = part.expect("the stream ended").unwrap();
+            self.text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+/// A resume reads the task and subscribes to it in one step of the
+/// library, so it learns that the client's attempt is void there and
+/// then, even before anything of the next attempt exists (the queue is
+/// paused): `restarted` comes first, for an attempt id and a bare index
+/// alike, and the next attempt follows from chunk 0 when it runs. (The
+/// gateway used to read the task's status and then follow it: a requeue
+/// between the two went unnoticed until the next attempt's first chunk.)
+#[tokio::test]
+async fn a_resume_learns_its_attempt_was_abandoned_in_the_step_that_subscribes() {
+    let s = Stack::start(&[], &[]).await;
+    let admin =
+        rtq_core::admin::Admin::new(&rtq_core::Client::connect(&s.redis.url()).await.unwrap());
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks",
+            json!({"input": {"prompt": "slow"}, "id": "void"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    wait_attempt(&s, "void", 1, 3).await;
+    admin.pause("chat", true).await.unwrap();
+    admin.requeue("chat", "void").await.unwrap();
+
+    let quick = Duration::from_secs(5);
+    let mut by_id = SseReader::new(resume(&s, "void", "1:2").await);
+    let mut bare = SseReader::new(resume(&s, "void", "2").await);
+    for reader in [&mut by_id, &mut bare] {
+        let events = reader.take(1, quick).await;
+        assert_eq!(
+            (events[0].0.as_str(), events[0].1.as_str()),
+            ("restarted", "2:-1"),
+            "{events:?}"
+        );
+        let data: Value = serde_json::from_str(&events[0].2).unwrap();
+        assert_eq!(data["attempt"], 1, "{data}");
+    }
+    // The restarted event's id resumes before attempt 2 exists; a chunk id
+    // of it cannot have been sent yet.
+    let mut next = SseReader::new(resume(&s, "void", "2:-1").await);
+    assert_eq!(resume(&s, "void", "2:0").await.status(), 400);
+
+    admin.pause("chat", false).await.unwrap();
+    for reader in [&mut by_id, &mut bare, &mut next] {
+        let events = reader.take(2, Duration::from_secs(20)).await;
+        let ids: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(ids, ["2:0", "2:1"], "{events:?}");
     }
 }
 

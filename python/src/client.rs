@@ -338,10 +338,12 @@ impl Queue {
         block_on(py, ops::status(self.inner.clone(), id))
     }
 
-    /// Streams a task submitted earlier, from chunk `from_`.
-    #[pyo3(signature = (id, *, from_=0))]
-    fn follow(&self, id: String, from_: u64) -> Stream {
-        Stream::follow(self.inner.clone(), id, from_)
+    /// Streams a task submitted earlier, from chunk `from_` of its current
+    /// attempt, or of `attempt` (resuming: if that attempt was abandoned,
+    /// a `Restarted` comes first, then the next attempt from chunk 0).
+    #[pyo3(signature = (id, *, from_=0, attempt=None))]
+    fn follow(&self, id: String, from_: u64, attempt: Option<u64>) -> Stream {
+        Stream::follow(self.inner.clone(), id, from_, attempt)
     }
 
     /// Cancels a task; returns the state it was in.
@@ -468,10 +470,12 @@ impl AsyncQueue {
         awaitable(ops::status(self.inner.clone(), id))
     }
 
-    /// Streams a task submitted earlier, from chunk `from_`.
-    #[pyo3(signature = (id, *, from_=0))]
-    fn follow(&self, id: String, from_: u64) -> Stream {
-        Stream::follow(self.inner.clone(), id, from_)
+    /// Streams a task submitted earlier, from chunk `from_` of its current
+    /// attempt, or of `attempt` (resuming: if that attempt was abandoned,
+    /// a `Restarted` comes first, then the next attempt from chunk 0).
+    #[pyo3(signature = (id, *, from_=0, attempt=None))]
+    fn follow(&self, id: String, from_: u64, attempt: Option<u64>) -> Stream {
+        Stream::follow(self.inner.clone(), id, from_, attempt)
     }
 
     /// Cancels a task; returns the state it was in.

@@ -53,11 +53,14 @@ impl Chunk {
 }
 
 /// The attempt streamed so far was abandoned (its worker was lost, or it
-/// was requeued); chunks start again from index 0.
+/// was requeued); the chunks that follow are of `next_attempt`, from
+/// index 0.
 #[pyclass(frozen, get_all, module = "rtq._native")]
 pub struct Restarted {
     /// The abandoned attempt.
     attempt: u64,
+    /// The attempt whose chunks follow (usually `attempt + 1`).
+    next_attempt: u64,
     /// Why.
     reason: String,
 }
@@ -66,8 +69,8 @@ pub struct Restarted {
 impl Restarted {
     fn __repr__(&self) -> String {
         format!(
-            "Restarted(attempt={}, reason={:?})",
-            self.attempt, self.reason
+            "Restarted(attempt={}, next_attempt={}, reason={:?})",
+            self.attempt, self.next_attempt, self.reason
         )
     }
 }
@@ -102,7 +105,9 @@ impl Done {
 /// What starts a stream on its first read.
 enum Start {
     Submit(Queue, TaskRequest),
-    Follow(Queue, String, u64),
+    /// Task id, first chunk index, and the attempt it counts chunks of
+    /// (none: the current one).
+    Follow(Queue, String, u64, Option<u64>),
 }
 
 enum State {
@@ -159,9 +164,11 @@ impl Stream {
         Self::new(id, Start::Submit(queue, request))
     }
 
-    /// A stream that follows task `id` from chunk `from` on its first read.
-    pub fn follow(queue: Queue, id: String, from: u64) -> Self {
-        Self::new(id.clone(), Start::Follow(queue, id, from))
+    /// A stream that follows task `id` from chunk `from` (of `attempt`,
+    /// with `Queue::follow_from`; else of the current attempt) on its
+    /// first read.
+    pub fn follow(queue: Queue, id: String, from: u64, attempt: Option<u64>) -> Self {
+        Self::new(id.clone(), Start::Follow(queue, id, from, attempt))
     }
 
     fn new(id: String, start: Start) -> Self {
@@ -188,7 +195,10 @@ impl Stream {
             State::NotStarted(start) => {
                 let started = match start {
                     Start::Submit(q, r) => q.stream(r).await,
-                    Start::Follow(q, id, from) => q.follow(&id, from).await,
+                    Start::Follow(q, id, from, None) => q.follow(&id, from).await,
+                    Start::Follow(q, id, from, Some(attempt)) => {
+                        q.follow_from(&id, attempt, from).await
+                    }
                 };
                 match started {
                     Ok(s) => Holder(Some(s)),
@@ -294,9 +304,19 @@ fn event_to_py(py: Python<'_>, event: StreamEvent) -> PyResult<Py<PyAny>> {
             },
         )?
         .into_any(),
-        StreamEvent::Restarted { attempt, reason } => {
-            Py::new(py, Restarted { attempt, reason })?.into_any()
-        }
+        StreamEvent::Restarted {
+            attempt,
+            next_attempt,
+            reason,
+        } => Py::new(
+            py,
+            Restarted {
+                attempt,
+                next_attempt,
+                reason,
+            },
+        )?
+        .into_any(),
         StreamEvent::Done(out) => Py::new(
             py,
             Done {

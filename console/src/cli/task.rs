@@ -58,8 +58,12 @@ pub(super) async fn print_stream(ctx: &Ctx, mut stream: TaskStream) -> Result<()
                 StreamEvent::Chunk(c) => {
                     json!({"event": "chunk", "attempt": c.attempt, "index": c.index, "text": c.text()})
                 }
-                StreamEvent::Restarted { attempt, reason } => {
-                    json!({"event": "restarted", "attempt": attempt, "reason": reason})
+                StreamEvent::Restarted {
+                    attempt,
+                    next_attempt,
+                    reason,
+                } => {
+                    json!({"event": "restarted", "attempt": attempt, "next_attempt": next_attempt, "reason": reason})
                 }
                 StreamEvent::Done(o) => {
                     json!({"event": "done", "id": o.id, "attempt": o.attempt, "result": o.result})

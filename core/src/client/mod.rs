@@ -4,7 +4,8 @@
 //! # Layout
 //! - this file: [`Client`] and [`ClientConfig`];
 //! - `queue`: [`Queue`], submit (with safe retries), run, stream, wait,
-//!   follow, status, cancel;
+//!   follow and resume a follow (`follow_from`; an ended task needs no
+//!   reply reader), status, cancel;
 //! - `request`: [`TaskRequest`], what a client submits, validated here;
 //! - `router`: one blocking reader per client and queue routes reply
 //!   events to every waiter, owns the reply stream (created before the
@@ -15,7 +16,8 @@
 //! - `tracker`: follows one task; turns every way a wait ends into an
 //!   answer read from Redis;
 //! - `stream`: [`TaskStream`], a task's chunks as a `futures::Stream`,
-//!   gaps and missing tails filled from the stored output;
+//!   gaps and missing tails filled from the stored output, every change
+//!   of attempt announced;
 //! - `info`: [`TaskInfo`], a task's stored state.
 
 mod batcher;

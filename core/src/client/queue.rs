@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::submit::{Submit, SubmitReply};
-use crate::functions::watch::{Read, TaskSnapshot};
-use crate::functions::{self};
+use crate::functions::watch::{refuses_held, Held, Read, ResumeRead, Resumed, TaskSnapshot};
+use crate::functions::{self, Function};
 use crate::keys::{validate_id, QueueKeys};
-use crate::protocol::TaskState;
+use crate::protocol::{ReplyEvent, TaskState, MAX_ATTEMPT_NUMBER, MAX_OUTPUT_CHUNKS};
 
 use super::batcher::{Batched, OwnedSubmit};
 use super::info::TaskInfo;
 use super::request::TaskRequest;
 use super::router::ReplyRouter;
-use super::stream::TaskStream;
+use super::stream::{abandoned_reason, Start, StreamEvent, TaskStream};
 use super::tracker::{cancel_for_departed_caller, Tracker};
 use super::Client;
 
@@ -200,10 +200,21 @@ impl Queue {
     /// [`Queue::run`]; later failures arrive through the stream.
     pub async fn stream(&self, request: TaskRequest) -> Result<TaskStream, Error> {
         let (tracker, snap, created) = self.start(&request, true).await?;
-        let stream = match snap {
-            Some(snap) => TaskStream::new(tracker, snap.attempt, snap.first, snap.chunks),
-            None => TaskStream::new(tracker, 0, 0, Vec::new()),
+        let start = match snap {
+            Some(snap) => Start {
+                attempt: snap.attempt,
+                first: snap.first,
+                chunks: snap.chunks,
+                restarted: None,
+            },
+            None => Start {
+                attempt: 0,
+                first: 0,
+                chunks: Vec::new(),
+                restarted: None,
+            },
         };
+        let stream = TaskStream::new(tracker, start);
         Ok(stream.created_by_submit(created))
     }
 
@@ -269,7 +280,11 @@ impl Queue {
             // submit may not have asked for chunk events (a run): read it
             // and subscribe to its events. (A stream subscribed to twice
             // gets each event once.)
-            let snap = self.watch(&router, id, 0).await?;
+            let snap = self
+                .watch(&router, id, 0, None)
+                .await?
+                .into_snapshot()
+                .ok_or_else(|| self.not_found(id))?;
             if !snap.state.is_terminal() {
                 tracker.subscribed();
             }
@@ -290,13 +305,13 @@ impl Queue {
     /// reason the task ended without a result.
     pub async fn wait(&self, id: &str, max_wait: Option<Duration>) -> Result<TaskOutput, Error> {
         match self
-            .follow_inner(id, crate::protocol::MAX_OUTPUT_CHUNKS, max_wait)
+            .follow_inner(id, MAX_OUTPUT_CHUNKS, None, max_wait)
             .await
         {
             Ok((mut tracker, _)) => tracker.final_output().await,
             Err(refused @ Error::TooManyQueues { .. }) => {
                 // A task that ended needs no reader: its outcome is stored.
-                let Some(snap) = self.read(id, crate::protocol::MAX_OUTPUT_CHUNKS).await? else {
+                let Some(snap) = self.read(id, MAX_OUTPUT_CHUNKS).await? else {
                     return Err(self.not_found(id));
                 };
                 let Some(outcome) = snap.outcome else {
@@ -310,37 +325,131 @@ impl Queue {
 
     /// Streams a task submitted earlier (by any process) from chunk `from`
     /// (0 = the beginning) of its current attempt; chunks already written
-    /// come first, then live ones, with none missing or repeated.
+    /// come first, then live ones, with none missing or repeated. If the
+    /// current attempt was abandoned and the task waits to run again, a
+    /// `from` above 0 (chunks of it held) gets [`StreamEvent::Restarted`]
+    /// first; on a task never handed out, `from` counts chunks of the
+    /// attempt that runs first. A caller that knows the attempt its chunks
+    /// belong to resumes with [`Queue::follow_from`].
+    ///
+    /// A task that has ended is read without a reply reader: its stream is
+    /// finite (stored chunks, then its outcome) and is served also when
+    /// every reader of the client is in use.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::PermissionDenied`] (this user may not
-    /// read its reply stream), or a Redis error; later failures arrive
+    /// read its reply stream), [`Error::TooManyQueues`] (only for a task
+    /// that has not ended), or a Redis error; later failures arrive
     /// through the stream.
     pub async fn follow(&self, id: &str, from: u64) -> Result<TaskStream, Error> {
-        let (tracker, snap) = self.follow_inner(id, from, None).await?;
-        Ok(TaskStream::new(
-            tracker,
-            snap.attempt,
-            snap.first,
-            snap.chunks,
-        ))
+        // From chunk 0 the caller holds nothing an abandoned attempt voids.
+        let held = (from > 0).then_some(Held::Current);
+        self.follow_at(id, from, held).await
+    }
+
+    /// Resumes following a task for a caller that holds chunks `0..index`
+    /// of attempt `attempt` (an SSE client's last event id, say). One
+    /// atomic step reads the task and subscribes to it: if the task still
+    /// runs (or ended in) that attempt, the stream goes on from chunk
+    /// `index`; if the attempt was abandoned since (the task ran again, or
+    /// waits to), the stream starts with [`StreamEvent::Restarted`] naming
+    /// `attempt` and the attempt that follows, then that attempt from
+    /// chunk 0. Chunks of two attempts are never spliced together, however
+    /// the task moves meanwhile. An ended task is served without a reply
+    /// reader, as by [`Queue::follow`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the task never ran `attempt` (0, or
+    /// beyond its current one), and what [`Queue::follow`] returns.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(queue: rtq_core::Queue) -> Result<(), rtq_core::Error> {
+    /// use futures::StreamExt;
+    /// use rtq_core::StreamEvent;
+    /// // The caller saw chunks 0..=7 of attempt 1 before it went away.
+    /// let mut stream = queue.follow_from("job-42", 1, 8).await?;
+    /// while let Some(event) = stream.next().await {
+    ///     match event? {
+    ///         StreamEvent::Chunk(c) => println!("{}:{} {}", c.attempt, c.index, c.text()),
+    ///         StreamEvent::Restarted { next_attempt, .. } => {
+    ///             println!("discard what you hold; attempt {next_attempt} from chunk 0")
+    ///         }
+    ///         StreamEvent::Done(out) => println!("{}", out.result),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn follow_from(
+        &self,
+        id: &str,
+        attempt: u64,
+        index: u64,
+    ) -> Result<TaskStream, Error> {
+        validate_id(id, "task id")?;
+        if attempt == 0 || attempt > MAX_ATTEMPT_NUMBER {
+            return Err(self.no_attempt(id, attempt, None));
+        }
+        self.follow_at(id, index, Some(Held::Attempt(attempt)))
+            .await
+    }
+
+    async fn follow_at(
+        &self,
+        id: &str,
+        from: u64,
+        held: Option<Held>,
+    ) -> Result<TaskStream, Error> {
+        match self.follow_inner(id, from, held, None).await {
+            Ok((tracker, start)) => Ok(TaskStream::new(tracker, start)),
+            Err(refused @ Error::TooManyQueues { .. }) => {
+                self.follow_ended(id, from, held, refused).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// At the reader cap: the finite stream of a task that has ended (its
+    /// chunks and outcome are stored), else `refused`.
+    async fn follow_ended(
+        &self,
+        id: &str,
+        from: u64,
+        held: Option<Held>,
+        refused: Error,
+    ) -> Result<TaskStream, Error> {
+        let from = from.min(MAX_OUTPUT_CHUNKS);
+        let resumed = self.read_at(id, from, held).await?;
+        let (snap, start) = self.start_of(id, held, resumed)?;
+        let Some(outcome) = snap.outcome else {
+            return Err(refused);
+        };
+        let last = ReplyEvent::Final {
+            id: id.to_string(),
+            attempt: snap.attempt,
+            chunks: snap.chunk_count,
+            outcome,
+        };
+        Ok(TaskStream::ended(self.clone(), id.to_string(), last, start))
     }
 
     async fn follow_inner(
         &self,
         id: &str,
         from: u64,
+        held: Option<Held>,
         max_wait: Option<Duration>,
-    ) -> Result<(Tracker, TaskSnapshot), Error> {
+    ) -> Result<(Tracker, Start), Error> {
         validate_id(id, "task id")?;
-        let from = from.min(crate::protocol::MAX_OUTPUT_CHUNKS);
+        let from = from.min(MAX_OUTPUT_CHUNKS);
         let router = self.router().await?;
         if let Some(reason) = router.refusal() {
             return Err(Error::PermissionDenied(reason));
         }
         let waiter = router.register(id);
         router.ready(&mut self.client.conn()).await;
-        let snap = self.watch(&router, id, from).await?;
+        let resumed = self.watch(&router, id, from, held).await?;
+        let (snap, start) = self.start_of(id, held, resumed)?;
         let mut tracker = Tracker::new(
             self.clone(),
             id.to_string(),
@@ -352,17 +461,86 @@ impl Queue {
             tracker.subscribed();
         }
         tracker.note_snapshot(&snap);
-        Ok((tracker, snap))
+        Ok((tracker, start))
+    }
+
+    /// Splits what a watch or read answered into the task's state (its
+    /// chunks taken out) and where its stream starts.
+    fn start_of(
+        &self,
+        id: &str,
+        held: Option<Held>,
+        resumed: Resumed,
+    ) -> Result<(TaskSnapshot, Start), Error> {
+        match resumed {
+            Resumed::NotFound => Err(self.not_found(id)),
+            Resumed::NoAttempt { attempt } => match held {
+                Some(Held::Attempt(asked)) => Err(self.no_attempt(id, asked, Some(attempt))),
+                _ => Err(Error::Protocol(format!(
+                    "the read of task {id} answered NO_ATTEMPT without an attempt asked"
+                ))),
+            },
+            Resumed::Same(mut snap) => {
+                // The held attempt, which may be the one a queued task
+                // runs next (the snapshot's is then the one before).
+                let attempt = match held {
+                    Some(Held::Attempt(n)) => n.max(snap.attempt),
+                    _ => snap.attempt,
+                };
+                let start = Start {
+                    attempt,
+                    first: snap.first,
+                    chunks: std::mem::take(&mut snap.chunks),
+                    restarted: None,
+                };
+                Ok((snap, start))
+            }
+            Resumed::Restarted {
+                abandoned,
+                next,
+                reason,
+                mut snapshot,
+            } => {
+                let start = Start {
+                    attempt: next,
+                    first: snapshot.first,
+                    chunks: std::mem::take(&mut snapshot.chunks),
+                    restarted: Some(StreamEvent::Restarted {
+                        attempt: abandoned,
+                        next_attempt: next,
+                        reason: reason.unwrap_or_else(|| abandoned_reason(abandoned)),
+                    }),
+                };
+                Ok((snapshot, start))
+            }
+        }
+    }
+
+    /// The error for a resume from an attempt task `id` never ran (it is
+    /// at `current`, when known).
+    fn no_attempt(&self, id: &str, attempt: u64, current: Option<u64>) -> Error {
+        let at = match current {
+            Some(0) => " (it has not run yet)".to_string(),
+            Some(n) => format!(" (it is at attempt {n})"),
+            None => String::new(),
+        };
+        Error::InvalidInput(format!(
+            "task {id} on queue {} never ran attempt {attempt}{at}: resume from an attempt whose chunks you received",
+            self.name()
+        ))
     }
 
     /// Reads state and chunks from `from`, subscribing the router's stream
-    /// to later events in the same atomic step (counted by the router).
+    /// to later events in the same atomic step (counted by the router);
+    /// with `held`, `from` counts chunks of that attempt (see
+    /// [`Resumed`]).
     async fn watch(
         &self,
         router: &ReplyRouter,
         id: &str,
         from: u64,
-    ) -> Result<TaskSnapshot, Error> {
+        held: Option<Held>,
+    ) -> Result<Resumed, Error> {
         // Retried like `read`: a wait that starts while the connection is
         // cut (Redis restarting, a failover) must end with what happened
         // to the task, not with "broken pipe". Subscribing twice is
@@ -371,7 +549,7 @@ impl Queue {
         let mut delay = READ_RETRY_MIN;
         loop {
             match router
-                .watch(&mut self.client.conn(), &self.keys, id, from)
+                .watch(&mut self.client.conn(), &self.keys, id, from, held)
                 .await
             {
                 Err(e) if e.is_connection_lost() && Instant::now() + delay < give_up => {
@@ -379,7 +557,7 @@ impl Queue {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(READ_RETRY_MAX);
                 }
-                other => return other?.ok_or_else(|| self.not_found(id)),
+                other => return other,
             }
         }
     }
@@ -390,11 +568,33 @@ impl Queue {
     /// connection, `LOADING`) are retried, backing off, for up to the
     /// client's `give_up_after`.
     pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
-        let read = Read { id, from };
+        self.read_retrying(id, &Read { id, from }).await
+    }
+
+    /// As [`Queue::read`], with `from` counting chunks of `held` (see
+    /// [`Resumed`]); none: of whatever attempt the task is at.
+    async fn read_at(&self, id: &str, from: u64, held: Option<Held>) -> Result<Resumed, Error> {
+        let Some(held) = held else {
+            return Ok(self
+                .read(id, from)
+                .await?
+                .map_or(Resumed::NotFound, Resumed::Same));
+        };
+        match self.read_retrying(id, &ResumeRead { id, from, held }).await {
+            Err(e) if refuses_held(&e) => {
+                super::router::warn_old_library();
+                Ok(Resumed::classify(held, from, self.read(id, 0).await?))
+            }
+            other => other,
+        }
+    }
+
+    /// Calls a read, retrying as [`Queue::read`] says.
+    async fn read_retrying<F: Function>(&self, id: &str, read: &F) -> Result<F::Reply, Error> {
         let give_up = Instant::now() + self.client.inner.config.give_up_after;
         let mut delay = READ_RETRY_MIN;
         loop {
-            match functions::call(&mut self.client.conn(), &self.keys, &read).await {
+            match functions::call(&mut self.client.conn(), &self.keys, read).await {
                 Err(e) if e.is_retryable() && Instant::now() + delay < give_up => {
                     tracing::debug!(task_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "reading the task failed; retrying");
                     tokio::time::sleep(delay).await;

@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::connection::Endpoint;
 use crate::error::Error;
 use crate::functions::queue_admin::Housekeep;
-use crate::functions::watch::{TaskSnapshot, Unwatch, Watch};
+use crate::functions::watch::{refuses_held, Held, ResumeWatch, Resumed, Unwatch, Watch};
 use crate::keys::QueueKeys;
 use crate::protocol::{value_to_bytes, value_to_string, ReplyEvent, TaskState};
 
@@ -351,8 +351,12 @@ impl ReplyRouter {
     }
 
     /// Reads a task from chunk `from` and subscribes this stream to its
-    /// later events (`rtq2_watch`). A subscription to a task that has not
-    /// ended is counted: release it with [`ReplyRouter::unwatch`].
+    /// later events (`rtq2_watch`). With `held`, `from` counts chunks of
+    /// that attempt and the answer says whether it is still the task's
+    /// (see [`Resumed`]); without it, of whatever attempt the task is at
+    /// (always [`Resumed::Same`] or [`Resumed::NotFound`]). A subscription
+    /// to a task that has not ended is counted: release it with
+    /// [`ReplyRouter::unwatch`]. A [`Resumed::NoAttempt`] subscribed nothing.
     ///
     /// # Errors
     /// As `functions::call`.
@@ -362,25 +366,57 @@ impl ReplyRouter {
         keys: &QueueKeys,
         id: &str,
         from: u64,
-    ) -> Result<Option<TaskSnapshot>, Error> {
+        held: Option<Held>,
+    ) -> Result<Resumed, Error> {
         let slot = SlotGuard {
             router: self,
             id,
             slot: self.subscription(id),
         };
         let mut count = slot.slot.lock().await;
+        let resumed = match held {
+            None => self.watch_any(conn, keys, id, from).await,
+            Some(held) => {
+                let resume = ResumeWatch {
+                    id,
+                    reply: &self.key,
+                    from,
+                    held,
+                };
+                match crate::functions::call(conn, keys, &resume).await {
+                    Err(e) if refuses_held(&e) => {
+                        warn_old_library();
+                        let snap = self.watch_any(conn, keys, id, 0).await?;
+                        Ok(Resumed::classify(held, from, snap.into_snapshot()))
+                    }
+                    other => other,
+                }
+            }
+        };
+        if let Ok(Some(s)) = resumed.as_ref().map(Resumed::snapshot) {
+            if !s.state.is_terminal() {
+                *count += 1;
+            }
+        }
+        resumed
+    }
+
+    /// `rtq2_watch` without a held attempt.
+    async fn watch_any(
+        &self,
+        conn: &mut RedisConnection,
+        keys: &QueueKeys,
+        id: &str,
+        from: u64,
+    ) -> Result<Resumed, Error> {
         let watch = Watch {
             id,
             reply: &self.key,
             from,
         };
-        let snap = crate::functions::call(conn, keys, &watch).await;
-        if let Ok(Some(s)) = &snap {
-            if !s.state.is_terminal() {
-                *count += 1;
-            }
-        }
-        snap
+        Ok(crate::functions::call(conn, keys, &watch)
+            .await?
+            .map_or(Resumed::NotFound, Resumed::Same))
     }
 
     /// Releases one subscription counted by [`ReplyRouter::watch`]; the
@@ -733,6 +769,15 @@ impl ReplyRouter {
                 .await;
             trimming.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Warns, once per process, that the server's library takes no held
+/// attempt (a resume then reads from chunk 0 and decides here).
+pub(crate) fn warn_old_library() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("the server runs an rtq functions library older than revision 13; resumed follows read their attempt from chunk 0 (an admin should connect once to load the current library)");
     }
 }
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
-use super::queue::TaskOutput;
+use super::queue::{Queue, TaskOutput};
 use super::tracker::Tracker;
 use crate::error::Error;
 use crate::protocol::ReplyEvent;
@@ -39,12 +39,22 @@ impl Chunk {
 pub enum StreamEvent {
     /// A chunk of output.
     Chunk(Chunk),
-    /// The attempt whose chunks were streamed so far was abandoned (its
-    /// worker was lost or it was requeued); chunks start again from 0.
+    /// The attempt whose chunks were streamed so far (or, for
+    /// [`Queue::follow_from`](crate::Queue::follow_from), the attempt the
+    /// caller held chunks of) was abandoned: its worker was lost, it
+    /// failed and is retried, or an operator requeued it. The chunks that
+    /// follow are of `next_attempt`, from index 0. A stream announces
+    /// every change of attempt this way once it delivered (or resumed
+    /// from) chunks of the old one, so chunks of two attempts are never
+    /// spliced together.
     Restarted {
         /// The abandoned attempt.
         attempt: u64,
-        /// Why.
+        /// The attempt whose chunks follow (from index 0): usually
+        /// `attempt + 1`, later when the task was run again more than once
+        /// while the caller was away.
+        next_attempt: u64,
+        /// Why (the stored reason, or a general one when none was stored).
         reason: String,
     },
     /// The task finished; this is the last item.
@@ -59,8 +69,43 @@ pub struct TaskStream {
     inner: BoxStream<'static, Result<StreamEvent, Error>>,
 }
 
+/// Where a stream starts: chunks already read (of `attempt`, the first at
+/// index `first`), after an optional [`StreamEvent::Restarted`].
+pub(crate) struct Start {
+    /// The attempt the stream is at (for a task never handed out, 0).
+    pub(crate) attempt: u64,
+    /// Index of the first chunk of `chunks`.
+    pub(crate) first: u64,
+    /// Chunks read with the task's state.
+    pub(crate) chunks: Vec<Vec<u8>>,
+    /// Announced first: the held attempt was abandoned.
+    pub(crate) restarted: Option<StreamEvent>,
+}
+
+/// Where a stream's events come from.
+enum Source {
+    /// A subscription, through the reply router.
+    Live(Tracker),
+    /// A task that had ended when it was read: its final event, once (no
+    /// reply reader needed).
+    Ended(Option<ReplyEvent>),
+}
+
+impl Source {
+    async fn next_event(&mut self, id: &str) -> Result<ReplyEvent, Error> {
+        match self {
+            Source::Live(tracker) => tracker.next_event().await,
+            Source::Ended(last) => last
+                .take()
+                .ok_or_else(|| Error::Protocol(format!("stream of task {id} read past its end"))),
+        }
+    }
+}
+
 struct State {
-    tracker: Tracker,
+    source: Source,
+    queue: Queue,
+    id: String,
     attempt: u64,
     next_index: u64,
     ready: VecDeque<StreamEvent>,
@@ -70,25 +115,33 @@ struct State {
 }
 
 impl TaskStream {
-    /// A stream over `tracker`'s task, starting with `chunks` (already read,
-    /// of attempt `attempt`, the first at index `first`).
-    pub(crate) fn new(tracker: Tracker, attempt: u64, first: u64, chunks: Vec<Vec<u8>>) -> Self {
-        let id = tracker.id.clone();
+    /// A stream over `tracker`'s task from `start`.
+    pub(crate) fn new(tracker: Tracker, start: Start) -> Self {
+        let (queue, id) = (tracker.queue.clone(), tracker.id.clone());
+        Self::with_source(Source::Live(tracker), queue, id, start)
+    }
+
+    /// The finite stream of a task that had ended when it was read (with
+    /// `last`, its final event): `start`, the rest of its stored chunks
+    /// (read page by page), then its outcome. Needs no reply reader.
+    pub(crate) fn ended(queue: Queue, id: String, last: ReplyEvent, start: Start) -> Self {
+        Self::with_source(Source::Ended(Some(last)), queue, id, start)
+    }
+
+    fn with_source(source: Source, queue: Queue, id: String, start: Start) -> Self {
         let mut state = State {
-            tracker,
-            attempt,
-            next_index: first,
+            source,
+            queue,
+            id: id.clone(),
+            attempt: start.attempt,
+            next_index: start.first,
             ready: VecDeque::new(),
             ended: false,
             failure: None,
         };
-        for data in chunks {
-            state.ready.push_back(StreamEvent::Chunk(Chunk {
-                index: state.next_index,
-                attempt,
-                data,
-            }));
-            state.next_index += 1;
+        state.ready.extend(start.restarted);
+        for data in start.chunks {
+            state.push_chunk(start.attempt, data);
         }
         let inner = futures::stream::unfold(state, |mut st| async move {
             let item = st.next_item().await?;
@@ -152,6 +205,11 @@ impl Stream for TaskStream {
     }
 }
 
+/// The reason of an abandoned attempt whose stored reason is not at hand.
+pub(crate) fn abandoned_reason(attempt: u64) -> String {
+    format!("attempt {attempt} was abandoned; the task was run again")
+}
+
 impl State {
     async fn next_item(&mut self) -> Option<Result<StreamEvent, Error>> {
         loop {
@@ -164,7 +222,7 @@ impl State {
             if self.ended {
                 return None;
             }
-            let event = match self.tracker.next_event().await {
+            let event = match self.source.next_event(&self.id).await {
                 Ok(ev) => ev,
                 Err(e) => {
                     self.ended = true;
@@ -189,7 +247,11 @@ impl State {
                     if attempt >= self.attempt {
                         self.attempt = attempt + 1;
                         self.next_index = 0;
-                        return Some(Ok(StreamEvent::Restarted { attempt, reason }));
+                        return Some(Ok(StreamEvent::Restarted {
+                            attempt,
+                            next_attempt: attempt + 1,
+                            reason,
+                        }));
                     }
                 }
                 ReplyEvent::Final {
@@ -200,16 +262,20 @@ impl State {
                 } => {
                     self.ended = true;
                     // The tail may be missing (chunk events trimmed while we
-                    // were away, or never sent): fill it before the end.
-                    if attempt >= self.attempt && self.next_index < chunks {
-                        if attempt > self.attempt {
-                            self.switch_attempt(attempt);
-                        }
+                    // were away, or never sent), or the whole output of an
+                    // attempt that started after the last chunk we saw:
+                    // fill it before the end.
+                    if attempt > self.attempt {
+                        self.switch_attempt(attempt);
+                    }
+                    if attempt == self.attempt && self.next_index < chunks {
                         if let Err(e) = self.fill(attempt, chunks).await {
-                            return Some(Err(e));
+                            // What was read is delivered before the error.
+                            self.failure = Some(e);
+                            continue;
                         }
                     }
-                    let id = self.tracker.id.clone();
+                    let id = self.id.clone();
                     let done = outcome.into_result(&id).map(|result| {
                         StreamEvent::Done(TaskOutput {
                             id,
@@ -226,8 +292,21 @@ impl State {
         }
     }
 
+    /// Goes on with the chunks of a later `attempt` whose start was not
+    /// announced (its `q` event was trimmed from the reply stream, or
+    /// came before the subscription). From a task never handed out
+    /// (attempt 0) the position stays: it counts chunks of whichever
+    /// attempt runs first. Otherwise the new attempt starts at 0, after a
+    /// [`StreamEvent::Restarted`] if chunks of the old one were delivered.
     fn switch_attempt(&mut self, attempt: u64) {
         if self.attempt != 0 {
+            if self.next_index > 0 {
+                self.ready.push_back(StreamEvent::Restarted {
+                    attempt: self.attempt,
+                    next_attempt: attempt,
+                    reason: abandoned_reason(self.attempt),
+                });
+            }
             self.next_index = 0;
         }
         self.attempt = attempt;
@@ -270,15 +349,11 @@ impl State {
     /// page by page.
     async fn fill(&mut self, attempt: u64, until: u64) -> Result<(), Error> {
         while self.next_index < until {
-            let snap = self
-                .tracker
-                .queue
-                .read(&self.tracker.id, self.next_index)
-                .await?;
+            let snap = self.queue.read(&self.id, self.next_index).await?;
             let Some(snap) = snap.filter(|s| s.attempt == attempt && !s.chunks.is_empty()) else {
                 return Err(Error::Protocol(format!(
                     "task {}: chunks {}..{} of attempt {attempt} are no longer stored (the task was requeued or its retention passed)",
-                    self.tracker.id, self.next_index, until
+                    self.id, self.next_index, until
                 )));
             };
             for data in snap.chunks {

@@ -42,13 +42,13 @@ pub const LIBRARY_NAME: &str = "rtq2";
 
 /// Revision of the library source; a client loads its copy when the server
 /// holds an older revision or none. Must equal `REVISION` in `lib.lua`.
-pub const LIBRARY_REVISION: i64 = 12;
+pub const LIBRARY_REVISION: i64 = 13;
 
 /// FNV-1a hash of the library source of [`LIBRARY_REVISION`]: a test
 /// fails when the Lua changes without a revision bump (a server holding
 /// the same revision would keep running the old code).
 #[cfg(test)]
-const LIBRARY_SOURCE_HASH: u64 = 5532242635913203172;
+const LIBRARY_SOURCE_HASH: u64 = 11628072316574388816;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
@@ -514,6 +514,7 @@ mod tests {
         );
         assert_eq!(lua("MAX_DURATION_MS"), 30 * 24 * 3600 * 1000, "30 days");
         assert_eq!(lua("MAX_ATTEMPTS"), i64::from(MAX_ATTEMPTS));
+        assert_eq!(lua("MAX_ATTEMPT_NUMBER"), as_i64(MAX_ATTEMPT_NUMBER));
         assert_eq!(lua("MAX_ID_BYTES"), crate::keys::MAX_ID_LEN as i64);
         assert_eq!(lua("MAX_SPEC_BYTES"), MAX_SPEC_BYTES as i64);
         assert_eq!(lua("MAX_RESULT_BYTES"), MAX_RESULT_BYTES as i64);

@@ -597,7 +597,9 @@ pub async fn drain_stream(mut stream: TaskStream) -> (Vec<u64>, String, Result<T
                 assert!(stream.next().await.is_none(), "nothing after Done");
                 return (indexes, text, Ok(out));
             }
-            Ok(StreamEvent::Restarted { attempt, reason }) => {
+            Ok(StreamEvent::Restarted {
+                attempt, reason, ..
+            }) => {
                 panic!("no restart expected (attempt {attempt}: {reason})")
             }
             Err(e) => return (indexes, text, Err(e)),
