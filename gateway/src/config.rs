@@ -137,6 +137,15 @@ pub struct Config {
     /// checked against Redis first.
     #[arg(long, env = "RTQ_GATEWAY_CATALOG_TTL_MS", default_value_t = 2000)]
     pub catalog_ttl_ms: u64,
+    /// Milliseconds the list of live workers may be served while it cannot
+    /// be read again (Redis down): past it, `GET /v1/models` and model
+    /// lookups answer 503 redis_unavailable naming its age, instead of a
+    /// list that may name queues nobody serves any more. At least
+    /// --catalog-ttl-ms [default: 10000, or --catalog-ttl-ms if longer].
+    /// `GET /v1/models` says the list's age in the `x-rtq-catalog-age-ms`
+    /// header.
+    #[arg(long, env = "RTQ_GATEWAY_CATALOG_MAX_STALE_MS")]
+    pub catalog_max_stale_ms: Option<u64>,
     /// Log format.
     #[arg(long, env = "RTQ_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -158,6 +167,19 @@ impl Config {
     pub fn task_timeout(&self) -> Option<Duration> {
         (self.task_timeout_secs > 0).then(|| Duration::from_secs(self.task_timeout_secs))
     }
+    /// How long the catalog is trusted, and how long it may be served
+    /// while it cannot be read again.
+    pub fn catalog_limits(&self) -> crate::catalog::CatalogLimits {
+        let ttl = Duration::from_millis(self.catalog_ttl_ms);
+        let max_stale = match self.catalog_max_stale_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => crate::catalog::CatalogLimits::default().max_stale,
+        };
+        crate::catalog::CatalogLimits {
+            ttl,
+            max_stale: max_stale.max(ttl),
+        }
+    }
     /// The longest synchronous wait.
     pub fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs.max(1))
@@ -174,6 +196,15 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err("--max-body-bytes must be at least 1024".into());
+        }
+        if let Some(max_stale) = self.catalog_max_stale_ms {
+            if max_stale < self.catalog_ttl_ms {
+                return Err(format!(
+                    "--catalog-max-stale-ms ({max_stale}) must be at least --catalog-ttl-ms ({}): \
+                     a list is read again only once it is older than the TTL",
+                    self.catalog_ttl_ms
+                ));
+            }
         }
         if self.keepalive_secs == 0 {
             return Err("--keepalive-secs must be at least 1".into());

@@ -146,12 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         body_timeout: config.body_timeout(),
         create_queues: config.create_queues,
     };
-    let state = app::AppState::new(
-        client,
-        keys,
-        settings,
-        Duration::from_millis(config.catalog_ttl_ms),
-    );
+    let state = app::AppState::new(client, keys, settings, config.catalog_limits());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
