@@ -24,7 +24,7 @@ use rtq_core::admin::Admin;
 use rtq_core::{Client, Error};
 use serde_json::{json, Value};
 
-use crate::auth::{ApiKey, KeyStore, Lookup, Permit, Refusal};
+use crate::auth::{ApiKey, KeyStore, Lookup, Permit, QueueShare, Refusal};
 use crate::catalog::{Catalog, CatalogLimits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -108,6 +108,9 @@ pub struct Admitted {
     pub key: Option<Arc<ApiKey>>,
     /// Held for as long as the request (or its stream) runs.
     pub permit: Permit,
+    /// The key's share of the queue its wait or stream is open on
+    /// ([`AppState::wait_on`]), held as long as the permit.
+    pub share: Option<QueueShare>,
 }
 
 impl Admitted {
@@ -175,6 +178,7 @@ impl AppState {
             return Ok(Admitted {
                 key: None,
                 permit: Permit::none(),
+                share: None,
             });
         };
         if !k.queues.allows(queue) {
@@ -202,7 +206,37 @@ impl AppState {
         Ok(Admitted {
             key: Some(k),
             permit,
+            share: None,
         })
+    }
+
+    /// Takes the key's share of `queue` for a wait or stream about to be
+    /// opened on it (each queue waited on holds one of the reply readers
+    /// every key shares): at most `wait_queues=` distinct queues per key
+    /// at once (`--key-wait-queues`). Nothing without authentication.
+    ///
+    /// # Errors
+    /// 429 `wait_queues_limit_exceeded` with `Retry-After`.
+    pub fn wait_on(&self, admitted: &mut Admitted, queue: &str) -> Result<(), ApiError> {
+        let Some(k) = &admitted.key else {
+            return Ok(());
+        };
+        let share = k.wait_on(queue).map_err(|n| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "wait_queues_limit_exceeded",
+                format!(
+                    "API key {} already has waits or streams open on {n} other queues (its \
+                     wait_queues= limit); end one of them, or wait on a queue it waits on \
+                     already",
+                    k.name
+                ),
+            )
+            .retry_after(self.settings.retry_after)
+        })?;
+        admitted.share = Some(share);
+        Ok(())
     }
 }
 

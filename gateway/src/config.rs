@@ -53,7 +53,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// API key file: one key per line, `sha256:<64 hex digits of the key's
     /// SHA-256> queues=<q1,q2|*> [rate=<requests per second>]
-    /// [burst=<n>] [concurrency=<n>] [name=<label>]`; `#` starts a comment.
+    /// [burst=<n>] [concurrency=<n>] [wait_queues=<n>] [name=<label>]`; `#`
+    /// starts a comment.
     /// Print a line with `rtq-gateway hash-key` (reads the key on stdin).
     /// Without a key file (and without --api-keys-env), the gateway runs
     /// without authentication and says so at start-up.
@@ -131,6 +132,13 @@ pub struct Config {
     /// `too_many_queues`.
     #[arg(long, env = "RTQ_GATEWAY_MAX_REPLY_READERS", default_value_t = rtq_core::DEFAULT_MAX_REPLY_READERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_reply_readers: u64,
+    /// Most distinct queues one API key's open waits and streams may be on
+    /// at once (each such queue holds one of the --max-reply-readers that
+    /// every key shares), for keys whose line has no `wait_queues=`. Over
+    /// it: 429 wait_queues_limit_exceeded. More waits on a queue the key
+    /// waits on already are not limited by it (see `concurrency=`).
+    #[arg(long, env = "RTQ_GATEWAY_KEY_WAIT_QUEUES", default_value_t = crate::auth::DEFAULT_WAIT_QUEUES as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub key_wait_queues: u64,
     /// Milliseconds the list of live workers (models, paused queues) is
     /// trusted; an older one is still used while it is read again in the
     /// background. A refusal for "no live worker" or "paused" is always

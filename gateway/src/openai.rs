@@ -130,7 +130,8 @@ async fn serve(
     let ask = check(&body, kind)?;
     let allowed = |q: &str| caller.allows(q);
     let resolved = st.catalog.resolve(&ask.model, &allowed).await?;
-    let admitted = st.admit(&caller, &resolved.queue)?;
+    let mut admitted = st.admit(&caller, &resolved.queue)?;
+    st.wait_on(&mut admitted, &resolved.queue)?;
     st.catalog.check_serving(&resolved.queue).await?;
     body.remove("stream");
     body.remove("stream_options");

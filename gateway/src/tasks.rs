@@ -150,7 +150,11 @@ pub async fn submit(
     request_body: Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (admitted, queue) = open(&st, &caller, &name, !st.settings.create_queues).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, !st.settings.create_queues).await?;
+    let query_waits = query.wait || query.stream;
+    if query_waits {
+        st.wait_on(&mut admitted, &name)?;
+    }
     let body = Bytes::from_request(request_body, &st).await;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
@@ -160,7 +164,7 @@ pub async fn submit(
             "choose one of wait=true and stream=true",
         ));
     }
-    if query.wait || query.stream {
+    if query_waits {
         st.catalog.check_serving(&name).await?;
         let task = queue
             .stream(req.cancel_on_drop(true))
@@ -272,10 +276,14 @@ pub async fn result(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (_admitted, queue) = open(&st, &caller, &name, true).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, true).await?;
     let info = queue.status(&id).await.map_err(|e| st.rtq(e))?;
     if info.outcome.is_none() && query.wait_ms == 0 {
         return Ok((StatusCode::ACCEPTED, axum::Json(info_json(&name, &info))).into_response());
+    }
+    if info.outcome.is_none() {
+        // Held until the wait below ends (an ended task needs no reader).
+        st.wait_on(&mut admitted, &name)?;
     }
     let wait = Duration::from_millis(query.wait_ms).min(st.settings.max_wait);
     match queue.wait(&id, Some(wait)).await {
@@ -303,7 +311,8 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (admitted, queue) = open(&st, &caller, &name, true).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, true).await?;
+    st.wait_on(&mut admitted, &name)?;
     let resume = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().map_err(|_| {

@@ -189,3 +189,88 @@ async fn the_model_list_says_its_age_and_is_refused_past_its_staleness_bound() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Opens `GET .../tasks/{id}/stream` of `queue` with `key` (the response
+/// is kept open by the caller).
+async fn follow(s: &Stack, key: &str, queue: &str, id: &str) -> reqwest::Response {
+    s.get(key, &format!("/v1/queues/{queue}/tasks/{id}/stream"))
+        .await
+}
+
+#[tokio::test]
+async fn a_key_waits_on_at_most_its_share_of_distinct_queues() {
+    let s = Stack::start(
+        &[],
+        &[
+            "--key-wait-queues",
+            "2",
+            "--create-queues",
+            "--keepalive-secs",
+            "1",
+        ],
+    )
+    .await;
+    // A queued task on each of three queues nobody serves.
+    let mut ids = Vec::new();
+    for q in ["w1", "w2", "w3"] {
+        let r = s
+            .post(
+                "k-all",
+                &format!("/v1/queues/{q}/tasks"),
+                json!({"input": {}}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let one = follow(&s, "k-all", "w1", &ids[0]).await;
+    assert_eq!(one.status(), 200);
+    let two = follow(&s, "k-all", "w2", &ids[1]).await;
+    assert_eq!(two.status(), 200);
+    // A third distinct queue is refused, for a follow and for a wait.
+    let r = follow(&s, "k-all", "w3", &ids[2]).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "wait_queues_limit_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wait_queues="),
+        "{v}"
+    );
+    let r = s
+        .get(
+            "k-all",
+            &format!("/v1/queues/w3/tasks/{}/result?wait_ms=100", ids[2]),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    // Reads that do not wait are not limited.
+    let r = s
+        .get("k-all", &format!("/v1/queues/w3/tasks/{}", ids[2]))
+        .await;
+    assert_eq!(r.status(), 200);
+    // More waits on a queue the key waits on already are.
+    let again = follow(&s, "k-all", "w1", &ids[0]).await;
+    assert_eq!(again.status(), 200);
+    // Another key has a share of its own.
+    let other = follow(&s, "k-one", "w3", &ids[2]).await;
+    assert_eq!(other.status(), 200);
+    drop(other);
+    // A stream that ends gives its queue back.
+    drop(two);
+    let end = Instant::now() + Duration::from_secs(20);
+    let three = loop {
+        let r = follow(&s, "k-all", "w3", &ids[2]).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(Instant::now() < end, "w2's share never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop((one, again, three));
+}
