@@ -91,6 +91,30 @@ async fn workers_requeue_and_stats() {
 
     let workers = admin.workers("st").await.unwrap();
     assert_eq!(workers.len(), 1);
+    // Read with other queues (one that does not exist, one corrupt): the
+    // same worker, and the corrupt queue's error in its place only.
+    let mut conn = redis.conn();
+    let corrupt = rtq_core::keys::QueueKeys::new("corrupt").unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(corrupt.workers())
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let many = admin
+        .workers_of_many(&["none".into(), "st".into(), "corrupt".into()])
+        .await
+        .unwrap();
+    assert!(many[0].as_ref().unwrap().is_empty());
+    assert_eq!(many[1].as_ref().unwrap(), &workers);
+    let err = many[2].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt") && err.contains("WRONGTYPE"),
+        "{err}"
+    );
+    assert!(matches!(
+        admin.workers_of_many(&["bad name".into()]).await,
+        Err(Error::InvalidName { .. })
+    ));
     assert_eq!(workers[0].id, w.id);
     assert_eq!(workers[0].field("slots"), "2");
     assert_eq!(rtq_core::admin::worker_labels(&workers[0])["gpu"], "A100");

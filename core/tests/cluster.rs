@@ -217,6 +217,41 @@ async fn one_admin_lists_and_counts_queues_on_every_master() {
 }
 
 #[tokio::test]
+async fn the_workers_of_queues_on_every_master_are_read_together() {
+    let url = cluster().url();
+    let queues = queues_on_every_master("crew");
+    let (seen, _rx) = seen_channel();
+    let mut workers = Vec::new();
+    for q in &queues {
+        workers.push(start_worker(&url, q, seen.clone()).await);
+    }
+    let admin = Admin::new(&Client::connect(&url).await.unwrap());
+    // With a queue nobody serves among them, in the middle.
+    let mut asked = queues.clone();
+    asked.insert(1, "crew-nobody".to_string());
+    let read = admin.workers_of_many(&asked).await.unwrap();
+    assert_eq!(read.len(), asked.len());
+    let ids = |i: usize| -> Vec<String> {
+        read[i]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|w| w.id.clone())
+            .collect()
+    };
+    assert_eq!(ids(0), [workers[0].id.clone()]);
+    assert!(ids(1).is_empty());
+    assert_eq!(ids(2), [workers[1].id.clone()]);
+    assert_eq!(ids(3), [workers[2].id.clone()]);
+    for (i, w) in read.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let w = &w.as_ref().unwrap()[0];
+        assert_eq!(w.field("slots"), "4", "{}", asked[i]);
+    }
+    // The one-queue read agrees.
+    assert_eq!(admin.workers(&queues[2]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn bad_cluster_configurations_fail_clearly() {
     let tls = "rediss+cluster://127.0.0.1:1,redis://127.0.0.1:2";
     let err = Client::connect(tls).await.err().unwrap().to_string();

@@ -1,6 +1,12 @@
 //! The application: shared state ([`AppState`]), the router with every
 //! route and layer, authentication of a request, and the small routes
 //! (health, readiness, metrics, models).
+//!
+//! Authentication is a layer in front of every `/v1/` route
+//! ([`require_key`]): it runs on the request head alone, so a caller
+//! without a valid key gets 401 before a byte of its body is read (the
+//! body limits of [`crate::body`] run after it). Handlers find the key as
+//! the [`Caller`] extension.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,17 +14,18 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use rtq_core::admin::Admin;
 use rtq_core::{Client, Error};
 use serde_json::{json, Value};
 
-use crate::auth::{ApiKey, KeyStore, Lookup, Permit, Refusal};
-use crate::catalog::Catalog;
+use crate::auth::{ApiKey, KeyStore, Lookup, Permit, QueueShare, Refusal};
+use crate::catalog::{Catalog, CatalogLimits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::open::OpenTasks;
@@ -82,6 +89,18 @@ pub struct AppState {
 /// Shared state as handlers take it.
 pub type Shared = Arc<AppState>;
 
+/// The key a request presented, checked by [`require_key`] before the
+/// handler runs (`None` when authentication is off).
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<Arc<ApiKey>>);
+
+impl Caller {
+    /// True if the key may use `queue` (always, without authentication).
+    pub fn allows(&self, queue: &str) -> bool {
+        self.0.as_ref().is_none_or(|k| k.queues.allows(queue))
+    }
+}
+
 /// A request let in: its key (none when authentication is off) and the
 /// permit that holds its concurrency slot.
 pub struct Admitted {
@@ -89,6 +108,9 @@ pub struct Admitted {
     pub key: Option<Arc<ApiKey>>,
     /// Held for as long as the request (or its stream) runs.
     pub permit: Permit,
+    /// The key's share of the queue its wait or stream is open on
+    /// ([`AppState::wait_on`]), held as long as the permit.
+    pub share: Option<QueueShare>,
 }
 
 impl Admitted {
@@ -104,13 +126,13 @@ impl AppState {
         client: Client,
         keys: KeyStore,
         settings: Settings,
-        catalog_ttl: Duration,
+        catalog: CatalogLimits,
     ) -> Shared {
         let admin = Admin::new(&client);
         let metrics = Arc::new(Metrics::new());
         let open = OpenTasks::new(metrics.open_streams.clone());
         Arc::new(Self {
-            catalog: Catalog::new(admin.clone(), catalog_ttl),
+            catalog: Catalog::new(admin.clone(), catalog),
             admin,
             client,
             keys,
@@ -151,11 +173,12 @@ impl AppState {
     /// # Errors
     /// 403 for a queue the key may not use, 429 with `Retry-After` at a
     /// limit.
-    pub fn admit(&self, key: Option<Arc<ApiKey>>, queue: &str) -> Result<Admitted, ApiError> {
-        let Some(k) = key else {
+    pub fn admit(&self, caller: &Caller, queue: &str) -> Result<Admitted, ApiError> {
+        let Some(k) = caller.0.clone() else {
             return Ok(Admitted {
                 key: None,
                 permit: Permit::none(),
+                share: None,
             });
         };
         if !k.queues.allows(queue) {
@@ -183,7 +206,37 @@ impl AppState {
         Ok(Admitted {
             key: Some(k),
             permit,
+            share: None,
         })
+    }
+
+    /// Takes the key's share of `queue` for a wait or stream about to be
+    /// opened on it (each queue waited on holds one of the reply readers
+    /// every key shares): at most `wait_queues=` distinct queues per key
+    /// at once (`--key-wait-queues`). Nothing without authentication.
+    ///
+    /// # Errors
+    /// 429 `wait_queues_limit_exceeded` with `Retry-After`.
+    pub fn wait_on(&self, admitted: &mut Admitted, queue: &str) -> Result<(), ApiError> {
+        let Some(k) = &admitted.key else {
+            return Ok(());
+        };
+        let share = k.wait_on(queue).map_err(|n| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "wait_queues_limit_exceeded",
+                format!(
+                    "API key {} already has waits or streams open on {n} other queues (its \
+                     wait_queues= limit); end one of them, or wait on a queue it waits on \
+                     already",
+                    k.name
+                ),
+            )
+            .retry_after(self.settings.retry_after)
+        })?;
+        admitted.share = Some(share);
+        Ok(())
     }
 }
 
@@ -220,6 +273,10 @@ pub fn json_object(
 /// middleware.
 pub fn router(state: Shared) -> Router {
     let settings = state.settings.clone();
+    let body_limits = crate::body::BodyLimits {
+        max_bytes: settings.max_body_bytes,
+        total: settings.body_timeout,
+    };
     Router::new()
         .route("/v1/chat/completions", post(crate::openai::chat))
         .route("/v1/completions", post(crate::openai::completion))
@@ -237,6 +294,17 @@ pub fn router(state: Shared) -> Router {
             "/v1/queues/{queue}/tasks/{id}/stream",
             get(crate::tasks::stream),
         )
+        // Route layers wrap the routes above only; the last one added runs
+        // first: the key is checked on the head, before the body limits
+        // (and before any handler reads a byte of the body).
+        .route_layer(axum::middleware::from_fn_with_state(
+            body_limits,
+            crate::body::limit,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_key,
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -244,17 +312,37 @@ pub fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            crate::body::BodyLimits {
-                max_bytes: settings.max_body_bytes,
-                total: settings.body_timeout,
-            },
-            crate::body::limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// Middleware of every `/v1/` route: checks the key on the request head
+/// and passes it on as the [`Caller`] extension, or answers 401 without
+/// reading the body. A refused request that announced a body gets
+/// `Connection: close` (its unread body cannot be skipped to reach a next
+/// request); a client sending `Expect: 100-continue` never sends it.
+pub async fn require_key(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
+    match st.authenticate(req.headers()) {
+        Ok(key) => {
+            req.extensions_mut().insert(Caller(key));
+            next.run(req).await
+        }
+        Err(e) => {
+            let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0");
+            let mut resp = e.into_response();
+            if has_body {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -308,16 +396,22 @@ async fn metrics(State(st): State<Shared>) -> Response {
         .into_response()
 }
 
+/// The header of `GET /v1/models` that says how old the list is, in
+/// milliseconds since it was read from Redis.
+pub const CATALOG_AGE_HEADER: &str = "x-rtq-catalog-age-ms";
+
 /// `GET /v1/models`: every queue with a live worker that the key may use,
 /// by its name and by its workers' `model` labels; each name is listed
 /// under the queue it resolves to for this key (what a completion with
-/// that `model` would use).
-async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let key = st.authenticate(&headers)?;
-    let allowed = |q: &str| key.as_ref().is_none_or(|k| k.queues.allows(q));
-    let snap = st.catalog.snapshot().await.map_err(|e| {
-        ApiError::unavailable("redis_unavailable", format!("cannot read the queues: {e}"))
-    })?;
+/// that `model` would use). The [`CATALOG_AGE_HEADER`] says how old the
+/// list is; past `--catalog-max-stale-ms` without a successful read, the
+/// answer is 503 `redis_unavailable` instead (see [`crate::catalog`]).
+async fn models(
+    State(st): State<Shared>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let allowed = |q: &str| caller.allows(q);
+    let (snap, age) = st.catalog.snapshot_with_age().await?;
     let mut listed = std::collections::BTreeSet::new();
     let mut data = Vec::new();
     for q in snap.queues.values() {
@@ -342,5 +436,10 @@ async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Response
             }));
         }
     }
-    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+    let mut resp = axum::Json(json!({ "object": "list", "data": data })).into_response();
+    resp.headers_mut().insert(
+        CATALOG_AGE_HEADER,
+        HeaderValue::from(age.as_millis() as u64),
+    );
+    Ok(resp)
 }

@@ -69,6 +69,10 @@ impl Bucket {
     }
 }
 
+/// Distinct queues a key may wait on at once unless its line says
+/// `wait_queues=` (`--key-wait-queues`).
+pub const DEFAULT_WAIT_QUEUES: usize = 16;
+
 /// One API key's grants and limits.
 #[derive(Debug)]
 pub struct ApiKey {
@@ -80,6 +84,32 @@ pub struct ApiKey {
     concurrency: Option<Arc<Semaphore>>,
     /// The configured concurrency limit (for messages).
     pub max_concurrent: Option<usize>,
+    /// Most distinct queues its open waits and streams may be on at once:
+    /// each such queue holds one of the gateway's reply readers, which
+    /// every key shares (`wait_queues=`, default `--key-wait-queues`).
+    pub max_wait_queues: usize,
+    /// Open waits and streams by queue.
+    waiting: Mutex<HashMap<String, usize>>,
+}
+
+/// Held while a wait or stream of a key is open on a queue: the key's
+/// share of the queues waited on (see [`ApiKey::wait_on`]).
+#[derive(Debug)]
+pub struct QueueShare {
+    key: Arc<ApiKey>,
+    queue: String,
+}
+
+impl Drop for QueueShare {
+    fn drop(&mut self) {
+        let mut waiting = self.key.waiting.lock().expect("queue shares poisoned");
+        if let Some(n) = waiting.get_mut(&self.queue) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.queue);
+            }
+        }
+    }
 }
 
 /// Why a key may not start a request now.
@@ -104,6 +134,27 @@ impl Permit {
 }
 
 impl ApiKey {
+    /// Takes a share of `queue` for one open wait or stream: free on a
+    /// queue the key waits on already, refused when the key waits on
+    /// [`ApiKey::max_wait_queues`] other queues.
+    ///
+    /// # Errors
+    /// The limit, when it is reached.
+    pub fn wait_on(self: &Arc<Self>, queue: &str) -> Result<QueueShare, usize> {
+        let mut waiting = self.waiting.lock().expect("queue shares poisoned");
+        if let Some(n) = waiting.get_mut(queue) {
+            *n += 1;
+        } else if waiting.len() >= self.max_wait_queues {
+            return Err(self.max_wait_queues);
+        } else {
+            waiting.insert(queue.to_string(), 1);
+        }
+        Ok(QueueShare {
+            key: Arc::clone(self),
+            queue: queue.to_string(),
+        })
+    }
+
     /// Admits one request: takes a rate token and a concurrency slot.
     ///
     /// # Errors
@@ -129,9 +180,21 @@ impl ApiKey {
 }
 
 /// The loaded keys, by hash. Empty means authentication is off.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyStore {
     by_hash: HashMap<String, Arc<ApiKey>>,
+    /// `wait_queues=` of the lines that do not say it.
+    default_wait_queues: usize,
+}
+
+impl Default for KeyStore {
+    /// No keys; [`DEFAULT_WAIT_QUEUES`] for the keys parsed later.
+    fn default() -> Self {
+        Self {
+            by_hash: HashMap::new(),
+            default_wait_queues: DEFAULT_WAIT_QUEUES,
+        }
+    }
 }
 
 /// What a request presented.
@@ -148,6 +211,13 @@ pub enum Lookup {
 }
 
 impl KeyStore {
+    /// Sets `wait_queues=` of the keys parsed from now on whose line does
+    /// not say it (`--key-wait-queues`; at least 1).
+    pub fn default_wait_queues(mut self, n: usize) -> Self {
+        self.default_wait_queues = n.max(1);
+        self
+    }
+
     /// Parses key lines (the file format, see `--api-keys`). `origin` names
     /// the source in messages.
     ///
@@ -159,8 +229,8 @@ impl KeyStore {
             if line.is_empty() {
                 continue;
             }
-            let (hash, key) =
-                parse_line(line).map_err(|e| format!("{origin}: entry {}: {e}", n + 1))?;
+            let (hash, key) = parse_line(line, self.default_wait_queues)
+                .map_err(|e| format!("{origin}: entry {}: {e}", n + 1))?;
             if self.by_hash.insert(hash, Arc::new(key)).is_some() {
                 return Err(format!("{origin}: entry {}: the same key twice", n + 1));
             }
@@ -206,8 +276,9 @@ impl KeyStore {
     }
 }
 
-/// One entry: `sha256:<hex> queues=.. [rate=..] [burst=..] [concurrency=..] [name=..]`.
-fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
+/// One entry: `sha256:<hex> queues=.. [rate=..] [burst=..] [concurrency=..]
+/// [wait_queues=..] [name=..]`.
+fn parse_line(line: &str, default_wait_queues: usize) -> Result<(String, ApiKey), String> {
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or("");
     let hash = first
@@ -219,6 +290,7 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
     }
     let mut queues = None;
     let (mut rate, mut burst, mut concurrency, mut name) = (None, None, None, None);
+    let mut wait_queues = None;
     for word in words {
         let (k, v) = word
             .split_once('=')
@@ -255,10 +327,19 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
                     .ok_or("concurrency= must be a whole number above 0")?;
                 concurrency = Some(n);
             }
+            "wait_queues" => {
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("wait_queues= must be a whole number above 0")?;
+                wait_queues = Some(n);
+            }
             "name" => name = Some(key_name(v)?),
             other => {
                 return Err(format!(
-                    "unknown field {other:?} (known: queues, rate, burst, concurrency, name)"
+                    "unknown field {other:?} (known: queues, rate, burst, concurrency, \
+                     wait_queues, name)"
                 ))
             }
         }
@@ -273,6 +354,8 @@ fn parse_line(line: &str) -> Result<(String, ApiKey), String> {
         rate: rate.map(|r| Mutex::new(Bucket::new(r, burst.unwrap_or(r.max(1.0))))),
         concurrency: concurrency.map(|n| Arc::new(Semaphore::new(n))),
         max_concurrent: concurrency,
+        max_wait_queues: wait_queues.unwrap_or(default_wait_queues),
+        waiting: Mutex::new(HashMap::new()),
     };
     Ok((hash, key))
 }
@@ -397,6 +480,44 @@ mod tests {
         assert_eq!(k.admit().unwrap_err(), Refusal::Concurrency(1));
         drop(held);
         assert!(k.admit().is_ok());
+    }
+
+    #[test]
+    fn a_key_waits_on_at_most_its_share_of_distinct_queues() {
+        let mut store = KeyStore::default().default_wait_queues(2);
+        let text = format!(
+            "sha256:{} queues=*\nsha256:{} queues=* wait_queues=1",
+            hash_key("k"),
+            hash_key("one")
+        );
+        store.parse(&text, "f").unwrap();
+        let Lookup::Key(k) = store.lookup(Some("Bearer k")) else {
+            panic!()
+        };
+        assert_eq!(k.max_wait_queues, 2);
+        let a = k.wait_on("a").unwrap();
+        let b = k.wait_on("b").unwrap();
+        assert_eq!(k.wait_on("c").unwrap_err(), 2);
+        // More waits on a queue it waits on already are free.
+        let a2 = k.wait_on("a").unwrap();
+        drop(a);
+        assert_eq!(k.wait_on("c").unwrap_err(), 2, "a is still waited on");
+        drop(a2);
+        let _c = k.wait_on("c").unwrap();
+        drop(b);
+        let Lookup::Key(one) = store.lookup(Some("Bearer one")) else {
+            panic!()
+        };
+        assert_eq!(one.max_wait_queues, 1);
+        let _x = one.wait_on("x").unwrap();
+        assert!(one.wait_on("y").is_err());
+        assert!(KeyStore::default()
+            .parse(
+                &format!("sha256:{} queues=* wait_queues=0", hash_key("z")),
+                "f"
+            )
+            .unwrap_err()
+            .contains("wait_queues="));
     }
 
     #[test]

@@ -5,28 +5,60 @@
 //! worker" refusals (always re-checked against Redis before refusing, so a
 //! cache never refuses a queue that just came up).
 //!
-//! No request waits for a read of every queue once a snapshot exists: a
-//! stale snapshot is served while one background task reads the next
-//! (pipelined: [`Admin::summaries`], then the workers of the served queues
-//! concurrently). A name the snapshot does not know is looked up as a
+//! No request waits for a read of every queue once a recent snapshot
+//! exists: a snapshot older than the TTL is served while one background
+//! task reads the next
+//! (pipelined: [`Admin::summaries`], then [`Admin::workers_of_many`] of
+//! the served queues; five round trips, whatever the number of queues). A name the snapshot does not know is looked up as a
 //! queue with a targeted read; a new `model` label is known from the next
 //! snapshot (within `--catalog-ttl-ms` of a request).
+//!
+//! A snapshot is never served past its staleness bound
+//! (`--catalog-max-stale-ms`): when every background read failed (Redis
+//! down) for that long, a request reads the catalog itself (at most
+//! [`READ_TIMEOUT`]), and if that fails too it gets 503
+//! `redis_unavailable` naming the snapshot's age, rather than a model list
+//! that may name queues whose workers are long gone. Callers see the age
+//! of what they get ([`Catalog::snapshot_with_age`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use rtq_core::admin::{worker_labels, Admin, QueueOverview};
+use rtq_core::admin::{worker_labels, Admin, WorkerInfo};
 use rtq_core::Error;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
 
-/// Worker lists read at once during a refresh (one multiplexed connection
-/// pipelines them).
-const WORKER_READS_IN_FLIGHT: usize = 32;
+/// Longest a request waits for a read of the whole catalog (the first one
+/// of a process, or one past the staleness bound): a Redis that does not
+/// answer gets a 503, not a hung request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a snapshot is trusted and how long it may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatalogLimits {
+    /// Age after which a request starts a background read of the next
+    /// snapshot (`--catalog-ttl-ms`, default 2 s); the current one is
+    /// still served meanwhile.
+    pub ttl: Duration,
+    /// Age after which a snapshot is no longer served
+    /// (`--catalog-max-stale-ms`, default 10 s): a request then reads the
+    /// catalog itself and gets 503 if it cannot. At least `ttl`.
+    pub max_stale: Duration,
+}
+
+impl Default for CatalogLimits {
+    /// 2 s TTL, 10 s staleness bound.
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(2),
+            max_stale: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What is known about one queue.
 #[derive(Clone, Debug, Default)]
@@ -115,25 +147,33 @@ pub struct Catalog {
 struct Inner {
     admin: Admin,
     ttl: Duration,
+    max_stale: Duration,
     cache: std::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>,
     /// Set while the background task reads a new snapshot.
     refreshing: AtomicBool,
-    /// Held by the request that reads the first snapshot (the others wait
-    /// for it instead of reading too).
-    first: Mutex<()>,
+    /// Held by the request that reads a snapshot in the foreground (the
+    /// first, or one past the staleness bound); the others wait for it
+    /// instead of reading too.
+    reading: Mutex<()>,
+    /// When the last foreground read failed, and why: requests that waited
+    /// for it get its answer instead of trying again one after the other.
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Catalog {
     /// A catalog read through `admin`, read again in the background when
-    /// a request finds it older than `ttl`.
-    pub fn new(admin: Admin, ttl: Duration) -> Self {
+    /// a request finds it older than `limits.ttl`, and never served older
+    /// than `limits.max_stale`.
+    pub fn new(admin: Admin, limits: CatalogLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 admin,
-                ttl,
+                ttl: limits.ttl,
+                max_stale: limits.max_stale.max(limits.ttl),
                 cache: std::sync::Mutex::new(None),
                 refreshing: AtomicBool::new(false),
-                first: Mutex::new(()),
+                reading: Mutex::new(()),
+                failed: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -142,26 +182,85 @@ impl Catalog {
         self.inner.cache.lock().expect("catalog poisoned").clone()
     }
 
-    /// The current snapshot. Once one exists it is returned at once; if it
-    /// is older than the TTL, a background task reads the next one. Only
-    /// the first requests of a process wait for a read.
+    /// The current snapshot (see [`Catalog::snapshot_with_age`]).
     ///
     /// # Errors
-    /// Redis errors (of the first read only).
-    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, Error> {
+    /// As [`Catalog::snapshot_with_age`].
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        Ok(self.snapshot_with_age().await?.0)
+    }
+
+    /// The current snapshot and its age. One younger than the TTL is
+    /// returned at once; one older than the TTL too, while a background
+    /// task reads the next one. Only the first requests of a process, and
+    /// requests that find the snapshot past the staleness bound (every
+    /// background read failed for that long), wait for a read (at most
+    /// [`READ_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// 503 `redis_unavailable` when a read was needed and failed: the
+    /// message names the Redis error and, past the staleness bound, the
+    /// age of the snapshot that is no longer served.
+    pub async fn snapshot_with_age(&self) -> Result<(Arc<Snapshot>, Duration), ApiError> {
         if let Some((at, snap)) = self.cached() {
-            if at.elapsed() >= self.inner.ttl {
-                self.refresh_in_background();
+            let age = at.elapsed();
+            if age < self.inner.max_stale {
+                if age >= self.inner.ttl {
+                    self.refresh_in_background();
+                }
+                return Ok((snap, age));
             }
-            return Ok(snap);
         }
-        let _first = self.inner.first.lock().await;
-        if let Some((_, snap)) = self.cached() {
-            return Ok(snap);
+        let asked = Instant::now();
+        let _reading = self.inner.reading.lock().await;
+        if let Some((at, snap)) = self.cached() {
+            if at.elapsed() < self.inner.max_stale {
+                return Ok((snap, at.elapsed()));
+            }
         }
-        let snap = Arc::new(self.inner.read().await?);
-        self.inner.store(&snap);
-        Ok(snap)
+        // A read that failed while this request waited for it: the same
+        // answer, not one more READ_TIMEOUT each.
+        let failed = self.inner.failed.lock().expect("catalog poisoned").clone();
+        if let Some((_, why)) = failed.filter(|(when, _)| *when >= asked) {
+            return Err(self.unavailable(&why));
+        }
+        let read = match tokio::time::timeout(READ_TIMEOUT, self.inner.read()).await {
+            Ok(Ok(snap)) => Ok(snap),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "Redis did not answer within {} s",
+                READ_TIMEOUT.as_secs()
+            )),
+        };
+        match read {
+            Ok(snap) => {
+                let snap = Arc::new(snap);
+                self.inner.store(&snap);
+                *self.inner.failed.lock().expect("catalog poisoned") = None;
+                Ok((snap, Duration::ZERO))
+            }
+            Err(why) => {
+                *self.inner.failed.lock().expect("catalog poisoned") =
+                    Some((Instant::now(), why.clone()));
+                Err(self.unavailable(&why))
+            }
+        }
+    }
+
+    /// The 503 of a failed foreground read: why, and how old the snapshot
+    /// that is no longer served is.
+    fn unavailable(&self, why: &str) -> ApiError {
+        let message = match self.cached() {
+            Some((at, _)) => format!(
+                "cannot read the queues from Redis: {why}; the last list of models, read \
+                 {} s ago, is past the staleness bound of {} ms (--catalog-max-stale-ms) \
+                 and no longer served",
+                at.elapsed().as_secs(),
+                self.inner.max_stale.as_millis()
+            ),
+            None => format!("cannot read the queues from Redis: {why}"),
+        };
+        ApiError::unavailable("redis_unavailable", message)
     }
 
     /// Starts a background read unless one runs.
@@ -192,7 +291,7 @@ impl Catalog {
         model: &str,
         allowed: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Resolved, ApiError> {
-        let snap = self.snapshot().await.map_err(redis_down)?;
+        let snap = self.snapshot().await?;
         if let Some(r) = snap.resolve(model, allowed) {
             return Ok(r);
         }
@@ -271,15 +370,18 @@ impl Inner {
         *self.cache.lock().expect("catalog poisoned") = Some((Instant::now(), Arc::clone(snap)));
     }
 
-    /// Reads every queue: their counts in two pipelined round trips, then
-    /// the workers of the served ones, many at once.
+    /// Reads every queue in a fixed number of pipelined round trips,
+    /// whatever the number of queues: the registry, then their counts
+    /// ([`Admin::summaries`]: two), then the workers of the served ones
+    /// ([`Admin::workers_of_many`]: two).
     async fn read(&self) -> Result<Snapshot, Error> {
         let overviews = self.admin.summaries().await?;
-        let entries: Vec<Result<QueueEntry, Error>> = futures::stream::iter(overviews)
-            .map(|o| self.entry(o))
-            .buffer_unordered(WORKER_READS_IN_FLIGHT)
-            .collect()
-            .await;
+        let served: Vec<String> = overviews
+            .iter()
+            .filter(|o| o.workers_alive > 0)
+            .map(|o| o.name.clone())
+            .collect();
+        let mut workers = self.admin.workers_of_many(&served).await?.into_iter();
         let mut out = Snapshot {
             read_at_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -287,39 +389,49 @@ impl Inner {
                 .unwrap_or(0),
             ..Default::default()
         };
-        for entry in entries {
-            let entry = entry?;
+        for overview in overviews {
+            let mut entry = QueueEntry {
+                name: overview.name.clone(),
+                paused: overview.paused,
+                workers_alive: overview.workers_alive,
+                ..Default::default()
+            };
+            if overview.workers_alive > 0 {
+                match workers.next().unwrap_or_else(|| Ok(Vec::new())) {
+                    Ok(ws) => entry.add_workers(&ws, overview.now_ms),
+                    // One queue's unreadable workers key must not take the
+                    // whole list down: it is listed without its labels.
+                    Err(e) => tracing::warn!(
+                        queue = %overview.name, error = %e,
+                        "cannot read the workers of a queue for the catalog"
+                    ),
+                }
+            }
             out.queues.insert(entry.name.clone(), entry);
         }
         Ok(out)
     }
+}
 
-    async fn entry(&self, overview: QueueOverview) -> Result<QueueEntry, Error> {
-        let mut entry = QueueEntry {
-            name: overview.name.clone(),
-            paused: overview.paused,
-            workers_alive: overview.workers_alive,
-            ..Default::default()
-        };
-        if overview.workers_alive == 0 {
-            return Ok(entry);
-        }
-        for w in self.admin.workers(&overview.name).await? {
-            if w.lease_until_ms.is_some_and(|l| l <= overview.now_ms) {
+impl QueueEntry {
+    /// Adds the handlers and labels of the workers whose lease is current
+    /// at Redis time `now_ms`.
+    fn add_workers(&mut self, workers: &[WorkerInfo], now_ms: i64) {
+        for w in workers {
+            if w.lease_until_ms.is_some_and(|l| l <= now_ms) {
                 continue;
             }
             let handler = w.field("handler");
             if !handler.is_empty() {
-                entry.handlers.insert(handler.to_string());
+                self.handlers.insert(handler.to_string());
             }
-            for (k, v) in worker_labels(&w) {
+            for (k, v) in worker_labels(w) {
                 if k == "model" {
-                    entry.models.insert(v.clone());
+                    self.models.insert(v.clone());
                 }
-                entry.labels.entry(k).or_default().insert(v);
+                self.labels.entry(k).or_default().insert(v);
             }
         }
-        Ok(entry)
     }
 }
 

@@ -53,7 +53,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// API key file: one key per line, `sha256:<64 hex digits of the key's
     /// SHA-256> queues=<q1,q2|*> [rate=<requests per second>]
-    /// [burst=<n>] [concurrency=<n>] [name=<label>]`; `#` starts a comment.
+    /// [burst=<n>] [concurrency=<n>] [wait_queues=<n>] [name=<label>]`; `#`
+    /// starts a comment.
     /// Print a line with `rtq-gateway hash-key` (reads the key on stdin).
     /// Without a key file (and without --api-keys-env), the gateway runs
     /// without authentication and says so at start-up.
@@ -131,12 +132,28 @@ pub struct Config {
     /// `too_many_queues`.
     #[arg(long, env = "RTQ_GATEWAY_MAX_REPLY_READERS", default_value_t = rtq_core::DEFAULT_MAX_REPLY_READERS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_reply_readers: u64,
+    /// Most distinct queues one API key's open waits and streams may be on
+    /// at once (each such queue holds one of the --max-reply-readers that
+    /// every key shares), for keys whose line has no `wait_queues=`. Over
+    /// it: 429 wait_queues_limit_exceeded. More waits on a queue the key
+    /// waits on already are not limited by it (see `concurrency=`).
+    #[arg(long, env = "RTQ_GATEWAY_KEY_WAIT_QUEUES", default_value_t = crate::auth::DEFAULT_WAIT_QUEUES as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub key_wait_queues: u64,
     /// Milliseconds the list of live workers (models, paused queues) is
     /// trusted; an older one is still used while it is read again in the
     /// background. A refusal for "no live worker" or "paused" is always
     /// checked against Redis first.
     #[arg(long, env = "RTQ_GATEWAY_CATALOG_TTL_MS", default_value_t = 2000)]
     pub catalog_ttl_ms: u64,
+    /// Milliseconds the list of live workers may be served while it cannot
+    /// be read again (Redis down): past it, `GET /v1/models` and model
+    /// lookups answer 503 redis_unavailable naming its age, instead of a
+    /// list that may name queues nobody serves any more. At least
+    /// --catalog-ttl-ms [default: 10000, or --catalog-ttl-ms if longer].
+    /// `GET /v1/models` says the list's age in the `x-rtq-catalog-age-ms`
+    /// header.
+    #[arg(long, env = "RTQ_GATEWAY_CATALOG_MAX_STALE_MS")]
+    pub catalog_max_stale_ms: Option<u64>,
     /// Log format.
     #[arg(long, env = "RTQ_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -158,6 +175,19 @@ impl Config {
     pub fn task_timeout(&self) -> Option<Duration> {
         (self.task_timeout_secs > 0).then(|| Duration::from_secs(self.task_timeout_secs))
     }
+    /// How long the catalog is trusted, and how long it may be served
+    /// while it cannot be read again.
+    pub fn catalog_limits(&self) -> crate::catalog::CatalogLimits {
+        let ttl = Duration::from_millis(self.catalog_ttl_ms);
+        let max_stale = match self.catalog_max_stale_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => crate::catalog::CatalogLimits::default().max_stale,
+        };
+        crate::catalog::CatalogLimits {
+            ttl,
+            max_stale: max_stale.max(ttl),
+        }
+    }
     /// The longest synchronous wait.
     pub fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs.max(1))
@@ -174,6 +204,15 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err("--max-body-bytes must be at least 1024".into());
+        }
+        if let Some(max_stale) = self.catalog_max_stale_ms {
+            if max_stale < self.catalog_ttl_ms {
+                return Err(format!(
+                    "--catalog-max-stale-ms ({max_stale}) must be at least --catalog-ttl-ms ({}): \
+                     a list is read again only once it is older than the TTL",
+                    self.catalog_ttl_ms
+                ));
+            }
         }
         if self.keepalive_secs == 0 {
             return Err("--keepalive-secs must be at least 1".into());

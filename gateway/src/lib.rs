@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`config`]: the command line ([`Config`]).
-//! - [`auth`]: API keys (hashed), queue grants, rate and concurrency limits.
+//! - [`auth`]: API keys (hashed), queue grants, rate and concurrency
+//!   limits, each key's share of the queues waited on.
 //! - [`body`]: request body limits (413 on a declared size over the
 //!   limit, a total deadline for the body).
 //! - [`catalog`]: live queues, workers and models (cached), refusals for
@@ -69,7 +70,7 @@ pub fn init_logging(config: &Config) {
 /// # Errors
 /// An unreadable file, an unset variable, or a bad entry (named).
 pub fn load_keys(config: &Config) -> anyhow::Result<auth::KeyStore> {
-    let mut keys = auth::KeyStore::default();
+    let mut keys = auth::KeyStore::default().default_wait_queues(config.key_wait_queues as usize);
     if let Some(path) = &config.api_keys {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the API key file {}", path.display()))?;
@@ -146,12 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         body_timeout: config.body_timeout(),
         create_queues: config.create_queues,
     };
-    let state = app::AppState::new(
-        client,
-        keys,
-        settings,
-        Duration::from_millis(config.catalog_ttl_ms),
-    );
+    let state = app::AppState::new(client, keys, settings, config.catalog_limits());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

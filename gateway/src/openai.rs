@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::StreamExt;
 use rtq_core::{StreamEvent, TaskRequest, TaskStream};
 use serde_json::{json, Map, Value};
 
-use crate::app::{json_object, Shared};
+use crate::app::{json_object, Caller, Shared};
 use crate::error::ApiError;
 use crate::open::Hold;
 
@@ -41,10 +42,10 @@ impl Kind {
 /// `POST /v1/chat/completions`.
 pub async fn chat(
     State(st): State<Shared>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(st, headers, body, Kind::Chat)
+    serve(st, caller, body, Kind::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -52,10 +53,10 @@ pub async fn chat(
 /// `POST /v1/completions`.
 pub async fn completion(
     State(st): State<Shared>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(st, headers, body, Kind::Completion)
+    serve(st, caller, body, Kind::Completion)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -118,17 +119,19 @@ fn check(body: &Map<String, Value>, kind: Kind) -> Result<Ask, ApiError> {
 
 async fn serve(
     st: Shared,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let key = st.authenticate(&headers)?;
+    // The key was checked on the request head (crate::app::require_key);
+    // its grants and limits depend on the queue the body's `model` names.
     let mut body = json_object(body)?;
     let ask = check(&body, kind)?;
-    let allowed = |q: &str| key.as_ref().is_none_or(|k| k.queues.allows(q));
+    let allowed = |q: &str| caller.allows(q);
     let resolved = st.catalog.resolve(&ask.model, &allowed).await?;
-    let admitted = st.admit(key, &resolved.queue)?;
+    let mut admitted = st.admit(&caller, &resolved.queue)?;
+    st.wait_on(&mut admitted, &resolved.queue)?;
     st.catalog.check_serving(&resolved.queue).await?;
     body.remove("stream");
     body.remove("stream_options");

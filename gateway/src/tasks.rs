@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use rtq_core::{Error, Outcome, Queue, TaskInfo, TaskRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::{json_object, Admitted, Shared};
+use crate::app::{json_object, Admitted, Caller, Shared};
 use crate::error::ApiError;
 use crate::open::Hold;
 use crate::task_sse::{Events, Resume};
@@ -74,17 +74,16 @@ pub struct StreamQuery {
     from: u64,
 }
 
-/// Authenticates, admits and opens `queue`; with `must_exist`, a queue
+/// Admits the (authenticated) caller and opens `queue`; with `must_exist`, a queue
 /// nobody ever used is 404 (so reads, and submits unless
 /// `--create-queues`, do not create queues).
 async fn open(
     st: &Shared,
-    headers: &HeaderMap,
+    caller: &Caller,
     name: &str,
     must_exist: bool,
 ) -> Result<(Admitted, Queue), ApiError> {
-    let key = st.authenticate(headers)?;
-    let admitted = st.admit(key, name)?;
+    let admitted = st.admit(caller, name)?;
     if must_exist && !st.catalog.queue_exists(name).await.map_err(|e| st.rtq(e))? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -141,16 +140,22 @@ fn request(body: SubmitBody, st: &Shared, admitted: &Admitted) -> Result<TaskReq
     Ok(req)
 }
 
-/// `POST /v1/queues/{queue}/tasks`.
+/// `POST /v1/queues/{queue}/tasks`. The key's grant of the queue, its
+/// limits and the queue's existence are checked before the body is read.
 pub async fn submit(
     State(st): State<Shared>,
     Path(name): Path<String>,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Extension(caller): Extension<Caller>,
+    request_body: Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (admitted, queue) = open(&st, &headers, &name, !st.settings.create_queues).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, !st.settings.create_queues).await?;
+    let query_waits = query.wait || query.stream;
+    if query_waits {
+        st.wait_on(&mut admitted, &name)?;
+    }
+    let body = Bytes::from_request(request_body, &st).await;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
     let req = request(body, &st, &admitted)?;
@@ -159,7 +164,7 @@ pub async fn submit(
             "choose one of wait=true and stream=true",
         ));
     }
-    if query.wait || query.stream {
+    if query_waits {
         st.catalog.check_serving(&name).await?;
         let task = queue
             .stream(req.cancel_on_drop(true))
@@ -255,9 +260,9 @@ fn info_json(queue: &str, info: &TaskInfo) -> Value {
 pub async fn status(
     State(st): State<Shared>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let (_admitted, queue) = open(&st, &headers, &name, true).await?;
+    let (_admitted, queue) = open(&st, &caller, &name, true).await?;
     let info = queue.status(&id).await.map_err(|e| st.rtq(e))?;
     Ok(axum::Json(info_json(&name, &info)).into_response())
 }
@@ -268,13 +273,17 @@ pub async fn result(
     State(st): State<Shared>,
     Path((name, id)): Path<(String, String)>,
     query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (_admitted, queue) = open(&st, &headers, &name, true).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, true).await?;
     let info = queue.status(&id).await.map_err(|e| st.rtq(e))?;
     if info.outcome.is_none() && query.wait_ms == 0 {
         return Ok((StatusCode::ACCEPTED, axum::Json(info_json(&name, &info))).into_response());
+    }
+    if info.outcome.is_none() {
+        // Held until the wait below ends (an ended task needs no reader).
+        st.wait_on(&mut admitted, &name)?;
     }
     let wait = Duration::from_millis(query.wait_ms).min(st.settings.max_wait);
     match queue.wait(&id, Some(wait)).await {
@@ -298,10 +307,12 @@ pub async fn stream(
     State(st): State<Shared>,
     Path((name, id)): Path<(String, String)>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (admitted, queue) = open(&st, &headers, &name, true).await?;
+    let (mut admitted, queue) = open(&st, &caller, &name, true).await?;
+    st.wait_on(&mut admitted, &name)?;
     let resume = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().map_err(|_| {
@@ -327,9 +338,9 @@ pub async fn stream(
 pub async fn cancel(
     State(st): State<Shared>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let (admitted, queue) = open(&st, &headers, &name, true).await?;
+    let (admitted, queue) = open(&st, &caller, &name, true).await?;
     let by = match admitted.key_name() {
         "" => "cancelled through the gateway".to_string(),
         k => format!("cancelled through the gateway by key {k}"),

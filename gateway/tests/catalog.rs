@@ -81,3 +81,190 @@ async fn unknown_models_cost_a_targeted_read_not_a_read_of_every_queue() {
         gw.proc.log()
     );
 }
+
+/// A handler for workers that only need to be alive.
+struct Idle;
+
+#[rtq_core::async_trait]
+impl rtq_core::Handler for Idle {
+    async fn handle(&self, task: rtq_core::TaskContext) -> Result<Value, rtq_core::HandlerError> {
+        Ok(task.input().cloned().unwrap_or_default())
+    }
+}
+
+/// Served queues of [`the_catalog_lists_exactly_the_served_models_in_a_fixed_number_of_round_trips`].
+const SERVED: usize = 100;
+
+/// The `model` label of the worker of queue `i`, if any: every fourth
+/// queue carries one of three shared labels, and the last one carries the
+/// name of another served queue.
+fn label_of(i: usize) -> Option<String> {
+    if i == SERVED - 1 {
+        return Some("q050".into());
+    }
+    matches!(i % 4, 0).then(|| format!("fam-{}", (i / 4) % 3))
+}
+
+/// Redis counters: (commands processed, socket reads processed).
+async fn counters(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (
+        field("total_commands_processed"),
+        field("total_reads_processed"),
+    )
+}
+
+#[tokio::test]
+async fn the_catalog_lists_exactly_the_served_models_in_a_fixed_number_of_round_trips() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // In-process workers (a process each would be heavy), with a lease
+    // of minutes: their heartbeats do not disturb the counts below.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = Vec::new();
+    for i in 0..SERVED {
+        let mut config = rtq_core::WorkerConfig::new(format!("q{i:03}"))
+            .slots(1)
+            .lease(Duration::from_secs(600));
+        if let Some(model) = label_of(i) {
+            config = config.label("model", model);
+        }
+        let worker = rtq_core::Worker::connect(&url, config).await.unwrap();
+        let stop = stop.clone();
+        running.push(tokio::spawn(async move {
+            worker
+                .run(std::sync::Arc::new(Idle), stop.cancelled_owned())
+                .await
+        }));
+    }
+    let client = rtq_core::Client::connect(&url).await.unwrap();
+    let admin = Admin::new(&client);
+    // Queues nobody serves are never listed.
+    for i in 0..5 {
+        admin.register_queue(&format!("idle-{i}")).await.unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = admin
+            .summaries()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| o.workers_alive > 0)
+            .count();
+        if alive == SERVED {
+            break;
+        }
+        assert!(Instant::now() < end, "only {alive} workers came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A paused queue is listed by its name, but a label it shares goes to
+    // the first unpaused queue carrying it.
+    admin.pause("q000", true).await.unwrap();
+
+    // What GET /v1/models must list: (model id, queue).
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..SERVED {
+        expected.insert((format!("q{i:03}"), format!("q{i:03}")));
+    }
+    for family in 0..3 {
+        let first_unpaused = (1..SERVED)
+            .find(|i| label_of(*i) == Some(format!("fam-{family}")))
+            .unwrap();
+        expected.insert((format!("fam-{family}"), format!("q{first_unpaused:03}")));
+    }
+    assert!(expected.contains(&("fam-0".to_string(), "q012".to_string())));
+
+    let gw = start_gateway(&url, &[]);
+    let http = reqwest::Client::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = http
+            .get(format!("{}/v1/models", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let data = v["data"].as_array().unwrap();
+        let listed: std::collections::BTreeSet<(String, String)> = data
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["queue"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        // Each name once.
+        assert_eq!(listed.len(), data.len(), "{v}");
+        let paused = data
+            .iter()
+            .find(|m| m["id"] == "q000")
+            .map(|m| &m["paused"]);
+        if listed == expected && paused == Some(&json!(true)) {
+            let q004 = data.iter().find(|m| m["id"] == "q004").unwrap();
+            assert_eq!(q004["workers"], 1, "{q004}");
+            assert_eq!(q004["labels"]["model"], json!(["fam-1"]), "{q004}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "listed: {:?}\nmissing: {:?}\nextra: {:?}",
+            listed,
+            expected.difference(&listed).collect::<Vec<_>>(),
+            listed.difference(&expected).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(gw);
+
+    // The cost of one read of the catalog, in this process, with the
+    // gateway gone: Redis commands and socket reads (a round trip is at
+    // least one read; a large pipeline may take a few).
+    let counter = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = counter.get_multiplexed_async_connection().await.unwrap();
+    const READS: u64 = 10;
+    let (c0, r0) = counters(&mut conn).await;
+    for _ in 0..READS {
+        let catalog = rtq_gateway::catalog::Catalog::new(
+            admin.clone(),
+            rtq_gateway::catalog::CatalogLimits::default(),
+        );
+        let snap = catalog.snapshot().await.unwrap();
+        assert_eq!(snap.queues.len(), SERVED + 5);
+    }
+    let (c1, r1) = counters(&mut conn).await;
+    // Less the first INFO (counted by the second).
+    let (commands, reads) = ((c1 - c0 - 1) / READS, (r1 - r0 - 1) / READS);
+    eprintln!(
+        "one catalog read of {SERVED} served queues (+5 idle): {commands} commands, \
+         {reads} Redis socket reads"
+    );
+    // Registry, counts (2), workers (2): five pipelined round trips,
+    // whatever the number of queues (measured: 6 socket reads, the first
+    // count pipeline being ~30 KB). Two requests per served queue instead
+    // (the catalog before `workers_of_many`) cost 203 requests; 32 at once
+    // on the multiplexed connection, which coalesced them into 12 reads.
+    assert!(
+        reads <= 8,
+        "{reads} socket reads per catalog read ({commands} commands)"
+    );
+    stop.cancel();
+    for r in running {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+}

@@ -14,6 +14,8 @@
 //! - `task_pages`: pages of task summaries for lists, running tasks paged
 //!   on the server ([`Admin::running_page`]).
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
+//! - `workers`: the workers of many queues in two pipelined round trips
+//!   ([`Admin::workers_of_many`]).
 
 mod events;
 mod lifecycle;
@@ -21,6 +23,7 @@ pub mod stats;
 pub mod stats_cache;
 mod summary;
 pub mod task_pages;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -251,45 +254,16 @@ impl Admin {
     }
 
     /// Registered workers (live, or past their lease and not reaped yet)
-    /// with their heartbeat fields and owned tasks.
+    /// with their heartbeat fields and owned tasks (two round trips; for
+    /// many queues, [`Admin::workers_of_many`] reads them all in two).
     ///
     /// # Errors
-    /// Redis errors.
+    /// [`Error::InvalidName`], Redis errors, [`Error::Protocol`] naming a
+    /// workers key this version cannot read (say, of the wrong type).
     pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>, Error> {
-        let k = Self::keys(queue)?;
-        let workers: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(k.workers())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let mut pipe = redis::pipe();
-        for (w, _) in &workers {
-            pipe.hgetall(k.worker(w)).smembers(k.worker_tasks(w));
-        }
-        let replies: Vec<Value> = if workers.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut self.conn.clone()).await?
-        };
-        let mut out = Vec::new();
-        for (i, (id, exp)) in workers.into_iter().enumerate() {
-            let fields: HashMap<String, String> =
-                redis::from_redis_value(replies.get(2 * i).cloned().unwrap_or(Value::Nil))
-                    .unwrap_or_default();
-            let mut tasks: Vec<String> =
-                redis::from_redis_value(replies.get(2 * i + 1).cloned().unwrap_or(Value::Nil))
-                    .unwrap_or_default();
-            tasks.sort();
-            out.push(WorkerInfo {
-                id,
-                lease_until_ms: Some(exp as i64),
-                fields,
-                tasks,
-            });
-        }
-        Ok(out)
+        let queues = [queue.to_string()];
+        let mut read = self.workers_of_many(&queues).await?;
+        read.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// A page of pending tasks in hand-out order.

@@ -218,7 +218,11 @@ fn decode_queue(k: &QueueKeys, items: Vec<Value>) -> Result<QueueReplies, Error>
 
 /// Decodes one reply of key `key` of queue `k`; a server error in its place
 /// (say, WRONGTYPE) or a reply of the wrong shape names both.
-fn decode_named<T: redis::FromRedisValue>(k: &QueueKeys, key: &str, v: Value) -> Result<T, Error> {
+pub(super) fn decode_named<T: redis::FromRedisValue>(
+    k: &QueueKeys,
+    key: &str,
+    v: Value,
+) -> Result<T, Error> {
     let why = match v {
         Value::ServerError(e) => format!("{} {}", e.code(), e.details().unwrap_or("")),
         v => match redis::from_redis_value(v) {

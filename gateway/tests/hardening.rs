@@ -1,0 +1,276 @@
+//! Gateway hardening against a real stack: keys checked before a body is
+//! read, a model list that says how old it is and stops being served past
+//! its staleness bound while Redis is down, and a per-key share of the
+//! queues waited on at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::Stack;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends a request head announcing a `declared`-byte body and only the
+/// first 1 KiB of it, then reads what the gateway answers (at most
+/// `within`), keeping the connection open with the body unfinished.
+async fn head_with_unfinished_body(
+    url: &str,
+    path: &str,
+    key: &str,
+    declared: usize,
+    within: Duration,
+) -> Result<String, String> {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&[b' '; 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, conn.read(&mut buf)).await {
+            Err(_) => {
+                return Err(format!(
+                    "no whole answer within {within:?}; so far: {:?}",
+                    String::from_utf8_lossy(&answer)
+                ))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        // The error bodies are small JSON objects: stop at the first one.
+        if text.contains("\r\n\r\n{") && text.trim_end().ends_with('}') {
+            break;
+        }
+    }
+    // The body was never finished; the connection is still ours.
+    drop(conn);
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_caller_without_a_valid_key_gets_401_before_sending_its_body() {
+    // A body deadline far longer than the test: an answer within seconds
+    // can only come from a gateway that did not wait for the body.
+    let s = Stack::start(&[], &["--body-timeout-secs", "300"]).await;
+    let within = Duration::from_secs(5);
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/queues/chat/tasks?wait=true",
+    ] {
+        let started = Instant::now();
+        let answer = head_with_unfinished_body(&s.gw.url, path, "not-a-key", 1 << 20, within)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", s.gw.proc.log()));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(answer.contains("invalid_api_key"), "{path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{path}: the unread body cannot be skipped: {answer}"
+        );
+        assert!(started.elapsed() < within, "{path}");
+    }
+    // A known key that may not use the queue: the grant does not depend
+    // on the body, so it is refused before the body too.
+    let answer = head_with_unfinished_body(
+        &s.gw.url,
+        "/v1/queues/other/tasks",
+        "k-chat",
+        1 << 20,
+        within,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc.log()));
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("queue_not_allowed"), "{answer}");
+    // And a valid key still gets its request served as before.
+    let r = s
+        .post(
+            "k-chat",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}),
+        )
+        .await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status != 401 && status != 403, "{status} {v}");
+}
+
+/// `GET /v1/models` as (status, age header in ms, body).
+async fn models(s: &Stack) -> (u16, Option<u64>, Value) {
+    let r = s.get("k-all", "/v1/models").await;
+    let status = r.status().as_u16();
+    let age = r
+        .headers()
+        .get("x-rtq-catalog-age-ms")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, age, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_model_list_says_its_age_and_is_refused_past_its_staleness_bound() {
+    let mut s = Stack::start(
+        &[],
+        &["--catalog-ttl-ms", "200", "--catalog-max-stale-ms", "1500"],
+    )
+    .await;
+    let (status, age, v) = models(&s).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(age.is_some_and(|a| a < 1500), "{age:?}");
+
+    s.redis.kill();
+    // Within the bound the last list is served, with its age.
+    let killed = Instant::now();
+    let (status, age, v) = models(&s).await;
+    if killed.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(status, 200, "{v}");
+        assert!(v["data"].as_array().is_some_and(|d| !d.is_empty()), "{v}");
+        assert!(age.is_some(), "{v}");
+    }
+    // Past it: 503 naming Redis and the age, promptly, every time.
+    let end = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let asked = Instant::now();
+        let (status, age, v) = models(&s).await;
+        assert!(asked.elapsed() < Duration::from_secs(4), "{v}");
+        if status == 503 {
+            break v;
+        }
+        assert_eq!(status, 200, "{v}");
+        assert!(age.is_some_and(|a| a < 1500), "served {age:?} ms old: {v}");
+        assert!(Instant::now() < end, "never refused: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["error"]["code"], "redis_unavailable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--catalog-max-stale-ms"), "{message}");
+    assert!(message.contains("s ago"), "{message}");
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let (status, _, v) = models(&s).await;
+        assert_eq!(status, 503, "{v}");
+        assert!(asked.elapsed() < Duration::from_secs(4), "{v}");
+    }
+    // A completion naming a model is refused the same way, not from the
+    // stale list.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/chat/completions",
+            json!({"model": "fake-model", "messages": [{"role": "user", "content": "a"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+
+    // Redis back (empty: the worker registers again): a fresh list.
+    s.redis.restart();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, age, v) = models(&s).await;
+        let listed = v["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|m| m["id"] == "chat"));
+        if status == 200 && listed {
+            assert!(age.is_some_and(|a| a < 1500), "{age:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no list after Redis came back: {status} {v}\n{}",
+            s.gw.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens `GET .../tasks/{id}/stream` of `queue` with `key` (the response
+/// is kept open by the caller).
+async fn follow(s: &Stack, key: &str, queue: &str, id: &str) -> reqwest::Response {
+    s.get(key, &format!("/v1/queues/{queue}/tasks/{id}/stream"))
+        .await
+}
+
+#[tokio::test]
+async fn a_key_waits_on_at_most_its_share_of_distinct_queues() {
+    let s = Stack::start(
+        &[],
+        &[
+            "--key-wait-queues",
+            "2",
+            "--create-queues",
+            "--keepalive-secs",
+            "1",
+        ],
+    )
+    .await;
+    // A queued task on each of three queues nobody serves.
+    let mut ids = Vec::new();
+    for q in ["w1", "w2", "w3"] {
+        let r = s
+            .post(
+                "k-all",
+                &format!("/v1/queues/{q}/tasks"),
+                json!({"input": {}}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let one = follow(&s, "k-all", "w1", &ids[0]).await;
+    assert_eq!(one.status(), 200);
+    let two = follow(&s, "k-all", "w2", &ids[1]).await;
+    assert_eq!(two.status(), 200);
+    // A third distinct queue is refused, for a follow and for a wait.
+    let r = follow(&s, "k-all", "w3", &ids[2]).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "wait_queues_limit_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wait_queues="),
+        "{v}"
+    );
+    let r = s
+        .get(
+            "k-all",
+            &format!("/v1/queues/w3/tasks/{}/result?wait_ms=100", ids[2]),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    // Reads that do not wait are not limited.
+    let r = s
+        .get("k-all", &format!("/v1/queues/w3/tasks/{}", ids[2]))
+        .await;
+    assert_eq!(r.status(), 200);
+    // More waits on a queue the key waits on already are.
+    let again = follow(&s, "k-all", "w1", &ids[0]).await;
+    assert_eq!(again.status(), 200);
+    // Another key has a share of its own.
+    let other = follow(&s, "k-one", "w3", &ids[2]).await;
+    assert_eq!(other.status(), 200);
+    drop(other);
+    // A stream that ends gives its queue back.
+    drop(two);
+    let end = Instant::now() + Duration::from_secs(20);
+    let three = loop {
+        let r = follow(&s, "k-all", "w3", &ids[2]).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(Instant::now() < end, "w2's share never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop((one, again, three));
+}
