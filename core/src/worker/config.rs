@@ -9,6 +9,12 @@ use super::writer::Granularity;
 use crate::error::Error;
 use crate::protocol::{MAX_RESULT_BYTES, MAX_SLOTS};
 
+/// Smallest output budget per attempt: one write's worth (256 KiB), so
+/// writes are never starved of chunks to coalesce.
+const MIN_BUFFERED_OUTPUT_BYTES: usize = 256 << 10;
+/// Largest output budget per attempt: the output cap of an attempt (64 MiB).
+const MAX_BUFFERED_OUTPUT_BYTES: usize = crate::protocol::MAX_OUTPUT_BYTES as usize;
+
 /// Worker settings. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -43,6 +49,12 @@ pub struct WorkerConfig {
     pub granularity: Granularity,
     /// Largest accepted result JSON in bytes (default 1 MiB).
     pub max_result_bytes: usize,
+    /// Bytes of output one running attempt may have queued that Redis has
+    /// not acknowledged (each chunk counts 64 bytes more than its length);
+    /// past it [`TaskContext::send`](super::TaskContext::send) waits
+    /// (default 4 MiB). Bounds a worker's memory while Redis is slow,
+    /// frozen or unreachable.
+    pub max_buffered_output_bytes: usize,
     /// TLS settings for a `rediss://` URL (default: system roots, no
     /// client certificate).
     pub tls: crate::TlsConfig,
@@ -67,6 +79,7 @@ impl Default for WorkerConfig {
             version: env!("CARGO_PKG_VERSION").into(),
             granularity: Granularity::default(),
             max_result_bytes: crate::client::DEFAULT_MAX_INLINE_BYTES,
+            max_buffered_output_bytes: super::budget::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES,
             tls: crate::TlsConfig::default(),
             verify_keys: Vec::new(),
         }
@@ -106,6 +119,12 @@ impl WorkerConfig {
         self.cancel_grace = grace;
         self
     }
+    /// Sets [`WorkerConfig::max_buffered_output_bytes`].
+    pub fn max_buffered_output_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_output_bytes = bytes;
+        self
+    }
+
     /// Sets [`WorkerConfig::max_result_bytes`].
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = bytes;
@@ -181,6 +200,14 @@ impl WorkerConfig {
             return bad(format!(
                 "max_result_bytes must be at most {MAX_RESULT_BYTES}, got {}",
                 self.max_result_bytes
+            ));
+        }
+        if !(MIN_BUFFERED_OUTPUT_BYTES..=MAX_BUFFERED_OUTPUT_BYTES)
+            .contains(&self.max_buffered_output_bytes)
+        {
+            return bad(format!(
+                "max_buffered_output_bytes must be in [{MIN_BUFFERED_OUTPUT_BYTES}, {MAX_BUFFERED_OUTPUT_BYTES}], got {}",
+                self.max_buffered_output_bytes
             ));
         }
         Ok(())

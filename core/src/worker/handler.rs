@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::OutputBudget;
 use crate::protocol::TaskSpec;
 
 /// Runs tasks. One value serves every slot of a worker, concurrently.
@@ -103,6 +104,12 @@ pub enum StopReason {
         /// Which limit.
         reason: String,
     },
+    /// Redis kept refusing this attempt's chunk writes with an error it
+    /// will give again (a script or ACL refusal); the task fails with it.
+    WriteRefused {
+        /// Redis's error.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for StopReason {
@@ -115,6 +122,7 @@ impl std::fmt::Display for StopReason {
             Self::Gone => f.write_str("the task no longer exists"),
             Self::Shutdown => f.write_str("the worker is shutting down"),
             Self::OutputTooLarge { reason } => write!(f, "output too large: {reason}"),
+            Self::WriteRefused { reason } => write!(f, "output could not be written: {reason}"),
         }
     }
 }
@@ -156,6 +164,7 @@ pub struct TaskContext {
     pub(crate) deadline: Option<Instant>,
     pub(crate) stop: StopSignal,
     pub(crate) sink: mpsc::UnboundedSender<Vec<u8>>,
+    pub(crate) budget: OutputBudget,
 }
 
 impl TaskContext {
@@ -188,8 +197,12 @@ impl TaskContext {
         self.deadline
     }
 
-    /// Queues a chunk of output. Never waits for Redis: chunks produced
-    /// while a write is in flight are coalesced into the next write.
+    /// Queues a chunk of output. Waits for Redis only when this attempt's
+    /// output not yet acknowledged passes its budget
+    /// ([`WorkerConfig::max_buffered_output_bytes`](super::WorkerConfig::max_buffered_output_bytes),
+    /// 4 MiB by default): chunks produced while a write is in flight are
+    /// coalesced into the next write, and a handler that produces faster
+    /// than Redis takes is slowed down instead of filling memory.
     ///
     /// # Errors
     /// [`Stopped`] once the task was cancelled, expired or reassigned; the
@@ -198,7 +211,17 @@ impl TaskContext {
         if let Some(reason) = self.stop_reason() {
             return Err(Stopped { reason });
         }
-        self.sink.send(chunk.into()).map_err(|_| Stopped {
+        let chunk = chunk.into();
+        tokio::select! {
+            biased;
+            _ = self.stop.token().cancelled() => {
+                return Err(Stopped {
+                    reason: self.stop.reason().unwrap_or(StopReason::Shutdown),
+                });
+            }
+            _ = self.budget.spend(chunk.len()) => {}
+        }
+        self.sink.send(chunk).map_err(|_| Stopped {
             reason: self.stop.reason().unwrap_or(StopReason::Shutdown),
         })
     }

@@ -17,6 +17,7 @@
 //! - `inbox`: the blocking inbox reader;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
+mod budget;
 mod coalescer;
 mod config;
 mod handler;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use budget::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES;
 pub use config::{WorkerConfig, WorkerStatus};
 pub use handler::{Handler, HandlerError, StopReason, Stopped, TaskContext};
 pub use writer::Granularity;

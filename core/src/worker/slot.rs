@@ -12,6 +12,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::budget::OutputBudget;
 use super::handler::{StopReason, TaskContext};
 use super::pool::{Admitted, AttemptKey, Refusal};
 use super::sleep_until;
@@ -133,6 +134,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
     let stop = admitted.stop.clone();
     let (id, attempt) = admitted.key.clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let budget = OutputBudget::new(shared.config.max_buffered_output_bytes);
     let delivery = match &job {
         Job::Run(d) => d.clone(),
         Job::Reject { .. } => TaskDelivery {
@@ -152,7 +154,8 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
         &delivery,
         shared.config.granularity.clone(),
         stop.clone(),
-    );
+    )
+    .with_budget(budget.clone());
     shared.stats.record_start(&delivery);
     let ending = match job {
         Job::Reject { reason, .. } => Ending::Failed {
@@ -178,6 +181,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     deadline,
                     stop: stop.clone(),
                     sink: tx,
+                    budget,
                 };
                 tracing::debug!("task started");
                 let handler = Arc::clone(&shared.handler);
@@ -301,7 +305,12 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
         Ok(reply) => {
             shared.stats.record_end(&delivery, &reply);
             match (reply.status, &ending) {
-                (WriteStatus::Ok, Ending::Result(_)) if outcome == CompleteOutcome::Done => {
+                // (A result whose output was cut for size was sent as a
+                // failure by the writer.)
+                (WriteStatus::Ok, Ending::Result(_))
+                    if outcome == CompleteOutcome::Done
+                        && !matches!(stop.reason(), Some(StopReason::OutputTooLarge { .. })) =>
+                {
                     status.done.fetch_add(1, Ordering::Relaxed);
                 }
                 (WriteStatus::Ok, _) => {

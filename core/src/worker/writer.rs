@@ -21,6 +21,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::budget::OutputBudget;
 use super::coalescer::{Batched, Coalescer, OwnedChunks, OwnedComplete};
 use super::handler::{StopReason, StopSignal};
 use super::sleep_until;
@@ -29,12 +30,20 @@ use crate::functions;
 use crate::functions::chunk::{ChunkReply, WriteStatus};
 use crate::functions::complete::{refuses_next_apart, CompleteOutcome, CompleteReply};
 use crate::keys::QueueKeys;
-use crate::protocol::{TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES};
+use crate::protocol::{
+    TaskDelivery, TaskState, MAX_CHUNKS_PER_CALL, MAX_CHUNK_BYTES, MAX_OUTPUT_BYTES,
+    MAX_OUTPUT_CHUNKS,
+};
 
 /// Bytes one write carries at most (a single bigger chunk goes alone).
 const MAX_WRITE_BYTES: usize = 256 << 10;
 /// How long `complete` is retried while Redis does not answer.
 const COMPLETE_PATIENCE: Duration = Duration::from_secs(300);
+/// Refused chunk writes (an error Redis will give again: a script or ACL
+/// refusal) in a row after which the attempt stops as failed.
+const MAX_REFUSED_WRITES: u32 = 3;
+/// Longest pause between retries of a chunk write Redis did not answer.
+const MAX_WRITE_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// How chunks are grouped into Redis writes.
 ///
@@ -78,8 +87,14 @@ pub(crate) struct ChunkWriter {
     attempt: u64,
     granularity: Granularity,
     stop: StopSignal,
+    /// The handler's budget of queued output: given back as chunks leave
+    /// `unacked`.
+    budget: OutputBudget,
     /// Chunks Redis is known to hold.
     acked: u64,
+    /// Bytes of every chunk taken from the handler (the attempt's output
+    /// size once written): the output caps are checked before sending.
+    taken_bytes: u64,
     /// Chunks not yet acknowledged, in order; the first `sent` are in flight.
     unacked: VecDeque<Vec<u8>>,
     sent: usize,
@@ -88,10 +103,20 @@ pub(crate) struct ChunkWriter {
     retry_at: Option<Instant>,
     buffered_since: Option<Instant>,
     stopped: bool,
+    /// Why this writer stopped the attempt, if it did.
+    halted: Option<StopReason>,
+    /// Chunk writes that failed in a row (for the retry delay and the
+    /// warning's rate).
+    write_failures: u32,
+    /// Of those, refusals Redis will repeat (not connection trouble).
+    refused_writes: u32,
 }
 
 /// The stop reason a refused write means.
 fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReason> {
+    if status == WriteStatus::TooLarge {
+        return Some(output_too_large());
+    }
     match status {
         WriteStatus::Ok | WriteStatus::Order => None,
         WriteStatus::Ended => Some(match state {
@@ -102,13 +127,17 @@ fn stop_reason(status: WriteStatus, state: Option<TaskState>) -> Option<StopReas
         }),
         WriteStatus::Fenced => Some(StopReason::Reassigned),
         WriteStatus::NotFound => Some(StopReason::Gone),
-        WriteStatus::TooLarge => Some(StopReason::OutputTooLarge {
-            reason: format!(
-                "an attempt may write at most {} chunks and {} MiB",
-                crate::protocol::MAX_OUTPUT_CHUNKS,
-                crate::protocol::MAX_OUTPUT_BYTES >> 20
-            ),
-        }),
+        WriteStatus::TooLarge => Some(output_too_large()),
+    }
+}
+
+/// The stop of an attempt whose output passes the caps.
+fn output_too_large() -> StopReason {
+    StopReason::OutputTooLarge {
+        reason: format!(
+            "an attempt may write at most {MAX_OUTPUT_CHUNKS} chunks and {} MiB",
+            MAX_OUTPUT_BYTES >> 20
+        ),
     }
 }
 
@@ -131,7 +160,9 @@ impl ChunkWriter {
             attempt: delivery.attempt,
             granularity,
             stop,
+            budget: OutputBudget::new(super::budget::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES),
             acked: 0,
+            taken_bytes: 0,
             unacked: VecDeque::new(),
             sent: 0,
             in_flight: FuturesOrdered::new(),
@@ -139,7 +170,17 @@ impl ChunkWriter {
             retry_at: None,
             buffered_since: None,
             stopped: false,
+            halted: None,
+            write_failures: 0,
+            refused_writes: 0,
         }
+    }
+
+    /// Gives the writer the handler's output budget (a budget of its own
+    /// by default, which no handler spends).
+    pub(crate) fn with_budget(mut self, budget: OutputBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     fn unsent(&self) -> usize {
@@ -148,9 +189,11 @@ impl ChunkWriter {
 
     fn push(&mut self, chunk: Vec<u8>) {
         if self.stopped {
+            self.budget.give_back([chunk.len()]);
             return;
         }
         if chunk.len() > MAX_CHUNK_BYTES {
+            self.budget.give_back([chunk.len()]);
             self.halt(StopReason::OutputTooLarge {
                 reason: format!(
                     "a chunk of {} bytes is over the {}-byte limit",
@@ -158,6 +201,16 @@ impl ChunkWriter {
                     MAX_CHUNK_BYTES
                 ),
             });
+            return;
+        }
+        // The caps Redis would refuse a write for, checked here: a write
+        // past them is never sent (its seq0 could not even be expressed).
+        self.taken_bytes += chunk.len() as u64;
+        if self.acked + self.unacked.len() as u64 >= MAX_OUTPUT_CHUNKS
+            || self.taken_bytes > MAX_OUTPUT_BYTES
+        {
+            self.budget.give_back([chunk.len()]);
+            self.halt(output_too_large());
             return;
         }
         if self.unsent() == 0 {
@@ -228,6 +281,9 @@ impl ChunkWriter {
         if self.unsent() == 0 || self.in_flight.len() >= self.granularity.max_in_flight.max(1) {
             return;
         }
+        // Held chunks are never allowed to block the handler: past half
+        // its budget they go whatever the granularity asks.
+        let force = force || self.budget.in_use() >= self.budget.capacity() / 2;
         if !force && self.granularity.min_bytes > 0 {
             let bytes: usize = self.unacked.iter().skip(self.sent).map(Vec::len).sum();
             let waited = self.buffered_since.map_or(Duration::ZERO, |t| t.elapsed());
@@ -298,8 +354,17 @@ impl ChunkWriter {
     /// Forgets chunks Redis already holds (`nc` in total) and marks the
     /// rest unsent, after an ORDER answer or a write whose fate is unknown.
     fn resync_to(&mut self, nc: u64) {
+        if self.stopped {
+            // Nothing is left to resend (halt dropped it), but what Redis
+            // holds is what the complete's seq0 must name, or every
+            // complete would be answered ORDER.
+            self.acked = self.acked.max(nc);
+            self.sent = 0;
+            return;
+        }
         let applied = nc.saturating_sub(self.acked).min(self.unacked.len() as u64) as usize;
-        self.unacked.drain(..applied);
+        self.budget
+            .give_back(self.unacked.drain(..applied).map(|c| c.len()));
         self.acked += applied as u64;
         self.sent = 0;
         if self.unsent() > 0 && self.buffered_since.is_none() {
@@ -314,7 +379,10 @@ impl ChunkWriter {
         match reply.reply {
             Ok(r) => match r.status {
                 WriteStatus::Ok if self.resync.is_none() => {
-                    self.unacked.drain(..reply.count);
+                    self.write_failures = 0;
+                    self.refused_writes = 0;
+                    self.budget
+                        .give_back(self.unacked.drain(..reply.count).map(|c| c.len()));
                     self.acked += reply.count as u64;
                     self.sent -= reply.count;
                 }
@@ -328,18 +396,42 @@ impl ChunkWriter {
                     }
                 }
             },
-            Err(e) => {
-                tracing::warn!(task_id = %self.id, error = %e, "chunk write failed; retrying");
-                self.resync = Some(self.resync.unwrap_or(self.acked));
-                self.retry_at = Some(Instant::now() + Duration::from_millis(200));
+            Err(e) => self.on_write_error(&e),
+        }
+    }
+
+    /// A chunk write Redis did not answer, or refused with an error: the
+    /// write is retried (from what Redis is known to hold) after a pause
+    /// that grows to 5 s, warned about once per 10 failures; an error
+    /// Redis will give again (a script or ACL refusal, not connection
+    /// trouble) stops the attempt as failed after 3 in a row.
+    fn on_write_error(&mut self, e: &Error) {
+        self.write_failures += 1;
+        if !e.is_retryable() {
+            self.refused_writes += 1;
+            if self.refused_writes >= MAX_REFUSED_WRITES {
+                tracing::warn!(task_id = %self.id, error = %e, "chunk writes refused; the attempt fails");
+                self.halt(StopReason::WriteRefused {
+                    reason: e.to_string(),
+                });
+                return;
             }
         }
+        if self.write_failures % 10 == 1 {
+            tracing::warn!(task_id = %self.id, error = %e, failures = self.write_failures, "chunk write failed; retrying");
+        }
+        self.resync = Some(self.resync.unwrap_or(self.acked));
+        let delay =
+            (Duration::from_millis(200) * self.write_failures.min(25)).min(MAX_WRITE_RETRY_DELAY);
+        self.retry_at = Some(Instant::now() + delay);
     }
 
     fn halt(&mut self, reason: StopReason) {
         self.stopped = true;
-        self.unacked.clear();
+        self.budget
+            .give_back(self.unacked.drain(..).map(|c| c.len()));
         self.sent = 0;
+        self.halted.get_or_insert(reason.clone());
         self.stop.stop(reason);
     }
 
@@ -364,6 +456,9 @@ impl ChunkWriter {
         let mut payload = payload.to_string();
         let give_up = Instant::now() + COMPLETE_PATIENCE;
         let mut failures = 0u32;
+        // ORDER answers in a row: the first resyncs at once (a write in
+        // flight landed meanwhile); repeated ones back off like failures.
+        let mut orders = 0u32;
         // Set once a batch refused this complete and it failed alone too:
         // its retries go alone, so they do not refuse other slots' batches.
         let mut alone = false;
@@ -380,6 +475,16 @@ impl ChunkWriter {
                 while self.unsent() > self.batch_len() {
                     self.send_batch();
                 }
+            }
+            if let (Some(reason @ StopReason::OutputTooLarge { .. }), CompleteOutcome::Done) =
+                (&self.halted, outcome)
+            {
+                // Chunks were refused (or never sent) for size: whatever
+                // the handler returned, the output is incomplete, so the
+                // attempt fails. A complete sent before this could not
+                // apply: its seq0 counts the refused chunks (ORDER).
+                payload = reason.to_string();
+                outcome = CompleteOutcome::Failed;
             }
             let seq0 = self.acked + self.sent as u64;
             let trailing: Vec<Vec<u8>> = if self.stopped {
@@ -405,14 +510,27 @@ impl ChunkWriter {
             );
             match reply {
                 Ok(r) if r.status == WriteStatus::Order => {
+                    orders += 1;
+                    if orders > 1 {
+                        if Instant::now() >= give_up {
+                            return Err(Error::InvalidInput(format!(
+                                "task {}: Redis holds {} chunks and keeps answering ORDER to the complete",
+                                self.id, r.chunks
+                            )));
+                        }
+                        if orders % 10 == 2 {
+                            tracing::warn!(task_id = %self.id, held = r.chunks, orders, "complete answered ORDER again; resending");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(orders.min(40))))
+                            .await;
+                    }
                     self.resync = None;
                     self.resync_to(r.chunks);
                 }
                 Ok(r) if r.status == WriteStatus::TooLarge => {
                     // The trailing chunks would pass the output caps: the
                     // attempt fails instead, without them.
-                    let reason =
-                        stop_reason(WriteStatus::TooLarge, None).unwrap_or(StopReason::Shutdown);
+                    let reason = output_too_large();
                     payload = reason.to_string();
                     outcome = CompleteOutcome::Failed;
                     self.halt(reason);
