@@ -590,8 +590,10 @@ async fn a_running_task_whose_hash_vanished_is_stopped_as_gone_at_the_next_heart
 
 /// A stream that missed a task's "requeued" event (its reader was away
 /// and the event is gone) still switches to the new attempt when that
-/// attempt's chunks arrive: they start again from index 0, none skipped
-/// because the old attempt had already delivered as many.
+/// attempt's chunks arrive: it announces the abandoned attempt (the
+/// caller holds its chunks) with `Restarted`, then the new attempt's
+/// chunks from index 0, none skipped because the old attempt had already
+/// delivered as many.
 #[tokio::test]
 async fn a_stream_that_missed_the_requeue_event_switches_to_the_new_attempt_from_index_0() {
     let redis = RedisServer::start();
@@ -672,10 +674,19 @@ async fn a_stream_that_missed_the_requeue_event_switches_to_the_new_attempt_from
         .unwrap();
     w.release.notify_one();
     let mut got = Vec::new();
+    let mut restarts = Vec::new();
     loop {
         match within(stream.next()).await {
             Some(Ok(StreamEvent::Chunk(c))) => {
                 got.push((c.attempt, c.index, c.text().into_owned()))
+            }
+            Some(Ok(StreamEvent::Restarted {
+                attempt,
+                next_attempt,
+                ..
+            })) => {
+                assert!(got.is_empty(), "announced before the new chunks");
+                restarts.push((attempt, next_attempt));
             }
             Some(Ok(StreamEvent::Done(out))) => {
                 assert_eq!(out.attempt, 2);
@@ -684,6 +695,7 @@ async fn a_stream_that_missed_the_requeue_event_switches_to_the_new_attempt_from
             other => panic!("unexpected {other:?}"),
         }
     }
+    assert_eq!(restarts, vec![(1, 2)]);
     assert_eq!(
         got,
         (0..3).map(|i| (2, i, format!("s{i} "))).collect::<Vec<_>>()
