@@ -544,7 +544,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let handler = Arc::new(Instrumented::new(handler, metrics));
-    let result = worker.run(handler, shutdown_signal()).await;
+    let force = CancellationToken::new();
+    let result = tokio::select! {
+        result = worker.run(handler, shutdown_signals(force.clone())) => result,
+        () = force.cancelled() => {
+            tracing::warn!(
+                "a second signal: stopping at once without the drain; tasks still running \
+                 go back to the queue when this worker's lease lapses"
+            );
+            Ok(())
+        }
+    };
     stop.cancel();
     if let Some(supervisor) = exec_supervisor {
         // The child's process group must be gone before this process is.
@@ -564,21 +574,34 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         .map_or(1, rtq_core::ConnectionProblem::exit_code)
 }
 
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when the future is first polled: the worker registers (and
-/// may receive a task) before its loop polls the future, and a SIGTERM in
-/// that window must drain, not kill the process.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// SIGTERM and SIGINT (Ctrl-C), installed when created, not when first
+/// awaited: the worker registers (and may receive a task) before its loop
+/// polls the shutdown future, and a SIGTERM in that window must drain, not
+/// kill the process.
+struct Signals {
     #[cfg(unix)]
-    let handlers = {
-        use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::terminate())
-            .ok()
-            .zip(signal(SignalKind::interrupt()).ok())
-    };
-    async move {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
         #[cfg(unix)]
-        if let Some((mut term, mut int)) = handlers {
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                handlers: signal(SignalKind::terminate())
+                    .ok()
+                    .zip(signal(SignalKind::interrupt()).ok()),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.handlers {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -586,6 +609,20 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The worker's shutdown future: resolves on the first signal, and cancels
+/// `force` on a second one (an operator who does not want to wait for the
+/// drain).
+fn shutdown_signals(force: CancellationToken) -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::new();
+    async move {
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            force.cancel();
+        });
     }
 }
 
