@@ -149,7 +149,8 @@ pub struct Config {
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
     /// Longest line an upstream may send (SSE, NDJSON), in bytes; a longer
-    /// one fails the task. An exec child's longer lines are dropped.
+    /// one fails the task. An exec child's longer line fails the attempt
+    /// its start names, or is dropped (with a warning) if it names none.
     #[arg(long, env = "RTQ_MAX_LINE_BYTES", default_value_t = Limits::default().max_line)]
     pub max_line_bytes: usize,
     /// Largest SSE event (all its data lines), in bytes.
