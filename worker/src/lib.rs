@@ -2,12 +2,15 @@
 //! the built-in handlers and [`run`].
 //!
 //! Layout: `handlers` (http, openai, exec), `mock` (simulated model),
-//! `upstream` (health probe and intake switching), `metrics` (Prometheus
+//! `upstream` (health probe and intake switching), `http_client` (the
+//! upstream HTTP client: URL checks, authentication headers, no
+//! redirects), `metrics` (Prometheus
 //! registry and the timing handler wrapper), `probes` (/healthz, /readyz,
 //! /metrics), `secrets` (masking of configured secrets in every text that
 //! leaves the process), this file (configuration and wiring).
 
 pub mod handlers;
+mod http_client;
 mod metrics;
 mod mock;
 mod probes;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use rtq_core::protocol::{MAX_RESULT_BYTES, MAX_SLOTS};
 use rtq_core::{redact_url, Granularity, TlsConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -98,8 +102,8 @@ pub struct Config {
     /// Queue to serve.
     #[arg(long, env = "RTQ_QUEUE", default_value = "default")]
     pub queue: String,
-    /// Tasks run at once (slots).
-    #[arg(long, env = "RTQ_CONCURRENCY", default_value_t = 1)]
+    /// Tasks run at once (slots), 1 to 1024.
+    #[arg(long, env = "RTQ_CONCURRENCY", default_value_t = 1, value_parser = parse_slots)]
     pub concurrency: usize,
     /// Handler that runs the tasks.
     #[arg(long, env = "RTQ_HANDLER", value_enum, default_value = "mock")]
@@ -135,11 +139,18 @@ pub struct Config {
     /// Health probe period in ms.
     #[arg(long, env = "RTQ_HEALTH_INTERVAL_MS", default_value_t = 2000)]
     pub health_interval_ms: u64,
+    /// While the upstream is down (its requests cannot connect, or its
+    /// health probe fails), seconds a task this worker took may wait for
+    /// it without using up an attempt; then it goes back to the queue as a
+    /// retry (which uses one). 0 = fail at once.
+    #[arg(long, env = "RTQ_UPSTREAM_HOLD_SECS", default_value_t = 30)]
+    pub upstream_hold_secs: u64,
     /// Upstream request timeout in seconds (0 = none; task deadlines still apply).
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
     /// Longest line an upstream may send (SSE, NDJSON), in bytes; a longer
-    /// one fails the task. An exec child's longer lines are dropped.
+    /// one fails the task. An exec child's longer line fails the attempt
+    /// its start names, or is dropped (with a warning) if it names none.
     #[arg(long, env = "RTQ_MAX_LINE_BYTES", default_value_t = Limits::default().max_line)]
     pub max_line_bytes: usize,
     /// Largest SSE event (all its data lines), in bytes.
@@ -152,11 +163,21 @@ pub struct Config {
     /// bytes.
     #[arg(long, env = "RTQ_MAX_BODY_BYTES", default_value_t = Limits::default().max_body)]
     pub max_body_bytes: u64,
+    /// Largest task result (its JSON), in bytes, up to 16 MiB. A larger
+    /// result fails the task; an http JSON reply over it fails at once
+    /// with this flag named; the openai handler leaves the text out of a
+    /// result that would pass it (the text was streamed as chunks).
+    #[arg(long, env = "RTQ_MAX_RESULT_BYTES",
+          default_value_t = WorkerConfig::default().max_result_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_RESULT_BYTES as u64))]
+    pub max_result_bytes: u64,
     /// Model name for --handler openai when the task input names none.
     #[arg(long, env = "RTQ_OPENAI_MODEL")]
     pub openai_model: Option<String>,
     /// Command for --handler exec, run with `sh -c` (e.g. "python3 infer.py").
-    #[arg(long, env = "RTQ_EXEC_COMMAND")]
+    // The command line may carry tokens or paths an operator would rather
+    // not print: `--help` does not show the environment's value.
+    #[arg(long, env = "RTQ_EXEC_COMMAND", hide_env_values = true)]
     pub exec_command: Option<String>,
     /// Address of /healthz, /readyz and /metrics, or "off".
     #[arg(long, env = "RTQ_PROBE_ADDR", default_value = "0.0.0.0:9090")]
@@ -192,7 +213,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub stream_writes_in_flight: u64,
     /// Labels shown in the console, as key=value (repeatable), e.g. gpu=A100.
-    #[arg(long = "label", env = "RTQ_LABELS", value_delimiter = ',')]
+    #[arg(
+        long = "label",
+        env = "RTQ_LABELS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub labels: Vec<String>,
     /// Worker id (default: host-pid-random).
     #[arg(long, env = "RTQ_WORKER_ID")]
@@ -252,29 +278,57 @@ impl Config {
             );
         }
         match self.handler {
-            HandlerKind::Http | HandlerKind::Openai if self.upstream_url.is_none() => Err(format!(
-                "--handler {} needs --upstream-url (or RTQ_UPSTREAM_URL)",
-                self.handler_name()
-            )),
-            HandlerKind::Exec if self.exec_command.is_none() => {
-                Err("--handler exec needs --exec-command (or RTQ_EXEC_COMMAND)".into())
-            }
-            _ if self
-                .upstream_urls()
-                .any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) =>
-            {
-                Err("--upstream-url and --health-url must start with http:// or https://".into())
-            }
-            _ if self.probe_addr != "off"
-                && self.probe_addr.parse::<std::net::SocketAddr>().is_err() =>
-            {
-                Err(format!(
-                    "--probe-addr {:?} is not host:port or \"off\"",
-                    self.probe_addr
+            HandlerKind::Http | HandlerKind::Openai if self.upstream_url.is_none() => {
+                return Err(format!(
+                    "--handler {} needs --upstream-url (or RTQ_UPSTREAM_URL)",
+                    self.handler_name()
                 ))
             }
-            _ => Ok(()),
+            HandlerKind::Exec if self.exec_command.is_none() => {
+                return Err("--handler exec needs --exec-command (or RTQ_EXEC_COMMAND)".into())
+            }
+            _ => {}
         }
+        let mut with_credentials = None;
+        for (flag, url) in [
+            ("--upstream-url", &self.upstream_url),
+            ("--health-url", &self.health_url),
+        ] {
+            let Some(url) = url else { continue };
+            let parsed = http_client::check_url(flag, url)?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                with_credentials = with_credentials.or(Some(flag));
+            }
+        }
+        if let (Some(flag), Some(_)) = (
+            with_credentials,
+            self.upstream_api_key.as_deref().filter(|k| !k.is_empty()),
+        ) {
+            // Both would set `Authorization`; the URL's would win and the
+            // key would silently not be sent.
+            return Err(format!(
+                "{flag} holds a user:password and --upstream-api-key (RTQ_UPSTREAM_API_KEY) \
+                 is set: both would be sent as the Authorization header; keep one"
+            ));
+        }
+        if self.probe_addr != "off" && self.probe_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "--probe-addr {:?} is not host:port or \"off\"",
+                self.probe_addr
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(format!(
+                "--log {:?} is not a log filter ({e}); e.g. info, or warn,rtq_worker=debug",
+                self.log
+            ));
+        }
+        // Files and the key are checked here, before Redis is contacted, so
+        // a typo is a usage error rather than a failure after "connected".
+        http_client::default_headers(self)?;
+        http_client::extra_roots(self)?;
+        parse_labels(&self.labels).map_err(|e| format!("--label: {e}"))?;
+        Ok(())
     }
 
     /// Every secret value in the configuration: passwords and tokens in
@@ -302,19 +356,27 @@ impl Config {
         values
     }
 
-    fn upstream_urls(&self) -> impl Iterator<Item = &str> {
-        self.upstream_url
-            .iter()
-            .chain(self.health_url.iter())
-            .map(|u| u.trim())
-    }
-
     fn handler_name(&self) -> String {
         format!("{:?}", self.handler).to_lowercase()
     }
 }
 
-/// Sets up the tracing subscriber (binaries only).
+/// `--concurrency`: 1 to rtq's [`MAX_SLOTS`], checked before anything
+/// connects.
+fn parse_slots(raw: &str) -> Result<usize, String> {
+    let n: usize = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number"))?;
+    if (1..=MAX_SLOTS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not in 1..={MAX_SLOTS}"))
+    }
+}
+
+/// Sets up the tracing subscriber (binaries only). The filter was checked
+/// by [`Config::validate`]; an invalid one still falls back to `info`.
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -344,6 +406,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let redis_url = config.redis.clone().unwrap_or_default();
     secrets::register(config.secret_values());
+    // Before connecting: a bad CA file or header is a start-up error.
+    let http = http_client::upstream_client(&config)?;
     let mut wc = WorkerConfig::new(&config.queue)
         .slots(config.concurrency)
         .lease(Duration::from_millis(config.lease_ms.max(100)))
@@ -351,6 +415,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .handler_name(config.handler_name());
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
     wc.granularity = config.granularity();
+    wc.max_result_bytes = config.max_result_bytes as usize;
     for key in config.verify_keys.iter().filter(|k| !k.trim().is_empty()) {
         wc.verify_keys.push(
             rtq_core::signing::VerifyKey::from_hex(key)
@@ -382,17 +447,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let probe_configured = config.health_url.is_some() || config.handler == HandlerKind::Openai;
-    let retry_after =
-        (!probe_configured).then(|| Duration::from_millis(config.health_interval_ms.max(50)));
+    // Without a probe, a down upstream is tried again with a TCP connect.
+    let trial = (!probe_configured)
+        .then(|| {
+            config.upstream_url.as_deref().and_then(|url| {
+                upstream::Trial::for_url(
+                    url,
+                    Duration::from_millis(config.health_interval_ms.max(50)),
+                )
+            })
+        })
+        .flatten();
     // The exec handler's tasks cannot run before its child does: intake
     // stays off until the supervisor reports the child running.
     let upstream = if config.handler == HandlerKind::Exec {
-        UpstreamState::awaiting_child(worker.intake(), retry_after)
+        UpstreamState::awaiting_child(worker.intake())
     } else {
-        UpstreamState::new(worker.intake(), retry_after)
+        UpstreamState::new(worker.intake(), trial)
     };
     let mut exec_supervisor = None;
-    let http = upstream_client(&config)?;
     let limits = Limits {
         max_line: config.max_line_bytes.max(1),
         max_event: config.max_event_bytes.max(1),
@@ -416,6 +489,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 url,
                 Arc::clone(&upstream),
                 limits,
+                config.max_result_bytes as usize,
+                Duration::from_secs(config.upstream_hold_secs),
             )),
             config.health_url.clone(),
         ),
@@ -426,6 +501,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.openai_model.clone(),
                 Arc::clone(&upstream),
                 limits,
+                config.max_result_bytes as usize,
+                Duration::from_secs(config.upstream_hold_secs),
             )),
             Some(config.health_url.clone().unwrap_or_else(|| {
                 format!(
@@ -468,7 +545,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let handler = Arc::new(Instrumented::new(handler, metrics));
-    let result = worker.run(handler, shutdown_signal()).await;
+    let force = CancellationToken::new();
+    let result = tokio::select! {
+        result = worker.run(handler, shutdown_signals(force.clone())) => result,
+        () = force.cancelled() => {
+            tracing::warn!(
+                "a second signal: stopping at once without the drain; tasks still running \
+                 go back to the queue when this worker's lease lapses"
+            );
+            Ok(())
+        }
+    };
     stop.cancel();
     if let Some(supervisor) = exec_supervisor {
         // The child's process group must be gone before this process is.
@@ -476,67 +563,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
-}
-
-/// The HTTP client for upstream requests and health probes: rustls with
-/// the system's roots plus `--upstream-ca`, and the authentication headers
-/// (`--upstream-api-key`, `--upstream-header-file`) on every request,
-/// marked sensitive so they never appear in debug output.
-fn upstream_client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-    let mut headers = HeaderMap::new();
-    if let Some(key) = config.upstream_api_key.as_deref().filter(|k| !k.is_empty()) {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-            anyhow::anyhow!("--upstream-api-key holds characters a header cannot carry")
-        })?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
-    }
-    if let Some(path) = &config.upstream_header_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --upstream-header-file {}", path.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            // Never quote the line: it holds a secret.
-            let bad = || {
-                anyhow::anyhow!(
-                    "--upstream-header-file {} line {}: expected `Name: value`",
-                    path.display(),
-                    n + 1
-                )
-            };
-            let (name, value) = line.split_once(':').ok_or_else(bad)?;
-            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
-            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-    }
-    let mut http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(5))
-        .default_headers(headers);
-    if let Some(path) = &config.upstream_ca {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read --upstream-ca {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--upstream-ca {} is not PEM", path.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "--upstream-ca {} holds no certificate",
-            path.display()
-        );
-        for cert in certs {
-            http = http.add_root_certificate(cert);
-        }
-    }
-    if config.upstream_timeout_secs > 0 {
-        http = http.timeout(Duration::from_secs(config.upstream_timeout_secs));
-    }
-    http.build().context("building the HTTP client")
 }
 
 /// The process exit code for an error of [`run`]: 3 Redis unreachable,
@@ -549,21 +575,34 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         .map_or(1, rtq_core::ConnectionProblem::exit_code)
 }
 
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when the future is first polled: the worker registers (and
-/// may receive a task) before its loop polls the future, and a SIGTERM in
-/// that window must drain, not kill the process.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// SIGTERM and SIGINT (Ctrl-C), installed when created, not when first
+/// awaited: the worker registers (and may receive a task) before its loop
+/// polls the shutdown future, and a SIGTERM in that window must drain, not
+/// kill the process.
+struct Signals {
     #[cfg(unix)]
-    let handlers = {
-        use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::terminate())
-            .ok()
-            .zip(signal(SignalKind::interrupt()).ok())
-    };
-    async move {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
         #[cfg(unix)]
-        if let Some((mut term, mut int)) = handlers {
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                handlers: signal(SignalKind::terminate())
+                    .ok()
+                    .zip(signal(SignalKind::interrupt()).ok()),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.handlers {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -571,6 +610,20 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The worker's shutdown future: resolves on the first signal, and cancels
+/// `force` on a second one (an operator who does not want to wait for the
+/// drain).
+fn shutdown_signals(force: CancellationToken) -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::new();
+    async move {
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            force.cancel();
+        });
     }
 }
 

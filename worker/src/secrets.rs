@@ -28,6 +28,17 @@ pub fn register(values: impl IntoIterator<Item = String>) {
     let _ = KNOWN.set(values);
 }
 
+/// Length in bytes of the longest registered secret (0 before
+/// [`register`]): how far past a cut a text must be read for a secret
+/// that starts before the cut to be seen whole.
+pub fn longest() -> usize {
+    // Sorted longest first by `register`.
+    KNOWN
+        .get()
+        .and_then(|known| known.first())
+        .map_or(0, String::len)
+}
+
 /// The secret parts of a URL: userinfo and secret query values, raw and
 /// percent-decoded.
 pub fn of_url(url: &str) -> Vec<String> {

@@ -392,6 +392,9 @@ async fn an_unreachable_upstream_fails_clearly_and_is_tried_again_later() {
             &url,
             "--health-interval-ms",
             "200",
+            // Fail at once rather than hold the task for the upstream.
+            "--upstream-hold-secs",
+            "0",
         ],
     );
     let client = Client::connect(&redis.url()).await.unwrap();

@@ -250,3 +250,59 @@ fn stream_flags_are_range_checked() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_stops_the_worker_at_once() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("twice").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
+    cmd.args([
+        "--queue",
+        "twice",
+        "--lease-ms",
+        "1000",
+        "--probe-addr",
+        "off",
+    ])
+    // A drain that would last ten minutes.
+    .args(["--grace-secs", "600", "--mock-latency-ms", "600000"])
+    .env("RTQ_REDIS_URL", redis.url())
+    .env("RTQ_LOG", "warn,rtq_core::worker=debug")
+    .env("NO_COLOR", "1")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut worker = ChildGuard::spawn(&mut cmd);
+    let log = worker.stdout.take().expect("piped stdout");
+    let (tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            for what in ["task started", "draining"] {
+                if line.contains(what) {
+                    let _ = tx.send(what);
+                }
+            }
+        }
+    });
+    let sub = q.submit(TaskRequest::json(json!({}))).await.unwrap();
+    let patience = Duration::from_secs(30);
+    assert_eq!(seen.recv_timeout(patience), Ok("task started"));
+    worker.signal(Signal::SIGTERM);
+    assert_eq!(seen.recv_timeout(patience), Ok("draining"));
+    worker.signal(Signal::SIGTERM);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while worker.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < until,
+            "still draining 10 s after the second SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Neither finished nor failed by the forced stop: it is requeued when
+    // the vanished worker's lease lapses.
+    let state = q.status(&sub.id).await.unwrap().state;
+    assert!(
+        matches!(state, TaskState::Running | TaskState::Queued),
+        "{state:?}"
+    );
+}

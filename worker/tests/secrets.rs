@@ -106,7 +106,15 @@ struct Spawned {
     probe: String,
 }
 
-fn worker(dir: &std::path::Path, name: &str, redis_url: &str, upstream: &str) -> Spawned {
+/// A worker of queue `name`; `with_key` sends the API key (which the
+/// worker refuses next to a URL password: both are `Authorization`).
+fn worker(
+    dir: &std::path::Path,
+    name: &str,
+    redis_url: &str,
+    upstream: &str,
+    with_key: bool,
+) -> Spawned {
     let headers = dir.join("headers");
     std::fs::write(&headers, format!("X-Gw: {HEADER_VALUE}\n")).unwrap();
     let log = dir.join(format!("{name}.log"));
@@ -116,12 +124,18 @@ fn worker(dir: &std::path::Path, name: &str, redis_url: &str, upstream: &str) ->
     cmd.args(["--queue", name, "--handler", "http", "--grace-secs", "0"])
         .args(["--probe-addr", &format!("127.0.0.1:{port}")])
         .args(["--upstream-header-file", headers.to_str().unwrap()])
+        // An unreachable upstream fails the task at once (not held).
+        .args(["--upstream-hold-secs", "0"])
         .env("RTQ_REDIS_URL", redis_url)
         .env("RTQ_UPSTREAM_URL", upstream)
-        .env("RTQ_UPSTREAM_API_KEY", API_KEY)
         .env("RTQ_LOG", "info,rtq_worker=trace,rtq_core=trace")
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out));
+    if with_key {
+        cmd.env("RTQ_UPSTREAM_API_KEY", API_KEY);
+    } else {
+        cmd.env_remove("RTQ_UPSTREAM_API_KEY");
+    }
     Spawned {
         guard: ChildGuard::spawn(&mut cmd),
         log,
@@ -152,12 +166,16 @@ async fn planted_secrets_appear_in_no_output_channel() {
     let closed = format!("127.0.0.1:{}", free_port());
     let upstream =
         |host: &str| format!("http://apiuser:{URL_PW}@{host}/generate?api_key={QUERY_KEY}&model=m");
-    let echo = worker(dir.path(), "echo", &redis.url(), &upstream(&live));
-    let down = worker(dir.path(), "down", &redis.url(), &upstream(&closed));
+    let keyed = format!("http://{live}/generate?api_key={QUERY_KEY}&model=m");
+    // The echo quotes the API key back, the basic one the URL's
+    // credentials (as basic authentication).
+    let echo = worker(dir.path(), "echo", &redis.url(), &keyed, true);
+    let basic = worker(dir.path(), "basic", &redis.url(), &upstream(&live), false);
+    let down = worker(dir.path(), "down", &redis.url(), &upstream(&closed), false);
 
     let client = Client::connect(&redis.url()).await.unwrap();
     let mut errors = String::new();
-    for queue in ["echo", "down"] {
+    for queue in ["echo", "basic", "down"] {
         let q = client.queue(queue).unwrap();
         let err = tokio::time::timeout(
             Duration::from_secs(30),
@@ -169,6 +187,10 @@ async fn planted_secrets_appear_in_no_output_channel() {
         errors.push_str(&format!("{err}\n{err:?}\n"));
     }
     assert!(errors.contains("401"), "{errors}");
+    assert!(
+        errors.contains("authorization=Bearer ***") && errors.contains("authorization=Basic ***"),
+        "{errors}"
+    );
     assert!(errors.contains("apiuser:***@"), "{errors}");
     find_secrets("the client's errors", &errors);
 
@@ -181,7 +203,12 @@ async fn planted_secrets_appear_in_no_output_channel() {
         })
     })
     .await;
-    let served = format!("{}{}", probes(&echo.probe).await, probes(&down.probe).await);
+    let served = format!(
+        "{}{}{}",
+        probes(&echo.probe).await,
+        probes(&basic.probe).await,
+        probes(&down.probe).await
+    );
     assert!(served.contains("upstream down"), "{served}");
     find_secrets("the probe endpoints", &served);
 
@@ -198,7 +225,7 @@ async fn planted_secrets_appear_in_no_output_channel() {
     assert!(stored.contains("last_error"), "{stored}");
     find_secrets("Redis", &stored);
 
-    let logs: Vec<_> = [echo, down]
+    let logs: Vec<_> = [echo, basic, down]
         .into_iter()
         .map(|mut w| {
             w.guard.signal(nix::sys::signal::Signal::SIGTERM);

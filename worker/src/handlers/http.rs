@@ -14,12 +14,13 @@
 //! connection to the upstream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::body::{error_text, read_capped, Events, Limits, Lines};
-use super::{media_type, request_failed, run_until_stopped, status_failed, Serve, QUOTE_LIMIT};
+use super::body::{read_capped, Events, Limits, Lines};
+use super::{media_type, quote, reply_failed, run_until_stopped, send_holding, Serve, LINE_QUOTE};
 use crate::upstream::UpstreamState;
 
 /// POSTs tasks to one URL.
@@ -28,21 +29,33 @@ pub struct HttpHandler {
     url: String,
     upstream: Arc<UpstreamState>,
     limits: Limits,
+    /// The worker's result limit (`--max-result-bytes`), checked on JSON
+    /// replies.
+    max_result: usize,
+    /// How long a task is held while the upstream is down
+    /// (`--upstream-hold-secs`, see [`send_holding`]).
+    hold: Duration,
 }
 
 impl HttpHandler {
-    /// A handler for `url`; `limits` bound what the upstream may send.
+    /// A handler for `url`; `limits` bound what the upstream may send,
+    /// `max_result` the result of a JSON reply; `hold` is how long a task
+    /// waits for a down upstream.
     pub fn new(
         client: reqwest::Client,
         url: String,
         upstream: Arc<UpstreamState>,
         limits: Limits,
+        max_result: usize,
+        hold: Duration,
     ) -> Self {
         Self {
             client,
             url,
             upstream,
             limits,
+            max_result,
+            hold,
         }
     }
 }
@@ -68,24 +81,27 @@ impl Handler for HttpHandler {
 #[async_trait]
 impl Serve for HttpHandler {
     async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
-        let resp = self
-            .client
-            .post(&self.url)
-            .header("x-rtq-task-id", task.id())
-            .header(
-                reqwest::header::ACCEPT,
-                "application/json, text/event-stream, application/x-ndjson",
-            )
-            .json(&body_of(task))
-            .send()
-            .await
-            .map_err(|e| request_failed(e, &self.url, &self.upstream))?;
-        self.upstream.mark_up();
-        let status = resp.status();
-        if !status.is_success() {
-            let text = error_text(resp, QUOTE_LIMIT * 4).await;
-            return Err(status_failed(status, &text));
+        let body = body_of(task);
+        let resp = send_holding(
+            || {
+                self.client
+                    .post(&self.url)
+                    .header("x-rtq-task-id", task.id())
+                    .header(
+                        reqwest::header::ACCEPT,
+                        "application/json, text/event-stream, application/x-ndjson",
+                    )
+                    .json(&body)
+            },
+            &self.url,
+            &self.upstream,
+            self.hold,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            return Err(reply_failed(resp, &self.upstream, str::to_string).await);
         }
+        self.upstream.mark_up();
         match media_type(&resp).as_str() {
             "text/event-stream" => sse(resp, task, self.limits).await,
             "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
@@ -93,12 +109,24 @@ impl Serve for HttpHandler {
             }
             _ => {
                 let bytes = read_capped(resp, self.limits.max_body).await?;
-                serde_json::from_slice(&bytes).map_err(|e| {
+                let result: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     HandlerError::fatal(format!(
-                        "upstream returned a body that is not JSON ({e}): {:.200}",
-                        String::from_utf8_lossy(&bytes)
+                        "upstream returned a body that is not JSON ({e}): {}",
+                        quote(&String::from_utf8_lossy(&bytes), LINE_QUOTE)
                     ))
-                })
+                })?;
+                // Checked here, where the flag can be named (the runtime
+                // would fail it too, after the fact).
+                let size = serde_json::to_string(&result).map_or(0, |j| j.len());
+                if size > self.max_result {
+                    return Err(HandlerError::fatal(format!(
+                        "upstream JSON reply is {size} bytes, over the {}-byte result limit \
+                         (--max-result-bytes; at most 16 MiB): stream it (SSE or NDJSON) or \
+                         return a reference",
+                        self.max_result
+                    )));
+                }
+                Ok(result)
             }
         }
     }
@@ -163,7 +191,8 @@ async fn ndjson_line(
     }
     let value: Value = serde_json::from_str(&line).map_err(|e| {
         HandlerError::fatal(format!(
-            "upstream sent a line that is not JSON ({e}): {line:.200}"
+            "upstream sent a line that is not JSON ({e}): {}",
+            quote(&line, LINE_QUOTE)
         ))
     })?;
     if let Some(result) = value.get("result") {

@@ -16,15 +16,20 @@ pub mod openai;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use reqwest::StatusCode;
 use rtq_core::{async_trait, HandlerError, StopReason, Stopped, TaskContext};
 use serde_json::Value;
 
+use body::error_text;
+
 use crate::upstream::{describe, UpstreamState};
 
-/// Longest upstream error body quoted in a failure reason.
+/// Longest upstream error body quoted in a failure reason, in characters.
 pub(crate) const QUOTE_LIMIT: usize = 500;
+/// Longest part of an unusable upstream line or body quoted in a failure
+/// reason, in characters.
+pub(crate) const LINE_QUOTE: usize = 200;
 
 /// A built-in handler's work on one task. The task is borrowed, so the
 /// caller keeps it and can watch for its stop (see [`run_until_stopped`]).
@@ -91,6 +96,79 @@ pub async fn run_until_stopped(
     Run::Stopped(stopped)
 }
 
+/// Sends the request `build` makes, holding the task (without using up
+/// an attempt) while the upstream is down: a task taken just before intake
+/// went off, or one whose request could not connect (refused, DNS,
+/// connect timeout: nothing of it reached the upstream), waits until the
+/// upstream is back (health probe, or the TCP trial without one) and is
+/// sent again. After `hold` it fails as retryable, so the queue can give
+/// it to a node whose upstream works (that uses an attempt: see
+/// README "Upstream health").
+///
+/// # Errors
+/// As [`request_failed`], or the upstream stayed down for `hold`.
+pub(crate) async fn send_holding(
+    build: impl Fn() -> reqwest::RequestBuilder,
+    url: &str,
+    upstream: &Arc<UpstreamState>,
+    hold: Duration,
+) -> Result<reqwest::Response, HandlerError> {
+    let until = tokio::time::Instant::now() + hold;
+    loop {
+        if !upstream.is_up() && !upstream.wait_until_up(until).await {
+            return Err(HandlerError::retryable(crate::secrets::scrub(&format!(
+                "upstream {} is down ({}); held the task {}s (--upstream-hold-secs) and gave it back",
+                rtq_core::redact_url(url),
+                upstream.last_error(),
+                hold.as_secs()
+            ))));
+        }
+        match build().send().await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => {
+                let unreachable = unreachable(&e);
+                let failed = request_failed(e, url, upstream);
+                if !unreachable || tokio::time::Instant::now() >= until {
+                    return Err(failed);
+                }
+            }
+        }
+    }
+}
+
+/// True if the request failed to reach the upstream at all (refused,
+/// unresolvable, connect timeout): nothing of it was accepted. A TLS
+/// failure is a connect error too, but waiting does not fix a
+/// certificate, so it is not one of these.
+fn unreachable(e: &reqwest::Error) -> bool {
+    if !e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if is_tls(s) {
+            return false;
+        }
+        source = s.source();
+    }
+    true
+}
+
+/// True if `e` is a TLS error, or an I/O error wrapping one (at any depth:
+/// an I/O error's `source` skips the error it wraps).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        Some(inner) => is_tls(inner),
+        None => false,
+    }
+}
+
 /// Turns a failed request into a handler error; connection failures also
 /// mark the upstream down (so the worker stops taking tasks) and are
 /// retryable (another node's upstream may be fine).
@@ -114,15 +192,85 @@ pub(crate) fn request_failed(
     }
 }
 
-/// A non-2xx answer: overload and gateway errors are retryable, the rest
-/// final; `message` is what the server said.
-pub(crate) fn status_failed(status: StatusCode, message: &str) -> HandlerError {
-    let quoted: String = message.trim().chars().take(QUOTE_LIMIT).collect();
-    let why = crate::secrets::scrub(&format!("upstream answered {status}: {quoted}"));
+/// `text` as quoted in a failure reason: secrets masked *first* (cut
+/// first, a secret's prefix would no longer be recognised and would
+/// leak), then cut to `limit` characters.
+pub(crate) fn quote(text: &str, limit: usize) -> String {
+    crate::secrets::scrub(text.trim())
+        .chars()
+        .take(limit)
+        .collect()
+}
+
+/// How much of an error body to read for a [`QUOTE_LIMIT`] quote: enough
+/// that a secret starting within the quoted part is read whole (and so
+/// masked whole).
+fn error_read_limit() -> usize {
+    QUOTE_LIMIT * 4 + crate::secrets::longest()
+}
+
+/// A reply that is not 2xx, turned into the task's failure; `extract`
+/// picks the server's message out of the body. Also tells `upstream`:
+/// - 3xx: the worker follows no redirect (it would carry the credentials
+///   and the input elsewhere); fails the task naming the `Location`.
+/// - 429 and 503: retryable, and a `Retry-After` pauses intake for that
+///   long; the upstream is not marked up (it asked to be left alone).
+/// - 502 and 504 retryable, the rest final; the upstream answered, so it
+///   is up.
+pub(crate) async fn reply_failed(
+    resp: reqwest::Response,
+    upstream: &Arc<UpstreamState>,
+    extract: fn(&str) -> String,
+) -> HandlerError {
+    let status = resp.status();
+    if status.is_redirection() {
+        upstream.mark_up();
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let location = quote(&rtq_core::redact_url(&location), QUOTE_LIMIT);
+        return HandlerError::fatal(format!(
+            "upstream answered {status}, a redirect to {location:?}; the worker follows no \
+             redirects (they would carry the credentials and the input to another address): \
+             set --upstream-url to the final URL"
+        ));
+    }
+    let wait = match status.as_u16() {
+        429 | 503 => retry_after(resp.headers()),
+        _ => {
+            upstream.mark_up();
+            None
+        }
+    };
+    let text = error_text(resp, error_read_limit()).await;
+    let why = format!(
+        "upstream answered {status}: {}",
+        quote(&extract(&text), QUOTE_LIMIT)
+    );
+    if let Some(wait) = wait {
+        upstream.pause(wait, &why);
+    }
     match status.as_u16() {
         429 | 502 | 503 | 504 => HandlerError::retryable(why),
         _ => HandlerError::fatal(why),
     }
+}
+
+/// The `Retry-After` of a reply: delay-seconds or an HTTP date (RFC 9110
+/// section 10.2.3); `None` if absent, unreadable or already past.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(std::time::SystemTime::now()).ok()
 }
 
 /// The media type of a response, lower-cased, without parameters.
@@ -136,4 +284,43 @@ pub(crate) fn media_type(resp: &reqwest::Response) -> String {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn after(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(after("30"), Some(Duration::from_secs(30)));
+        assert_eq!(after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(after("0"), None);
+        assert_eq!(after("soon"), None);
+        assert_eq!(after("Wed, 21 Oct 2015 07:28:00 GMT"), None, "in the past");
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let wait = after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_quote_masks_a_secret_before_cutting_it() {
+        crate::secrets::register(["sk-live-0123456789abcdef".to_string()]);
+        let text = format!("{} sk-live-0123456789abcdef", "A".repeat(480));
+        let quoted = quote(&text, 500);
+        assert!(!quoted.contains("sk-live"), "{quoted}");
+        assert!(quoted.ends_with("***"), "{quoted}");
+        // Cut on a character boundary.
+        assert_eq!(quote("ééé", 2), "éé");
+    }
 }

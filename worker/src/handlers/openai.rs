@@ -2,18 +2,22 @@
 //! (vLLM, TGI, Ollama, llama.cpp). Input with `messages` goes to
 //! `/v1/chat/completions`, input with `prompt` to `/v1/completions`; the
 //! request always streams, token deltas become chunks, and the result is
-//! `{"text", "finish_reason", "usage", "model"}`. The server's error
+//! `{"text", "finish_reason", "usage", "model"}`. A result that would pass
+//! the worker's result limit (`--max-result-bytes`) with the whole text in
+//! it does not repeat the text: `"text"` is `null` and `"text_bytes"` says
+//! how long it was (the client has it from the chunks). The server's error
 //! message becomes the task's failure reason. Cancelling the task drops the
 //! request at once (even during a silent prefill), which closes the
 //! connection; OpenAI-compatible servers abort the generation on that.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
-use super::body::{error_text, read_capped, Events, Limits};
-use super::{media_type, request_failed, run_until_stopped, status_failed, Serve, QUOTE_LIMIT};
+use super::body::{read_capped, Events, Limits};
+use super::{media_type, quote, reply_failed, run_until_stopped, send_holding, Serve, LINE_QUOTE};
 use crate::upstream::UpstreamState;
 
 /// Talks to one OpenAI-compatible server.
@@ -23,18 +27,27 @@ pub struct OpenAiHandler {
     model: Option<String>,
     upstream: Arc<UpstreamState>,
     limits: Limits,
+    /// The worker's result limit (`--max-result-bytes`): a result that
+    /// would pass it leaves the text out (see the module docs).
+    max_result: usize,
+    /// How long a task is held while the server is down
+    /// (`--upstream-hold-secs`, see [`send_holding`]).
+    hold: Duration,
 }
 
 impl OpenAiHandler {
     /// A handler for the server at `base` (e.g. `http://127.0.0.1:8000`);
     /// `model` fills in requests that name none; `limits` bound what the
-    /// server may send.
+    /// server may send; `max_result` is the worker's result limit; `hold`
+    /// how long a task waits for a down server.
     pub fn new(
         client: reqwest::Client,
         base: String,
         model: Option<String>,
         upstream: Arc<UpstreamState>,
         limits: Limits,
+        max_result: usize,
+        hold: Duration,
     ) -> Self {
         Self {
             client,
@@ -45,8 +58,32 @@ impl OpenAiHandler {
             model,
             upstream,
             limits,
+            max_result,
+            hold,
         }
     }
+}
+
+/// The result of a completion: the text in it unless that would take the
+/// result over `max_result` bytes, then `"text": null` and its length.
+fn completion_result(
+    text: &str,
+    finish: Value,
+    usage: Value,
+    model: Value,
+    max_result: usize,
+) -> Value {
+    let mut result = json!({
+        "text": text,
+        "finish_reason": finish,
+        "usage": usage,
+        "model": model,
+    });
+    if serde_json::to_string(&result).map_or(true, |j| j.len() > max_result) {
+        result["text"] = Value::Null;
+        result["text_bytes"] = json!(text.len());
+    }
+    result
 }
 
 /// The server's own message from an error body, or the body itself.
@@ -106,20 +143,22 @@ impl Serve for OpenAiHandler {
         body.insert("stream".into(), json!(true));
         body.insert("stream_options".into(), json!({ "include_usage": true }));
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .client
-            .post(&url)
-            .header("x-rtq-task-id", task.id())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| request_failed(e, &url, &self.upstream))?;
-        self.upstream.mark_up();
-        let status = resp.status();
-        if !status.is_success() {
-            let text = error_text(resp, QUOTE_LIMIT * 4).await;
-            return Err(status_failed(status, &error_message(&text)));
+        let resp = send_holding(
+            || {
+                self.client
+                    .post(&url)
+                    .header("x-rtq-task-id", task.id())
+                    .json(&body)
+            },
+            &url,
+            &self.upstream,
+            self.hold,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            return Err(reply_failed(resp, &self.upstream, error_message).await);
         }
+        self.upstream.mark_up();
         if media_type(&resp) != "text/event-stream" {
             // The server ignored `stream`: one JSON answer.
             let bytes = read_capped(resp, self.limits.max_body).await?;
@@ -129,12 +168,13 @@ impl Serve for OpenAiHandler {
             if !text.is_empty() {
                 task.send(text.clone()).await?;
             }
-            return Ok(json!({
-                "text": text,
-                "finish_reason": v["choices"][0]["finish_reason"],
-                "usage": v["usage"],
-                "model": v["model"],
-            }));
+            return Ok(completion_result(
+                &text,
+                v["choices"][0]["finish_reason"].clone(),
+                v["usage"].clone(),
+                v["model"].clone(),
+                self.max_result,
+            ));
         }
         let mut events = Events::new(resp.bytes_stream(), self.limits);
         let mut text = String::new();
@@ -145,8 +185,8 @@ impl Serve for OpenAiHandler {
             }
             let v: Value = serde_json::from_str(&event.data).map_err(|e| {
                 HandlerError::fatal(format!(
-                    "upstream sent an event that is not JSON ({e}): {:.200}",
-                    event.data
+                    "upstream sent an event that is not JSON ({e}): {}",
+                    quote(&event.data, LINE_QUOTE)
                 ))
             })?;
             if v.get("error").is_some() {
@@ -172,7 +212,13 @@ impl Serve for OpenAiHandler {
                 model = v["model"].clone();
             }
         }
-        Ok(json!({ "text": text, "finish_reason": finish, "usage": usage, "model": model }))
+        Ok(completion_result(
+            &text,
+            finish,
+            usage,
+            model,
+            self.max_result,
+        ))
     }
 }
 
@@ -188,6 +234,34 @@ mod tests {
         );
         assert_eq!(error_message(r#"{"error":"overloaded"}"#), "overloaded");
         assert_eq!(error_message("plain text"), "plain text");
+    }
+
+    #[test]
+    fn a_text_that_would_pass_the_result_limit_is_left_out_of_the_result() {
+        let small = completion_result("hi", json!("stop"), Value::Null, json!("m"), 1000);
+        assert_eq!(small["text"], "hi");
+        assert_eq!(small["model"], "m");
+        let big = completion_result(
+            &"y".repeat(2000),
+            json!("stop"),
+            Value::Null,
+            json!("m"),
+            1000,
+        );
+        assert_eq!(big["text"], Value::Null);
+        assert_eq!(big["text_bytes"], 2000);
+        assert_eq!(big["finish_reason"], "stop");
+        // Exactly at the limit still fits.
+        let fits = completion_result("ab", Value::Null, Value::Null, Value::Null, 1000);
+        let size = fits.to_string().len();
+        assert_eq!(
+            completion_result("ab", Value::Null, Value::Null, Value::Null, size)["text"],
+            "ab"
+        );
+        assert_eq!(
+            completion_result("ab", Value::Null, Value::Null, Value::Null, size - 1)["text"],
+            Value::Null
+        );
     }
 
     #[test]

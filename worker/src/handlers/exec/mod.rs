@@ -44,7 +44,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -52,6 +52,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{run_until_stopped, Serve};
 use crate::upstream::UpstreamState;
+
+mod lines;
+mod reaper;
+
+use lines::{attempt_of_prefix, CappedLines, Line, LogLimit};
 
 /// How long the child's process group has between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -68,6 +73,14 @@ const GROUP_POLL: Duration = Duration::from_millis(20);
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Longest part of an unusable child line quoted in the log.
 const QUOTE_LIMIT: usize = 200;
+/// Events of one attempt waiting to be forwarded. While an attempt's queue
+/// is full the worker stops reading the child's stdout (backpressure), so
+/// a child producing faster than Redis takes its output is slowed down
+/// rather than buffered without bound.
+const EVENTS_PER_ATTEMPT: usize = 16;
+/// Log lines per second from the child's stderr (and about its stdout
+/// lines that cannot be used); the rest are counted and reported.
+const LOG_LINES_PER_SEC: u32 = 20;
 
 /// One attempt of one task: what child lines are routed by.
 type AttemptKey = (String, u64);
@@ -133,13 +146,17 @@ fn parse_line(line: &str) -> Result<(AttemptKey, ChildEvent), BadLine> {
 
 /// The state shared by the handler and the supervisor.
 struct ExecShared {
-    /// Longest line read from the child; longer ones are dropped (logged),
-    /// so a runaway child cannot make the worker buffer without bound.
+    /// Longest line read from the child; a longer one fails the attempt
+    /// its start names, or is dropped (logged), so a runaway child cannot
+    /// make the worker buffer without bound.
     max_line: usize,
     /// Lines for the running child's stdin; `None` while it is down.
     stdin: Mutex<Option<mpsc::UnboundedSender<String>>>,
-    /// The attempts running here, and where their events go.
-    pending: Mutex<HashMap<AttemptKey, mpsc::UnboundedSender<ChildEvent>>>,
+    /// The attempts running here, and where their events go (bounded:
+    /// see [`EVENTS_PER_ATTEMPT`]).
+    pending: Mutex<HashMap<AttemptKey, mpsc::Sender<ChildEvent>>>,
+    /// Limits the log lines about stdout lines that cannot be routed.
+    unroutable: Mutex<LogLimit>,
 }
 
 impl ExecShared {
@@ -150,32 +167,92 @@ impl ExecShared {
         }
     }
 
-    fn route(&self, line: &str) {
-        let ((id, attempt), event) = match parse_line(line) {
+    /// Logs a problem with a child line, at most [`LOG_LINES_PER_SEC`]
+    /// a second.
+    fn complain(&self, log: impl FnOnce(u64)) {
+        let admitted = self
+            .unroutable
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()));
+        if let Some(suppressed) = admitted {
+            log(suppressed);
+        }
+    }
+
+    /// Where the events of `key` go, if it runs here.
+    fn sender(&self, key: &AttemptKey) -> Option<mpsc::Sender<ChildEvent>> {
+        self.pending.lock().ok().and_then(|p| p.get(key).cloned())
+    }
+
+    /// Passes a child line to its attempt; waits while the attempt's
+    /// queue is full (see [`EVENTS_PER_ATTEMPT`]).
+    async fn route(&self, line: Line) {
+        let line = match line {
+            Line::Text(line) => line,
+            Line::TooLong { prefix } => return self.too_long(&prefix).await,
+        };
+        let ((id, attempt), event) = match parse_line(&line) {
             Ok(parsed) => parsed,
             Err(problem) => {
-                let quoted: String = line.chars().take(QUOTE_LIMIT).collect();
-                tracing::warn!(line = %quoted, problem = problem.describe(), "ignoring a line of the exec child");
+                let quoted =
+                    crate::secrets::scrub(&line.chars().take(QUOTE_LIMIT).collect::<String>());
+                self.complain(|suppressed| {
+                    tracing::warn!(line = %quoted, problem = problem.describe(), suppressed, "ignoring a line of the exec child")
+                });
                 return;
             }
         };
         let key = (id, attempt);
-        match self.pending.lock().ok().and_then(|p| p.get(&key).cloned()) {
+        match self.sender(&key) {
             Some(tx) => {
-                let _ = tx.send(event);
+                let _ = tx.send(event).await;
             }
-            None => tracing::info!(
-                task_id = %key.0,
-                attempt,
-                "ignoring a line of the exec child for an attempt not running here (ended or stopped)"
-            ),
+            None => self.complain(|suppressed| {
+                tracing::info!(
+                    task_id = %key.0,
+                    attempt,
+                    suppressed,
+                    "ignoring a line of the exec child for an attempt not running here (ended or stopped)"
+                )
+            }),
         }
     }
 
+    /// A line over `max_line`: fails the attempt its start names, so the
+    /// attempt does not wait for a result that was dropped (forever,
+    /// without a deadline); otherwise it is only logged.
+    async fn too_long(&self, prefix: &str) {
+        let why = format!(
+            "the exec child wrote a line over the {}-byte line limit (--max-line-bytes) for this attempt; \
+             the line was dropped, so the attempt's output is incomplete",
+            self.max_line
+        );
+        if let Some(tx) = attempt_of_prefix(prefix).and_then(|key| self.sender(&key)) {
+            let _ = tx
+                .send(ChildEvent::Error {
+                    message: why,
+                    retryable: false,
+                })
+                .await;
+            return;
+        }
+        let max_line = self.max_line;
+        self.complain(|suppressed| {
+            tracing::warn!(
+                max_line,
+                suppressed,
+                "the exec child wrote a line over the line limit (--max-line-bytes) that names no attempt running here; dropped"
+            )
+        });
+    }
+
+    /// Ends every attempt: the child is gone. An attempt whose queue is
+    /// full still ends: its channel closes with the sender dropped here.
     fn fail_all(&self, why: &str) {
         if let Ok(mut pending) = self.pending.lock() {
             for (_, tx) in pending.drain() {
-                let _ = tx.send(ChildEvent::Died(why.to_string()));
+                let _ = tx.try_send(ChildEvent::Died(why.to_string()));
             }
         }
     }
@@ -196,8 +273,14 @@ impl ExecHandler {
     /// process group is gone (at most [`TERM_GRACE`] plus a moment); await
     /// it before the process exits.
     ///
-    /// Lines the child writes longer than `max_line` bytes are dropped with
-    /// a warning.
+    /// A line the child writes longer than `max_line` bytes fails the
+    /// attempt its start names (or, naming none, is dropped with a
+    /// warning).
+    ///
+    /// The worker process becomes a child subreaper (Linux): a process the
+    /// child leaves behind in a session of its own (`setsid`), out of reach
+    /// of the group's signals, is adopted by the worker when its parent
+    /// dies and stopped with the group.
     pub fn start(
         command: String,
         upstream: Arc<UpstreamState>,
@@ -208,7 +291,9 @@ impl ExecHandler {
             max_line: max_line.max(1),
             stdin: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            unroutable: Mutex::new(LogLimit::new(LOG_LINES_PER_SEC, Duration::from_secs(1))),
         });
+        reaper::become_subreaper();
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared), command, upstream, stop));
         (Self { shared }, supervisor)
     }
@@ -379,13 +464,26 @@ async fn run_child(
     let max_line = shared.max_line;
     let mut logger = tokio::spawn(async move {
         let mut lines = CappedLines::new(BufReader::new(stderr), max_line);
+        let mut limit = LogLimit::new(LOG_LINES_PER_SEC, Duration::from_secs(1));
         while let Ok(Some(line)) = lines.next().await {
+            let Some(suppressed) = limit.admit(Instant::now()) else {
+                continue;
+            };
+            if suppressed > 0 {
+                tracing::warn!(target: "exec_child", suppressed, "(stderr lines not logged: over {LOG_LINES_PER_SEC} a second)");
+            }
             match line {
-                Line::Text(line) => tracing::warn!(target: "exec_child", "{line}"),
-                Line::TooLong => {
+                Line::Text(line) => {
+                    tracing::warn!(target: "exec_child", "{}", crate::secrets::scrub(&line))
+                }
+                Line::TooLong { .. } => {
                     tracing::warn!(target: "exec_child", max_line, "(a stderr line over the limit, dropped)")
                 }
             }
+        }
+        let suppressed = limit.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(target: "exec_child", suppressed, "(stderr lines not logged: over {LOG_LINES_PER_SEC} a second)");
         }
     });
     let mut lines = CappedLines::new(BufReader::new(stdout), max_line);
@@ -398,11 +496,15 @@ async fn run_child(
             }
             _ = group.child.wait() => break,
             line = lines.next() => match line {
-                Ok(Some(Line::Text(line))) => shared.route(&line),
-                Ok(Some(Line::TooLong)) => tracing::warn!(
-                    max_line,
-                    "the exec child wrote a line over the line limit (--max-line-bytes); dropped"
-                ),
+                // While the attempt's queue is full, reading waits; a stop
+                // still ends it.
+                Ok(Some(line)) => tokio::select! {
+                    () = shared.route(line) => {}
+                    _ = stop.cancelled() => {
+                        stopping = true;
+                        break;
+                    }
+                },
                 Ok(None) | Err(_) => break,
             }
         }
@@ -418,6 +520,8 @@ async fn run_child(
         *s = None;
     }
     let status = group.terminate().await;
+    // What the child left behind outside its group (adopted as orphans).
+    reaper::stop_adopted(TERM_GRACE).await;
     writer.abort();
     drain(shared, &mut lines).await;
     if tokio::time::timeout(DRAIN_LIMIT, &mut logger)
@@ -438,84 +542,10 @@ async fn run_child(
 async fn drain(shared: &ExecShared, lines: &mut CappedLines<BufReader<ChildStdout>>) {
     let _ = tokio::time::timeout(DRAIN_LIMIT, async {
         while let Ok(Some(line)) = lines.next().await {
-            if let Line::Text(line) = line {
-                shared.route(&line);
-            }
+            shared.route(line).await;
         }
     })
     .await;
-}
-
-/// A line read by [`CappedLines`].
-enum Line {
-    /// A line (lossily decoded), without its newline.
-    Text(String),
-    /// A line over the limit, skipped whole.
-    TooLong,
-}
-
-/// Lines of a child's output, each at most `max` bytes: a longer line is
-/// skipped to its end (never buffered) and reported as [`Line::TooLong`],
-/// and reading goes on with the next line. Cancel safe: the partial line
-/// lives here, not in the `next` future.
-struct CappedLines<R> {
-    reader: R,
-    max: usize,
-    buf: Vec<u8>,
-    skipping: bool,
-}
-
-impl<R: AsyncBufRead + Unpin> CappedLines<R> {
-    fn new(reader: R, max: usize) -> Self {
-        Self {
-            reader,
-            max,
-            buf: Vec::new(),
-            skipping: false,
-        }
-    }
-
-    /// The next line; `None` at the end of the output.
-    async fn next(&mut self) -> std::io::Result<Option<Line>> {
-        loop {
-            let available = self.reader.fill_buf().await?;
-            if available.is_empty() {
-                let line = if self.skipping {
-                    Some(Line::TooLong)
-                } else if self.buf.is_empty() {
-                    None
-                } else {
-                    Some(Line::Text(String::from_utf8_lossy(&self.buf).into_owned()))
-                };
-                self.buf.clear();
-                self.skipping = false;
-                return Ok(line);
-            }
-            let newline = available.iter().position(|b| *b == b'\n');
-            let take = newline.unwrap_or(available.len());
-            if !self.skipping && self.buf.len() + take <= self.max {
-                self.buf.extend_from_slice(&available[..take]);
-            } else {
-                self.skipping = true;
-                self.buf.clear();
-            }
-            let consumed = newline.map_or(take, |i| i + 1);
-            self.reader.consume(consumed);
-            if newline.is_some() {
-                let line = if std::mem::take(&mut self.skipping) {
-                    Line::TooLong
-                } else {
-                    let mut text = String::from_utf8_lossy(&self.buf).into_owned();
-                    if text.ends_with('\r') {
-                        text.pop();
-                    }
-                    Line::Text(text)
-                };
-                self.buf.clear();
-                return Ok(Some(line));
-            }
-        }
-    }
 }
 
 /// One attempt registered for the child's lines; unregisters it on drop
@@ -527,7 +557,7 @@ struct Registration<'a> {
 }
 
 impl<'a> Registration<'a> {
-    fn new(shared: &'a ExecShared, key: AttemptKey, tx: mpsc::UnboundedSender<ChildEvent>) -> Self {
+    fn new(shared: &'a ExecShared, key: AttemptKey, tx: mpsc::Sender<ChildEvent>) -> Self {
         if let Ok(mut p) = shared.pending.lock() {
             p.insert(key.clone(), tx);
         }
@@ -556,7 +586,7 @@ impl Drop for Registration<'_> {
 #[async_trait]
 impl Serve for ExecHandler {
     async fn serve(&self, task: &TaskContext) -> Result<Value, HandlerError> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(EVENTS_PER_ATTEMPT);
         let mut reg = Registration::new(&self.shared, (task.id().to_string(), task.attempt()), tx);
         let line = json!({
             "type": "task",
@@ -602,20 +632,6 @@ impl Handler for ExecHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn capped_lines_skip_a_long_line_whole_and_go_on() {
-        let input: &[u8] = b"short\r\n0123456789abc\nnext\ntail";
-        let mut lines = CappedLines::new(tokio::io::BufReader::with_capacity(4, input), 8);
-        let mut got = Vec::new();
-        while let Some(line) = lines.next().await.unwrap() {
-            got.push(match line {
-                Line::Text(t) => t,
-                Line::TooLong => "<too long>".into(),
-            });
-        }
-        assert_eq!(got, ["short", "<too long>", "next", "tail"]);
-    }
 
     fn key(id: &str, attempt: u64) -> AttemptKey {
         (id.to_string(), attempt)
@@ -669,19 +685,74 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_line_for_an_attempt_not_running_here_reaches_no_one() {
-        let shared = ExecShared {
+    fn shared() -> ExecShared {
+        ExecShared {
             max_line: 1 << 20,
             stdin: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
-        };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+            unroutable: Mutex::new(LogLimit::new(LOG_LINES_PER_SEC, Duration::from_secs(1))),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_fails_the_attempt_its_start_names() {
+        let shared = shared();
+        let (tx, mut rx) = mpsc::channel(EVENTS_PER_ATTEMPT);
         let _reg = Registration::new(&shared, key("t1", 2), tx);
-        shared.route(r#"{"id":"t1","attempt":1,"result":{"old":true}}"#);
-        shared.route(r#"{"id":"t1","chunk":"no attempt"}"#);
+        let too_long = |p: &str| Line::TooLong { prefix: p.into() };
+        shared
+            .route(too_long(r#"{"id":"t1","attempt":1,"result":"rrr"#))
+            .await;
+        shared.route(too_long("zzzzzz")).await;
+        assert!(rx.try_recv().is_err(), "attempt 1 is not running here");
+        shared
+            .route(too_long(r#"{"id":"t1","attempt":2,"result":"rrr"#))
+            .await;
+        match rx.try_recv() {
+            Ok(ChildEvent::Error {
+                message,
+                retryable: false,
+            }) => {
+                assert!(message.contains("--max-line-bytes"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_the_child_waits_while_an_attempts_queue_is_full() {
+        let shared = shared();
+        let (tx, mut rx) = mpsc::channel(EVENTS_PER_ATTEMPT);
+        let _reg = Registration::new(&shared, key("t1", 1), tx);
+        let chunk = || Line::Text(r#"{"id":"t1","attempt":1,"chunk":"x"}"#.to_string());
+        for _ in 0..EVENTS_PER_ATTEMPT {
+            shared.route(chunk()).await;
+        }
+        let mut next = Box::pin(shared.route(chunk()));
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut next).await;
+        assert!(waited.is_err(), "a full queue took one more event");
+        assert!(rx.recv().await.is_some());
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("routing resumes once there is room");
+    }
+
+    #[tokio::test]
+    async fn a_line_for_an_attempt_not_running_here_reaches_no_one() {
+        let shared = shared();
+        let (tx, mut rx) = mpsc::channel(EVENTS_PER_ATTEMPT);
+        let _reg = Registration::new(&shared, key("t1", 2), tx);
+        let text = |t: &str| Line::Text(t.to_string());
+        shared
+            .route(text(r#"{"id":"t1","attempt":1,"result":{"old":true}}"#))
+            .await;
+        shared
+            .route(text(r#"{"id":"t1","chunk":"no attempt"}"#))
+            .await;
         assert!(rx.try_recv().is_err());
-        shared.route(r#"{"id":"t1","attempt":2,"result":{"new":true}}"#);
+        shared
+            .route(text(r#"{"id":"t1","attempt":2,"result":{"new":true}}"#))
+            .await;
         assert_eq!(
             rx.try_recv().ok(),
             Some(ChildEvent::Result(json!({"new": true})))
