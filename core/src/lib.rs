@@ -56,5 +56,5 @@ pub use protocol::{Outcome, TaskState};
 pub use tls::TlsConfig;
 pub use worker::{
     Granularity, Handler, HandlerError, IntakeSwitch, StopReason, Stopped, TaskContext, Worker,
-    WorkerConfig, WorkerStatus,
+    WorkerConfig, WorkerStatus, DEFAULT_MAX_BUFFERED_OUTPUT_BYTES,
 };

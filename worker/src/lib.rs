@@ -171,6 +171,14 @@ pub struct Config {
           default_value_t = WorkerConfig::default().max_result_bytes as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_RESULT_BYTES as u64))]
     pub max_result_bytes: u64,
+    /// Bytes of one task's output not yet in Redis the worker holds, from
+    /// 256 KiB to 64 MiB (each chunk counts 64 bytes more than its
+    /// length). Past it the worker stops reading the upstream until Redis
+    /// catches up, so a slow or frozen Redis cannot fill the node's memory.
+    #[arg(long, env = "RTQ_MAX_BUFFERED_OUTPUT_BYTES",
+          default_value_t = rtq_core::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range((256 << 10)..=(64 << 20)))]
+    pub max_buffered_output_bytes: u64,
     /// Model name for --handler openai when the task input names none.
     #[arg(long, env = "RTQ_OPENAI_MODEL")]
     pub openai_model: Option<String>,
@@ -416,6 +424,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wc.cancel_grace = Duration::from_millis(config.cancel_grace_ms);
     wc.granularity = config.granularity();
     wc.max_result_bytes = config.max_result_bytes as usize;
+    wc.max_buffered_output_bytes = config.max_buffered_output_bytes as usize;
     for key in config.verify_keys.iter().filter(|k| !k.trim().is_empty()) {
         wc.verify_keys.push(
             rtq_core::signing::VerifyKey::from_hex(key)

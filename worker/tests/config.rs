@@ -147,3 +147,20 @@ fn help_shows_no_value_of_the_exec_command_or_the_labels() {
         "{help}"
     );
 }
+
+#[test]
+fn an_output_buffer_outside_its_bounds_is_refused() {
+    for bad in ["1000", "67108865", "lots"] {
+        refused(
+            &["--handler", "mock", "--max-buffered-output-bytes", bad],
+            &[],
+            &["--max-buffered-output-bytes"],
+        );
+    }
+    // In bounds, the worker gets as far as connecting (exit 3: no Redis).
+    let (code, err) = start(
+        &["--handler", "mock", "--max-buffered-output-bytes", "262144"],
+        &[],
+    );
+    assert_eq!(code, Some(3), "{err}");
+}
