@@ -456,6 +456,22 @@ async fn chunk_indexes_cutting_every(
     indexes
 }
 
+/// The switch takes effect when `set` returns, not when the worker's main
+/// loop next runs: a slot completing in between must not take a next task.
+#[tokio::test]
+async fn the_intake_switch_takes_effect_at_once() {
+    let redis = RedisServer::start();
+    let worker = rtq_core::Worker::connect(&redis.url(), fast("intake-now"))
+        .await
+        .unwrap();
+    let status = worker.status();
+    let intake = worker.intake();
+    intake.set(false);
+    assert!(!status.accepting.load(std::sync::atomic::Ordering::Acquire));
+    intake.set(true);
+    assert!(status.accepting.load(std::sync::atomic::Ordering::Acquire));
+}
+
 #[tokio::test]
 async fn intake_switched_off_before_run_offers_no_slot_until_switched_on() {
     let redis = RedisServer::start();

@@ -109,12 +109,16 @@ impl Shared {
 #[derive(Clone)]
 pub struct IntakeSwitch {
     tx: watch::Sender<bool>,
+    status: Arc<WorkerStatus>,
 }
 
 impl IntakeSwitch {
     /// Takes new tasks (`true`) or stops taking them (`false`); running
-    /// tasks are not affected.
+    /// tasks are not affected. Takes effect at once: a slot that finishes
+    /// a task after `set(false)` returns takes no next task with its
+    /// complete (the worker then withdraws its free slots in Redis).
     pub fn set(&self, accepting: bool) {
+        self.status.accepting.store(accepting, Ordering::Release);
         self.tx.send_if_modified(|v| {
             let changed = *v != accepting;
             *v = accepting;
@@ -231,6 +235,7 @@ impl Worker {
     pub fn intake(&self) -> IntakeSwitch {
         IntakeSwitch {
             tx: self.intake.clone(),
+            status: Arc::clone(&self.status),
         }
     }
 
