@@ -185,6 +185,7 @@ impl Events {
                 attempt,
                 next_attempt,
                 reason,
+                ..
             })) => restarted_event(attempt, &reason, next_attempt),
             Some(Ok(StreamEvent::Done(out))) => {
                 self.ended = true;

@@ -308,6 +308,7 @@ fn event_to_py(py: Python<'_>, event: StreamEvent) -> PyResult<Py<PyAny>> {
             attempt,
             next_attempt,
             reason,
+            ..
         } => Py::new(
             py,
             Restarted {

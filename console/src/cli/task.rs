@@ -62,6 +62,7 @@ pub(super) async fn print_stream(ctx: &Ctx, mut stream: TaskStream) -> Result<()
                     attempt,
                     next_attempt,
                     reason,
+                    ..
                 } => {
                     json!({"event": "restarted", "attempt": attempt, "next_attempt": next_attempt, "reason": reason})
                 }

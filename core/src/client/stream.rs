@@ -46,7 +46,9 @@ pub enum StreamEvent {
     /// follow are of `next_attempt`, from index 0. A stream announces
     /// every change of attempt this way once it delivered (or resumed
     /// from) chunks of the old one, so chunks of two attempts are never
-    /// spliced together.
+    /// spliced together. (Non-exhaustive: match it with `..`, so a field
+    /// added later is not a breaking change.)
+    #[non_exhaustive]
     Restarted {
         /// The abandoned attempt.
         attempt: u64,
