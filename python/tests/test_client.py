@@ -72,6 +72,13 @@ def test_submit_then_fetch_status_wait_and_follow(redis_url, procs):
     items = list(llm.follow("job-1"))
     assert [i.text for i in items[:-1]] == ["tok0 ", "tok1 "]
     assert list(llm.follow("job-1", from_=1))[0].text == "tok1 "
+    # Resuming attempt 1 at chunk 1: the attempt is the task's last, so
+    # its chunks go on from there; an attempt it never ran is refused.
+    resumed = list(llm.follow("job-1", from_=1, attempt=1))
+    assert [type(i).__name__ for i in resumed] == ["Chunk", "Done"]
+    assert (resumed[0].attempt, resumed[0].index, resumed[0].text) == (1, 1, "tok1 ")
+    with pytest.raises(rtq.InvalidInput):
+        list(llm.follow("job-1", attempt=5))
 
 
 def test_thousand_concurrent_waits_in_one_loop(redis_url, procs):
