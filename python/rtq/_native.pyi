@@ -166,7 +166,13 @@ class Task:
     @property
     def stop_reason(self) -> Optional[str]: ...
     def send(self, chunk: Union[str, bytes]) -> None:
-        """Queues a chunk (never waits); raises rtq.Stopped once the task must stop."""
+        """Queues a chunk; waits (GIL released) only while the task's output not
+        yet in Redis is over its 4 MiB budget. Raises rtq.Stopped once the task
+        must stop. On the event loop prefer ``await task.asend(chunk)``."""
+    def asend(self, chunk: Union[str, bytes]) -> Awaitable[None]:
+        """Queues a chunk; waits, without blocking the event loop, while the
+        task's output not yet in Redis is over its budget. Raises rtq.Stopped
+        once the task must stop."""
 
 class Worker:
     @property

@@ -2,8 +2,10 @@
 
 A handler takes a :class:`rtq.Task` and is one of:
 
-- ``async def handle(task)``: sends chunks with ``task.send(chunk)`` and
-  returns the result (any JSON value);
+- ``async def handle(task)``: sends chunks with ``await task.asend(chunk)``
+  (or ``task.send(chunk)``, which blocks the loop while Redis lags more
+  than the task's 4 MiB output budget) and returns the result (any JSON
+  value);
 - an async generator ``async def handle(task): yield chunk ...``: each
   ``str``/``bytes`` item is a chunk; ``yield rtq.Result(value)`` sets the
   result (otherwise it is ``None``);
@@ -63,7 +65,11 @@ def adapt(
             agen = handler(task)
             try:
                 async for item in agen:
-                    _chunk_or_result(task, item, box)
+                    if isinstance(item, (str, bytes)):
+                        # Waits without blocking the loop while Redis lags.
+                        await task.asend(item)
+                    else:
+                        _chunk_or_result(task, item, box)
             finally:
                 await agen.aclose()
             return box[0]

@@ -44,6 +44,7 @@ fn stop_text(reason: &StopReason) -> String {
         StopReason::Gone => "gone",
         StopReason::Shutdown => "shutdown",
         StopReason::OutputTooLarge { .. } => "output_too_large",
+        StopReason::WriteRefused { .. } => "write_refused",
         _ => "stopped",
     }
     .to_string()
@@ -93,37 +94,43 @@ impl Task {
         self.ctx.is_cancelled()
     }
     /// Why the task must stop ("cancelled", "deadline", "requeued",
-    /// "reassigned", "gone", "shutdown", "output_too_large"), or None.
+    /// "reassigned", "gone", "shutdown", "output_too_large",
+    /// "write_refused"), or None.
     #[getter]
     fn stop_reason(&self) -> Option<String> {
         self.ctx.stop_reason().as_ref().map(stop_text)
     }
-    /// Sends a chunk of output (str or bytes). Never waits for Redis.
+    /// Sends a chunk of output (str or bytes). Waits only while this
+    /// task's output not yet in Redis is over its budget (4 MiB: Redis is
+    /// slow or frozen), with the GIL released; on the event loop prefer
+    /// `await task.asend(chunk)`, which waits without blocking the loop.
     /// Raises `rtq.Stopped` once the task must stop.
     fn send(&self, py: Python<'_>, chunk: Bound<'_, PyAny>) -> PyResult<()> {
-        let data: Vec<u8> = if let Ok(s) = chunk.cast::<PyString>() {
-            s.to_str()?.as_bytes().to_vec()
-        } else if let Ok(b) = chunk.cast::<PyBytes>() {
-            b.as_bytes().to_vec()
-        } else {
-            return Err(PyTypeError::new_err(
-                "a chunk is str or bytes (encode other values first, e.g. json.dumps)",
-            ));
-        };
-        // `send` only queues the chunk: it completes without waiting.
-        match futures::executor::block_on(self.ctx.send(data)) {
-            Ok(()) => Ok(()),
-            Err(Stopped { reason }) => Err(exception(
-                py,
-                "Stopped",
-                &format!("task {} must stop: {reason}", self.ctx.id()),
-                &[(
-                    "reason",
-                    PyString::new(py, &stop_text(&reason)).into_any().unbind(),
-                )],
-            )),
-        }
+        let data = chunk_bytes(&chunk)?;
+        let ctx = Arc::clone(&self.ctx);
+        // Never with the GIL held: the runtime threads that free the
+        // budget (the chunk writer) may be waiting for it.
+        let sent = py.detach(move || futures::executor::block_on(ctx.send(data)));
+        sent.map_err(|Stopped { reason }| stopped_error(py, self.ctx.id(), &reason))
     }
+
+    /// Sends a chunk of output (str or bytes); an awaitable that waits,
+    /// without blocking the event loop, while this task's output not yet
+    /// in Redis is over its budget. Raises `rtq.Stopped` once the task
+    /// must stop.
+    fn asend(&self, chunk: Bound<'_, PyAny>) -> PyResult<Call> {
+        let data = chunk_bytes(&chunk)?;
+        let ctx = Arc::clone(&self.ctx);
+        awaitable(async move {
+            match ctx.send(data).await {
+                Ok(()) => Ok(()),
+                Err(Stopped { reason }) => {
+                    Err(attach(|py| Ok(stopped_error(py, ctx.id(), &reason)))?)
+                }
+            }
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "rtq.Task(id={:?}, attempt={})",
@@ -423,4 +430,30 @@ impl Worker {
     fn __repr__(&self) -> String {
         format!("rtq.Worker(id={:?})", self.id)
     }
+}
+
+/// A chunk's bytes: str (UTF-8) or bytes.
+fn chunk_bytes(chunk: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = chunk.cast::<PyString>() {
+        Ok(s.to_str()?.as_bytes().to_vec())
+    } else if let Ok(b) = chunk.cast::<PyBytes>() {
+        Ok(b.as_bytes().to_vec())
+    } else {
+        Err(PyTypeError::new_err(
+            "a chunk is str or bytes (encode other values first, e.g. json.dumps)",
+        ))
+    }
+}
+
+/// `rtq.Stopped` for task `id`, with its reason.
+fn stopped_error(py: Python<'_>, id: &str, reason: &StopReason) -> PyErr {
+    exception(
+        py,
+        "Stopped",
+        &format!("task {id} must stop: {reason}"),
+        &[(
+            "reason",
+            PyString::new(py, &stop_text(reason)).into_any().unbind(),
+        )],
+    )
 }

@@ -259,3 +259,52 @@ def test_admin_reads_show_the_worker_and_tasks(redis_url):
         assert rtq.connect(redis_url).admin().tasks("q", "recent", limit=1)[0]["state"] == "done"
 
     run(main())
+
+
+def test_handlers_producing_past_their_output_budget_neither_deadlock_nor_lose_chunks(redis_url):
+    # Each task streams 24 MiB, six times its 4 MiB budget of output not
+    # yet in Redis, so every send past it waits for Redis. Before, a
+    # waiting send held the GIL, which the runtime threads that free the
+    # budget (and start the other slots' handlers) needed: the worker
+    # froze for good.
+    chunk = b"x" * (1 << 20)
+
+    def sync_gen(task):
+        for _ in range(24):
+            yield chunk
+        yield rtq.Result({"kind": "sync_gen"})
+
+    async def tight_send(task):
+        for _ in range(24):
+            task.send(chunk)  # never awaits: blocks the loop, GIL released
+        return {"kind": "tight_send"}
+
+    async def awaited_send(task):
+        for _ in range(24):
+            await task.asend(chunk)
+        return {"kind": "awaited_send"}
+
+    async def main():
+        client = await rtq.aio.connect(redis_url)
+        for handler in (sync_gen, tight_send, awaited_send):
+            q = client.queue("budget-" + handler.__name__)
+            async with running_worker(redis_url, q.name, handler, slots=8):
+                streams = [q.stream({}, timeout=60) for _ in range(8)]
+
+                async def drain(stream):
+                    size, last = 0, None
+                    async for item in stream:
+                        if isinstance(item, rtq.Chunk):
+                            size += len(item.data)
+                        last = item
+                    return size, last
+
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(drain(s) for s in streams)), timeout=90
+                )
+                for size, last in results:
+                    assert size == 24 << 20, handler.__name__
+                    assert isinstance(last, rtq.Done)
+                    assert last.result == {"kind": handler.__name__}
+
+    run(main())
