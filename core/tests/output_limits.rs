@@ -199,6 +199,179 @@ async fn a_handler_faster_than_a_frozen_redis_waits_once_its_output_budget_is_sp
     assert_eq!(sent.load(Ordering::Relaxed), 60_000);
 }
 
+/// Sends `input.chunks` chunks, one every `input.every_ms` ms.
+struct Paced {
+    sent: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Handler for Paced {
+    async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError> {
+        let input = task.input().cloned().unwrap_or(Value::Null);
+        let n = input["chunks"].as_u64().unwrap_or(0);
+        let every = input["every_ms"].as_u64().unwrap_or(10);
+        for i in 0..n {
+            task.send(format!("{i} ")).await?;
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(every)).await;
+        }
+        Ok(json!({ "sent": n }))
+    }
+}
+
+/// A Redis that refuses writes for 2 s (READONLY: a failover in progress,
+/// or MISCONF after a failed BGSAVE) is a passing state: the writer
+/// retries until it takes the chunks, and the task ends done (a first cut
+/// of the refusal limit failed it after 3 such errors).
+#[tokio::test]
+async fn a_redis_refusing_writes_for_two_seconds_does_not_fail_a_streaming_task() {
+    let redis = RedisServer::start();
+    let sent = Arc::new(AtomicU64::new(0));
+    let worker = Worker::connect(&redis.url(), WorkerConfig::new("ro"))
+        .await
+        .unwrap();
+    let wid = worker.id().to_string();
+    let handler = Arc::new(Paced {
+        sent: Arc::clone(&sent),
+    });
+    tokio::spawn(async move {
+        let _ = worker.run(handler, std::future::pending::<()>()).await;
+    });
+    wait_registered(&redis.url(), &wid).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("ro").unwrap();
+    let id = q
+        .submit(TaskRequest::json(json!({ "chunks": 300, "every_ms": 10 })))
+        .await
+        .unwrap()
+        .id;
+    eventually("streaming", || {
+        let sent = Arc::clone(&sent);
+        async move { sent.load(Ordering::Relaxed) > 20 }
+    })
+    .await;
+    // Writes refused (READONLY) for 2 s: a replica of a master that is not
+    // there keeps its data, then becomes a master again.
+    let mut c = redis.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut c)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = q.status(&id).await.unwrap();
+        if info.state.is_terminal() {
+            break info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {:?}",
+            info.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let why = match &info.outcome {
+        Some(Outcome::Ended { message, .. }) => message.clone(),
+        _ => String::new(),
+    };
+    assert_eq!(
+        info.state,
+        TaskState::Done,
+        "attempt {}: {why}",
+        info.attempt
+    );
+    assert_eq!(info.chunks, 300);
+}
+
+/// Redis holds fewer chunks than the writer saw acknowledged (a failover
+/// to a replica that lagged: acknowledged writes lost). Simulated by
+/// lowering the task's `nc` as such a replica would hold it. Before, every
+/// chunk write was answered ORDER, resent at round-trip speed, and the
+/// handler blocked in send() for ever under a live heartbeat; now the
+/// attempt stops as a retryable failure and the next attempt writes the
+/// output whole.
+#[tokio::test]
+async fn redis_losing_acknowledged_chunks_neither_spins_nor_hangs_the_task() {
+    let redis = RedisServer::start();
+    let sent = Arc::new(AtomicU64::new(0));
+    let worker = Worker::connect(
+        &redis.url(),
+        WorkerConfig::new("lost").max_buffered_output_bytes(256 << 10),
+    )
+    .await
+    .unwrap();
+    let wid = worker.id().to_string();
+    let handler = Arc::new(Paced {
+        sent: Arc::clone(&sent),
+    });
+    tokio::spawn(async move {
+        let _ = worker.run(handler, std::future::pending::<()>()).await;
+    });
+    wait_registered(&redis.url(), &wid).await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("lost").unwrap();
+    // 5,000 chunks of ~6 bytes (70 budget bytes each: ~3,700 fit).
+    let id = q
+        .submit(TaskRequest::json(
+            json!({ "chunks": 5_000, "every_ms": 0 }),
+        ))
+        .await
+        .unwrap()
+        .id;
+    eventually("streaming", || {
+        let sent = Arc::clone(&sent);
+        async move { sent.load(Ordering::Relaxed) > 200 }
+    })
+    .await;
+    let mut c = redis.conn();
+    let _: () = redis::cmd("HSET")
+        .arg(q.keys().task(&id))
+        .arg("nc")
+        .arg(10)
+        .query(&mut c)
+        .unwrap();
+    // Attempt 1 stops at once as a retryable failure (before: it was
+    // resent at round-trip speed, its handler blocked for ever).
+    eventually("attempt 1 is given up", || {
+        let q = q.clone();
+        let id = id.clone();
+        async move {
+            let info = q.status(&id).await.unwrap();
+            info.attempt_errors.contains_key(&1)
+        }
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = q.status(&id).await.unwrap();
+        if info.state.is_terminal() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task still {:?} after 60 s; handler blocked at {} chunks sent",
+            info.state,
+            sent.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let info = q.status(&id).await.unwrap();
+    assert_eq!(info.state, TaskState::Done, "{:?}", info.outcome);
+    assert_eq!((info.attempt, info.chunks), (2, 5_000));
+    assert!(
+        info.attempt_errors[&1].contains("lost"),
+        "{:?}",
+        info.attempt_errors
+    );
+}
+
 #[test]
 fn an_output_budget_outside_its_bounds_is_refused() {
     for bytes in [0, 1000, (64 << 20) + 1] {

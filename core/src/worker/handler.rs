@@ -105,7 +105,9 @@ pub enum StopReason {
         reason: String,
     },
     /// Redis kept refusing this attempt's chunk writes with an error it
-    /// will give again (a script or ACL refusal); the task fails with it.
+    /// will give again (a script or ACL refusal), or lost chunks it had
+    /// acknowledged (a failover to a lagging replica): the attempt ends as
+    /// a retryable failure, so another attempt writes the output whole.
     WriteRefused {
         /// Redis's error.
         reason: String,

@@ -280,6 +280,11 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                 (CompleteOutcome::Failed, format!("stopped: {reason}"))
             }
             StopReason::OutputTooLarge { reason } => (CompleteOutcome::Failed, reason.clone()),
+            // Redis refused or lost this attempt's output: another attempt
+            // (while the task has attempts left) writes it whole.
+            StopReason::WriteRefused { .. } => {
+                (CompleteOutcome::Retry, format!("stopped: {reason}"))
+            }
             // Ended in Redis: complete releases the slot (ENDED/NOT_FOUND).
             _ => (CompleteOutcome::Failed, format!("stopped: {reason}")),
         },

@@ -108,8 +108,11 @@ pub(crate) struct ChunkWriter {
     /// Chunk writes that failed in a row (for the retry delay and the
     /// warning's rate).
     write_failures: u32,
-    /// Of those, refusals Redis will repeat (not connection trouble).
+    /// Refusals Redis will repeat (not connection trouble or a passing
+    /// server state) in a row.
     refused_writes: u32,
+    /// ORDER answers in a row that showed no progress (the pump backs off).
+    stalled_orders: u32,
 }
 
 /// The stop reason a refused write means.
@@ -173,6 +176,7 @@ impl ChunkWriter {
             halted: None,
             write_failures: 0,
             refused_writes: 0,
+            stalled_orders: 0,
         }
     }
 
@@ -358,8 +362,21 @@ impl ChunkWriter {
             // Nothing is left to resend (halt dropped it), but what Redis
             // holds is what the complete's seq0 must name, or every
             // complete would be answered ORDER.
-            self.acked = self.acked.max(nc);
+            self.acked = nc;
             self.sent = 0;
+            return;
+        }
+        if nc < self.acked {
+            // Redis lost chunks it had acknowledged (a failover to a
+            // replica that lagged): this attempt's output has a hole that
+            // cannot be filled, so it is run again.
+            let lost = self.acked - nc;
+            self.halt(StopReason::WriteRefused {
+                reason: format!(
+                    "Redis lost {lost} chunks it had acknowledged (a failover to a lagging replica?)"
+                ),
+            });
+            self.acked = nc;
             return;
         }
         let applied = nc.saturating_sub(self.acked).min(self.unacked.len() as u64) as usize;
@@ -381,6 +398,7 @@ impl ChunkWriter {
                 WriteStatus::Ok if self.resync.is_none() => {
                     self.write_failures = 0;
                     self.refused_writes = 0;
+                    self.stalled_orders = 0;
                     self.budget
                         .give_back(self.unacked.drain(..reply.count).map(|c| c.len()));
                     self.acked += reply.count as u64;
@@ -388,6 +406,18 @@ impl ChunkWriter {
                 }
                 WriteStatus::Ok => {}
                 WriteStatus::Order => {
+                    if r.chunks <= self.acked {
+                        // No progress since the last answer: resending at
+                        // once would spin; back off (first one at once).
+                        self.stalled_orders += 1;
+                        if self.stalled_orders > 1 {
+                            let delay = (Duration::from_millis(50) * self.stalled_orders.min(40))
+                                .min(Duration::from_secs(2));
+                            self.retry_at = Some(Instant::now() + delay);
+                        }
+                    } else {
+                        self.stalled_orders = 0;
+                    }
                     self.resync = Some(self.resync.map_or(r.chunks, |x| x.max(r.chunks)));
                 }
                 other => {
@@ -407,7 +437,16 @@ impl ChunkWriter {
     /// trouble) stops the attempt as failed after 3 in a row.
     fn on_write_error(&mut self, e: &Error) {
         self.write_failures += 1;
-        if !e.is_retryable() {
+        // Only what Redis will answer again: a function's own refusal or
+        // an ACL's. A read-only replica during a failover, MISCONF, a
+        // cut connection are passing states: retried without limit.
+        let refused = matches!(
+            e,
+            Error::InvalidInput(_) | Error::PermissionDenied(_) | Error::Function { .. }
+        );
+        if !refused {
+            self.refused_writes = 0;
+        } else {
             self.refused_writes += 1;
             if self.refused_writes >= MAX_REFUSED_WRITES {
                 tracing::warn!(task_id = %self.id, error = %e, "chunk writes refused; the attempt fails");
