@@ -259,3 +259,53 @@ async fn against_an_older_library_a_resume_decides_the_same_way() {
     assert_eq!(rest(resumed).await, ["d2"]);
     w.stop().await;
 }
+
+/// On an older library the fallback watches from chunk 0 (subscribing)
+/// before deciding NoAttempt locally: the subscription is removed again,
+/// as the new library subscribes nothing for the same answer.
+#[tokio::test]
+async fn a_refused_resume_on_an_older_library_leaves_no_subscription() {
+    let redis = RedisServer::start();
+    let mut admin = load_older_library(
+        &redis,
+        &[
+            (
+                "if #args ~= 3 and #args ~= 4 then invalid('watch takes 3 or 4 arguments') end",
+                "if #args ~= 3 then invalid('watch takes 3 arguments') end",
+            ),
+            (
+                "if #args ~= 2 and #args ~= 3 then invalid('read takes 2 or 3 arguments') end",
+                "if #args ~= 2 then invalid('read takes 2 arguments') end",
+            ),
+        ],
+    )
+    .await;
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("fl").unwrap();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(
+        &redis.url(),
+        WorkerConfig::new("fl").heartbeat_every(Duration::from_millis(200)),
+        seen,
+    )
+    .await;
+    let id = q
+        .submit(TaskRequest::json(json!({"chunks": 2, "hold_after": true})))
+        .await
+        .unwrap()
+        .id;
+    eventually("running", || async {
+        q.status(&id).await.unwrap().chunks >= 2
+    })
+    .await;
+    let refused = q.follow_from(&id, 7, 0).await;
+    assert!(refused.is_err());
+    let followers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("rtq:{{fl}}:wt:{id}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    w.release.notify_one();
+    assert!(followers.is_empty(), "left subscribed: {followers:?}");
+    w.stop().await;
+}

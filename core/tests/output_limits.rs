@@ -319,9 +319,7 @@ async fn redis_losing_acknowledged_chunks_neither_spins_nor_hangs_the_task() {
     let q = client.queue("lost").unwrap();
     // 5,000 chunks of ~6 bytes (70 budget bytes each: ~3,700 fit).
     let id = q
-        .submit(TaskRequest::json(
-            json!({ "chunks": 5_000, "every_ms": 0 }),
-        ))
+        .submit(TaskRequest::json(json!({ "chunks": 5_000, "every_ms": 0 })))
         .await
         .unwrap()
         .id;

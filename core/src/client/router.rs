@@ -386,8 +386,22 @@ impl ReplyRouter {
                 match crate::functions::call(conn, keys, &resume).await {
                     Err(e) if refuses_held(&e) => {
                         warn_old_library();
-                        let snap = self.watch_any(conn, keys, id, 0).await?;
-                        Ok(Resumed::classify(held, from, snap.into_snapshot()))
+                        let snap = self.watch_any(conn, keys, id, 0).await?.into_snapshot();
+                        let subscribed = snap.as_ref().is_some_and(|s| !s.state.is_terminal());
+                        let resumed = Resumed::classify(held, from, snap);
+                        if subscribed && *count == 0 && matches!(resumed, Resumed::NoAttempt { .. })
+                        {
+                            // The old library subscribed before the answer
+                            // was known; no follower uses it.
+                            let unwatch = Unwatch {
+                                id,
+                                reply: &self.key,
+                            };
+                            if let Err(e) = crate::functions::call(conn, keys, &unwatch).await {
+                                tracing::debug!(task_id = %id, error = %e, "could not remove a subscription; it ends with the task");
+                            }
+                        }
+                        Ok(resumed)
                     }
                     other => other,
                 }
