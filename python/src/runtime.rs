@@ -310,11 +310,18 @@ impl OnDone {
 /// released while it runs, and every [`SIGNAL_CHECK`] the thread checks
 /// for Python signals, so Ctrl-C raises `KeyboardInterrupt` (dropping the
 /// future, as in Rust).
+///
+/// The future is dropped inside the runtime's context on every path: an
+/// interrupted call drops it unfinished, and its drop guards (core's
+/// cancel-on-exit, the reply reader's unwatch) spawn their cleanup on the
+/// current runtime; outside it they found none and silently skipped it.
 pub fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send,
     T: Send,
 {
+    // Declared before `fut`, so dropped after it.
+    let _context = runtime().enter();
     let mut fut = std::pin::pin!(fut);
     loop {
         let step = py.detach(|| {

@@ -4,12 +4,17 @@ response, streaming, submit-then-fetch, in both flavours; error classes."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import threading
+import time
 
 import pytest
 
 import rtq
 import rtq.aio
+
+from conftest import wait_until
 
 
 def test_a_rust_worker_serves_the_blocking_client(redis_url, procs):
@@ -241,3 +246,38 @@ def test_redis_restarted_empty_mid_wait_reports_the_task_lost(redis_server):
             await llm.status("lost-1")
 
     asyncio.run(main())
+
+
+def _interrupt_main_after(seconds: float) -> threading.Timer:
+    """Ctrl-C: SIGINT delivered to this (the main) thread after `seconds`."""
+    main = threading.main_thread().ident
+    t = threading.Timer(seconds, lambda: signal.pthread_kill(main, signal.SIGINT))
+    t.start()
+    return t
+
+
+def test_ctrl_c_during_a_blocking_call_cancels_the_task_and_frees_the_reader(redis_url):
+    # Before: the interrupted call's future was dropped outside the tokio
+    # runtime, so the cancel (cancel_on_exit) and the reply reader's
+    # release were silently skipped.
+    c = rtq.connect(redis_url, max_reply_readers=1, reply_reader_idle=0.2)
+    q = c.queue("ctrlc-run")
+    t0 = time.monotonic()
+    _interrupt_main_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        # No worker: the task stays queued until the run is interrupted.
+        q.run({"x": 1}, id="ctrlc-task", timeout=30, cancel_on_exit=True)
+    assert time.monotonic() - t0 < 5
+    wait_until(lambda: q.status("ctrlc-task")["state"] == "cancelled", 5, "the task cancelled")
+
+    # An interrupted wait releases its queue's only reply reader.
+    w = c.queue("ctrlc-wait")
+    sub = w.submit({}, timeout=60)
+    _interrupt_main_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        w.wait(sub["id"], timeout=30)
+    time.sleep(0.6)  # > reply_reader_idle
+    other = c.queue("ctrlc-other")
+    sub2 = other.submit({}, timeout=60)
+    with pytest.raises(rtq.WaitTimedOut):  # not TooManyQueues
+        other.wait(sub2["id"], timeout=0.5)
