@@ -54,10 +54,19 @@ def _chunk_or_result(task: _native.Task, item: Any, box: list) -> None:
         )
 
 
+def _check_handler(handler: Any) -> None:
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+
+
 def adapt(
     handler: Callable[..., Any], executor: concurrent.futures.Executor
 ) -> Callable[[_native.Task], Awaitable[Any]]:
-    """Turns any supported handler into ``async def (task) -> result``."""
+    """Turns any supported handler into ``async def (task) -> result``.
+
+    Raises ``TypeError`` for a handler that is not callable (before any
+    task is taken: the worker would otherwise fail every one)."""
+    _check_handler(handler)
     if inspect.isasyncgenfunction(handler):
 
         async def run_async_gen(task: _native.Task) -> Any:
@@ -133,6 +142,7 @@ async def serve(
     before its tasks are given to others; ``labels`` describe it to
     operators.
     """
+    _check_handler(handler)  # before connecting
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, slots), thread_name_prefix="rtq-handler"
     )

@@ -308,3 +308,20 @@ def test_handlers_producing_past_their_output_budget_neither_deadlock_nor_lose_c
                     assert last.result == {"kind": handler.__name__}
 
     run(main())
+
+
+def test_a_handler_that_is_not_callable_is_refused_before_taking_tasks(redis_url):
+    # Before: serve() connected with it and then failed every queued task.
+    c = rtq.connect(redis_url)
+    q = c.queue("not-callable")
+    tid = q.submit({"i": 1}, max_attempts=1)["id"]
+
+    async def main():
+        with pytest.raises(TypeError, match="handler must be callable"):
+            await asyncio.wait_for(rtq.serve(redis_url, "not-callable", 5, handle_signals=False), 5)
+
+    run(main())
+    with pytest.raises(TypeError, match="handler must be callable"):
+        rtq.run_worker(redis_url, "not-callable", "handler", handle_signals=False)
+    assert q.status(tid)["state"] == "queued"
+    assert c.admin().workers("not-callable") == []
