@@ -281,3 +281,66 @@ def test_ctrl_c_during_a_blocking_call_cancels_the_task_and_frees_the_reader(red
     sub2 = other.submit({}, timeout=60)
     with pytest.raises(rtq.WaitTimedOut):  # not TooManyQueues
         other.wait(sub2["id"], timeout=0.5)
+
+
+def _child_uses_rtq(url, inherited, out):
+    import rtq as r
+
+    got = []
+    for attempt in (
+        lambda: r.connect(url).queue("fork").submit({"child": 1}),
+        lambda: inherited.queue("fork").submit({"child": 2}),
+    ):
+        try:
+            attempt()
+            got.append("worked")
+        except r.RtqError as e:
+            got.append(str(e))
+    out.put(got)
+
+
+def test_a_forked_child_gets_a_clear_error_and_the_parent_keeps_working(redis_url):
+    # Before: the child hung on the inherited runtime (and could crash the
+    # parent, with which it shares the runtime's epoll instance).
+    import multiprocessing
+
+    c = rtq.connect(redis_url)
+    q = c.queue("fork")
+    q.submit({"parent": 0})
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_child_uses_rtq, args=(redis_url, c, out), daemon=True)
+    p.start()
+    try:
+        got = out.get(timeout=10)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    assert len(got) == 2
+    for message in got:
+        assert "a forked child cannot use it" in message, got
+    for i in range(5):
+        tid = q.submit({"parent": i + 1})["id"]
+    assert q.status(tid)["state"] == "queued"
+
+
+def test_a_process_that_forks_before_using_rtq_can_use_it_in_the_child(redis_url):
+    script = f"""
+import os, rtq
+pid = os.fork()
+if pid == 0:
+    try:
+        rtq.connect({redis_url!r}).queue("fork").submit({{"child": 1}})
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+_, status = os.waitpid(pid, 0)
+rtq.connect({redis_url!r}).queue("fork").submit({{"parent": 1}})
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
