@@ -17,6 +17,7 @@ same protocol and serve each other.
 from __future__ import annotations
 
 import atexit as _atexit
+import os as _os
 
 from rtq._errors import (
     AuthenticationFailed,
@@ -60,11 +61,17 @@ from rtq._native import (
     redact_url,
 )
 from rtq.worker import Result, run_worker, serve
-from rtq._native import _shutdown
+from rtq._native import _after_fork_in_child, _shutdown
 
 # Before the interpreter finalizes, keep rtq's runtime threads out of
 # Python (a thread entering a finalizing interpreter aborts the process).
 _atexit.register(_shutdown)
+
+# A child forked after rtq started cannot use the inherited runtime (no
+# threads, and an epoll instance shared with the parent): every rtq call
+# there raises RtqError instead of hanging (or crashing the parent).
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "Admin",

@@ -54,10 +54,42 @@ def _chunk_or_result(task: _native.Task, item: Any, box: list) -> None:
         )
 
 
+def _check_handler(handler: Any) -> None:
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+
+
+class HandlerExit(Exception):
+    """A handler raised ``SystemExit`` or ``KeyboardInterrupt``: that task
+    fails with it as the reason, and the worker keeps serving (stop a
+    worker with a signal or ``Worker.stop()``)."""
+
+
 def adapt(
     handler: Callable[..., Any], executor: concurrent.futures.Executor
 ) -> Callable[[_native.Task], Awaitable[Any]]:
-    """Turns any supported handler into ``async def (task) -> result``."""
+    """Turns any supported handler into ``async def (task) -> result``.
+
+    Raises ``TypeError`` for a handler that is not callable (before any
+    task is taken: the worker would otherwise fail every one)."""
+    _check_handler(handler)
+    fn = _adapt(handler, executor)
+
+    async def guarded(task: _native.Task) -> Any:
+        try:
+            return await fn(task)
+        except (SystemExit, KeyboardInterrupt) as e:
+            # Escaping the handler's asyncio task they would stop the
+            # event loop, and with it the whole worker.
+            text = str(e)
+            raise HandlerExit(type(e).__name__ + (f": {text}" if text else "")) from None
+
+    return guarded
+
+
+def _adapt(
+    handler: Callable[..., Any], executor: concurrent.futures.Executor
+) -> Callable[[_native.Task], Awaitable[Any]]:
     if inspect.isasyncgenfunction(handler):
 
         async def run_async_gen(task: _native.Task) -> Any:
@@ -133,6 +165,7 @@ async def serve(
     before its tasks are given to others; ``labels`` describe it to
     operators.
     """
+    _check_handler(handler)  # before connecting
     executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, slots), thread_name_prefix="rtq-handler"
     )

@@ -13,7 +13,7 @@ use crate::admin::{Admin, AsyncAdmin};
 use crate::errors::to_py_err;
 use crate::json::to_py;
 use crate::request::{info_dict, seconds, submitted_dict, Options};
-use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
+use crate::runtime::{attach, awaitable, block_on, in_runtime, usable, Call};
 use crate::stream::Stream;
 
 /// Client settings from the keywords of `connect`.
@@ -100,6 +100,7 @@ pub fn connect_async(
 }
 
 fn queue_core(client: &rtq_core::Client, name: &str) -> PyResult<rtq_core::Queue> {
+    usable()?;
     in_runtime(|| client.queue(name)).map_err(to_py_err)
 }
 

@@ -16,9 +16,10 @@ use tokio::sync::oneshot;
 /// How often a blocking wait wakes to let Python deliver signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
 /// The shared multi-threaded runtime (started on first use).
 pub fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -26,6 +27,51 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("cannot start the tokio runtime")
     })
+}
+
+/// Set in a child forked after the runtime started: the child inherited
+/// the runtime without its threads, and its epoll instance is shared with
+/// the parent (a child registering sockets on it hangs, and can crash the
+/// parent). No rtq call may touch it there.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+const FORKED_MESSAGE: &str =
+    "rtq was started in the parent process; a forked child cannot use it: \
+connect in the child with multiprocessing's 'spawn' or 'forkserver' start method, \
+or connect only after forking";
+
+/// Called in the child after `fork()` (`os.register_at_fork`, registered
+/// by `rtq/__init__.py`). A process that never used rtq before forking
+/// keeps working in the child.
+#[pyfunction]
+pub fn _after_fork_in_child() {
+    if RUNTIME.get().is_some() {
+        FORKED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `RtqError` in a forked child that inherited a started runtime.
+///
+/// # Errors
+/// As above.
+pub fn usable() -> PyResult<()> {
+    if FORKED.load(Ordering::SeqCst) {
+        return Err(Python::attach(|py| {
+            crate::errors::exception(py, "RtqError", FORKED_MESSAGE, &[])
+        }));
+    }
+    Ok(())
+}
+
+/// Drops `value` inside the runtime's context (its clean-up spawns on
+/// the runtime); in a forked child it is leaked instead, since dropping
+/// sockets would deregister them from the epoll shared with the parent.
+pub fn drop_in_runtime<T>(value: T) {
+    if FORKED.load(Ordering::SeqCst) {
+        std::mem::forget(value);
+    } else {
+        in_runtime(|| drop(value));
+    }
 }
 
 /// Set once the interpreter is exiting: no runtime thread may enter
@@ -224,7 +270,7 @@ impl Call {
                 let _ = future.call_method0(py, "cancel");
                 let _ = iter.call_method0(py, "close");
             }
-            other => in_runtime(|| drop(other)),
+            other => drop_in_runtime(other),
         }
     }
 }
@@ -233,6 +279,10 @@ impl Call {
 /// running loop that receives its outcome. Cancelling that future (or
 /// dropping it unawaited) drops `fut`.
 fn start(py: Python<'_>, fut: BoxFuture) -> PyResult<Bound<'_, PyAny>> {
+    if let Err(e) = usable() {
+        std::mem::forget(fut); // may hold inherited sockets
+        return Err(e);
+    }
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let py_fut = event_loop.call_method0("create_future")?;
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -310,11 +360,22 @@ impl OnDone {
 /// released while it runs, and every [`SIGNAL_CHECK`] the thread checks
 /// for Python signals, so Ctrl-C raises `KeyboardInterrupt` (dropping the
 /// future, as in Rust).
+///
+/// The future is dropped inside the runtime's context on every path: an
+/// interrupted call drops it unfinished, and its drop guards (core's
+/// cancel-on-exit, the reply reader's unwatch) spawn their cleanup on the
+/// current runtime; outside it they found none and silently skipped it.
 pub fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send,
     T: Send,
 {
+    if let Err(e) = usable() {
+        std::mem::forget(fut); // may hold inherited sockets
+        return Err(e);
+    }
+    // Declared before `fut`, so dropped after it.
+    let _context = runtime().enter();
     let mut fut = std::pin::pin!(fut);
     loop {
         let step = py.detach(|| {

@@ -16,7 +16,7 @@ use rtq_core::{Queue, StreamEvent, TaskRequest, TaskStream};
 
 use crate::errors::to_py_err;
 use crate::json::to_py;
-use crate::runtime::{attach, awaitable, block_on, in_runtime, Call};
+use crate::runtime::{attach, awaitable, block_on, drop_in_runtime, in_runtime, usable, Call};
 
 /// One piece of a task's output.
 #[pyclass(frozen, module = "rtq._native")]
@@ -127,7 +127,7 @@ struct Holder(Option<TaskStream>);
 impl Drop for Holder {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
-            in_runtime(|| drop(s));
+            drop_in_runtime(s);
         }
     }
 }
@@ -263,6 +263,9 @@ impl Stream {
             return None;
         };
         let stream = holder.0.as_mut()?;
+        if let Err(e) = usable() {
+            return Some(Err(e));
+        }
         let polled = in_runtime(|| stream.next().now_or_never())?;
         Some(match polled {
             None => {
@@ -385,7 +388,7 @@ impl Stream {
                     *s = State::Ended;
                 }
             }
-            other => in_runtime(|| drop(other)),
+            other => drop_in_runtime(other),
         }
     }
 
@@ -430,7 +433,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         if let Ok(mut s) = self.state.lock() {
             let old = std::mem::replace(&mut *s, State::Closed);
-            in_runtime(|| drop(old));
+            drop_in_runtime(old);
         }
     }
 }

@@ -4,12 +4,17 @@ response, streaming, submit-then-fetch, in both flavours; error classes."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import threading
+import time
 
 import pytest
 
 import rtq
 import rtq.aio
+
+from conftest import wait_until
 
 
 def test_a_rust_worker_serves_the_blocking_client(redis_url, procs):
@@ -241,3 +246,101 @@ def test_redis_restarted_empty_mid_wait_reports_the_task_lost(redis_server):
             await llm.status("lost-1")
 
     asyncio.run(main())
+
+
+def _interrupt_main_after(seconds: float) -> threading.Timer:
+    """Ctrl-C: SIGINT delivered to this (the main) thread after `seconds`."""
+    main = threading.main_thread().ident
+    t = threading.Timer(seconds, lambda: signal.pthread_kill(main, signal.SIGINT))
+    t.start()
+    return t
+
+
+def test_ctrl_c_during_a_blocking_call_cancels_the_task_and_frees_the_reader(redis_url):
+    # Before: the interrupted call's future was dropped outside the tokio
+    # runtime, so the cancel (cancel_on_exit) and the reply reader's
+    # release were silently skipped.
+    c = rtq.connect(redis_url, max_reply_readers=1, reply_reader_idle=0.2)
+    q = c.queue("ctrlc-run")
+    t0 = time.monotonic()
+    _interrupt_main_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        # No worker: the task stays queued until the run is interrupted.
+        q.run({"x": 1}, id="ctrlc-task", timeout=30, cancel_on_exit=True)
+    assert time.monotonic() - t0 < 5
+    wait_until(lambda: q.status("ctrlc-task")["state"] == "cancelled", 5, "the task cancelled")
+
+    # An interrupted wait releases its queue's only reply reader.
+    w = c.queue("ctrlc-wait")
+    sub = w.submit({}, timeout=60)
+    _interrupt_main_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        w.wait(sub["id"], timeout=30)
+    time.sleep(0.6)  # > reply_reader_idle
+    other = c.queue("ctrlc-other")
+    sub2 = other.submit({}, timeout=60)
+    with pytest.raises(rtq.WaitTimedOut):  # not TooManyQueues
+        other.wait(sub2["id"], timeout=0.5)
+
+
+def _child_uses_rtq(url, inherited, out):
+    import rtq as r
+
+    got = []
+    for attempt in (
+        lambda: r.connect(url).queue("fork").submit({"child": 1}),
+        lambda: inherited.queue("fork").submit({"child": 2}),
+    ):
+        try:
+            attempt()
+            got.append("worked")
+        except r.RtqError as e:
+            got.append(str(e))
+    out.put(got)
+
+
+def test_a_forked_child_gets_a_clear_error_and_the_parent_keeps_working(redis_url):
+    # Before: the child hung on the inherited runtime (and could crash the
+    # parent, with which it shares the runtime's epoll instance).
+    import multiprocessing
+
+    c = rtq.connect(redis_url)
+    q = c.queue("fork")
+    q.submit({"parent": 0})
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_child_uses_rtq, args=(redis_url, c, out), daemon=True)
+    p.start()
+    try:
+        got = out.get(timeout=10)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    assert len(got) == 2
+    for message in got:
+        assert "a forked child cannot use it" in message, got
+    for i in range(5):
+        tid = q.submit({"parent": i + 1})["id"]
+    assert q.status(tid)["state"] == "queued"
+
+
+def test_a_process_that_forks_before_using_rtq_can_use_it_in_the_child(redis_url):
+    script = f"""
+import os, rtq
+pid = os.fork()
+if pid == 0:
+    try:
+        rtq.connect({redis_url!r}).queue("fork").submit({{"child": 1}})
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+_, status = os.waitpid(pid, 0)
+rtq.connect({redis_url!r}).queue("fork").submit({{"parent": 1}})
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -308,3 +308,55 @@ def test_handlers_producing_past_their_output_budget_neither_deadlock_nor_lose_c
                     assert last.result == {"kind": handler.__name__}
 
     run(main())
+
+
+def test_a_handler_that_is_not_callable_is_refused_before_taking_tasks(redis_url):
+    # Before: serve() connected with it and then failed every queued task.
+    c = rtq.connect(redis_url)
+    q = c.queue("not-callable")
+    tid = q.submit({"i": 1}, max_attempts=1)["id"]
+
+    async def main():
+        with pytest.raises(TypeError, match="handler must be callable"):
+            await asyncio.wait_for(rtq.serve(redis_url, "not-callable", 5, handle_signals=False), 5)
+
+    run(main())
+    with pytest.raises(TypeError, match="handler must be callable"):
+        rtq.run_worker(redis_url, "not-callable", "handler", handle_signals=False)
+    assert q.status(tid)["state"] == "queued"
+    assert c.admin().workers("not-callable") == []
+
+
+def test_a_handler_raising_system_exit_or_keyboard_interrupt_fails_only_its_task(redis_url):
+    # Before: the exception left the handler's asyncio task and stopped the
+    # event loop, killing the worker.
+    async def async_handler(task):
+        if task.input == "exit":
+            raise SystemExit(3)
+        if task.input == "interrupt":
+            raise KeyboardInterrupt
+        return "ok"
+
+    def _sync(task):
+        if task.input == "exit":
+            raise SystemExit(3)
+        if task.input == "interrupt":
+            raise KeyboardInterrupt
+        return "ok"
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("exits")
+        for handler in (async_handler, _sync):
+            async with running_worker(redis_url, "exits", handler):
+                with pytest.raises(rtq.Failed) as e:
+                    await q.run("exit", timeout=10, max_attempts=1)
+                assert "SystemExit: 3" in e.value.reason
+                with pytest.raises(rtq.Failed) as e:
+                    await q.run("interrupt", timeout=10, max_attempts=1)
+                assert "KeyboardInterrupt" in e.value.reason
+                assert await q.run("fine", timeout=10) == "ok"
+
+    try:
+        run(main())
+    except (SystemExit, KeyboardInterrupt) as e:
+        pytest.fail(f"{type(e).__name__} escaped the worker")
