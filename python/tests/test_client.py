@@ -248,6 +248,16 @@ def test_redis_restarted_empty_mid_wait_reports_the_task_lost(redis_server):
     asyncio.run(main())
 
 
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt here even when the suite was started
+    with SIGINT ignored (a background job of a non-interactive shell,
+    as CI may start it: Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_main_after(seconds: float) -> threading.Timer:
     """Ctrl-C: SIGINT delivered to this (the main) thread after `seconds`."""
     main = threading.main_thread().ident
@@ -256,7 +266,7 @@ def _interrupt_main_after(seconds: float) -> threading.Timer:
     return t
 
 
-def test_ctrl_c_during_a_blocking_call_cancels_the_task_and_frees_the_reader(redis_url):
+def test_ctrl_c_during_a_blocking_call_cancels_the_task_and_frees_the_reader(redis_url, sigint_raises):
     # Before: the interrupted call's future was dropped outside the tokio
     # runtime, so the cancel (cancel_on_exit) and the reply reader's
     # release were silently skipped.
