@@ -44,19 +44,27 @@ impl Handler for Firehose {
     }
 }
 
-/// Runs a worker with the `Firehose` handler in the background.
-async fn start_firehose(url: &str, config: WorkerConfig) -> Arc<AtomicU64> {
+/// Runs a worker in the background with the handler `make` builds around
+/// the counter of chunks sent, which it returns.
+async fn start_worker<H: Handler>(
+    url: &str,
+    config: WorkerConfig,
+    make: impl FnOnce(Arc<AtomicU64>) -> H,
+) -> Arc<AtomicU64> {
     let sent = Arc::new(AtomicU64::new(0));
     let worker = Worker::connect(url, config).await.expect("worker connects");
     let id = worker.id().to_string();
-    let handler = Arc::new(Firehose {
-        sent: Arc::clone(&sent),
-    });
+    let handler = Arc::new(make(Arc::clone(&sent)));
     tokio::spawn(async move {
         let _ = worker.run(handler, std::future::pending::<()>()).await;
     });
     wait_registered(url, &id).await;
     sent
+}
+
+/// Runs a worker with the `Firehose` handler in the background.
+async fn start_firehose(url: &str, config: WorkerConfig) -> Arc<AtomicU64> {
+    start_worker(url, config, |sent| Firehose { sent }).await
 }
 
 fn signal(redis: &RedisServer, sig: &str) {
@@ -226,18 +234,7 @@ impl Handler for Paced {
 #[tokio::test]
 async fn a_redis_refusing_writes_for_two_seconds_does_not_fail_a_streaming_task() {
     let redis = RedisServer::start();
-    let sent = Arc::new(AtomicU64::new(0));
-    let worker = Worker::connect(&redis.url(), WorkerConfig::new("ro"))
-        .await
-        .unwrap();
-    let wid = worker.id().to_string();
-    let handler = Arc::new(Paced {
-        sent: Arc::clone(&sent),
-    });
-    tokio::spawn(async move {
-        let _ = worker.run(handler, std::future::pending::<()>()).await;
-    });
-    wait_registered(&redis.url(), &wid).await;
+    let sent = start_worker(&redis.url(), WorkerConfig::new("ro"), |sent| Paced { sent }).await;
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("ro").unwrap();
     let id = q
@@ -300,21 +297,12 @@ async fn a_redis_refusing_writes_for_two_seconds_does_not_fail_a_streaming_task(
 #[tokio::test]
 async fn redis_losing_acknowledged_chunks_neither_spins_nor_hangs_the_task() {
     let redis = RedisServer::start();
-    let sent = Arc::new(AtomicU64::new(0));
-    let worker = Worker::connect(
+    let sent = start_worker(
         &redis.url(),
         WorkerConfig::new("lost").max_buffered_output_bytes(256 << 10),
+        |sent| Paced { sent },
     )
-    .await
-    .unwrap();
-    let wid = worker.id().to_string();
-    let handler = Arc::new(Paced {
-        sent: Arc::clone(&sent),
-    });
-    tokio::spawn(async move {
-        let _ = worker.run(handler, std::future::pending::<()>()).await;
-    });
-    wait_registered(&redis.url(), &wid).await;
+    .await;
     let client = Client::connect(&redis.url()).await.unwrap();
     let q = client.queue("lost").unwrap();
     // 5,000 chunks of ~6 bytes (70 budget bytes each: ~3,700 fit).
