@@ -354,3 +354,32 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 
     r = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_awaiting_a_finished_call_again_raises_runtime_error_like_a_coroutine(redis_url):
+    async def native():
+        return 1
+
+    async def main():
+        # What Python says for its own coroutines.
+        coro = native()
+        await coro
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await coro
+        c = await rtq.aio.connect(redis_url)
+        q = c.queue("q")
+        ok = q.submit(1, id="again")
+        assert (await ok)["id"] == "again"
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await ok
+        failed = q.status("never-submitted")
+        with pytest.raises(rtq.NotFound):
+            await failed
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await failed
+        connecting = rtq.aio.connect(redis_url)
+        await connecting
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await connecting
+
+    asyncio.run(main())
