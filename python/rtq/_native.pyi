@@ -1,6 +1,34 @@
-"""Type stubs for the native module (built from python/src by maturin)."""
+"""Type stubs for the native module (built from python/src by maturin).
 
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Literal, Mapping, Optional, TypedDict, Union
+`python/test.sh` checks them against the built module with
+`python -m mypy.stubtest` (names only the stubs define, such as the
+TypedDicts, are listed in stubtest-allowlist.txt)."""
+
+from types import TracebackType
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Literal, Optional, Type, TypedDict, Union, final
+
+__all__ = [
+    "connect",
+    "connect_async",
+    "connect_worker",
+    "init_logging",
+    "redact_url",
+    "_shutdown",
+    "_after_fork_in_child",
+    "Client",
+    "AsyncClient",
+    "Queue",
+    "AsyncQueue",
+    "Stream",
+    "Chunk",
+    "Restarted",
+    "Done",
+    "Worker",
+    "Task",
+    "Admin",
+    "AsyncAdmin",
+    "__version__",
+]
 
 __version__: str
 
@@ -39,6 +67,7 @@ class TaskInfo(TypedDict):
     input_ref: Optional[str]
     labels: Dict[str, str]
 
+@final
 class Chunk:
     """One piece of a task's output."""
     @property
@@ -50,6 +79,7 @@ class Chunk:
     @property
     def text(self) -> str: ...
 
+@final
 class Restarted:
     """The attempt streamed so far was abandoned; the chunks of
     `next_attempt` follow, from 0."""
@@ -60,6 +90,7 @@ class Restarted:
     @property
     def reason(self) -> str: ...
 
+@final
 class Done:
     """The task finished: the last item of a stream."""
     @property
@@ -71,6 +102,7 @@ class Done:
 
 Event = Union[Chunk, Restarted, Done]
 
+@final
 class Stream:
     """A task's output: Chunk and Restarted items, then one Done. A task
     that ends without a result raises its rtq.TaskError instead. Starts on
@@ -84,29 +116,31 @@ class Stream:
     def close(self) -> None: ...
     async def aclose(self) -> None: ...
     def __enter__(self) -> "Stream": ...
-    def __exit__(self, *exc: Any) -> None: ...
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc_value: Optional[BaseException], traceback: Optional[TracebackType]) -> None: ...
     async def __aenter__(self) -> "Stream": ...
-    async def __aexit__(self, *exc: Any) -> None: ...
+    async def __aexit__(self, exc_type: Optional[Type[BaseException]], exc_value: Optional[BaseException], traceback: Optional[TracebackType]) -> None: ...
 
+@final
 class Queue:
     """A queue handle (blocking calls; the GIL is released while waiting)."""
     @property
     def name(self) -> str: ...
-    def run(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> JSON: ...
-    def stream(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Stream: ...
-    def submit(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None) -> Submitted: ...
+    def run(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> JSON: ...
+    def stream(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Stream: ...
+    def submit(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None) -> Submitted: ...
     def wait(self, id: str, *, timeout: Optional[float] = None) -> JSON: ...
     def status(self, id: str) -> TaskInfo: ...
     def follow(self, id: str, *, from_: int = 0, attempt: Optional[int] = None) -> Stream: ...
     def cancel(self, id: str, reason: str = "cancelled by client") -> str: ...
 
+@final
 class AsyncQueue:
     """A queue handle (asyncio calls)."""
     @property
     def name(self) -> str: ...
-    def run(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Awaitable[JSON]: ...
-    def stream(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Stream: ...
-    def submit(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Mapping[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None) -> Awaitable[Submitted]: ...
+    def run(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Awaitable[JSON]: ...
+    def stream(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None, cancel_on_exit: bool = False) -> Stream: ...
+    def submit(self, input: JSON = None, *, input_ref: Optional[str] = None, timeout: Optional[float] = None, priority: int = 0, labels: Optional[Dict[str, str]] = None, id: Optional[str] = None, max_attempts: Optional[int] = None, retention: Optional[float] = None) -> Awaitable[Submitted]: ...
     def wait(self, id: str, *, timeout: Optional[float] = None) -> Awaitable[JSON]: ...
     def status(self, id: str) -> Awaitable[TaskInfo]: ...
     def follow(self, id: str, *, from_: int = 0, attempt: Optional[int] = None) -> Stream: ...
@@ -114,6 +148,7 @@ class AsyncQueue:
 
 TaskKind = Literal["pending", "running", "recent", "failed"]
 
+@final
 class Admin:
     """Admin reads (blocking)."""
     def queues(self) -> List[str]: ...
@@ -122,6 +157,7 @@ class Admin:
     def workers(self, queue: str) -> List[Dict[str, Any]]: ...
     def tasks(self, queue: str, kind: TaskKind = "pending", *, offset: int = 0, limit: int = 100) -> List[TaskInfo]: ...
 
+@final
 class AsyncAdmin:
     """Admin reads (asyncio)."""
     def queues(self) -> Awaitable[List[str]]: ...
@@ -130,6 +166,7 @@ class AsyncAdmin:
     def workers(self, queue: str) -> Awaitable[List[Dict[str, Any]]]: ...
     def tasks(self, queue: str, kind: TaskKind = "pending", *, offset: int = 0, limit: int = 100) -> Awaitable[List[TaskInfo]]: ...
 
+@final
 class Client:
     """A connection to Redis (blocking calls)."""
     @property
@@ -137,6 +174,7 @@ class Client:
     def queue(self, name: str) -> Queue: ...
     def admin(self) -> Admin: ...
 
+@final
 class AsyncClient:
     """A connection to Redis (asyncio calls)."""
     @property
@@ -147,6 +185,7 @@ class AsyncClient:
 def connect(url: str, *, response_timeout: Optional[float] = None, give_up_after: Optional[float] = None, max_reply_readers: Optional[int] = None, reply_reader_idle: Optional[float] = None) -> Client: ...
 def connect_async(url: str, *, response_timeout: Optional[float] = None, give_up_after: Optional[float] = None, max_reply_readers: Optional[int] = None, reply_reader_idle: Optional[float] = None) -> Awaitable[AsyncClient]: ...
 
+@final
 class Task:
     """A task handed to a worker's handler."""
     @property
@@ -174,6 +213,7 @@ class Task:
         task's output not yet in Redis is over its budget. Raises rtq.Stopped
         once the task must stop."""
 
+@final
 class Worker:
     @property
     def id(self) -> str: ...
@@ -181,7 +221,7 @@ class Worker:
     def stop(self) -> None: ...
     def status(self) -> Dict[str, Any]: ...
 
-def connect_worker(url: str, queue: str, *, slots: int = 1, labels: Optional[Mapping[str, str]] = None, lease: Optional[float] = None, worker_id: Optional[str] = None, grace: Optional[float] = None, cancel_grace: Optional[float] = None, handler_name: str = "python") -> Awaitable[Worker]: ...
+def connect_worker(url: str, queue: str, *, slots: int = 1, labels: Optional[Dict[str, str]] = None, lease: Optional[float] = None, worker_id: Optional[str] = None, grace: Optional[float] = None, cancel_grace: Optional[float] = None, handler_name: str = "python") -> Awaitable[Worker]: ...
 def init_logging(level: str = "info") -> None: ...
 def redact_url(url: str) -> str: ...
 def _shutdown() -> None:

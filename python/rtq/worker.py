@@ -26,12 +26,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
+import os
 import signal
-from typing import Any, Awaitable, Callable, Dict, Optional
+import sys
+import threading
+from typing import Any, Awaitable, Callable, Dict, Optional, Set
 
 from rtq import _native
 
 __all__ = ["Result", "serve", "run_worker", "adapt"]
+
+_log = logging.getLogger("rtq.worker")
 
 
 class Result:
@@ -157,19 +163,38 @@ async def serve(
     ``handle_signals`` and running in the main thread) or until the
     worker's ``stop()`` is called; then drains gracefully: no new tasks,
     running ones get ``grace`` seconds (default 25) to finish, the rest are
-    handed back to the queue. A second signal stops at once, handing every
+    stopped (``cancel_grace`` seconds, default 1, to return) and handed
+    back to the queue. A second signal stops at once, handing every
     running task back. ``on_start(worker)`` is called once the worker
     is connected (to keep a handle for ``stop()`` or ``status()``).
+
+    A handler that ignores its cancellation (catches ``CancelledError``,
+    or a sync handler that never polls ``task.cancelled``) cannot be
+    stopped, and would keep the process alive: once its task is handed
+    back and it has had ``cancel_grace`` more seconds, a worker stopped by
+    a signal ends the process, dying of that signal (a shell reports
+    128 + its number). A worker stopped by ``stop()`` returns instead,
+    logging a warning; such a handler keeps its asyncio task or thread.
 
     ``lease`` (seconds, default 5) is how long the worker may go silent
     before its tasks are given to others; ``labels`` describe it to
     operators.
     """
     _check_handler(handler)  # before connecting
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=max(1, slots), thread_name_prefix="rtq-handler"
-    )
+    executor = _HandlerThreads(slots)
     fn = adapt(handler, executor)
+    # The handlers' asyncio tasks running now.
+    active: Set["asyncio.Task[Any]"] = set()
+
+    async def tracked(task: _native.Task) -> Any:
+        me = asyncio.current_task()
+        if me is not None:
+            active.add(me)
+        try:
+            return await fn(task)
+        finally:
+            active.discard(me)  # type: ignore[arg-type]
+
     worker = await _native.connect_worker(
         url,
         queue,
@@ -181,24 +206,28 @@ async def serve(
         cancel_grace=cancel_grace,
     )
     loop = asyncio.get_running_loop()
-    run = asyncio.ensure_future(worker.run(fn))
-    signals = 0
+    run = asyncio.ensure_future(worker.run(tracked))
+    signals = []
+    hurry = asyncio.Event()
 
-    def on_signal() -> None:
+    def on_signal(sig: int) -> None:
         # The first signal drains gracefully; a second one stops at once,
-        # handing every running task back to the queue.
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        # handing every running task back to the queue. Once the worker
+        # has stopped, another one ends the wait for handlers that ignore
+        # their cancellation.
+        signals.append(sig)
+        if len(signals) == 1:
             worker.stop()
-        else:
+        elif not run.done():
             run.cancel()
+        else:
+            hurry.set()
 
     installed = []
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, on_signal)
+                loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread, or no signals here
@@ -208,15 +237,97 @@ async def serve(
         try:
             await run
         except asyncio.CancelledError:
-            if signals < 2:
+            if len(signals) < 2:
                 raise
             await _until_left(url, queue, worker.id)
+        # The worker has left and its tasks are back in the queue; the
+        # core stopped every handler. Those that ignore it stay behind.
+        wait = 1.0 if cancel_grace is None else cancel_grace
+        stuck = await _stuck_handlers(active, executor, wait, hurry)
+        if stuck and signals:
+            _log.warning(
+                "%d handler(s) ignored the cancellation of their task (handed back to the queue): "
+                "ending the process",
+                stuck,
+            )
+            _die_of(signals[-1])
+        elif stuck:
+            _log.warning(
+                "%d handler(s) ignored the cancellation of their task (handed back to the queue) "
+                "and still run",
+                stuck,
+            )
     finally:
         if not run.done():
             run.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _HandlerThreads(concurrent.futures.ThreadPoolExecutor):
+    """The threads sync handlers run in (``slots`` of them), counting the
+    calls running now: a handler that ignores its cancellation keeps its
+    thread after its asyncio task ended."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(max_workers=max(1, slots), thread_name_prefix="rtq-handler")
+        self._lock = threading.Lock()
+        self._busy = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[Any]":
+        def call() -> Any:
+            with self._lock:
+                self._busy += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+        return super().submit(call)
+
+    @property
+    def busy(self) -> int:
+        """Calls running now."""
+        with self._lock:
+            return self._busy
+
+
+async def _stuck_handlers(
+    active: Set["asyncio.Task[Any]"], threads: _HandlerThreads, wait: float, hurry: asyncio.Event
+) -> int:
+    """Cancels the handlers' asyncio tasks still running (the core did
+    already) and waits up to ``wait`` seconds, or until ``hurry`` is set,
+    for them and for the sync handlers' threads to end. Returns how many
+    have not."""
+    for t in list(active):
+        t.cancel()
+
+    def left() -> int:
+        return sum(1 for t in active if not t.done()) + threads.busy
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait
+    while left() and loop.time() < end and not hurry.is_set():
+        await asyncio.sleep(0.02)
+    return left()
+
+
+def _die_of(sig: int) -> None:
+    """Ends the process as the signal's default action does (it cannot
+    end otherwise: asyncio and the interpreter's exit wait for handlers
+    that never return)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    # Still here: the signal's default action is to ignore it (as for
+    # PID 1 in a container).
+    os._exit(128 + sig)
 
 
 async def _until_left(url: str, queue: str, worker_id: str, timeout: float = 3.0) -> None:

@@ -2,18 +2,20 @@
 //! queue's overview, statistics, workers, task pages. Blocking ([`Admin`])
 //! and asyncio ([`AsyncAdmin`]) flavours; results are plain dicts/lists.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rtq_core::admin::{self, QueueOverview, WorkerInfo};
 use rtq_core::admin::{Percentiles, QueueStats};
 
-use crate::errors::to_py_err;
+use crate::args::{Int, Text};
+use crate::errors::{invalid, to_py_err};
 use crate::request::info_dict;
 use crate::runtime::{attach, awaitable, block_on, Call};
 
 /// The largest page of tasks one call returns.
 const MAX_PAGE: usize = 10_000;
+/// The most statistics buckets one call reads.
+const MAX_BUCKETS: usize = 10_000;
 
 fn overview_dict(py: Python<'_>, o: &QueueOverview) -> PyResult<Py<PyAny>> {
     let d = PyDict::new(py);
@@ -90,14 +92,14 @@ enum Kind {
     Failed,
 }
 
-fn kind(name: &str) -> PyResult<Kind> {
-    Ok(match name {
+fn kind(name: &Text) -> PyResult<Kind> {
+    Ok(match name.0.as_str() {
         "pending" => Kind::Pending,
         "running" => Kind::Running,
         "recent" => Kind::Recent,
         "failed" => Kind::Failed,
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(invalid(format!(
             "unknown task list {other:?}: use \"pending\", \"running\", \"recent\" or \"failed\""
         )))
         }
@@ -164,22 +166,22 @@ mod ops {
     }
 }
 
-fn page(limit: usize) -> PyResult<usize> {
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(PyValueError::new_err(format!(
-            "limit must be in [1, {MAX_PAGE}], got {limit}"
-        )));
-    }
-    Ok(limit)
+/// The largest `offset`: Redis ranges are signed 64-bit, and
+/// `offset + limit` must not overflow.
+fn max_offset() -> usize {
+    usize::try_from(i64::MAX).unwrap_or(usize::MAX) - MAX_PAGE
 }
 
-fn buckets(n: usize) -> PyResult<usize> {
-    if n == 0 || n > 10_000 {
-        return Err(PyValueError::new_err(format!(
-            "buckets must be in [1, 10000], got {n}"
-        )));
-    }
-    Ok(n)
+/// `offset` and `limit` of `tasks`, range-checked.
+fn page(offset: &Int, limit: &Int) -> PyResult<(usize, usize)> {
+    Ok((
+        offset.within_usize("offset", 0, max_offset())?,
+        limit.within_usize("limit", 1, MAX_PAGE)?,
+    ))
+}
+
+fn buckets(n: &Int) -> PyResult<usize> {
+    n.within_usize("buckets", 1, MAX_BUCKETS)
 }
 
 /// Admin reads (blocking calls).
@@ -204,34 +206,36 @@ impl Admin {
         block_on(py, ops::queues(self.inner.clone()))
     }
     /// A queue at a glance: pending, running, workers, idle slots, ...
-    fn overview(&self, py: Python<'_>, queue: String) -> PyResult<Py<PyAny>> {
-        block_on(py, ops::overview(self.inner.clone(), queue))
+    fn overview(&self, py: Python<'_>, queue: Text) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::overview(self.inner.clone(), queue.0))
     }
     /// Counters and latency percentiles over the last `buckets` 10 s buckets.
-    #[pyo3(signature = (queue, *, buckets=30))]
-    fn stats(&self, py: Python<'_>, queue: String, buckets: usize) -> PyResult<Py<PyAny>> {
-        let n = self::buckets(buckets)?;
-        block_on(py, ops::stats(self.inner.clone(), queue, n))
+    #[pyo3(signature = (queue, *, buckets=Int::of(30)),
+        text_signature = "($self, queue, *, buckets=30)")]
+    fn stats(&self, py: Python<'_>, queue: Text, buckets: Int) -> PyResult<Py<PyAny>> {
+        let n = self::buckets(&buckets)?;
+        block_on(py, ops::stats(self.inner.clone(), queue.0, n))
     }
     /// The queue's workers as their heartbeats describe them.
-    fn workers(&self, py: Python<'_>, queue: String) -> PyResult<Py<PyAny>> {
-        block_on(py, ops::workers(self.inner.clone(), queue))
+    fn workers(&self, py: Python<'_>, queue: Text) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::workers(self.inner.clone(), queue.0))
     }
     /// A page of tasks: `kind` is "pending", "running", "recent" or "failed".
-    #[pyo3(signature = (queue, kind="pending", *, offset=0, limit=100))]
+    #[pyo3(signature = (queue, kind=Text("pending".to_string()), *, offset=Int::of(0), limit=Int::of(100)),
+        text_signature = "($self, queue, kind='pending', *, offset=0, limit=100)")]
     fn tasks(
         &self,
         py: Python<'_>,
-        queue: String,
-        kind: &str,
-        offset: usize,
-        limit: usize,
+        queue: Text,
+        kind: Text,
+        offset: Int,
+        limit: Int,
     ) -> PyResult<Py<PyAny>> {
-        let kind = self::kind(kind)?;
-        let limit = page(limit)?;
+        let kind = self::kind(&kind)?;
+        let (offset, limit) = page(&offset, &limit)?;
         block_on(
             py,
-            ops::tasks(self.inner.clone(), queue, kind, offset, limit),
+            ops::tasks(self.inner.clone(), queue.0, kind, offset, limit),
         )
     }
 }
@@ -258,24 +262,26 @@ impl AsyncAdmin {
         awaitable(ops::queues(self.inner.clone()))
     }
     /// A queue at a glance: pending, running, workers, idle slots, ...
-    fn overview(&self, queue: String) -> PyResult<Call> {
-        awaitable(ops::overview(self.inner.clone(), queue))
+    fn overview(&self, queue: Text) -> PyResult<Call> {
+        awaitable(ops::overview(self.inner.clone(), queue.0))
     }
     /// Counters and latency percentiles over the last `buckets` 10 s buckets.
-    #[pyo3(signature = (queue, *, buckets=30))]
-    fn stats(&self, queue: String, buckets: usize) -> PyResult<Call> {
-        let n = self::buckets(buckets)?;
-        awaitable(ops::stats(self.inner.clone(), queue, n))
+    #[pyo3(signature = (queue, *, buckets=Int::of(30)),
+        text_signature = "($self, queue, *, buckets=30)")]
+    fn stats(&self, queue: Text, buckets: Int) -> PyResult<Call> {
+        let n = self::buckets(&buckets)?;
+        awaitable(ops::stats(self.inner.clone(), queue.0, n))
     }
     /// The queue's workers as their heartbeats describe them.
-    fn workers(&self, queue: String) -> PyResult<Call> {
-        awaitable(ops::workers(self.inner.clone(), queue))
+    fn workers(&self, queue: Text) -> PyResult<Call> {
+        awaitable(ops::workers(self.inner.clone(), queue.0))
     }
     /// A page of tasks: `kind` is "pending", "running", "recent" or "failed".
-    #[pyo3(signature = (queue, kind="pending", *, offset=0, limit=100))]
-    fn tasks(&self, queue: String, kind: &str, offset: usize, limit: usize) -> PyResult<Call> {
-        let kind = self::kind(kind)?;
-        let limit = page(limit)?;
-        awaitable(ops::tasks(self.inner.clone(), queue, kind, offset, limit))
+    #[pyo3(signature = (queue, kind=Text("pending".to_string()), *, offset=Int::of(0), limit=Int::of(100)),
+        text_signature = "($self, queue, kind='pending', *, offset=0, limit=100)")]
+    fn tasks(&self, queue: Text, kind: Text, offset: Int, limit: Int) -> PyResult<Call> {
+        let kind = self::kind(&kind)?;
+        let (offset, limit) = page(&offset, &limit)?;
+        awaitable(ops::tasks(self.inner.clone(), queue.0, kind, offset, limit))
     }
 }

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use rtq_core::protocol::{MAX_ATTEMPTS, PRIORITY_MAX, PRIORITY_MIN};
 use rtq_core::ClientConfig;
 
 use crate::admin::{Admin, AsyncAdmin};
+use crate::args::{self, opt_secs, opt_text, Int, Secs, Text};
 use crate::errors::to_py_err;
 use crate::json::to_py;
 use crate::request::{info_dict, seconds, submitted_dict, Options};
@@ -18,28 +20,23 @@ use crate::stream::Stream;
 
 /// Client settings from the keywords of `connect`.
 fn config(
-    response_timeout: Option<f64>,
-    give_up_after: Option<f64>,
-    max_reply_readers: Option<usize>,
-    reply_reader_idle: Option<f64>,
+    response_timeout: Option<Secs>,
+    give_up_after: Option<Secs>,
+    max_reply_readers: Option<Int>,
+    reply_reader_idle: Option<Secs>,
 ) -> PyResult<ClientConfig> {
     let mut c = ClientConfig::default();
     if let Some(t) = response_timeout {
-        c = c.response_timeout(seconds("response_timeout", t)?);
+        c = c.response_timeout(seconds("response_timeout", t.0)?);
     }
     if let Some(t) = give_up_after {
-        c = c.give_up_after(seconds("give_up_after", t)?);
+        c = c.give_up_after(seconds("give_up_after", t.0)?);
     }
     if let Some(n) = max_reply_readers {
-        if n == 0 {
-            return Err(crate::errors::invalid(
-                "max_reply_readers must be at least 1",
-            ));
-        }
-        c = c.max_reply_readers(n);
+        c = c.max_reply_readers(n.within_usize("max_reply_readers", 1, usize::MAX)?);
     }
     if let Some(t) = reply_reader_idle {
-        c = c.reply_reader_idle(seconds("reply_reader_idle", t)?);
+        c = c.reply_reader_idle(seconds("reply_reader_idle", t.0)?);
     }
     Ok(c)
 }
@@ -55,18 +52,20 @@ async fn connect_core(url: String, config: ClientConfig) -> PyResult<rtq_core::C
 /// raises `rtq.TooManyQueues`), `reply_reader_idle` is how long (seconds)
 /// an unused queue's connection stays open.
 ///
-/// Raises `rtq.ConnectionError` (password redacted), `rtq.AuthenticationFailed`,
+/// Raises `rtq.InvalidInput` for a malformed URL or settings out of range,
+/// `rtq.ConnectionError` (password redacted), `rtq.AuthenticationFailed`,
 /// `rtq.TlsError`, `rtq.PermissionDenied`.
 #[pyfunction]
 #[pyo3(signature = (url, *, response_timeout=None, give_up_after=None, max_reply_readers=None, reply_reader_idle=None))]
 pub fn connect(
     py: Python<'_>,
-    url: String,
-    response_timeout: Option<f64>,
-    give_up_after: Option<f64>,
-    max_reply_readers: Option<usize>,
-    reply_reader_idle: Option<f64>,
+    url: Text,
+    response_timeout: Option<Secs>,
+    give_up_after: Option<Secs>,
+    max_reply_readers: Option<Int>,
+    reply_reader_idle: Option<Secs>,
 ) -> PyResult<Client> {
+    let url = checked_url(url)?;
     let config = config(
         response_timeout,
         give_up_after,
@@ -78,15 +77,18 @@ pub fn connect(
 }
 
 /// Connects to Redis (asyncio flavour): `await rtq.aio.connect(url)`.
+/// Raises as `connect`; a malformed URL or settings out of range raise
+/// `rtq.InvalidInput` at once, before anything is awaited.
 #[pyfunction]
 #[pyo3(signature = (url, *, response_timeout=None, give_up_after=None, max_reply_readers=None, reply_reader_idle=None))]
 pub fn connect_async(
-    url: String,
-    response_timeout: Option<f64>,
-    give_up_after: Option<f64>,
-    max_reply_readers: Option<usize>,
-    reply_reader_idle: Option<f64>,
+    url: Text,
+    response_timeout: Option<Secs>,
+    give_up_after: Option<Secs>,
+    max_reply_readers: Option<Int>,
+    reply_reader_idle: Option<Secs>,
 ) -> PyResult<Call> {
+    let url = checked_url(url)?;
     let config = config(
         response_timeout,
         give_up_after,
@@ -97,6 +99,31 @@ pub fn connect_async(
         let inner = connect_core(url, config).await?;
         Ok(AsyncClient { inner })
     })
+}
+
+/// `from_` and `attempt` of `follow`, range-checked.
+fn follow_position(from: &Int, attempt: Option<&Int>) -> PyResult<(u64, Option<u64>)> {
+    let from = from.within("from_", 0, u64::MAX)?;
+    let attempt = attempt
+        .map(|a| a.within("attempt", 0, u64::MAX))
+        .transpose()?;
+    Ok((from, attempt))
+}
+
+/// The URL, checked without connecting: a malformed one is a
+/// configuration error (`rtq.InvalidInput`, not retryable), where the
+/// core reports it as a connection error (retryable).
+pub fn checked_url(url: Text) -> PyResult<String> {
+    match rtq_core::validate_redis_url(&url.0) {
+        Ok(()) => Ok(url.0),
+        Err(rtq_core::Error::Connection {
+            url: redacted,
+            source,
+        }) => Err(crate::errors::invalid(format!(
+            "invalid Redis URL {redacted}: {source}"
+        ))),
+        Err(e) => Err(to_py_err(e)),
+    }
 }
 
 fn queue_core(client: &rtq_core::Client, name: &str) -> PyResult<rtq_core::Queue> {
@@ -113,9 +140,9 @@ pub struct Client {
 #[pymethods]
 impl Client {
     /// A handle on queue `name`.
-    fn queue(&self, name: &str) -> PyResult<Queue> {
+    fn queue(&self, name: Text) -> PyResult<Queue> {
         Ok(Queue {
-            inner: queue_core(&self.inner, name)?,
+            inner: queue_core(&self.inner, &name.0)?,
         })
     }
     /// Admin reads (stats, workers, tasks).
@@ -141,9 +168,9 @@ pub struct AsyncClient {
 #[pymethods]
 impl AsyncClient {
     /// A handle on queue `name`.
-    fn queue(&self, name: &str) -> PyResult<AsyncQueue> {
+    fn queue(&self, name: Text) -> PyResult<AsyncQueue> {
         Ok(AsyncQueue {
-            inner: queue_core(&self.inner, name)?,
+            inner: queue_core(&self.inner, &name.0)?,
         })
     }
     /// Admin reads (stats, workers, tasks).
@@ -194,32 +221,34 @@ mod ops {
     }
 }
 
-fn max_wait(timeout: Option<f64>) -> PyResult<Option<Duration>> {
-    timeout.map(|t| seconds("timeout", t)).transpose()
+fn max_wait(timeout: Option<Secs>) -> PyResult<Option<Duration>> {
+    timeout.map(|t| seconds("timeout", t.0)).transpose()
 }
 
 /// The keywords of `run`, `stream` and `submit`, gathered.
 #[allow(clippy::too_many_arguments)]
 fn options<'py>(
     input: Option<Bound<'py, PyAny>>,
-    input_ref: Option<String>,
-    timeout: Option<f64>,
-    priority: i16,
-    labels: Option<BTreeMap<String, String>>,
-    id: Option<String>,
-    max_attempts: Option<u32>,
-    retention: Option<f64>,
+    input_ref: Option<Text>,
+    timeout: Option<Secs>,
+    priority: Int,
+    labels: Option<BTreeMap<Text, Text>>,
+    id: Option<Text>,
+    max_attempts: Option<Int>,
+    retention: Option<Secs>,
     cancel_on_exit: bool,
 ) -> PyResult<(rtq_core::TaskRequest, String)> {
     Options {
         input,
-        input_ref,
-        timeout,
-        priority,
-        labels,
-        id,
-        max_attempts,
-        retention,
+        input_ref: opt_text(input_ref),
+        timeout: opt_secs(timeout),
+        priority: priority.within("priority", PRIORITY_MIN, PRIORITY_MAX)?,
+        labels: args::labels(labels),
+        id: opt_text(id),
+        max_attempts: max_attempts
+            .map(|n| n.within("max_attempts", 1, MAX_ATTEMPTS))
+            .transpose()?,
+        retention: opt_secs(retention),
         cancel_on_exit,
     }
     .into_request()
@@ -241,19 +270,20 @@ impl Queue {
     }
 
     /// Submits a task and waits for its result.
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=False)")]
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
         input: Option<Bound<'_, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
         cancel_on_exit: bool,
     ) -> PyResult<Py<PyAny>> {
         let (request, _) = options(
@@ -271,18 +301,19 @@ impl Queue {
     }
 
     /// Submits a task and returns an iterator over its output.
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=False)")]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         input: Option<Bound<'_, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
         cancel_on_exit: bool,
     ) -> PyResult<Stream> {
         let (request, id) = options(
@@ -300,19 +331,20 @@ impl Queue {
     }
 
     /// Submits a task and returns at once (a dict with its `id`).
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None)")]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         py: Python<'_>,
         input: Option<Bound<'_, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
     ) -> PyResult<Py<PyAny>> {
         let (request, _) = options(
             input,
@@ -330,27 +362,30 @@ impl Queue {
 
     /// Waits for the result of a task submitted earlier.
     #[pyo3(signature = (id, *, timeout=None))]
-    fn wait(&self, py: Python<'_>, id: String, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        block_on(py, ops::wait(self.inner.clone(), id, max_wait(timeout)?))
+    fn wait(&self, py: Python<'_>, id: Text, timeout: Option<Secs>) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::wait(self.inner.clone(), id.0, max_wait(timeout)?))
     }
 
     /// Everything stored about a task (a dict).
-    fn status(&self, py: Python<'_>, id: String) -> PyResult<Py<PyAny>> {
-        block_on(py, ops::status(self.inner.clone(), id))
+    fn status(&self, py: Python<'_>, id: Text) -> PyResult<Py<PyAny>> {
+        block_on(py, ops::status(self.inner.clone(), id.0))
     }
 
     /// Streams a task submitted earlier, from chunk `from_` of its current
     /// attempt, or of `attempt` (resuming: if that attempt was abandoned,
     /// a `Restarted` comes first, then the next attempt from chunk 0).
-    #[pyo3(signature = (id, *, from_=0, attempt=None))]
-    fn follow(&self, id: String, from_: u64, attempt: Option<u64>) -> Stream {
-        Stream::follow(self.inner.clone(), id, from_, attempt)
+    #[pyo3(signature = (id, *, from_=Int::of(0), attempt=None),
+        text_signature = "($self, id, *, from_=0, attempt=None)")]
+    fn follow(&self, id: Text, from_: Int, attempt: Option<Int>) -> PyResult<Stream> {
+        let (from, attempt) = follow_position(&from_, attempt.as_ref())?;
+        Ok(Stream::follow(self.inner.clone(), id.0, from, attempt))
     }
 
     /// Cancels a task; returns the state it was in.
-    #[pyo3(signature = (id, reason="cancelled by client".to_string()))]
-    fn cancel(&self, py: Python<'_>, id: String, reason: String) -> PyResult<String> {
-        block_on(py, ops::cancel(self.inner.clone(), id, reason))
+    #[pyo3(signature = (id, reason=Text("cancelled by client".to_string())),
+        text_signature = "($self, id, reason='cancelled by client')")]
+    fn cancel(&self, py: Python<'_>, id: Text, reason: Text) -> PyResult<String> {
+        block_on(py, ops::cancel(self.inner.clone(), id.0, reason.0))
     }
 
     fn __repr__(&self) -> String {
@@ -375,18 +410,19 @@ impl AsyncQueue {
     }
 
     /// Submits a task and waits for its result.
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=False)")]
     #[allow(clippy::too_many_arguments)]
     fn run<'py>(
         &self,
         input: Option<Bound<'py, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
         cancel_on_exit: bool,
     ) -> PyResult<Call> {
         let (request, _) = options(
@@ -404,18 +440,19 @@ impl AsyncQueue {
     }
 
     /// Submits a task and returns an async iterator over its output.
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=false),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None, cancel_on_exit=False)")]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         input: Option<Bound<'_, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
         cancel_on_exit: bool,
     ) -> PyResult<Stream> {
         let (request, id) = options(
@@ -433,18 +470,19 @@ impl AsyncQueue {
     }
 
     /// Submits a task and returns at once (a dict with its `id`).
-    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None))]
+    #[pyo3(signature = (input=None, *, input_ref=None, timeout=None, priority=Int::of(0), labels=None, id=None, max_attempts=None, retention=None),
+        text_signature = "($self, input=None, *, input_ref=None, timeout=None, priority=0, labels=None, id=None, max_attempts=None, retention=None)")]
     #[allow(clippy::too_many_arguments)]
     fn submit<'py>(
         &self,
         input: Option<Bound<'py, PyAny>>,
-        input_ref: Option<String>,
-        timeout: Option<f64>,
-        priority: i16,
-        labels: Option<BTreeMap<String, String>>,
-        id: Option<String>,
-        max_attempts: Option<u32>,
-        retention: Option<f64>,
+        input_ref: Option<Text>,
+        timeout: Option<Secs>,
+        priority: Int,
+        labels: Option<BTreeMap<Text, Text>>,
+        id: Option<Text>,
+        max_attempts: Option<Int>,
+        retention: Option<Secs>,
     ) -> PyResult<Call> {
         let (request, _) = options(
             input,
@@ -462,27 +500,30 @@ impl AsyncQueue {
 
     /// Waits for the result of a task submitted earlier.
     #[pyo3(signature = (id, *, timeout=None))]
-    fn wait(&self, id: String, timeout: Option<f64>) -> PyResult<Call> {
-        awaitable(ops::wait(self.inner.clone(), id, max_wait(timeout)?))
+    fn wait(&self, id: Text, timeout: Option<Secs>) -> PyResult<Call> {
+        awaitable(ops::wait(self.inner.clone(), id.0, max_wait(timeout)?))
     }
 
     /// Everything stored about a task (a dict).
-    fn status(&self, id: String) -> PyResult<Call> {
-        awaitable(ops::status(self.inner.clone(), id))
+    fn status(&self, id: Text) -> PyResult<Call> {
+        awaitable(ops::status(self.inner.clone(), id.0))
     }
 
     /// Streams a task submitted earlier, from chunk `from_` of its current
     /// attempt, or of `attempt` (resuming: if that attempt was abandoned,
     /// a `Restarted` comes first, then the next attempt from chunk 0).
-    #[pyo3(signature = (id, *, from_=0, attempt=None))]
-    fn follow(&self, id: String, from_: u64, attempt: Option<u64>) -> Stream {
-        Stream::follow(self.inner.clone(), id, from_, attempt)
+    #[pyo3(signature = (id, *, from_=Int::of(0), attempt=None),
+        text_signature = "($self, id, *, from_=0, attempt=None)")]
+    fn follow(&self, id: Text, from_: Int, attempt: Option<Int>) -> PyResult<Stream> {
+        let (from, attempt) = follow_position(&from_, attempt.as_ref())?;
+        Ok(Stream::follow(self.inner.clone(), id.0, from, attempt))
     }
 
     /// Cancels a task; returns the state it was in.
-    #[pyo3(signature = (id, reason="cancelled by client".to_string()))]
-    fn cancel(&self, id: String, reason: String) -> PyResult<Call> {
-        awaitable(ops::cancel(self.inner.clone(), id, reason))
+    #[pyo3(signature = (id, reason=Text("cancelled by client".to_string())),
+        text_signature = "($self, id, reason='cancelled by client')")]
+    fn cancel(&self, id: Text, reason: Text) -> PyResult<Call> {
+        awaitable(ops::cancel(self.inner.clone(), id.0, reason.0))
     }
 
     fn __repr__(&self) -> String {

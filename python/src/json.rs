@@ -13,8 +13,8 @@ const MAX_DEPTH: usize = 256;
 ///
 /// # Errors
 /// `TypeError` naming the path of a value JSON cannot hold (bytes, a set,
-/// a non-string key, ...), `ValueError` for NaN/infinity or nesting deeper
-/// than 256 levels.
+/// a non-string key, ...), `ValueError` for NaN/infinity, a str holding a
+/// lone surrogate, or nesting deeper than 256 levels.
 pub fn to_json(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     convert(obj, 0, &mut String::from("input"))
 }
@@ -49,21 +49,20 @@ fn convert(obj: &Bound<'_, PyAny>, depth: usize, path: &mut String) -> PyResult<
             .ok_or_else(|| PyValueError::new_err(format!("{path}: {v} is not a JSON number")));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::String(s.to_str()?.to_string()));
+        return Ok(Value::String(utf8(s, path)?));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(d.len());
         for (k, v) in d.iter() {
-            let key = k
-                .cast::<PyString>()
-                .map_err(|_| {
+            let key = utf8(
+                k.cast::<PyString>().map_err(|_| {
                     PyTypeError::new_err(format!(
                         "{path}: dict key {} is not a str (JSON keys are strings)",
                         k.repr().map(|r| r.to_string()).unwrap_or_default()
                     ))
-                })?
-                .to_str()?
-                .to_string();
+                })?,
+                path,
+            )?;
             let len = path.len();
             path.push('.');
             path.push_str(&key);
@@ -98,6 +97,16 @@ fn convert(obj: &Bound<'_, PyAny>, depth: usize, path: &mut String) -> PyResult<
     Err(PyTypeError::new_err(format!(
         "{path}: a {type_name} is not JSON (use dict, list, str, int, float, bool or None)"
     )))
+}
+
+/// A str's UTF-8, or `ValueError` at `path` for a lone surrogate.
+fn utf8(s: &Bound<'_, PyString>, path: &str) -> PyResult<String> {
+    s.to_str().map(str::to_owned).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{path}: {} is not valid Unicode (a lone surrogate)",
+            s.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })
 }
 
 /// Converts JSON into Python objects.

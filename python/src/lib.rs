@@ -7,6 +7,7 @@
 //! # Layout
 //! - `runtime`: the shared tokio runtime; asyncio awaitables and
 //!   blocking waits that release the GIL and answer Ctrl-C.
+//! - `args`: argument types that turn bad values into `rtq.InvalidInput`.
 //! - `json`: task input and results between Python objects and JSON.
 //! - `errors`: `rtq_core::Error` to the `rtq._errors` exception classes.
 //! - `request`: `run`/`stream`/`submit` keywords to a `TaskRequest`; the
@@ -18,6 +19,7 @@
 //! - `admin`: `Admin`/`AsyncAdmin` reads (queues, stats, workers, tasks).
 
 mod admin;
+mod args;
 mod client;
 mod errors;
 mod json;
@@ -32,9 +34,10 @@ use pyo3::prelude::*;
 /// filter such as "rtq_core=debug"). Once per process; later calls are
 /// ignored.
 #[pyfunction]
-#[pyo3(signature = (level="info"))]
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+#[pyo3(signature = (level=args::Text("info".to_string())),
+    text_signature = "(level='info')")]
+fn init_logging(level: args::Text) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&level.0)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -44,8 +47,8 @@ fn init_logging(level: &str) {
 
 /// Masks the password in a Redis URL (for logs and messages).
 #[pyfunction]
-fn redact_url(url: &str) -> String {
-    rtq_core::redact_url(url)
+fn redact_url(url: args::Text) -> String {
+    rtq_core::redact_url(&url.0)
 }
 
 #[pymodule]

@@ -212,13 +212,17 @@ impl Call {
         self.send(py, py.None())
     }
 
-    /// Steps the coroutine (the generator protocol).
+    /// Steps the coroutine (the generator protocol). Once a step ends it
+    /// (its result as `StopIteration`, or its exception), the coroutine
+    /// is closed: awaiting it again raises `RuntimeError`, as for any
+    /// coroutine (the asyncio future's iterator, stepped again, would
+    /// raise `SystemError`).
     fn send(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
         match self.iter(py)? {
-            Some(iter) => Ok(iter.call_method1(py, "send", (value,))?),
-            None => Err(PyRuntimeError::new_err(
-                "cannot reuse already awaited coroutine",
-            )),
+            Some(iter) => iter
+                .call_method1(py, "send", (value,))
+                .inspect_err(|_| self.close(py)),
+            None => Err(reused()),
         }
     }
 
@@ -237,7 +241,10 @@ impl Call {
         };
         if started {
             if let Some(iter) = self.iter(py)? {
-                return iter.call_method1(py, "throw", (typ, val, tb));
+                // Raised back out: the coroutine ended (see `send`).
+                return iter
+                    .call_method1(py, "throw", (typ, val, tb))
+                    .inspect_err(|_| self.close(py));
             }
         }
         self.close(py);
@@ -273,6 +280,11 @@ impl Call {
             other => drop_in_runtime(other),
         }
     }
+}
+
+/// What Python raises when a finished coroutine is awaited again.
+fn reused() -> PyErr {
+    PyRuntimeError::new_err("cannot reuse already awaited coroutine")
 }
 
 /// Starts `fut` on the runtime and returns the asyncio future of the

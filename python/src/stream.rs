@@ -402,11 +402,13 @@ impl Stream {
         slf
     }
 
+    /// Closes the stream (the exception, if any, propagates).
+    #[allow(unused_variables)]
     fn __exit__(
         &self,
-        _t: Option<Bound<'_, PyAny>>,
-        _v: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
+        exc_type: Option<Bound<'_, PyAny>>,
+        exc_value: Option<Bound<'_, PyAny>>,
+        traceback: Option<Bound<'_, PyAny>>,
     ) {
         self.close();
     }
@@ -415,11 +417,13 @@ impl Stream {
         awaitable(async move { Ok(slf) })
     }
 
+    /// Closes the stream (the exception, if any, propagates).
+    #[allow(unused_variables)]
     fn __aexit__<'py>(
         &self,
-        _t: Option<Bound<'py, PyAny>>,
-        _v: Option<Bound<'py, PyAny>>,
-        _tb: Option<Bound<'py, PyAny>>,
+        exc_type: Option<Bound<'py, PyAny>>,
+        exc_value: Option<Bound<'py, PyAny>>,
+        traceback: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Call> {
         self.aclose()
     }

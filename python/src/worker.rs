@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
+use rtq_core::protocol::MAX_SLOTS;
 use rtq_core::{
     async_trait, Handler, HandlerError, StopReason, Stopped, TaskContext, WorkerConfig,
     WorkerStatus,
@@ -21,6 +22,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::args::{self, text, Int, Secs, Text};
+use crate::client::checked_url;
 use crate::errors::{exception, to_py_err};
 use crate::json::{to_json, to_py};
 use crate::request::seconds;
@@ -294,54 +297,57 @@ pub struct Worker {
 /// Settings from the keywords of `connect_worker`.
 #[allow(clippy::too_many_arguments)]
 fn worker_config(
-    queue: String,
-    slots: usize,
-    labels: Option<BTreeMap<String, String>>,
-    lease: Option<f64>,
-    worker_id: Option<String>,
-    grace: Option<f64>,
-    cancel_grace: Option<f64>,
-    handler_name: String,
+    queue: Text,
+    slots: Int,
+    labels: Option<BTreeMap<Text, Text>>,
+    lease: Option<Secs>,
+    worker_id: Option<Text>,
+    grace: Option<Secs>,
+    cancel_grace: Option<Secs>,
+    handler_name: Text,
 ) -> PyResult<WorkerConfig> {
-    let mut c = WorkerConfig::new(queue).handler_name(handler_name);
-    // Set directly (the builder clamps 0 to 1): `validate` refuses 0.
-    c.slots = slots;
-    for (k, v) in labels.unwrap_or_default() {
+    let mut c = WorkerConfig::new(queue.0).handler_name(handler_name.0);
+    // Set directly (the builder clamps 0 to 1).
+    c.slots = slots.within_usize("slots", 1, MAX_SLOTS)?;
+    for (k, v) in args::labels(labels).unwrap_or_default() {
         c = c.label(k, v);
     }
     if let Some(l) = lease {
-        c = c.lease(seconds("lease", l)?);
+        c = c.lease(seconds("lease", l.0)?);
     }
     if let Some(id) = worker_id {
-        c = c.worker_id(id);
+        c = c.worker_id(id.0);
     }
     if let Some(g) = grace {
-        c = c.grace(seconds("grace", g)?);
+        c = c.grace(seconds("grace", g.0)?);
     }
     if let Some(g) = cancel_grace {
-        c = c.cancel_grace(seconds("cancel_grace", g)?);
+        c = c.cancel_grace(seconds("cancel_grace", g.0)?);
     }
     Ok(c)
 }
 
 /// Connects a worker (asyncio): registers nothing until `run`.
 ///
-/// Raises `rtq.ConnectionError`, `rtq.InvalidInput` (settings out of
-/// range, a bad queue name or worker id), `rtq.UnsuitableServer`.
+/// Raises `rtq.ConnectionError`, `rtq.InvalidInput` (a malformed URL,
+/// settings out of range, a bad queue name or worker id; at once, before
+/// anything is awaited), `rtq.UnsuitableServer`.
 #[pyfunction]
-#[pyo3(signature = (url, queue, *, slots=1, labels=None, lease=None, worker_id=None, grace=None, cancel_grace=None, handler_name="python".to_string()))]
+#[pyo3(signature = (url, queue, *, slots=Int::of(1), labels=None, lease=None, worker_id=None, grace=None, cancel_grace=None, handler_name=Text("python".to_string())),
+    text_signature = "(url, queue, *, slots=1, labels=None, lease=None, worker_id=None, grace=None, cancel_grace=None, handler_name='python')")]
 #[allow(clippy::too_many_arguments)]
 pub fn connect_worker(
-    url: String,
-    queue: String,
-    slots: usize,
-    labels: Option<BTreeMap<String, String>>,
-    lease: Option<f64>,
-    worker_id: Option<String>,
-    grace: Option<f64>,
-    cancel_grace: Option<f64>,
-    handler_name: String,
+    url: Text,
+    queue: Text,
+    slots: Int,
+    labels: Option<BTreeMap<Text, Text>>,
+    lease: Option<Secs>,
+    worker_id: Option<Text>,
+    grace: Option<Secs>,
+    cancel_grace: Option<Secs>,
+    handler_name: Text,
 ) -> PyResult<Call> {
+    let url = checked_url(url)?;
     let config = worker_config(
         queue,
         slots,
@@ -435,7 +441,7 @@ impl Worker {
 /// A chunk's bytes: str (UTF-8) or bytes.
 fn chunk_bytes(chunk: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(s) = chunk.cast::<PyString>() {
-        Ok(s.to_str()?.as_bytes().to_vec())
+        Ok(text(s)?.into_bytes())
     } else if let Ok(b) = chunk.cast::<PyBytes>() {
         Ok(b.as_bytes().to_vec())
     } else {

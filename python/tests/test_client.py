@@ -130,7 +130,7 @@ def test_bad_input_gets_clear_errors(redis_url):
         q.submit(1, timeout=-1)
     with pytest.raises(rtq.InvalidInput, match="priority"):
         q.submit(1, priority=5000)
-    with pytest.raises(OverflowError):
+    with pytest.raises(rtq.InvalidInput, match=r"priority must be in \[-1000, 1000\], got 1000000000"):
         q.submit(1, priority=10**9)
     with pytest.raises(rtq.InvalidInput, match="task id"):
         q.status("no spaces allowed ")
@@ -147,8 +147,169 @@ def test_bad_input_gets_clear_errors(redis_url):
         q.wait("never-submitted", timeout=1)
     with pytest.raises(rtq.NotFound):
         q.cancel("never-submitted")
-    with pytest.raises(ValueError, match="task list"):
+    with pytest.raises(rtq.InvalidInput, match="task list"):
         c.admin().tasks("q", "everything")
+
+
+LONE = "a\udc80"  # a lone surrogate: a str no UTF-8 can hold
+HUGE = 2**70
+
+
+def hostile_calls(redis_url):
+    """(what, call) pairs of arguments a hostile caller may pass, for
+    every public function of the blocking flavour."""
+    c = rtq.connect(redis_url)
+    q = c.queue("q")
+    a = c.admin()
+    calls = []
+    for name, value in [("negative", -1), ("huge", HUGE), ("-huge", -HUGE)]:
+        calls += [
+            (f"priority {name}", lambda v=value: q.submit(1, priority=v * 10**6)),
+            (f"max_attempts {name}", lambda v=value: q.submit(1, max_attempts=v)),
+            (f"run priority {name}", lambda v=value: q.run(1, priority=v * 10**6)),
+            (f"stream max_attempts {name}", lambda v=value: q.stream(1, max_attempts=v)),
+            (f"follow from_ {name}", lambda v=value: q.follow("x", from_=v)),
+            (f"follow attempt {name}", lambda v=value: q.follow("x", attempt=v)),
+            (f"stats buckets {name}", lambda v=value: a.stats("q", buckets=v)),
+            (f"tasks offset {name}", lambda v=value: a.tasks("q", offset=v)),
+            (f"tasks limit {name}", lambda v=value: a.tasks("q", limit=v)),
+            (f"max_reply_readers {name}", lambda v=value: rtq.connect(redis_url, max_reply_readers=v)),
+        ]
+    # Ints beyond a float's range, as seconds.
+    for kw in ["timeout", "retention"]:
+        calls.append((f"submit {kw} 2**1100", lambda kw=kw: q.submit(1, **{kw: 2**1100})))
+    calls += [
+        ("wait timeout 2**1100", lambda: q.wait("x", timeout=2**1100)),
+        ("connect response_timeout 2**1100", lambda: rtq.connect(redis_url, response_timeout=2**1100)),
+        ("connect give_up_after 2**1100", lambda: rtq.connect(redis_url, give_up_after=2**1100)),
+        ("connect reply_reader_idle 2**1100", lambda: rtq.connect(redis_url, reply_reader_idle=2**1100)),
+        ("tasks offset 2**63", lambda: a.tasks("q", "failed", offset=2**63)),
+    ]
+    # Lone surrogates, wherever a str goes.
+    calls += [
+        ("queue name", lambda: c.queue(LONE)),
+        ("input", lambda: q.submit(LONE)),
+        ("input key", lambda: q.submit({LONE: 1})),
+        ("input_ref", lambda: q.submit(input_ref=LONE)),
+        ("id", lambda: q.submit(1, id=LONE)),
+        ("label key", lambda: q.submit(1, labels={LONE: "x"})),
+        ("label value", lambda: q.submit(1, labels={"x": LONE})),
+        ("run id", lambda: q.run(1, id=LONE)),
+        ("stream id", lambda: q.stream(1, id=LONE)),
+        ("wait id", lambda: q.wait(LONE)),
+        ("status id", lambda: q.status(LONE)),
+        ("follow id", lambda: q.follow(LONE)),
+        ("cancel id", lambda: q.cancel(LONE)),
+        ("cancel reason", lambda: q.cancel("x", LONE)),
+        ("overview queue", lambda: a.overview(LONE)),
+        ("stats queue", lambda: a.stats(LONE)),
+        ("workers queue", lambda: a.workers(LONE)),
+        ("tasks queue", lambda: a.tasks(LONE)),
+        ("tasks kind", lambda: a.tasks("q", LONE)),
+        ("connect url", lambda: rtq.connect(LONE)),
+        ("redact_url", lambda: rtq.redact_url(LONE)),
+        ("init_logging", lambda: rtq.init_logging(LONE)),
+    ]
+    return calls
+
+
+def test_hostile_arguments_raise_invalid_input_never_overflow_or_unicode_errors(redis_url):
+    wrong = []
+    for what, call in hostile_calls(redis_url):
+        try:
+            call()
+        except rtq.InvalidInput as e:
+            assert not e.retryable
+            assert isinstance(e, ValueError)
+            continue
+        except BaseException as e:  # noqa: BLE001 - the point of the test
+            wrong.append(f"{what}: {type(e).__name__}: {e}")
+            continue
+        wrong.append(f"{what}: no error")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_hostile_arguments_to_the_asyncio_flavour_and_workers_raise_invalid_input(redis_url):
+    async def main():
+        c = await rtq.aio.connect(redis_url)
+        q = c.queue("q")
+        a = c.admin()
+        calls = [
+            ("submit priority", lambda: q.submit(1, priority=HUGE)),
+            ("run max_attempts", lambda: q.run(1, max_attempts=-1)),
+            ("wait id", lambda: q.wait(LONE)),
+            ("status id", lambda: q.status(LONE)),
+            ("cancel reason", lambda: q.cancel("x", LONE)),
+            ("follow from_", lambda: q.follow("x", from_=-1)),
+            ("stats buckets", lambda: a.stats("q", buckets=HUGE)),
+            ("tasks limit", lambda: a.tasks("q", limit=-1)),
+            ("overview queue", lambda: a.overview(LONE)),
+            ("connect url", lambda: rtq.aio.connect(LONE)),
+            ("connect max_reply_readers", lambda: rtq.aio.connect(redis_url, max_reply_readers=-1)),
+            ("worker slots", lambda: rtq.serve(redis_url, "q", lambda t: None, slots=HUGE, handle_signals=False)),
+            ("worker slots negative", lambda: rtq.serve(redis_url, "q", lambda t: None, slots=-1, handle_signals=False)),
+            ("worker lease", lambda: rtq.serve(redis_url, "q", lambda t: None, lease=2**1100, handle_signals=False)),
+            ("worker queue", lambda: rtq.serve(redis_url, LONE, lambda t: None, handle_signals=False)),
+            ("worker id", lambda: rtq.serve(redis_url, "q", lambda t: None, worker_id=LONE, handle_signals=False)),
+            ("worker label", lambda: rtq.serve(redis_url, "q", lambda t: None, labels={"x": LONE}, handle_signals=False)),
+            ("worker url", lambda: rtq.serve("redis://host:port", "q", lambda t: None, handle_signals=False)),
+        ]
+        wrong = []
+        for what, call in calls:
+            try:
+                await call()
+            except rtq.InvalidInput:
+                continue
+            except BaseException as e:  # noqa: BLE001
+                wrong.append(f"{what}: {type(e).__name__}: {e}")
+                continue
+            wrong.append(f"{what}: no error")
+        assert not wrong, "\n".join(wrong)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://127.0.0.1:6379", "redis://127.0.0.1:port", "redis://:pw@[::1"])
+def test_a_malformed_redis_url_is_invalid_input_not_a_retryable_connection_error(url):
+    with pytest.raises(rtq.InvalidInput, match="Redis URL") as e:
+        rtq.connect(url)
+    assert not e.value.retryable and not isinstance(e.value, ConnectionError)
+    assert ":pw@" not in str(e.value)
+
+    async def main():
+        with pytest.raises(rtq.InvalidInput, match="Redis URL"):
+            await rtq.aio.connect(url)
+
+    asyncio.run(main())
+
+
+def test_awaiting_a_finished_call_again_raises_runtime_error_like_a_coroutine(redis_url):
+    async def native():
+        return 1
+
+    async def main():
+        # What Python says for its own coroutines.
+        coro = native()
+        await coro
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await coro
+        c = await rtq.aio.connect(redis_url)
+        q = c.queue("q")
+        ok = q.submit(1, id="again")
+        assert (await ok)["id"] == "again"
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await ok
+        failed = q.status("never-submitted")
+        with pytest.raises(rtq.NotFound):
+            await failed
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await failed
+        connecting = rtq.aio.connect(redis_url)
+        await connecting
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await connecting
+
+    asyncio.run(main())
 
 
 def test_waits_on_more_queues_than_the_reader_limit_raise_too_many_queues(redis_url):

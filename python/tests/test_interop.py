@@ -108,3 +108,36 @@ def test_a_second_sigterm_stops_at_once_and_hands_the_task_back(redis_url, procs
     assert w.wait(timeout=20) == 0
     info = q.status(sub["id"])
     assert info["state"] == "queued", info
+
+
+@pytest.mark.parametrize("mode", ["stubborn", "stubborn_sync"])
+def test_a_second_signal_ends_a_worker_whose_handler_ignores_cancellation(redis_url, procs, mode):
+    w = procs.python_worker(redis_url, "q", "--mode", mode, "--grace", "60", "--log", "info")
+    client = rtq.connect(redis_url)
+    q = client.queue("q")
+    sub = q.submit({}, timeout=120)
+    wait_for_handler(w, sub["id"])
+    w.send_signal(signal.SIGTERM)
+    wait_until(lambda: any("draining" in line for line in w.log_lines), timeout=30, what="the worker to drain")
+    w.send_signal(signal.SIGTERM)
+    # Before, the process waited for the handler forever (asyncio waits
+    # for its task; the interpreter's exit joins its thread).
+    assert w.wait(timeout=30) == -signal.SIGTERM
+    assert q.status(sub["id"])["state"] == "queued"
+    assert client.admin().overview("q")["workers_alive"] == 0
+    wait_until(lambda: any("ignored the cancellation" in line for line in w.log_lines), timeout=5, what="the warning")
+
+
+@pytest.mark.parametrize("mode", ["stubborn", "stubborn_sync"])
+def test_after_the_grace_period_a_worker_whose_handler_ignores_cancellation_ends(redis_url, procs, mode):
+    w = procs.python_worker(redis_url, "q", "--mode", mode, "--grace", "0.5")
+    client = rtq.connect(redis_url)
+    q = client.queue("q")
+    sub = q.submit({}, timeout=120)
+    wait_for_handler(w, sub["id"])
+    w.send_signal(signal.SIGINT)
+    # One signal: the drain's grace, the handler's cancel grace, then the
+    # task is handed back and the process ends (it hung before).
+    assert w.wait(timeout=30) == -signal.SIGINT
+    assert q.status(sub["id"])["state"] == "queued"
+    assert client.admin().overview("q")["workers_alive"] == 0

@@ -360,3 +360,24 @@ def test_a_handler_raising_system_exit_or_keyboard_interrupt_fails_only_its_task
         run(main())
     except (SystemExit, KeyboardInterrupt) as e:
         pytest.fail(f"{type(e).__name__} escaped the worker")
+
+
+def test_a_chunk_holding_a_lone_surrogate_raises_invalid_input_in_the_handler(redis_url):
+    async def handler(task):
+        refused = []
+        try:
+            task.send("a\udc80")
+        except rtq.InvalidInput:
+            refused.append("send")
+        try:
+            await task.asend("a\udc80")
+        except rtq.InvalidInput:
+            refused.append("asend")
+        return refused
+
+    async def main():
+        async with running_worker(redis_url, "q", handler):
+            c = await rtq.aio.connect(redis_url)
+            assert await c.queue("q").run(None, timeout=20) == ["send", "asend"]
+
+    run(main())

@@ -3,7 +3,10 @@ connected, serves until SIGTERM (graceful) or kill -9.
 
 Modes: echo (result = input), stream (input["n"] chunks "tokN ", one every
 input["every"] seconds, result {"tokens": n}), slow (sleeps input["secs"]
-then returns "slept"; it logs "handler started <id>" to stderr first).
+then returns "slept"; it logs "handler started <id>" to stderr first),
+stubborn and stubborn_sync (log the same line, then sleep forever,
+ignoring cancellation: an async handler that swallows CancelledError, a
+sync one that never polls task.cancelled).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 import rtq
 
@@ -37,7 +41,22 @@ async def slow(task: rtq.Task):
     return "slept"
 
 
-MODES = {"echo": echo, "stream": stream, "slow": slow}
+async def stubborn(task: rtq.Task):
+    print(f"handler started {task.id}", file=sys.stderr, flush=True)
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+
+def stubborn_sync(task: rtq.Task):
+    print(f"handler started {task.id}", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(3600)
+
+
+MODES = {"echo": echo, "stream": stream, "slow": slow, "stubborn": stubborn, "stubborn_sync": stubborn_sync}
 
 
 def main() -> None:
