@@ -186,7 +186,7 @@ impl Endpoint {
     /// them).
     ///
     /// # Errors
-    /// [`Error::Connection`] with the redacted URL if it cannot be parsed;
+    /// [`Error::InvalidUrl`] with the redacted URL if it cannot be parsed;
     /// [`Error::TlsSetup`] for TLS settings on a plain URL or unusable PEM;
     /// [`Error::InvalidInput`] for a malformed seed list.
     pub fn parse(url: &str, tls: &TlsConfig) -> Result<Self, Error> {

@@ -189,6 +189,15 @@ pub enum Error {
         /// Task id.
         id: String,
     },
+    /// The Redis URL cannot be parsed (a typo, a bad port or database
+    /// number, an unknown scheme): a configuration error, never retryable.
+    #[error("invalid Redis URL {url}: {reason} (expected redis://[user:password@]host[:port][/db], rediss:// for TLS, unix:///path, or redis+cluster:// / a comma-separated list for a Cluster)")]
+    InvalidUrl {
+        /// The URL with any password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Could not reach Redis, or the connection was lost and not regained.
     #[error("cannot reach Redis at {url}: {source}")]
     Connection {

@@ -223,3 +223,54 @@ async fn the_dashboard_agrees_with_per_queue_reads() {
     q1.cancel(&held.id, "done").await.unwrap();
     w.stop().await;
 }
+
+#[tokio::test]
+async fn pages_take_any_offset_and_limit_without_overflow() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let q = client.queue("pages").unwrap();
+    admin.pause("pages", true).await.unwrap();
+    for i in 0..4 {
+        q.submit(TaskRequest::json(json!({"i": i})).id(format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    let ids = |page: Vec<rtq_core::TaskInfo>| page.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    // A limit of 0 is an empty page (it read one task before).
+    assert!(admin.pending("pages", 0, 0).await.unwrap().is_empty());
+    assert!(admin.pending_page("pages", 1, 0).await.unwrap().is_empty());
+    // offset + limit past usize (a panic in debug builds before) or past
+    // what Redis indexes (an error before): the rest, or nothing.
+    assert_eq!(
+        ids(admin.pending("pages", 2, usize::MAX).await.unwrap()),
+        ["p2", "p3"]
+    );
+    assert_eq!(
+        ids(admin.pending_page("pages", 1, usize::MAX).await.unwrap()),
+        ["p1", "p2", "p3"]
+    );
+    for offset in [usize::MAX, i64::MAX as usize, i64::MAX as usize + 1] {
+        assert!(admin
+            .pending("pages", offset, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(admin
+            .recent("pages", offset, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(admin
+            .recent_page("pages", offset, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let running = admin
+            .running_page("pages", offset, usize::MAX)
+            .await
+            .unwrap();
+        assert!(running.tasks.is_empty());
+    }
+    assert_eq!(admin.recent("pages", 0, usize::MAX).await.unwrap().len(), 0);
+}

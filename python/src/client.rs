@@ -111,19 +111,11 @@ fn follow_position(from: &Int, attempt: Option<&Int>) -> PyResult<(u64, Option<u
 }
 
 /// The URL, checked without connecting: a malformed one is a
-/// configuration error (`rtq.InvalidInput`, not retryable), where the
-/// core reports it as a connection error (retryable).
+/// configuration error (`rtq.InvalidInput`, not retryable).
 pub fn checked_url(url: Text) -> PyResult<String> {
-    match rtq_core::validate_redis_url(&url.0) {
-        Ok(()) => Ok(url.0),
-        Err(rtq_core::Error::Connection {
-            url: redacted,
-            source,
-        }) => Err(crate::errors::invalid(format!(
-            "invalid Redis URL {redacted}: {source}"
-        ))),
-        Err(e) => Err(to_py_err(e)),
-    }
+    rtq_core::validate_redis_url(&url.0)
+        .map(|()| url.0)
+        .map_err(to_py_err)
 }
 
 fn queue_core(client: &rtq_core::Client, name: &str) -> PyResult<rtq_core::Queue> {

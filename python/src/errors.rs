@@ -58,6 +58,7 @@ fn convert(py: Python<'_>, err: Error) -> PyErr {
         Error::InvalidName { .. }
         | Error::InvalidInput(_)
         | Error::PayloadTooLarge { .. }
+        | Error::InvalidUrl { .. }
         | Error::TlsSetup(_) => exception(py, "InvalidInput", m, &[]),
         Error::QueueFull {
             queue,

@@ -277,12 +277,7 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(k.pending())
-            .arg(offset)
-            .arg((offset + limit).saturating_sub(1))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let ids = self.pending_ids(&k, offset, limit).await?;
         self.tasks(&k, &ids).await
     }
 
@@ -304,6 +299,26 @@ impl Admin {
         self.tasks(&k, &ids).await
     }
 
+    /// Ids of a page of `pending` in hand-out order: none for a limit of 0
+    /// or an offset past what Redis can index (any `usize` is accepted,
+    /// never an overflow).
+    pub(crate) async fn pending_ids(
+        &self,
+        k: &QueueKeys,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let Some((first, last)) = rank_range(offset, limit) else {
+            return Ok(Vec::new());
+        };
+        Ok(redis::cmd("ZRANGE")
+            .arg(k.pending())
+            .arg(first)
+            .arg(last)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
     /// Ids of a page of the recent endings, newest first, each task once.
     async fn recent_ids(
         &self,
@@ -312,7 +327,7 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<String>, Error> {
         Ok(self
-            .endings(k, offset + limit)
+            .endings(k, offset.saturating_add(limit))
             .await?
             .into_iter()
             .map(|(id, _)| id)
@@ -333,7 +348,7 @@ impl Admin {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(count)
+            .arg(count.min(i64::MAX as usize))
             .query_async(&mut self.conn.clone())
             .await?;
         let Value::Array(entries) = reply else {
@@ -666,9 +681,33 @@ fn ended_pairs(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
     endings
 }
 
+/// The inclusive rank range `[offset, offset + limit - 1]` of a page, as
+/// Redis takes it (signed 64-bit), or `None` if the page is empty: a limit
+/// of 0, or an offset no sorted set reaches.
+fn rank_range(offset: usize, limit: usize) -> Option<(u64, u64)> {
+    let max = i64::MAX as u64;
+    let offset = u64::try_from(offset).ok().filter(|o| *o <= max)?;
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    if limit == 0 {
+        return None;
+    }
+    Some((offset, offset.saturating_add(limit - 1).min(max)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_range_never_overflows_and_a_zero_limit_is_empty() {
+        assert_eq!(rank_range(10, 5), Some((10, 14)));
+        assert_eq!(rank_range(0, 1), Some((0, 0)));
+        assert_eq!(rank_range(0, 0), None);
+        assert_eq!(rank_range(usize::MAX, 10), None);
+        let max = i64::MAX as u64;
+        assert_eq!(rank_range(5, usize::MAX), Some((5, max)));
+        assert_eq!(rank_range(max as usize, 2), Some((max, max)));
+    }
 
     #[test]
     fn redis_time_is_read_as_milliseconds() {

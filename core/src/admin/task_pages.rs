@@ -62,12 +62,7 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = QueueKeys::new(queue)?;
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(k.pending())
-            .arg(offset)
-            .arg((offset + limit).saturating_sub(1))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let ids = self.pending_ids(&k, offset, limit).await?;
         summaries(self, &k, &ids).await
     }
 
@@ -114,10 +109,11 @@ impl Admin {
         let total: usize = counts.iter().map(|n| (*n).max(0) as usize).sum();
         // The workers whose tasks overlap [offset, offset + limit).
         let mut covering = Vec::new();
+        let end = offset.saturating_add(limit);
         let mut start = 0usize;
         for ((w, _), n) in leases.iter().zip(&counts) {
             let n = (*n).max(0) as usize;
-            if n > 0 && start + n > offset && start < offset + limit {
+            if n > 0 && start + n > offset && start < end {
                 covering.push((w.clone(), start));
             }
             start += n;
@@ -133,7 +129,7 @@ impl Admin {
                 tasks.sort();
                 for (i, id) in tasks.into_iter().enumerate() {
                     let at = first + i;
-                    if at >= offset && at < offset + limit {
+                    if at >= offset && at < end {
                         ids.push(id);
                     }
                 }

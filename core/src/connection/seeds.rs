@@ -105,22 +105,64 @@ fn entries(config: &str) -> Vec<String> {
     out
 }
 
+/// A URL redis-rs could not parse, as [`Error::InvalidUrl`]: the URL
+/// redacted, and the reason without the URL itself (which would carry
+/// its password).
+fn invalid_url(url: &str, e: &redis::RedisError) -> Error {
+    let reason = e.to_string();
+    // The user info (`user:password`) of `scheme://user:password@host...`.
+    let user_info = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map(|(info, _)| info)
+        .unwrap_or("");
+    let reason = if reason.is_empty()
+        || reason.contains(url)
+        || (!user_info.is_empty() && reason.contains(user_info))
+    {
+        "it does not parse".to_string()
+    } else {
+        reason
+    };
+    Error::InvalidUrl {
+        url: redact_url(url),
+        reason,
+    }
+}
+
 /// Parses one node URL with rtq's TCP settings.
 pub(super) fn parse_info(url: &str) -> Result<ConnectionInfo, Error> {
     // TCP_NODELAY: rtq pipelines small writes (a heartbeat, then a
     // complete); with Nagle's algorithm the second would wait for the
     // first's ACK, which delayed ACK holds back for a whole round trip.
     Ok(redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| Error::Connection {
-            url: redact_url(url),
-            source: e,
-        })?
+        .map_err(|e| invalid_url(url, &e))?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_that_does_not_parse_is_an_invalid_url_never_retried_nor_printed_whole() {
+        for url in [
+            "redis://:s3cret@host:notaport",
+            "redis://u:s3cret@host:6379/notadb",
+            "redis://:s3cret@",
+            "redis://:s3cret@host:99999",
+        ] {
+            let e = parse_info(url).unwrap_err();
+            assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+            assert!(!e.is_retryable(), "{url}");
+            assert_eq!(e.connection_problem(), None, "{url}");
+            let text = e.to_string();
+            assert!(text.starts_with("invalid Redis URL "), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        assert!(parse_info("redis://:s3cret@host:6379/2").is_ok());
+    }
 
     #[test]
     fn one_url_is_one_node_and_a_list_or_cluster_scheme_is_a_cluster() {
