@@ -23,7 +23,10 @@
 //! `--lua` sends submits and completes through two small functions
 //! (`examples/lua/floor.lua`) that refuse duplicates and full queues and
 //! keep the first result of a task: what a protocol on streams would add
-//! for those guarantees (BENCHMARKS.md section 8.7).
+//! for those guarantees (BENCHMARKS.md section 8.7). `--v3` sends them
+//! through the two functions with the checks `docs/PROTOCOL-V3.md`
+//! designs (a depth counter, the entry id kept for status, a complete
+//! fenced by the consumer group's pending list), to price that design.
 //!
 //! Run: `cargo run --release -p rtq-examples --example bench_floor -- --redis URL <clients> <slots> <tasks>`
 //! (use a private server: it reads INFO deltas). Prints one line in
@@ -76,6 +79,12 @@ struct Args {
     /// dropped. Implies `--store-results` (section 8.7).
     #[arg(long, env = "RTQ_BENCH_LUA")]
     lua: bool,
+    /// Submit and complete through `floor_submit_v3` and
+    /// `floor_complete_v3`: `--lua` with the checks of
+    /// `docs/PROTOCOL-V3.md` (depth counter, entry id kept, completes
+    /// fenced by the pending list's worker and delivery count).
+    #[arg(long, env = "RTQ_BENCH_V3", conflicts_with = "lua")]
+    v3: bool,
 }
 
 /// The functions `--lua` loads.
@@ -90,11 +99,14 @@ enum Path {
     StoreResults,
     /// Through `floor_submit` and `floor_complete`.
     Lua,
+    /// Through `floor_submit_v3` and `floor_complete_v3`.
+    V3,
 }
 
 impl Path {
     fn of(args: &Args) -> Self {
         match (args.lua, args.store_results) {
+            _ if args.v3 => Self::V3,
             (true, _) => Self::Lua,
             (false, true) => Self::StoreResults,
             (false, false) => Self::Plain,
@@ -107,7 +119,13 @@ impl Path {
             Self::Plain => "floor",
             Self::StoreResults => "floor+results",
             Self::Lua => "floor+lua",
+            Self::V3 => "floor+v3",
         }
+    }
+
+    /// Whether it goes through the functions of `examples/lua/floor.lua`.
+    fn functions(self) -> bool {
+        matches!(self, Self::Lua | Self::V3)
     }
 }
 
@@ -115,6 +133,8 @@ impl Path {
 struct Keys {
     queue: String,
     reply: String,
+    /// The queue's meta hash (`--v3`: its depth counter).
+    meta: String,
 }
 
 impl Keys {
@@ -163,6 +183,32 @@ async fn work(
             .context("XREADGROUP")?;
         let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
         if entries.is_empty() {
+            continue;
+        }
+        if path == Path::V3 {
+            let mut call = redis::cmd("FCALL");
+            call.arg("floor_complete_v3")
+                .arg(3 + entries.len())
+                .arg(&keys.queue)
+                .arg(&keys.reply)
+                .arg(&keys.meta);
+            let mut rest = vec![entries.len().to_string(), "w1".to_string()];
+            for e in &entries {
+                let task: String = e.get("t").context("an entry without its task id")?;
+                call.arg(keys.result(&task));
+                // A fresh XREADGROUP read is the entry's first delivery.
+                rest.extend([task, e.id.clone(), "1".to_string(), result.to_string()]);
+            }
+            let won: u64 = call
+                .arg(rest)
+                .query_async(&mut conn)
+                .await
+                .context("FCALL floor_complete_v3")?;
+            anyhow::ensure!(
+                won == entries.len() as u64,
+                "floor_complete_v3 fenced {} of its own entries",
+                entries.len() as u64 - won
+            );
             continue;
         }
         if path == Path::Lua {
@@ -258,10 +304,11 @@ async fn main() -> anyhow::Result<()> {
     let keys = Arc::new(Keys {
         queue: format!("{{{tag}}}:q"),
         reply: format!("{{{tag}}}:r"),
+        meta: format!("{{{tag}}}:meta"),
     });
     let path = Path::of(&args);
     let mut admin = connect(&url).await?;
-    if path == Path::Lua {
+    if path.functions() {
         let _: String = redis::cmd("FUNCTION")
             .arg("LOAD")
             .arg("REPLACE")
@@ -322,7 +369,21 @@ async fn main() -> anyhow::Result<()> {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 waiting.lock().unwrap().insert(id, tx);
-                if path == Path::Lua {
+                if path == Path::V3 {
+                    let added: String = redis::cmd("FCALL")
+                        .arg("floor_submit_v3")
+                        .arg(3)
+                        .arg(&keys.queue)
+                        .arg(keys.marker(&id.to_string()))
+                        .arg(&keys.meta)
+                        .arg(id)
+                        .arg(spec.as_str())
+                        .arg(1_000_000)
+                        .query_async(&mut conn)
+                        .await
+                        .context("FCALL floor_submit_v3")?;
+                    anyhow::ensure!(added.contains('-'), "floor_submit_v3 refused: {added}");
+                } else if path == Path::Lua {
                     let added: String = redis::cmd("FCALL")
                         .arg("floor_submit")
                         .arg(2)
@@ -369,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
     let _: () = redis::cmd("DEL")
         .arg(&keys.queue)
         .arg(&keys.reply)
+        .arg(&keys.meta)
         .query_async(&mut admin)
         .await?;
     if path != Path::Plain {

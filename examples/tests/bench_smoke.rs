@@ -211,11 +211,13 @@ fn the_floor_bench_answers_every_request_and_cleans_up() {
         .unwrap();
     // Each variant: its option, its peer name, and a command it must use
     // (plain: the worker's read; results kept: one SET per request; the
-    // two functions: FCALL).
+    // two functions: FCALL; the v3 design's: XPENDING).
     for (option, peer, row) in [
         (None, "floor", "| xreadgroup |"),
         (Some("--store-results"), "floor+results", "| set | 1.00 |"),
         (Some("--lua"), "floor+lua", "| fcall |"),
+        // The v3 design's complete reads the pending list per ending.
+        (Some("--v3"), "floor+v3", "| xpending |"),
     ] {
         let mut args = vec!["4", "3", "40", "--breakdown"];
         args.extend(option);
