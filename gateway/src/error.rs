@@ -72,6 +72,23 @@ impl ApiError {
         )
     }
 
+    /// 403: the key may not use this family of routes (`routes=`).
+    pub fn route_forbidden(route: crate::auth::Route) -> Self {
+        let other = match route {
+            crate::auth::Route::OpenAi => "the task API (/v1/queues/...)",
+            crate::auth::Route::Tasks => "the OpenAI-compatible routes",
+        };
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "route_not_allowed",
+            format!(
+                "this API key may not use the {} routes (its routes= grants only {other})",
+                route.name()
+            ),
+        )
+    }
+
     /// 503: the queue cannot serve now (paused, no live worker, Redis down).
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
