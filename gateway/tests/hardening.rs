@@ -403,3 +403,80 @@ async fn the_openai_routes_refuse_on_the_head_what_does_not_depend_on_the_body()
     let r = post_chunked(&s, "k-all", "/v1/chat/completions", &big).await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_follow_or_wait_of_an_ended_task_takes_no_share_of_the_queues_waited_on() {
+    let s = Stack::start(
+        &[],
+        &[
+            "--key-wait-queues",
+            "1",
+            "--create-queues",
+            "--keepalive-secs",
+            "1",
+        ],
+    )
+    .await;
+    // A task on chat that has ended.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"model": "fake-model", "messages": [{"role": "user", "content": "one two"}]}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    let id = done["id"].as_str().unwrap().to_string();
+    // The key's one share is taken by a follow of a queued task elsewhere.
+    let r = s
+        .post("k-all", "/v1/queues/w1/tasks", json!({"input": {}}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.unwrap();
+    let held = follow(&s, "k-all", "w1", queued["id"].as_str().unwrap()).await;
+    assert_eq!(held.status(), 200);
+
+    // The ended task is answered from what is stored: its chunks and
+    // result, from the start or from a Last-Event-ID.
+    let r = follow(&s, "k-all", "chat", &id).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let events = support::sse_events(r).await;
+    let names: Vec<&str> = events.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(names.last(), Some(&"done"), "{events:?}");
+    assert!(names.contains(&"chunk"), "{events:?}");
+    let (_, first_id, _) = events
+        .iter()
+        .find(|(e, _, _)| e == "chunk")
+        .unwrap()
+        .clone();
+    let r = s
+        .http
+        .get(format!("{}/v1/queues/chat/tasks/{id}/stream", s.gw.url))
+        .bearer_auth("k-all")
+        .header("last-event-id", first_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let rest = support::sse_events(r).await;
+    assert_eq!(rest.len(), events.len() - 1, "{rest:?}");
+    let r = s
+        .get(
+            "k-all",
+            &format!("/v1/queues/chat/tasks/{id}/result?wait_ms=5000"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"], done["result"], "{v}");
+
+    // A task still to be waited on is limited as before.
+    let r = s
+        .post("k-all", "/v1/queues/w2/tasks", json!({"input": {}}))
+        .await;
+    let other: Value = r.json().await.unwrap();
+    let r = follow(&s, "k-all", "w2", other["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 429);
+    drop(held);
+}
