@@ -4,8 +4,9 @@
 //!
 //! Authentication is a layer in front of every `/v1/` route
 //! ([`require_key`]): it runs on the request head alone, so a caller
-//! without a valid key gets 401 before a byte of its body is read (the
-//! body limits of [`crate::body`] run after it). Handlers find the key as
+//! without a valid key gets 401, and a key not granted the route's family
+//! (`routes=`) 403, before a byte of its body is read (the body limits of
+//! [`crate::body`], the key's `max_body=` among them, run after it). Handlers find the key as
 //! the [`Caller`] extension.
 
 use std::sync::atomic::{AtomicBool, Ordering};

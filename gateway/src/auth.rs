@@ -1,6 +1,6 @@
-//! API keys: the key file (hashed keys, each with its queues and limits),
-//! the lookup of a request's bearer key, and the per-key rate and
-//! concurrency limits.
+//! API keys: the key file (hashed keys, each with its queues, route
+//! families and limits), the lookup of a request's bearer key, and the
+//! per-key rate and concurrency limits.
 //!
 //! Keys are stored as the hex SHA-256 of the key, never the key itself: a
 //! leaked key file grants nothing. A request's key is hashed and looked up.

@@ -74,18 +74,15 @@ impl ApiError {
 
     /// 403: the key may not use this family of routes (`routes=`).
     pub fn route_forbidden(route: crate::auth::Route) -> Self {
-        let other = match route {
-            crate::auth::Route::OpenAi => "the task API (/v1/queues/...)",
-            crate::auth::Route::Tasks => "the OpenAI-compatible routes",
+        let (this, other) = match route {
+            crate::auth::Route::OpenAi => ("the OpenAI-compatible routes", "tasks"),
+            crate::auth::Route::Tasks => ("the task API (/v1/queues/...)", "openai"),
         };
         Self::new(
             StatusCode::FORBIDDEN,
             "permission_error",
             "route_not_allowed",
-            format!(
-                "this API key may not use the {} routes (its routes= grants only {other})",
-                route.name()
-            ),
+            format!("this API key may not use {this}: its routes= grants only {other}"),
         )
     }
 
