@@ -6,8 +6,8 @@
 //! ([`require_key`]): it runs on the request head alone, so a caller
 //! without a valid key gets 401, and a key not granted the route's family
 //! (`routes=`) 403, before a byte of its body is read (the body limits of
-//! [`crate::body`], the key's `max_body=` among them, run after it). Handlers find the key as
-//! the [`Caller`] extension.
+//! [`crate::body`], the key's `max_body=` among them, run after it).
+//! Handlers find the key as the [`Caller`] extension.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -334,9 +334,10 @@ pub fn router(state: Shared) -> Router {
 /// and passes it on as the [`Caller`] extension, or answers without
 /// reading the body: 401 for a missing or unknown key, 403
 /// `route_not_allowed` for a key whose `routes=` leaves out this route's
-/// family (it may use no queue through it). A refused request that announced a body gets
-/// `Connection: close` (its unread body cannot be skipped to reach a next
-/// request); a client sending `Expect: 100-continue` never sends it.
+/// family (it may use no queue through it). A refused request that
+/// announced a body gets `Connection: close` (its unread body cannot be
+/// skipped to reach a next request); a client sending
+/// `Expect: 100-continue` never sends it.
 pub async fn require_key(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
     let route = Route::of_path(req.uri().path());
     let checked = st.authenticate(req.headers()).and_then(|key| match key {

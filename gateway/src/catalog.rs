@@ -389,7 +389,10 @@ impl Inner {
             // One queue's unreadable keys must not take the whole list
             // down: it is listed unserved.
             if let Some(e) = &queue.error {
-                tracing::warn!(queue = %queue.name, error = %e, "cannot read a queue for the catalog");
+                tracing::warn!(
+                    queue = %queue.name, error = %e,
+                    "cannot read a queue for the catalog"
+                );
             }
             let mut entry = QueueEntry {
                 name: queue.name.clone(),
