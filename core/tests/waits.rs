@@ -1508,6 +1508,52 @@ async fn at_the_reader_cap_a_follow_of_an_ended_task_reads_it_without_a_reader()
     w.stop().await;
 }
 
+/// `follow_if_ended` reads an ended task's stream without opening a reply
+/// reader (what a caller that counts readers, the gateway, tries first),
+/// and says `None` for a task that has not ended.
+#[tokio::test]
+async fn follow_if_ended_reads_an_ended_task_without_a_reader() {
+    let redis = RedisServer::start();
+    let (seen, _rx) = seen_channel();
+    let w = TestWorker::start(&redis.url(), fast("ended"), seen).await;
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let oq = other.queue("ended").unwrap();
+    let done = within(oq.run(TaskRequest::json(json!({"chunks": 5}))))
+        .await
+        .unwrap()
+        .id;
+    let running = oq
+        .submit(TaskRequest::json(json!({"hold": true})))
+        .await
+        .unwrap()
+        .id;
+
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("ended").unwrap();
+    let stream = within(q.follow_if_ended(&done, 0, None)).await.unwrap();
+    let (chunks, restarts, attempt) = drain_all(stream.expect("the task ended")).await;
+    let all: Vec<(u64, u64)> = (0..5).map(|i| (1, i)).collect();
+    assert_eq!((chunks, restarts, attempt), (all.clone(), vec![], 1));
+    let stream = within(q.follow_if_ended(&done, 3, Some(1))).await.unwrap();
+    let (chunks, _, _) = drain_all(stream.unwrap()).await;
+    assert_eq!(chunks, all[3..]);
+    assert!(within(q.follow_if_ended(&running, 0, None))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        q.follow_if_ended(&done, 0, Some(4)).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        q.follow_if_ended("nope", 0, None).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(client.reply_readers_open(), 0, "no reader was opened");
+    oq.cancel(&running, "test over").await.unwrap();
+    w.stop().await;
+}
+
 /// A follow given up while its subscription call is in flight (a caller
 /// that went away, a timeout) must not leave its reader unretirable.
 #[tokio::test]

@@ -4,9 +4,10 @@
 //!
 //! Authentication is a layer in front of every `/v1/` route
 //! ([`require_key`]): it runs on the request head alone, so a caller
-//! without a valid key gets 401 before a byte of its body is read (the
-//! body limits of [`crate::body`] run after it). Handlers find the key as
-//! the [`Caller`] extension.
+//! without a valid key gets 401, and a key not granted the route's family
+//! (`routes=`) 403, before a byte of its body is read (the body limits of
+//! [`crate::body`], the key's `max_body=` among them, run after it).
+//! Handlers find the key as the [`Caller`] extension.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use rtq_core::admin::Admin;
 use rtq_core::{Client, Error};
 use serde_json::{json, Value};
 
-use crate::auth::{ApiKey, KeyStore, Lookup, Permit, QueueShare, Refusal};
+use crate::auth::{ApiKey, KeyStore, Lookup, Permit, QueueShare, Refusal, Route};
 use crate::catalog::{Catalog, CatalogLimits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -174,6 +175,20 @@ impl AppState {
     /// 403 for a queue the key may not use, 429 with `Retry-After` at a
     /// limit.
     pub fn admit(&self, caller: &Caller, queue: &str) -> Result<Admitted, ApiError> {
+        if !caller.allows(queue) {
+            return Err(ApiError::forbidden(queue));
+        }
+        self.admit_key(caller)
+    }
+
+    /// Lets a request of `key` in under its rate and concurrency limits,
+    /// which hold whatever the queue: the OpenAI routes check them on the
+    /// request head, before the body names the queue (its grant is checked
+    /// once the body's `model` is resolved among the key's queues).
+    ///
+    /// # Errors
+    /// 429 with `Retry-After` at a limit.
+    pub fn admit_key(&self, caller: &Caller) -> Result<Admitted, ApiError> {
         let Some(k) = caller.0.clone() else {
             return Ok(Admitted {
                 key: None,
@@ -181,9 +196,6 @@ impl AppState {
                 share: None,
             });
         };
-        if !k.queues.allows(queue) {
-            return Err(ApiError::forbidden(queue));
-        }
         let permit = k.admit().map_err(|r| match r {
             Refusal::Rate(wait) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -253,7 +265,7 @@ pub fn json_object(
         // The deadline of crate::body surfaces as a buffering failure.
         let (status, code) = if crate::body::is_deadline(&r) {
             (StatusCode::REQUEST_TIMEOUT, "body_timeout")
-        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE || crate::body::is_too_large(&r) {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         } else {
             (r.status(), "invalid_body")
@@ -319,12 +331,20 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// Middleware of every `/v1/` route: checks the key on the request head
-/// and passes it on as the [`Caller`] extension, or answers 401 without
-/// reading the body. A refused request that announced a body gets
-/// `Connection: close` (its unread body cannot be skipped to reach a next
-/// request); a client sending `Expect: 100-continue` never sends it.
+/// and passes it on as the [`Caller`] extension, or answers without
+/// reading the body: 401 for a missing or unknown key, 403
+/// `route_not_allowed` for a key whose `routes=` leaves out this route's
+/// family (it may use no queue through it). A refused request that
+/// announced a body gets `Connection: close` (its unread body cannot be
+/// skipped to reach a next request); a client sending
+/// `Expect: 100-continue` never sends it.
 pub async fn require_key(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
-    match st.authenticate(req.headers()) {
+    let route = Route::of_path(req.uri().path());
+    let checked = st.authenticate(req.headers()).and_then(|key| match key {
+        Some(k) if !k.allows_route(route) => Err(ApiError::route_forbidden(route)),
+        key => Ok(key),
+    });
+    match checked {
         Ok(key) => {
             req.extensions_mut().insert(Caller(key));
             next.run(req).await

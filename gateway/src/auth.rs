@@ -1,6 +1,6 @@
-//! API keys: the key file (hashed keys, each with its queues and limits),
-//! the lookup of a request's bearer key, and the per-key rate and
-//! concurrency limits.
+//! API keys: the key file (hashed keys, each with its queues, route
+//! families and limits), the lookup of a request's bearer key, and the
+//! per-key rate and concurrency limits.
 //!
 //! Keys are stored as the hex SHA-256 of the key, never the key itself: a
 //! leaked key file grants nothing. A request's key is hashed and looked up.
@@ -32,6 +32,45 @@ impl Queues {
         match self {
             Queues::All => true,
             Queues::Only(set) => set.contains(queue),
+        }
+    }
+}
+
+/// The two families of `/v1/` routes a key may be granted (`routes=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Route {
+    /// The OpenAI-compatible routes: `/v1/chat/completions`,
+    /// `/v1/completions`, `/v1/models`.
+    OpenAi,
+    /// The task API under `/v1/queues/`.
+    Tasks,
+}
+
+impl Route {
+    /// The family of a request path (every `/v1/` path is one of the two).
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v1/queues/") {
+            Route::Tasks
+        } else {
+            Route::OpenAi
+        }
+    }
+
+    /// Its name in `routes=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::OpenAi => "openai",
+            Route::Tasks => "tasks",
+        }
+    }
+
+    fn parse(word: &str) -> Result<Self, String> {
+        match word {
+            "openai" => Ok(Route::OpenAi),
+            "tasks" => Ok(Route::Tasks),
+            other => Err(format!(
+                "routes= names {other:?}; the route families are openai and tasks"
+            )),
         }
     }
 }
@@ -80,6 +119,12 @@ pub struct ApiKey {
     pub name: String,
     /// The queues it may use.
     pub queues: Queues,
+    /// The route families it may use (`routes=`, default both): a request
+    /// on another is refused on its head, before any of its body is read.
+    pub routes: BTreeSet<Route>,
+    /// Largest request body it may send, in bytes (`max_body=`; the
+    /// smaller of this and `--max-body-bytes` applies).
+    pub max_body: Option<usize>,
     rate: Option<Mutex<Bucket>>,
     concurrency: Option<Arc<Semaphore>>,
     /// The configured concurrency limit (for messages).
@@ -134,6 +179,11 @@ impl Permit {
 }
 
 impl ApiKey {
+    /// True if the key may use the routes of `route`.
+    pub fn allows_route(&self, route: Route) -> bool {
+        self.routes.contains(&route)
+    }
+
     /// Takes a share of `queue` for one open wait or stream: free on a
     /// queue the key waits on already, refused when the key waits on
     /// [`ApiKey::max_wait_queues`] other queues.
@@ -276,8 +326,8 @@ impl KeyStore {
     }
 }
 
-/// One entry: `sha256:<hex> queues=.. [rate=..] [burst=..] [concurrency=..]
-/// [wait_queues=..] [name=..]`.
+/// One entry: `sha256:<hex> queues=.. [routes=..] [rate=..] [burst=..]
+/// [concurrency=..] [wait_queues=..] [max_body=..] [name=..]`.
 fn parse_line(line: &str, default_wait_queues: usize) -> Result<(String, ApiKey), String> {
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or("");
@@ -290,7 +340,7 @@ fn parse_line(line: &str, default_wait_queues: usize) -> Result<(String, ApiKey)
     }
     let mut queues = None;
     let (mut rate, mut burst, mut concurrency, mut name) = (None, None, None, None);
-    let mut wait_queues = None;
+    let (mut wait_queues, mut routes, mut max_body) = (None, None, None);
     for word in words {
         let (k, v) = word
             .split_once('=')
@@ -335,11 +385,30 @@ fn parse_line(line: &str, default_wait_queues: usize) -> Result<(String, ApiKey)
                     .ok_or("wait_queues= must be a whole number above 0")?;
                 wait_queues = Some(n);
             }
+            "routes" => {
+                let set = v
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(Route::parse)
+                    .collect::<Result<BTreeSet<Route>, String>>()?;
+                if set.is_empty() {
+                    return Err("routes= lists no route family (openai, tasks)".into());
+                }
+                routes = Some(set);
+            }
+            "max_body" => {
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("max_body= must be a whole number of bytes above 0")?;
+                max_body = Some(n);
+            }
             "name" => name = Some(key_name(v)?),
             other => {
                 return Err(format!(
-                    "unknown field {other:?} (known: queues, rate, burst, concurrency, \
-                     wait_queues, name)"
+                    "unknown field {other:?} (known: queues, routes, rate, burst, concurrency, \
+                     wait_queues, max_body, name)"
                 ))
             }
         }
@@ -351,6 +420,8 @@ fn parse_line(line: &str, default_wait_queues: usize) -> Result<(String, ApiKey)
     let key = ApiKey {
         name: name.unwrap_or_else(|| hash[..8].to_string()),
         queues,
+        routes: routes.unwrap_or_else(|| [Route::OpenAi, Route::Tasks].into()),
+        max_body,
         rate: rate.map(|r| Mutex::new(Bucket::new(r, burst.unwrap_or(r.max(1.0))))),
         concurrency: concurrency.map(|n| Arc::new(Semaphore::new(n))),
         max_concurrent: concurrency,
@@ -420,6 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn keys_may_use_both_route_families_unless_their_line_says_which() {
+        let mut store = KeyStore::default();
+        let text = format!(
+            "sha256:{} queues=*\nsha256:{} queues=* routes=tasks max_body=4096",
+            hash_key("both"),
+            hash_key("tasks")
+        );
+        store.parse(&text, "f").unwrap();
+        let Lookup::Key(both) = store.lookup(Some("Bearer both")) else {
+            panic!()
+        };
+        assert!(both.allows_route(Route::OpenAi) && both.allows_route(Route::Tasks));
+        assert_eq!(both.max_body, None);
+        let Lookup::Key(tasks) = store.lookup(Some("Bearer tasks")) else {
+            panic!()
+        };
+        assert!(!tasks.allows_route(Route::OpenAi) && tasks.allows_route(Route::Tasks));
+        assert_eq!(tasks.max_body, Some(4096));
+        assert_eq!(Route::of_path("/v1/queues/q/tasks"), Route::Tasks);
+        assert_eq!(Route::of_path("/v1/chat/completions"), Route::OpenAi);
+        assert_eq!(Route::of_path("/v1/models"), Route::OpenAi);
+    }
+
+    #[test]
     fn no_keys_means_open() {
         assert!(matches!(KeyStore::default().lookup(None), Lookup::Open));
     }
@@ -448,6 +543,13 @@ mod tests {
                 "burst= must be at least 1",
             ),
             (&format!("sha256:{h} queues=* name="), "name= is empty"),
+            (
+                &format!("sha256:{h} queues=* routes=admin"),
+                "openai and tasks",
+            ),
+            (&format!("sha256:{h} queues=* routes=,"), "lists no route"),
+            (&format!("sha256:{h} queues=* max_body=0"), "max_body="),
+            (&format!("sha256:{h} queues=* max_body=1k"), "max_body="),
             (&format!("sha256:{h} queues=* name=a\u{7}b"), "control"),
             (
                 &format!("sha256:{h} queues=* name={}", "n".repeat(129)),

@@ -8,9 +8,10 @@
 //! No request waits for a read of every queue once a recent snapshot
 //! exists: a snapshot older than the TTL is served while one background
 //! task reads the next
-//! (pipelined: [`Admin::summaries`], then [`Admin::workers_of_many`] of
-//! the served queues; five round trips, whatever the number of queues). A name the snapshot does not know is looked up as a
-//! queue with a targeted read; a new `model` label is known from the next
+//! ([`Admin::served_queues`]: three pipelined round trips whatever the
+//! number of queues, two commands per queue and one per live worker). A
+//! name the snapshot does not know is looked up as a queue with a
+//! targeted read; a new `model` label is known from the next
 //! snapshot (within `--catalog-ttl-ms` of a request).
 //!
 //! A snapshot is never served past its staleness bound
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtq_core::admin::{worker_labels, Admin, WorkerInfo};
+use rtq_core::admin::{Admin, ServedWorker};
 use rtq_core::Error;
 use tokio::sync::Mutex;
 
@@ -371,17 +372,12 @@ impl Inner {
     }
 
     /// Reads every queue in a fixed number of pipelined round trips,
-    /// whatever the number of queues: the registry, then their counts
-    /// ([`Admin::summaries`]: two), then the workers of the served ones
-    /// ([`Admin::workers_of_many`]: two).
+    /// whatever the number of queues, fetching only what the catalog
+    /// shows ([`Admin::served_queues`]: the registry, then each queue's
+    /// pause flag and workers, then the handler and labels of each live
+    /// worker).
     async fn read(&self) -> Result<Snapshot, Error> {
-        let overviews = self.admin.summaries().await?;
-        let served: Vec<String> = overviews
-            .iter()
-            .filter(|o| o.workers_alive > 0)
-            .map(|o| o.name.clone())
-            .collect();
-        let mut workers = self.admin.workers_of_many(&served).await?.into_iter();
+        let served = self.admin.served_queues().await?;
         let mut out = Snapshot {
             read_at_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -389,24 +385,22 @@ impl Inner {
                 .unwrap_or(0),
             ..Default::default()
         };
-        for overview in overviews {
+        for queue in served.queues {
+            // One queue's unreadable keys must not take the whole list
+            // down: it is listed unserved.
+            if let Some(e) = &queue.error {
+                tracing::warn!(
+                    queue = %queue.name, error = %e,
+                    "cannot read a queue for the catalog"
+                );
+            }
             let mut entry = QueueEntry {
-                name: overview.name.clone(),
-                paused: overview.paused,
-                workers_alive: overview.workers_alive,
+                name: queue.name.clone(),
+                paused: queue.paused,
+                workers_alive: queue.workers_alive(),
                 ..Default::default()
             };
-            if overview.workers_alive > 0 {
-                match workers.next().unwrap_or_else(|| Ok(Vec::new())) {
-                    Ok(ws) => entry.add_workers(&ws, overview.now_ms),
-                    // One queue's unreadable workers key must not take the
-                    // whole list down: it is listed without its labels.
-                    Err(e) => tracing::warn!(
-                        queue = %overview.name, error = %e,
-                        "cannot read the workers of a queue for the catalog"
-                    ),
-                }
-            }
+            entry.add_workers(&queue.workers);
             out.queues.insert(entry.name.clone(), entry);
         }
         Ok(out)
@@ -414,22 +408,17 @@ impl Inner {
 }
 
 impl QueueEntry {
-    /// Adds the handlers and labels of the workers whose lease is current
-    /// at Redis time `now_ms`.
-    fn add_workers(&mut self, workers: &[WorkerInfo], now_ms: i64) {
+    /// Adds the handlers and labels of live workers.
+    fn add_workers(&mut self, workers: &[ServedWorker]) {
         for w in workers {
-            if w.lease_until_ms.is_some_and(|l| l <= now_ms) {
-                continue;
+            if !w.handler.is_empty() {
+                self.handlers.insert(w.handler.clone());
             }
-            let handler = w.field("handler");
-            if !handler.is_empty() {
-                self.handlers.insert(handler.to_string());
-            }
-            for (k, v) in worker_labels(w) {
+            for (k, v) in &w.labels {
                 if k == "model" {
                     self.models.insert(v.clone());
                 }
-                self.labels.entry(k).or_default().insert(v);
+                self.labels.entry(k.clone()).or_default().insert(v.clone());
             }
         }
     }

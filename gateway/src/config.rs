@@ -52,9 +52,9 @@ pub struct Config {
     #[arg(long, env = "RTQ_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// API key file: one key per line, `sha256:<64 hex digits of the key's
-    /// SHA-256> queues=<q1,q2|*> [rate=<requests per second>]
-    /// [burst=<n>] [concurrency=<n>] [wait_queues=<n>] [name=<label>]`; `#`
-    /// starts a comment.
+    /// SHA-256> queues=<q1,q2|*> [routes=<openai,tasks>] [rate=<requests
+    /// per second>] [burst=<n>] [concurrency=<n>] [wait_queues=<n>]
+    /// [max_body=<bytes>] [name=<label>]`; `#` starts a comment.
     /// Print a line with `rtq-gateway hash-key` (reads the key on stdin).
     /// Without a key file (and without --api-keys-env), the gateway runs
     /// without authentication and says so at start-up.

@@ -72,6 +72,20 @@ impl ApiError {
         )
     }
 
+    /// 403: the key may not use this family of routes (`routes=`).
+    pub fn route_forbidden(route: crate::auth::Route) -> Self {
+        let (this, other) = match route {
+            crate::auth::Route::OpenAi => ("the OpenAI-compatible routes", "tasks"),
+            crate::auth::Route::Tasks => ("the task API (/v1/queues/...)", "openai"),
+        };
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "route_not_allowed",
+            format!("this API key may not use {this}: its routes= grants only {other}"),
+        )
+    }
+
     /// 503: the queue cannot serve now (paused, no live worker, Redis down).
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(

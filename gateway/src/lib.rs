@@ -9,8 +9,9 @@
 //!
 //! # Layout
 //! - [`config`]: the command line ([`Config`]).
-//! - [`auth`]: API keys (hashed), queue grants, rate and concurrency
-//!   limits, each key's share of the queues waited on.
+//! - [`auth`]: API keys (hashed), queue and route grants, rate,
+//!   concurrency and body limits, each key's share of the queues waited
+//!   on.
 //! - [`body`]: request body limits (413 on a declared size over the
 //!   limit, a total deadline for the body).
 //! - [`catalog`]: live queues, workers and models (cached), refusals for

@@ -10,8 +10,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -43,7 +42,7 @@ impl Kind {
 pub async fn chat(
     State(st): State<Shared>,
     Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    body: Request,
 ) -> Response {
     serve(st, caller, body, Kind::Chat)
         .await
@@ -54,7 +53,7 @@ pub async fn chat(
 pub async fn completion(
     State(st): State<Shared>,
     Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    body: Request,
 ) -> Response {
     serve(st, caller, body, Kind::Completion)
         .await
@@ -120,17 +119,21 @@ fn check(body: &Map<String, Value>, kind: Kind) -> Result<Ask, ApiError> {
 async fn serve(
     st: Shared,
     caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    // The key was checked on the request head (crate::app::require_key);
-    // its grants and limits depend on the queue the body's `model` names.
-    let mut body = json_object(body)?;
+    // The key and its grant of these routes were checked on the request
+    // head (crate::app::require_key); its rate and concurrency limits hold
+    // whatever the queue, so they are checked before the body is read too.
+    let mut admitted = st.admit_key(&caller)?;
+    let mut body = json_object(Bytes::from_request(request, &st).await)?;
     let ask = check(&body, kind)?;
+    // The grant of the queue: the model resolves only among the key's
+    // queues, so one it may not use is 404 model_not_found exactly like
+    // one that does not exist (and is not in its GET /v1/models).
     let allowed = |q: &str| caller.allows(q);
     let resolved = st.catalog.resolve(&ask.model, &allowed).await?;
-    let mut admitted = st.admit(&caller, &resolved.queue)?;
     st.wait_on(&mut admitted, &resolved.queue)?;
     st.catalog.check_serving(&resolved.queue).await?;
     body.remove("stream");

@@ -77,6 +77,29 @@ impl Resume {
     }
 }
 
+/// Where a follow starts: the first chunk wanted, and the attempt the
+/// client holds chunks of (none: the task's current attempt).
+fn position(resume: Option<Resume>) -> (u64, Option<u64>) {
+    match resume {
+        // Nothing held (a first request, or a `restarted` event's id
+        // `<next>:-1`): the current attempt from chunk 0.
+        None | Some(Resume { next: 0, .. }) => (0, None),
+        // A bare index or `?from=`: the current attempt (on a task not
+        // handed out yet, the one that runs first).
+        Some(Resume { attempt, next }) => (next, attempt),
+    }
+}
+
+/// Names the `Last-Event-ID` attempt in a refusal of it.
+fn held_error(e: Error, held: u64) -> Error {
+    match e {
+        Error::InvalidInput(why) => {
+            Error::InvalidInput(format!("Last-Event-ID names attempt {held}: {why}"))
+        }
+        other => other,
+    }
+}
+
 /// The id of a chunk event.
 fn chunk_id(c: &Chunk) -> String {
     format!("{}:{}", c.attempt, c.index)
@@ -139,30 +162,37 @@ impl Events {
         resume: Option<Resume>,
         retry_after: Duration,
     ) -> Result<Self, Error> {
-        let task = match resume {
-            // Nothing held (a first request, or a `restarted` event's id
-            // `<next>:-1`): the current attempt from chunk 0.
-            None | Some(Resume { next: 0, .. }) => queue.follow(id, 0).await?,
-            // A bare index or `?from=`: the current attempt (on a task not
-            // handed out yet, the one that runs first).
-            Some(Resume {
-                attempt: None,
-                next,
-            }) => queue.follow(id, next).await?,
-            Some(Resume {
-                attempt: Some(held),
-                next,
-            }) => queue
-                .follow_from(id, held, next)
+        let task = match position(resume) {
+            (from, None) => queue.follow(id, from).await?,
+            (from, Some(held)) => queue
+                .follow_from(id, held, from)
                 .await
-                .map_err(|e| match e {
-                    Error::InvalidInput(why) => {
-                        Error::InvalidInput(format!("Last-Event-ID names attempt {held}: {why}"))
-                    }
-                    other => other,
-                })?,
+                .map_err(|e| held_error(e, held))?,
         };
         Ok(Self::submitted(task, retry_after))
+    }
+
+    /// The events of task `id` for a client at `resume` if the task has
+    /// ended (its stored chunks, then its outcome), read without a reply
+    /// reader; `None` while it has not ended ([`Events::follow`] it then).
+    ///
+    /// # Errors
+    /// As [`Events::follow`].
+    pub async fn ended(
+        queue: &Queue,
+        id: &str,
+        resume: Option<Resume>,
+        retry_after: Duration,
+    ) -> Result<Option<Self>, Error> {
+        let (from, held) = position(resume);
+        let task = queue
+            .follow_if_ended(id, from, held)
+            .await
+            .map_err(|e| match held {
+                Some(held) => held_error(e, held),
+                None => e,
+            })?;
+        Ok(task.map(|t| Self::submitted(t, retry_after)))
     }
 
     /// The task's id.

@@ -281,10 +281,18 @@ pub async fn result(
     if info.outcome.is_none() && query.wait_ms == 0 {
         return Ok((StatusCode::ACCEPTED, axum::Json(info_json(&name, &info))).into_response());
     }
-    if info.outcome.is_none() {
-        // Held until the wait below ends (an ended task needs no reader).
-        st.wait_on(&mut admitted, &name)?;
+    if let Some(outcome) = info.outcome {
+        // An ended task is answered from its stored outcome: no reply
+        // reader, no share of the key's queues.
+        let out = outcome.into_result(&id).map_err(|e| st.rtq(e))?;
+        return Ok(axum::Json(json!({
+            "id": id, "queue": name, "state": "done",
+            "result": out, "attempt": info.attempt,
+        }))
+        .into_response());
     }
+    // Held until the wait below ends.
+    st.wait_on(&mut admitted, &name)?;
     let wait = Duration::from_millis(query.wait_ms).min(st.settings.max_wait);
     match queue.wait(&id, Some(wait)).await {
         Ok(out) => Ok(axum::Json(json!({
@@ -312,7 +320,6 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (mut admitted, queue) = open(&st, &caller, &name, true).await?;
-    st.wait_on(&mut admitted, &name)?;
     let resume = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().map_err(|_| {
@@ -327,9 +334,23 @@ pub async fn stream(
         attempt: None,
         next: query.from,
     }));
-    let events = Events::follow(&queue, &id, resume, st.settings.retry_after)
+    let retry = st.settings.retry_after;
+    // A task that has ended is answered from what is stored, without a
+    // reply reader: nothing to wait for, so no share of the key's queues
+    // is taken. Only a task still to be waited on takes one (one that
+    // ends meanwhile is followed all the same).
+    let ended = Events::ended(&queue, &id, resume, retry)
         .await
         .map_err(|e| st.rtq(e))?;
+    let events = match ended {
+        Some(events) => events,
+        None => {
+            st.wait_on(&mut admitted, &name)?;
+            Events::follow(&queue, &id, resume, retry)
+                .await
+                .map_err(|e| st.rtq(e))?
+        }
+    };
     let guard = st.open.open(&queue, events.id(), Hold::Followed);
     Ok(events.into_response((guard, admitted), st.settings.keepalive))
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rtq_core::admin::Admin;
@@ -103,6 +104,22 @@ fn label_of(i: usize) -> Option<String> {
         return Some("q050".into());
     }
     matches!(i % 4, 0).then(|| format!("fam-{}", (i / 4) % 3))
+}
+
+/// Calls per command since the server started (INFO commandstats).
+async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Redis counters: (commands processed, socket reads processed).
@@ -233,12 +250,26 @@ async fn the_catalog_lists_exactly_the_served_models_in_a_fixed_number_of_round_
     drop(gw);
 
     // The cost of one read of the catalog, in this process, with the
-    // gateway gone: Redis commands and socket reads (a round trip is at
-    // least one read; a large pipeline may take a few).
+    // gateway gone: Redis commands (per command, from INFO commandstats)
+    // and socket reads (a round trip is at least one read; a large
+    // pipeline may take a few).
     let counter = redis::Client::open(url.as_str()).unwrap();
     let mut conn = counter.get_multiplexed_async_connection().await.unwrap();
     const READS: u64 = 10;
-    let (c0, r0) = counters(&mut conn).await;
+    // What the catalog read before it had a read of its own: the
+    // console's readers (every count, every heartbeat field and owned
+    // task), for comparison.
+    let (s0, r0) = (commandstats(&mut conn).await, counters(&mut conn).await.1);
+    for _ in 0..READS {
+        let all = admin.summaries().await.unwrap();
+        let served: Vec<String> = all
+            .iter()
+            .filter(|o| o.workers_alive > 0)
+            .map(|o| o.name.clone())
+            .collect();
+        admin.workers_of_many(&served).await.unwrap();
+    }
+    let (s1, r1) = (commandstats(&mut conn).await, counters(&mut conn).await.1);
     for _ in 0..READS {
         let catalog = rtq_gateway::catalog::Catalog::new(
             admin.clone(),
@@ -246,22 +277,60 @@ async fn the_catalog_lists_exactly_the_served_models_in_a_fixed_number_of_round_
         );
         let snap = catalog.snapshot().await.unwrap();
         assert_eq!(snap.queues.len(), SERVED + 5);
+        assert_eq!(snap.queues["q004"].models, ["fam-1".to_string()].into());
+        assert_eq!(
+            snap.queues["q004"].handlers.len(),
+            1,
+            "{:?}",
+            snap.queues["q004"]
+        );
+        assert!(snap.queues["q000"].paused);
     }
-    let (c1, r1) = counters(&mut conn).await;
-    // Less the first INFO (counted by the second).
-    let (commands, reads) = ((c1 - c0 - 1) / READS, (r1 - r0 - 1) / READS);
+    let (s2, r2) = (commandstats(&mut conn).await, counters(&mut conn).await.1);
+    // Less this connection's INFO commands and socket reads.
+    let per_read = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+        let mut d: BTreeMap<String, u64> = b
+            .iter()
+            .map(|(k, v)| (k.clone(), (v - a.get(k).copied().unwrap_or(0)) / READS))
+            .filter(|(k, v)| *v > 0 && k != "info")
+            .collect();
+        d.insert("total".into(), d.values().sum());
+        d
+    };
+    let (before, after) = (per_read(&s0, &s1), per_read(&s1, &s2));
+    let reads = (r2 - r1 - 2) / READS;
     eprintln!(
-        "one catalog read of {SERVED} served queues (+5 idle): {commands} commands, \
-         {reads} Redis socket reads"
+        "one catalog read of {SERVED} served queues (+5 idle), Redis commands by name:\n  \
+         console readers (summaries + workers_of_many): {before:?} ({} socket reads)\n  \
+         catalog (served_queues): {after:?} ({reads} socket reads)",
+        (r1 - r0 - 2) / READS
     );
-    // Registry, counts (2), workers (2): five pipelined round trips,
-    // whatever the number of queues (measured: 6 socket reads, the first
-    // count pipeline being ~30 KB). Two requests per served queue instead
-    // (the catalog before `workers_of_many`) cost 203 requests; 32 at once
-    // on the multiplexed connection, which coalesced them into 12 reads.
+    // The registry (SMEMBERS), TIME, per queue HGET meta + ZRANGE
+    // workers, per live worker one HMGET of its handler and labels.
+    // (Asserted per command: the idle workers' own commands, blocking
+    // reads re-issued now and then, must not make the test flaky.)
+    let queues = SERVED as u64 + 5;
+    let calls = |name: &str| after.get(name).copied().unwrap_or(0);
+    assert_eq!(
+        [
+            calls("smembers"),
+            calls("time"),
+            calls("hget"),
+            calls("zrange"),
+            calls("hmget")
+        ],
+        [1, 1, queues, queues, SERVED as u64],
+        "{after:?}"
+    );
+    for unused in ["hgetall", "scard", "zcard"] {
+        assert_eq!(calls(unused), 0, "{after:?}");
+    }
+    assert!(before["total"] > 3 * after["total"], "{before:?} {after:?}");
+    // Three pipelined round trips whatever the number of queues (a large
+    // pipeline may take a few socket reads).
     assert!(
-        reads <= 8,
-        "{reads} socket reads per catalog read ({commands} commands)"
+        reads <= 6,
+        "{reads} socket reads per catalog read ({after:?})"
     );
     stop.cancel();
     for r in running {

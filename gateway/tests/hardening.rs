@@ -274,3 +274,209 @@ async fn a_key_waits_on_at_most_its_share_of_distinct_queues() {
     };
     drop((one, again, three));
 }
+
+/// `head_with_unfinished_body`, checked to answer `status` with `code`
+/// (the body deadline of the stack is far longer than `within`).
+async fn refused_before_the_body(
+    s: &Stack,
+    path: &str,
+    key: &str,
+    declared: usize,
+    status: u16,
+    code: &str,
+) {
+    let within = Duration::from_secs(10);
+    let answer = head_with_unfinished_body(&s.gw.url, path, key, declared, within)
+        .await
+        .unwrap_or_else(|e| panic!("{key} {path}: {e}\n{}", s.gw.proc.log()));
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{key} {path}: {answer}"
+    );
+    assert!(answer.contains(code), "{key} {path}: {answer}");
+}
+
+/// A chat body of about `size` bytes (padded) naming `model`.
+fn padded_chat(model: &str, size: usize) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": "x".repeat(size),
+    })
+}
+
+/// POSTs `body` without a length (a chunked body, as a streaming client
+/// sends it), in small pieces.
+async fn post_chunked(s: &Stack, key: &str, path: &str, body: &Value) -> reqwest::Response {
+    let bytes = body.to_string().into_bytes();
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(256).map(|c| Ok(c.to_vec())).collect();
+    s.http
+        .post(format!("{}{path}", s.gw.url))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_openai_routes_refuse_on_the_head_what_does_not_depend_on_the_body() {
+    let s = Stack::start(&[], &["--body-timeout-secs", "300"]).await;
+    // A key granted only the task API may use no queue through the OpenAI
+    // routes: refused before any of its body is read, and its model list
+    // says the same (it lists nothing it could use).
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        refused_before_the_body(&s, path, "k-tasks", 1 << 20, 403, "route_not_allowed").await;
+    }
+    let r = s.get("k-tasks", "/v1/models").await;
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "route_not_allowed", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("routes="),
+        "{v}"
+    );
+    // It keeps the task API.
+    let r = s
+        .post(
+            "k-tasks",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // A key's rate limit holds whatever the model: over it, the next
+    // completion is refused on its head.
+    let r = s
+        .post("k-rate", "/v1/chat/completions", padded_chat("nope", 10))
+        .await;
+    assert_eq!(r.status(), 404);
+    refused_before_the_body(
+        &s,
+        "/v1/chat/completions",
+        "k-rate",
+        1 << 20,
+        429,
+        "rate_limit_exceeded",
+    )
+    .await;
+
+    // A key's own body limit, below --max-body-bytes: a larger declared
+    // length is refused on the head, a body without a length once it
+    // passes the limit, on both APIs.
+    for path in ["/v1/chat/completions", "/v1/queues/chat/tasks"] {
+        refused_before_the_body(&s, path, "k-small", 4096, 413, "max_body=").await;
+    }
+    let big = padded_chat("nope", 4096);
+    let r = post_chunked(&s, "k-small", "/v1/chat/completions", &big).await;
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body="),
+        "{v}"
+    );
+    let r = post_chunked(
+        &s,
+        "k-small",
+        "/v1/queues/chat/tasks",
+        &json!({"input": {"pad": "x".repeat(4096)}}),
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    // Under the limit the same key is served; other keys have the
+    // gateway's limit.
+    let r = post_chunked(
+        &s,
+        "k-small",
+        "/v1/chat/completions",
+        &padded_chat("nope", 100),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = post_chunked(&s, "k-all", "/v1/chat/completions", &big).await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_follow_or_wait_of_an_ended_task_takes_no_share_of_the_queues_waited_on() {
+    let s = Stack::start(
+        &[],
+        &[
+            "--key-wait-queues",
+            "1",
+            "--create-queues",
+            "--keepalive-secs",
+            "1",
+        ],
+    )
+    .await;
+    // A task on chat that has ended.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"input": {"model": "fake-model", "messages": [{"role": "user", "content": "one two"}]}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    let id = done["id"].as_str().unwrap().to_string();
+    // The key's one share is taken by a follow of a queued task elsewhere.
+    let r = s
+        .post("k-all", "/v1/queues/w1/tasks", json!({"input": {}}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.unwrap();
+    let held = follow(&s, "k-all", "w1", queued["id"].as_str().unwrap()).await;
+    assert_eq!(held.status(), 200);
+
+    // The ended task is answered from what is stored: its chunks and
+    // result, from the start or from a Last-Event-ID.
+    let r = follow(&s, "k-all", "chat", &id).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let events = support::sse_events(r).await;
+    let names: Vec<&str> = events.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(names.last(), Some(&"done"), "{events:?}");
+    assert!(names.contains(&"chunk"), "{events:?}");
+    let (_, first_id, _) = events
+        .iter()
+        .find(|(e, _, _)| e == "chunk")
+        .unwrap()
+        .clone();
+    let r = s
+        .http
+        .get(format!("{}/v1/queues/chat/tasks/{id}/stream", s.gw.url))
+        .bearer_auth("k-all")
+        .header("last-event-id", first_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let rest = support::sse_events(r).await;
+    assert_eq!(rest.len(), events.len() - 1, "{rest:?}");
+    let r = s
+        .get(
+            "k-all",
+            &format!("/v1/queues/chat/tasks/{id}/result?wait_ms=5000"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"], done["result"], "{v}");
+
+    // A task still to be waited on is limited as before.
+    let r = s
+        .post("k-all", "/v1/queues/w2/tasks", json!({"input": {}}))
+        .await;
+    let other: Value = r.json().await.unwrap();
+    let r = follow(&s, "k-all", "w2", other["id"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 429);
+    drop(held);
+}

@@ -16,9 +16,13 @@
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 //! - `workers`: the workers of many queues in two pipelined round trips
 //!   ([`Admin::workers_of_many`]).
+//! - `served`: what a catalog of served queues needs (pause flag, live
+//!   workers' handlers and labels) and nothing more
+//!   ([`Admin::served_queues`]).
 
 mod events;
 mod lifecycle;
+mod served;
 pub mod stats;
 pub mod stats_cache;
 mod summary;
@@ -42,6 +46,7 @@ use crate::keys::{validate_id, QueueKeys, QUEUES};
 use crate::protocol::{value_to_i64, TaskState, PRIORITY_MAX, PRIORITY_MIN};
 pub use events::{EventKind, QueueEvent};
 pub use lifecycle::DeletedQueue;
+pub use served::{ServedQueue, ServedQueues, ServedWorker};
 pub use stats::{Percentiles, QueueStats};
 pub use stats_cache::StatsCache;
 pub use summary::ServerState;

@@ -418,11 +418,47 @@ impl Queue {
         held: Option<Held>,
         refused: Error,
     ) -> Result<TaskStream, Error> {
+        self.read_ended(id, from, held).await?.ok_or(refused)
+    }
+
+    /// If task `id` has ended, its finite stream (as [`Queue::follow`] from
+    /// chunk `from`, or with `attempt`, as [`Queue::follow_from`]), read
+    /// without a reply reader and without subscribing: a caller that must
+    /// not open a reader for a task with nothing left to wait for (the
+    /// gateway counts each key's readers) tries this first. `None` while
+    /// the task has not ended (follow it then).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::InvalidInput`] for an attempt the task
+    /// never ran, or a Redis error.
+    pub async fn follow_if_ended(
+        &self,
+        id: &str,
+        from: u64,
+        attempt: Option<u64>,
+    ) -> Result<Option<TaskStream>, Error> {
+        validate_id(id, "task id")?;
+        let held = match attempt {
+            Some(a) if a == 0 || a > MAX_ATTEMPT_NUMBER => return Err(self.no_attempt(id, a, None)),
+            Some(a) => Some(Held::Attempt(a)),
+            None => (from > 0).then_some(Held::Current),
+        };
+        self.read_ended(id, from, held).await
+    }
+
+    /// The finite stream of a task that has ended, read without a reader;
+    /// `None` while it has not.
+    async fn read_ended(
+        &self,
+        id: &str,
+        from: u64,
+        held: Option<Held>,
+    ) -> Result<Option<TaskStream>, Error> {
         let from = from.min(MAX_OUTPUT_CHUNKS);
         let resumed = self.read_at(id, from, held).await?;
         let (snap, start) = self.start_of(id, held, resumed)?;
         let Some(outcome) = snap.outcome else {
-            return Err(refused);
+            return Ok(None);
         };
         let last = ReplyEvent::Final {
             id: id.to_string(),
@@ -430,7 +466,12 @@ impl Queue {
             chunks: snap.chunk_count,
             outcome,
         };
-        Ok(TaskStream::ended(self.clone(), id.to_string(), last, start))
+        Ok(Some(TaskStream::ended(
+            self.clone(),
+            id.to_string(),
+            last,
+            start,
+        )))
     }
 
     async fn follow_inner(

@@ -378,7 +378,8 @@ pub async fn wait_model(http: &reqwest::Client, gw: &Gateway, key: &str, model: 
 /// A Redis with an openai worker on queue `chat` (label model=fake-model)
 /// in front of a fake upstream, and a gateway with keys:
 /// `k-all` (every queue), `k-chat` (queue chat only), `k-one`
-/// (concurrency 1).
+/// (concurrency 1), `k-tasks` (the task API only), `k-small` (bodies of
+/// at most 2 KiB), `k-rate` (one request, then one per 100 s).
 pub struct Stack {
     /// Redis.
     pub redis: RedisServer,
@@ -409,6 +410,9 @@ impl Stack {
             "k-all queues=* name=all",
             "k-chat queues=chat name=chat",
             "k-one queues=* concurrency=1 name=one",
+            "k-tasks queues=* routes=tasks name=tasks",
+            "k-small queues=* max_body=2048 name=small",
+            "k-rate queues=* rate=0.01 burst=1 name=rate",
         ]);
         let mut args = vec!["--api-keys", keys.path().to_str().unwrap()];
         args.extend_from_slice(gateway_args);
