@@ -29,7 +29,8 @@ fn info(shared: &Shared) -> Vec<(&'static str, String)> {
     let status = &shared.status;
     let state = if status.draining.load(Ordering::Acquire) {
         "draining"
-    } else if !status.accepting.load(Ordering::Acquire) {
+    } else if !status.accepting.load(Ordering::Acquire) || shared.declines.pausing() {
+        // (Also during the pause after a hand-back of an unstarted task.)
         "paused"
     } else if shared.pool.busy() > 0 {
         "busy"

@@ -154,7 +154,7 @@ impl Hold {
 /// upstream), waits up to `hold.wait` for the upstream to come back
 /// (health probe, or the TCP trial without one) and is sent again; after
 /// that it is handed back unstarted or failed as retryable, as
-/// `hold.then` says (see [`Hold`] and README "Upstream health").
+/// `hold.then` says (see [`Hold`] and README "Upstream down").
 ///
 /// # Errors
 /// As [`request_failed`], or the upstream stayed down for the hold.
@@ -182,7 +182,11 @@ pub(crate) async fn send_holding(
                     return Err(failed);
                 }
                 if tokio::time::Instant::now() >= until {
-                    return Err(hold.give_up(&failed.message));
+                    return Err(match hold.then {
+                        UpstreamDown::HandBack => hold.give_up(&failed.message),
+                        // The connection failure itself, as before.
+                        UpstreamDown::Retry => failed,
+                    });
                 }
             }
         }
