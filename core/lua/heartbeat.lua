@@ -37,7 +37,9 @@ ARGV[6]  K                    number of running attempts reported, [0, 1024]
 ARGV[7 .. 6+2K]               K pairs: task id, attempt
 ARGV[7+2K ..]                 worker info as field/value pairs; fields from
                               host pid version handler labels busy done
-                              failed stopped state upstream last_error started,
+                              failed stopped state upstream last_error
+                              last_error_ms (revision 14: when, Redis ms;
+                              0 = no error) started,
                               and `stats`: the worker's statistics since its
                               last beat, added to the queue's buckets (not
                               stored with the worker): space-separated
@@ -57,7 +59,7 @@ Reply: {status, now_ms, reaped, expired, swept, free, S, S triples of
 
 local INFO_FIELDS = {host = true, pid = true, version = true, handler = true, labels = true,
   busy = true, done = true, failed = true, stopped = true, state = true, upstream = true,
-  last_error = true, started = true}
+  last_error = true, last_error_ms = true, started = true}
 
 local MAX_STAT_ITEMS = 1024
 local MAX_STAT_BYTES = 65536

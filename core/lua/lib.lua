@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 13
+local REVISION = 14
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip

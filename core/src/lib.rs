@@ -55,6 +55,6 @@ pub use error::{redact_url, redact_urls_in, ConnectionProblem, Error, Result, Ti
 pub use protocol::{Outcome, TaskState};
 pub use tls::TlsConfig;
 pub use worker::{
-    Granularity, Handler, HandlerError, IntakeSwitch, StopReason, Stopped, TaskContext, Worker,
-    WorkerConfig, WorkerStatus, DEFAULT_MAX_BUFFERED_OUTPUT_BYTES,
+    ForceStop, Granularity, Handler, HandlerError, IntakeSwitch, StopReason, Stopped, TaskContext,
+    Worker, WorkerConfig, WorkerStatus, DEFAULT_MAX_BUFFERED_OUTPUT_BYTES, FORCED_LEAVE_TIMEOUT,
 };

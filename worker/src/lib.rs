@@ -32,7 +32,7 @@ use handlers::body::Limits;
 use handlers::exec::ExecHandler;
 use handlers::http::HttpHandler;
 use handlers::openai::OpenAiHandler;
-use handlers::Serve;
+use handlers::{Hold, Serve, UpstreamDown};
 use metrics::{Instrumented, Metrics};
 use upstream::UpstreamState;
 
@@ -140,11 +140,23 @@ pub struct Config {
     #[arg(long, env = "RTQ_HEALTH_INTERVAL_MS", default_value_t = 2000)]
     pub health_interval_ms: u64,
     /// While the upstream is down (its requests cannot connect, or its
-    /// health probe fails), seconds a task this worker took may wait for
-    /// it without using up an attempt; then it goes back to the queue as a
-    /// retry (which uses one). 0 = fail at once.
-    #[arg(long, env = "RTQ_UPSTREAM_HOLD_SECS", default_value_t = 30)]
+    /// health probe fails), seconds a task this worker took waits for it
+    /// before --upstream-down applies. 0 = at once (the default: another
+    /// node may be able to run the task now).
+    #[arg(long, env = "RTQ_UPSTREAM_HOLD_SECS", default_value_t = 0)]
     pub upstream_hold_secs: u64,
+    /// What happens to a task whose upstream is down, after
+    /// --upstream-hold-secs: hand-back gives it back to the queue
+    /// unstarted without using an attempt (this node takes no new tasks
+    /// until its upstream is back); retry fails it as retryable, which
+    /// uses an attempt.
+    #[arg(
+        long,
+        env = "RTQ_UPSTREAM_DOWN",
+        value_enum,
+        default_value = "hand-back"
+    )]
+    pub upstream_down: UpstreamDown,
     /// Upstream request timeout in seconds (0 = none; task deadlines still apply).
     #[arg(long, env = "RTQ_UPSTREAM_TIMEOUT_SECS", default_value_t = 0)]
     pub upstream_timeout_secs: u64,
@@ -364,6 +376,14 @@ impl Config {
         values
     }
 
+    /// What a task does while its upstream is down.
+    fn hold(&self) -> Hold {
+        Hold {
+            wait: Duration::from_secs(self.upstream_hold_secs),
+            then: self.upstream_down,
+        }
+    }
+
     fn handler_name(&self) -> String {
         format!("{:?}", self.handler).to_lowercase()
     }
@@ -499,7 +519,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&upstream),
                 limits,
                 config.max_result_bytes as usize,
-                Duration::from_secs(config.upstream_hold_secs),
+                config.hold(),
             )),
             config.health_url.clone(),
         ),
@@ -511,7 +531,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&upstream),
                 limits,
                 config.max_result_bytes as usize,
-                Duration::from_secs(config.upstream_hold_secs),
+                config.hold(),
             )),
             Some(config.health_url.clone().unwrap_or_else(|| {
                 format!(
@@ -554,17 +574,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let handler = Arc::new(Instrumented::new(handler, metrics));
-    let force = CancellationToken::new();
-    let result = tokio::select! {
-        result = worker.run(handler, shutdown_signals(force.clone())) => result,
-        () = force.cancelled() => {
-            tracing::warn!(
-                "a second signal: stopping at once without the drain; tasks still running \
-                 go back to the queue when this worker's lease lapses"
-            );
-            Ok(())
-        }
-    };
+    let force = worker.force_stop();
+    let result = worker.run(handler, shutdown_signals(force.clone())).await;
+    if force.is_forced() {
+        tracing::warn!(
+            "stopped at once on a second signal; running tasks were handed back to the queue"
+        );
+    }
     stop.cancel();
     if let Some(supervisor) = exec_supervisor {
         // The child's process group must be gone before this process is.
@@ -622,16 +638,19 @@ impl Signals {
     }
 }
 
-/// The worker's shutdown future: resolves on the first signal, and cancels
-/// `force` on a second one (an operator who does not want to wait for the
-/// drain).
-fn shutdown_signals(force: CancellationToken) -> impl std::future::Future<Output = ()> {
+/// The worker's shutdown future: resolves on the first signal (the
+/// drain), and forces the stop on a second one (an operator who does not
+/// want to wait for the drain): the running tasks are handed back to the
+/// queue at once (an interrupted attempt uses one, as at the end of the
+/// grace period), so clients do not wait for this worker's lease to lapse;
+/// Redis gets at most [`rtq_core::FORCED_LEAVE_TIMEOUT`] for it.
+fn shutdown_signals(force: rtq_core::ForceStop) -> impl std::future::Future<Output = ()> {
     let mut signals = Signals::new();
     async move {
         signals.next().await;
         tokio::spawn(async move {
             signals.next().await;
-            force.cancel();
+            force.force();
         });
     }
 }

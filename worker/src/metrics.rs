@@ -42,7 +42,7 @@ impl Metrics {
         let tasks = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "tasks",
-            "Tasks ended by this worker, by outcome (done, failed, stopped)",
+            "Tasks ended by this worker, by outcome (done, failed, stopped, handed_back: given back unstarted)",
             tasks.clone(),
         );
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
@@ -143,6 +143,7 @@ impl Handler for Instrumented {
         guard.finished = true;
         let outcome = match &run {
             Run::Ended(Ok(_)) => "done",
+            Run::Ended(Err(e)) if e.not_started => "handed_back",
             Run::Ended(Err(_)) => "failed",
             Run::Stopped(_) => "stopped",
         };

@@ -392,9 +392,12 @@ async fn an_unreachable_upstream_fails_clearly_and_is_tried_again_later() {
             &url,
             "--health-interval-ms",
             "200",
-            // Fail at once rather than hold the task for the upstream.
+            // Fail at once rather than hold the task for the upstream or
+            // hand it back.
             "--upstream-hold-secs",
             "0",
+            "--upstream-down",
+            "retry",
         ],
     );
     let client = Client::connect(&redis.url()).await.unwrap();

@@ -306,3 +306,63 @@ async fn a_second_sigterm_during_the_drain_stops_the_worker_at_once() {
         "{state:?}"
     );
 }
+
+#[tokio::test]
+async fn a_second_sigterm_hands_the_running_task_back_and_another_worker_finishes_it_at_once() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let q = client.queue("forced").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-worker"));
+    // A lease of a minute and a drain of ten: before the forced hand-back,
+    // the task stayed with the vanished worker until its lease lapsed.
+    cmd.args(["--queue", "forced", "--worker-id", "node-a"])
+        .args(["--lease-ms", "60000", "--probe-addr", "off"])
+        .args(["--grace-secs", "600", "--mock-latency-ms", "600000"])
+        .env("RTQ_REDIS_URL", redis.url())
+        .env("RTQ_LOG", "warn,rtq_core::worker=debug")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut a = ChildGuard::spawn(&mut cmd);
+    let log = a.stdout.take().expect("piped stdout");
+    let (tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            for what in ["task started", "draining"] {
+                if line.contains(what) {
+                    let _ = tx.send(what);
+                }
+            }
+        }
+    });
+    let sub = q
+        .submit(TaskRequest::json(json!({})).max_attempts(3))
+        .await
+        .unwrap();
+    let patience = Duration::from_secs(30);
+    assert_eq!(seen.recv_timeout(patience), Ok("task started"));
+    a.signal(Signal::SIGTERM);
+    assert_eq!(seen.recv_timeout(patience), Ok("draining"));
+    a.signal(Signal::SIGTERM);
+    let status = a.wait_exit();
+    assert!(status.success(), "clean exit: {status}");
+    // Requeued before the process exited: the interrupted attempt counts.
+    let info = q.status(&sub.id).await.unwrap();
+    assert_eq!(info.state, TaskState::Queued, "{info:?}");
+    assert_eq!(info.failures, 1, "{info:?}");
+    assert!(
+        info.attempt_errors[&1].contains("interrupted: worker node-a shut down"),
+        "{:?}",
+        info.attempt_errors
+    );
+    // Finished by a second worker far sooner than the 60 s lease.
+    let mut b = spawn_worker(&redis, "forced", "node-b", &[]);
+    let out = tokio::time::timeout(Duration::from_secs(30), q.wait(&sub.id, None))
+        .await
+        .expect("finished well before the lease would have lapsed")
+        .unwrap();
+    assert_eq!(out.attempt, 2);
+    assert_eq!(q.status(&sub.id).await.unwrap().worker, "node-b");
+    b.kill().unwrap();
+    b.wait().unwrap();
+}

@@ -124,8 +124,9 @@ fn worker(
     cmd.args(["--queue", name, "--handler", "http", "--grace-secs", "0"])
         .args(["--probe-addr", &format!("127.0.0.1:{port}")])
         .args(["--upstream-header-file", headers.to_str().unwrap()])
-        // An unreachable upstream fails the task at once (not held).
-        .args(["--upstream-hold-secs", "0"])
+        // An unreachable upstream fails the task at once (not held, not
+        // handed back), so its reason reaches the client.
+        .args(["--upstream-hold-secs", "0", "--upstream-down", "retry"])
         .env("RTQ_REDIS_URL", redis_url)
         .env("RTQ_UPSTREAM_URL", upstream)
         .env("RTQ_LOG", "info,rtq_worker=trace,rtq_core=trace")

@@ -303,6 +303,64 @@ async fn a_down_upstream_without_a_health_url_does_not_use_up_the_queued_tasks()
 }
 
 #[tokio::test]
+async fn a_task_whose_upstream_is_down_is_handed_back_unstarted_to_a_node_whose_upstream_works() {
+    let redis = RedisServer::start();
+    let closed = format!("http://127.0.0.1:{}/generate", free_port());
+    // node-a's model server is down (nothing listens on its port).
+    let _a = http_worker(
+        &redis,
+        "handback",
+        &closed,
+        &["--worker-id", "node-a", "--health-interval-ms", "100"],
+    );
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let admin = Admin::new(&client);
+    let a = admin.clone();
+    eventually("node-a is registered", move || {
+        let a = a.clone();
+        async move { !a.workers("handback").await.unwrap().is_empty() }.boxed()
+    })
+    .await;
+    let q = client.queue("handback").unwrap();
+    // One attempt: a node that used it up against its dead upstream would
+    // fail the task.
+    let sub = q
+        .submit(TaskRequest::json(json!({"mode": "json"})).max_attempts(1))
+        .await
+        .unwrap();
+    let a = admin.clone();
+    eventually("node-a met its dead upstream", move || {
+        let a = a.clone();
+        async move {
+            a.workers("handback")
+                .await
+                .unwrap()
+                .iter()
+                .any(|w| w.id == "node-a" && w.field("upstream") == "down")
+        }
+        .boxed()
+    })
+    .await;
+    let live = start_upstream(Arc::new(Upstream::default())).await;
+    let _b = http_worker(
+        &redis,
+        "handback",
+        &format!("{live}/generate"),
+        &["--worker-id", "node-b"],
+    );
+    // Handed back at once (not held on node-a for a hold, then retried
+    // with its one attempt), and run by node-b.
+    let out = within(q.wait(&sub.id, None))
+        .await
+        .expect("done, not failed");
+    assert_eq!(out.result["echo"]["mode"], "json");
+    let info = q.status(&sub.id).await.unwrap();
+    assert_eq!(info.worker, "node-b");
+    assert_eq!(info.failures, 0, "no attempt used on node-a: {info:?}");
+    assert!(out.attempt >= 2, "node-a had it first: {out:?}");
+}
+
+#[tokio::test]
 async fn results_over_the_result_limit_fail_early_for_http_and_drop_the_text_for_openai() {
     const MIB: usize = 1 << 20;
     let base = serve(

@@ -94,6 +94,9 @@ pub fn worker(w: &WorkerInfo, now_ms: i64) -> Value {
         "done": number_field(w, "done"),
         "failed": number_field(w, "failed"),
         "last_error": text_field(w, "last_error"),
+        // Redis ms, and its age; null for a worker before revision 14.
+        "last_error_ms": w.last_error_ms(),
+        "last_error_age_ms": w.last_error_age_ms(now_ms),
         "labels": rtq_core::admin::worker_labels(w),
         "tasks": w.tasks,
     })

@@ -74,7 +74,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                         "-".into()
                     }),
                     Span::raw(w.field("version").to_string()),
-                    Span::raw(w.field("last_error").to_string()).fg(Color::Red),
+                    Span::raw(last_error_cell(w, now)).fg(Color::Red),
                 ]);
             }
             Row::new(cells)
@@ -201,4 +201,14 @@ fn events(frame: &mut Frame, area: Rect, app: &App, now: i64) {
     .header(Row::new(vec!["WHEN", "EVENT", "TASK", "WORKER", "MESSAGE"]).style(Style::new().bold()))
     .block(Block::bordered().title(title));
     frame.render_widget(table, area);
+}
+
+/// The last error with its age (`"12s ago: ..."`); a worker before
+/// revision 14 sends no time, so its error shows alone.
+fn last_error_cell(w: &WorkerInfo, now_ms: i64) -> String {
+    let message = w.field("last_error");
+    match w.last_error_age_ms(now_ms) {
+        Some(age) => format!("{} ago: {message}", fmt_ms(age)),
+        None => message.to_string(),
+    }
 }

@@ -122,6 +122,24 @@ impl WorkerInfo {
     pub fn heartbeat_age_ms(&self, now_ms: i64) -> Option<i64> {
         self.field("hb").parse::<i64>().ok().map(|hb| now_ms - hb)
     }
+    /// When its `last_error` happened (ms, Redis clock), from the
+    /// `last_error_ms` field (revision 14). `None` without an error, and
+    /// for a worker older than revision 14, which sends no time: its
+    /// error's age is unknown.
+    pub fn last_error_ms(&self) -> Option<i64> {
+        if self.field("last_error").is_empty() {
+            return None;
+        }
+        self.field("last_error_ms")
+            .parse::<i64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+    }
+    /// How old its `last_error` is at Redis time `now_ms` (never
+    /// negative); `None` as for [`last_error_ms`](Self::last_error_ms).
+    pub fn last_error_age_ms(&self, now_ms: i64) -> Option<i64> {
+        self.last_error_ms().map(|at| (now_ms - at).max(0))
+    }
 }
 
 /// How long the head task has waited, from the reply of `HGET <head> sub`:
@@ -702,6 +720,38 @@ fn rank_range(offset: usize, limit: usize) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn worker_with(fields: &[(&str, &str)]) -> WorkerInfo {
+        WorkerInfo {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..WorkerInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_last_error_has_an_age_only_with_its_time_and_old_heartbeats_read_without_one() {
+        let w = worker_with(&[("last_error", "boom"), ("last_error_ms", "1000")]);
+        assert_eq!(w.last_error_ms(), Some(1000));
+        assert_eq!(w.last_error_age_ms(4000), Some(3000));
+        assert_eq!(
+            w.last_error_age_ms(500),
+            Some(0),
+            "clock steps never go negative"
+        );
+        let old = worker_with(&[("last_error", "boom")]);
+        assert_eq!(
+            old.last_error_age_ms(4000),
+            None,
+            "a worker before revision 14"
+        );
+        let cleared = worker_with(&[("last_error", ""), ("last_error_ms", "0")]);
+        assert_eq!(cleared.last_error_ms(), None);
+        let garbled = worker_with(&[("last_error", "x"), ("last_error_ms", "soon")]);
+        assert_eq!(garbled.last_error_ms(), None);
+    }
 
     #[test]
     fn a_page_range_never_overflows_and_a_zero_limit_is_empty() {

@@ -241,23 +241,106 @@ pub struct WorkerStatus {
     pub draining: AtomicBool,
     /// Redis time (ms) of the worker's first heartbeat: its start time.
     pub started_ms: AtomicI64,
-    /// Last error seen (handler or Redis), for the heartbeat and logs.
-    pub last_error: Mutex<String>,
+    /// Redis time minus this machine's time (ms), as of the last
+    /// heartbeat's reply: turns local times into Redis times, so the
+    /// console compares the time of `last_error` with Redis's clock.
+    pub(crate) clock_offset_ms: AtomicI64,
+    /// Last error seen (handler or Redis) and when, for the heartbeat and
+    /// logs; see [`WorkerStatus::last_error`].
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// Where an error a worker records comes from; decides when it is cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorSource {
+    /// A task failed or could not be recorded: kept (with its time) until
+    /// a later error replaces it, as history.
+    Task,
+    /// A heartbeat failed: cleared by the next heartbeat that succeeds.
+    Heartbeat,
+    /// The inbox could not be read: cleared by the next read that succeeds.
+    Inbox,
+}
+
+/// An error a worker recorded, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LastError {
+    message: String,
+    source: ErrorSource,
+    /// This machine's clock, ms since the Unix epoch.
+    at_ms: i64,
+    /// The same on Redis's clock, as of the heartbeat before it (fixed
+    /// when recorded, so each beat publishes the same time).
+    at_redis_ms: i64,
+}
+
+/// This machine's time, ms since the Unix epoch.
+pub(crate) fn local_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl WorkerStatus {
-    /// Records an error message for operators.
+    /// Records an error message for operators, as a task's error (kept as
+    /// history until another error replaces it), stamped with the time.
     pub fn set_last_error(&self, message: impl Into<String>) {
+        self.record_error(ErrorSource::Task, message);
+    }
+
+    /// Records an error from `source`, stamped with the time.
+    pub fn record_error(&self, source: ErrorSource, message: impl Into<String>) {
+        let at_ms = local_now_ms();
+        let at_redis_ms = at_ms + self.clock_offset_ms.load(Ordering::Acquire);
         if let Ok(mut e) = self.last_error.lock() {
-            *e = message.into();
+            *e = Some(LastError {
+                message: message.into(),
+                source,
+                at_ms,
+                at_redis_ms,
+            });
         }
     }
-    /// The last error message.
+
+    /// `source` works again: clears the last error if it came from there
+    /// (a task's error stays).
+    pub fn clear_error(&self, source: ErrorSource) {
+        if let Ok(mut e) = self.last_error.lock() {
+            if e.as_ref().is_some_and(|e| e.source == source) {
+                *e = None;
+            }
+        }
+    }
+
+    /// The last error message ("" when none, or once cleared).
     pub fn last_error(&self) -> String {
         self.last_error
             .lock()
-            .map(|e| e.clone())
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.message.clone()))
             .unwrap_or_default()
+    }
+
+    /// When the last error happened, ms since the Unix epoch by this
+    /// machine's clock; `None` when there is none.
+    pub fn last_error_at_ms(&self) -> Option<i64> {
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.at_ms))
+    }
+
+    /// What a heartbeat publishes: the last error and its time on Redis's
+    /// clock (as of the heartbeat before it). A heartbeat's own failure is
+    /// not published: a beat that reaches Redis proves it over.
+    pub(crate) fn published_error(&self) -> Option<(String, i64)> {
+        self.last_error.lock().ok().and_then(|e| {
+            e.as_ref()
+                .filter(|e| e.source != ErrorSource::Heartbeat)
+                .map(|e| (e.message.clone(), e.at_redis_ms))
+        })
     }
     pub(crate) fn get(&self, counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
@@ -330,6 +413,44 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("max_result_bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_error_is_time_stamped_and_cleared_only_by_its_own_source() {
+        let s = WorkerStatus::default();
+        assert_eq!(s.last_error_at_ms(), None);
+        let before = local_now_ms();
+        s.record_error(ErrorSource::Heartbeat, "heartbeat failed: refused");
+        let at = s.last_error_at_ms().unwrap();
+        assert!(at >= before && at <= local_now_ms());
+        s.clear_error(ErrorSource::Inbox);
+        assert_eq!(
+            s.last_error(),
+            "heartbeat failed: refused",
+            "another source"
+        );
+        s.clear_error(ErrorSource::Heartbeat);
+        assert_eq!(
+            (s.last_error(), s.last_error_at_ms()),
+            (String::new(), None)
+        );
+        s.clock_offset_ms.store(1000, Ordering::Release);
+        s.set_last_error("handler: boom");
+        s.clear_error(ErrorSource::Heartbeat);
+        s.clear_error(ErrorSource::Inbox);
+        assert_eq!(s.last_error(), "handler: boom", "a task's error is history");
+        let at = s.last_error_at_ms().unwrap();
+        s.clock_offset_ms.store(5, Ordering::Release);
+        assert_eq!(
+            s.published_error(),
+            Some(("handler: boom".to_string(), at + 1000))
+        );
+        s.record_error(ErrorSource::Heartbeat, "heartbeat failed");
+        assert_eq!(
+            s.published_error(),
+            None,
+            "a beat that lands proves it over"
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`HandlerError`]: retryable ones requeue the task while attempts
-    /// remain, others fail it with the message as the reason.
+    /// remain, others fail it with the message as the reason, and
+    /// [`HandlerError::not_started`] gives the task back unstarted without
+    /// using an attempt.
     async fn handle(&self, task: TaskContext) -> Result<Value, HandlerError>;
 }
 
@@ -52,6 +54,9 @@ pub struct HandlerError {
     pub message: String,
     /// True to requeue the task while it has attempts left.
     pub retryable: bool,
+    /// True if the handler never started the task and gives it back (see
+    /// [`HandlerError::not_started`]); `retryable` is then ignored.
+    pub not_started: bool,
 }
 
 impl HandlerError {
@@ -60,6 +65,7 @@ impl HandlerError {
         Self {
             message: message.into(),
             retryable: false,
+            not_started: false,
         }
     }
 
@@ -68,6 +74,33 @@ impl HandlerError {
         Self {
             message: message.into(),
             retryable: true,
+            not_started: false,
+        }
+    }
+
+    /// "I never started this task; give it back unstarted": nothing of it
+    /// reached the model (its upstream is unreachable, say), so the task
+    /// goes back to the front of the queue *without using an attempt*
+    /// (`rtq2_release`, mode `handback`, started `0`), for a worker that
+    /// can run it. `reason` is logged and becomes the worker's
+    /// `last_error`; the task's record names the hand-back.
+    ///
+    /// Handing back also pauses this worker's intake for a back-off that
+    /// starts at 500 ms and doubles with every further hand-back in a row
+    /// (up to 30 s; a task that runs resets it): Redis hands the task to
+    /// another worker meanwhile, and a task every worker hands back (the
+    /// model down on all nodes) moves between them at most once per
+    /// worker per back-off, never at network speed. It keeps its deadline
+    /// and expires as usual.
+    ///
+    /// Only for work that never started: a handler that had sent chunks
+    /// is failed as retryable instead (the attempt is used), since its
+    /// output was seen.
+    pub fn not_started(reason: impl Into<String>) -> Self {
+        Self {
+            message: reason.into(),
+            retryable: false,
+            not_started: true,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::config::ErrorSource;
 use super::handler::StopReason;
 use super::Shared;
 use crate::error::Error;
@@ -28,14 +29,17 @@ fn info(shared: &Shared) -> Vec<(&'static str, String)> {
     let status = &shared.status;
     let state = if status.draining.load(Ordering::Acquire) {
         "draining"
-    } else if !status.accepting.load(Ordering::Acquire) {
+    } else if !status.accepting.load(Ordering::Acquire) || shared.declines.pausing() {
+        // (Also during the pause after a hand-back of an unstarted task.)
         "paused"
     } else if shared.pool.busy() > 0 {
         "busy"
     } else {
         "idle"
     };
-    let mut last_error = status.last_error();
+    // With its time on Redis's clock ("0": none). Both always sent, so a
+    // cleared error clears the worker hash too.
+    let (mut last_error, last_error_ms) = status.published_error().unwrap_or_default();
     if last_error.len() > MAX_TEXT_BYTES {
         let mut end = MAX_TEXT_BYTES;
         while !last_error.is_char_boundary(end) {
@@ -71,6 +75,7 @@ fn info(shared: &Shared) -> Vec<(&'static str, String)> {
             .into(),
         ),
         ("last_error", last_error),
+        ("last_error_ms", last_error_ms.max(0).to_string()),
         (
             "started",
             status.started_ms.load(Ordering::Acquire).to_string(),
@@ -124,6 +129,7 @@ pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten,
         }
     }
     shared.status.redis_ok.store(true, Ordering::Release);
+    shared.status.clear_error(ErrorSource::Heartbeat);
     match reply {
         BeatReply::Ok(report) => {
             apply(shared, &report);
@@ -138,6 +144,10 @@ pub(crate) async fn beat(shared: &Arc<Shared>, register: bool) -> Result<Beaten,
 
 /// Applies a report: stop orders, start time, logs.
 fn apply(shared: &Shared, report: &BeatReport) {
+    shared.status.clock_offset_ms.store(
+        report.now_ms - super::config::local_now_ms(),
+        Ordering::Release,
+    );
     let _ = shared.status.started_ms.compare_exchange(
         0,
         report.now_ms,
@@ -193,7 +203,7 @@ pub(crate) async fn run_loop(
                 shared.status.redis_ok.store(false, Ordering::Release);
                 shared
                     .status
-                    .set_last_error(format!("heartbeat failed: {e}"));
+                    .record_error(ErrorSource::Heartbeat, format!("heartbeat failed: {e}"));
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }

@@ -5,7 +5,9 @@
 //! never abandoned mid-flight (that would lose the popped message) except
 //! at shutdown. After an error it reconnects at once, then backs off up to
 //! a quarter of the lease, so a message pushed meanwhile waits at most
-//! that long (well within the lease that would make it an orphan).
+//! that long (well within the lease that would make it an orphan). A read
+//! error is the worker's `last_error` until the reader reconnects or reads
+//! again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::WorkerStatus;
+use super::config::{ErrorSource, WorkerStatus};
 use crate::connection::Endpoint;
 
 /// How long one BLMPOP blocks on the server. Long: every re-issue opens a
@@ -49,7 +51,11 @@ pub(crate) async fn read(
                 _ = tokio::time::sleep(delay(failures)) => {}
             }
             match endpoint.dedicated(&key, RESPONSE_TIMEOUT).await {
-                Ok(c) => conn = Some(c),
+                Ok(c) => {
+                    // Redis answers again: the read error is past.
+                    status.clear_error(ErrorSource::Inbox);
+                    conn = Some(c);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "inbox reconnect failed");
                     failures += 1;
@@ -63,6 +69,9 @@ pub(crate) async fn read(
         };
         match popped {
             Ok(messages) => {
+                if failures > 0 {
+                    status.clear_error(ErrorSource::Inbox);
+                }
                 failures = 0;
                 for raw in messages {
                     if tx.send(raw).await.is_err() {
@@ -72,7 +81,7 @@ pub(crate) async fn read(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "inbox read failed; reconnecting");
-                status.set_last_error(format!("inbox read failed: {e}"));
+                status.record_error(ErrorSource::Inbox, format!("inbox read failed: {e}"));
                 failures += 1;
                 conn = None;
             }

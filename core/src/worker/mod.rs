@@ -11,6 +11,8 @@
 //! - `writer`: chunk writes and completion;
 //! - `coalescer`: coalesces the chunk writes and completes of the slots
 //!   into one call while one is in flight;
+//! - `declines`: the intake back-off after a handler hands a task back
+//!   unstarted ([`HandlerError::not_started`]);
 //! - `heartbeat`: liveness, reconciliation with Redis, housekeeping;
 //! - `stats`: the worker's share of the queue statistics, sent with the
 //!   heartbeat (nothing on the per-task path);
@@ -20,6 +22,7 @@
 mod budget;
 mod coalescer;
 mod config;
+mod declines;
 mod handler;
 mod heartbeat;
 mod inbox;
@@ -31,7 +34,7 @@ mod writer;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connection::RedisConnection;
 use tokio::sync::{mpsc, watch, Notify};
@@ -39,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES;
-pub use config::{WorkerConfig, WorkerStatus};
+pub use config::{ErrorSource, WorkerConfig, WorkerStatus};
 pub use handler::{Handler, HandlerError, StopReason, Stopped, TaskContext};
 pub use writer::Granularity;
 
@@ -71,6 +74,9 @@ pub(crate) struct Shared {
     stats: stats::StatsTally,
     /// Sends the slots' chunk writes and completes, coalesced under load.
     coalescer: coalescer::Coalescer,
+    /// Hand-backs of unstarted tasks in a row, and the intake pause they
+    /// call for.
+    declines: declines::Declines,
 }
 
 impl Shared {
@@ -78,6 +84,34 @@ impl Shared {
     fn want_next(&self) -> bool {
         self.status.accepting.load(Ordering::Acquire)
             && !self.status.draining.load(Ordering::Acquire)
+            && !self.declines.pausing()
+    }
+
+    /// A handler gave a task back unstarted: hands it back without using
+    /// an attempt and pauses intake for the back-off (see `declines`);
+    /// when the pause ends, the heartbeat reopens the free slots at once.
+    async fn decline(self: &Arc<Self>, id: &str, attempt: u64, reason: &str) {
+        let pause = self.declines.declined();
+        tracing::warn!(
+            task_id = %id,
+            attempt,
+            %reason,
+            pause_ms = pause.as_millis() as u64,
+            "the handler gave the task back unstarted; taking no new tasks for the pause"
+        );
+        self.status
+            .set_last_error(format!("handed a task back unstarted: {reason}"));
+        self.hand_back(vec![HandBack {
+            id: id.to_string(),
+            attempt,
+            started: false,
+        }])
+        .await;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            me.beat_now.notify_one();
+        });
     }
 
     async fn release(&self, mode: ReleaseMode, items: &[HandBack]) -> Result<u64, Error> {
@@ -101,6 +135,39 @@ impl Shared {
         if let Err(e) = self.release(ReleaseMode::HandBack, &items).await {
             tracing::warn!(error = %e, "hand-back failed; the heartbeat's orphan sweep will requeue");
         }
+    }
+}
+
+/// After a forced stop, how long handlers get to return before their
+/// futures are dropped (their attempts are handed back either way).
+const FORCED_HANDLER_WAIT: Duration = Duration::from_secs(1);
+/// After a forced stop, how long the hand-back and leave may take: a dead
+/// or unreachable Redis must not hold up the exit (the attempts then go
+/// back when the lease lapses, as after a kill).
+pub const FORCED_LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Forces a running worker to stop at once, for an operator who will not
+/// wait for the drain (a second SIGTERM). See [`Worker::force_stop`].
+#[derive(Clone, Debug, Default)]
+pub struct ForceStop {
+    token: CancellationToken,
+}
+
+impl ForceStop {
+    /// Stops the worker now: every running attempt is stopped
+    /// ([`StopReason::Shutdown`]) and, after at most a second for its
+    /// handler to return, handed back to the queue with `rtq2_release`
+    /// (an attempt whose handler had started counts as interrupted and
+    /// uses one; a delivery never started does not), then the worker
+    /// leaves. The hand-back is bounded by [`FORCED_LEAVE_TIMEOUT`].
+    /// Works before the drain and during it.
+    pub fn force(&self) {
+        self.token.cancel();
+    }
+
+    /// True once [`force`](Self::force) was called.
+    pub fn is_forced(&self) -> bool {
+        self.token.is_cancelled()
     }
 }
 
@@ -153,6 +220,8 @@ pub struct Worker {
     id: String,
     status: Arc<WorkerStatus>,
     intake: watch::Sender<bool>,
+    /// Cancelled by [`ForceStop::force`].
+    force: ForceStop,
 }
 
 /// Stops the background tasks and hands everything back if `run` is
@@ -218,6 +287,7 @@ impl Worker {
             id,
             status,
             intake: watch::channel(true).0,
+            force: ForceStop::default(),
         })
     }
 
@@ -231,6 +301,13 @@ impl Worker {
         Arc::clone(&self.status)
     }
 
+    /// A handle that stops this worker at once, running tasks handed back
+    /// without the drain (see [`ForceStop::force`]). The graceful stop is
+    /// the `shutdown` future of [`run`](Self::run).
+    pub fn force_stop(&self) -> ForceStop {
+        self.force.clone()
+    }
+
     /// A switch to stop and resume taking new tasks.
     pub fn intake(&self) -> IntakeSwitch {
         IntakeSwitch {
@@ -241,8 +318,12 @@ impl Worker {
 
     /// Runs until `shutdown` completes, then drains: takes no new tasks,
     /// lets running ones finish within the grace period, and hands the rest
-    /// back to the queue. Dropping the returned future instead stops
-    /// everything and hands every attempt back (best effort).
+    /// back to the queue. [`ForceStop::force`] (see
+    /// [`force_stop`](Self::force_stop)), before or during the drain, stops
+    /// every attempt at once and hands it back, waiting for Redis at most
+    /// [`FORCED_LEAVE_TIMEOUT`]. Dropping the returned future instead stops
+    /// everything and hands every attempt back (best effort: nothing waits
+    /// for the hand-back, which a process exiting right after never sends).
     ///
     /// # Errors
     /// [`Error::Connection`] if Redis cannot be reached at start;
@@ -274,6 +355,7 @@ impl Worker {
                 self.keys.clone(),
                 self.id.clone(),
             ),
+            declines: declines::Declines::default(),
         });
         // The inbox reader first: registration dispatches into the inbox.
         let inbox_conn = self
@@ -316,6 +398,7 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = self.force.token.cancelled() => break,
                 _ = fatal.cancelled() => {
                     replaced = true;
                     break;
@@ -347,23 +430,86 @@ impl Worker {
                 worker: self.id.clone(),
             });
         }
-        let items = self.drain(&shared, &mut inbox_rx, &mut slots).await;
+        let force = self.force.token.clone();
+        let (items, forced) = tokio::select! {
+            biased;
+            _ = force.cancelled() => (self.forced(&shared, &mut inbox_rx, &mut slots).await, true),
+            items = self.drain(&shared, &mut inbox_rx, &mut slots) => (items, false),
+        };
         // The heartbeat stops before the worker leaves: a beat landing after
         // the leave would hear GONE and register the worker again.
         hb_stop.cancel();
+        if forced {
+            // A beat stuck on a dead Redis must not hold up the exit.
+            hb.abort();
+        }
         let _ = hb.await;
-        match shared.release(ReleaseMode::Leave, &items).await {
-            Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed tasks back to the queue"),
-            Ok(_) => {}
-            Err(e) => {
+        let leave = shared.release(ReleaseMode::Leave, &items);
+        let left = if forced {
+            tokio::time::timeout(FORCED_LEAVE_TIMEOUT, leave).await.ok()
+        } else {
+            Some(leave.await)
+        };
+        match left {
+            Some(Ok(n)) if n > 0 => {
+                tracing::info!(handed_back = n, forced, "handed tasks back to the queue")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "could not deregister; the lease will lapse and housekeeping will requeue")
             }
+            None => tracing::error!(
+                timeout_ms = FORCED_LEAVE_TIMEOUT.as_millis() as u64,
+                "Redis did not answer the forced hand-back in time; the lease will lapse and housekeeping will requeue"
+            ),
         }
         guard.armed = false;
         reader_stop.cancel();
         let _ = reader.await;
         tracing::info!(worker_id = %self.id, "worker stopped");
         Ok(())
+    }
+
+    /// The forced stop: stops every attempt at once, gives handlers at most
+    /// [`FORCED_HANDLER_WAIT`] to return, drops the rest, and returns what
+    /// to hand back when leaving (what a drain cut short had not handed
+    /// back yet; deliveries it never listed are handed back by the leave,
+    /// which returns every task the worker still owns).
+    async fn forced(
+        &self,
+        shared: &Arc<Shared>,
+        inbox: &mut mpsc::Receiver<Vec<u8>>,
+        slots: &mut JoinSet<()>,
+    ) -> Vec<HandBack> {
+        tracing::warn!(
+            running = shared.pool.busy(),
+            "forced stop: handing every running task back now"
+        );
+        self.status.draining.store(true, Ordering::Release);
+        let mut items: Vec<HandBack> = shared
+            .pool
+            .set_closed(true)
+            .iter()
+            .map(Job::unstarted)
+            .collect();
+        shared.pool.stop_all(StopReason::Shutdown);
+        let wait = shared.config.cancel_grace.min(FORCED_HANDLER_WAIT);
+        let stopped = async { while slots.join_next().await.is_some() {} };
+        if tokio::time::timeout(wait, stopped).await.is_err() {
+            slots.abort_all();
+            while slots.join_next().await.is_some() {}
+        }
+        items.extend(shared.pool.hand_backs());
+        while let Ok(raw) = inbox.try_recv() {
+            if let InboxMessage::Task(d) = InboxMessage::parse(&raw) {
+                items.push(HandBack {
+                    id: d.id,
+                    attempt: d.attempt,
+                    started: false,
+                });
+            }
+        }
+        items
     }
 
     /// Stops intake, lets running tasks finish within the grace period,

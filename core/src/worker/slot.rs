@@ -79,7 +79,13 @@ impl Job {
 /// What the handler's run came to.
 enum Ending {
     Result(serde_json::Value),
-    Failed { message: String, retryable: bool },
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+    /// The handler never started the task and gives it back
+    /// ([`HandlerError::not_started`](super::HandlerError::not_started)).
+    NotStarted(String),
     Stopped(StopReason),
 }
 
@@ -205,6 +211,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                                 Ok(Err(_)) if stop.reason().is_some() => {
                                     Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
                                 }
+                                Ok(Err(e)) if e.not_started => Ending::NotStarted(e.message),
                                 Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
                                 Err(panic) => Ending::Failed {
                                     message: format!("handler panicked: {}", panic_message(&panic)),
@@ -239,12 +246,27 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                     (_, Some(reason @ StopReason::OutputTooLarge { .. })) => {
                         Ending::Stopped(reason)
                     }
+                    // Output was sent: the task did start, whatever the
+                    // handler says. A retry (using the attempt) lets
+                    // another attempt write the output whole.
+                    (Ending::NotStarted(reason), _) if writer.produced() => Ending::Failed {
+                        message: format!(
+                            "the handler gave the task back as not started after sending output: {reason}"
+                        ),
+                        retryable: true,
+                    },
                     _ => ending,
                 }
             }
         },
     };
 
+    // A handler that ran a task to its end resets the hand-back pause.
+    if matches!(ending, Ending::Result(_) | Ending::Failed { .. })
+        && admitted.started.load(Ordering::Acquire)
+    {
+        shared.declines.ran();
+    }
     let (outcome, payload) = match &ending {
         Ending::Result(value) => match serde_json::to_string(value) {
             Ok(json) if json.len() <= shared.config.max_result_bytes => (CompleteOutcome::Done, json),
@@ -258,6 +280,13 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
             ),
             Err(e) => (CompleteOutcome::Failed, format!("result cannot be encoded: {e}")),
         },
+        // Nothing of the task ran: back to the queue without using an
+        // attempt (no complete: the hand-back ends this attempt).
+        Ending::NotStarted(reason) => {
+            drop(writer);
+            shared.decline(&id, attempt, reason).await;
+            return After::Free;
+        }
         Ending::Failed { message, retryable } => (
             if *retryable {
                 CompleteOutcome::Retry

@@ -113,6 +113,9 @@ pub(crate) struct ChunkWriter {
     refused_writes: u32,
     /// ORDER answers in a row that showed no progress (the pump backs off).
     stalled_orders: u32,
+    /// Set once the handler sent a chunk (even one never written): its
+    /// attempt can no longer be handed back as never started.
+    produced: bool,
 }
 
 /// The stop reason a refused write means.
@@ -166,6 +169,7 @@ impl ChunkWriter {
             budget: OutputBudget::new(super::budget::DEFAULT_MAX_BUFFERED_OUTPUT_BYTES),
             acked: 0,
             taken_bytes: 0,
+            produced: false,
             unacked: VecDeque::new(),
             sent: 0,
             in_flight: FuturesOrdered::new(),
@@ -191,7 +195,13 @@ impl ChunkWriter {
         self.unacked.len() - self.sent
     }
 
+    /// True once the handler sent any chunk.
+    pub(crate) fn produced(&self) -> bool {
+        self.produced
+    }
+
     fn push(&mut self, chunk: Vec<u8>) {
+        self.produced = true;
         if self.stopped {
             self.budget.give_back([chunk.len()]);
             return;

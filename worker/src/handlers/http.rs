@@ -14,13 +14,14 @@
 //! connection to the upstream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
 use super::body::{read_capped, Events, Limits, Lines};
-use super::{media_type, quote, reply_failed, run_until_stopped, send_holding, Serve, LINE_QUOTE};
+use super::{
+    media_type, quote, reply_failed, run_until_stopped, send_holding, Hold, Serve, LINE_QUOTE,
+};
 use crate::upstream::UpstreamState;
 
 /// POSTs tasks to one URL.
@@ -32,22 +33,22 @@ pub struct HttpHandler {
     /// The worker's result limit (`--max-result-bytes`), checked on JSON
     /// replies.
     max_result: usize,
-    /// How long a task is held while the upstream is down
-    /// (`--upstream-hold-secs`, see [`send_holding`]).
-    hold: Duration,
+    /// What a task does while the upstream is down (`--upstream-down`,
+    /// `--upstream-hold-secs`, see [`Hold`]).
+    hold: Hold,
 }
 
 impl HttpHandler {
     /// A handler for `url`; `limits` bound what the upstream may send,
-    /// `max_result` the result of a JSON reply; `hold` is how long a task
-    /// waits for a down upstream.
+    /// `max_result` the result of a JSON reply; `hold` says what a task does
+    /// while the upstream is down.
     pub fn new(
         client: reqwest::Client,
         url: String,
         upstream: Arc<UpstreamState>,
         limits: Limits,
         max_result: usize,
-        hold: Duration,
+        hold: Hold,
     ) -> Self {
         Self {
             client,

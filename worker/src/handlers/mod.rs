@@ -96,40 +96,97 @@ pub async fn run_until_stopped(
     Run::Stopped(stopped)
 }
 
-/// Sends the request `build` makes, holding the task (without using up
-/// an attempt) while the upstream is down: a task taken just before intake
-/// went off, or one whose request could not connect (refused, DNS,
-/// connect timeout: nothing of it reached the upstream), waits until the
-/// upstream is back (health probe, or the TCP trial without one) and is
-/// sent again. After `hold` it fails as retryable, so the queue can give
-/// it to a node whose upstream works (that uses an attempt: see
-/// README "Upstream health").
+/// What a task does when its upstream cannot be reached
+/// (`--upstream-down`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamDown {
+    /// Give the task back to the queue unstarted, without using an
+    /// attempt, while this node's intake stays off until its upstream is
+    /// back: another node whose upstream works serves it at once.
+    HandBack,
+    /// Fail the task as retryable (uses an attempt; the task is retried
+    /// after the queue's back-off, on another node if one is free).
+    Retry,
+}
+
+/// How a task waits for a down upstream and what happens after:
+/// `--upstream-hold-secs` and `--upstream-down`.
+///
+/// Why hand-back is the default: while this node's upstream is
+/// unreachable nothing of the task reached the model, so using one of its
+/// attempts would only bring it closer to failing for a fault of this node
+/// (a fleet restarting its model servers would drain the queue into
+/// failures). Holding it here helps nobody either: with other nodes up it
+/// delays the task for the whole hold while they could run it, and with
+/// every node down the queue holds it just as well. Handed back, it goes to
+/// the front of the queue for a node that can run it; this node's intake
+/// stays off until its health probe (or the TCP trial) sees the upstream
+/// back, and the runtime's hand-back pause (doubling from 500 ms to 30 s,
+/// see [`HandlerError::not_started`]) bounds how often a task that every
+/// node hands back moves between them. The task keeps its deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    /// How long a task waits on this node for its upstream first
+    /// (`--upstream-hold-secs`; default 0).
+    pub wait: Duration,
+    /// What happens to it after.
+    pub then: UpstreamDown,
+}
+
+impl Hold {
+    /// The handler's error once the hold is over.
+    fn give_up(&self, why: &str) -> HandlerError {
+        match self.then {
+            UpstreamDown::HandBack => HandlerError::not_started(crate::secrets::scrub(&format!(
+                "{why}; handed the task back unstarted (--upstream-down hand-back)"
+            ))),
+            UpstreamDown::Retry => HandlerError::retryable(crate::secrets::scrub(&format!(
+                "{why}; held the task {}s (--upstream-hold-secs) and gave it back",
+                self.wait.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Sends the request `build` makes while the upstream is down: a task
+/// taken just before intake went off, or one whose request could not
+/// connect (refused, DNS, connect timeout: nothing of it reached the
+/// upstream), waits up to `hold.wait` for the upstream to come back
+/// (health probe, or the TCP trial without one) and is sent again; after
+/// that it is handed back unstarted or failed as retryable, as
+/// `hold.then` says (see [`Hold`] and README "Upstream down").
 ///
 /// # Errors
-/// As [`request_failed`], or the upstream stayed down for `hold`.
+/// As [`request_failed`], or the upstream stayed down for the hold.
 pub(crate) async fn send_holding(
     build: impl Fn() -> reqwest::RequestBuilder,
     url: &str,
     upstream: &Arc<UpstreamState>,
-    hold: Duration,
+    hold: Hold,
 ) -> Result<reqwest::Response, HandlerError> {
-    let until = tokio::time::Instant::now() + hold;
+    let until = tokio::time::Instant::now() + hold.wait;
     loop {
         if !upstream.is_up() && !upstream.wait_until_up(until).await {
-            return Err(HandlerError::retryable(crate::secrets::scrub(&format!(
-                "upstream {} is down ({}); held the task {}s (--upstream-hold-secs) and gave it back",
+            return Err(hold.give_up(&format!(
+                "upstream {} is down ({})",
                 rtq_core::redact_url(url),
                 upstream.last_error(),
-                hold.as_secs()
-            ))));
+            )));
         }
         match build().send().await {
             Ok(resp) => return Ok(resp),
             Err(e) => {
                 let unreachable = unreachable(&e);
                 let failed = request_failed(e, url, upstream);
-                if !unreachable || tokio::time::Instant::now() >= until {
+                if !unreachable {
                     return Err(failed);
+                }
+                if tokio::time::Instant::now() >= until {
+                    return Err(match hold.then {
+                        UpstreamDown::HandBack => hold.give_up(&failed.message),
+                        // The connection failure itself, as before.
+                        UpstreamDown::Retry => failed,
+                    });
                 }
             }
         }

@@ -11,13 +11,14 @@
 //! connection; OpenAI-compatible servers abort the generation on that.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rtq_core::{async_trait, Handler, HandlerError, TaskContext};
 use serde_json::{json, Value};
 
 use super::body::{read_capped, Events, Limits};
-use super::{media_type, quote, reply_failed, run_until_stopped, send_holding, Serve, LINE_QUOTE};
+use super::{
+    media_type, quote, reply_failed, run_until_stopped, send_holding, Hold, Serve, LINE_QUOTE,
+};
 use crate::upstream::UpstreamState;
 
 /// Talks to one OpenAI-compatible server.
@@ -30,16 +31,16 @@ pub struct OpenAiHandler {
     /// The worker's result limit (`--max-result-bytes`): a result that
     /// would pass it leaves the text out (see the module docs).
     max_result: usize,
-    /// How long a task is held while the server is down
-    /// (`--upstream-hold-secs`, see [`send_holding`]).
-    hold: Duration,
+    /// What a task does while the server is down (`--upstream-down`,
+    /// `--upstream-hold-secs`, see [`Hold`]).
+    hold: Hold,
 }
 
 impl OpenAiHandler {
     /// A handler for the server at `base` (e.g. `http://127.0.0.1:8000`);
     /// `model` fills in requests that name none; `limits` bound what the
     /// server may send; `max_result` is the worker's result limit; `hold`
-    /// how long a task waits for a down server.
+    /// what a task does while the server is down.
     pub fn new(
         client: reqwest::Client,
         base: String,
@@ -47,7 +48,7 @@ impl OpenAiHandler {
         upstream: Arc<UpstreamState>,
         limits: Limits,
         max_result: usize,
-        hold: Duration,
+        hold: Hold,
     ) -> Self {
         Self {
             client,

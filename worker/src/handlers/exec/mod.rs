@@ -597,8 +597,11 @@ impl Serve for ExecHandler {
             "labels": task.labels(),
         });
         if !self.shared.write(line.to_string()) {
+            // Nothing reached the child (it is down or restarting, and
+            // intake is off meanwhile): give the task back unstarted for a
+            // node whose child runs, without using an attempt.
             reg.ended = true;
-            return Err(HandlerError::retryable("exec child is not running"));
+            return Err(HandlerError::not_started("exec child is not running"));
         }
         while let Some(event) = rx.recv().await {
             let ending = match event {
@@ -607,9 +610,11 @@ impl Serve for ExecHandler {
                     continue;
                 }
                 ChildEvent::Result(v) => Ok(v),
-                ChildEvent::Error { message, retryable } => {
-                    Err(HandlerError { message, retryable })
-                }
+                ChildEvent::Error { message, retryable } => Err(if retryable {
+                    HandlerError::retryable(message)
+                } else {
+                    HandlerError::fatal(message)
+                }),
                 ChildEvent::Died(why) => Err(HandlerError::retryable(why)),
             };
             reg.ended = true;
