@@ -576,11 +576,7 @@ async fn client_and_operator_calls_check_every_argument_at_their_bounds() {
 async fn the_queue_key_is_checked_like_a_queue_name() {
     use rtq_core::keys::MAX_QUEUE_NAME;
     let redis = RedisServer::start();
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = support::patient_conn(&redis.url()).await;
     rtq_core::functions::ensure_loaded(&mut conn).await.unwrap();
     let longest = format!("rtq:{{{}}}:meta", "q".repeat(MAX_QUEUE_NAME));
     let too_long = format!("rtq:{{{}}}:meta", "q".repeat(MAX_QUEUE_NAME + 1));

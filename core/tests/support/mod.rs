@@ -253,8 +253,7 @@ pub async fn wait_registered(url: &str, id: &str) {
     if url.starts_with("redis+cluster://") {
         return wait_registered_in_cluster(url, id).await;
     }
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = patient_conn(url).await;
     for _ in 0..500 {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("rtq:*:workers")
@@ -332,14 +331,23 @@ pub fn acl_user(redis: &RedisServer, name: &str, rules: &[&str]) -> String {
     format!("redis://{name}:pw@127.0.0.1:{}/", redis.port())
 }
 
+/// An async connection for a test's own commands, with a response
+/// timeout of a minute: redis-rs's default (500 ms) fails a large call
+/// (a 16 MiB spec hashed by Lua) on a loaded 2-core machine.
+pub async fn patient_conn(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("cannot connect to the test redis-server")
+}
+
 /// An async connection to the test server as the default user, for
 /// assertions.
 pub async fn admin_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("cannot connect to the test redis-server")
+    patient_conn(&redis.url()).await
 }
 
 /// Polls `check` until it holds; fails the test after [`PATIENCE`].

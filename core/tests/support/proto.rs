@@ -147,8 +147,7 @@ pub fn spec_of(id: &str) -> String {
 
 impl Proto {
     pub async fn connect(redis: &RedisServer, queue: &str) -> Proto {
-        let client = redis::Client::open(redis.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = super::patient_conn(&redis.url()).await;
         functions::ensure_loaded(&mut conn).await.unwrap();
         Proto {
             conn,
