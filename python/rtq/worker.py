@@ -18,7 +18,9 @@ await, ``task.send`` raises :class:`rtq.Stopped`, and ``task.cancelled``
 turns True (sync handlers should poll it between steps).
 
 Raise :class:`rtq.Retryable` to requeue the task while it has attempts
-left; any other exception fails it with the exception as the reason.
+left; raise :class:`rtq.NotStarted` to give a task you never started back
+unstarted, without using an attempt (the worker then pauses its intake
+briefly); any other exception fails it with the exception as the reason.
 """
 
 from __future__ import annotations

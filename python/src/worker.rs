@@ -179,23 +179,42 @@ fn outcome_of(py: Python<'_>, fut: &Bound<'_, PyAny>) -> Outcome {
         Err(e) => return Err(HandlerError::fatal(describe(py, e.value(py).as_any()))),
     };
     if !exc.is_none() {
-        let retryable = py
-            .import("rtq._errors")
-            .and_then(|m| m.getattr("Retryable"))
-            .and_then(|cls| exc.is_instance(&cls))
-            .unwrap_or(false);
-        let message = describe(py, &exc);
-        return Err(if retryable {
-            HandlerError::retryable(message)
-        } else {
-            HandlerError::fatal(message)
-        });
+        return Err(handler_error(py, &exc));
     }
     match fut.call_method0("result") {
         Ok(result) => to_json(&result).map_err(|e| {
             HandlerError::fatal(format!("the handler's result is not JSON: {}", e.value(py)))
         }),
         Err(e) => Err(HandlerError::fatal(describe(py, e.value(py).as_any()))),
+    }
+}
+
+/// Whether `exc` is an instance of `rtq._errors.<class>`.
+fn is_a(py: Python<'_>, exc: &Bound<'_, PyAny>, class: &str) -> bool {
+    py.import("rtq._errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| exc.is_instance(&cls))
+        .unwrap_or(false)
+}
+
+/// The core's error for an exception a handler raised: `rtq.NotStarted`
+/// gives the task back unstarted (its reason as the message),
+/// `rtq.Retryable` fails the attempt as retryable, anything else fails
+/// the task.
+fn handler_error(py: Python<'_>, exc: &Bound<'_, PyAny>) -> HandlerError {
+    if is_a(py, exc, "NotStarted") {
+        let reason = exc.str().map(|s| s.to_string()).unwrap_or_default();
+        return HandlerError::not_started(if reason.is_empty() {
+            describe(py, exc)
+        } else {
+            reason
+        });
+    }
+    let message = describe(py, exc);
+    if is_a(py, exc, "Retryable") {
+        HandlerError::retryable(message)
+    } else {
+        HandlerError::fatal(message)
     }
 }
 
