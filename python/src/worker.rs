@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use rtq_core::protocol::MAX_SLOTS;
 use rtq_core::{
-    async_trait, Handler, HandlerError, StopReason, Stopped, TaskContext, WorkerConfig,
+    async_trait, ForceStop, Handler, HandlerError, StopReason, Stopped, TaskContext, WorkerConfig,
     WorkerStatus,
 };
 use serde_json::Value;
@@ -309,7 +309,10 @@ pub struct Worker {
     inner: Mutex<Option<rtq_core::Worker>>,
     id: String,
     status: Arc<WorkerStatus>,
+    /// The graceful stop: `run`'s shutdown future.
     stop: CancellationToken,
+    /// The core's forced stop (`stop(force=True)`).
+    force: ForceStop,
     cancel_grace: Duration,
 }
 
@@ -385,6 +388,7 @@ pub fn connect_worker(
         Ok(Worker {
             id: w.id().to_string(),
             status: w.status(),
+            force: w.force_stop(),
             inner: Mutex::new(Some(w)),
             stop: CancellationToken::new(),
             cancel_grace,
@@ -403,8 +407,11 @@ impl Worker {
     /// Runs until `stop()` is called, then drains: takes no new tasks, lets
     /// running ones finish within the grace period, hands the rest back.
     /// `handler(task)` must return a coroutine; it runs on the calling
-    /// asyncio loop. Cancelling the awaiting asyncio task stops at once
-    /// and hands every running task back.
+    /// asyncio loop. `stop(force=True)`, before or during the drain, stops
+    /// at once: every running task is handed back (waiting for Redis at
+    /// most 2 s) and `run` returns. Cancelling the awaiting asyncio task
+    /// also stops at once, but hands the tasks back best effort, without
+    /// waiting for Redis.
     fn run<'py>(&self, py: Python<'py>, handler: Bound<'py, PyAny>) -> PyResult<Call> {
         if !handler.is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
@@ -430,10 +437,19 @@ impl Worker {
         })
     }
 
-    /// Asks the worker to stop gracefully (safe from a signal handler or
-    /// any thread).
-    fn stop(&self) {
+    /// Asks the worker to stop (safe from a signal handler or any
+    /// thread). By default gracefully: the drain of `run`. With
+    /// `force=True`, at once (a second SIGTERM): every running task is
+    /// stopped (its handler gets at most `cancel_grace`, capped at 1 s, to
+    /// return) and handed back to the queue, a started one counted as
+    /// interrupted (it uses an attempt), and `run` returns once Redis
+    /// took them back (waiting at most 2 s; else the lease lapses).
+    #[pyo3(signature = (*, force=false))]
+    fn stop(&self, force: bool) {
         self.stop.cancel();
+        if force {
+            self.force.force();
+        }
     }
 
     /// Live counters: busy, done, failed, stopped, redis_ok, accepting,

@@ -468,3 +468,36 @@ def test_admin_workers_shows_no_error_time_for_a_worker_without_an_error(redis_u
 
     run(main())
 
+
+def test_stop_with_force_hands_a_running_task_back_at_once(redis_url):
+    started = asyncio.Event()
+
+    async def endless(task):
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def finishes(task):
+        return {"by": "second"}
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        # A lease of a minute and a drain of ten: only the forced hand-back
+        # requeues the task within this test's patience.
+        async with running_worker(redis_url, "q", endless, lease=60, grace=600, worker_id="first") as w:
+            sub = await q.submit({}, max_attempts=3, timeout=300)
+            await asyncio.wait_for(started.wait(), 30)
+            w.stop()
+            for _ in range(500):
+                if w.status()["draining"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert w.status()["draining"]
+            w.stop(force=True)
+            await wait_state(q, sub["id"], "queued", timeout=20)
+            info = await q.status(sub["id"])
+            assert info["failures"] == 1, info
+            assert "interrupted" in info["attempt_errors"][1], info
+        async with running_worker(redis_url, "q", finishes, worker_id="second"):
+            assert await q.wait(sub["id"], timeout=30) == {"by": "second"}
+
+    run(main())
