@@ -37,6 +37,7 @@ __all__ = [
     "ProtocolError",
     "Stopped",
     "Retryable",
+    "NotStarted",
 ]
 
 
@@ -184,3 +185,24 @@ class Retryable(Exception):
     """Raise from a worker handler to fail the attempt as retryable: the task
     is requeued while it has attempts left. Any other exception fails the
     task with its message as the reason."""
+
+
+class NotStarted(Exception):
+    """Raise from a worker handler that never started its task (its
+    upstream is unreachable, say) to give the task back unstarted: it goes
+    back to the front of the queue *without using an attempt*, for another
+    worker (or this one later), and keeps its deadline. ``reason`` is
+    logged and becomes the worker's ``last_error``.
+
+    The worker then takes no new tasks for a pause: 0.5 s after the first
+    hand-back, doubling with each further one in a row up to 30 s (a task
+    that runs resets it), so a task every worker gives back does not
+    bounce between them at network speed.
+
+    Only for work that never started: once the handler has sent a chunk,
+    raising it fails the attempt as retryable instead (the attempt is
+    used), since its output was seen."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason

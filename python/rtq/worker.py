@@ -18,7 +18,9 @@ await, ``task.send`` raises :class:`rtq.Stopped`, and ``task.cancelled``
 turns True (sync handlers should poll it between steps).
 
 Raise :class:`rtq.Retryable` to requeue the task while it has attempts
-left; any other exception fails it with the exception as the reason.
+left; raise :class:`rtq.NotStarted` to give a task you never started back
+unstarted, without using an attempt (the worker then pauses its intake
+briefly); any other exception fails it with the exception as the reason.
 """
 
 from __future__ import annotations
@@ -164,8 +166,10 @@ async def serve(
     worker's ``stop()`` is called; then drains gracefully: no new tasks,
     running ones get ``grace`` seconds (default 25) to finish, the rest are
     stopped (``cancel_grace`` seconds, default 1, to return) and handed
-    back to the queue. A second signal stops at once, handing every
-    running task back. ``on_start(worker)`` is called once the worker
+    back to the queue. A second signal stops at once (as
+    ``worker.stop(force=True)``): every running task is handed back to the
+    queue now, a started one counted as interrupted (it uses an attempt),
+    not left to the lease. ``on_start(worker)`` is called once the worker
     is connected (to keep a handle for ``stop()`` or ``status()``).
 
     A handler that ignores its cancellation (catches ``CancelledError``,
@@ -211,15 +215,16 @@ async def serve(
     hurry = asyncio.Event()
 
     def on_signal(sig: int) -> None:
-        # The first signal drains gracefully; a second one stops at once,
-        # handing every running task back to the queue. Once the worker
-        # has stopped, another one ends the wait for handlers that ignore
-        # their cancellation.
+        # The first signal drains gracefully; a second one is the core's
+        # forced stop: every running task is handed back to the queue at
+        # once (Redis is waited for, briefly) and `run` returns. Any
+        # further one ends the wait for handlers that ignore their
+        # cancellation.
         signals.append(sig)
         if len(signals) == 1:
             worker.stop()
-        elif not run.done():
-            run.cancel()
+        elif len(signals) == 2:
+            worker.stop(force=True)
         else:
             hurry.set()
 
@@ -234,12 +239,7 @@ async def serve(
     try:
         if on_start is not None:
             on_start(worker)
-        try:
-            await run
-        except asyncio.CancelledError:
-            if len(signals) < 2:
-                raise
-            await _until_left(url, queue, worker.id)
+        await run
         # The worker has left and its tasks are back in the queue; the
         # core stopped every handler. Those that ignore it stay behind.
         wait = 1.0 if cancel_grace is None else cancel_grace
@@ -328,23 +328,6 @@ def _die_of(sig: int) -> None:
     # Still here: the signal's default action is to ignore it (as for
     # PID 1 in a container).
     os._exit(128 + sig)
-
-
-async def _until_left(url: str, queue: str, worker_id: str, timeout: float = 3.0) -> None:
-    """After a forced stop the runtime hands the tasks back in the
-    background: wait (briefly) until Redis shows the worker gone, so the
-    process does not exit first."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    try:
-        admin = (await _native.connect_async(url, response_timeout=1)).admin()
-        while loop.time() < end:
-            workers = await admin.workers(queue)
-            if not any(w["id"] == worker_id and w["lease_until_ms"] is not None for w in workers):
-                return
-            await asyncio.sleep(0.02)
-    except Exception:  # Redis gone: the lease will lapse instead
-        return
 
 
 def run_worker(url: str, queue: str, handler: Callable[..., Any], **options: Any) -> None:

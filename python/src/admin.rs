@@ -69,10 +69,19 @@ fn stats_dict(py: Python<'_>, s: &QueueStats) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
-fn worker_dict(py: Python<'_>, w: &WorkerInfo) -> PyResult<Py<PyAny>> {
+/// One worker, at Redis time `now_ms` (`None`: not read, as no worker
+/// has an error time).
+fn worker_dict(py: Python<'_>, w: &WorkerInfo, now_ms: Option<i64>) -> PyResult<Py<PyAny>> {
     let d = PyDict::new(py);
     d.set_item("id", &w.id)?;
     d.set_item("lease_until_ms", w.lease_until_ms)?;
+    // When its last error happened (Redis ms) and how long ago; None
+    // without an error, or for a worker too old to send the time.
+    d.set_item("last_error_ms", w.last_error_ms())?;
+    d.set_item(
+        "last_error_age_ms",
+        now_ms.and_then(|now| w.last_error_age_ms(now)),
+    )?;
     d.set_item("tasks", w.tasks.clone())?;
     d.set_item("labels", admin::worker_labels(w))?;
     let fields = PyDict::new(py);
@@ -129,10 +138,18 @@ mod ops {
 
     pub async fn workers(a: admin::Admin, queue: String) -> Out {
         let ws = a.workers(&queue).await.map_err(to_py_err)?;
+        // Ages are on the Redis clock, read after the workers (so never
+        // negative), and only when some worker has an error time: the
+        // overview is the admin read that carries Redis's time.
+        let now_ms = if ws.iter().any(|w| w.last_error_ms().is_some()) {
+            Some(a.overview(&queue).await.map_err(to_py_err)?.now_ms)
+        } else {
+            None
+        };
         attach(|py| {
             let list = PyList::empty(py);
             for w in &ws {
-                list.append(worker_dict(py, w)?)?;
+                list.append(worker_dict(py, w, now_ms)?)?;
             }
             Ok(list.into_any().unbind())
         })

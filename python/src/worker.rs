@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use rtq_core::protocol::MAX_SLOTS;
 use rtq_core::{
-    async_trait, Handler, HandlerError, StopReason, Stopped, TaskContext, WorkerConfig,
+    async_trait, ForceStop, Handler, HandlerError, StopReason, Stopped, TaskContext, WorkerConfig,
     WorkerStatus,
 };
 use serde_json::Value;
@@ -179,23 +179,42 @@ fn outcome_of(py: Python<'_>, fut: &Bound<'_, PyAny>) -> Outcome {
         Err(e) => return Err(HandlerError::fatal(describe(py, e.value(py).as_any()))),
     };
     if !exc.is_none() {
-        let retryable = py
-            .import("rtq._errors")
-            .and_then(|m| m.getattr("Retryable"))
-            .and_then(|cls| exc.is_instance(&cls))
-            .unwrap_or(false);
-        let message = describe(py, &exc);
-        return Err(if retryable {
-            HandlerError::retryable(message)
-        } else {
-            HandlerError::fatal(message)
-        });
+        return Err(handler_error(py, &exc));
     }
     match fut.call_method0("result") {
         Ok(result) => to_json(&result).map_err(|e| {
             HandlerError::fatal(format!("the handler's result is not JSON: {}", e.value(py)))
         }),
         Err(e) => Err(HandlerError::fatal(describe(py, e.value(py).as_any()))),
+    }
+}
+
+/// Whether `exc` is an instance of `rtq._errors.<class>`.
+fn is_a(py: Python<'_>, exc: &Bound<'_, PyAny>, class: &str) -> bool {
+    py.import("rtq._errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| exc.is_instance(&cls))
+        .unwrap_or(false)
+}
+
+/// The core's error for an exception a handler raised: `rtq.NotStarted`
+/// gives the task back unstarted (its reason as the message),
+/// `rtq.Retryable` fails the attempt as retryable, anything else fails
+/// the task.
+fn handler_error(py: Python<'_>, exc: &Bound<'_, PyAny>) -> HandlerError {
+    if is_a(py, exc, "NotStarted") {
+        let reason = exc.str().map(|s| s.to_string()).unwrap_or_default();
+        return HandlerError::not_started(if reason.is_empty() {
+            describe(py, exc)
+        } else {
+            reason
+        });
+    }
+    let message = describe(py, exc);
+    if is_a(py, exc, "Retryable") {
+        HandlerError::retryable(message)
+    } else {
+        HandlerError::fatal(message)
     }
 }
 
@@ -290,7 +309,10 @@ pub struct Worker {
     inner: Mutex<Option<rtq_core::Worker>>,
     id: String,
     status: Arc<WorkerStatus>,
+    /// The graceful stop: `run`'s shutdown future.
     stop: CancellationToken,
+    /// The core's forced stop (`stop(force=True)`).
+    force: ForceStop,
     cancel_grace: Duration,
 }
 
@@ -366,6 +388,7 @@ pub fn connect_worker(
         Ok(Worker {
             id: w.id().to_string(),
             status: w.status(),
+            force: w.force_stop(),
             inner: Mutex::new(Some(w)),
             stop: CancellationToken::new(),
             cancel_grace,
@@ -384,8 +407,11 @@ impl Worker {
     /// Runs until `stop()` is called, then drains: takes no new tasks, lets
     /// running ones finish within the grace period, hands the rest back.
     /// `handler(task)` must return a coroutine; it runs on the calling
-    /// asyncio loop. Cancelling the awaiting asyncio task stops at once
-    /// and hands every running task back.
+    /// asyncio loop. `stop(force=True)`, before or during the drain, stops
+    /// at once: every running task is handed back (waiting for Redis at
+    /// most 2 s) and `run` returns. Cancelling the awaiting asyncio task
+    /// also stops at once, but hands the tasks back best effort, without
+    /// waiting for Redis.
     fn run<'py>(&self, py: Python<'py>, handler: Bound<'py, PyAny>) -> PyResult<Call> {
         if !handler.is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
@@ -411,10 +437,19 @@ impl Worker {
         })
     }
 
-    /// Asks the worker to stop gracefully (safe from a signal handler or
-    /// any thread).
-    fn stop(&self) {
+    /// Asks the worker to stop (safe from a signal handler or any
+    /// thread). By default gracefully: the drain of `run`. With
+    /// `force=True`, at once (a second SIGTERM): every running task is
+    /// stopped (its handler gets at most `cancel_grace`, capped at 1 s, to
+    /// return) and handed back to the queue, a started one counted as
+    /// interrupted (it uses an attempt), and `run` returns once Redis
+    /// took them back (waiting at most 2 s; else the lease lapses).
+    #[pyo3(signature = (*, force=false))]
+    fn stop(&self, force: bool) {
         self.stop.cancel();
+        if force {
+            self.force.force();
+        }
     }
 
     /// Live counters: busy, done, failed, stopped, redis_ok, accepting,

@@ -110,6 +110,32 @@ def test_a_second_sigterm_stops_at_once_and_hands_the_task_back(redis_url, procs
     assert info["state"] == "queued", info
 
 
+def test_a_second_sigterm_requeues_the_running_task_at_once_not_after_the_lease(redis_url, procs):
+    # A lease of a minute and a drain of one: only the core's forced
+    # hand-back requeues the task within this test's patience.
+    w = procs.python_worker(
+        redis_url, "q", "--mode", "slow", "--lease", "60", "--grace", "60", "--worker-id", "first", "--log", "info"
+    )
+    q = rtq.connect(redis_url).queue("q")
+    sub = q.submit({"secs": 3600.0}, timeout=600, max_attempts=3)
+    wait_for_handler(w, sub["id"])
+    w.send_signal(signal.SIGTERM)
+    wait_until(lambda: any("draining" in line for line in w.log_lines), timeout=30, what="the worker to drain")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    # The core's forced stop ran (not a dropped run future), and Redis
+    # took the task back before the process exited.
+    assert any("forced stop" in line for line in w.log_lines), "".join(w.log_lines)
+    info = q.status(sub["id"])
+    assert info["state"] == "queued", info
+    assert info["failures"] == 1, info
+    assert "interrupted" in info["attempt_errors"][1], info
+    assert rtq.connect(redis_url).admin().overview("q")["workers_alive"] == 0
+    procs.python_worker(redis_url, "q", "--mode", "echo", "--worker-id", "second")
+    assert q.wait(sub["id"], timeout=30) == {"secs": 3600.0}
+    assert q.status(sub["id"])["worker"] == "second"
+
+
 @pytest.mark.parametrize("mode", ["stubborn", "stubborn_sync"])
 def test_a_second_signal_ends_a_worker_whose_handler_ignores_cancellation(redis_url, procs, mode):
     w = procs.python_worker(redis_url, "q", "--mode", mode, "--grace", "60", "--log", "info")

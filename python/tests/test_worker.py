@@ -381,3 +381,123 @@ def test_a_chunk_holding_a_lone_surrogate_raises_invalid_input_in_the_handler(re
             assert await c.queue("q").run(None, timeout=20) == ["send", "asend"]
 
     run(main())
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "async_gen", "sync_fn"])
+def test_a_handler_raising_not_started_gives_its_task_back_without_using_an_attempt(redis_url, kind):
+    # The first delivery is given back unstarted ("the model is loading");
+    # after the intake pause the worker takes the task again and runs it.
+    calls = []
+
+    def first_time(task):
+        calls.append(task.attempt)
+        return len(calls) == 1
+
+    async def coroutine(task):
+        if first_time(task):
+            raise rtq.NotStarted("model loading")
+        return {"by": kind}
+
+    async def async_gen(task):
+        if first_time(task):
+            raise rtq.NotStarted("model loading")
+        yield "a"
+        yield rtq.Result({"by": kind})
+
+    def sync_fn(task):
+        if first_time(task):
+            raise rtq.NotStarted("model loading")
+        return {"by": kind}
+
+    handler = {"coroutine": coroutine, "async_gen": async_gen, "sync_fn": sync_fn}[kind]
+
+    async def main():
+        client = await rtq.aio.connect(redis_url)
+        q = client.queue("q")
+        async with running_worker(redis_url, "q", handler, worker_id="w1"):
+            # One attempt only: had the hand-back used it, the task failed.
+            sub = await q.submit({}, max_attempts=1)
+            assert await q.wait(sub["id"], timeout=30) == {"by": kind}
+            info = await q.status(sub["id"])
+            assert info["state"] == "done" and info["failures"] == 0, info
+            assert len(calls) == 2, calls
+            # The hand-back is the worker's last error, with its time on
+            # the Redis clock (sent with the next heartbeat).
+            admin = client.admin()
+            for _ in range(500):
+                (w,) = await admin.workers("q")
+                if w["last_error_ms"] is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert "model loading" in w["fields"]["last_error"], w
+            assert w["last_error_ms"] > 0 and w["last_error_age_ms"] >= 0, w
+            assert rtq.connect(redis_url).admin().workers("q")[0]["last_error_ms"] == w["last_error_ms"]
+
+    run(main())
+
+
+def test_not_started_after_a_chunk_fails_the_attempt_as_retryable(redis_url):
+    async def handler(task):
+        if task.attempt == 1:
+            await task.asend("seen")
+            raise rtq.NotStarted("too late")
+        return task.attempt
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        async with running_worker(redis_url, "q", handler):
+            sub = await q.submit({}, max_attempts=2)
+            assert await q.wait(sub["id"], timeout=30) == 2
+            info = await q.status(sub["id"])
+            assert info["failures"] == 1, info
+            assert "after sending output" in info["attempt_errors"][1], info
+
+    run(main())
+
+
+def test_admin_workers_shows_no_error_time_for_a_worker_without_an_error(redis_url):
+    async def handler(task):
+        return "ok"
+
+    async def main():
+        client = await rtq.aio.connect(redis_url)
+        async with running_worker(redis_url, "q", handler, worker_id="w1"):
+            assert await client.queue("q").run(None, timeout=10) == "ok"
+            (w,) = await client.admin().workers("q")
+            assert w["last_error_ms"] is None and w["last_error_age_ms"] is None, w
+
+    run(main())
+
+
+def test_stop_with_force_hands_a_running_task_back_at_once(redis_url):
+    started = asyncio.Event()
+
+    async def endless(task):
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def finishes(task):
+        return {"by": "second"}
+
+    async def main():
+        q = (await rtq.aio.connect(redis_url)).queue("q")
+        # A lease of a minute and a drain of ten: only the forced hand-back
+        # requeues the task within this test's patience.
+        async with running_worker(redis_url, "q", endless, lease=60, grace=600, worker_id="first") as w:
+            sub = await q.submit({}, max_attempts=3, timeout=300)
+            await asyncio.wait_for(started.wait(), 30)
+            w.stop()
+            for _ in range(500):
+                if w.status()["draining"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert w.status()["draining"]
+            w.stop(force=True)
+            await wait_state(q, sub["id"], "queued", timeout=20)
+            info = await q.status(sub["id"])
+            assert info["failures"] == 1, info
+            assert "interrupted" in info["attempt_errors"][1], info
+        async with running_worker(redis_url, "q", finishes, worker_id="second"):
+            assert await q.wait(sub["id"], timeout=30) == {"by": "second"}
+
+    run(main())
