@@ -16,6 +16,8 @@
 //! - [`stats`]: rates and latency percentiles from the 10-second buckets.
 //! - `workers`: the workers of many queues in two pipelined round trips
 //!   ([`Admin::workers_of_many`]).
+//! - `events`: the queue's event tail, the workers that died or left in the
+//!   last ten minutes, and deleting an ended task.
 
 mod events;
 mod lifecycle;

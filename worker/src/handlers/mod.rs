@@ -1,6 +1,7 @@
 //! Built-in handlers: `http` (any local HTTP endpoint), `openai` (an
 //! OpenAI-compatible server), `exec` (a long-lived child process speaking
-//! JSON lines). The `mock` handler lives in `crate::mock`.
+//! JSON lines). The `mock` handler lives in `crate::mock`; [`body`] reads
+//! upstream bodies (JSON, SSE, NDJSON) within the `--max-*-bytes` limits.
 //!
 //! Each implements [`Serve`] (its work on a borrowed task) and, for use on
 //! its own, [`Handler`](rtq_core::Handler) through [`run_until_stopped`]:
@@ -103,7 +104,7 @@ pub async fn run_until_stopped(
 /// upstream is back (health probe, or the TCP trial without one) and is
 /// sent again. After `hold` it fails as retryable, so the queue can give
 /// it to a node whose upstream works (that uses an attempt: see
-/// README "Upstream health").
+/// README, `--upstream-hold-secs` in "Run a worker").
 ///
 /// # Errors
 /// As [`request_failed`], or the upstream stayed down for `hold`.
