@@ -10,6 +10,7 @@
 # Without a terminal (CI, pipes) it runs the load for a few seconds and
 # prints `rtq stats` instead of opening the console.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 # Cargo's own progress is shown: the first build takes a few minutes.

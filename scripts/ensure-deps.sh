@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what rtq's demo and tests need beyond Rust, from the distribution's
-# packages, if missing: redis-server, python3 (the exec-handler example child
+# packages, if missing: redis-server, redis-cli (redis-tools: the demos and
+# the cluster tests), python3 (the exec-handler example child
 # and its test; the Python package's tests, with python3-venv; the gateway's
 # OpenAI SDK test, which installs `openai` from PyPI into a venv under
 # target/) and tmux (the console's end-to-end test).
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # redis-cli creates the local Redis Cluster of the cluster tests.
