@@ -19,7 +19,8 @@ use rtq_core::{
 use rtq_testkit::{RedisCluster, RedisServer};
 use serde_json::{json, Value};
 
-/// N queues on one node against N queues over a 3-master cluster.
+/// N queues on one node against N queues over a 3-master cluster (private
+/// servers it starts itself; it takes no Redis URL).
 #[derive(Parser)]
 struct Args {
     /// Queues (spread evenly over the cluster's masters).

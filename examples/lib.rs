@@ -1,7 +1,8 @@
 //! Shared bits of the rtq examples: their command-line arguments for Redis
-//! and the queue, the delay proxy used by the benchmarks, the benchmarks'
-//! shared parts ([`bench_util`]) and their implementation of the reference
-//! design ([`reference_design`]), and the chaos run ([`chaos`]).
+//! and the queue, the delay proxy used by the benchmarks ([`delay_proxy`]),
+//! the benchmarks' shared parts ([`bench_util`]) and their implementation
+//! of the reference design ([`reference_design`]), and the chaos run
+//! ([`chaos`]).
 //!
 //! No example uses a Redis it was not given: the URL comes from `--redis`
 //! or `RTQ_REDIS_URL`, and without one the example stops with a usage

@@ -11,7 +11,7 @@ usage() {
   cat <<'USAGE'
 usage: scripts/chaos.sh [--long] [--release] [chaos options...]
 
-  (default)   the short run CI does: 20 s of chaos, seed from the clock
+  (default)   a short run: 20 s of chaos, seed from the clock (the suite runs 15 s)
   --long      10 minutes of chaos, with Redis on AOF killed and restarted 3 times
   --release   build and run release binaries (default: debug, as CI)
 

@@ -10,11 +10,12 @@
 # Without a terminal (CI, pipes) it runs the load for a few seconds and
 # prints `rtq stats` instead of opening the console.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 # Cargo's own progress is shown: the first build takes a few minutes.
 echo "building (release; the first build takes a few minutes) ..." >&2
-cargo build --release -p rtq-worker -p rtq-console -p rtq-examples --examples --bins
+cargo build --release -p rtq-worker -p rtq-console -p rtq-examples --bin rtq-worker --bin rtq --example loadgen
 
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

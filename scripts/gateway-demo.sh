@@ -7,6 +7,7 @@
 # With --check it sends one chat completion itself, prints the answer and
 # exits (what CI and the impatient run).
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 echo "building (release) ..." >&2

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Measures rtq-worker: release binary size, start-up time to first
 # heartbeat, idle RSS, and RSS with 64 tasks in flight (mock handler holding
-# each task 10 s). Tasks are submitted with redis-cli running the protocol's
-# own submit script, as any non-Rust client could.
+# each task 10 s). Tasks are submitted with redis-cli calling the
+# protocol's submit function (FCALL rtq2_submit), as any non-Rust client
+# could. Uses a private redis-server on a free port.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 cargo build --quiet --release -p rtq-worker
@@ -20,14 +22,25 @@ t0=$(date +%s%N)
 "$bin" --redis "redis://127.0.0.1:$port/" --queue m --worker-id w1 --concurrency 64 \
   --mock-latency-ms 10000 --grace-secs 0 --probe-addr off --log warn &
 wpid=$!
-until [ -n "$(redis-cli -p "$port" zscore 'rtq:{m}:workers' w1)" ]; do sleep 0.001; done
+for _ in $(seq 30000); do
+  [ -n "$(redis-cli -p "$port" zscore 'rtq:{m}:workers' w1)" ] && break
+  kill -0 "$wpid" 2>/dev/null || { echo "measure-worker.sh: rtq-worker exited before its first heartbeat" >&2; exit 1; }
+  sleep 0.001
+done
 t1=$(date +%s%N)
 echo "start-up to first heartbeat: $(( (t1 - t0) / 1000000 )) ms"
 sleep 1
 echo "idle RSS: $(rss $wpid) kB"
-cat core/lua/prelude.lua core/lua/submit.lua > "$dir/submit.lua"
+# PROTOCOL.md section 12: id, spec, priority, timeout ms, max attempts,
+# retention ms, reply stream, chunk events.
 for i in $(seq 64); do
-  redis-cli -p "$port" --eval "$dir/submit.lua" 'rtq:{m}:' , "t$i" "{\"v\":1,\"id\":\"t$i\",\"input\":{\"prompt\":\"hi\"}}" 0 0 1 60000 '' 0 >/dev/null
+  reply=$(redis-cli -p "$port" FCALL rtq2_submit 1 'rtq:{m}:meta' "t$i" \
+    "{\"v\":2,\"id\":\"t$i\",\"input\":{\"prompt\":\"hi\"}}" 0 0 1 60000 '' 0)
+  case "$reply" in OK*) ;; *) echo "measure-worker.sh: submit t$i refused: $reply" >&2; exit 1 ;; esac
 done
-until [ "$(redis-cli -p "$port" hget 'rtq:{m}:w:w1' busy)" = "64" ]; do sleep 0.1; done
+for _ in $(seq 300); do
+  [ "$(redis-cli -p "$port" hget 'rtq:{m}:w:w1' busy)" = "64" ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$port" hget 'rtq:{m}:w:w1' busy)" = "64" ] || { echo "measure-worker.sh: the worker never reported 64 busy slots" >&2; exit 1; }
 echo "RSS with 64 tasks in flight: $(rss $wpid) kB"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test (unit, integration on private redis-servers, examples,
 # doctests), then the Python package's pytest suite (python/test.sh).
-# Installs redis-server first if it is missing. Ends with one
-# total line: "rtq: N passed, M failed".
+# Installs what the tests need if it is missing (scripts/ensure-deps.sh).
+# Ends with one total line: "rtq: N passed, M failed". Arguments go to
+# `cargo test --workspace` (e.g. `-- --test-threads 1`); `-h` prints this.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 log=$(mktemp)

@@ -6,7 +6,9 @@
 //! `state` (app state and its update from keys and data; no I/O),
 //! `keymap` (bindings, also the source of the help screen), `filter`
 //! (the row filter's words), `sort` (sorting lists by column), `lost`
-//! ("Redis lost its data"), `render`
+//! ("Redis lost its data"), `health` (a queue's state word and colour,
+//! with the thresholds), `failures` (recent failures grouped by reason),
+//! `render`
 //! (state -> frame, one module per view), `ui` (terminal setup and the
 //! event loop).
 

@@ -1,6 +1,6 @@
 //! Opening connections: a shared auto-reconnecting multiplexed connection for
 //! ordinary commands and scripts, and dedicated connections for blocking
-//! reads (BLPOP, XREAD BLOCK), which must never share a connection with
+//! reads (BLMPOP, XREAD BLOCK), which must never share a connection with
 //! other callers.
 //!
 //! One configuration string picks a single node or a Redis Cluster:
@@ -10,6 +10,11 @@
 //! sees one [`RedisConnection`] either way; only blocking reads and
 //! commands that concern every master (loading the Functions library)
 //! look at which it is.
+//!
+//! # Layout
+//! - this file: [`RedisConnection`], opening shared and blocking
+//!   connections, TLS, the URL checks;
+//! - `seeds`: the configuration string split into node URLs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

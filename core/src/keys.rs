@@ -23,7 +23,7 @@ pub const MAX_ID_LEN: usize = 128;
 /// # Errors
 /// [`Error::InvalidName`] naming the offending input.
 pub fn validate_queue_name(name: &str) -> Result<(), Error> {
-    validate(name, MAX_QUEUE_NAME, "queue name", |c| {
+    validate(name, MAX_QUEUE_NAME, "queue name", ". _ -", |c| {
         c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
     })
 }
@@ -36,15 +36,18 @@ pub fn validate_queue_name(name: &str) -> Result<(), Error> {
 /// # Errors
 /// [`Error::InvalidName`] naming the offending input.
 pub fn validate_id(id: &str, what: &'static str) -> Result<(), Error> {
-    validate(id, MAX_ID_LEN, what, |c| {
+    validate(id, MAX_ID_LEN, what, ". _ - :", |c| {
         c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
     })
 }
 
+/// `punctuation` names the characters `allowed` accepts besides ASCII
+/// letters and digits, for the error message.
 fn validate(
     value: &str,
     max: usize,
     what: &'static str,
+    punctuation: &str,
     allowed: impl Fn(char) -> bool,
 ) -> Result<(), Error> {
     let reason = if value.is_empty() {
@@ -55,7 +58,7 @@ fn validate(
         value
             .chars()
             .find(|c| !allowed(*c))
-            .map(|c| format!("contains {c:?}; allowed are letters, digits and . _ -"))
+            .map(|c| format!("contains {c:?}; allowed are letters, digits and {punctuation}"))
     };
     match reason {
         Some(reason) => Err(Error::InvalidName {
@@ -101,7 +104,8 @@ impl QueueKeys {
         format!("{}{suffix}", self.prefix)
     }
 
-    /// Hash: `v` (protocol), `paused`, `maxd` (max depth, 0 = unlimited).
+    /// Hash: `v` (protocol), `paused`, `maxd` (max depth, 0 = unlimited),
+    /// `dd` (earliest due retry, ms; absent = unknown).
     /// `KEYS[1]` of every function: it exists while the queue exists.
     pub fn meta(&self) -> String {
         self.key("meta")
@@ -277,5 +281,17 @@ mod tests {
         assert!(validate_id("a\tb", "task id").is_err());
         assert!(validate_id("{x}", "task id").is_err());
         validate_id("019a:abc-1", "task id").unwrap();
+    }
+
+    #[test]
+    fn a_refusal_names_the_characters_that_are_allowed() {
+        let reason = |e: Error| match e {
+            Error::InvalidName { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        let id = reason(validate_id("a b", "task id").unwrap_err());
+        assert!(id.ends_with("letters, digits and . _ - :"), "{id}");
+        let queue = reason(validate_queue_name("a:b").unwrap_err());
+        assert!(queue.ends_with("letters, digits and . _ -"), "{queue}");
     }
 }

@@ -23,6 +23,8 @@
 //! - [`server`]: what rtq needs from the Redis server, checked at start-up.
 //! - `client`: [`Client`], [`Queue`], [`TaskRequest`], [`TaskStream`],
 //!   [`TaskInfo`]: submit, wait, stream, fetch, cancel.
+//! - `durable`: durable submits (the submit and `WAIT 1 <ms>` in one
+//!   pipeline on the queue's master).
 //! - [`worker`]: [`Worker`], [`Handler`], [`TaskContext`], the slot pool,
 //!   chunk writing, heartbeats.
 //! - [`admin`]: queue listing, counts, workers, task pages, operator actions,

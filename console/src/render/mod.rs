@@ -1,5 +1,9 @@
 //! State -> frame. `draw` lays out the header, the current view and the
 //! footer, then overlays (help, confirmation). One module per view.
+//!
+//! Layout: this file (`draw`, formatting helpers); `chrome` (header,
+//! footer, help overlay, dialogs); `queues`, `nodes`, `tasks` (the three
+//! views); `detail` (one task).
 
 mod chrome;
 mod detail;

@@ -19,6 +19,8 @@
 //! - `served`: what a catalog of served queues needs (pause flag, live
 //!   workers' handlers and labels) and nothing more
 //!   ([`Admin::served_queues`]).
+//! - `events`: the queue's event tail, the workers that died or left in the
+//!   last ten minutes, and deleting an ended task.
 
 mod events;
 mod lifecycle;

@@ -11,6 +11,8 @@
 //!   events to every waiter, owns the reply stream (created before the
 //!   first wait needs it) and its subscriptions (shared by the waits of
 //!   one task), verifies open waits;
+//! - `batcher`: coalesced submits (the submits issued while others are in
+//!   flight go together as one `rtq2_submit_many`);
 //! - `pool`: the per-queue routers and batchers, bounded (idle routers
 //!   retired, a cap on open ones);
 //! - `tracker`: follows one task; turns every way a wait ends into an

@@ -15,7 +15,10 @@
 //! - [`submit`], [`heartbeat`] (register and heartbeat), [`complete`],
 //!   [`chunk`], [`release`], [`cancel`], [`watch`] (watch, read, unwatch),
 //!   [`requeue`], [`queue_admin`] (priority, pause, max depth, purge,
-//!   housekeeping).
+//!   task deletion, housekeeping); [`complete`] also holds
+//!   `rtq2_complete_many` and `rtq2_write_many`;
+//! - `batch`: the coalescing loop and answer sorting shared by the
+//!   client's submit batcher and the worker's coalescer.
 
 pub(crate) mod batch;
 pub mod cancel;

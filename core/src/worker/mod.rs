@@ -9,6 +9,8 @@
 //!   more than `slots` attempts, keyed by task id *and* attempt);
 //! - `slot`: one slot's life (run, complete, take the next task);
 //! - `writer`: chunk writes and completion;
+//! - `budget`: a running attempt's output budget (bytes not yet in Redis;
+//!   `TaskContext::send` waits while it is spent);
 //! - `coalescer`: coalesces the chunk writes and completes of the slots
 //!   into one call while one is in flight;
 //! - `declines`: the intake back-off after a handler hands a task back

@@ -1,6 +1,7 @@
 //! Built-in handlers: `http` (any local HTTP endpoint), `openai` (an
 //! OpenAI-compatible server), `exec` (a long-lived child process speaking
-//! JSON lines). The `mock` handler lives in `crate::mock`.
+//! JSON lines). The `mock` handler lives in `crate::mock`; [`body`] reads
+//! upstream bodies (JSON, SSE, NDJSON) within the `--max-*-bytes` limits.
 //!
 //! Each implements [`Serve`] (its work on a borrowed task) and, for use on
 //! its own, [`Handler`](rtq_core::Handler) through [`run_until_stopped`]:

@@ -33,6 +33,13 @@
 //! gets SIGTERM, then SIGKILL after [`TERM_GRACE`]: `sh` does not always
 //! exec its last command, and stopping only `sh` would orphan the model
 //! process together with the GPU memory it holds.
+//!
+//! # Layout
+//! - this file: the handler, the child's lifecycle, routing by attempt;
+//! - `lines`: reading the child's stdout in lines capped in length, and
+//!   rate-limited logging of its stderr and unroutable lines;
+//! - `reaper`: processes the child detached with `setsid`, adopted by the
+//!   worker (child subreaper) and stopped with the group.
 
 use std::collections::HashMap;
 use std::process::Stdio;
