@@ -502,15 +502,7 @@ impl Worker {
             while slots.join_next().await.is_some() {}
         }
         items.extend(shared.pool.hand_backs());
-        while let Ok(raw) = inbox.try_recv() {
-            if let InboxMessage::Task(d) = InboxMessage::parse(&raw) {
-                items.push(HandBack {
-                    id: d.id,
-                    attempt: d.attempt,
-                    started: false,
-                });
-            }
-        }
+        items.extend(unstarted_deliveries(inbox));
         items
     }
 
@@ -576,17 +568,25 @@ impl Worker {
         }
         // Deliveries still queued in the channel were never started.
         let mut items = shared.pool.hand_backs();
-        while let Ok(raw) = inbox.try_recv() {
-            if let InboxMessage::Task(d) = InboxMessage::parse(&raw) {
-                items.push(HandBack {
-                    id: d.id,
-                    attempt: d.attempt,
-                    started: false,
-                });
-            }
-        }
+        items.extend(unstarted_deliveries(inbox));
         items
     }
+}
+
+/// The deliveries still queued in the inbox channel, drained: never
+/// started, so handed back without using an attempt.
+fn unstarted_deliveries(inbox: &mut mpsc::Receiver<Vec<u8>>) -> Vec<HandBack> {
+    let mut items = Vec::new();
+    while let Ok(raw) = inbox.try_recv() {
+        if let InboxMessage::Task(d) = InboxMessage::parse(&raw) {
+            items.push(HandBack {
+                id: d.id,
+                attempt: d.attempt,
+                started: false,
+            });
+        }
+    }
+    items
 }
 
 /// Handles one inbox message: a delivery is admitted into a free slot or
