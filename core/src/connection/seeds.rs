@@ -109,22 +109,17 @@ fn entries(config: &str) -> Vec<String> {
 /// redacted, and the reason without the URL itself (which would carry
 /// its password).
 fn invalid_url(url: &str, e: &redis::RedisError) -> Error {
-    let reason = e.to_string();
-    // The user info (`user:password`) of `scheme://user:password@host...`.
+    // The user info (`user:password`) of `scheme://user:password@host...`,
+    // masked wherever the reason repeats it (the rest of the reason stays).
     let user_info = url
         .split_once("://")
         .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
         .and_then(|authority| authority.rsplit_once('@'))
-        .map(|(info, _)| info)
-        .unwrap_or("");
-    let reason = if reason.is_empty()
-        || reason.contains(url)
-        || (!user_info.is_empty() && reason.contains(user_info))
-    {
-        "it does not parse".to_string()
-    } else {
-        reason
-    };
+        .map_or("", |(info, _)| info);
+    let mut reason = e.to_string().replace(url, &redact_url(url));
+    if !user_info.is_empty() {
+        reason = reason.replace(user_info, "***");
+    }
     Error::InvalidUrl {
         url: redact_url(url),
         reason,
