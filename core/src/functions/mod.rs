@@ -29,6 +29,7 @@ pub mod queue_admin;
 pub mod release;
 pub mod requeue;
 pub mod submit;
+pub mod v3;
 pub mod watch;
 
 use std::borrow::Cow;

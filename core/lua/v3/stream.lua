@@ -1,0 +1,600 @@
+#!lua name=rtq3
+--[[
+stream.lua: the rtq protocol v3 Functions library, the server half of a
+`stream` queue (docs/PROTOCOL-V3.md). A separate library from v2's `rtq2`:
+a queue is either `exact` (v2) or `stream` (v3), recorded in its meta hash
+(`mode`). Every function follows v2's rules: validate every argument (an
+invalid call raises an error starting with INVALID and writes nothing),
+then compute reading only, then write; writes to a client's reply stream
+run last and through redis.pcall.
+
+KEYS[1] of every function is the queue's meta hash rtq:{<queue>}:meta; the
+other keys share its prefix rtq:{<queue>}: (one Cluster slot):
+  b:<band>   stream, consumer group `w`: one entry per queued or running
+             task (t id, s spec, r reply stream, d deadline ms or 0,
+             x max attempts, a0 attempts used before this entry, ret
+             retention ms, u submit ms). The group's pending list is the
+             lease table: the consumer is the worker id, the delivery
+             count is the fence.
+  m:<id>     string "<band> <entry id>[ <replaced entry> <worker>]": the
+             task's place (and, after a worker's retry or hand-back, the
+             entry it replaced and that worker, so a retried complete
+             replays); the idempotency marker (no expiry while the task
+             lives, the retention after).
+  x:<id>     hash, the ending (st state, a attempt, ms, w worker, c the
+             entry ended by its own attempt's complete or '', and r result
+             or k kind, m message); first ending wins; retention.
+  in:<wid>   list: stop orders for a worker ("C\t<id>\t<attempt>\t<kind>\t<reason>",
+             v2's inbox message format).
+  lv         zset worker id -> lease expiry (ms): live workers.
+Meta fields: mode=stream, bands (1-5), n (tasks queued or running), maxd
+(depth limit, 0 = none).
+
+A task's attempt number is a0 + the entry's delivery count. Workers read
+new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
+STREAMS b:<band> > (band 0 first: strict priority between bands).
+
+Functions (numbers are canonical decimal integers):
+
+rtq3_version (no-writes): KEYS none. Reply {3, REVISION}.
+
+rtq3_create: ARGV bands (1-5), max depth (>= 0).
+  Makes the queue a stream queue (or updates its depth limit); refuses a
+  queue that exists as another mode or with another band count.
+  Reply 'OK'.
+
+rtq3_submit: ARGV count (1-1024), then count x 7:
+  id, band, spec, reply stream key ('' = none), deadline ms (0 = none),
+  max attempts (1-1000), retention ms (1 - 30 days).
+  Reply: one item per task: 'OK <entry>' | 'DUP' (the id exists: attach to
+  it) | 'FULL' (the depth limit).
+
+rtq3_complete: ARGV worker, count (1-1024), then count x 7:
+  band, entry, id, deliveries (the fence), a0, state (done | failed |
+  retry | handback | expired), payload (result JSON or reason).
+  retry: another attempt if attempts remain, else failed; handback: back to
+  the queue without using an attempt. Only the current attempt (the pending
+  list names this worker at this delivery count) ends its task.
+  Reply: one item per ending: 'OK' | 'REPLAY' (this attempt's ending was
+  written by an earlier call) | 'LOST' (not this attempt's any more).
+
+rtq3_beat: ARGV worker, lease ms, count (0-1024), then count x 3:
+  band, entry, deliveries. Renews the worker's liveness and the lease of
+  each entry it still holds at that delivery count (XCLAIM JUSTID: no
+  delivery counted). Reply: one item per entry: 'OK' | 'LOST'.
+
+rtq3_join: ARGV worker. A worker (re)starting under an id: every
+  entry the id still holds is a void attempt (its process is gone) and is
+  queued again (attempt used) or failed when none remain.
+  Reply: how many entries it held.
+
+rtq3_takeover: ARGV worker, lease ms, free slots (0-1024).
+  Housekeeping: entries idle past the lease (their worker died or froze)
+  come to this worker, at most `free`; those past their attempts or their
+  deadline end instead; queued entries past their deadline (the first 100
+  of each band) end expired. Reply: {ended count, then per taken entry:
+  band, entry, deliveries, id, spec, reply, deadline, max, a0, retention}.
+
+rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
+  a stop order was sent) | 'NOT_FOUND' | 'ENDED <state>'.
+
+rtq3_status (no-writes): ARGV id. Reply one of
+  {'ended', state, attempt, ms, kind, message, worker}
+  {'running', worker, attempt, idle ms, worker lease left ms (-1: gone)}
+  {'queued', band, entries ahead (capped at 10000), live workers}
+  {'unknown'}
+]]
+
+local REVISION = 1
+local GROUP = 'w'
+local MAX_BANDS = 5
+local MAX_BATCH = 1024
+local MAX_ID_BYTES = 128
+local MAX_SPEC_BYTES = 16777216
+local MAX_RESULT_BYTES = 16777216
+local MAX_TEXT_BYTES = 4096
+local MAX_ATTEMPTS = 1000
+local MAX_DURATION_MS = 2592000000
+local MIN_LEASE_MS = 100
+local MAX_LEASE_MS = 600000
+local REPLY_MAXLEN = '100000' -- mutation: skip
+local EXPIRE_SCAN = 100 -- mutation: skip
+local AHEAD_CAP = 10000 -- mutation: skip
+local NO_LIMIT = 9007199254740991
+
+local P = ''
+
+local function invalid(msg)
+  error({err = 'INVALID ' .. msg})
+end
+
+local function bind(keys)
+  if #keys ~= 1 or type(keys[1]) ~= 'string' or #keys[1] > 75
+      or not string.match(keys[1], '^rtq:{[0-9A-Za-z._-]+}:meta$') then
+    invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+  end
+  P = string.sub(keys[1], 1, -5)
+end
+
+local function int(v, name, lo, hi)
+  if type(v) ~= 'string' or #v > 16 or not string.match(v, '^%-?%d+$') then
+    invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+  end
+  local n = tonumber(v)
+  if string.format('%d', n) ~= v then invalid(name .. ' must be written canonically, got ' .. v) end
+  if n < lo or n > hi then
+    invalid(name .. ' must be in [' .. lo .. ', ' .. hi .. '], got ' .. v)
+  end
+  return n
+end
+
+local function text(v, name, lo, hi)
+  if type(v) ~= 'string' or #v < lo or #v > hi then
+    invalid(name .. ' must be ' .. lo .. '-' .. hi .. ' bytes')
+  end
+  return v
+end
+
+local function id_arg(v, name)
+  text(v, name, 1, MAX_ID_BYTES)
+  if string.find(v, '[%c%s]') then invalid(name .. ' must not contain spaces or control characters') end
+  return v
+end
+
+local function entry_arg(v, name)
+  if type(v) ~= 'string' or #v > 41 or not string.match(v, '^%d+%-%d+$') then
+    invalid(name .. ' must be a stream entry id, got ' .. string.sub(tostring(v), 1, 40))
+  end
+  return v
+end
+
+-- A reply stream key: empty (none) or a key of this queue (r:<client>).
+local function reply_arg(v)
+  if v == '' then return v end
+  text(v, 'reply key', 1, 200)
+  if string.sub(v, 1, #P + 2) ~= P .. 'r:' then invalid('reply key must be ' .. P .. 'r:<client>') end
+  return v
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The queue's meta, checked to be a stream queue.
+local function stream_meta()
+  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'n', 'maxd')
+  if m[1] ~= 'stream' then
+    invalid('queue ' .. P .. ' is not a stream queue (create it with rtq3_create)')
+  end
+  return {bands = tonumber(m[2]) or 1, n = tonumber(m[3]) or 0, maxd = tonumber(m[4]) or 0}
+end
+
+local function band_key(b)
+  return P .. 'b:' .. b
+end
+
+-- Fields of a stream entry as a table, or nil when it is gone.
+local function entry_fields(band, entry)
+  local rows = redis.call('XRANGE', band_key(band), entry, entry)
+  if #rows == 0 then return nil end
+  local f, raw = {}, rows[1][2]
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  return f
+end
+
+-- Who holds an entry: consumer, idle ms, delivery count; nil when queued.
+local function holder(band, entry)
+  local row = redis.call('XPENDING', band_key(band), GROUP, entry, entry, 1)[1]
+  if not row then return nil end
+  return row[2], row[3], row[4]
+end
+
+-- The stream exists with the group (a deleted stream is made again).
+-- `always`: also when the stream exists (its group may have been
+-- destroyed); a BUSYGROUP answer is fine.
+local function ensure_group(band, always)
+  if always or redis.call('TYPE', band_key(band))['ok'] == 'none' then
+    redis.pcall('XGROUP', 'CREATE', band_key(band), GROUP, '0', 'MKSTREAM')
+  end
+end
+
+local function check_band_types(bands)
+  for b = 0, bands - 1 do
+    local t = redis.call('TYPE', band_key(b))['ok']
+    if t ~= 'stream' and t ~= 'none' then
+      invalid('key ' .. band_key(b) .. ' holds a ' .. t .. ', not a stream')
+    end
+  end
+end
+
+local function notify(reply, fields)
+  if reply ~= nil and reply ~= '' then
+    redis.pcall('XADD', reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', unpack(fields))
+  end
+end
+
+-- Writes a task's ending and removes its entry. `f` holds the entry's
+-- fields t, r, ret; `state` done (payload = result) or an error state.
+-- `own`: written by the ending attempt's own complete (field c keeps the
+-- entry it ended, so a retried call replays it and no other attempt does:
+-- a hand-back gives the next delivery the same attempt number).
+local function end_task(band, entry, f, state, attempt, kind, payload, worker, now, own)
+  local id, ret = f.t, f.ret
+  local x = P .. 'x:' .. id
+  local a = fmt(attempt)
+  local c = own and entry or ''
+  if state == 'done' then
+    redis.call('HSET', x, 'st', state, 'a', a, 'ms', now, 'r', payload, 'w', worker, 'c', c)
+  else
+    redis.call('HSET', x, 'st', state, 'a', a, 'ms', now, 'k', kind, 'm', payload, 'w', worker, 'c', c)
+  end
+  redis.call('PEXPIRE', x, ret)
+  redis.call('PEXPIRE', P .. 'm:' .. id, ret)
+  redis.call('XACK', band_key(band), GROUP, entry)
+  redis.call('XDEL', band_key(band), entry)
+  redis.call('HINCRBY', P .. 'meta', 'n', -1)
+  if state == 'done' then
+    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', '0', 'r', payload})
+  else
+    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', '0', 'k', kind, 'm', payload, 'w', worker})
+  end
+end
+
+-- Queues a task again as a new entry at its band's tail (a0 = attempts
+-- used), removing the old one; followers learn the attempt is void.
+-- `by`: the worker whose complete asked for it (kept on the marker with
+-- the replaced entry, so a retried call replays), or nil.
+local function requeue(band, entry, f, a0, attempt, reason, by)
+  redis.call('XACK', band_key(band), GROUP, entry)
+  redis.call('XDEL', band_key(band), entry)
+  local new = redis.call('XADD', band_key(band), '*', 't', f.t, 's', f.s, 'r', f.r, 'd', f.d,
+    'x', f.x, 'a0', fmt(a0), 'ret', f.ret, 'u', f.u)
+  local place = band .. ' ' .. new
+  if by then place = place .. ' ' .. entry .. ' ' .. by end
+  redis.call('SET', P .. 'm:' .. f.t, place)
+  notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason})
+  return new
+end
+
+-- A void attempt (its worker died, froze or restarted): queued again with
+-- the attempt used, or failed when it was the last one.
+local function void_attempt(band, entry, f, deliveries, worker, why, now)
+  local attempt = tonumber(f.a0) + deliveries
+  if attempt >= tonumber(f.x) then
+    end_task(band, entry, f, 'failed', attempt, 'worker_lost',
+      why .. '; attempts used up (' .. attempt .. ' of ' .. f.x .. ')', worker, now)
+  else
+    requeue(band, entry, f, attempt, attempt, why)
+  end
+end
+
+local function version()
+  return {3, REVISION}
+end
+
+local function create(keys, args)
+  bind(keys)
+  if #args ~= 2 then invalid('rtq3_create takes bands, max depth') end
+  local bands = int(args[1], 'bands', 1, MAX_BANDS)
+  local maxd = int(args[2], 'max depth', 0, NO_LIMIT)
+  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'v')
+  if m[1] and m[1] ~= 'stream' or (not m[1] and m[3]) then
+    invalid('queue ' .. P .. ' exists as an exact (v2) queue')
+  end
+  if m[1] == 'stream' and tonumber(m[2]) ~= bands then
+    invalid('queue ' .. P .. ' has ' .. m[2] .. ' bands, not ' .. bands)
+  end
+  check_band_types(bands)
+  redis.call('HSET', P .. 'meta', 'mode', 'stream', 'bands', bands, 'maxd', maxd)
+  redis.call('HSETNX', P .. 'meta', 'n', 0)
+  for b = 0, bands - 1 do ensure_group(b, true) end
+  return 'OK'
+end
+
+local function submit(keys, args)
+  bind(keys)
+  local count = int(args[1], 'count', 1, MAX_BATCH)
+  if #args ~= 1 + 7 * count then invalid('rtq3_submit takes count, then count x 7 values') end
+  local meta = stream_meta()
+  local used = {}
+  for i = 0, count - 1 do
+    local o = 2 + 7 * i
+    id_arg(args[o], 'task id')
+    local band = int(args[o + 1], 'band', 0, meta.bands - 1)
+    text(args[o + 2], 'spec', 1, MAX_SPEC_BYTES)
+    reply_arg(args[o + 3])
+    int(args[o + 4], 'deadline', 0, NO_LIMIT)
+    int(args[o + 5], 'max attempts', 1, MAX_ATTEMPTS)
+    int(args[o + 6], 'retention', 1, MAX_DURATION_MS)
+    used[band] = true
+  end
+  check_band_types(meta.bands)
+  -- Compute: which tasks are added.
+  local out, seen, added = {}, {}, 0
+  for i = 0, count - 1 do
+    local id = args[2 + 7 * i]
+    if seen[id] or redis.call('EXISTS', P .. 'm:' .. id) == 1 then
+      out[i + 1] = 'DUP'
+    elseif meta.maxd > 0 and meta.n + added >= meta.maxd then
+      out[i + 1] = 'FULL'
+    else
+      out[i + 1] = true
+      added = added + 1
+    end
+    seen[id] = true
+  end
+  -- Write.
+  for b in pairs(used) do ensure_group(b) end
+  local now_s = fmt(now_ms())
+  for i = 0, count - 1 do
+    if out[i + 1] == true then
+      local o = 2 + 7 * i
+      local entry = redis.call('XADD', band_key(args[o + 1]), '*', 't', args[o], 's', args[o + 2],
+        'r', args[o + 3], 'd', args[o + 4], 'x', args[o + 5], 'a0', '0', 'ret', args[o + 6], 'u', now_s)
+      redis.call('SET', P .. 'm:' .. args[o], args[o + 1] .. ' ' .. entry)
+      out[i + 1] = 'OK ' .. entry
+    end
+  end
+  if added > 0 then redis.call('HINCRBY', P .. 'meta', 'n', added) end
+  return out
+end
+
+local STATES = {done = true, failed = true, retry = true, handback = true, expired = true}
+
+local function complete(keys, args)
+  bind(keys)
+  local worker = id_arg(args[1], 'worker id')
+  local count = int(args[2], 'count', 1, MAX_BATCH)
+  if #args ~= 2 + 7 * count then invalid('rtq3_complete takes worker, count, then count x 7 values') end
+  local meta = stream_meta()
+  for i = 0, count - 1 do
+    local o = 3 + 7 * i
+    int(args[o], 'band', 0, meta.bands - 1)
+    entry_arg(args[o + 1], 'entry')
+    id_arg(args[o + 2], 'task id')
+    int(args[o + 3], 'deliveries', 1, NO_LIMIT)
+    int(args[o + 4], 'a0', 0, NO_LIMIT)
+    if not STATES[args[o + 5]] then invalid('state must be done, failed, retry, handback or expired') end
+    if args[o + 5] == 'done' then
+      text(args[o + 6], 'result', 1, MAX_RESULT_BYTES)
+    else
+      text(args[o + 6], 'reason', 0, MAX_TEXT_BYTES)
+    end
+  end
+  local now_s = fmt(now_ms())
+  local out = {}
+  for i = 0, count - 1 do
+    local o = 3 + 7 * i
+    local band, entry, id = args[o], args[o + 1], args[o + 2]
+    local deliveries, a0 = tonumber(args[o + 3]), tonumber(args[o + 4])
+    local state, payload = args[o + 5], args[o + 6]
+    local attempt = a0 + deliveries
+    local who, _, count_now = holder(band, entry)
+    if who ~= worker or count_now ~= deliveries then
+      -- A retried call after a lost reply finds its own ending.
+      local x = redis.call('HMGET', P .. 'x:' .. id, 'a', 'w', 'c')
+      local replay = tonumber(x[1]) == attempt and x[2] == worker and x[3] == entry
+      if not x[1] then
+        -- Or its requeue (retry, hand-back): the marker keeps the entry it
+        -- replaced and the worker that asked.
+        local prev, by = string.match(redis.call('GET', P .. 'm:' .. id) or '', '^%d+ %S+ (%S+) (%S+)$')
+        replay = prev == entry and by == worker
+      end
+      out[i + 1] = replay and 'REPLAY' or 'LOST'
+    else
+      local f = entry_fields(band, entry)
+      if not f or f.t ~= id then
+        out[i + 1] = 'LOST'
+      elseif state == 'done' or state == 'failed' or state == 'expired'
+          or (state == 'retry' and attempt >= tonumber(f.x)) then
+        local final = state == 'retry' and 'failed' or state
+        local kind = state == 'expired' and 'timeout_running' or 'handler'
+        end_task(band, entry, f, final, attempt, kind, payload, worker, now_s, true)
+        out[i + 1] = 'OK'
+      elseif state == 'retry' then
+        requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker)
+        out[i + 1] = 'OK'
+      else
+        requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker)
+        out[i + 1] = 'OK'
+      end
+    end
+  end
+  return out
+end
+
+local function beat(keys, args)
+  bind(keys)
+  local worker = id_arg(args[1], 'worker id')
+  local lease = int(args[2], 'lease', MIN_LEASE_MS, MAX_LEASE_MS)
+  local count = int(args[3], 'count', 0, MAX_BATCH)
+  if #args ~= 3 + 3 * count then invalid('rtq3_beat takes worker, lease, count, then count x 3 values') end
+  local meta = stream_meta()
+  for i = 0, count - 1 do
+    local o = 4 + 3 * i
+    int(args[o], 'band', 0, meta.bands - 1)
+    entry_arg(args[o + 1], 'entry')
+    int(args[o + 2], 'deliveries', 1, NO_LIMIT)
+  end
+  redis.call('ZADD', P .. 'lv', fmt(now_ms() + lease), worker)
+  local out = {}
+  for i = 0, count - 1 do
+    local o = 4 + 3 * i
+    local who, _, deliveries = holder(args[o], args[o + 1])
+    if who == worker and deliveries == tonumber(args[o + 2]) then
+      redis.call('XCLAIM', band_key(args[o]), GROUP, worker, 0, args[o + 1], 'JUSTID')
+      out[i + 1] = 'OK'
+    else
+      out[i + 1] = 'LOST'
+    end
+  end
+  return out
+end
+
+local function join(keys, args)
+  bind(keys)
+  if #args ~= 1 then invalid('rtq3_join takes worker') end
+  local worker = id_arg(args[1], 'worker id')
+  local meta = stream_meta()
+  local now_s, held = fmt(now_ms()), 0
+  for b = 0, meta.bands - 1 do
+    if redis.call('EXISTS', band_key(b)) == 1 then
+      local rows = redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)
+      for _, row in ipairs(rows) do
+        held = held + 1
+        local f = entry_fields(b, row[1])
+        if f then
+          void_attempt(b, row[1], f, row[4], worker, 'worker ' .. worker .. ' restarted', now_s)
+        else
+          redis.call('XACK', band_key(b), GROUP, row[1])
+        end
+      end
+    end
+  end
+  return held
+end
+
+local function takeover(keys, args)
+  bind(keys)
+  if #args ~= 3 then invalid('rtq3_takeover takes worker, lease, free') end
+  local worker = id_arg(args[1], 'worker id')
+  local lease = int(args[2], 'lease', MIN_LEASE_MS, MAX_LEASE_MS)
+  local free = int(args[3], 'free', 0, MAX_BATCH)
+  local meta = stream_meta()
+  local now = now_ms()
+  local now_s = fmt(now)
+  redis.call('ZREMRANGEBYSCORE', P .. 'lv', '-inf', now)
+  local out, ended = {0}, 0
+  for b = 0, meta.bands - 1 do
+    if redis.call('EXISTS', band_key(b)) == 1 then
+      -- Idle entries of dead or frozen workers.
+      local budget, cursor = free, '0-0'
+      while budget > 0 do
+        local r = redis.call('XAUTOCLAIM', band_key(b), GROUP, worker, lease, cursor, 'COUNT', budget)
+        cursor = r[1]
+        for _, e in ipairs(r[2]) do
+          local f = {}
+          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+          local _, _, deliveries = holder(b, e[1])
+          local attempt = tonumber(f.a0) + deliveries
+          local dl = tonumber(f.d)
+          if attempt > tonumber(f.x) then
+            end_task(b, e[1], f, 'failed', attempt - 1, 'worker_lost',
+              'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
+            ended = ended + 1
+          elseif dl > 0 and dl <= now then
+            end_task(b, e[1], f, 'expired', attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
+            ended = ended + 1
+          else
+            notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt - 1), 'm', 'worker lost: lease lapsed'})
+            for _, v in ipairs({b, e[1], deliveries, f.t, f.s, f.r, f.d, f.x, f.a0, f.ret}) do
+              out[#out + 1] = v
+            end
+            budget = budget - 1
+          end
+        end
+        if cursor == '0-0' then break end
+      end
+      free = budget
+      -- Queued entries past their deadline (not delivered yet).
+      local groups = redis.call('XINFO', 'GROUPS', band_key(b))
+      local last = nil
+      for _, g in ipairs(groups) do
+        local h = {}
+        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
+        if h.name == GROUP then last = h['last-delivered-id'] end
+      end
+      if last then
+        for _, e in ipairs(redis.call('XRANGE', band_key(b), '(' .. last, '+', 'COUNT', EXPIRE_SCAN)) do
+          local f = {}
+          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+          local dl = tonumber(f.d)
+          if dl > 0 and dl <= now and holder(b, e[1]) == nil then
+            end_task(b, e[1], f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
+            ended = ended + 1
+          end
+        end
+      end
+    end
+  end
+  out[1] = ended
+  return out
+end
+
+local function cancel(keys, args)
+  bind(keys)
+  if #args ~= 2 then invalid('rtq3_cancel takes id, reason') end
+  local id = id_arg(args[1], 'task id')
+  local reason = text(args[2], 'reason', 0, MAX_TEXT_BYTES)
+  stream_meta()
+  local st = redis.call('HGET', P .. 'x:' .. id, 'st')
+  if st then return 'ENDED ' .. st end
+  local place = redis.call('GET', P .. 'm:' .. id)
+  if not place then return 'NOT_FOUND' end
+  local band, entry = string.match(place, '^(%d+) (%S+)')
+  local f = band and entry_fields(band, entry)
+  if not f then return 'NOT_FOUND' end
+  local who, _, deliveries = holder(band, entry)
+  local attempt = tonumber(f.a0) + (deliveries or 0)
+  end_task(band, entry, f, 'cancelled', attempt, 'cancelled', reason, who or '', fmt(now_ms()))
+  if who then
+    redis.call('RPUSH', P .. 'in:' .. who, 'C\t' .. id .. '\t' .. attempt .. '\tcancelled\t' .. reason)
+    return 'OK ' .. who
+  end
+  return 'OK'
+end
+
+local function status(keys, args)
+  bind(keys)
+  if #args ~= 1 then invalid('rtq3_status takes id') end
+  local id = id_arg(args[1], 'task id')
+  stream_meta()
+  local now = now_ms()
+  local x = redis.call('HMGET', P .. 'x:' .. id, 'st', 'a', 'ms', 'k', 'm', 'w')
+  if x[1] then
+    return {'ended', x[1], x[2], x[3], x[4] or '', x[5] or '', x[6] or ''}
+  end
+  local place = redis.call('GET', P .. 'm:' .. id)
+  local band, entry = nil, nil
+  if place then band, entry = string.match(place, '^(%d+) (%S+)') end
+  local f = band and entry_fields(band, entry)
+  if not f then return {'unknown'} end
+  local who, idle, deliveries = holder(band, entry)
+  if who then
+    local expiry = redis.call('ZSCORE', P .. 'lv', who)
+    local left = expiry and tonumber(expiry) - now or -1
+    if left < 0 then left = -1 end
+    return {'running', who, tonumber(f.a0) + deliveries, idle, left}
+  end
+  local ahead = 0
+  for b = 0, tonumber(band) do
+    if redis.call('EXISTS', band_key(b)) == 1 then
+      local last = '0-0'
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', band_key(b))) do
+        local h = {}
+        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
+        if h.name == GROUP then last = h['last-delivered-id'] end
+      end
+      local stop = b == tonumber(band) and '(' .. entry or '+'
+      if AHEAD_CAP - ahead > 0 then
+        ahead = ahead + #redis.call('XRANGE', band_key(b), '(' .. last, stop, 'COUNT', AHEAD_CAP - ahead)
+      end
+    end
+  end
+  return {'queued', tonumber(band), ahead, redis.call('ZCOUNT', P .. 'lv', '(' .. now, '+inf')}
+end
+
+redis.register_function{function_name = 'rtq3_version', callback = version, flags = {'no-writes'}}
+redis.register_function('rtq3_create', create)
+redis.register_function('rtq3_submit', submit)
+redis.register_function('rtq3_complete', complete)
+redis.register_function('rtq3_beat', beat)
+redis.register_function('rtq3_join', join)
+redis.register_function('rtq3_takeover', takeover)
+redis.register_function('rtq3_cancel', cancel)
+redis.register_function{function_name = 'rtq3_status', callback = status, flags = {'no-writes'}}
