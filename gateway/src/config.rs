@@ -41,13 +41,39 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Redis URL (required; there is no default Redis), e.g.
-    /// redis://:password@host:6379/0 (rediss:// for TLS).
-    #[arg(long, env = "RTQ_REDIS_URL", hide_env_values = true, required = true)]
+    /// redis://:password@host:6379/0 (rediss:// for TLS, unix:///path for
+    /// a socket); a Redis Cluster: redis+cluster://:password@host1:6379,host2:6379
+    /// (rediss+cluster:// for TLS), or several comma-separated seed URLs.
+    #[arg(
+        long,
+        env = "RTQ_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        required = true
+    )]
     pub redis: Option<String>,
     /// CA certificate(s), PEM, that signed the Redis server's certificate
     /// (rediss:// URLs); default: the system's roots.
     #[arg(long, env = "RTQ_TLS_CA", value_name = "FILE")]
     pub redis_tls_ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a Redis that requires one (mutual TLS,
+    /// `tls-auth-clients yes`); needs --redis-tls-key. (--tls-cert is the
+    /// gateway's own HTTPS certificate.)
+    #[arg(
+        long,
+        env = "RTQ_TLS_CERT",
+        value_name = "FILE",
+        requires = "redis_tls_key"
+    )]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// Private key, PEM, of --redis-tls-cert.
+    #[arg(
+        long,
+        env = "RTQ_TLS_KEY",
+        value_name = "FILE",
+        requires = "redis_tls_cert"
+    )]
+    pub redis_tls_key: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "RTQ_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -188,6 +214,20 @@ impl Config {
             max_stale: max_stale.max(ttl),
         }
     }
+    /// The Redis TLS settings of `--redis-tls-ca`, `--redis-tls-cert` and
+    /// `--redis-tls-key` (the files are read here, as the worker and the
+    /// console read theirs).
+    ///
+    /// # Errors
+    /// [`rtq_core::Error::TlsSetup`] naming a file that cannot be read.
+    pub fn redis_tls(&self) -> Result<rtq_core::TlsConfig, rtq_core::Error> {
+        rtq_core::TlsConfig::from_files(
+            self.redis_tls_ca.as_deref(),
+            self.redis_tls_cert.as_deref(),
+            self.redis_tls_key.as_deref(),
+        )
+    }
+
     /// The longest synchronous wait.
     pub fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs.max(1))

@@ -48,7 +48,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use rtq_core::{redact_url, Client, ClientConfig, TlsConfig};
+use rtq_core::{redact_url, Client, ClientConfig};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Command, Config, LogFormat};
@@ -126,8 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let redis_tls = TlsConfig::from_files(config.redis_tls_ca.as_deref(), None, None)
-        .context("Redis TLS settings")?;
+    let redis_tls = config.redis_tls().context("Redis TLS settings")?;
     let client_config = ClientConfig::default()
         .tls(redis_tls)
         .max_reply_readers(config.max_reply_readers as usize);

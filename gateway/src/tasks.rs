@@ -141,7 +141,9 @@ fn request(body: SubmitBody, st: &Shared, admitted: &Admitted) -> Result<TaskReq
 }
 
 /// `POST /v1/queues/{queue}/tasks`. The key's grant of the queue, its
-/// limits and the queue's existence are checked before the body is read.
+/// limits and the queue's existence are checked before the body is read;
+/// the key's share of the queues waited on (`wait=true`, `stream=true`)
+/// once it is, and not at all when the body names a task that has ended.
 pub async fn submit(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -152,12 +154,13 @@ pub async fn submit(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (mut admitted, queue) = open(&st, &caller, &name, !st.settings.create_queues).await?;
     let query_waits = query.wait || query.stream;
-    if query_waits {
-        st.wait_on(&mut admitted, &name)?;
-    }
+    // The key's share of the queues waited on is taken only once the body
+    // is read: the body may name the id of a task that has ended, which
+    // needs no reader and takes no share (and a slow body holds none).
     let body = Bytes::from_request(request_body, &st).await;
     let body: SubmitBody = serde_json::from_value(Value::Object(json_object(body)?))
         .map_err(|e| ApiError::bad_request(format!("invalid submit body: {e}")))?;
+    let named = body.id.clone();
     let req = request(body, &st, &admitted)?;
     if query.wait && query.stream {
         return Err(ApiError::bad_request(
@@ -165,18 +168,29 @@ pub async fn submit(
         ));
     }
     if query_waits {
-        st.catalog.check_serving(&name).await?;
-        let task = queue
-            .stream(req.cancel_on_drop(true))
-            .await
-            .map_err(|e| st.rtq(e))?;
-        // A submit that names its id may attach to a task that exists
-        // already (someone else's): the gateway then only follows it, and
-        // never cancels it, at shutdown or when the caller leaves.
-        let hold = if task.created() {
-            Hold::Owned
-        } else {
-            Hold::Followed
+        let (task, hold) = match ended_task(&st, &queue, named.as_deref()).await? {
+            // Answered from what is stored, as a follow of it would be:
+            // nothing to wait for, so no reader, no share, and no check
+            // that a worker serves the queue. Never ours to cancel.
+            Some(task) => (task, Hold::Followed),
+            None => {
+                st.wait_on(&mut admitted, &name)?;
+                st.catalog.check_serving(&name).await?;
+                let task = queue
+                    .stream(req.cancel_on_drop(true))
+                    .await
+                    .map_err(|e| st.rtq(e))?;
+                // A submit that names its id may attach to a task that
+                // exists already (someone else's): the gateway then only
+                // follows it, and never cancels it, at shutdown or when
+                // the caller leaves.
+                let hold = if task.created() {
+                    Hold::Owned
+                } else {
+                    Hold::Followed
+                };
+                (task, hold)
+            }
         };
         let guard = st.open.open(&queue, task.id(), hold);
         if query.stream {
@@ -223,6 +237,28 @@ pub async fn submit(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// The finite stream of the task a waiting submit names by `id`, if that
+/// task exists and has ended (read without a reply reader, see
+/// [`Queue::follow_if_ended`]); `None` without an id, for an id no task
+/// has (the submit creates it), or for a task that has not ended.
+///
+/// # Errors
+/// An invalid id (400) or a Redis error.
+async fn ended_task(
+    st: &Shared,
+    queue: &Queue,
+    id: Option<&str>,
+) -> Result<Option<rtq_core::TaskStream>, ApiError> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    match queue.follow_if_ended(id, 0, None).await {
+        Ok(task) => Ok(task),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(st.rtq(e)),
+    }
 }
 
 /// A task's state as JSON.

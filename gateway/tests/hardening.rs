@@ -405,7 +405,7 @@ async fn the_openai_routes_refuse_on_the_head_what_does_not_depend_on_the_body()
 }
 
 #[tokio::test]
-async fn a_follow_or_wait_of_an_ended_task_takes_no_share_of_the_queues_waited_on() {
+async fn a_follow_wait_or_waiting_submit_of_an_ended_task_takes_no_share_of_the_queues_waited_on() {
     let s = Stack::start(
         &[],
         &[
@@ -470,6 +470,35 @@ async fn a_follow_or_wait_of_an_ended_task_takes_no_share_of_the_queues_waited_o
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["result"], done["result"], "{v}");
+
+    // A waiting submit whose id names the ended task (an idempotent retry)
+    // gets its stored result or events; it needs no share either.
+    let retry = json!({"id": id, "input": {"model": "fake-model", "messages": [{"role": "user", "content": "one two"}]}});
+    let r = s
+        .post("k-all", "/v1/queues/chat/tasks?wait=true", retry.clone())
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], id.as_str(), "{v}");
+    assert_eq!(v["result"], done["result"], "{v}");
+    let r = s
+        .post("k-all", "/v1/queues/chat/tasks?stream=true", retry)
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let replayed = support::sse_events(r).await;
+    assert_eq!(replayed.len(), events.len(), "{replayed:?}");
+    assert_eq!(replayed.last().map(|e| e.0.as_str()), Some("done"));
+    // One naming an id no task has creates it, and waits: limited.
+    let r = s
+        .post(
+            "k-all",
+            "/v1/queues/chat/tasks?wait=true",
+            json!({"id": "fresh-1", "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status(), 429, "{}", r.text().await.unwrap());
+    let r = s.get("k-all", "/v1/queues/chat/tasks/fresh-1").await;
+    assert_eq!(r.status(), 404, "refused before anything was submitted");
 
     // A task still to be waited on is limited as before.
     let r = s

@@ -6,14 +6,17 @@ mod support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use rtq_testkit::{Pki, RedisServer};
+use rtq_testkit::{Pki, RedisCluster, RedisServer, TlsOptions};
 use serde_json::{json, Value};
-use support::{key_file, start_gateway, start_worker, wait_model};
+use support::{key_file, start_gateway, start_gateway_with_env, start_worker, wait_model};
 
 fn gateway() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtq-gateway"));
     cmd.env_remove("RTQ_REDIS_URL")
         .env_remove("RTQ_GATEWAY_API_KEYS")
+        .env_remove("RTQ_TLS_CA")
+        .env_remove("RTQ_TLS_CERT")
+        .env_remove("RTQ_TLS_KEY")
         .stdin(Stdio::null());
     cmd
 }
@@ -65,6 +68,10 @@ fn help_has_no_side_effects_and_redis_is_required() {
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--redis",
+        "redis+cluster://",
+        "--redis-tls-ca",
+        "--redis-tls-cert",
+        "--redis-tls-key",
         "--listen",
         "--api-keys",
         "--tls-cert",
@@ -76,6 +83,129 @@ fn help_has_no_side_effects_and_redis_is_required() {
     let out = gateway().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redis"));
+}
+
+/// Submits a task through the task API (the gateway runs without keys and
+/// with --create-queues) and reads its state back.
+async fn submit_and_read(gw: &support::Gateway, queue: &str) {
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/queues/{queue}/tasks", gw.url))
+        .json(&json!({"input": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        202,
+        "{}\n{}",
+        r.text().await.unwrap(),
+        gw.proc.log()
+    );
+    let v: Value = r.json().await.unwrap();
+    let id = v["id"].as_str().unwrap();
+    let r = http
+        .get(format!("{}/v1/queues/{queue}/tasks/{id}", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "queued", "{v}");
+}
+
+#[tokio::test]
+async fn redis_over_mutual_tls_takes_the_client_certificate_from_the_redis_tls_flags() {
+    let pki = Pki::generate();
+    let Some(redis) = RedisServer::start_tls(TlsOptions::from_pki(&pki, true)) else {
+        return;
+    };
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (
+        path(pki.ca()),
+        path(pki.client_cert()),
+        path(pki.client_key()),
+    );
+    // The worker's variables, read by the gateway too.
+    let gw = start_gateway_with_env(
+        &redis.url(),
+        &["--create-queues"],
+        &[
+            ("RTQ_TLS_CA", &ca),
+            ("RTQ_TLS_CERT", &cert),
+            ("RTQ_TLS_KEY", &key),
+        ],
+    );
+    submit_and_read(&gw, "mtls").await;
+    drop(gw);
+    // The flags; the gateway's own --tls-cert/--tls-key (HTTPS) are not
+    // Redis's.
+    let gw = start_gateway(
+        &redis.url(),
+        &[
+            "--create-queues",
+            "--redis-tls-ca",
+            &ca,
+            "--redis-tls-cert",
+            &cert,
+            "--redis-tls-key",
+            &key,
+        ],
+    );
+    assert!(gw.url.starts_with("http://"), "{}", gw.url);
+    submit_and_read(&gw, "mtls").await;
+    drop(gw);
+    // Without a client certificate the server refuses, and the gateway
+    // says what is missing.
+    let out = gateway()
+        .args(["--redis", &redis.url(), "--listen", "127.0.0.1:0"])
+        .args(["--redis-tls-ca", &ca])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("client certificate"), "{stderr}");
+    // A certificate without its key is a usage error.
+    let out = gateway()
+        .args(["--redis", &redis.url(), "--listen", "127.0.0.1:0"])
+        .args(["--redis-tls-cert", &cert])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--redis-tls-key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_url_serves_completions_and_waits() {
+    let cluster = RedisCluster::start_with(3, 0, None);
+    let url = cluster.url();
+    let _worker = start_worker(&url, "m", &["--handler", "mock", "--mock-tokens", "3"]);
+    let gw = start_gateway(&url, &[]);
+    let http = reqwest::Client::new();
+    wait_model(&http, &gw, "", "m").await;
+    let v: Value = http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "tok0 tok1 tok2 ",
+        "{v}"
+    );
+    let r = http
+        .post(format!("{}/v1/queues/m/tasks?wait=true", gw.url))
+        .json(&json!({"input": {"max_tokens": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "done", "{v}");
 }
 
 #[test]

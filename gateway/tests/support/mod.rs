@@ -298,6 +298,11 @@ pub struct Gateway {
 /// Starts `rtq-gateway` on a free port with extra arguments; returns once
 /// it listens.
 pub fn start_gateway(redis: &str, args: &[&str]) -> Gateway {
+    start_gateway_with_env(redis, args, &[])
+}
+
+/// [`start_gateway`] with extra environment variables.
+pub fn start_gateway_with_env(redis: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
     let (log, file) = log_file("gateway");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtq-gateway"))
         .args(["--redis", redis, "--listen", "127.0.0.1:0"])
@@ -308,6 +313,7 @@ pub fn start_gateway(redis: &str, args: &[&str]) -> Gateway {
         })
         .args(args)
         .env_remove("RTQ_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(file)
