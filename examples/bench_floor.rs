@@ -27,6 +27,11 @@
 //! through the two functions with the checks `docs/PROTOCOL-V3.md`
 //! designs (a depth counter, the entry id kept for status, a complete
 //! fenced by the consumer group's pending list), to price that design.
+//! `--rtq3` runs the real protocol v3 library (`core/lua/v3/stream.lua`,
+//! `rtq_core::functions::v3`, stage 1): submits coalesced into one
+//! `rtq3_submit` call while one is in flight (as rtq's client coalesces
+//! v2 submits), the worker reading with `XREADGROUP ... COUNT <slots>`
+//! and ending each batch with one `rtq3_complete`.
 //!
 //! Run: `cargo run --release -p rtq-examples --example bench_floor -- --redis URL <clients> <slots> <tasks>`
 //! (use a private server: it reads INFO deltas). Prints one line in
@@ -85,6 +90,11 @@ struct Args {
     /// fenced by the pending list's worker and delivery count).
     #[arg(long, env = "RTQ_BENCH_V3", conflicts_with = "lua")]
     v3: bool,
+    /// Submit and complete through the real protocol v3 library (`rtq3`,
+    /// `core/lua/v3/stream.lua`): coalesced `rtq3_submit`, `XREADGROUP`,
+    /// `rtq3_complete` per read batch.
+    #[arg(long, env = "RTQ_BENCH_RTQ3", conflicts_with_all = ["lua", "v3"])]
+    rtq3: bool,
 }
 
 /// The functions `--lua` loads.
@@ -101,11 +111,14 @@ enum Path {
     Lua,
     /// Through `floor_submit_v3` and `floor_complete_v3`.
     V3,
+    /// Through the real `rtq3` library.
+    Rtq3,
 }
 
 impl Path {
     fn of(args: &Args) -> Self {
         match (args.lua, args.store_results) {
+            _ if args.rtq3 => Self::Rtq3,
             _ if args.v3 => Self::V3,
             (true, _) => Self::Lua,
             (false, true) => Self::StoreResults,
@@ -120,6 +133,7 @@ impl Path {
             Self::StoreResults => "floor+results",
             Self::Lua => "floor+lua",
             Self::V3 => "floor+v3",
+            Self::Rtq3 => "rtq3",
         }
     }
 
@@ -172,6 +186,9 @@ async fn work(
     path: Path,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    if path == Path::Rtq3 {
+        return work_rtq3(conn, slots, result, stop).await;
+    }
     let opts = StreamReadOptions::default()
         .group("g", "w1")
         .count(slots)
@@ -268,6 +285,85 @@ async fn work(
     Ok(())
 }
 
+/// The `--rtq3` queue (its keys are rtq's: `rtq:{floor<pid>}:...`).
+fn rtq3_keys() -> rtq_core::keys::QueueKeys {
+    rtq_core::keys::QueueKeys::new(&format!("floor{}", std::process::id()))
+        .expect("a valid queue name")
+}
+
+/// The `--rtq3` worker loop: reads up to `slots` new entries, ends them
+/// all in one `rtq3_complete`, until `stop`.
+async fn work_rtq3(
+    mut conn: MultiplexedConnection,
+    slots: usize,
+    result: Arc<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    use rtq_core::functions::v3::{self, Completed, EndState, Ending};
+    let keys = rtq3_keys();
+    while !stop.load(Ordering::Relaxed) {
+        let got = v3::read_new(&mut conn, &keys, "w1", 0, slots, Some(1000)).await?;
+        if got.is_empty() {
+            continue;
+        }
+        let endings: Vec<Ending> = got
+            .into_iter()
+            .map(|d| Ending {
+                held: d.held,
+                id: d.id,
+                state: EndState::Done(result.to_string()),
+            })
+            .collect();
+        let out = v3::complete(&mut conn, &keys, "w1", &endings).await?;
+        anyhow::ensure!(
+            out.iter().all(|c| *c == Completed::Ok),
+            "rtq3_complete fenced its own entries: {out:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A submit waiting for the `--rtq3` submitter, and where its answer goes.
+type PendingSubmit = (
+    rtq_core::functions::v3::NewTask,
+    oneshot::Sender<anyhow::Result<()>>,
+);
+
+/// The `--rtq3` submitter: every submit that arrived while the last call
+/// was in flight goes in the next call (at most 1024).
+async fn submit_rtq3(
+    mut conn: MultiplexedConnection,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingSubmit>,
+) {
+    use rtq_core::functions::v3::{self, Admission};
+    let keys = rtq3_keys();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (tasks, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match v3::submit(&mut conn, &keys, &tasks).await {
+            Ok(out) => {
+                for (a, tx) in out.into_iter().zip(answers) {
+                    let _ = tx.send(match a {
+                        Admission::Added { .. } => Ok(()),
+                        other => Err(anyhow::anyhow!("rtq3_submit refused: {other:?}")),
+                    });
+                }
+            }
+            Err(e) => {
+                for tx in answers {
+                    let _ = tx.send(Err(anyhow::anyhow!("rtq3_submit: {e}")));
+                }
+            }
+        }
+    }
+}
+
 /// The reply reader: wakes each request whose result arrived, until `stop`.
 async fn read_replies(
     mut conn: MultiplexedConnection,
@@ -308,6 +404,27 @@ async fn main() -> anyhow::Result<()> {
     });
     let path = Path::of(&args);
     let mut admin = connect(&url).await?;
+    let keys = if path == Path::Rtq3 {
+        let q = rtq3_keys();
+        rtq_core::functions::v3::load(&mut admin).await?;
+        rtq_core::functions::v3::create(&mut admin, &q, 1, 0).await?;
+        // The reply stream exists before the first result (NOMKSTREAM).
+        let reply = q.reply("c1");
+        let _: String = redis::cmd("XADD")
+            .arg(&reply)
+            .arg("*")
+            .arg("hello")
+            .arg("1")
+            .query_async(&mut admin)
+            .await?;
+        Arc::new(Keys {
+            queue: rtq_core::functions::v3::band_key(&q, 0),
+            reply,
+            meta: q.meta(),
+        })
+    } else {
+        keys
+    };
     if path.functions() {
         let _: String = redis::cmd("FUNCTION")
             .arg("LOAD")
@@ -317,7 +434,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("FUNCTION LOAD of examples/lua/floor.lua")?;
     }
-    let _: () = redis::cmd("XGROUP")
+    let _: Value = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&keys.queue)
         .arg("g")
@@ -325,6 +442,13 @@ async fn main() -> anyhow::Result<()> {
         .arg("MKSTREAM")
         .query_async(&mut admin)
         .await
+        .or_else(|e| {
+            if path == Path::Rtq3 {
+                Ok(Value::Nil)
+            } else {
+                Err(e)
+            }
+        })
         .context("XGROUP CREATE")?;
     let spec = Arc::new(format!(
         r#"{{"v":2,"input":{{"text":"{}"}}}}"#,
@@ -352,6 +476,9 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let submit = connect(&url).await?;
+    let (rtq3_tx, rtq3_rx) = tokio::sync::mpsc::unbounded_channel::<PendingSubmit>();
+    let submitter =
+        (path == Path::Rtq3).then(|| tokio::spawn(submit_rtq3(submit.clone(), rtq3_rx)));
     let next_id = Arc::new(AtomicU64::new(0));
     let mut info = info_conn(&url).await?;
     let before = RedisSnapshot::take(&mut info).await?;
@@ -362,6 +489,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.clients {
         let (mut conn, keys, spec) = (submit.clone(), keys.clone(), spec.clone());
         let (waiting, next_id) = (waiting.clone(), next_id.clone());
+        let (rtq3_tx, reply) = (rtq3_tx.clone(), keys.reply.clone());
         loops.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
             for _ in 0..per_client {
@@ -369,7 +497,22 @@ async fn main() -> anyhow::Result<()> {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 waiting.lock().unwrap().insert(id, tx);
-                if path == Path::V3 {
+                if path == Path::Rtq3 {
+                    let (tx, rx) = oneshot::channel();
+                    let task = rtq_core::functions::v3::NewTask {
+                        id: id.to_string(),
+                        band: 0,
+                        spec: spec.as_bytes().to_vec(),
+                        reply: reply.clone(),
+                        deadline_ms: 0,
+                        max_attempts: 3,
+                        retention_ms: 3_600_000,
+                    };
+                    rtq3_tx
+                        .send((task, tx))
+                        .map_err(|_| anyhow::anyhow!("the submitter stopped"))?;
+                    rx.await.context("the submitter stopped")??;
+                } else if path == Path::V3 {
                     let added: String = redis::cmd("FCALL")
                         .arg("floor_submit_v3")
                         .arg(3)
@@ -427,6 +570,24 @@ async fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     worker.await??;
     reader.await??;
+    drop(rtq3_tx);
+    if let Some(submitter) = submitter {
+        submitter.await?;
+    }
+    if path == Path::Rtq3 {
+        let q = rtq3_keys();
+        let ids: Vec<u64> = (0..next_id.load(Ordering::Relaxed)).collect();
+        for batch in ids.chunks(1000) {
+            let keys: Vec<String> = batch
+                .iter()
+                .flat_map(|id| {
+                    let id = id.to_string();
+                    [rtq_core::functions::v3::marker_key(&q, &id)]
+                })
+                .collect();
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut admin).await?;
+        }
+    }
     let _: () = redis::cmd("DEL")
         .arg(&keys.queue)
         .arg(&keys.reply)

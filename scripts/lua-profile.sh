@@ -12,8 +12,12 @@
 # never a server to run anything on.
 #
 # Usage: scripts/lua-profile.sh [--top N] [--tasks N] "<clients> <slots>" <chunks> BENCH
-#   BENCH: a build of examples/bench.rs (target/release/examples/bench)
+#   BENCH: a build of examples/bench.rs (target/release/examples/bench),
+#   or of examples/bench_floor.rs with its options after a space
+#   ("target/release/examples/bench_floor --rtq3"; chunks must be 0)
 # Example: scripts/lua-profile.sh "50 10" 0 target/release/examples/bench
+# LIBRARY=file profiles that library source instead of the working tree's
+# rtq2 (e.g. LIBRARY=core/lua/v3/stream.lua with bench_floor --rtq3).
 # REDIS_SRC=dir uses that Redis 7.0.15 source tree (patched in place, once);
 # by default it is downloaded from deb.debian.org into
 # ${XDG_CACHE_HOME:-~/.cache}/rtq/redis-prof. The counts are written by
@@ -32,7 +36,10 @@ while [ $# -gt 0 ]; do
 done
 [ $# -eq 3 ] || { echo "lua-profile.sh: give \"<clients> <slots>\" <chunks> BENCH (try --help)" >&2; exit 2; }
 load=$1 chunks=$2 bench=$3
-[ -x "$bench" ] || { echo "lua-profile.sh: $bench is not an executable bench build" >&2; exit 2; }
+read -r -a cmd <<<"$bench"
+[ -x "${cmd[0]}" ] || { echo "lua-profile.sh: ${cmd[0]} is not an executable bench build" >&2; exit 2; }
+tail_args=("$chunks")
+case "$(basename "${cmd[0]}")" in bench_floor*) tail_args=() ;; esac
 case "$top$tasks" in *[!0-9]*) echo "lua-profile.sh: --top and --tasks take whole numbers" >&2; exit 2 ;; esac
 
 src=${REDIS_SRC:-${XDG_CACHE_HOME:-$HOME/.cache}/rtq/redis-prof/redis-7.0.15}
@@ -116,15 +123,20 @@ fi
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-scripts/library-at.sh worktree "$work/library.lua"
+if [ -n "${LIBRARY:-}" ]; then
+  cp "$LIBRARY" "$work/library.lua"
+else
+  scripts/library-at.sh worktree "$work/library.lua"
+fi
+name=$(head -1 "$work/library.lua" | sed -n 's/^#!lua name=//p')
 rm -f "/tmp/luaprof-$port.txt"
 LUA_PROF=1 "$src/src/redis-server" --port "$port" --save "" --appendonly no \
   --logfile "$work/redis.log" --daemonize yes >/dev/null
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 loaded=$(redis-cli -p "$port" -x function load <"$work/library.lua" 2>&1)
-[ "$loaded" = rtq2 ] || { echo "lua-profile.sh: the library did not load: $loaded" >&2; exit 1; }
+[ "$loaded" = "$name" ] || { echo "lua-profile.sh: the library did not load: $loaded" >&2; exit 1; }
 # shellcheck disable=SC2086
-"$bench" --redis "redis://127.0.0.1:$port/" $load "$tasks" "$chunks" | tail -1
+"${cmd[@]}" --redis "redis://127.0.0.1:$port/" $load "$tasks" "${tail_args[@]}" | tail -1
 [ -s "/tmp/luaprof-$port.txt" ] || { echo "lua-profile.sh: no profile written (fewer than 500 calls?)" >&2; exit 1; }
 python3 - "$work/library.lua" "/tmp/luaprof-$port.txt" "$top" <<'EOF'
 import sys

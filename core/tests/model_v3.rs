@@ -35,7 +35,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use rtq_core::functions::v3::{
-    self, Admission, Cancelled, Completed, Delivery, EndState, Ending, Held, NewTask, Status,
+    self, Admission, Cancelled, Completed, Delivery, EndState, Ending, Held, Marker, NewTask,
+    Status,
 };
 use rtq_core::keys::QueueKeys;
 use rtq_core::protocol::{ReplyEvent, TaskState};
@@ -92,7 +93,10 @@ struct Snapshot {
     /// Task id -> (band, entry, a0) of its entry.
     entries: BTreeMap<String, (u8, String, u64)>,
     pel: Pel,
-    endings: HashMap<String, HashMap<String, String>>,
+    /// Task id -> (state, attempt) of its ending.
+    endings: HashMap<String, (String, u64)>,
+    /// Task id -> (band, entry) its marker names while it lives.
+    markers: HashMap<String, (u8, String)>,
     depth: i64,
 }
 
@@ -177,19 +181,27 @@ impl Sim {
             }
         }
         let mut endings = HashMap::new();
+        let mut markers = HashMap::new();
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.hgetall(v3::ending_key(&self.keys, id));
+            pipe.get(v3::marker_key(&self.keys, id));
         }
-        let hashes: Vec<HashMap<String, String>> = if ids.is_empty() {
+        let values: Vec<Option<Vec<u8>>> = if ids.is_empty() {
             Vec::new()
         } else {
             pipe.query_async(&mut self.conn).await.unwrap()
         };
-        for (id, h) in ids.into_iter().zip(hashes) {
-            if !h.is_empty() {
-                endings.insert(id, h);
+        for (id, value) in ids.into_iter().zip(values) {
+            let Some(value) = value else { continue };
+            match Marker::parse(&value) {
+                Some(Marker::Ended { state, attempt, .. }) => {
+                    endings.insert(id.clone(), (state, attempt));
+                }
+                Some(Marker::Place { band, entry }) => {
+                    markers.insert(id.clone(), (band, entry));
+                }
+                None => self.fail(format!("{id}'s marker is unreadable: {value:?}")),
             }
         }
         let depth: Option<i64> = redis::cmd("HGET")
@@ -202,6 +214,7 @@ impl Sim {
             entries,
             pel,
             endings,
+            markers,
             depth: depth.unwrap_or(0),
         }
     }
@@ -232,32 +245,21 @@ impl Sim {
         self.read_finals().await;
         // 1. ended xor exactly one entry, where the marker says.
         let ids: Vec<String> = self.tasks.keys().cloned().collect();
-        let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.get(v3::marker_key(&self.keys, id));
-        }
-        let markers: Vec<Option<String>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut self.conn).await.unwrap()
-        };
-        for (id, marker) in ids.iter().zip(markers) {
+            let marker = snap.markers.get(id);
             let ended = snap.endings.get(id);
             let entry = snap.entries.get(id);
             match (ended, entry) {
                 (Some(h), Some(e)) => self.fail(format!("{id} ended ({h:?}) but still has {e:?}")),
                 (None, None) => self.fail(format!("{id} is lost: no ending and no entry")),
                 (None, Some((band, entry, _))) => {
-                    let place = format!("{band} {entry}");
-                    if !marker.as_deref().unwrap_or("").starts_with(&place) {
-                        self.fail(format!("{id}'s marker {marker:?} does not name {place}"));
+                    if marker != Some(&(*band, entry.clone())) {
+                        self.fail(format!(
+                            "{id}'s marker {marker:?} does not name {band} {entry}"
+                        ));
                     }
                 }
-                (Some(_), None) => {
-                    if marker.is_none() {
-                        self.fail(format!("{id} ended but its marker is gone within retention"));
-                    }
-                }
+                (Some(_), None) => {}
             }
             // 4. one final event per ended task.
             let finals = self.finals.get(id).copied().unwrap_or(0);
@@ -267,10 +269,9 @@ impl Sim {
             }
             // 3. attempts within the limit.
             let max = self.tasks[id].max;
-            if let Some(h) = ended {
-                let a: u64 = h.get("a").and_then(|a| a.parse().ok()).unwrap_or(u64::MAX);
-                if a > max {
-                    self.fail(format!("{id} ended at attempt {a} of {max}: {h:?}"));
+            if let Some((state, a)) = ended {
+                if *a > max {
+                    self.fail(format!("{id} ended {state} at attempt {a} of {max}"));
                 }
             }
             if let Some((band, entry, a0)) = entry {
@@ -314,12 +315,21 @@ impl Sim {
         }
         for w in &self.workers {
             if w.running.len() > w.slots {
-                self.fail(format!("{} runs {} attempts in {} slots", w.id, w.running.len(), w.slots));
+                self.fail(format!(
+                    "{} runs {} attempts in {} slots",
+                    w.id,
+                    w.running.len(),
+                    w.slots
+                ));
             }
         }
         // 5. the depth counter.
         if snap.depth != snap.entries.len() as i64 {
-            self.fail(format!("depth counter {} with {} entries", snap.depth, snap.entries.len()));
+            self.fail(format!(
+                "depth counter {} with {} entries",
+                snap.depth,
+                snap.entries.len()
+            ));
         }
     }
 
@@ -352,7 +362,9 @@ impl Sim {
             });
         }
         let before = self.snapshot().await;
-        let out = v3::submit(&mut self.conn, &self.keys, &tasks).await.unwrap();
+        let out = v3::submit(&mut self.conn, &self.keys, &tasks)
+            .await
+            .unwrap();
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         self.note(format!("submit {ids:?} -> {out:?}"));
         let mut live = before.entries.len() as u64;
@@ -366,7 +378,10 @@ impl Sim {
                 Admission::Added { .. } => !exists && !want_full,
             };
             if !ok {
-                self.fail(format!("submit of {} answered {a:?} (exists {exists}, live {live})", t.id));
+                self.fail(format!(
+                    "submit of {} answered {a:?} (exists {exists}, live {live})",
+                    t.id
+                ));
             }
             seen.insert(t.id.clone());
             if let Admission::Added { .. } = a {
@@ -386,7 +401,9 @@ impl Sim {
         }
         if self.rng.percent(20) {
             // The reply was lost: the same call again adds nothing.
-            let again = v3::submit(&mut self.conn, &self.keys, &tasks).await.unwrap();
+            let again = v3::submit(&mut self.conn, &self.keys, &tasks)
+                .await
+                .unwrap();
             self.note(format!("submit again -> {again:?}"));
             for (first, second) in out.iter().zip(&again) {
                 let ok = match first {
@@ -396,7 +413,9 @@ impl Sim {
                     Admission::Full => *second == Admission::Full,
                 };
                 if !ok {
-                    self.fail(format!("a repeated submit answered {second:?} after {first:?}"));
+                    self.fail(format!(
+                        "a repeated submit answered {second:?} after {first:?}"
+                    ));
                 }
             }
         }
@@ -405,7 +424,10 @@ impl Sim {
     fn take(&mut self, w: usize, deliveries: Vec<Delivery>, how: &str) {
         for d in deliveries {
             if self.workers[w].running.len() >= self.workers[w].slots {
-                self.fail(format!("{} got {} past its slots ({how})", self.workers[w].id, d.id));
+                self.fail(format!(
+                    "{} got {} past its slots ({how})",
+                    self.workers[w].id, d.id
+                ));
             }
             let Some(t) = self.tasks.get_mut(&d.id) else {
                 self.fail(format!("{how} handed out unknown task {}", d.id));
@@ -413,10 +435,19 @@ impl Sim {
             t.handouts += 1;
             let max = t.max;
             if d.held.attempt() > max {
-                self.fail(format!("{how} handed out {} at attempt {} of {max}", d.id, d.held.attempt()));
+                self.fail(format!(
+                    "{how} handed out {} at attempt {} of {max}",
+                    d.id,
+                    d.held.attempt()
+                ));
             }
             let id = self.workers[w].id.clone();
-            self.note(format!("{id} {how} {} attempt {} ({:?})", d.id, d.held.attempt(), d.held));
+            self.note(format!(
+                "{id} {how} {} attempt {} ({:?})",
+                d.id,
+                d.held.attempt(),
+                d.held
+            ));
             if let Some(old) = self.workers[w].running.insert(d.id.clone(), d.held) {
                 // Its own stale attempt of the same task: the new one replaces it.
                 self.note(format!("{id} replaced its stale attempt {old:?}"));
@@ -470,19 +501,32 @@ impl Sim {
             };
             let current = snap.pel.get(&(held.band, held.entry.clone()))
                 == Some(&(wid.clone(), held.deliveries));
-            want.push(if current { Completed::Ok } else { Completed::Lost });
-            endings.push(Ending {
-                held,
-                id,
-                state,
+            want.push(if current {
+                Completed::Ok
+            } else {
+                Completed::Lost
             });
+            endings.push(Ending { held, id, state });
+        }
+        if self.rng.percent(15) {
+            // The same ending twice in one call: the second replays.
+            let again = endings[0].clone();
+            want.push(match want[0] {
+                Completed::Ok => Completed::Replay,
+                other => other,
+            });
+            endings.push(again);
+            self.count("repeat within a call");
         }
         let out = v3::complete(&mut self.conn, &self.keys, &wid, &endings)
             .await
             .unwrap();
         self.note(format!(
             "{wid} complete {:?} -> {out:?}",
-            endings.iter().map(|e| (&e.id, &e.state)).collect::<Vec<_>>()
+            endings
+                .iter()
+                .map(|e| (&e.id, &e.state))
+                .collect::<Vec<_>>()
         ));
         if out != want {
             self.fail(format!("complete answered {out:?}, expected {want:?}"));
@@ -507,7 +551,7 @@ impl Sim {
             if *o != Completed::Ok {
                 continue;
             }
-            let ending = after.endings.get(&e.id).map(|h| h["st"].clone());
+            let ending = after.endings.get(&e.id).map(|(st, _)| st.clone());
             let requeued = after.entries.get(&e.id).map(|(_, _, a0)| *a0);
             let attempt = e.held.attempt();
             let max = self.tasks[&e.id].max;
@@ -538,7 +582,9 @@ impl Sim {
                     Completed::Lost => Completed::Lost,
                 };
                 if *second != want {
-                    self.fail(format!("a repeated complete answered {again:?} after {out:?}"));
+                    self.fail(format!(
+                        "a repeated complete answered {again:?} after {out:?}"
+                    ));
                 }
             }
             self.count("replayed call");
@@ -573,8 +619,7 @@ impl Sim {
 
     /// A lapsed lease: the entry looks idle for hours (its worker froze).
     async fn lapse(&mut self, w: usize) {
-        let Some((id, h)) = self
-            .workers[w]
+        let Some((id, h)) = self.workers[w]
             .running
             .iter()
             .nth(self.rng.below(self.workers[w].running.len().max(1)))
@@ -609,13 +654,22 @@ impl Sim {
         let (ended, got) = v3::takeover(&mut self.conn, &self.keys, &wid, LEASE_MS, free)
             .await
             .unwrap();
-        self.note(format!("{wid} takeover (free {free}) -> ended {ended}, took {}", got.len()));
+        self.note(format!(
+            "{wid} takeover (free {free}) -> ended {ended}, took {}",
+            got.len()
+        ));
         if got.len() > free {
-            self.fail(format!("takeover gave {} entries for {free} free slots", got.len()));
+            self.fail(format!(
+                "takeover gave {} entries for {free} free slots",
+                got.len()
+            ));
         }
         for d in &got {
             if d.held.deliveries < 2 {
-                self.fail(format!("a take-over of {} at delivery {}", d.id, d.held.deliveries));
+                self.fail(format!(
+                    "a take-over of {} at delivery {}",
+                    d.id, d.held.deliveries
+                ));
             }
             // The frozen worker's attempt is stale now (it may be this one).
             let uncounted = self.workers.iter().any(|other| {
@@ -651,7 +705,9 @@ impl Sim {
                     })
                     .count();
                 if queued_in_band < 100 {
-                    self.fail(format!("{id} is queued past its deadline after housekeeping"));
+                    self.fail(format!(
+                        "{id} is queued past its deadline after housekeeping"
+                    ));
                 }
             }
         }
@@ -689,14 +745,20 @@ impl Sim {
             .await
             .unwrap();
         self.note(format!("cancel {id} -> {out:?}"));
-        let want = if let Some(h) = snap.endings.get(&id) {
-            Cancelled::Ended(TaskState::parse(&h["st"]).unwrap())
+        let want = if let Some((st, _)) = snap.endings.get(&id) {
+            Cancelled::Ended(TaskState::parse(st).unwrap())
         } else {
             let (band, entry, _) = &snap.entries[&id];
-            Cancelled::Ok(snap.pel.get(&(*band, entry.clone())).map(|(c, _)| c.clone()))
+            Cancelled::Ok(
+                snap.pel
+                    .get(&(*band, entry.clone()))
+                    .map(|(c, _)| c.clone()),
+            )
         };
         if out != want {
-            self.fail(format!("cancel of {id} answered {out:?}, expected {want:?}"));
+            self.fail(format!(
+                "cancel of {id} answered {out:?}, expected {want:?}"
+            ));
         }
         if let Cancelled::Ok(Some(holder)) = &out {
             self.count("cancel running");
@@ -726,11 +788,13 @@ impl Sim {
             Status::Ended { state, attempt, .. } => snap
                 .endings
                 .get(&id)
-                .is_some_and(|h| h["st"] == state.as_str() && h["a"] == attempt.to_string()),
+                .is_some_and(|(st, a)| st == state.as_str() && a == attempt),
             Status::Running {
                 worker, attempt, ..
             } => snap.entries.get(&id).is_some_and(|(b, e, a0)| {
-                snap.pel.get(&(*b, e.clone())).is_some_and(|(c, d)| c == worker && a0 + d == *attempt)
+                snap.pel
+                    .get(&(*b, e.clone()))
+                    .is_some_and(|(c, d)| c == worker && a0 + d == *attempt)
             }),
             Status::Queued { band, ahead, .. } => snap.entries.get(&id).is_some_and(|(b, e, _)| {
                 let queued = |bb: &u8, ee: &String| !snap.pel.contains_key(&(*bb, ee.clone()));
@@ -774,7 +838,9 @@ async fn run_model(seed: u64, steps: usize) {
     let mut conn = support::patient_conn(&redis.url()).await;
     let keys = QueueKeys::new("mv3").unwrap();
     v3::load(&mut conn).await.unwrap();
-    v3::create(&mut conn, &keys, BANDS, MAX_DEPTH).await.unwrap();
+    v3::create(&mut conn, &keys, BANDS, MAX_DEPTH)
+        .await
+        .unwrap();
     let reply = keys.reply("c1");
     // The client's reply stream exists before its tasks (NOMKSTREAM).
     let _: String = redis::cmd("XADD")
@@ -829,6 +895,7 @@ async fn run_model(seed: u64, steps: usize) {
             "cancel running",
             "expired at pick-up",
             "full",
+            "repeat within a call",
         ] {
             assert!(
                 sim.seen.get(what).copied().unwrap_or(0) > 0,

@@ -218,6 +218,8 @@ fn the_floor_bench_answers_every_request_and_cleans_up() {
         (Some("--lua"), "floor+lua", "| fcall |"),
         // The v3 design's complete reads the pending list per ending.
         (Some("--v3"), "floor+v3", "| xpending |"),
+        // The real v3 library writes an ending's payload with APPEND.
+        (Some("--rtq3"), "rtq3", "| append |"),
     ] {
         let mut args = vec!["4", "3", "40", "--breakdown"];
         args.extend(option);

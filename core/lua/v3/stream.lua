@@ -16,21 +16,27 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
              retention ms, u submit ms). The group's pending list is the
              lease table: the consumer is the worker id, the delivery
              count is the fence.
-  m:<id>     string "<band> <entry id>[ <replaced entry> <worker>]": the
-             task's place (and, after a worker's retry or hand-back, the
-             entry it replaced and that worker, so a retried complete
-             replays); the idempotency marker (no expiry while the task
-             lives, the retention after).
-  x:<id>     hash, the ending (st state, a attempt, ms, w worker, c the
-             entry ended by its own attempt's complete or '', and r result
-             or k kind, m message); first ending wins; retention.
+  m:<id>     string, the task's marker (it exists: the id is taken).
+             While the task lives, its place:
+               "<band> <entry id> <retention ms> <reply key or ->[ <replaced entry> <worker>]"
+             (the last two after a worker's retry or hand-back, so a
+             retried complete replays); no expiry.
+             Once it ended, its ending, kept for the retention:
+               "<state>\t<attempt>\t<ms>\t<worker>\t<own entry>\t<kind>\n<result or message>"
+             (own entry: the entry its own attempt's complete ended, so a
+             retried call replays it; '' for endings by others).
   in:<wid>   list: stop orders for a worker ("C\t<id>\t<attempt>\t<kind>\t<reason>",
              v2's inbox message format).
   lv         zset worker id -> lease expiry (ms): live workers.
 Meta fields: mode=stream, bands (1-5), n (tasks queued or running), maxd
 (depth limit, 0 = none).
 
-A task's attempt number is a0 + the entry's delivery count. Workers read
+A task's attempt number is a0 + the entry's delivery count. The hot path
+is one submit call per batch of submits (per task: EXISTS, XADD, SET) and
+one complete call per batch of endings (per ending: GET, SET, APPEND, the
+reply XADD; per call: XPENDING of the worker's entries, XACK, XDEL,
+HINCRBY): the entry's fields are not read back (a spec is not hashed
+into Lua twice), the ending replaces the marker (one key per task). Workers read
 new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
 STREAMS b:<band> > (band 0 first: strict priority between bands).
 
@@ -81,7 +87,7 @@ rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
 rtq3_status (no-writes): ARGV id. Reply one of
   {'ended', state, attempt, ms, kind, message, worker}
   {'running', worker, attempt, idle ms, worker lease left ms (-1: gone)}
-  {'queued', band, entries ahead (capped at 10000), live workers}
+  {'queued', band, entries ahead (capped at 100), live workers}
   {'unknown'}
 ]]
 
@@ -99,29 +105,57 @@ local MIN_LEASE_MS = 100
 local MAX_LEASE_MS = 600000
 local REPLY_MAXLEN = '100000' -- mutation: skip
 local EXPIRE_SCAN = 100 -- mutation: skip
-local AHEAD_CAP = 10000 -- mutation: skip
+local AHEAD_CAP = 100 -- counted by reading the entries (their specs): kept small -- mutation: skip
 local NO_LIMIT = 9007199254740991
 
 local P = ''
+-- The last reply key checked against P (reset when P changes).
+local last_reply = nil
+-- Entries to acknowledge and delete at the end of a call (per band), and
+-- the tasks that ended in it; nil: each removal is written at once.
+local removals = nil
 
 local function invalid(msg)
   error({err = 'INVALID ' .. msg})
 end
 
+-- The meta key of the last call, already checked (a pattern match costs
+-- more than the rest of a small call's checks).
+local bound_meta = nil
+
 local function bind(keys)
-  if #keys ~= 1 or type(keys[1]) ~= 'string' or #keys[1] > 75
-      or not string.match(keys[1], '^rtq:{[0-9A-Za-z._-]+}:meta$') then
-    invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+  if #keys ~= 1 then invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta') end
+  if keys[1] ~= bound_meta then
+    if type(keys[1]) ~= 'string' or #keys[1] > 75
+        or not string.match(keys[1], '^rtq:{[0-9A-Za-z._-]+}:meta$') then
+      invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
+    end
+    P = string.sub(keys[1], 1, -5)
+    bound_meta = keys[1]
+    last_reply = nil
   end
-  P = string.sub(keys[1], 1, -5)
+  -- A call that failed halfway left no batch for the next one.
+  removals = nil
 end
 
+-- Canonical integer strings already seen (0-4095 made at load, others
+-- remembered up to INT_MEMO_MAX): most numbers repeat call after call.
+local INT_OF, int_memo_size = {}, 0
+local INT_MEMO_MAX = 4096 -- mutation: skip
+for i = 0, 4095 do INT_OF['' .. i] = i end
+
 local function int(v, name, lo, hi)
-  if type(v) ~= 'string' or #v > 16 or not string.match(v, '^%-?%d+$') then
-    invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+  local n = INT_OF[v]
+  if not n then
+    if type(v) ~= 'string' or #v > 16 or not string.match(v, '^%-?%d+$') then
+      invalid(name .. ' must be an integer, got ' .. string.sub(tostring(v), 1, 40))
+    end
+    n = tonumber(v)
+    if string.format('%d', n) ~= v then invalid(name .. ' must be written canonically, got ' .. v) end
+    if int_memo_size < INT_MEMO_MAX then
+      INT_OF[v], int_memo_size = n, int_memo_size + 1
+    end
   end
-  local n = tonumber(v)
-  if string.format('%d', n) ~= v then invalid(name .. ' must be written canonically, got ' .. v) end
   if n < lo or n > hi then
     invalid(name .. ' must be in [' .. lo .. ', ' .. hi .. '], got ' .. v)
   end
@@ -150,9 +184,12 @@ end
 
 -- A reply stream key: empty (none) or a key of this queue (r:<client>).
 local function reply_arg(v)
-  if v == '' then return v end
+  if v == '' or v == last_reply then return v end
   text(v, 'reply key', 1, 200)
-  if string.sub(v, 1, #P + 2) ~= P .. 'r:' then invalid('reply key must be ' .. P .. 'r:<client>') end
+  if string.sub(v, 1, #P + 2) ~= P .. 'r:' or string.find(v, '[%c%s]') then
+    invalid('reply key must be ' .. P .. 'r:<client>, without spaces')
+  end
+  last_reply = v
   return v
 end
 
@@ -212,32 +249,74 @@ local function check_band_types(bands)
   end
 end
 
+-- A task's marker: nil (no such task), a place {band, entry, ret, reply,
+-- prev, by} or an ending {st, a, ms, w, c, k, payload}.
+local function read_marker(id)
+  local v = redis.call('GET', P .. 'm:' .. id)
+  if not v then return nil end
+  local band, entry, ret, reply, prev, by = string.match(v, '^(%d+) (%S+) (%d+) (%S+) ?(%S*) ?(%S*)$')
+  if band then
+    if reply == '-' then reply = '' end
+    return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by}
+  end
+  local nl = string.find(v, '\n', 1, true)
+  local st, a, ms, w, c, k = string.match(string.sub(v, 1, (nl or 1) - 1),
+    '^(%a+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  if not st then error({err = 'CORRUPT marker of task ' .. id .. ' is unreadable'}) end
+  return {st = st, a = a, ms = ms, w = w, c = c, k = k, payload = string.sub(v, nl + 1)}
+end
+
+local function place_of(band, entry, ret, reply)
+  return band .. ' ' .. entry .. ' ' .. ret .. ' ' .. (reply ~= '' and reply or '-')
+end
+
+
+local function remove_entry(band, entry, ended)
+  if removals then
+    local list = removals[band]
+    if not list then list = {}; removals[band] = list end
+    list[#list + 1] = entry
+    if ended then removals.ended = removals.ended + 1 end
+    return
+  end
+  redis.call('XACK', band_key(band), GROUP, entry)
+  redis.call('XDEL', band_key(band), entry)
+  if ended then redis.call('HINCRBY', P .. 'meta', 'n', -1) end
+end
+
+local function flush_removals()
+  local r = removals
+  removals = nil
+  for band, list in pairs(r) do
+    if band ~= 'ended' then
+      redis.call('XACK', band_key(band), GROUP, unpack(list))
+      redis.call('XDEL', band_key(band), unpack(list))
+    end
+  end
+  if r.ended > 0 then redis.call('HINCRBY', P .. 'meta', 'n', -r.ended) end
+end
+
 local function notify(reply, fields)
   if reply ~= nil and reply ~= '' then
     redis.pcall('XADD', reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', unpack(fields))
   end
 end
 
--- Writes a task's ending and removes its entry. `f` holds the entry's
--- fields t, r, ret; `state` done (payload = result) or an error state.
--- `own`: written by the ending attempt's own complete (field c keeps the
--- entry it ended, so a retried call replays it and no other attempt does:
--- a hand-back gives the next delivery the same attempt number).
+-- Writes a task's ending over its marker and removes its entry. `f`
+-- holds t (id), r (reply key), ret (retention); `state` done (payload =
+-- result) or an error state. `own`: written by the ending attempt's own
+-- complete (the ending keeps the entry, so a retried call replays it and
+-- no other attempt does: a hand-back gives the next delivery the same
+-- attempt number).
 local function end_task(band, entry, f, state, attempt, kind, payload, worker, now, own)
-  local id, ret = f.t, f.ret
-  local x = P .. 'x:' .. id
+  local id = f.t
+  local m = P .. 'm:' .. id
   local a = fmt(attempt)
-  local c = own and entry or ''
-  if state == 'done' then
-    redis.call('HSET', x, 'st', state, 'a', a, 'ms', now, 'r', payload, 'w', worker, 'c', c)
-  else
-    redis.call('HSET', x, 'st', state, 'a', a, 'ms', now, 'k', kind, 'm', payload, 'w', worker, 'c', c)
-  end
-  redis.call('PEXPIRE', x, ret)
-  redis.call('PEXPIRE', P .. 'm:' .. id, ret)
-  redis.call('XACK', band_key(band), GROUP, entry)
-  redis.call('XDEL', band_key(band), entry)
-  redis.call('HINCRBY', P .. 'meta', 'n', -1)
+  redis.call('SET', m, state .. '\t' .. a .. '\t' .. now .. '\t' .. worker .. '\t'
+    .. (own and entry or '') .. '\t' .. kind .. '\n', 'PX', f.ret)
+  -- The payload apart: a result is not copied into a second Lua string.
+  if payload ~= '' then redis.call('APPEND', m, payload) end
+  remove_entry(band, entry, true)
   if state == 'done' then
     notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', '0', 'r', payload})
   else
@@ -250,11 +329,10 @@ end
 -- `by`: the worker whose complete asked for it (kept on the marker with
 -- the replaced entry, so a retried call replays), or nil.
 local function requeue(band, entry, f, a0, attempt, reason, by)
-  redis.call('XACK', band_key(band), GROUP, entry)
-  redis.call('XDEL', band_key(band), entry)
+  remove_entry(band, entry, false)
   local new = redis.call('XADD', band_key(band), '*', 't', f.t, 's', f.s, 'r', f.r, 'd', f.d,
     'x', f.x, 'a0', fmt(a0), 'ret', f.ret, 'u', f.u)
-  local place = band .. ' ' .. new
+  local place = place_of(band, new, f.ret, f.r)
   if by then place = place .. ' ' .. entry .. ' ' .. by end
   redis.call('SET', P .. 'm:' .. f.t, place)
   notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason})
@@ -313,7 +391,15 @@ local function submit(keys, args)
     int(args[o + 6], 'retention', 1, MAX_DURATION_MS)
     used[band] = true
   end
-  check_band_types(meta.bands)
+  local missing = {}
+  for b in pairs(used) do
+    local t = redis.call('TYPE', band_key(b))['ok']
+    if t == 'none' then
+      missing[b] = true
+    elseif t ~= 'stream' then
+      invalid('key ' .. band_key(b) .. ' holds a ' .. t .. ', not a stream')
+    end
+  end
   -- Compute: which tasks are added.
   local out, seen, added = {}, {}, 0
   for i = 0, count - 1 do
@@ -329,14 +415,14 @@ local function submit(keys, args)
     seen[id] = true
   end
   -- Write.
-  for b in pairs(used) do ensure_group(b) end
+  for b in pairs(missing) do ensure_group(b, true) end
   local now_s = fmt(now_ms())
   for i = 0, count - 1 do
     if out[i + 1] == true then
       local o = 2 + 7 * i
       local entry = redis.call('XADD', band_key(args[o + 1]), '*', 't', args[o], 's', args[o + 2],
         'r', args[o + 3], 'd', args[o + 4], 'x', args[o + 5], 'a0', '0', 'ret', args[o + 6], 'u', now_s)
-      redis.call('SET', P .. 'm:' .. args[o], args[o + 1] .. ' ' .. entry)
+      redis.call('SET', P .. 'm:' .. args[o], place_of(args[o + 1], entry, args[o + 6], args[o + 3]))
       out[i + 1] = 'OK ' .. entry
     end
   end
@@ -366,30 +452,46 @@ local function complete(keys, args)
       text(args[o + 6], 'reason', 0, MAX_TEXT_BYTES)
     end
   end
+  -- Compute: the worker's entries as the pending list holds them, one
+  -- read per band (a worker holds at most its slots, <= MAX_BATCH).
+  local held = {}
+  for i = 0, count - 1 do
+    local band = args[3 + 7 * i]
+    if not held[band] then
+      local rows = {}
+      if redis.call('EXISTS', band_key(band)) == 1 then
+        rows = redis.call('XPENDING', band_key(band), GROUP, '-', '+', MAX_BATCH, worker)
+      end
+      local map = {}
+      for _, row in ipairs(rows) do map[row[1]] = row[4] end
+      held[band] = map
+    end
+  end
   local now_s = fmt(now_ms())
   local out = {}
+  removals = {ended = 0}
   for i = 0, count - 1 do
     local o = 3 + 7 * i
     local band, entry, id = args[o], args[o + 1], args[o + 2]
     local deliveries, a0 = tonumber(args[o + 3]), tonumber(args[o + 4])
     local state, payload = args[o + 5], args[o + 6]
     local attempt = a0 + deliveries
-    local who, _, count_now = holder(band, entry)
-    if who ~= worker or count_now ~= deliveries then
-      -- A retried call after a lost reply finds its own ending.
-      local x = redis.call('HMGET', P .. 'x:' .. id, 'a', 'w', 'c')
-      local replay = tonumber(x[1]) == attempt and x[2] == worker and x[3] == entry
-      if not x[1] then
-        -- Or its requeue (retry, hand-back): the marker keeps the entry it
-        -- replaced and the worker that asked.
-        local prev, by = string.match(redis.call('GET', P .. 'm:' .. id) or '', '^%d+ %S+ (%S+) (%S+)$')
-        replay = prev == entry and by == worker
-      end
+    local mk = read_marker(id)
+    if held[band][entry] ~= deliveries or not mk or mk.entry ~= entry or mk.band ~= band then
+      -- A retried call after a lost reply finds its own ending, or its
+      -- requeue (retry, hand-back: the marker keeps the entry it replaced
+      -- and the worker that asked).
+      local replay = mk and ((mk.st and tonumber(mk.a) == attempt and mk.w == worker and mk.c == entry)
+        or (mk.prev == entry and mk.by == worker))
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
-      local f = entry_fields(band, entry)
-      if not f or f.t ~= id then
-        out[i + 1] = 'LOST'
+      -- (Its marker changes below: a repeat later in this call replays.)
+      local f = {t = id, r = mk.reply, ret = mk.ret}
+      if state == 'retry' or state == 'handback' then
+        f = entry_fields(band, entry)
+      end
+      if not f then
+        out[i + 1] = 'LOST' -- deleted behind the protocol's back
       elseif state == 'done' or state == 'failed' or state == 'expired'
           or (state == 'retry' and attempt >= tonumber(f.x)) then
         local final = state == 'retry' and 'failed' or state
@@ -405,6 +507,7 @@ local function complete(keys, args)
       end
     end
   end
+  flush_removals()
   return out
 end
 
@@ -532,12 +635,11 @@ local function cancel(keys, args)
   local id = id_arg(args[1], 'task id')
   local reason = text(args[2], 'reason', 0, MAX_TEXT_BYTES)
   stream_meta()
-  local st = redis.call('HGET', P .. 'x:' .. id, 'st')
-  if st then return 'ENDED ' .. st end
-  local place = redis.call('GET', P .. 'm:' .. id)
-  if not place then return 'NOT_FOUND' end
-  local band, entry = string.match(place, '^(%d+) (%S+)')
-  local f = band and entry_fields(band, entry)
+  local mk = read_marker(id)
+  if not mk then return 'NOT_FOUND' end
+  if mk.st then return 'ENDED ' .. mk.st end
+  local band, entry = mk.band, mk.entry
+  local f = entry_fields(band, entry)
   if not f then return 'NOT_FOUND' end
   local who, _, deliveries = holder(band, entry)
   local attempt = tonumber(f.a0) + (deliveries or 0)
@@ -555,13 +657,12 @@ local function status(keys, args)
   local id = id_arg(args[1], 'task id')
   stream_meta()
   local now = now_ms()
-  local x = redis.call('HMGET', P .. 'x:' .. id, 'st', 'a', 'ms', 'k', 'm', 'w')
-  if x[1] then
-    return {'ended', x[1], x[2], x[3], x[4] or '', x[5] or '', x[6] or ''}
+  local mk = read_marker(id)
+  if mk and mk.st then
+    local message = mk.st == 'done' and '' or mk.payload
+    return {'ended', mk.st, mk.a, mk.ms, mk.k, message, mk.w}
   end
-  local place = redis.call('GET', P .. 'm:' .. id)
-  local band, entry = nil, nil
-  if place then band, entry = string.match(place, '^(%d+) (%S+)') end
+  local band, entry = mk and mk.band, mk and mk.entry
   local f = band and entry_fields(band, entry)
   if not f then return {'unknown'} end
   local who, idle, deliveries = holder(band, entry)

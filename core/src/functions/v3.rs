@@ -45,14 +45,54 @@ pub fn band_key(keys: &QueueKeys, band: u8) -> String {
     format!("{}b:{band}", keys.prefix())
 }
 
-/// The marker of task `id` (its place, and the idempotency marker).
+/// The marker of task `id`: its place while it lives, its ending once it
+/// ended (see [`Marker`]); its existence is the idempotency marker.
 pub fn marker_key(keys: &QueueKeys, id: &str) -> String {
     format!("{}m:{id}", keys.prefix())
 }
 
-/// The ending of task `id` (a hash, first ending wins).
-pub fn ending_key(keys: &QueueKeys, id: &str) -> String {
-    format!("{}x:{id}", keys.prefix())
+/// A task's marker as stored (for tools and tests that read keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// The task lives: its band and entry.
+    Place {
+        /// Priority band.
+        band: u8,
+        /// Stream entry id.
+        entry: String,
+    },
+    /// The task ended.
+    Ended {
+        /// Terminal state (`done`, `failed`, `cancelled`, `expired`).
+        state: String,
+        /// The attempt that ended it.
+        attempt: u64,
+        /// The result (done) or the reason.
+        payload: Vec<u8>,
+    },
+}
+
+impl Marker {
+    /// Parses a marker's value; `None` for an unreadable one.
+    pub fn parse(value: &[u8]) -> Option<Marker> {
+        if value.first()?.is_ascii_digit() {
+            let text = std::str::from_utf8(value).ok()?;
+            let mut words = text.split(' ');
+            let band = words.next()?.parse().ok()?;
+            let entry = words.next()?.to_string();
+            return Some(Marker::Place { band, entry });
+        }
+        let nl = value.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&value[..nl]).ok()?;
+        let mut fields = header.split('\t');
+        let state = fields.next()?.to_string();
+        let attempt = fields.next()?.parse().ok()?;
+        Some(Marker::Ended {
+            state,
+            attempt,
+            payload: value[nl + 1..].to_vec(),
+        })
+    }
 }
 
 /// The zset of live workers (worker id -> lease expiry in ms).
@@ -282,7 +322,11 @@ pub async fn read_new<C: ConnectionLike + Send>(
         return Ok(Vec::new());
     }
     let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(GROUP).arg(worker).arg("COUNT").arg(count);
+    cmd.arg("GROUP")
+        .arg(GROUP)
+        .arg(worker)
+        .arg("COUNT")
+        .arg(count);
     if let Some(ms) = block_ms {
         cmd.arg("BLOCK").arg(ms);
     }
@@ -563,11 +607,7 @@ pub async fn cancel<C: ConnectionLike + Send>(
         Some(("ENDED", state)) => Cancelled::Ended(TaskState::parse(state).ok_or_else(|| {
             Error::Protocol(format!("rtq3_cancel replied an unknown state {state:?}"))
         })?),
-        _ => {
-            return Err(Error::Protocol(format!(
-                "rtq3_cancel replied {word:?}"
-            )))
-        }
+        _ => return Err(Error::Protocol(format!("rtq3_cancel replied {word:?}"))),
     })
 }
 
@@ -604,7 +644,7 @@ pub enum Status {
     Queued {
         /// Priority band.
         band: u8,
-        /// Entries served before it (capped at 10,000).
+        /// Entries served before it (capped at 100).
         ahead: u64,
         /// Workers alive on the queue (0: nobody serves it).
         live_workers: u64,
