@@ -35,8 +35,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use rtq_core::functions::v3::{
-    self, Admission, Cancelled, Completed, Delivery, EndState, Ending, Held, Marker, NewTask,
-    Status,
+    self, Admission, Cancelled, ChunkWrite, Completed, Delivery, EndState, Ending, Held, Marker,
+    NewTask, Status, Written,
 };
 use rtq_core::keys::QueueKeys;
 use rtq_core::protocol::{ReplyEvent, TaskState};
@@ -73,6 +73,8 @@ struct SimWorker {
     slots: usize,
     /// Attempts this worker believes it runs, by task id.
     running: BTreeMap<String, Held>,
+    /// Chunks each running attempt wrote (and Redis acknowledged).
+    written: BTreeMap<String, u64>,
 }
 
 #[derive(Default, Debug)]
@@ -323,6 +325,27 @@ impl Sim {
                 ));
             }
         }
+        // 6. a current attempt's stored output is exactly what it wrote.
+        let mut current = Vec::new();
+        for w in &self.workers {
+            for (id, h) in &w.running {
+                if snap.pel.get(&(h.band, h.entry.clone())) == Some(&(w.id.clone(), h.deliveries)) {
+                    current.push((id.clone(), h.attempt(), w.written[id]));
+                }
+            }
+        }
+        for (id, attempt, written) in current {
+            let stored = self.output(&id, attempt).await;
+            let expect: Vec<Vec<u8>> = (0..written)
+                .map(|seq| chunk_text(&id, attempt, seq))
+                .collect();
+            if stored != expect {
+                self.fail(format!(
+                    "{id} attempt {attempt} stores {} chunks, wrote {written}",
+                    stored.len()
+                ));
+            }
+        }
         // 5. the depth counter.
         if snap.depth != snap.entries.len() as i64 {
             self.fail(format!(
@@ -383,8 +406,8 @@ impl Sim {
                     t.id
                 ));
             }
-            seen.insert(t.id.clone());
             if let Admission::Added { .. } = a {
+                seen.insert(t.id.clone());
                 live += 1;
                 self.tasks.insert(
                     t.id.clone(),
@@ -448,6 +471,7 @@ impl Sim {
                 d.held.attempt(),
                 d.held
             ));
+            self.workers[w].written.insert(d.id.clone(), 0);
             if let Some(old) = self.workers[w].running.insert(d.id.clone(), d.held) {
                 // Its own stale attempt of the same task: the new one replaces it.
                 self.note(format!("{id} replaced its stale attempt {old:?}"));
@@ -508,6 +532,7 @@ impl Sim {
             });
             endings.push(Ending { held, id, state });
         }
+        let written_before = self.workers[w].written.clone();
         if self.rng.percent(15) {
             // The same ending twice in one call: the second replays.
             let again = endings[0].clone();
@@ -555,6 +580,19 @@ impl Sim {
             let requeued = after.entries.get(&e.id).map(|(_, _, a0)| *a0);
             let attempt = e.held.attempt();
             let max = self.tasks[&e.id].max;
+            let stored = self.output(&e.id, attempt).await.len() as u64;
+            let ended_state = matches!(
+                e.state,
+                EndState::Done(_) | EndState::Failed(_) | EndState::Expired(_)
+            ) || (matches!(e.state, EndState::Retry(_)) && attempt >= max);
+            let written = written_before.get(&e.id).copied().unwrap_or(0);
+            let want_stored = if ended_state { written } else { 0 };
+            if stored != want_stored {
+                self.fail(format!(
+                    "{} after {:?}: {stored} chunks kept, expected {want_stored}",
+                    e.id, e.state
+                ));
+            }
             let ok = match &e.state {
                 EndState::Done(_) => ending.as_deref() == Some("done"),
                 EndState::Failed(_) => ending.as_deref() == Some("failed"),
@@ -588,6 +626,101 @@ impl Sim {
                 }
             }
             self.count("replayed call");
+        }
+    }
+
+    /// The stored output of attempt `attempt` of task `id`.
+    async fn output(&mut self, id: &str, attempt: u64) -> Vec<Vec<u8>> {
+        redis::cmd("LRANGE")
+            .arg(v3::output_key(&self.keys, id, attempt))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap()
+    }
+
+    /// A worker writes chunks of its running attempts (one or two in one
+    /// call), sometimes from a wrong place or repeated after a lost reply.
+    async fn write(&mut self, w: usize) {
+        if self.workers[w].running.is_empty() {
+            return;
+        }
+        let snap = self.snapshot().await;
+        let wid = self.workers[w].id.clone();
+        let running: Vec<(String, Held)> = self.workers[w]
+            .running
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut writes = Vec::new();
+        let mut want = Vec::new();
+        for (id, held) in running {
+            if !writes.is_empty() && !self.rng.percent(40) {
+                continue;
+            }
+            let have = self.workers[w].written[&id];
+            let wrong_place = self.rng.percent(10);
+            let seq0 = if wrong_place { have + 1 } else { have };
+            let n = 1 + self.rng.below(3) as u64;
+            let attempt = held.attempt();
+            let current = snap.pel.get(&(held.band, held.entry.clone()))
+                == Some(&(wid.clone(), held.deliveries));
+            want.push(match (current, wrong_place) {
+                (false, _) => Written::Lost,
+                (true, true) => Written::Order(have),
+                (true, false) => Written::Ok(have + n),
+            });
+            writes.push(ChunkWrite {
+                chunks: (seq0..seq0 + n)
+                    .map(|seq| chunk_text(&id, attempt, seq))
+                    .collect(),
+                held,
+                id,
+                seq0,
+            });
+        }
+        let out = v3::write(&mut self.conn, &self.keys, &wid, &writes)
+            .await
+            .unwrap();
+        self.note(format!(
+            "{wid} write {:?} -> {out:?}",
+            writes
+                .iter()
+                .map(|x| (&x.id, x.seq0, x.chunks.len()))
+                .collect::<Vec<_>>()
+        ));
+        if out != want {
+            self.fail(format!("write answered {out:?}, expected {want:?}"));
+        }
+        for (x, o) in writes.iter().zip(&out) {
+            match o {
+                Written::Ok(n) => {
+                    self.workers[w].written.insert(x.id.clone(), *n);
+                    self.count("chunks written");
+                }
+                Written::Lost => {
+                    self.workers[w].running.remove(&x.id);
+                }
+                _ => self.count("chunks out of order"),
+            }
+        }
+        if self.rng.percent(20) {
+            // The reply was lost: the same call again writes nothing.
+            let again = v3::write(&mut self.conn, &self.keys, &wid, &writes)
+                .await
+                .unwrap();
+            self.note(format!("{wid} write again -> {again:?}"));
+            for (first, second) in out.iter().zip(&again) {
+                let ok = match first {
+                    Written::Ok(n) => *second == Written::Order(*n),
+                    other => second == other,
+                };
+                if !ok {
+                    self.fail(format!("a repeated write answered {again:?} after {out:?}"));
+                }
+            }
+            self.count("write replayed");
         }
     }
 
@@ -821,8 +954,9 @@ impl Sim {
         let w = self.rng.below(self.workers.len());
         match self.rng.below(100) {
             0..=19 => self.submit().await,
-            20..=39 => self.read(w).await,
-            40..=59 => self.complete(w).await,
+            20..=34 => self.read(w).await,
+            35..=44 => self.write(w).await,
+            45..=59 => self.complete(w).await,
             60..=66 => self.beat(w).await,
             67..=72 => self.lapse(w).await,
             73..=80 => self.takeover(w).await,
@@ -865,6 +999,7 @@ async fn run_model(seed: u64, steps: usize) {
                 id: format!("w{i}"),
                 slots: *slots,
                 running: BTreeMap::new(),
+                written: BTreeMap::new(),
             })
             .collect(),
         tasks: BTreeMap::new(),
@@ -896,6 +1031,9 @@ async fn run_model(seed: u64, steps: usize) {
             "expired at pick-up",
             "full",
             "repeat within a call",
+            "chunks written",
+            "chunks out of order",
+            "write replayed",
         ] {
             assert!(
                 sim.seen.get(what).copied().unwrap_or(0) > 0,
@@ -904,6 +1042,10 @@ async fn run_model(seed: u64, steps: usize) {
             );
         }
     }
+}
+
+fn chunk_text(id: &str, attempt: u64, seq: u64) -> Vec<u8> {
+    format!("{id}:{attempt}:{seq}").into_bytes()
 }
 
 /// A stream entry id in stream order.

@@ -25,11 +25,21 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
                "<state>\t<attempt>\t<ms>\t<worker>\t<own entry>\t<kind>\n<result or message>"
              (own entry: the entry its own attempt's complete ended, so a
              retried call replays it; '' for endings by others).
+  o:<id>:<attempt>  list: the output chunks of one attempt (rtq3_write),
+             kept for the retention with the ending, deleted when the
+             attempt is void.
   in:<wid>   list: stop orders for a worker ("C\t<id>\t<attempt>\t<kind>\t<reason>",
              v2's inbox message format).
   lv         zset worker id -> lease expiry (ms): live workers.
 Meta fields: mode=stream, bands (1-5), n (tasks queued or running), maxd
 (depth limit, 0 = none).
+A band stream whose group `w` is missing (destroyed by hand) holds no
+leases: complete, write and beat answer LOST for its entries, join and
+takeover skip it; rtq3_create makes the group again. A key of a foreign
+type where a call would write, a corrupt meta field or a foreign entry in
+a band is refused before the first write (WRONGTYPE ... nothing was
+written, or INVALID); a marker that does not name a readable place of its
+own task counts as no task.
 
 A task's attempt number is a0 + the entry's delivery count. The hot path
 is one submit call per batch of submits (per task: EXISTS, XADD, SET) and
@@ -40,7 +50,9 @@ into Lua twice), the ending replaces the marker (one key per task). Workers read
 new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
 STREAMS b:<band> > (band 0 first: strict priority between bands).
 
-Functions (numbers are canonical decimal integers):
+Functions (numbers are canonical decimal integers; stream entry ids are
+canonical <ms>-<seq>, each part at most 2^64-1; ids and worker ids 1-128
+bytes without spaces or control characters):
 
 rtq3_version (no-writes): KEYS none. Reply {3, REVISION}.
 
@@ -50,8 +62,9 @@ rtq3_create: ARGV bands (1-5), max depth (>= 0).
   Reply 'OK'.
 
 rtq3_submit: ARGV count (1-1024), then count x 7:
-  id, band, spec, reply stream key ('' = none), deadline ms (0 = none),
-  max attempts (1-1000), retention ms (1 - 30 days).
+  id, band, spec, reply stream key ('' = none, else rtq:{<queue>}:r:<client>,
+  at most 200 bytes, client without spaces or control characters),
+  deadline ms (0 = none), max attempts (1-1000), retention ms (1 - 30 days).
   Reply: one item per task: 'OK <entry>' | 'DUP' (the id exists: attach to
   it) | 'FULL' (the depth limit).
 
@@ -107,6 +120,7 @@ local REPLY_MAXLEN = '100000' -- mutation: skip
 local EXPIRE_SCAN = 100 -- mutation: skip
 local AHEAD_CAP = 100 -- counted by reading the entries (their specs): kept small -- mutation: skip
 local NO_LIMIT = 9007199254740991
+local U64_MAX = '18446744073709551615'
 
 local P = ''
 -- The last reply key checked against P (reset when P changes).
@@ -175,8 +189,22 @@ local function id_arg(v, name)
   return v
 end
 
+-- A part of a stream entry id: canonical (no leading zero) and at most
+-- 2^64-1, as Redis writes them (Redis refuses a larger one with an error
+-- that would stop the call halfway).
+local function u64_part(s)
+  if #s > 1 and string.sub(s, 1, 1) == '0' then return false end
+  return #s < 20 or (#s == 20 and s <= U64_MAX)
+end
+
+local function is_entry(v)
+  local ms, seq
+  if type(v) == 'string' and #v <= 41 then ms, seq = string.match(v, '^(%d+)%-(%d+)$') end
+  return ms ~= nil and u64_part(ms) and u64_part(seq)
+end
+
 local function entry_arg(v, name)
-  if type(v) ~= 'string' or #v > 41 or not string.match(v, '^%d+%-%d+$') then
+  if not is_entry(v) then
     invalid(name .. ' must be a stream entry id, got ' .. string.sub(tostring(v), 1, 40))
   end
   return v
@@ -186,7 +214,7 @@ end
 local function reply_arg(v)
   if v == '' or v == last_reply then return v end
   text(v, 'reply key', 1, 200)
-  if string.sub(v, 1, #P + 2) ~= P .. 'r:' or string.find(v, '[%c%s]') then
+  if string.sub(v, 1, #P + 2) ~= P .. 'r:' or #v == #P + 2 or string.find(v, '[%c%s]') then
     invalid('reply key must be ' .. P .. 'r:<client>, without spaces')
   end
   last_reply = v
@@ -202,33 +230,114 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Refuses, before any write, a key of the wrong type that a later command
+-- of the call would fail on (a foreign writer's key in rtq's namespace):
+-- Redis would not undo the writes made before it.
+local function expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+      .. ' (a foreign key in rtq\'s namespace); nothing was written'})
+  end
+end
+
+-- HMGET of the meta hash; a meta of another type is refused.
+local function read_meta(...)
+  local m = redis.pcall('HMGET', P .. 'meta', ...)
+  if m.err then
+    expect_type(P .. 'meta', 'hash')
+    error(m)
+  end
+  return m
+end
+
+-- A meta field that must be an integer (HINCRBY fails on anything else).
+local function meta_int(v, name, lo, hi)
+  if v == false or v == nil then return nil end
+  local n = tonumber(v)
+  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi then
+    invalid('queue ' .. P .. ' has a corrupt meta field ' .. name .. ' (' .. string.sub(v, 1, 40)
+      .. '); nothing was written')
+  end
+  return n
+end
+
 -- The queue's meta, checked to be a stream queue.
 local function stream_meta()
-  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'n', 'maxd')
+  local m = read_meta('mode', 'bands', 'n', 'maxd')
   if m[1] ~= 'stream' then
     invalid('queue ' .. P .. ' is not a stream queue (create it with rtq3_create)')
   end
-  return {bands = tonumber(m[2]) or 1, n = tonumber(m[3]) or 0, maxd = tonumber(m[4]) or 0}
+  return {
+    bands = meta_int(m[2], 'bands', 1, MAX_BANDS) or 1,
+    n = meta_int(m[3], 'n', -NO_LIMIT, NO_LIMIT) or 0,
+    maxd = meta_int(m[4], 'maxd', 0, NO_LIMIT) or 0,
+  }
 end
 
 local function band_key(b)
   return P .. 'b:' .. b
 end
 
--- Fields of a stream entry as a table, or nil when it is gone.
-local function entry_fields(band, entry)
-  local rows = redis.call('XRANGE', band_key(band), entry, entry)
-  if #rows == 0 then return nil end
-  local f, raw = {}, rows[1][2]
+-- The fields of a band's entry as a table, checked to be a task's: a
+-- foreign entry in a band (XADD by hand) is refused before anything is
+-- written, as the arithmetic and the XADD of a requeue would fail on it.
+local function count_field(v)
+  return type(v) == 'string' and #v <= 16 and string.match(v, '^%d+$') ~= nil
+    and (v == '0' or string.sub(v, 1, 1) ~= '0')
+end
+
+local function task_of(band, entry, raw)
+  local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if not (f.t and f.s and f.r and f.u and count_field(f.d) and count_field(f.x)
+      and count_field(f.a0) and count_field(f.ret) and f.ret ~= '0') then
+    invalid('entry ' .. entry .. ' of ' .. band_key(band)
+      .. ' is not a task (a foreign entry in rtq\'s namespace); nothing was written')
+  end
   return f
 end
 
--- Who holds an entry: consumer, idle ms, delivery count; nil when queued.
+-- Fields of a stream entry as a table (see task_of), or nil when it is gone.
+local function entry_fields(band, entry)
+  local rows = redis.call('XRANGE', band_key(band), entry, entry)
+  if #rows == 0 then return nil end
+  return task_of(band, entry, rows[1][2])
+end
+
+-- Who holds an entry: consumer, idle ms, delivery count; nil when queued
+-- (or when the band's stream or its group is gone: nobody holds it).
 local function holder(band, entry)
-  local row = redis.call('XPENDING', band_key(band), GROUP, entry, entry, 1)[1]
+  local rows = redis.pcall('XPENDING', band_key(band), GROUP, entry, entry, 1)
+  local row = not rows.err and rows[1]
   if not row then return nil end
   return row[2], row[3], row[4]
+end
+
+-- The entries `worker` holds in a band: entry id -> delivery count (a
+-- worker holds at most its slots, <= MAX_BATCH; a band without its
+-- stream or group holds none; a band of a foreign type is refused).
+local function held_by(band, worker)
+  local map = {}
+  local rows = redis.pcall('XPENDING', band_key(band), GROUP, '-', '+', MAX_BATCH, worker)
+  if rows.err then
+    expect_type(band_key(band), 'stream')
+    return map
+  end
+  for _, row in ipairs(rows) do map[row[1]] = row[4] end
+  return map
+end
+
+-- The band's group `w` as a table of its XINFO fields, or nil when the
+-- stream or the group is missing (the band's type is checked already).
+local function group_info(b)
+  if redis.call('EXISTS', band_key(b)) == 0 then return nil end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', band_key(b))) do
+    local h = {}
+    for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
+    if h.name == GROUP then return h end
+  end
+  return nil
 end
 
 -- The stream exists with the group (a deleted stream is made again).
@@ -241,28 +350,33 @@ local function ensure_group(band, always)
 end
 
 local function check_band_types(bands)
-  for b = 0, bands - 1 do
-    local t = redis.call('TYPE', band_key(b))['ok']
-    if t ~= 'stream' and t ~= 'none' then
-      invalid('key ' .. band_key(b) .. ' holds a ' .. t .. ', not a stream')
-    end
-  end
+  for b = 0, bands - 1 do expect_type(band_key(b), 'stream') end
 end
 
 -- A task's marker: nil (no such task), a place {band, entry, ret, reply,
 -- prev, by} or an ending {st, a, ms, w, c, k, payload}.
-local function read_marker(id)
-  local v = redis.call('GET', P .. 'm:' .. id)
+-- (A marker of a foreign type is refused; an unreadable one, or a place
+-- past `bands` or with a bad entry id, reads as no task: nil.)
+local function read_marker(id, bands)
+  local v = redis.pcall('GET', P .. 'm:' .. id)
+  if type(v) == 'table' and v.err then
+    expect_type(P .. 'm:' .. id, 'string')
+    error(v)
+  end
   if not v then return nil end
-  local band, entry, ret, reply, prev, by = string.match(v, '^(%d+) (%S+) (%d+) (%S+) ?(%S*) ?(%S*)$')
+  local band, entry, ret, reply, prev, by = string.match(v, '^(%d) (%S+) (%d+) (%S+) ?(%S*) ?(%S*)$')
   if band then
+    if tonumber(band) >= bands or not is_entry(entry) or not count_field(ret) or ret == '0' then
+      return nil
+    end
     if reply == '-' then reply = '' end
     return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by}
   end
   local nl = string.find(v, '\n', 1, true)
-  local st, a, ms, w, c, k = string.match(string.sub(v, 1, (nl or 1) - 1),
+  if not nl then return nil end
+  local st, a, ms, w, c, k = string.match(string.sub(v, 1, nl - 1),
     '^(%a+)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  if not st then error({err = 'CORRUPT marker of task ' .. id .. ' is unreadable'}) end
+  if not st then return nil end
   return {st = st, a = a, ms = ms, w = w, c = c, k = k, payload = string.sub(v, nl + 1)}
 end
 
@@ -316,11 +430,17 @@ local function end_task(band, entry, f, state, attempt, kind, payload, worker, n
     .. (own and entry or '') .. '\t' .. kind .. '\n', 'PX', f.ret)
   -- The payload apart: a result is not copied into a second Lua string.
   if payload ~= '' then redis.call('APPEND', m, payload) end
+  -- The ending attempt's output is kept as long (a foreign key there
+  -- counts as no output).
+  local o = P .. 'o:' .. id .. ':' .. a
+  local n = redis.pcall('LLEN', o)
+  if type(n) ~= 'number' then n = 0 end
+  if n > 0 then redis.call('PEXPIRE', o, f.ret) end
   remove_entry(band, entry, true)
   if state == 'done' then
-    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', '0', 'r', payload})
+    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', fmt(n), 'r', payload})
   else
-    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', '0', 'k', kind, 'm', payload, 'w', worker})
+    notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', fmt(n), 'k', kind, 'm', payload, 'w', worker})
   end
 end
 
@@ -330,6 +450,8 @@ end
 -- the replaced entry, so a retried call replays), or nil.
 local function requeue(band, entry, f, a0, attempt, reason, by)
   remove_entry(band, entry, false)
+  -- The void attempt's output goes (a hand-back's next attempt has its number).
+  redis.call('DEL', P .. 'o:' .. f.t .. ':' .. fmt(attempt))
   local new = redis.call('XADD', band_key(band), '*', 't', f.t, 's', f.s, 'r', f.r, 'd', f.d,
     'x', f.x, 'a0', fmt(a0), 'ret', f.ret, 'u', f.u)
   local place = place_of(band, new, f.ret, f.r)
@@ -360,7 +482,7 @@ local function create(keys, args)
   if #args ~= 2 then invalid('rtq3_create takes bands, max depth') end
   local bands = int(args[1], 'bands', 1, MAX_BANDS)
   local maxd = int(args[2], 'max depth', 0, NO_LIMIT)
-  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'v')
+  local m = read_meta('mode', 'bands', 'v')
   if m[1] and m[1] ~= 'stream' or (not m[1] and m[3]) then
     invalid('queue ' .. P .. ' exists as an exact (v2) queue')
   end
@@ -393,11 +515,10 @@ local function submit(keys, args)
   end
   local missing = {}
   for b in pairs(used) do
-    local t = redis.call('TYPE', band_key(b))['ok']
-    if t == 'none' then
+    if redis.call('EXISTS', band_key(b)) == 0 then
       missing[b] = true
-    elseif t ~= 'stream' then
-      invalid('key ' .. band_key(b) .. ' holds a ' .. t .. ', not a stream')
+    else
+      expect_type(band_key(b), 'stream')
     end
   end
   -- Compute: which tasks are added.
@@ -411,8 +532,9 @@ local function submit(keys, args)
     else
       out[i + 1] = true
       added = added + 1
+      -- (Only an added id: a repeat of a refused one is refused again.)
+      seen[id] = true
     end
-    seen[id] = true
   end
   -- Write.
   for b in pairs(missing) do ensure_group(b, true) end
@@ -452,31 +574,21 @@ local function complete(keys, args)
       text(args[o + 6], 'reason', 0, MAX_TEXT_BYTES)
     end
   end
-  -- Compute: the worker's entries as the pending list holds them, one
-  -- read per band (a worker holds at most its slots, <= MAX_BATCH).
+  -- Compute (reads only): the worker's entries as the pending list holds
+  -- them (one read per band), each ending's marker, and what it does.
   local held = {}
   for i = 0, count - 1 do
     local band = args[3 + 7 * i]
-    if not held[band] then
-      local rows = {}
-      if redis.call('EXISTS', band_key(band)) == 1 then
-        rows = redis.call('XPENDING', band_key(band), GROUP, '-', '+', MAX_BATCH, worker)
-      end
-      local map = {}
-      for _, row in ipairs(rows) do map[row[1]] = row[4] end
-      held[band] = map
-    end
+    if not held[band] then held[band] = held_by(band, worker) end
   end
-  local now_s = fmt(now_ms())
-  local out = {}
-  removals = {ended = 0}
+  local plan, out, ended_here = {}, {}, {}
   for i = 0, count - 1 do
     local o = 3 + 7 * i
     local band, entry, id = args[o], args[o + 1], args[o + 2]
     local deliveries, a0 = tonumber(args[o + 3]), tonumber(args[o + 4])
-    local state, payload = args[o + 5], args[o + 6]
+    local state = args[o + 5]
     local attempt = a0 + deliveries
-    local mk = read_marker(id)
+    local mk = read_marker(id, meta.bands)
     if held[band][entry] ~= deliveries or not mk or mk.entry ~= entry or mk.band ~= band then
       -- A retried call after a lost reply finds its own ending, or its
       -- requeue (retry, hand-back: the marker keeps the entry it replaced
@@ -485,26 +597,34 @@ local function complete(keys, args)
         or (mk.prev == entry and mk.by == worker))
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
-      -- (Its marker changes below: a repeat later in this call replays.)
+      -- Ended by this call: a repeat of it later in the call replays.
+      held[band][entry] = nil
+      ended_here[band .. ' ' .. entry] = deliveries
       local f = {t = id, r = mk.reply, ret = mk.ret}
-      if state == 'retry' or state == 'handback' then
-        f = entry_fields(band, entry)
-      end
+      if state == 'retry' or state == 'handback' then f = entry_fields(band, entry) end
       if not f then
         out[i + 1] = 'LOST' -- deleted behind the protocol's back
-      elseif state == 'done' or state == 'failed' or state == 'expired'
-          or (state == 'retry' and attempt >= tonumber(f.x)) then
-        local final = state == 'retry' and 'failed' or state
-        local kind = state == 'expired' and 'timeout_running' or 'handler'
-        end_task(band, entry, f, final, attempt, kind, payload, worker, now_s, true)
-        out[i + 1] = 'OK'
-      elseif state == 'retry' then
-        requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker)
-        out[i + 1] = 'OK'
       else
-        requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker)
         out[i + 1] = 'OK'
+        plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6]}
       end
+    end
+    if out[i + 1] == 'LOST' and ended_here[band .. ' ' .. entry] == deliveries then out[i + 1] = 'REPLAY' end
+  end
+  -- Write.
+  local now_s = fmt(now_ms())
+  removals = {ended = 0}
+  for _, p in ipairs(plan) do
+    local band, entry, f, state, attempt, payload = p[1], p[2], p[3], p[4], p[5], p[6]
+    if state == 'done' or state == 'failed' or state == 'expired'
+        or (state == 'retry' and attempt >= tonumber(f.x)) then
+      local final = state == 'retry' and 'failed' or state
+      local kind = state == 'expired' and 'timeout_running' or 'handler'
+      end_task(band, entry, f, final, attempt, kind, payload, worker, now_s, true)
+    elseif state == 'retry' then
+      requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker)
+    else
+      requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker)
     end
   end
   flush_removals()
@@ -524,6 +644,8 @@ local function beat(keys, args)
     entry_arg(args[o + 1], 'entry')
     int(args[o + 2], 'deliveries', 1, NO_LIMIT)
   end
+  expect_type(P .. 'lv', 'zset')
+  for i = 0, count - 1 do expect_type(band_key(args[4 + 3 * i]), 'stream') end
   redis.call('ZADD', P .. 'lv', fmt(now_ms() + lease), worker)
   local out = {}
   for i = 0, count - 1 do
@@ -544,22 +666,29 @@ local function join(keys, args)
   if #args ~= 1 then invalid('rtq3_join takes worker') end
   local worker = id_arg(args[1], 'worker id')
   local meta = stream_meta()
-  local now_s, held = fmt(now_ms()), 0
+  check_band_types(meta.bands)
+  -- Compute: the entries the id holds (a band without its group holds none).
+  local plan = {}
   for b = 0, meta.bands - 1 do
-    if redis.call('EXISTS', band_key(b)) == 1 then
-      local rows = redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)
-      for _, row in ipairs(rows) do
-        held = held + 1
+    if group_info(b) then
+      for _, row in ipairs(redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)) do
         local f = entry_fields(b, row[1])
-        if f then
-          void_attempt(b, row[1], f, row[4], worker, 'worker ' .. worker .. ' restarted', now_s)
-        else
-          redis.call('XACK', band_key(b), GROUP, row[1])
-        end
+        if f then read_marker(f.t, meta.bands) end -- its marker's type
+        plan[#plan + 1] = {b, row[1], f, row[4]}
       end
     end
   end
-  return held
+  -- Write.
+  local now_s = fmt(now_ms())
+  for _, p in ipairs(plan) do
+    local b, entry, f, deliveries = p[1], p[2], p[3], p[4]
+    if f then
+      void_attempt(b, entry, f, deliveries, worker, 'worker ' .. worker .. ' restarted', now_s)
+    else
+      redis.call('XACK', band_key(b), GROUP, entry)
+    end
+  end
+  return #plan
 end
 
 local function takeover(keys, args)
@@ -569,59 +698,79 @@ local function takeover(keys, args)
   local lease = int(args[2], 'lease', MIN_LEASE_MS, MAX_LEASE_MS)
   local free = int(args[3], 'free', 0, MAX_BATCH)
   local meta = stream_meta()
+  expect_type(P .. 'lv', 'zset')
+  check_band_types(meta.bands)
   local now = now_ms()
   local now_s = fmt(now)
-  redis.call('ZREMRANGEBYSCORE', P .. 'lv', '-inf', now)
-  local out, ended = {0}, 0
+  -- Compute (reads only; XAUTOCLAIM would write before the decisions):
+  -- each step takes an idle entry, ends one, or drops a pending row whose
+  -- entry is gone.
+  local plan, budget = {}, free
   for b = 0, meta.bands - 1 do
-    if redis.call('EXISTS', band_key(b)) == 1 then
+    local g = group_info(b)
+    if g then
       -- Idle entries of dead or frozen workers.
-      local budget, cursor = free, '0-0'
+      local start = '-'
       while budget > 0 do
-        local r = redis.call('XAUTOCLAIM', band_key(b), GROUP, worker, lease, cursor, 'COUNT', budget)
-        cursor = r[1]
-        for _, e in ipairs(r[2]) do
-          local f = {}
-          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-          local _, _, deliveries = holder(b, e[1])
-          local attempt = tonumber(f.a0) + deliveries
-          local dl = tonumber(f.d)
-          if attempt > tonumber(f.x) then
-            end_task(b, e[1], f, 'failed', attempt - 1, 'worker_lost',
-              'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
-            ended = ended + 1
-          elseif dl > 0 and dl <= now then
-            end_task(b, e[1], f, 'expired', attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
-            ended = ended + 1
-          else
-            notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt - 1), 'm', 'worker lost: lease lapsed'})
-            for _, v in ipairs({b, e[1], deliveries, f.t, f.s, f.r, f.d, f.x, f.a0, f.ret}) do
-              out[#out + 1] = v
+        local want = budget
+        local rows = redis.call('XPENDING', band_key(b), GROUP, 'IDLE', lease, start, '+', want)
+        for _, row in ipairs(rows) do
+          local f = entry_fields(b, row[1])
+          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop'}
+          if f then
+            read_marker(f.t, meta.bands) -- its marker's type
+            step.attempt = tonumber(f.a0) + step.deliveries
+            local dl = tonumber(f.d)
+            if step.attempt > tonumber(f.x) then
+              step.act = 'failed'
+            elseif dl > 0 and dl <= now then
+              step.act = 'expired'
+            else
+              step.act = 'take'
+              budget = budget - 1
             end
-            budget = budget - 1
           end
+          plan[#plan + 1] = step
         end
-        if cursor == '0-0' then break end
+        if #rows < want then break end
+        start = '(' .. rows[#rows][1]
       end
-      free = budget
       -- Queued entries past their deadline (not delivered yet).
-      local groups = redis.call('XINFO', 'GROUPS', band_key(b))
-      local last = nil
-      for _, g in ipairs(groups) do
-        local h = {}
-        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
-        if h.name == GROUP then last = h['last-delivered-id'] end
-      end
-      if last then
-        for _, e in ipairs(redis.call('XRANGE', band_key(b), '(' .. last, '+', 'COUNT', EXPIRE_SCAN)) do
-          local f = {}
-          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-          local dl = tonumber(f.d)
-          if dl > 0 and dl <= now and holder(b, e[1]) == nil then
-            end_task(b, e[1], f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
-            ended = ended + 1
-          end
+      local scan = redis.call('XRANGE', band_key(b), '(' .. g['last-delivered-id'], '+', 'COUNT', EXPIRE_SCAN)
+      for _, e in ipairs(scan) do
+        local f = task_of(b, e[1], e[2])
+        local dl = tonumber(f.d)
+        if dl > 0 and dl <= now and holder(b, e[1]) == nil then
+          read_marker(f.t, meta.bands)
+          plan[#plan + 1] = {b = b, entry = e[1], f = f, act = 'queued'}
         end
+      end
+    end
+  end
+  -- Write.
+  redis.call('ZREMRANGEBYSCORE', P .. 'lv', '-inf', now_s)
+  local out, ended = {0}, 0
+  for _, step in ipairs(plan) do
+    local b, e, f = step.b, step.entry, step.f
+    if step.act == 'drop' then
+      redis.call('XACK', band_key(b), GROUP, e)
+    elseif step.act == 'failed' then
+      end_task(b, e, f, 'failed', step.attempt - 1, 'worker_lost',
+        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
+      ended = ended + 1
+    elseif step.act == 'expired' then
+      end_task(b, e, f, 'expired', step.attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
+      ended = ended + 1
+    elseif step.act == 'queued' then
+      end_task(b, e, f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
+      ended = ended + 1
+    else
+      redis.call('XCLAIM', band_key(b), GROUP, worker, lease, e)
+      -- The lost attempt's output goes with it.
+      redis.call('DEL', P .. 'o:' .. f.t .. ':' .. fmt(step.attempt - 1))
+      notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(step.attempt - 1), 'm', 'worker lost: lease lapsed'})
+      for _, v in ipairs({b, e, step.deliveries, f.t, f.s, f.r, f.d, f.x, f.a0, f.ret}) do
+        out[#out + 1] = v
       end
     end
   end
@@ -634,14 +783,16 @@ local function cancel(keys, args)
   if #args ~= 2 then invalid('rtq3_cancel takes id, reason') end
   local id = id_arg(args[1], 'task id')
   local reason = text(args[2], 'reason', 0, MAX_TEXT_BYTES)
-  stream_meta()
-  local mk = read_marker(id)
+  local meta = stream_meta()
+  local mk = read_marker(id, meta.bands)
   if not mk then return 'NOT_FOUND' end
   if mk.st then return 'ENDED ' .. mk.st end
   local band, entry = mk.band, mk.entry
+  expect_type(band_key(band), 'stream')
   local f = entry_fields(band, entry)
-  if not f then return 'NOT_FOUND' end
+  if not f or f.t ~= id then return 'NOT_FOUND' end
   local who, _, deliveries = holder(band, entry)
+  if who then expect_type(P .. 'in:' .. who, 'list') end
   local attempt = tonumber(f.a0) + (deliveries or 0)
   end_task(band, entry, f, 'cancelled', attempt, 'cancelled', reason, who or '', fmt(now_ms()))
   if who then
@@ -655,16 +806,18 @@ local function status(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('rtq3_status takes id') end
   local id = id_arg(args[1], 'task id')
-  stream_meta()
+  local meta = stream_meta()
+  expect_type(P .. 'lv', 'zset')
   local now = now_ms()
-  local mk = read_marker(id)
+  local mk = read_marker(id, meta.bands)
   if mk and mk.st then
     local message = mk.st == 'done' and '' or mk.payload
     return {'ended', mk.st, mk.a, mk.ms, mk.k, message, mk.w}
   end
   local band, entry = mk and mk.band, mk and mk.entry
+  if band then check_band_types(tonumber(band) + 1) end
   local f = band and entry_fields(band, entry)
-  if not f then return {'unknown'} end
+  if not f or f.t ~= id then return {'unknown'} end
   local who, idle, deliveries = holder(band, entry)
   if who then
     local expiry = redis.call('ZSCORE', P .. 'lv', who)
@@ -675,12 +828,8 @@ local function status(keys, args)
   local ahead = 0
   for b = 0, tonumber(band) do
     if redis.call('EXISTS', band_key(b)) == 1 then
-      local last = '0-0'
-      for _, g in ipairs(redis.call('XINFO', 'GROUPS', band_key(b))) do
-        local h = {}
-        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
-        if h.name == GROUP then last = h['last-delivered-id'] end
-      end
+      local g = group_info(b)
+      local last = g and g['last-delivered-id'] or '0-0'
       local stop = b == tonumber(band) and '(' .. entry or '+'
       if AHEAD_CAP - ahead > 0 then
         ahead = ahead + #redis.call('XRANGE', band_key(b), '(' .. last, stop, 'COUNT', AHEAD_CAP - ahead)

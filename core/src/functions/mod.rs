@@ -12,6 +12,8 @@
 //! - this file: the library source, loading it (once per server, again
 //!   when a call finds it missing), the [`Function`] trait, [`call`],
 //!   reply decoding helpers;
+//! - [`v3`]: protocol v3's library (stream queues, stage 1: the server
+//!   half) and its bindings;
 //! - [`submit`], [`heartbeat`] (register and heartbeat), [`complete`],
 //!   [`chunk`], [`release`], [`cancel`], [`watch`] (watch, read, unwatch),
 //!   [`requeue`], [`queue_admin`] (priority, pause, max depth, purge,
@@ -329,6 +331,14 @@ impl ReplyItems {
         self.items.next().ok_or_else(|| {
             Error::Protocol(format!("{} reply ends before its {what}", self.function))
         })
+    }
+
+    /// The next item as it came (a nested array, say).
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] if the reply has no more items.
+    pub fn next_raw(&mut self) -> Result<Value, Error> {
+        self.next_value("item")
     }
 
     /// The next item as text.

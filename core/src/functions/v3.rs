@@ -31,8 +31,13 @@ pub const LIBRARY_NAME: &str = "rtq3";
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
 pub const LIBRARY_REVISION: i64 = 1;
 
-/// The v3 library source as loaded with `FUNCTION LOAD`.
-pub const LIBRARY_SOURCE: &str = include_str!("../../lua/v3/stream.lua");
+/// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
+/// (the header, shared helpers and most functions), then `write.lua`.
+pub const LIBRARY_SOURCE: &str = concat!(
+    include_str!("../../lua/v3/stream.lua"),
+    "\n",
+    include_str!("../../lua/v3/write.lua")
+);
 
 /// The consumer group every band stream has.
 pub const GROUP: &str = "w";
@@ -568,6 +573,87 @@ pub async fn takeover<C: ConnectionLike + Send>(
     Ok((ended, out))
 }
 
+/// The output list of attempt `attempt` of task `id`.
+pub fn output_key(keys: &QueueKeys, id: &str, attempt: u64) -> String {
+    format!("{}o:{id}:{attempt}", keys.prefix())
+}
+
+/// Chunks of one running attempt for [`write`].
+#[derive(Clone, Debug)]
+pub struct ChunkWrite {
+    /// The attempt's fence.
+    pub held: Held,
+    /// Task id.
+    pub id: String,
+    /// Chunks this attempt wrote before.
+    pub seq0: u64,
+    /// The chunks (1-512, each at most 1 MiB).
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// What [`write`] did with one attempt's chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Appended; the attempt has this many chunks stored.
+    Ok(u64),
+    /// `seq0` was not the count stored (this many): resend from there.
+    Order(u64),
+    /// Not the current attempt any more: stop it.
+    Lost,
+    /// Past the output cap: end the task as failed.
+    TooLarge,
+}
+
+/// Writes output chunks of worker `worker`'s running attempts (at most
+/// 1024 attempts per call): stored per attempt and sent to each task's
+/// reply stream.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for any invalid write (none is written).
+pub async fn write<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    writes: &[ChunkWrite],
+) -> Result<Vec<Written>, Error> {
+    let mut args = vec![arg(worker), arg(writes.len())];
+    for w in writes {
+        args.extend([
+            arg(w.held.band),
+            arg(&w.held.entry),
+            arg(&w.id),
+            arg(w.held.deliveries),
+            arg(w.held.a0),
+            arg(w.seq0),
+            arg(w.chunks.len()),
+        ]);
+        args.extend(w.chunks.iter().cloned());
+    }
+    let task = (writes.len() == 1).then(|| writes[0].id.as_str());
+    let reply = call(conn, keys, "rtq3_write", false, task, args).await?;
+    let mut reply = items(reply, "rtq3_write")?;
+    writes
+        .iter()
+        .map(|_| {
+            let Value::Array(pair) = reply.next_raw()? else {
+                return Err(Error::Protocol(
+                    "rtq3_write replied a non-array item".into(),
+                ));
+            };
+            let mut pair = ReplyItems::new(Value::Array(pair), "rtq3_write")?;
+            let word = pair.string()?;
+            let n = pair.uint()?;
+            Ok(match word.as_str() {
+                "OK" => Written::Ok(n),
+                "ORDER" => Written::Order(n),
+                "LOST" => Written::Lost,
+                "TOO_LARGE" => Written::TooLarge,
+                _ => return Err(pair.unexpected(&word)),
+            })
+        })
+        .collect()
+}
+
 /// What [`cancel`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -700,6 +786,7 @@ mod tests {
     #[test]
     fn the_library_revision_matches_stream_lua() {
         assert!(LIBRARY_SOURCE.starts_with("#!lua name=rtq3\n"));
+        assert!(LIBRARY_SOURCE.contains("redis.register_function('rtq3_write', write)"));
         assert!(LIBRARY_SOURCE.contains(&format!("local REVISION = {LIBRARY_REVISION}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("local MAX_BANDS = {MAX_BANDS}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("local GROUP = '{GROUP}'\n")));
