@@ -5,8 +5,11 @@ stream.lua: the rtq protocol v3 Functions library, the server half of a
 a queue is either `exact` (v2) or `stream` (v3), recorded in its meta hash
 (`mode`). Every function follows v2's rules: validate every argument (an
 invalid call raises an error starting with INVALID and writes nothing),
-then compute reading only, then write; writes to a client's reply stream
-run last and through redis.pcall.
+then compute reading only (a key of the queue that holds another type
+than the one below, or a meta field that is not a number, raises an error
+starting with WRONGTYPE or INVALID and writes nothing), then write; writes
+to a client's reply stream run through redis.pcall (a client's broken
+reply stream never fails a call).
 
 KEYS[1] of every function is the queue's meta hash rtq:{<queue>}:meta; the
 other keys share its prefix rtq:{<queue>}: (one Cluster slot):
@@ -29,12 +32,17 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
   lv         zset worker id -> lease expiry (ms): live workers.
 Meta fields: mode=stream, bands (1-5), n (tasks queued or running), maxd
 (depth limit, 0 = none).
+A band stream whose group `w` is missing (destroyed by hand) holds no
+leases: complete and beat answer LOST for its entries, join and takeover
+skip it; rtq3_create makes the group again.
 
 A task's attempt number is a0 + the entry's delivery count. Workers read
 new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
 STREAMS b:<band> > (band 0 first: strict priority between bands).
 
-Functions (numbers are canonical decimal integers):
+Functions (numbers are canonical decimal integers; stream entry ids are
+canonical <ms>-<seq>, each part at most 2^64-1; ids and worker ids 1-128
+bytes without spaces or control characters):
 
 rtq3_version (no-writes): KEYS none. Reply {3, REVISION}.
 
@@ -44,8 +52,9 @@ rtq3_create: ARGV bands (1-5), max depth (>= 0).
   Reply 'OK'.
 
 rtq3_submit: ARGV count (1-1024), then count x 7:
-  id, band, spec, reply stream key ('' = none), deadline ms (0 = none),
-  max attempts (1-1000), retention ms (1 - 30 days).
+  id, band, spec, reply stream key ('' = none, else rtq:{<queue>}:r:<client>,
+  at most 200 bytes, client without spaces or control characters),
+  deadline ms (0 = none), max attempts (1-1000), retention ms (1 - 30 days).
   Reply: one item per task: 'OK <entry>' | 'DUP' (the id exists: attach to
   it) | 'FULL' (the depth limit).
 
@@ -101,6 +110,7 @@ local REPLY_MAXLEN = '100000' -- mutation: skip
 local EXPIRE_SCAN = 100 -- mutation: skip
 local AHEAD_CAP = 10000 -- mutation: skip
 local NO_LIMIT = 9007199254740991
+local U64_MAX = '18446744073709551615'
 
 local P = ''
 
@@ -141,8 +151,18 @@ local function id_arg(v, name)
   return v
 end
 
+-- A part of a stream entry id: canonical (no leading zero) and at most
+-- 2^64-1, as Redis writes them (Redis refuses a larger one with an error
+-- that would stop the call halfway).
+local function u64_part(s)
+  if #s > 1 and string.sub(s, 1, 1) == '0' then return false end
+  return #s < 20 or (#s == 20 and s <= U64_MAX)
+end
+
 local function entry_arg(v, name)
-  if type(v) ~= 'string' or #v > 41 or not string.match(v, '^%d+%-%d+$') then
+  local ms, seq
+  if type(v) == 'string' and #v <= 41 then ms, seq = string.match(v, '^(%d+)%-(%d+)$') end
+  if not ms or not u64_part(ms) or not u64_part(seq) then
     invalid(name .. ' must be a stream entry id, got ' .. string.sub(tostring(v), 1, 40))
   end
   return v
@@ -152,7 +172,10 @@ end
 local function reply_arg(v)
   if v == '' then return v end
   text(v, 'reply key', 1, 200)
-  if string.sub(v, 1, #P + 2) ~= P .. 'r:' then invalid('reply key must be ' .. P .. 'r:<client>') end
+  local client = string.sub(v, #P + 3)
+  if string.sub(v, 1, #P + 2) ~= P .. 'r:' or client == '' or string.find(client, '[%c%s]') then
+    invalid('reply key must be ' .. P .. 'r:<client>')
+  end
   return v
 end
 
@@ -165,33 +188,113 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Refuses, before any write, a key of the wrong type that a later command
+-- of the call would fail on (a foreign writer's key in rtq's namespace):
+-- Redis would not undo the writes made before it.
+local function expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want
+      .. ' (a foreign key in rtq\'s namespace); nothing was written'})
+  end
+end
+
+-- HMGET of the meta hash; a meta of another type is refused.
+local function read_meta(...)
+  local m = redis.pcall('HMGET', P .. 'meta', ...)
+  if m.err then
+    expect_type(P .. 'meta', 'hash')
+    error(m)
+  end
+  return m
+end
+
+-- A meta field that must be an integer (HINCRBY fails on anything else).
+local function meta_int(v, name, lo, hi)
+  if v == false or v == nil then return nil end
+  local n = tonumber(v)
+  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi then
+    invalid('queue ' .. P .. ' has a corrupt meta field ' .. name .. ' (' .. string.sub(v, 1, 40)
+      .. '); nothing was written')
+  end
+  return n
+end
+
 -- The queue's meta, checked to be a stream queue.
 local function stream_meta()
-  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'n', 'maxd')
+  local m = read_meta('mode', 'bands', 'n', 'maxd')
   if m[1] ~= 'stream' then
     invalid('queue ' .. P .. ' is not a stream queue (create it with rtq3_create)')
   end
-  return {bands = tonumber(m[2]) or 1, n = tonumber(m[3]) or 0, maxd = tonumber(m[4]) or 0}
+  return {
+    bands = meta_int(m[2], 'bands', 1, MAX_BANDS) or 1,
+    n = meta_int(m[3], 'n', -NO_LIMIT, NO_LIMIT) or 0,
+    maxd = meta_int(m[4], 'maxd', 0, NO_LIMIT) or 0,
+  }
 end
 
 local function band_key(b)
   return P .. 'b:' .. b
 end
 
--- Fields of a stream entry as a table, or nil when it is gone.
-local function entry_fields(band, entry)
-  local rows = redis.call('XRANGE', band_key(band), entry, entry)
-  if #rows == 0 then return nil end
-  local f, raw = {}, rows[1][2]
+-- The fields of a band's entry as a table, checked to be a task's: a
+-- foreign entry in a band (XADD by hand) is refused before anything is
+-- written, as the arithmetic and the XADD of a requeue would fail on it.
+local function task_of(band, entry, raw)
+  local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if not (f.t and f.s and f.r and f.u and tonumber(f.d) and tonumber(f.x) and tonumber(f.a0)
+      and tonumber(f.ret)) then
+    invalid('entry ' .. entry .. ' of ' .. band_key(band)
+      .. ' is not a task (a foreign entry in rtq\'s namespace); nothing was written')
+  end
   return f
 end
 
--- Who holds an entry: consumer, idle ms, delivery count; nil when queued.
+-- Fields of a stream entry as a table (see task_of), or nil when it is gone.
+local function entry_fields(band, entry)
+  local rows = redis.call('XRANGE', band_key(band), entry, entry)
+  if #rows == 0 then return nil end
+  return task_of(band, entry, rows[1][2])
+end
+
+-- Who holds an entry: consumer, idle ms, delivery count; nil when queued
+-- (or when the band's stream or its group is gone: nobody holds it).
 local function holder(band, entry)
-  local row = redis.call('XPENDING', band_key(band), GROUP, entry, entry, 1)[1]
+  local rows = redis.pcall('XPENDING', band_key(band), GROUP, entry, entry, 1)
+  local row = not rows.err and rows[1]
   if not row then return nil end
   return row[2], row[3], row[4]
+end
+
+-- The band's group `w` as a table of its XINFO fields, or nil when the
+-- stream or the group is missing (the band's type is checked already).
+local function group_info(b)
+  if redis.call('EXISTS', band_key(b)) == 0 then return nil end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', band_key(b))) do
+    local h = {}
+    for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
+    if h.name == GROUP then return h end
+  end
+  return nil
+end
+
+-- The keys a task's ending or requeue writes hold their types.
+local function check_task_types(id)
+  expect_type(P .. 'x:' .. id, 'hash')
+  expect_type(P .. 'm:' .. id, 'string')
+end
+
+-- Where the marker of a live task says its entry is: band, entry; nil
+-- when there is no marker or it is not a place (its types are checked).
+local function place_of(id)
+  local place = redis.call('GET', P .. 'm:' .. id)
+  if not place then return nil end
+  local band, entry = string.match(place, '^(%d) (%d+%-%d+)')
+  if not band or not u64_part(string.match(entry, '^%d+')) or not u64_part(string.match(entry, '%d+$')) then
+    return nil
+  end
+  return band, entry
 end
 
 -- The stream exists with the group (a deleted stream is made again).
@@ -204,12 +307,7 @@ local function ensure_group(band, always)
 end
 
 local function check_band_types(bands)
-  for b = 0, bands - 1 do
-    local t = redis.call('TYPE', band_key(b))['ok']
-    if t ~= 'stream' and t ~= 'none' then
-      invalid('key ' .. band_key(b) .. ' holds a ' .. t .. ', not a stream')
-    end
-  end
+  for b = 0, bands - 1 do expect_type(band_key(b), 'stream') end
 end
 
 local function notify(reply, fields)
@@ -282,7 +380,7 @@ local function create(keys, args)
   if #args ~= 2 then invalid('rtq3_create takes bands, max depth') end
   local bands = int(args[1], 'bands', 1, MAX_BANDS)
   local maxd = int(args[2], 'max depth', 0, NO_LIMIT)
-  local m = redis.call('HMGET', P .. 'meta', 'mode', 'bands', 'v')
+  local m = read_meta('mode', 'bands', 'v')
   if m[1] and m[1] ~= 'stream' or (not m[1] and m[3]) then
     invalid('queue ' .. P .. ' exists as an exact (v2) queue')
   end
@@ -366,6 +464,18 @@ local function complete(keys, args)
       text(args[o + 6], 'reason', 0, MAX_TEXT_BYTES)
     end
   end
+  local typed, pre = {}, {}
+  for i = 0, count - 1 do
+    local o = 3 + 7 * i
+    if not typed[args[o]] then
+      expect_type(band_key(args[o]), 'stream')
+      typed[args[o]] = true
+    end
+    check_task_types(args[o + 2])
+    -- Read (and check) every entry before the first write; an entry is
+    -- never changed, only deleted, so an earlier ending cannot stale it.
+    pre[i + 1] = entry_fields(args[o], args[o + 1]) or false
+  end
   local now_s = fmt(now_ms())
   local out = {}
   for i = 0, count - 1 do
@@ -387,7 +497,7 @@ local function complete(keys, args)
       end
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
-      local f = entry_fields(band, entry)
+      local f = pre[i + 1]
       if not f or f.t ~= id then
         out[i + 1] = 'LOST'
       elseif state == 'done' or state == 'failed' or state == 'expired'
@@ -421,6 +531,8 @@ local function beat(keys, args)
     entry_arg(args[o + 1], 'entry')
     int(args[o + 2], 'deliveries', 1, NO_LIMIT)
   end
+  expect_type(P .. 'lv', 'zset')
+  for i = 0, count - 1 do expect_type(band_key(args[4 + 3 * i]), 'stream') end
   redis.call('ZADD', P .. 'lv', fmt(now_ms() + lease), worker)
   local out = {}
   for i = 0, count - 1 do
@@ -441,22 +553,29 @@ local function join(keys, args)
   if #args ~= 1 then invalid('rtq3_join takes worker') end
   local worker = id_arg(args[1], 'worker id')
   local meta = stream_meta()
-  local now_s, held = fmt(now_ms()), 0
+  check_band_types(meta.bands)
+  -- Compute: the entries the id holds (a band without its group holds none).
+  local plan = {}
   for b = 0, meta.bands - 1 do
-    if redis.call('EXISTS', band_key(b)) == 1 then
-      local rows = redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)
-      for _, row in ipairs(rows) do
-        held = held + 1
+    if group_info(b) then
+      for _, row in ipairs(redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)) do
         local f = entry_fields(b, row[1])
-        if f then
-          void_attempt(b, row[1], f, row[4], worker, 'worker ' .. worker .. ' restarted', now_s)
-        else
-          redis.call('XACK', band_key(b), GROUP, row[1])
-        end
+        if f then check_task_types(f.t) end
+        plan[#plan + 1] = {b, row[1], f, row[4]}
       end
     end
   end
-  return held
+  -- Write.
+  local now_s = fmt(now_ms())
+  for _, p in ipairs(plan) do
+    local b, entry, f, deliveries = p[1], p[2], p[3], p[4]
+    if f then
+      void_attempt(b, entry, f, deliveries, worker, 'worker ' .. worker .. ' restarted', now_s)
+    else
+      redis.call('XACK', band_key(b), GROUP, entry)
+    end
+  end
+  return #plan
 end
 
 local function takeover(keys, args)
@@ -466,59 +585,77 @@ local function takeover(keys, args)
   local lease = int(args[2], 'lease', MIN_LEASE_MS, MAX_LEASE_MS)
   local free = int(args[3], 'free', 0, MAX_BATCH)
   local meta = stream_meta()
+  expect_type(P .. 'lv', 'zset')
+  check_band_types(meta.bands)
   local now = now_ms()
   local now_s = fmt(now)
+  -- Compute (reads only): each step takes an idle entry, ends one, or
+  -- drops a pending row whose entry is gone.
+  local plan, budget = {}, free
+  for b = 0, meta.bands - 1 do
+    local g = group_info(b)
+    if g then
+      -- Idle entries of dead or frozen workers.
+      local start = '-'
+      while budget > 0 do
+        local want = budget
+        local rows = redis.call('XPENDING', band_key(b), GROUP, 'IDLE', lease, start, '+', want)
+        for _, row in ipairs(rows) do
+          local f = entry_fields(b, row[1])
+          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop'}
+          if f then
+            step.attempt = tonumber(f.a0) + step.deliveries
+            local dl = tonumber(f.d)
+            if step.attempt > tonumber(f.x) then
+              step.act = 'failed'
+            elseif dl > 0 and dl <= now then
+              step.act = 'expired'
+            else
+              step.act = 'take'
+              budget = budget - 1
+            end
+          end
+          plan[#plan + 1] = step
+        end
+        if #rows < want then break end
+        start = '(' .. rows[#rows][1]
+      end
+      -- Queued entries past their deadline (not delivered yet).
+      local scan = redis.call('XRANGE', band_key(b), '(' .. g['last-delivered-id'], '+', 'COUNT', EXPIRE_SCAN)
+      for _, e in ipairs(scan) do
+        local f = task_of(b, e[1], e[2])
+        local dl = tonumber(f.d)
+        if dl > 0 and dl <= now and holder(b, e[1]) == nil then
+          plan[#plan + 1] = {b = b, entry = e[1], f = f, act = 'queued'}
+        end
+      end
+    end
+  end
+  for _, step in ipairs(plan) do
+    if step.act ~= 'drop' and step.act ~= 'take' then check_task_types(step.f.t) end
+  end
+  -- Write.
   redis.call('ZREMRANGEBYSCORE', P .. 'lv', '-inf', now)
   local out, ended = {0}, 0
-  for b = 0, meta.bands - 1 do
-    if redis.call('EXISTS', band_key(b)) == 1 then
-      -- Idle entries of dead or frozen workers.
-      local budget, cursor = free, '0-0'
-      while budget > 0 do
-        local r = redis.call('XAUTOCLAIM', band_key(b), GROUP, worker, lease, cursor, 'COUNT', budget)
-        cursor = r[1]
-        for _, e in ipairs(r[2]) do
-          local f = {}
-          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-          local _, _, deliveries = holder(b, e[1])
-          local attempt = tonumber(f.a0) + deliveries
-          local dl = tonumber(f.d)
-          if attempt > tonumber(f.x) then
-            end_task(b, e[1], f, 'failed', attempt - 1, 'worker_lost',
-              'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
-            ended = ended + 1
-          elseif dl > 0 and dl <= now then
-            end_task(b, e[1], f, 'expired', attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
-            ended = ended + 1
-          else
-            notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt - 1), 'm', 'worker lost: lease lapsed'})
-            for _, v in ipairs({b, e[1], deliveries, f.t, f.s, f.r, f.d, f.x, f.a0, f.ret}) do
-              out[#out + 1] = v
-            end
-            budget = budget - 1
-          end
-        end
-        if cursor == '0-0' then break end
-      end
-      free = budget
-      -- Queued entries past their deadline (not delivered yet).
-      local groups = redis.call('XINFO', 'GROUPS', band_key(b))
-      local last = nil
-      for _, g in ipairs(groups) do
-        local h = {}
-        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
-        if h.name == GROUP then last = h['last-delivered-id'] end
-      end
-      if last then
-        for _, e in ipairs(redis.call('XRANGE', band_key(b), '(' .. last, '+', 'COUNT', EXPIRE_SCAN)) do
-          local f = {}
-          for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-          local dl = tonumber(f.d)
-          if dl > 0 and dl <= now and holder(b, e[1]) == nil then
-            end_task(b, e[1], f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
-            ended = ended + 1
-          end
-        end
+  for _, step in ipairs(plan) do
+    local b, e, f = step.b, step.entry, step.f
+    if step.act == 'drop' then
+      redis.call('XACK', band_key(b), GROUP, e)
+    elseif step.act == 'failed' then
+      end_task(b, e, f, 'failed', step.attempt - 1, 'worker_lost',
+        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
+      ended = ended + 1
+    elseif step.act == 'expired' then
+      end_task(b, e, f, 'expired', step.attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
+      ended = ended + 1
+    elseif step.act == 'queued' then
+      end_task(b, e, f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
+      ended = ended + 1
+    else
+      redis.call('XCLAIM', band_key(b), GROUP, worker, lease, e)
+      notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(step.attempt - 1), 'm', 'worker lost: lease lapsed'})
+      for _, v in ipairs({b, e, step.deliveries, f.t, f.s, f.r, f.d, f.x, f.a0, f.ret}) do
+        out[#out + 1] = v
       end
     end
   end
@@ -532,14 +669,15 @@ local function cancel(keys, args)
   local id = id_arg(args[1], 'task id')
   local reason = text(args[2], 'reason', 0, MAX_TEXT_BYTES)
   stream_meta()
+  check_task_types(id)
   local st = redis.call('HGET', P .. 'x:' .. id, 'st')
   if st then return 'ENDED ' .. st end
-  local place = redis.call('GET', P .. 'm:' .. id)
-  if not place then return 'NOT_FOUND' end
-  local band, entry = string.match(place, '^(%d+) (%S+)')
+  local band, entry = place_of(id)
+  if band then expect_type(band_key(band), 'stream') end
   local f = band and entry_fields(band, entry)
-  if not f then return 'NOT_FOUND' end
+  if not f or f.t ~= id then return 'NOT_FOUND' end
   local who, _, deliveries = holder(band, entry)
+  if who then expect_type(P .. 'in:' .. who, 'list') end
   local attempt = tonumber(f.a0) + (deliveries or 0)
   end_task(band, entry, f, 'cancelled', attempt, 'cancelled', reason, who or '', fmt(now_ms()))
   if who then
@@ -553,17 +691,19 @@ local function status(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('rtq3_status takes id') end
   local id = id_arg(args[1], 'task id')
-  stream_meta()
+  local meta = stream_meta()
+  check_task_types(id)
+  expect_type(P .. 'lv', 'zset')
   local now = now_ms()
   local x = redis.call('HMGET', P .. 'x:' .. id, 'st', 'a', 'ms', 'k', 'm', 'w')
   if x[1] then
     return {'ended', x[1], x[2], x[3], x[4] or '', x[5] or '', x[6] or ''}
   end
-  local place = redis.call('GET', P .. 'm:' .. id)
-  local band, entry = nil, nil
-  if place then band, entry = string.match(place, '^(%d+) (%S+)') end
+  local band, entry = place_of(id)
+  if band and tonumber(band) >= meta.bands then band = nil end
+  if band then check_band_types(tonumber(band) + 1) end
   local f = band and entry_fields(band, entry)
-  if not f then return {'unknown'} end
+  if not f or f.t ~= id then return {'unknown'} end
   local who, idle, deliveries = holder(band, entry)
   if who then
     local expiry = redis.call('ZSCORE', P .. 'lv', who)
@@ -574,12 +714,8 @@ local function status(keys, args)
   local ahead = 0
   for b = 0, tonumber(band) do
     if redis.call('EXISTS', band_key(b)) == 1 then
-      local last = '0-0'
-      for _, g in ipairs(redis.call('XINFO', 'GROUPS', band_key(b))) do
-        local h = {}
-        for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
-        if h.name == GROUP then last = h['last-delivered-id'] end
-      end
+      local g = group_info(b)
+      local last = g and g['last-delivered-id'] or '0-0'
       local stop = b == tonumber(band) and '(' .. entry or '+'
       if AHEAD_CAP - ahead > 0 then
         ahead = ahead + #redis.call('XRANGE', band_key(b), '(' .. last, stop, 'COUNT', AHEAD_CAP - ahead)
