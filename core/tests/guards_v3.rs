@@ -1126,3 +1126,29 @@ async fn final_events(conn: &mut MultiplexedConnection, reply: &str, id: &str) -
         })
         .collect()
 }
+
+/// A marker that names another task's entry (a foreign write) never makes
+/// cancel end that other task, nor status report it as this one.
+#[tokio::test]
+async fn a_marker_naming_another_tasks_entry_is_not_that_task() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = QueueKeys::new(Q).unwrap();
+    let s = scene(&mut conn).await;
+    let marker = v3::marker_key(&keys, "zz");
+    raw(&mut conn, &["SET", &marker, &format!("0 {}", s.e1)]).await;
+    let before = snapshot(&mut conn).await;
+    assert_eq!(
+        v3::status(&mut conn, &keys, "zz").await.unwrap(),
+        Status::Unknown
+    );
+    assert_eq!(
+        v3::cancel(&mut conn, &keys, "zz", "stop").await.unwrap(),
+        Cancelled::NotFound
+    );
+    assert!(snapshot(&mut conn).await == before, "cancel of zz wrote");
+    assert!(matches!(
+        v3::status(&mut conn, &keys, "t1").await.unwrap(),
+        Status::Running { attempt: 1, .. }
+    ));
+}
