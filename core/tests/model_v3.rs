@@ -48,6 +48,9 @@ const LEASE_MS: u64 = 600_000;
 /// Idle time a lapse gives an entry.
 const AGED_MS: u64 = 10_000_000;
 
+/// One `XRANGE` row: the entry id and its fields (names as `K`).
+type StreamRow<K> = (String, Vec<(K, Vec<u8>)>);
+
 /// splitmix64: small, seedable, good enough to pick operations.
 struct Rng(u64);
 
@@ -142,7 +145,7 @@ impl Sim {
         let mut pel = Pel::new();
         for band in 0..BANDS {
             let key = v3::band_key(&self.keys, band);
-            let rows: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            let rows: Vec<StreamRow<String>> = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg("-")
                 .arg("+")
@@ -207,7 +210,7 @@ impl Sim {
     }
 
     async fn read_finals(&mut self) {
-        let rows: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let rows: Vec<StreamRow<Vec<u8>>> = redis::cmd("XRANGE")
             .arg(&self.reply)
             .arg(format!("({}", self.last_event))
             .arg("+")
@@ -255,7 +258,9 @@ impl Sim {
                 }
                 (Some(_), None) => {
                     if marker.is_none() {
-                        self.fail(format!("{id} ended but its marker is gone within retention"));
+                        self.fail(format!(
+                            "{id} ended but its marker is gone within retention"
+                        ));
                     }
                 }
             }
@@ -314,12 +319,21 @@ impl Sim {
         }
         for w in &self.workers {
             if w.running.len() > w.slots {
-                self.fail(format!("{} runs {} attempts in {} slots", w.id, w.running.len(), w.slots));
+                self.fail(format!(
+                    "{} runs {} attempts in {} slots",
+                    w.id,
+                    w.running.len(),
+                    w.slots
+                ));
             }
         }
         // 5. the depth counter.
         if snap.depth != snap.entries.len() as i64 {
-            self.fail(format!("depth counter {} with {} entries", snap.depth, snap.entries.len()));
+            self.fail(format!(
+                "depth counter {} with {} entries",
+                snap.depth,
+                snap.entries.len()
+            ));
         }
     }
 
@@ -352,7 +366,9 @@ impl Sim {
             });
         }
         let before = self.snapshot().await;
-        let out = v3::submit(&mut self.conn, &self.keys, &tasks).await.unwrap();
+        let out = v3::submit(&mut self.conn, &self.keys, &tasks)
+            .await
+            .unwrap();
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         self.note(format!("submit {ids:?} -> {out:?}"));
         let mut live = before.entries.len() as u64;
@@ -366,7 +382,10 @@ impl Sim {
                 Admission::Added { .. } => !exists && !want_full,
             };
             if !ok {
-                self.fail(format!("submit of {} answered {a:?} (exists {exists}, live {live})", t.id));
+                self.fail(format!(
+                    "submit of {} answered {a:?} (exists {exists}, live {live})",
+                    t.id
+                ));
             }
             seen.insert(t.id.clone());
             if let Admission::Added { .. } = a {
@@ -386,7 +405,9 @@ impl Sim {
         }
         if self.rng.percent(20) {
             // The reply was lost: the same call again adds nothing.
-            let again = v3::submit(&mut self.conn, &self.keys, &tasks).await.unwrap();
+            let again = v3::submit(&mut self.conn, &self.keys, &tasks)
+                .await
+                .unwrap();
             self.note(format!("submit again -> {again:?}"));
             for (first, second) in out.iter().zip(&again) {
                 let ok = match first {
@@ -396,7 +417,9 @@ impl Sim {
                     Admission::Full => *second == Admission::Full,
                 };
                 if !ok {
-                    self.fail(format!("a repeated submit answered {second:?} after {first:?}"));
+                    self.fail(format!(
+                        "a repeated submit answered {second:?} after {first:?}"
+                    ));
                 }
             }
         }
@@ -405,7 +428,10 @@ impl Sim {
     fn take(&mut self, w: usize, deliveries: Vec<Delivery>, how: &str) {
         for d in deliveries {
             if self.workers[w].running.len() >= self.workers[w].slots {
-                self.fail(format!("{} got {} past its slots ({how})", self.workers[w].id, d.id));
+                self.fail(format!(
+                    "{} got {} past its slots ({how})",
+                    self.workers[w].id, d.id
+                ));
             }
             let Some(t) = self.tasks.get_mut(&d.id) else {
                 self.fail(format!("{how} handed out unknown task {}", d.id));
@@ -413,10 +439,19 @@ impl Sim {
             t.handouts += 1;
             let max = t.max;
             if d.held.attempt() > max {
-                self.fail(format!("{how} handed out {} at attempt {} of {max}", d.id, d.held.attempt()));
+                self.fail(format!(
+                    "{how} handed out {} at attempt {} of {max}",
+                    d.id,
+                    d.held.attempt()
+                ));
             }
             let id = self.workers[w].id.clone();
-            self.note(format!("{id} {how} {} attempt {} ({:?})", d.id, d.held.attempt(), d.held));
+            self.note(format!(
+                "{id} {how} {} attempt {} ({:?})",
+                d.id,
+                d.held.attempt(),
+                d.held
+            ));
             if let Some(old) = self.workers[w].running.insert(d.id.clone(), d.held) {
                 // Its own stale attempt of the same task: the new one replaces it.
                 self.note(format!("{id} replaced its stale attempt {old:?}"));
@@ -470,19 +505,22 @@ impl Sim {
             };
             let current = snap.pel.get(&(held.band, held.entry.clone()))
                 == Some(&(wid.clone(), held.deliveries));
-            want.push(if current { Completed::Ok } else { Completed::Lost });
-            endings.push(Ending {
-                held,
-                id,
-                state,
+            want.push(if current {
+                Completed::Ok
+            } else {
+                Completed::Lost
             });
+            endings.push(Ending { held, id, state });
         }
         let out = v3::complete(&mut self.conn, &self.keys, &wid, &endings)
             .await
             .unwrap();
         self.note(format!(
             "{wid} complete {:?} -> {out:?}",
-            endings.iter().map(|e| (&e.id, &e.state)).collect::<Vec<_>>()
+            endings
+                .iter()
+                .map(|e| (&e.id, &e.state))
+                .collect::<Vec<_>>()
         ));
         if out != want {
             self.fail(format!("complete answered {out:?}, expected {want:?}"));
@@ -538,7 +576,9 @@ impl Sim {
                     Completed::Lost => Completed::Lost,
                 };
                 if *second != want {
-                    self.fail(format!("a repeated complete answered {again:?} after {out:?}"));
+                    self.fail(format!(
+                        "a repeated complete answered {again:?} after {out:?}"
+                    ));
                 }
             }
             self.count("replayed call");
@@ -573,8 +613,7 @@ impl Sim {
 
     /// A lapsed lease: the entry looks idle for hours (its worker froze).
     async fn lapse(&mut self, w: usize) {
-        let Some((id, h)) = self
-            .workers[w]
+        let Some((id, h)) = self.workers[w]
             .running
             .iter()
             .nth(self.rng.below(self.workers[w].running.len().max(1)))
@@ -609,13 +648,22 @@ impl Sim {
         let (ended, got) = v3::takeover(&mut self.conn, &self.keys, &wid, LEASE_MS, free)
             .await
             .unwrap();
-        self.note(format!("{wid} takeover (free {free}) -> ended {ended}, took {}", got.len()));
+        self.note(format!(
+            "{wid} takeover (free {free}) -> ended {ended}, took {}",
+            got.len()
+        ));
         if got.len() > free {
-            self.fail(format!("takeover gave {} entries for {free} free slots", got.len()));
+            self.fail(format!(
+                "takeover gave {} entries for {free} free slots",
+                got.len()
+            ));
         }
         for d in &got {
             if d.held.deliveries < 2 {
-                self.fail(format!("a take-over of {} at delivery {}", d.id, d.held.deliveries));
+                self.fail(format!(
+                    "a take-over of {} at delivery {}",
+                    d.id, d.held.deliveries
+                ));
             }
             // The frozen worker's attempt is stale now (it may be this one).
             let uncounted = self.workers.iter().any(|other| {
@@ -651,7 +699,9 @@ impl Sim {
                     })
                     .count();
                 if queued_in_band < 100 {
-                    self.fail(format!("{id} is queued past its deadline after housekeeping"));
+                    self.fail(format!(
+                        "{id} is queued past its deadline after housekeeping"
+                    ));
                 }
             }
         }
@@ -693,10 +743,16 @@ impl Sim {
             Cancelled::Ended(TaskState::parse(&h["st"]).unwrap())
         } else {
             let (band, entry, _) = &snap.entries[&id];
-            Cancelled::Ok(snap.pel.get(&(*band, entry.clone())).map(|(c, _)| c.clone()))
+            Cancelled::Ok(
+                snap.pel
+                    .get(&(*band, entry.clone()))
+                    .map(|(c, _)| c.clone()),
+            )
         };
         if out != want {
-            self.fail(format!("cancel of {id} answered {out:?}, expected {want:?}"));
+            self.fail(format!(
+                "cancel of {id} answered {out:?}, expected {want:?}"
+            ));
         }
         if let Cancelled::Ok(Some(holder)) = &out {
             self.count("cancel running");
@@ -730,7 +786,9 @@ impl Sim {
             Status::Running {
                 worker, attempt, ..
             } => snap.entries.get(&id).is_some_and(|(b, e, a0)| {
-                snap.pel.get(&(*b, e.clone())).is_some_and(|(c, d)| c == worker && a0 + d == *attempt)
+                snap.pel
+                    .get(&(*b, e.clone()))
+                    .is_some_and(|(c, d)| c == worker && a0 + d == *attempt)
             }),
             Status::Queued { band, ahead, .. } => snap.entries.get(&id).is_some_and(|(b, e, _)| {
                 let queued = |bb: &u8, ee: &String| !snap.pel.contains_key(&(*bb, ee.clone()));
@@ -774,7 +832,9 @@ async fn run_model(seed: u64, steps: usize) {
     let mut conn = support::patient_conn(&redis.url()).await;
     let keys = QueueKeys::new("mv3").unwrap();
     v3::load(&mut conn).await.unwrap();
-    v3::create(&mut conn, &keys, BANDS, MAX_DEPTH).await.unwrap();
+    v3::create(&mut conn, &keys, BANDS, MAX_DEPTH)
+        .await
+        .unwrap();
     let reply = keys.reply("c1");
     // The client's reply stream exists before its tasks (NOMKSTREAM).
     let _: String = redis::cmd("XADD")
