@@ -698,6 +698,13 @@ fn corruptions(m: &Messy) -> Vec<Corruption> {
         ),
         c("b:1 deleted", &[&["DEL", "P:b:1"]]),
         c(
+            "an entry on b:0 with a retention that is not an integer",
+            &[&[
+                "XADD", "P:b:0", "*", "t", "zz", "s", "{}", "r", "", "d", "1", "x", "3", "a0", "0",
+                "ret", "1.5", "u", "1",
+            ]],
+        ),
+        c(
             "a foreign entry on b:1",
             &[&["XADD", "P:b:1", "*", "foo", "bar"]],
         ),

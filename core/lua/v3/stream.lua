@@ -240,11 +240,16 @@ end
 -- The fields of a band's entry as a table, checked to be a task's: a
 -- foreign entry in a band (XADD by hand) is refused before anything is
 -- written, as the arithmetic and the XADD of a requeue would fail on it.
+local function count_field(v)
+  return type(v) == 'string' and #v <= 16 and string.match(v, '^%d+$') ~= nil
+    and (v == '0' or string.sub(v, 1, 1) ~= '0')
+end
+
 local function task_of(band, entry, raw)
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if not (f.t and f.s and f.r and f.u and tonumber(f.d) and tonumber(f.x) and tonumber(f.a0)
-      and tonumber(f.ret)) then
+  if not (f.t and f.s and f.r and f.u and count_field(f.d) and count_field(f.x)
+      and count_field(f.a0) and count_field(f.ret) and f.ret ~= '0') then
     invalid('entry ' .. entry .. ' of ' .. band_key(band)
       .. ' is not a task (a foreign entry in rtq\'s namespace); nothing was written')
   end
