@@ -87,6 +87,9 @@ struct TaskModel {
     handbacks: u64,
 }
 
+/// A stream entry as XRANGE returns it: id and (field, value) pairs.
+type EntryRow<K> = (String, Vec<(K, Vec<u8>)>);
+
 /// One pending-list row: (band, entry) -> (consumer, deliveries).
 type Pel = BTreeMap<(u8, String), (String, u64)>;
 
@@ -148,7 +151,7 @@ impl Sim {
         let mut pel = Pel::new();
         for band in 0..BANDS {
             let key = v3::band_key(&self.keys, band);
-            let rows: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            let rows: Vec<EntryRow<String>> = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg("-")
                 .arg("+")
@@ -222,7 +225,7 @@ impl Sim {
     }
 
     async fn read_finals(&mut self) {
-        let rows: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let rows: Vec<EntryRow<Vec<u8>>> = redis::cmd("XRANGE")
             .arg(&self.reply)
             .arg(format!("({}", self.last_event))
             .arg("+")

@@ -16,6 +16,13 @@
 //! with `COUNT` = their free slots: capacity is the worker's decision),
 //! renew their leases with [`beat`], take over lapsed ones with
 //! [`takeover`], and end attempts with [`complete`].
+//!
+//! Every function checks all its arguments, the types of the keys it
+//! would write and the fields it would compute with before its first
+//! write (`core/tests/guards_v3.rs`): an invalid argument is
+//! [`Error::InvalidInput`], a key of the queue that holds a foreign type
+//! is [`Error::Redis`] with code `WRONGTYPE` naming the key; either way
+//! nothing was written.
 
 use redis::aio::ConnectionLike;
 use redis::Value;
@@ -158,7 +165,8 @@ fn items(value: Value, function: &'static str) -> Result<ReplyItems, Error> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when the queue exists as a v2 queue or with
-/// another band count, or a key holds another type.
+/// another band count; [`Error::Redis`] (`WRONGTYPE`) when one of its keys
+/// holds a foreign type.
 pub async fn create<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &QueueKeys,
