@@ -95,6 +95,14 @@ struct Args {
     /// `rtq3_complete` per read batch.
     #[arg(long, env = "RTQ_BENCH_RTQ3", conflicts_with_all = ["lua", "v3"])]
     rtq3: bool,
+    /// With `--rtq3`: chunks of 100 characters each task streams before
+    /// its result (`rtq3_write`: one call for every task of the worker's
+    /// read batch, each task's chunks in one group of at most 512, as rtq's
+    /// worker coalesces a fast handler's chunk writes: `bench`'s streaming
+    /// path sends one RPUSH of chunks per task).
+    #[arg(long, env = "RTQ_BENCH_CHUNKS", default_value_t = 0, requires = "rtq3",
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    chunks: u64,
 }
 
 /// The functions `--lua` loads.
@@ -184,10 +192,11 @@ async fn work(
     slots: usize,
     result: Arc<String>,
     path: Path,
+    chunks: u64,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     if path == Path::Rtq3 {
-        return work_rtq3(conn, slots, result, stop).await;
+        return work_rtq3(conn, slots, result, chunks, stop).await;
     }
     let opts = StreamReadOptions::default()
         .group("g", "w1")
@@ -297,14 +306,33 @@ async fn work_rtq3(
     mut conn: MultiplexedConnection,
     slots: usize,
     result: Arc<String>,
+    chunks: u64,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    use rtq_core::functions::v3::{self, Completed, EndState, Ending};
+    use rtq_core::functions::v3::{self, ChunkWrite, Completed, EndState, Ending, Written};
     let keys = rtq3_keys();
+    let chunk = vec![b'z'; 100];
     while !stop.load(Ordering::Relaxed) {
         let got = v3::read_new(&mut conn, &keys, "w1", 0, slots, Some(1000)).await?;
         if got.is_empty() {
             continue;
+        }
+        for seq0 in (0..chunks).step_by(512) {
+            let n = (chunks - seq0).min(512) as usize;
+            let writes: Vec<ChunkWrite> = got
+                .iter()
+                .map(|d| ChunkWrite {
+                    held: d.held.clone(),
+                    id: d.id.clone(),
+                    seq0,
+                    chunks: vec![chunk.clone(); n],
+                })
+                .collect();
+            let out = v3::write(&mut conn, &keys, "w1", &writes).await?;
+            anyhow::ensure!(
+                out.iter().all(|w| matches!(w, Written::Ok(_))),
+                "rtq3_write refused its own chunks: {out:?}"
+            );
         }
         let endings: Vec<Ending> = got
             .into_iter()
@@ -381,7 +409,9 @@ async fn read_replies(
             .await
             .context("XREAD")?;
         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-            if let Some(task) = entry.get::<u64>("t") {
+            // rtq3's chunk and requeue events carry `e`; its result is `e=f`.
+            let ended = entry.get::<String>("e").is_none_or(|e| e == "f");
+            if let Some(task) = entry.get::<u64>("t").filter(|_| ended) {
                 if let Some(tx) = waiting.lock().unwrap().remove(&task) {
                     let _ = tx.send(());
                 }
@@ -466,6 +496,7 @@ async fn main() -> anyhow::Result<()> {
         args.slots as usize,
         result,
         path,
+        args.chunks,
         stop.clone(),
     ));
     let reader = tokio::spawn(read_replies(
@@ -582,7 +613,10 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .flat_map(|id| {
                     let id = id.to_string();
-                    [rtq_core::functions::v3::marker_key(&q, &id)]
+                    [
+                        rtq_core::functions::v3::marker_key(&q, &id),
+                        rtq_core::functions::v3::output_key(&q, &id, 1),
+                    ]
                 })
                 .collect();
             let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut admin).await?;
@@ -609,10 +643,11 @@ async fn main() -> anyhow::Result<()> {
     let delta = after.since(&before);
     let n = lat_ms.len() as f64;
     println!(
-        "peer={} clients={} slots={} chunks=0 tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
+        "peer={} clients={} slots={} chunks={} tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
         path.peer(),
         args.clients,
         args.slots,
+        args.chunks,
         lat_ms.len(),
         n / secs.max(1e-9),
         percentile(&lat_ms, 0.50),

@@ -10,9 +10,12 @@
 # Redis is pinned to core 0, the load generators to core 1.
 #
 # Usage: scripts/bench-compare.sh [--rounds N] [--tasks N] [--stream-tasks N]
-#        [--breakdown] [--no-bullmq]
+#        [--breakdown] [--no-bullmq] [--rtq3]
 #   --breakdown   after the rounds, one more rtq run per path printing the
 #                 per-command breakdown (calls/task, usec/task)
+#   --rtq3        also the protocol v3 library (stream queues, stage 1) on
+#                 each path, driven by bench_floor --rtq3 (its own client
+#                 and worker loops on the real rtq3 functions)
 # Env: RTQ_BENCH_ROUNDS, RTQ_BENCH_TASKS, RTQ_BENCH_STREAM_TASKS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ tasks=${RTQ_BENCH_TASKS:-20000}
 stream_tasks=${RTQ_BENCH_STREAM_TASKS:-4000}
 breakdown=0
 bullmq=1
+rtq3=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
     --stream-tasks) stream_tasks=$2; shift 2 ;;
     --breakdown) breakdown=1; shift ;;
     --no-bullmq) bullmq=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rtq3) rtq3=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +43,7 @@ bench_require_counts bench-compare.sh "$rounds" "$tasks" "$stream_tasks"
 
 bench_pinning
 echo "building the release benchmark ..." >&2
-nice -n 10 cargo build --quiet --release --locked -p rtq-examples --example bench
+nice -n 10 cargo build --quiet --release --locked -p rtq-examples --example bench --example bench_floor
 bench=target/release/examples/bench
 if [ "$bullmq" = 1 ]; then
   command -v node >/dev/null || { echo "bench-compare.sh: node is needed for the BullMQ peer (or pass --no-bullmq)" >&2; exit 2; }
@@ -58,6 +63,11 @@ for round in $(seq "$rounds"); do
     bench_flush
     line=$($PIN_LOAD "$bench" --redis "$BENCH_URL" "$clients" "$slots" "$n" "$chunks")
     echo "round $round $label $line" | tee -a "$results" >&2
+    if [ "$rtq3" = 1 ]; then
+      bench_flush
+      line=$($PIN_LOAD target/release/examples/bench_floor --redis "$BENCH_URL" "$clients" "$slots" "$n" --rtq3 --chunks "$chunks")
+      echo "round $round $label $line" | tee -a "$results" >&2
+    fi
     if [ "$bullmq" = 1 ]; then
       bench_flush
       bn=$n
@@ -80,7 +90,7 @@ for line in open(sys.argv[1]):
     parts = line.split()
     label = parts[2]
     kv = dict(p.split("=", 1) for p in parts[3:] if "=" in p)
-    peer = "rtq" if kv["peer"] == "rtq" else kv["peer"].replace("bullmq-", "BullMQ ")
+    peer = kv["peer"] if kv["peer"] in ("rtq", "rtq3") else kv["peer"].replace("bullmq-", "BullMQ ")
     rows.setdefault((label, peer), []).append(kv)
 def med(kvs, key):
     return statistics.median(float(k[key].rstrip("ms")) for k in kvs)
@@ -89,17 +99,18 @@ print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 order = ["busy", "idle", "streaming"]
 for label in order:
     peers = [k for k in rows if k[0] == label]
-    for key in sorted(peers, key=lambda k: k[1] != "rtq"):
+    for key in sorted(peers, key=lambda k: (k[1] != "rtq", k[1] != "rtq3")):
         kvs = rows[key]
         k0 = kvs[0]
         chunks = int(k0["chunks"])
         cpu = med(kvs, "redis_cpu_us/task")
         print(f"| {label} ({k0['clients']}, {k0['slots']}, {chunks}) | {key[1]} | {med(kvs, 'tasks/s'):,.0f} | {med(kvs, 'p50'):.2f} | {med(kvs, 'p99'):.2f} | {med(kvs, 'redis_cmds/task'):.1f} | {cpu:.1f} us | {(f'{cpu / chunks:.2f} us' if chunks else '-')} |")
-    rtq = rows.get((label, "rtq"))
-    other = [k for k in peers if k[1] != "rtq"]
-    if rtq and other:
-        o = rows[other[0]]
-        print(f"| {label} | **rtq / BullMQ** | **{med(rtq, 'tasks/s') / med(o, 'tasks/s'):.2f}x** | {med(rtq, 'p50') / med(o, 'p50'):.2f}x | {med(rtq, 'p99') / med(o, 'p99'):.2f}x | {med(rtq, 'redis_cmds/task') / med(o, 'redis_cmds/task'):.2f}x | {med(rtq, 'redis_cpu_us/task') / med(o, 'redis_cpu_us/task'):.2f}x | |")
+    other = [k for k in peers if k[1] not in ("rtq", "rtq3")]
+    for ours in ("rtq", "rtq3"):
+        rtq = rows.get((label, ours))
+        if rtq and other:
+            o = rows[other[0]]
+            print(f"| {label} | **{ours} / BullMQ** | **{med(rtq, 'tasks/s') / med(o, 'tasks/s'):.2f}x** | {med(rtq, 'p50') / med(o, 'p50'):.2f}x | {med(rtq, 'p99') / med(o, 'p99'):.2f}x | {med(rtq, 'redis_cmds/task') / med(o, 'redis_cmds/task'):.2f}x | {med(rtq, 'redis_cpu_us/task') / med(o, 'redis_cpu_us/task'):.2f}x | |")
 EOF
 echo
 echo "Command: scripts/bench-compare.sh --rounds $rounds --tasks $tasks --stream-tasks $stream_tasks. BullMQ keeps finished jobs (its default); its streaming row is 50 job.updateProgress calls per job and runs half the tasks."
