@@ -22,7 +22,8 @@ use clap::CommandFactory;
 
 /// Where Redis is. Flatten it into an example's arguments and call
 /// [`RedisArgs::url`] first thing.
-#[derive(Clone, Debug, clap::Args)]
+// No `Debug`: the URL may carry a password.
+#[derive(Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL (required; no example guesses one), e.g.
     /// redis://127.0.0.1:6379/ - use a private server for the benchmarks.

@@ -36,7 +36,9 @@ mismatch, no terminal for the console); 3 Redis unreachable (retry later); 4 aut
 failed; 5 TLS failed; 6 permission denied (ACL).";
 
 /// rtq: watch and steer rtq queues. Without a command, opens the console.
-#[derive(Clone, Debug, Parser)]
+// No `Debug`: `redis` may carry a password, which a derived `Debug` would
+// print whole.
+#[derive(Clone, Parser)]
 #[command(name = "rtq", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Redis URL, e.g. redis://:password@host:6379/0, or for a Redis

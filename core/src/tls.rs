@@ -86,12 +86,12 @@ impl TlsConfig {
             (None, None) => {}
             (Some(_), None) => {
                 return Err(Error::TlsSetup(
-                    "a client certificate needs its private key (--tls-key / RTQ_TLS_KEY)".into(),
+                    "a client certificate needs its private key (RTQ_TLS_KEY; --tls-key, or --redis-tls-key for rtq-gateway)".into(),
                 ))
             }
             (None, Some(_)) => {
                 return Err(Error::TlsSetup(
-                    "a client key needs its certificate (--tls-cert / RTQ_TLS_CERT)".into(),
+                    "a client key needs its certificate (RTQ_TLS_CERT; --tls-cert, or --redis-tls-cert for rtq-gateway)".into(),
                 ))
             }
         }
@@ -184,7 +184,7 @@ fn explain(e: &rustls::Error) -> String {
     use rustls::{AlertDescription, CertificateError, Error as E};
     let hint = match e {
         E::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the server's certificate is not signed by a trusted CA: pass the CA that signed it (--tls-ca / RTQ_TLS_CA)"
+            "the server's certificate is not signed by a trusted CA: pass the CA that signed it (RTQ_TLS_CA; --tls-ca, or --redis-tls-ca for rtq-gateway)"
         }
         E::InvalidCertificate(CertificateError::NotValidForName)
         | E::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {

@@ -34,7 +34,9 @@ pub enum Command {
 /// the `openai` handler) and a task API (`/v1/queues/{queue}/tasks`). Run
 /// as many replicas as you like behind a load balancer. Every flag has an
 /// environment variable.
-#[derive(Clone, Debug, Parser)]
+// No `Debug`: the configuration holds secrets (the Redis URL may carry a
+// password), and a derived `Debug` would print them whole.
+#[derive(Clone, Parser)]
 #[command(name = "rtq-gateway", version, subcommand_negates_reqs = true)]
 pub struct Config {
     /// A helper command instead of serving.
