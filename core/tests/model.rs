@@ -31,6 +31,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use support::rng::{env_number, Rng};
 
 use rtq_core::functions::chunk::{ChunkReply, WriteStatus};
 use rtq_core::functions::complete::{CompleteOutcome, CompleteReply, SlotWriteReply};
@@ -40,25 +41,6 @@ use rtq_core::functions::requeue::RequeueReply;
 use rtq_core::functions::submit::SubmitReply;
 use rtq_core::protocol::{InboxMessage, ReplyEvent, TaskState};
 use support::proto::{Ending, Proto, RedisServer, Task, Write};
-
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-}
 
 /// An attempt a simulated worker runs.
 #[derive(Clone, Debug, Default)]
@@ -1138,18 +1120,9 @@ async fn run_model(seed: u64, steps: usize) {
     );
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn random_operations_and_faults_keep_every_protocol_invariant() {
-    let seed = env_number("RTQ_MODEL_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = support::rng::seed();
     let steps = env_number("RTQ_MODEL_STEPS").unwrap_or(3000) as usize;
     println!("model seed {seed} (RTQ_MODEL_SEED={seed} replays this run)");
     run_model(seed, steps).await;

@@ -31,6 +31,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use support::rng::{env_number, Rng};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -48,25 +49,6 @@ const MAX_DEPTH: u64 = 14;
 const LEASE_MS: u64 = 600_000;
 /// Idle time a lapse gives an entry.
 const AGED_MS: u64 = 10_000_000;
-
-/// splitmix64: small, seedable, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-}
 
 struct SimWorker {
     id: String,
@@ -1057,18 +1039,9 @@ fn order(entry: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn random_operations_and_faults_keep_every_v3_invariant() {
-    let seed = env_number("RTQ_MODEL_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = support::rng::seed();
     let steps = env_number("RTQ_MODEL_STEPS").unwrap_or(2000) as usize;
     println!("v3 model seed {seed} (RTQ_MODEL_SEED={seed} replays this run)");
     run_model(seed, steps).await;

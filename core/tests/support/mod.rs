@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use rtq_testkit::RedisServer;
 
 pub mod proto;
+pub mod rng;
 
 /// What the scripted handler saw, reported to the test.
 #[derive(Debug, Clone, PartialEq)]
