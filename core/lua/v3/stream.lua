@@ -18,9 +18,10 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
              count is the fence.
   m:<id>     string, the task's marker (it exists: the id is taken).
              While the task lives, its place:
-               "<band> <entry id> <retention ms> <reply key or ->[ <replaced entry> <worker>]"
-             (the last two after a worker's retry or hand-back, so a
-             retried complete replays); no expiry.
+               "<band> <entry id> <retention ms> <reply key or ->[ <replaced entry> <worker> <deliveries>]"
+             (the last three after a worker's retry or hand-back: the
+             delivery it ended, so a retried complete of that delivery
+             replays and no other does); no expiry.
              Once it ended, its ending, kept for the retention:
                "<state>\t<attempt>\t<ms>\t<worker>\t<own entry>\t<kind>\n<result or message>"
              (own entry: the entry its own attempt's complete ended, so a
@@ -354,7 +355,7 @@ local function check_band_types(bands)
 end
 
 -- A task's marker: nil (no such task), a place {band, entry, ret, reply,
--- prev, by} or an ending {st, a, ms, w, c, k, payload}.
+-- prev, by, pd} or an ending {st, a, ms, w, c, k, payload}.
 -- (A marker of a foreign type is refused; an unreadable one, or a place
 -- past `bands` or with a bad entry id, reads as no task: nil.)
 local function read_marker(id, bands)
@@ -364,13 +365,20 @@ local function read_marker(id, bands)
     error(v)
   end
   if not v then return nil end
-  local band, entry, ret, reply, prev, by = string.match(v, '^(%d) (%S+) (%d+) (%S+) ?(%S*) ?(%S*)$')
+  local band, entry, ret, reply, rest = string.match(v, '^(%d) (%S+) (%d+) (%S+)(.*)$')
   if band then
     if tonumber(band) >= bands or not is_entry(entry) or not count_field(ret) or ret == '0' then
       return nil
     end
+    -- The replaced delivery (a marker written before deliveries were
+    -- kept has none: nothing replays against it).
+    local prev, by, pd = '', '', ''
+    if rest ~= '' then
+      prev, by, pd = string.match(rest, '^ (%S+) (%S+) ?(%d*)$')
+      if not prev then return nil end
+    end
     if reply == '-' then reply = '' end
-    return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by}
+    return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by, pd = pd}
   end
   local nl = string.find(v, '\n', 1, true)
   if not nl then return nil end
@@ -447,15 +455,16 @@ end
 -- Queues a task again as a new entry at its band's tail (a0 = attempts
 -- used), removing the old one; followers learn the attempt is void.
 -- `by`: the worker whose complete asked for it (kept on the marker with
--- the replaced entry, so a retried call replays), or nil.
-local function requeue(band, entry, f, a0, attempt, reason, by)
+-- the replaced entry and its delivery count `deliveries`, so a retried
+-- call of that delivery replays), or nil.
+local function requeue(band, entry, f, a0, attempt, reason, by, deliveries)
   remove_entry(band, entry, false)
   -- The void attempt's output goes (a hand-back's next attempt has its number).
   redis.call('DEL', P .. 'o:' .. f.t .. ':' .. fmt(attempt))
   local new = redis.call('XADD', band_key(band), '*', 't', f.t, 's', f.s, 'r', f.r, 'd', f.d,
     'x', f.x, 'a0', fmt(a0), 'ret', f.ret, 'u', f.u)
   local place = place_of(band, new, f.ret, f.r)
-  if by then place = place .. ' ' .. entry .. ' ' .. by end
+  if by then place = place .. ' ' .. entry .. ' ' .. by .. ' ' .. deliveries end
   redis.call('SET', P .. 'm:' .. f.t, place)
   notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason})
   return new
@@ -594,7 +603,7 @@ local function complete(keys, args)
       -- requeue (retry, hand-back: the marker keeps the entry it replaced
       -- and the worker that asked).
       local replay = mk and ((mk.st and tonumber(mk.a) == attempt and mk.w == worker and mk.c == entry)
-        or (mk.prev == entry and mk.by == worker))
+        or (mk.prev == entry and mk.by == worker and mk.pd == args[o + 3]))
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
       -- Ended by this call: a repeat of it later in the call replays.
@@ -606,7 +615,7 @@ local function complete(keys, args)
         out[i + 1] = 'LOST' -- deleted behind the protocol's back
       else
         out[i + 1] = 'OK'
-        plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6]}
+        plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6], args[o + 3]}
       end
     end
     if out[i + 1] == 'LOST' and ended_here[band .. ' ' .. entry] == deliveries then out[i + 1] = 'REPLAY' end
@@ -622,9 +631,9 @@ local function complete(keys, args)
       local kind = state == 'expired' and 'timeout_running' or 'handler'
       end_task(band, entry, f, final, attempt, kind, payload, worker, now_s, true)
     elseif state == 'retry' then
-      requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker)
+      requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker, p[7])
     else
-      requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker)
+      requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker, p[7])
     end
   end
   flush_removals()

@@ -1,0 +1,138 @@
+//! A second review of the rtq3 library (`core/lua/v3/stream.lua`,
+//! `write.lua`) after the hot-path rewrite: each test is an attack that
+//! found a bug (it fails on the library as it was), kept as a regression.
+
+mod support;
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use rtq_core::functions::v3::{self, Admission, Completed, EndState, Ending, Held, NewTask};
+use rtq_core::keys::QueueKeys;
+use support::{patient_conn, RedisServer};
+
+/// The queue every test uses.
+const Q: &str = "rv";
+/// A lease longer than any test runs: only entries aged on purpose lapse.
+const LEASE: u64 = 600_000;
+/// Idle time given to an entry to make its lease lapse.
+const AGED_MS: &str = "10000000";
+
+/// A raw command; panics on an error (test setup).
+async fn raw(conn: &mut MultiplexedConnection, args: &[&str]) -> Value {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn task(id: &str, band: u8, reply: &str, max_attempts: u32) -> NewTask {
+    NewTask {
+        id: id.into(),
+        band,
+        spec: b"{}".to_vec(),
+        reply: reply.into(),
+        deadline_ms: 0,
+        max_attempts,
+        retention_ms: 3_600_000,
+    }
+}
+
+fn entry_of(a: &Admission) -> String {
+    match a {
+        Admission::Added { entry } => entry.clone(),
+        other => panic!("expected an added task, got {other:?}"),
+    }
+}
+
+/// A fresh queue with `bands` bands.
+async fn queue(conn: &mut MultiplexedConnection, bands: u8) -> QueueKeys {
+    raw(conn, &["FLUSHALL"]).await;
+    let keys = QueueKeys::new(Q).unwrap();
+    v3::create(conn, &keys, bands, 0).await.unwrap();
+    keys
+}
+
+/// Makes the lease of `entry` (held by `worker` in `band`) lapse without
+/// counting a delivery.
+async fn age(
+    conn: &mut MultiplexedConnection,
+    keys: &QueueKeys,
+    band: u8,
+    worker: &str,
+    entry: &str,
+) {
+    let b = v3::band_key(keys, band);
+    raw(
+        conn,
+        &[
+            "XCLAIM", &b, "w", worker, "0", entry, "IDLE", AGED_MS, "JUSTID",
+        ],
+    )
+    .await;
+}
+
+fn ending(held: &Held, id: &str, state: EndState) -> Ending {
+    Ending {
+        held: held.clone(),
+        id: id.into(),
+        state,
+    }
+}
+
+/// A worker's first attempt of a task froze; its lease lapsed and the same
+/// worker id took the entry over (delivery 2) and retried it. The first
+/// attempt's late `done` must be LOST: answering REPLAY tells the worker
+/// its result was written when it was dropped.
+#[tokio::test]
+async fn a_late_complete_of_an_attempt_taken_over_by_the_same_worker_is_lost() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    v3::submit(&mut conn, &keys, &[task("t", 0, "", 3)])
+        .await
+        .unwrap();
+    let first = v3::read_new(&mut conn, &keys, "w", 0, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    age(&mut conn, &keys, 0, "w", &first.held.entry).await;
+    let (_, taken) = v3::takeover(&mut conn, &keys, "w", LEASE, 1).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let second = taken[0].held.clone();
+    assert_eq!(second.deliveries, 2);
+    let got = v3::complete(
+        &mut conn,
+        &keys,
+        "w",
+        &[ending(&second, "t", EndState::Retry("boom".into()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, vec![Completed::Ok]);
+    let late = v3::complete(
+        &mut conn,
+        &keys,
+        "w",
+        &[ending(&first.held, "t", EndState::Done("{}".into()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        late,
+        vec![Completed::Lost],
+        "attempt 1's result was dropped"
+    );
+    // A retried call of attempt 2's retry still replays.
+    let again = v3::complete(
+        &mut conn,
+        &keys,
+        "w",
+        &[ending(&second, "t", EndState::Retry("boom".into()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, vec![Completed::Replay]);
+}
