@@ -136,3 +136,97 @@ async fn a_late_complete_of_an_attempt_taken_over_by_the_same_worker_is_lost() {
     .unwrap();
     assert_eq!(again, vec![Completed::Replay]);
 }
+
+/// Every key: name, type, `DUMP`, absolute expiry (`PEXPIRETIME`).
+type Snapshot = Vec<(Vec<u8>, String, Option<Vec<u8>>, i64)>;
+
+async fn snapshot(conn: &mut MultiplexedConnection) -> Snapshot {
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&k).query_async(conn).await.unwrap();
+        let expiry: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&k)
+            .query_async(conn)
+            .await
+            .unwrap();
+        out.push((k, kind, dump, expiry));
+    }
+    out
+}
+
+/// FCALL `function` on queue `Q` with string arguments.
+async fn fcall(
+    conn: &mut MultiplexedConnection,
+    function: &str,
+    args: &[&str],
+) -> redis::RedisResult<Value> {
+    let meta = QueueKeys::new(Q).unwrap().meta();
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function).arg(1).arg(meta);
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd.query_async(conn).await
+}
+
+/// A stream meta without its `bands` field (every other function reads
+/// it as 1 band): rtq3_create crashed on it with a Lua error (concatenating
+/// the missing field) instead of refusing it with INVALID.
+#[tokio::test]
+async fn create_on_a_stream_meta_without_bands_answers_invalid_not_a_lua_error() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    raw(&mut conn, &["HDEL", &keys.meta(), "bands"]).await;
+    let before = snapshot(&mut conn).await;
+    let err = fcall(&mut conn, "rtq3_create", &["3", "0"])
+        .await
+        .expect_err("a band count other than the queue's");
+    assert_eq!(err.code(), Some("INVALID"), "{err}");
+    assert!(
+        snapshot(&mut conn).await == before,
+        "a refused create wrote"
+    );
+    // As every other function reads it: one band.
+    fcall(&mut conn, "rtq3_create", &["1", "5"]).await.unwrap();
+}
+
+/// A task whose worker died with its last attempt: the housekeeping
+/// worker that fails it must name the lost worker in the ending (as v2
+/// does), not itself (it never ran the task).
+#[tokio::test]
+async fn an_attempt_failed_by_takeover_names_the_worker_that_was_lost() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    let reply = keys.reply("c");
+    raw(&mut conn, &["XADD", &reply, "*", "created", "1"]).await;
+    v3::submit(&mut conn, &keys, &[task("t", 0, &reply, 1)])
+        .await
+        .unwrap();
+    let d = v3::read_new(&mut conn, &keys, "dead", 0, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    age(&mut conn, &keys, 0, "dead", &d.held.entry).await;
+    let (ended, taken) = v3::takeover(&mut conn, &keys, "keeper", LEASE, 1)
+        .await
+        .unwrap();
+    assert_eq!((ended, taken.len()), (1, 0));
+    match v3::status(&mut conn, &keys, "t").await.unwrap() {
+        v3::Status::Ended {
+            kind,
+            worker,
+            attempt,
+            ..
+        } => {
+            assert_eq!(kind, "worker_lost");
+            assert_eq!(attempt, 1);
+            assert_eq!(worker, "dead");
+        }
+        other => panic!("expected an ending, got {other:?}"),
+    }
+}

@@ -495,8 +495,10 @@ local function create(keys, args)
   if m[1] and m[1] ~= 'stream' or (not m[1] and m[3]) then
     invalid('queue ' .. P .. ' exists as an exact (v2) queue')
   end
-  if m[1] == 'stream' and tonumber(m[2]) ~= bands then
-    invalid('queue ' .. P .. ' has ' .. m[2] .. ' bands, not ' .. bands)
+  if m[1] == 'stream' then
+    -- As stream_meta reads it (a missing field: one band).
+    local has = meta_int(m[2], 'bands', 1, MAX_BANDS) or 1
+    if has ~= bands then invalid('queue ' .. P .. ' has ' .. has .. ' bands, not ' .. bands) end
   end
   check_band_types(bands)
   redis.call('HSET', P .. 'meta', 'mode', 'stream', 'bands', bands, 'maxd', maxd)
@@ -725,7 +727,8 @@ local function takeover(keys, args)
         local rows = redis.call('XPENDING', band_key(b), GROUP, 'IDLE', lease, start, '+', want)
         for _, row in ipairs(rows) do
           local f = entry_fields(b, row[1])
-          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop'}
+          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop',
+            lost = row[2]}
           if f then
             read_marker(f.t, meta.bands) -- its marker's type
             step.attempt = tonumber(f.a0) + step.deliveries
@@ -765,7 +768,7 @@ local function takeover(keys, args)
       redis.call('XACK', band_key(b), GROUP, e)
     elseif step.act == 'failed' then
       end_task(b, e, f, 'failed', step.attempt - 1, 'worker_lost',
-        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
+        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', step.lost, now_s)
       ended = ended + 1
     elseif step.act == 'expired' then
       end_task(b, e, f, 'expired', step.attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
