@@ -230,3 +230,30 @@ async fn an_attempt_failed_by_takeover_names_the_worker_that_was_lost() {
         other => panic!("expected an ending, got {other:?}"),
     }
 }
+
+/// An entry deleted by hand while its worker held it: a retry (which
+/// needs the entry's fields to queue it again) cannot be written and must
+/// answer LOST, as the library's comment says, not REPLAY (which tells
+/// the worker its retry was queued when nothing was written).
+#[tokio::test]
+async fn a_retry_of_an_entry_deleted_by_hand_is_lost_not_replayed() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    v3::submit(&mut conn, &keys, &[task("t", 0, "", 3)])
+        .await
+        .unwrap();
+    let d = v3::read_new(&mut conn, &keys, "w", 0, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    raw(&mut conn, &["XDEL", &v3::band_key(&keys, 0), &d.held.entry]).await;
+    let before = snapshot(&mut conn).await;
+    for state in [EndState::Retry("x".into()), EndState::HandBack("x".into())] {
+        let got = v3::complete(&mut conn, &keys, "w", &[ending(&d.held, "t", state)])
+            .await
+            .unwrap();
+        assert_eq!(got, vec![Completed::Lost]);
+    }
+    assert!(snapshot(&mut conn).await == before, "a LOST retry wrote");
+}

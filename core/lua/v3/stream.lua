@@ -608,14 +608,14 @@ local function complete(keys, args)
         or (mk.prev == entry and mk.by == worker and mk.pd == args[o + 3]))
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
-      -- Ended by this call: a repeat of it later in the call replays.
-      held[band][entry] = nil
-      ended_here[band .. ' ' .. entry] = deliveries
       local f = {t = id, r = mk.reply, ret = mk.ret}
       if state == 'retry' or state == 'handback' then f = entry_fields(band, entry) end
       if not f then
         out[i + 1] = 'LOST' -- deleted behind the protocol's back
       else
+        -- Ended by this call: a repeat of it later in the call replays.
+        held[band][entry] = nil
+        ended_here[band .. ' ' .. entry] = deliveries
         out[i + 1] = 'OK'
         plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6], args[o + 3]}
       end
