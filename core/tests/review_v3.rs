@@ -257,3 +257,42 @@ async fn a_retry_of_an_entry_deleted_by_hand_is_lost_not_replayed() {
     }
     assert!(snapshot(&mut conn).await == before, "a LOST retry wrote");
 }
+
+/// `Status::Ended` promises an empty kind and message for a done task
+/// (its final event carries neither); the library answered kind
+/// `handler` for every done task.
+#[tokio::test]
+async fn the_status_of_a_done_task_has_no_error_kind() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    v3::submit(&mut conn, &keys, &[task("t", 0, "", 3)])
+        .await
+        .unwrap();
+    let d = v3::read_new(&mut conn, &keys, "w", 0, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    let got = v3::complete(
+        &mut conn,
+        &keys,
+        "w",
+        &[ending(&d.held, "t", EndState::Done("{\"ok\":1}".into()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, vec![Completed::Ok]);
+    match v3::status(&mut conn, &keys, "t").await.unwrap() {
+        v3::Status::Ended {
+            kind,
+            message,
+            attempt,
+            worker,
+            ..
+        } => {
+            assert_eq!((kind.as_str(), message.as_str()), ("", ""));
+            assert_eq!((attempt, worker.as_str()), (1, "w"));
+        }
+        other => panic!("expected an ending, got {other:?}"),
+    }
+}

@@ -99,7 +99,7 @@ rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
   a stop order was sent) | 'NOT_FOUND' | 'ENDED <state>'.
 
 rtq3_status (no-writes): ARGV id. Reply one of
-  {'ended', state, attempt, ms, kind, message, worker}
+  {'ended', state, attempt, ms, kind, message, worker} (kind and message '' when done)
   {'running', worker, attempt, idle ms, worker lease left ms (-1: gone)}
   {'queued', band, entries ahead (capped at 100), live workers}
   {'unknown'}
@@ -823,8 +823,9 @@ local function status(keys, args)
   local now = now_ms()
   local mk = read_marker(id, meta.bands)
   if mk and mk.st then
-    local message = mk.st == 'done' and '' or mk.payload
-    return {'ended', mk.st, mk.a, mk.ms, mk.k, message, mk.w}
+    -- A done task has no error kind or message (its payload is the result).
+    if mk.st == 'done' then return {'ended', mk.st, mk.a, mk.ms, '', '', mk.w} end
+    return {'ended', mk.st, mk.a, mk.ms, mk.k, mk.payload, mk.w}
   end
   local band, entry = mk and mk.band, mk and mk.entry
   if band then check_band_types(tonumber(band) + 1) end
