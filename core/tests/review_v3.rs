@@ -296,3 +296,53 @@ async fn the_status_of_a_done_task_has_no_error_kind() {
         other => panic!("expected an ending, got {other:?}"),
     }
 }
+
+/// A marker whose reply key was overwritten to name the queue's own band
+/// stream: the final event went into the band as a foreign entry, and
+/// every later housekeeping call was refused ("not a task") for good.
+/// Events go only to reply streams of the queue (`r:<client>`).
+#[tokio::test]
+async fn events_go_only_to_reply_streams_never_to_a_band() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = queue(&mut conn, 1).await;
+    v3::submit(
+        &mut conn,
+        &keys,
+        &[task("t", 0, "", 3), task("u", 0, "", 3)],
+    )
+    .await
+    .unwrap();
+    let d = v3::read_new(&mut conn, &keys, "w", 0, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    let band = v3::band_key(&keys, 0);
+    let marker = v3::marker_key(&keys, "t");
+    raw(
+        &mut conn,
+        &[
+            "SET",
+            &marker,
+            &format!("0 {} 3600000 {band}", d.held.entry),
+        ],
+    )
+    .await;
+    v3::complete(
+        &mut conn,
+        &keys,
+        "w",
+        &[ending(&d.held, "t", EndState::Done("{}".into()))],
+    )
+    .await
+    .unwrap();
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&band)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "only u's entry is left in the band");
+    v3::takeover(&mut conn, &keys, "w", LEASE, 1)
+        .await
+        .expect("housekeeping still runs");
+}

@@ -418,8 +418,11 @@ local function flush_removals()
   if r.ended > 0 then redis.call('HINCRBY', P .. 'meta', 'n', -r.ended) end
 end
 
+-- Sends an event to a task's reply stream: only to a reply stream of
+-- this queue (a corrupt marker or entry naming another key, a band say,
+-- would get a foreign entry there).
 local function notify(reply, fields)
-  if reply ~= nil and reply ~= '' then
+  if reply ~= nil and reply ~= '' and string.sub(reply, 1, #P + 2) == P .. 'r:' then
     redis.pcall('XADD', reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', unpack(fields))
   end
 end
