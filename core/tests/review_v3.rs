@@ -6,7 +6,7 @@ mod support;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use rtq_core::functions::v3::{self, Admission, Completed, EndState, Ending, Held, NewTask};
+use rtq_core::functions::v3::{self, Completed, EndState, Ending, Held, NewTask};
 use rtq_core::keys::QueueKeys;
 use support::{patient_conn, RedisServer};
 
@@ -37,13 +37,6 @@ fn task(id: &str, band: u8, reply: &str, max_attempts: u32) -> NewTask {
         deadline_ms: 0,
         max_attempts,
         retention_ms: 3_600_000,
-    }
-}
-
-fn entry_of(a: &Admission) -> String {
-    match a {
-        Admission::Added { entry } => entry.clone(),
-        other => panic!("expected an added task, got {other:?}"),
     }
 }
 
