@@ -339,3 +339,51 @@ async fn events_go_only_to_reply_streams_never_to_a_band() {
         .await
         .expect("housekeeping still runs");
 }
+
+/// A depth counter written with a leading zero (or as `-0`) passed the
+/// meta check (`tonumber` reads it), but Redis's `HINCRBY` refuses it: a
+/// submit added the task's entry and marker, then failed. Every function
+/// that moves the counter must refuse such a meta before its first write.
+#[tokio::test]
+async fn a_depth_counter_redis_cannot_increment_is_refused_before_any_write() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    for bad in ["012", "-0", "-07", "00"] {
+        let keys = queue(&mut conn, 1).await;
+        v3::submit(&mut conn, &keys, &[task("t", 0, "", 3)])
+            .await
+            .unwrap();
+        let d = v3::read_new(&mut conn, &keys, "w", 0, 1, None)
+            .await
+            .unwrap()
+            .remove(0);
+        raw(&mut conn, &["HSET", &keys.meta(), "n", bad]).await;
+        let before = snapshot(&mut conn).await;
+        let submit = fcall(
+            &mut conn,
+            "rtq3_submit",
+            &["1", "u", "0", "{}", "", "0", "3", "60000"],
+        )
+        .await;
+        let entry = d.held.entry.as_str();
+        let complete = fcall(
+            &mut conn,
+            "rtq3_complete",
+            &["w", "1", "0", entry, "t", "1", "0", "done", "{}"],
+        )
+        .await;
+        let cancel = fcall(&mut conn, "rtq3_cancel", &["t", "stop"]).await;
+        for (what, got) in [
+            ("submit", submit),
+            ("complete", complete),
+            ("cancel", cancel),
+        ] {
+            let err = got.expect_err(what);
+            assert_eq!(err.code(), Some("INVALID"), "{what} with n={bad}: {err}");
+        }
+        assert!(
+            snapshot(&mut conn).await == before,
+            "n={bad}: a refused call wrote"
+        );
+    }
+}

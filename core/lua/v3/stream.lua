@@ -252,11 +252,13 @@ local function read_meta(...)
   return m
 end
 
--- A meta field that must be an integer (HINCRBY fails on anything else).
+-- A meta field that must be an integer written canonically (HINCRBY
+-- fails on anything else, "012" and "-0" included).
 local function meta_int(v, name, lo, hi)
   if v == false or v == nil then return nil end
   local n = tonumber(v)
-  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi then
+  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi
+      or string.format('%d', n) ~= v then
     invalid('queue ' .. P .. ' has a corrupt meta field ' .. name .. ' (' .. string.sub(v, 1, 40)
       .. '); nothing was written')
   end
