@@ -124,6 +124,8 @@ local NO_LIMIT = 9007199254740991
 local U64_MAX = '18446744073709551615'
 
 local P = ''
+-- P .. 'r:': the prefix of the queue's reply streams.
+local RP = ''
 -- The last reply key checked against P (reset when P changes).
 local last_reply = nil
 -- Entries to acknowledge and delete at the end of a call (per band), and
@@ -146,6 +148,7 @@ local function bind(keys)
       invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
     end
     P = string.sub(keys[1], 1, -5)
+    RP = P .. 'r:'
     bound_meta = keys[1]
     last_reply = nil
   end
@@ -424,7 +427,7 @@ end
 -- this queue (a corrupt marker or entry naming another key, a band say,
 -- would get a foreign entry there).
 local function notify(reply, fields)
-  if reply ~= nil and reply ~= '' and string.sub(reply, 1, #P + 2) == P .. 'r:' then
+  if reply ~= nil and reply ~= '' and string.sub(reply, 1, #RP) == RP then
     redis.pcall('XADD', reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', unpack(fields))
   end
 end
