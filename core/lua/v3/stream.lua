@@ -18,9 +18,10 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
              count is the fence.
   m:<id>     string, the task's marker (it exists: the id is taken).
              While the task lives, its place:
-               "<band> <entry id> <retention ms> <reply key or ->[ <replaced entry> <worker>]"
-             (the last two after a worker's retry or hand-back, so a
-             retried complete replays); no expiry.
+               "<band> <entry id> <retention ms> <reply key or ->[ <replaced entry> <worker> <deliveries>]"
+             (the last three after a worker's retry or hand-back: the
+             delivery it ended, so a retried complete of that delivery
+             replays and no other does); no expiry.
              Once it ended, its ending, kept for the retention:
                "<state>\t<attempt>\t<ms>\t<worker>\t<own entry>\t<kind>\n<result or message>"
              (own entry: the entry its own attempt's complete ended, so a
@@ -98,7 +99,7 @@ rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
   a stop order was sent) | 'NOT_FOUND' | 'ENDED <state>'.
 
 rtq3_status (no-writes): ARGV id. Reply one of
-  {'ended', state, attempt, ms, kind, message, worker}
+  {'ended', state, attempt, ms, kind, message, worker} (kind and message '' when done)
   {'running', worker, attempt, idle ms, worker lease left ms (-1: gone)}
   {'queued', band, entries ahead (capped at 100), live workers}
   {'unknown'}
@@ -123,6 +124,8 @@ local NO_LIMIT = 9007199254740991
 local U64_MAX = '18446744073709551615'
 
 local P = ''
+-- P .. 'r:': the prefix of the queue's reply streams.
+local RP = ''
 -- The last reply key checked against P (reset when P changes).
 local last_reply = nil
 -- Entries to acknowledge and delete at the end of a call (per band), and
@@ -145,6 +148,7 @@ local function bind(keys)
       invalid('KEYS must be exactly the queue meta key rtq:{<queue>}:meta')
     end
     P = string.sub(keys[1], 1, -5)
+    RP = P .. 'r:'
     bound_meta = keys[1]
     last_reply = nil
   end
@@ -251,11 +255,13 @@ local function read_meta(...)
   return m
 end
 
--- A meta field that must be an integer (HINCRBY fails on anything else).
+-- A meta field that must be an integer written canonically (HINCRBY
+-- fails on anything else, "012" and "-0" included).
 local function meta_int(v, name, lo, hi)
   if v == false or v == nil then return nil end
   local n = tonumber(v)
-  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi then
+  if not string.match(v, '^%-?%d+$') or not n or n < lo or n > hi
+      or string.format('%d', n) ~= v then
     invalid('queue ' .. P .. ' has a corrupt meta field ' .. name .. ' (' .. string.sub(v, 1, 40)
       .. '); nothing was written')
   end
@@ -354,7 +360,7 @@ local function check_band_types(bands)
 end
 
 -- A task's marker: nil (no such task), a place {band, entry, ret, reply,
--- prev, by} or an ending {st, a, ms, w, c, k, payload}.
+-- prev, by, pd} or an ending {st, a, ms, w, c, k, payload}.
 -- (A marker of a foreign type is refused; an unreadable one, or a place
 -- past `bands` or with a bad entry id, reads as no task: nil.)
 local function read_marker(id, bands)
@@ -364,13 +370,20 @@ local function read_marker(id, bands)
     error(v)
   end
   if not v then return nil end
-  local band, entry, ret, reply, prev, by = string.match(v, '^(%d) (%S+) (%d+) (%S+) ?(%S*) ?(%S*)$')
+  local band, entry, ret, reply, rest = string.match(v, '^(%d) (%S+) (%d+) (%S+)(.*)$')
   if band then
     if tonumber(band) >= bands or not is_entry(entry) or not count_field(ret) or ret == '0' then
       return nil
     end
+    -- The replaced delivery (a marker written before deliveries were
+    -- kept has none: nothing replays against it).
+    local prev, by, pd = '', '', ''
+    if rest ~= '' then
+      prev, by, pd = string.match(rest, '^ (%S+) (%S+) ?(%d*)$')
+      if not prev then return nil end
+    end
     if reply == '-' then reply = '' end
-    return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by}
+    return {band = band, entry = entry, ret = ret, reply = reply, prev = prev, by = by, pd = pd}
   end
   local nl = string.find(v, '\n', 1, true)
   if not nl then return nil end
@@ -410,8 +423,11 @@ local function flush_removals()
   if r.ended > 0 then redis.call('HINCRBY', P .. 'meta', 'n', -r.ended) end
 end
 
+-- Sends an event to a task's reply stream: only to a reply stream of
+-- this queue (a corrupt marker or entry naming another key, a band say,
+-- would get a foreign entry there).
 local function notify(reply, fields)
-  if reply ~= nil and reply ~= '' then
+  if reply ~= nil and reply ~= '' and string.sub(reply, 1, #RP) == RP then
     redis.pcall('XADD', reply, 'NOMKSTREAM', 'MAXLEN', '~', REPLY_MAXLEN, '*', unpack(fields))
   end
 end
@@ -447,15 +463,16 @@ end
 -- Queues a task again as a new entry at its band's tail (a0 = attempts
 -- used), removing the old one; followers learn the attempt is void.
 -- `by`: the worker whose complete asked for it (kept on the marker with
--- the replaced entry, so a retried call replays), or nil.
-local function requeue(band, entry, f, a0, attempt, reason, by)
+-- the replaced entry and its delivery count `deliveries`, so a retried
+-- call of that delivery replays), or nil.
+local function requeue(band, entry, f, a0, attempt, reason, by, deliveries)
   remove_entry(band, entry, false)
   -- The void attempt's output goes (a hand-back's next attempt has its number).
   redis.call('DEL', P .. 'o:' .. f.t .. ':' .. fmt(attempt))
   local new = redis.call('XADD', band_key(band), '*', 't', f.t, 's', f.s, 'r', f.r, 'd', f.d,
     'x', f.x, 'a0', fmt(a0), 'ret', f.ret, 'u', f.u)
   local place = place_of(band, new, f.ret, f.r)
-  if by then place = place .. ' ' .. entry .. ' ' .. by end
+  if by then place = place .. ' ' .. entry .. ' ' .. by .. ' ' .. deliveries end
   redis.call('SET', P .. 'm:' .. f.t, place)
   notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason})
   return new
@@ -486,8 +503,10 @@ local function create(keys, args)
   if m[1] and m[1] ~= 'stream' or (not m[1] and m[3]) then
     invalid('queue ' .. P .. ' exists as an exact (v2) queue')
   end
-  if m[1] == 'stream' and tonumber(m[2]) ~= bands then
-    invalid('queue ' .. P .. ' has ' .. m[2] .. ' bands, not ' .. bands)
+  if m[1] == 'stream' then
+    -- As stream_meta reads it (a missing field: one band).
+    local has = meta_int(m[2], 'bands', 1, MAX_BANDS) or 1
+    if has ~= bands then invalid('queue ' .. P .. ' has ' .. has .. ' bands, not ' .. bands) end
   end
   check_band_types(bands)
   redis.call('HSET', P .. 'meta', 'mode', 'stream', 'bands', bands, 'maxd', maxd)
@@ -594,19 +613,19 @@ local function complete(keys, args)
       -- requeue (retry, hand-back: the marker keeps the entry it replaced
       -- and the worker that asked).
       local replay = mk and ((mk.st and tonumber(mk.a) == attempt and mk.w == worker and mk.c == entry)
-        or (mk.prev == entry and mk.by == worker))
+        or (mk.prev == entry and mk.by == worker and mk.pd == args[o + 3]))
       out[i + 1] = replay and 'REPLAY' or 'LOST'
     else
-      -- Ended by this call: a repeat of it later in the call replays.
-      held[band][entry] = nil
-      ended_here[band .. ' ' .. entry] = deliveries
       local f = {t = id, r = mk.reply, ret = mk.ret}
       if state == 'retry' or state == 'handback' then f = entry_fields(band, entry) end
       if not f then
         out[i + 1] = 'LOST' -- deleted behind the protocol's back
       else
+        -- Ended by this call: a repeat of it later in the call replays.
+        held[band][entry] = nil
+        ended_here[band .. ' ' .. entry] = deliveries
         out[i + 1] = 'OK'
-        plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6]}
+        plan[#plan + 1] = {band, entry, f, state, attempt, args[o + 6], args[o + 3]}
       end
     end
     if out[i + 1] == 'LOST' and ended_here[band .. ' ' .. entry] == deliveries then out[i + 1] = 'REPLAY' end
@@ -622,9 +641,9 @@ local function complete(keys, args)
       local kind = state == 'expired' and 'timeout_running' or 'handler'
       end_task(band, entry, f, final, attempt, kind, payload, worker, now_s, true)
     elseif state == 'retry' then
-      requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker)
+      requeue(band, entry, f, attempt, attempt, 'retry: ' .. payload, worker, p[7])
     else
-      requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker)
+      requeue(band, entry, f, attempt - 1, attempt, 'handed back: ' .. payload, worker, p[7])
     end
   end
   flush_removals()
@@ -716,7 +735,8 @@ local function takeover(keys, args)
         local rows = redis.call('XPENDING', band_key(b), GROUP, 'IDLE', lease, start, '+', want)
         for _, row in ipairs(rows) do
           local f = entry_fields(b, row[1])
-          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop'}
+          local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop',
+            lost = row[2]}
           if f then
             read_marker(f.t, meta.bands) -- its marker's type
             step.attempt = tonumber(f.a0) + step.deliveries
@@ -756,7 +776,7 @@ local function takeover(keys, args)
       redis.call('XACK', band_key(b), GROUP, e)
     elseif step.act == 'failed' then
       end_task(b, e, f, 'failed', step.attempt - 1, 'worker_lost',
-        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', worker, now_s)
+        'worker lost; attempts used up (' .. f.x .. ' of ' .. f.x .. ')', step.lost, now_s)
       ended = ended + 1
     elseif step.act == 'expired' then
       end_task(b, e, f, 'expired', step.attempt - 1, 'timeout_running', 'deadline passed', '', now_s)
@@ -811,8 +831,9 @@ local function status(keys, args)
   local now = now_ms()
   local mk = read_marker(id, meta.bands)
   if mk and mk.st then
-    local message = mk.st == 'done' and '' or mk.payload
-    return {'ended', mk.st, mk.a, mk.ms, mk.k, message, mk.w}
+    -- A done task has no error kind or message (its payload is the result).
+    if mk.st == 'done' then return {'ended', mk.st, mk.a, mk.ms, '', '', mk.w} end
+    return {'ended', mk.st, mk.a, mk.ms, mk.k, mk.payload, mk.w}
   end
   local band, entry = mk and mk.band, mk and mk.entry
   if band then check_band_types(tonumber(band) + 1) end
