@@ -142,6 +142,13 @@ fn a_closed_port_exits_3() {
 }
 
 #[test]
+fn a_redis_url_that_does_not_parse_exits_2_without_its_password() {
+    let o = rtq("redis://:TYPO-pw-7@127.0.0.1:63x79/", &["stats"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("TYPO-pw-7"), "{}", stderr(&o));
+}
+
+#[test]
 fn a_unix_socket_password_never_reaches_errors_or_help() {
     let o = rtq(
         "unix:///nonexistent/rtq.sock?pass=SOCK-SECRET-7",

@@ -771,6 +771,7 @@ fn corruptions(m: &Messy) -> Vec<Corruption> {
         c("o:t3:1 a hash", &[&["HSET", "P:o:t3:1", "f", "v"]]),
         c("o:t1:0 a string", &[&["SET", "P:o:t1:0", "x"]]),
         c("in:w1 a hash", &[&["HSET", "P:in:w1", "f", "v"]]),
+        c("dl a string", &[&["DEL", "P:dl"], &["SET", "P:dl", "x"]]),
         c("lv a string", &[&["DEL", "P:lv"], &["SET", "P:lv", "x"]]),
         c(
             "the reply stream a string",

@@ -809,6 +809,27 @@ impl Sim {
         if ended > 0 {
             self.count("ended by housekeeping");
         }
+        // The deadline set keeps only tasks still running (every deadline
+        // here has passed; fewer than 100 at once).
+        let due: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{}dl", self.keys.prefix()))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        let snap_now = self.snapshot().await;
+        if due.len() < 100 {
+            for id in &due {
+                let held = snap_now
+                    .entries
+                    .get(id)
+                    .is_some_and(|(b, e, _)| snap_now.pel.contains_key(&(*b, e.clone())));
+                if !held {
+                    self.fail(format!("{id} stays in the deadline set after housekeeping"));
+                }
+            }
+        }
         // Queued entries past their deadline are gone from the head.
         let snap = self.snapshot().await;
         for (id, (band, entry, _)) in &snap.entries {

@@ -590,13 +590,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The process exit code for an error of [`run`]: 3 Redis unreachable,
-/// 4 authentication failed, 5 TLS failed, 6 permission denied (see
+/// The process exit code for an error of [`run`]: 2 a `--redis` URL that
+/// does not parse (a usage error), 3 Redis unreachable, 4 authentication
+/// failed, 5 TLS failed, 6 permission denied (see
 /// [`rtq_core::ConnectionProblem::exit_code`]), 1 anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    err.chain()
+    let Some(e) = err
+        .chain()
         .find_map(|e| e.downcast_ref::<rtq_core::Error>())
-        .and_then(rtq_core::Error::connection_problem)
+    else {
+        return 1;
+    };
+    if matches!(e, rtq_core::Error::InvalidUrl { .. }) {
+        return 2;
+    }
+    e.connection_problem()
         .map_or(1, rtq_core::ConnectionProblem::exit_code)
 }
 

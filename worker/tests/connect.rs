@@ -122,3 +122,12 @@ fn wrong_password_acl_refusal_and_closed_port_have_exit_codes_of_their_own() {
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("cannot reach Redis"), "{err}");
 }
+
+#[test]
+fn a_redis_url_that_does_not_parse_is_a_usage_error_without_its_password() {
+    // A port that is not a number: a typo, not an outage (exit 2, not 3:
+    // a supervisor must not retry it).
+    let (code, err) = fails("redis://:TYPO-pw-7@127.0.0.1:63x79/", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("TYPO-pw-7"), "{err}");
+}

@@ -46,10 +46,10 @@ pub const EXIT_TLS_FAILED: i32 = 5;
 pub const EXIT_PERMISSION_DENIED: i32 = 6;
 
 /// The exit code for an error of rtq-core: one of the connection classes,
-/// [`EXIT_USAGE`] for a name that breaks the key layout, or
-/// [`EXIT_FAILED`].
+/// [`EXIT_USAGE`] for a name that breaks the key layout or a `--redis` URL
+/// that does not parse, or [`EXIT_FAILED`].
 pub fn exit_code(e: &Error) -> i32 {
-    if matches!(e, Error::InvalidName { .. }) {
+    if matches!(e, Error::InvalidName { .. } | Error::InvalidUrl { .. }) {
         return EXIT_USAGE;
     }
     e.connection_problem()

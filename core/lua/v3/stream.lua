@@ -32,6 +32,9 @@ other keys share its prefix rtq:{<queue>}: (one Cluster slot):
   in:<wid>   list: stop orders for a worker ("C\t<id>\t<attempt>\t<kind>\t<reason>",
              v2's inbox message format).
   lv         zset worker id -> lease expiry (ms): live workers.
+  dl         zset task id -> deadline (ms) of tasks submitted with one, so
+             housekeeping finds queued tasks past their deadline without
+             reading entries (specs); members of ended tasks go lazily.
 Meta fields: mode=stream, bands (1-5), n (tasks queued or running), maxd
 (depth limit, 0 = none).
 A band stream whose group `w` is missing (destroyed by hand) holds no
@@ -531,6 +534,11 @@ local function submit(keys, args)
     int(args[o + 5], 'max attempts', 1, MAX_ATTEMPTS)
     int(args[o + 6], 'retention', 1, MAX_DURATION_MS)
     used[band] = true
+    if args[o + 4] ~= '0' then used.deadlines = true end
+  end
+  if used.deadlines then
+    used.deadlines = nil
+    expect_type(P .. 'dl', 'zset')
   end
   local missing = {}
   for b in pairs(used) do
@@ -564,6 +572,7 @@ local function submit(keys, args)
       local entry = redis.call('XADD', band_key(args[o + 1]), '*', 't', args[o], 's', args[o + 2],
         'r', args[o + 3], 'd', args[o + 4], 'x', args[o + 5], 'a0', '0', 'ret', args[o + 6], 'u', now_s)
       redis.call('SET', P .. 'm:' .. args[o], place_of(args[o + 1], entry, args[o + 6], args[o + 3]))
+      if args[o + 4] ~= '0' then redis.call('ZADD', P .. 'dl', args[o + 4], args[o]) end
       out[i + 1] = 'OK ' .. entry
     end
   end
@@ -718,6 +727,7 @@ local function takeover(keys, args)
   local free = int(args[3], 'free', 0, MAX_BATCH)
   local meta = stream_meta()
   expect_type(P .. 'lv', 'zset')
+  expect_type(P .. 'dl', 'zset')
   check_band_types(meta.bands)
   local now = now_ms()
   local now_s = fmt(now)
@@ -755,16 +765,17 @@ local function takeover(keys, args)
         if #rows < want then break end
         start = '(' .. rows[#rows][1]
       end
-      -- Queued entries past their deadline (not delivered yet).
-      local scan = redis.call('XRANGE', band_key(b), '(' .. g['last-delivered-id'], '+', 'COUNT', EXPIRE_SCAN)
-      for _, e in ipairs(scan) do
-        local f = task_of(b, e[1], e[2])
-        local dl = tonumber(f.d)
-        if dl > 0 and dl <= now and holder(b, e[1]) == nil then
-          read_marker(f.t, meta.bands)
-          plan[#plan + 1] = {b = b, entry = e[1], f = f, act = 'queued'}
-        end
-      end
+    end
+  end
+  -- Queued tasks past their deadline, from the deadline set (a running
+  -- one is its worker's to stop, or ends when taken over).
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dl', '-inf', now_s, 'LIMIT', 0, EXPIRE_SCAN)) do
+    local mk = read_marker(id, meta.bands)
+    local f = mk and not mk.st and entry_fields(mk.band, mk.entry)
+    if not f or f.t ~= id then
+      plan[#plan + 1] = {id = id, act = 'undeadline'} -- ended, or gone
+    elseif holder(mk.band, mk.entry) == nil then
+      plan[#plan + 1] = {b = mk.band, entry = mk.entry, f = f, act = 'queued'}
     end
   end
   -- Write.
@@ -783,7 +794,10 @@ local function takeover(keys, args)
       ended = ended + 1
     elseif step.act == 'queued' then
       end_task(b, e, f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
+      redis.call('ZREM', P .. 'dl', f.t)
       ended = ended + 1
+    elseif step.act == 'undeadline' then
+      redis.call('ZREM', P .. 'dl', step.id)
     else
       redis.call('XCLAIM', band_key(b), GROUP, worker, lease, e)
       -- The lost attempt's output goes with it.
