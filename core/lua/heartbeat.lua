@@ -135,8 +135,11 @@ local function beat(keys, args, register)
     if known_inst ~= inst then return {'REPLACED', now} end
   end
 
+  local meta = redis.call('HMGET', P .. 'meta', 'v', 'mode')
+  refuse_stream_queue(meta[2])
+
   -- Writes.
-  ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
+  ensure_meta(meta[1])
   local swept = 0
   if register and registered and known_inst ~= inst then
     -- A new process under this id: the old one is gone with its tasks.

@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 14
+local REVISION = 15
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -290,6 +290,14 @@ end
 -- Creates the meta hash if the queue is new (it is KEYS[1] from now on).
 local function ensure_meta(v)
   if not v then redis.call('HSET', P .. 'meta', 'v', PROTOCOL_S) end
+end
+
+-- A queue created as a protocol v3 stream queue (meta `mode`) is not
+-- served or fed through v2 (its tasks live in other keys).
+local function refuse_stream_queue(mode)
+  if mode == 'stream' then
+    invalid('queue ' .. string.sub(P, 6, -3) .. ' is a stream queue (protocol v3, rtq3 functions), not a v2 queue')
+  end
 end
 
 -- Refuses, before any write, a key of the wrong type that a later write

@@ -126,7 +126,8 @@ end
 local function submit_batch(tasks)
   -- Compute: duplicates, hand-outs, depth, from one read of the queue.
   local now = now_ms()
-  local meta = redis.call('HMGET', P .. 'meta', 'v', 'paused', 'maxd')
+  local meta = redis.call('HMGET', P .. 'meta', 'v', 'paused', 'maxd', 'mode')
+  refuse_stream_queue(meta[4])
   local paused = meta[2] == '1'
   local maxd = num(meta[3])
   local depth = nil

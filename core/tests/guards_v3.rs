@@ -1206,3 +1206,60 @@ async fn a_marker_naming_another_tasks_entry_is_not_that_task() {
         Status::Running { attempt: 1, .. }
     ));
 }
+
+/// A stream queue is not fed or served through v2: a v2 submit and a v2
+/// worker's registration are refused, with nothing written (v2 would
+/// otherwise keep its tasks in keys the stream queue's readers never see).
+#[tokio::test]
+async fn a_stream_queue_refuses_v2_submits_and_v2_workers() {
+    use rtq_core::functions::heartbeat::{Beat, Register};
+    use rtq_core::functions::submit::Submit;
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = QueueKeys::new(Q).unwrap();
+    v3::create(&mut conn, &keys, 1, 0).await.unwrap();
+    rtq_core::functions::ensure_loaded(&mut conn).await.unwrap();
+    let before = snapshot(&mut conn).await;
+    let submit = rtq_core::functions::call(
+        &mut conn,
+        &keys,
+        &Submit {
+            id: "t1",
+            spec: r#"{"v":2,"id":"t1","input":{}}"#,
+            priority: 0,
+            timeout_ms: 0,
+            max_attempts: 1,
+            retention_ms: 60_000,
+            reply: "",
+            stream: false,
+        },
+    )
+    .await;
+    assert!(
+        matches!(&submit, Err(Error::InvalidInput(m)) if m.contains("stream queue")),
+        "{submit:?}"
+    );
+    let running: Vec<(String, u64)> = Vec::new();
+    let register = rtq_core::functions::call(
+        &mut conn,
+        &keys,
+        &Register(Beat {
+            worker: "w1",
+            instance: "i1",
+            lease_ms: 5_000,
+            slots: 1,
+            accepting: true,
+            running: &running,
+            info: &[],
+        }),
+    )
+    .await;
+    assert!(
+        matches!(&register, Err(Error::InvalidInput(m)) if m.contains("stream queue")),
+        "{register:?}"
+    );
+    assert!(
+        snapshot(&mut conn).await == before,
+        "a refused v2 call wrote"
+    );
+}
