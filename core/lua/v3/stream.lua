@@ -47,11 +47,11 @@ own task counts as no task.
 
 A task's attempt number is a0 + the entry's delivery count. The hot path
 is one submit call per batch of submits (per task: EXISTS, XADD, SET) and
-one complete call per batch of endings (per ending: GET, SET, APPEND, the
-reply XADD; per call: XPENDING of the worker's entries, XACK, XDEL,
+one complete call per batch of endings (per ending: GET, SET, APPEND, LLEN
+of its output, the reply XADD; per call: XPENDING of the worker's entries, XACK, XDEL,
 HINCRBY): the entry's fields are not read back (a spec is not hashed
-into Lua twice), the ending replaces the marker (one key per task). Workers read
-new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
+into Lua twice), the ending replaces the marker (one key per task).
+Workers read new entries themselves: XREADGROUP GROUP w <wid> COUNT <free slots>
 STREAMS b:<band> > (band 0 first: strict priority between bands).
 
 Functions (numbers are canonical decimal integers; stream entry ids are
@@ -94,8 +94,8 @@ rtq3_join: ARGV worker. A worker (re)starting under an id: every
 rtq3_takeover: ARGV worker, lease ms, free slots (0-1024).
   Housekeeping: entries idle past the lease (their worker died or froze)
   come to this worker, at most `free`; those past their attempts or their
-  deadline end instead; queued entries past their deadline (the first 100
-  of each band) end expired. Reply: {ended count, then per taken entry:
+  deadline end instead; queued tasks past their deadline (up to 100 per
+  call, from the deadline set dl) end expired. Reply: {ended count, then per taken entry:
   band, entry, deliveries, id, spec, reply, deadline, max, a0, retention}.
 
 rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
