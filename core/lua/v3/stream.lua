@@ -456,6 +456,10 @@ local function end_task(band, entry, f, state, attempt, kind, payload, worker, n
   if type(n) ~= 'number' then n = 0 end
   if n > 0 then redis.call('PEXPIRE', o, f.ret) end
   remove_entry(band, entry, true)
+  -- Out of the deadline set when the entry was read (a complete's endings,
+  -- which do not read it, leave theirs to housekeeping; a foreign key
+  -- there is left alone).
+  if f.d and f.d ~= '0' then redis.pcall('ZREM', P .. 'dl', id) end
   if state == 'done' then
     notify(f.r, {'t', id, 'e', 'f', 'st', state, 'a', a, 'n', fmt(n), 'r', payload})
   else
@@ -794,7 +798,6 @@ local function takeover(keys, args)
       ended = ended + 1
     elseif step.act == 'queued' then
       end_task(b, e, f, 'expired', tonumber(f.a0), 'timeout_queued', 'deadline passed while queued', '', now_s)
-      redis.call('ZREM', P .. 'dl', f.t)
       ended = ended + 1
     elseif step.act == 'undeadline' then
       redis.call('ZREM', P .. 'dl', step.id)
