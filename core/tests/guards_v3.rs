@@ -23,6 +23,7 @@ use rtq_core::functions::v3::{
 use rtq_core::keys::QueueKeys;
 use rtq_core::protocol::TaskState;
 use rtq_core::Error;
+use support::keyspace::snapshot;
 use support::{patient_conn, RedisServer};
 
 /// The queue every test attacks.
@@ -31,26 +32,6 @@ const Q: &str = "g";
 const LEASE: &str = "600000";
 /// Idle time given to an entry to make its lease lapse.
 const AGED_MS: &str = "10000000";
-
-/// Every key: name, type, `DUMP`, absolute expiry (`PEXPIRETIME`).
-type Snapshot = Vec<(Vec<u8>, String, Option<Vec<u8>>, i64)>;
-
-async fn snapshot(conn: &mut MultiplexedConnection) -> Snapshot {
-    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap();
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
-        let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&k).query_async(conn).await.unwrap();
-        let expiry: i64 = redis::cmd("PEXPIRETIME")
-            .arg(&k)
-            .query_async(conn)
-            .await
-            .unwrap();
-        out.push((k, kind, dump, expiry));
-    }
-    out
-}
 
 /// A raw command; panics on an error (test setup).
 async fn raw(conn: &mut MultiplexedConnection, args: &[&str]) -> Value {

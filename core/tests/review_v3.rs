@@ -8,6 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use rtq_core::functions::v3::{self, Completed, EndState, Ending, Held, NewTask};
 use rtq_core::keys::QueueKeys;
+use support::keyspace::snapshot;
 use support::{patient_conn, RedisServer};
 
 /// The queue every test uses.
@@ -128,26 +129,6 @@ async fn a_late_complete_of_an_attempt_taken_over_by_the_same_worker_is_lost() {
     .await
     .unwrap();
     assert_eq!(again, vec![Completed::Replay]);
-}
-
-/// Every key: name, type, `DUMP`, absolute expiry (`PEXPIRETIME`).
-type Snapshot = Vec<(Vec<u8>, String, Option<Vec<u8>>, i64)>;
-
-async fn snapshot(conn: &mut MultiplexedConnection) -> Snapshot {
-    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap();
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
-        let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&k).query_async(conn).await.unwrap();
-        let expiry: i64 = redis::cmd("PEXPIRETIME")
-            .arg(&k)
-            .query_async(conn)
-            .await
-            .unwrap();
-        out.push((k, kind, dump, expiry));
-    }
-    out
 }
 
 /// FCALL `function` on queue `Q` with string arguments.

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 #[allow(unused_imports)]
 pub use rtq_testkit::RedisServer;
 
+pub mod keyspace;
 pub mod proto;
 pub mod rng;
 
