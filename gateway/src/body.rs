@@ -85,6 +85,28 @@ pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<BodyTooLarge>(err)
 }
 
+/// How much of a body past its key's limit is read and discarded before
+/// the 413 (see [`limit`]).
+const DRAIN_BYTES: usize = 64 * 1024;
+/// How long that drain may take at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`] (and the body's own deadline).
+async fn drain<S>(data: &mut S, deadline: tokio::time::Instant)
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+{
+    let until = deadline.min(tokio::time::Instant::now() + DRAIN_TIME);
+    let mut drained = 0usize;
+    while drained <= DRAIN_BYTES {
+        match tokio::time::timeout_at(until, data.next()).await {
+            Ok(Some(Ok(bytes))) => drained = drained.saturating_add(bytes.len()),
+            _ => return,
+        }
+    }
+}
+
 /// Middleware: refuses an oversized declared body, cuts off a body that
 /// grows past the key's `max_body=`, and gives the body a total deadline.
 /// Runs after [`crate::app::require_key`], whose [`Caller`] it reads.
@@ -130,9 +152,16 @@ pub async fn limit(State(limits): State<BodyLimits>, req: Request, next: Next) -
             Ok(Some(Ok(bytes))) => {
                 let seen = seen.saturating_add(bytes.len());
                 match key_max {
-                    // Past the key's limit: the rest is never read (the
-                    // global limit is axum's, in the body extractor).
-                    Some(m) if seen > m => Some((Err(BodyTooLarge(m).into()), None)),
+                    // Past the key's limit (the global limit is axum's, in
+                    // the body extractor): a small overshoot is read to its
+                    // end and discarded first, so the client, still
+                    // sending, gets the 413 instead of a reset connection
+                    // (a close with unread data makes the peer's TCP
+                    // discard the answer); a larger rest is never read.
+                    Some(m) if seen > m => {
+                        drain(&mut data, deadline).await;
+                        Some((Err(BodyTooLarge(m).into()), None))
+                    }
                     _ => Some((Ok(bytes), Some((data, seen)))),
                 }
             }

@@ -404,6 +404,27 @@ async fn the_openai_routes_refuse_on_the_head_what_does_not_depend_on_the_body()
     assert_eq!(r.status(), 404);
 }
 
+/// A client still sending a body past its key's `max_body=` gets the 413,
+/// not a reset connection: the gateway reads a modest overshoot to its end
+/// before answering (closing with unread data would make the client's TCP
+/// discard the answer).
+#[tokio::test]
+async fn a_body_past_the_key_limit_gets_its_413_while_the_client_still_sends() {
+    let s = Stack::start(&[], &["--body-timeout-secs", "300"]).await;
+    // 40 KB against a 4 KB limit, in 256-byte pieces: most of it is still
+    // on its way when the gateway decides.
+    for _ in 0..3 {
+        let r = post_chunked(
+            &s,
+            "k-small",
+            "/v1/chat/completions",
+            &padded_chat("nope", 40_000),
+        )
+        .await;
+        assert_eq!(r.status(), 413);
+    }
+}
+
 #[tokio::test]
 async fn a_follow_wait_or_waiting_submit_of_an_ended_task_takes_no_share_of_the_queues_waited_on() {
     let s = Stack::start(
