@@ -337,6 +337,13 @@ local function held_by(band, worker)
   return map
 end
 
+-- True when an attempt (band, entry, deliveries) is its task's current
+-- one: the worker's pending entries (`held`, from held_by) hold the entry
+-- at that delivery count and the task's marker `mk` names that place.
+local function is_current(held, band, entry, deliveries, mk)
+  return held[band][entry] == deliveries and mk ~= nil and mk.entry == entry and mk.band == band
+end
+
 -- The band's group `w` as a table of its XINFO fields, or nil when the
 -- stream or the group is missing (the band's type is checked already).
 local function group_info(b)
@@ -621,7 +628,7 @@ local function complete(keys, args)
     local state = args[o + 5]
     local attempt = a0 + deliveries
     local mk = read_marker(id, meta.bands)
-    if held[band][entry] ~= deliveries or not mk or mk.entry ~= entry or mk.band ~= band then
+    if not is_current(held, band, entry, deliveries, mk) then
       -- A retried call after a lost reply finds its own ending, or its
       -- requeue (retry, hand-back: the marker keeps the entry it replaced
       -- and the worker that asked).

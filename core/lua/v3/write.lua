@@ -57,7 +57,7 @@ local function write(keys, args)
   for i, g in ipairs(groups) do
     local mk = read_marker(g.id, meta.bands)
     g.key = P .. 'o:' .. g.id .. ':' .. fmt(g.attempt)
-    if held[g.band][g.entry] ~= g.deliveries or not mk or mk.entry ~= g.entry or mk.band ~= g.band then
+    if not is_current(held, g.band, g.entry, g.deliveries, mk) then
       out[i] = {'LOST', 0}
     else
       g.reply = mk.reply

@@ -531,7 +531,13 @@ pub async fn join<C: ConnectionLike + Send>(
     worker: &str,
 ) -> Result<u64, Error> {
     let reply = call(conn, keys, "rtq3_join", false, None, vec![arg(worker)]).await?;
-    Ok(u64::try_from(crate::protocol::value_to_i64(&reply)).unwrap_or(0))
+    match reply {
+        Value::Int(n) => u64::try_from(n)
+            .map_err(|_| Error::Protocol(format!("rtq3_join replied a negative count {n}"))),
+        other => Err(Error::Protocol(format!(
+            "rtq3_join replied {other:?}, expected a count"
+        ))),
+    }
 }
 
 /// Housekeeping by worker `worker` with `free` free slots: entries idle
@@ -778,7 +784,11 @@ pub async fn status<C: ConnectionLike + Send>(
             lease_left_ms: u64::try_from(r.int()?).ok(),
         },
         "queued" => Status::Queued {
-            band: u8::try_from(r.uint()?).unwrap_or(u8::MAX),
+            band: {
+                let band = r.uint()?;
+                u8::try_from(band)
+                    .map_err(|_| Error::Protocol(format!("rtq3_status replied a band of {band}")))?
+            },
             ahead: r.uint()?,
             live_workers: r.uint()?,
         },
