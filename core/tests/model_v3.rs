@@ -185,7 +185,7 @@ impl Sim {
                 Some(Marker::Ended { state, attempt, .. }) => {
                     endings.insert(id.clone(), (state, attempt));
                 }
-                Some(Marker::Place { band, entry }) => {
+                Some(Marker::Place { band, entry, .. }) => {
                     markers.insert(id.clone(), (band, entry));
                 }
                 None => self.fail(format!("{id}'s marker is unreadable: {value:?}")),

@@ -101,14 +101,20 @@ rtq3_takeover: ARGV worker, lease ms, free slots (0-1024).
 rtq3_cancel: ARGV id, reason. Reply 'OK' | 'OK <worker>' (running:
   a stop order was sent) | 'NOT_FOUND' | 'ENDED <state>'.
 
+rtq3_expire: ARGV id. Ends the task `expired` if its deadline passed on
+  Redis's clock (a waiting client's timer asks; workers' housekeeping
+  finds the others). Reply 'OK' | 'OK <worker>' (running: a stop order
+  of kind deadline was sent) | 'NOT_DUE <ms left>' | 'NO_DEADLINE' |
+  'NOT_FOUND' | 'ENDED <state>'.
+
 rtq3_status (no-writes): ARGV id. Reply one of
   {'ended', state, attempt, ms, kind, message, worker} (kind and message '' when done)
   {'running', worker, attempt, idle ms, worker lease left ms (-1: gone)}
-  {'queued', band, entries ahead (capped at 100), live workers}
+  {'queued', band, entries ahead (capped at 100), live workers, attempts used}
   {'unknown'}
 ]]
 
-local REVISION = 1
+local REVISION = 2
 local GROUP = 'w'
 local MAX_BANDS = 5
 local MAX_BATCH = 1024
@@ -846,6 +852,34 @@ local function cancel(keys, args)
   return 'OK'
 end
 
+local function expire(keys, args)
+  bind(keys)
+  if #args ~= 1 then invalid('rtq3_expire takes id') end
+  local id = id_arg(args[1], 'task id')
+  local meta = stream_meta()
+  local mk = read_marker(id, meta.bands)
+  if not mk then return 'NOT_FOUND' end
+  if mk.st then return 'ENDED ' .. mk.st end
+  local band, entry = mk.band, mk.entry
+  expect_type(band_key(band), 'stream')
+  local f = entry_fields(band, entry)
+  if not f or f.t ~= id then return 'NOT_FOUND' end
+  local now = now_ms()
+  local d = tonumber(f.d)
+  if not d or d == 0 then return 'NO_DEADLINE' end
+  if now < d then return 'NOT_DUE ' .. fmt(d - now) end
+  local who, _, deliveries = holder(band, entry)
+  if who then expect_type(P .. 'in:' .. who, 'list') end
+  local attempt = tonumber(f.a0) + (deliveries or 0)
+  if who then
+    end_task(band, entry, f, 'expired', attempt, 'timeout_running', 'deadline passed', who, fmt(now))
+    redis.call('RPUSH', P .. 'in:' .. who, 'C\t' .. id .. '\t' .. attempt .. '\tdeadline\tdeadline passed')
+    return 'OK ' .. who
+  end
+  end_task(band, entry, f, 'expired', attempt, 'timeout_queued', 'deadline passed while queued', '', fmt(now))
+  return 'OK'
+end
+
 local function status(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('rtq3_status takes id') end
@@ -881,7 +915,8 @@ local function status(keys, args)
       end
     end
   end
-  return {'queued', tonumber(band), ahead, redis.call('ZCOUNT', P .. 'lv', '(' .. now, '+inf')}
+  return {'queued', tonumber(band), ahead, redis.call('ZCOUNT', P .. 'lv', '(' .. now, '+inf'),
+    tonumber(f.a0)}
 end
 
 redis.register_function{function_name = 'rtq3_version', callback = version, flags = {'no-writes'}}
@@ -892,4 +927,5 @@ redis.register_function('rtq3_beat', beat)
 redis.register_function('rtq3_join', join)
 redis.register_function('rtq3_takeover', takeover)
 redis.register_function('rtq3_cancel', cancel)
+redis.register_function('rtq3_expire', expire)
 redis.register_function{function_name = 'rtq3_status', callback = status, flags = {'no-writes'}}

@@ -51,6 +51,32 @@ pub struct TaskInfo {
 }
 
 impl TaskInfo {
+    /// A task of which nothing but its id is known yet (a stream queue's
+    /// status fills in what it stores).
+    pub(crate) fn empty(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            state: TaskState::Queued,
+            priority: 0,
+            attempt: 0,
+            failures: 0,
+            max_attempts: 0,
+            worker: String::new(),
+            submitted_ms: 0,
+            deadline_ms: 0,
+            started_ms: 0,
+            first_chunk_ms: 0,
+            last_chunk_ms: 0,
+            finished_ms: 0,
+            chunks: 0,
+            bytes: 0,
+            outcome: None,
+            attempt_errors: BTreeMap::new(),
+            retry_at_ms: None,
+            spec: None,
+        }
+    }
+
     /// Decodes a task hash (HGETALL).
     ///
     /// # Errors

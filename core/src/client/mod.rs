@@ -29,6 +29,8 @@ mod queue;
 mod request;
 mod router;
 mod stream;
+mod stream_batcher;
+mod stream_mode;
 mod tracker;
 
 pub use info::TaskInfo;
@@ -167,6 +169,8 @@ pub(crate) struct ClientInner {
     pub(crate) client_id: String,
     pub(crate) config: ClientConfig,
     pool: pool::QueuePool,
+    /// Queue modes and the Redis clock (stream queues).
+    pub(crate) modes: stream_mode::ModeCache,
     registered: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
@@ -221,6 +225,7 @@ impl Client {
             client_id: uuid::Uuid::now_v7().simple().to_string(),
             config,
             pool: pool::QueuePool::default(),
+            modes: stream_mode::ModeCache::default(),
             registered: Mutex::new(Default::default()),
             shutdown: CancellationToken::new(),
         });
@@ -301,6 +306,13 @@ impl Client {
     pub(crate) fn batcher(&self, keys: &QueueKeys) -> Arc<batcher::SubmitBatcher> {
         self.inner.pool.batcher(keys.name(), || {
             batcher::SubmitBatcher::start(self.inner.conn.clone(), keys.clone())
+        })
+    }
+
+    /// The submit batcher for a stream queue, started on first use.
+    pub(crate) fn stream_batcher(&self, keys: &QueueKeys) -> Arc<stream_batcher::StreamBatcher> {
+        self.inner.pool.stream_batcher(keys.name(), || {
+            stream_batcher::StreamBatcher::start(self.inner.conn.clone(), keys.clone())
         })
     }
 

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batcher::SubmitBatcher;
 use super::router::{ReplyRouter, OWN_HANDLES};
+use super::stream_batcher::StreamBatcher;
 use crate::error::Error;
 
 /// The routers and batchers of one client.
@@ -31,6 +32,7 @@ use crate::error::Error;
 pub(crate) struct QueuePool {
     routers: Mutex<Routers>,
     batchers: Mutex<HashMap<String, Arc<SubmitBatcher>>>,
+    stream_batchers: Mutex<HashMap<String, Arc<StreamBatcher>>>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,21 @@ impl QueuePool {
         )
     }
 
+    /// The stream-queue batcher of `queue`, started with `start` if there
+    /// is none.
+    pub(crate) fn stream_batcher(
+        &self,
+        queue: &str,
+        start: impl FnOnce() -> StreamBatcher,
+    ) -> Arc<StreamBatcher> {
+        let mut batchers = self.stream_batchers.lock().expect("batcher pool poisoned");
+        Arc::clone(
+            batchers
+                .entry(queue.to_string())
+                .or_insert_with(|| Arc::new(start())),
+        )
+    }
+
     /// Retires routers unused for `idle` and drops batchers nobody holds
     /// (their task ends with them). Returns how many routers it retired.
     pub(crate) fn sweep(&self, idle: Duration) -> usize {
@@ -131,6 +148,10 @@ impl QueuePool {
         }
         drop(routers);
         self.batchers
+            .lock()
+            .expect("batcher pool poisoned")
+            .retain(|_, b| Arc::strong_count(b) > 1);
+        self.stream_batchers
             .lock()
             .expect("batcher pool poisoned")
             .retain(|_, b| Arc::strong_count(b) > 1);

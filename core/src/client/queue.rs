@@ -18,11 +18,12 @@ use super::info::TaskInfo;
 use super::request::TaskRequest;
 use super::router::ReplyRouter;
 use super::stream::{abandoned_reason, Start, StreamEvent, TaskStream};
+use super::stream_mode::{is_other_mode, Mode};
 use super::tracker::{cancel_for_departed_caller, Tracker};
 use super::Client;
 
 /// Tries of one submit (the first included) when Redis does not answer.
-const SUBMIT_TRIES: u32 = 3;
+pub(super) const SUBMIT_TRIES: u32 = 3;
 /// First and longest delay between retries of a task read.
 const READ_RETRY_MIN: Duration = Duration::from_millis(50);
 const READ_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -71,7 +72,7 @@ impl TaskOutput {
 }
 
 /// How a submit ended: created, or found existing.
-enum Placed {
+pub(super) enum Placed {
     Created(Submitted),
     Existing {
         submitted: Submitted,
@@ -106,10 +107,9 @@ impl Drop for CancelIfDropped<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut conn = self.queue.client.conn();
-        let keys = self.queue.keys.clone();
+        let queue = self.queue.clone();
         let id = self.id.to_string();
-        runtime.spawn(async move { cancel_for_departed_caller(&mut conn, &keys, &id).await });
+        runtime.spawn(async move { cancel_for_departed_caller(&queue, &id).await });
     }
 }
 
@@ -140,6 +140,15 @@ impl Queue {
     /// wait that just ended may hold its router one round trip longer
     /// (removing its subscription).
     pub(crate) async fn router(&self) -> Result<Arc<ReplyRouter>, Error> {
+        let stream_queue = self.is_stream().await?;
+        let router = self.router_of_any_mode().await?;
+        if stream_queue {
+            router.mark_stream_queue();
+        }
+        Ok(router)
+    }
+
+    async fn router_of_any_mode(&self) -> Result<Arc<ReplyRouter>, Error> {
         let give_up = Instant::now() + ROUTER_PATIENCE;
         let mut delay = Duration::from_millis(2);
         loop {
@@ -275,6 +284,19 @@ impl Queue {
         let Some(reply) = existing_reply else {
             return Ok((tracker, None, true));
         };
+        if self.is_stream().await? {
+            // A stream queue's events go to its submitter's reply stream
+            // only: read the task, and poll another submitter's task.
+            if reply == router.key() && !submitted.state.is_terminal() && !stream {
+                return Ok((tracker, None, false));
+            }
+            let snap = self.read(id, 0).await?.ok_or_else(|| self.not_found(id))?;
+            if reply != router.key() {
+                tracker.poll_for_final();
+            }
+            tracker.note_snapshot(&snap);
+            return Ok((tracker, Some(snap), false));
+        }
         if reply != router.key() || submitted.state.is_terminal() || stream {
             // Another process's task, one that already ended, or one whose
             // submit may not have asked for chunk events (a run): read it
@@ -489,7 +511,14 @@ impl Queue {
         }
         let waiter = router.register(id);
         router.ready(&mut self.client.conn()).await;
-        let resumed = self.watch(&router, id, from, held).await?;
+        let stream_queue = self.is_stream().await?;
+        let resumed = if stream_queue {
+            // No subscription on a stream queue: its events go to the
+            // submitter only; the tracker polls for the ending.
+            self.read_at(id, from, held).await?
+        } else {
+            self.watch(&router, id, from, held).await?
+        };
         let (snap, start) = self.start_of(id, held, resumed)?;
         let mut tracker = Tracker::new(
             self.clone(),
@@ -498,7 +527,9 @@ impl Queue {
             None,
             max_wait.map(|d| Instant::now() + d),
         );
-        if !snap.state.is_terminal() {
+        if stream_queue {
+            tracker.poll_for_final();
+        } else if !snap.state.is_terminal() {
             tracker.subscribed();
         }
         tracker.note_snapshot(&snap);
@@ -609,7 +640,30 @@ impl Queue {
     /// connection, `LOADING`) are retried, backing off, for up to the
     /// client's `give_up_after`.
     pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
+        if self.is_stream().await? {
+            return self.read_stream_retrying(id, from).await;
+        }
         self.read_retrying(id, &Read { id, from }).await
+    }
+
+    /// [`Queue::read_stream`], retried as [`Queue::read`] says.
+    async fn read_stream_retrying(
+        &self,
+        id: &str,
+        from: u64,
+    ) -> Result<Option<TaskSnapshot>, Error> {
+        let give_up = Instant::now() + self.client.inner.config.give_up_after;
+        let mut delay = READ_RETRY_MIN;
+        loop {
+            match self.read_stream(id, from).await {
+                Err(e) if e.is_retryable() && Instant::now() + delay < give_up => {
+                    tracing::debug!(task_id = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "reading the task failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(READ_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// As [`Queue::read`], with `from` counting chunks of `held` (see
@@ -621,6 +675,9 @@ impl Queue {
                 .await?
                 .map_or(Resumed::NotFound, Resumed::Same));
         };
+        if self.is_stream().await? {
+            return Ok(Resumed::classify(held, from, self.read(id, 0).await?));
+        }
         match self.read_retrying(id, &ResumeRead { id, from, held }).await {
             Err(e) if refuses_held(&e) => {
                 super::router::warn_old_library();
@@ -652,6 +709,9 @@ impl Queue {
     /// [`Error::NotFound`] or a Redis error.
     pub async fn status(&self, id: &str) -> Result<TaskInfo, Error> {
         validate_id(id, "task id")?;
+        if self.is_stream().await? {
+            return self.status_stream(id).await;
+        }
         let hash: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.task(id))
             .query_async(&mut self.client.conn())
@@ -671,6 +731,9 @@ impl Queue {
     /// [`Error::NotFound`], [`Error::InvalidInput`] for a reason over 4 KiB.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<TaskState, Error> {
         validate_id(id, "task id")?;
+        if self.is_stream().await? {
+            return self.cancel_stream(id, reason).await;
+        }
         let cancel = Cancel {
             id,
             mode: CancelMode::Cancel,
@@ -717,7 +780,39 @@ impl Queue {
         Ok(reply)
     }
 
+    /// Creates the task (or finds it) in the queue's protocol; a queue
+    /// Redis says is of the other kind (made again as the other kind) has
+    /// its mode read again, once.
     async fn place(
+        &self,
+        request: &TaskRequest,
+        id: &str,
+        reply: &str,
+        stream: bool,
+    ) -> Result<Placed, Error> {
+        match self.place_in_mode(request, id, reply, stream).await {
+            Err(e) if is_other_mode(&e) => {
+                self.forget_mode();
+                self.place_in_mode(request, id, reply, stream).await
+            }
+            other => other,
+        }
+    }
+
+    async fn place_in_mode(
+        &self,
+        request: &TaskRequest,
+        id: &str,
+        reply: &str,
+        stream: bool,
+    ) -> Result<Placed, Error> {
+        match self.mode().await? {
+            Mode::Stream { bands } => self.place_stream(request, id, reply, bands).await,
+            Mode::Exact => self.place_exact(request, id, reply, stream).await,
+        }
+    }
+
+    async fn place_exact(
         &self,
         request: &TaskRequest,
         id: &str,

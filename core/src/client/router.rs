@@ -122,6 +122,9 @@ pub(crate) struct ReplyRouter {
     /// rely on each. Changes per id are serialized (watch, unwatch), so the
     /// last tracker to leave removes it and a new watch never races that.
     subscriptions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<usize>>>>,
+    /// The queue is a stream queue (protocol v3): no v2 housekeeping, and
+    /// waits are verified from the tasks' markers.
+    stream_queue: AtomicBool,
 }
 
 /// A registration; unregisters itself (only itself) on drop.
@@ -232,7 +235,13 @@ impl ReplyRouter {
             refused: Mutex::new(None),
             stream_ready: AtomicBool::new(false),
             subscriptions: Mutex::new(HashMap::new()),
+            stream_queue: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the queue as a stream queue (see `stream_queue`).
+    pub(crate) fn mark_stream_queue(&self) {
+        self.stream_queue.store(true, Ordering::Release);
     }
 
     /// The reply stream key workers write to for this client.
@@ -594,8 +603,12 @@ impl ReplyRouter {
             if self.waiting() == 0 {
                 continue;
             }
-            if let Err(e) = crate::functions::call(&mut shared, &keys, &Housekeep).await {
-                tracing::debug!(error = %e, "housekeeping failed");
+            // A stream queue's housekeeping is its workers' (`rtq3_takeover`).
+            let stream_queue = self.stream_queue.load(Ordering::Acquire);
+            if !stream_queue {
+                if let Err(e) = crate::functions::call(&mut shared, &keys, &Housekeep).await {
+                    tracing::debug!(error = %e, "housekeeping failed");
+                }
             }
             let due = self.due_checks(Instant::now());
             if !due.is_empty() {
@@ -616,10 +629,26 @@ impl ReplyRouter {
         ids: &[String],
     ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
+        let stream_queue = self.stream_queue.load(Ordering::Acquire);
         for id in ids {
-            pipe.hget(keys.task(id), "st");
+            if stream_queue {
+                pipe.get(crate::functions::v3::marker_key(keys, id));
+            } else {
+                pipe.hget(keys.task(id), "st");
+            }
         }
-        let states: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let states: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
+        let states = states.into_iter().map(|raw| {
+            let raw = raw?;
+            if !stream_queue {
+                return Some(String::from_utf8_lossy(&raw).into_owned());
+            }
+            // A marker: its place while the task lives, its ending after.
+            Some(match crate::functions::v3::Marker::parse(&raw) {
+                Some(crate::functions::v3::Marker::Ended { state, .. }) => state,
+                _ => TaskState::Running.as_str().to_string(),
+            })
+        });
         for (id, state) in ids.iter().zip(states) {
             match state.as_deref().map(TaskState::parse) {
                 None => self.send_to(id, || {

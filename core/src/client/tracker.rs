@@ -6,12 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::connection::RedisConnection;
 use crate::error::{Error, TimeoutPhase};
 use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
 use crate::functions::watch::TaskSnapshot;
-use crate::functions::{self};
-use crate::keys::QueueKeys;
+use crate::functions::{self, v3};
 use crate::protocol::{ReplyEvent, TaskState, MAX_OUTPUT_CHUNKS};
 
 use super::queue::{Queue, TaskOutput};
@@ -19,6 +17,11 @@ use super::router::{Routed, Waiter};
 
 /// How long to wait before asking again after a failed deadline call.
 const DEADLINE_RETRY: Duration = Duration::from_millis(500);
+/// First and longest interval between reads of a polled task (a stream
+/// queue's task submitted by another process: its events do not come
+/// here).
+const POLL_MIN: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Follows one task.
 pub(crate) struct Tracker {
@@ -38,6 +41,9 @@ pub(crate) struct Tracker {
     ended: bool,
     /// The task ended: its final event was delivered.
     finished: bool,
+    /// Reads the task at this interval (doubling up to [`POLL_MAX`]) for
+    /// its ending, whose event does not come to this client.
+    poll: Option<(Instant, Duration)>,
 }
 
 impl Tracker {
@@ -60,7 +66,15 @@ impl Tracker {
             cancel_on_drop: false,
             ended: false,
             finished: false,
+            poll: None,
         }
+    }
+
+    /// The task's events do not come to this client (a stream queue's
+    /// task submitted by another): read it for its ending from time to
+    /// time.
+    pub(crate) fn poll_for_final(&mut self) {
+        self.poll = Some((Instant::now() + POLL_MIN, POLL_MIN));
     }
 
     /// The submit found no deadline on the task: no local timer.
@@ -132,10 +146,10 @@ impl Tracker {
             return Ok(event);
         }
         loop {
-            let timer = match (self.deadline, self.max_wait_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let timer = [self.deadline, self.max_wait_until, self.poll.map(|p| p.0)]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match timer {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -177,6 +191,12 @@ impl Tracker {
                         }
                     } else if self.max_wait_until.is_some_and(|d| d <= now) {
                         return self.wait_timed_out().await;
+                    } else if let Some((_, every)) = self.poll.filter(|p| p.0 <= now) {
+                        let every = (every * 2).min(POLL_MAX);
+                        self.poll = Some((now + every, every));
+                        if let Some(event) = self.read_final().await? {
+                            return Ok(event);
+                        }
                     }
                 }
             }
@@ -199,6 +219,9 @@ impl Tracker {
     /// ends, or `None` to keep waiting (the deadline is later by Redis
     /// time, or Redis could not be asked: retried shortly).
     async fn end_at_deadline(&mut self) -> Option<Result<ReplyEvent, Error>> {
+        if self.queue.cached_stream() {
+            return self.expire_at_deadline().await;
+        }
         let cancel = Cancel {
             id: &self.id,
             mode: CancelMode::Deadline,
@@ -244,6 +267,47 @@ impl Tracker {
         }
     }
 
+    /// [`Tracker::end_at_deadline`] on a stream queue (`rtq3_expire`).
+    async fn expire_at_deadline(&mut self) -> Option<Result<ReplyEvent, Error>> {
+        let reply = v3::expire(&mut self.queue.client.conn(), &self.queue.keys, &self.id).await;
+        match reply {
+            Ok(v3::Expired::Ok(worker)) => {
+                let phase = match worker {
+                    Some(worker) => TimeoutPhase::Running { worker },
+                    None => TimeoutPhase::Queued,
+                };
+                Some(Err(Error::TimedOut {
+                    id: self.id.clone(),
+                    phase,
+                }))
+            }
+            Ok(v3::Expired::NotDue(left)) => {
+                self.deadline = Some(Instant::now() + left + Duration::from_millis(1));
+                None
+            }
+            Ok(v3::Expired::NoDeadline) => {
+                self.deadline = None;
+                None
+            }
+            Ok(v3::Expired::Ended(_)) => {
+                self.deadline = None;
+                match self.read_final().await {
+                    Ok(Some(event)) => Some(Ok(event)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Ok(v3::Expired::NotFound) => Some(Err(self.lost(
+                "Redis no longer has it at its deadline: Redis lost its data or evicted the key",
+            ))),
+            Err(e) => {
+                tracing::warn!(task_id = %self.id, error = %e, "could not end the task at its deadline; retrying");
+                self.deadline = Some(Instant::now() + DEADLINE_RETRY);
+                None
+            }
+        }
+    }
+
     /// The caller's own wait limit passed: the task's outcome if it ended
     /// just now, else how it stands.
     async fn wait_timed_out(&mut self) -> Result<ReplyEvent, Error> {
@@ -264,17 +328,23 @@ impl Tracker {
 /// Cancels a task whose waiting caller went away (`cancel_on_drop`). A
 /// task that does not exist (its submit never reached Redis) or already
 /// ended is left alone by `rtq2_cancel`.
-pub(crate) async fn cancel_for_departed_caller(
-    conn: &mut RedisConnection,
-    keys: &QueueKeys,
-    id: &str,
-) {
-    let c = Cancel {
-        id,
-        mode: CancelMode::Cancel,
-        reason: "the waiting caller went away",
+pub(crate) async fn cancel_for_departed_caller(queue: &Queue, id: &str) {
+    const REASON: &str = "the waiting caller went away";
+    let result = if queue.cached_stream() {
+        v3::cancel(&mut queue.client.conn(), &queue.keys, id, REASON)
+            .await
+            .map(|_| ())
+    } else {
+        let c = Cancel {
+            id,
+            mode: CancelMode::Cancel,
+            reason: REASON,
+        };
+        functions::call(&mut queue.client.conn(), &queue.keys, &c)
+            .await
+            .map(|_| ())
     };
-    if let Err(e) = functions::call(conn, keys, &c).await {
+    if let Err(e) = result {
         tracing::warn!(task_id = %id, error = %e, "could not cancel a dropped task");
     }
 }
@@ -294,6 +364,7 @@ impl Drop for Tracker {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let queue = self.queue.clone();
         let mut conn = self.queue.client.conn();
         let keys = self.queue.keys.clone();
         let id = self.id.clone();
@@ -302,7 +373,7 @@ impl Drop for Tracker {
         let finished = self.finished;
         runtime.spawn(async move {
             if cancel {
-                cancel_for_departed_caller(&mut conn, &keys, &id).await;
+                cancel_for_departed_caller(&queue, &id).await;
             }
             if subscribed {
                 // Other waits of this process may share the subscription:

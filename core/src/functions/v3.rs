@@ -24,6 +24,8 @@
 //! is [`Error::Redis`] with code `WRONGTYPE` naming the key; either way
 //! nothing was written.
 
+use std::time::Duration;
+
 use redis::aio::ConnectionLike;
 use redis::Value;
 
@@ -36,7 +38,7 @@ use crate::protocol::{value_to_bytes, value_to_string, TaskState};
 pub const LIBRARY_NAME: &str = "rtq3";
 
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
-pub const LIBRARY_REVISION: i64 = 1;
+pub const LIBRARY_REVISION: i64 = 2;
 
 /// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
 /// (the header, shared helpers and most functions), then `write.lua`.
@@ -72,6 +74,8 @@ pub enum Marker {
         band: u8,
         /// Stream entry id.
         entry: String,
+        /// The submitter's reply stream key, if it gave one.
+        reply: Option<String>,
     },
     /// The task ended.
     Ended {
@@ -79,6 +83,13 @@ pub enum Marker {
         state: String,
         /// The attempt that ended it.
         attempt: u64,
+        /// When, ms of Redis time.
+        at_ms: u64,
+        /// The worker involved, if any (empty: none).
+        worker: String,
+        /// Error kind (`handler`, `worker_lost`, `cancelled`, ...); the
+        /// ending's own kind also for a done task.
+        kind: String,
         /// The result (done) or the reason.
         payload: Vec<u8>,
     },
@@ -92,16 +103,25 @@ impl Marker {
             let mut words = text.split(' ');
             let band = words.next()?.parse().ok()?;
             let entry = words.next()?.to_string();
-            return Some(Marker::Place { band, entry });
+            let _retention = words.next()?;
+            let reply = words.next().filter(|r| *r != "-").map(str::to_string);
+            return Some(Marker::Place { band, entry, reply });
         }
         let nl = value.iter().position(|b| *b == b'\n')?;
         let header = std::str::from_utf8(&value[..nl]).ok()?;
         let mut fields = header.split('\t');
         let state = fields.next()?.to_string();
         let attempt = fields.next()?.parse().ok()?;
+        let at_ms = fields.next()?.parse().ok()?;
+        let worker = fields.next()?.to_string();
+        let _own_entry = fields.next()?;
+        let kind = fields.next()?.to_string();
         Some(Marker::Ended {
             state,
             attempt,
+            at_ms,
+            worker,
+            kind,
             payload: value[nl + 1..].to_vec(),
         })
     }
@@ -226,6 +246,20 @@ pub async fn submit<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &QueueKeys,
     tasks: &[NewTask],
+) -> Result<Vec<Admission>, Error> {
+    let refs: Vec<&NewTask> = tasks.iter().collect();
+    submit_refs(conn, keys, &refs).await
+}
+
+/// [`submit`] of tasks held elsewhere (a batch of waiting callers), without
+/// copying them first.
+///
+/// # Errors
+/// As [`submit`].
+pub async fn submit_refs<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    tasks: &[&NewTask],
 ) -> Result<Vec<Admission>, Error> {
     let mut args = vec![arg(tasks.len())];
     for t in tasks {
@@ -711,6 +745,48 @@ pub async fn cancel<C: ConnectionLike + Send>(
     })
 }
 
+/// What [`expire`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// Ended as expired; `Some(worker)`: it was running there and the
+    /// worker was sent a stop order.
+    Ok(Option<String>),
+    /// Its deadline is this far ahead on Redis's clock.
+    NotDue(Duration),
+    /// The task has no deadline.
+    NoDeadline,
+    /// No such task (or past its retention).
+    NotFound,
+    /// It had already ended.
+    Ended(TaskState),
+}
+
+/// Ends task `id` as expired if its deadline passed on Redis's clock
+/// (`rtq3_expire`, library revision 2).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an invalid id.
+pub async fn expire<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    id: &str,
+) -> Result<Expired, Error> {
+    let reply = call(conn, keys, "rtq3_expire", false, Some(id), vec![arg(id)]).await?;
+    let word = value_to_string(&reply);
+    let bad = || Error::Protocol(format!("rtq3_expire replied {word:?}"));
+    Ok(match word.split_once(' ') {
+        None if word == "OK" => Expired::Ok(None),
+        None if word == "NOT_FOUND" => Expired::NotFound,
+        None if word == "NO_DEADLINE" => Expired::NoDeadline,
+        Some(("OK", worker)) => Expired::Ok(Some(worker.to_string())),
+        Some(("NOT_DUE", ms)) => {
+            Expired::NotDue(Duration::from_millis(ms.parse().map_err(|_| bad())?))
+        }
+        Some(("ENDED", state)) => Expired::Ended(TaskState::parse(state).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    })
+}
+
 /// Where a task of a stream queue is, and why it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -748,6 +824,8 @@ pub enum Status {
         ahead: u64,
         /// Workers alive on the queue (0: nobody serves it).
         live_workers: u64,
+        /// Attempts used before (the next run is attempt this + 1).
+        attempts_used: u64,
     },
     /// Never submitted, or past its retention.
     Unknown,
@@ -791,6 +869,7 @@ pub async fn status<C: ConnectionLike + Send>(
             },
             ahead: r.uint()?,
             live_workers: r.uint()?,
+            attempts_used: r.uint()?,
         },
         "unknown" => Status::Unknown,
         _ => return Err(r.unexpected(&word)),
