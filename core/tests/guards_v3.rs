@@ -457,6 +457,10 @@ async fn worker_calls_refuse_every_bad_argument_and_write_nothing() {
         .arity();
     check(&mut conn, &case).await;
     scene(&mut conn).await;
+    let mut case = Case::new("rtq3_expire", bytes(&["t1"]));
+    case.id("id", 0).arity();
+    check(&mut conn, &case).await;
+    scene(&mut conn).await;
     let mut case = Case::new("rtq3_status", bytes(&["t1"]));
     case.id("id", 0).arity();
     check(&mut conn, &case).await;
@@ -686,6 +690,8 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("rtq3_cancel", bytes(&["t1", "stop"])),
         ("rtq3_cancel", bytes(&["t3", "stop"])),
         ("rtq3_cancel", bytes(&["t4", "stop"])),
+        ("rtq3_expire", bytes(&["t4"])),
+        ("rtq3_expire", bytes(&["t1"])),
         ("rtq3_status", bytes(&["t1"])),
         ("rtq3_status", bytes(&["t3"])),
         ("rtq3_create", bytes(&["2", "5"])),

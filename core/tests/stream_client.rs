@@ -152,14 +152,21 @@ async fn another_client_waits_for_and_follows_a_task_it_did_not_submit() {
     assert_eq!(submitted.state, TaskState::Queued);
     let wait = tokio::spawn({
         let theirs = theirs.clone();
-        async move { theirs.wait("t1", Some(Duration::from_secs(20))).await }
+        async move { theirs.wait("t1", None).await }
     });
     let d = worker.take(0).await;
     worker.write(&d, 0, &["x", "y"]).await;
     // The waiter polls: give it time to be waiting before the ending.
     tokio::time::sleep(Duration::from_millis(100)).await;
     worker.end(&d, EndState::Done("7".into())).await;
-    let out = within(wait).await.unwrap().unwrap();
+    // Its events go to the submitter: the wait learns of the ending from
+    // its own reads (every second at most), well before the router's
+    // first verification of open waits (5 s).
+    let out = tokio::time::timeout(Duration::from_secs(4), wait)
+        .await
+        .expect("the wait did not notice the ending")
+        .unwrap()
+        .unwrap();
     assert_eq!(out.result, json!(7));
     // A follow after the end: its stored chunks, then the result.
     let mut stream = theirs.follow("t1", 0).await.unwrap();
