@@ -40,6 +40,10 @@ struct Args {
     /// Tasks run one at a time before measuring.
     #[arg(long, env = "RTQ_BENCH_WARMUP", default_value_t = 100)]
     warmup: usize,
+    /// Run on a stream queue (protocol v3, one band) instead of a v2
+    /// queue; the line's peer is then `rtq-stream`.
+    #[arg(long, env = "RTQ_BENCH_STREAM_QUEUE")]
+    stream_queue: bool,
 }
 
 #[tokio::main]
@@ -55,10 +59,12 @@ async fn main() -> anyhow::Result<()> {
     load.payload = args.payload as usize;
     load.result_size = args.payload as usize;
     load.warmup = args.warmup;
+    load.stream_queue = args.stream_queue;
     let queue = format!("bench{}", std::process::id());
     let r = run_load(&url, &queue, &load).await?;
     println!(
-        "peer=rtq clients={} slots={} chunks={} tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
+        "peer={} clients={} slots={} chunks={} tasks={} tasks/s={:.0} p50={:.2}ms p99={:.2}ms redis_cmds/task={:.1} redis_cpu_us/task={:.1} load_cpu_us/task={:.1}",
+        if load.stream_queue { "rtq-stream" } else { "rtq" },
         load.clients,
         load.slots,
         load.chunks,

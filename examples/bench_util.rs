@@ -223,6 +223,8 @@ pub struct Load {
     pub result_size: usize,
     /// Tasks run one at a time before measuring.
     pub warmup: usize,
+    /// Run on a stream queue (protocol v3, one band) instead of a v2 queue.
+    pub stream_queue: bool,
 }
 
 impl Load {
@@ -236,6 +238,7 @@ impl Load {
             payload: 1000,
             result_size: 1000,
             warmup: 100,
+            stream_queue: false,
         }
     }
 }
@@ -284,6 +287,16 @@ impl LoadResult {
 /// # Errors
 /// Redis unreachable, any task failing.
 pub async fn run_load(url: &str, queue: &str, load: &Load) -> anyhow::Result<LoadResult> {
+    if load.stream_queue {
+        let client = Client::connect(url)
+            .await
+            .context("connecting to create the stream queue")?;
+        client
+            .queue(queue)?
+            .create_stream(1, 0)
+            .await
+            .context("creating the stream queue")?;
+    }
     let worker = Worker::connect(url, WorkerConfig::new(queue).slots(load.slots))
         .await
         .context("starting the worker")?;

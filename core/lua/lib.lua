@@ -32,7 +32,7 @@ local PROTOCOL = 2
 local PROTOCOL_S = '2'
 -- Bumped whenever this library changes; a client loads its copy when the
 -- server holds an older revision (or none).
-local REVISION = 15
+local REVISION = 16
 
 -- Approximate trims (MAXLEN ~): a shift by one cannot be observed.
 local REPLY_MAXLEN_S = '100000' -- mutation: skip
@@ -298,6 +298,12 @@ local function refuse_stream_queue(mode)
   if mode == 'stream' then
     invalid('queue ' .. string.sub(P, 6, -3) .. ' is a stream queue (protocol v3, rtq3 functions), not a v2 queue')
   end
+end
+
+-- The operator functions (queue_admin.lua, requeue.lua) on a stream
+-- queue: refused before anything is read or written (revision 16).
+local function refuse_if_stream_queue()
+  refuse_stream_queue(redis.call('HGET', P .. 'meta', 'mode'))
 end
 
 -- Refuses, before any write, a key of the wrong type that a later write

@@ -28,11 +28,16 @@ rtq2_housekeep: one bounded round of upkeep (what every worker heartbeat
   tasks if pending work and free slots coexist. No arguments.
   Reply {reaped, expired, dispatched}.
 
+Each refuses a stream queue (meta mode=stream, protocol v3) with
+INVALID ... is a stream queue, before reading or writing anything
+(revision 16).
+
 KEYS[1] of each: rtq:{<queue>}:meta
 ]]
 local function set_priority(keys, args)
   bind(keys)
   if #args ~= 2 then invalid('set_priority takes 2 arguments') end
+  refuse_if_stream_queue()
   local id = arg_id(args[1], 'task id')
   local pri = arg_int(args[2], 'priority', -PRIORITY_LIMIT, PRIORITY_LIMIT)
   local h = load_task(id)
@@ -48,6 +53,7 @@ end
 local function pause(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('pause takes 1 argument') end
+  refuse_if_stream_queue()
   local paused = arg_flag(args[1], 'paused')
   ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
   redis.call('HSET', P .. 'meta', 'paused', paused and 1 or 0)
@@ -60,6 +66,7 @@ end
 local function set_max_depth(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('set_max_depth takes 1 argument') end
+  refuse_if_stream_queue()
   local maxd = arg_int(args[1], 'max depth', 0, 1099511627776)
   ensure_meta(redis.call('HGET', P .. 'meta', 'v'))
   redis.call('HSET', P .. 'meta', 'maxd', maxd)
@@ -70,6 +77,7 @@ end
 local function purge(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('purge takes 1 argument') end
+  refuse_if_stream_queue()
   local batch = arg_int(args[1], 'batch', 1, 1000)
   local now = now_ms()
   local removed = 0
@@ -92,6 +100,7 @@ end
 local function delete_task(keys, args)
   bind(keys)
   if #args ~= 1 then invalid('delete_task takes 1 argument') end
+  refuse_if_stream_queue()
   local id = arg_id(args[1], 'task id')
   local h = load_task(id)
   if not h then return {'NOT_FOUND'} end
@@ -111,6 +120,7 @@ end
 local function housekeep(keys, args)
   bind(keys)
   if #args ~= 0 then invalid('housekeep takes no arguments') end
+  refuse_if_stream_queue()
   local reaped, expired, dispatched = housekeeping(now_ms())
   return {reaped, expired, dispatched}
 end

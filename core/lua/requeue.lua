@@ -10,11 +10,15 @@ KEYS[1]  rtq:{<queue>}:meta
 ARGV[1]  task id
 ARGV[2]  reason (at most 4 KiB)
 
+A stream queue (protocol v3) is refused: INVALID ... is a stream queue
+(revision 16).
+
 Reply: {'OK', previous_state} | {'NOT_FOUND'} | {'QUEUED'} (already queued)
 ]]
 local function requeue_task(keys, args)
   bind(keys)
   if #args ~= 2 then invalid('requeue takes 2 arguments') end
+  refuse_if_stream_queue()
   local id = arg_id(args[1], 'task id')
   local reason = arg_text(args[2], 'reason', MAX_TEXT_BYTES)
   local h = load_task(id)

@@ -1250,3 +1250,45 @@ async fn a_stream_queue_refuses_v2_submits_and_v2_workers() {
         "a refused v2 call wrote"
     );
 }
+
+/// v2's operator functions (revision 16) refuse a stream queue before
+/// reading or writing anything: a pause, purge or requeue through v2
+/// would act on keys a stream queue does not use (or write `paused` and
+/// `maxd` that v3 reads differently).
+#[tokio::test]
+async fn v2_operator_functions_refuse_a_stream_queue() {
+    let redis = RedisServer::start();
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = QueueKeys::new(Q).unwrap();
+    v3::create(&mut conn, &keys, 1, 0).await.unwrap();
+    v3::submit(&mut conn, &keys, &[task("t1", 0, "")])
+        .await
+        .unwrap();
+    rtq_core::functions::ensure_loaded(&mut conn).await.unwrap();
+    let before = snapshot(&mut conn).await;
+    for (function, args) in [
+        ("rtq2_pause", vec!["1"]),
+        ("rtq2_set_max_depth", vec!["5"]),
+        ("rtq2_purge", vec!["10"]),
+        ("rtq2_set_priority", vec!["t1", "5"]),
+        ("rtq2_delete_task", vec!["t1"]),
+        ("rtq2_housekeep", vec![]),
+        ("rtq2_requeue", vec!["t1", "again"]),
+    ] {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function).arg(1).arg(keys.meta());
+        for a in &args {
+            cmd.arg(*a);
+        }
+        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        let refused = reply
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("is a stream queue"));
+        assert!(refused, "{function}: {reply:?}");
+    }
+    assert!(
+        snapshot(&mut conn).await == before,
+        "a refused v2 operator call wrote"
+    );
+}

@@ -48,13 +48,13 @@ pub const LIBRARY_NAME: &str = "rtq2";
 
 /// Revision of the library source; a client loads its copy when the server
 /// holds an older revision or none. Must equal `REVISION` in `lib.lua`.
-pub const LIBRARY_REVISION: i64 = 15;
+pub const LIBRARY_REVISION: i64 = 16;
 
 /// FNV-1a hash of the library source of [`LIBRARY_REVISION`]: a test
 /// fails when the Lua changes without a revision bump (a server holding
 /// the same revision would keep running the old code).
 #[cfg(test)]
-const LIBRARY_SOURCE_HASH: u64 = 8866901153722945193;
+const LIBRARY_SOURCE_HASH: u64 = 4890323336139221320;
 
 /// The library's files in load order (`lib.lua` first: it carries the
 /// `#!lua name=rtq2` header and the shared helpers).
