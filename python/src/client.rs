@@ -211,6 +211,18 @@ mod ops {
         let state = q.cancel(&id, &reason).await.map_err(to_py_err)?;
         Ok(state.as_str().to_string())
     }
+
+    pub async fn create_stream(q: rtq_core::Queue, bands: u8, max_depth: u64) -> PyResult<()> {
+        q.create_stream(bands, max_depth).await.map_err(to_py_err)
+    }
+}
+
+/// `bands` and `max_depth` of `create_stream`, range-checked.
+fn stream_shape(bands: &Int, max_depth: &Int) -> PyResult<(u8, u64)> {
+    Ok((
+        bands.within("bands", 1, 5)?,
+        max_depth.within("max_depth", 0, u64::MAX)?,
+    ))
 }
 
 fn max_wait(timeout: Option<Secs>) -> PyResult<Option<Duration>> {
@@ -380,6 +392,17 @@ impl Queue {
         block_on(py, ops::cancel(self.inner.clone(), id.0, reason.0))
     }
 
+    /// Makes this queue a stream queue (protocol v3: consumer-group
+    /// streams, `bands` priority bands, 1-5) with a depth limit (0: none),
+    /// or updates the limit of one. Workers and clients learn the mode
+    /// from Redis.
+    #[pyo3(signature = (bands=Int::of(1), max_depth=Int::of(0)),
+        text_signature = "($self, bands=1, max_depth=0)")]
+    fn create_stream(&self, py: Python<'_>, bands: Int, max_depth: Int) -> PyResult<()> {
+        let (bands, max_depth) = stream_shape(&bands, &max_depth)?;
+        block_on(py, ops::create_stream(self.inner.clone(), bands, max_depth))
+    }
+
     fn __repr__(&self) -> String {
         format!("rtq.Queue({:?})", self.inner.name())
     }
@@ -516,6 +539,14 @@ impl AsyncQueue {
         text_signature = "($self, id, reason='cancelled by client')")]
     fn cancel(&self, id: Text, reason: Text) -> PyResult<Call> {
         awaitable(ops::cancel(self.inner.clone(), id.0, reason.0))
+    }
+
+    /// Makes this queue a stream queue (see `Queue.create_stream`).
+    #[pyo3(signature = (bands=Int::of(1), max_depth=Int::of(0)),
+        text_signature = "($self, bands=1, max_depth=0)")]
+    fn create_stream(&self, bands: Int, max_depth: Int) -> PyResult<Call> {
+        let (bands, max_depth) = stream_shape(&bands, &max_depth)?;
+        awaitable(ops::create_stream(self.inner.clone(), bands, max_depth))
     }
 
     fn __repr__(&self) -> String {

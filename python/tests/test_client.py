@@ -515,3 +515,23 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 
     r = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_stream_queue_is_served_end_to_end_in_both_flavours(redis_url, procs):
+    q = rtq.connect(redis_url).queue("sq")
+    with pytest.raises(rtq.InvalidInput):
+        q.create_stream(bands=6)
+    q.create_stream(bands=2)
+    procs.rust_worker(redis_url, "sq", "--mock-tokens", "3")
+    out = q.run({"prompt": "hi"}, timeout=10, priority=5)
+    assert out["usage"]["completion_tokens"] == 3
+    items = list(q.stream({"max_tokens": 4}, timeout=10))
+    assert [c.text for c in items[:-1]] == [f"tok{i} " for i in range(4)]
+    assert isinstance(items[-1], rtq.Done)
+
+    async def main():
+        aq = (await rtq.aio.connect(redis_url)).queue("sq")
+        await aq.create_stream(bands=2)  # the same shape again: accepted
+        return await aq.run({"prompt": "x"}, timeout=10)
+
+    assert asyncio.run(main())["usage"]["completion_tokens"] == 3
