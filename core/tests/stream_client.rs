@@ -459,3 +459,47 @@ async fn concurrent_submits_are_coalesced_and_each_gets_its_own_answer() {
         .unwrap();
     assert_eq!(len, 150);
 }
+
+/// The next item of a stream, compact: `<attempt>:<index>:<text>`,
+/// `restart <a>><b>` or `done <result>`.
+async fn next_label(stream: &mut rtq_core::TaskStream) -> String {
+    match within(stream.next()).await.unwrap().unwrap() {
+        StreamEvent::Chunk(c) => format!("{}:{}:{}", c.attempt, c.index, c.text()),
+        StreamEvent::Restarted {
+            attempt,
+            next_attempt,
+            ..
+        } => format!("restart {attempt}>{next_attempt}"),
+        StreamEvent::Done(out) => format!("done {}", out.result),
+    }
+}
+
+#[tokio::test]
+async fn another_client_follows_a_running_task_live_and_through_a_restart() {
+    let redis = RedisServer::start();
+    let (_client, queue) = stream_queue(&redis, "sq", 1, 0).await;
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let theirs = other.queue("sq").unwrap();
+    let mut w1 = HandWorker::new(&redis, "sq", "w1").await;
+    queue
+        .submit(TaskRequest::json(json!(1)).id("t1").max_attempts(3))
+        .await
+        .unwrap();
+    let mut stream = theirs.follow("t1", 0).await.unwrap();
+    let d = w1.take(0).await;
+    w1.write(&d, 0, &["a", "b"]).await;
+    // Live: the chunks come while the task still runs.
+    assert_eq!(next_label(&mut stream).await, "1:0:a");
+    assert_eq!(next_label(&mut stream).await, "1:1:b");
+    // The attempt fails and the task runs again elsewhere.
+    w1.end(&d, EndState::Retry("flaky".into())).await;
+    let mut w2 = HandWorker::new(&redis, "sq", "w2").await;
+    let d2 = w2.take(0).await;
+    assert_eq!(d2.held.attempt(), 2);
+    w2.write(&d2, 0, &["x"]).await;
+    assert_eq!(next_label(&mut stream).await, "restart 1>2");
+    assert_eq!(next_label(&mut stream).await, "2:0:x");
+    w2.end(&d2, EndState::Done("9".into())).await;
+    assert_eq!(next_label(&mut stream).await, "done 9");
+    assert!(within(stream.next()).await.is_none());
+}

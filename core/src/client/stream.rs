@@ -118,7 +118,10 @@ struct State {
 
 impl TaskStream {
     /// A stream over `tracker`'s task from `start`.
-    pub(crate) fn new(tracker: Tracker, start: Start) -> Self {
+    pub(crate) fn new(mut tracker: Tracker, start: Start) -> Self {
+        // A polled task (a stream queue's, submitted by another client):
+        // the polls read chunks from where the stream starts.
+        tracker.poll_chunks_from(start.attempt, start.first + start.chunks.len() as u64);
         let (queue, id) = (tracker.queue.clone(), tracker.id.clone());
         Self::with_source(Source::Live(tracker), queue, id, start)
     }

@@ -41,9 +41,22 @@ pub(crate) struct Tracker {
     ended: bool,
     /// The task ended: its final event was delivered.
     finished: bool,
-    /// Reads the task at this interval (doubling up to [`POLL_MAX`]) for
-    /// its ending, whose event does not come to this client.
-    poll: Option<(Instant, Duration)>,
+    /// Reads the task from time to time: its events do not come to this
+    /// client.
+    poll: Option<Poll>,
+}
+
+/// How a tracker whose task's events do not come to it reads the task.
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    /// The next read.
+    at: Instant,
+    /// The interval, doubling up to [`POLL_MAX`] while nothing changes,
+    /// back to [`POLL_MIN`] when chunks came.
+    every: Duration,
+    /// A stream's position: the attempt it is at (0: whichever runs first)
+    /// and the next chunk it needs; `None` for a wait (no chunks read).
+    chunks: Option<(u64, u64)>,
 }
 
 impl Tracker {
@@ -74,7 +87,74 @@ impl Tracker {
     /// task submitted by another): read it for its ending from time to
     /// time.
     pub(crate) fn poll_for_final(&mut self) {
-        self.poll = Some((Instant::now() + POLL_MIN, POLL_MIN));
+        self.poll = Some(Poll {
+            at: Instant::now() + POLL_MIN,
+            every: POLL_MIN,
+            chunks: None,
+        });
+    }
+
+    /// A polled tracker that feeds a stream: its reads also take the
+    /// chunks from `next` of `attempt` on, as chunk events.
+    pub(crate) fn poll_chunks_from(&mut self, attempt: u64, next: u64) {
+        if let Some(poll) = &mut self.poll {
+            poll.chunks = Some((attempt, next));
+        }
+    }
+
+    /// One read of a polled task: its final event, chunks a stream has not
+    /// seen, or nothing new (`None`).
+    async fn poll_once(&mut self, now: Instant) -> Result<Option<ReplyEvent>, Error> {
+        let Some(mut poll) = self.poll else {
+            return Ok(None);
+        };
+        poll.every = (poll.every * 2).min(POLL_MAX);
+        let from = poll.chunks.map_or(MAX_OUTPUT_CHUNKS, |(_, next)| next);
+        let snap = self.queue.read(&self.id, from).await?;
+        let Some(snap) = snap else {
+            return Err(self.lost("Redis no longer has it although it never ended: Redis lost its data (a restart without persistence, a failover) or evicted the key"));
+        };
+        let mut event = None;
+        if let Some(outcome) = snap.outcome {
+            event = Some(ReplyEvent::Final {
+                id: self.id.clone(),
+                attempt: snap.attempt,
+                chunks: snap.chunk_count,
+                outcome,
+            });
+        } else if let Some((attempt, next)) = poll.chunks {
+            if snap.state == TaskState::Running && snap.attempt > attempt && attempt != 0 {
+                // Another attempt runs: its chunks count from 0 (the read
+                // was from the old position: read again at once).
+                poll.chunks = Some((snap.attempt, 0));
+                poll.every = POLL_MIN;
+            } else if snap.state == TaskState::Running && !snap.chunks.is_empty() {
+                let seq0 = snap.first;
+                poll.chunks = Some((snap.attempt, seq0 + snap.chunks.len() as u64));
+                poll.every = POLL_MIN;
+                event = Some(ReplyEvent::Chunks {
+                    id: self.id.clone(),
+                    attempt: snap.attempt,
+                    seq0,
+                    chunks: snap.chunks,
+                });
+            } else if next > 0
+                && snap.state == TaskState::Queued
+                && snap.attempt >= attempt
+                && attempt != 0
+            {
+                // The attempt it followed was abandoned.
+                poll.chunks = Some((snap.attempt + 1, 0));
+                event = Some(ReplyEvent::Requeued {
+                    id: self.id.clone(),
+                    attempt,
+                    reason: String::new(),
+                });
+            }
+        }
+        poll.at = now + poll.every;
+        self.poll = Some(poll);
+        Ok(event)
     }
 
     /// The submit found no deadline on the task: no local timer.
@@ -146,7 +226,7 @@ impl Tracker {
             return Ok(event);
         }
         loop {
-            let timer = [self.deadline, self.max_wait_until, self.poll.map(|p| p.0)]
+            let timer = [self.deadline, self.max_wait_until, self.poll.map(|p| p.at)]
                 .into_iter()
                 .flatten()
                 .min();
@@ -191,10 +271,8 @@ impl Tracker {
                         }
                     } else if self.max_wait_until.is_some_and(|d| d <= now) {
                         return self.wait_timed_out().await;
-                    } else if let Some((_, every)) = self.poll.filter(|p| p.0 <= now) {
-                        let every = (every * 2).min(POLL_MAX);
-                        self.poll = Some((now + every, every));
-                        if let Some(event) = self.read_final().await? {
+                    } else if self.poll.is_some_and(|p| p.at <= now) {
+                        if let Some(event) = self.poll_once(now).await? {
                             return Ok(event);
                         }
                     }
