@@ -87,7 +87,7 @@ pub(crate) struct Start {
 /// Where a stream's events come from.
 enum Source {
     /// A subscription, through the reply router.
-    Live(Tracker),
+    Live(Box<Tracker>),
     /// A task that had ended when it was read: its final event, once (no
     /// reply reader needed).
     Ended(Option<ReplyEvent>),
@@ -123,7 +123,7 @@ impl TaskStream {
         // the polls read chunks from where the stream starts.
         tracker.poll_chunks_from(start.attempt, start.first + start.chunks.len() as u64);
         let (queue, id) = (tracker.queue.clone(), tracker.id.clone());
-        Self::with_source(Source::Live(tracker), queue, id, start)
+        Self::with_source(Source::Live(Box::new(tracker)), queue, id, start)
     }
 
     /// The finite stream of a task that had ended when it was read (with
