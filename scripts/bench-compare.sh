@@ -10,12 +10,15 @@
 # Redis is pinned to core 0, the load generators to core 1.
 #
 # Usage: scripts/bench-compare.sh [--rounds N] [--tasks N] [--stream-tasks N]
-#        [--breakdown] [--no-bullmq] [--rtq3]
+#        [--breakdown] [--no-bullmq] [--rtq3] [--stream-queue]
 #   --breakdown   after the rounds, one more rtq run per path printing the
 #                 per-command breakdown (calls/task, usec/task)
 #   --rtq3        also the protocol v3 library (stream queues, stage 1) on
 #                 each path, driven by bench_floor --rtq3 (its own client
 #                 and worker loops on the real rtq3 functions)
+#   --stream-queue also the real Client and Worker on a stream queue
+#                 (protocol v3, one band: bench --stream-queue, peer
+#                 rtq-stream) on each path
 # Env: RTQ_BENCH_ROUNDS, RTQ_BENCH_TASKS, RTQ_BENCH_STREAM_TASKS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,7 @@ stream_tasks=${RTQ_BENCH_STREAM_TASKS:-4000}
 breakdown=0
 bullmq=1
 rtq3=0
+stream_queue=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
     --breakdown) breakdown=1; shift ;;
     --no-bullmq) bullmq=0; shift ;;
     --rtq3) rtq3=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --stream-queue) stream_queue=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +68,11 @@ for round in $(seq "$rounds"); do
     bench_flush
     line=$($PIN_LOAD "$bench" --redis "$BENCH_URL" "$clients" "$slots" "$n" "$chunks")
     echo "round $round $label $line" | tee -a "$results" >&2
+    if [ "$stream_queue" = 1 ]; then
+      bench_flush
+      line=$($PIN_LOAD "$bench" --redis "$BENCH_URL" "$clients" "$slots" "$n" "$chunks" --stream-queue)
+      echo "round $round $label $line" | tee -a "$results" >&2
+    fi
     if [ "$rtq3" = 1 ]; then
       bench_flush
       line=$($PIN_LOAD target/release/examples/bench_floor --redis "$BENCH_URL" "$clients" "$slots" "$n" --rtq3 --chunks "$chunks")
@@ -90,7 +100,7 @@ for line in open(sys.argv[1]):
     parts = line.split()
     label = parts[2]
     kv = dict(p.split("=", 1) for p in parts[3:] if "=" in p)
-    peer = kv["peer"] if kv["peer"] in ("rtq", "rtq3") else kv["peer"].replace("bullmq-", "BullMQ ")
+    peer = kv["peer"] if kv["peer"] in ("rtq", "rtq3", "rtq-stream") else kv["peer"].replace("bullmq-", "BullMQ ")
     rows.setdefault((label, peer), []).append(kv)
 def med(kvs, key):
     return statistics.median(float(k[key].rstrip("ms")) for k in kvs)
@@ -99,14 +109,14 @@ print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 order = ["busy", "idle", "streaming"]
 for label in order:
     peers = [k for k in rows if k[0] == label]
-    for key in sorted(peers, key=lambda k: (k[1] != "rtq", k[1] != "rtq3")):
+    for key in sorted(peers, key=lambda k: (k[1] != "rtq", k[1] != "rtq-stream", k[1] != "rtq3")):
         kvs = rows[key]
         k0 = kvs[0]
         chunks = int(k0["chunks"])
         cpu = med(kvs, "redis_cpu_us/task")
         print(f"| {label} ({k0['clients']}, {k0['slots']}, {chunks}) | {key[1]} | {med(kvs, 'tasks/s'):,.0f} | {med(kvs, 'p50'):.2f} | {med(kvs, 'p99'):.2f} | {med(kvs, 'redis_cmds/task'):.1f} | {cpu:.1f} us | {(f'{cpu / chunks:.2f} us' if chunks else '-')} |")
-    other = [k for k in peers if k[1] not in ("rtq", "rtq3")]
-    for ours in ("rtq", "rtq3"):
+    other = [k for k in peers if k[1] not in ("rtq", "rtq3", "rtq-stream")]
+    for ours in ("rtq", "rtq-stream", "rtq3"):
         rtq = rows.get((label, ours))
         if rtq and other:
             o = rows[other[0]]
