@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
     --no-bullmq) bullmq=0; shift ;;
     --rtq3) rtq3=1; shift ;;
     --stream-queue) stream_queue=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
