@@ -19,6 +19,8 @@
 //! - `stats`: the worker's share of the queue statistics, sent with the
 //!   heartbeat (nothing on the per-task path);
 //! - `inbox`: the blocking inbox reader;
+//! - `stream`: the runtime of a `stream` queue (protocol v3), chosen by
+//!   `run` from the queue's `mode`;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
 mod budget;
@@ -31,6 +33,7 @@ mod inbox;
 mod pool;
 mod slot;
 mod stats;
+mod stream;
 mod writer;
 
 use std::future::Future;
@@ -336,6 +339,15 @@ impl Worker {
         handler: Arc<H>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        // The queue's kind, read once: a stream queue has its own runtime.
+        let mode: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.meta())
+            .arg("mode")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if mode.as_deref() == Some("stream") {
+            return stream::run(self, handler, shutdown).await;
+        }
         let mut intake_rx = self.intake.subscribe();
         // The switch may have been flipped before run() (say, a health probe
         // that found the upstream down): start from its current value.
