@@ -605,3 +605,144 @@ async fn intake_switched_off_takes_nothing_until_switched_on() {
     let _ = tx.send(());
     support::within(handle).await.unwrap().unwrap();
 }
+
+/// Calls of `command` so far (`INFO commandstats`).
+async fn calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_busy_path_costs_one_complete_and_one_read_per_task() {
+    let mut s = setup(1).await;
+    let n = 60;
+    for i in 0..n {
+        s.submit(&format!("t{i}"), 0, json!({})).await;
+    }
+    let (fcall0, read0) = (
+        calls(&mut s.conn, "fcall").await,
+        calls(&mut s.conn, "xreadgroup").await,
+    );
+    let log = Arc::new(Log::default());
+    let t = Instant::now();
+    let w = s.start(s.config("w1").slots(1), &log).await;
+    for i in 0..n {
+        assert_eq!(s.ended(&format!("t{i}")).await.0, "done");
+    }
+    let took = t.elapsed();
+    let fcalls = calls(&mut s.conn, "fcall").await - fcall0;
+    let reads = calls(&mut s.conn, "xreadgroup").await - read0;
+    eprintln!("{n} tasks on one slot in {took:?}: {fcalls} FCALLs, {reads} XREADGROUPs");
+    // Per task: one rtq3_complete and one read of the next task; beside
+    // them the start (join, beat, takeover ticks) and the final blocking
+    // read.
+    assert!(reads <= n + 4, "{reads} reads for {n} tasks");
+    assert!(fcalls <= n + 8, "{fcalls} function calls for {n} tasks");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_run_future_hands_its_tasks_back_and_leaves() {
+    let mut s = setup(1).await;
+    s.submit("t", 0, json!({"hold_on": "first"})).await;
+    let log = Arc::new(Log::default());
+    let first = s.start(s.config("first"), &log).await;
+    until("the task started", || log.started("t")).await;
+    first.handle.abort();
+    let _ = first.handle.await;
+    let started = Instant::now();
+    while !matches!(s.marker("t").await, Some(Marker::Place { .. })) || s.is_live("first").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not handed back: {:?}",
+            s.marker("t").await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = s.start(s.config("second"), &log).await;
+    assert_eq!(s.ended("t").await, {
+        let r = json!({"echo": {"hold_on": "first"}, "attempt": 1, "worker": "second"});
+        ("done".to_string(), 1, r.to_string())
+    });
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_taken_from_the_worker_stops_its_attempt_at_the_next_beat() {
+    let mut s = setup(1).await;
+    s.submit("t", 0, json!({"hold": true})).await;
+    let log = Arc::new(Log::default());
+    let w = s
+        .start(s.config("w1").lease(Duration::from_millis(600)), &log)
+        .await;
+    until("the task started", || log.started("t")).await;
+    let Some(Marker::Place { entry, .. }) = s.marker("t").await else {
+        panic!("no place")
+    };
+    // Another consumer takes the entry behind the worker's back.
+    let claimed: Vec<String> = redis::cmd("XCLAIM")
+        .arg(v3::band_key(&s.keys, 0))
+        .arg(v3::GROUP)
+        .arg("thief")
+        .arg(0)
+        .arg(&entry)
+        .arg("JUSTID")
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![entry]);
+    until("the handler was stopped", || !log.stops().is_empty()).await;
+    assert_eq!(log.stops(), vec![("t".to_string(), StopReason::Reassigned)]);
+    until("the attempt counted as stopped", || {
+        w.status.stopped.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(
+        matches!(s.marker("t").await, Some(Marker::Place { .. })),
+        "the worker wrote no ending for an attempt it lost"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_restarted_under_the_same_id_requeues_what_its_previous_life_held() {
+    let mut s = setup(1).await;
+    s.submit("t", 0, json!({"hold_on": "w1-old"})).await;
+    // A long lease: only the join at start can requeue the task quickly.
+    let lease = Duration::from_secs(30);
+    let log = Arc::new(Log::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, config, log1) = (s.url.clone(), s.config("w1").lease(lease), Arc::clone(&log));
+    runtime.spawn(async move {
+        let worker = Worker::connect(&url, config).await.unwrap();
+        let handler = Arc::new(Probe {
+            worker: "w1-old".into(),
+            log: log1,
+            release: Arc::new(Notify::new()),
+        });
+        let _ = worker.run(handler, std::future::pending()).await;
+    });
+    until("the first life started the task", || log.started("t")).await;
+    std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)))
+        .join()
+        .unwrap();
+    let t = Instant::now();
+    let w = s.start(s.config("w1").lease(lease), &log).await;
+    let (state, attempt, _) = s.ended("t").await;
+    assert_eq!((state.as_str(), attempt), ("done", 2));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    w.stop().await;
+}
