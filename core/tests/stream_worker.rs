@@ -628,9 +628,10 @@ async fn the_busy_path_costs_one_complete_and_one_read_per_task() {
     for i in 0..n {
         s.submit(&format!("t{i}"), 0, json!({})).await;
     }
-    let (fcall0, read0) = (
+    let (fcall0, read0, xadd0) = (
         calls(&mut s.conn, "fcall").await,
         calls(&mut s.conn, "xreadgroup").await,
+        calls(&mut s.conn, "xadd").await,
     );
     let log = Arc::new(Log::default());
     let t = Instant::now();
@@ -647,6 +648,12 @@ async fn the_busy_path_costs_one_complete_and_one_read_per_task() {
     // read.
     assert!(reads <= n + 4, "{reads} reads for {n} tasks");
     assert!(fcalls <= n + 8, "{fcalls} function calls for {n} tasks");
+    // Nothing was read beyond the free slot and handed back (a hand-back
+    // adds the task again at its band's tail: FIFO order would break).
+    assert_eq!(calls(&mut s.conn, "xadd").await, xadd0, "entries re-added");
+    let order: Vec<String> = log.starts().into_iter().map(|(id, _, _)| id).collect();
+    let fifo: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    assert_eq!(order, fifo, "tasks run in the order they were queued");
     w.stop().await;
 }
 
@@ -744,5 +751,24 @@ async fn a_worker_restarted_under_the_same_id_requeues_what_its_previous_life_he
     let (state, attempt, _) = s.ended("t").await;
     assert_eq!((state.as_str(), attempt), ("done", 2));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_chunk_write_reply_is_sent_again_and_stores_each_chunk_once() {
+    let mut s = setup(1).await;
+    let proxy = rtq_testkit::Proxy::start(s.redis.port()).await;
+    s.url = proxy.url();
+    let log = Arc::new(Log::default());
+    let w = s.start(s.config("w1"), &log).await;
+    proxy.cut_reply_to(b"rtq3_write");
+    s.submit("t", 0, json!({"chunks": 5})).await;
+    let (state, attempt, _) = s.ended("t").await;
+    assert_eq!((state.as_str(), attempt), ("done", 1));
+    assert_eq!(proxy.cuts(), 1, "a write's reply was cut");
+    assert_eq!(
+        s.chunks("t", 1).await,
+        vec!["tok0 ", "tok1 ", "tok2 ", "tok3 ", "tok4 "]
+    );
     w.stop().await;
 }

@@ -327,7 +327,13 @@ mod tests {
         assert_eq!(surplus[0].id, "c");
         assert_eq!(slots.running(), 2);
         let key = ("a".to_string(), 1);
+        let mut woken = slots.subscribe();
+        woken.borrow_and_update();
         slots.finish(&key, Some(&admitted[0].0.held));
+        assert!(
+            woken.has_changed().unwrap(),
+            "a freed slot wakes the intake at once, before the ending is written"
+        );
         assert_eq!(slots.free(), 1, "a finished handler frees its slot");
         assert_eq!(slots.held().len(), 2, "its entry is held until written");
         slots.written(&key);
