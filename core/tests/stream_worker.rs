@@ -43,7 +43,7 @@ impl Log {
     }
 }
 
-/// A handler driven by its input: `{"chunks": n, "sleep_ms": d, "hold":
+/// A handler driven by its input: `{"decline_first": true, "chunks": n, "sleep_ms": d, "hold":
 /// true, "hold_on": "<worker>", "fail": "why", "retryable": true,
 /// "fail_until": k}`. `hold` waits for `release` or the stop; `fail_until`
 /// fails retryably while the attempt is below k.
@@ -79,6 +79,15 @@ impl Handler for Probe {
 
 impl Probe {
     async fn work(&self, task: &TaskContext, input: &Value) -> Result<Value, HandlerError> {
+        let starts = self
+            .log
+            .starts()
+            .iter()
+            .filter(|(id, _, _)| id == task.id())
+            .count();
+        if input["decline_first"].as_bool() == Some(true) && starts == 1 {
+            return Err(HandlerError::not_started("the model is not loaded yet"));
+        }
         let hold = input["hold"].as_bool() == Some(true)
             || input["hold_on"].as_str() == Some(self.worker.as_str());
         if hold {
@@ -770,5 +779,24 @@ async fn a_lost_chunk_write_reply_is_sent_again_and_stores_each_chunk_once() {
         s.chunks("t", 1).await,
         vec!["tok0 ", "tok1 ", "tok2 ", "tok3 ", "tok4 "]
     );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_given_back_unstarted_uses_no_attempt_and_pauses_the_intake() {
+    let mut s = setup(1).await;
+    let log = Arc::new(Log::default());
+    let w = s.start(s.config("w1"), &log).await;
+    let t = Instant::now();
+    s.submit("t", 0, json!({"decline_first": true})).await;
+    let (state, attempt, _) = s.ended("t").await;
+    assert_eq!((state.as_str(), attempt), ("done", 1), "no attempt used");
+    assert_eq!(log.starts().len(), 2);
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "taken again after {:?}, within the intake pause",
+        t.elapsed()
+    );
+    assert!(w.status.last_error().contains("unstarted"));
     w.stop().await;
 }

@@ -330,6 +330,11 @@ impl Worker {
     /// everything and hands every attempt back (best effort: nothing waits
     /// for the hand-back, which a process exiting right after never sends).
     ///
+    /// The queue's mode is read once here: a `stream` queue (protocol v3)
+    /// is served by the stream runtime (`worker::stream`: `rtq3_join`,
+    /// band-by-band reads, `rtq3_beat` and `rtq3_takeover` every third of
+    /// the lease, hand-backs with `rtq3_complete`), any other by v2's.
+    ///
     /// # Errors
     /// [`Error::Connection`] if Redis cannot be reached at start;
     /// [`Error::WorkerReplaced`] if another process registers under this
