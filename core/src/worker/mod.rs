@@ -19,6 +19,8 @@
 //! - `stats`: the worker's share of the queue statistics, sent with the
 //!   heartbeat (nothing on the per-task path);
 //! - `inbox`: the blocking inbox reader;
+//! - `stream`: the runtime of a `stream` queue (protocol v3), chosen by
+//!   `run` from the queue's `mode`;
 //! - this file: [`Worker`], the inbox loop, intake switching, shutdown.
 
 mod budget;
@@ -31,6 +33,7 @@ mod inbox;
 mod pool;
 mod slot;
 mod stats;
+mod stream;
 mod writer;
 
 use std::future::Future;
@@ -327,6 +330,11 @@ impl Worker {
     /// everything and hands every attempt back (best effort: nothing waits
     /// for the hand-back, which a process exiting right after never sends).
     ///
+    /// The queue's mode is read once here: a `stream` queue (protocol v3)
+    /// is served by the stream runtime (`worker::stream`: `rtq3_join`,
+    /// band-by-band reads, `rtq3_beat` and `rtq3_takeover` every third of
+    /// the lease, hand-backs with `rtq3_complete`), any other by v2's.
+    ///
     /// # Errors
     /// [`Error::Connection`] if Redis cannot be reached at start;
     /// [`Error::WorkerReplaced`] if another process registers under this
@@ -336,6 +344,15 @@ impl Worker {
         handler: Arc<H>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        // The queue's kind, read once: a stream queue has its own runtime.
+        let mode: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.meta())
+            .arg("mode")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if mode.as_deref() == Some("stream") {
+            return stream::run(self, handler, shutdown).await;
+        }
         let mut intake_rx = self.intake.subscribe();
         // The switch may have been flipped before run() (say, a health probe
         // that found the upstream down): start from its current value.

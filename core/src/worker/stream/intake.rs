@@ -1,0 +1,299 @@
+//! The intake of a stream worker. With `f` free slots and intake on, it
+//! reserves them and reads new entries band by band (band 0 first: strict
+//! priority) with `XREADGROUP ... COUNT <left>` on the shared connection,
+//! without blocking; when every band is empty it blocks for new entries
+//! over all bands (`COUNT 1` each) on a connection of its own, so nobody
+//! else's commands wait behind it. A blocked read takes no reservation
+//! (housekeeping may use the free slots meanwhile); what it returns beyond
+//! the slots then free (one entry per band at most) is handed back at
+//! once, using no attempt. A freed slot wakes the intake at once: the next
+//! read is sent while the finished attempt's complete is in flight.
+//!
+//! A blocking read is never abandoned mid-flight (its entries would stay
+//! in this worker's pending list unseen until their lease lapsed): it
+//! blocks [`BLOCK_MS`] at most, and at shutdown the intake waits for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::Runtime;
+use crate::error::Error;
+use crate::functions::v3::{self, Delivery, Held};
+use crate::protocol::{value_to_bytes, value_to_string};
+use crate::worker::config::ErrorSource;
+
+/// How long one blocking read waits on the server.
+pub(super) const BLOCK_MS: u64 = 1000;
+/// Response timeout of the blocking connection (above [`BLOCK_MS`]).
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads until `stop`.
+pub(super) async fn run(
+    rt: Arc<Runtime>,
+    mut blocking: Option<MultiplexedConnection>,
+    stop: CancellationToken,
+) {
+    let mut changed = rt.slots.subscribe();
+    let mut failures = 0u32;
+    let max_backoff = rt.config.lease / 4;
+    while !stop.is_cancelled() {
+        changed.borrow_and_update();
+        let free = if rt.want_next() { rt.slots.free() } else { 0 };
+        if free == 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed.changed() => {}
+            }
+            continue;
+        }
+        let read = match scan(&rt, free).await {
+            // Every band is empty: block for the next entry.
+            Ok(0) => block(&rt, &mut blocking).await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(()) => {
+                if failures > 0 {
+                    rt.status.clear_error(ErrorSource::Inbox);
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "reading new tasks failed; retrying");
+                rt.status
+                    .record_error(ErrorSource::Inbox, format!("reading new tasks failed: {e}"));
+                let delay = match failures {
+                    1 => Duration::ZERO,
+                    n => (Duration::from_millis(50) * 2u32.saturating_pow(n.min(16) - 2))
+                        .min(max_backoff),
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads up to `free` new entries band by band, band 0 first; returns
+/// how many it got.
+async fn scan(rt: &Arc<Runtime>, free: usize) -> Result<usize, Error> {
+    let mut left = rt.slots.reserve(free);
+    let mut got = 0;
+    for band in 0..rt.bands {
+        if left == 0 {
+            break;
+        }
+        let read = v3::read_new(&mut rt.conn.clone(), &rt.keys, &rt.id, band, left, None).await;
+        let deliveries = match read {
+            Ok(d) => d,
+            Err(e) => {
+                rt.slots.unreserve(left);
+                return Err(e);
+            }
+        };
+        let n = deliveries.len().min(left);
+        left -= n;
+        got += deliveries.len();
+        rt.admit(n, deliveries).await;
+    }
+    rt.slots.unreserve(left);
+    Ok(got)
+}
+
+/// One blocking read over every band on the intake's own connection.
+async fn block(rt: &Arc<Runtime>, conn: &mut Option<MultiplexedConnection>) -> Result<(), Error> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(
+            rt.endpoint
+                .dedicated(&v3::band_key(&rt.keys, 0), RESPONSE_TIMEOUT)
+                .await?,
+        ),
+    };
+    match read_blocking(c, rt).await {
+        Ok(deliveries) => {
+            rt.admit(0, deliveries).await;
+            Ok(())
+        }
+        Err(e) => {
+            // A new connection next time (this one may be broken).
+            *conn = None;
+            Err(e)
+        }
+    }
+}
+
+/// `XREADGROUP GROUP w <worker> COUNT 1 BLOCK <ms> STREAMS b:0 .. b:k > ..`
+/// (band order kept in the result: band 0 first).
+async fn read_blocking(
+    conn: &mut MultiplexedConnection,
+    rt: &Runtime,
+) -> Result<Vec<Delivery>, Error> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(v3::GROUP)
+        .arg(&rt.id)
+        .arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(BLOCK_MS)
+        .arg("STREAMS");
+    let keys: Vec<String> = (0..rt.bands).map(|b| v3::band_key(&rt.keys, b)).collect();
+    for key in &keys {
+        cmd.arg(key);
+    }
+    for _ in &keys {
+        cmd.arg(">");
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    let mut out = parse_read(reply, &keys)?;
+    out.sort_by_key(|d| d.held.band);
+    Ok(out)
+}
+
+/// The deliveries of an `XREADGROUP ... >` reply over the streams `keys`
+/// (band = index in `keys`); entries deleted before the read are skipped.
+fn parse_read(reply: Value, keys: &[String]) -> Result<Vec<Delivery>, Error> {
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Ok(out), // nil: nothing new
+    };
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            continue;
+        };
+        let (Some(Value::Array(entries)), Some(key)) = (pair.pop(), pair.pop()) else {
+            continue;
+        };
+        let key = value_to_string(&key);
+        let band = keys
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|b| u8::try_from(b).ok())
+            .ok_or_else(|| Error::Protocol(format!("XREADGROUP replied a foreign stream {key}")))?;
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            let (Some(Value::Array(raw)), Some(id)) = (parts.pop(), parts.pop()) else {
+                continue; // deleted before the read
+            };
+            let fields: Vec<(String, Vec<u8>)> = raw
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((value_to_string(k), value_to_bytes(v))),
+                    _ => None,
+                })
+                .collect();
+            out.push(delivery(band, value_to_string(&id), &fields)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A new entry's delivery (delivery 1 of its entry).
+fn delivery(band: u8, entry: String, fields: &[(String, Vec<u8>)]) -> Result<Delivery, Error> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    let number = |name: &str| {
+        field(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Error::Protocol(format!("stream entry without a numeric {name}")))
+    };
+    let text = |name: &str| {
+        field(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .ok_or_else(|| Error::Protocol(format!("stream entry without {name}")))
+    };
+    Ok(Delivery {
+        held: Held {
+            band,
+            entry,
+            deliveries: 1,
+            a0: number("a0")?,
+        },
+        id: text("t")?,
+        spec: field("s").unwrap_or_default().to_vec(),
+        reply: text("r")?,
+        deadline_ms: number("d")?,
+        max_attempts: number("x")?,
+        retention_ms: number("ret")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, task: &str) -> Value {
+        let fields = [
+            ("t", task),
+            ("s", "{}"),
+            ("r", ""),
+            ("d", "0"),
+            ("x", "3"),
+            ("a0", "1"),
+            ("ret", "1000"),
+        ];
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_read_over_several_bands_names_each_entry_s_band() {
+        let keys = vec!["rtq:{q}:b:0".to_string(), "rtq:{q}:b:1".to_string()];
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("rtq:{q}:b:1"),
+                Value::Array(vec![entry("5-0", "x")]),
+            ]),
+            Value::Array(vec![
+                bulk("rtq:{q}:b:0"),
+                Value::Array(vec![
+                    entry("6-0", "y"),
+                    Value::Array(vec![bulk("7-0"), Value::Nil]),
+                ]),
+            ]),
+        ]);
+        let got = parse_read(reply, &keys).unwrap();
+        assert_eq!(got.len(), 2, "a deleted entry is skipped");
+        assert_eq!((got[0].held.band, got[0].id.as_str()), (1, "x"));
+        assert_eq!((got[1].held.band, got[1].id.as_str()), (0, "y"));
+        assert_eq!(got[1].held.attempt(), 2, "a0 + the first delivery");
+        assert!(parse_read(Value::Nil, &keys).unwrap().is_empty());
+        let foreign = Value::Array(vec![Value::Array(vec![
+            bulk("rtq:{q}:b:9"),
+            Value::Array(vec![entry("5-0", "x")]),
+        ])]);
+        assert!(parse_read(foreign, &keys).is_err());
+    }
+}
