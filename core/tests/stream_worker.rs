@@ -186,6 +186,7 @@ impl Setup {
                 state,
                 attempt,
                 payload,
+                ..
             }) = self.marker(id).await
             {
                 return (state, attempt, String::from_utf8(payload).unwrap());
