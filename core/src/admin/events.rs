@@ -248,12 +248,8 @@ impl Admin {
     pub async fn delete_task(&self, queue: &str, id: &str) -> Result<DeleteTaskReply, Error> {
         let k = QueueKeys::new(queue)?;
         validate_id(id, "task id")?;
-        self.refuse_stream(
-            &k,
-            "deleting a task",
-            "an ended task of a stream queue is forgotten at the end of its retention",
-        )
-        .await?;
+        self.refuse_stream(&k, super::stream::Unavailable::Delete)
+            .await?;
         match self.call(&k, &DeleteTask { id }).await? {
             DeleteTaskReply::NotFound => Err(Self::not_found(queue, id)),
             other => Ok(other),

@@ -56,7 +56,7 @@ pub use lifecycle::DeletedQueue;
 pub use served::{ServedQueue, ServedQueues, ServedWorker};
 pub use stats::{Percentiles, QueueStats};
 pub use stats_cache::StatsCache;
-pub use stream::QueueMode;
+pub use stream::{QueueMode, Unavailable};
 pub use summary::ServerState;
 pub use task_pages::RunningPage;
 
@@ -563,12 +563,7 @@ impl Admin {
     pub async fn requeue(&self, queue: &str, id: &str) -> Result<TaskState, Error> {
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
-        self.refuse_stream(
-            &k,
-            "requeue",
-            "cancel the task and submit it again under a new id",
-        )
-        .await?;
+        self.refuse_stream(&k, stream::Unavailable::Requeue).await?;
         let requeue = Requeue {
             id,
             reason: "requeued by an operator",
@@ -623,12 +618,8 @@ impl Admin {
         }
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
-        self.refuse_stream(
-            &k,
-            "changing a task's priority",
-            "a task's band is fixed at submit: cancel it and submit it again with the priority wanted",
-        )
-        .await?;
+        self.refuse_stream(&k, stream::Unavailable::Priority)
+            .await?;
         self.call(&k, &SetPriority { id, priority })
             .await?
             .ok_or_else(|| Self::not_found(queue, id))
@@ -643,8 +634,11 @@ impl Admin {
         let k = Self::keys(queue)?;
         self.refuse_stream(
             &k,
-            if paused { "pause" } else { "resume" },
-            "to stop hand-outs, stop or drain the queue's workers",
+            if paused {
+                stream::Unavailable::Pause
+            } else {
+                stream::Unavailable::Resume
+            },
         )
         .await?;
         self.register(queue).await?;
@@ -684,12 +678,7 @@ impl Admin {
     /// available there yet).
     pub async fn purge(&self, queue: &str) -> Result<u64, Error> {
         let k = Self::keys(queue)?;
-        self.refuse_stream(
-            &k,
-            "purge",
-            "cancel its queued tasks one by one (the pending list shows them)",
-        )
-        .await?;
+        self.refuse_stream(&k, stream::Unavailable::Purge).await?;
         let mut removed = 0;
         loop {
             let step = self.call(&k, &Purge { batch: PURGE_BATCH }).await?;

@@ -66,6 +66,54 @@ impl QueueMode {
     }
 }
 
+/// An operator action a stream queue does not have yet: [`Admin`] refuses
+/// it with [`Unavailable::error`] before writing anything, and a console
+/// can say so without asking Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Pausing the queue.
+    Pause,
+    /// Resuming the queue.
+    Resume,
+    /// Cancelling every queued task at once.
+    Purge,
+    /// Putting a task back in the queue.
+    Requeue,
+    /// Changing a task's priority.
+    Priority,
+    /// Forgetting an ended task before its retention ends.
+    Delete,
+}
+
+impl Unavailable {
+    /// The action's name and what to do instead.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Unavailable::Pause => ("pause", "to stop hand-outs, stop or drain its workers"),
+            Unavailable::Resume => ("resume", "a stream queue is never paused"),
+            Unavailable::Purge => ("purge", "cancel its queued tasks one by one"),
+            Unavailable::Requeue => ("requeue", "cancel the task and submit it again"),
+            Unavailable::Priority => (
+                "changing a priority",
+                "cancel the task and submit it again with the priority wanted",
+            ),
+            Unavailable::Delete => (
+                "deleting a task",
+                "an ended task is forgotten at the end of its retention",
+            ),
+        }
+    }
+
+    /// The refusal on stream queue `queue`: [`Error::InvalidInput`] naming
+    /// the queue, the action and what to do instead.
+    pub fn error(self, queue: &str) -> Error {
+        let (action, instead) = self.words();
+        Error::InvalidInput(format!(
+            "queue {queue} is a stream queue: {action} is not available on stream queues yet; {instead}"
+        ))
+    }
+}
+
 /// What the meta hash of a stream queue says besides its mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct StreamMeta {
@@ -280,8 +328,15 @@ fn entry_ms(id: &str) -> Option<i64> {
 /// band stream is `None` (nothing queued).
 type BandStarts = Vec<Option<(String, Option<u64>)>>;
 
+/// A stream entry's fields, by name.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// A stream queue to read the running entries of: its keys, band count
+/// and live set (`lv`, worker -> lease expiry ms).
+pub(super) type StreamQueue = (QueueKeys, u8, Vec<(String, i64)>);
+
 /// A parsed `XRANGE` reply: (entry id, fields); deleted entries skipped.
-fn decode_entries(v: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+fn decode_entries(v: Value) -> Vec<(String, Fields)> {
     let Value::Array(entries) = v else {
         return Vec::new();
     };
@@ -497,23 +552,14 @@ impl Admin {
         })
     }
 
-    /// The refusal of an operator action a stream queue does not have
-    /// yet, with what to do instead.
-    pub(super) fn stream_refusal(queue: &str, action: &str, instead: &str) -> Error {
-        Error::InvalidInput(format!(
-            "queue {queue} is a stream queue: {action} is not available on stream queues yet; {instead}"
-        ))
-    }
-
     /// Refuses `action` on a stream queue (one `HMGET` of the mode).
     pub(super) async fn refuse_stream(
         &self,
         k: &QueueKeys,
-        action: &str,
-        instead: &str,
+        action: Unavailable,
     ) -> Result<(), Error> {
         if self.mode_of(k).await?.is_stream() {
-            return Err(Self::stream_refusal(k.name(), action, instead));
+            return Err(action.error(k.name()));
         }
         Ok(())
     }
@@ -609,7 +655,7 @@ impl Admin {
     /// foreign type is an `Err` in its place.
     pub(super) async fn stream_running(
         &self,
-        queues: Vec<(QueueKeys, u8, Vec<(String, i64)>)>,
+        queues: Vec<StreamQueue>,
     ) -> Result<Vec<Result<StreamRunning, Error>>, Error> {
         if queues.is_empty() {
             return Ok(Vec::new());
@@ -774,9 +820,46 @@ impl Admin {
         Ok(out)
     }
 
-    /// A stream queue's task as its status reads it (marker, pending list).
+    /// A stream queue's task as its status reads it (marker, pending
+    /// list; see [`crate::Queue::status`]), and while it is queued or
+    /// running what its entry holds besides (submit time, deadline,
+    /// attempts allowed and used, spec).
     pub(super) async fn stream_task(&self, queue: &str, id: &str) -> Result<TaskInfo, Error> {
-        self.client.queue(queue)?.status(id).await
+        let k = QueueKeys::new(queue)?;
+        let mut info = self.client.queue(queue)?.status(id).await?;
+        if info.state.is_terminal() {
+            return Ok(info);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(v3::marker_key(&k, id))
+            .query_async(&mut conn)
+            .await?;
+        let Some(v3::Marker::Place { band, entry, .. }) =
+            raw.as_deref().and_then(v3::Marker::parse)
+        else {
+            return Ok(info);
+        };
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(v3::band_key(&k, band))
+            .arg(&entry)
+            .arg(&entry)
+            .query_async(&mut conn)
+            .await?;
+        let Some((_, fields)) = decode_entries(reply).into_iter().next() else {
+            return Ok(info);
+        };
+        if let Some(t) = entry_task(&fields, info.state, &info.worker, info.attempt) {
+            if t.id == info.id {
+                info.submitted_ms = t.submitted_ms;
+                info.deadline_ms = t.deadline_ms;
+                info.max_attempts = t.max_attempts;
+                info.failures = t.failures;
+                info.priority = t.priority;
+                info.spec = t.spec;
+            }
+        }
+        Ok(info)
     }
 
     /// The last `n` chunks of a stream queue's task's current (or ending)
@@ -936,9 +1019,6 @@ mod tests {
         assert_eq!(per, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
         let empty = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
         assert_eq!(decode_pending_summary(&k, "b", empty).unwrap().0, 0);
-        assert_eq!(
-            decode_pending_summary(&k, "b", Value::Int(4)).is_err(),
-            true
-        );
+        assert!(decode_pending_summary(&k, "b", Value::Int(4)).is_err());
     }
 }

@@ -76,7 +76,7 @@ impl Admin {
         let mut sets = sets.into_iter();
         let mut listed: Vec<Result<Vec<(String, f64)>, Error>> = Vec::with_capacity(keys.len());
         // Stream queues: (index in `keys`, meta, live set).
-        let mut streams: Vec<(usize, Result<(StreamMeta, Value), Error>)> = Vec::new();
+        let mut streams: Vec<(usize, StreamRead)> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             let workers = sets.next().unwrap_or(Value::Nil);
             let mode = sets.next().unwrap_or(Value::Nil);
@@ -137,6 +137,10 @@ impl Admin {
         Ok(out)
     }
 }
+
+/// A stream queue's first-round-trip read: its meta fields and the reply
+/// of `ZRANGE lv`, or why its mode is unreadable.
+type StreamRead = Result<(StreamMeta, Value), Error>;
 
 /// A queue's stream meta fields from its `HMGET meta mode bands` reply:
 /// `None` for an exact queue (or a meta hash that cannot be read: the
