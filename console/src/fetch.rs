@@ -350,7 +350,8 @@ pub async fn tasks(
 /// # Errors
 /// Redis errors, [`Error::NotFound`].
 pub async fn detail(admin: &Admin, queue: &str, id: &str) -> Result<Fetched, Error> {
-    let now_ms = admin.overview(queue).await?.now_ms;
+    let overview = admin.overview(queue).await?;
+    let now_ms = overview.now_ms;
     let info = admin.task(queue, id).await?;
     let tail = admin
         .tail(queue, id, TAIL_CHUNKS)
@@ -360,6 +361,7 @@ pub async fn detail(admin: &Admin, queue: &str, id: &str) -> Result<Fetched, Err
         .collect();
     Ok(Fetched::Detail(Box::new(DetailData {
         queue: queue.to_string(),
+        mode: overview.mode,
         now_ms,
         info,
         tail,

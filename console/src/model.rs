@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rtq_core::admin::{QueueEvent, QueueOverview, QueueStats, WorkerInfo};
+use rtq_core::admin::{QueueEvent, QueueMode, QueueOverview, QueueStats, WorkerInfo};
 use rtq_core::TaskInfo;
 
 /// One queue's row in the queues view.
@@ -100,6 +100,8 @@ pub struct TasksData {
 pub struct DetailData {
     /// Queue name.
     pub queue: String,
+    /// The queue's kind (exact or stream).
+    pub mode: QueueMode,
     /// Redis time of the read.
     pub now_ms: i64,
     /// Everything stored about it.

@@ -8,6 +8,7 @@ use ratatui::Frame;
 
 use crate::keymap::KEYMAP;
 use crate::state::{App, Connection, Prompt, View};
+use rtq_core::admin::QueueMode;
 
 pub fn header(frame: &mut Frame, area: Rect, app: &App) {
     let late = app.late_by(std::time::Instant::now());
@@ -85,8 +86,12 @@ pub fn footer(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         // The active filter and the marks are always shown; a status
         // message (it expires) or an error comes next, then the key hints.
+        let mode = match app.queue.as_deref().map(|q| app.queue_mode(q)) {
+            Some(QueueMode::Stream { bands }) => format!(" (stream, {bands} bands)"),
+            _ => String::new(),
+        };
         let mut spans = vec![Span::raw(format!(
-            "queue: {}",
+            "queue: {}{mode}",
             app.queue.as_deref().unwrap_or("-")
         ))];
         if !app.filter.is_empty() {

@@ -5,6 +5,7 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 use ratatui::Frame;
+use rtq_core::admin::QueueMode;
 use rtq_core::Outcome;
 
 use super::{fmt_bytes, fmt_ms};
@@ -21,12 +22,21 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     };
     let t = &d.info;
     let now = d.now_ms;
+    // Times after the submit; a stream queue's ended task keeps no submit
+    // time: its times are then ages.
     let at = |ms: i64| {
-        if ms > 0 {
+        if ms <= 0 {
+            "-".into()
+        } else if t.submitted_ms > 0 {
             format!("+{}", fmt_ms(ms - t.submitted_ms))
         } else {
-            "-".into()
+            format!("{} ago", fmt_ms(now - ms))
         }
+    };
+    let submitted = if t.submitted_ms > 0 {
+        format!("{} ago", fmt_ms(now - t.submitted_ms))
+    } else {
+        "-".into()
     };
     let labels = t
         .spec
@@ -40,15 +50,31 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         })
         .unwrap_or_default();
     let mut lines = vec![
-        Line::from(vec![Span::styled("task ", Style::new().bold()), Span::raw(t.id.clone()), Span::raw(format!("  queue {}", d.queue))]),
+        Line::from(vec![
+            Span::styled("task ", Style::new().bold()),
+            Span::raw(t.id.clone()),
+            Span::raw(format!("  queue {}", d.queue)),
+            Span::raw(match d.mode {
+                QueueMode::Stream { bands } => format!(" (stream queue, {bands} bands)"),
+                QueueMode::Exact => String::new(),
+            }),
+        ]),
         Line::from(format!(
             "state {}  priority {}  attempt {} (failures {}/{})  worker {}",
-            t.state, t.priority, t.attempt, t.failures, t.max_attempts, if t.worker.is_empty() { "-" } else { &t.worker }
+            t.state,
+            t.priority,
+            t.attempt,
+            t.failures,
+            t.max_attempts,
+            if t.worker.is_empty() { "-" } else { &t.worker }
         )),
-        Line::from(format!("labels {}", if labels.is_empty() { "-" } else { &labels })),
         Line::from(format!(
-            "timeline: submitted {} ago · started {} · first chunk {} · last chunk {} · finished {}",
-            fmt_ms(now - t.submitted_ms),
+            "labels {}",
+            if labels.is_empty() { "-" } else { &labels }
+        )),
+        Line::from(format!(
+            "timeline: submitted {} · started {} · first chunk {} · last chunk {} · finished {}",
+            submitted,
             at(t.started_ms),
             at(t.first_chunk_ms),
             at(t.last_chunk_ms),
@@ -56,7 +82,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         )),
         Line::from(format!(
             "deadline {} · output {} chunks, {}",
-            if t.deadline_ms > 0 { at(t.deadline_ms) } else { "none".into() },
+            if t.deadline_ms > 0 {
+                at(t.deadline_ms)
+            } else {
+                "none".into()
+            },
             t.chunks,
             fmt_bytes(t.bytes)
         )),

@@ -19,6 +19,14 @@ pub fn worker_state(w: &WorkerInfo, now_ms: i64) -> (String, Color) {
     if w.lease_until_ms.is_none_or(|l| l <= now_ms) {
         return ("dead".into(), Color::Red);
     }
+    // A stream queue's worker has no heartbeat hash: its live lease is
+    // its heartbeat, and admin says whether it holds tasks.
+    if w.field("mode") == "stream" {
+        return match w.field("state") {
+            "busy" => ("busy".into(), Color::Green),
+            _ => ("idle".into(), Color::Gray),
+        };
+    }
     if age > lease / 2 {
         return ("stale".into(), Color::Yellow);
     }

@@ -51,8 +51,15 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 Level::Warning => health.label.fg(Color::Yellow),
                 Level::Ok => health.label.fg(Color::Green),
             };
+            // A stream queue (protocol v3) is tagged; exact queues, the
+            // default, are not.
+            let name: Span = if o.mode.is_stream() {
+                format!("{} [stream]", o.name).into()
+            } else {
+                o.name.clone().into()
+            };
             let mut cells: Vec<Span> = vec![
-                o.name.clone().into(),
+                name,
                 state,
                 o.pending.to_string().into(),
                 o.running.to_string().into(),
@@ -93,7 +100,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     // must not be cut); names up to the 64-byte limit.
     let cell = |i: usize| cells_all.iter().map(move |c| c[i].content.chars().count());
     let mut widths = vec![
-        fit("QUEUE", cell(0), rtq_core::keys::MAX_QUEUE_NAME),
+        fit("QUEUE", cell(0), rtq_core::keys::MAX_QUEUE_NAME + 9),
         Constraint::Length(9),
         fit("PEND", cell(2), 12),
         fit("RUN", cell(3), 8),

@@ -6,6 +6,7 @@ use crate::fetch::Action;
 use crate::keymap::Cmd;
 use crate::model::TaskTab;
 use crate::sort::Sort;
+use rtq_core::admin::Unavailable;
 
 impl App {
     pub(super) fn task_targets(&self) -> Vec<String> {
@@ -36,6 +37,13 @@ impl App {
                 Cmd::Bottom => *scroll = u16::MAX,
                 _ => {}
             }
+        }
+        if let Some(refused) = self.unavailable(cmd) {
+            // A stream queue does not have this action yet: say so, and
+            // neither ask for a confirmation nor send anything.
+            let queue = self.queue.clone().unwrap_or_default();
+            self.set_status(refused.error(&queue).to_string(), true);
+            return None;
         }
         match cmd {
             Cmd::Up | Cmd::Down | Cmd::PageUp | Cmd::PageDown | Cmd::Top | Cmd::Bottom
@@ -356,6 +364,25 @@ pub fn describe_tasks(ids: &[String]) -> String {
             } else {
                 format!("{} tasks: {named}", ids.len())
             }
+        }
+    }
+}
+
+impl App {
+    /// The action `cmd` would take that the selected queue does not have
+    /// (a stream queue: pause, purge, requeue, priority, delete), if any.
+    fn unavailable(&self, cmd: Cmd) -> Option<Unavailable> {
+        let queue = self.queue.as_deref()?;
+        if !self.queue_mode(queue).is_stream() {
+            return None;
+        }
+        match cmd {
+            Cmd::PauseResume => Some(Unavailable::Pause),
+            Cmd::Purge => Some(Unavailable::Purge),
+            Cmd::Requeue => Some(Unavailable::Requeue),
+            Cmd::PriorityUp | Cmd::PriorityDown => Some(Unavailable::Priority),
+            Cmd::Delete => Some(Unavailable::Delete),
+            _ => None,
         }
     }
 }

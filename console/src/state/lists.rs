@@ -1,6 +1,7 @@
 //! Which rows a list view shows (filtered and sorted), the rows on screen
 //! and the cursor: selection by identity across refreshes and re-sorts.
 
+use rtq_core::admin::QueueMode;
 use rtq_core::TaskInfo;
 
 use super::{App, View};
@@ -8,6 +9,16 @@ use crate::filter::{Fields, Filter};
 use crate::model::{QueueRow, TaskTab};
 
 impl App {
+    /// The kind of queue `name` as its last read row says (exact when it
+    /// has none yet).
+    pub fn queue_mode(&self, name: &str) -> QueueMode {
+        self.queues
+            .iter()
+            .find(|q| q.overview.name == name)
+            .map(|q| q.overview.mode)
+            .unwrap_or_default()
+    }
+
     pub(super) fn parsed_filter(&self) -> Filter {
         Filter::parse(&self.filter)
     }

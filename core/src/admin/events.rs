@@ -243,10 +243,13 @@ impl Admin {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id, [`Error::InvalidName`] for a
-    /// bad queue name or id, Redis errors.
+    /// bad queue name or id, [`Error::InvalidInput`] on a stream queue (not
+    /// available there yet), Redis errors.
     pub async fn delete_task(&self, queue: &str, id: &str) -> Result<DeleteTaskReply, Error> {
         let k = QueueKeys::new(queue)?;
         validate_id(id, "task id")?;
+        self.refuse_stream(&k, super::stream::Unavailable::Delete)
+            .await?;
         match self.call(&k, &DeleteTask { id }).await? {
             DeleteTaskReply::NotFound => Err(Self::not_found(queue, id)),
             other => Ok(other),

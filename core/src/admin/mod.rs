@@ -21,12 +21,17 @@
 //!   ([`Admin::served_queues`]).
 //! - `events`: the queue's event tail, the workers that died or left in the
 //!   last ten minutes, and deleting an ended task.
+//! - `stream`: stream queues (protocol v3): their mode ([`QueueMode`]),
+//!   counts, workers, running and queued tasks, and the actions they do
+//!   not have yet. Every read and action here dispatches on the queue's
+//!   mode.
 
 mod events;
 mod lifecycle;
 mod served;
 pub mod stats;
 pub mod stats_cache;
+pub mod stream;
 mod summary;
 pub mod task_pages;
 mod workers;
@@ -51,6 +56,7 @@ pub use lifecycle::DeletedQueue;
 pub use served::{ServedQueue, ServedQueues, ServedWorker};
 pub use stats::{Percentiles, QueueStats};
 pub use stats_cache::StatsCache;
+pub use stream::{QueueMode, Unavailable};
 pub use summary::ServerState;
 pub use task_pages::RunningPage;
 
@@ -76,6 +82,15 @@ const HOUSEKEEPING_ROUNDS: usize = 100;
 pub struct QueueOverview {
     /// Queue name.
     pub name: String,
+    /// The queue's kind: [`QueueMode::Exact`] (v2) or
+    /// [`QueueMode::Stream`] (v3), from its meta hash. For a stream queue
+    /// `pending` is its task count `n` less the running ones, `running`
+    /// the entries its consumer group holds, the workers those of its
+    /// live set `lv`; `paused`, `delayed` and `idle_slots` stay 0 (it has
+    /// none of them), and `head_wait_ms` is read by [`Admin::overview`]
+    /// only (it reads a queued entry, spec included: not for every queue
+    /// of a summary).
+    pub mode: QueueMode,
     /// True while nothing is handed out.
     pub paused: bool,
     /// Maximum pending tasks (0 = unlimited).
@@ -160,6 +175,9 @@ pub(crate) fn head_wait(now_ms: i64, sub: &Value) -> Option<i64> {
 #[derive(Clone)]
 pub struct Admin {
     conn: RedisConnection,
+    /// The client it was made from (a stream queue's task status is read
+    /// through its [`crate::Queue`]).
+    client: Client,
 }
 
 impl Admin {
@@ -167,6 +185,7 @@ impl Admin {
     pub fn new(client: &Client) -> Self {
         Self {
             conn: client.conn(),
+            client: client.clone(),
         }
     }
 
@@ -224,7 +243,9 @@ impl Admin {
         Ok(out)
     }
 
-    /// Counts of a queue in one round trip.
+    /// Counts of a queue: two round trips for an exact queue; for a stream
+    /// queue (seen in the first) one more for its counts, and one for its
+    /// oldest queued entry when it has queued tasks.
     ///
     /// # Errors
     /// Redis errors, invalid names.
@@ -236,6 +257,9 @@ impl Admin {
         let (time, meta, pending, delayed, free, workers, head): OverviewReply =
             pipe.query_async(&mut self.conn.clone()).await?;
         let now_ms = time_ms(&time);
+        if let Some(stream) = stream::stream_meta(&k, &meta)? {
+            return self.stream_overview(&k, &stream, now_ms).await;
+        }
         let alive: Vec<&String> = workers
             .iter()
             .filter(|(_, exp)| *exp as i64 > now_ms)
@@ -264,6 +288,7 @@ impl Admin {
         let running = extra.iter().map(|v| value_to_i64(v).max(0) as u64).sum();
         Ok(QueueOverview {
             name: queue.to_string(),
+            mode: QueueMode::Exact,
             paused: meta.get("paused").map(String::as_str) == Some("1"),
             max_depth: meta.get("maxd").and_then(|m| m.parse().ok()).unwrap_or(0),
             pending: pending + delayed,
@@ -291,7 +316,9 @@ impl Admin {
         read.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
 
-    /// A page of pending tasks in hand-out order.
+    /// A page of pending tasks in hand-out order. On a stream queue: its
+    /// queued entries, band 0 first, each band in order (see
+    /// `stream_pending` for the cost of deep pages).
     ///
     /// # Errors
     /// Redis errors.
@@ -302,6 +329,9 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
+        if let QueueMode::Stream { bands } = self.mode_of(&k).await? {
+            return self.stream_pending(&k, bands, offset, limit).await;
+        }
         let ids = self.pending_ids(&k, offset, limit).await?;
         self.tasks(&k, &ids).await
     }
@@ -417,12 +447,17 @@ impl Admin {
             .collect())
     }
 
-    /// Tasks owned by live or stale workers (running, or in an inbox).
+    /// Tasks owned by live or stale workers (running, or in an inbox). On
+    /// a stream queue: the entries its consumer group holds (at most
+    /// 1,000 per band), read from their entries.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn running(&self, queue: &str) -> Result<Vec<TaskInfo>, Error> {
         let k = Self::keys(queue)?;
+        if let QueueMode::Stream { bands } = self.mode_of(&k).await? {
+            return Ok(self.stream_running_of(&k, bands).await?.tasks());
+        }
         let mut ids: Vec<String> = self
             .workers(queue)
             .await?
@@ -469,13 +504,17 @@ impl Admin {
             .collect())
     }
 
-    /// One task's stored state.
+    /// One task's stored state (on a stream queue, what its status reads:
+    /// see [`crate::Queue::status`]).
     ///
     /// # Errors
     /// [`Error::NotFound`], Redis errors.
     pub async fn task(&self, queue: &str, id: &str) -> Result<TaskInfo, Error> {
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
+        if self.mode_of(&k).await?.is_stream() {
+            return self.stream_task(queue, id).await;
+        }
         let found = self.tasks(&k, &[id.to_string()]).await?;
         found.into_iter().next().ok_or_else(|| Error::NotFound {
             queue: queue.into(),
@@ -483,13 +522,18 @@ impl Admin {
         })
     }
 
-    /// The last `n` chunks of a task's current attempt (live tail).
+    /// The last `n` chunks of a task's current attempt (live tail); on a
+    /// stream queue, of the attempt running it or the one that ended it.
     ///
     /// # Errors
-    /// Redis errors.
+    /// Redis errors; on a stream queue [`Error::NotFound`] for a task it
+    /// does not know.
     pub async fn tail(&self, queue: &str, id: &str, n: usize) -> Result<Vec<Vec<u8>>, Error> {
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
+        if self.mode_of(&k).await?.is_stream() {
+            return self.stream_tail(&k, id, n).await;
+        }
         Ok(redis::cmd("LRANGE")
             .arg(k.output(id))
             .arg(-(n.max(1) as i64))
@@ -514,10 +558,12 @@ impl Admin {
     /// in (`Queued` if it already was).
     ///
     /// # Errors
-    /// [`Error::NotFound`], Redis errors.
+    /// [`Error::NotFound`], Redis errors, [`Error::InvalidInput`] on a
+    /// stream queue (not available there yet).
     pub async fn requeue(&self, queue: &str, id: &str) -> Result<TaskState, Error> {
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
+        self.refuse_stream(&k, stream::Unavailable::Requeue).await?;
         let requeue = Requeue {
             id,
             reason: "requeued by an operator",
@@ -529,7 +575,8 @@ impl Admin {
         }
     }
 
-    /// Cancels a task (as `Queue::cancel`). Returns the state it was in.
+    /// Cancels a task (as `Queue::cancel`; on a stream queue through
+    /// `rtq3_cancel`). Returns the state it was in.
     ///
     /// # Errors
     /// [`Error::NotFound`], Redis errors.
@@ -537,6 +584,9 @@ impl Admin {
         use crate::functions::cancel::{Cancel, CancelMode, CancelReply};
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
+        if self.mode_of(&k).await?.is_stream() {
+            return self.stream_cancel(&k, id).await;
+        }
         let cancel = Cancel {
             id,
             mode: CancelMode::Cancel,
@@ -553,7 +603,8 @@ impl Admin {
     /// Changes a task's priority. Returns its state.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] out of range, [`Error::NotFound`], Redis errors.
+    /// [`Error::InvalidInput`] out of range or on a stream queue (not
+    /// available there yet), [`Error::NotFound`], Redis errors.
     pub async fn set_priority(
         &self,
         queue: &str,
@@ -567,6 +618,8 @@ impl Admin {
         }
         let k = Self::keys(queue)?;
         validate_id(id, "task id")?;
+        self.refuse_stream(&k, stream::Unavailable::Priority)
+            .await?;
         self.call(&k, &SetPriority { id, priority })
             .await?
             .ok_or_else(|| Self::not_found(queue, id))
@@ -575,19 +628,36 @@ impl Admin {
     /// Pauses (`true`) or resumes a queue; returns tasks dispatched on resume.
     ///
     /// # Errors
-    /// Redis errors.
+    /// Redis errors, [`Error::InvalidInput`] on a stream queue (not
+    /// available there yet).
     pub async fn pause(&self, queue: &str, paused: bool) -> Result<u64, Error> {
         let k = Self::keys(queue)?;
+        self.refuse_stream(
+            &k,
+            if paused {
+                stream::Unavailable::Pause
+            } else {
+                stream::Unavailable::Resume
+            },
+        )
+        .await?;
         self.register(queue).await?;
         self.call(&k, &Pause { paused }).await
     }
 
-    /// Sets the maximum depth (0 = unlimited).
+    /// Sets the maximum depth (0 = unlimited); on a stream queue its depth
+    /// limit (`rtq3_create`).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] above 2^40, Redis errors.
     pub async fn set_max_depth(&self, queue: &str, max_depth: u64) -> Result<(), Error> {
         let k = Self::keys(queue)?;
+        if let QueueMode::Stream { bands } = self.mode_of(&k).await? {
+            // rtq3_create updates the depth limit of an existing stream
+            // queue (its band count must match, and does).
+            crate::functions::v3::create(&mut self.conn.clone(), &k, bands, max_depth).await?;
+            return self.register(queue).await;
+        }
         self.register(queue).await?;
         self.call(&k, &SetMaxDepth { max_depth }).await
     }
@@ -604,9 +674,11 @@ impl Admin {
     /// Cancels every queued task (in batches); returns how many.
     ///
     /// # Errors
-    /// Redis errors.
+    /// Redis errors, [`Error::InvalidInput`] on a stream queue (not
+    /// available there yet).
     pub async fn purge(&self, queue: &str) -> Result<u64, Error> {
         let k = Self::keys(queue)?;
+        self.refuse_stream(&k, stream::Unavailable::Purge).await?;
         let mut removed = 0;
         loop {
             let step = self.call(&k, &Purge { batch: PURGE_BATCH }).await?;
@@ -619,7 +691,9 @@ impl Admin {
 
     /// Runs housekeeping until it has nothing left to do (at most 100
     /// bounded rounds): reaps dead workers, ends overdue tasks, dispatches
-    /// queued work to free slots. Returns what it did in total.
+    /// queued work to free slots. Returns what it did in total. A stream
+    /// queue is housekept by its own workers (`rtq3_takeover`): nothing is
+    /// done and nothing reported.
     ///
     /// # Errors
     /// Redis errors.
@@ -627,7 +701,13 @@ impl Admin {
         let k = Self::keys(queue)?;
         let mut total = HousekeepReport::default();
         for _ in 0..HOUSEKEEPING_ROUNDS {
-            let r = self.call(&k, &Housekeep).await?;
+            let r = match self.call(&k, &Housekeep).await {
+                Ok(r) => r,
+                // A stream queue's workers housekeep it (rtq3_takeover):
+                // nothing to do here.
+                Err(Error::InvalidInput(m)) if m.contains("is a stream queue") => break,
+                Err(e) => return Err(e),
+            };
             total.reaped += r.reaped;
             total.expired += r.expired;
             total.dispatched += r.dispatched;

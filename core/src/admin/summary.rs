@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+use super::stream::{self, StreamMeta};
 use super::{free_of_live, head_wait, stats, time_ms, Admin, QueueOverview, QueueStats};
 use crate::error::Error;
 use crate::keys::QueueKeys;
@@ -19,8 +20,11 @@ impl Admin {
     /// Overviews of every queue (counts, workers, head age; no
     /// statistics) in two pipelined round trips after the registry read:
     /// six cheap commands per queue, then one `SCARD` per live worker and
-    /// one `HGET` of the head task. A queue whose keys cannot be read is
-    /// an overview with [`QueueOverview::error`] set.
+    /// one `HGET` of the head task of an exact queue, or for a stream
+    /// queue (its meta hash, read in the first, says so) its live set and
+    /// one `XPENDING` summary per band (no head age: see
+    /// [`QueueOverview::mode`]). A queue whose keys cannot be read is an
+    /// overview with [`QueueOverview::error`] set.
     ///
     /// # Errors
     /// Redis errors.
@@ -58,6 +62,8 @@ impl Admin {
             overview: QueueOverview,
             alive: Vec<String>,
             head: Option<String>,
+            /// A stream queue's meta fields (its counts come in trip 2).
+            stream: Option<StreamMeta>,
         }
         let mut partials = Vec::with_capacity(keys.len());
         for k in &keys {
@@ -69,8 +75,17 @@ impl Admin {
                 now_ms,
                 ..QueueOverview::default()
             };
-            let (alive, head) = match decode_queue(k, items) {
-                Ok((meta, pending, delayed, free, workers, head)) => {
+            let decoded =
+                decode_queue(k, items).and_then(|d| Ok((stream::stream_meta(k, &d.0)?, d)));
+            let mut stream = None;
+            let (alive, head) = match decoded {
+                Ok((Some(meta), _)) => {
+                    overview.mode = stream::QueueMode::Stream { bands: meta.bands };
+                    overview.max_depth = meta.max_depth;
+                    stream = Some(meta);
+                    (Vec::new(), None)
+                }
+                Ok((None, (meta, pending, delayed, free, workers, head))) => {
                     let alive: Vec<String> = workers
                         .iter()
                         .filter(|(_, exp)| *exp as i64 > now_ms)
@@ -94,11 +109,15 @@ impl Admin {
                 overview,
                 alive,
                 head,
+                stream,
             });
         }
         // Round trip 2: running counts and head age.
         let mut second = redis::pipe();
         for (k, p) in keys.iter().zip(&partials) {
+            if let Some(meta) = &p.stream {
+                stream::count_trip(&mut second, k, meta.bands);
+            }
             for w in &p.alive {
                 second.scard(k.worker_tasks(w));
             }
@@ -114,7 +133,24 @@ impl Admin {
         };
         let mut it = replies.into_iter();
         let mut out = Vec::with_capacity(partials.len());
-        for mut p in partials {
+        for (k, mut p) in keys.iter().zip(partials) {
+            if let Some(meta) = &p.stream {
+                // Collected first: a decode that stops at an error must not
+                // shift the replies of the queues after it.
+                let items: Vec<Value> = it.by_ref().take(stream::count_cmds(meta.bands)).collect();
+                let o = &mut p.overview;
+                if let Err(e) = stream::decode_counts(k, meta, items.into_iter(), now_ms, o) {
+                    *o = QueueOverview {
+                        name: k.name().to_string(),
+                        mode: o.mode,
+                        now_ms,
+                        error: Some(e.to_string()),
+                        ..QueueOverview::default()
+                    };
+                }
+                out.push(p.overview);
+                continue;
+            }
             let mut next = || it.next().unwrap_or(Value::Nil);
             p.overview.running = (0..p.alive.len())
                 .map(|_| value_to_i64(&next()).max(0) as u64)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::Admin;
+use super::{Admin, QueueMode};
 use crate::client::TaskInfo;
 use crate::error::Error;
 use crate::keys::QueueKeys;
@@ -51,7 +51,8 @@ impl Admin {
         summaries(self, &k, ids).await
     }
 
-    /// A page of pending tasks in hand-out order, as summaries.
+    /// A page of pending tasks in hand-out order, as summaries (on a
+    /// stream queue, as [`Admin::pending`]: read from the entries).
     ///
     /// # Errors
     /// Redis errors.
@@ -62,6 +63,9 @@ impl Admin {
         limit: usize,
     ) -> Result<Vec<TaskInfo>, Error> {
         let k = QueueKeys::new(queue)?;
+        if let QueueMode::Stream { bands } = self.mode_of(&k).await? {
+            return self.stream_pending(&k, bands, offset, limit).await;
+        }
         let ids = self.pending_ids(&k, offset, limit).await?;
         summaries(self, &k, &ids).await
     }
@@ -85,7 +89,9 @@ impl Admin {
     /// A page of the tasks owned by workers (running, or in an inbox),
     /// ordered by worker id then task id: the workers' task counts are
     /// read, then the members of only the workers the page covers, then
-    /// the page's summaries.
+    /// the page's summaries. On a stream queue: the entries its consumer
+    /// group holds (up to 1,000 per band read, specs included), the
+    /// workers of its live set.
     ///
     /// # Errors
     /// Redis errors.
@@ -96,6 +102,16 @@ impl Admin {
         limit: usize,
     ) -> Result<RunningPage, Error> {
         let k = QueueKeys::new(queue)?;
+        if let QueueMode::Stream { bands } = self.mode_of(&k).await? {
+            let read = self.stream_running_of(&k, bands).await?;
+            let total = read.held.iter().map(|(_, n)| *n as usize).sum();
+            let tasks = read.tasks().into_iter().skip(offset).take(limit).collect();
+            return Ok(RunningPage {
+                tasks,
+                total,
+                leases: read.live,
+            });
+        }
         let leases = self.worker_leases(queue).await?;
         let counts: Vec<i64> = if leases.is_empty() {
             Vec::new()
