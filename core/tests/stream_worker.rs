@@ -43,7 +43,8 @@ impl Log {
     }
 }
 
-/// A handler driven by its input: `{"decline_first": true, "chunks": n, "sleep_ms": d, "hold":
+/// A handler driven by its input: `{"decline_first": true, "early": n
+/// (chunks sent before any hold), "chunks": n, "sleep_ms": d, "hold":
 /// true, "hold_on": "<worker>", "fail": "why", "retryable": true,
 /// "fail_until": k}`. `hold` waits for `release` or the stop; `fail_until`
 /// fails retryably while the attempt is below k.
@@ -87,6 +88,9 @@ impl Probe {
             .count();
         if input["decline_first"].as_bool() == Some(true) && starts == 1 {
             return Err(HandlerError::not_started("the model is not loaded yet"));
+        }
+        for i in 0..input["early"].as_u64().unwrap_or(0) {
+            task.send(format!("early{i} ")).await?;
         }
         let hold = input["hold"].as_bool() == Some(true)
             || input["hold_on"].as_str() == Some(self.worker.as_str());
@@ -527,6 +531,40 @@ async fn a_graceful_stop_hands_back_what_outlasts_the_grace_and_another_worker_f
         "a hand-back uses no attempt"
     );
     assert_eq!(s.chunks("slow", 1).await, vec!["tok0 "]);
+    second.stop().await;
+}
+
+/// An attempt stopped by the drain after it sent chunks is not handed
+/// back under its own number (a follower holding its chunks would splice
+/// the next run's onto them): it uses an attempt, its output goes, and the
+/// next run is attempt 2 from chunk 0.
+#[tokio::test]
+async fn a_drained_attempt_that_sent_chunks_uses_its_attempt() {
+    let mut s = setup(1).await;
+    s.submit_with("talker", 0, json!({"hold_on": "first", "early": 1}), 0, 3)
+        .await;
+    let log = Arc::new(Log::default());
+    let first = s
+        .start(s.config("first").grace(Duration::from_millis(300)), &log)
+        .await;
+    let mut stored = Vec::new();
+    for _ in 0..200 {
+        stored = s.chunks("talker", 1).await;
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, vec!["early0 "]);
+    first.stop().await;
+    assert!(
+        s.chunks("talker", 1).await.is_empty(),
+        "the void attempt's output is deleted"
+    );
+    let second = s.start(s.config("second"), &log).await;
+    let (state, attempt, _) = s.ended("talker").await;
+    assert_eq!((state.as_str(), attempt), ("done", 2));
+    assert_eq!(s.chunks("talker", 2).await, vec!["early0 "]);
     second.stop().await;
 }
 

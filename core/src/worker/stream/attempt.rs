@@ -221,6 +221,13 @@ async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<En
             | StopReason::Reassigned
             | StopReason::Gone => return None,
             StopReason::Deadline => EndState::Expired("deadline passed while running".into()),
+            // Chunks sent: the next run must not have this attempt's number
+            // (a hand-back keeps it), or a follower holding those chunks
+            // would take the next run's as their continuation. It uses an
+            // attempt, as an interrupted v2 attempt does.
+            StopReason::Shutdown if outbox.produced() => {
+                EndState::Retry("the worker shut down while the task ran".into())
+            }
             StopReason::Shutdown => EndState::HandBack("the worker is shutting down".into()),
             StopReason::OutputTooLarge { reason } => EndState::Failed(truncate(&reason)),
             // Another attempt writes the output whole.
