@@ -59,7 +59,7 @@ impl StreamBatcher {
     pub(crate) fn start(conn: RedisConnection, keys: QueueKeys) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let limits = BatchLimits {
-            in_flight: MAX_IN_FLIGHT,
+            in_flight: 1,
             len: MAX_BATCH,
             bytes: MAX_BATCH_BYTES,
         };
