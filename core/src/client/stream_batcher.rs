@@ -14,8 +14,6 @@ use crate::functions::batch::{
 use crate::functions::v3::{self, Admission, NewTask};
 use crate::keys::QueueKeys;
 
-use super::batcher::MAX_IN_FLIGHT;
-
 /// Tasks one `rtq3_submit` carries at most (the function's limit).
 const MAX_BATCH: usize = 1024;
 /// Spec bytes one batch carries at most (a bigger task goes alone).
@@ -59,6 +57,9 @@ impl StreamBatcher {
     pub(crate) fn start(conn: RedisConnection, keys: QueueKeys) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let limits = BatchLimits {
+            // One call in flight (v2's batcher allows four): a v3 call's
+            // fixed cost (meta and key checks) is a larger share of a small
+            // batch; at low load a submit still goes at once, alone.
             in_flight: 1,
             len: MAX_BATCH,
             bytes: MAX_BATCH_BYTES,
