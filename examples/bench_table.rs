@@ -47,6 +47,10 @@ struct Args {
     /// proxy and print one side-by-side table.
     #[arg(long, env = "RTQ_BENCH_REFERENCE")]
     reference: bool,
+    /// Run rtq on stream queues (protocol v3, one band) instead of v2
+    /// queues.
+    #[arg(long, env = "RTQ_BENCH_STREAM_QUEUE")]
+    stream_queue: bool,
 }
 
 struct Zero;
@@ -81,10 +85,17 @@ async fn run_row(
     url: &str,
     queue: &str,
     pairs: usize,
-    chunks: u64,
-    size: u64,
+    (chunks, size): (u64, u64),
     requests: usize,
+    stream_queue: bool,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64)> {
+    if stream_queue {
+        Client::connect(url)
+            .await?
+            .queue(queue)?
+            .create_stream(1, 0)
+            .await?;
+    }
     let mut stops = Vec::new();
     for _ in 0..pairs {
         let worker = Worker::connect(url, WorkerConfig::new(queue).slots(1)).await?;
@@ -238,7 +249,13 @@ fn summarize(
 }
 
 /// The side-by-side table: rtq and the reference design, run by run.
-async fn side_by_side(via: &str, rtt_ms: u64, runs: usize, requests: usize) -> anyhow::Result<()> {
+async fn side_by_side(
+    via: &str,
+    rtt_ms: u64,
+    runs: usize,
+    requests: usize,
+    stream_queue: bool,
+) -> anyhow::Result<()> {
     println!("| setup | output | rtq avg ms | rtq p99 | rtq first chunk p50 | rtq avg in RTTs | reference avg ms | reference p99 | reference first chunk p50 | reference avg in RTTs | rtq req/min | reference req/min | rtq speed-up |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let rtt = rtt_ms.max(1) as f64;
@@ -251,7 +268,8 @@ async fn side_by_side(via: &str, rtt_ms: u64, runs: usize, requests: usize) -> a
             let mut acc: [Pooled; 2] = Default::default();
             for run in 0..runs {
                 let queue = format!("side-{pairs}-{chunks}-{run}-{}", std::process::id());
-                let rtq = run_row(via, &queue, pairs, chunks, size, requests).await?;
+                let rtq =
+                    run_row(via, &queue, pairs, (chunks, size), requests, stream_queue).await?;
                 let reference = run_reference_row(via, pairs, chunks, size, requests).await?;
                 for (a, (lat, first, dur)) in acc.iter_mut().zip([rtq, reference]) {
                     a.0.push(lat.iter().sum::<f64>() / lat.len() as f64);
@@ -308,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
     println!("rtt {rtt_ms} ms (proxy {via} -> {target}); PING via proxy median {ping:.2} ms = rtt + {:.2} ms overhead; {runs} runs x {requests} requests per client", ping - rtt_ms as f64);
     println!();
     if args.reference {
-        return side_by_side(&via, rtt_ms, runs, requests).await;
+        return side_by_side(&via, rtt_ms, runs, requests, args.stream_queue).await;
     }
     println!("| setup | output | requests | duration s | avg ms | p50 | p95 | p99 | first chunk p50 | req/min | avg in RTTs |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -322,8 +340,15 @@ async fn main() -> anyhow::Result<()> {
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for run in 0..runs {
                 let queue = format!("table-{pairs}-{chunks}-{run}-{}", std::process::id());
-                let (lat, first, dur) =
-                    run_row(&via, &queue, pairs, chunks, size, requests).await?;
+                let (lat, first, dur) = run_row(
+                    &via,
+                    &queue,
+                    pairs,
+                    (chunks, size),
+                    requests,
+                    args.stream_queue,
+                )
+                .await?;
                 avgs.push(lat.iter().sum::<f64>() / lat.len() as f64);
                 durs.push(dur);
                 all.extend(lat);
