@@ -340,6 +340,7 @@ async fn work_rtq3(
                 held: d.held,
                 id: d.id,
                 state: EndState::Done(result.to_string()),
+                output: None,
             })
             .collect();
         let out = v3::complete(&mut conn, &keys, "w1", &endings).await?;

@@ -394,29 +394,30 @@ async fn worker_calls_refuse_every_bad_argument_and_write_nothing() {
     let mut case = Case::new(
         "rtq3_complete",
         bytes(&[
-            "w1", "2", "0", &s.e1, "t1", "1", "0", "done", "{}", "1", &s.e2, "t2", "1", "0",
-            "failed", "why",
+            "w1", "2", "0", &s.e1, "t1", "1", "0", "done", "{}", "-", "1", &s.e2, "t2", "1", "0",
+            "failed", "why", "0",
         ]),
     );
     case.id("worker", 0)
         .int("count", 1, &["0", "1", "3", "1025"])
-        .int("band", 9, &["3", "5", "-1"])
-        .entry(10)
-        .id("id", 11)
-        .int("deliveries", 12, &["0", "-1"])
-        .int("a0", 13, &["-1"])
-        .one_of("state", 14, BAD_STATES)
-        .set("a reason of 4097 bytes".into(), 15, &[b'r'; 4097])
+        .int("band", 10, &["3", "5", "-1"])
+        .entry(11)
+        .id("id", 12)
+        .int("deliveries", 13, &["0", "-1"])
+        .int("a0", 14, &["-1"])
+        .one_of("state", 15, BAD_STATES)
+        .set("a reason of 4097 bytes".into(), 16, &[b'r'; 4097])
+        .int("output", 17, &["100001", "-1", ""])
         .entry(3)
         .arity();
     let mut done_big = case.base.clone();
-    done_big[14] = b"done".to_vec();
-    done_big[15] = big.clone();
+    done_big[15] = b"done".to_vec();
+    done_big[16] = big.clone();
     case.variants
         .push(("a result of 16 MiB + 1".into(), done_big));
     let mut done_empty = case.base.clone();
-    done_empty[14] = b"done".to_vec();
-    done_empty[15] = Vec::new();
+    done_empty[15] = b"done".to_vec();
+    done_empty[16] = Vec::new();
     case.variants.push(("an empty result".into(), done_empty));
     check(&mut conn, &case).await;
 
@@ -583,6 +584,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "done",
                 "{}",
+                "-",
                 "1",
                 &e("t3"),
                 "t3",
@@ -590,6 +592,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "failed",
                 "x",
+                "-",
             ]),
         ),
         (
@@ -604,6 +607,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "retry",
                 "x",
+                "-",
                 "1",
                 &e("t3"),
                 "t3",
@@ -611,6 +615,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "done",
                 "{}",
+                "-",
             ]),
         ),
         (
@@ -625,6 +630,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "failed",
                 "x",
+                "-",
                 "0",
                 &e("t2"),
                 "t2",
@@ -632,6 +638,7 @@ fn messy_calls(m: &Messy) -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 "0",
                 "done",
                 "{}",
+                "-",
             ]),
         ),
         (
@@ -849,6 +856,7 @@ async fn an_entry_id_past_2_64_in_a_later_item_is_refused_before_the_first_is_wr
                 "0",
                 "done",
                 "{}",
+                "-",
                 "1",
                 "18446744073709551616-0",
                 "t2",
@@ -856,6 +864,7 @@ async fn an_entry_id_past_2_64_in_a_later_item_is_refused_before_the_first_is_wr
                 "0",
                 "failed",
                 "why",
+                "-",
             ]),
         ),
         (
@@ -933,6 +942,7 @@ async fn after_redis_lost_everything_the_bindings_reload_and_name_the_missing_qu
         held: held.clone(),
         id: "t1".into(),
         state: EndState::Done("{}".into()),
+        output: None,
     };
     let missing = |what: &str, e: Error| match e {
         Error::InvalidInput(m) if m.contains("not a stream queue") => {}
@@ -1054,6 +1064,7 @@ async fn endings_cancels_and_deadlines_keep_their_contract() {
                 held: held.clone(),
                 id: id.into(),
                 state: EndState::Done("{}".into()),
+                output: None,
             }],
         )
         .await
@@ -1074,6 +1085,7 @@ async fn endings_cancels_and_deadlines_keep_their_contract() {
             held,
             id: "t1".into(),
             state: EndState::Done("{\"ok\":1}".into()),
+            output: None,
         }],
     )
     .await

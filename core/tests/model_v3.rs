@@ -510,12 +510,25 @@ impl Sim {
             };
             let current = snap.pel.get(&(held.band, held.entry.clone()))
                 == Some(&(wid.clone(), held.deliveries));
-            want.push(if current {
-                Completed::Ok
-            } else {
-                Completed::Lost
+            // The output count the ending asks for: right, wrong (a tail
+            // write that did not land), or not checked.
+            let written = self.workers[w].written.get(&id).copied().unwrap_or(0);
+            let output = match self.rng.below(10) {
+                0..=2 => Some(written),
+                3 => Some(written + 1 + self.rng.below(3) as u64),
+                _ => None,
+            };
+            want.push(match (current, output) {
+                (false, _) => Completed::Lost,
+                (true, Some(o)) if o != written => Completed::Order(written),
+                (true, _) => Completed::Ok,
             });
-            endings.push(Ending { held, id, state });
+            endings.push(Ending {
+                held,
+                id,
+                state,
+                output,
+            });
         }
         let written_before = self.workers[w].written.clone();
         if self.rng.percent(15) {
@@ -542,6 +555,11 @@ impl Sim {
             self.fail(format!("complete answered {out:?}, expected {want:?}"));
         }
         for (e, o) in endings.iter().zip(&out) {
+            if let Completed::Order(_) = o {
+                // Nothing written: the attempt still runs.
+                self.count("complete refused for its output count");
+                continue;
+            }
             self.workers[w].running.remove(&e.id);
             match o {
                 Completed::Ok => {
@@ -602,7 +620,7 @@ impl Sim {
             for (first, second) in out.iter().zip(&again) {
                 let want = match first {
                     Completed::Ok | Completed::Replay => Completed::Replay,
-                    Completed::Lost => Completed::Lost,
+                    other => *other,
                 };
                 if *second != want {
                     self.fail(format!(

@@ -73,6 +73,7 @@ fn ending(held: &Held, id: &str, state: EndState) -> Ending {
         held: held.clone(),
         id: id.into(),
         state,
+        output: None,
     }
 }
 
@@ -350,7 +351,7 @@ async fn a_depth_counter_redis_cannot_increment_is_refused_before_any_write() {
         let complete = fcall(
             &mut conn,
             "rtq3_complete",
-            &["w", "1", "0", entry, "t", "1", "0", "done", "{}"],
+            &["w", "1", "0", entry, "t", "1", "0", "done", "{}", "-"],
         )
         .await;
         let cancel = fcall(&mut conn, "rtq3_cancel", &["t", "stop"]).await;

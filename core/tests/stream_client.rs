@@ -70,6 +70,7 @@ impl HandWorker {
             held: d.held.clone(),
             id: d.id.clone(),
             state,
+            output: None,
         };
         v3::complete(&mut self.conn, &self.keys, &self.id, &[e])
             .await

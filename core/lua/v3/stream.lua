@@ -72,14 +72,19 @@ rtq3_submit: ARGV count (1-1024), then count x 7:
   Reply: one item per task: 'OK <entry>' | 'DUP' (the id exists: attach to
   it) | 'FULL' (the depth limit).
 
-rtq3_complete: ARGV worker, count (1-1024), then count x 7:
+rtq3_complete: ARGV worker, count (1-1024), then count x 8:
   band, entry, id, deliveries (the fence), a0, state (done | failed |
-  retry | handback | expired), payload (result JSON or reason).
+  retry | handback | expired), payload (result JSON or reason), output
+  (the chunks the attempt wrote, 0-100000, or '-': not checked).
   retry: another attempt if attempts remain, else failed; handback: back to
   the queue without using an attempt. Only the current attempt (the pending
-  list names this worker at this delivery count) ends its task.
+  list names this worker at this delivery count) ends its task, and only
+  when its stored output holds `output` chunks (a worker sends its last
+  chunks' rtq3_write and the complete in one pipeline: if that write did
+  not apply, the complete writes nothing either).
   Reply: one item per ending: 'OK' | 'REPLAY' (this attempt's ending was
-  written by an earlier call) | 'LOST' (not this attempt's any more).
+  written by an earlier call) | 'LOST' (not this attempt's any more) |
+  'ORDER <n>' (the attempt's output holds n chunks, not `output`).
 
 rtq3_beat: ARGV worker, lease ms, count (0-1024), then count x 3:
   band, entry, deliveries. Renews the worker's liveness and the lease of
@@ -114,7 +119,7 @@ rtq3_status (no-writes): ARGV id. Reply one of
   {'unknown'}
 ]]
 
-local REVISION = 2
+local REVISION = 3
 local GROUP = 'w'
 local MAX_BANDS = 5
 local MAX_BATCH = 1024
@@ -123,6 +128,8 @@ local MAX_SPEC_BYTES = 16777216
 local MAX_RESULT_BYTES = 16777216
 local MAX_TEXT_BYTES = 4096
 local MAX_ATTEMPTS = 1000
+-- Chunks an attempt may write (rtq3_write; rtq3_complete's `output`).
+local MAX_OUTPUT_CHUNKS = 100000
 local MAX_DURATION_MS = 2592000000
 local MIN_LEASE_MS = 100
 local MAX_LEASE_MS = 600000
@@ -409,6 +416,14 @@ local function read_marker(id, bands)
   return {st = st, a = a, ms = ms, w = w, c = c, k = k, payload = string.sub(v, nl + 1)}
 end
 
+-- The chunks an attempt's output list holds (a foreign key there counts
+-- as no output, as end_task counts it).
+local function output_count(id, attempt)
+  local n = redis.pcall('LLEN', P .. 'o:' .. id .. ':' .. fmt(attempt))
+  if type(n) ~= 'number' then return 0 end
+  return n
+end
+
 local function place_of(band, entry, ret, reply)
   return band .. ' ' .. entry .. ' ' .. ret .. ' ' .. (reply ~= '' and reply or '-')
 end
@@ -603,10 +618,10 @@ local function complete(keys, args)
   bind(keys)
   local worker = id_arg(args[1], 'worker id')
   local count = int(args[2], 'count', 1, MAX_BATCH)
-  if #args ~= 2 + 7 * count then invalid('rtq3_complete takes worker, count, then count x 7 values') end
+  if #args ~= 2 + 8 * count then invalid('rtq3_complete takes worker, count, then count x 8 values') end
   local meta = stream_meta()
   for i = 0, count - 1 do
-    local o = 3 + 7 * i
+    local o = 3 + 8 * i
     int(args[o], 'band', 0, meta.bands - 1)
     entry_arg(args[o + 1], 'entry')
     id_arg(args[o + 2], 'task id')
@@ -618,17 +633,18 @@ local function complete(keys, args)
     else
       text(args[o + 6], 'reason', 0, MAX_TEXT_BYTES)
     end
+    if args[o + 7] ~= '-' then int(args[o + 7], 'output', 0, MAX_OUTPUT_CHUNKS) end
   end
   -- Compute (reads only): the worker's entries as the pending list holds
   -- them (one read per band), each ending's marker, and what it does.
   local held = {}
   for i = 0, count - 1 do
-    local band = args[3 + 7 * i]
+    local band = args[3 + 8 * i]
     if not held[band] then held[band] = held_by(band, worker) end
   end
   local plan, out, ended_here = {}, {}, {}
   for i = 0, count - 1 do
-    local o = 3 + 7 * i
+    local o = 3 + 8 * i
     local band, entry, id = args[o], args[o + 1], args[o + 2]
     local deliveries, a0 = tonumber(args[o + 3]), tonumber(args[o + 4])
     local state = args[o + 5]
@@ -644,8 +660,11 @@ local function complete(keys, args)
     else
       local f = {t = id, r = mk.reply, ret = mk.ret}
       if state == 'retry' or state == 'handback' then f = entry_fields(band, entry) end
+      local stored = args[o + 7] ~= '-' and output_count(id, attempt)
       if not f then
         out[i + 1] = 'LOST' -- deleted behind the protocol's back
+      elseif stored and stored ~= tonumber(args[o + 7]) then
+        out[i + 1] = 'ORDER ' .. fmt(stored)
       else
         -- Ended by this call: a repeat of it later in the call replays.
         held[band][entry] = nil

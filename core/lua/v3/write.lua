@@ -18,7 +18,6 @@ rtq3_write: ARGV worker, count (1-1024 groups), then per group:
 
 local MAX_CHUNK_BYTES = 1048576
 local MAX_CHUNKS_PER_GROUP = 512
-local MAX_OUTPUT_CHUNKS = 100000
 local CHUNK_FIELD = {}
 for i = 1, MAX_CHUNKS_PER_GROUP do CHUNK_FIELD[i] = 'c' .. (i - 1) end
 

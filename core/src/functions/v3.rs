@@ -38,7 +38,7 @@ use crate::protocol::{value_to_bytes, value_to_string, TaskState};
 pub const LIBRARY_NAME: &str = "rtq3";
 
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
-pub const LIBRARY_REVISION: i64 = 2;
+pub const LIBRARY_REVISION: i64 = 3;
 
 /// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
 /// (the header, shared helpers and most functions), then `write.lua`.
@@ -468,6 +468,11 @@ pub struct Ending {
     pub id: String,
     /// How it ended.
     pub state: EndState,
+    /// The chunks the attempt's output must hold for the ending to be
+    /// written (`None`: not checked): sent with the attempt's last chunk
+    /// write in one pipeline ([`write_then_complete`]), it keeps the
+    /// ending from landing when that write did not.
+    pub output: Option<u64>,
 }
 
 /// What [`complete`] did with one ending.
@@ -480,6 +485,9 @@ pub enum Completed {
     Replay,
     /// Not the current attempt any more (taken over, cancelled, restarted).
     Lost,
+    /// The attempt's output holds this many chunks, not
+    /// [`Ending::output`]: nothing was written for this ending.
+    Order(u64),
 }
 
 /// Ends attempts of worker `worker` (at most 1024 per call).
@@ -492,6 +500,20 @@ pub async fn complete<C: ConnectionLike + Send>(
     worker: &str,
     endings: &[Ending],
 ) -> Result<Vec<Completed>, Error> {
+    let task = (endings.len() == 1).then(|| endings[0].id.as_str());
+    let reply = call(
+        conn,
+        keys,
+        "rtq3_complete",
+        false,
+        task,
+        complete_args(worker, endings),
+    )
+    .await?;
+    decode_complete(reply, endings.len())
+}
+
+fn complete_args(worker: &str, endings: &[Ending]) -> Vec<Vec<u8>> {
     let mut args = vec![arg(worker), arg(endings.len())];
     for e in endings {
         let (state, payload) = e.state.wire();
@@ -503,23 +525,93 @@ pub async fn complete<C: ConnectionLike + Send>(
             arg(e.held.a0),
             arg(state),
             payload.as_bytes().to_vec(),
+            e.output.map_or_else(|| b"-".to_vec(), arg),
         ]);
     }
-    let task = (endings.len() == 1).then(|| endings[0].id.as_str());
-    let reply = call(conn, keys, "rtq3_complete", false, task, args).await?;
+    args
+}
+
+fn decode_complete(reply: Value, endings: usize) -> Result<Vec<Completed>, Error> {
     let mut reply = items(reply, "rtq3_complete")?;
-    endings
-        .iter()
+    (0..endings)
         .map(|_| {
             let word = reply.string()?;
-            Ok(match word.as_str() {
-                "OK" => Completed::Ok,
-                "REPLAY" => Completed::Replay,
-                "LOST" => Completed::Lost,
+            Ok(match word.split_once(' ') {
+                None if word == "OK" => Completed::Ok,
+                None if word == "REPLAY" => Completed::Replay,
+                None if word == "LOST" => Completed::Lost,
+                Some(("ORDER", n)) => Completed::Order(
+                    n.parse()
+                        .map_err(|_| Error::Protocol(format!("rtq3_complete replied {word:?}")))?,
+                ),
                 _ => return Err(reply.unexpected(&word)),
             })
         })
         .collect()
+}
+
+/// An attempt's last chunks and its ending (several attempts' of one
+/// worker) in one round trip: `rtq3_write` of `writes`, then
+/// `rtq3_complete` of `endings`, pipelined on one connection so Redis runs
+/// them in that order. Each ending should carry [`Ending::output`] (the
+/// count its attempt holds once its write applied): an ending whose write
+/// did not apply (ORDER, LOST, TOO_LARGE, a call that failed) is then
+/// answered [`Completed::Order`] or [`Completed::Lost`] and writes nothing.
+///
+/// # Errors
+/// As [`write`] and [`complete`]; a refused write call (nothing written)
+/// leaves the completes to run alone (their `output` checks hold).
+pub async fn write_then_complete<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &QueueKeys,
+    worker: &str,
+    writes: &[ChunkWrite],
+    endings: &[Ending],
+) -> Result<(Vec<Written>, Vec<Completed>), Error> {
+    if writes.is_empty() {
+        return Ok((Vec::new(), complete(conn, keys, worker, endings).await?));
+    }
+    let fcall = |name: &str, args: Vec<Vec<u8>>| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(name).arg(1).arg(keys.meta());
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd
+    };
+    let mut pipe = redis::pipe();
+    pipe.add_command(fcall("rtq3_write", write_args(worker, writes)))
+        .add_command(fcall("rtq3_complete", complete_args(worker, endings)));
+    pipe.ignore_errors();
+    let mut loaded = false;
+    loop {
+        let values: Vec<Value> = pipe.query_async(conn).await?;
+        let mut values = values.into_iter();
+        let (written, completed) = (
+            values.next().unwrap_or(Value::Nil),
+            values.next().unwrap_or(Value::Nil),
+        );
+        let failed = |v: Value, name: &'static str| match v {
+            Value::ServerError(e) => Err(name_error(
+                redis::RedisError::from(e).into(),
+                name,
+                keys.name(),
+                None,
+            )),
+            v => Ok(v),
+        };
+        let written = failed(written, "rtq3_write");
+        if let Err(Error::Redis(e)) = &written {
+            if !loaded && crate::functions::is_library_missing(e) {
+                loaded = true;
+                load(conn).await?;
+                continue;
+            }
+        }
+        let written = decode_write(written?, writes.len())?;
+        let completed = decode_complete(failed(completed, "rtq3_complete")?, endings.len())?;
+        return Ok((written, completed));
+    }
 }
 
 /// Renews worker `worker`'s liveness (for `lease_ms`) and the lease of
@@ -664,6 +756,20 @@ pub async fn write<C: ConnectionLike + Send>(
     worker: &str,
     writes: &[ChunkWrite],
 ) -> Result<Vec<Written>, Error> {
+    let task = (writes.len() == 1).then(|| writes[0].id.as_str());
+    let reply = call(
+        conn,
+        keys,
+        "rtq3_write",
+        false,
+        task,
+        write_args(worker, writes),
+    )
+    .await?;
+    decode_write(reply, writes.len())
+}
+
+fn write_args(worker: &str, writes: &[ChunkWrite]) -> Vec<Vec<u8>> {
     let mut args = vec![arg(worker), arg(writes.len())];
     for w in writes {
         args.extend([
@@ -677,11 +783,12 @@ pub async fn write<C: ConnectionLike + Send>(
         ]);
         args.extend(w.chunks.iter().cloned());
     }
-    let task = (writes.len() == 1).then(|| writes[0].id.as_str());
-    let reply = call(conn, keys, "rtq3_write", false, task, args).await?;
+    args
+}
+
+fn decode_write(reply: Value, writes: usize) -> Result<Vec<Written>, Error> {
     let mut reply = items(reply, "rtq3_write")?;
-    writes
-        .iter()
+    (0..writes)
         .map(|_| {
             let Value::Array(pair) = reply.next_raw()? else {
                 return Err(Error::Protocol(

@@ -12,7 +12,9 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::chunks::{Outbox, Tail};
 use super::{clock, Runtime};
+use crate::error::Error;
 use crate::functions::v3::{Completed, Delivery, EndState, Ending};
 use crate::protocol::{TaskSpec, MAX_TEXT_BYTES};
 use crate::worker::budget::OutputBudget;
@@ -30,20 +32,29 @@ pub(super) fn spawn(rt: &Arc<Runtime>, d: Delivery, stop: StopSignal) {
 /// Runs the attempt and writes its ending.
 async fn run(rt: Arc<Runtime>, d: Delivery, stop: StopSignal) {
     let key = (d.id.clone(), d.held.attempt());
-    let Some(state) = decide(&rt, &d, &stop).await else {
+    let mut outbox = None;
+    let Some(state) = decide(&rt, &d, &stop, &mut outbox).await else {
         // Redis ended the task or gave it to another attempt: nothing to
         // write.
+        rt.chunks.close(&key);
         rt.slots.finish(&key, None);
         rt.status.stopped.fetch_add(1, Ordering::Relaxed);
         return;
     };
     rt.slots.finish(&key, Some(&d.held));
-    let ending = Ending {
-        held: d.held.clone(),
-        id: d.id.clone(),
-        state: state.clone(),
+    let (answer, state) = match (&state, outbox) {
+        (EndState::Done(_), Some(outbox)) => finish_with_tail(&rt, &d, state, &outbox, &stop).await,
+        _ => {
+            let ending = Ending {
+                held: d.held.clone(),
+                id: d.id.clone(),
+                state: state.clone(),
+                output: None,
+            };
+            (rt.completer.complete(ending).await, state)
+        }
     };
-    let answer = rt.completer.complete(ending).await;
+    rt.chunks.close(&key);
     rt.slots.written(&key);
     let status = &rt.status;
     match (answer, &state) {
@@ -63,6 +74,10 @@ async fn run(rt: Arc<Runtime>, d: Delivery, stop: StopSignal) {
         (Ok(Completed::Ok | Completed::Replay), EndState::HandBack(r)) => {
             tracing::info!(reason = %r, "handed the task back");
         }
+        (Ok(Completed::Order(n)), _) => {
+            status.set_last_error(format!("could not complete a task: Redis holds {n} chunks of it, not what the worker wrote"));
+            tracing::error!(held = n, "the task's output in Redis does not match what the worker wrote; its lease will lapse and another worker takes it over");
+        }
         (Ok(Completed::Lost), _) => {
             status.stopped.fetch_add(1, Ordering::Relaxed);
             tracing::info!("the attempt is not this worker's any more (cancelled, expired or taken over); its ending is dropped");
@@ -71,6 +86,78 @@ async fn run(rt: Arc<Runtime>, d: Delivery, stop: StopSignal) {
             status.set_last_error(format!("could not complete a task: {e}"));
             tracing::error!(error = %e, "could not complete the task; its lease will lapse and another worker takes it over");
         }
+    }
+}
+
+/// Completes a done attempt with its last chunks in the same round trip
+/// (see [`Outbox::seal`]). When they did not land (a write in flight
+/// failed or was answered ORDER), the writer sends what Redis lacks and
+/// the complete goes again; when the writer was stopped meanwhile, the
+/// ending follows the stop (too large: failed; refused: retry; taken
+/// over: none). Returns the answer and the ending it was for.
+async fn finish_with_tail(
+    rt: &Arc<Runtime>,
+    d: &Delivery,
+    mut state: EndState,
+    outbox: &Outbox,
+    stop: &StopSignal,
+) -> (Result<Completed, Error>, EndState) {
+    for _ in 0..TAIL_ROUNDS {
+        let (tail, output) = match outbox.seal() {
+            Tail::Ready { write, output } => (write, Some(output)),
+            Tail::TooBig => {
+                outbox.flushed().await;
+                continue;
+            }
+            Tail::Halted => match stop.reason().as_ref().and_then(after_writer_stop) {
+                Some(after) => {
+                    state = after;
+                    (None, None)
+                }
+                None => return (Ok(Completed::Lost), state),
+            },
+        };
+        let ending = Ending {
+            held: d.held.clone(),
+            id: d.id.clone(),
+            state: state.clone(),
+            output,
+        };
+        match rt.completer.complete_with(ending, tail).await {
+            Ok((Completed::Order(_), written)) => {
+                tracing::debug!(
+                    ?written,
+                    "the last chunks did not land with the complete; writing them first"
+                );
+                outbox.unseal(&rt.chunks);
+                outbox.flushed().await;
+            }
+            other => return (other.map(|(c, _)| c), state),
+        }
+    }
+    let reason = format!("the output and the complete did not agree after {TAIL_ROUNDS} tries");
+    outbox.halt_now(StopReason::WriteRefused {
+        reason: reason.clone(),
+    });
+    let ending = Ending {
+        held: d.held.clone(),
+        id: d.id.clone(),
+        state: EndState::Retry(reason.clone()),
+        output: None,
+    };
+    (rt.completer.complete(ending).await, EndState::Retry(reason))
+}
+
+/// Tries of a done attempt's complete whose last chunks did not land.
+const TAIL_ROUNDS: usize = 5;
+
+/// The ending an attempt gets when its writer stopped it: output too
+/// large fails it, a refused write retries it; taken over: none.
+fn after_writer_stop(reason: &StopReason) -> Option<EndState> {
+    match reason {
+        StopReason::OutputTooLarge { reason } => Some(EndState::Failed(truncate(reason))),
+        StopReason::WriteRefused { reason } => Some(EndState::Retry(truncate(reason))),
+        _ => None,
     }
 }
 
@@ -84,7 +171,12 @@ enum Outcome {
 
 /// Runs the handler (unless the delivery cannot run) and returns the
 /// ending to write; `None` when Redis already ended the attempt.
-async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<EndState> {
+async fn decide(
+    rt: &Arc<Runtime>,
+    d: &Delivery,
+    stop: &StopSignal,
+    opened: &mut Option<Arc<Outbox>>,
+) -> Option<EndState> {
     let deadline = if d.deadline_ms > 0 {
         match clock::left(&rt.status, d.deadline_ms) {
             Some(left) => Some(Instant::now() + left),
@@ -113,9 +205,9 @@ async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<En
         }
         Err(e) => return Some(EndState::Failed(truncate(&e.to_string()))),
     };
-    let key = (d.id.clone(), d.held.attempt());
     let budget = OutputBudget::new(rt.config.max_buffered_output_bytes);
     let outbox = rt.chunks.open(d, stop.clone(), budget.clone());
+    *opened = Some(Arc::clone(&outbox));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ctx = TaskContext {
         spec,
@@ -176,11 +268,11 @@ async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<En
     while let Ok(chunk) = rx.try_recv() {
         rt.chunks.push(&outbox, chunk);
     }
-    if !matches!(outcome, Outcome::Stopped(_)) {
-        // The output goes before the ending (its final event counts it).
+    if !matches!(outcome, Outcome::Stopped(_) | Outcome::Result(_)) {
+        // The output goes before the ending (its final event counts it);
+        // a result's last chunks go with its complete (`finish_with_tail`).
         outbox.flushed().await;
     }
-    rt.chunks.close(&key);
     // A stop by the writer (output refused) decides over what the
     // handler returned.
     if let Some(
@@ -194,7 +286,8 @@ async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<En
     if matches!(outcome, Outcome::Result(_) | Outcome::Failed { .. }) {
         rt.declines.ran();
     }
-    Some(match outcome {
+    let was_result = matches!(outcome, Outcome::Result(_));
+    let state = match outcome {
         Outcome::Result(value) => match serde_json::to_string(&value) {
             Ok(json) if json.len() <= rt.config.max_result_bytes => EndState::Done(json),
             Ok(json) => EndState::Failed(format!(
@@ -236,7 +329,12 @@ async fn decide(rt: &Arc<Runtime>, d: &Delivery, stop: &StopSignal) -> Option<En
             #[allow(unreachable_patterns)]
             other => EndState::Failed(truncate(&format!("stopped: {other}"))),
         },
-    })
+    };
+    if was_result && !matches!(state, EndState::Done(_)) {
+        // A result refused (too large): the output still goes first.
+        outbox.flushed().await;
+    }
+    Some(state)
 }
 
 /// At most the 4096 bytes a reason may have, cut on a character boundary.

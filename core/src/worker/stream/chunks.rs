@@ -52,6 +52,25 @@ struct OutState {
     /// Writing stopped (the attempt was stopped by a refusal): chunks
     /// are dropped.
     halted: bool,
+    /// The attempt ended: its last chunks go with its complete (see
+    /// [`Outbox::seal`]); the writer sends nothing more of it.
+    sealed: bool,
+}
+
+/// An ended attempt's last chunks, for its complete ([`Outbox::seal`]).
+pub(crate) enum Tail {
+    /// The chunks not yet sent (none: `write` is `None`) and the count the
+    /// attempt holds once they and any write in flight applied.
+    Ready {
+        /// The last chunks, from where the write in flight ends.
+        write: Option<ChunkWrite>,
+        /// The attempt's whole output count.
+        output: u64,
+    },
+    /// More than one write's worth waits: let the writer send it first.
+    TooBig,
+    /// Writing stopped (see the stop reason).
+    Halted,
 }
 
 /// The output of one running attempt.
@@ -88,6 +107,13 @@ impl Outbox {
         self.flushed.notify_waiters();
     }
 
+    /// Stops writing and the attempt with `reason` (from outside the
+    /// writer).
+    pub(crate) fn halt_now(&self, reason: StopReason) {
+        let mut state = self.lock();
+        self.halt(&mut state, reason);
+    }
+
     /// Queues a chunk; false when it is dropped (writing stopped).
     fn push(&self, chunk: Vec<u8>) -> bool {
         let mut state = self.lock();
@@ -115,6 +141,48 @@ impl Outbox {
         true
     }
 
+    /// Ends the writer's part: the chunks it has not sent yet become the
+    /// tail the complete carries, written right after the writer's call in
+    /// flight (same connection: Redis runs them in order).
+    pub(crate) fn seal(&self) -> Tail {
+        let mut state = self.lock();
+        if state.halted {
+            return Tail::Halted;
+        }
+        let sent = state.acked + state.in_flight as u64;
+        let rest: Vec<Vec<u8>> = state.queued.iter().skip(state.in_flight).cloned().collect();
+        if rest.is_empty() {
+            state.sealed = true;
+            return Tail::Ready {
+                write: None,
+                output: sent,
+            };
+        }
+        let bytes: usize = rest.iter().map(Vec::len).sum();
+        if rest.len() > MAX_CHUNKS_PER_CALL || (rest.len() > 1 && bytes > MAX_GROUP_BYTES) {
+            return Tail::TooBig;
+        }
+        state.sealed = true;
+        let output = sent + rest.len() as u64;
+        Tail::Ready {
+            write: Some(ChunkWrite {
+                held: self.held.clone(),
+                id: self.id.clone(),
+                seq0: sent,
+                chunks: rest,
+            }),
+            output,
+        }
+    }
+
+    /// Gives the chunks not yet in Redis back to the writer (a sealed
+    /// attempt's tail or complete did not apply: they go the usual way,
+    /// then the complete again).
+    pub(crate) fn unseal(&self, wake: &Chunks) {
+        self.lock().sealed = false;
+        wake.wake.notify_one();
+    }
+
     /// Waits until every chunk queued is in Redis (or writing stopped).
     pub(crate) async fn flushed(&self) {
         loop {
@@ -134,7 +202,7 @@ impl Outbox {
     /// The next group to send, if chunks wait and none are in flight.
     fn next_group(&self) -> Option<ChunkWrite> {
         let mut state = self.lock();
-        if state.halted || state.in_flight > 0 || state.queued.is_empty() {
+        if state.halted || state.sealed || state.in_flight > 0 || state.queued.is_empty() {
             return None;
         }
         let mut bytes = 0;
@@ -194,9 +262,9 @@ impl Outbox {
         self.budget
             .give_back(state.queued.drain(..applied).map(|c| c.len()));
         state.acked = stored;
-        if state.queued.is_empty() {
-            self.flushed.notify_waiters();
-        }
+        // Every answer: a waiter for the output (flushed) or for the
+        // writer's call to settle (a sealed attempt's retry) re-checks.
+        self.flushed.notify_waiters();
     }
 }
 

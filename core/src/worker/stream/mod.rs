@@ -92,6 +92,7 @@ impl Runtime {
                     held: d.held,
                     id: d.id,
                     state: EndState::HandBack("no free slot".into()),
+                    output: None,
                 }
             })
             .collect();
