@@ -314,6 +314,13 @@ async fn a_client_that_knew_the_stream_queue_reads_the_v2_queue_made_again() {
         .submit(TaskRequest::json(json!(1)).id("old"))
         .await
         .unwrap();
+    // A second client that knows it as a stream queue too.
+    let knew = Client::connect(&redis.url()).await.unwrap();
+    let knew = knew.queue("sq").unwrap();
+    assert_eq!(knew.status("old").await.unwrap().state, TaskState::Queued);
+    let knew2 = Client::connect(&redis.url()).await.unwrap();
+    let knew2 = knew2.queue("sq").unwrap();
+    assert_eq!(knew2.status("old").await.unwrap().state, TaskState::Queued);
     // The queue is deleted and made again as a v2 queue by someone else.
     let mut conn = patient_conn(&redis.url()).await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -333,12 +340,25 @@ async fn a_client_that_knew_the_stream_queue_reads_the_v2_queue_made_again() {
         .submit(TaskRequest::json(json!(2)).id("new"))
         .await
         .unwrap();
-    let status = queue.status("new").await;
+    // A wait (a plain read of the marker, which is not refused).
+    let waited = queue.wait("new", Some(Duration::from_millis(300))).await;
+    assert!(
+        matches!(
+            &waited,
+            Err(Error::WaitTimedOut {
+                state: TaskState::Queued,
+                ..
+            })
+        ),
+        "wait for the v2 queue's task through a client that cached 'stream': {waited:?}"
+    );
+    // Status and cancel (rtq3 refuses: "not a stream queue").
+    let status = knew.status("new").await;
     assert!(
         matches!(&status, Ok(info) if info.state == TaskState::Queued),
         "status of the v2 queue's task through a client that cached 'stream': {status:?}"
     );
-    let cancelled = queue.cancel("new", "no").await;
+    let cancelled = knew2.cancel("new", "no").await;
     assert!(
         matches!(cancelled, Ok(TaskState::Queued)),
         "cancel through a client that cached 'stream': {cancelled:?}"
