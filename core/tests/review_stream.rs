@@ -406,3 +406,178 @@ async fn the_client_and_worker_acl_roles_can_use_a_stream_queue() {
         other => panic!("a task on a stream queue with the documented ACL roles: {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Finding: a worker that read a foreign entry holds it in its pending list;
+// restarted under the same id, its `rtq3_join` raises on it (task_of:
+// INVALID) and the worker cannot start at all.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_worker_that_read_a_foreign_entry_can_start_again_under_its_id() {
+    let redis = RedisServer::start();
+    let (_client, _queue) = stream_queue(&redis, 1).await;
+    let mut conn = patient_conn(&redis.url()).await;
+    let _: String = redis::cmd("XADD")
+        .arg("rtq:{sq}:b:0")
+        .arg("*")
+        .arg("foo")
+        .arg("bar")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    raw_submit(&mut conn, "first", 0, json!({})).await;
+    let starts: Starts = Arc::default();
+    let w = start(&redis.url(), config("w1", Duration::from_secs(3)), &starts).await;
+    assert_eq!(
+        ends_within(&mut conn, "first", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("done")
+    );
+    w.stop().await;
+    // The same worker again.
+    let w = start(&redis.url(), config("w1", Duration::from_secs(3)), &starts).await;
+    raw_submit(&mut conn, "second", 0, json!({})).await;
+    let state = ends_within(&mut conn, "second", Duration::from_secs(4)).await;
+    let finished = w.handle.is_finished();
+    let ran = if finished {
+        Some(w.handle.await.unwrap())
+    } else {
+        w.stop().await;
+        None
+    };
+    assert_eq!(
+        state.as_deref(),
+        Some("done"),
+        "the restarted worker did not serve the queue: {ran:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Finding: a run that attaches to an existing task of a stream queue (an
+// idempotency key used again) gets `deadline_ms: 0` from
+// `existing_stream_task`, so its tracker drops its deadline: with no live
+// worker (nobody's housekeeping) the task's deadline passes and the run
+// waits for ever, where v2 answers TimedOut.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_run_that_attaches_to_an_existing_task_still_ends_at_the_deadline() {
+    let redis = RedisServer::start();
+    let (_client, queue) = stream_queue(&redis, 1).await;
+    queue
+        .submit(
+            TaskRequest::json(json!(1))
+                .id("t1")
+                .timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let theirs = other.queue("sq").unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(4),
+        theirs.run(
+            TaskRequest::json(json!(1))
+                .id("t1")
+                .timeout(Duration::from_millis(300)),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(
+            run,
+            Ok(Err(Error::TimedOut {
+                phase: rtq_core::TimeoutPhase::Queued,
+                ..
+            }))
+        ),
+        "a run attached to a task past its deadline: {run:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Finding: a stream queue's queued tasks expire only by a worker's
+// housekeeping (`rtq3_takeover`) or their submitter's timer
+// (`rtq3_expire`); the reply router runs no housekeeping for stream queues
+// (v2's client does, while waits are open). With no live worker, a wait by
+// another client on a task past its deadline never ends.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_wait_on_a_queued_task_past_its_deadline_ends_without_a_live_worker() {
+    let redis = RedisServer::start();
+    let (client, queue) = stream_queue(&redis, 1).await;
+    queue
+        .submit(
+            TaskRequest::json(json!(1))
+                .id("t1")
+                .timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let theirs = other.queue("sq").unwrap();
+    let waited = theirs.wait("t1", Some(Duration::from_secs(4))).await;
+    assert!(
+        matches!(waited, Err(Error::TimedOut { .. })),
+        "a wait on a task past its deadline, no worker alive: {waited:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Finding: another client's wait on a stream queue's task polls, backing
+// off to one read a second; a task that ends with a retention shorter
+// than the interval is gone before the next read, and the wait ends with
+// TaskLost "Redis lost its data" although nothing was lost (v2's waiter
+// gets the final event).
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_polled_wait_gets_the_outcome_of_a_task_with_a_short_retention() {
+    let redis = RedisServer::start();
+    let (_client, queue) = stream_queue(&redis, 1).await;
+    queue
+        .submit(
+            TaskRequest::json(json!(1))
+                .id("t1")
+                .retention(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    let other = Client::connect(&redis.url()).await.unwrap();
+    let theirs = other.queue("sq").unwrap();
+    let wait = tokio::spawn(async move { theirs.wait("t1", None).await });
+    // The poll interval has grown to a second by now.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let mut conn = patient_conn(&redis.url()).await;
+    let keys = QueueKeys::new("sq").unwrap();
+    let d = v3::read_new(&mut conn, &keys, "hand", 0, 1, None)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let done = v3::complete(
+        &mut conn,
+        &keys,
+        "hand",
+        &[v3::Ending {
+            held: d.held.clone(),
+            id: d.id.clone(),
+            state: v3::EndState::Done("7".into()),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(done[0], v3::Completed::Ok);
+    let out = tokio::time::timeout(Duration::from_secs(4), wait)
+        .await
+        .expect("the wait ends")
+        .unwrap();
+    assert!(
+        matches!(&out, Ok(o) if o.result == json!(7)),
+        "the wait missed the ending: {out:?}"
+    );
+}
