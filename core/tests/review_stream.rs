@@ -581,3 +581,73 @@ async fn a_polled_wait_gets_the_outcome_of_a_task_with_a_short_retention() {
         "the wait missed the ending: {out:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Finding: a delivery whose reply never reaches the worker (the blocking
+// read's connection timed out client-side while Redis was stalled right
+// after serving it) stays in the worker's pending list unknown to it: no
+// beat renews it, and after the lease housekeeping counts a second
+// delivery. A task with one attempt then ends "failed: attempts used up"
+// without ever having run. (Nothing re-reads the worker's own pending
+// list, `XREADGROUP ... 0`, after a failed read.)
+// ---------------------------------------------------------------------------
+
+/// Keeps Redis busy for 5.5 s (DEBUG SLEEP is refused by the test server).
+const STALL: &str = "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+    while true do local n = redis.call('TIME') \
+    if n[1] * 1000000 + n[2] - t0 > 5500000 then break end end return 1";
+
+#[tokio::test]
+async fn a_delivery_whose_reply_was_lost_is_not_counted_as_an_attempt() {
+    let redis = RedisServer::start();
+    let (_client, _queue) = stream_queue(&redis, 1).await;
+    let mut conn = patient_conn(&redis.url()).await;
+    let starts: Starts = Arc::default();
+    let w = start(&redis.url(), config("w1", Duration::from_millis(900)), &starts).await;
+    // A stalling script must not let Redis serve others meanwhile.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg(20_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The worker is idle: its blocking read waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spec = json!({"v": PROTOCOL_VERSION, "id": "once", "input": {}}).to_string();
+    // The submit serves the blocked read; Redis then stalls past the
+    // blocking connection's response timeout (5 s) before it writes the
+    // reply out.
+    let _: redis::Value = redis::pipe()
+        .cmd("FCALL")
+        .arg("rtq3_submit")
+        .arg(1)
+        .arg("rtq:{sq}:meta")
+        .arg(1)
+        .arg("once")
+        .arg(0)
+        .arg(&spec)
+        .arg("")
+        .arg(0)
+        .arg(1)
+        .arg(600_000)
+        .cmd("EVAL")
+        .arg(STALL)
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let state = ends_within(&mut conn, "once", Duration::from_secs(4)).await;
+    let runs = started(&starts, "once");
+    let marker: Option<String> = redis::cmd("GET")
+        .arg("rtq:{sq}:m:once")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    w.stop().await;
+    assert_eq!(
+        state.as_deref(),
+        Some("done"),
+        "the task with one attempt never ran ({runs:?}): {marker:?}"
+    );
+}
