@@ -641,7 +641,17 @@ impl Queue {
     /// client's `give_up_after`.
     pub(crate) async fn read(&self, id: &str, from: u64) -> Result<Option<TaskSnapshot>, Error> {
         if self.is_stream().await? {
-            return self.read_stream_retrying(id, from).await;
+            let snap = self.read_stream_retrying(id, from).await?;
+            // No marker: the queue may have been made again as a v2 queue
+            // since its mode was read (a plain read cannot be refused for
+            // it): read the mode again, once.
+            if snap.is_some() {
+                return Ok(snap);
+            }
+            self.forget_mode();
+            if self.is_stream().await? {
+                return Ok(None);
+            }
         }
         self.read_retrying(id, &Read { id, from }).await
     }
@@ -709,6 +719,18 @@ impl Queue {
     /// [`Error::NotFound`] or a Redis error.
     pub async fn status(&self, id: &str) -> Result<TaskInfo, Error> {
         validate_id(id, "task id")?;
+        // A queue Redis says is of the other kind (made again as the other
+        // kind) has its mode read again, once, as a submit does.
+        match self.status_in_mode(id).await {
+            Err(e) if is_other_mode(&e) => {
+                self.forget_mode();
+                self.status_in_mode(id).await
+            }
+            other => other,
+        }
+    }
+
+    async fn status_in_mode(&self, id: &str) -> Result<TaskInfo, Error> {
         if self.is_stream().await? {
             return self.status_stream(id).await;
         }
@@ -731,6 +753,16 @@ impl Queue {
     /// [`Error::NotFound`], [`Error::InvalidInput`] for a reason over 4 KiB.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<TaskState, Error> {
         validate_id(id, "task id")?;
+        match self.cancel_in_mode(id, reason).await {
+            Err(e) if is_other_mode(&e) => {
+                self.forget_mode();
+                self.cancel_in_mode(id, reason).await
+            }
+            other => other,
+        }
+    }
+
+    async fn cancel_in_mode(&self, id: &str, reason: &str) -> Result<TaskState, Error> {
         if self.is_stream().await? {
             return self.cancel_stream(id, reason).await;
         }

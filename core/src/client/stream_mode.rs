@@ -491,6 +491,15 @@ impl Queue {
         };
         let reply = match raw.as_deref().and_then(Marker::parse) {
             Some(Marker::Place { reply, .. }) => {
+                // Its deadline (Redis ms), from the deadline set, where a
+                // live task submitted with one is: an attached run keeps
+                // its timer and asks `rtq3_expire` at it.
+                let deadline: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(format!("{}dl", self.keys.prefix()))
+                    .arg(id)
+                    .query_async(&mut self.client.conn())
+                    .await?;
+                submitted.deadline_ms = deadline.map_or(0, |d| d as i64);
                 if let v3::Status::Running { worker, .. } =
                     v3::status(&mut self.client.conn(), &self.keys, id).await?
                 {
