@@ -578,6 +578,7 @@ async fn a_polled_wait_gets_the_outcome_of_a_task_with_a_short_retention() {
             held: d.held.clone(),
             id: d.id.clone(),
             state: v3::EndState::Done("7".into()),
+            output: None,
         }],
     )
     .await
