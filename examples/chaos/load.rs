@@ -1,7 +1,10 @@
 //! The load: a client submitting tasks at a rate, half with `run()` and half
 //! with `stream()`, some with deadlines, some planned to fail, with
 //! `max_attempts` 3-5 and at most `max_in_flight` open at once. Every task's
-//! outcome is recorded in the [`Ledger`] exactly once.
+//! outcome is recorded in the [`Ledger`] exactly once. On a stream queue
+//! (`--stream-queue`) each task also gets a priority (high or low, so both
+//! bands fill); nothing else differs (the load makes no durable submit,
+//! which a stream queue refuses).
 //!
 //! A call that ends with a connection error or an uncertain submit (Redis
 //! restarting) is repeated with the same task id, as the client docs say is
@@ -34,6 +37,8 @@ pub struct Plan {
     /// The input asks the mock to fail (`"fail"`): a handler failure is the
     /// expected outcome; anything else failing as `handler` is a finding.
     pub planned_fail: bool,
+    /// Priority (0 on a v2 queue: its seeds replay as before).
+    pub priority: i16,
 }
 
 impl Plan {
@@ -111,6 +116,19 @@ pub struct Ledger {
     pub in_flight: usize,
     /// Highest `in_flight` seen.
     pub peak_in_flight: usize,
+    /// What the client got for each task that ended with a result: the
+    /// result JSON (`run()`) or the assembled text (`stream()`).
+    pub outputs: HashMap<String, ClientOutput>,
+}
+
+/// The output the client got for a task (kept for the stream checks,
+/// which compare it with what Redis stored).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientOutput {
+    /// `run()`: the result.
+    Result(serde_json::Value),
+    /// `stream()`: the text assembled from the chunks, and the result.
+    Text(String, serde_json::Value),
 }
 
 /// The ledger, shared between the generator, the tasks and the checks.
@@ -155,6 +173,8 @@ pub struct LoadSettings {
     pub max_in_flight: usize,
     /// Prefix of task ids.
     pub id_prefix: String,
+    /// The queue is a stream queue: tasks get priorities.
+    pub stream_queue: bool,
 }
 
 /// Submits tasks until `stop` is cancelled; each task runs on its own and
@@ -190,6 +210,15 @@ pub async fn generate(
             deadline: (rng.below(4) == 0).then(|| Duration::from_millis(2000 + rng.below(6000))),
             max_attempts: 3 + rng.below(3) as u32,
             planned_fail: rng.below(20) == 0,
+            priority: if settings.stream_queue {
+                if rng.below(3) == 0 {
+                    500
+                } else {
+                    -500
+                }
+            } else {
+                0
+            },
         };
         n += 1;
         ledger.lock().unwrap().open(plan.clone());
@@ -221,11 +250,16 @@ async fn run_task(queue: Queue, plan: Plan, ledger: SharedLedger, abandon: Cance
                 }
             }
             result => {
+                let (result, output) = match result {
+                    Ok((attempt, intact, output)) => (Ok((attempt, intact)), Some(output)),
+                    Err(e) => (Err(e), None),
+                };
                 let outcome = classify(&plan, result);
-                ledger
-                    .lock()
-                    .unwrap()
-                    .close(&plan.id, outcome, started.elapsed());
+                let mut ledger = ledger.lock().unwrap();
+                if let Some(output) = output {
+                    ledger.outputs.entry(plan.id.clone()).or_insert(output);
+                }
+                ledger.close(&plan.id, outcome, started.elapsed());
                 return;
             }
         }
@@ -240,9 +274,9 @@ fn repeatable(e: &Error) -> bool {
     }
 }
 
-/// One `run()` or `stream()` of the plan: the output, and whether it is
-/// intact.
-async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool), Error> {
+/// One `run()` or `stream()` of the plan: the attempt, whether the output
+/// is intact, and the output.
+async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool, ClientOutput), Error> {
     let mut input = json!({ "prompt": "chaos", "max_tokens": plan.tokens });
     if plan.planned_fail {
         input["fail"] = json!("chaos: planned failure");
@@ -250,16 +284,24 @@ async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool), Error> {
     let mut request = TaskRequest::json(input)
         .id(plan.id.clone())
         .max_attempts(plan.max_attempts);
+    if plan.priority != 0 {
+        request = request.priority(plan.priority);
+    }
     if let Some(d) = plan.deadline {
         request = request.timeout(d);
     }
     if plan.stream {
         let (out, text) = queue.stream(request).await?.collect_text().await?;
-        Ok((out.attempt, text == plan.expected_text()))
+        let intact = text == plan.expected_text();
+        Ok((out.attempt, intact, ClientOutput::Text(text, out.result)))
     } else {
         let out = queue.run(request).await?;
         let tokens = out.result["usage"]["completion_tokens"].as_u64();
-        Ok((out.attempt, tokens == Some(plan.tokens)))
+        Ok((
+            out.attempt,
+            tokens == Some(plan.tokens),
+            ClientOutput::Result(out.result),
+        ))
     }
 }
 
