@@ -76,7 +76,10 @@ pub async fn observe(
                         if n > slots {
                             o.held_above_slots += 1;
                         }
-                        if o.held_peak.as_ref().is_none_or(|(_, m, s)| n - slots > m - s) {
+                        if o.held_peak
+                            .as_ref()
+                            .is_none_or(|(_, m, s)| n - slots > m - s)
+                        {
                             o.held_peak = Some((p.id.clone(), n, slots));
                         }
                         if n > hard_bound(slots, bands) {
@@ -141,7 +144,9 @@ pub async fn held_by_worker(
     let mut pipe = redis::pipe();
     pipe.atomic();
     for b in 0..bands {
-        pipe.cmd("XPENDING").arg(v3::band_key(keys, b)).arg(v3::GROUP);
+        pipe.cmd("XPENDING")
+            .arg(v3::band_key(keys, b))
+            .arg(v3::GROUP);
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
     let mut out = HashMap::new();
@@ -294,10 +299,7 @@ pub async fn start_ending_audit(
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = redis::Client::open(url)?;
-    let pattern = format!(
-        "__keyspace@*__:{}",
-        glob_escape(&v3::marker_key(keys, ""))
-    ) + "*";
+    let pattern = format!("__keyspace@*__:{}", glob_escape(&v3::marker_key(keys, ""))) + "*";
     let prefix = v3::marker_key(keys, "");
     let first = subscribe(&client, &pattern).await?;
     obs.lock().unwrap().ending_audit = true;
@@ -348,7 +350,10 @@ pub async fn start_ending_audit(
 }
 
 /// Enables keyspace events for string commands and subscribes to `pattern`.
-async fn subscribe(client: &redis::Client, pattern: &str) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe(
+    client: &redis::Client,
+    pattern: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -397,5 +402,59 @@ mod tests {
         let empty = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
         assert_eq!(summary_total(&empty), 0);
         assert!(summary_consumers(&empty).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sampler_reads_each_worker_s_entries_over_every_band() {
+        let redis = rtq_testkit::RedisServer::start();
+        let keys = QueueKeys::new("q").unwrap();
+        let mut conn = ConnectionManager::new(redis::Client::open(redis.url()).unwrap())
+            .await
+            .unwrap();
+        for b in 0..2u8 {
+            let key = v3::band_key(&keys, b);
+            let _: () = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(v3::GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                let _: String = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("t")
+                    .arg("x")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            // w0 reads 2 of each band, w1 the last one.
+            for (w, n) in [("w0", 2), ("w1", 1)] {
+                let _: Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(v3::GROUP)
+                    .arg(w)
+                    .arg("COUNT")
+                    .arg(n)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        let held = held_by_worker(&mut conn, &keys, 2).await.unwrap();
+        assert_eq!(held.get("w0"), Some(&4));
+        assert_eq!(held.get("w1"), Some(&2));
+        let entries = held_entries(&mut conn, &keys, 2, "w1").await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.keys().any(|k| k.starts_with("0/")));
+        assert!(entries.keys().any(|k| k.starts_with("1/")));
+        assert!(entries.values().all(|d| *d == 1));
     }
 }

@@ -209,11 +209,7 @@ pub fn render(
         row(
             "ending audit (APPENDs to markers): tasks seen / subscription breaks",
             if obs.ending_audit {
-                format!(
-                    "{} / {}",
-                    obs.ending_appends.len(),
-                    obs.ending_audit_breaks
-                )
+                format!("{} / {}", obs.ending_appends.len(), obs.ending_audit_breaks)
             } else {
                 "not run (needs the private Redis)".into()
             },

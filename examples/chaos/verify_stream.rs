@@ -287,7 +287,8 @@ fn joined(chunks: &[Vec<u8>]) -> String {
 pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
     let mut audit = Audit::default();
     let mut outcome_once = Check::new("every submitted task got exactly one outcome");
-    let mut ended = Check::new("every task has an ending in Redis (marker ended: nothing lost or stuck)");
+    let mut ended =
+        Check::new("every task has an ending in Redis (marker ended: nothing lost or stuck)");
     let mut agree =
         Check::new("the client's outcome equals the marker's ending (state, kind, attempt)");
     let mut expected = Check::new("outcomes are explained by the plan and the faults");
@@ -296,7 +297,8 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
     );
     let mut dup = Check::new("duplicates = 0 (one ending per task: one APPEND to its marker)");
     let mut attempts = Check::new("ending attempt within max_attempts");
-    let mut capacity = Check::new("entries held during chaos: at most 2 x slots + bands per worker");
+    let mut capacity =
+        Check::new("entries held during chaos: at most 2 x slots + bands per worker");
     let mut empty = Check::new(
         "queue empty at the end (meta n, pending lists, bands, live members of dl, strays)",
     );
@@ -322,7 +324,9 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
         let appends = obs.ending_appends.get(id).copied().unwrap_or(0);
         if appends > 1 {
             audit.duplicates += 1;
-            dup.fail(format!("{id}: ended {appends} times (APPENDs to its marker)"));
+            dup.fail(format!(
+                "{id}: ended {appends} times (APPENDs to its marker)"
+            ));
         }
         let marker = match ev.stored.markers.get(id) {
             None | Some(None) => {
@@ -563,7 +567,9 @@ mod tests {
 
     /// One streamed task `t1`, done at attempt 2 with one ending: every
     /// check passes; `tweak` breaks something first.
-    fn run(tweak: impl FnOnce(&mut Ledger, &mut Stored, &mut Observations, &mut Leftovers)) -> Vec<Check> {
+    fn run(
+        tweak: impl FnOnce(&mut Ledger, &mut Stored, &mut Observations, &mut Leftovers),
+    ) -> Vec<Check> {
         let mut ledger = Ledger::default();
         ledger.order.push("t1".into());
         ledger.records.insert(
@@ -580,10 +586,9 @@ mod tests {
             },
         );
         let result: serde_json::Value = serde_json::from_str(RESULT).unwrap();
-        ledger.outputs.insert(
-            "t1".into(),
-            ClientOutput::Text("tok0 tok1 ".into(), result),
-        );
+        ledger
+            .outputs
+            .insert("t1".into(), ClientOutput::Text("tok0 tok1 ".into(), result));
         let mut stored = Stored::default();
         stored
             .markers
