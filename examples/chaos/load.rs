@@ -3,8 +3,10 @@
 //! `max_attempts` 3-5 and at most `max_in_flight` open at once. Every task's
 //! outcome is recorded in the [`Ledger`] exactly once. On a stream queue
 //! (`--stream-queue`) each task also gets a priority (high or low, so both
-//! bands fill); nothing else differs (the load makes no durable submit,
-//! which a stream queue refuses).
+//! bands fill) and about one in twelve is cancelled 50-1550 ms after its
+//! submit (queued or running, or already ended); the cancel's answer is
+//! recorded. The load makes no durable submit (a stream queue refuses
+//! them).
 //!
 //! A call that ends with a connection error or an uncertain submit (Redis
 //! restarting) is repeated with the same task id, as the client docs say is
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtq_core::{Error, Queue, TaskRequest, TimeoutPhase};
+use rtq_core::{Error, Queue, TaskRequest, TaskState, TimeoutPhase};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -39,6 +41,8 @@ pub struct Plan {
     pub planned_fail: bool,
     /// Priority (0 on a v2 queue: its seeds replay as before).
     pub priority: i16,
+    /// Cancel the task this long after its submit (stream queue only).
+    pub cancel_after: Option<Duration>,
 }
 
 impl Plan {
@@ -119,6 +123,9 @@ pub struct Ledger {
     /// What the client got for each task that ended with a result: the
     /// result JSON (`run()`) or the assembled text (`stream()`).
     pub outputs: HashMap<String, ClientOutput>,
+    /// The answer of each planned cancel: the state the task was in (a
+    /// queued or running one was cancelled by it), or the error.
+    pub cancels: HashMap<String, Result<TaskState, String>>,
 }
 
 /// The output the client got for a task (kept for the stream checks,
@@ -219,13 +226,59 @@ pub async fn generate(
             } else {
                 0
             },
+            cancel_after: (settings.stream_queue && rng.below(12) == 0)
+                .then(|| Duration::from_millis(50 + rng.below(1500))),
         };
         n += 1;
         ledger.lock().unwrap().open(plan.clone());
+        if let Some(after) = plan.cancel_after {
+            tokio::spawn(cancel_later(
+                queue.clone(),
+                plan.id.clone(),
+                after,
+                Arc::clone(&ledger),
+                abandon.clone(),
+            ));
+        }
         let span = tracing::debug_span!("task", task_id = %plan.id);
         tokio::spawn(
             run_task(queue.clone(), plan, Arc::clone(&ledger), abandon.clone()).instrument(span),
         );
+    }
+}
+
+/// Cancels task `id` after `after` (repeating the call after connection
+/// trouble) and records the answer.
+async fn cancel_later(
+    queue: Queue,
+    id: String,
+    after: Duration,
+    ledger: SharedLedger,
+    abandon: CancellationToken,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(after) => {}
+        _ = abandon.cancelled() => return,
+    }
+    for _ in 0..20 {
+        let answer = tokio::select! {
+            a = queue.cancel(&id, "chaos: planned cancel") => a,
+            _ = abandon.cancelled() => return,
+        };
+        match answer {
+            Err(e) if repeatable(&e) => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => {
+                tracing::debug!(task_id = %id, ?answer, "cancelled");
+                ledger
+                    .lock()
+                    .unwrap()
+                    .cancels
+                    .insert(id, answer.map_err(|e| e.to_string()));
+                return;
+            }
+        }
     }
 }
 

@@ -214,6 +214,27 @@ pub fn render(
                 "not run (needs the private Redis)".into()
             },
         );
+        let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+        for answer in ledger.cancels.values() {
+            let key = match answer {
+                Ok(state) => format!("found {state}"),
+                Err(e) if e.contains("not found") => "not found".into(),
+                Err(_) => "error".into(),
+            };
+            *answers.entry(key).or_insert(0) += 1;
+        }
+        row(
+            "planned cancels (answers)",
+            format!(
+                "{} ({})",
+                ledger.cancels.len(),
+                answers
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         row(
             "attempts: max ending attempt",
             format!(

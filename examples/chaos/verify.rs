@@ -492,6 +492,7 @@ mod tests {
             max_attempts: 3,
             planned_fail: false,
             priority: 0,
+            cancel_after: None,
         }
     }
 

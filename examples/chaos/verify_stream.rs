@@ -374,6 +374,27 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
         }
         let payload_text = String::from_utf8_lossy(&payload).into_owned();
         let (st, ek) = (state.as_str(), kind.as_str());
+        match ev.ledger.cancels.get(id) {
+            // The cancel found the task alive: it wrote the ending.
+            Some(Ok(was)) if !was.is_terminal() => {
+                if (st, ek) != ("cancelled", "cancelled") {
+                    agree.fail(format!(
+                        "{id}: the cancel found it {was} (and ended it), Redis says {st}/{ek}"
+                    ));
+                }
+            }
+            Some(Ok(was)) => {
+                if st != was.as_str() {
+                    agree.fail(format!(
+                        "{id}: the cancel found it ended {was}, Redis says {st}/{ek}"
+                    ));
+                }
+            }
+            Some(Err(e)) if !e.contains("not found") => {
+                expected.fail(format!("{id}: the planned cancel failed: {e}"));
+            }
+            _ => {}
+        }
         let Some(outcome) = &record.outcome else {
             continue;
         };
@@ -467,6 +488,14 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
                     expected.fail(format!("{id}: timed out without a deadline"));
                 }
             }
+            Outcome::Cancelled => {
+                if (st, ek) != ("cancelled", "cancelled") {
+                    agree.fail(format!("{id}: client got Cancelled, Redis says {st}/{ek}"));
+                }
+                if plan.cancel_after.is_none() {
+                    expected.fail(format!("{id}: cancelled, but no cancel was planned"));
+                }
+            }
             other => expected.fail(format!(
                 "{id}: {} ({other:?}); Redis says {st}/{ek} at attempt {attempt}",
                 other.label()
@@ -556,6 +585,7 @@ mod tests {
             max_attempts: 3,
             planned_fail: false,
             priority: 500,
+            cancel_after: None,
         }
     }
 
@@ -695,6 +725,32 @@ mod tests {
             o.ending_audit_breaks = 1;
         });
         assert!(!fails_with(&checks, "duplicates"));
+    }
+
+    #[test]
+    fn a_cancel_that_found_the_task_alive_is_its_ending() {
+        // The cancel answered Running, so it ended the task: a done marker
+        // means a second ending overwrote it.
+        let checks = run(|l, _, _, _| {
+            l.cancels
+                .insert("t1".into(), Ok(rtq_core::TaskState::Running));
+        });
+        assert!(fails_with(&checks, "the client's outcome equals"));
+        let cancelled = ending("cancelled", 1, "cancelled", "chaos: planned cancel");
+        let checks = run(|l, s, _, _| {
+            l.cancels
+                .insert("t1".into(), Ok(rtq_core::TaskState::Running));
+            l.records.get_mut("t1").unwrap().outcome = Some(Outcome::Cancelled);
+            l.records.get_mut("t1").unwrap().plan.cancel_after = Some(Duration::from_millis(50));
+            s.markers.insert("t1".into(), Some(cancelled.clone()));
+        });
+        assert_eq!(failed(&checks), Vec::<&str>::new());
+        // Cancelled without a planned cancel.
+        let checks = run(|l, s, _, _| {
+            l.records.get_mut("t1").unwrap().outcome = Some(Outcome::Cancelled);
+            s.markers.insert("t1".into(), Some(cancelled.clone()));
+        });
+        assert!(fails_with(&checks, "outcomes are explained"));
     }
 
     #[test]
