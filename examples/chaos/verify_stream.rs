@@ -376,19 +376,15 @@ pub fn verdict(ev: &Evidence<'_>) -> (Vec<Check>, Audit) {
         let (st, ek) = (state.as_str(), kind.as_str());
         match ev.ledger.cancels.get(id) {
             // The cancel found the task alive: it wrote the ending.
-            Some(Ok(was)) if !was.is_terminal() => {
-                if (st, ek) != ("cancelled", "cancelled") {
-                    agree.fail(format!(
-                        "{id}: the cancel found it {was} (and ended it), Redis says {st}/{ek}"
-                    ));
-                }
+            Some(Ok(was)) if !was.is_terminal() && (st, ek) != ("cancelled", "cancelled") => {
+                agree.fail(format!(
+                    "{id}: the cancel found it {was} (and ended it), Redis says {st}/{ek}"
+                ));
             }
-            Some(Ok(was)) => {
-                if st != was.as_str() {
-                    agree.fail(format!(
-                        "{id}: the cancel found it ended {was}, Redis says {st}/{ek}"
-                    ));
-                }
+            Some(Ok(was)) if was.is_terminal() && st != was.as_str() => {
+                agree.fail(format!(
+                    "{id}: the cancel found it ended {was}, Redis says {st}/{ek}"
+                ));
             }
             Some(Err(e)) if !e.contains("not found") => {
                 expected.fail(format!("{id}: the planned cancel failed: {e}"));
