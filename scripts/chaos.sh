@@ -16,7 +16,8 @@ usage: scripts/chaos.sh [--long] [--release] [chaos options...]
   --release   build and run release binaries (default: debug, as CI)
 
 Every other argument goes to the chaos example (they override the above),
-e.g. `scripts/chaos.sh --seed 42`, `scripts/chaos.sh --duration 120 --workers 6`.
+e.g. `scripts/chaos.sh --seed 42`, `scripts/chaos.sh --duration 120 --workers 6`,
+`scripts/chaos.sh --stream-queue` (a stream queue, protocol v3, and its checks).
 Options of the example:
 USAGE
 }

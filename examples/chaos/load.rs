@@ -1,7 +1,12 @@
 //! The load: a client submitting tasks at a rate, half with `run()` and half
 //! with `stream()`, some with deadlines, some planned to fail, with
 //! `max_attempts` 3-5 and at most `max_in_flight` open at once. Every task's
-//! outcome is recorded in the [`Ledger`] exactly once.
+//! outcome is recorded in the [`Ledger`] exactly once. On a stream queue
+//! (`--stream-queue`) each task also gets a priority (high or low, so both
+//! bands fill) and about one in twelve is cancelled 50-1550 ms after its
+//! submit (queued or running, or already ended); the cancel's answer is
+//! recorded. The load makes no durable submit (a stream queue refuses
+//! them).
 //!
 //! A call that ends with a connection error or an uncertain submit (Redis
 //! restarting) is repeated with the same task id, as the client docs say is
@@ -11,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtq_core::{Error, Queue, TaskRequest, TimeoutPhase};
+use rtq_core::{Error, Queue, TaskRequest, TaskState, TimeoutPhase};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,6 +39,10 @@ pub struct Plan {
     /// The input asks the mock to fail (`"fail"`): a handler failure is the
     /// expected outcome; anything else failing as `handler` is a finding.
     pub planned_fail: bool,
+    /// Priority (0 on a v2 queue: its seeds replay as before).
+    pub priority: i16,
+    /// Cancel the task this long after its submit (stream queue only).
+    pub cancel_after: Option<Duration>,
 }
 
 impl Plan {
@@ -111,6 +120,22 @@ pub struct Ledger {
     pub in_flight: usize,
     /// Highest `in_flight` seen.
     pub peak_in_flight: usize,
+    /// What the client got for each task that ended with a result: the
+    /// result JSON (`run()`) or the assembled text (`stream()`).
+    pub outputs: HashMap<String, ClientOutput>,
+    /// The answer of each planned cancel: the state the task was in (a
+    /// queued or running one was cancelled by it), or the error.
+    pub cancels: HashMap<String, Result<TaskState, String>>,
+}
+
+/// The output the client got for a task (kept for the stream checks,
+/// which compare it with what Redis stored).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientOutput {
+    /// `run()`: the result.
+    Result(serde_json::Value),
+    /// `stream()`: the text assembled from the chunks, and the result.
+    Text(String, serde_json::Value),
 }
 
 /// The ledger, shared between the generator, the tasks and the checks.
@@ -155,6 +180,8 @@ pub struct LoadSettings {
     pub max_in_flight: usize,
     /// Prefix of task ids.
     pub id_prefix: String,
+    /// The queue is a stream queue: tasks get priorities.
+    pub stream_queue: bool,
 }
 
 /// Submits tasks until `stop` is cancelled; each task runs on its own and
@@ -190,13 +217,68 @@ pub async fn generate(
             deadline: (rng.below(4) == 0).then(|| Duration::from_millis(2000 + rng.below(6000))),
             max_attempts: 3 + rng.below(3) as u32,
             planned_fail: rng.below(20) == 0,
+            priority: if settings.stream_queue {
+                if rng.below(3) == 0 {
+                    500
+                } else {
+                    -500
+                }
+            } else {
+                0
+            },
+            cancel_after: (settings.stream_queue && rng.below(12) == 0)
+                .then(|| Duration::from_millis(50 + rng.below(1500))),
         };
         n += 1;
         ledger.lock().unwrap().open(plan.clone());
+        if let Some(after) = plan.cancel_after {
+            tokio::spawn(cancel_later(
+                queue.clone(),
+                plan.id.clone(),
+                after,
+                Arc::clone(&ledger),
+                abandon.clone(),
+            ));
+        }
         let span = tracing::debug_span!("task", task_id = %plan.id);
         tokio::spawn(
             run_task(queue.clone(), plan, Arc::clone(&ledger), abandon.clone()).instrument(span),
         );
+    }
+}
+
+/// Cancels task `id` after `after` (repeating the call after connection
+/// trouble) and records the answer.
+async fn cancel_later(
+    queue: Queue,
+    id: String,
+    after: Duration,
+    ledger: SharedLedger,
+    abandon: CancellationToken,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(after) => {}
+        _ = abandon.cancelled() => return,
+    }
+    for _ in 0..20 {
+        let answer = tokio::select! {
+            a = queue.cancel(&id, "chaos: planned cancel") => a,
+            _ = abandon.cancelled() => return,
+        };
+        match answer {
+            Err(e) if repeatable(&e) => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => {
+                tracing::debug!(task_id = %id, ?answer, "cancelled");
+                ledger
+                    .lock()
+                    .unwrap()
+                    .cancels
+                    .insert(id, answer.map_err(|e| e.to_string()));
+                return;
+            }
+        }
     }
 }
 
@@ -221,11 +303,16 @@ async fn run_task(queue: Queue, plan: Plan, ledger: SharedLedger, abandon: Cance
                 }
             }
             result => {
+                let (result, output) = match result {
+                    Ok((attempt, intact, output)) => (Ok((attempt, intact)), Some(output)),
+                    Err(e) => (Err(e), None),
+                };
                 let outcome = classify(&plan, result);
-                ledger
-                    .lock()
-                    .unwrap()
-                    .close(&plan.id, outcome, started.elapsed());
+                let mut ledger = ledger.lock().unwrap();
+                if let Some(output) = output {
+                    ledger.outputs.entry(plan.id.clone()).or_insert(output);
+                }
+                ledger.close(&plan.id, outcome, started.elapsed());
                 return;
             }
         }
@@ -240,9 +327,9 @@ fn repeatable(e: &Error) -> bool {
     }
 }
 
-/// One `run()` or `stream()` of the plan: the output, and whether it is
-/// intact.
-async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool), Error> {
+/// One `run()` or `stream()` of the plan: the attempt, whether the output
+/// is intact, and the output.
+async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool, ClientOutput), Error> {
     let mut input = json!({ "prompt": "chaos", "max_tokens": plan.tokens });
     if plan.planned_fail {
         input["fail"] = json!("chaos: planned failure");
@@ -250,16 +337,24 @@ async fn call(queue: &Queue, plan: &Plan) -> Result<(u64, bool), Error> {
     let mut request = TaskRequest::json(input)
         .id(plan.id.clone())
         .max_attempts(plan.max_attempts);
+    if plan.priority != 0 {
+        request = request.priority(plan.priority);
+    }
     if let Some(d) = plan.deadline {
         request = request.timeout(d);
     }
     if plan.stream {
         let (out, text) = queue.stream(request).await?.collect_text().await?;
-        Ok((out.attempt, text == plan.expected_text()))
+        let intact = text == plan.expected_text();
+        Ok((out.attempt, intact, ClientOutput::Text(text, out.result)))
     } else {
         let out = queue.run(request).await?;
         let tokens = out.result["usage"]["completion_tokens"].as_u64();
-        Ok((out.attempt, tokens == Some(plan.tokens)))
+        Ok((
+            out.attempt,
+            tokens == Some(plan.tokens),
+            ClientOutput::Result(out.result),
+        ))
     }
 }
 

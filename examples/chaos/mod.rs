@@ -13,7 +13,9 @@
 //!   failures) and the ledger of outcomes.
 //! - [`observe`]: what is sampled during the chaos: capacity, the `ended`
 //!   stream, recovery after kill -9.
-//! - [`verify`]: the checks after the settle.
+//! - [`verify`]: the checks after the settle (an `exact`, v2 queue).
+//! - [`observe_stream`], [`verify_stream`]: the same for a `stream` queue
+//!   (protocol v3, `--stream-queue`).
 //! - [`report`]: the summary (a Markdown table) and the verdict.
 //! - `phases`: start, chaos, settle, verify.
 //! - this file: the arguments, the seeded generator, [`run`].
@@ -21,9 +23,11 @@
 pub mod fleet;
 pub mod load;
 pub mod observe;
+pub mod observe_stream;
 mod phases;
 pub mod report;
 pub mod verify;
+pub mod verify_stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,7 +114,16 @@ pub struct Args {
     /// Log filter of this program (tracing EnvFilter syntax).
     #[arg(long, env = "RTQ_CHAOS_LOG", default_value = "info,rtq_core=warn")]
     pub log: String,
+    /// Make the chaos queue a stream queue (protocol v3,
+    /// docs/PROTOCOL-V3.md) with [`STREAM_BANDS`] priority bands before any
+    /// worker starts, and verify it with the stream checks.
+    #[arg(long, env = "RTQ_CHAOS_STREAM_QUEUE")]
+    pub stream_queue: bool,
 }
+
+/// Priority bands of the stream queue of `--stream-queue` (two, so the load's
+/// priorities land in both and strict priority between bands is exercised).
+pub const STREAM_BANDS: u8 = 2;
 
 /// A small seeded generator (splitmix64): the run needs reproducible
 /// choices, not cryptographic quality.

@@ -94,8 +94,21 @@ pub struct Observations {
     pub ended_read: u64,
     /// Last entry id read.
     pub ended_last: Option<String>,
-    /// Recoveries after kill -9, in order.
+    /// Recoveries after kill -9, in order (on a stream queue the keys of
+    /// `tasks` are the killed worker's entries, `<band>/<entry>`).
     pub recoveries: Vec<Recovery>,
+    /// Stream queue: (worker, sample) pairs where the worker's pending
+    /// entries exceeded its slots (allowed: see `observe_stream`).
+    pub held_above_slots: u64,
+    /// Stream queue: the sample with the most pending entries relative to
+    /// the worker's slots: (worker, entries held, slots).
+    pub held_peak: Option<(String, i64, i64)>,
+    /// Stream queue: the ending audit (keyspace events) ran.
+    pub ending_audit: bool,
+    /// Stream queue: `APPEND`s to each task's marker (one per ending).
+    pub ending_appends: HashMap<String, u32>,
+    /// Stream queue: times the audit's subscription broke (events missed).
+    pub ending_audit_breaks: u64,
 }
 
 /// Shared observations.

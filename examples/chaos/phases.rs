@@ -15,8 +15,8 @@ use super::fleet::{self, Fleet, Launch, Phase, Profile};
 use super::load::{self, Ledger, LoadSettings};
 use super::observe::{self, Observations};
 use super::report::{self, Faults, Setup};
-use super::verify;
-use super::{worker_bin, Args, Restart, Rng, Target};
+use super::{observe_stream, verify, verify_stream};
+use super::{worker_bin, Args, Restart, Rng, Target, STREAM_BANDS};
 
 /// A connection for the observer and the checks, with short timeouts so a
 /// Redis restart never hangs them.
@@ -47,6 +47,8 @@ struct Run {
     started: Instant,
     rng_seed: u64,
     redis_label: String,
+    /// The Redis URL (for the stream ending audit's subscription).
+    url: String,
     /// Cancelled by Ctrl-C: every phase stops and the fleet is killed.
     interrupted: CancellationToken,
 }
@@ -76,6 +78,14 @@ pub(super) async fn run(args: Args, seed: u64, target: Target) -> Result<bool> {
         .await
         .with_context(|| format!("connecting to {}", redact_url(&url)))?;
     let queue = client.queue(&queue_name)?;
+    if args.stream_queue {
+        // Before any worker starts: they read the mode once, at start.
+        queue
+            .create_stream(STREAM_BANDS, 0)
+            .await
+            .context("making the chaos queue a stream queue")?;
+        println!("chaos: {queue_name} is a stream queue with {STREAM_BANDS} bands");
+    }
     let keys = queue.keys().clone();
     let conn = raw_connection(&url).await?;
     let mut fleet = Fleet::new(Launch {
@@ -104,6 +114,7 @@ pub(super) async fn run(args: Args, seed: u64, target: Target) -> Result<bool> {
         started,
         rng_seed: seed,
         redis_label,
+        url: url.clone(),
         interrupted: CancellationToken::new(),
         args,
     };
@@ -173,14 +184,42 @@ impl Run {
         }
         self.wait_registered(self.args.workers).await?;
         let stop_observer = CancellationToken::new();
-        let observer = tokio::spawn(observe::observe(
-            self.conn.clone(),
-            self.keys.clone(),
-            Arc::clone(&self.profiles),
-            Arc::clone(&self.obs),
-            self.started,
-            stop_observer.clone(),
-        ));
+        let observer = if self.args.stream_queue {
+            tokio::spawn(observe_stream::observe(
+                self.conn.clone(),
+                self.keys.clone(),
+                STREAM_BANDS,
+                Arc::clone(&self.profiles),
+                Arc::clone(&self.obs),
+                self.started,
+                stop_observer.clone(),
+            ))
+        } else {
+            tokio::spawn(observe::observe(
+                self.conn.clone(),
+                self.keys.clone(),
+                Arc::clone(&self.profiles),
+                Arc::clone(&self.obs),
+                self.started,
+                stop_observer.clone(),
+            ))
+        };
+        // The ending audit of a stream queue sets notify-keyspace-events:
+        // only on the private Redis, never on a given one.
+        let audit = if self.args.stream_queue && self.args.redis.is_none() {
+            Some(
+                observe_stream::start_ending_audit(
+                    &self.url,
+                    &self.keys,
+                    Arc::clone(&self.obs),
+                    stop_observer.clone(),
+                )
+                .await
+                .context("subscribing the ending audit")?,
+            )
+        } else {
+            None
+        };
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop_load = CancellationToken::new();
         let abandon = CancellationToken::new();
@@ -190,6 +229,7 @@ impl Run {
                 rate: self.args.rate,
                 max_in_flight: self.args.max_in_flight,
                 id_prefix: format!("t{tag}"),
+                stream_queue: self.args.stream_queue,
             },
             self.rng.fork(),
             Arc::clone(&ledger),
@@ -209,10 +249,22 @@ impl Run {
             Err(e) => Err(e),
         };
         abandon.cancel();
+        if self.args.stream_queue {
+            // The endings of the last tasks may still be on their way
+            // through the subscription.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         stop_observer.cancel();
         let _ = observer.await;
+        if let Some(audit) = audit {
+            let _ = audit.await;
+        }
         settled?;
-        self.verify(&ledger).await
+        if self.args.stream_queue {
+            self.verify_stream(&ledger).await
+        } else {
+            self.verify(&ledger).await
+        }
     }
 
     /// Fails once Ctrl-C was pressed (the fleet is killed on the way out).
@@ -227,8 +279,14 @@ impl Run {
     async fn wait_registered(&mut self, n: usize) -> Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
+            // A stream queue's live workers are in `lv`, not `workers`.
+            let key = if self.args.stream_queue {
+                rtq_core::functions::v3::live_key(&self.keys)
+            } else {
+                self.keys.workers()
+            };
             let live: usize = redis::cmd("ZCARD")
-                .arg(self.keys.workers())
+                .arg(key)
                 .query_async(&mut self.conn)
                 .await
                 .unwrap_or(0);
@@ -547,6 +605,70 @@ impl Run {
             max_in_flight: self.args.max_in_flight,
             redis: self.redis_label.clone(),
             wall: self.started.elapsed(),
+            stream_bands: None,
+        };
+        let text = report::render(&setup, &self.faults, &ledger, &obs, &audit, &checks);
+        Ok((text, checks.iter().all(verify::Check::passed)))
+    }
+
+    /// Waits (bounded) until the stream queue is empty: every ending
+    /// removed its entry (`XACK` + `XDEL`) and moved `n` with it, so this
+    /// holds as soon as every task ended; returns what is left then.
+    async fn stream_at_rest(
+        &mut self,
+        known: &std::collections::HashSet<String>,
+    ) -> Result<verify_stream::Leftovers> {
+        let lease = Duration::from_millis(self.args.lease_ms);
+        let until = Instant::now() + Duration::from_secs(5) + lease * 5;
+        loop {
+            let left = verify_stream::leftovers(&mut self.conn, &self.keys, STREAM_BANDS, known)
+                .await
+                .context("reading the stream queue's structures")?;
+            if left.clean() || Instant::now() > until {
+                return Ok(left);
+            }
+            self.check_exits();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The stream queue's checks (`verify_stream`); returns the summary and
+    /// whether every check passed.
+    async fn verify_stream(&mut self, ledger: &load::SharedLedger) -> Result<(String, bool)> {
+        let ids = ledger.lock().unwrap().order.clone();
+        let known: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        let leftovers = self.stream_at_rest(&known).await?;
+        self.check_exits();
+        let stored = verify_stream::read_stored(&mut self.conn, &self.keys, &ids)
+            .await
+            .context("reading the task markers and outputs")?;
+        let ledger = ledger.lock().unwrap();
+        let obs = self.obs.lock().unwrap();
+        let (checks, audit) = verify_stream::verdict(&verify_stream::Evidence {
+            ledger: &ledger,
+            stored: &stored,
+            obs: &obs,
+            leftovers: &leftovers,
+            bands: STREAM_BANDS,
+            fleet_problems: &self.fleet_problems,
+        });
+        let setup = Setup {
+            seed: self.rng_seed,
+            duration: Duration::from_secs(self.args.duration),
+            workers: self.args.workers,
+            slots: self
+                .fleet
+                .members
+                .iter()
+                .take(self.args.workers)
+                .map(|m| m.profile.slots)
+                .collect(),
+            lease_ms: self.args.lease_ms,
+            rate: self.args.rate,
+            max_in_flight: self.args.max_in_flight,
+            redis: self.redis_label.clone(),
+            wall: self.started.elapsed(),
+            stream_bands: Some(STREAM_BANDS),
         };
         let text = report::render(&setup, &self.faults, &ledger, &obs, &audit, &checks);
         Ok((text, checks.iter().all(verify::Check::passed)))

@@ -56,6 +56,8 @@ pub struct Setup {
     pub redis: String,
     /// Whole run, chaos and settle.
     pub wall: Duration,
+    /// The queue is a stream queue with this many bands (`--stream-queue`).
+    pub stream_bands: Option<u8>,
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
@@ -108,7 +110,10 @@ pub fn render(
 
     let _ = writeln!(
         s,
-        "### Chaos run: seed {}, {} s, {} workers (slots {:?}), lease {} ms, {} tasks/s, max {} in flight, {}",
+        "### Chaos run{}: seed {}, {} s, {} workers (slots {:?}), lease {} ms, {} tasks/s, max {} in flight, {}",
+        setup
+            .stream_bands
+            .map_or(String::new(), |b| format!(" (stream queue, {b} bands)")),
         setup.seed,
         setup.duration.as_secs(),
         setup.workers,
@@ -183,20 +188,76 @@ pub fn render(
             _ => format!("- (no kill of a busy worker; {idle_kills} idle)"),
         },
     );
-    row(
-        "capacity samples / violations",
-        format!(
-            "{} / {} ({} samples failed: Redis down)",
-            obs.samples, obs.violations, obs.sample_errors
-        ),
-    );
-    row(
-        "attempts: max att / hand-outs without an attempt (total, max per task)",
-        format!(
-            "{} / {}, {}",
-            audit.max_att, audit.free_handouts, audit.max_free_handouts
-        ),
-    );
+    if let Some(bands) = setup.stream_bands {
+        row(
+            "pending-list samples / over the bound (2 x slots + bands)",
+            format!(
+                "{} / {} ({} samples failed: Redis down)",
+                obs.samples, obs.violations, obs.sample_errors
+            ),
+        );
+        row(
+            "worker samples holding more entries than slots (endings in flight, surplus reads)",
+            match &obs.held_peak {
+                Some((w, held, slots)) => format!(
+                    "{} (peak: {w} held {held} with {slots} slots, {bands} bands)",
+                    obs.held_above_slots
+                ),
+                None => obs.held_above_slots.to_string(),
+            },
+        );
+        row(
+            "ending audit (APPENDs to markers): tasks seen / subscription breaks",
+            if obs.ending_audit {
+                format!("{} / {}", obs.ending_appends.len(), obs.ending_audit_breaks)
+            } else {
+                "not run (needs the private Redis)".into()
+            },
+        );
+        let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+        for answer in ledger.cancels.values() {
+            let key = match answer {
+                Ok(state) => format!("found {state}"),
+                Err(e) if e.contains("not found") => "not found".into(),
+                Err(_) => "error".into(),
+            };
+            *answers.entry(key).or_insert(0) += 1;
+        }
+        row(
+            "planned cancels (answers)",
+            format!(
+                "{} ({})",
+                ledger.cancels.len(),
+                answers
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        row(
+            "attempts: max ending attempt",
+            format!(
+                "{} (hand-outs without an attempt are not counted on a stream queue)",
+                audit.max_att
+            ),
+        );
+    } else {
+        row(
+            "capacity samples / violations",
+            format!(
+                "{} / {} ({} samples failed: Redis down)",
+                obs.samples, obs.violations, obs.sample_errors
+            ),
+        );
+        row(
+            "attempts: max att / hand-outs without an attempt (total, max per task)",
+            format!(
+                "{} / {}, {}",
+                audit.max_att, audit.free_handouts, audit.max_free_handouts
+            ),
+        );
+    }
     row("lost", audit.lost.to_string());
     row("duplicates", audit.duplicates.to_string());
     row("checks failed", format!("{failed} of {}", checks.len()));

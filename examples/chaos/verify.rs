@@ -26,7 +26,8 @@ pub struct Check {
 const KEEP: usize = 8;
 
 impl Check {
-    fn new(name: &'static str) -> Self {
+    /// A check named `name`, passing until it fails.
+    pub fn new(name: &'static str) -> Self {
         Self {
             name,
             problems: Vec::new(),
@@ -34,7 +35,8 @@ impl Check {
         }
     }
 
-    fn fail(&mut self, problem: String) {
+    /// Records a finding.
+    pub fn fail(&mut self, problem: String) {
         if self.problems.len() < KEEP {
             self.problems.push(problem);
         } else {
@@ -489,6 +491,8 @@ mod tests {
             deadline: None,
             max_attempts: 3,
             planned_fail: false,
+            priority: 0,
+            cancel_after: None,
         }
     }
 

@@ -1,6 +1,8 @@
-//! The short chaos run in CI: real rtq-worker processes killed, stopped,
-//! drained and restarted under load for 15 s against a private redis-server,
-//! then every check of the chaos example must pass. The seed comes from the
+//! The short chaos runs in CI: real rtq-worker processes killed, stopped,
+//! drained and restarted under load against a private redis-server, for 15 s
+//! on an exact (v2) queue and 10 s on a stream (v3) queue
+//! (`--stream-queue`), then every check of the chaos example must pass. The
+//! two runs take turns (a lock), never overlap. The seed comes from the
 //! clock and is printed, so a failure can be replayed with
 //! `scripts/chaos.sh --seed <seed>`.
 //!
@@ -13,6 +15,7 @@
 //! alone rebuilds neither.
 
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rtq_testkit::target_dir;
@@ -26,8 +29,14 @@ fn built(path: std::path::PathBuf, how: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn a_short_chaos_run_keeps_every_guarantee() {
+/// One chaos run at a time: each starts its own fleet and Redis, and the
+/// machine has few cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs the chaos example with `args` and a seed from the clock; panics
+/// with its output unless every check passed; returns its stdout.
+fn chaos_run(args: &[&str]) -> String {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let chaos = built(
         target_dir().join("examples").join("chaos"),
         "cargo build -p rtq-examples --example chaos",
@@ -39,10 +48,12 @@ fn a_short_chaos_run_keeps_every_guarantee() {
         .unwrap_or(1);
     println!("chaos seed {seed}");
     let out = Command::new(chaos)
-        .args(["--duration", "15", "--seed", &seed.to_string()])
+        .args(args)
+        .args(["--seed", &seed.to_string()])
         .env("RTQ_WORKER_BIN", worker)
         .env("RTQ_CHAOS_LOG", "warn")
         .env_remove("RTQ_CHAOS_REDIS")
+        .env_remove("RTQ_CHAOS_STREAM_QUEUE")
         .stdin(Stdio::null())
         .output()
         .expect("the chaos example runs");
@@ -50,12 +61,32 @@ fn a_short_chaos_run_keeps_every_guarantee() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "chaos run failed with {} (replay: scripts/chaos.sh --seed {seed} --duration 15)\n\
+        "chaos run failed with {} (replay: scripts/chaos.sh --seed {seed} {})\n\
          --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status
+        out.status,
+        args.join(" ")
     );
-    assert!(stdout.contains("PASS duplicates = 0"), "{stdout}");
     println!("{stdout}");
+    stdout.into_owned()
+}
+
+#[test]
+fn a_short_chaos_run_keeps_every_guarantee() {
+    let stdout = chaos_run(&["--duration", "15"]);
+    assert!(stdout.contains("PASS duplicates = 0"), "{stdout}");
+}
+
+#[test]
+fn a_short_chaos_run_on_a_stream_queue_keeps_every_guarantee() {
+    let stdout = chaos_run(&["--duration", "10", "--stream-queue"]);
+    assert!(stdout.contains("stream queue, 2 bands"), "{stdout}");
+    for check in [
+        "PASS duplicates = 0",
+        "PASS every task has an ending in Redis",
+        "PASS queue empty at the end",
+    ] {
+        assert!(stdout.contains(check), "{check}: {stdout}");
+    }
 }
 
 #[test]
@@ -76,6 +107,8 @@ fn the_chaos_help_has_no_side_effects() {
         "RTQ_CHAOS_SEED",
         "RTQ_WORKER_BIN",
         "--duration",
+        "--stream-queue",
+        "RTQ_CHAOS_STREAM_QUEUE",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}: {help}");
     }
