@@ -504,3 +504,30 @@ async fn another_client_follows_a_running_task_live_and_through_a_restart() {
     assert_eq!(next_label(&mut stream).await, "done 9");
     assert!(within(stream.next()).await.is_none());
 }
+
+/// A delivery handed back unstarted keeps its attempt number: a stream
+/// must not take the hand-back for an abandoned attempt and then drop the
+/// chunks of the same attempt number's real run (found by the chaos run).
+#[tokio::test]
+async fn a_stream_keeps_every_chunk_of_an_attempt_that_was_handed_back_first() {
+    let redis = RedisServer::start();
+    let (_client, queue) = stream_queue(&redis, "sq", 1, 0).await;
+    let mut worker = HandWorker::new(&redis, "sq", "w1").await;
+    let stream = queue
+        .stream(TaskRequest::json(json!(1)).id("t1"))
+        .await
+        .unwrap();
+    let d = worker.take(0).await;
+    assert_eq!(
+        worker
+            .end(&d, EndState::HandBack("no free slot".into()))
+            .await,
+        v3::Completed::Ok
+    );
+    let d = worker.take(0).await;
+    assert_eq!(d.held.attempt(), 1, "a hand-back uses no attempt");
+    worker.write(&d, 0, &["a", "b"]).await;
+    worker.end(&d, EndState::Done("\"ab\"".into())).await;
+    let (out, text) = within(stream.collect_text()).await.unwrap();
+    assert_eq!((out.attempt, text.as_str()), (1, "ab"));
+}

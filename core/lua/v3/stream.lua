@@ -119,7 +119,7 @@ rtq3_status (no-writes): ARGV id. Reply one of
   {'unknown'}
 ]]
 
-local REVISION = 3
+local REVISION = 4
 local GROUP = 'w'
 local MAX_BANDS = 5
 local MAX_BATCH = 1024
@@ -509,7 +509,10 @@ local function requeue(band, entry, f, a0, attempt, reason, by, deliveries)
   local place = place_of(band, new, f.ret, f.r)
   if by then place = place .. ' ' .. entry .. ' ' .. by .. ' ' .. deliveries end
   redis.call('SET', P .. 'm:' .. f.t, place)
-  notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason})
+  -- Followers learn an attempt is void only when it was used: a hand-back
+  -- (a0 = attempt - 1) runs the same attempt number again, and an event
+  -- would make them expect the next one and drop its chunks.
+  if a0 >= attempt then notify(f.r, {'t', f.t, 'e', 'q', 'a', fmt(attempt), 'm', reason}) end
   return new
 end
 

@@ -38,7 +38,7 @@ use crate::protocol::{value_to_bytes, value_to_string, TaskState};
 pub const LIBRARY_NAME: &str = "rtq3";
 
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
-pub const LIBRARY_REVISION: i64 = 3;
+pub const LIBRARY_REVISION: i64 = 4;
 
 /// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
 /// (the header, shared helpers and most functions), then `write.lua`.

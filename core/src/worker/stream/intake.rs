@@ -13,6 +13,7 @@
 //! in this worker's pending list unseen until their lease lapsed): it
 //! blocks [`BLOCK_MS`] at most, and at shutdown the intake waits for it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,13 @@ pub(super) async fn run(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = changed.changed() => {}
+            }
+            continue;
+        }
+        if rt.takeover_due.swap(false, Ordering::AcqRel) {
+            // Lapsed entries of dead workers before new ones.
+            if let Err(e) = super::lease::take_over(&rt).await {
+                tracing::warn!(error = %e, "housekeeping failed; retrying at the next tick");
             }
             continue;
         }

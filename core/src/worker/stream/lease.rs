@@ -76,12 +76,18 @@ pub(super) async fn beat(rt: &Runtime) -> Result<(), Error> {
 }
 
 /// Housekeeping: lapsed entries of dead workers come to the free slots.
-async fn take_over(rt: &Arc<Runtime>) -> Result<(), Error> {
+/// With none free (a busy worker), it still ends what must end (attempts
+/// used up, deadlines) and asks the intake to give its next freed slot to
+/// housekeeping before new entries.
+pub(super) async fn take_over(rt: &Arc<Runtime>) -> Result<(), Error> {
     let free = if rt.want_next() {
         rt.slots.reserve(rt.slots.free())
     } else {
         0
     };
+    if free == 0 && rt.want_next() {
+        rt.takeover_due.store(true, Ordering::Release);
+    }
     let taken = v3::takeover(&mut rt.conn.clone(), &rt.keys, &rt.id, lease_ms(rt), free).await;
     let (ended, deliveries) = match taken {
         Ok(t) => t,
@@ -98,6 +104,11 @@ async fn take_over(rt: &Arc<Runtime>) -> Result<(), Error> {
     }
     for d in &deliveries {
         tracing::warn!(task_id = %d.id, attempt = d.held.attempt(), "taking over a task whose worker's lease lapsed");
+    }
+    if free > 0 && deliveries.len() >= free {
+        // Perhaps more lapsed entries than free slots: the next freed
+        // slot goes to housekeeping again.
+        rt.takeover_due.store(true, Ordering::Release);
     }
     rt.admit(free, deliveries).await;
     Ok(())

@@ -56,6 +56,11 @@ pub(crate) struct Runtime {
     declines: Declines,
     /// Set by a forced stop: handlers get at most a second to return.
     forced: AtomicBool,
+    /// Set by a housekeeping tick that had no free slot to take lapsed
+    /// entries over with: the next freed slot goes to housekeeping before
+    /// new entries (a busy worker would otherwise never take over a dead
+    /// worker's tasks while new work keeps coming).
+    takeover_due: AtomicBool,
 }
 
 impl Runtime {
@@ -233,6 +238,7 @@ pub(super) async fn run(
         ),
         declines: Declines::default(),
         forced: AtomicBool::new(false),
+        takeover_due: AtomicBool::new(false),
     });
 
     // Start: void what a previous life under this id held, then register.
