@@ -531,3 +531,53 @@ async fn a_stream_keeps_every_chunk_of_an_attempt_that_was_handed_back_first() {
     let (out, text) = within(stream.collect_text()).await.unwrap();
     assert_eq!((out.attempt, text.as_str()), (1, "ab"));
 }
+
+/// The server's rtq3 library at an older revision (a rolling upgrade: an
+/// older process loaded it) is replaced before the client uses a stream
+/// queue: a function whose arguments changed would refuse every call.
+#[tokio::test]
+async fn an_older_v3_library_on_the_server_is_replaced_before_use() {
+    let redis = RedisServer::start();
+    let mut conn = admin_conn(&redis).await;
+    let ours = format!("local REVISION = {}\n", v3::LIBRARY_REVISION);
+    let older = v3::LIBRARY_SOURCE.replace(&ours, "local REVISION = 1\n");
+    assert_ne!(older, v3::LIBRARY_SOURCE);
+    let _: redis::Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&older)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let version = |conn: &mut MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let v: Vec<i64> = redis::cmd("FCALL_RO")
+                .arg("rtq3_version")
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    assert_eq!(version(&mut conn).await, vec![3, 1]);
+    let (_client, queue) = stream_queue(&redis, "sq", 1, 0).await;
+    assert_eq!(version(&mut conn).await, vec![3, v3::LIBRARY_REVISION]);
+    // A client that only reads the mode checks it too.
+    let _: redis::Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&older)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other = Client::connect(&redis.url()).await.unwrap();
+    other
+        .queue("sq")
+        .unwrap()
+        .submit(TaskRequest::json(json!(1)).id("t1"))
+        .await
+        .unwrap();
+    assert_eq!(version(&mut conn).await, vec![3, v3::LIBRARY_REVISION]);
+    drop(queue);
+}

@@ -51,6 +51,8 @@ pub(crate) enum Mode {
 #[derive(Default)]
 pub(crate) struct ModeCache {
     modes: Mutex<HashMap<String, Mode>>,
+    /// The server's v3 library was checked (or loaded) at our revision.
+    v3_ready: std::sync::atomic::AtomicBool,
     /// A reading of Redis's clock (ms) and the local instant it was taken.
     clock: Mutex<Option<(Instant, u64)>>,
 }
@@ -147,8 +149,23 @@ impl Queue {
             }
             _ => Mode::Exact,
         };
+        if matches!(mode, Mode::Stream { .. }) {
+            self.ensure_v3().await?;
+        }
         cache.put(self.name(), mode);
         Ok(mode)
+    }
+
+    /// Checks (once per client) that the server runs our revision of the
+    /// v3 library or a newer one, loading ours over an older one.
+    async fn ensure_v3(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let ready = &self.client.inner.modes.v3_ready;
+        if !ready.load(Ordering::Acquire) {
+            crate::cluster::ensure_v3_loaded(&mut self.client.conn()).await?;
+            ready.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Makes this queue a stream queue (protocol v3, `docs/PROTOCOL-V3.md`)
@@ -168,6 +185,7 @@ impl Queue {
                 v3::MAX_BANDS
             )));
         }
+        self.ensure_v3().await?;
         let mut conn = self.client.conn();
         v3::create(&mut conn, &self.keys, bands, max_depth).await?;
         let _: i64 = redis::cmd("SADD")

@@ -81,6 +81,27 @@ pub(crate) async fn ensure_loaded(conn: &mut RedisConnection) -> Result<(), Erro
     Ok(())
 }
 
+/// [`crate::functions::v3::ensure_loaded`] on every master of a cluster
+/// (on one server: on it).
+///
+/// # Errors
+/// As `v3::ensure_loaded`; cluster topology reads.
+pub(crate) async fn ensure_v3_loaded(conn: &mut RedisConnection) -> Result<(), Error> {
+    let cluster = match conn {
+        RedisConnection::Single(_) => return crate::functions::v3::ensure_loaded(conn).await,
+        RedisConnection::Cluster(c) => c,
+    };
+    let masters = masters(cluster).await?;
+    let loads = masters.iter().filter_map(|address| {
+        let mut node = NodeConnection::new(cluster.clone(), address)?;
+        Some(async move { crate::functions::v3::ensure_loaded(&mut node).await })
+    });
+    for result in futures::future::join_all(loads).await {
+        result?;
+    }
+    Ok(())
+}
+
 /// True for errors that mean "this node no longer serves the key": a
 /// dedicated connection getting one must be dropped and re-resolved.
 pub fn is_redirect(e: &redis::RedisError) -> bool {

@@ -146,6 +146,44 @@ pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Error> {
     Ok(())
 }
 
+/// Makes sure the server (this node) runs this revision of the v3 library
+/// or a newer one: one `FCALL_RO rtq3_version` when it does; an older one
+/// (or none) is replaced (`FUNCTION LOAD REPLACE`). Clients and workers
+/// call it once before they use a stream queue: a function whose
+/// arguments changed between revisions would refuse every call of a
+/// newer process (INVALID) or, worse, read them differently.
+///
+/// # Errors
+/// Connection errors, [`Error::PermissionDenied`] (the user may not load
+/// functions and the server's library is older).
+pub async fn ensure_loaded<C: ConnectionLike + Send>(conn: &mut C) -> Result<(), Error> {
+    let reply: redis::RedisResult<Value> = redis::cmd("FCALL_RO")
+        .arg("rtq3_version")
+        .arg(0)
+        .query_async(conn)
+        .await;
+    let revision = match reply {
+        Ok(v) => match ReplyItems::new(v, "rtq3_version").and_then(|mut r| {
+            let protocol = r.uint()?;
+            Ok((protocol, r.uint()?))
+        }) {
+            Ok((3, revision)) => Some(revision),
+            _ => None,
+        },
+        Err(e) if crate::functions::is_library_missing(&e) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if revision.is_some_and(|r| r >= LIBRARY_REVISION as u64) {
+        return Ok(());
+    }
+    tracing::info!(
+        found = ?revision,
+        ours = LIBRARY_REVISION,
+        "loading the rtq3 functions library (the server has an older one or none)"
+    );
+    load(conn).await
+}
+
 /// FCALLs `name` on queue `keys` with `args`, loading the library once if
 /// the server lacks it.
 async fn call<C: ConnectionLike + Send>(

@@ -241,7 +241,10 @@ pub(super) async fn run(
         takeover_due: AtomicBool::new(false),
     });
 
-    // Start: void what a previous life under this id held, then register.
+    // Start: the library at our revision (an older one would refuse or
+    // misread our calls), void what a previous life under this id held,
+    // then register.
+    crate::cluster::ensure_v3_loaded(&mut rt.conn.clone()).await?;
     let voided = v3::join(&mut rt.conn.clone(), &rt.keys, &rt.id).await?;
     if voided > 0 {
         tracing::warn!(
