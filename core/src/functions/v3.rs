@@ -590,8 +590,8 @@ fn decode_complete(reply: Value, endings: usize) -> Result<Vec<Completed>, Error
 
 /// An attempt's last chunks and its ending (several attempts' of one
 /// worker) in one round trip: `rtq3_write` of `writes`, then
-/// `rtq3_complete` of `endings`, pipelined on one connection so Redis runs
-/// them in that order. Each ending should carry [`Ending::output`] (the
+/// `rtq3_complete` of `endings`, in one `MULTI`/`EXEC` (Redis runs them in
+/// that order, and readers blocked on the reply stream see both). Each ending should carry [`Ending::output`] (the
 /// count its attempt holds once its write applied): an ending whose write
 /// did not apply (ORDER, LOST, TOO_LARGE, a call that failed) is then
 /// answered [`Completed::Order`] or [`Completed::Lost`] and writes nothing.
@@ -617,8 +617,13 @@ pub async fn write_then_complete<C: ConnectionLike + Send>(
         }
         cmd
     };
+    // One transaction, not only one round trip: Redis serves a client
+    // blocked on the reply stream after EXEC, so the chunks' event and the
+    // final one reach it together (a plain pipeline woke it after the
+    // write, and its next read cost a round trip more).
     let mut pipe = redis::pipe();
-    pipe.add_command(fcall("rtq3_write", write_args(worker, writes)))
+    pipe.atomic()
+        .add_command(fcall("rtq3_write", write_args(worker, writes)))
         .add_command(fcall("rtq3_complete", complete_args(worker, endings)));
     pipe.ignore_errors();
     let mut loaded = false;
