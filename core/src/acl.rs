@@ -42,6 +42,22 @@ pub const LIBRARY_COMMANDS: &[&str] = &[
     "zpopmin",
     "zremrangebyscore",
     "xadd",
+    // The v3 library (`rtq3`, stream queues): markers, output lists and
+    // the bands' consumer group.
+    "get",
+    "set",
+    "append",
+    "exists",
+    "llen",
+    "hsetnx",
+    "zrangebyscore",
+    "xrange",
+    "xpending",
+    "xclaim",
+    "xack",
+    "xdel",
+    "xgroup|create",
+    "xinfo|groups",
 ];
 
 /// A use of rtq that gets a Redis user of its own.
@@ -101,6 +117,13 @@ impl Role {
                     "fcall|rtq2_housekeep",
                     "fcall_ro|rtq2_read",
                     "fcall_ro|rtq2_version",
+                    // Stream queues (protocol v3).
+                    "fcall|rtq3_create",
+                    "fcall|rtq3_submit",
+                    "fcall|rtq3_cancel",
+                    "fcall|rtq3_expire",
+                    "fcall_ro|rtq3_status",
+                    "fcall_ro|rtq3_version",
                     "xread",
                     "xtrim",
                     "hgetall",
@@ -123,6 +146,15 @@ impl Role {
                     "fcall|rtq2_release",
                     "fcall|rtq2_cancel",
                     "fcall_ro|rtq2_version",
+                    // Stream queues (protocol v3): its own reads of new
+                    // entries, and the functions.
+                    "fcall|rtq3_beat",
+                    "fcall|rtq3_join",
+                    "fcall|rtq3_takeover",
+                    "fcall|rtq3_complete",
+                    "fcall|rtq3_write",
+                    "fcall_ro|rtq3_version",
+                    "xreadgroup",
                     "blmpop",
                     "info",
                     // On a cluster: the slot map, and whether the queue's
@@ -136,6 +168,8 @@ impl Role {
                 vec![
                     "fcall_ro|rtq2_version",
                     "fcall_ro|rtq2_read",
+                    "fcall_ro|rtq3_status",
+                    "fcall_ro|rtq3_version",
                     "time",
                     "smembers",
                     "hgetall",
@@ -154,6 +188,11 @@ impl Role {
                     // Whether Redis restarted (run id, uptime): the console
                     // tells "Redis lost its data" from "no data".
                     "info",
+                    // Stream queues: markers, bands, their pending lists.
+                    "get",
+                    "xrange",
+                    "xpending",
+                    "xinfo|groups",
                     // On a cluster: the slot map (which master holds a queue).
                     "cluster|slots",
                 ],

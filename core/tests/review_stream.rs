@@ -393,7 +393,6 @@ fn acl_url(redis: &RedisServer, role: rtq_core::acl::Role) -> String {
 }
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn the_client_and_worker_acl_roles_can_use_a_stream_queue() {
     let redis = RedisServer::start();
     let (_admin, _queue) = stream_queue(&redis, 1).await;
