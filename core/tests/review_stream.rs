@@ -204,7 +204,6 @@ async fn ends_within(
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn a_foreign_entry_in_a_band_does_not_stop_the_takeover_of_a_dead_worker_s_task() {
     let redis = RedisServer::start();
     let (_client, _queue) = stream_queue(&redis, 1).await;
@@ -247,7 +246,6 @@ async fn a_foreign_entry_in_a_band_does_not_stop_the_takeover_of_a_dead_worker_s
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn a_band_deleted_by_hand_does_not_starve_the_other_bands() {
     let redis = RedisServer::start();
     let (_client, _queue) = stream_queue(&redis, 2).await;
@@ -278,7 +276,6 @@ async fn a_band_deleted_by_hand_does_not_starve_the_other_bands() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn redis_emptied_does_not_silently_make_a_stream_queue_a_v2_queue() {
     let redis = RedisServer::start();
     let (_client, queue) = stream_queue(&redis, 1).await;
@@ -421,7 +418,6 @@ async fn the_client_and_worker_acl_roles_can_use_a_stream_queue() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn a_worker_that_read_a_foreign_entry_can_start_again_under_its_id() {
     let redis = RedisServer::start();
     let (_client, _queue) = stream_queue(&redis, 1).await;
@@ -514,7 +510,6 @@ async fn a_run_that_attaches_to_an_existing_task_still_ends_at_the_deadline() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn a_wait_on_a_queued_task_past_its_deadline_ends_without_a_live_worker() {
     let redis = RedisServer::start();
     let (client, queue) = stream_queue(&redis, 1).await;

@@ -119,7 +119,7 @@ rtq3_status (no-writes): ARGV id. Reply one of
   {'unknown'}
 ]]
 
-local REVISION = 4
+local REVISION = 5
 local GROUP = 'w'
 local MAX_BANDS = 5
 local MAX_BATCH = 1024
@@ -325,6 +325,18 @@ local function entry_fields(band, entry)
   local rows = redis.call('XRANGE', band_key(band), entry, entry)
   if #rows == 0 then return nil end
   return task_of(band, entry, rows[1][2])
+end
+
+-- Fields of an entry a pending row or the deadline set names, for
+-- housekeeping: nil when it is gone or is not a task. A foreign entry
+-- read into a pending list (XADD by hand) must not stop every takeover
+-- and restart of the queue: its row is dropped like a gone entry's.
+local function pending_fields(band, entry)
+  local rows = redis.call('XRANGE', band_key(band), entry, entry)
+  if #rows == 0 then return nil end
+  local ok, f = pcall(task_of, band, entry, rows[1][2])
+  if ok then return f end
+  return nil
 end
 
 -- Who holds an entry: consumer, idle ms, delivery count; nil when queued
@@ -739,7 +751,7 @@ local function join(keys, args)
   for b = 0, meta.bands - 1 do
     if group_info(b) then
       for _, row in ipairs(redis.call('XPENDING', band_key(b), GROUP, '-', '+', MAX_BATCH, worker)) do
-        local f = entry_fields(b, row[1])
+        local f = pending_fields(b, row[1])
         if f then read_marker(f.t, meta.bands) end -- its marker's type
         plan[#plan + 1] = {b, row[1], f, row[4]}
       end
@@ -783,7 +795,7 @@ local function takeover(keys, args)
         local want = budget
         local rows = redis.call('XPENDING', band_key(b), GROUP, 'IDLE', lease, start, '+', want)
         for _, row in ipairs(rows) do
-          local f = entry_fields(b, row[1])
+          local f = pending_fields(b, row[1])
           local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop',
             lost = row[2]}
           if f then
@@ -810,7 +822,7 @@ local function takeover(keys, args)
   -- one is its worker's to stop, or ends when taken over).
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dl', '-inf', now_s, 'LIMIT', 0, EXPIRE_SCAN)) do
     local mk = read_marker(id, meta.bands)
-    local f = mk and not mk.st and entry_fields(mk.band, mk.entry)
+    local f = mk and not mk.st and pending_fields(mk.band, mk.entry)
     if not f or f.t ~= id then
       plan[#plan + 1] = {id = id, act = 'undeadline'} -- ended, or gone
     elseif holder(mk.band, mk.entry) == nil then

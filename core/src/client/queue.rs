@@ -520,11 +520,18 @@ impl Queue {
             self.watch(&router, id, from, held).await?
         };
         let (snap, start) = self.start_of(id, held, resumed)?;
+        // A stream queue's task is ended at its deadline by whoever waits
+        // (v2's waits have the router's housekeeping for that).
+        let deadline = if stream_queue && !snap.state.is_terminal() {
+            self.stream_deadline(id).await?
+        } else {
+            None
+        };
         let mut tracker = Tracker::new(
             self.clone(),
             id.to_string(),
             waiter,
-            None,
+            deadline,
             max_wait.map(|d| Instant::now() + d),
         );
         if stream_queue {
@@ -824,7 +831,8 @@ impl Queue {
     ) -> Result<Placed, Error> {
         match self.place_in_mode(request, id, reply, stream).await {
             Err(e) if is_other_mode(&e) => {
-                self.forget_mode();
+                let before = self.forget_mode();
+                self.restore_stream_queue(before).await?;
                 self.place_in_mode(request, id, reply, stream).await
             }
             other => other,

@@ -215,9 +215,42 @@ impl Queue {
         )
     }
 
-    /// Forgets the queue's mode after Redis said it is of the other kind.
-    pub(crate) fn forget_mode(&self) {
+    /// Forgets the queue's mode after Redis said it is of the other kind;
+    /// returns the mode it had.
+    pub(crate) fn forget_mode(&self) -> Option<Mode> {
+        let before = self.client.inner.modes.get(self.name());
         self.client.inner.modes.forget(self.name());
+        before
+    }
+
+    /// A queue this client knew as a stream queue (`before`) whose meta is
+    /// gone (Redis restarted empty, or it was deleted) is made a stream
+    /// queue again with the bands it had (and no depth limit), instead of
+    /// turning into a v2 queue on the next submit, which no stream worker
+    /// would serve. Nothing happens when the queue exists (as either kind).
+    pub(crate) async fn restore_stream_queue(&self, before: Option<Mode>) -> Result<(), Error> {
+        let Some(Mode::Stream { bands }) = before else {
+            return Ok(());
+        };
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(self.keys.meta())
+            .query_async(&mut self.client.conn())
+            .await?;
+        if exists {
+            return Ok(());
+        }
+        tracing::warn!(
+            queue = self.name(),
+            bands,
+            "the stream queue's definition is gone from Redis (restarted empty, or deleted); making it a stream queue again (no depth limit)"
+        );
+        // The library may have gone with the data.
+        self.client
+            .inner
+            .modes
+            .v3_ready
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.create_stream(bands, 0).await
     }
 
     /// Redis's clock now (ms), from a reading at most [`CLOCK_REFRESH`]
@@ -534,6 +567,24 @@ impl Queue {
             None => return Err(self.not_found(id)),
         };
         Ok((submitted, reply))
+    }
+
+    /// When task `id`'s deadline passes, as a local instant (from the
+    /// deadline set, where a live task submitted with one is); `None`
+    /// without one. A wait on a stream queue's task asks `rtq3_expire` at
+    /// it: with no live worker, nobody else would end the task.
+    pub(crate) async fn stream_deadline(&self, id: &str) -> Result<Option<Instant>, Error> {
+        let deadline: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{}dl", self.keys.prefix()))
+            .arg(id)
+            .query_async(&mut self.client.conn())
+            .await?;
+        let Some(deadline) = deadline else {
+            return Ok(None);
+        };
+        let now = self.redis_now_ms().await?;
+        let left = (deadline as u64).saturating_sub(now);
+        Ok(Some(Instant::now() + Duration::from_millis(left)))
     }
 
     /// The depth and depth limit of a stream queue (for a `QueueFull`).

@@ -38,7 +38,7 @@ use crate::protocol::{value_to_bytes, value_to_string, TaskState};
 pub const LIBRARY_NAME: &str = "rtq3";
 
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
-pub const LIBRARY_REVISION: i64 = 4;
+pub const LIBRARY_REVISION: i64 = 5;
 
 /// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
 /// (the header, shared helpers and most functions), then `write.lua`.
@@ -391,7 +391,8 @@ fn text(fields: &[(String, Vec<u8>)], name: &str) -> Result<String, Error> {
 
 /// Reads up to `count` new entries of band `band` as worker `worker`
 /// (`XREADGROUP`, blocking up to `block_ms` when given); each is delivery
-/// 1 of its entry. An entry deleted before it was read is skipped.
+/// 1 of its entry. An entry deleted before it was read is skipped, and so
+/// is one that is not a task (housekeeping drops it later).
 ///
 /// # Errors
 /// Connection errors; [`Error::Protocol`] for an entry without its fields.
@@ -442,7 +443,13 @@ pub async fn read_new<C: ConnectionLike + Send>(
                     _ => None,
                 })
                 .collect();
-            out.push(delivery(band, value_to_string(&id), 1, &fields)?);
+            // A foreign entry (XADD by hand) is not a task: it is left in
+            // this worker's pending list, where housekeeping drops it
+            // (rtq3_takeover, rtq3_join), and the read goes on.
+            match delivery(band, value_to_string(&id), 1, &fields) {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task"),
+            }
         }
     }
     Ok(out)

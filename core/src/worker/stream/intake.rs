@@ -74,6 +74,7 @@ pub(super) async fn run(
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "reading new tasks failed; retrying");
+                rt.restore_if_missing(&e).await;
                 rt.status
                     .record_error(ErrorSource::Inbox, format!("reading new tasks failed: {e}"));
                 let delay = match failures {
@@ -206,7 +207,11 @@ fn parse_read(reply: Value, keys: &[String]) -> Result<Vec<Delivery>, Error> {
                     _ => None,
                 })
                 .collect();
-            out.push(delivery(band, value_to_string(&id), &fields)?);
+            // Not a task (XADD by hand): left for housekeeping to drop.
+            match delivery(band, value_to_string(&id), &fields) {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task"),
+            }
         }
     }
     Ok(out)

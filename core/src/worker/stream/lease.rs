@@ -47,6 +47,7 @@ pub(super) async fn tick(rt: &Arc<Runtime>) {
             rt.status
                 .record_error(ErrorSource::Heartbeat, format!("heartbeat failed: {e}"));
             tracing::warn!(error = %e, "heartbeat failed; retrying at the next tick");
+            rt.restore_if_missing(&e).await;
             return;
         }
     }

@@ -71,6 +71,32 @@ impl Runtime {
             && !self.declines.pausing()
     }
 
+    /// After an error that says the queue's structure is gone (its meta:
+    /// Redis restarted empty or the queue was deleted; a band's group:
+    /// deleted by hand), makes it a stream queue again with this worker's
+    /// band count and the depth limit the meta still has (none if gone),
+    /// so the worker goes on serving instead of failing every read.
+    async fn restore_if_missing(&self, e: &Error) {
+        let text = e.to_string();
+        if !(text.contains("NOGROUP") || text.contains("not a stream queue")) {
+            return;
+        }
+        let maxd: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
+            .arg(self.keys.meta())
+            .arg("maxd")
+            .query_async(&mut self.conn.clone())
+            .await;
+        let maxd = maxd.ok().flatten().unwrap_or(0);
+        match v3::create(&mut self.conn.clone(), &self.keys, self.bands, maxd).await {
+            Ok(()) => tracing::warn!(
+                bands = self.bands,
+                max_depth = maxd,
+                "the stream queue's structure was gone from Redis (restarted empty, deleted, or a band's group destroyed); made it again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not make the stream queue again"),
+        }
+    }
+
     /// Admits what a read with `reserved` slots reserved returned, starts
     /// each admitted attempt, and hands the surplus back at once.
     async fn admit(self: &Arc<Self>, reserved: usize, deliveries: Vec<Delivery>) {
