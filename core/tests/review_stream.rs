@@ -604,7 +604,6 @@ const STALL: &str = "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[
     if n[1] * 1000000 + n[2] - t0 > 5500000 then break end end return 1";
 
 #[tokio::test]
-#[ignore = "open review finding (fails today): see the comment above"]
 async fn a_delivery_whose_reply_was_lost_is_not_counted_as_an_attempt() {
     let redis = RedisServer::start();
     let (_client, _queue) = stream_queue(&redis, 1).await;

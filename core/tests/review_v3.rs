@@ -94,10 +94,25 @@ async fn a_late_complete_of_an_attempt_taken_over_by_the_same_worker_is_lost() {
         .unwrap()
         .remove(0);
     age(&mut conn, &keys, 0, "w", &first.held.entry).await;
+    // Housekeeping leaves a worker's own idle entries to it (revision 6:
+    // it is alive, it calls; a take-over would count a delivery it never
+    // had).
     let (_, taken) = v3::takeover(&mut conn, &keys, "w", LEASE, 1).await.unwrap();
-    assert_eq!(taken.len(), 1);
-    let second = taken[0].held.clone();
-    assert_eq!(second.deliveries, 2);
+    assert!(taken.is_empty(), "{taken:?}");
+    // Delivery 2 to the same worker id (what takeover did before).
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(v3::band_key(&keys, 0))
+        .arg(v3::GROUP)
+        .arg("w")
+        .arg(0)
+        .arg(&first.held.entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let second = v3::Held {
+        deliveries: 2,
+        ..first.held.clone()
+    };
     let got = v3::complete(
         &mut conn,
         &keys,

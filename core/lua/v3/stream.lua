@@ -98,7 +98,8 @@ rtq3_join: ARGV worker. A worker (re)starting under an id: every
 
 rtq3_takeover: ARGV worker, lease ms, free slots (0-1024).
   Housekeeping: entries idle past the lease (their worker died or froze)
-  come to this worker, at most `free`; those past their attempts or their
+  come to this worker, at most `free` (its own idle entries are left to
+  it: a worker that lost a read's reply finds them in its pending list); those past their attempts or their
   deadline end instead; queued tasks past their deadline (up to 100 per
   call, from the deadline set dl) end expired. Reply: {ended count, then per taken entry:
   band, entry, deliveries, id, spec, reply, deadline, max, a0, retention}.
@@ -119,7 +120,7 @@ rtq3_status (no-writes): ARGV id. Reply one of
   {'unknown'}
 ]]
 
-local REVISION = 5
+local REVISION = 6
 local GROUP = 'w'
 local MAX_BANDS = 5
 local MAX_BATCH = 1024
@@ -798,7 +799,12 @@ local function takeover(keys, args)
           local f = pending_fields(b, row[1])
           local step = {b = b, entry = row[1], f = f, deliveries = row[4] + 1, act = 'drop',
             lost = row[2]}
-          if f then
+          if row[2] == worker then
+            -- The caller's own entry (it is alive: it calls): one whose
+            -- read reply it lost. It finds it in its pending list itself;
+            -- a take-over here would count a delivery it never had.
+            step.act = 'own'
+          elseif f then
             read_marker(f.t, meta.bands) -- its marker's type
             step.attempt = tonumber(f.a0) + step.deliveries
             local dl = tonumber(f.d)
@@ -834,7 +840,9 @@ local function takeover(keys, args)
   local out, ended = {0}, 0
   for _, step in ipairs(plan) do
     local b, e, f = step.b, step.entry, step.f
-    if step.act == 'drop' then
+    if step.act == 'own' then
+      -- Left to the worker (see above).
+    elseif step.act == 'drop' then
       redis.call('XACK', band_key(b), GROUP, e)
     elseif step.act == 'failed' then
       end_task(b, e, f, 'failed', step.attempt - 1, 'worker_lost',

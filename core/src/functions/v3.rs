@@ -38,7 +38,7 @@ use crate::protocol::{value_to_bytes, value_to_string, TaskState};
 pub const LIBRARY_NAME: &str = "rtq3";
 
 /// Revision of the v3 library; must equal `REVISION` in `stream.lua`.
-pub const LIBRARY_REVISION: i64 = 5;
+pub const LIBRARY_REVISION: i64 = 6;
 
 /// The v3 library source as loaded with `FUNCTION LOAD`: `stream.lua`
 /// (the header, shared helpers and most functions), then `write.lua`.
@@ -448,7 +448,9 @@ pub async fn read_new<C: ConnectionLike + Send>(
             // (rtq3_takeover, rtq3_join), and the read goes on.
             match delivery(band, value_to_string(&id), 1, &fields) {
                 Ok(d) => out.push(d),
-                Err(e) => tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task"),
+                Err(e) => {
+                    tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task")
+                }
             }
         }
     }

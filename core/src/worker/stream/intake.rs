@@ -75,6 +75,10 @@ pub(super) async fn run(
                 failures += 1;
                 tracing::warn!(error = %e, failures, "reading new tasks failed; retrying");
                 rt.restore_if_missing(&e).await;
+                // A read whose reply was lost may have taken entries.
+                if let Err(e) = super::recover::own_entries(&rt).await {
+                    tracing::debug!(error = %e, "could not list this worker's pending entries");
+                }
                 rt.status
                     .record_error(ErrorSource::Inbox, format!("reading new tasks failed: {e}"));
                 let delay = match failures {
@@ -210,7 +214,9 @@ fn parse_read(reply: Value, keys: &[String]) -> Result<Vec<Delivery>, Error> {
             // Not a task (XADD by hand): left for housekeeping to drop.
             match delivery(band, value_to_string(&id), &fields) {
                 Ok(d) => out.push(d),
-                Err(e) => tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task"),
+                Err(e) => {
+                    tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task")
+                }
             }
         }
     }
@@ -218,7 +224,11 @@ fn parse_read(reply: Value, keys: &[String]) -> Result<Vec<Delivery>, Error> {
 }
 
 /// A new entry's delivery (delivery 1 of its entry).
-fn delivery(band: u8, entry: String, fields: &[(String, Vec<u8>)]) -> Result<Delivery, Error> {
+pub(super) fn delivery(
+    band: u8,
+    entry: String,
+    fields: &[(String, Vec<u8>)],
+) -> Result<Delivery, Error> {
     let field = |name: &str| {
         fields
             .iter()

@@ -56,6 +56,11 @@ pub(super) async fn tick(rt: &Arc<Runtime>) {
             .record_error(ErrorSource::Heartbeat, format!("housekeeping failed: {e}"));
         tracing::warn!(error = %e, "housekeeping failed; retrying at the next tick");
     }
+    // Entries this worker holds without knowing it (a read's lost reply):
+    // housekeeping leaves a worker's own entries to it.
+    if let Err(e) = super::recover::own_entries(rt).await {
+        tracing::debug!(error = %e, "could not list this worker's pending entries");
+    }
 }
 
 /// Renews the leases; stops the attempts whose entries are gone.

@@ -19,6 +19,7 @@ mod chunks;
 mod clock;
 mod intake;
 mod lease;
+mod recover;
 mod slots;
 mod writes;
 

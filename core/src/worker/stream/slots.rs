@@ -123,7 +123,8 @@ impl Slots {
     /// Admits what a read with `reserved` slots reserved returned: into
     /// the reservation first, then into free slots; returns the admitted
     /// (each with its stop signal) and the surplus to hand back. A
-    /// delivery of an attempt already running is dropped (it is the same).
+    /// delivery of an attempt already running or ending is dropped when it
+    /// is the same entry, handed back when it is another.
     pub(crate) fn settle(
         &self,
         reserved: usize,
@@ -135,9 +136,26 @@ impl Slots {
         let (mut admitted, mut surplus) = (Vec::new(), Vec::new());
         for d in deliveries {
             let key = (d.id.clone(), d.held.attempt());
-            if inner.running.contains_key(&key) || inner.ending.contains_key(&key) {
-                tracing::debug!(task_id = %key.0, attempt = key.1, "ignoring a repeated delivery");
-                continue;
+            let known = inner
+                .running
+                .get(&key)
+                .map(|r| &r.held)
+                .or_else(|| inner.ending.get(&key));
+            match known {
+                Some(held) if *held == d.held => {
+                    tracing::debug!(task_id = %key.0, attempt = key.1, "ignoring a repeated delivery");
+                    continue;
+                }
+                Some(_) => {
+                    // The same attempt number in another entry (a hand-back
+                    // keeps it) while the first is still ending: given back
+                    // (no attempt used) rather than dropped, which would
+                    // leave it in this worker's pending list until its
+                    // lease lapsed.
+                    surplus.push(d);
+                    continue;
+                }
+                None => {}
             }
             let fits = !inner.closed
                 && (room > 0 || self.free_in(&inner) > 0)
@@ -343,5 +361,24 @@ mod tests {
         let (admitted, surplus) = slots.settle(0, vec![delivery("d", 0)]);
         assert!(admitted.is_empty());
         assert_eq!(surplus.len(), 1);
+    }
+
+    #[test]
+    fn a_repeated_entry_is_dropped_and_another_entry_of_the_same_attempt_handed_back() {
+        let slots = Slots::new(4, Arc::new(WorkerStatus::default()));
+        let first = delivery("a", 0);
+        let (admitted, _) = slots.settle(0, vec![first.clone()]);
+        assert_eq!(admitted.len(), 1);
+        // The same entry again (a repeated read): nothing to do.
+        let (admitted, surplus) = slots.settle(0, vec![first.clone()]);
+        assert!(admitted.is_empty() && surplus.is_empty());
+        // The attempt ends (a hand-back keeps its number); the task comes
+        // back as another entry while the ending is still in flight.
+        slots.finish(&("a".to_string(), 1), Some(&first.held));
+        let mut again = first.clone();
+        again.held.entry = "2-a".into();
+        let (admitted, surplus) = slots.settle(0, vec![again]);
+        assert!(admitted.is_empty());
+        assert_eq!(surplus.len(), 1, "handed back, not dropped");
     }
 }
