@@ -56,8 +56,8 @@ pub const LIBRARY_COMMANDS: &[&str] = &[
     "xclaim",
     "xack",
     "xdel",
-    "xgroup|create",
-    "xinfo|groups",
+    "xgroup",
+    "xinfo",
 ];
 
 /// A use of rtq that gets a Redis user of its own.

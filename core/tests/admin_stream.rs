@@ -391,3 +391,19 @@ async fn cancel_and_max_depth_work_and_other_actions_are_refused_without_a_write
     assert_eq!(admin.pause("ex", false).await.unwrap(), 0);
     assert_eq!(admin.purge("ex").await.unwrap(), 3);
 }
+
+/// The served-queues catalog (the gateway's `queue_not_served` check and
+/// model list) sees a stream queue's live workers, from `lv`.
+#[tokio::test]
+async fn the_served_catalog_sees_a_stream_queue_s_live_workers() {
+    let redis = RedisServer::start();
+    let (_client, admin, _conn) = seed(&redis).await;
+    let served = admin.served_queues().await.unwrap();
+    let st = served.queues.iter().find(|q| q.name == "st").unwrap();
+    assert_eq!(st.error, None);
+    let mut ids: Vec<&str> = st.workers.iter().map(|w| w.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["w1", "w2"], "live only: 'old' lapsed");
+    let ex = served.queues.iter().find(|q| q.name == "ex").unwrap();
+    assert!(ex.paused && ex.workers.is_empty());
+}

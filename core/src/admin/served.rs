@@ -4,8 +4,10 @@
 //! labels. The gateway reads it every `--catalog-ttl-ms` to list models.
 //!
 //! Three pipelined round trips whatever the number of queues (the
-//! registry; `TIME` and two commands per queue; one `HMGET` per live
-//! worker), so 2 + 2 × queues + live workers commands. The console's
+//! registry; `TIME` and four commands per queue; one `HMGET` per live
+//! worker), so 2 + 4 × queues + live workers commands. A stream queue's
+//! live workers are its `lv` members; they keep no heartbeat hash, so
+//! their handler and labels read as empty. The console's
 //! readers ([`Admin::summaries`] then [`Admin::workers_of_many`]) would
 //! send six per queue, one per live worker, then three per worker
 //! (every heartbeat field and owned task), which a model list never shows.
@@ -101,6 +103,13 @@ impl Admin {
                 .arg(k.workers())
                 .arg(0)
                 .arg(-1)
+                .arg("WITHSCORES")
+                // A stream queue's live workers are in `lv` (protocol v3).
+                .hget(k.meta(), "mode")
+                .cmd("ZRANGE")
+                .arg(crate::functions::v3::live_key(k))
+                .arg(0)
+                .arg(-1)
                 .arg("WITHSCORES");
         }
         first.ignore_errors();
@@ -113,7 +122,13 @@ impl Admin {
             .map(|k| {
                 let paused = it.next().unwrap_or(Value::Nil);
                 let workers = it.next().unwrap_or(Value::Nil);
-                queue_of(k, paused, workers, now_ms)
+                let mode = it.next().unwrap_or(Value::Nil);
+                let live = it.next().unwrap_or(Value::Nil);
+                let stream = redis::from_redis_value::<Option<String>>(mode)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m == "stream");
+                queue_of(k, paused, if stream { live } else { workers }, now_ms)
             })
             .collect();
         // Round trip 2: the handler and labels of each live worker.
