@@ -281,3 +281,59 @@ impl TaskContext {
         }
     }
 }
+
+/// What a handler's run came to (both runtimes, v2 slots and stream
+/// attempts, decide an attempt's ending from it).
+pub(crate) enum HandlerOutcome {
+    /// It returned this result.
+    Result(Value),
+    /// It failed.
+    Failed {
+        /// Why.
+        message: String,
+        /// Another attempt may succeed.
+        retryable: bool,
+    },
+    /// The handler never started the task and gives it back
+    /// ([`HandlerError::not_started`]).
+    NotStarted(String),
+    /// It was stopped.
+    Stopped(StopReason),
+}
+
+impl HandlerOutcome {
+    /// The outcome of a handler's future that finished (`Err`: it
+    /// panicked). An error after a stop is the stop, never a failure of
+    /// the handler.
+    pub(crate) fn of(
+        finished: std::thread::Result<Result<Value, HandlerError>>,
+        stop: &StopSignal,
+    ) -> Self {
+        match finished {
+            Ok(Ok(value)) => Self::Result(value),
+            Ok(Err(_)) if stop.reason().is_some() => {
+                Self::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
+            }
+            Ok(Err(e)) if e.not_started => Self::NotStarted(e.message),
+            Ok(Err(e)) => Self::Failed {
+                message: e.message,
+                retryable: e.retryable,
+            },
+            Err(panic) => Self::Failed {
+                message: format!("handler panicked: {}", panic_message(&panic)),
+                retryable: false,
+            },
+        }
+    }
+}
+
+/// The message a panic carried.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

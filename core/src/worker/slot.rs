@@ -76,18 +76,8 @@ impl Job {
     }
 }
 
-/// What the handler's run came to.
-enum Ending {
-    Result(serde_json::Value),
-    Failed {
-        message: String,
-        retryable: bool,
-    },
-    /// The handler never started the task and gives it back
-    /// ([`HandlerError::not_started`](super::HandlerError::not_started)).
-    NotStarted(String),
-    Stopped(StopReason),
-}
+// What the handler's run came to.
+use super::handler::HandlerOutcome as Ending;
 
 /// What the slot does after an attempt.
 enum After {
@@ -204,20 +194,7 @@ async fn run_one(shared: &Arc<Shared>, admitted: &Admitted, job: Job) -> After {
                         biased;
                         outcome = &mut work => {
                             returned = true;
-                            break match outcome {
-                                Ok(Ok(value)) => Ending::Result(value),
-                                // An error after a stop is the stop, never a
-                                // failure of the handler.
-                                Ok(Err(_)) if stop.reason().is_some() => {
-                                    Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
-                                }
-                                Ok(Err(e)) if e.not_started => Ending::NotStarted(e.message),
-                                Ok(Err(e)) => Ending::Failed { message: e.message, retryable: e.retryable },
-                                Err(panic) => Ending::Failed {
-                                    message: format!("handler panicked: {}", panic_message(&panic)),
-                                    retryable: false,
-                                },
-                            };
+                            break Ending::of(outcome, &stop);
                         }
                         _ = stop.token().cancelled() => {
                             break Ending::Stopped(stop.reason().unwrap_or(StopReason::Shutdown));
@@ -404,14 +381,4 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
 }

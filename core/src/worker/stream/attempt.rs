@@ -161,13 +161,8 @@ fn after_writer_stop(reason: &StopReason) -> Option<EndState> {
     }
 }
 
-/// What the handler's run came to.
-enum Outcome {
-    Result(serde_json::Value),
-    Failed { message: String, retryable: bool },
-    NotStarted(String),
-    Stopped(StopReason),
-}
+// What the handler's run came to.
+use crate::worker::handler::HandlerOutcome as Outcome;
 
 /// Runs the handler (unless the delivery cannot run) and returns the
 /// ending to write; `None` when Redis already ended the attempt.
@@ -227,19 +222,7 @@ async fn decide(
             biased;
             out = &mut work => {
                 returned = true;
-                break match out {
-                    Ok(Ok(value)) => Outcome::Result(value),
-                    // An error after a stop is the stop, not a failure.
-                    Ok(Err(_)) if stop.reason().is_some() => {
-                        Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
-                    }
-                    Ok(Err(e)) if e.not_started => Outcome::NotStarted(e.message),
-                    Ok(Err(e)) => Outcome::Failed { message: e.message, retryable: e.retryable },
-                    Err(panic) => Outcome::Failed {
-                        message: format!("handler panicked: {}", panic_message(&panic)),
-                        retryable: false,
-                    },
-                };
+                break Outcome::of(out, stop);
             }
             _ = stop.token().cancelled() => {
                 break Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown));
@@ -347,16 +330,6 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_string()
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
 }
 
 #[cfg(test)]
