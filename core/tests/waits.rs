@@ -659,11 +659,12 @@ async fn a_submit_lost_in_a_black_hole_is_uncertain_and_its_id_creates_one_task(
     );
 
     // The network is back: the dark connection closes, the client connects
-    // again and the same id finds its task.
+    // again (on its next command: a read, which may fail once on the
+    // closed connection) and the same id finds its task.
     let accepted = proxy.accepted();
     proxy.cut_all();
     eventually("the client reconnected", || async {
-        proxy.accepted() > accepted
+        q.status("bh1").await.is_ok() && proxy.accepted() > accepted
     })
     .await;
     let err = within(q.submit(request)).await.unwrap_err();
