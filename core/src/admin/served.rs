@@ -4,10 +4,11 @@
 //! labels. The gateway reads it every `--catalog-ttl-ms` to list models.
 //!
 //! Three pipelined round trips whatever the number of queues (the
-//! registry; `TIME` and four commands per queue; one `HMGET` per live
-//! worker), so 2 + 4 × queues + live workers commands. A stream queue's
-//! live workers are its `lv` members; they keep no heartbeat hash, so
-//! their handler and labels read as empty. The console's
+//! registry; `TIME` and two commands per queue; one `HMGET` per live v2
+//! worker and one `ZRANGE` per stream queue), so 2 + 2 × queues + live
+//! workers commands. A stream queue's live workers are its `lv` members;
+//! they keep no heartbeat hash, so their handler and labels read as
+//! empty. The console's
 //! readers ([`Admin::summaries`] then [`Admin::workers_of_many`]) would
 //! send six per queue, one per live worker, then three per worker
 //! (every heartbeat field and owned task), which a model list never shows.
@@ -93,21 +94,18 @@ impl Admin {
             .iter()
             .filter_map(|n| QueueKeys::new(n).ok())
             .collect();
-        // Round trip 1: time, and per queue its pause flag and workers.
+        // Round trip 1: time, and per queue its pause flag and mode, and
+        // its (v2) workers.
         let mut first = redis::pipe();
         first.cmd("TIME");
         for k in &keys {
             first
-                .hget(k.meta(), "paused")
+                .cmd("HMGET")
+                .arg(k.meta())
+                .arg("paused")
+                .arg("mode")
                 .cmd("ZRANGE")
                 .arg(k.workers())
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                // A stream queue's live workers are in `lv` (protocol v3).
-                .hget(k.meta(), "mode")
-                .cmd("ZRANGE")
-                .arg(crate::functions::v3::live_key(k))
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES");
@@ -117,23 +115,47 @@ impl Admin {
         let mut it = replies.into_iter();
         let time: Vec<i64> = decode(it.next().unwrap_or(Value::Nil))?;
         let now_ms = time_ms(&time);
+        let mut stream = Vec::with_capacity(keys.len());
         let mut queues: Vec<ServedQueue> = keys
             .iter()
             .map(|k| {
-                let paused = it.next().unwrap_or(Value::Nil);
+                let meta = it.next().unwrap_or(Value::Nil);
                 let workers = it.next().unwrap_or(Value::Nil);
-                let mode = it.next().unwrap_or(Value::Nil);
-                let live = it.next().unwrap_or(Value::Nil);
-                let stream = redis::from_redis_value::<Option<String>>(mode)
+                let (paused, mode) = match meta {
+                    Value::Array(mut fields) if fields.len() == 2 => {
+                        let mode = fields.pop().unwrap_or(Value::Nil);
+                        (fields.pop().unwrap_or(Value::Nil), mode)
+                    }
+                    other => (other, Value::Nil),
+                };
+                let is_stream = redis::from_redis_value::<Option<String>>(mode)
                     .ok()
                     .flatten()
                     .is_some_and(|m| m == "stream");
-                queue_of(k, paused, if stream { live } else { workers }, now_ms)
+                stream.push(is_stream);
+                // A stream queue's workers are read in round trip 2.
+                let workers = if is_stream {
+                    Value::Array(Vec::new())
+                } else {
+                    workers
+                };
+                queue_of(k, paused, workers, now_ms)
             })
             .collect();
-        // Round trip 2: the handler and labels of each live worker.
+        // Round trip 2: the handler and labels of each live v2 worker, and
+        // a stream queue's live workers (`lv`: they keep no heartbeat hash,
+        // so their handler and labels read as empty).
         let mut second = redis::pipe();
-        for (k, q) in keys.iter().zip(&queues) {
+        for ((k, q), is_stream) in keys.iter().zip(&queues).zip(&stream) {
+            if *is_stream {
+                second
+                    .cmd("ZRANGE")
+                    .arg(crate::functions::v3::live_key(k))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES");
+                continue;
+            }
             for w in &q.workers {
                 second
                     .cmd("HMGET")
@@ -146,8 +168,20 @@ impl Admin {
             let replies =
                 crate::cluster::query_spread(&mut self.conn.clone(), &second, true).await?;
             let mut it = replies.into_iter();
-            for w in queues.iter_mut().flat_map(|q| q.workers.iter_mut()) {
-                describe(w, it.next().unwrap_or(Value::Nil));
+            for ((k, q), is_stream) in keys.iter().zip(queues.iter_mut()).zip(&stream) {
+                if *is_stream {
+                    let live = it.next().unwrap_or(Value::Nil);
+                    let paused = if q.paused {
+                        Value::BulkString(b"1".to_vec())
+                    } else {
+                        Value::Nil
+                    };
+                    *q = queue_of(k, paused, live, now_ms);
+                    continue;
+                }
+                for w in q.workers.iter_mut() {
+                    describe(w, it.next().unwrap_or(Value::Nil));
+                }
             }
         }
         Ok(ServedQueues { now_ms, queues })
