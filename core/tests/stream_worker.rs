@@ -810,13 +810,16 @@ async fn a_lost_chunk_write_reply_is_sent_again_and_stores_each_chunk_once() {
     let log = Arc::new(Log::default());
     let w = s.start(s.config("w1"), &log).await;
     proxy.cut_reply_to(b"rtq3_write");
-    s.submit("t", 0, json!({"chunks": 5})).await;
+    // The chunks go while the handler still runs (it sleeps after them),
+    // so the writer sends them in a write of its own (a done attempt's
+    // last chunks would go with its complete, in one transaction).
+    s.submit("t", 0, json!({"early": 5, "sleep_ms": 500})).await;
     let (state, attempt, _) = s.ended("t").await;
     assert_eq!((state.as_str(), attempt), ("done", 1));
     assert_eq!(proxy.cuts(), 1, "a write's reply was cut");
     assert_eq!(
         s.chunks("t", 1).await,
-        vec!["tok0 ", "tok1 ", "tok2 ", "tok3 ", "tok4 "]
+        vec!["early0 ", "early1 ", "early2 ", "early3 ", "early4 "]
     );
     w.stop().await;
 }
