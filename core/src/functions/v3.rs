@@ -418,43 +418,75 @@ pub async fn read_new<C: ConnectionLike + Send>(
     }
     cmd.arg("STREAMS").arg(band_key(keys, band)).arg(">");
     let reply: Value = cmd.query_async(conn).await?;
+    parse_read(reply, &[(band, band_key(keys, band))])
+}
+
+/// The deliveries of an `XREADGROUP ... >` reply (RESP2 or RESP3) over the
+/// streams `bands` (each band with its stream key); each is delivery 1 of
+/// its entry. Entries deleted before the read are skipped, and so are
+/// entries that are not tasks (XADD by hand: left in the reader's pending
+/// list, where housekeeping drops them).
+///
+/// # Errors
+/// [`Error::Protocol`] for a reply naming a stream not asked for.
+pub fn parse_read(reply: Value, bands: &[(u8, String)]) -> Result<Vec<Delivery>, Error> {
     let mut out = Vec::new();
-    let Value::Array(streams) = reply else {
-        return Ok(out); // nil: nothing new
+    let streams = match reply {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Ok(out), // nil: nothing new
     };
     for stream in streams {
         let Value::Array(mut pair) = stream else {
             continue;
         };
-        let Some(Value::Array(entries)) = pair.pop() else {
+        let (Some(Value::Array(entries)), Some(key)) = (pair.pop(), pair.pop()) else {
             continue;
         };
-        for entry in entries {
-            let Value::Array(mut parts) = entry else {
-                continue;
-            };
-            let (Some(Value::Array(raw)), Some(id)) = (parts.pop(), parts.pop()) else {
-                continue; // deleted before the read
-            };
-            let fields: Vec<(String, Vec<u8>)> = raw
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((value_to_string(k), value_to_bytes(v))),
-                    _ => None,
-                })
-                .collect();
-            // A foreign entry (XADD by hand) is not a task: it is left in
-            // this worker's pending list, where housekeeping drops it
-            // (rtq3_takeover, rtq3_join), and the read goes on.
-            match delivery(band, value_to_string(&id), 1, &fields) {
-                Ok(d) => out.push(d),
-                Err(e) => {
-                    tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task")
-                }
-            }
-        }
+        let key = value_to_string(&key);
+        let band = bands
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map(|(b, _)| *b)
+            .ok_or_else(|| Error::Protocol(format!("XREADGROUP replied a foreign stream {key}")))?;
+        out.extend(
+            entries
+                .into_iter()
+                .filter_map(|e| entry_delivery(band, e, 1)),
+        );
     }
     Ok(out)
+}
+
+/// The delivery `deliveries` of one stream entry as `XREADGROUP` and
+/// `XRANGE` reply it (`[id, [field, value, ...]]`); `None` for an entry
+/// deleted before the read (nil fields) or one that is not a task
+/// (logged).
+pub fn entry_delivery(band: u8, entry: Value, deliveries: u64) -> Option<Delivery> {
+    let Value::Array(mut parts) = entry else {
+        return None;
+    };
+    let (Some(Value::Array(raw)), Some(id)) = (parts.pop(), parts.pop()) else {
+        return None; // deleted before the read
+    };
+    let fields: Vec<(String, Vec<u8>)> = raw
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((value_to_string(k), value_to_bytes(v))),
+            _ => None,
+        })
+        .collect();
+    let id = value_to_string(&id);
+    match delivery(band, id.clone(), deliveries, &fields) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(band, entry = %id, error = %e, "skipping a stream entry that is not a task");
+            None
+        }
+    }
 }
 
 fn delivery(

@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
 use crate::error::Error;
-use crate::functions::v3::{self, Delivery, Held};
-use crate::protocol::{value_to_bytes, value_to_string};
+use crate::functions::v3::{self, Delivery};
 use crate::worker::config::ErrorSource;
 
 /// How long one blocking read waits on the server.
@@ -159,107 +158,19 @@ async fn read_blocking(
         .arg("BLOCK")
         .arg(BLOCK_MS)
         .arg("STREAMS");
-    let keys: Vec<String> = (0..rt.bands).map(|b| v3::band_key(&rt.keys, b)).collect();
-    for key in &keys {
+    let bands: Vec<(u8, String)> = (0..rt.bands)
+        .map(|b| (b, v3::band_key(&rt.keys, b)))
+        .collect();
+    for (_, key) in &bands {
         cmd.arg(key);
     }
-    for _ in &keys {
+    for _ in &bands {
         cmd.arg(">");
     }
     let reply: Value = cmd.query_async(conn).await?;
-    let mut out = parse_read(reply, &keys)?;
+    let mut out = v3::parse_read(reply, &bands)?;
     out.sort_by_key(|d| d.held.band);
     Ok(out)
-}
-
-/// The deliveries of an `XREADGROUP ... >` reply over the streams `keys`
-/// (band = index in `keys`); entries deleted before the read are skipped.
-fn parse_read(reply: Value, keys: &[String]) -> Result<Vec<Delivery>, Error> {
-    let mut out = Vec::new();
-    let streams = match reply {
-        Value::Array(streams) => streams,
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .map(|(k, v)| Value::Array(vec![k, v]))
-            .collect(),
-        _ => return Ok(out), // nil: nothing new
-    };
-    for stream in streams {
-        let Value::Array(mut pair) = stream else {
-            continue;
-        };
-        let (Some(Value::Array(entries)), Some(key)) = (pair.pop(), pair.pop()) else {
-            continue;
-        };
-        let key = value_to_string(&key);
-        let band = keys
-            .iter()
-            .position(|k| *k == key)
-            .and_then(|b| u8::try_from(b).ok())
-            .ok_or_else(|| Error::Protocol(format!("XREADGROUP replied a foreign stream {key}")))?;
-        for entry in entries {
-            let Value::Array(mut parts) = entry else {
-                continue;
-            };
-            let (Some(Value::Array(raw)), Some(id)) = (parts.pop(), parts.pop()) else {
-                continue; // deleted before the read
-            };
-            let fields: Vec<(String, Vec<u8>)> = raw
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((value_to_string(k), value_to_bytes(v))),
-                    _ => None,
-                })
-                .collect();
-            // Not a task (XADD by hand): left for housekeeping to drop.
-            match delivery(band, value_to_string(&id), &fields) {
-                Ok(d) => out.push(d),
-                Err(e) => {
-                    tracing::warn!(band, entry = %value_to_string(&id), error = %e, "skipping a stream entry that is not a task")
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A new entry's delivery (delivery 1 of its entry).
-pub(super) fn delivery(
-    band: u8,
-    entry: String,
-    fields: &[(String, Vec<u8>)],
-) -> Result<Delivery, Error> {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    };
-    let number = |name: &str| {
-        field(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| Error::Protocol(format!("stream entry without a numeric {name}")))
-    };
-    let text = |name: &str| {
-        field(name)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .ok_or_else(|| Error::Protocol(format!("stream entry without {name}")))
-    };
-    Ok(Delivery {
-        held: Held {
-            band,
-            entry,
-            deliveries: 1,
-            a0: number("a0")?,
-        },
-        id: text("t")?,
-        spec: field("s").unwrap_or_default().to_vec(),
-        reply: text("r")?,
-        deadline_ms: number("d")?,
-        max_attempts: number("x")?,
-        retention_ms: number("ret")?,
-    })
 }
 
 #[cfg(test)]
@@ -293,7 +204,10 @@ mod tests {
 
     #[test]
     fn a_read_over_several_bands_names_each_entry_s_band() {
-        let keys = vec!["rtq:{q}:b:0".to_string(), "rtq:{q}:b:1".to_string()];
+        let keys = vec![
+            (0, "rtq:{q}:b:0".to_string()),
+            (1, "rtq:{q}:b:1".to_string()),
+        ];
         let reply = Value::Array(vec![
             Value::Array(vec![
                 bulk("rtq:{q}:b:1"),
@@ -307,16 +221,16 @@ mod tests {
                 ]),
             ]),
         ]);
-        let got = parse_read(reply, &keys).unwrap();
+        let got = v3::parse_read(reply, &keys).unwrap();
         assert_eq!(got.len(), 2, "a deleted entry is skipped");
         assert_eq!((got[0].held.band, got[0].id.as_str()), (1, "x"));
         assert_eq!((got[1].held.band, got[1].id.as_str()), (0, "y"));
         assert_eq!(got[1].held.attempt(), 2, "a0 + the first delivery");
-        assert!(parse_read(Value::Nil, &keys).unwrap().is_empty());
+        assert!(v3::parse_read(Value::Nil, &keys).unwrap().is_empty());
         let foreign = Value::Array(vec![Value::Array(vec![
             bulk("rtq:{q}:b:9"),
             Value::Array(vec![entry("5-0", "x")]),
         ])]);
-        assert!(parse_read(foreign, &keys).is_err());
+        assert!(v3::parse_read(foreign, &keys).is_err());
     }
 }

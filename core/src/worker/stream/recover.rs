@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::intake::delivery;
 use super::Runtime;
 use crate::error::Error;
 use crate::functions::v3;
-use crate::protocol::{value_to_bytes, value_to_string};
+use crate::protocol::value_to_string;
 
 /// Pending entries listed per band at most (the fence read's limit).
 const MAX_LISTED: usize = 1024;
@@ -57,17 +56,20 @@ pub(super) async fn own_entries(rt: &Arc<Runtime>) -> Result<usize, Error> {
             if held.contains(&(band, entry.clone())) {
                 continue;
             }
-            let fields: Value = redis::cmd("XRANGE")
+            let rows: Value = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(&entry)
                 .arg(&entry)
                 .query_async(&mut rt.conn.clone())
                 .await?;
-            let Some(fields) = entry_fields(fields) else {
-                continue; // gone, or not a task: housekeeping drops its row
+            // Gone, or not a task: housekeeping drops its row.
+            let Value::Array(mut rows) = rows else {
+                continue;
             };
-            if let Ok(mut d) = delivery(band, entry, &fields) {
-                d.held.deliveries = deliveries;
+            if let Some(d) = rows
+                .pop()
+                .and_then(|row| v3::entry_delivery(band, row, deliveries))
+            {
                 found.push(d);
             }
         }
@@ -78,25 +80,4 @@ pub(super) async fn own_entries(rt: &Arc<Runtime>) -> Result<usize, Error> {
     }
     rt.admit(0, found).await;
     Ok(n)
-}
-
-/// The field list of the one entry an `XRANGE <id> <id>` returned.
-fn entry_fields(reply: Value) -> Option<Vec<(String, Vec<u8>)>> {
-    let Value::Array(mut entries) = reply else {
-        return None;
-    };
-    let Value::Array(mut parts) = entries.pop()? else {
-        return None;
-    };
-    let Value::Array(raw) = parts.pop()? else {
-        return None;
-    };
-    Some(
-        raw.chunks(2)
-            .filter_map(|kv| match kv {
-                [k, v] => Some((value_to_string(k), value_to_bytes(v))),
-                _ => None,
-            })
-            .collect(),
-    )
 }
