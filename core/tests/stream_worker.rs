@@ -578,7 +578,13 @@ async fn a_forced_stop_hands_back_at_once() {
     let t = Instant::now();
     first.force.force();
     support::within(first.handle).await.unwrap().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // At most a second for the handler and two for Redis; below the 5 s
+    // grace a drain would have waited (margin for a busy 2-core machine).
+    assert!(
+        t.elapsed() < Duration::from_millis(4500),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(matches!(s.marker("slow").await, Some(Marker::Place { .. })));
     let second = s.start(s.config("second"), &log).await;
     assert_eq!(s.ended("slow").await.0, "done");
@@ -717,7 +723,7 @@ async fn a_dropped_run_future_hands_its_tasks_back_and_leaves() {
     let started = Instant::now();
     while !matches!(s.marker("t").await, Some(Marker::Place { .. })) || s.is_live("first").await {
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_millis(4500),
             "not handed back: {:?}",
             s.marker("t").await
         );
